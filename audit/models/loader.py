@@ -1,0 +1,417 @@
+"""Load any model source into a LanguageModel, converting GGUF files once into the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from audit import atomic
+from audit.errors import UserError
+from audit.models.aliases import ALIASES, ModelAlias
+from audit.models.interface import LanguageModel
+from audit.models.meta import read_meta, write_meta
+from audit.models.sources import ModelSource, read_gguf, resolve_source, safetensors_header
+from audit.paths import models_cache_dir
+from audit.progress import Job, Progress, check_cancel
+from hardware.memory import MB, available_bytes
+
+CACHE_FORMAT = 1
+DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# Working memory beyond the weights: activations, tokenizer, allocator slack.
+_HEADROOM_BYTES = 256 * MB
+# Reading a GGUF holds the file's dequantized tensors and the model at once (measured 2.1x).
+_GGUF_CONVERSION_FACTOR = 2.2
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    threads: int | None = None
+    max_memory_mb: float | None = None  # budget; None means the memory the system has available
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"threads must be at least 1, got {self.threads}")
+        if self.max_memory_mb is not None and self.max_memory_mb <= 0:
+            raise UserError(f"max memory must be positive, got {self.max_memory_mb} MB")
+
+
+# -- memory -----------------------------------------------------------------------------
+def memory_budget_bytes(options: LoadOptions) -> int:
+    available = available_bytes()
+    if options.max_memory_mb is not None:
+        return min(available, int(options.max_memory_mb * MB))
+    return available
+
+
+def check_memory(what: str, need_bytes: int, options: LoadOptions) -> None:
+    """Refuse, with both numbers, rather than let the kernel kill the process mid-load."""
+    budget = memory_budget_bytes(options)
+    if need_bytes > budget:
+        raise UserError(
+            f"not enough memory to load {what}: needs about {need_bytes / MB:.0f} MB, "
+            f"{budget / MB:.0f} MB available"
+        )
+
+
+def estimate_folder_bytes(folder: Path, options: LoadOptions) -> int:
+    """Memory the weights of a folder take once loaded at `options.dtype`, plus headroom."""
+    weights = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        for name, info in safetensors_header(file).items():
+            if name == "__metadata__":
+                continue
+            numel = 1
+            for dim in info.get("shape", []):
+                numel *= int(dim)
+            stored = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"), 4)
+            # Float tensors are cast to the load dtype; integer ones keep their size.
+            weights += numel * (_DTYPE_BYTES[options.dtype] if info.get("dtype") in {"F32", "F16", "BF16", "F64"} else stored)
+    if not weights:  # pickle or ONNX files: their size, twice, for the copy made while reading
+        weights = 2 * sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix.lower() in {".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".data"})
+    return weights + _HEADROOM_BYTES
+
+
+def folder_size_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+# -- the conversion cache -------------------------------------------------------------------
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """One converter at a time per cache entry, across processes."""
+    root = models_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _gguf_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"kind": "gguf", "file": path.name, "bytes": stat.st_size, "path": str(path.resolve())}
+
+
+def cache_entry_for_gguf(path: Path, alias: ModelAlias | None) -> Path:
+    if alias is not None:
+        return models_cache_dir() / alias.name
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    return models_cache_dir() / f"gguf-{path.stem}-{digest}"
+
+
+def _cache_is_current(folder: Path, identity: dict[str, Any]) -> bool:
+    meta = read_meta(folder)
+    if meta.get("cache_format") != CACHE_FORMAT:
+        return False
+    source = meta.get("source", {})
+    if source.get("file") != identity["file"] or source.get("bytes") != identity["bytes"]:
+        return False
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def prepare_gguf(
+    path: Path, alias: ModelAlias | None = None, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None
+) -> Job[Path]:
+    """Convert a GGUF file once into a cached folder (float32 safetensors + fixed tokenizer)."""
+    target = cache_entry_for_gguf(path, alias)
+    identity = _gguf_identity(path)
+    if _cache_is_current(target, identity):
+        return target
+    with _cache_lock(target.name):
+        if _cache_is_current(target, identity):  # another process converted it meanwhile
+            return target
+        yield Progress("convert", 0, 3, f"reading {path.name}")
+        reader = read_gguf(path)
+        n_elements = sum(int(t.n_elements) for t in reader.tensors)
+        del reader
+        check_memory(path.name, int(n_elements * 4 * _GGUF_CONVERSION_FACTOR) + _HEADROOM_BYTES, options)
+        check_cancel(cancel)
+        yield Progress("convert", 1, 3, f"dequantizing {path.name} to float32 (once; about 20 s)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, name = str(path.parent), path.name
+        _quiet_transformers()
+        # transformers draws its own tqdm bar here; the caller shows our progress instead.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+        check_cancel(cancel)
+        notes = list(alias.notes) if alias else [
+            "dequantized from a GGUF file: this float32 model carries the GGUF's quantization error"
+        ]
+        prefix_token, end_token = _gguf_special_tokens(tokenizer, model.config, alias)
+        _fix_gguf_tokenizer(tokenizer, end_token)
+        yield Progress("convert", 2, 3, "saving safetensors")
+        with atomic.directory(target, force=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_meta(
+                tmp,
+                {
+                    "cache_format": CACHE_FORMAT,
+                    "source": identity,
+                    "alias": alias.name if alias else None,
+                    "text_prefix_token": prefix_token,
+                    "notes": notes,
+                },
+            )
+        del model
+        yield Progress("convert", 3, 3, "converted")
+    return target
+
+
+def _gguf_special_tokens(tokenizer: Any, config: Any, alias: ModelAlias | None) -> tuple[str | None, str | None]:
+    """The document-start token for plain text and the end-of-turn token for chat.
+
+    GGUF tokenizers often mark the chat-turn start (`<|im_start|>`) as BOS and prepend it to
+    every input; that token is right for chat prompts only.
+    """
+    if alias is not None:
+        return alias.text_prefix_token, alias.chat_end_token
+    vocab = tokenizer.get_vocab()
+    end = tokenizer.convert_ids_to_tokens(config.eos_token_id) if isinstance(config.eos_token_id, int) else None
+    bos = tokenizer.bos_token
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if bos and bos not in template:
+        return bos, end
+    for candidate in ("<|endoftext|>", "</s>", "<eos>"):
+        if candidate in vocab:
+            return candidate, end
+    return end, end
+
+
+def _fix_gguf_tokenizer(tokenizer: Any, end_token: str | None) -> None:
+    """Stop the tokenizer prepending a marker to plain text; end chat turns at the real end token."""
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False
+    if end_token:
+        tokenizer.eos_token = end_token
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def prepare_alias(name: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[Path]:
+    alias = ALIASES.get(name)
+    return (yield from prepare_gguf(alias.locate(), alias, options, cancel))
+
+
+def cached_models() -> list[dict[str, Any]]:
+    """Converted models in the cache, with their sizes."""
+    root = models_cache_dir()
+    if not root.is_dir():
+        return []
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        meta = read_meta(folder)
+        entries.append(
+            {
+                "name": folder.name,
+                "path": str(folder),
+                "alias": meta.get("alias"),
+                "source": meta.get("source", {}).get("path"),
+                "size_on_disk_mb": round(folder_size_bytes(folder) / MB, 2),
+            }
+        )
+    return entries
+
+
+# -- hub ----------------------------------------------------------------------------------
+def fetch_hub(source: ModelSource, options: LoadOptions) -> Path:
+    """Download a hub model's safetensors and tokenizer (the real path; offline it fails fast)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+    if options.allow_pickle:
+        patterns.append("*.bin")
+    try:
+        folder = snapshot_download(source.hub_id, allow_patterns=patterns, etag_timeout=10)
+    except Exception as exc:  # connection, DNS, 404, gated repo, offline mode
+        raise UserError(
+            f"cannot fetch {source.hub_id!r} from the Hugging Face hub ({type(exc).__name__}); "
+            "if this device is offline, download the model elsewhere and pass its folder with --model PATH"
+        ) from None
+    return Path(folder)
+
+
+# -- loading ------------------------------------------------------------------------------
+def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[LanguageModel]:
+    """Resolve, check memory, convert if needed, and load; yields progress, returns the model."""
+    started = time.perf_counter()
+    yield Progress("load", 0, 2, f"resolving {spec}")
+    source = resolve_source(spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    folder: Path
+    if source.kind == "alias":
+        assert source.alias is not None
+        folder = yield from prepare_alias(source.alias.name, options, cancel)
+    elif source.kind == "gguf":
+        assert source.path is not None
+        folder = yield from prepare_gguf(source.path, None, options, cancel)
+    elif source.kind == "hub":
+        yield Progress("load", 0, 2, f"fetching {source.hub_id} from the hub")
+        folder = fetch_hub(source, options)
+        source = resolve_source(str(folder), allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    else:
+        assert source.path is not None
+        folder = source.path
+    check_cancel(cancel)
+    check_memory(source.name, estimate_folder_bytes(folder, options), options)
+    yield Progress("load", 1, 2, f"loading {source.name}")
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    _quiet_transformers()
+    if source.kind == "onnx":
+        model = _load_onnx(folder, source, options, started)
+    else:
+        model = _load_torch(folder, source, options, started)
+    yield Progress("load", 2, 2, f"loaded {source.name}")
+    return model
+
+
+def _load_tokenizer(folder: Path, options: LoadOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
+    except Exception as exc:
+        raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {exc}") from None
+
+
+def text_prefix_ids(tokenizer: Any, config: Any, meta: dict[str, Any]) -> list[int]:
+    """The token(s) a plain text is scored after: the model's document start.
+
+    Order: what edge-audit recorded for the folder; the BOS the tokenizer itself adds
+    (Llama, Gemma, Mistral); else the end-of-text token, as GPT-2-style models separate
+    documents with it.
+    """
+    recorded = meta.get("text_prefix_token")
+    vocab = tokenizer.get_vocab()
+    if recorded in vocab:
+        return [vocab[recorded]]
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if len(with_special) > len(plain) and with_special[0] == tokenizer.bos_token_id:
+        return [tokenizer.bos_token_id]
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(token_id, int):
+            return [token_id]
+    return []
+
+
+def stop_token_ids(tokenizer: Any, config: Any, generation_config: Any = None) -> list[int]:
+    ids: list[int] = []
+    for value in (getattr(generation_config, "eos_token_id", None), getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token_id, int) and token_id not in ids:
+                ids.append(token_id)
+    return ids
+
+
+def _facts_template(folder: Path, source: ModelSource, config: Any, meta: dict[str, Any], started: float) -> dict[str, Any]:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    architectures = getattr(config, "architectures", None) or [type(config).__name__]
+    notes = list(meta.get("notes", []))
+    return {
+        "name": source.alias.name if source.alias else (source.hub_id or folder.name),
+        "architecture": architectures[0],
+        "model_type": getattr(config, "model_type", "unknown"),
+        "size_on_disk_bytes": folder_size_bytes(folder),
+        "layers": getattr(text_config, "num_hidden_layers", None),
+        "hidden_size": getattr(text_config, "hidden_size", None),
+        "vocab_size": getattr(text_config, "vocab_size", None),
+        "context_length": getattr(text_config, "max_position_embeddings", None),
+        "load_seconds": time.perf_counter() - started,
+        "source_kind": source.kind,
+        "path": str(folder),
+        "notes": tuple(notes),
+        "quantization": meta.get("quantization"),
+    }
+
+
+def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started: float) -> LanguageModel:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from audit.models.torch_lm import TorchLanguageModel
+
+    meta = read_meta(folder)
+    tokenizer = _load_tokenizer(folder, options)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            dtype=getattr(torch, options.dtype),
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=not source.pickle,
+            low_cpu_mem_usage=True,
+        )
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load the model in {folder}: {message[:300]}") from None
+    template = _facts_template(folder, source, config, meta, started)
+    return TorchLanguageModel(
+        model,
+        tokenizer,
+        text_prefix_ids=text_prefix_ids(tokenizer, config, meta),
+        stop_token_ids=stop_token_ids(tokenizer, config, getattr(model, "generation_config", None)),
+        facts_template=template,
+    )
+
+
+def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started: float) -> LanguageModel:
+    import onnxruntime as ort
+    from transformers import AutoConfig
+
+    from audit.models.onnx_lm import OnnxLanguageModel, onnx_files
+
+    meta = read_meta(folder)
+    tokenizer = _load_tokenizer(folder, options)
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
+    files = onnx_files(folder)
+    onnx_path = folder / "model.onnx" if (folder / "model.onnx").is_file() else files[0]
+    session_options = ort.SessionOptions()
+    if options.threads:
+        session_options.intra_op_num_threads = options.threads
+    try:
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        model = ORTModelForCausalLM.from_pretrained(
+            str(folder), file_name=onnx_path.name, session_options=session_options, provider="CPUExecutionProvider"
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types on a damaged graph
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load the ONNX model in {folder}: {message[:300]}") from None
+    template = _facts_template(folder, source, config, meta, started)
+    template["dtype"] = "float32"
+    return OnnxLanguageModel(
+        model,
+        tokenizer,
+        onnx_path=onnx_path,
+        text_prefix_ids=text_prefix_ids(tokenizer, config, meta),
+        stop_token_ids=stop_token_ids(tokenizer, config, getattr(model, "generation_config", None)),
+        facts_template=template,
+    )

@@ -1,0 +1,120 @@
+"""ONNX Runtime backend: an optimum-exported causal LM folder behind the common interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.models.interface import ContinuationScore, Generation, LanguageModel, ModelFacts, ScoreRequest
+from audit.models.torch_lm import hf_generate, score_rows
+
+# ONNX operators whose second input is a weight matrix the model multiplies by.
+_WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def onnx_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.onnx") if p.is_file())
+
+
+def onnx_weight_facts(path: Path) -> dict[str, Any]:
+    """Parameter count, linear-weight sparsity and quantization of an ONNX graph.
+
+    Sparsity counts exact zeros of float weights, and of 8-bit weights the values equal to
+    their zero point (which dequantize to zero); packed 4-bit weights are not measured.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    # A 4-bit weight is stored packed (two per byte, in blocks): count its logical K x N.
+    packed_weights = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            packed_weights[node.input[1]] = attrs.get("K", 0) * attrs.get("N", 0)
+    parameters = sum(
+        packed_weights.get(init.name, int(np.prod(init.dims))) for init in graph.initializer if len(init.dims) >= 1
+    )
+    onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    inits = {init.name: init for init in graph.initializer}
+    ops = {node.op_type for node in graph.node}
+    quantization = None
+    if "MatMulNBits" in ops:
+        quantization = "int4-weight-only"
+    elif ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul"}:
+        quantization = "int8"
+    zeros = total = 0
+    packed = False
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            packed = True
+            continue
+        if node.op_type not in _WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.ndim != 2:
+            continue
+        zero_point = 0
+        if node.op_type == "MatMulInteger" and len(node.input) > 3 and node.input[3] in inits:
+            zero_point = numpy_helper.to_array(inits[node.input[3]])
+        zeros += int((weight == zero_point).sum())
+        total += weight.size
+    sparsity = zeros / total if total and not packed else None
+    return {"parameters": parameters, "weight_sparsity": sparsity, "quantization": quantization}
+
+
+class OnnxLanguageModel(LanguageModel):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        onnx_path: Path,
+        text_prefix_ids: Sequence[int],
+        stop_token_ids: Sequence[int],
+        facts_template: dict[str, Any],
+    ) -> None:
+        super().__init__(tokenizer, text_prefix_ids=text_prefix_ids, stop_token_ids=stop_token_ids)
+        self.model = model
+        self.onnx_path = Path(onnx_path)
+        self._facts_template = facts_template
+        self._weight_facts: dict[str, Any] | None = None
+
+    def _forward(self, ids: Any, attention: Any) -> Any:
+        return self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+
+    def score(self, requests: Sequence[ScoreRequest], strategy: str = "rows") -> list[list[ContinuationScore]]:
+        with self.lock:
+            return score_rows(requests, self._forward)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> Generation:
+        return hf_generate(self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+
+    def facts(self) -> ModelFacts:
+        if self._weight_facts is None:
+            self._weight_facts = onnx_weight_facts(self.onnx_path)
+        template = dict(self._facts_template)
+        return ModelFacts(
+            backend=self.backend,
+            dtype=template.pop("dtype", "float32"),
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            quantization=self._weight_facts["quantization"] or template.pop("quantization", None),
+            parameters=self._weight_facts["parameters"],
+            weight_sparsity=self._weight_facts["weight_sparsity"],
+            **{k: v for k, v in template.items() if k != "quantization"},
+        )
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,86 @@
+"""Registry, progress jobs and atomic writes."""
+
+import threading
+
+import pytest
+
+from audit import atomic
+from audit.errors import Cancelled, UserError
+from audit.progress import Progress, check_cancel, drive, relay
+from audit.registry import Registry
+
+
+def test_registry_lists_known_names_on_unknown():
+    reg: Registry[int] = Registry("pruning method")
+    reg.add("wanda", 1, higher_is_better=False)
+    reg.add("magnitude", 2)
+    assert reg.get("wanda") == 1
+    assert reg.meta("wanda") == {"higher_is_better": False}
+    with pytest.raises(UserError, match=r"unknown pruning method 'sparse'; known: magnitude, wanda"):
+        reg.get("sparse")
+    with pytest.raises(ValueError):
+        reg.add("wanda", 3)
+
+
+def _job(n, cancel=None):
+    for i in range(n):
+        check_cancel(cancel)
+        yield Progress("count", i + 1, n)
+    return n * 10
+
+
+def test_drive_returns_result_and_reports_each_event():
+    seen = []
+    assert drive(_job(3), seen.append) == 30
+    assert [e.done for e in seen] == [1, 2, 3]
+    assert seen[-1].fraction == 1.0
+
+
+def test_relay_renames_stage_and_passes_result():
+    def outer():
+        value = yield from relay(_job(2), stage="outer")
+        return value + 1
+
+    seen = []
+    assert drive(outer(), seen.append) == 21
+    assert {e.stage for e in seen} == {"outer"}
+
+
+def test_cancel_stops_job():
+    cancel = threading.Event()
+    job = _job(5, cancel)
+    next(job)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        next(job)
+
+
+def test_atomic_directory_keeps_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic.directory(target) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("midway")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_refuses_existing_without_force_and_replaces_with_force(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with pytest.raises(UserError, match="already exists"):
+        with atomic.directory(target):
+            pass
+    with atomic.directory(target, force=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_text(tmp_path):
+    path = tmp_path / "a" / "b.txt"
+    atomic.write_text(path, "hello")
+    atomic.write_text(path, "again")
+    assert path.read_text() == "again"
+    assert [p.name for p in path.parent.iterdir()] == ["b.txt"]

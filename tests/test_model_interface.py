@@ -1,0 +1,156 @@
+"""The common model interface on tiny models of every supported architecture and on ONNX Runtime."""
+
+import json
+import math
+
+import pytest
+
+from audit.models import LanguageModel, ScoreRequest, load_model
+from audit.models.interface import batches_by_tokens
+from audit.progress import drive
+from tests.conftest import run_cli
+from tests.tiny import ARCHITECTURES
+
+CONTEXT = "Context: a nurse and a doctor walked into the hospital. Question: who was the engineer? Answer:"
+OPTIONS = [" the nurse", " the doctor", " cannot be determined"]
+
+
+def load(path) -> LanguageModel:
+    return drive(load_model(str(path)))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return load(tiny_llama)
+
+
+def test_encode_adds_no_special_tokens_and_prefix_is_document_start(llama):
+    ids = llama.encode("The quick brown fox")
+    assert ids and ids[0] not in {0, 1, 2}
+    assert llama.text_prefix_ids == (0,)
+    request = llama.text_request(CONTEXT, OPTIONS)
+    assert request.context[0] == 0 and 1 not in request.context
+
+
+def test_split_pair_moves_trailing_space_into_continuation(llama):
+    context_ids, cont_ids = llama.split_pair("Answer: ", "the nurse")
+    assert llama.decode(context_ids) == "Answer:"
+    assert llama.decode(cont_ids) == " the nurse"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_packed_scoring_equals_one_forward_per_option(tiny_model_factory, arch):
+    model = load(tiny_model_factory(arch))
+    requests = [
+        model.text_request(CONTEXT, OPTIONS),
+        model.text_request("Water boils at", [" one hundred degrees", " zero"]),
+        model.text_request("Who", [" was"]),
+    ]
+    packed = model.score(requests)
+    naive = model.score(requests, strategy="naive")
+    assert model._packing, f"{arch}: packed scoring fell back to plain rows"
+    for got, want in zip(packed, naive):
+        assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
+        assert [s.greedy for s in got] == [s.greedy for s in want]
+        for a, b in zip(got, want):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_scores_are_log_probabilities_that_sum_over_the_vocabulary(llama):
+    import torch
+
+    context = llama.text_prefix_ids + tuple(llama.encode("The quick"))
+    vocab = llama.model.config.vocab_size
+    scores = llama.score([ScoreRequest(context, tuple((t,) for t in range(vocab)))])[0]
+    total = sum(math.exp(s.logprob) for s in scores)
+    assert total == pytest.approx(1.0, abs=1e-4)
+    best = max(range(vocab), key=lambda t: scores[t].logprob)
+    assert scores[best].greedy and sum(s.greedy for s in scores) == 1
+    with torch.inference_mode():
+        logits = llama.model(torch.tensor([context])).logits[0, -1]
+    assert best == int(logits.argmax())
+
+
+def test_batches_by_tokens_respects_budget():
+    lengths = [5, 50, 10, 40, 3]
+    groups = batches_by_tokens(lengths, max_tokens=100, max_rows=8)
+    assert sorted(i for g in groups for i in g) == list(range(5))
+    for group in groups:
+        assert max(lengths[i] for i in group) * len(group) <= 100 or len(group) == 1
+
+
+def test_generation_is_deterministic(llama):
+    greedy = [llama.generate_chat("Who was the engineer?", max_new_tokens=6) for _ in range(2)]
+    assert greedy[0] == greedy[1] and greedy[0].token_ids
+    assert greedy[0].prompt_tokens == len(llama.chat_prompt_ids("Who was the engineer?"))
+    sampled = [llama.generate_chat("Who?", max_new_tokens=6, temperature=1.0, seed=7) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    others = {llama.generate_chat("Who?", max_new_tokens=6, temperature=1.0, seed=s).token_ids for s in range(5)}
+    assert len(others) > 1
+
+
+def test_chat_prompt_uses_template_and_plain_text_does_not(llama):
+    chat = llama.chat_prompt_ids("hello")
+    assert chat[0] == 1  # <|im_start|>, the chat-turn marker
+    assert llama.decode(chat).endswith("assistant\n")
+
+
+def test_facts(llama, tiny_llama):
+    facts = llama.facts()
+    assert facts.backend == "pytorch"
+    assert facts.architecture == "LlamaForCausalLM"
+    assert facts.parameters == sum(p.numel() for p in llama.model.parameters())
+    assert facts.size_on_disk_bytes >= (tiny_llama / "model.safetensors").stat().st_size
+    assert 0.0 <= facts.weight_sparsity < 0.01
+    assert facts.layers == 2 and facts.source_kind == "folder"
+
+
+def test_weight_sparsity_counts_zeros_in_linear_layers(tiny_llama):
+    import torch
+
+    model = load(tiny_llama)
+    with torch.no_grad():
+        model.model.model.layers[0].mlp.down_proj.weight.zero_()
+    zeroed = model.model.model.layers[0].mlp.down_proj.weight.numel()
+    total = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear) and m is not model.model.lm_head)
+    assert model.facts().weight_sparsity == pytest.approx(zeroed / total, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_llama, tmp_path_factory):
+    from optimum.exporters.onnx import main_export
+
+    out = tmp_path_factory.mktemp("onnx") / "llama-onnx"
+    main_export(str(tiny_llama), output=str(out), task="text-generation-with-past", do_validation=False)
+    return out
+
+
+def test_onnx_backend_matches_pytorch(tiny_onnx, llama):
+    onnx_model = load(tiny_onnx)
+    assert onnx_model.backend == "onnxruntime"
+    requests = [onnx_model.text_request(CONTEXT, OPTIONS)]
+    for a, b in zip(onnx_model.score(requests)[0], llama.score(requests)[0]):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+    assert onnx_model.generate_chat("hello", max_new_tokens=5) == llama.generate_chat("hello", max_new_tokens=5)
+    facts = onnx_model.facts()
+    assert facts.backend == "onnxruntime" and facts.source_kind == "onnx"
+    assert facts.parameters == pytest.approx(llama.facts().parameters, rel=0.01)
+    assert facts.weight_sparsity == 0.0
+
+
+def test_cli_models_info_json(tiny_llama, tmp_path):
+    result = run_cli("models", "info", str(tiny_llama), "--json", env={"EDGE_AUDIT_CACHE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"] == "pytorch" and data["parameters"] > 0
+    assert data["size_on_disk_mb"] > 0 and data["load_seconds"] > 0
+
+
+def test_cli_models_list_and_version(tmp_path):
+    result = run_cli("models", "list", "--json", env={"EDGE_AUDIT_CACHE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [a["alias"] for a in data["aliases"]] == ["smollm2-135m"]
+    assert data["cached"] == []
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("edge-audit ")
