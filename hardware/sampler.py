@@ -1,0 +1,157 @@
+"""Live resource sampler: a background thread records immutable snapshots; readers take the newest."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import psutil
+
+from hardware.memory import MB, peak_rss_bytes, reset_peak_rss
+
+# A reader returns extra figures for a snapshot (temperatures, throttle flags, GPU load...);
+# it must not raise: a reader with nothing to say returns an empty mapping.
+Reader = Callable[[], Mapping[str, Any]]
+
+MAX_SNAPSHOTS = 100_000  # about 7 hours at 4 Hz; older ones are dropped
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    t_s: float  # seconds since the sampler started
+    rss_mb: float
+    mem_used_mb: float
+    mem_available_mb: float
+    cpu_percent: tuple[float, ...]  # per core, since the previous snapshot
+    cpu_freq_mhz: float | None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu_percent_mean(self) -> float:
+        return statistics.fmean(self.cpu_percent) if self.cpu_percent else 0.0
+
+
+def _stats(values: Sequence[float], name: str, unit: str) -> dict[str, float]:
+    if not values:
+        return {}
+    return {
+        f"{name}_min_{unit}": round(min(values), 2),
+        f"{name}_mean_{unit}": round(statistics.fmean(values), 2),
+        f"{name}_max_{unit}": round(max(values), 2),
+    }
+
+
+class ResourceSampler:
+    """Samples this process and the system every `interval_s` until stopped.
+
+    Use as a context manager around a job; `summary()` gives min/mean/max over it, with the
+    exact RSS peak from the kernel where it can be reset, and the sampler's own CPU cost.
+    """
+
+    def __init__(self, interval_s: float = 0.25, readers: Sequence[Reader] = ()) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = interval_s
+        self.readers = tuple(readers)
+        self._process = psutil.Process()
+        self._snapshots: list[Snapshot] = []
+        self._latest: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+        self._stopped: float | None = None
+        self._busy_s = 0.0  # CPU time the sampler thread itself used
+        self._peak_reset = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> "ResourceSampler":
+        if self._thread is not None:
+            raise RuntimeError("sampler already started")
+        self._peak_reset = reset_peak_rss()
+        self._started = time.monotonic()
+        psutil.cpu_percent(percpu=True)  # prime the per-core counters
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._stopped is not None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self._stopped = time.monotonic()
+
+    def __enter__(self) -> "ResourceSampler":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        began = time.thread_time()
+        memory = psutil.virtual_memory()
+        try:
+            freq = psutil.cpu_freq()
+        except (OSError, NotImplementedError, FileNotFoundError):
+            freq = None
+        extra: dict[str, Any] = {}
+        for reader in self.readers:
+            try:
+                extra.update(reader())
+            except Exception:  # a broken reader must not stop the sampling
+                continue
+        snapshot = Snapshot(
+            t_s=time.monotonic() - self._started,
+            rss_mb=self._process.memory_info().rss / MB,
+            mem_used_mb=(memory.total - memory.available) / MB,
+            mem_available_mb=memory.available / MB,
+            cpu_percent=tuple(psutil.cpu_percent(percpu=True)),
+            cpu_freq_mhz=float(freq.current) if freq else None,
+            extra=extra,
+        )
+        self._snapshots.append(snapshot)
+        if len(self._snapshots) > MAX_SNAPSHOTS:
+            del self._snapshots[: len(self._snapshots) - MAX_SNAPSHOTS]
+        self._latest = snapshot  # one reference assignment: readers never see a half-built snapshot
+        self._busy_s += time.thread_time() - began
+
+    # -- reading ------------------------------------------------------------------------
+    def latest(self) -> Snapshot | None:
+        return self._latest
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return tuple(self._snapshots)
+
+    def summary(self) -> dict[str, Any]:
+        snaps = self.snapshots()
+        end = self._stopped if self._stopped is not None else time.monotonic()
+        duration = max(end - self._started, 1e-9) if self._started else 0.0
+        rss = [s.rss_mb for s in snaps]
+        peak = peak_rss_bytes() if self._peak_reset else None
+        result: dict[str, Any] = {
+            "samples": len(snaps),
+            "duration_s": round(duration, 3),
+            "rss_peak_mb": round(peak / MB if peak else max(rss, default=0.0), 2),
+            "rss_peak_source": "kernel" if peak else "sampled",
+            "sampler_cpu_s": round(self._busy_s, 4),
+            "sampler_overhead_percent": round(100 * self._busy_s / duration, 3) if duration else 0.0,
+        }
+        result.update(_stats(rss, "rss", "mb"))
+        result.update(_stats([s.mem_available_mb for s in snaps], "mem_available", "mb"))
+        result.update(_stats([s.cpu_percent_mean for s in snaps[1:]], "cpu_percent", "pct"))
+        freqs = [s.cpu_freq_mhz for s in snaps if s.cpu_freq_mhz]
+        result.update(_stats(freqs, "cpu_freq", "mhz"))
+        temps = [max(t.values()) for s in snaps if (t := s.extra.get("temperatures_c"))]
+        result.update(_stats(temps, "temperature", "c"))
+        throttled = [s.extra["throttled"] for s in snaps if s.extra.get("throttled")]
+        result["throttled_seen"] = bool(throttled)
+        return result

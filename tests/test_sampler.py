@@ -1,0 +1,39 @@
+"""The resource sampler records snapshots in the background and summarises a job."""
+
+import time
+
+import pytest
+
+from hardware.sampler import ResourceSampler
+
+
+def test_sampler_records_and_summarises():
+    with ResourceSampler(interval_s=0.02, readers=[lambda: {"temperatures_c": {"cpu": 51.0}}]) as sampler:
+        block = bytearray(64 * 1024 * 1024)  # touch 64 MB so the peak shows it
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(0.2)
+        assert sampler.latest() is not None
+    summary = sampler.summary()
+    assert summary["samples"] >= 5
+    assert summary["rss_peak_mb"] >= summary["rss_max_mb"] - 1
+    assert summary["rss_peak_mb"] >= 64
+    assert summary["temperature_max_c"] == 51.0
+    assert 0 <= summary["sampler_overhead_percent"] < 50
+    snaps = sampler.snapshots()
+    assert [s.t_s for s in snaps] == sorted(s.t_s for s in snaps)
+    del block
+
+
+def test_a_broken_reader_does_not_stop_sampling():
+    def broken():
+        raise OSError("sensor gone")
+
+    with ResourceSampler(interval_s=0.01, readers=[broken]) as sampler:
+        time.sleep(0.05)
+    assert sampler.summary()["samples"] >= 2
+
+
+def test_interval_must_be_positive():
+    with pytest.raises(ValueError):
+        ResourceSampler(interval_s=0)
