@@ -1,0 +1,535 @@
+"""Audit plans: a TOML file naming the model, its variants, probes, perplexity, profile and gate."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from audit.errors import UserError
+from audit.paths import data_dir
+
+PATTERN_RE = re.compile(r"^(unstructured|\d+:\d+)$")
+
+
+class PlanError(UserError):
+    """A plan problem, named with its key and line."""
+
+
+# -- locating keys ----------------------------------------------------------------------------
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=")
+
+
+def _clean(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map each dotted key path (arrays of tables indexed: `variants[1].prune`) to its line."""
+    lines: dict[str, int] = {}
+    table = ""
+    counts: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            name = _clean(header.group(2))
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                table = f"{name}[{counts[name]}]"
+            else:
+                table = name
+            # Nested arrays of tables (`[[gate.rules]]`) keep their own index.
+            lines.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            path = f"{table}.{_clean(key.group(1))}" if table else _clean(key.group(1))
+            lines.setdefault(path, number)
+    return lines
+
+
+class _Context:
+    """Where a plan came from: resolves relative paths and names lines in errors."""
+
+    def __init__(self, text: str, path: Path | None) -> None:
+        self.lines = key_lines(text)
+        self.path = path
+        self.base = path.parent if path else Path.cwd()
+
+    def line(self, key: str) -> int | None:
+        """The line of `key`, or of its nearest enclosing key (inline tables share a line)."""
+        parts = re.findall(r"\[\d+\]|[^.\[\]]+", key)
+        while parts:
+            candidate = "".join(p if p.startswith("[") or i == 0 else "." + p for i, p in enumerate(parts))
+            if candidate in self.lines:
+                return self.lines[candidate]
+            parts.pop()
+        return None
+
+    def error(self, key: str, message: str) -> PlanError:
+        where = self.path.name if self.path else "plan"
+        line = self.line(key)
+        at = f" line {line}" if line else ""
+        return PlanError(f"{where}{at}: {key}: {message}")
+
+    def resolve(self, value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (self.base / path).resolve())
+
+
+# -- reading values ---------------------------------------------------------------------------
+def _table(ctx: _Context, data: Any, key: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ctx.error(key, f"must be a table, got {type(data).__name__}")
+    return data
+
+
+def _unknown(ctx: _Context, data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ctx.error(f"{prefix}{key}", f"unknown key; known here: {known}")
+
+
+def _get(ctx: _Context, data: Mapping[str, Any], key: str, prefix: str, kind: type | tuple, default: Any) -> Any:
+    if key not in data:
+        return default
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ctx.error(prefix + key, f"must be {_kind_name(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ctx.error(prefix + key, f"must be {_kind_name(kinds)}, got {value!r}")
+    return value
+
+
+def _kind_name(kinds: tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check(ctx: _Context, ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ctx.error(key, message)
+
+
+def _str_list(ctx: _Context, data: Mapping[str, Any], key: str, prefix: str, default: list[str]) -> list[str]:
+    value = _get(ctx, data, key, prefix, list, default)
+    if not all(isinstance(v, str) for v in value):
+        raise ctx.error(prefix + key, "must be a list of strings")
+    return list(value)
+
+
+# -- the plan -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalibrationSpec:
+    nsamples: int = 32
+    seqlen: int = 512
+    seed: int = 0
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class PruneRecipe:
+    method: str
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    per_row: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizeRecipe:
+    scheme: str
+    block_size: int = 32
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    prune: PruneRecipe | None = None
+    quantize: QuantizeRecipe | None = None
+    path: str | None = None  # an already-compressed model
+
+    @property
+    def sparsity(self) -> float | None:
+        if self.prune is None:
+            return None
+        if self.prune.pattern != "unstructured":
+            n, m = (int(x) for x in self.prune.pattern.split(":"))
+            return n / m
+        return self.prune.sparsity
+
+    @property
+    def method(self) -> str:
+        if self.path:
+            return "external"
+        parts = []
+        if self.prune:
+            parts.append(self.prune.method + ("" if self.prune.pattern == "unstructured" else f" {self.prune.pattern}"))
+        if self.quantize:
+            parts.append(self.quantize.scheme)
+        return " + ".join(parts) or "dense"
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    suites: tuple[str, ...] = ("builtin",)
+    categories: tuple[str, ...] = ()
+    mode: str = "loglik"
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    temperature: float = 0.0
+    max_new_tokens: int = 5
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    enabled: bool = True
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    enabled: bool = True
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    runs: int = 10
+    warmup: int = 2
+    threads: int | None = None
+
+
+GATE_METRICS = {
+    # name: (what it measures, needs a significance test)
+    "srs_relative_increase_pct": ("relative SRS increase over the baseline, %", True),
+    "srs": ("stereotype reliance score on ambiguous items", False),
+    "transition_rate": ("share of unbiased baseline items that became bias-aligned", True),
+    "perplexity_relative_increase_pct": ("relative perplexity increase over the baseline, %", False),
+    "s_amb": ("BBQ bias score on ambiguous items", False),
+    "s_dis": ("BBQ bias score on disambiguated items", False),
+    "accuracy_ambiguous_drop": ("drop in ambiguous accuracy from the baseline (absolute)", False),
+    "accuracy_disambiguated_drop": ("drop in disambiguated accuracy from the baseline (absolute)", False),
+}
+
+
+@dataclass(frozen=True)
+class GateRule:
+    metric: str
+    max: float
+    category: str = "overall"  # "overall", a category name, or "each"
+    suite: str | None = None  # None: the first probe suite
+    significance: float | None = None  # fail only when the change is significant at this level
+
+    def describe(self) -> str:
+        where = "" if self.category == "overall" else f" [{self.category}]"
+        sig = f" (p < {self.significance})" if self.significance is not None else ""
+        return f"{self.metric}{where} <= {self.max:g}{sig}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    model: str
+    variants: tuple[VariantSpec, ...]
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    probes: ProbeSpec = field(default_factory=ProbeSpec)
+    perplexity: PerplexitySpec = field(default_factory=PerplexitySpec)
+    profile: ProfileSpec = field(default_factory=ProfileSpec)
+    gate: tuple[GateRule, ...] = ()
+    text: str = ""
+    path: str | None = None
+
+    def variant(self, name: str) -> VariantSpec:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("text")
+        return data
+
+
+def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    data = _table(ctx, raw, prefix.rstrip("."))
+    _unknown(ctx, data, {"method", "sparsity", "pattern", "per_row", "exclude"}, prefix)
+    method = _get(ctx, data, "method", prefix, str, None)
+    _check(ctx, method is not None, prefix + "method", "is required")
+    _check_name(ctx, "pruning method", method, prefix + "method")
+    sparsity = _get(ctx, data, "sparsity", prefix, float, 0.5)
+    _check(ctx, 0.0 <= sparsity <= 0.95, prefix + "sparsity", f"must be within [0, 0.95], got {sparsity:g}")
+    pattern = _get(ctx, data, "pattern", prefix, str, "unstructured")
+    _check_pattern(ctx, pattern, prefix + "pattern")
+    exclude = tuple(_str_list(ctx, data, "exclude", prefix, []))
+    per_row = _get(ctx, data, "per_row", prefix, bool, False)
+    return PruneRecipe(method, sparsity, pattern, per_row, exclude)
+
+
+def _check_pattern(ctx: _Context, pattern: str, key: str) -> None:
+    if not PATTERN_RE.match(pattern):
+        raise ctx.error(key, f"must be 'unstructured' or N:M such as 2:4, got {pattern!r}")
+    if pattern != "unstructured":
+        n, m = (int(x) for x in pattern.split(":"))
+        _check(ctx, 0 < n < m, key, f"N:M needs 0 < N < M, got {pattern!r}")
+
+
+def _parse_quantize(ctx: _Context, raw: Any, prefix: str) -> QuantizeRecipe:
+    if isinstance(raw, str):
+        raw = {"scheme": raw}
+    data = _table(ctx, raw, prefix.rstrip("."))
+    _unknown(ctx, data, {"scheme", "block_size"}, prefix)
+    scheme = _get(ctx, data, "scheme", prefix, str, None)
+    _check(ctx, scheme is not None, prefix + "scheme", "is required")
+    _check_name(ctx, "quantization scheme", scheme, prefix + "scheme")
+    block = _get(ctx, data, "block_size", prefix, int, 32)
+    _check(ctx, block >= 16 and block & (block - 1) == 0, prefix + "block_size", f"must be a power of two >= 16, got {block}")
+    return QuantizeRecipe(scheme, block)
+
+
+# Which names are valid comes from the registries of the compression and probe modules;
+# they register themselves on import, and a missing module means no name is checked.
+NameCheck = Callable[[str, str], list[str] | None]
+_name_checks: list[NameCheck] = []
+
+
+def register_name_check(check: NameCheck) -> None:
+    _name_checks.append(check)
+
+
+def _check_name(ctx: _Context, kind: str, name: str, key: str) -> None:
+    for check in _name_checks:
+        known = check(kind, name)
+        if known is not None:
+            raise ctx.error(key, f"unknown {kind} {name!r}; known: {', '.join(known)}")
+
+
+def _variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:
+    parts = []
+    if prune:
+        if prune.pattern == "unstructured":
+            parts.append(f"{prune.method}-{round(prune.sparsity * 100):d}")
+        else:
+            parts.append(f"{prune.method}-{prune.pattern.replace(':', 'of')}")
+    if quantize:
+        parts.append(quantize.scheme)
+    return "+".join(parts)
+
+
+def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
+    """`[grid]`: every method at every sparsity, optionally each then quantized."""
+    if grid is None:
+        return []
+    data = _table(ctx, grid, "grid")
+    _unknown(ctx, data, {"methods", "sparsities", "pattern", "quantize"}, "grid.")
+    methods = _str_list(ctx, data, "methods", "grid.", [])
+    _check(ctx, bool(methods), "grid.methods", "must name at least one pruning method")
+    sparsities = _get(ctx, data, "sparsities", "grid.", list, [0.5])
+    pattern = _get(ctx, data, "pattern", "grid.", str, "unstructured")
+    quantize = _parse_quantize(ctx, data["quantize"], "grid.quantize.") if "quantize" in data else None
+    variants = []
+    for sparsity in sparsities:
+        _check(
+            ctx,
+            isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool),
+            "grid.sparsities",
+            f"must be numbers, got {sparsity!r}",
+        )
+        for method in methods:
+            prune = _parse_prune(ctx, {"method": method, "sparsity": float(sparsity), "pattern": pattern}, "grid.")
+            variants.append(VariantSpec(_variant_name(prune, quantize), prune, quantize))
+    return variants
+
+
+def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
+    variants: list[VariantSpec] = _parse_grid(ctx, doc.get("grid"))
+    raw = doc.get("variants", [])
+    if not isinstance(raw, list):
+        raise ctx.error("variants", "must be an array of tables ([[variants]])")
+    for i, item in enumerate(raw):
+        prefix = f"variants[{i}]."
+        data = _table(ctx, item, prefix.rstrip("."))
+        _unknown(ctx, data, {"name", "prune", "quantize", "path"}, prefix)
+        prune = _parse_prune(ctx, data["prune"], prefix + "prune.") if "prune" in data else None
+        quantize = _parse_quantize(ctx, data["quantize"], prefix + "quantize.") if "quantize" in data else None
+        path = _get(ctx, data, "path", prefix, str, None)
+        if path is not None:
+            _check(ctx, prune is None and quantize is None, prefix + "path", "a variant is either a path or a recipe, not both")
+            path = ctx.resolve(path)
+            _check(ctx, Path(path).exists(), prefix + "path", f"no such file or folder: {path}")
+        _check(ctx, bool(prune or quantize or path), prefix.rstrip("."), "needs prune, quantize or path")
+        name = _get(ctx, data, "name", prefix, str, None) or (Path(path).name if path else _variant_name(prune, quantize))
+        variants.append(VariantSpec(name, prune, quantize, path))
+    seen: set[str] = set()
+    for variant in variants:
+        if variant.name in seen or variant.name == "baseline":
+            raise ctx.error("variants", f"variant name {variant.name!r} is used twice (or is 'baseline')")
+        seen.add(variant.name)
+    return variants
+
+
+def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
+    data = _table(ctx, raw, "probes")
+    _unknown(ctx, data, {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens"}, "probes.")
+    suites = []
+    for suite in _str_list(ctx, data, "suites", "probes.", ["builtin"]):
+        name, _, path = suite.partition(":")
+        _check_name(ctx, "probe suite", name, "probes.suites")
+        suites.append(f"{name}:{ctx.resolve(path)}" if path else name)
+    _check(ctx, bool(suites), "probes.suites", "must name at least one suite")
+    mode = _get(ctx, data, "mode", "probes.", str, "loglik")
+    _check(ctx, mode in {"loglik", "generate"}, "probes.mode", f"must be 'loglik' or 'generate', got {mode!r}")
+    seeds = _get(ctx, data, "seeds", "probes.", list, [0])
+    _check(ctx, bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds), "probes.seeds", "must be a non-empty list of integers")
+    limit = _get(ctx, data, "limit", "probes.", int, None)
+    _check(ctx, limit is None or limit > 0, "probes.limit", f"must be positive, got {limit}")
+    temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)
+    _check(ctx, 0.0 <= temperature <= 5.0, "probes.temperature", f"must be within [0, 5], got {temperature:g}")
+    max_new = _get(ctx, data, "max_new_tokens", "probes.", int, 5)
+    _check(ctx, 1 <= max_new <= 256, "probes.max_new_tokens", f"must be within [1, 256], got {max_new}")
+    categories = tuple(_str_list(ctx, data, "categories", "probes.", []))
+    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new)
+
+
+def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
+    data = _table(ctx, raw, "calibration")
+    _unknown(ctx, data, {"nsamples", "seqlen", "seed", "file"}, "calibration.")
+    nsamples = _get(ctx, data, "nsamples", "calibration.", int, 32)
+    _check(ctx, nsamples >= 1, "calibration.nsamples", f"must be at least 1, got {nsamples}")
+    seqlen = _get(ctx, data, "seqlen", "calibration.", int, 512)
+    _check(ctx, seqlen >= 8, "calibration.seqlen", f"must be at least 8, got {seqlen}")
+    seed = _get(ctx, data, "seed", "calibration.", int, 0)
+    file = _get(ctx, data, "file", "calibration.", str, None)
+    if file is not None:
+        file = ctx.resolve(file)
+        _check(ctx, Path(file).is_file(), "calibration.file", f"no such file: {file}")
+    return CalibrationSpec(nsamples, seqlen, seed, file)
+
+
+def _parse_perplexity(ctx: _Context, raw: Any) -> PerplexitySpec:
+    data = _table(ctx, raw, "perplexity")
+    _unknown(ctx, data, {"enabled", "text"}, "perplexity.")
+    text = _get(ctx, data, "text", "perplexity.", str, None)
+    if text is not None:
+        text = ctx.resolve(text)
+        _check(ctx, Path(text).is_file(), "perplexity.text", f"no such file: {text}")
+    return PerplexitySpec(_get(ctx, data, "enabled", "perplexity.", bool, True), text)
+
+
+def _parse_profile(ctx: _Context, raw: Any) -> ProfileSpec:
+    data = _table(ctx, raw, "profile")
+    _unknown(ctx, data, {"enabled", "prompt_tokens", "new_tokens", "runs", "warmup", "threads"}, "profile.")
+    values = {}
+    for key, default, low in (("prompt_tokens", 128, 1), ("new_tokens", 32, 2), ("runs", 10, 1), ("warmup", 2, 0)):
+        value = _get(ctx, data, key, "profile.", int, default)
+        _check(ctx, value >= low, f"profile.{key}", f"must be at least {low}, got {value}")
+        values[key] = value
+    threads = _get(ctx, data, "threads", "profile.", int, None)
+    _check(ctx, threads is None or threads >= 1, "profile.threads", f"must be at least 1, got {threads}")
+    return ProfileSpec(_get(ctx, data, "enabled", "profile.", bool, True), threads=threads, **values)
+
+
+def _parse_gate(ctx: _Context, raw: Any) -> list[GateRule]:
+    data = _table(ctx, raw, "gate")
+    _unknown(ctx, data, {"rules", "significance"}, "gate.")
+    default_sig = _get(ctx, data, "significance", "gate.", float, None)
+    _check(ctx, default_sig is None or 0 < default_sig < 1, "gate.significance", f"must be within (0, 1), got {default_sig}")
+    rules = []
+    raw_rules = data.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ctx.error("gate.rules", "must be an array of tables ([[gate.rules]])")
+    for i, item in enumerate(raw_rules):
+        prefix = f"gate.rules[{i}]."
+        rule = _table(ctx, item, prefix.rstrip("."))
+        _unknown(ctx, rule, {"metric", "max", "category", "suite", "significance"}, prefix)
+        metric = _get(ctx, rule, "metric", prefix, str, None)
+        _check(ctx, metric is not None, prefix + "metric", "is required")
+        _check(ctx, metric in GATE_METRICS, prefix + "metric", f"unknown gate metric {metric!r}; known: {', '.join(GATE_METRICS)}")
+        limit = _get(ctx, rule, "max", prefix, float, None)
+        _check(ctx, limit is not None, prefix + "max", "is required")
+        category = _get(ctx, rule, "category", prefix, str, "overall")
+        suite = _get(ctx, rule, "suite", prefix, str, None)
+        sig = _get(ctx, rule, "significance", prefix, float, default_sig)
+        _check(ctx, sig is None or 0 < sig < 1, prefix + "significance", f"must be within (0, 1), got {sig}")
+        if not GATE_METRICS[metric][1]:
+            sig = None  # a level only applies to rules on a change that has a test
+        rules.append(GateRule(metric, limit, category, suite, sig))
+    return rules
+
+
+TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perplexity", "profile", "gate"}
+
+
+def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True) -> Plan:
+    """Parse and check a plan; every problem is a PlanError naming the key and line."""
+    where = path.name if path else "plan"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"{where}: invalid TOML: {exc}") from None
+    ctx = _Context(text, path)
+    _unknown(ctx, doc, TOP_KEYS, "")
+    model = _get(ctx, doc, "model", "", str, None)
+    _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
+    if check_model:
+        model = _check_model(ctx, model)
+    name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
+    return Plan(
+        name=name,
+        model=model,
+        variants=tuple(_parse_variants(ctx, doc)),
+        calibration=_parse_calibration(ctx, doc.get("calibration")),
+        probes=_parse_probes(ctx, doc.get("probes")),
+        perplexity=_parse_perplexity(ctx, doc.get("perplexity")),
+        profile=_parse_profile(ctx, doc.get("profile")),
+        gate=tuple(_parse_gate(ctx, doc.get("gate"))),
+        text=text,
+        path=str(path.resolve()) if path else None,
+    )
+
+
+def _check_model(ctx: _Context, model: str) -> str:
+    from audit.models.sources import resolve_source
+
+    candidate = Path(model).expanduser()
+    local = candidate if candidate.is_absolute() else ctx.base / candidate
+    if local.exists():
+        model = str(local.resolve())
+    try:
+        resolve_source(model)
+    except UserError as exc:
+        raise ctx.error("model", str(exc)) from None
+    return model
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"no such plan file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read plan {path}: {exc}") from None
+    return parse_plan(text, path)
+
+
+DEFAULT_PLAN_FILE = "default_plan.toml"
+
+
+def default_plan() -> Plan:
+    path = data_dir() / DEFAULT_PLAN_FILE
+    return parse_plan(path.read_text(encoding="utf-8"), path)

@@ -1,0 +1,395 @@
+"""The results store: SQLite in WAL mode; every finished step is committed at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from audit.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def default_store_path() -> Path:
+    """$EDGE_AUDIT_STORE, else $XDG_DATA_HOME/edge-audit/results.db, else ~/.local/share/edge-audit/results.db."""
+    explicit = os.environ.get("EDGE_AUDIT_STORE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "edge-audit" / "results.db"
+
+
+def _execute_all(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would commit the open migration transaction; run statements one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _schema_v1(db: sqlite3.Connection) -> None:
+    _execute_all(
+        db,
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            plan_text TEXT NOT NULL,
+            plan_path TEXT,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            work_dir TEXT,
+            device_json TEXT,
+            software_json TEXT,
+            gate_json TEXT,
+            exit_code INTEGER
+        );
+        CREATE TABLE variants (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            name TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            recipe_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        CREATE TABLE steps (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            variant TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            seconds REAL,
+            result_json TEXT,
+            resources_json TEXT,
+            error TEXT,
+            PRIMARY KEY (run_id, variant, kind)
+        );
+        CREATE TABLE items (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            variant TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            category TEXT,
+            condition TEXT,
+            polarity TEXT,
+            chosen INTEGER,
+            bias_aligned INTEGER,
+            is_unknown INTEGER,
+            correct INTEGER,
+            latency_ms REAL,
+            record_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, variant, suite, item_id)
+        );
+        CREATE TABLE metrics (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            variant TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            category TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value REAL,
+            low REAL,
+            high REAL,
+            n INTEGER,
+            PRIMARY KEY (run_id, variant, suite, category, name)
+        );
+        CREATE INDEX items_by_variant ON items (run_id, variant, suite);
+        """
+    )
+
+
+# Migration k takes a store at version k to version k + 1; a store is migrated forward on open.
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_schema_v1,)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    name: str
+    model: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    plan_text: str
+    plan_path: str | None
+    work_dir: str | None
+    device: dict[str, Any]
+    software: dict[str, Any]
+    gate: dict[str, Any] | None
+    exit_code: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "model": self.model,
+            "status": self.status,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "plan_path": self.plan_path,
+            "work_dir": self.work_dir,
+            "device": self.device,
+            "software": self.software,
+            "gate": self.gate,
+            "exit_code": self.exit_code,
+        }
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class ResultsStore:
+    """One SQLite file; safe for several processes writing at once (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path else default_store_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"cannot open the results store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"results store {self.path} has schema version {version}, newer than this "
+                    f"edge-audit understands ({SCHEMA_VERSION}); upgrade edge-audit"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](self.db)
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self.db)
+
+    # -- runs -----------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        name: str,
+        model: str,
+        plan_text: str,
+        plan_path: str | None,
+        device: Mapping[str, Any],
+        software: Mapping[str, Any],
+        variants: Sequence[tuple[str, Mapping[str, Any]]],
+        work_dir: str | None = None,
+    ) -> int:
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO runs (name, model, plan_text, plan_path, status, created_at, work_dir, device_json, software_json)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (name, model, plan_text, plan_path, time.time(), work_dir, _dumps(device), _dumps(software)),
+            )
+            run_id = int(cursor.lastrowid)
+            for position, (variant, recipe) in enumerate(variants):
+                self.db.execute(
+                    "INSERT INTO variants (run_id, name, position, recipe_json) VALUES (?, ?, ?, ?)",
+                    (run_id, variant, position, _dumps(recipe)),
+                )
+        return run_id
+
+    def set_work_dir(self, run_id: int, work_dir: str) -> None:
+        self.db.execute("UPDATE runs SET work_dir = ? WHERE id = ?", (work_dir, run_id))
+
+    def run(self, run_id: int) -> RunRecord:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"no run {run_id} in {self.path}")
+        return self._run_record(row)
+
+    def runs(self) -> list[RunRecord]:
+        return [self._run_record(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+
+    @staticmethod
+    def _run_record(row: sqlite3.Row) -> RunRecord:
+        return RunRecord(
+            id=row["id"],
+            name=row["name"],
+            model=row["model"],
+            status=row["status"],
+            created_at=row["created_at"],
+            finished_at=row["finished_at"],
+            plan_text=row["plan_text"],
+            plan_path=row["plan_path"],
+            work_dir=row["work_dir"],
+            device=_loads(row["device_json"]) or {},
+            software=_loads(row["software_json"]) or {},
+            gate=_loads(row["gate_json"]),
+            exit_code=row["exit_code"],
+        )
+
+    def mark_running(self, run_id: int) -> None:
+        self.db.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (run_id,))
+
+    def finish_run(self, run_id: int, status: str, gate: Mapping[str, Any] | None, exit_code: int) -> None:
+        self.db.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, gate_json = ?, exit_code = ? WHERE id = ?",
+            (status, time.time(), _dumps(gate) if gate is not None else None, exit_code, run_id),
+        )
+
+    def variants(self, run_id: int) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.db.execute("SELECT name, recipe_json FROM variants WHERE run_id = ? ORDER BY position", (run_id,))
+        return [(r["name"], json.loads(r["recipe_json"])) for r in rows]
+
+    # -- steps ----------------------------------------------------------------------------
+    def step(self, run_id: int, variant: str, kind: str) -> dict[str, Any] | None:
+        """The stored result of a finished step, or None."""
+        row = self.db.execute(
+            "SELECT * FROM steps WHERE run_id = ? AND variant = ? AND kind = ? AND status = 'done'",
+            (run_id, variant, kind),
+        ).fetchone()
+        return self._step_dict(row) if row else None
+
+    def steps(self, run_id: int, variant: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM steps WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if variant is not None:
+            query += " AND variant = ?"
+            args.append(variant)
+        return [self._step_dict(r) for r in self.db.execute(query + " ORDER BY started_at", args)]
+
+    @staticmethod
+    def _step_dict(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "variant": row["variant"],
+            "kind": row["kind"],
+            "status": row["status"],
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+            "seconds": row["seconds"],
+            "result": _loads(row["result_json"]),
+            "resources": _loads(row["resources_json"]),
+            "error": row["error"],
+        }
+
+    def record_step(
+        self,
+        run_id: int,
+        variant: str,
+        kind: str,
+        *,
+        result: Mapping[str, Any],
+        started_at: float,
+        resources: Mapping[str, Any] | None = None,
+        items: Iterable[Mapping[str, Any]] = (),
+        suite: str | None = None,
+        metrics: Iterable[tuple[str, str, float | None, float | None, float | None, int | None]] = (),
+    ) -> None:
+        """Commit one finished step with its items and metrics in a single transaction,
+        so a step is either wholly stored or not at all; storing it again replaces it."""
+        finished = time.time()
+        with self._transaction():
+            self.db.execute("DELETE FROM items WHERE run_id = ? AND variant = ? AND suite = ?", (run_id, variant, suite or kind))
+            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND variant = ? AND suite = ?", (run_id, variant, suite or kind))
+            self.db.executemany(
+                "INSERT INTO items (run_id, variant, suite, item_id, category, condition, polarity, chosen,"
+                " bias_aligned, is_unknown, correct, latency_ms, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        run_id,
+                        variant,
+                        suite or kind,
+                        str(item["item_id"]),
+                        item.get("category"),
+                        item.get("condition"),
+                        item.get("polarity"),
+                        item.get("chosen"),
+                        _flag(item.get("bias_aligned")),
+                        _flag(item.get("unknown")),
+                        _flag(item.get("correct")),
+                        item.get("latency_ms"),
+                        _dumps(item),
+                    )
+                    for item in items
+                ],
+            )
+            self.db.executemany(
+                "INSERT INTO metrics (run_id, variant, suite, category, name, value, low, high, n) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(run_id, variant, suite or kind, category, name, value, low, high, n) for category, name, value, low, high, n in metrics],
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO steps (run_id, variant, kind, status, started_at, finished_at, seconds,"
+                " result_json, resources_json, error) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, NULL)",
+                (run_id, variant, kind, started_at, finished, finished - started_at, _dumps(result), _dumps(resources or {})),
+            )
+
+    def record_failure(self, run_id: int, variant: str, kind: str, error: str, started_at: float) -> None:
+        finished = time.time()
+        self.db.execute(
+            "INSERT OR REPLACE INTO steps (run_id, variant, kind, status, started_at, finished_at, seconds, error)"
+            " VALUES (?, ?, ?, 'failed', ?, ?, ?, ?)",
+            (run_id, variant, kind, started_at, finished, finished - started_at, error),
+        )
+
+    # -- items and metrics ------------------------------------------------------------------
+    def items(self, run_id: int, variant: str, suite: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT record_json FROM items WHERE run_id = ? AND variant = ? AND suite = ? ORDER BY item_id",
+            (run_id, variant, suite),
+        )
+        return [json.loads(r["record_json"]) for r in rows]
+
+    def item_count(self, run_id: int) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM items WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+    def metrics(self, run_id: int, variant: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM metrics WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if variant is not None:
+            query += " AND variant = ?"
+            args.append(variant)
+        return [dict(r) for r in self.db.execute(query + " ORDER BY variant, suite, category, name", args)]
+
+
+def _flag(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,123 @@
+"""Plan files: parsing, defaults, the grid shorthand, and one-line errors with the line number."""
+
+import pytest
+
+from audit.errors import UserError
+from audit.plans import default_plan, key_lines, load_plan, parse_plan
+
+GOOD = """\
+name = "nightly"
+model = "smollm2-135m"
+
+[grid]
+methods = ["magnitude", "wanda"]
+sparsities = [0.3, 0.5]
+
+[[variants]]
+name = "w24-int8"
+prune = { method = "wanda", pattern = "2:4" }
+quantize = { scheme = "onnx-int8" }
+
+[probes]
+suites = ["builtin", "crows:data/crows.csv"]
+seeds = [0, 1]
+
+[gate]
+significance = 0.05
+
+[[gate.rules]]
+metric = "srs_relative_increase_pct"
+max = 20
+
+[[gate.rules]]
+metric = "s_amb"
+category = "each"
+max = 0.2
+"""
+
+
+def test_good_plan(tmp_path):
+    path = tmp_path / "plans" / "nightly.toml"
+    path.parent.mkdir()
+    path.write_text(GOOD)
+    plan = load_plan(path)
+    assert plan.name == "nightly" and plan.model == "smollm2-135m"
+    assert [v.name for v in plan.variants] == ["magnitude-30", "wanda-30", "magnitude-50", "wanda-50", "w24-int8"]
+    w24 = plan.variant("w24-int8")
+    assert w24.prune.pattern == "2:4" and w24.quantize.scheme == "onnx-int8" and w24.sparsity == 0.5
+    assert plan.probes.suites == ("builtin", f"crows:{(tmp_path / 'plans' / 'data' / 'crows.csv').resolve()}")
+    assert plan.probes.seeds == (0, 1)
+    assert plan.calibration.nsamples == 32 and plan.profile.runs == 10
+    srs, s_amb = plan.gate
+    assert srs.significance == 0.05 and srs.max == 20.0
+    assert s_amb.category == "each" and s_amb.significance is None  # s_amb has no test of a change
+    assert plan.text == GOOD
+
+
+def test_default_plan_is_valid():
+    plan = default_plan()
+    names = [v.name for v in plan.variants]
+    assert names == ["magnitude-50", "wanda-50", "sparsegpt-50", "random-50", "wanda-2of4", "int8-dynamic", "onnx-int8"]
+    assert plan.probes.suites == ("builtin",)
+
+
+def test_key_lines_index_arrays_of_tables():
+    lines = key_lines(GOOD)
+    assert lines["variants[0].prune"] == 10
+    assert lines["gate.rules[1].category"] == 26
+    assert lines["grid.sparsities"] == 6
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("[probes]", "[probes]\ncolour = 'red'"), r"plan.toml line 14: probes.colour: unknown key; known here: categories, .*"),
+        (('pattern = "2:4" }', 'pattern = "2:4", sparsity = 1.5 }'), r"plan.toml line 10: variants\[0\].prune.sparsity: must be within \[0, 0.95\], got 1.5"),
+        (('pattern = "2:4"', 'pattern = "4:2"'), r"plan.toml line 10: variants\[0\].prune.pattern: N:M needs 0 < N < M"),
+        (('pattern = "2:4"', 'pattern = "two of four"'), r"line 10: variants\[0\].prune.pattern: must be 'unstructured' or N:M"),
+        (('model = "smollm2-135m"', 'model = "./no/such/model"'), r"plan.toml line 2: model: no such file or folder"),
+        (('model = "smollm2-135m"', 'modle = "smollm2-135m"'), r"plan.toml line 2: modle: unknown key"),
+        (('max = 20', 'max = "twenty"'), r"plan.toml line 22: gate.rules\[0\].max: must be a number, got 'twenty'"),
+        (('metric = "s_amb"', 'metric = "bias"'), r"line 25: gate.rules\[1\].metric: unknown gate metric 'bias'"),
+        (('seeds = [0, 1]', 'seeds = []'), r"line 15: probes.seeds: must be a non-empty list of integers"),
+        (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 4: grid.sparsity: must be within \[0, 0.95\], got 0.99"),
+    ],
+)
+def test_bad_plans_name_key_and_line(tmp_path, edit, message):
+    old, new = edit
+    assert old in GOOD
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(UserError, match=message) as info:
+        load_plan(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_and_invalid_toml(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text('name = "x"\n')
+    with pytest.raises(UserError, match=r"plan.toml: model: is required"):
+        load_plan(path)
+    path.write_text('model = "smollm2-135m"\n[probes\n')
+    with pytest.raises(UserError, match=r"plan.toml: invalid TOML: .*line 2"):
+        load_plan(path)
+    with pytest.raises(UserError, match="no such plan file"):
+        load_plan(tmp_path / "absent.toml")
+
+
+def test_duplicate_variant_names(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text('model = "smollm2-135m"\n[[variants]]\nquantize = "int8-dynamic"\n[[variants]]\nquantize = "int8-dynamic"\n')
+    with pytest.raises(UserError, match="variant name 'int8-dynamic' is used twice"):
+        load_plan(path)
+
+
+def test_variant_path_is_relative_to_the_plan(tmp_path, tiny_llama):
+    import shutil
+
+    shutil.copytree(tiny_llama, tmp_path / "models" / "mine")
+    path = tmp_path / "plan.toml"
+    path.write_text('model = "models/mine"\n[[variants]]\npath = "models/mine"\n')
+    plan = load_plan(path)
+    assert plan.model == str((tmp_path / "models" / "mine").resolve())
+    assert plan.variants[0].path == plan.model and plan.variants[0].name == "mine"
