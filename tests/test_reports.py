@@ -1,0 +1,71 @@
+"""Reports: chart helpers against hand-worked cases, and what the Markdown/HTML/JSON contain."""
+
+import json
+import re
+
+import pytest
+
+from audit.reports import render_html, render_markdown, write_report
+from audit.reports.render import summary_rows
+from audit.reports.svg import bar_chart, line_chart, log_ticks, nice_ticks
+
+
+def test_nice_ticks():
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0, 37) == [0, 10, 20, 30, 40]
+    assert nice_ticks(0, 0) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert log_ticks(18, 900) == [10, 100, 1000]
+
+
+def test_line_and_bar_charts_draw_one_mark_per_value():
+    chart = line_chart("t", {"a": [(0, 1.0), (0.5, 2.0)], "b": [(0.5, 3.0)]}, x_label="x", y_label="y")
+    assert chart.count('class="point"') == 3 and chart.count('class="series"') == 1
+    bars = bar_chart("t", ["g1", "g2"], {"s": [(1.0, 0.5, 1.5), (2.0, None, None)], "u": [(None, None, None), (3.0, 2.0, 4.0)]}, y_label="y")
+    assert bars.count('class="bar"') == 3 and bars.count('class="interval"') == 2
+    assert "no data" in line_chart("t", {}, x_label="x", y_label="y")
+
+
+def est(value, low=None, high=None, n=10):
+    return {"value": value, "ci95": [low, high] if low is not None else None, "n": n}
+
+
+DATA = {
+    "run": {"id": 7, "name": "nightly", "model": "m", "created_at": 0, "device": {"name": "pi5"}, "software": {"torch": "2.13"}},
+    "gate": {"passed": False, "failures": ["FAIL w: srs_relative_increase_pct = 40 (limit 20) - over the limit and significant (p = 0.01 < 0.05)"]},
+    "baseline": "baseline",
+    "suites": ["builtin"],
+    "variants": [
+        {"name": "baseline", "method": "dense", "sparsity": 0.0, "perplexity": 20.0, "size_on_disk_mb": 500.0,
+         "probes": {"builtin": {"overall": {"srs": est(0.30, 0.25, 0.35)}, "categories": {"age": {"srs": est(0.4, 0.3, 0.5)}}}}},
+        {"name": "w", "method": "wanda", "sparsity": 0.5, "perplexity": 21.0, "perplexity_relative_change_pct": 5.0,
+         "size_on_disk_mb": 500.0, "size_on_disk_compressed_mb": 300.0, "gate_passed": False,
+         "probes": {"builtin": {"overall": {"srs": est(0.42, 0.37, 0.47)}, "categories": {"age": {"srs": est(0.6, 0.5, 0.7)}},
+                    "comparison": {"transition_rate": 0.25, "srs_relative_change_pct": 40.0, "p_value": 0.01, "significant": True}}}},
+    ],
+    "flipped": [{"variant": "w", "suite": "builtin", "item_id": "age-1", "category": "age", "context": "Two <people> met.",
+                 "question": "Who forgot?", "baseline_answer": "Unknown", "variant_answer": "The old man"}],
+}
+
+
+def test_summary_rows_pick_the_primary_suite():
+    base, variant = summary_rows(DATA)
+    assert base["srs"] == 0.30 and base["transition_rate"] is None
+    assert variant["srs"] == 0.42 and variant["srs_relative_change_pct"] == 40.0 and variant["significant"]
+
+
+def test_markdown_names_the_failure_and_the_flipped_items():
+    text = render_markdown(DATA)
+    assert "## Gate: FAILED" in text and "srs_relative_increase_pct = 40 (limit 20)" in text
+    assert re.search(r"\| w \| 500 \| 300 \|.*\| \+5% \| 0\.42 \| \+40% \* \|.*\| 0\.25 \| FAIL \|", text)
+    assert "“Unknown”, variant: “The old man”" in text
+
+
+def test_html_is_self_contained_with_every_plot(tmp_path):
+    html = render_html(DATA)
+    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "latency_ms_p50", "rss_peak_mb", "size_on_disk_mb"):
+        assert f"id='fig-{chart}'" in html
+    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "Two &lt;people&gt; met." in html  # item text is escaped
+    paths = write_report(tmp_path / "report", DATA)
+    assert json.loads(open(paths["json"]).read())["variants"][1]["name"] == "w"
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.html", "report.json", "report.md"]
