@@ -264,6 +264,9 @@ def profile_loaded(
         timed_generation(model, prompt, settings.new_tokens)
         for request in requests:
             timed_score(model, request)
+    # Weights read through a memory map count in RSS only once touched: after the warm-up
+    # runs this is the model's steady working set, which "after load" can understate.
+    rss_after_warmup_mb = round(process_rss_bytes() / MB, 2)
     timings: list[GenerationTiming] = []
     item_s: list[float] = []
     with ResourceSampler.for_device(settings.sampler_interval_s) as sampler:
@@ -294,6 +297,7 @@ def profile_loaded(
             "rss_after_load_mb": load.rss_after_load_mb if load else None,
             "rss_peak_load_mb": load.rss_peak_load_mb if load else None,
             "load_s": load.load_s if load else None,
+            "rss_after_warmup_mb": rss_after_warmup_mb,
             "rss_peak_mb": resources["rss_peak_mb"],
             "size_on_disk_mb": round(facts.size_on_disk_bytes / MB, 2),
             "threads": inference_threads(model),

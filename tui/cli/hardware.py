@@ -132,6 +132,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             ("rss_before_load_mb", "RSS before load"),
             ("rss_after_load_mb", "RSS after load"),
             ("rss_peak_load_mb", "RSS peak while loading"),
+            ("rss_after_warmup_mb", "RSS after warm-up"),
             ("rss_peak_mb", "RSS peak while running"),
             ("size_on_disk_mb", "size on disk"),
         ):
