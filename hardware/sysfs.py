@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Sequence, Union
 
 RootLike = Union[str, "os.PathLike[str]"]
 SYSTEM_ROOT = Path("/")
@@ -153,9 +153,3 @@ def run_tool(argv: Sequence[str], timeout_s: float = 2.0) -> str | None:
         return None
     return done.stdout
 
-
-def first_present(values: Iterable[object]) -> object | None:
-    for value in values:
-        if value is not None:
-            return value
-    return None
