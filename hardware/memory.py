@@ -1,8 +1,13 @@
-"""System and process memory figures from psutil."""
+"""System and process memory figures from /proc/meminfo and psutil."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import psutil
+
+from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, read_key_values, read_text
 
 MB = 1024 * 1024
 
@@ -40,3 +45,62 @@ def peak_rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """System memory in MB from /proc/meminfo; None where unreadable."""
+
+    total_mb: float | None
+    available_mb: float | None
+    swap_total_mb: float | None
+    swap_free_mb: float | None
+    cgroup_limit_mb: float | None  # a container's memory ceiling, when one is set
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if v is None else round(v, 1)) for k, v in asdict(self).items()}
+
+
+def _meminfo_mb(fields: dict[str, str], key: str) -> float | None:
+    value = fields.get(key)
+    if value is None:
+        return None
+    try:
+        amount, *unit = value.split()
+        return int(amount) * (1024 if unit and unit[0].lower() == "kb" else 1) / MB
+    except ValueError:
+        return None
+
+
+def read_cgroup_memory_limit_mb(root: RootLike = SYSTEM_ROOT) -> float | None:
+    """cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`; None when unlimited or absent."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        text = read_text(root, path)
+        if not text or text == "max":
+            continue
+        try:
+            limit = int(text)
+        except ValueError:
+            continue
+        if limit < 1 << 60:  # v1 writes a huge number for "no limit"
+            return limit / MB
+    return None
+
+
+def read_memory(root: RootLike = SYSTEM_ROOT) -> MemoryInfo:
+    fields = read_key_values(root, "/proc/meminfo")
+    if not fields and is_system_root(root):
+        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+        fields = {
+            "MemTotal": f"{memory.total} B",
+            "MemAvailable": f"{memory.available} B",
+            "SwapTotal": f"{swap.total} B",
+            "SwapFree": f"{swap.free} B",
+        }
+    return MemoryInfo(
+        total_mb=_meminfo_mb(fields, "MemTotal"),
+        available_mb=_meminfo_mb(fields, "MemAvailable"),
+        swap_total_mb=_meminfo_mb(fields, "SwapTotal"),
+        swap_free_mb=_meminfo_mb(fields, "SwapFree"),
+        cgroup_limit_mb=read_cgroup_memory_limit_mb(root),
+    )

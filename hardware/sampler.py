@@ -6,17 +6,22 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 import psutil
 
+from audit.progress import Job
 from hardware.memory import MB, peak_rss_bytes, reset_peak_rss
+
+T = TypeVar("T")
 
 # A reader returns extra figures for a snapshot (temperatures, throttle flags, GPU load...);
 # it must not raise: a reader with nothing to say returns an empty mapping.
 Reader = Callable[[], Mapping[str, Any]]
 
 MAX_SNAPSHOTS = 100_000  # about 7 hours at 4 Hz; older ones are dropped
+# Rails that measure a Jetson's whole input; the others are parts of it and must not be summed with it.
+_TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,14 @@ class ResourceSampler:
         self._busy_s = 0.0  # CPU time the sampler thread itself used
         self._peak_reset = False
 
+    @classmethod
+    def for_device(cls, interval_s: float = 0.25, **options: Any) -> "ResourceSampler":
+        """A sampler with the readers that fit this device (`hardware.readers.default_readers`
+        options pass through: device, root, vcgencmd, use_jtop)."""
+        from hardware.readers import default_readers
+
+        return cls(interval_s, readers=default_readers(**options))
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> "ResourceSampler":
         if self._thread is not None:
@@ -85,6 +98,13 @@ class ResourceSampler:
         self._thread.join()
         self._sample()
         self._stopped = time.monotonic()
+        for reader in self.readers:
+            close = getattr(reader, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    pass
 
     def __enter__(self) -> "ResourceSampler":
         return self.start()
@@ -152,6 +172,39 @@ class ResourceSampler:
         result.update(_stats(freqs, "cpu_freq", "mhz"))
         temps = [max(t.values()) for s in snaps if (t := s.extra.get("temperatures_c"))]
         result.update(_stats(temps, "temperature", "c"))
+        result.update(_stats([s.extra["gpu_load_percent"] for s in snaps if "gpu_load_percent" in s.extra], "gpu_load", "pct"))
+        result.update(_stats([p for s in snaps if (p := _total_power_mw(s.extra)) is not None], "power", "mw"))
         throttled = [s.extra["throttled"] for s in snaps if s.extra.get("throttled")]
         result["throttled_seen"] = bool(throttled)
+        flags = sorted({flag for s in snaps for flag in s.extra.get("throttle_active", ())})
+        result["throttle_flags_seen"] = flags
         return result
+
+
+def _total_power_mw(extra: Mapping[str, Any]) -> float | None:
+    if "power_total_mw" in extra:
+        return float(extra["power_total_mw"])
+    rails = extra.get("power_mw")
+    if not rails:
+        return None
+    for name in _TOTAL_RAILS:
+        if name in rails:
+            return float(rails[name])
+    return float(sum(rails.values()))
+
+
+@dataclass(frozen=True)
+class Sampled(Generic[T]):
+    """A job's result with the resource figures recorded while it ran."""
+
+    value: T
+    resources: dict[str, Any]
+
+
+def sample_job(job: Job[T], sampler: ResourceSampler | None = None) -> Job[Sampled[T]]:
+    """Run `job` under a sampler (this device's default one unless given); yield its events,
+    return its result with the sampler's summary. The sampler stops even if the job fails."""
+    sampler = sampler or ResourceSampler.for_device()
+    with sampler:
+        value = yield from job
+    return Sampled(value, sampler.summary())

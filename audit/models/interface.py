@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 MB = 1024 * 1024
 
@@ -140,8 +140,15 @@ class LanguageModel(ABC):
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int = 0,
+        stop_at_eos: bool = True,
+        on_token: Callable[[int], None] | None = None,
     ) -> Generation:
-        """Continue `prompt_ids`: greedy at temperature 0, else sampled with `seed`."""
+        """Continue `prompt_ids`: greedy at temperature 0, else sampled with `seed`.
+
+        `stop_at_eos=False` always produces `max_new_tokens` tokens (profiling needs a fixed
+        count) and keeps end tokens in the result; `on_token` is called with each new token id
+        as soon as it exists (time to first token, per-token latency).
+        """
 
     def generate_chat(self, prompt: str, **kwargs: Any) -> Generation:
         return self.generate(self.chat_prompt_ids(prompt), **kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -99,8 +99,13 @@ class OnnxLanguageModel(LanguageModel):
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int = 0,
+        stop_at_eos: bool = True,
+        on_token: Callable[[int], None] | None = None,
     ) -> Generation:
-        return hf_generate(self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return hf_generate(
+            self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            stop_at_eos=stop_at_eos, on_token=on_token,
+        )
 
     def facts(self) -> ModelFacts:
         if self._weight_facts is None:

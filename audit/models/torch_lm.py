@@ -90,6 +90,8 @@ def hf_generate(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    stop_at_eos: bool = True,
+    on_token: Callable[[int], None] | None = None,
 ) -> Generation:
     """Generation through a transformers-style `generate` (PyTorch and optimum's ONNX models)."""
     ids = torch.tensor([list(prompt_ids)])
@@ -97,9 +99,12 @@ def hf_generate(
     options: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": sample,
-        "eos_token_id": list(lm.stop_token_ids) or None,
+        # None overrides the model's generation config too, so nothing stops the loop early.
+        "eos_token_id": (list(lm.stop_token_ids) or None) if stop_at_eos else None,
         "pad_token_id": lm.stop_token_ids[0] if lm.stop_token_ids else 0,
     }
+    if on_token is not None:
+        options["streamer"] = _TokenCallback(on_token)
     if sample:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -109,9 +114,28 @@ def hf_generate(
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
     new = out[0, ids.shape[1] :].tolist()
-    while new and new[-1] in lm.stop_token_ids:
+    while stop_at_eos and new and new[-1] in lm.stop_token_ids:
         new.pop()
     return Generation(lm.decode(new), tuple(new), ids.shape[1])
+
+
+class _TokenCallback:
+    """The streamer protocol of transformers' `generate`: the first `put` is the prompt,
+    each later one the next token of every row."""
+
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self.on_token = on_token
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in torch.as_tensor(value).reshape(-1).tolist():
+            self.on_token(int(token))
+
+    def end(self) -> None:
+        pass
 
 
 class TorchLanguageModel(LanguageModel):
@@ -242,8 +266,13 @@ class TorchLanguageModel(LanguageModel):
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int = 0,
+        stop_at_eos: bool = True,
+        on_token: Callable[[int], None] | None = None,
     ) -> Generation:
-        return hf_generate(self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return hf_generate(
+            self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            stop_at_eos=stop_at_eos, on_token=on_token,
+        )
 
     # -- facts -------------------------------------------------------------------------
     def facts(self) -> ModelFacts:

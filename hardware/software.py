@@ -1,0 +1,85 @@
+"""The software side of the device: OS, kernel, Python, torch and ONNX Runtime with their threads and providers."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any
+
+from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, read_key_values, read_text
+
+
+@dataclass(frozen=True)
+class OsInfo:
+    name: str | None  # PRETTY_NAME of /etc/os-release
+    kernel: str | None
+    hostname: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_os(root: RootLike = SYSTEM_ROOT) -> OsInfo:
+    release = read_key_values(root, "/etc/os-release", sep="=")
+    name = release.get("PRETTY_NAME") or release.get("NAME")
+    kernel = read_text(root, "/proc/sys/kernel/osrelease")
+    hostname = read_text(root, "/proc/sys/kernel/hostname")
+    if is_system_root(root):
+        kernel = kernel or platform.release() or None
+        hostname = hostname or platform.node() or None
+    return OsInfo(name=name.strip('"') if name else None, kernel=kernel, hostname=hostname)
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    python: str
+    torch: str | None
+    torch_threads: int | None  # intra-op threads torch uses now
+    torch_interop_threads: int | None
+    onnxruntime: str | None
+    onnxruntime_providers: tuple[str, ...]
+    transformers: str | None
+    optimum_onnx: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["onnxruntime_providers"] = list(self.onnxruntime_providers)
+        return data
+
+
+def read_runtime() -> RuntimeInfo:
+    """Versions and thread settings of this process's inference libraries (imports them)."""
+    torch_threads = interop = None
+    if package_version("torch"):
+        try:
+            import torch
+
+            torch_threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
+        except Exception:  # a broken install reports what it can
+            pass
+    providers: tuple[str, ...] = ()
+    if package_version("onnxruntime"):
+        try:
+            import onnxruntime
+
+            providers = tuple(onnxruntime.get_available_providers())
+        except Exception:
+            pass
+    return RuntimeInfo(
+        python=platform.python_version(),
+        torch=package_version("torch"),
+        torch_threads=torch_threads,
+        torch_interop_threads=interop,
+        onnxruntime=package_version("onnxruntime"),
+        onnxruntime_providers=providers,
+        transformers=package_version("transformers"),
+        optimum_onnx=package_version("optimum-onnx"),
+    )
