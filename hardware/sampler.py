@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -33,6 +34,10 @@ class Snapshot:
     cpu_percent: tuple[float, ...]  # per core, since the previous snapshot
     cpu_freq_mhz: float | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # This process's CPU since the previous snapshot, in % of one core (2 busy cores = 200).
+    # Beside the system's per-core figures it shows how much of the load is someone else's.
+    process_cpu_percent: float | None = None
+    load_1m: float | None = None  # the system's 1-minute load average
 
     @property
     def cpu_percent_mean(self) -> float:
@@ -86,6 +91,7 @@ class ResourceSampler:
         self._peak_reset = reset_peak_rss()
         self._started = time.monotonic()
         psutil.cpu_percent(percpu=True)  # prime the per-core counters
+        self._process.cpu_percent()
         self._sample()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
         self._thread.start()
@@ -137,6 +143,8 @@ class ResourceSampler:
             cpu_percent=tuple(psutil.cpu_percent(percpu=True)),
             cpu_freq_mhz=float(freq.current) if freq else None,
             extra=extra,
+            process_cpu_percent=self._process.cpu_percent(),
+            load_1m=_load_1m(),
         )
         self._snapshots.append(snapshot)
         if len(self._snapshots) > MAX_SNAPSHOTS:
@@ -168,6 +176,8 @@ class ResourceSampler:
         result.update(_stats(rss, "rss", "mb"))
         result.update(_stats([s.mem_available_mb for s in snaps], "mem_available", "mb"))
         result.update(_stats([s.cpu_percent_mean for s in snaps[1:]], "cpu_percent", "pct"))
+        result.update(_stats([s.process_cpu_percent for s in snaps[1:] if s.process_cpu_percent is not None], "process_cpu", "pct"))
+        result.update(_stats([s.load_1m for s in snaps if s.load_1m is not None], "load", "1m"))
         freqs = [s.cpu_freq_mhz for s in snaps if s.cpu_freq_mhz]
         result.update(_stats(freqs, "cpu_freq", "mhz"))
         temps = [max(t.values()) for s in snaps if (t := s.extra.get("temperatures_c"))]
@@ -179,6 +189,13 @@ class ResourceSampler:
         flags = sorted({flag for s in snaps for flag in s.extra.get("throttle_active", ())})
         result["throttle_flags_seen"] = flags
         return result
+
+
+def _load_1m() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
 
 
 def _total_power_mw(extra: Mapping[str, Any]) -> float | None:

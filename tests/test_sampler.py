@@ -37,3 +37,15 @@ def test_a_broken_reader_does_not_stop_sampling():
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         ResourceSampler(interval_s=0)
+
+
+def test_sampler_records_this_process_cpu_and_the_system_load():
+    with ResourceSampler(interval_s=0.05) as sampler:
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:  # keep this process busy
+            sum(range(1000))
+    summary = sampler.summary()
+    # Busy for the whole job: whatever else runs on the machine, this process used CPU.
+    assert summary["process_cpu_max_pct"] > 0
+    assert summary["load_max_1m"] >= 0
+    assert all(s.process_cpu_percent is not None for s in sampler.snapshots())

@@ -141,10 +141,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
         resources = d["resources"]
         common.stdout.print(
             f"{d['runs']} timed runs after {d['settings']['warmup_runs']} warm-up runs; "
-            f"CPU {resources.get('cpu_percent_mean_pct', 'n/a')} % mean; "
+            f"system CPU {_value(resources.get('cpu_percent_mean_pct'), ' %')} per core, of which this process "
+            f"{_value(resources.get('process_cpu_mean_pct'), ' %')} of one core; "
+            f"load average {_value(resources.get('load_mean_1m'))}; "
             f"sampler overhead {resources['sampler_overhead_percent']} %"
             + ("; [red]throttling seen[/]" if resources.get("throttled_seen") else "")
         )
+        cores = d["device"].get("cores_usable")
+        load = resources.get("load_mean_1m")
+        if cores and load is not None and load > cores + 0.5:
+            common.stdout.print(
+                f"[yellow]note:[/] the machine was busy (load {load:.1f} on {cores} cores): timings are slower and "
+                "noisier than on an idle device, and fewer threads (--threads 1) can be faster and steadier"
+            )
 
     common.emit(args, data, human)
     return 0
