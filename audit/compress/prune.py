@@ -201,6 +201,7 @@ def prune(
     with ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
         model = _torch_model(lm, "pruning")
+        prunable_layers(model, config.exclude)  # bad exclude patterns fail before the slow part
         needs = PRUNING_METHODS.meta(config.method)["needs"]
         calib: CalibrationSet | None = None
         if needs:
@@ -208,7 +209,6 @@ def prune(
                 lm, config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
                 context_length=lm.facts().context_length,
             )
-        prunable_layers(model, config.exclude)  # bad exclude patterns fail before the slow part
         before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
         weights_f32_bytes = sum(w.numel() for _, w in dense_state(model)) * 4
         load_peak = peak_rss_bytes()
