@@ -64,7 +64,7 @@ def main() -> int:
 
     print()
     print(f"Pruning {args.model} (default calibration: 32 samples x 512 tokens, seed 0)")
-    header = f"{'method':<10} {'pattern':<12} {'sparsity':>8} {'ppl before':>10} {'ppl after':>10} {'prune s':>8} {'RSS peak':>9} {'RSS prune':>9} {'target':>7} {'dense MB':>9} {'sparse MB':>9} {'ratio':>6}"
+    header = f"{'method':<10} {'pattern':<12} {'sparsity':>8} {'ppl before':>10} {'ppl after':>10} {'prune s':>8} {'RSS peak':>9} {'RSS prune':>9} {'-baseline':>9} {'target':>7} {'dense MB':>9} {'sparse MB':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
     for r in (r for r in results if r["kind"] == "prune"):
@@ -72,7 +72,8 @@ def main() -> int:
         dense, comp = r["size_on_disk_mb"]["dense"], r["size_on_disk_mb"]["compressed"]
         print(
             f"{r['method']:<10} {r['pattern']:<12} {r['actual_sparsity']:>8.4f} {r['perplexity_before']:>10.3f} {r['perplexity_after']:>10.3f} "
-            f"{r['seconds']:>8.1f} {r['rss_peak_mb']:>9.0f} {r['rss_peak_mb_pruning'] or 0:>9.0f} {target:>7.0f} {dense:>9.1f} {comp:>9.1f} {comp / dense:>6.3f}"
+            f"{r['seconds']:>8.1f} {r['rss_peak_mb']:>9.0f} {r['rss_peak_mb_pruning'] or 0:>9.0f} "
+            f"{(r['rss_peak_mb_pruning'] or 0) - r.get('rss_baseline_mb', 0):>9.0f} {target:>7.0f} {dense:>9.1f} {comp:>9.1f} {comp / dense:>6.3f}"
         )
     by = {(r["method"], r["pattern"]): r["perplexity_after"] for r in results if r["kind"] == "prune"}
     key = lambda m: by.get((m, "unstructured"))  # noqa: E731
@@ -82,7 +83,10 @@ def main() -> int:
             f"\nordering at 50% (wanda {key('wanda'):.3f}, sparsegpt {key('sparsegpt'):.3f} < magnitude {key('magnitude'):.3f} "
             f"< random {key('random'):.3f}): {'holds' if holds else 'DOES NOT HOLD'}"
         )
-    print("RSS target: 1.5 x float32 weight bytes + calibration activations of one block (inputs and outputs)")
+    print(
+        "RSS prune: peak while calibrating and pruning; -baseline: the same less the process before it loaded the model\n"
+        "(interpreter, torch, transformers); target: 1.5 x float32 weight bytes + the hidden states entering one block"
+    )
 
     if not args.no_quantize:
         for scheme in SCHEMES:

@@ -15,7 +15,6 @@ from torch import nn
 from audit import atomic
 from audit.compress.calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSet, calibration_set
 from audit.compress.layers import (
-    BlockInputs,
     InputStatistics,
     PrunableLayer,
     capture_block_inputs,
@@ -33,7 +32,7 @@ from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, folder_size_bytes, load_model
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
-from hardware.memory import peak_rss_bytes, reset_peak_rss
+from hardware.memory import peak_rss_bytes, process_rss_bytes, reset_peak_rss
 from hardware.sampler import ResourceSampler
 
 COMPRESSED_SUBFOLDER = "compressed"
@@ -159,12 +158,11 @@ def prune_layers(
                 if index == 0:
                     shared = statistics.layers_sharing_inputs()
                 del statistics
-            # The next block sees what this block, pruned, now outputs.
-            outputs = []
+            # The next block sees what this block, pruned, now outputs. Samples are independent,
+            # so each output replaces its input and one set of activations is held at a time.
             for sample in range(n):
                 check_cancel(cancel)
-                outputs.append(run_block(block, inputs, sample).detach().clone())
-            inputs = BlockInputs(outputs, inputs.args, inputs.kwargs)
+                inputs.hidden[sample] = run_block(block, inputs, sample).detach().clone()
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
     per_layer, actual = sparsity_report(list(iter_layers(groups)))
     return PruneOutcome(per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared)
@@ -194,6 +192,7 @@ def prune(
     """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
     variants. Nothing is written until the end, into a temporary folder renamed on success."""
     total_started = time.perf_counter()
+    baseline_bytes = process_rss_bytes()
     spec = config.resolve()
     out = Path(out).expanduser()
     check_output_target(model_spec, out, force=force, options=options)
@@ -246,8 +245,8 @@ def prune(
     calib_activation_bytes = 0
     if calib is not None:
         hidden = getattr(model.config.get_text_config(), "hidden_size", 0) or 0
-        # Inputs and outputs of one block, float32, for every sample.
-        calib_activation_bytes = 2 * calib.samples.numel() * hidden * 4
+        # The hidden states entering one block, float32, for every sample.
+        calib_activation_bytes = calib.samples.numel() * hidden * 4
     result: dict[str, Any] = {
         "model": model_spec,
         "out": str(out),
@@ -262,6 +261,8 @@ def prune(
         "total_seconds": round(time.perf_counter() - total_started, 3),
         "rss_peak_mb": round(whole_peak_mb, 2),
         "rss_peak_mb_pruning": round(prune_peak / MB, 2) if prune_peak else None,
+        # The process before loading anything: interpreter, torch and transformers.
+        "rss_baseline_mb": round(baseline_bytes / MB, 2),
         "weights_mb_float32": round(weights_f32_bytes / MB, 2),
         "calibration_activations_mb": round(calib_activation_bytes / MB, 2),
         "size_on_disk_mb": {"dense": round(dense_bytes / MB, 2), "compressed": round(compressed_bytes / MB, 2)},
