@@ -41,6 +41,18 @@ def check_output_target(model_spec: str, out: Path, *, force: bool, options: Loa
             raise UserError(f"output folder {out} would overwrite or sit inside the source model {path}; choose another folder")
 
 
+def float_torch_model(lm: LanguageModel, what: str) -> Any:
+    """The transformers model behind `lm`, if it is a floating-point PyTorch one."""
+    from torch import nn
+
+    model = getattr(lm, "model", None)
+    if lm.backend != "pytorch" or not isinstance(model, nn.Module):
+        raise UserError(f"{what} needs a PyTorch model; this one runs on {lm.backend}")
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise UserError(f"{what} needs a floating-point model; this one is already int8-quantized")
+    return model
+
+
 def model_meta(lm: LanguageModel, model_spec: str, step: dict[str, Any], note: str) -> dict[str, Any]:
     """`edge_audit.json` for a variant: the source's text prefix and notes, and every compression
     step so far, so the variant scores text exactly like its source and says what was done."""

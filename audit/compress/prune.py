@@ -25,7 +25,7 @@ from audit.compress.layers import (
     sparsity_report,
 )
 from audit.compress.methods import PRUNING_METHODS, Pattern, PruneSpec, check_sparsity, layer_seed, method_spec
-from audit.compress.output import check_output_target, model_meta, save_model_folder
+from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.storage import SPARSE_FILE, SPARSE_FORMAT, dense_state, save_dense, save_sparse
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
@@ -169,15 +169,6 @@ def prune_layers(
 
 
 # -- the whole command ------------------------------------------------------------------------
-def _torch_model(lm: LanguageModel, what: str) -> nn.Module:
-    model = getattr(lm, "model", None)
-    if lm.backend != "pytorch" or not isinstance(model, nn.Module):
-        raise UserError(f"{what} needs a PyTorch model; this one runs on {lm.backend}")
-    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
-        raise UserError(f"{what} needs a floating-point model; this one is already quantized")
-    return model
-
-
 def prune(
     model_spec: str,
     config: PruneConfig,
@@ -199,7 +190,7 @@ def prune(
     ppl_text, ppl_source = text_source(text)
     with ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
-        model = _torch_model(lm, "pruning")
+        model = float_torch_model(lm, "pruning")
         prunable_layers(model, config.exclude)  # bad exclude patterns fail before the slow part
         needs = PRUNING_METHODS.meta(config.method)["needs"]
         calib: CalibrationSet | None = None

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from audit import atomic
-from audit.compress.output import check_output_target, model_meta, save_model_folder
+from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
@@ -195,7 +195,7 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     description="PyTorch dynamic int8 on the linear layers (per-channel weights; output head kept)",
 )
 def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
-    model = _float_torch_model(lm, "int8-dynamic")
+    model = float_torch_model(lm, "int8-dynamic")
     yield Progress("quantize", 0, 2, "quantizing linear layers to int8")
     names, linearized = quantize_int8_dynamic(model)
     check_cancel(cancel)
@@ -237,7 +237,7 @@ def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
         if lm.facts().quantization:
             raise UserError(f"{onnx_path.parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
         return onnx_path
-    model = _float_torch_model(lm, "ONNX export")
+    model = float_torch_model(lm, "ONNX export")
     from optimum.exporters.onnx import onnx_export_from_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -319,15 +319,6 @@ def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
 
 
 # -- the command ---------------------------------------------------------------------------------
-def _float_torch_model(lm: LanguageModel, what: str) -> nn.Module:
-    model = getattr(lm, "model", None)
-    if lm.backend != "pytorch" or not isinstance(model, nn.Module):
-        raise UserError(f"{what} needs a PyTorch model; this one runs on {lm.backend}")
-    if _quantized_modules(model):
-        raise UserError(f"{what} needs a floating-point model; this one is already int8-quantized")
-    return model
-
-
 def quantize(
     model_spec: str,
     scheme: str,
