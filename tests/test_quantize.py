@@ -61,7 +61,7 @@ def test_int8_dynamic_reloads_exactly_and_scores(tiny_model_factory, tmp_path, t
     assert variant.generate_chat("hello", max_new_tokens=4).token_ids
 
 
-def test_onnx_int8(tiny_llama, tmp_path, text_file):
+def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
     result = run(tiny_llama, "onnx-int8", tmp_path / "q", text_file)
     assert result["backend"] == "onnxruntime" and result["cpu_config"] in {"arm64", "avx2", "avx512", "avx512_vnni"}
     variant = drive(load_model(str(tmp_path / "q")))
@@ -69,6 +69,8 @@ def test_onnx_int8(tiny_llama, tmp_path, text_file):
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.1)
     assert (tmp_path / "q" / "model.onnx").is_file() and not (tmp_path / "q" / ".export").exists()
     assert json.loads((tmp_path / "q" / "edge_audit.json").read_text())["text_prefix_token"] == "<|endoftext|>"
+    assert main(["prune", "--model", str(tmp_path / "q"), "--method", "magnitude", "--out", str(tmp_path / "p")]) == 2
+    assert "pruning needs a PyTorch model; this one runs on onnxruntime" in capsys.readouterr().err
 
 
 def test_onnx_int4(tiny_llama, tmp_path, text_file):
