@@ -69,6 +69,9 @@ def check_memory(what: str, need_bytes: int, options: LoadOptions) -> None:
 
 def estimate_folder_bytes(folder: Path, options: LoadOptions) -> int:
     """Memory the weights of a folder take once loaded at `options.dtype`, plus headroom."""
+    recorded = read_meta(folder).get("storage", {}).get("loaded_bytes")
+    if isinstance(recorded, int) and recorded > 0:  # a compressed folder: its decoded size
+        return recorded + _HEADROOM_BYTES
     weights = 0
     for file in sorted(folder.glob("*.safetensors")):
         for name, info in safetensors_header(file).items():
@@ -87,6 +90,18 @@ def estimate_folder_bytes(folder: Path, options: LoadOptions) -> int:
 
 def folder_size_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def model_size_bytes(folder: Path) -> int:
+    """Bytes of one model folder, not counting model folders nested inside it (a pruned
+    model keeps its compressed form in a subfolder of its own)."""
+    total = 0
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir() and not (path / "config.json").is_file():
+            total += folder_size_bytes(path)
+    return total
 
 
 # -- the conversion cache -------------------------------------------------------------------
@@ -337,7 +352,7 @@ def _facts_template(folder: Path, source: ModelSource, config: Any, meta: dict[s
         "name": source.alias.name if source.alias else (source.hub_id or folder.name),
         "architecture": architectures[0],
         "model_type": getattr(config, "model_type", "unknown"),
-        "size_on_disk_bytes": folder_size_bytes(folder),
+        "size_on_disk_bytes": model_size_bytes(folder),
         "layers": getattr(text_config, "num_hidden_layers", None),
         "hidden_size": getattr(text_config, "hidden_size", None),
         "vocab_size": getattr(text_config, "vocab_size", None),
@@ -358,15 +373,22 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
 
     meta = read_meta(folder)
     tokenizer = _load_tokenizer(folder, options)
+    storage = meta.get("storage", {}).get("format")
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder),
-            dtype=getattr(torch, options.dtype),
-            trust_remote_code=options.trust_remote_code,
-            use_safetensors=not source.pickle,
-            low_cpu_mem_usage=True,
-        )
+        if storage is not None:
+            # Folders edge-audit wrote in its own compact formats decode into a regular model.
+            from audit.compress.formats import load_stored_model
+
+            model = load_stored_model(folder, storage, getattr(torch, options.dtype), options.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                dtype=getattr(torch, options.dtype),
+                trust_remote_code=options.trust_remote_code,
+                use_safetensors=not source.pickle,
+                low_cpu_mem_usage=True,
+            )
     except UserError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

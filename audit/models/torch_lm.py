@@ -38,12 +38,33 @@ def linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
+def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
+    """(name, int weights, zero points per channel, bias size) of dynamic int8 linear layers,
+    whose weights live in packed parameters rather than in `parameters()`."""
+    found = []
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None)):
+            weight = module.weight()
+            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                zero_points = weight.q_per_channel_zero_points()
+            else:
+                zero_points = torch.tensor([weight.q_zero_point()])
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            found.append((name, weight.int_repr(), zero_points, 0 if bias is None else bias.numel()))
+    return found
+
+
 def weight_sparsity(model: nn.Module) -> float | None:
     weights = linear_weights(model)
     total = sum(w.numel() for _, w in weights)
+    zeros = sum(int((w == 0).sum()) for _, w in weights)
+    for _, ints, zero_points, _ in quantized_linear_weights(model):
+        # An int8 weight equal to its channel's zero point dequantizes to exactly zero.
+        points = zero_points[:, None] if zero_points.numel() == ints.shape[0] else zero_points
+        zeros += int((ints == points).sum())
+        total += ints.numel()
     if not total:
         return None
-    zeros = sum(int((w == 0).sum()) for _, w in weights)
     return zeros / total
 
 
@@ -278,8 +299,11 @@ class TorchLanguageModel(LanguageModel):
     def facts(self) -> ModelFacts:
         unique = {id(p): p for p in self.model.parameters()}
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        quantized = quantized_linear_weights(self.model)
+        # Packed int8 weights and their biases are not in parameters(); count them too.
+        packed = sum(w.numel() + bias for _, w, _, bias in quantized)
         return ModelFacts(
-            parameters=sum(p.numel() for p in unique.values()),
+            parameters=sum(p.numel() for p in unique.values()) + packed,
             dtype=dtype,
             weight_sparsity=weight_sparsity(self.model),
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),

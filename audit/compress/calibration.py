@@ -1,0 +1,100 @@
+"""Calibration data: the shipped English text or a user's text/jsonl file, cut into seeded windows."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from audit.errors import UserError
+from audit.models.interface import LanguageModel
+from audit.paths import data_dir
+
+CALIBRATION_FILE = "calibration_en.txt"
+DEFAULT_NSAMPLES = 32
+DEFAULT_SEQLEN = 512
+
+
+def read_text_file(path: Path, what: str = "text") -> str:
+    """A plain-text file, or a .jsonl file of {"text": ...} objects (or strings) joined by blank lines."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what} file {path} does not exist")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".jsonl":
+        documents = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{what} file {path}, line {number}: not valid JSON") from None
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise UserError(f"{what} file {path}, line {number}: expected a string or an object with a \"text\" string")
+            documents.append(text)
+        raw = "\n\n".join(documents)
+    if not raw.strip():
+        raise UserError(f"{what} file {path} is empty")
+    return raw
+
+
+def shipped_calibration_text() -> str:
+    return (data_dir() / CALIBRATION_FILE).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    samples: torch.Tensor  # (nsamples, seqlen) token ids
+    source: str
+    text_tokens: int  # tokens in the whole text the windows were drawn from
+    seed: int
+
+    def to_dict(self) -> dict:
+        nsamples, seqlen = self.samples.shape
+        return {"source": self.source, "nsamples": nsamples, "seqlen": seqlen, "seed": self.seed, "text_tokens": self.text_tokens}
+
+
+def calibration_set(
+    model: LanguageModel,
+    path: Path | None = None,
+    *,
+    nsamples: int = DEFAULT_NSAMPLES,
+    seqlen: int = DEFAULT_SEQLEN,
+    seed: int = 0,
+    context_length: int | None = None,
+) -> CalibrationSet:
+    """`nsamples` windows of `seqlen` tokens at seeded random offsets, each starting with the
+    model's document-start token(s), as whole texts are scored."""
+    if nsamples < 1:
+        raise UserError(f"the number of calibration samples must be at least 1, got {nsamples}")
+    prefix = list(model.text_prefix_ids)
+    if seqlen < len(prefix) + 2:
+        raise UserError(f"calibration sequence length must be at least {len(prefix) + 2} tokens, got {seqlen}")
+    if context_length and seqlen > context_length:
+        raise UserError(f"calibration sequence length {seqlen} exceeds the model's context length {context_length}")
+    if path is None:
+        text, source = shipped_calibration_text(), f"built-in ({CALIBRATION_FILE})"
+    else:
+        text, source = read_text_file(path, "calibration"), str(path)
+    tokens = model.encode(text)
+    window = seqlen - len(prefix)
+    if len(tokens) < window:
+        raise UserError(
+            f"calibration text {source} has {len(tokens)} tokens; a sequence length of {seqlen} needs at least {window}"
+        )
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(nsamples):
+        start = rng.randint(0, len(tokens) - window)
+        rows.append(prefix + tokens[start : start + window])
+    return CalibrationSet(torch.tensor(rows, dtype=torch.long), source, len(tokens), seed)

@@ -1,0 +1,289 @@
+"""Pruning maths: one pure function per method, all with the same signature, in a registry."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from audit.errors import UserError
+from audit.registry import Registry
+
+MAX_SPARSITY = 0.95
+_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_MAX_GROUP = 128
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which weights may be removed: anywhere (unstructured), or N kept in every M consecutive
+    input weights of a row (semi-structured N:M, the layout sparse kernels accelerate)."""
+
+    kept: int | None = None  # N
+    group: int | None = None  # M
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Pattern":
+        if text is None or str(text).strip().lower() in {"", "unstructured"}:
+            return cls()
+        match = _PATTERN.match(str(text))
+        if not match:
+            raise UserError(f"malformed pattern {text!r}: expected 'unstructured' or N:M such as 2:4 or 4:8")
+        kept, group = int(match.group(1)), int(match.group(2))
+        if not 0 < kept < group:
+            raise UserError(f"malformed pattern {text!r}: N:M needs 0 < N < M (N weights kept in every M)")
+        if group > _MAX_GROUP:
+            raise UserError(f"pattern {text!r}: groups larger than {_MAX_GROUP} weights are not supported")
+        return cls(kept, group)
+
+    @property
+    def structured(self) -> bool:
+        return self.group is not None
+
+    @property
+    def sparsity(self) -> float | None:
+        """The sparsity an N:M pattern implies; None when unstructured."""
+        if self.group is None or self.kept is None:
+            return None
+        return (self.group - self.kept) / self.group
+
+    def __str__(self) -> str:
+        return f"{self.kept}:{self.group}" if self.structured else "unstructured"
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """What a method is asked to do to one weight matrix."""
+
+    sparsity: float
+    pattern: Pattern = Pattern()
+    scope: str = "matrix"  # where pruned weights compete: the whole matrix or each output row
+    seed: int = 0
+    blocksize: int = 128  # sparsegpt: columns solved together
+    damp: float = 0.01  # sparsegpt: added to the Hessian's diagonal, as a share of its mean
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        if self.scope not in {"matrix", "row"}:
+            raise UserError(f"unknown scope {self.scope!r}; known: matrix, row")
+        if self.blocksize < 1:
+            raise UserError(f"block size must be at least 1, got {self.blocksize}")
+        if self.damp <= 0:
+            raise UserError(f"damping must be positive, got {self.damp}")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Calibration statistics of one layer's inputs X (tokens x in_features)."""
+
+    n_tokens: int
+    sq_norms: torch.Tensor | None = None  # (in,): sum over tokens of x_j^2, so ||X_j||_2 = sqrt
+    hessian: torch.Tensor | None = None  # (in, in): X^T X summed over tokens
+
+
+# weight (out_features x in_features, float32), stats, spec -> new weight of the same shape.
+PruningFn = Callable[[torch.Tensor, "LayerStats | None", PruneSpec], torch.Tensor]
+
+PRUNING_METHODS: Registry[PruningFn] = Registry("pruning method")
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not isinstance(sparsity, (int, float)) or math.isnan(sparsity) or not 0.0 <= sparsity <= MAX_SPARSITY:
+        raise UserError(f"sparsity must be between 0 and {MAX_SPARSITY}, got {sparsity}")
+    return float(sparsity)
+
+
+def pruned_count(n: int, sparsity: float) -> int:
+    """How many of `n` weights a sparsity removes: the nearest whole number."""
+    return int(math.floor(n * sparsity + 0.5))
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A per-layer seed that depends only on the run's seed and the layer's name."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**63)
+
+
+# -- mask selection -------------------------------------------------------------------------
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k lowest scores along the last dim; ties go to the lower index.
+
+    A selection (kthvalue), not a sort: a sort of every score of every matrix dominated the
+    time of magnitude and wanda pruning.
+    """
+    n = scores.shape[-1]
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    at_most = scores <= kth
+    if bool((at_most.sum(-1) == k).all()):  # no ties at the k-th score: the usual case
+        return at_most
+    below = scores < kth
+    ties = scores == kth
+    # Of the scores equal to the k-th, keep pruning from the left until k are chosen.
+    room = k - below.sum(-1, keepdim=True)
+    return below | (ties & (ties.cumsum(-1) <= room))
+
+
+def select_pruned(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
+    """Which weights to remove (True) given a score per weight, lowest first.
+
+    Unstructured: exactly `pruned_count` per matrix or per row (scope). N:M: the M-N lowest
+    of every M consecutive input weights in each row.
+    """
+    rows, cols = scores.shape
+    pattern = spec.pattern
+    if pattern.structured:
+        assert pattern.group is not None and pattern.kept is not None
+        if cols % pattern.group:
+            raise UserError(f"pattern {pattern} needs input sizes divisible by {pattern.group}, got {cols}")
+        grouped = scores.reshape(rows, cols // pattern.group, pattern.group)
+        return _lowest(grouped, pattern.group - pattern.kept).reshape(rows, cols)
+    if spec.scope == "row":
+        return _lowest(scores, pruned_count(cols, spec.sparsity))
+    return _lowest(scores.reshape(1, -1), pruned_count(scores.numel(), spec.sparsity)).reshape(rows, cols)
+
+
+def apply_mask(weight: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    # masked_fill writes +0.0; multiplying by a 0/1 mask would leave -0.0 for negative weights.
+    return weight.masked_fill(pruned, 0.0)
+
+
+# -- the methods ----------------------------------------------------------------------------
+@PRUNING_METHODS.register(
+    "magnitude",
+    needs=None,
+    scopes=("matrix", "row"),
+    default_scope="matrix",
+    updates_weights=False,
+    description="smallest |W| removed, per whole matrix (default) or per output row",
+)
+def magnitude(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
+    return apply_mask(weight, select_pruned(weight.abs(), spec))
+
+
+@PRUNING_METHODS.register(
+    "random",
+    needs=None,
+    scopes=("matrix", "row"),
+    default_scope="matrix",
+    updates_weights=False,
+    description="uniform random mask (seeded): the control for the selection rule",
+)
+def random(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(spec.seed)
+    scores = torch.rand(weight.shape, generator=generator, dtype=torch.float64)
+    return apply_mask(weight, select_pruned(scores, spec))
+
+
+@PRUNING_METHODS.register(
+    "wanda",
+    needs="norms",
+    scopes=("row",),
+    default_scope="row",
+    updates_weights=False,
+    description="|W_ij| * ||X_j||_2 over calibration inputs, compared within each output row",
+)
+def wanda(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
+    if stats is None or stats.sq_norms is None:
+        raise ValueError("wanda needs the squared input norms of the layer")
+    scores = weight.abs().double() * stats.sq_norms.double().sqrt()[None, :]
+    return apply_mask(weight, select_pruned(scores, replace(spec, scope="row")))
+
+
+def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 after damping; more damping when H is too ill-conditioned."""
+    mean_diag = float(hessian.diagonal().mean())
+    for factor in (1.0, 10.0, 100.0, 1000.0):
+        damped = hessian.clone()
+        damped.diagonal().add_(damp * factor * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper
+    raise UserError("sparsegpt: the calibration Hessian of a layer cannot be inverted; use more calibration samples")
+
+
+@PRUNING_METHODS.register(
+    "sparsegpt",
+    needs="hessian",
+    scopes=(),
+    default_scope="matrix",
+    updates_weights=True,
+    description="Hessian-based one-shot pruning with weight reconstruction (OBS updates per column)",
+)
+def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
+    """SparseGPT (Frantar & Alistarh 2023) on one layer.
+
+    H = 2 X^T X / n with 1% of its mean diagonal added; columns are processed left to right in
+    blocks. Each block picks its mask adaptively from w^2 / [H^-1]_jj^2 on the weights as
+    already updated by earlier blocks; removing a weight spreads its error over the columns
+    to its right through the inverse Hessian's Cholesky row, which keeps W X close to the
+    original.
+    """
+    if stats is None or stats.hessian is None:
+        raise ValueError("sparsegpt needs the input Hessian of the layer")
+    rows, cols = weight.shape
+    work = weight.double().clone()
+    hessian = stats.hessian.double() * (2.0 / max(stats.n_tokens, 1))
+    dead = hessian.diagonal() == 0
+    hessian[dead, dead] = 1.0
+    work[:, dead] = 0.0  # inputs that never fire: their weights do nothing
+    hinv = _inverse_hessian_factor(hessian, spec.damp)
+    pattern = spec.pattern
+    group = pattern.group or 1
+    if pattern.structured and cols % group:
+        raise UserError(f"pattern {pattern} needs input sizes divisible by {group}, got {cols}")
+    # A block must hold whole N:M groups.
+    blocksize = max(group, (spec.blocksize // group) * group)
+    pruned = torch.zeros(rows, cols, dtype=torch.bool)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        block = work[:, start:end].clone()
+        hblock = hinv[start:end, start:end]
+        diag = hblock.diagonal()
+        errors = torch.zeros_like(block)
+        if not pattern.structured:
+            scores = block.pow(2) / diag.pow(2)[None, :]
+            k = pruned_count(scores.numel(), spec.sparsity)
+            block_mask = _lowest(scores.reshape(1, -1), k).reshape(scores.shape)
+        else:
+            block_mask = torch.zeros_like(block, dtype=torch.bool)
+        for j in range(end - start):
+            if pattern.structured and j % group == 0:
+                scores = block[:, j : j + group].pow(2) / diag[j : j + group].pow(2)[None, :]
+                block_mask[:, j : j + group] = _lowest(scores, group - (pattern.kept or 0))
+            column = block[:, j]
+            kept = column.masked_fill(block_mask[:, j], 0.0)
+            error = (column - kept) / diag[j]
+            # Later columns of the block absorb this column's pruning error.
+            block[:, j:] -= error[:, None] * hblock[j, j:][None, :]
+            block[:, j] = kept
+            errors[:, j] = error
+        work[:, start:end] = block
+        pruned[:, start:end] = block_mask
+        # Columns right of the block absorb the whole block's error at once.
+        work[:, end:] -= errors @ hinv[start:end, end:]
+    result = work.to(weight.dtype)
+    return result.masked_fill(pruned | dead[None, :], 0.0)
+
+
+def method_spec(method: str, spec: PruneSpec, scope: str | None) -> PruneSpec:
+    """Check the scope against the method and fill in its default."""
+    meta = PRUNING_METHODS.meta(method)
+    scopes = meta["scopes"]
+    if scope is None:
+        return replace(spec, scope=meta["default_scope"])
+    if scope not in scopes:
+        allowed = [entry.name for entry in PRUNING_METHODS if entry.meta["scopes"]]
+        if not scopes:
+            raise UserError(f"{method} chooses its own mask per column block; --scope applies to {', '.join(allowed)}")
+        raise UserError(f"{method} supports scope {', '.join(scopes)}, not {scope!r}")
+    return replace(spec, scope=scope)

@@ -1,0 +1,86 @@
+"""Output folders of compressed variants: refusing unsafe targets, provenance, config and tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from audit.errors import UserError
+from audit.models.interface import LanguageModel
+from audit.models.loader import LoadOptions, cache_entry_for_gguf
+from audit.models.meta import read_meta, write_meta
+from audit.models.sources import resolve_source
+from audit.paths import models_cache_dir
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_target(model_spec: str, out: Path, *, force: bool, options: LoadOptions = LoadOptions()) -> None:
+    """Fail early, before any slow work: an existing output without --force, or an output that
+    would overwrite or sit inside the source model."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder")
+    if out.exists() and not force:
+        raise UserError(f"output folder {out} already exists (use --force to replace it)")
+    source = resolve_source(model_spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    protected: list[Path] = []
+    if source.kind == "alias" and source.alias is not None:
+        protected.append(models_cache_dir() / source.alias.name)
+    elif source.path is not None:
+        protected.append(source.path)
+        if source.kind == "gguf":
+            protected.append(cache_entry_for_gguf(source.path, None))
+    target = out.resolve()
+    for path in protected:
+        path = path.resolve()
+        folder = path if path.is_dir() else path.parent
+        if _inside(path, target) or _inside(target, folder):
+            raise UserError(f"output folder {out} would overwrite or sit inside the source model {path}; choose another folder")
+
+
+def float_torch_model(lm: LanguageModel, what: str) -> Any:
+    """The transformers model behind `lm`, if it is a floating-point PyTorch one."""
+    from torch import nn
+
+    model = getattr(lm, "model", None)
+    if lm.backend != "pytorch" or not isinstance(model, nn.Module):
+        raise UserError(f"{what} needs a PyTorch model; this one runs on {lm.backend}")
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise UserError(f"{what} needs a floating-point model; this one is already int8-quantized")
+    return model
+
+
+def model_meta(lm: LanguageModel, model_spec: str, step: dict[str, Any], note: str) -> dict[str, Any]:
+    """`edge_audit.json` for a variant: the source's text prefix and notes, and every compression
+    step so far, so the variant scores text exactly like its source and says what was done."""
+    facts = lm.facts()
+    source_meta = read_meta(Path(facts.path)) if facts.path else {}
+    prefix_token = source_meta.get("text_prefix_token")
+    if not prefix_token and len(lm.text_prefix_ids) == 1:
+        prefix_token = lm.tokenizer.convert_ids_to_tokens(lm.text_prefix_ids[0])
+    history = list(source_meta.get("compression", [])) + [step]
+    return {
+        "text_prefix_token": prefix_token,
+        "notes": list(facts.notes) + [note],
+        "source": {"model": model_spec, "name": facts.name, "path": facts.path},
+        "compression": history,
+        "quantization": source_meta.get("quantization"),
+    }
+
+
+def save_model_folder(lm: LanguageModel, folder: Path, meta: dict[str, Any], write_weights: Callable[[Path], Any]) -> None:
+    """Config, generation config, tokenizer, weights (written by `write_weights`) and meta."""
+    model = getattr(lm, "model")
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UserError("this model has no transformers config to save")
+    config.save_pretrained(folder)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    write_weights(Path(folder))
+    write_meta(folder, meta)

@@ -1,0 +1,267 @@
+"""Pruning a model: the layer-sequential walk over decoder blocks, and the whole prune command
+(load, measure, prune, save dense and compressed) as one cancellable job."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from audit import atomic
+from audit.compress.calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSet, calibration_set
+from audit.compress.layers import (
+    InputStatistics,
+    PrunableLayer,
+    capture_block_inputs,
+    find_decoder_blocks,
+    iter_layers,
+    prunable_layers,
+    run_block,
+    sparsity_report,
+)
+from audit.compress.methods import PRUNING_METHODS, Pattern, PruneSpec, check_sparsity, layer_seed, method_spec
+from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
+from audit.compress.storage import SPARSE_FILE, SPARSE_FORMAT, dense_state, save_dense, save_sparse
+from audit.errors import UserError
+from audit.models.interface import MB, LanguageModel
+from audit.models.loader import LoadOptions, folder_size_bytes, load_model
+from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
+from audit.progress import Job, Progress, check_cancel, relay
+from hardware.memory import peak_rss_bytes, process_rss_bytes, reset_peak_rss
+from hardware.sampler import ResourceSampler
+
+COMPRESSED_SUBFOLDER = "compressed"
+DEFAULT_SPARSITY = 0.5
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """A pruning recipe as the user gives it; `resolve` checks it and fills in defaults."""
+
+    method: str = "wanda"
+    sparsity: float | None = None  # None: 0.5, or what an N:M pattern implies
+    pattern: str | None = None  # "unstructured" (default) or "N:M"
+    scope: str | None = None  # magnitude/random: "matrix" (default) or "row"
+    calib: Path | None = None  # None: the shipped calibration text
+    nsamples: int = DEFAULT_NSAMPLES
+    seqlen: int = DEFAULT_SEQLEN
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    blocksize: int = 128
+    damp: float = 0.01
+
+    def resolve(self) -> PruneSpec:
+        PRUNING_METHODS.entry(self.method)
+        pattern = Pattern.parse(self.pattern)
+        if pattern.structured:
+            implied = pattern.sparsity
+            assert implied is not None
+            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
+                raise UserError(f"pattern {pattern} means sparsity {implied:g}; drop --sparsity or set it to {implied:g}")
+            sparsity = implied
+        else:
+            sparsity = DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
+        check_sparsity(sparsity)
+        spec = PruneSpec(sparsity=sparsity, pattern=pattern, seed=self.seed, blocksize=self.blocksize, damp=self.damp)
+        spec = method_spec(self.method, spec, self.scope)
+        if PRUNING_METHODS.meta(self.method)["needs"]:
+            if self.nsamples < 1:
+                raise UserError(f"the number of calibration samples must be at least 1, got {self.nsamples}")
+            if self.seqlen < 2:
+                raise UserError(f"calibration sequence length must be at least 2, got {self.seqlen}")
+        return spec
+
+    def recipe(self, spec: PruneSpec) -> dict[str, Any]:
+        needs = PRUNING_METHODS.meta(self.method)["needs"]
+        recipe: dict[str, Any] = {
+            "method": self.method,
+            "pattern": str(spec.pattern),
+            "target_sparsity": spec.sparsity,
+            "scope": spec.scope if PRUNING_METHODS.meta(self.method)["scopes"] else None,
+            "seed": self.seed,
+            "exclude": list(self.exclude),
+        }
+        if self.method == "sparsegpt":
+            recipe.update(blocksize=spec.blocksize, damp=spec.damp)
+        if not needs:
+            recipe["calibration"] = None
+        return recipe
+
+
+@dataclass
+class PruneOutcome:
+    per_layer: dict[str, float]
+    actual_sparsity: float
+    seconds: float
+    layers: int
+    calibration: dict[str, Any] | None = None
+    shared_inputs: list[list[str]] = field(default_factory=list)
+
+
+def _prune_layer(method: str, layer: PrunableLayer, stats: Any, spec: PruneSpec) -> None:
+    fn = PRUNING_METHODS.get(method)
+    layer.write(fn(layer.read(), stats, replace(spec, seed=layer_seed(spec.seed, layer.name))))
+
+
+def prune_layers(
+    model: nn.Module,
+    method: str,
+    spec: PruneSpec,
+    calibration: torch.Tensor | None = None,
+    exclude: Sequence[str] = (),
+    cancel: threading.Event | None = None,
+) -> Job[PruneOutcome]:
+    """Prune every linear layer of the decoder blocks in place.
+
+    Methods that need statistics of the layers' inputs calibrate layer-sequentially: the
+    inputs of block i are the outputs of blocks 0..i-1 already pruned, and only block i's
+    statistics are in memory at a time.
+    """
+    started = time.perf_counter()
+    needs = PRUNING_METHODS.meta(method)["needs"]
+    groups = prunable_layers(model, exclude)
+    for layer in iter_layers(groups):
+        if spec.pattern.structured and layer.shape[1] % (spec.pattern.group or 1):
+            raise UserError(f"pattern {spec.pattern} needs input sizes divisible by {spec.pattern.group}; {layer.name} has {layer.shape[1]}")
+    n_blocks = len(groups)
+    shared: list[list[str]] = []
+    if not needs:
+        for index, layers in enumerate(groups):
+            check_cancel(cancel)
+            for layer in layers:
+                _prune_layer(method, layer, None, spec)
+            yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
+    else:
+        if calibration is None:
+            raise ValueError(f"{method} needs calibration samples")
+        _, blocks = find_decoder_blocks(model)
+        yield Progress("prune", 0, n_blocks, "capturing the inputs of the first block")
+        inputs = capture_block_inputs(model, blocks[0], calibration, cancel)
+        n = len(inputs.hidden)
+        for index, (block, layers) in enumerate(zip(blocks, groups)):
+            if layers:
+                with InputStatistics(layers, needs) as statistics:
+                    for sample in range(n):
+                        check_cancel(cancel)
+                        statistics.new_forward()
+                        run_block(block, inputs, sample)
+                        if sample % 8 == 7:
+                            yield Progress("prune", index + 0.5 * (sample + 1) / n, n_blocks, f"block {index + 1}/{n_blocks}: calibrating")
+                for layer in layers:
+                    check_cancel(cancel)
+                    _prune_layer(method, layer, statistics.stats(layer), spec)
+                if index == 0:
+                    shared = statistics.layers_sharing_inputs()
+                del statistics
+            # The next block sees what this block, pruned, now outputs. Samples are independent,
+            # so each output replaces its input and one set of activations is held at a time.
+            for sample in range(n):
+                check_cancel(cancel)
+                inputs.hidden[sample] = run_block(block, inputs, sample).detach().clone()
+            yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
+    per_layer, actual = sparsity_report(list(iter_layers(groups)))
+    return PruneOutcome(per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared)
+
+
+# -- the whole command ------------------------------------------------------------------------
+def prune(
+    model_spec: str,
+    config: PruneConfig,
+    out: Path,
+    *,
+    force: bool = False,
+    options: LoadOptions = LoadOptions(),
+    text: Path | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    cancel: threading.Event | None = None,
+) -> Job[dict[str, Any]]:
+    """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
+    variants. Nothing is written until the end, into a temporary folder renamed on success."""
+    total_started = time.perf_counter()
+    baseline_bytes = process_rss_bytes()
+    spec = config.resolve()
+    out = Path(out).expanduser()
+    check_output_target(model_spec, out, force=force, options=options)
+    ppl_text, ppl_source = text_source(text)
+    with ResourceSampler() as sampler:
+        lm = yield from relay(load_model(model_spec, options, cancel))
+        model = float_torch_model(lm, "pruning")
+        prunable_layers(model, config.exclude)  # bad exclude patterns fail before the slow part
+        needs = PRUNING_METHODS.meta(config.method)["needs"]
+        calib: CalibrationSet | None = None
+        if needs:
+            calib = calibration_set(
+                lm, config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
+                context_length=lm.facts().context_length,
+            )
+        before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
+        weights_f32_bytes = sum(w.numel() for _, w in dense_state(model)) * 4
+        load_peak = peak_rss_bytes()
+        reset_peak_rss()
+        outcome = yield from prune_layers(
+            model, config.method, spec, calib.samples if calib is not None else None, config.exclude, cancel
+        )
+        prune_peak = peak_rss_bytes()
+        after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
+        recipe = config.recipe(spec)
+        if calib is not None:
+            recipe["calibration"] = calib.to_dict()
+        recipe["actual_sparsity"] = outcome.actual_sparsity
+        check_cancel(cancel)
+        yield Progress("save", 0, 2, "writing the dense model")
+        with atomic.directory(out, force=force) as tmp:
+            note = (
+                f"pruned with {config.method} ({spec.pattern}) to {outcome.actual_sparsity:.3f} sparsity "
+                f"over {outcome.layers} linear layers of the decoder blocks"
+            )
+            meta = model_meta(lm, model_spec, {"prune": recipe}, note)
+            save_model_folder(lm, tmp, meta, lambda folder: save_dense(model, folder))
+            yield Progress("save", 1, 2, "writing the compressed sparse model")
+            check_cancel(cancel)
+            compressed = tmp / COMPRESSED_SUBFOLDER
+            compressed.mkdir()
+            items = dense_state(model)
+            sparse_meta = dict(meta, storage={"format": SPARSE_FORMAT, "file": SPARSE_FILE, "loaded_bytes": sum(t.numel() * t.element_size() for _, t in items)})
+            save_model_folder(lm, compressed, sparse_meta, lambda folder: save_sparse(items, folder / SPARSE_FILE))
+            compressed_bytes = folder_size_bytes(compressed)
+            dense_bytes = folder_size_bytes(tmp) - compressed_bytes
+        yield Progress("save", 2, 2, "saved")
+    summary = sampler.summary()
+    whole_peak_mb = max(summary["rss_peak_mb"], (load_peak or 0) / MB)
+    calib_activation_bytes = 0
+    if calib is not None:
+        hidden = getattr(model.config.get_text_config(), "hidden_size", 0) or 0
+        # The hidden states entering one block, float32, for every sample.
+        calib_activation_bytes = calib.samples.numel() * hidden * 4
+    result: dict[str, Any] = {
+        "model": model_spec,
+        "out": str(out),
+        "compressed_path": str(out / COMPRESSED_SUBFOLDER),
+        "method": config.method,
+        "pattern": str(spec.pattern),
+        "target_sparsity": spec.sparsity,
+        "actual_sparsity": round(outcome.actual_sparsity, 6),
+        "per_layer": {name: round(value, 6) for name, value in outcome.per_layer.items()},
+        "pruned_layers": outcome.layers,
+        "seconds": round(outcome.seconds, 3),
+        "total_seconds": round(time.perf_counter() - total_started, 3),
+        "rss_peak_mb": round(whole_peak_mb, 2),
+        "rss_peak_mb_pruning": round(prune_peak / MB, 2) if prune_peak else None,
+        # The process before loading anything: interpreter, torch and transformers.
+        "rss_baseline_mb": round(baseline_bytes / MB, 2),
+        "weights_mb_float32": round(weights_f32_bytes / MB, 2),
+        "calibration_activations_mb": round(calib_activation_bytes / MB, 2),
+        "size_on_disk_mb": {"dense": round(dense_bytes / MB, 2), "compressed": round(compressed_bytes / MB, 2)},
+        "perplexity_before": round(before.perplexity, 4),
+        "perplexity_after": round(after.perplexity, 4),
+        "perplexity_tokens": after.n_tokens,
+        "perplexity_text": after.source,
+        "recipe": recipe,
+    }
+    lm.close()
+    return result
