@@ -8,10 +8,10 @@ from typing import NoReturn, Sequence
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
-from tui.cli import common, models
+from tui.cli import common, models, probe
 
 # Each module adds its subcommands; adding a command is adding a module here.
-COMMAND_MODULES = (models,)
+COMMAND_MODULES = (models, probe)
 
 
 class _Parser(argparse.ArgumentParser):
