@@ -83,6 +83,7 @@ def test_text_is_well_formed(items):
     for item in items:
         assert item.context[0].isupper() and item.context.endswith(".")
         assert "{" not in item.context and "  " not in item.context
+        assert not re.search(r"[;,] [A-Z][a-z]+ (was|were|had)\b", item.context), item.context
         assert item.question.endswith("?")
         assert all(o[0].isupper() for o in item.options)
         assert len(set(item.options)) == 3
