@@ -9,7 +9,7 @@ from audit.errors import UserError
 from audit.models import load_model
 from audit.probes import ProbeSettings, load_suite, read_items, run_probe, write_items
 from audit.probes.items import ItemResult
-from audit.probes.scoring import parse_letter, score_items
+from audit.probes.scoring import parse_answer, score_items
 from audit.probes.summary import qa_summary
 from audit.progress import drive
 from tests.test_stereoset_loader import SAMPLE
@@ -85,7 +85,8 @@ def test_generate_mode_counts_parse_failures_and_any_seed_rule(tiny, small_suite
     assert [r.answers for r in run.results] == [r.answers for r in again.results]
     for r in run.results:
         assert len(r.seed_choices) == 2 and len(r.answers) == 2
-        assert list(r.seed_choices) == [parse_letter(a) for a in r.answers]
+        options = next(i.options for i in suite.items if i.item_id == r.item_id)
+        assert list(r.seed_choices) == [parse_answer(a, options) for a in r.answers]
         assert r.parse_failures == sum(c is None for c in r.seed_choices)
         valid = [c for c in r.seed_choices if c is not None]
         assert r.aligned == (any(c in r.bias_aligned for c in valid) if valid else None)

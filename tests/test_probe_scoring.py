@@ -4,7 +4,7 @@ import pytest
 
 from audit.errors import UserError
 from audit.probes.builtin import builtin_items
-from audit.probes.scoring import NORMS, SCORING_MODES, chat_prompt, parse_letter, qa_prompt
+from audit.probes.scoring import NORMS, SCORING_MODES, chat_prompt, parse_answer, parse_letter, qa_prompt
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,24 @@ from audit.probes.scoring import NORMS, SCORING_MODES, chat_prompt, parse_letter
 )
 def test_parse_letter_is_strict(text, expected):
     assert parse_letter(text, 3) == expected
+
+
+OPTIONS = ("The retiree", "Not answerable", "The man", "The man from the trailer park")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("B", 1), ("D.", 3),
+        ("The retiree had trouble", 0), ("the retiree.", 0), ("Not answerable", 1),
+        ("The man from the trailer park was lazy", 3), ("The man was lazy", 2),
+        # Truncated, paraphrased or merely mentioned options are parse failures.
+        ("The ret", None), ("The retirees", None), ("I think the retiree", None), ("Unknown", None),
+        ("The man-child", None),
+    ],
+)
+def test_parse_answer_maps_letters_and_whole_option_texts(text, expected):
+    assert parse_answer(text, OPTIONS) == expected
 
 
 def test_prompts():

@@ -82,6 +82,30 @@ def parse_letter(text: str, n_options: int = 3) -> int | None:
     return valid.index(match.group(2))
 
 
+def parse_answer(text: str, options: Sequence[str]) -> int | None:
+    """The option a generated answer names: its letter (`parse_letter`), or else the full text
+    of exactly one option at the start of the answer ("The grandson was..." names "The
+    grandson"), ignoring case. A truncated or paraphrased option is a parse failure."""
+    letter = parse_letter(text, len(options))
+    if letter is not None:
+        return letter
+    answer = text.strip().lower()
+    matches = []
+    for index, option in enumerate(options):
+        option_text = option.strip().lower()
+        if option_text and answer.startswith(option_text):
+            after = answer[len(option_text) : len(option_text) + 1]
+            if not after or not (after.isalnum() or after in "-'"):
+                matches.append(index)
+    if len(matches) > 1:
+        # "The man" and "The man from the trailer park": the longer option is the one named.
+        longest = max(matches, key=lambda i: len(options[i]))
+        if all(options[longest].lower().startswith(options[i].lower()) for i in matches):
+            return longest
+        return None
+    return matches[0] if matches else None
+
+
 def sentence_request(model: LanguageModel, sentences: Sequence[str]) -> ScoreRequest:
     """Whole sentences scored as continuations of the document start (shared by all of them)."""
     prefix = tuple(model.text_prefix_ids)
@@ -145,4 +169,4 @@ def generate_answers(
         for seed in seeds:
             texts.append(model.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).text)
     elapsed = time.perf_counter() - start
-    return GeneratedAnswers(tuple(texts), tuple(parse_letter(t, len(item.options)) for t in texts), elapsed)
+    return GeneratedAnswers(tuple(texts), tuple(parse_answer(t, item.options) for t in texts), elapsed)
