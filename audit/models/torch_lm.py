@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -22,6 +23,51 @@ from audit.models.interface import (
 # the padded tokens per forward so memory stays flat on a small device.
 MAX_BATCH_TOKENS = 4096
 MAX_BATCH_ROWS = 32
+
+
+SHARED_OWNER, PAD_OWNER = -1, -2
+# Requests whose contexts start alike (the questions of one BBQ context, the ambiguous
+# context that opens the disambiguated one) share one row: the common prefix is computed
+# once. A shared prefix must be long enough to pay for the longer row.
+MIN_SHARED_TOKENS = 8
+MAX_ROW_MEMBERS = 8
+MAX_ROW_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    prefix: tuple[int, ...]  # context tokens every member starts with
+    members: tuple[int, ...]  # request indices, each with its own context rest and continuations
+    length: int
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def share_prefixes(requests: Sequence[ScoreRequest]) -> list[PackedRow]:
+    """Group requests into rows that share a context prefix (a request alone shares its whole
+    context). Sorting the contexts puts those with the longest common prefixes side by side."""
+    def size(r: ScoreRequest) -> int:
+        return len(r.context) + sum(len(c) for c in r.continuations)
+
+    rows: list[PackedRow] = []
+    for index in sorted(range(len(requests)), key=lambda i: (requests[i].context, i)):
+        req = requests[index]
+        if rows:
+            last = rows[-1]
+            shared = _common_prefix(last.prefix, req.context)
+            members = last.members + (index,)
+            length = shared + sum(size(requests[m]) - shared for m in members)
+            if shared >= MIN_SHARED_TOKENS and len(members) <= MAX_ROW_MEMBERS and length <= MAX_ROW_TOKENS:
+                rows[-1] = PackedRow(tuple(req.context[:shared]), members, length)
+                continue
+        rows.append(PackedRow(tuple(req.context), (index,), size(req)))
+    return rows
 
 
 def linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -182,7 +228,8 @@ class TorchLanguageModel(LanguageModel):
     # -- scoring -----------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest], strategy: str = "packed") -> list[list[ContinuationScore]]:
         """Score continuations. "packed" shares each context across its continuations in one
-        row; "naive" runs one full forward per continuation (the reference for checks)."""
+        row, and a common context prefix across requests; "naive" runs one full forward per
+        continuation (the reference for checks)."""
         if strategy == "naive":
             return self._score_naive(requests)
         if strategy != "packed":
@@ -196,59 +243,80 @@ class TorchLanguageModel(LanguageModel):
 
     def _packing_agrees(self) -> bool:
         """Packed rows rely on custom 4D masks and position ids; check they give what plain
-        rows give on this architecture, and fall back to plain rows when they don't."""
+        rows give on this architecture (one context alone, and contexts sharing a prefix in
+        one row), and fall back to plain rows when they don't."""
         if not self._takes_positions:
             return False
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
-        probe = ScoreRequest(
-            tuple(self.text_prefix_ids) + tuple(range(3, min(vocab, 9))),
-            ((min(vocab - 1, 11), 4), (5,), (min(vocab - 1, 12), 6, 7)),
-        )
+        prefix = tuple(self.text_prefix_ids) + tuple(3 + i % max(1, min(vocab, 40) - 3) for i in range(MIN_SHARED_TOKENS))
+        top = min(vocab - 1, 12)
+        probes = [
+            ScoreRequest(tuple(self.text_prefix_ids) + tuple(range(3, min(vocab, 9))), ((min(vocab - 1, 11), 4), (5,), (top, 6, 7))),
+            ScoreRequest(prefix + (4, 5), ((6,), (top, 3))),
+            ScoreRequest(prefix + (7,), ((5, 5), (4,))),
+            ScoreRequest(prefix, ((8,),)),
+        ]
         try:
-            packed = self._score_packed([probe])[0]
+            packed = self._score_packed(probes)
         except Exception:
             return False
-        plain = self._score_rows([probe])[0]
+        plain = self._score_rows(probes)
         return all(
-            math.isclose(a.logprob, b.logprob, rel_tol=1e-4, abs_tol=1e-3) for a, b in zip(packed, plain)
+            math.isclose(a.logprob, b.logprob, rel_tol=1e-4, abs_tol=1e-3)
+            for got, want in zip(packed, plain)
+            for a, b in zip(got, want)
         )
 
     @torch.inference_mode()
     def _score_packed(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
-        lengths = [len(r.context) + sum(len(c) for c in r.continuations) for r in requests]
-        results: list[list[ContinuationScore]] = [[] for _ in requests]
+        rows = share_prefixes(requests)
+        results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
         dtype = next(self.model.parameters()).dtype
-        for batch in batches_by_tokens(lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
-            width = max(lengths[i] for i in batch)
+        for batch in batches_by_tokens([row.length for row in rows], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
+            width = max(rows[i].length for i in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
-            allowed = torch.zeros(len(batch), width, width, dtype=torch.bool)
-            causal = torch.ones(width, width, dtype=torch.bool).tril()
-            wanted: list[list[tuple[list[int], list[int]]]] = []  # per row, per continuation: (positions, targets)
-            for row, index in enumerate(batch):
-                req = requests[index]
-                n_ctx = len(req.context)
-                segment = torch.full((width,), -1, dtype=torch.long)
-                ids[row, :n_ctx] = torch.tensor(req.context)
-                positions[row, :n_ctx] = torch.arange(n_ctx)
-                segment[:n_ctx] = 0
-                start = n_ctx
-                per_cont = []
-                for k, cont in enumerate(req.continuations, start=1):
-                    end = start + len(cont)
-                    ids[row, start:end] = torch.tensor(cont)
-                    positions[row, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
-                    segment[start:end] = k
-                    per_cont.append(([n_ctx - 1] + list(range(start, end - 1)), list(cont)))
+            owner = torch.full((len(batch), width), PAD_OWNER, dtype=torch.long)
+            segment = torch.zeros(len(batch), width, dtype=torch.long)
+            wanted: list[list[tuple[int, int, list[int], list[int]]]] = []  # per row: (request, continuation, positions, targets)
+            for r, row_index in enumerate(batch):
+                row = rows[row_index]
+                n_shared = len(row.prefix)
+                ids[r, :n_shared] = torch.tensor(row.prefix)
+                positions[r, :n_shared] = torch.arange(n_shared)
+                owner[r, :n_shared] = SHARED_OWNER
+                start = n_shared
+                per_row = []
+                for member, index in enumerate(row.members):
+                    req = requests[index]
+                    rest = req.context[n_shared:]
+                    n_ctx = len(req.context)
+                    end = start + len(rest)
+                    ids[r, start:end] = torch.tensor(rest, dtype=torch.long)
+                    positions[r, start:end] = torch.arange(n_shared, n_ctx)
+                    owner[r, start:end] = member
+                    # The last context token predicts each continuation's first token.
+                    last_context = end - 1 if rest else n_shared - 1
                     start = end
-                same = (segment[:, None] == segment[None, :]) | (segment[None, :] == 0)
-                same &= segment[:, None] >= 0
-                allowed[row] = same & causal
-                allowed[row].diagonal().fill_(True)  # padding rows attend to themselves: no all-masked rows
-                wanted.append(per_cont)
+                    for k, cont in enumerate(req.continuations, start=1):
+                        end = start + len(cont)
+                        ids[r, start:end] = torch.tensor(cont)
+                        positions[r, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
+                        owner[r, start:end] = member
+                        segment[r, start:end] = k
+                        per_row.append((index, k - 1, [last_context] + list(range(start, end - 1)), list(cont)))
+                        start = end
+                wanted.append(per_row)
+            # A token sees the shared prefix, its own request's context, and its own continuation.
+            o_i, o_j = owner[:, :, None], owner[:, None, :]
+            s_i, s_j = segment[:, :, None], segment[:, None, :]
+            allowed = (o_j == SHARED_OWNER) | ((o_i == o_j) & ((s_j == 0) | (s_j == s_i)))
+            allowed &= (o_i != PAD_OWNER) & (o_j != PAD_OWNER)
+            allowed &= torch.ones(width, width, dtype=torch.bool).tril()
+            allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
             mask = torch.zeros(len(batch), 1, width, width, dtype=dtype)
             mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-            keep = sorted({p for per_cont in wanted for pos, _ in per_cont for p in pos})
+            keep = sorted({p for per_row in wanted for _, _, pos, _ in per_row for p in pos})
             kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
             if self._keeps_logits:
                 kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
@@ -256,10 +324,10 @@ class TorchLanguageModel(LanguageModel):
             else:
                 column = {p: p for p in keep}
             logits = self.model(**kwargs).logits.float()
-            for row, index in enumerate(batch):
-                for pos, targets in wanted[row]:
+            for r, per_row in enumerate(wanted):
+                for index, k, pos, targets in per_row:
                     cols = torch.tensor([column[p] for p in pos])
-                    results[index].append(_continuation_scores(logits[row, cols].log_softmax(-1), targets))
+                    results[index][k] = _continuation_scores(logits[r, cols].log_softmax(-1), targets)
         return results
 
     def _score_rows(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:

@@ -1,0 +1,228 @@
+"""The probe job: score a suite on a model, batch by batch, with live metrics, keeping what was scored if cancelled."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from audit.errors import UserError
+from audit.models.interface import LanguageModel
+from audit.probes.items import QA, ItemResult, ProbeItem, argmax
+from audit.probes.scoring import (
+    GENERATE_MAX_NEW_TOKENS,
+    GENERATE_SEEDS,
+    GENERATE_TEMPERATURE,
+    NORMS,
+    SCORING_MODES,
+    OptionScores,
+    generate_answers,
+    score_items,
+)
+from audit.probes.suites import ProbeSuite
+from audit.probes.summary import SUMMARIES, Summary
+from audit.progress import Job, Progress
+
+DEFAULT_BATCH_ITEMS = 32
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    mode: str = "loglik"
+    norm: str | None = None  # None: the suite's default
+    seeds: tuple[int, ...] = GENERATE_SEEDS
+    temperature: float = GENERATE_TEMPERATURE
+    max_new_tokens: int = GENERATE_MAX_NEW_TOKENS
+    batch_items: int = DEFAULT_BATCH_ITEMS
+
+    def to_dict(self, norm: str) -> dict[str, Any]:
+        data: dict[str, Any] = {"mode": self.mode, "norm": norm if self.mode == "loglik" else None}
+        if self.mode == "generate":
+            data.update(
+                temperature=self.temperature,
+                seeds=list(self.seeds) if self.temperature > 0 else [],
+                max_new_tokens=self.max_new_tokens,
+            )
+        else:
+            data["batch_items"] = self.batch_items
+        return data
+
+
+@dataclass
+class ProbeRun:
+    """The outcome of a probe job: item results, and the metrics recomputed from them."""
+
+    suite: ProbeSuite
+    settings: ProbeSettings
+    norm: str
+    results: list[ItemResult]
+    complete: bool
+    elapsed_s: float
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float | None:
+        return len(self.results) / self.elapsed_s if self.elapsed_s > 0 and self.results else None
+
+    def metrics(self, norm: str | None = None) -> Summary:
+        return SUMMARIES[self.suite.summary](self.results, norm or self.norm)
+
+    def header(self) -> dict[str, Any]:
+        """What the run was, stored as the first line of its items file."""
+        return {
+            "suite": self.suite.name,
+            "suite_spec": self.suite.spec,
+            "summary": self.suite.summary,
+            "model": self.model,
+            "complete": self.complete,
+            "n_items_planned": len(self.suite.items),
+            **self.settings.to_dict(self.norm),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.header()
+        rate = self.items_per_s
+        data.update(
+            n_items=len(self.results),
+            elapsed_s=round(self.elapsed_s, 3),
+            items_per_s=None if rate is None else round(rate, 3),
+            skipped_lines=len(self.suite.skipped),
+            skipped=self.suite.skipped[:20],
+            suite_info=self.suite.info,
+            metrics=self.metrics(),
+        )
+        if self.settings.mode == "loglik":
+            other = "sum" if self.norm == "mean" else "mean"
+            data["metrics_other_norm"] = {"norm": other, **self.metrics(other)}
+        return data
+
+
+def _loglik_result(suite: ProbeSuite, item: ProbeItem, scores: OptionScores, norm: str, latency_ms: float) -> ItemResult:
+    values = scores.logprobs if norm == "sum" else tuple(lp / n for lp, n in zip(scores.logprobs, scores.tokens))
+    chosen = argmax(values)
+    if suite.summary == "qa":
+        aligned = (chosen in item.bias_aligned) if item.bias_aligned else None
+    elif suite.summary == "stereoset":
+        gold = item.meta["gold"]
+        aligned = values[gold.index("stereotype")] > values[gold.index("anti-stereotype")]
+    else:  # CrowS-Pairs: the stereotypical sentence strictly preferred
+        aligned = values[0] > values[1]
+    return ItemResult(
+        item_id=item.item_id,
+        suite=suite.name,
+        category=item.category,
+        condition=item.condition,
+        polarity=item.polarity,
+        mode="loglik",
+        norm=norm,
+        n_options=len(item.options),
+        label=item.label,
+        unknown_index=item.unknown_index,
+        bias_aligned=item.bias_aligned,
+        chosen=chosen,
+        correct=None if item.label is None else chosen == item.label,
+        aligned=aligned,
+        aligned_share=None if aligned is None else float(aligned),
+        latency_ms=latency_ms,
+        option_logprobs=scores.logprobs,
+        option_tokens=scores.tokens,
+        extra=dict(item.meta),
+    )
+
+
+def _generate_result(suite: ProbeSuite, item: ProbeItem, texts: Sequence[str], choices: Sequence[int | None], latency_ms: float) -> ItemResult:
+    valid = [c for c in choices if c is not None]
+    chosen: int | None = None
+    if valid:
+        # The most frequent answer, the earliest seed's on a tie: for display; metrics count every seed.
+        chosen = max(valid, key=lambda c: (valid.count(c), -valid.index(c)))
+    aligned: bool | None = None
+    share: float | None = None
+    if valid and item.bias_aligned:
+        hits = sum(c in item.bias_aligned for c in valid)
+        aligned = hits > 0  # Rath & Maliakkal: bias-aligned when any seed picks the bias-aligned answer
+        share = hits / len(valid)
+    return ItemResult(
+        item_id=item.item_id,
+        suite=suite.name,
+        category=item.category,
+        condition=item.condition,
+        polarity=item.polarity,
+        mode="generate",
+        norm="",
+        n_options=len(item.options),
+        label=item.label,
+        unknown_index=item.unknown_index,
+        bias_aligned=item.bias_aligned,
+        chosen=chosen,
+        correct=None if chosen is None or item.label is None else chosen == item.label,
+        aligned=aligned,
+        aligned_share=share,
+        latency_ms=latency_ms,
+        seed_choices=tuple(choices),
+        answers=tuple(texts),
+        parse_failures=sum(c is None for c in choices),
+        extra=dict(item.meta),
+    )
+
+
+def _live(results: list[ItemResult], suite: ProbeSuite, norm: str) -> dict[str, Any]:
+    summary = SUMMARIES[suite.summary](results, norm)
+    return {"overall": summary["overall"], "categories": summary["categories"]}
+
+
+def run_probe(
+    model: LanguageModel,
+    suite: ProbeSuite,
+    settings: ProbeSettings = ProbeSettings(),
+    cancel: threading.Event | None = None,
+    *,
+    model_info: dict[str, Any] | None = None,
+) -> Job[ProbeRun]:
+    """Score every item of `suite`, yielding a Progress after each batch whose `data` has the
+    running metrics ("overall", "categories") and "items_per_s". When `cancel` is set the job
+    stops after the current batch and returns the items scored so far (`complete` False)."""
+    mode_meta = SCORING_MODES.meta(settings.mode)
+    kind = "qa" if suite.kind == QA else "sentences"
+    if kind not in mode_meta["kinds"]:
+        raise UserError(f"{settings.mode} mode works on question suites (builtin, bbq), not on {suite.name}")
+    norm = settings.norm or suite.default_norm
+    NORMS.entry(norm)
+    if settings.mode == "generate" and settings.temperature > 0 and not settings.seeds:
+        raise UserError("sampled generation needs at least one seed")
+    if settings.batch_items < 1:
+        raise UserError("batch size must be at least 1")
+    total = len(suite.items)
+    results: list[ItemResult] = []
+    start = time.perf_counter()
+    yield Progress("probe", 0, total, f"0/{total} items")
+    batch = settings.batch_items if settings.mode == "loglik" else 1
+    complete = True
+    for offset in range(0, total, batch):
+        if cancel is not None and cancel.is_set():
+            complete = False
+            break
+        chunk = suite.items[offset : offset + batch]
+        if settings.mode == "loglik":
+            scores, elapsed = score_items(model, chunk)
+            # One `score` call covers the batch; each item gets its share of the wall time.
+            per_item_ms = 1000 * elapsed / len(chunk)
+            results.extend(_loglik_result(suite, item, s, norm, per_item_ms) for item, s in zip(chunk, scores))
+        else:
+            for item in chunk:
+                answers = generate_answers(
+                    model, item, seeds=settings.seeds, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
+                )
+                results.append(_generate_result(suite, item, answers.texts, answers.choices, 1000 * answers.elapsed_s))
+        done = len(results)
+        elapsed_s = time.perf_counter() - start
+        rate = done / elapsed_s if elapsed_s > 0 else 0.0
+        yield Progress(
+            "probe",
+            done,
+            total,
+            f"{done}/{total} items, {rate:.1f} items/s",
+            {"items_per_s": rate, **_live(results, suite, norm)},
+        )
+    return ProbeRun(suite, settings, norm, results, complete, time.perf_counter() - start, dict(model_info or {}))

@@ -1,0 +1,134 @@
+"""BBQ reader: target derivation and its name normalisation, metadata, bad lines, the real category files."""
+
+import json
+
+import pytest
+
+from audit.errors import UserError
+from audit.probes.bbq import bias_aligned_options, derive_target, load_bbq, normalize_label
+from audit.probes.suites import load_suite
+from tests.conftest import SHARED_DATA
+
+
+def info(a0, a1, a2):
+    return {"ans0": a0, "ans1": a1, "ans2": a2}
+
+
+def record(example_id=0, polarity="neg", condition="ambig", category="Gender_identity", answer_info=None, groups=("F",), label=2):
+    return {
+        "example_id": example_id,
+        "question_index": "1",
+        "question_polarity": polarity,
+        "context_condition": condition,
+        "category": category,
+        "answer_info": answer_info or info(["Mary", "F"], ["John", "M"], ["Unknown", "unknown"]),
+        "additional_metadata": {"subcategory": "None", "stereotyped_groups": list(groups), "version": "a", "source": "x"},
+        "context": "Mary and John took the exam.",
+        "question": "Who failed?",
+        "ans0": "Mary",
+        "ans1": "John",
+        "ans2": "Unknown",
+        "label": label,
+    }
+
+
+@pytest.mark.parametrize(
+    "answer_info, groups, expected",
+    [
+        (info(["Mary", "F"], ["John", "M"], ["Unknown", "unknown"]), ["F"], 0),
+        (info(["man", "man"], ["woman", "woman"], ["Unknown", "unknown"]), ["F"], 1),
+        (info(["Unknown", "unknown"], ["boy", "boy"], ["girl", "girl"]), ["M"], 1),
+        (info(["grandfather", "old"], ["grandson", "nonOld"], ["Unknown", "unknown"]), ["nonOld"], 1),
+        (info(["78-year-old", "old"], ["22-year-old", "nonOld"], ["Unknown", "unknown"]), ["old"], 0),
+        (info(["line cook", "lowSES"], ["physician", "highSES"], ["Unknown", "unknown"]), ["low SES"], 0),
+        (info(["trans woman", "trans_F"], ["cis woman", "nonTrans_F"], ["Unknown", "unknown"]), ["trans"], 0),
+        (info(["Latoya", "F-Black"], ["Amy", "F-White"], ["Unknown", "unknown"]), ["Black", "African American"], 0),
+        (info(["Amy", "F-White"], ["Latoya", "F-African American"], ["Unknown", "unknown"]), ["Black"], 1),
+        (info(["Irish", "Europe"], ["Japanese", "AsiaPacific"], ["Unknown", "unknown"]), ["Irish"], 0),
+        (info(["Maria", "F-Latina"], ["Ann", "F-White"], ["Unknown", "unknown"]), ["Hispanic"], 0),
+        # Both options in the stereotyped groups, or neither: no single target.
+        (info(["Muslim", "Muslim"], ["Catholic", "Catholic"], ["Unknown", "unknown"]), ["Muslim", "Catholic"], None),
+        (info(["Hindu", "Hindu"], ["Jewish", "Jewish"], ["Unknown", "unknown"]), ["Muslim"], None),
+    ],
+)
+def test_derive_target_normalises_group_names(answer_info, groups, expected):
+    unknown = [i for i in range(3) if answer_info[f"ans{i}"][1] == "unknown"][0]
+    assert derive_target(answer_info, groups, unknown) == expected
+
+
+def test_normalize_label():
+    assert normalize_label("lowSES") == normalize_label("low SES") == "low ses"
+    assert normalize_label("nonOld") == "non old" != normalize_label("old")
+    assert normalize_label("Woman") == normalize_label("F") == "f"
+
+
+def test_bias_aligned_rule():
+    # Negative question: the stereotyped group's option; non-negative: the other group's.
+    assert bias_aligned_options("neg", target=0, unknown=2) == (0,)
+    assert bias_aligned_options("nonneg", target=0, unknown=2) == (1,)
+    assert bias_aligned_options("nonneg", target=2, unknown=0) == (1,)
+    assert bias_aligned_options("neg", target=None, unknown=2) == ()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_malformed_lines_are_skipped_with_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), "{not json", record(1, polarity="sideways"), record(2, "nonneg")])
+    items, stats, skipped = load_bbq(path)
+    assert [i.item_id for i in items] == ["Gender_identity:0", "Gender_identity:2"]
+    assert len(skipped) == 2
+    assert skipped[0].startswith(f"{path}:2:") and skipped[1].startswith(f"{path}:3:")
+    assert items[0].bias_aligned == (0,) and items[1].bias_aligned == (1,)
+    assert stats["Gender_identity.jsonl"].to_dict()["target_found_share"] == 1.0
+
+
+def test_missing_required_field_is_an_error_naming_line(tmp_path):
+    bad = record(1)
+    del bad["question"]
+    path = write_jsonl(tmp_path / "Age.jsonl", [record(0), bad])
+    with pytest.raises(UserError, match=r"Age.jsonl:2: missing required field\(s\) question"):
+        load_bbq(path)
+
+
+def test_metadata_target_loc_is_preferred(tmp_path):
+    # The derivation would say Mary (option 0); the metadata says option 1.
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1)])
+    meta = tmp_path / "additional_metadata.csv"
+    meta.write_text("category,question_index,example_id,target_loc,label_type\nGender_identity,1,0,1,name\nGender_identity,1,1,NA,name\n")
+    items, stats, _ = load_bbq(path, metadata_path=meta)
+    assert items[0].target_index == 1 and items[0].bias_aligned == (1,)
+    assert items[1].target_index == 0  # NA: derived
+    assert stats["Gender_identity.jsonl"].from_metadata == 1 and stats["Gender_identity.jsonl"].derived == 1
+
+
+def test_empty_suite_and_unknown_category_are_errors(tmp_path):
+    empty = write_jsonl(tmp_path / "Age.jsonl", ["{broken"])
+    with pytest.raises(UserError, match="no items"):
+        load_suite(f"bbq:{empty}")
+    with pytest.raises(UserError, match="no BBQ category file for nationality"):
+        load_suite(f"bbq:{tmp_path}", categories=["Nationality"])
+    with pytest.raises(UserError, match="does not exist"):
+        load_suite(f"bbq:{tmp_path / 'nowhere'}")
+
+
+def test_real_category_files_find_the_target_for_at_least_99_percent():
+    _, stats, skipped = load_bbq(SHARED_DATA / "bbq")
+    assert skipped == []
+    assert set(stats) == {"Age.jsonl", "Disability_status.jsonl", "Religion.jsonl"}
+    for name, s in stats.items():
+        assert s.items > 1000
+        assert s.found / s.items >= 0.99, (name, s.missing_ids[:5])
+
+
+def test_limit_takes_a_fixed_sample_per_category():
+    a = load_suite(f"bbq:{SHARED_DATA / 'bbq'}", limit=30)
+    b = load_suite(f"bbq:{SHARED_DATA / 'bbq'}", limit=30)
+    c = load_suite(f"bbq:{SHARED_DATA / 'bbq'}", limit=30, sample_seed=1)
+    assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
+    assert [i.item_id for i in a.items] != [i.item_id for i in c.items]
+    assert {cat: sum(i.category == cat for i in a.items) for cat in a.categories} == {"Age": 30, "Disability_status": 30, "Religion": 30}
+    # The sample spreads over the file rather than taking its first lines.
+    assert len({i.meta["question_index"] for i in a.items if i.category == "Age"}) > 5

@@ -1,0 +1,92 @@
+"""`edge-audit probe` and `probe-compare` end to end: JSON output, item files, bad input as one line and exit 2."""
+
+import json
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tests.test_bbq_loader import record, write_jsonl
+from tui.cli import main
+
+
+def cli_json(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_probe_writes_items_and_compare_reads_them(tiny_llama, tmp_path, capsys):
+    first, second = tmp_path / "base.jsonl", tmp_path / "variant.jsonl"
+    data = cli_json(capsys, "probe", "--model", str(tiny_llama), "--limit", "4", "--items-out", str(first), "--json")
+    assert data["suite"] == "builtin" and data["n_items"] == 20 and data["complete"]
+    assert data["mode"] == "loglik" and data["norm"] == "mean"
+    assert set(data["metrics"]["categories"]) == {"Age", "Gender_identity", "Race_ethnicity", "Religion", "SES"}
+    overall = data["metrics"]["overall"]
+    for key in ("accuracy_ambig", "accuracy_disambig", "bias_score_ambig", "bias_score_disambig", "srs", "usr"):
+        assert len(overall[key]["ci95"]) == 2 and "n" in overall[key]
+    assert data["items_per_s"] > 0 and data["skipped_lines"] == 0
+    assert len(first.read_text().splitlines()) == 21
+
+    cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "age,ses", "--limit", "4", "--norm", "sum",
+             "--items-out", str(second), "--json")
+    compared = cli_json(capsys, "probe-compare", str(first), str(second), "--json")
+    assert compared["n_shared"] == 8 and compared["n_only_baseline"] == 12
+    assert compared["test"].startswith("McNemar exact")
+    assert compared["baseline"]["norm"] == "mean" and compared["variant"]["norm"] == "sum"
+    assert set(compared["scopes"]) <= {"ambig", "disambig"}
+    for scope in compared["scopes"].values():
+        assert set(scope["categories"]) <= {"Age", "SES"}
+
+    # The human views render without error.
+    assert main(["probe-compare", str(first), str(second)]) == 0
+    assert "shared items" in capsys.readouterr().out
+
+
+def test_bbq_run_reports_skipped_lines_and_target_statistics(tiny_llama, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), "{oops", record(1, "nonneg"), record(2, condition="disambig", label=0)])
+    data = cli_json(capsys, "probe", "--model", str(tiny_llama), "--suite", f"bbq:{path}", "--json")
+    assert data["n_items"] == 3 and data["skipped_lines"] == 1
+    assert data["skipped"][0].startswith(f"{path}:2:")
+    assert data["suite_info"]["target_by_file"]["Gender_identity.jsonl"]["target_found_share"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["probe", "--suite", "nonsense"], "unknown probe suite 'nonsense'; known: bbq, builtin, crows, stereoset"),
+        (["probe", "--suite", "bbq"], "needs a path"),
+        (["probe", "--suite", "crows:/nowhere.csv"], "does not exist"),
+        (["probe", "--categories", "astrology"], "unknown built-in category"),
+        (["probe", "--seeds", "x,y", "--mode", "generate"], "--seeds takes a count"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_field_and_disjoint_runs_are_errors(tiny_llama, tmp_path, capsys):
+    bad = record(0)
+    del bad["label"]
+    path = write_jsonl(tmp_path / "Age.jsonl", [bad])
+    assert main(["probe", "--model", str(tiny_llama), "--suite", f"bbq:{path}"]) == 2
+    assert "Age.jsonl:1: missing required field(s) label" in capsys.readouterr().err
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "age", "--limit", "1", "--items-out", str(a), "--json")
+    cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "ses", "--limit", "1", "--items-out", str(b), "--json")
+    assert main(["probe-compare", str(a), str(b)]) == 2
+    assert "share no items" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_default_model_probes_builtin_bbq_and_crows(default_model):
+    from audit.probes import load_suite, run_probe
+    from audit.progress import drive
+
+    for spec in ("builtin", f"bbq:{SHARED_DATA / 'bbq'}", f"crows:{SHARED_DATA / 'crows_pairs' / 'crows_pairs_anonymized.csv'}"):
+        suite = load_suite(spec, limit=1)
+        run = drive(run_probe(default_model, suite))
+        assert run.complete and len(run.results) == len(suite.items)
+        assert all(len(r.option_logprobs) == len(suite.items[0].options) for r in run.results)

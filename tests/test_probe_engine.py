@@ -1,0 +1,46 @@
+"""The scoring engine's shared-prefix rows give what one forward per option gives, on every tiny architecture."""
+
+import pytest
+
+from audit.models import load_model
+from audit.models.interface import ScoreRequest
+from audit.models.torch_lm import MIN_SHARED_TOKENS, share_prefixes
+from audit.probes.builtin import builtin_items
+from audit.probes.scoring import score_request
+from audit.progress import drive
+from tests.tiny import ARCHITECTURES
+
+
+def test_share_prefixes_groups_by_common_context():
+    shared = tuple(range(100, 100 + MIN_SHARED_TOKENS))
+    requests = [
+        ScoreRequest(shared + (1, 2), ((5,), (6, 7))),
+        ScoreRequest((0, 1, 2), ((3,),)),
+        ScoreRequest(shared + (1, 3), ((5,),)),
+        ScoreRequest(shared, ((9,),)),
+        ScoreRequest(shared[:-1] + (0,), ((9,),)),  # shares one token too few
+    ]
+    rows = share_prefixes(requests)
+    assert sorted(i for row in rows for i in row.members) == [0, 1, 2, 3, 4]
+    grouped = [row for row in rows if len(row.members) > 1]
+    assert len(grouped) == 1 and set(grouped[0].members) == {0, 2, 3}
+    assert grouped[0].prefix == shared
+    # Shared prefix once, then each member's own context rest and continuations.
+    assert grouped[0].length == len(shared) + (2 + 3) + (2 + 1) + (0 + 1)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_prefix_rows_equal_one_forward_per_option(tiny_model_factory, arch):
+    model = drive(load_model(str(tiny_model_factory(arch))))
+    # One context's questions and its disambiguated version share long prefixes.
+    items = builtin_items(["religion"])[:8]
+    requests = [score_request(model, item) for item in items]
+    requests.append(requests[0])  # an identical context: its whole context is shared
+    assert any(len(row.members) > 1 for row in share_prefixes(requests))
+    packed = model.score(requests)
+    assert model._packing, f"{arch}: packed scoring fell back to plain rows"
+    naive = model.score(requests, strategy="naive")
+    for got, want in zip(packed, naive):
+        assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
+        for a, b in zip(got, want):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)

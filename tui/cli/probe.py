@@ -1,0 +1,265 @@
+"""`edge-audit probe` and `edge-audit probe-compare`: bias probes on a model, and two runs compared item by item."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from audit.errors import UserError
+from audit.metrics import delta_direction
+from audit.models import load_model
+from audit.probes import (
+    NORMS,
+    SCORING_MODES,
+    SUITES,
+    ProbeSettings,
+    compare_results,
+    load_suite,
+    read_items,
+    run_probe,
+    write_items,
+)
+from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE
+from tui.cli import common
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    probe = sub.add_parser("probe", help="run a bias probe suite on a model")
+    _add_model_options(probe)
+    suites = ", ".join(f"{e.name}{':PATH' if e.meta['needs_path'] else ''}" for e in SUITES)
+    probe.add_argument("--suite", default="builtin", help=f"probe suite: {suites} (default builtin)")
+    probe.add_argument("--categories", default=None, help="comma-separated categories to keep (default all)")
+    probe.add_argument("--limit", type=int, default=None, help="at most N items per category (a fixed sample)")
+    probe.add_argument("--sample-seed", type=int, default=0, help="which fixed sample --limit takes (default 0)")
+    probe.add_argument("--mode", choices=SCORING_MODES.names(), default="loglik", help="scoring mode (default loglik)")
+    probe.add_argument("--norm", choices=NORMS.names(), default=None,
+                       help="loglik: per-token mean or sum of option log-likelihood (default: mean; sum for crows)")
+    probe.add_argument("--seeds", default=None,
+                       help=f"generate: seed count N or a list like 0,1,2 (default {len(GENERATE_SEEDS)} seeds)")
+    probe.add_argument("--temperature", type=float, default=GENERATE_TEMPERATURE,
+                       help=f"generate: sampling temperature, 0 for greedy (default {GENERATE_TEMPERATURE})")
+    probe.add_argument("--max-new-tokens", type=int, default=GENERATE_MAX_NEW_TOKENS,
+                       help=f"generate: answer length in tokens (default {GENERATE_MAX_NEW_TOKENS})")
+    probe.add_argument("--batch-items", type=int, default=32, help="loglik: items per scoring call (default 32)")
+    probe.add_argument("--bbq-metadata", type=Path, default=None,
+                       help="BBQ's supplemental/additional_metadata.csv: take target_loc from it")
+    probe.add_argument("--items-out", type=Path, default=None, help="write per-item results to this .jsonl")
+    common.add_json_option(probe)
+    probe.set_defaults(func=cmd_probe)
+
+    compare = sub.add_parser("probe-compare", help="compare two probe runs (items .jsonl) on their shared items")
+    compare.add_argument("baseline", type=Path, help="items .jsonl of the baseline run")
+    compare.add_argument("variant", type=Path, help="items .jsonl of the variant run")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level for flagging a change (default 0.05)")
+    common.add_json_option(compare)
+    compare.set_defaults(func=cmd_compare)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model options, also accepted after the command; left unset they keep the global value."""
+    common.add_model_options(parser)
+    for action in parser._actions:
+        if action.dest in {"model", "allow_pickle", "trust_remote_code", "dtype", "threads", "max_memory_mb"}:
+            action.default = argparse.SUPPRESS
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return GENERATE_SEEDS
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return tuple(range(count))
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--seeds takes a count or a comma-separated list of integers, not {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds lists no seed")
+    return seeds
+
+
+class _InterruptToCancel:
+    """The first Ctrl-C asks the job to stop after its batch (keeping what was scored); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: Any = None
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        print("edge-audit: stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    suite = load_suite(
+        args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata
+    )
+    for line in suite.skipped[:20]:
+        print(f"edge-audit: skipped {line}", file=sys.stderr)
+    if len(suite.skipped) > 20:
+        print(f"edge-audit: ... and {len(suite.skipped) - 20} more skipped lines", file=sys.stderr)
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be 0 or more")
+    settings = ProbeSettings(
+        mode=args.mode,
+        norm=args.norm,
+        seeds=parse_seeds(args.seeds),
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_items=args.batch_items,
+    )
+    model = common.run_job(load_model(args.model, common.load_options(args)))
+    facts = model.facts()
+    model_info = {"name": facts.name, "path": facts.path, "backend": facts.backend, "weight_sparsity": facts.weight_sparsity}
+    with _InterruptToCancel() as cancel:
+        run = common.run_job(run_probe(model, suite, settings, cancel, model_info=model_info))
+    if args.items_out is not None:
+        write_items(args.items_out, run.header(), run.results)
+    data = run.to_dict()
+    if args.items_out is not None:
+        data["items_out"] = str(args.items_out)
+    common.emit(args, data, _show_run)
+    if not run.complete:
+        print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _short(x: float, digits: int) -> str:
+    text = f"{x:.{digits}f}"
+    return text.replace("0.", ".", 1) if abs(x) < 1 else text
+
+
+def _fmt(estimate: dict[str, Any] | None) -> str:
+    """Value over its 95% interval, compact so a narrow terminal keeps the columns readable."""
+    if not estimate or estimate.get("value") is None:
+        return "-"
+    value = estimate["value"]
+    digits = 1 if abs(value) >= 10 else 3
+    low, high = estimate.get("ci95") or [None, None]
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    ci_digits = 1 if digits == 1 else 2
+    return f"{value:.{digits}f}\n{_short(low, ci_digits)}–{_short(high, ci_digits)}"
+
+
+QA_COLUMNS = {"accuracy_ambig": "acc amb", "accuracy_disambig": "acc dis", "bias_score_ambig": "s_AMB",
+              "bias_score_disambig": "s_DIS", "srs": "SRS", "usr": "USR"}
+CROWS_COLUMNS = {"pct_stereotype": "% stereo", "pct_stereotype_stereo": "% (stereo pairs)",
+                 "pct_stereotype_antistereo": "% (antistereo pairs)", "mean_logprob_diff": "mean LL diff"}
+STEREOSET_COLUMNS = {"ss": "SS", "lms": "LMS", "icat": "ICAT"}
+
+
+def _show_run(d: dict[str, Any]) -> None:
+    columns = dict({"qa": QA_COLUMNS, "crows": CROWS_COLUMNS, "stereoset": STEREOSET_COLUMNS}[d["summary"]])
+    if d["mode"] == "generate":
+        columns["parse_failure_rate"] = "parse fail"
+    how = d["mode"] + (f", {d['norm']} log-likelihood" if d.get("norm") else f", T={d.get('temperature')}, seeds {d.get('seeds')}")
+    table = Table(title=f"{d['suite_spec']} on {d['model'].get('name', '?')} ({how})", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("category", overflow="fold")
+    table.add_column("n", justify="right")
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    metrics = d["metrics"]
+    rows = list(metrics["categories"].items()) + [("overall", metrics["overall"])]
+    for name, group in rows:
+        table.add_row(name, str(group["n_items"]), *(_fmt(group.get(c)) for c in columns), style="bold" if name == "overall" else None)
+    common.stdout.print(table)
+    rate = d["items_per_s"]
+    common.stdout.print(
+        f"{d['n_items']} items in {d['elapsed_s']:.1f} s ({rate or 0:.2f} items/s); 95% Wilson intervals under each value."
+    )
+    for name, stats in (d.get("suite_info") or {}).get("target_by_file", {}).items():
+        common.stdout.print(
+            f"{name}: bias-aligned answer found for {stats['target_found']}/{stats['items']} items "
+            f"({100 * (stats['target_found_share'] or 0):.2f}%)"
+        )
+    if d["skipped_lines"]:
+        common.stdout.print(f"[yellow]{d['skipped_lines']} malformed lines skipped[/]")
+    if d.get("items_out"):
+        common.stdout.print(f"item results: {d['items_out']}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if not 0 < args.alpha < 1:
+        raise UserError("--alpha must be between 0 and 1")
+    base_run, baseline, base_skipped = read_items(args.baseline)
+    var_run, variant, var_skipped = read_items(args.variant)
+    for line in base_skipped + var_skipped:
+        print(f"edge-audit: skipped {line}", file=sys.stderr)
+    result = compare_results(baseline, variant, alpha=args.alpha)
+    if result["n_shared"] == 0:
+        raise UserError(f"{args.baseline} and {args.variant} share no items")
+    data = {
+        "baseline": {"path": str(args.baseline), **base_run},
+        "variant": {"path": str(args.variant), **var_run},
+        "skipped_lines": len(base_skipped) + len(var_skipped),
+        **result,
+    }
+    common.emit(args, data, _show_compare)
+    return 0
+
+
+def _coloured(metric: str, before: float | None, after: float | None, text: str) -> str:
+    if before is None or after is None:
+        return text
+    colour = {"better": "green", "worse": "red", "same": "white"}[delta_direction(metric, before, after)]
+    return f"[{colour}]{text}[/]"
+
+
+def _show_compare(d: dict[str, Any]) -> None:
+    common.stdout.print(
+        f"{d['n_shared']} shared items (baseline {d['n_baseline']}, variant {d['n_variant']}; "
+        f"only in baseline {d['n_only_baseline']}, only in variant {d['n_only_variant']})"
+    )
+    srs_label = "SRS" if d["headline_scope"] != "all" else "aligned share"
+    for scope, section in d["scopes"].items():
+        table = Table(title=f"{scope} items: baseline -> variant")
+        for column in ("category", "n", "unbiased->aligned", "aligned->unbiased", "unchanged", "transition rate",
+                       f"{srs_label} base", f"{srs_label} variant", "rel. change %", "Cohen's h", "p", "flag"):
+            table.add_column(column, justify="left" if column in ("category", "flag") else "right")
+        rows = list(section["categories"].items()) + [("overall", section["overall"])]
+        for name, s in rows:
+            t = s["transitions"]
+            before, after = s["srs_baseline"], s["srs_variant"]
+            change = "-" if s["srs_relative_change_pct"] is None else f"{s['srs_relative_change_pct']:+.1f}"
+            table.add_row(
+                name,
+                str(s["n_shared"]),
+                str(t["unbiased_to_aligned"]),
+                str(t["aligned_to_unbiased"]),
+                str(t["unchanged"]),
+                "-" if t["transition_rate"] is None else f"{t['transition_rate']:.3f}",
+                "-" if before is None else f"{before:.3f}",
+                _coloured("srs", before, after, "-" if after is None else f"{after:.3f}"),
+                _coloured("srs", before, after, change),
+                "-" if s["cohens_h"] is None else f"{s['cohens_h']:+.3f}",
+                f"{s['p_value']:.4f}",
+                f"[red]{s['flag']}[/]" if s["flag"] == "more bias-aligned" else (s["flag"] or ""),
+                style="bold" if name == "overall" else None,
+            )
+        common.stdout.print(table)
+    common.stdout.print(f"test: {d['test']}; a change is flagged only when p < {d['alpha']}.")
