@@ -6,7 +6,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -301,21 +301,25 @@ def _parse_quantize(ctx: _Context, raw: Any, prefix: str) -> QuantizeRecipe:
     return QuantizeRecipe(scheme, block)
 
 
-# Which names are valid comes from the registries of the compression and probe modules;
-# they register themselves on import, and a missing module means no name is checked.
-NameCheck = Callable[[str, str], list[str] | None]
-_name_checks: list[NameCheck] = []
+def _registry(kind: str):
+    """The registry that knows the valid names of `kind` (imported when a plan needs it)."""
+    if kind == "pruning method":
+        from audit.compress.methods import PRUNING_METHODS
 
+        return PRUNING_METHODS
+    if kind == "quantization scheme":
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
 
-def register_name_check(check: NameCheck) -> None:
-    _name_checks.append(check)
+        return QUANTIZATION_SCHEMES
+    from audit.probes.suites import SUITES
+
+    return SUITES
 
 
 def _check_name(ctx: _Context, kind: str, name: str, key: str) -> None:
-    for check in _name_checks:
-        known = check(kind, name)
-        if known is not None:
-            raise ctx.error(key, f"unknown {kind} {name!r}; known: {', '.join(known)}")
+    registry = _registry(kind)
+    if name not in registry:
+        raise ctx.error(key, f"unknown {kind} {name!r}; known: {', '.join(sorted(registry.names()))}")
 
 
 def _variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:

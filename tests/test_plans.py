@@ -121,3 +121,19 @@ def test_variant_path_is_relative_to_the_plan(tmp_path, tiny_llama):
     plan = load_plan(path)
     assert plan.model == str((tmp_path / "models" / "mine").resolve())
     assert plan.variants[0].path == plan.model and plan.variants[0].name == "mine"
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('method = "wanda"', 'method = "obs"', r"line 10: variants\[0\].prune.method: unknown pruning method 'obs'; known: magnitude, random, sparsegpt, wanda"),
+        ('scheme = "onnx-int8"', 'scheme = "int2"', r"line 11: variants\[0\].quantize.scheme: unknown quantization scheme 'int2'; known: int8-dynamic, onnx-int4, onnx-int8"),
+        ('suites = ["builtin", ', 'suites = ["winobias", ', r"line 14: probes.suites: unknown probe suite 'winobias'; known: bbq, builtin, crows, stereoset"),
+    ],
+)
+def test_unknown_names_list_the_known_ones(tmp_path, old, new, message):
+    assert old in GOOD
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(UserError, match=message):
+        load_plan(path)

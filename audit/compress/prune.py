@@ -178,10 +178,13 @@ def prune(
     options: LoadOptions = LoadOptions(),
     text: Path | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    measure_perplexity: bool = True,
     cancel: threading.Event | None = None,
 ) -> Job[dict[str, Any]]:
     """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
-    variants. Nothing is written until the end, into a temporary folder renamed on success."""
+    variants. Nothing is written until the end, into a temporary folder renamed on success.
+    `measure_perplexity=False` leaves perplexity to the caller (an audit run measures it once
+    per variant, as a step of its own)."""
     total_started = time.perf_counter()
     baseline_bytes = process_rss_bytes()
     spec = config.resolve()
@@ -199,7 +202,9 @@ def prune(
                 lm, config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
                 context_length=lm.facts().context_length,
             )
-        before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
+        before = after = None
+        if measure_perplexity:
+            before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
         weights_f32_bytes = sum(w.numel() for _, w in dense_state(model)) * 4
         load_peak = peak_rss_bytes()
         reset_peak_rss()
@@ -207,7 +212,8 @@ def prune(
             model, config.method, spec, calib.samples if calib is not None else None, config.exclude, cancel
         )
         prune_peak = peak_rss_bytes()
-        after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
+        if measure_perplexity:
+            after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
         recipe = config.recipe(spec)
         if calib is not None:
             recipe["calibration"] = calib.to_dict()
@@ -257,10 +263,10 @@ def prune(
         "weights_mb_float32": round(weights_f32_bytes / MB, 2),
         "calibration_activations_mb": round(calib_activation_bytes / MB, 2),
         "size_on_disk_mb": {"dense": round(dense_bytes / MB, 2), "compressed": round(compressed_bytes / MB, 2)},
-        "perplexity_before": round(before.perplexity, 4),
-        "perplexity_after": round(after.perplexity, 4),
-        "perplexity_tokens": after.n_tokens,
-        "perplexity_text": after.source,
+        "perplexity_before": round(before.perplexity, 4) if before else None,
+        "perplexity_after": round(after.perplexity, 4) if after else None,
+        "perplexity_tokens": after.n_tokens if after else None,
+        "perplexity_text": after.source if after else None,
         "recipe": recipe,
     }
     lm.close()

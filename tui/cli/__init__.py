@@ -8,10 +8,10 @@ from typing import NoReturn, Sequence
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
-from tui.cli import common, compress, hardware, models, probe
+from tui.cli import common, compress, hardware, models, probe, run
 
 # Each module adds its subcommands; adding a command is adding a module here.
-COMMAND_MODULES = (models, compress, probe, hardware)
+COMMAND_MODULES = (models, compress, probe, hardware, run)
 
 
 class _Parser(argparse.ArgumentParser):

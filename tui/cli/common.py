@@ -56,9 +56,12 @@ PROGRESS_STYLES = ("auto", "bar", "lines", "none")
 progress_style = "auto"  # set from --progress by main()
 
 
-def run_job(job: Job[T]) -> T:
+def run_job(job: Job[T], overall: str | None = None) -> T:
     """Drive a core job with progress on stderr: a bar on a terminal, nothing otherwise
-    (so that a failure is the only line), or one line per step with --progress lines."""
+    (so that a failure is the only line), or one line per step with --progress lines.
+
+    With `overall`, events of that stage drive an overall bar and every other stage shares
+    one "current step" bar, so a long run shows two bars, not one per stage."""
     style = progress_style
     if style == "auto":
         style = "bar" if stderr.is_terminal else "none"
@@ -86,9 +89,12 @@ def run_job(job: Job[T]) -> T:
         tasks: dict[str, Any] = {}
 
         def update(event: Any) -> None:
-            if event.stage not in tasks:
-                tasks[event.stage] = bar.add_task(event.stage, total=event.total, message="")
-            bar.update(tasks[event.stage], completed=event.done, total=event.total, message=event.message)
+            key = event.stage if overall is None or event.stage == overall else "step"
+            if key not in tasks:
+                tasks[key] = bar.add_task(event.stage, total=event.total, message="")
+            bar.update(
+                tasks[key], description=event.stage, completed=event.done, total=event.total, message=event.message
+            )
 
         return drive(job, update)
 

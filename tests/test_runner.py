@@ -1,0 +1,243 @@
+"""Headless runs on a tiny model: every step stored once, the gate's exit codes, resume after SIGKILL,
+parallel workers and Ray giving the same answers as a sequential run."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from audit.plans import load_plan
+from audit.progress import drive
+from audit.runner import RunOptions, run_plan, steps_for, variant_names
+from audit.store import ResultsStore
+from tests.conftest import ROOT, run_cli
+
+PLAN = """\
+name = "tiny"
+model = "{model}"
+
+[[variants]]
+prune = {{ method = "magnitude", sparsity = 0.5 }}
+
+[[variants]]
+prune = {{ method = "wanda", pattern = "2:4" }}
+
+[[variants]]
+quantize = "int8-dynamic"
+
+[calibration]
+nsamples = 4
+seqlen = 32
+
+[probes]
+suites = ["builtin"]
+limit = {limit}
+
+[profile]
+prompt_tokens = 8
+new_tokens = 4
+runs = 2
+warmup = 1
+{gate}
+"""
+
+STRICT_GATE = """
+[[gate.rules]]
+metric = "s_amb"
+max = -1.5
+"""
+
+LOOSE_GATE = """
+[[gate.rules]]
+metric = "s_amb"
+max = 1.5
+
+[[gate.rules]]
+metric = "perplexity_relative_increase_pct"
+max = 1000000
+"""
+
+
+def write_plan(folder: Path, model: Path, *, limit: int = 4, gate: str = "") -> Path:
+    path = folder / "plan.toml"
+    path.write_text(PLAN.format(model=model, limit=limit, gate=gate))
+    return path
+
+
+def expected_steps(plan):
+    return {(name, kind) for name in variant_names(plan) for kind in steps_for(plan, name)}
+
+
+def stored_choices(store, run_id, plan):
+    return {
+        (name, item["item_id"]): item["chosen"]
+        for name in variant_names(plan)
+        for item in store.items(run_id, name, "builtin")
+    }
+
+
+@pytest.fixture(scope="module")
+def sequential_run(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    plan = load_plan(write_plan(folder, tiny_llama, gate=LOOSE_GATE))
+    outcome = drive(run_plan(plan, RunOptions(store=folder / "results.db")))
+    return plan, outcome, folder
+
+
+def test_a_run_stores_every_step_once(sequential_run):
+    plan, outcome, folder = sequential_run
+    assert outcome.status == "finished" and outcome.exit_code == 0
+    with ResultsStore(folder / "results.db") as store:
+        steps = {(s["variant"], s["kind"]) for s in store.steps(outcome.run_id)}
+        assert steps == expected_steps(plan)
+        n_items = len(store.items(outcome.run_id, "baseline", "builtin"))
+        assert n_items == 5 * 4  # five categories, four items each
+        assert store.item_count(outcome.run_id) == 4 * n_items
+        run = store.run(outcome.run_id)
+        assert run.status == "finished" and run.plan_text == plan.text
+        assert run.device["cores"] and run.software["torch"]
+        compress = store.step(outcome.run_id, "magnitude-50", "compress")["result"]
+        assert compress["prune"]["actual_sparsity"] == pytest.approx(0.5, abs=0.005)
+        assert store.step(outcome.run_id, "baseline", "profile")["result"]["decode_ms_per_token_p50"] > 0
+
+
+def test_report_data_has_comparisons_and_gate(sequential_run):
+    _, outcome, _ = sequential_run
+    report = outcome.report
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline", "magnitude-50", "wanda-2of4", "int8-dynamic"]
+    wanda = report["variants"][2]
+    comparison = wanda["probes"]["builtin"]["comparison"]
+    assert comparison["test"] and comparison["n_shared_items"] == 20
+    assert 0.0 <= comparison["transition_rate"] <= 1.0 or comparison["transition_rate"] is None
+    assert wanda["perplexity"] > 0 and wanda["perplexity_relative_change_pct"] is not None
+    assert report["gate"]["passed"] is True
+    assert all(v["gate_passed"] for v in report["variants"][1:])
+    for flip in report["flipped"]:
+        assert flip["context"] and flip["baseline_answer"] != flip["variant_answer"]
+
+
+def test_gate_exit_codes_name_the_rule(tiny_llama, tmp_path):
+    strict = write_plan(tmp_path, tiny_llama, limit=2, gate=STRICT_GATE)
+    text = strict.read_text()
+    text = text.replace("[profile]", "[profile]\nenabled = false").replace("[[variants]]\nprune = { method = \"wanda\", pattern = \"2:4\" }\n", "")
+    text = text.replace("[[variants]]\nquantize = \"int8-dynamic\"\n", "")
+    strict.write_text(text)
+    store = tmp_path / "r.db"
+    result = run_cli("run", str(strict), "--store", str(store), "--json")
+    assert result.returncode == 1, result.stderr
+    assert "gate: FAIL magnitude-50: s_amb" in result.stderr and "(limit -1.5)" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["gate"]["passed"] is False and data["exit_code"] == 1
+    html = Path(data["report_files"]["html"]).read_text()
+    assert "Gate: FAILED" in html and "s_amb" in html
+    loose = tmp_path / "loose.toml"
+    loose.write_text(text.replace("max = -1.5", "max = 1.5"))
+    result = run_cli("run", str(loose), "--store", str(store), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["gate"]["passed"] is True
+
+
+def test_invalid_plans_exit_2_with_the_line(tiny_llama, tmp_path):
+    path = write_plan(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("sparsity = 0.5", "sparsity = 1.2"))
+    result = run_cli("run", str(path), "--store", str(tmp_path / "r.db"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "edge-audit: error: plan.toml line 5: variants[0].prune.sparsity: must be within [0, 0.95], got 1.2"
+    )
+    path.write_text(path.read_text().replace("sparsity = 1.2", "sparsity = 0.5").replace(f'model = "{tiny_llama}"', 'model = "./missing"'))
+    result = run_cli("run", str(path), "--store", str(tmp_path / "r.db"))
+    assert result.returncode == 2 and "plan.toml line 2: model: no such file or folder" in result.stderr
+
+
+def test_sigkill_midway_then_resume_keeps_every_finished_step(sequential_run, tiny_llama, tmp_path):
+    plan_path = write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE)
+    plan = load_plan(plan_path)
+    store_path = tmp_path / "results.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "run", str(plan_path), "--store", str(store_path)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 300
+        done_before: dict = {}
+        while time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            if not store_path.exists():
+                continue
+            try:
+                with sqlite3.connect(store_path, timeout=5) as db:
+                    rows = db.execute("SELECT variant, kind, finished_at FROM steps WHERE status = 'done'").fetchall()
+            except sqlite3.OperationalError:
+                continue
+            if len(rows) >= 6:  # the baseline and part of the first variant
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                break
+        assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with sqlite3.connect(store_path) as db:
+        done_before = {(v, k): t for v, k, t in db.execute("SELECT variant, kind, finished_at FROM steps WHERE status = 'done'")}
+        (run_id,) = db.execute("SELECT id FROM runs").fetchone()
+    assert 6 <= len(done_before) < len(expected_steps(plan))
+    result = run_cli("run", "--resume", str(run_id), "--store", str(store_path), "--json")
+    assert result.returncode == 0, result.stderr
+    with ResultsStore(store_path) as store:
+        steps = store.steps(run_id)
+        assert {(s["variant"], s["kind"]) for s in steps} == expected_steps(plan)
+        assert len(steps) == len(expected_steps(plan))  # no duplicates
+        for s in steps:  # every step finished before the kill was kept, not redone
+            if (s["variant"], s["kind"]) in done_before:
+                assert s["finished_at"] == done_before[(s["variant"], s["kind"])]
+        n_items = store.db.execute("SELECT COUNT(*), COUNT(DISTINCT variant || suite || item_id) FROM items").fetchone()
+        assert n_items[0] == n_items[1] == 4 * 20
+        assert store.run(run_id).status == "finished"
+        # The resumed run scored the same answers as an uninterrupted one.
+        seq_plan, seq_outcome, seq_folder = sequential_run
+        with ResultsStore(seq_folder / "results.db") as seq_store:
+            assert stored_choices(store, run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)
+
+
+def test_workers_give_the_same_answers(sequential_run, tiny_llama, tmp_path):
+    seq_plan, seq_outcome, seq_folder = sequential_run
+    plan = load_plan(write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE))
+    outcome = drive(run_plan(plan, RunOptions(store=tmp_path / "results.db", workers=2)))
+    assert outcome.status == "finished"
+    with ResultsStore(tmp_path / "results.db") as store, ResultsStore(seq_folder / "results.db") as seq_store:
+        assert {(s["variant"], s["kind"]) for s in store.steps(outcome.run_id)} == expected_steps(plan)
+        assert stored_choices(store, outcome.run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)
+
+
+def test_ray_local_cluster_gives_the_same_answers(sequential_run, tiny_llama, tmp_path):
+    pytest.importorskip("ray")
+    seq_plan, seq_outcome, seq_folder = sequential_run
+    path = write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE)
+    path.write_text(path.read_text().replace("[profile]", "[profile]\nenabled = false"))
+    plan = load_plan(path)
+    outcome = drive(run_plan(plan, RunOptions(store=tmp_path / "results.db", ray_address="local")))
+    with ResultsStore(tmp_path / "results.db") as store, ResultsStore(seq_folder / "results.db") as seq_store:
+        assert {(s["variant"], s["kind"]) for s in store.steps(outcome.run_id)} == expected_steps(plan)
+        assert stored_choices(store, outcome.run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)
+
+
+def test_runs_commands_read_the_store(sequential_run):
+    _, outcome, folder = sequential_run
+    store = str(folder / "results.db")
+    listing = json.loads(run_cli("runs", "list", "--store", store, "--json").stdout)
+    assert [r["id"] for r in listing["runs"]] == [outcome.run_id]
+    shown = json.loads(run_cli("runs", "show", str(outcome.run_id), "--store", store, "--json").stdout)
+    assert [v["variant"] for v in shown["variants"]] == ["baseline", "magnitude-50", "wanda-2of4", "int8-dynamic"]
+    compared = json.loads(run_cli("runs", "compare", str(outcome.run_id), str(outcome.run_id), "--store", store, "--json").stdout)
+    assert compared["plan_diffs"] == {str(outcome.run_id): ""}
+    missing = run_cli("runs", "show", "99", "--store", store)
+    assert missing.returncode == 2 and "no run 99" in missing.stderr

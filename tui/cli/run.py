@@ -1,0 +1,217 @@
+"""`edge-audit run` and `edge-audit runs`: headless audits from a plan, and the results store."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from audit.errors import Cancelled, UserError
+from audit.plans import default_plan, load_plan
+from audit.reports import write_report
+from audit.reports.render import SUMMARY_COLUMNS, summary_rows
+from audit.results import build_report
+from audit.runner import RunOptions, run_plan
+from audit.store import ResultsStore, default_store_path
+from tui.cli import common
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run an audit plan: baseline and variants, probes, perplexity, profile, gate")
+    run.add_argument("plan", nargs="?", help="a TOML plan file")
+    run.add_argument("--default", action="store_true", help="run the shipped default plan")
+    run.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
+    run.add_argument("--report", type=Path, default=None, help="folder for report.md/.html/.json (default: the run's folder)")
+    run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue a stopped run, skipping finished steps")
+    run.add_argument("--workers", type=int, default=1, help="variants run in this many processes at once")
+    run.add_argument("--ray", default=None, metavar="ADDRESS", help="run variants as Ray tasks on this cluster ('local' starts one)")
+    run.add_argument("--work-dir", type=Path, default=None, help="where compressed variants are written")
+    common.add_model_options(run, flag=False)
+    common.add_json_option(run)
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list, show, compare and export stored runs")
+    actions = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every run in the store")
+    show = actions.add_parser("show", help="one run's numbers and gate")
+    show.add_argument("run_id", type=int)
+    compare = actions.add_parser("compare", help="runs side by side, with the difference of their plans")
+    compare.add_argument("run_ids", type=int, nargs="+")
+    report = actions.add_parser("report", help="write a stored run's report")
+    report.add_argument("run_id", type=int)
+    report.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json")
+    for parser in (listing, show, compare, report):
+        parser.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
+        common.add_json_option(parser)
+    listing.set_defaults(func=cmd_list)
+    show.set_defaults(func=cmd_show)
+    compare.set_defaults(func=cmd_compare)
+    report.set_defaults(func=cmd_report)
+
+
+def _summary_table(title: str, report: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    for _, header, _ in SUMMARY_COLUMNS:
+        table.add_column(header, justify="right")
+    for row in summary_rows(report):
+        table.add_row(*(cell(row) for _, _, cell in SUMMARY_COLUMNS))
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        if args.plan or args.default:
+            raise UserError("--resume continues a stored run; give no plan with it")
+        plan = None
+    elif args.default:
+        if args.plan:
+            raise UserError("give a plan file or --default, not both")
+        plan = default_plan()
+    elif args.plan:
+        plan = load_plan(args.plan)
+    else:
+        raise UserError("give a plan file, --default, or --resume RUN_ID")
+    options = RunOptions(
+        store=args.store, resume=args.resume, workers=args.workers, ray_address=args.ray,
+        work_dir=args.work_dir, load=common.load_options(args),
+    )
+    started = time.perf_counter()
+    run_id: list[int] = []
+
+    def remember(job):
+        """Pass the run's events through, noting its id for the resume hint."""
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if not run_id and "run_id" in event.data:
+                run_id.append(event.data["run_id"])
+            yield event
+
+    try:
+        outcome = common.run_job(remember(run_plan(plan, options)), overall="run")
+    except (KeyboardInterrupt, Cancelled):
+        hint = f"; resume with: edge-audit run --resume {run_id[0]}" if run_id else ""
+        print(f"edge-audit: run stopped, finished steps are kept{hint}", file=sys.stderr)
+        return 130
+    folder = args.report or Path(outcome.report["run"]["work_dir"]) / "report"
+    files = write_report(folder, outcome.report)
+    elapsed = time.perf_counter() - started
+    gate = outcome.gate or {"passed": True, "failures": []}
+    for failure in gate.get("failures", []):
+        print(f"gate: {failure}", file=sys.stderr)
+    data = {
+        "run_id": outcome.run_id,
+        "store": str(outcome.store),
+        "status": outcome.status,
+        "exit_code": outcome.exit_code,
+        "seconds": round(elapsed, 1),
+        "gate": gate,
+        "report_files": files,
+        "variants": summary_rows(outcome.report),
+    }
+
+    def human(d: dict[str, Any]) -> None:
+        common.stdout.print(_summary_table(f"Run {d['run_id']} ({d['seconds']:.0f} s)", outcome.report))
+        verdict = "[green]PASSED[/]" if d["gate"]["passed"] else "[red bold]FAILED[/]"
+        common.stdout.print(f"Gate: {verdict}")
+        common.stdout.print(f"Report: {d['report_files']['html']}")
+
+    common.emit(args, data, human)
+    return outcome.exit_code
+
+
+def _open(args: argparse.Namespace) -> ResultsStore:
+    path = args.store or default_store_path()
+    if not Path(path).exists():
+        raise UserError(f"no results store at {path} (run an audit first, or pass --store)")
+    return ResultsStore(path)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        rows = []
+        for run in store.runs():
+            gate = run.gate or {}
+            rows.append(
+                {
+                    "id": run.id,
+                    "name": run.name,
+                    "model": run.model,
+                    "status": run.status,
+                    "created_at": run.created_at,
+                    "variants": len(store.variants(run.id)),
+                    "gate_passed": gate.get("passed") if "passed" in gate else None,
+                }
+            )
+
+    def human(d: dict[str, Any]) -> None:
+        table = Table(title="Runs")
+        for column in ("id", "name", "model", "status", "started", "variants", "gate"):
+            table.add_column(column)
+        for r in d["runs"]:
+            gate = {True: "pass", False: "FAIL", None: "-"}[r["gate_passed"]]
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
+            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(r["variants"]), gate)
+        common.stdout.print(table)
+
+    common.emit(args, {"runs": rows}, human)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        report = build_report(store, args.run_id)
+    data = {"run": report["run"], "gate": report["gate"], "variants": summary_rows(report)}
+
+    def human(d: dict[str, Any]) -> None:
+        run = d["run"]
+        common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']} ({run['status']})", report))
+        if d["gate"]:
+            common.stdout.print("Gate: " + ("[green]PASSED[/]" if d["gate"]["passed"] else "[red bold]FAILED[/]"))
+            for line in d["gate"].get("failures", []):
+                common.stdout.print(f"  {line}")
+
+    common.emit(args, data, human)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        reports = [build_report(store, run_id) for run_id in args.run_ids]
+    first = reports[0]["run"]["plan_text"].splitlines(keepends=True)
+    diffs = {}
+    for report in reports[1:]:
+        other = report["run"]["plan_text"].splitlines(keepends=True)
+        diffs[str(report["run"]["id"])] = "".join(
+            difflib.unified_diff(first, other, f"run {reports[0]['run']['id']}", f"run {report['run']['id']}")
+        )
+    data = {
+        "runs": [{"id": r["run"]["id"], "name": r["run"]["name"], "status": r["run"]["status"], "variants": summary_rows(r)} for r in reports],
+        "plan_diffs": diffs,
+    }
+
+    def human(d: dict[str, Any]) -> None:
+        for report in reports:
+            run = report["run"]
+            common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']}", report))
+        for run_id, diff in d["plan_diffs"].items():
+            common.stdout.print(f"Plan of run {reports[0]['run']['id']} -> run {run_id}:")
+            common.stdout.print(diff or "  (same plan)", markup=False, highlight=False)
+
+    common.emit(args, data, human)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        report = build_report(store, args.run_id)
+    files = write_report(args.out, report)
+    common.emit(args, {"run_id": args.run_id, "report_files": files}, lambda d: common.stdout.print(f"Report: {d['report_files']['html']}"))
+    return 0
