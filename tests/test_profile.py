@@ -152,15 +152,18 @@ def test_profile_model_on_onnx_runtime_records_load_memory(tiny_onnx):
     assert data["threads"] >= 1
 
 
-def test_profile_command(tiny_llama):
+def test_profile_command(tiny_llama, capsys):
+    from tui.cli import main
+
     args = ("profile", "--model", str(tiny_llama), "--runs", "2", "--warmup-runs", "1", "--prompt-tokens", "16", "--new-tokens", "3")
-    result = run_cli(*args, "--json")
+    result = run_cli(*args, "--json")  # a fresh process, as a user runs it
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["latency_ms_samples"] == 2 and data["decode_ms_per_token_samples"] == 4
     assert data["rss_before_load_mb"] < data["rss_after_load_mb"]
-    table = run_cli(*args)
-    assert table.returncode == 0 and "time to first token" in table.stdout
-    bad = run_cli("profile", "--model", str(tiny_llama), "--new-tokens", "1")
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == ["edge-audit: error: new tokens must be at least 2 (one first token, one decode step), got 1"]
+    assert main(list(args)) == 0
+    assert "time to first token" in capsys.readouterr().out
+    assert main(["profile", "--model", str(tiny_llama), "--new-tokens", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "edge-audit: error: new tokens must be at least 2 (one first token, one decode step), got 1"
+    ]
