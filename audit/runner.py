@@ -366,7 +366,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
         store.finish_run(run_id, "finished", gate.to_dict(), exit_code)
         report["run"]["status"] = "finished"
         return RunOutcome(run_id, store.path, "finished", exit_code, gate.to_dict(), report)
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt, SystemExit):
         store.finish_run(run_id, "interrupted", None, 130)
         raise
     except BaseException as exc:

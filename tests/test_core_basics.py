@@ -84,3 +84,18 @@ def test_atomic_write_text(tmp_path):
     atomic.write_text(path, "again")
     assert path.read_text() == "again"
     assert [p.name for p in path.parent.iterdir()] == ["b.txt"]
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic.directory(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        atomic.write_text(tmp_path / "file.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "file.txt").stat().st_mode) == 0o644

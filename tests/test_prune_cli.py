@@ -180,3 +180,21 @@ def test_human_output(tiny_llama, tmp_path, heldout, capsys):
     code = main(["prune", "--model", str(tiny_llama), "--method", "magnitude", "--pattern", "2:4", "--text", str(heldout), "--chunk", "64", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0 and "magnitude (2:4)" in out and "0.500 / 0.5000" in out and "compressed" in out
+
+
+def test_sigterm_while_saving_exits_143_and_keeps_nothing(tiny_llama, tmp_path, heldout, monkeypatch, capsys):
+    import os
+    import signal
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell does
+
+    monkeypatch.setattr(prune_module, "save_dense", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["prune", "--model", str(tiny_llama), "--method", "random", "--text", str(heldout), "--chunk", "64", "--out", str(tmp_path / "out")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
