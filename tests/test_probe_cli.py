@@ -81,11 +81,12 @@ def test_missing_field_and_disjoint_runs_are_errors(tiny_llama, tmp_path, capsys
 
 
 @pytest.mark.real_model
-def test_default_model_probes_builtin_bbq_and_crows(default_model):
+def test_default_model_probes_builtin_and_bbq(default_model):
     from audit.probes import load_suite, run_probe
     from audit.progress import drive
 
-    for spec in ("builtin", f"bbq:{SHARED_DATA / 'bbq'}", f"crows:{SHARED_DATA / 'crows_pairs' / 'crows_pairs_anonymized.csv'}"):
+    # The real files' readers are tested without the model; here they meet the real model.
+    for spec in ("builtin", f"bbq:{SHARED_DATA / 'bbq'}"):
         suite = load_suite(spec, limit=1)
         run = drive(run_probe(default_model, suite))
         assert run.complete and len(run.results) == len(suite.items)

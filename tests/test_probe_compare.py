@@ -20,12 +20,13 @@ def test_transitions_and_change_statistics_by_hand():
     variant = [qa(f"i{k}", 0 if 1 <= k <= 6 else 2) for k in range(10)]
     result = compare_results(baseline, variant)
     assert result["n_shared"] == 10 and result["headline_scope"] == "ambig"
+    assert result["scopes"]["ambig"]["metric"] == "srs"
     section = result["scopes"]["ambig"]["overall"]
     t = section["transitions"]
     assert (t["unbiased_to_aligned"], t["aligned_to_unbiased"], t["stayed_aligned"], t["stayed_unbiased"]) == (5, 1, 1, 3)
     assert t["transition_rate"] == pytest.approx(5 / 8, abs=1e-4)
-    assert section["srs_baseline"] == pytest.approx(0.2) and section["srs_variant"] == pytest.approx(0.6)
-    assert section["srs_relative_change_pct"] == pytest.approx(200.0)
+    assert section["aligned_share_baseline"] == pytest.approx(0.2) and section["aligned_share_variant"] == pytest.approx(0.6)
+    assert section["relative_change_pct"] == pytest.approx(200.0)
     h = 2 * math.asin(math.sqrt(0.6)) - 2 * math.asin(math.sqrt(0.2))
     assert section["cohens_h"] == pytest.approx(h, abs=1e-4)
     # McNemar exact on 5 vs 1 discordant pairs: 2 * (1 + 6) / 64.
@@ -67,8 +68,8 @@ def test_generate_mode_items_use_the_any_seed_verdict_and_keep_seed_shares():
     assert section["n_paired_known"] == 2
     assert section["transitions"]["unbiased_to_aligned"] == 1 and section["transitions"]["stayed_aligned"] == 1
     # SRS counts every parsed seed: baseline 1/6, variant 7/9.
-    assert section["srs_baseline"] == pytest.approx(1 / 6, abs=1e-4)
-    assert section["srs_variant"] == pytest.approx(7 / 9, abs=1e-4)
+    assert section["aligned_share_baseline"] == pytest.approx(1 / 6, abs=1e-4)
+    assert section["aligned_share_variant"] == pytest.approx(7 / 9, abs=1e-4)
     assert section["mean_seed_share_baseline"] == pytest.approx((0 + 1 / 3) / 2, abs=1e-4)
     assert section["mean_seed_share_variant"] == pytest.approx((1 / 3 + 1) / 2, abs=1e-4)
 
@@ -80,5 +81,5 @@ def test_sentence_suites_compare_all_items():
     result = compare_results([pair("p1", True), pair("p2", False)], [pair("p1", True), pair("p2", True)])
     assert result["headline_scope"] == "all"
     section = result["scopes"]["all"]["overall"]
-    assert section["srs_baseline"] == 0.5 and section["srs_variant"] == 1.0
+    assert section["aligned_share_baseline"] == 0.5 and section["aligned_share_variant"] == 1.0
     assert section["transitions"]["unbiased_to_aligned"] == 1

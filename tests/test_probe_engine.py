@@ -33,7 +33,7 @@ def test_share_prefixes_groups_by_common_context():
 def test_shared_prefix_rows_equal_one_forward_per_option(tiny_model_factory, arch):
     model = drive(load_model(str(tiny_model_factory(arch))))
     # One context's questions and its disambiguated version share long prefixes.
-    items = builtin_items(["religion"])[:8]
+    items = builtin_items(["religion"])[:4]
     requests = [score_request(model, item) for item in items]
     requests.append(requests[0])  # an identical context: its whole context is shared
     assert any(len(row.members) > 1 for row in share_prefixes(requests))

@@ -7,26 +7,36 @@ from typing import Any, Sequence
 
 from audit import metrics as m
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
-from audit.probes.summary import qa_group
 
 ALPHA = 0.05
+# What "aligned share" is in each scope: SRS on ambiguous items, the bias-aligned share of
+# answers on disambiguated ones, the stereotypical-option share for sentence suites.
+SHARE_METRIC = {AMBIG: "srs", DISAMBIG: "bias_aligned_share_disambig", "all": "stereotypical_share"}
 
 
-def _share_aligned(results: Sequence[ItemResult], question_suite: bool) -> tuple[float | None, int]:
-    """SRS for question suites (bias-aligned answers / valid answers, seeds counted), else the
-    share of items whose stereotypical option won (CrowS-Pairs, StereoSet)."""
-    if question_suite:
-        srs = qa_group(results)["srs"]
-        return srs["value"], srs["n"]
-    known = [r.aligned for r in results if r.aligned is not None]
-    return (sum(known) / len(known) if known else None), len(known)
+def _share_aligned(results: Sequence[ItemResult]) -> tuple[float | None, int]:
+    """Bias-aligned answers / valid answers (every parsed seed counts) on items whose
+    bias-aligned option is known: SRS on ambiguous items. For sentence suites, the share of
+    items whose stereotypical option won (CrowS-Pairs, StereoSet)."""
+    hits = valid = 0
+    for r in results:
+        if r.condition in (AMBIG, DISAMBIG):
+            if not r.bias_aligned:
+                continue
+            choices = r.valid_choices()
+            hits += sum(c in r.bias_aligned for c in choices)
+            valid += len(choices)
+        elif r.aligned is not None:
+            hits += r.aligned
+            valid += 1
+    return (hits / valid if valid else None), valid
 
 
-def _section(pairs: Sequence[tuple[ItemResult, ItemResult]], question_suite: bool, alpha: float) -> dict[str, Any]:
+def _section(pairs: Sequence[tuple[ItemResult, ItemResult]], alpha: float) -> dict[str, Any]:
     both_known = [(b, v) for b, v in pairs if b.aligned is not None and v.aligned is not None]
     table = m.transitions((b.aligned, v.aligned) for b, v in both_known)  # type: ignore[misc]
-    before, n_before = _share_aligned([b for b, _ in pairs], question_suite)
-    after, n_after = _share_aligned([v for _, v in pairs], question_suite)
+    before, n_before = _share_aligned([b for b, _ in pairs])
+    after, n_after = _share_aligned([v for _, v in pairs])
     p_value = m.mcnemar_exact(table.to_aligned, table.to_unbiased)
     h = None if before is None or after is None else m.cohens_h(before, after)
     change = m.relative_change_pct(before, after)
@@ -38,10 +48,10 @@ def _section(pairs: Sequence[tuple[ItemResult, ItemResult]], question_suite: boo
         "n_shared": len(pairs),
         "n_paired_known": len(both_known),
         "transitions": table.to_dict(),
-        "srs_baseline": None if before is None else round(before, 4),
-        "srs_variant": None if after is None else round(after, 4),
-        "srs_n": [n_before, n_after],
-        "srs_relative_change_pct": None if change is None else round(change, 2),
+        "aligned_share_baseline": None if before is None else round(before, 4),
+        "aligned_share_variant": None if after is None else round(after, 4),
+        "aligned_share_n": [n_before, n_after],
+        "relative_change_pct": None if change is None else round(change, 2),
         "cohens_h": None if h is None else round(h, 4),
         "p_value": float(f"{p_value:.6g}"),
         "significant": significant,
@@ -63,7 +73,8 @@ def compare_results(
     """Compare two runs on their shared items (matched by item id), per category and overall.
 
     Question suites are compared on ambiguous items (where SRS lives) and separately on
-    disambiguated ones; sentence suites on all items. An item counts as a transition only when
+    disambiguated ones; sentence suites on all items. Each scope reports the aligned share
+    of both runs (SRS on ambiguous items), its relative change and Cohen's h. An item counts as a transition only when
     both runs could say whether it was bias-aligned. The test is McNemar's exact test on the
     paired items; a change is flagged only when p < alpha.
     """
@@ -83,8 +94,9 @@ def compare_results(
         for pair in scoped:
             by_category[pair[0].category].append(pair)
         sections[scope] = {
-            "overall": _section(scoped, question_suite, alpha),
-            "categories": {c: _section(ps, question_suite, alpha) for c, ps in sorted(by_category.items())},
+            "metric": SHARE_METRIC[scope],
+            "overall": _section(scoped, alpha),
+            "categories": {c: _section(ps, alpha) for c, ps in sorted(by_category.items())},
         }
     return {
         "n_baseline": len(baseline),

@@ -235,31 +235,38 @@ def _show_compare(d: dict[str, Any]) -> None:
         f"{d['n_shared']} shared items (baseline {d['n_baseline']}, variant {d['n_variant']}; "
         f"only in baseline {d['n_only_baseline']}, only in variant {d['n_only_variant']})"
     )
-    srs_label = "SRS" if d["headline_scope"] != "all" else "aligned share"
     for scope, section in d["scopes"].items():
-        table = Table(title=f"{scope} items: baseline -> variant")
-        for column in ("category", "n", "unbiased->aligned", "aligned->unbiased", "unchanged", "transition rate",
-                       f"{srs_label} base", f"{srs_label} variant", "rel. change %", "Cohen's h", "p", "flag"):
-            table.add_column(column, justify="left" if column in ("category", "flag") else "right")
+        share = section["metric"]
+        table = Table(
+            title=f"{scope} items, baseline -> variant ({share})",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        for column in ("category", "n", "+BA", "-BA", "rate", "base", "variant", "rel %", "h", "p", "flag"):
+            table.add_column(column, justify="left" if column in ("category", "flag") else "right",
+                             no_wrap=column != "category", max_width=12 if column == "category" else None)
         rows = list(section["categories"].items()) + [("overall", section["overall"])]
         for name, s in rows:
             t = s["transitions"]
-            before, after = s["srs_baseline"], s["srs_variant"]
-            change = "-" if s["srs_relative_change_pct"] is None else f"{s['srs_relative_change_pct']:+.1f}"
+            before, after = s["aligned_share_baseline"], s["aligned_share_variant"]
+            change = "-" if s["relative_change_pct"] is None else f"{s['relative_change_pct']:+.0f}"
+            flag = {"more bias-aligned": "[red]up[/]", "less bias-aligned": "[green]down[/]"}.get(s["flag"] or "", "")
             table.add_row(
                 name,
                 str(s["n_shared"]),
                 str(t["unbiased_to_aligned"]),
                 str(t["aligned_to_unbiased"]),
-                str(t["unchanged"]),
-                "-" if t["transition_rate"] is None else f"{t['transition_rate']:.3f}",
-                "-" if before is None else f"{before:.3f}",
-                _coloured("srs", before, after, "-" if after is None else f"{after:.3f}"),
+                "-" if t["transition_rate"] is None else f"{t['transition_rate']:.2f}",
+                "-" if before is None else f"{before:.2f}",
+                _coloured("srs", before, after, "-" if after is None else f"{after:.2f}"),
                 _coloured("srs", before, after, change),
-                "-" if s["cohens_h"] is None else f"{s['cohens_h']:+.3f}",
-                f"{s['p_value']:.4f}",
-                f"[red]{s['flag']}[/]" if s["flag"] == "more bias-aligned" else (s["flag"] or ""),
+                "-" if s["cohens_h"] is None else f"{s['cohens_h']:+.2f}",
+                f"{s['p_value']:.2g}",
+                flag,
                 style="bold" if name == "overall" else None,
             )
         common.stdout.print(table)
-    common.stdout.print(f"test: {d['test']}; a change is flagged only when p < {d['alpha']}.")
+    common.stdout.print(
+        "+BA / -BA: items that became / stopped being bias-aligned; rate: +BA / items that were not "
+        f"bias-aligned; h: Cohen's h. Test: {d['test']}; flagged (up/down) only when p < {d['alpha']}."
+    )
