@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import tempfile
 import threading
 import time
@@ -179,6 +181,40 @@ def _metric_rows(summary: dict[str, Any]) -> Iterator[tuple]:
                 yield (category, name, float(value), None, None, None)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker-process initializer: ask Linux to kill this process when its parent dies, so a
+    run killed with SIGKILL leaves no orphan still profiling or pruning."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        pass
+    if os.getppid() != parent_pid:  # the parent died while this process was starting
+        os._exit(1)
+    # The parent handles Ctrl-C for the whole run; a worker just stops when told.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """Spawned worker processes that die with the run: on any exit from the block other than a
+    normal one (failure, cancel, Ctrl-C, SIGTERM) they are terminated, not waited for."""
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _profile_in_fresh_process(spec: str, settings: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
     """Runs in a spawned process, so memory figures are this model's alone."""
     from hardware.profile import ProfileSettings, profile_model
@@ -196,18 +232,14 @@ def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel:
     }
     load = asdict(replace(options, threads=plan.profile.threads or options.threads))
     yield Progress(PROFILE, 0, 1, f"profiling {name} in a fresh process")
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    with _process_pool(1) as pool:
         future = pool.submit(_profile_in_fresh_process, spec, settings, load)
         while True:
             try:
                 result = future.result(timeout=0.5)
                 break
             except concurrent.futures.TimeoutError:
-                if cancel is not None and cancel.is_set():
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        process.terminate()
-                    raise Cancelled() from None
+                check_cancel(cancel)
     yield Progress(PROFILE, 1, 1, f"profiled {name}")
     return StepRecord(name, PROFILE, started, result, result.get("resources", {}))
 
@@ -399,22 +431,18 @@ def _run_in_processes(
     measured while other variants compete for the cores would mean nothing."""
     names = variant_names(plan)
     threads = max(1, (os.cpu_count() or 1) // options.workers)
-    context = multiprocessing.get_context("spawn")
-    manager = context.Manager()
+    manager = multiprocessing.get_context("spawn").Manager()
     events = manager.Queue()
     load = asdict(options.load)
     try:
-        with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
+        with _process_pool(options.workers) as pool:
             futures = {
                 pool.submit(_variant_in_process, str(store.path), run_id, plan.text, plan.path, name, str(work_dir), load, events, threads): name
                 for name in names
             }
             pending = set(futures)
             while pending:
-                if cancel is not None and cancel.is_set():
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        process.terminate()
-                    raise Cancelled()
+                check_cancel(cancel)
                 done, pending = concurrent.futures.wait(pending, timeout=0.5)
                 yield from _drain(events)
                 for future in done:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from audit.plans import load_plan
@@ -179,10 +180,14 @@ def test_sigkill_midway_then_resume_keeps_every_finished_step(sequential_run, ti
             except sqlite3.OperationalError:
                 continue
             if len(rows) >= 6:  # the baseline and part of the first variant
+                children = psutil.Process(process.pid).children(recursive=True)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 break
         assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        # A profile running in a child process dies with the run: no orphan keeps working.
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"orphans left: {alive}"
     finally:
         if process.poll() is None:
             process.kill()
