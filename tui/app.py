@@ -32,7 +32,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.history import HistoryScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.probe import ProbeScreen
-from tui.session import JobStatus, Loader, Session, open_session, read_report
+from tui.session import JobStatus, Loader, Session, continue_session, open_session, read_report
 from tui.widgets.device_panel import DeviceFeed, LiveDevice
 
 
@@ -84,6 +84,12 @@ class EdgeAuditApp(App[int]):
         self.compared_run: int | None = None  # None: the session's run
         self._job_ids = 0
         self._quitting = False
+        # Child processes (a profile runs in one) need multiprocessing's resource tracker; it
+        # must start while stderr is still the terminal's, not the app's print capture, whose
+        # file descriptor is not a real one.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
 
     # -- start and stop ----------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -181,6 +187,12 @@ class EdgeAuditApp(App[int]):
             self.notify(f"{type(error).__name__}: {error}", title=f"{title}: failed", severity="error", timeout=12)
 
     # -- the session -------------------------------------------------------------------------
+    def continue_run(self, run_id: int) -> bool:
+        """Make a stored run the session again (its model loaded), to add steps to it."""
+        return self.start_job(
+            "load", f"continue run {run_id}", lambda cancel: continue_session(run_id, self.store_path, self.options, self.loader, cancel)
+        )
+
     def load(self, spec: str) -> bool:
         spec = spec.strip()
         if not spec:
@@ -199,7 +211,11 @@ class EdgeAuditApp(App[int]):
             self.compared = None
             if previous is not None:
                 self._close_previous(previous)
-            self.notify(f"loaded {self.session.facts.name}; a new session starts with its first step")
+            if self.session.run_id is None:
+                self.notify(f"loaded {self.session.facts.name}; a new session starts with its first step")
+            else:
+                self.notify(f"loaded {self.session.facts.name}; run {self.session.run_id} is the session again")
+                self.refresh_report()
         elif message.kind == "plan":
             self.open_run(message.result.run_id)
             verdict = "passed" if message.result.exit_code == 0 else "FAILED"

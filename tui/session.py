@@ -185,6 +185,27 @@ def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
         return report_data(view, view.gate() if view.plan.gate else None)
 
 
+def continue_session(
+    run_id: int, store_path: Path | None, options: LoadOptions, loader: Loader, cancel: threading.Event | None
+) -> Job[Session]:
+    """Load the model of a stored run and make that run the session again: its variants and
+    stored steps stay, new steps are added to it."""
+    from audit.runner import stored_plan
+
+    path = Path(store_path) if store_path else default_store_path()
+    with ResultsStore(path) as store:
+        record = store.run(run_id)
+        plan = stored_plan(store, run_id)
+    model = yield from loader(plan.model, options, cancel)
+    yield Progress("load", 2, 2, "reading the model's facts")
+    session = Session(plan, path, options, model, model.facts())
+    session.run_id = run_id
+    session.work_dir = Path(record.work_dir) if record.work_dir else None
+    with ResultsStore(path) as store:
+        store.mark_running(run_id)
+    return session
+
+
 def open_session(
     spec: str, store_path: Path | None, options: LoadOptions, loader: Loader, cancel: threading.Event | None, template: Plan | None = None
 ) -> Job[Session]:

@@ -11,7 +11,8 @@ from textual.widgets import Footer, Markdown
 QUICK_START = """\
 # edge-audit: does compression make the model more biased?
 
-**Quick start, keyboard only** (tab moves between fields, enter opens a list or presses a button):
+**Quick start, keyboard only** (tab moves between fields, enter opens a list or presses a button;
+the screen keys `1`…`5`, `q` and `?` type into a text field while you are in one: tab out first):
 
 1. **Models** (`1`): the default model loads when the app opens. Pick another with the arrows
    and enter, or type a folder, `.gguf` file or hub id.
@@ -48,6 +49,7 @@ KEYS = """\
 | | `s` / `b` | next probe suite / back to this session's run |
 | Variant | `c` / `f` / `esc` | categories / flipped items / back |
 | History | `enter` or `o` | open the run as a comparison |
+| | `c` | continue the run: its model loaded, new steps added to it |
 | | `e` / `p` | export its report / run a plan file |
 
 ## What the numbers are

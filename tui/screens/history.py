@@ -67,6 +67,7 @@ class HistoryScreen(ModeScreen):
     BINDINGS = [
         Binding("o", "open", "Open"),
         Binding("e", "export", "Export report"),
+        Binding("c", "continue_run", "Continue"),
         Binding("p", "run_plan", "Run a plan"),
         Binding("r", "refresh", "Refresh", show=False),
     ]
@@ -128,7 +129,7 @@ class HistoryScreen(ModeScreen):
         if run["error"]:
             lines.append(f"[red]error: {run['error']}[/]")
         if run["status"] in ("interrupted", "running"):
-            lines.append(f"[dim]continue it headless: edge-audit run --resume {run['id']}[/]")
+            lines.append(f"[dim]c continues it here; headless: edge-audit run --resume {run['id']}[/]")
         detail.update("\n".join(lines))
 
     @on(DataTable.RowSelected, "#runs")
@@ -142,6 +143,11 @@ class HistoryScreen(ModeScreen):
         if run is not None:
             store = self.app.store_path
             self.app.start_job("export", f"export run {run['id']}", lambda cancel: export_stored(store, run["id"], cancel), owner=self)
+
+    def action_continue_run(self) -> None:
+        run = self._selected()
+        if run is not None:
+            self.app.continue_run(run["id"])
 
     def action_run_plan(self) -> None:
         self.app.push_screen(
