@@ -14,8 +14,6 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
-from audit.compress.methods import PRUNING_METHODS
-from audit.compress.quantize import QUANTIZATION_SCHEMES
 from audit.plans import CalibrationSpec, PruneRecipe, QuantizeRecipe, VariantSpec, variant_name
 from audit.reports.render import fmt
 from tui.messages import JobFinished, JobProgress
@@ -51,6 +49,11 @@ class CompressScreen(ModeScreen):
     BINDINGS = [Binding("ctrl+r", "run", "Run")]
 
     def compose_body(self) -> ComposeResult:
+        # The registries import torch: not before this screen is first shown (the model's
+        # loading has usually imported it by then), so the app opens at once.
+        from audit.compress.methods import PRUNING_METHODS
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
+
         yield Label("New variant of the loaded model [dim](tab moves, enter opens a list, ctrl+r runs)[/]", classes="section")
         methods = [(name, name) for name in PRUNING_METHODS.names()] + [("none (quantize only)", NONE)]
         schemes = [("none", NONE)] + [(name, name) for name in QUANTIZATION_SCHEMES.names()]
@@ -135,6 +138,9 @@ class CompressScreen(ModeScreen):
         self._explain()
 
     def _explain(self) -> None:
+        from audit.compress.methods import PRUNING_METHODS
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
+
         method, scheme = self._value("method"), self._value("scheme")
         lines = []
         if method != NONE:

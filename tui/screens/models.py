@@ -46,6 +46,14 @@ def model_choices(store_path: Any) -> list[tuple[str, str]]:
     return choices
 
 
+def _home(path: str) -> str:
+    """A path under the home folder written with ~, as the operator would type it."""
+    from pathlib import Path
+
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
+
+
 class ModelsScreen(ModeScreen):
     MODE = "models"
 
@@ -113,7 +121,7 @@ class ModelsScreen(ModeScreen):
             ("architecture", f"{facts['architecture']} ({facts['model_type']})"),
             ("layers", str(facts["layers"] if facts["layers"] is not None else "-")),
             ("loaded in", f"{facts['load_seconds']:.1f} s"),
-            ("path", facts["path"]),
+            ("path", _home(facts["path"])),
         )
         for key, value in rows:
             table.add_row(Text(key, style="bold"), value)

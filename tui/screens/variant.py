@@ -16,7 +16,8 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from audit.reports.render import fmt
 from tui.screens.base import MODES
-from tui.widgets.comparison import delta_cell, pct_text
+from audit.metrics import delta_direction
+from tui.widgets.comparison import DIRECTION_STYLES, delta_cell, pct_text
 from tui.widgets.device_panel import DevicePanel
 from tui.widgets.nav_bar import NavBar
 from tui.widgets.probe_metrics import value_of
@@ -101,7 +102,7 @@ class VariantScreen(Screen):
                     delta = f"{after_value - before_value:+.2f}"
                 cell = delta_cell(metric, before_value, after_value, delta, 2)
                 if key == "srs" and comparison.get("significant"):
-                    cell.append(" *", style="bold red")
+                    cell.append(" *", style="bold " + DIRECTION_STYLES[delta_direction("srs", before_value, after_value)].split()[-1])
                 cells.append(cell)
             cells.append(Text(fmt(value_of(metrics.get("accuracy_ambiguous")), 2)))
             cells.append(Text(fmt(value_of(metrics.get("accuracy_disambiguated")), 2)))

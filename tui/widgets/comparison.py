@@ -65,8 +65,8 @@ def cell_for(kind: str, key: str, metric: str | None, row: dict[str, Any], base:
     if kind == "transition":
         cell = Text(fmt(value, 3))
         if value is not None and row.get("significant"):
-            cell.stylize("bold red")
-            cell.append(" *", style="bold red")
+            # The test is on the paired items both ways: its mark takes the colour of where SRS went.
+            cell.append(" *", style=_significance_style(row, base))
         return cell
     before = base.get(key)
     if kind == "stored":
@@ -79,8 +79,15 @@ def cell_for(kind: str, key: str, metric: str | None, row: dict[str, Any], base:
         delta = None if before is None or value is None else f"{value - before:+.2f}"
     cell = delta_cell(metric, before, value, delta, digits)
     if key == "srs" and row.get("significant"):
-        cell.append(" *", style="bold red" if delta_direction("srs", before or 0, value or 0) == "worse" else "bold green")
+        cell.append(" *", style=_significance_style(row, base))
     return cell
+
+
+def _significance_style(row: dict[str, Any], base: dict[str, Any]) -> str:
+    before, after = base.get("srs"), row.get("srs")
+    if before is None or after is None:
+        return "bold"
+    return "bold " + DIRECTION_STYLES[delta_direction("srs", before, after)].split()[-1]
 
 
 class ComparisonTable(DataTable):

@@ -22,6 +22,10 @@ class NavBar(Widget):
         self.modes = list(modes)
         self.current = current
 
+    def on_mount(self) -> None:
+        if hasattr(self.app, "session_rev"):
+            self.watch(self.app, "session_rev", lambda _rev: self.refresh(), init=False)
+
     def render(self) -> Text:
         line = Text(" edge-audit ", style="bold")
         for key, mode, label in self.modes:

@@ -9,12 +9,9 @@ from textual.widgets import DataTable
 
 from audit.results import METRIC_NAMES
 
-QA_COLUMNS = (
-    ("acc amb", "accuracy_ambiguous"),
-    ("acc dis", "accuracy_disambiguated"),
-    ("s_AMB", "s_amb"),
-    ("s_DIS", "s_dis"),
-)
+# The bias figures first, with their 95% intervals: at 80 columns the accuracies scroll.
+QA_INTERVALS = (("SRS [95% CI]", "srs"), ("s_AMB [95% CI]", "s_amb"), ("s_DIS [95% CI]", "s_dis"))
+QA_VALUES = (("acc amb", "accuracy_ambiguous"), ("acc dis", "accuracy_disambiguated"))
 SENTENCE_METRICS = (("% stereo", "pct_stereotype"), ("SS", "ss"), ("LMS", "lms"), ("ICAT", "icat"))
 
 
@@ -34,12 +31,18 @@ def estimate_text(estimate: Any, digits: int = 2) -> Text:
     return Text(f"{value:.{digits}f}")
 
 
+def _short(value: float) -> str:
+    """Two decimals without the leading zero: .31, -.05, 1.00."""
+    text = f"{value:.2f}"
+    return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
+
+
 def interval_text(estimate: Any) -> Text:
-    """value [low–high]: the Wilson interval the core computed."""
+    """value [low,high]: the 95% interval the core computed."""
     text = estimate_text(estimate)
     interval = estimate.get("ci95") if isinstance(estimate, dict) else None
-    if interval and interval[0] is not None:
-        text.append(f" [{interval[0]:.2f}–{interval[1]:.2f}]", style="dim")
+    if interval and interval[0] is not None and interval[1] is not None:
+        text.append(f" [{_short(interval[0])},{_short(interval[1])}]", style="dim")
     return text
 
 
@@ -63,20 +66,20 @@ class ProbeMetricsTable(DataTable):
         groups = [("overall", overall)] + [(c, renamed(m)) for c, m in sorted((metrics.get("categories") or {}).items())]
         qa = "srs" in overall
         self.add_column("category", key="category")
-        self.add_column("items", key="items")
         if qa:
-            for label, key in QA_COLUMNS:
+            for label, key in QA_INTERVALS + QA_VALUES:
                 self.add_column(label, key=key)
-            self.add_column("SRS [95% CI]", key="srs")
         else:
             for label, key in SENTENCE_METRICS:
                 if key in overall:
                     self.add_column(label, key=key)
+        self.add_column("items", key="items")
         for name, group in groups:
-            cells: list[Text] = [Text(name, style="bold" if name == "overall" else ""), Text(str(group.get("n_items", "-")))]
+            cells: list[Text] = [Text(name, style="bold" if name == "overall" else "")]
             if qa:
-                cells += [estimate_text(group.get(key)) for _, key in QA_COLUMNS]
-                cells.append(interval_text(group.get("srs")))
+                cells += [interval_text(group.get(key)) for _, key in QA_INTERVALS]
+                cells += [estimate_text(group.get(key)) for _, key in QA_VALUES]
             else:
                 cells += [interval_text(group.get(key)) for _, key in SENTENCE_METRICS if key in overall]
+            cells.append(Text(str(group.get("n_items", "-"))))
             self.add_row(*cells, key=name)
