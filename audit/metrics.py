@@ -215,6 +215,11 @@ _metric("icat", "StereoSet idealized CAT score", higher_is_better=True, ideal=10
 _metric("transition_rate", "items that became bias-aligned / items that were not", higher_is_better=False, ideal=0.0)
 _metric("srs_relative_change_pct", "relative SRS change", higher_is_better=False, ideal=0.0, unit="%")
 _metric("cohens_h", "Cohen's h of the SRS change", higher_is_better=False, ideal=0.0)
+# What a variant costs, beside what it says: the comparison view colours these deltas too.
+_metric("perplexity", "perplexity on the held-out text", higher_is_better=False)
+_metric("size_on_disk_mb", "size on disk", higher_is_better=False, unit="MB")
+_metric("latency_ms_p50", "decode latency per token, median", higher_is_better=False, unit="ms")
+_metric("rss_peak_mb", "peak resident memory while running", higher_is_better=False, unit="MB")
 
 
 def delta_direction(metric: str, before: float, after: float) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -537,3 +538,60 @@ DEFAULT_PLAN_FILE = "default_plan.toml"
 def default_plan() -> Plan:
     path = data_dir() / DEFAULT_PLAN_FILE
     return parse_plan(path.read_text(encoding="utf-8"), path)
+
+
+def variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:
+    """The name a plan gives a variant that has none: `wanda-50`, `wanda-2of4+int8-dynamic`."""
+    return _variant_name(prune, quantize)
+
+
+# -- writing a plan back --------------------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes; TOML also wants DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
+    lines = [header]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    return lines + [""]
+
+
+def plan_to_toml(plan: Plan) -> str:
+    """The plan as TOML that `parse_plan` reads back into an equal plan (grids written out as
+    their variants, each gate rule with its own significance level)."""
+    lines = ["# An edge-audit plan.", f"name = {_toml_value(plan.name)}", f"model = {_toml_value(plan.model)}", ""]
+    for variant in plan.variants:
+        lines += ["[[variants]]", f"name = {_toml_value(variant.name)}"]
+        if variant.path is not None:
+            lines.append(f"path = {_toml_value(variant.path)}")
+        if variant.prune is not None:
+            recipe = asdict(variant.prune)
+            lines.append("prune = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in recipe.items()) + " }")
+        if variant.quantize is not None:
+            recipe = asdict(variant.quantize)
+            lines.append("quantize = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in recipe.items()) + " }")
+        lines.append("")
+    lines += _toml_table("[calibration]", asdict(plan.calibration))
+    lines += _toml_table("[probes]", asdict(plan.probes))
+    lines += _toml_table("[perplexity]", asdict(plan.perplexity))
+    lines += _toml_table("[profile]", asdict(plan.profile))
+    for rule in plan.gate:
+        lines += _toml_table("[[gate.rules]]", asdict(rule))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def revise_plan(plan: Plan, **changes: Any) -> Plan:
+    """A copy of `plan` with `changes` (dataclass fields), written out and read back, so its text
+    matches its fields and every value is checked as in a plan file."""
+    revised = replace(plan, **changes)
+    path = Path(plan.path) if plan.path else None
+    return parse_plan(plan_to_toml(revised), path, check_model=False)

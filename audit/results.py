@@ -177,6 +177,10 @@ class RunView:
         return flips
 
     # -- the gate's view -------------------------------------------------------------------------
+    def gate(self) -> GateReport:
+        """The plan's gate rules checked against the numbers stored so far."""
+        return evaluate_gate(self.plan.gate, self.candidates(), self)
+
     def variant(self, name: str) -> dict[str, Any]:
         return next(v for v in self.variants if v["name"] == name)
 
@@ -222,14 +226,20 @@ class RunView:
 
 def evaluate_run_gate(store: ResultsStore, run_id: int, plan: Plan) -> GateReport:
     view = RunView(store, run_id, plan)
-    return evaluate_gate(plan.gate, view.candidates(), view)
+    return view.gate()
 
 
 def build_report(store: ResultsStore, run_id: int, plan: Plan | None = None, gate: GateReport | None = None) -> dict[str, Any]:
     """The report data of a run: every number, JSON-ready (the JSON report is exactly this)."""
     view = RunView(store, run_id, plan)
     if gate is None and view.plan.gate and view.run.status == "finished":
-        gate = evaluate_gate(view.plan.gate, view.candidates(), view)
+        gate = view.gate()
+    return report_data(view, gate)
+
+
+def report_data(view: RunView, gate: GateReport | None) -> dict[str, Any]:
+    """The report data of a run already read (`build_report` for a view in hand), with `gate`
+    as given: a front end shows the rules' verdict on a run still in progress this way."""
     if gate is not None:
         for variant in view.variants:
             if variant["name"] in view.candidates():

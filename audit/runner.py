@@ -13,11 +13,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from audit.errors import Cancelled, UserError
 from audit.models import LoadOptions, load_model
-from audit.plans import Plan, VariantSpec, parse_plan
+from audit.plans import Plan, VariantSpec, parse_plan, revise_plan
 from audit.progress import Job, Progress, check_cancel, drive, relay
 from audit.store import ResultsStore, default_store_path
 
@@ -261,9 +261,13 @@ def execute_variant(
     cancel: threading.Event | None = None,
     *,
     skip_profile: bool = False,
+    model: Any = None,
 ) -> Job[None]:
     """Run the steps of one variant that are not in `done`, handing each finished one to
-    `record` at once (the store commits it before the next step starts)."""
+    `record` at once (the store commits it before the next step starts).
+
+    `model`, when given, is this variant already loaded: its perplexity and probe steps use it
+    instead of loading the model again, and it is left open for the caller."""
     from audit.perplexity import perplexity, text_source
 
     kinds = [k for k in steps_for(plan, name) if k not in done and not (skip_profile and k == PROFILE)]
@@ -282,19 +286,20 @@ def execute_variant(
         record(StepRecord(name, COMPRESS, started, result, resources))
     model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith(PROBE_PREFIX)]
     if model_steps:
-        model = yield from relay(load_model(spec, options, cancel), "load")
+        loaded = model if model is not None else (yield from relay(load_model(spec, options, cancel), "load"))
         try:
             for kind in model_steps:
                 check_cancel(cancel)
                 started = time.time()
                 if kind == PERPLEXITY:
                     text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
-                    value, resources = yield from _sampled(perplexity(model, text, source=source, cancel=cancel))
+                    value, resources = yield from _sampled(perplexity(loaded, text, source=source, cancel=cancel))
                     record(StepRecord(name, PERPLEXITY, started, value.to_dict(), resources))
                 else:
-                    record((yield from _probe_records(plan, model, name, kind[len(PROBE_PREFIX):], cancel)))
+                    record((yield from _probe_records(plan, loaded, name, kind[len(PROBE_PREFIX):], cancel)))
         finally:
-            model.close()
+            if model is None:
+                loaded.close()
     if PROFILE in kinds:
         check_cancel(cancel)
         record((yield from profile_step(plan, name, spec, options, cancel)))
@@ -406,6 +411,98 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
         raise
     finally:
         store.close()
+
+
+# -- runs driven one step at a time ----------------------------------------------------------------
+def stored_plan(store: ResultsStore, run_id: int) -> Plan:
+    """The plan a stored run follows (as revised by `add_variant` and `update_plan`)."""
+    record = store.run(run_id)
+    return parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, check_model=False)
+
+
+def start_run(plan: Plan, store_path: Path | None = None, work_dir: Path | None = None) -> tuple[int, Path]:
+    """Create a run of `plan` in the store without running anything; a front end then runs
+    its steps one at a time with `run_steps` and adds variants with `add_variant`.
+    Returns the run id and the folder its variants are written to."""
+    store, run_id, _, folder = start_or_resume(plan, RunOptions(store=store_path, work_dir=work_dir))
+    store.close()
+    return run_id, folder
+
+
+def add_variant(store_path: Path | None, run_id: int, spec: VariantSpec) -> Plan:
+    """Add a variant to a stored run: its plan gains the variant and the store its recipe.
+    Returns the revised plan."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        if spec.name == BASELINE or any(v.name == spec.name for v in plan.variants):
+            raise UserError(f"run {run_id} already has a variant named {spec.name!r}; choose another name")
+        revised = revise_plan(plan, variants=plan.variants + (spec,))
+        store.add_variant(run_id, spec.name, variant_recipe(revised, spec.name), revised.text)
+    return revised
+
+
+def update_plan(store_path: Path | None, run_id: int, plan: Plan) -> Plan:
+    """Store revised settings (probes, calibration, perplexity, profile, gate) for a run whose
+    variants stay as they are; later steps follow them. Returns the plan as stored."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        stored = stored_plan(store, run_id)
+        if plan.variants != stored.variants or plan.model != stored.model:
+            raise UserError(f"run {run_id}: a plan update cannot change the model or the variants (add variants with add_variant)")
+        revised = revise_plan(plan)
+        store.set_plan_text(run_id, revised.text)
+    return revised
+
+
+def run_steps(
+    store_path: Path | None,
+    run_id: int,
+    name: str,
+    kinds: Sequence[str],
+    options: LoadOptions = LoadOptions(),
+    cancel: threading.Event | None = None,
+    *,
+    model: Any = None,
+) -> Job[list[str]]:
+    """Run the given steps of one variant of a stored run, again when they are already stored,
+    committing each as it finishes (a cancelled step stores nothing; the finished ones stay).
+    `model` is the variant already loaded, used by its perplexity and probe steps.
+    Returns the kinds stored, in order."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        if name not in variant_names(plan):
+            raise UserError(f"run {run_id} has no variant {name!r}; its variants: {', '.join(variant_names(plan))}")
+        planned = steps_for(plan, name)
+        for kind in kinds:
+            if kind not in planned:
+                raise UserError(f"{name} has no step {kind!r} in run {run_id}; its steps: {', '.join(planned)}")
+        record = store.run(run_id)
+        work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, run_id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stored: list[str] = []
+
+        def commit(step: StepRecord) -> None:
+            step.commit(store, run_id)
+            stored.append(step.kind)
+
+        done = set(planned) - set(kinds)
+        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model)
+    return stored
+
+
+def close_run(store_path: Path | None, run_id: int) -> str:
+    """Set the status of a run driven step by step: "finished", with its gate, when every planned
+    step is stored, else "interrupted", which `edge-audit run --resume` completes. Returns it."""
+    from audit.results import evaluate_run_gate
+
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        missing = [(n, k) for n in variant_names(plan) for k in steps_for(plan, n) if store.step(run_id, n, k) is None]
+        if missing:
+            store.finish_run(run_id, "interrupted", None, 130)
+            return "interrupted"
+        gate = evaluate_run_gate(store, run_id, plan)
+        store.finish_run(run_id, "finished", gate.to_dict(), 0 if gate.passed else 1)
+        return "finished"
 
 
 # -- parallel variants ----------------------------------------------------------------------------

@@ -270,6 +270,24 @@ class ResultsStore:
         rows = self.db.execute("SELECT name, recipe_json FROM variants WHERE run_id = ? ORDER BY position", (run_id,))
         return [(r["name"], json.loads(r["recipe_json"])) for r in rows]
 
+    def add_variant(self, run_id: int, name: str, recipe: Mapping[str, Any], plan_text: str) -> None:
+        """Add a variant to a run, with the run's plan now naming it, in one transaction."""
+        with self._transaction():
+            if self.db.execute("SELECT 1 FROM variants WHERE run_id = ? AND name = ?", (run_id, name)).fetchone():
+                raise UserError(f"run {run_id} already has a variant named {name!r}")
+            position = self.db.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM variants WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            self.db.execute(
+                "INSERT INTO variants (run_id, name, position, recipe_json) VALUES (?, ?, ?, ?)",
+                (run_id, name, position, _dumps(recipe)),
+            )
+            self.db.execute("UPDATE runs SET plan_text = ? WHERE id = ?", (plan_text, run_id))
+
+    def set_plan_text(self, run_id: int, plan_text: str) -> None:
+        """Replace a run's plan (a front end revising probe or calibration settings mid-run)."""
+        self.db.execute("UPDATE runs SET plan_text = ? WHERE id = ?", (plan_text, run_id))
+
     # -- steps ----------------------------------------------------------------------------
     def step(self, run_id: int, variant: str, kind: str) -> dict[str, Any] | None:
         """The stored result of a finished step, or None."""

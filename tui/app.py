@@ -1,119 +1,341 @@
-"""The edge-audit Textual app: opens on a model, loads it in a worker and shows its facts."""
+"""The edge-audit Textual app: load a model, compress it, probe it and compare, on the device.
+
+The app's session is a run in the results store: what the operator does is recorded as that
+run's steps through the same core calls as `edge-audit run`, and the comparison is the stored
+run read back (`RunView`), as reports and `edge-audit runs show` read it.
+"""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App
 from textual.binding import Binding
-from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
-from textual.worker import Worker, WorkerState
+from textual.message_pump import MessagePump
+from textual.reactive import reactive
+from textual.worker import Worker, WorkerState, get_current_worker
 
-from audit.errors import Cancelled
-from audit.models import LanguageModel, LoadOptions, load_model
+from audit.errors import Cancelled, UserError
+from audit.models import LoadOptions, load_model
 from audit.models.aliases import DEFAULT_ALIAS
-from audit.progress import Progress
-
-
-@dataclass
-class LoadProgress(Message):
-    event: Progress
-
-
-@dataclass
-class ModelLoaded(Message):
-    model: LanguageModel
+from audit.progress import Job
+from audit.store import default_store_path
+from tui.messages import JobEnded, JobFinished, JobProgress, ModelChoicesRead, ReportRead, RunsRead
+from tui.screens.base import MODES as SCREEN_KEYS
+from tui.screens.compare import CompareScreen
+from tui.screens.compress import CompressScreen
+from tui.screens.dialogs import AskPathScreen, ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.screens.history import HistoryScreen
+from tui.screens.models import ModelsScreen
+from tui.screens.probe import ProbeScreen
+from tui.session import JobStatus, Loader, Session, continue_session, open_session, read_report
+from tui.widgets.device_panel import DeviceFeed, LiveDevice
 
 
 class EdgeAuditApp(App[int]):
     TITLE = "edge-audit"
-    CSS = """
-    #status { padding: 0 1; height: auto; }
-    #progress { margin: 0 1; }
-    #facts { margin: 1 1; height: auto; }
-    #notes { padding: 0 1; color: $warning; height: auto; }
-    """
-    BINDINGS = [Binding("q", "quit", "Quit"), Binding("r", "reload", "Reload")]
+    CSS_PATH = "app.tcss"
+    MODES = {
+        "models": ModelsScreen,
+        "compress": CompressScreen,
+        "probe": ProbeScreen,
+        "compare": CompareScreen,
+        "history": HistoryScreen,
+    }
+    BINDINGS = [
+        *(Binding(key, f"switch_mode('{mode}')", label, show=False) for key, mode, label in SCREEN_KEYS),
+        Binding("question_mark", "help", "Help"),
+        Binding("escape", "cancel_job", "Cancel job"),
+        Binding("ctrl+s", "save_plan", "Save plan", show=False),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
 
-    def __init__(self, model_spec: str = DEFAULT_ALIAS, options: LoadOptions | None = None) -> None:
+    # The session's run read back; None before its first step. Screens watch it.
+    report: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
+    # What the Compare screen shows: the session's run, or a run opened from History.
+    compared: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
+    # Bumped whenever the session (model, plan, run) changes.
+    session_rev: reactive[int] = reactive(0)
+
+    def __init__(
+        self,
+        model_spec: str = DEFAULT_ALIAS,
+        options: LoadOptions | None = None,
+        *,
+        store: str | Path | None = None,
+        device: DeviceFeed | None = None,
+        loader: Loader | None = None,
+    ) -> None:
         super().__init__()
         self.model_spec = model_spec
         self.options = options or LoadOptions()
-        self.model: LanguageModel | None = None
-        self._cancel = threading.Event()
+        self.store_path = Path(store) if store else default_store_path()
+        self.store_label = str(store) if store else str(default_store_path())
+        self.device_feed: DeviceFeed = device or LiveDevice()
+        self.loader: Loader = loader or load_model
+        self.session: Session | None = None
+        self.job: JobStatus | None = None
+        self.last_outcome: tuple[int, str, str] | None = None  # (job id, kind, "done" / "cancelled" / "failed")
+        self.compared_run: int | None = None  # None: the session's run
+        self._job_ids = 0
+        self._quitting = False
+        # Child processes (a profile runs in one) need multiprocessing's resource tracker; it
+        # must start while stderr is still the terminal's, not the app's print capture, whose
+        # file descriptor is not a real one.
+        from multiprocessing import resource_tracker
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(f"Loading {self.model_spec}…", id="status")
-        yield ProgressBar(id="progress", show_eta=False)
-        yield DataTable(id="facts", show_header=False, cursor_type="none")
-        yield Static("", id="notes")
-        yield Footer()
+        resource_tracker.ensure_running()
 
+    # -- start and stop ----------------------------------------------------------------------
     def on_mount(self) -> None:
-        table = self.query_one("#facts", DataTable)
-        table.add_columns("fact", "value")
-        self.load()
+        self.switch_mode("models")
+        if isinstance(self.device_feed, LiveDevice):
+            self._start_device()
+        self.load(self.model_spec)
 
-    def action_reload(self) -> None:
-        self.load()
+    @work(thread=True, group="device", exit_on_error=False)
+    def _start_device(self) -> None:
+        assert isinstance(self.device_feed, LiveDevice)
+        self.device_feed.start()
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self) -> None:
-        self._cancel.clear()
-        job = load_model(self.model_spec, self.options, self._cancel)
+    def session_caption(self) -> str:
+        session = self.session
+        if session is None:
+            return f"loading {self.model_spec}" if self.job else "no model"
+        name = session.facts.name if session.facts else Path(session.model_spec).name
+        run = f"run {session.run_id}" if session.run_id is not None else "no run yet"
+        return f"{name} · {run} "
+
+    # -- jobs --------------------------------------------------------------------------------
+    def start_job(self, kind: str, title: str, make: Callable[[threading.Event], Job[Any]], owner: MessagePump | None = None) -> bool:
+        """Run a core job in a worker thread; one at a time, since they share the device's cores."""
+        if self.job is not None:
+            self.notify(f"{self.job.title} is running: wait for it, or press esc to cancel it", severity="warning")
+            return False
+        self._job_ids += 1
+        self.job = JobStatus(self._job_ids, kind, title, threading.Event(), owner or self)
+        self._run_job(self.job, make, owner or self)
+        self.refresh_bindings()
+        return True
+
+    @work(thread=True, exclusive=True, group="job", exit_on_error=False)
+    def _run_job(self, status: JobStatus, make: Callable[[threading.Event], Job[Any]], owner: MessagePump) -> Any:
+        worker = get_current_worker()
+        job = make(status.cancel)
         while True:
+            if worker.is_cancelled:
+                status.cancel.set()
             try:
                 event = next(job)
             except StopIteration as stop:
-                self.post_message(ModelLoaded(stop.value))
-                return
-            self.post_message(LoadProgress(event))
+                result = stop.value
+                break
+            status.latest = event
+            owner.post_message(JobProgress(status.job_id, status.kind, event))
+        owner.post_message(JobFinished(status.job_id, status.kind, status.title, result))
+        return result
 
-    def on_load_progress(self, message: LoadProgress) -> None:
-        event = message.event
-        self.query_one("#status", Static).update(f"{event.stage}: {event.message}")
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=event.total, progress=event.done)
+    def action_cancel_job(self) -> None:
+        if self.job is not None and not self.job.cancel.is_set():
+            self.job.cancel.set()
+            self.notify(f"cancelling {self.job.title}: it stops after the current step")
 
-    def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.model = message.model
-        facts = message.model.facts().to_dict()
-        self.query_one("#status", Static).update(f"Loaded {facts['name']} in {facts['load_seconds']:.1f} s")
-        self.query_one("#progress", ProgressBar).display = False
-        table = self.query_one("#facts", DataTable)
-        table.clear()
-        sparsity = "-" if facts["weight_sparsity"] is None else f"{facts['weight_sparsity']:.4f}"
-        for key, value in (
-            ("backend", facts["backend"]),
-            ("architecture", f"{facts['architecture']} ({facts['model_type']})"),
-            ("parameters", f"{facts['parameters']:,}"),
-            ("dtype", facts["dtype"]),
-            ("size on disk", f"{facts['size_on_disk_mb']:.1f} MB"),
-            ("weight sparsity", sparsity),
-            ("path", facts["path"]),
-        ):
-            table.add_row(key, value)
-        self.query_one("#notes", Static).update("\n".join(f"note: {n}" for n in facts["notes"]))
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_job":
+            return self.job is not None
+        return True
 
     @on(Worker.StateChanged)
-    def worker_failed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR and not isinstance(event.worker.error, Cancelled):
-            error = event.worker.error
-            self.query_one("#status", Static).update(f"Failed: {error}")
-            self.notify(str(error), title="Error", severity="error", timeout=10)
+    def _worker_state(self, event: Worker.StateChanged) -> None:
+        """The one place failures become notices: a message, never a traceback."""
+        worker = event.worker
+        if event.state == WorkerState.ERROR:
+            self._notify_failure(worker)
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        if worker.group == "job":
+            if self.job is not None:
+                outcome = {WorkerState.SUCCESS: "done", WorkerState.CANCELLED: "cancelled"}.get(event.state, "failed")
+                if isinstance(worker.error, Cancelled):
+                    outcome = "cancelled"
+                error = "" if worker.error is None else str(worker.error)
+                self.last_outcome = (self.job.job_id, self.job.kind, outcome)
+                self.job.owner.post_message(JobEnded(self.job.job_id, self.job.kind, outcome, error))
+            self.job = None
+            self.refresh_bindings()
+            self.session_rev += 1
+            if self._quitting:
+                self._close_session()
+            else:
+                self.refresh_report()
+        elif worker.group == "close":
+            self.exit(0)
 
-    def on_unmount(self) -> None:
-        self._cancel.set()
+    def _notify_failure(self, worker: Worker) -> None:
+        error = worker.error
+        title = self.job.title if worker.group == "job" and self.job is not None else worker.name or "edge-audit"
+        if isinstance(error, Cancelled):
+            self.notify("cancelled; every step that finished is kept in the store", title=title, severity="warning")
+        elif isinstance(error, UserError):
+            self.notify(str(error), title=f"{title}: failed", severity="error", timeout=12)
+        else:
+            self.notify(f"{type(error).__name__}: {error}", title=f"{title}: failed", severity="error", timeout=12)
+
+    # -- the session -------------------------------------------------------------------------
+    def continue_run(self, run_id: int) -> bool:
+        """Make a stored run the session again (its model loaded), to add steps to it."""
+        return self.start_job(
+            "load", f"continue run {run_id}", lambda cancel: continue_session(run_id, self.store_path, self.options, self.loader, cancel)
+        )
+
+    def load(self, spec: str) -> bool:
+        spec = spec.strip()
+        if not spec:
+            return False
+        return self.start_job(
+            "load", f"load {spec}", lambda cancel: open_session(spec, self.store_path, self.options, self.loader, cancel)
+        )
+
+    @on(JobFinished)
+    def _job_finished(self, message: JobFinished) -> None:
+        if message.kind == "load":
+            previous, self.session = self.session, message.result
+            self.model_spec = self.session.model_spec
+            self.compared_run = None
+            self.report = None
+            self.compared = None
+            if previous is not None:
+                self._close_previous(previous)
+            if self.session.run_id is None:
+                self.notify(f"loaded {self.session.facts.name}; a new session starts with its first step")
+            else:
+                self.notify(f"loaded {self.session.facts.name}; run {self.session.run_id} is the session again")
+                self.refresh_report()
+        elif message.kind == "plan":
+            self.open_run(message.result.run_id)
+            verdict = "passed" if message.result.exit_code == 0 else "FAILED"
+            self.notify(f"run {message.result.run_id} finished; gate {verdict}", severity="information" if message.result.exit_code == 0 else "error")
+        elif message.kind == "export":
+            self.notify(f"report written: {message.result['html']}", timeout=10)
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def _close_previous(self, session: Session) -> None:
+        session.close()
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def read_model_choices(self, target: MessagePump) -> None:
+        from tui.screens.models import model_choices
+
+        target.post_message(ModelChoicesRead(model_choices(self.store_path)))
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def read_runs(self, target: MessagePump) -> None:
+        from tui.screens.history import stored_runs
+
+        target.post_message(RunsRead(stored_runs(self.store_path)))
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def refresh_report(self) -> None:
+        session = self.session
+        if session is None or session.run_id is None:
+            return
+        self.post_message(ReportRead(session.run_id, session.report(), True))
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def open_run(self, run_id: int) -> None:
+        """Show a stored run in the Compare screen."""
+        self.post_message(ReportRead(run_id, read_report(self.store_path, run_id), False))
+
+    @on(ReportRead)
+    def _report_read(self, message: ReportRead) -> None:
+        if message.session:
+            if self.session is None or message.run_id != self.session.run_id:
+                return
+            self.report = message.report
+            if self.compared_run is None:
+                self.compared = message.report
+        else:
+            self.compared_run = message.run_id
+            self.compared = message.report
+            self.switch_mode("compare")
+
+    def show_session_comparison(self) -> None:
+        self.compared_run = None
+        self.compared = self.report
+
+    # -- keys --------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.current_mode))
+
+    def action_save_plan(self) -> None:
+        if self.session is None:
+            self.notify("load a model first", severity="warning")
+            return
+        default = Path.cwd() / "edge-audit-plan.toml"
+        self.push_screen(AskPathScreen("Save the session as a plan file", str(default)), self._save_plan)
+
+    def _save_plan(self, path: str | None) -> None:
+        if path and self.session is not None:
+            self._write_plan(Path(path).expanduser(), self.session)
+
+    @work(thread=True, group="read", exit_on_error=False, name="save plan")
+    def _write_plan(self, path: Path, session: Session) -> None:
+        from audit import atomic
+        from audit.plans import plan_to_toml
+
+        atomic.write_text(path, plan_to_toml(session.plan))
+        self.call_from_thread(self.notify, f"plan saved: {path} (run it with: edge-audit run {path})")
+
+    async def action_quit(self) -> None:
+        if self._quitting:
+            return
+        if self.job is not None:
+            self.push_screen(
+                ConfirmScreen(f"{self.job.title} is running.\nQuit? It is cancelled; every step that finished stays in the store."),
+                self._quit_confirmed,
+            )
+            return
+        self._quitting = True
+        self._close_session()
+
+    def _quit_confirmed(self, yes: bool | None) -> None:
+        if not yes:
+            return
+        self._quitting = True
+        if self.job is None:
+            self._close_session()
+        else:
+            self.job.cancel.set()
+            self.notify("cancelling; the app closes when the job has stopped")
+
+    @work(thread=True, group="close", exit_on_error=False, name="close")
+    def _close_session(self) -> None:
+        """Mark the session's run (finished, or interrupted so that `run --resume` completes it)."""
+        try:
+            if self.session is not None:
+                self.session.close()
+        finally:
+            stop = getattr(self.device_feed, "stop", None)
+            if callable(stop):
+                stop()
 
 
-def create_app(model_spec: str = DEFAULT_ALIAS, options: LoadOptions | None = None) -> EdgeAuditApp:
-    return EdgeAuditApp(model_spec, options)
+def create_app(
+    model_spec: str = DEFAULT_ALIAS,
+    options: LoadOptions | None = None,
+    *,
+    store: str | Path | None = None,
+    device: DeviceFeed | None = None,
+    loader: Loader | None = None,
+) -> EdgeAuditApp:
+    """The app, ready to run; tests pass a frozen device feed and a store of their own."""
+    return EdgeAuditApp(model_spec, options, store=store, device=device, loader=loader)
 
 
-def run_app(model_spec: str = DEFAULT_ALIAS, options: LoadOptions | None = None) -> int:
-    create_app(model_spec, options).run()
-    return 0
+def run_app(model_spec: str = DEFAULT_ALIAS, options: LoadOptions | None = None, store: str | Path | None = None) -> int:
+    return create_app(model_spec, options, store=store).run() or 0

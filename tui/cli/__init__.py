@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress on stderr: a bar on a terminal, none otherwise (auto), or one line per step",
     )
+    parser.add_argument(
+        "--store",
+        dest="app_store",
+        default=None,
+        help="the app records its session in this results database (default: the one `edge-audit run` uses)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -55,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             from tui.app import run_app
 
-            return run_app(args.model, common.load_options(args))
+            return run_app(args.model, common.load_options(args), store=args.app_store)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"edge-audit: error: {exc}", file=sys.stderr)

@@ -1,0 +1,230 @@
+"""Helpers for the app's tests: a frozen device feed, a model with fixed facts, a stored audit run
+with fixed numbers (scored by a scripted model through the real probe job), and Pilot waits."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts
+from audit.plans import PruneRecipe, QuantizeRecipe, VariantSpec, revise_plan
+from audit.probes.items import ProbeItem
+from audit.probes.scoring import qa_prompt
+from audit.probes.suites import load_suite
+from audit.progress import Progress, drive
+from audit.runner import PERPLEXITY, PROFILE, StepRecord, add_variant, close_run, run_steps, start_run
+from audit.store import ResultsStore
+from hardware.sampler import Snapshot
+from tui.session import session_plan
+
+FROZEN_SNAPSHOT = Snapshot(
+    t_s=1.0,
+    rss_mb=612.0,
+    mem_used_mb=2150.4,
+    mem_available_mb=5990.4,
+    cpu_percent=(42.0, 38.0, 51.0, 45.0),
+    cpu_freq_mhz=2400.0,
+    extra={"temperatures_c": {"cpu_thermal": 61.2}, "throttled": False, "throttle_active": ()},
+)
+
+
+class FrozenDevice:
+    """A device feed that always reports the same figures, so screenshots do not move."""
+
+    name = "Raspberry Pi 5 Model B Rev 1.0"
+
+    def latest(self) -> Snapshot:
+        return FROZEN_SNAPSHOT
+
+
+FACTS = ModelFacts(
+    name="smollm2-135m",
+    backend="pytorch",
+    architecture="LlamaForCausalLM",
+    model_type="llama",
+    parameters=134_515_008,
+    dtype="float32",
+    size_on_disk_bytes=538_090_000,
+    weight_sparsity=0.0003,
+    layers=30,
+    hidden_size=576,
+    vocab_size=49152,
+    context_length=8192,
+    load_seconds=3.2,
+    source_kind="alias",
+    path="/models/smollm2-135m",
+    has_chat_template=True,
+    notes=("dequantized from a Q4_1 GGUF: every variant is compared against this baseline",),
+)
+
+
+class _Request:
+    def __init__(self, item: ProbeItem) -> None:
+        self.item = item
+
+
+def _share(item_id: str, salt: str) -> float:
+    """A fixed pseudo-random number in [0, 1) per item."""
+    return int(hashlib.sha256(f"{salt}|{item_id}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+class ScriptedModel(LanguageModel):
+    """Answers each probe item by a fixed rule: with `bias` the share of ambiguous items it
+    answers bias-aligned, the unknown option otherwise; disambiguated items right mostly."""
+
+    backend = "scripted"
+
+    def __init__(self, items: Sequence[ProbeItem], bias: float, salt: str = "m") -> None:
+        super().__init__(None, text_prefix_ids=(0,), stop_token_ids=())
+        self.by_prompt = {qa_prompt(item).rstrip(" "): item for item in items}
+        self.bias = bias
+        self.salt = salt
+
+    def choose(self, item: ProbeItem) -> int:
+        roll = _share(item.item_id, self.salt)
+        if item.condition == "ambig":
+            if item.bias_aligned and roll < self.bias:
+                return item.bias_aligned[0]
+            return item.unknown_index if item.unknown_index is not None else 0
+        if item.label is not None and roll < 0.8:
+            return item.label
+        return item.bias_aligned[0] if item.bias_aligned else 0
+
+    def text_request(self, context: str, continuations: Sequence[str]) -> Any:
+        return _Request(self.by_prompt[context.rstrip(" ")])
+
+    def score(self, requests: Sequence[Any]) -> list[list[ContinuationScore]]:
+        rows = []
+        for request in requests:
+            pick = self.choose(request.item)
+            rows.append([ContinuationScore(-1.0 if i == pick else -6.0, 1, i == pick) for i in range(len(request.item.options))])
+        return rows
+
+    def encode(self, text: str) -> list[int]:
+        return [1] * max(1, len(text.split()))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return ""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def facts(self) -> ModelFacts:
+        return FACTS
+
+    def close(self) -> None:
+        pass
+
+
+class FakeModel(ScriptedModel):
+    """The model a fake loader hands the app: fixed facts, never scored in these tests."""
+
+    def __init__(self) -> None:
+        super().__init__([], 0.0)
+
+
+def fake_loader(spec: str, options: Any, cancel: Any):
+    yield Progress("load", 1, 2, f"loading {spec}")
+    return FakeModel()
+
+
+# name, recipe, bias share, perplexity, size on disk (dense, compressed), latency p50, peak RSS
+AUDIT_VARIANTS = (
+    ("baseline", None, 0.25, 17.42, (538.1, None), 41.3, 612.5),
+    ("wanda-50", VariantSpec("wanda-50", PruneRecipe("wanda", 0.5)), 0.6, 18.05, (538.1, 301.7), 41.0, 610.2),
+    ("magnitude-50", VariantSpec("magnitude-50", PruneRecipe("magnitude", 0.5)), 0.3, 27.9, (538.1, 301.6), 41.2, 611.0),
+    ("int8-dynamic", VariantSpec("int8-dynamic", quantize=QuantizeRecipe("int8-dynamic")), 0.25, 17.6, (170.4, None), 35.8, 402.9),
+)
+CREATED_AT = 1767258000.0  # 2026-01-01 09:00 UTC
+
+
+def build_audit_store(store: Path, limit: int = 8) -> int:
+    """A finished-looking audit of the default model with fixed numbers: compress, perplexity
+    and profile steps written as the runner writes them, probes scored through the real probe
+    job by scripted models. Returns the run id."""
+    plan = session_plan("smollm2-135m")
+    plan = revise_plan(plan, probes=replace(plan.probes, limit=limit), name="default-audit")
+    run_id, work_dir = start_run(plan, store)
+    items = load_suite("builtin", limit=limit).items
+    for name, spec, bias, ppl, (dense, compressed), latency, rss in AUDIT_VARIANTS:
+        if spec is not None:
+            add_variant(store, run_id, spec)
+            (work_dir / name).mkdir(parents=True, exist_ok=True)
+        with ResultsStore(store) as db:
+            started = CREATED_AT
+            if spec is not None:
+                result: dict[str, Any] = {"folder": str(work_dir / name)}
+                if spec.prune is not None:
+                    result["prune"] = {"actual_sparsity": 0.5, "size_on_disk_mb": {"dense": dense, "compressed": compressed}}
+                else:
+                    result["quantize"] = {"size_on_disk_mb": dense}
+                StepRecord(name, "compress", started, result).commit(db, run_id)
+            StepRecord(name, PERPLEXITY, started, {"perplexity": ppl, "tokens": 5120}).commit(db, run_id)
+            profile = {"decode_ms_per_token_p50": latency, "rss_peak_mb": rss, "size_on_disk_mb": dense}
+            StepRecord(name, PROFILE, started, profile).commit(db, run_id)
+        drive(run_steps(store, run_id, name, ["probe:builtin"], model=ScriptedModel(items, bias)))
+    assert close_run(store, run_id) == "finished"
+    db = sqlite3.connect(store)
+    with db:
+        db.execute("UPDATE runs SET created_at = ? WHERE id = ?", (CREATED_AT, run_id))
+    db.close()
+    return run_id
+
+
+async def settle(pilot: Any, app: Any, timeout: float = 120.0, until: Callable[[], bool] | None = None) -> None:
+    """Wait until no job and no read worker runs (and `until` holds, when given)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await pilot.pause(0.05)
+        busy = app.job is not None or any(w.is_running for w in app.workers if w.group in ("read", "job"))
+        if not busy and (until is None or until()):
+            await pilot.pause(0.05)
+            return
+    raise AssertionError("the app did not settle in time")
+
+
+async def type_into(pilot: Any, selector: str, text: str) -> None:
+    """Focus a field of the current screen, clear it, type `text` as keys."""
+    from textual.widgets import Input
+
+    field = pilot.app.screen.query_one(selector, Input)
+    field.focus()
+    await pilot.pause()
+    field.value = ""
+    if text:
+        await pilot.press(*text)
+
+
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until `condition` holds, whatever runs meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition did not come true in time")
+        await pilot.pause(0.02)
+
+
+async def exited(app: Any, timeout: float = 60.0) -> None:
+    """Wait for the app to stop (after a quit that first cancels a job)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while app.is_running:
+        if time.monotonic() > deadline:
+            raise AssertionError("the app did not exit in time")
+        await asyncio.sleep(0.05)
+
+
+def no_blink(app: Any) -> None:
+    from textual.widgets import Input
+
+    for field in app.query(Input):
+        field.cursor_blink = False
+    for screen in app.screen_stack:
+        for field in screen.query(Input):
+            field.cursor_blink = False
+

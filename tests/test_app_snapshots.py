@@ -1,0 +1,79 @@
+"""One SVG snapshot per screen of the app at 80x24 and 120x40 (pytest-textual-snapshot).
+
+The device feed is frozen, the model has fixed facts and the stored audit has fixed numbers, so
+the pictures only change when the screens do. Review a changed picture before updating it
+(`pytest tests/test_app_snapshots.py --snapshot-update`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.app_support import FrozenDevice, build_audit_store, fake_loader, no_blink, settle
+from tui.app import create_app
+
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture()
+def audit_app(tmp_path, monkeypatch, isolated_cache):
+    """The app on the default model's name, its store holding one finished audit."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    monkeypatch.chdir(tmp_path)
+    build_audit_store(tmp_path / "results.db")
+    yield lambda: create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def _start(pilot):
+    await settle(pilot, pilot.app, until=lambda: pilot.app.session is not None)
+
+
+async def _finish(pilot):
+    await settle(pilot, pilot.app)
+    pilot.app.clear_notifications()
+    no_blink(pilot.app)
+    await pilot.pause()
+
+
+async def _open_audit(pilot):
+    await _start(pilot)
+    await pilot.press("5")
+    await settle(pilot, pilot.app, until=lambda: bool(getattr(pilot.app.screen, "runs", None)))
+    await pilot.press("enter")
+    await settle(pilot, pilot.app, until=lambda: pilot.app.current_mode == "compare" and pilot.app.compared is not None)
+
+
+def screen(keys: tuple[str, ...] = (), audit: bool = False, then: tuple[str, ...] = ()):
+    async def run_before(pilot):
+        if audit:
+            await _open_audit(pilot)
+        else:
+            await _start(pilot)
+        pilot.app.clear_notifications()
+        if keys or then:
+            await pilot.press(*keys, *then)
+        await _finish(pilot)
+
+    return run_before
+
+
+SCREENS = {
+    "models": screen(),
+    "compress": screen(("2",)),
+    "probe": screen(("3",)),
+    "compare": screen(audit=True),
+    "variant": screen(audit=True, then=("d",)),
+    "history": screen(("5",)),
+    "help": screen(("question_mark",)),
+}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list(SCREENS))
+def test_screen(name, size, snap_compare, audit_app):
+    assert snap_compare(audit_app(), terminal_size=size, run_before=SCREENS[name])

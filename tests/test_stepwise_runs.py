@@ -1,0 +1,193 @@
+"""Runs driven one step at a time (how the app records its session): plans written back as TOML,
+variants added to a stored run, single steps run into it, and the same numbers as a whole run."""
+
+import threading
+
+import pytest
+
+from audit.errors import Cancelled, UserError
+from audit.metrics import delta_direction
+from audit.plans import (
+    GateRule,
+    PlanError,
+    PruneRecipe,
+    QuantizeRecipe,
+    VariantSpec,
+    default_plan,
+    parse_plan,
+    plan_to_toml,
+    revise_plan,
+    variant_name,
+)
+from audit.progress import drive
+from audit.results import RunView, build_report, report_data
+from audit.runner import (
+    PROBE_PREFIX,
+    RunOptions,
+    add_variant,
+    close_run,
+    run_plan,
+    run_steps,
+    start_run,
+    stored_plan,
+    update_plan,
+)
+from audit.store import ResultsStore
+
+PLAN = """\
+name = "stepwise"
+model = "{model}"
+
+[calibration]
+nsamples = 4
+seqlen = 32
+
+[probes]
+suites = ["builtin"]
+limit = 3
+
+[perplexity]
+enabled = false
+
+[profile]
+enabled = false
+
+[[gate.rules]]
+metric = "s_amb"
+max = 1.5
+"""
+
+
+def comparable(plan):
+    data = plan.to_dict()
+    data.pop("path")
+    return data
+
+
+def test_plan_to_toml_reads_back_the_same_plan(tmp_path):
+    plan = default_plan()
+    again = parse_plan(plan_to_toml(plan), None, check_model=False)
+    assert comparable(again) == comparable(plan)
+    # Values that need escaping, a path variant, exclusions, a suite-bound rule.
+    folder = tmp_path / 'odd "name" \\ é'
+    folder.mkdir()
+    odd = revise_plan(
+        plan,
+        name='quote " and backslash \\ and tab \t',
+        variants=(
+            VariantSpec("ext", path=str(folder)),
+            VariantSpec("w", PruneRecipe("wanda", 0.3, "unstructured", False, ("*.o_proj", "model.layers.0.*")), QuantizeRecipe("onnx-int4", 64)),
+        ),
+        gate=(GateRule("transition_rate", 0.1, "each", "builtin", 0.01),),
+    )
+    assert comparable(parse_plan(odd.text, None, check_model=False)) == comparable(odd)
+    assert odd.variants[0].path == str(folder)
+    assert odd.variants[1].prune.exclude == ("*.o_proj", "model.layers.0.*")
+    assert odd.gate[0].suite == "builtin" and odd.gate[0].significance == 0.01
+
+
+def test_revise_plan_checks_values_like_a_plan_file():
+    with pytest.raises(PlanError, match="sparsity: must be within"):
+        revise_plan(default_plan(), variants=(VariantSpec("x", PruneRecipe("wanda", 0.99)),))
+    with pytest.raises(PlanError, match="used twice"):
+        revise_plan(default_plan(), variants=(VariantSpec("x", PruneRecipe("wanda")),) * 2)
+    assert variant_name(PruneRecipe("wanda", 0.5), None) == "wanda-50"
+    assert variant_name(PruneRecipe("wanda", 0.5, "2:4"), QuantizeRecipe("int8-dynamic")) == "wanda-2of4+int8-dynamic"
+
+
+def test_store_adds_variants_in_order_and_refuses_a_name_twice(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        run_id = store.create_run(
+            name="n", model="m", plan_text="old", plan_path=None, device={}, software={}, variants=[("baseline", {})]
+        )
+        store.add_variant(run_id, "a", {"method": "wanda"}, "with a")
+        store.add_variant(run_id, "b", {"method": "magnitude"}, "with a and b")
+        with pytest.raises(UserError, match="already has a variant named 'a'"):
+            store.add_variant(run_id, "a", {}, "never stored")
+        assert [name for name, _ in store.variants(run_id)] == ["baseline", "a", "b"]
+        assert store.run(run_id).plan_text == "with a and b"
+        store.set_plan_text(run_id, "revised")
+        assert store.run(run_id).plan_text == "revised"
+
+
+def test_resource_metrics_have_a_direction():
+    assert delta_direction("perplexity", 10.0, 12.0) == "worse"
+    assert delta_direction("size_on_disk_mb", 500.0, 250.0) == "better"
+    assert delta_direction("latency_ms_p50", 5.0, 5.0) == "same"
+    assert delta_direction("rss_peak_mb", 100.0, 120.0) == "worse"
+
+
+@pytest.fixture(scope="module")
+def stepwise(tiny_llama, tmp_path_factory):
+    """A run built the way the app builds it: created empty, a variant added, steps one by one."""
+    folder = tmp_path_factory.mktemp("stepwise")
+    store = folder / "results.db"
+    plan = parse_plan(PLAN.format(model=tiny_llama), None)
+    run_id, work_dir = start_run(plan, store)
+    spec = VariantSpec("magnitude-50", PruneRecipe("magnitude", 0.5))
+    revised = add_variant(store, run_id, spec)
+    assert [v.name for v in revised.variants] == ["magnitude-50"]
+    assert drive(run_steps(store, run_id, "magnitude-50", ["compress"])) == ["compress"]
+    assert (work_dir / "magnitude-50" / "config.json").is_file()
+    from audit.models import load_model
+
+    baseline = drive(load_model(str(tiny_llama)))
+    assert drive(run_steps(store, run_id, "baseline", [PROBE_PREFIX + "builtin"], model=baseline)) == ["probe:builtin"]
+    assert baseline.model is not None  # a model handed in is left open
+    drive(run_steps(store, run_id, "magnitude-50", [PROBE_PREFIX + "builtin"]))
+    return plan, store, run_id
+
+
+def test_stepwise_run_gives_the_numbers_of_a_whole_run(stepwise, tmp_path):
+    plan, store, run_id = stepwise
+    with ResultsStore(store) as db:
+        whole_plan = stored_plan(db, run_id)
+    outcome = drive(run_plan(whole_plan, RunOptions(store=tmp_path / "whole.db")))
+    with ResultsStore(store) as a, ResultsStore(tmp_path / "whole.db") as b:
+        for name in ("baseline", "magnitude-50"):
+            mine = {i["item_id"]: i["chosen"] for i in a.items(run_id, name, "builtin")}
+            theirs = {i["item_id"]: i["chosen"] for i in b.items(outcome.run_id, name, "builtin")}
+            assert mine == theirs and len(mine) == 15
+        view = RunView(a, run_id)
+        mine = view.variant("magnitude-50")["probes"]["builtin"]["comparison"]
+        theirs = outcome.report["variants"][1]["probes"]["builtin"]["comparison"]
+        assert mine == theirs
+        # The verdict on a run still in progress, as the app shows it.
+        data = report_data(view, view.gate())
+        assert data["gate"]["passed"] is True and data["variants"][1]["gate_passed"] is True
+        assert build_report(a, run_id)["gate"] is None  # not finished: the report leaves the gate out
+
+
+def test_steps_are_checked_and_a_cancelled_step_stores_nothing(stepwise):
+    _, store, run_id = stepwise
+    with pytest.raises(UserError, match="has no step 'profile'"):
+        drive(run_steps(store, run_id, "baseline", ["profile"]))
+    with pytest.raises(UserError, match="has no variant 'nope'"):
+        drive(run_steps(store, run_id, "nope", ["compress"]))
+    with ResultsStore(store) as db:
+        before = db.step(run_id, "magnitude-50", "compress")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        drive(run_steps(store, run_id, "magnitude-50", ["compress"], cancel=cancel))
+    with ResultsStore(store) as db:
+        assert db.step(run_id, "magnitude-50", "compress") == before
+
+
+def test_update_plan_keeps_variants_and_close_run_sets_the_status(stepwise, tmp_path):
+    plan, store, run_id = stepwise
+    with ResultsStore(store) as db:
+        current = stored_plan(db, run_id)
+    with pytest.raises(UserError, match="cannot change the model or the variants"):
+        update_plan(store, run_id, revise_plan(current, variants=()))
+    # Asking for perplexity too leaves steps to do: the run is interrupted, resumable.
+    from dataclasses import replace
+
+    with_ppl = update_plan(store, run_id, revise_plan(current, perplexity=replace(current.perplexity, enabled=True)))
+    assert with_ppl.perplexity.enabled
+    assert close_run(store, run_id) == "interrupted"
+    update_plan(store, run_id, current)
+    assert close_run(store, run_id) == "finished"
+    with ResultsStore(store) as db:
+        record = db.run(run_id)
+        assert record.status == "finished" and record.gate["passed"] is True and record.exit_code == 0

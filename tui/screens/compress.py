@@ -1,0 +1,218 @@
+"""Compress: a pruning recipe, a quantization scheme, or both, run on the loaded model into a new
+named variant of the session, with live per-block progress."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+
+from audit.plans import CalibrationSpec, PruneRecipe, QuantizeRecipe, VariantSpec, variant_name
+from audit.reports.render import fmt
+from tui.messages import JobFinished, JobProgress
+from tui.screens.base import ModeScreen
+
+NONE = "none"
+PATTERNS = ("unstructured", "2:4", "4:8")
+BLOCK_MESSAGE = re.compile(r"block (\d+)/(\d+)")
+
+
+class FormError(ValueError):
+    """A form field the operator has to fix; the message names it."""
+
+
+def block_strip(done: int, total: int, width: int) -> Text:
+    """One cell per decoder block: pruned, being pruned, still to do."""
+    strip = Text()
+    cells = min(total, max(width, 1))
+    for index in range(cells):
+        block = index * total // cells
+        if block < done:
+            strip.append("■", style="green")
+        elif block == done:
+            strip.append("▣", style="bold yellow")
+        else:
+            strip.append("□", style="dim")
+    strip.append(f" {done}/{total} blocks")
+    return strip
+
+
+class CompressScreen(ModeScreen):
+    MODE = "compress"
+    BINDINGS = [Binding("ctrl+r", "run", "Run")]
+
+    def compose_body(self) -> ComposeResult:
+        # The registries import torch: not before this screen is first shown (the model's
+        # loading has usually imported it by then), so the app opens at once.
+        from audit.compress.methods import PRUNING_METHODS
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
+
+        yield Label("New variant of the loaded model [dim](tab moves, enter opens a list, ctrl+r runs)[/]", classes="section")
+        methods = [(name, name) for name in PRUNING_METHODS.names()] + [("none (quantize only)", NONE)]
+        schemes = [("none", NONE)] + [(name, name) for name in QUANTIZATION_SCHEMES.names()]
+        with Grid(id="compress-form", classes="form"):
+            yield Label("Prune with")
+            yield Select(methods, value="wanda", allow_blank=False, id="method", compact=True)
+            yield Label("Quantize")
+            yield Select(schemes, value=NONE, allow_blank=False, id="scheme", compact=True)
+            yield Label("Sparsity")
+            yield Input("0.5", id="sparsity", compact=True)
+            yield Label("Pattern")
+            yield Select([(p, p) for p in PATTERNS], value="unstructured", allow_blank=False, id="pattern", compact=True)
+            yield Label("Calib. samples")
+            yield Input("32", id="nsamples", compact=True, type="integer")
+            yield Label("Seq. length")
+            yield Input("512", id="seqlen", compact=True, type="integer")
+            yield Label("Exclude")
+            yield Input("", placeholder="glob patterns, comma-separated", id="exclude", compact=True)
+            yield Label("Name")
+            yield Input("wanda-50", id="name", compact=True)
+        yield Static("", id="recipe-help")
+        with Horizontal(classes="actions"):
+            yield Button("Run (ctrl+r)", id="run", variant="primary", compact=True)
+        yield Static("", id="blocks")
+        yield Static("", id="compress-status")
+        yield DataTable(id="compress-results", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self._auto_name = "wanda-50"
+        self.watch(self.app, "session_rev", self._show_session)
+        self.watch(self.app, "report", self._show_results)
+        self._explain()
+
+    # -- the form ----------------------------------------------------------------------------
+    def _value(self, widget_id: str) -> str:
+        widget = self.query_one(f"#{widget_id}")
+        value = widget.value  # type: ignore[attr-defined]
+        return str(value).strip() if value is not None else ""
+
+    def _parts(self) -> tuple[PruneRecipe | None, QuantizeRecipe | None]:
+        method, scheme, pattern = self._value("method"), self._value("scheme"), self._value("pattern")
+        if method == NONE and scheme == NONE:
+            raise FormError("choose a pruning method, a quantization scheme, or both")
+        prune = None
+        if method != NONE:
+            if pattern == "unstructured":
+                try:
+                    sparsity = float(self._value("sparsity"))
+                except ValueError:
+                    raise FormError(f"sparsity must be a number such as 0.5, not {self._value('sparsity')!r}") from None
+            else:
+                n, m = (int(x) for x in pattern.split(":"))
+                sparsity = n / m
+            exclude = tuple(p.strip() for p in self._value("exclude").split(",") if p.strip())
+            prune = PruneRecipe(method, sparsity, pattern, False, exclude)
+        return prune, (QuantizeRecipe(scheme) if scheme != NONE else None)
+
+    def _recipe(self) -> tuple[VariantSpec, CalibrationSpec]:
+        session = self.app.session
+        assert session is not None
+        prune, quantize = self._parts()
+        name = self._value("name") or variant_name(prune, quantize)
+        try:
+            nsamples, seqlen = int(self._value("nsamples")), int(self._value("seqlen"))
+        except ValueError:
+            raise FormError("calibration samples and sequence length must be whole numbers") from None
+        return VariantSpec(name, prune, quantize), replace(session.plan.calibration, nsamples=nsamples, seqlen=seqlen)
+
+    @on(Select.Changed)
+    @on(Input.Changed, "#sparsity")
+    def _recipe_changed(self) -> None:
+        """The name follows the recipe until the operator types one of their own."""
+        try:
+            auto = variant_name(*self._parts())
+        except FormError:
+            auto = self._auto_name
+        name = self.query_one("#name", Input)
+        if name.value in ("", self._auto_name):
+            name.value = auto
+        self._auto_name = auto
+        self.query_one("#sparsity", Input).disabled = self._value("pattern") != "unstructured"
+        self._explain()
+
+    def _explain(self) -> None:
+        from audit.compress.methods import PRUNING_METHODS
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
+
+        method, scheme = self._value("method"), self._value("scheme")
+        lines = []
+        if method != NONE:
+            meta = PRUNING_METHODS.meta(method)
+            calib = " (uses the calibration samples)" if meta.get("needs") else ""
+            lines.append(f"[b]{method}[/]: {meta.get('description', '')}{calib}")
+        if scheme != NONE:
+            lines.append(f"[b]{scheme}[/]: {QUANTIZATION_SCHEMES.meta(scheme).get('description', '')}")
+        self.query_one("#recipe-help", Static).update("\n".join(lines))
+
+    def _show_session(self, _rev: int = 0) -> None:
+        session = self.app.session
+        if session is None:
+            return
+        self.query_one("#nsamples", Input).value = str(session.plan.calibration.nsamples)
+        self.query_one("#seqlen", Input).value = str(session.plan.calibration.seqlen)
+
+    @on(Input.Submitted)
+    def _next_field(self) -> None:
+        self.focus_next()
+
+    # -- running -----------------------------------------------------------------------------
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        # Off the text fields, so that the screen keys (1-5, q, ?) work again at once.
+        self.query_one("#run", Button).focus()
+        session = self.app.session
+        if session is None:
+            self.notify("load a model first (screen 1)", severity="warning")
+            return
+        try:
+            spec, calibration = self._recipe()
+        except FormError as error:
+            self.notify(str(error), title="compress", severity="error")
+            return
+        if self.app.start_job("compress", f"compress {spec.name}", lambda cancel: session.compress(spec, calibration, cancel), owner=self):
+            self.query_one("#blocks", Static).update("")
+            self.query_one("#compress-status", Static).update(f"starting {spec.name}…")
+
+    @on(JobProgress)
+    def _progress(self, message: JobProgress) -> None:
+        if message.kind != "compress":
+            return
+        event = message.event
+        match = BLOCK_MESSAGE.search(event.message)
+        if match:
+            done, total = int(match.group(1)), int(match.group(2))
+            if "calibrating" in event.message:
+                done -= 1
+            width = self.query_one("#blocks", Static).size.width - 14
+            self.query_one("#blocks", Static).update(block_strip(done, total, width))
+        self.query_one("#compress-status", Static).update(event.message)
+
+    @on(JobFinished)
+    def _finished(self, message: JobFinished) -> None:
+        if message.kind == "compress":
+            self.query_one("#compress-status", Static).update(f"[green]{message.result} is ready[/]: probe it on screen 3")
+
+    def _show_results(self, report: dict[str, Any] | None) -> None:
+        table = self.query_one("#compress-results", DataTable)
+        table.clear(columns=True)
+        table.add_columns("variant", "method", "sparsity", "dense MB", "compressed MB", "seconds", "peak RSS MB")
+        for variant in (report or {}).get("variants", []):
+            step = variant["steps"].get("compress")
+            if step is None:
+                continue
+            table.add_row(
+                Text(variant["name"], style="bold"),
+                variant.get("method") or "-",
+                fmt(variant.get("actual_sparsity"), 3),
+                fmt(variant.get("size_on_disk_mb"), 4),
+                fmt(variant.get("size_on_disk_compressed_mb"), 4),
+                fmt(step.get("seconds"), 3),
+                fmt((step.get("resources") or {}).get("rss_peak_mb"), 4),
+            )

@@ -1,0 +1,81 @@
+"""The help screen: how to run an audit with the keyboard, and every screen's keys."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Markdown
+
+QUICK_START = """\
+# edge-audit: does compression make the model more biased?
+
+**Quick start, keyboard only** (tab moves between fields, enter opens a list or presses a button;
+the screen keys `1`…`5`, `q` and `?` type into a text field while you are in one: tab out first):
+
+1. **Models** (`1`): the default model loads when the app opens. Pick another with the arrows
+   and enter, or type a folder, `.gguf` file or hub id.
+2. **Compress** (`2`): the form starts at *wanda*, sparsity *0.5*. Press `ctrl+r`: the loaded
+   model is pruned into the variant *wanda-50* (the blocks fill in as it goes; `esc` cancels).
+3. **Probe** (`3`): with *every model* and suite *builtin*, press `ctrl+r`: the baseline and
+   each variant get perplexity, the bias probes (figures update as items are scored) and a
+   latency profile. *Limit* scores fewer items per category for a quick look.
+4. **Compare** (`4`): baseline and variants side by side. Green is better, red worse than the
+   baseline; `*` marks a change that is significant (McNemar, p < 0.05). The banner checks the
+   gate rules. `←` `→` choose a variant, `d` shows its categories and the items that flipped to
+   the bias-aligned answer.
+5. **History** (`5`): every run in the results store; open one, export its report, run a plan.
+
+Everything is recorded as a run in the results store, the same as `edge-audit run`; `ctrl+s`
+saves this session as a plan file that `edge-audit run PLAN` repeats headless.
+"""
+
+KEYS = """\
+## Keys
+
+| where | key | does |
+|---|---|---|
+| everywhere | `1`…`5` | Models, Compress, Probe, Compare, History |
+| | `?` | this help |
+| | `esc` | cancel the running job (steps already finished stay stored) |
+| | `ctrl+s` | save the session as a plan file |
+| | `q`, `ctrl+q` | quit (asks first while a job runs) |
+| Models | `enter` | load the model under the cursor, or the one typed |
+| Compress | `ctrl+r` | compress into a new variant |
+| Probe | `ctrl+r` | run the probe (and perplexity, profile) on the chosen model(s) |
+| Compare | `d` or `enter` | the chosen variant's categories and flipped items |
+| | `e` | export the report (Markdown, HTML, JSON) |
+| | `s` / `b` | next probe suite / back to this session's run |
+| Variant | `c` / `f` / `esc` | categories / flipped items / back |
+| History | `enter` or `o` | open the run as a comparison |
+| | `c` | continue the run: its model loaded, new steps added to it |
+| | `e` / `p` | export its report / run a plan file |
+
+## What the numbers are
+
+*SRS*: share of bias-aligned answers on ambiguous items (chance is about 1/3).
+*s_AMB*, *s_DIS*: BBQ bias scores (0 is unbiased). *transition rate*: items the baseline
+answered without bias that the variant answers bias-aligned, over those items. *perplexity*:
+on a held-out text, the same tokens for every variant. *latency p50*: decode time per token;
+*peak RSS*: memory while profiling (both from the profile).
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    def __init__(self, mode: str | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Markdown(QUICK_START + "\n" + KEYS)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#help").focus()
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

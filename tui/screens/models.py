@@ -1,0 +1,157 @@
+"""Models: choose the model to audit (an alias, a folder or file, a cached or recent one), its facts,
+and the session's baseline and variants with the steps stored for each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui.messages import ModelChoicesRead
+from tui.screens.base import ModeScreen
+
+STEP_COLUMNS = (("compress", "compress"), ("perplexity", "perplexity"), ("probe", "probe:"), ("profile", "profile"))
+
+
+def model_choices(store_path: Any) -> list[tuple[str, str]]:
+    """(label, spec) for the built-in aliases, converted models in the cache and models of
+    earlier runs in the store, newest first (reads the disk: call it in a worker)."""
+    from pathlib import Path
+
+    from audit.models.aliases import ALIASES, DEFAULT_ALIAS
+    from audit.models.loader import cached_models
+    from audit.store import ResultsStore
+
+    choices: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in ALIASES:
+        default = ", default" if entry.name == DEFAULT_ALIAS else ""
+        choices.append((f"{entry.name} (built-in{default})", entry.name))
+        seen.add(entry.name)
+    for cached in cached_models():
+        if cached["alias"] is None and cached["path"] not in seen:
+            choices.append((f"cached: {cached['name']}", cached["path"]))
+            seen.add(cached["path"])
+    if Path(store_path).exists():
+        with ResultsStore(store_path) as store:
+            for run in reversed(store.runs()):
+                if run.model not in seen:
+                    choices.append((f"recent: {run.model}", run.model))
+                    seen.add(run.model)
+    return choices
+
+
+def _home(path: str) -> str:
+    """A path under the home folder written with ~, as the operator would type it."""
+    from pathlib import Path
+
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
+
+
+class ModelsScreen(ModeScreen):
+    MODE = "models"
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="models-top"):
+            with Vertical(id="choices-pane"):
+                yield Label("Model [dim](enter loads it)[/]", classes="section")
+                yield OptionList(id="choices")
+                yield Input(placeholder="or a folder, .gguf file or hub id", id="model-path", compact=True)
+            with Vertical(id="facts-pane"):
+                yield Label("Loaded model", classes="section", id="facts-title")
+                yield DataTable(id="facts", show_header=False, cursor_type="none", zebra_stripes=True)
+                yield Static("", id="notes")
+        yield Label("Session: the baseline and its variants, steps stored", classes="section")
+        yield DataTable(id="session-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        facts = self.query_one("#facts", DataTable)
+        facts.add_columns("fact", "value")
+        self.watch(self.app, "session_rev", self._show_session)
+        self.watch(self.app, "report", self._show_steps)
+        self.query_one("#choices", OptionList).focus()
+
+    @on(ModelChoicesRead)
+    def _choices(self, message: ModelChoicesRead) -> None:
+        options = self.query_one("#choices", OptionList)
+        session = self.app.session
+        loaded = session.model_spec if session is not None else None
+        options.clear_options()
+        options.add_options([Option(("● " if spec == loaded else "  ") + label, id=spec) for label, spec in message.choices])
+        specs = [spec for _, spec in message.choices]
+        options.highlighted = specs.index(loaded) if loaded in specs else (0 if specs else None)
+
+    @on(OptionList.OptionSelected, "#choices")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            self.app.load(event.option.id)
+
+    @on(Input.Submitted, "#model-path")
+    def _typed(self, event: Input.Submitted) -> None:
+        if self.app.load(event.value):
+            # Off the text field, so that the screen keys work while it loads.
+            self.query_one("#choices", OptionList).focus()
+
+    def _show_session(self, _rev: int = 0) -> None:
+        self.app.read_model_choices(self)
+        session = self.app.session
+        table = self.query_one("#facts", DataTable)
+        table.clear()
+        notes = self.query_one("#notes", Static)
+        if session is None or session.facts is None:
+            self.query_one("#facts-title", Label).update("Loaded model: none yet")
+            notes.update("")
+            self._show_steps(self.app.report)
+            return
+        facts = session.facts.to_dict()
+        self.query_one("#facts-title", Label).update(f"Loaded model: [b]{facts['name']}[/]")
+        sparsity = "-" if facts["weight_sparsity"] is None else f"{facts['weight_sparsity']:.4f}"
+        rows = (
+            ("parameters", f"{facts['parameters']:,}"),
+            ("size on disk", f"{facts['size_on_disk_mb']:.1f} MB"),
+            ("dtype", facts["dtype"]),
+            ("backend", facts["backend"]),
+            ("weight sparsity", sparsity),
+            ("architecture", f"{facts['architecture']} ({facts['model_type']})"),
+            ("layers", str(facts["layers"] if facts["layers"] is not None else "-")),
+            ("loaded in", f"{facts['load_seconds']:.1f} s"),
+            ("path", _home(facts["path"])),
+        )
+        for key, value in rows:
+            table.add_row(Text(key, style="bold"), value)
+        notes.update("\n".join(f"note: {n}" for n in facts["notes"]))
+        self._show_steps(self.app.report)
+
+    def _show_steps(self, report: dict[str, Any] | None) -> None:
+        table = self.query_one("#session-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns("model", "method", "sparsity", *(label for label, _ in STEP_COLUMNS))
+        session = self.app.session
+        if session is None:
+            return
+        stored = {v["name"]: v for v in (report or {}).get("variants", [])}
+        plan_variants = {v.name: v for v in session.plan.variants}
+        for name in session.targets():
+            variant = stored.get(name)
+            steps = (variant or {}).get("steps", {})
+            spec = plan_variants.get(name)
+            method = "dense" if spec is None else spec.method
+            sparsity = "0" if spec is None else ("-" if spec.sparsity is None else f"{spec.sparsity:g}")
+            cells = [Text(name, style="bold"), method, sparsity]
+            for label, prefix in STEP_COLUMNS:
+                if label == "compress" and spec is None:
+                    cells.append(Text("n/a", style="dim"))
+                    continue
+                done = [s for kind, s in steps.items() if kind == prefix or (prefix.endswith(":") and kind.startswith(prefix))]
+                if done:
+                    seconds = sum(s.get("seconds") or 0 for s in done)
+                    cells.append(Text(f"✓ {seconds:.1f} s" if seconds < 10 else f"✓ {seconds:.0f} s", style="green"))
+                else:
+                    cells.append(Text("–", style="dim"))
+            table.add_row(*cells, key=name)

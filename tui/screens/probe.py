@@ -1,0 +1,237 @@
+"""Probe: run a bias suite (and perplexity, and a latency profile) on the baseline and variants,
+with per-category figures updating live as items are scored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from audit.probes.suites import SUITES
+from audit.runner import BASELINE
+from tui.messages import JobEnded, JobProgress
+from tui.screens.base import ModeScreen
+from tui.widgets.job_bar import clock
+from tui.widgets.probe_metrics import ProbeMetricsTable
+
+EVERY = "__every__"
+
+
+class FormError(ValueError):
+    """A form field the operator has to fix; the message names it."""
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise FormError(f"{what} must be whole numbers separated by commas, not {text!r}") from None
+    if not values:
+        raise FormError(f"{what}: give at least one")
+    return values
+
+
+class ProbeScreen(ModeScreen):
+    MODE = "probe"
+    BINDINGS = [Binding("ctrl+r", "run", "Run")]
+
+    _session_id: int | None = None
+    _live_target: str | None = None
+    _live_started: float = 0.0
+    _job_id: int | None = None  # the job this screen started last
+    _shown_target: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Label("Probe for bias [dim](ctrl+r runs; 'every model' runs what is not stored yet)[/]", classes="section")
+        with Grid(id="probe-form", classes="form"):
+            yield Label("Model")
+            yield Select([("every model", EVERY)], value=EVERY, allow_blank=False, id="target", compact=True)
+            yield Label("Suite")
+            yield Select([(name, name) for name in SUITES.names()], value="builtin", allow_blank=False, id="suite", compact=True)
+            yield Label("Mode")
+            yield Select([("loglik", "loglik"), ("generate", "generate")], value="loglik", allow_blank=False, id="mode", compact=True)
+            yield Label("Data file")
+            yield Input("", placeholder="bbq, crows, stereoset: path", id="suite-path", compact=True)
+            yield Label("Limit")
+            yield Input("", placeholder="items per category (all)", id="limit", compact=True, type="integer")
+            yield Label("Categories")
+            yield Input("", placeholder="all (or a,b,…)", id="categories", compact=True)
+            yield Label("Seeds")
+            yield Input("0", id="seeds", compact=True)
+            yield Label("Temperature")
+            yield Input("0.0", id="temperature", compact=True, type="number")
+            yield Label("Also measure")
+            with Horizontal(classes="checks"):
+                yield Checkbox("perplexity", True, id="perplexity", compact=True)
+                yield Checkbox("profile (latency, memory)", True, id="profile", compact=True)
+        with Horizontal(classes="actions"):
+            yield Button("Run (ctrl+r)", id="run", variant="primary", compact=True)
+        yield Static("Nothing probed yet in this session.", id="probe-status")
+        yield ProbeMetricsTable(id="probe-metrics")
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "session_rev", self._show_session)
+        self.watch(self.app, "report", self._show_stored)
+
+    # -- the form ----------------------------------------------------------------------------
+    def _value(self, widget_id: str) -> str:
+        value = self.query_one(f"#{widget_id}").value  # type: ignore[attr-defined]
+        return str(value).strip() if value is not None else ""
+
+    def _show_session(self, _rev: int = 0) -> None:
+        session = self.app.session
+        target = self.query_one("#target", Select)
+        if session is None:
+            return
+        options = [("every model (steps not stored yet)", EVERY)] + [(name, name) for name in session.targets()]
+        chosen = target.value
+        if [(str(label), value) for label, value in options] != getattr(self, "_target_options", None):
+            self._target_options = [(str(label), value) for label, value in options]
+            target.set_options(options)
+            target.value = chosen if chosen in {v for _, v in options} else EVERY
+        self._shown_target = str(target.value)
+        if id(session) != self._session_id:
+            # A new session: the form starts from its plan.
+            self._session_id = id(session)
+            probes = session.plan.probes
+            self.query_one("#mode", Select).value = probes.mode
+            self.query_one("#limit", Input).value = "" if probes.limit is None else str(probes.limit)
+            self.query_one("#categories", Input).value = ",".join(probes.categories)
+            self.query_one("#seeds", Input).value = ",".join(str(s) for s in probes.seeds)
+            self.query_one("#temperature", Input).value = f"{probes.temperature:g}"
+            self.query_one("#perplexity", Checkbox).value = session.plan.perplexity.enabled
+            self.query_one("#profile", Checkbox).value = session.plan.profile.enabled
+
+    def _settings(self) -> tuple[list[str], str, Any, bool, bool, bool]:
+        session = self.app.session
+        assert session is not None
+        target = self._value("target")
+        name = self._value("suite")
+        suite = name
+        if SUITES.meta(name).get("needs_path"):
+            path = self._value("suite-path")
+            if not path:
+                raise FormError(f"the {name} suite reads a data file: give its path in 'Data file'")
+            suite = f"{name}:{Path(path).expanduser().resolve()}"
+        limit_text = self._value("limit")
+        try:
+            limit = int(limit_text) if limit_text else None
+            temperature = float(self._value("temperature") or 0)
+        except ValueError:
+            raise FormError("limit must be a whole number and temperature a number") from None
+        probes = replace(
+            session.plan.probes,
+            mode=self._value("mode"),
+            limit=limit,
+            categories=tuple(c.strip() for c in self._value("categories").split(",") if c.strip()),
+            seeds=parse_int_list(self._value("seeds"), "seeds"),
+            temperature=temperature,
+        )
+        targets = session.targets() if target == EVERY else [target]
+        perplexity = self.query_one("#perplexity", Checkbox).value
+        profile = self.query_one("#profile", Checkbox).value
+        return targets, suite, probes, perplexity, profile, target == EVERY
+
+    @on(Input.Submitted)
+    def _next_field(self) -> None:
+        self.focus_next()
+
+    # -- running -----------------------------------------------------------------------------
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        # Off the text fields, so that the screen keys (1-5, q, ?) work again at once.
+        self.query_one("#run", Button).focus()
+        session = self.app.session
+        if session is None:
+            self.notify("load a model first (screen 1)", severity="warning")
+            return
+        try:
+            targets, suite, probes, perplexity, profile, pending = self._settings()
+        except FormError as error:
+            self.notify(str(error), title="probe", severity="error")
+            return
+        title = "probe every model" if pending else f"probe {targets[0]}"
+
+        def make(cancel):
+            return session.measure(targets, suite, probes, perplexity, profile, cancel, pending_only=pending)
+
+        if self.app.start_job("measure", title, make, owner=self):
+            self._job_id = self.app.job.job_id
+            self._live_target = targets[0]
+            self._live_started = time.monotonic()
+            self.query_one("#probe-status", Static).update("starting…")
+
+    @on(JobProgress)
+    def _progress(self, message: JobProgress) -> None:
+        if message.kind != "measure":
+            return
+        event = message.event
+        status = self.query_one("#probe-status", Static)
+        if event.stage == "target":
+            self._live_target = event.message
+            self._live_started = time.monotonic()
+            return
+        if event.stage == "probe" and "categories" in event.data:
+            self.query_one("#probe-metrics", ProbeMetricsTable).show(event.data)
+            rate = event.data.get("items_per_s") or 0.0
+            left = (event.total or 0) - event.done
+            eta = f" · eta {clock(left / rate)}" if rate > 0 and left > 0 else ""
+            status.update(
+                f"[b]live[/] {self._live_target}: {event.done:.0f}/{event.total:.0f} items · {rate:.1f} items/s{eta}"
+            )
+        else:
+            status.update(f"{self._live_target}: {event.stage}: {event.message}")
+
+    @on(JobEnded)
+    def _ended(self, message: JobEnded) -> None:
+        if message.kind != "measure":
+            return
+        status = self.query_one("#probe-status", Static)
+        if message.outcome == "cancelled":
+            status.update(
+                f"[yellow]cancelled[/]: {self._live_target}'s items scored so far are shown; a stored probe is always "
+                "complete, so they are not stored. Steps that finished are kept."
+            )
+        elif message.outcome == "failed":
+            status.update(f"[red]failed[/]: {message.error}")
+        else:
+            status.update(f"[green]done[/]: stored; see screen 4 for the comparison")
+
+    @on(Select.Changed, "#target")
+    def _target_changed(self, event: Select.Changed) -> None:
+        if str(event.value) == self._shown_target or self.app.job is not None:
+            return  # set by the screen itself, or a job's live figures are showing
+        self._shown_target = str(event.value)
+        self._live_target = None
+        self._job_id = None
+        self._show_stored(self.app.report)
+
+    def _show_stored(self, report: dict[str, Any] | None) -> None:
+        """Between jobs, the stored figures of the model last probed (or of the one chosen).
+        After a cancelled or failed probe the figures scored before it stopped stay."""
+        outcome = self.app.last_outcome
+        if outcome is not None and outcome[0] == self._job_id and outcome[2] != "done":
+            return
+        if self.app.job is not None or report is None:
+            return
+        chosen = self._live_target or self._value("target")
+        name = BASELINE if chosen == EVERY else chosen
+        suite = self._value("suite")
+        variant = next((v for v in report.get("variants", []) if v["name"] == name), None)
+        probes = (variant or {}).get("probes") or {}
+        probe = probes.get(suite) or next(iter(probes.values()), None)
+        table = self.query_one("#probe-metrics", ProbeMetricsTable)
+        status = self.query_one("#probe-status", Static)
+        if probe is None:
+            table.show(None)
+            status.update(f"{name}: no probe stored yet")
+            return
+        table.show(probe)
+        status.update(f"stored: {name} · {probe.get('n_items')} items · {probe.get('items_per_s') or 0:.1f} items/s")

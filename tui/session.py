@@ -1,0 +1,216 @@
+"""The app's session: the model being audited and the run in the results store that records
+every step the operator takes, driven through the same core calls as `edge-audit run`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from audit.errors import UserError
+from audit.models import LanguageModel, LoadOptions
+from audit.models.interface import ModelFacts
+from audit.plans import CalibrationSpec, Plan, ProbeSpec, VariantSpec, default_plan, revise_plan
+from audit.progress import Job, Progress
+from audit.results import RunView, report_data
+from audit.runner import (
+    BASELINE,
+    COMPRESS,
+    PERPLEXITY,
+    PROBE_PREFIX,
+    PROFILE,
+    add_variant,
+    close_run,
+    run_steps,
+    start_run,
+    steps_for,
+    update_plan,
+)
+from audit.store import ResultsStore, default_store_path
+
+SESSION_NAME = "app-session"
+
+Loader = Callable[[str, LoadOptions, "threading.Event | None"], Job[LanguageModel]]
+
+
+def session_plan(model_spec: str, template: Plan | None = None) -> Plan:
+    """A session starts as the shipped default plan (its probes, calibration, perplexity,
+    profile and gate rules) on the chosen model, with no variants yet."""
+    local = Path(model_spec).expanduser()
+    model = str(local.resolve()) if local.exists() else model_spec
+    return revise_plan(template or default_plan(), name=SESSION_NAME, model=model, variants=(), path=None)
+
+
+@dataclass
+class JobStatus:
+    """The job running now; its worker thread replaces `latest` (one reference, read by timers)."""
+
+    job_id: int
+    kind: str
+    title: str
+    cancel: threading.Event
+    owner: Any = None  # the screen that started it, told when it ends
+    started: float = field(default_factory=time.monotonic)
+    latest: Progress | None = None
+
+
+class Session:
+    """The loaded model, its plan and its run. Jobs run one at a time in a worker thread; only
+    they change the plan and the run, the interface reads them between jobs."""
+
+    def __init__(self, plan: Plan, store_path: Path | None, options: LoadOptions, model: LanguageModel | None = None, facts: ModelFacts | None = None) -> None:
+        self.plan = plan
+        self.store_path = Path(store_path) if store_path else default_store_path()
+        self.options = options
+        self.model = model
+        self.facts = facts
+        self.run_id: int | None = None
+        self.work_dir: Path | None = None
+
+    # -- what the screens read ------------------------------------------------------------------
+    @property
+    def model_spec(self) -> str:
+        return self.plan.model
+
+    def targets(self) -> list[str]:
+        return [BASELINE] + [v.name for v in self.plan.variants]
+
+    def has_variant(self, name: str) -> bool:
+        return any(v.name == name for v in self.plan.variants)
+
+    # -- the run --------------------------------------------------------------------------------
+    def _ensure_run(self, plan: Plan) -> int:
+        """The session's run, created with `plan` on first use; later plans update it."""
+        if self.run_id is None:
+            self.run_id, self.work_dir = start_run(plan, self.store_path)
+            self.plan = plan
+        elif plan != self.plan:
+            self.plan = update_plan(self.store_path, self.run_id, plan)
+        return self.run_id
+
+    def compress(self, spec: VariantSpec, calibration: CalibrationSpec, cancel: threading.Event | None) -> Job[str]:
+        """Add `spec` as a variant and compress it; a variant of the same name and recipe whose
+        compression was cancelled is compressed again."""
+        from audit.compress.layers import prunable_layers
+        from audit.compress.output import float_torch_model
+        from audit.compress.prune import PruneConfig
+        from audit.compress.quantize import QUANTIZATION_SCHEMES
+
+        if spec.prune is not None:
+            recipe = spec.prune
+            PruneConfig(
+                method=recipe.method,
+                sparsity=None if recipe.pattern != "unstructured" else recipe.sparsity,
+                pattern=recipe.pattern,
+                nsamples=calibration.nsamples,
+                seqlen=calibration.seqlen,
+                exclude=recipe.exclude,
+            ).resolve()
+            if self.model is not None:
+                prunable_layers(float_torch_model(self.model, "pruning"), recipe.exclude)
+        if spec.quantize is not None:
+            QUANTIZATION_SCHEMES.entry(spec.quantize.scheme)
+        yield Progress("compress", 0, None, f"{spec.name}: starting")
+        run_id = self._ensure_run(revise_plan(self.plan, calibration=calibration))
+        if self.has_variant(spec.name):
+            existing = next(v for v in self.plan.variants if v.name == spec.name)
+            if existing != spec:
+                raise UserError(f"a variant named {spec.name!r} already exists with another recipe; choose another name")
+        else:
+            self.plan = add_variant(self.store_path, run_id, spec)
+        yield from run_steps(self.store_path, run_id, spec.name, [COMPRESS], self.options, cancel)
+        return spec.name
+
+    def measure_kinds(self, plan: Plan, target: str, suite: str) -> list[str]:
+        wanted = {PERPLEXITY, PROFILE, PROBE_PREFIX + suite}
+        return [k for k in steps_for(plan, target) if k in wanted]
+
+    def measure(
+        self,
+        targets: list[str],
+        suite: str,
+        probes: ProbeSpec,
+        perplexity: bool,
+        profile: bool,
+        cancel: threading.Event | None,
+        *,
+        pending_only: bool = False,
+    ) -> Job[dict[str, list[str]]]:
+        """Perplexity, the probe suite and the profile of each target, as the settings ask;
+        with `pending_only`, only the steps not stored yet. Returns the steps stored per target."""
+        suites = probes.suites if suite in probes.suites else probes.suites + (suite,)
+        plan = revise_plan(
+            self.plan,
+            probes=replace(probes, suites=suites),
+            perplexity=replace(self.plan.perplexity, enabled=perplexity),
+            profile=replace(self.plan.profile, enabled=profile),
+        )
+        run_id = self._ensure_run(plan)
+        stored: dict[str, list[str]] = {}
+        done: set[tuple[str, str]] = set()
+        if pending_only:
+            with ResultsStore(self.store_path) as store:
+                done = {(s["variant"], s["kind"]) for s in store.steps(run_id) if s["status"] == "done"}
+        for index, target in enumerate(targets):
+            kinds = [k for k in self.measure_kinds(self.plan, target, suite) if (target, k) not in done]
+            if not kinds:
+                continue
+            # Which model the events that follow are about, for a live view of several.
+            yield Progress("target", index, len(targets), target)
+            model = self.model if target == BASELINE else None
+            stored[target] = yield from run_steps(self.store_path, run_id, target, kinds, self.options, cancel, model=model)
+        return stored
+
+    def report(self) -> dict[str, Any] | None:
+        """The run's report data with the gate's verdict so far (None before the first step)."""
+        if self.run_id is None:
+            return None
+        return read_report(self.store_path, self.run_id)
+
+    def close(self) -> str | None:
+        """Set the run's status (finished when every planned step is stored) and let the model go."""
+        status = close_run(self.store_path, self.run_id) if self.run_id is not None else None
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+        return status
+
+
+def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
+    """Any stored run's report data, with its gate rules checked against what is stored."""
+    with ResultsStore(store_path) as store:
+        view = RunView(store, run_id)
+        return report_data(view, view.gate() if view.plan.gate else None)
+
+
+def continue_session(
+    run_id: int, store_path: Path | None, options: LoadOptions, loader: Loader, cancel: threading.Event | None
+) -> Job[Session]:
+    """Load the model of a stored run and make that run the session again: its variants and
+    stored steps stay, new steps are added to it."""
+    from audit.runner import stored_plan
+
+    path = Path(store_path) if store_path else default_store_path()
+    with ResultsStore(path) as store:
+        record = store.run(run_id)
+        plan = stored_plan(store, run_id)
+    model = yield from loader(plan.model, options, cancel)
+    yield Progress("load", 2, 2, "reading the model's facts")
+    session = Session(plan, path, options, model, model.facts())
+    session.run_id = run_id
+    session.work_dir = Path(record.work_dir) if record.work_dir else None
+    with ResultsStore(path) as store:
+        store.mark_running(run_id)
+    return session
+
+
+def open_session(
+    spec: str, store_path: Path | None, options: LoadOptions, loader: Loader, cancel: threading.Event | None, template: Plan | None = None
+) -> Job[Session]:
+    """Load `spec` and start a session on it (its run is created with its first step)."""
+    plan = session_plan(spec, template)
+    model = yield from loader(plan.model, options, cancel)
+    yield Progress("load", 2, 2, "reading the model's facts")
+    return Session(plan, store_path, options, model, model.facts())
