@@ -49,9 +49,10 @@ def _comparison_entry(section: dict[str, Any]) -> dict[str, Any]:
         "transition_rate": transitions.get("transition_rate"),
         "to_aligned": transitions.get("unbiased_to_aligned"),
         "to_unbiased": transitions.get("aligned_to_unbiased"),
-        "srs_baseline": section.get("srs_baseline"),
-        "srs_variant": section.get("srs_variant"),
-        "srs_relative_change_pct": section.get("srs_relative_change_pct"),
+        # The headline scope's aligned share: SRS on a question suite's ambiguous items.
+        "srs_baseline": section.get("aligned_share_baseline"),
+        "srs_variant": section.get("aligned_share_variant"),
+        "srs_relative_change_pct": section.get("relative_change_pct"),
         "cohens_h": section.get("cohens_h"),
         "p_value": section.get("p_value"),
         "significant": section.get("significant"),

@@ -54,7 +54,8 @@ def screen(keys: tuple[str, ...] = (), audit: bool = False, then: tuple[str, ...
             await _open_audit(pilot)
         else:
             await _start(pilot)
-        pilot.app.clear_notifications()
+        # The first screen drawn in full before another opens over it (the help keeps it behind).
+        await _finish(pilot)
         if keys or then:
             await pilot.press(*keys, *then)
         await _finish(pilot)

@@ -62,3 +62,26 @@ def test_a_significance_rule_without_a_test_fails_closed():
     source = Table({("w50", "transition_rate", "overall"): Measurement(0.5, p_value=None)})
     report = evaluate_gate([GateRule("transition_rate", 0.2, significance=0.05)], ["w50"], source)
     assert not report.passed and "no significance test" in report.findings[0].reason
+
+
+def test_stored_run_measures_the_srs_change_the_gate_reads(tmp_path):
+    """A stored run scored by scripted models: the relative SRS change and transition rate the
+    gate reads are those of the stored probes (SRS 2/9 -> 5/9 on the ambiguous items: +150%)."""
+    from audit.results import RunView
+    from audit.store import ResultsStore
+    from tests.app_support import build_audit_store
+
+    store = tmp_path / "results.db"
+    run_id = build_audit_store(store)
+    with ResultsStore(store) as db:
+        view = RunView(db, run_id)
+    before = view.variant("baseline")["probes"]["builtin"]["overall"]["srs"]["value"]
+    after = view.variant("wanda-50")["probes"]["builtin"]["overall"]["srs"]["value"]
+    assert (before, after) == (round(2 / 9, 4), round(5 / 9, 4))
+    change = view.measure("wanda-50", "srs_relative_increase_pct", "builtin", "overall")
+    assert change.value == 150.0 and change.p_value is not None
+    comparison = view.variant("wanda-50")["probes"]["builtin"]["comparison"]
+    assert (comparison["srs_baseline"], comparison["srs_variant"]) == (round(2 / 9, 4), round(5 / 9, 4))
+    assert view.measure("wanda-50", "transition_rate", "builtin", "overall").value == comparison["transition_rate"] > 0
+    report = evaluate_gate((GateRule("srs_relative_increase_pct", max=25.0),), ["wanda-50", "int8-dynamic"], view)
+    assert [f.value for f in report.findings] == [150.0, 0.0]

@@ -28,10 +28,12 @@ MAX_BATCH_ROWS = 32
 SHARED_OWNER, PAD_OWNER = -1, -2
 # Requests whose contexts start alike (the questions of one BBQ context, the ambiguous
 # context that opens the disambiguated one) share one row: the common prefix is computed
-# once. A shared prefix must be long enough to pay for the longer row.
+# once. A shared prefix must be long enough to pay for the longer row, and rows stay short:
+# attention grows with the square of a row's length and a batch pads to its longest row
+# (on the built-in suite, 384 tokens x 4 members scores 1.7x faster than 1024 x 8).
 MIN_SHARED_TOKENS = 8
-MAX_ROW_MEMBERS = 8
-MAX_ROW_TOKENS = 1024
+MAX_ROW_MEMBERS = 4
+MAX_ROW_TOKENS = 384
 
 
 @dataclass(frozen=True)

@@ -131,10 +131,20 @@ class ModelsScreen(ModeScreen):
     def _show_steps(self, report: dict[str, Any] | None) -> None:
         table = self.query_one("#session-table", DataTable)
         table.clear(columns=True)
-        table.add_columns("model", "method", "sparsity", *(label for label, _ in STEP_COLUMNS))
+        labels = ("model", "method", "sparsity", *(label for label, _ in STEP_COLUMNS))
         session = self.app.session
         if session is None:
+            table.add_columns(*labels)
             return
+        rows = self._step_rows(session, report)
+        # Widths fixed from the cells: the header and the rows agree however the redraws fall.
+        for index, label in enumerate(labels):
+            table.add_column(label, width=max([len(label)] + [row[1][index].cell_len for row in rows]))
+        for name, cells in rows:
+            table.add_row(*cells, key=name)
+
+    def _step_rows(self, session: Any, report: dict[str, Any] | None) -> list[tuple[str, list[Text]]]:
+        rows = []
         stored = {v["name"]: v for v in (report or {}).get("variants", [])}
         plan_variants = {v.name: v for v in session.plan.variants}
         for name in session.targets():
@@ -143,7 +153,7 @@ class ModelsScreen(ModeScreen):
             spec = plan_variants.get(name)
             method = "dense" if spec is None else spec.method
             sparsity = "0" if spec is None else ("-" if spec.sparsity is None else f"{spec.sparsity:g}")
-            cells = [Text(name, style="bold"), method, sparsity]
+            cells = [Text(name, style="bold"), Text(method), Text(sparsity)]
             for label, prefix in STEP_COLUMNS:
                 if label == "compress" and spec is None:
                     cells.append(Text("n/a", style="dim"))
@@ -154,4 +164,5 @@ class ModelsScreen(ModeScreen):
                     cells.append(Text(f"✓ {seconds:.1f} s" if seconds < 10 else f"✓ {seconds:.0f} s", style="green"))
                 else:
                     cells.append(Text("–", style="dim"))
-            table.add_row(*cells, key=name)
+            rows.append((name, cells))
+        return rows
