@@ -225,6 +225,28 @@ class RunView:
         return Measurement(None)
 
 
+def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
+    """Every run in the store, oldest first, with its variants and gate verdict: what
+    `edge-audit runs list` and the app's history show."""
+    rows = []
+    for run in store.runs():
+        gate = run.gate or {}
+        rows.append(
+            {
+                "id": run.id,
+                "name": run.name,
+                "model": run.model,
+                "status": run.status,
+                "created_at": run.created_at,
+                "variants": [name for name, _ in store.variants(run.id)],
+                "gate_passed": gate.get("passed") if "passed" in gate else None,
+                "gate_failures": gate.get("failures") or [],
+                "error": gate.get("error"),
+            }
+        )
+    return rows
+
+
 def evaluate_run_gate(store: ResultsStore, run_id: int, plan: Plan) -> GateReport:
     view = RunView(store, run_id, plan)
     return view.gate()

@@ -69,3 +69,9 @@ def test_html_is_self_contained_with_every_plot(tmp_path):
     paths = write_report(tmp_path / "report", DATA)
     assert json.loads(open(paths["json"]).read())["variants"][1]["name"] == "w"
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def test_axis_labels_stay_short():
+    from audit.reports.svg import _fmt
+
+    assert [_fmt(v) for v in (0, 0.005, 0.25, 29.04, 1000, 100000, 1e6, 2.5e7)] == ["0", "0.005", "0.25", "29", "1,000", "100,000", "1e6", "2.5e7"]

@@ -239,7 +239,7 @@ def test_runs_commands_read_the_store(sequential_run):
     _, outcome, folder = sequential_run
     store = str(folder / "results.db")
     listing = json.loads(run_cli("runs", "list", "--store", store, "--json").stdout)
-    assert [r["id"] for r in listing["runs"]] == [outcome.run_id]
+    assert [(r["id"], r["variants"]) for r in listing["runs"]] == [(outcome.run_id, ["baseline", "magnitude-50", "wanda-2of4", "int8-dynamic"])]
     shown = json.loads(run_cli("runs", "show", str(outcome.run_id), "--store", store, "--json").stdout)
     assert [v["variant"] for v in shown["variants"]] == ["baseline", "magnitude-50", "wanda-2of4", "int8-dynamic"]
     compared = json.loads(run_cli("runs", "compare", str(outcome.run_id), str(outcome.run_id), "--store", store, "--json").stdout)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from audit.models.interface import ContinuationScore, Generation, LanguageModel, ModelFacts, ScoreRequest
-from audit.models.torch_lm import hf_generate, score_rows
+from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts, ScoreRequest
+from audit.models.torch_lm import HFGeneration, score_rows
 
 # ONNX operators whose second input is a weight matrix the model multiplies by.
 _WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
@@ -66,7 +66,7 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     return {"parameters": parameters, "weight_sparsity": sparsity, "quantization": quantization}
 
 
-class OnnxLanguageModel(LanguageModel):
+class OnnxLanguageModel(HFGeneration, LanguageModel):
     backend = "onnxruntime"
 
     def __init__(
@@ -91,21 +91,6 @@ class OnnxLanguageModel(LanguageModel):
     def score(self, requests: Sequence[ScoreRequest], strategy: str = "rows") -> list[list[ContinuationScore]]:
         with self.lock:
             return score_rows(requests, self._forward)
-
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        seed: int = 0,
-        stop_at_eos: bool = True,
-        on_token: Callable[[int], None] | None = None,
-    ) -> Generation:
-        return hf_generate(
-            self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-            stop_at_eos=stop_at_eos, on_token=on_token,
-        )
 
     def facts(self) -> ModelFacts:
         if self._weight_facts is None:

@@ -207,7 +207,29 @@ class _TokenCallback:
         pass
 
 
-class TorchLanguageModel(LanguageModel):
+class HFGeneration:
+    """`generate` for a model whose `self.model` has transformers' `generate` (PyTorch models and
+    optimum's ONNX Runtime models alike)."""
+
+    model: Any
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
+        return hf_generate(
+            self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,  # type: ignore[arg-type]
+            stop_at_eos=stop_at_eos, on_token=on_token,
+        )
+
+
+class TorchLanguageModel(HFGeneration, LanguageModel):
     backend = "pytorch"
 
     def __init__(
@@ -348,22 +370,6 @@ class TorchLanguageModel(LanguageModel):
                     scores.append(_continuation_scores(span.log_softmax(-1), cont))
                 results.append(scores)
         return results
-
-    # -- generation --------------------------------------------------------------------
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        seed: int = 0,
-        stop_at_eos: bool = True,
-        on_token: Callable[[int], None] | None = None,
-    ) -> Generation:
-        return hf_generate(
-            self, self.model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-            stop_at_eos=stop_at_eos, on_token=on_token,
-        )
 
     # -- facts -------------------------------------------------------------------------
     def facts(self) -> ModelFacts:

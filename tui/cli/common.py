@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -16,8 +17,18 @@ from audit.progress import Job, drive
 
 T = TypeVar("T")
 
-stderr = Console(stderr=True)
-stdout = Console()
+# Tables written to a file or a pipe (a CI log, `| less`) keep every column readable: Rich's
+# 80 columns off a terminal would cut a run's summary to its first letters. COLUMNS still rules.
+PIPED_WIDTH = 200
+
+
+def _console(stream: Any, **options: Any) -> Console:
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and "COLUMNS" not in os.environ
+    return Console(width=PIPED_WIDTH if piped else None, **options)
+
+
+stderr = _console(sys.stderr, stderr=True)
+stdout = _console(sys.stdout)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, flag: bool = True) -> None:

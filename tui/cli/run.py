@@ -15,7 +15,7 @@ from audit.errors import Cancelled, UserError
 from audit.plans import default_plan, load_plan
 from audit.reports import write_report
 from audit.reports.render import SUMMARY_COLUMNS, summary_rows
-from audit.results import build_report
+from audit.results import build_report, run_listing
 from audit.runner import RunOptions, run_plan
 from audit.store import ResultsStore, default_store_path
 from tui.cli import common
@@ -136,20 +136,7 @@ def _open(args: argparse.Namespace) -> ResultsStore:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        rows = []
-        for run in store.runs():
-            gate = run.gate or {}
-            rows.append(
-                {
-                    "id": run.id,
-                    "name": run.name,
-                    "model": run.model,
-                    "status": run.status,
-                    "created_at": run.created_at,
-                    "variants": len(store.variants(run.id)),
-                    "gate_passed": gate.get("passed") if "passed" in gate else None,
-                }
-            )
+        rows = run_listing(store)
 
     def human(d: dict[str, Any]) -> None:
         table = Table(title="Runs")
@@ -158,7 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in d["runs"]:
             gate = {True: "pass", False: "FAIL", None: "-"}[r["gate_passed"]]
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
-            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(r["variants"]), gate)
+            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(len(r["variants"])), gate)
         common.stdout.print(table)
 
     common.emit(args, {"runs": rows}, human)

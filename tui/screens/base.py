@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, TypeVar
+
+from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Button, Footer, Input
 
 from tui.widgets.device_panel import DevicePanel
 from tui.widgets.job_bar import JobBar
 from tui.widgets.nav_bar import NavBar
+
+T = TypeVar("T")
 
 # (key, mode, label) of the main screens, in the order of their keys.
 MODES = (
@@ -37,3 +42,30 @@ class ModeScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.query_one(NavBar).refresh()
+
+
+class FormError(ValueError):
+    """A form field the operator has to fix; the message names it."""
+
+
+class FormScreen(ModeScreen):
+    """A main screen whose form starts a job on the loaded model (Compress, Probe): enter moves
+    to the next field, ctrl+r or the #run button reads the form."""
+
+    @on(Input.Submitted)
+    def _next_field(self) -> None:
+        self.focus_next()
+
+    def read_form(self, read: Callable[[], T]) -> tuple[Any, T] | None:
+        """(session, what `read` makes of the form), or None after a notice that says what to do."""
+        # Off the text fields, so that the screen keys (1-5, q, ?) work again at once.
+        self.query_one("#run", Button).focus()
+        session = self.app.session  # type: ignore[attr-defined]
+        if session is None:
+            self.notify("load a model first (screen 1)", severity="warning")
+            return None
+        try:
+            return session, read()
+        except FormError as error:
+            self.notify(str(error), title=self.MODE, severity="error")
+            return None

@@ -17,15 +17,11 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from audit.plans import CalibrationSpec, PruneRecipe, QuantizeRecipe, VariantSpec, variant_name
 from audit.reports.render import fmt
 from tui.messages import JobFinished, JobProgress
-from tui.screens.base import ModeScreen
+from tui.screens.base import FormError, FormScreen
 
 NONE = "none"
 PATTERNS = ("unstructured", "2:4", "4:8")
 BLOCK_MESSAGE = re.compile(r"block (\d+)/(\d+)")
-
-
-class FormError(ValueError):
-    """A form field the operator has to fix; the message names it."""
 
 
 def block_strip(done: int, total: int, width: int) -> Text:
@@ -44,7 +40,7 @@ def block_strip(done: int, total: int, width: int) -> Text:
     return strip
 
 
-class CompressScreen(ModeScreen):
+class CompressScreen(FormScreen):
     MODE = "compress"
     BINDINGS = [Binding("ctrl+r", "run", "Run")]
 
@@ -158,24 +154,13 @@ class CompressScreen(ModeScreen):
         self.query_one("#nsamples", Input).value = str(session.plan.calibration.nsamples)
         self.query_one("#seqlen", Input).value = str(session.plan.calibration.seqlen)
 
-    @on(Input.Submitted)
-    def _next_field(self) -> None:
-        self.focus_next()
-
     # -- running -----------------------------------------------------------------------------
     @on(Button.Pressed, "#run")
     def action_run(self) -> None:
-        # Off the text fields, so that the screen keys (1-5, q, ?) work again at once.
-        self.query_one("#run", Button).focus()
-        session = self.app.session
-        if session is None:
-            self.notify("load a model first (screen 1)", severity="warning")
+        form = self.read_form(self._recipe)
+        if form is None:
             return
-        try:
-            spec, calibration = self._recipe()
-        except FormError as error:
-            self.notify(str(error), title="compress", severity="error")
-            return
+        session, (spec, calibration) = form
         if self.app.start_job("compress", f"compress {spec.name}", lambda cancel: session.compress(spec, calibration, cancel), owner=self):
             self.query_one("#blocks", Static).update("")
             self.query_one("#compress-status", Static).update(f"starting {spec.name}…")

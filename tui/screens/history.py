@@ -20,28 +20,13 @@ from tui.screens.dialogs import AskPathScreen
 
 def stored_runs(store_path: Path) -> list[dict[str, Any]]:
     """Every run in the store, newest first, as `edge-audit runs list` shows them."""
+    from audit.results import run_listing
     from audit.store import ResultsStore
 
     if not Path(store_path).exists():
         return []
     with ResultsStore(store_path) as store:
-        rows = []
-        for run in reversed(store.runs()):
-            gate = run.gate or {}
-            rows.append(
-                {
-                    "id": run.id,
-                    "name": run.name,
-                    "model": run.model,
-                    "status": run.status,
-                    "created_at": run.created_at,
-                    "variants": [name for name, _ in store.variants(run.id)],
-                    "gate_passed": gate.get("passed") if "passed" in gate else None,
-                    "gate_failures": gate.get("failures") or [],
-                    "error": gate.get("error"),
-                }
-            )
-    return rows
+        return list(reversed(run_listing(store)))
 
 
 def run_plan_file(path: str, store_path: Path, options: Any, cancel: Any) -> Any:

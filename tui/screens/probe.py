@@ -17,15 +17,11 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from audit.probes.suites import SUITES
 from audit.runner import BASELINE
 from tui.messages import JobEnded, JobProgress
-from tui.screens.base import ModeScreen
+from tui.screens.base import FormError, FormScreen
 from tui.widgets.job_bar import clock
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
 EVERY = "__every__"
-
-
-class FormError(ValueError):
-    """A form field the operator has to fix; the message names it."""
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
@@ -38,7 +34,7 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-class ProbeScreen(ModeScreen):
+class ProbeScreen(FormScreen):
     MODE = "probe"
     BINDINGS = [Binding("ctrl+r", "run", "Run")]
 
@@ -139,24 +135,13 @@ class ProbeScreen(ModeScreen):
         profile = self.query_one("#profile", Checkbox).value
         return targets, suite, probes, perplexity, profile, target == EVERY
 
-    @on(Input.Submitted)
-    def _next_field(self) -> None:
-        self.focus_next()
-
     # -- running -----------------------------------------------------------------------------
     @on(Button.Pressed, "#run")
     def action_run(self) -> None:
-        # Off the text fields, so that the screen keys (1-5, q, ?) work again at once.
-        self.query_one("#run", Button).focus()
-        session = self.app.session
-        if session is None:
-            self.notify("load a model first (screen 1)", severity="warning")
+        form = self.read_form(self._settings)
+        if form is None:
             return
-        try:
-            targets, suite, probes, perplexity, profile, pending = self._settings()
-        except FormError as error:
-            self.notify(str(error), title="probe", severity="error")
-            return
+        session, (targets, suite, probes, perplexity, profile, pending) = form
         title = "probe every model" if pending else f"probe {targets[0]}"
 
         def make(cancel):
