@@ -90,6 +90,7 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
         await probe_settings(pilot, "2", perplexity=True)
         await pilot.press("ctrl+r")  # every model: the baseline and wanda-50
         await settle(pilot, app, until=lambda: app.report is not None and all(v["probes"] for v in app.report["variants"]))
+        assert app.screen._live_target == "wanda-50"  # the live figures named the model being scored
         await pilot.press("4")
         await pilot.pause()
         table = app.screen.query_one(ComparisonTable)
@@ -277,3 +278,15 @@ async def test_failures_are_notices_and_the_app_stays_usable(tiny_llama, tmp_pat
         assert any("sparsity must be a number" in n for n in notices(app))
         await pilot.press("1")
         assert app.current_mode == "models"
+
+
+def test_a_change_of_stage_is_never_dropped_from_the_queue():
+    from audit.progress import Progress
+    from tui.messages import JobProgress
+
+    def event(stage, job=1):
+        return JobProgress(job, "measure", Progress(stage, 1, 2, "x"))
+
+    assert event("probe").can_replace(event("probe"))
+    assert not event("probe").can_replace(event("target"))  # the next model's name stays queued
+    assert not event("probe", job=2).can_replace(event("probe"))

@@ -12,14 +12,16 @@ from audit.progress import Progress
 
 @dataclass
 class JobProgress(Message):
-    """One progress event of the running job; a newer one of the same job replaces it in the queue."""
+    """One progress event of the running job. A newer one of the same job and stage replaces it
+    in the queue; one of another stage never does, so a change of stage (the next model of a
+    probe of every model) always arrives."""
 
     job_id: int
     kind: str
     event: Progress
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, JobProgress) and message.job_id == self.job_id
+        return isinstance(message, JobProgress) and message.job_id == self.job_id and message.event.stage == self.event.stage
 
 
 @dataclass

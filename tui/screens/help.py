@@ -25,7 +25,8 @@ the screen keys `1`…`5`, `q` and `?` type into a text field while you are in o
    baseline; `*` marks a change that is significant (McNemar, p < 0.05). The banner checks the
    gate rules. `←` `→` choose a variant, `d` shows its categories and the items that flipped to
    the bias-aligned answer.
-5. **History** (`5`): every run in the results store; open one, export its report, run a plan.
+5. **History** (`5`): every run in the results store; open one, continue it (`c`), export its
+   report, run a plan.
 
 Everything is recorded as a run in the results store, the same as `edge-audit run`; `ctrl+s`
 saves this session as a plan file that `edge-audit run PLAN` repeats headless.
