@@ -60,3 +60,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         cwd=ROOT,
         timeout=timeout,
     )
+
+
+@pytest.fixture()
+def bare_path(tmp_path, monkeypatch):
+    """A PATH holding only the fake tools a test writes, so the host's tools never answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir

@@ -12,15 +12,6 @@ from tests.conftest import run_cli
 from tests.fake_devices import fake_tool, jetson_orin_nano, raspberry_pi_5, x86_laptop
 
 
-@pytest.fixture()
-def bare_path(tmp_path, monkeypatch):
-    """A PATH holding only the fake tools a test writes, so the host's tools never answer."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    monkeypatch.setenv("PATH", str(bin_dir))
-    return bin_dir
-
-
 def test_raspberry_pi_5_is_detected_with_temperature_and_throttle_flags(tmp_path, bare_path):
     root = raspberry_pi_5(tmp_path / "pi")
     fake_tool(bare_path, "vcgencmd", "throttled=0x50005")

@@ -15,14 +15,6 @@ from hardware.sampler import ResourceSampler, sample_job
 from tests.fake_devices import fake_tool, jetson_orin_nano, raspberry_pi_5
 
 
-@pytest.fixture()
-def bare_path(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    monkeypatch.setenv("PATH", str(bin_dir))
-    return bin_dir
-
-
 def merged(readers):
     out = {}
     for reader in readers:
