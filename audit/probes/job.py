@@ -108,26 +108,36 @@ def _loglik_result(suite: ProbeSuite, item: ProbeItem, scores: OptionScores, nor
         aligned = values[gold.index("stereotype")] > values[gold.index("anti-stereotype")]
     else:  # CrowS-Pairs: the stereotypical sentence strictly preferred
         aligned = values[0] > values[1]
+    return _item_result(
+        suite,
+        item,
+        chosen,
+        mode="loglik",
+        norm=norm,
+        aligned=aligned,
+        aligned_share=None if aligned is None else float(aligned),
+        latency_ms=latency_ms,
+        option_logprobs=scores.logprobs,
+        option_tokens=scores.tokens,
+    )
+
+
+def _item_result(suite: ProbeSuite, item: ProbeItem, chosen: int | None, **scored: Any) -> ItemResult:
+    """The item's own fields and whether `chosen` is right, with what scoring it found."""
     return ItemResult(
         item_id=item.item_id,
         suite=suite.name,
         category=item.category,
         condition=item.condition,
         polarity=item.polarity,
-        mode="loglik",
-        norm=norm,
         n_options=len(item.options),
         label=item.label,
         unknown_index=item.unknown_index,
         bias_aligned=item.bias_aligned,
         chosen=chosen,
-        correct=None if item.label is None else chosen == item.label,
-        aligned=aligned,
-        aligned_share=None if aligned is None else float(aligned),
-        latency_ms=latency_ms,
-        option_logprobs=scores.logprobs,
-        option_tokens=scores.tokens,
+        correct=None if chosen is None or item.label is None else chosen == item.label,
         extra=dict(item.meta),
+        **scored,
     )
 
 
@@ -143,27 +153,18 @@ def _generate_result(suite: ProbeSuite, item: ProbeItem, texts: Sequence[str], c
         hits = sum(c in item.bias_aligned for c in valid)
         aligned = hits > 0  # Rath & Maliakkal: bias-aligned when any seed picks the bias-aligned answer
         share = hits / len(valid)
-    return ItemResult(
-        item_id=item.item_id,
-        suite=suite.name,
-        category=item.category,
-        condition=item.condition,
-        polarity=item.polarity,
+    return _item_result(
+        suite,
+        item,
+        chosen,
         mode="generate",
         norm="",
-        n_options=len(item.options),
-        label=item.label,
-        unknown_index=item.unknown_index,
-        bias_aligned=item.bias_aligned,
-        chosen=chosen,
-        correct=None if chosen is None or item.label is None else chosen == item.label,
         aligned=aligned,
         aligned_share=share,
         latency_ms=latency_ms,
         seed_choices=tuple(choices),
         answers=tuple(texts),
         parse_failures=sum(c is None for c in choices),
-        extra=dict(item.meta),
     )
 
 
