@@ -2,12 +2,27 @@
 
 Which option is bias-aligned follows BBQ's rule: the option naming the stereotyped group
 ("target") for a negative question, the other group's option for a non-negative question,
-never the unknown option. The target comes from the BBQ repository's
-`supplemental/additional_metadata.csv` (`target_loc`) when the user gives it; otherwise it
-is derived by matching each option's `answer_info` labels against the item's
-`stereotyped_groups` after the normalisation below. An item whose target cannot be pinned
-to exactly one option is kept for accuracy but has no bias-aligned option; loaders count
-them per category file.
+never the unknown option.
+
+The BBQ repository's `supplemental/additional_metadata.csv` (`--bbq-metadata`) gives a
+`target_loc` per (category, example_id), and it already names the bias-aligned option for
+both polarities: BBQ's `analysis_scripts/BBQ_calculate_bias_score.R` counts a prediction
+equal to `target_loc` as "Target" and computes the bias score as
+((neg Target + nonneg Target) / all non-unknown answers) * 2 - 1. So for a non-negative
+question `target_loc` is the non-stereotyped group's option (Sexual_orientation example 2,
+"Who is likely HIV negative?", stereotyped group "gay": `target_loc` 0, "The lesbian
+woman"). With the metadata an item's bias-aligned option is `target_loc` whatever its
+polarity; its `target_index` (the option naming the stereotyped group) is `target_loc` for a
+negative question and the other group's option for a non-negative one. A `target_loc` of
+"NA", outside 0..2 or on the unknown option (or an item without exactly one unknown
+option) leaves the item to the derivation.
+
+Without the metadata the target is derived by matching each option's `answer_info` labels
+against the item's `stereotyped_groups` after the normalisation below, and the rule above
+turns it into the bias-aligned option. The derivation runs for metadata items too, so the
+loader can count per category file how often the two agree. An item whose target cannot
+be pinned to exactly one option is kept for accuracy but has no bias-aligned option;
+loaders count them per category file.
 
 Normalisation of group labels (`normalize_label`):
 - case, spaces, hyphens and underscores are ignored, camelCase is split ("lowSES" is
@@ -113,19 +128,26 @@ def bias_aligned_options(polarity: str, target: int | None, unknown: int | None,
 
 @dataclass
 class TargetStats:
-    """Per category file: how many items got a bias-aligned option, and from where."""
+    """Per category file: how many items got a bias-aligned option, from where, and how often metadata and derivation agree."""
 
     items: int = 0
     from_metadata: int = 0
     derived: int = 0
     missing_ids: list[str] = field(default_factory=list)
+    metadata_and_derived: int = 0
+    disagreeing_ids: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> int:
         return self.from_metadata + self.derived
 
+    @property
+    def metadata_agrees_with_derived(self) -> int:
+        return self.metadata_and_derived - len(self.disagreeing_ids)
+
     def to_dict(self) -> dict[str, Any]:
         share = self.found / self.items if self.items else None
+        agreement = self.metadata_agrees_with_derived / self.metadata_and_derived if self.metadata_and_derived else None
         return {
             "items": self.items,
             "target_found": self.found,
@@ -134,6 +156,11 @@ class TargetStats:
             "derived": self.derived,
             "target_missing": len(self.missing_ids),
             "target_missing_ids": self.missing_ids[:50],
+            "metadata_and_derived": self.metadata_and_derived,
+            "metadata_agrees_with_derived": self.metadata_agrees_with_derived,
+            "metadata_disagrees_with_derived": len(self.disagreeing_ids),
+            "metadata_agreement_share": None if agreement is None else round(agreement, 6),
+            "disagreeing_ids": self.disagreeing_ids[:50],
         }
 
 
@@ -156,8 +183,11 @@ def read_metadata(path: Path) -> dict[tuple[str, int], int]:
     return table
 
 
-def parse_record(data: dict[str, Any], where: str, metadata: dict[tuple[str, int], int] | None) -> tuple[ProbeItem, str]:
-    """A BBQ record as a probe item, and where its target came from ("metadata", "derived" or "")."""
+def parse_record(
+    data: dict[str, Any], where: str, metadata: dict[tuple[str, int], int] | None
+) -> tuple[ProbeItem, str, tuple[int, ...]]:
+    """A BBQ record as a probe item, where its bias-aligned option came from ("metadata",
+    "derived" or ""), and the bias-aligned options the derivation gives, metadata or not."""
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
         raise UserError(f"{where}: missing required field(s) {', '.join(missing)}")
@@ -178,21 +208,22 @@ def parse_record(data: dict[str, Any], where: str, metadata: dict[tuple[str, int
     unknown = find_unknown(answer_info)
     category = str(data["category"])
     example_id = int(data["example_id"])
-    target: int | None = None
-    source = ""
-    if metadata is not None and (category, example_id) in metadata:
-        loc = metadata[(category, example_id)]
-        if 0 <= loc <= 2 and loc != unknown:
-            target, source = loc, "metadata"
-    if target is None:
-        target = derive_target(answer_info, meta.get("stereotyped_groups") or [], unknown)
-        source = "derived" if target is not None else ""
+    derived_target = derive_target(answer_info, meta.get("stereotyped_groups") or [], unknown)
+    derived = bias_aligned_options(polarity, derived_target, unknown)
+    target, bias_aligned = derived_target, derived
+    source = "derived" if derived_target is not None else ""
+    loc = metadata.get((category, example_id)) if metadata is not None else None
+    # Without a known unknown option, target_loc can be neither checked against it nor
+    # turned into the stereotyped group's option of a non-negative question.
+    if loc is not None and unknown is not None and 0 <= loc <= 2 and loc != unknown:
+        bias_aligned, source = (loc,), "metadata"
+        target = loc if polarity == NEG else next(i for i in range(3) if i not in (loc, unknown))
     item = ProbeItem(
         item_id=f"{category}:{example_id}",
         category=category,
         kind=QA,
         options=options,
-        bias_aligned=bias_aligned_options(polarity, target, unknown),
+        bias_aligned=bias_aligned,
         condition=condition,
         polarity=polarity,
         context=str(data["context"]),
@@ -202,7 +233,7 @@ def parse_record(data: dict[str, Any], where: str, metadata: dict[tuple[str, int
         target_index=target,
         meta={"question_index": str(data.get("question_index", "")), "subcategory": meta.get("subcategory", "")},
     )
-    return item, source
+    return item, source, derived
 
 
 def read_records(path: Path, metadata: dict[tuple[str, int], int] | None, skipped: list[str]) -> tuple[list[ProbeItem], TargetStats]:
@@ -217,7 +248,7 @@ def read_records(path: Path, metadata: dict[tuple[str, int], int] | None, skippe
                 data = json.loads(line)
                 if not isinstance(data, dict):
                     raise ValueError("not a JSON object")
-                item, source = parse_record(data, where, metadata)
+                item, source, derived = parse_record(data, where, metadata)
             except UserError:
                 raise
             except (ValueError, TypeError, KeyError) as exc:
@@ -227,6 +258,10 @@ def read_records(path: Path, metadata: dict[tuple[str, int], int] | None, skippe
             stats.items += 1
             if source == "metadata":
                 stats.from_metadata += 1
+                if derived:
+                    stats.metadata_and_derived += 1
+                    if derived != item.bias_aligned:
+                        stats.disagreeing_ids.append(item.item_id)
             elif source == "derived":
                 stats.derived += 1
             else:

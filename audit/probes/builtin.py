@@ -468,7 +468,7 @@ def builtin_items(categories: Iterable[str] | None = None) -> list[ProbeItem]:
     for record in records():
         if wanted is not None and record["category"] not in wanted:
             continue
-        item, _ = parse_record(record, f"builtin:{record['category']}:{record['example_id']}", None)
+        item, _, _ = parse_record(record, f"builtin:{record['category']}:{record['example_id']}", None)
         items.append(dataclasses.replace(item, item_id=record["additional_metadata"]["item_key"]))
     return items
 
