@@ -1,0 +1,267 @@
+"""Confidence bounds for the audit's figures: betting bounds on means of bounded per-item values.
+
+Every bias and accuracy figure of a probe run is a mean over items of a bounded per-item value
+(a 0/1 answer in log-likelihood mode, a share of seeds in generate mode, a paired difference
+between two runs), or a ratio of two such means. Its one-sided bounds come from the betting
+construction of Waudby-Smith & Ramdas ("Estimating means of bounded random variables by
+betting", JRSS-B 2023): for a candidate mean m, a gambler bets each item's value against m with
+a stake fixed before seeing that item; m is rejected when the wealth reaches 1/alpha, which
+under the mean m happens with probability at most alpha (Ville's inequality). The bound is the
+edge of the candidates not rejected. It holds at every sample size, with no normal
+approximation, and never collapses to a point when every item agrees: six identical items
+leave a wide interval, a thousand leave a narrow one. The stakes follow the paper's
+predictable plug-in rule tuned for a fixed n, truncated at c/m and c/(1-m) with c = 1/2, which
+keeps the wealth monotone in m, so each bound is found by narrowing a bracket of candidates.
+
+The wealth depends on the order of the items; callers give a fixed order (by item id), so the
+same items always give the same bounds. The unweighted mean over categories is the mean of
+items weighted by n / (K n_k) (n items, K categories, n_k in the item's category), bounded
+like any mean of bounded values. A ratio of means is bounded by inverting the test of the
+linear contrast it implies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+TRUNCATION = 0.5  # c in the stake's truncation at c/m: the paper's choice
+# A bound is searched in rounds of _POINTS candidates, each round narrowing its bracket 33-fold:
+# five rounds locate it within 3e-8 of the value range.
+_POINTS = 32
+_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A figure, its lower and upper confidence bounds, and the number of items behind it.
+
+    Each bound holds on its own at `confidence` (one-sided); together they form a two-sided
+    interval at 2 * confidence - 1. `value` is None when there were no items."""
+
+    value: float | None
+    lower: float | None
+    upper: float | None
+    n: int
+    confidence: float
+
+    def to_dict(self, digits: int = 4) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            # An unbounded side (a ratio over a share that may be 0) is written as null.
+            return None if x is None or math.isinf(x) else round(x, digits)
+
+        return {"value": r(self.value), "ci95": [r(self.lower), r(self.upper)], "n": self.n}
+
+
+def side_confidence(two_sided: float) -> float:
+    """The one-sided level of each bound of a two-sided interval at `two_sided` (0.95 -> 0.975)."""
+    return (1.0 + two_sided) / 2.0
+
+
+def _check_level(confidence: float) -> float:
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence {confidence} outside [0.5, 1)")
+    return 1.0 - confidence
+
+
+# -- samples of values in [0, 1], one per row ----------------------------------------------------
+def _stakes(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Predictable stakes, row by row: each from the items before it only (running mean and
+    variance that start from 1/2 and 1/4), sized for n items: sqrt(2 log(1/alpha) / (n var))."""
+    n = x.shape[-1]
+    count = np.arange(1, n + 1)
+    mean = (0.5 + np.cumsum(x, axis=-1)) / (count + 1)
+    variance = (0.25 + np.cumsum((x - mean) ** 2, axis=-1)) / (count + 1)
+    previous = np.concatenate((np.full(x.shape[:-1] + (1,), 0.25), variance[..., :-1]), axis=-1)
+    return np.sqrt(2.0 * math.log(1.0 / alpha) / (n * previous))
+
+
+_CELLS = 1 << 22  # rows x candidates x items evaluated at once: bounds the memory a search takes
+
+
+def _log_wealth_up(x: np.ndarray, stakes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Log wealth of betting that each row's mean exceeds each of its candidates m (rows x
+    candidates); it falls as m rises, the stakes' truncation at c/m included."""
+    rows, n = x.shape
+    out = np.empty(m.shape)
+    step = max(1, _CELLS // max(1, m.shape[1] * n))
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        cap = TRUNCATION / np.maximum(m[part], 1e-300)
+        lam = np.minimum(stakes[part, None, :], cap[:, :, None])
+        out[part] = np.log1p(lam * (x[part, None, :] - m[part, :, None])).sum(axis=-1)
+    return out
+
+
+def lower_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Lower confidence bounds (level 1 - alpha) for the mean of each row of values in [0, 1].
+
+    Each round evaluates the wealth at _POINTS candidates inside every row's bracket at once
+    and keeps the gap between the last candidate rejected and the first one kept."""
+    rows = x.shape[0]
+    if x.shape[1] == 0:
+        return np.zeros(rows)
+    stakes = _stakes(x, alpha)
+    threshold = math.log(1.0 / alpha)
+    at_zero = _log_wealth_up(x, stakes, np.zeros((rows, 1)))[:, 0] >= threshold
+    rejected, kept = np.zeros(rows), x.max(axis=1)  # at the largest value the wealth cannot grow
+    steps = np.arange(1, _POINTS + 1) / (_POINTS + 1)
+    index = np.arange(rows)
+    for _ in range(_ROUNDS):
+        candidates = rejected[:, None] + (kept - rejected)[:, None] * steps[None, :]
+        shown = _log_wealth_up(x, stakes, candidates) >= threshold
+        # The wealth falls with m: the rejected candidates come first.
+        count = shown.sum(axis=1)
+        last_rejected = candidates[index, np.maximum(count - 1, 0)]
+        first_kept = candidates[index, np.minimum(count, _POINTS - 1)]
+        rejected = np.where(count > 0, last_rejected, rejected)
+        kept = np.where(count < _POINTS, first_kept, kept)
+    # The largest candidate shown too low: a bound on the safe side of the exact edge.
+    return np.where(at_zero, rejected, 0.0)
+
+
+def unit_lower(x: np.ndarray, alpha: float) -> float:
+    """Lower confidence bound (level 1 - alpha) for the mean of values in [0, 1]."""
+    return float(lower_rows(np.asarray(x, dtype=float)[None, :], alpha)[0])
+
+
+def unit_upper(x: np.ndarray, alpha: float) -> float:
+    """Upper confidence bound (level 1 - alpha) for the mean of values in [0, 1]."""
+    return 1.0 - unit_lower(1.0 - np.asarray(x, dtype=float), alpha)
+
+
+# -- means of values in [low, high], items possibly weighted --------------------------------------
+def _weighted(x: np.ndarray, low: float, high: float, weights: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The values moved onto [0, 1] such that their plain mean, scaled back, is the weighted mean.
+
+    With weights w (mean 1), y = low + w (x - low) has mean low + mean(w (x - low)): the
+    weighted mean; y lies in [low, low + max(w) (high - low)]."""
+    if weights is None:
+        return np.clip((x - low) / (high - low), 0.0, 1.0), high - low
+    w = np.asarray(weights, dtype=float)
+    span = float(w.max()) * (high - low)
+    return np.clip(w * (x - low) / span, 0.0, 1.0), span
+
+
+def mean_bounds(values: Any, low: float, high: float, confidence: float, weights: Any = None) -> Bounds:
+    """Bounds for the mean of values in [low, high] (or their weighted mean, weights of mean 1:
+    the mean over categories weighs each item by n / (K n_k)), each one-sided at `confidence`."""
+    alpha = _check_level(confidence)
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return Bounds(None, low, high, 0, confidence)
+    unit, span = _weighted(x, low, high, weights)
+    value = low + span * float(unit.mean())
+    lower = low + span * unit_lower(unit, alpha)
+    upper = min(high, low + span * unit_upper(unit, alpha))
+    return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)
+
+
+def _contrast_shown(num: np.ndarray, den: np.ndarray, thetas: np.ndarray, alpha: float, above: bool) -> np.ndarray:
+    """For each theta, whether the mean of (num - theta * den) is shown above 0 (`above`) or
+    below 0. Per-item num and den lie in [0, 1], so the contrast lies in [-theta, 1] for
+    theta >= 0; rescaled to [0, 1], 0 lands at theta / (1 + theta), which is tested directly."""
+    width = 1.0 + thetas
+    zero = thetas / width
+    units = np.clip((num[None, :] - thetas[:, None] * den[None, :] + thetas[:, None]) / width[:, None], 0.0, 1.0)
+    x, m = (units, zero) if above else (1.0 - units, 1.0 - zero)
+    wealth = _log_wealth_up(x, _stakes(x, alpha), m[:, None])[:, 0]
+    return (wealth >= math.log(1.0 / alpha)) & (m < 1.0)
+
+
+def _edge(shown: Any, start: float, end: float) -> tuple[float, float]:
+    """The edge between thetas where `shown` is False (from `start`) and True (towards `end`),
+    searched on the theta / (1 + theta) scale; returns the last (not shown, shown) pair."""
+    a = start / (1 + start)
+    b = end / (1 + end) if math.isfinite(end) else 1.0
+    steps = np.arange(1, _POINTS + 1) / (_POINTS + 1)
+    for _ in range(_ROUNDS + 1):
+        t = a + (b - a) * steps
+        result = shown(t / (1 - t))
+        count = int(np.argmax(result)) if result.any() else _POINTS
+        if count < _POINTS:
+            b = float(t[count])
+        if count > 0:
+            a = float(t[count - 1])
+    return a / (1 - a), b / (1 - b)
+
+
+def ratio_bounds(num: Any, den: Any, confidence: float, weights: Any = None, *, limit: float = 1e6) -> Bounds:
+    """Bounds for R = mean(num) / mean(den), per-item num and den in [0, 1] paired item by item
+    (weighted means with `weights`: the ratio of the categories' means).
+
+    R <= theta exactly when the mean of num - theta * den is <= 0; theta is rejected when the
+    contrast's bound shows it is not, and the bound on R is the edge of the thetas kept. An
+    upper bound past `limit` is reported as infinity (the denominator may be 0)."""
+    alpha = _check_level(confidence)
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.size == 0:
+        return Bounds(None, 0.0, math.inf, 0, confidence)
+    if weights is not None:
+        # Weights scale numerator and denominator alike: kept in [0, 1] by the largest.
+        w = np.asarray(weights, dtype=float)
+        a, b = a * w / w.max(), b * w / w.max()
+    value = None if b.sum() == 0 else float(a.sum() / b.sum())
+
+    def below(thetas: np.ndarray) -> np.ndarray:  # shown: R < theta
+        return _contrast_shown(a, b, thetas, alpha, above=False)
+
+    def not_above(thetas: np.ndarray) -> np.ndarray:  # not shown: R > theta
+        return ~_contrast_shown(a, b, thetas, alpha, above=True)
+
+    ends = np.array([0.0, limit])
+    upper = _edge(below, 0.0, limit)[1] if below(ends)[1] else math.inf
+    lower = _edge(not_above, 0.0, limit)[0] if not not_above(ends)[0] else 0.0
+    if value is not None:
+        lower, upper = min(lower, value), max(upper, value)
+    return Bounds(value, lower, upper, int(a.size), confidence)
+
+
+# -- perplexity: a change measured on chunks of text --------------------------------------------
+def log_ratio_bounds(differences: Sequence[float], weights: Sequence[float], confidence: float) -> Bounds:
+    """Bounds for a weighted mean of per-chunk differences (of mean log-likelihood per token),
+    from Student's t with n - 1 degrees of freedom on the chunks' spread; weights are the chunks'
+    token counts. A difference that is the same on every chunk has no spread and exact bounds."""
+    _check_level(confidence)
+    d = np.asarray(differences, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    n = d.size
+    if n == 0:
+        return Bounds(None, -math.inf, math.inf, 0, confidence)
+    w = w / w.sum()
+    value = float(np.sum(w * d))
+    if n == 1:
+        return Bounds(value, -math.inf, math.inf, 1, confidence)
+    # Standard error of a weighted mean of n chunks (equal weights: s / sqrt(n)).
+    se = math.sqrt(float(np.sum(w**2 * (d - value) ** 2)) * n / (n - 1))
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(confidence, n - 1)) * se
+    return Bounds(value, value - half, value + half, n, confidence)
+
+
+MOST_ITEMS_TO_SETTLE = 10_000_000  # past this, "more items" is no answer worth giving
+
+
+def items_to_settle(bounds: Bounds, limit: float, upper_side_decides_pass: bool = True) -> int | None:
+    """About how many more items would move the bound that decides past `limit`, if the estimate
+    holds and the interval narrows as 1/sqrt(n). None when it cannot be said (no estimate, no
+    spread, or the estimate sits on the limit)."""
+    if bounds.value is None or bounds.n == 0 or bounds.lower is None or bounds.upper is None:
+        return None
+    value = bounds.value
+    if upper_side_decides_pass:
+        # Below the limit: the upper bound must come down to it; above: the lower bound up to it.
+        half, gap = (bounds.upper - value, limit - value) if value < limit else (value - bounds.lower, value - limit)
+    else:
+        half, gap = (value - bounds.lower, value - limit) if value > limit else (bounds.upper - value, limit - value)
+    # An estimate on the limit (to rounding) is not settled by any number of items.
+    if gap <= 1e-9 * max(1.0, abs(limit)) or not math.isfinite(half) or half <= 0:
+        return None
+    more = bounds.n * (half / gap) ** 2 - bounds.n
+    if more > MOST_ITEMS_TO_SETTLE:
+        return None
+    return max(1, math.ceil(more - 1e-9))  # a hair of rounding is not one more item
