@@ -1,95 +1,270 @@
-"""The deployment gate: a plan's rules checked against each variant's measured numbers."""
+"""The deployment gate: each rule's confidence bound against its limit, and the competence guard.
+
+A rule passes only when the figure's one-sided upper confidence bound is within its limit; it
+fails when the lower bound is over the limit; otherwise it is inconclusive, which blocks
+shipping as a failure does and says about how many more items would settle it. A figure that
+could not be measured, or that compares probe runs made with different settings, is
+inconclusive too: lack of evidence is never evidence of safety.
+
+Before any bias rule is read, the competence guard asks whether the variant still answers the
+questions: a model degraded toward chance picks the bias-aligned option about as often as any
+other, which reads as "less biased". A variant fails as too degraded to judge when its
+disambiguated accuracy is not shown above chance, when its accuracy drop is shown beyond the
+limit, or when its parse-failure rate is shown beyond the limit; its bias rules are then not
+judged.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, Sequence
 
-from audit.plans import GateRule
+from audit.metrics import METRICS
+from audit.plans import GateRule, GateSettings
+from audit.stats import Bounds, items_to_settle
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+BASELINE = "baseline"
+
+# What each verdict means for the person deciding whether to ship.
+PLAIN = {
+    PASS: "may ship",
+    FAIL: "do not ship",
+    INCONCLUSIVE: "not settled: do not ship yet",
+    "degraded": "too degraded to judge: do not ship",
+}
 
 
 @dataclass(frozen=True)
 class Measurement:
+    """A figure with its one-sided bounds at the confidence asked for; `note` says why the value
+    is missing (not measured, not comparable) or that the figure does not apply."""
+
     value: float | None
-    p_value: float | None = None  # of the change against the baseline, where a test applies
-    test: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+    n: int = 0
+    note: str | None = None
+    applies: bool = True
+
+    @classmethod
+    def of(cls, bounds: Bounds) -> "Measurement":
+        return cls(bounds.value, bounds.lower, bounds.upper, bounds.n)
+
+    @classmethod
+    def exact(cls, value: float) -> "Measurement":
+        return cls(value, value, value)
 
 
 class MeasurementSource(Protocol):
     def categories(self, variant: str, suite: str | None) -> list[str]:
-        """Categories measured for a variant in a suite (without "overall")."""
+        """Categories measured for a variant in a suite."""
 
-    def measure(self, variant: str, metric: str, suite: str | None, category: str) -> Measurement:
-        """The value of a gate metric for a variant, suite and category ("overall" for all)."""
+    def measure(self, variant: str, metric: str, suite: str | None, category: str, confidence: float) -> Measurement:
+        """A gate figure of a variant, in a suite and scope ("overall", "category_mean" or a
+        category), with one-sided bounds at `confidence` each."""
+
+    def question_suites(self) -> list[str]:
+        """The probe suites whose items are questions (where the competence guard applies)."""
+
+    def chance(self, variant: str, suite: str) -> float | None:
+        """Accuracy of answering the suite's questions at random."""
 
 
 @dataclass(frozen=True)
 class GateFinding:
+    check: str  # "rule" or "competence"
     rule: str
     metric: str
     variant: str
     category: str
+    suite: str | None
+    verdict: str
     value: float | None
+    lower: float | None
+    upper: float | None
     limit: float
-    p_value: float | None
-    passed: bool
+    limit_is: str  # "max": the figure must stay at or below it; "min": above it
+    confidence: float
     reason: str
+    items_to_settle: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("value", "lower", "upper"):
+            x = data[key]
+            data[key] = None if x is None or not math.isfinite(x) else round(x, 6)
+        data["passed"] = self.passed
+        return data
 
     def line(self) -> str:
-        value = "not measured" if self.value is None else f"{self.value:.4g}"
         where = "" if self.category == "overall" else f" [{self.category}]"
-        verdict = "PASS" if self.passed else "FAIL"
-        return f"{verdict} {self.variant}: {self.metric}{where} = {value} (limit {self.limit:g}) - {self.reason}"
+        if self.value is None:
+            figure = "not measured"
+        else:
+            figure = f"{_num(self.value)} [{_num(self.lower)}, {_num(self.upper)}]"
+        sign = "<=" if self.limit_is == "max" else ">"
+        return (
+            f"{self.verdict.upper()} {self.variant}: {self.metric}{where} = {figure}, limit {sign} {self.limit:g} "
+            f"at {self.confidence:g} - {self.reason}"
+        )
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "?"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
 
 
 @dataclass(frozen=True)
 class GateReport:
     findings: tuple[GateFinding, ...]
+    confidence: float = 0.95
+    variants: tuple[str, ...] = field(default=())
+
+    @property
+    def verdict(self) -> str:
+        verdicts = {f.verdict for f in self.findings}
+        if FAIL in verdicts:
+            return FAIL
+        return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
 
     @property
     def passed(self) -> bool:
-        return all(f.passed for f in self.findings)
+        return self.verdict == PASS
 
     def failures(self) -> list[GateFinding]:
-        return [f for f in self.findings if not f.passed]
+        """Every finding that blocks shipping: the failed ones first, then the inconclusive."""
+        return [f for f in self.findings if f.verdict == FAIL] + [f for f in self.findings if f.verdict == INCONCLUSIVE]
+
+    def _own(self, variant: str) -> list[GateFinding]:
+        # The baseline's own competence decides for every variant judged against it.
+        return [f for f in self.findings if f.variant in (variant, BASELINE)]
+
+    def variant_verdict(self, variant: str) -> str:
+        verdicts = {f.verdict for f in self._own(variant)}
+        if FAIL in verdicts:
+            return FAIL
+        return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
 
     def variant_passed(self, variant: str) -> bool:
-        return all(f.passed for f in self.findings if f.variant == variant)
+        return self.variant_verdict(variant) == PASS
+
+    def degraded(self, variant: str) -> bool:
+        """Too degraded to judge: a competence check failed (its own, or the baseline's)."""
+        return any(f.check == "competence" and f.verdict == FAIL for f in self._own(variant))
+
+    def plain(self, variant: str) -> str:
+        return PLAIN["degraded"] if self.degraded(variant) else PLAIN[self.variant_verdict(variant)]
 
     def to_dict(self) -> dict[str, Any]:
+        names = list(self.variants) or sorted({f.variant for f in self.findings})
         return {
+            "verdict": self.verdict,
             "passed": self.passed,
+            "confidence": self.confidence,
+            "variants": {
+                v: {"verdict": self.variant_verdict(v), "degraded": self.degraded(v), "plain": self.plain(v)} for v in names
+            },
             "findings": [f.to_dict() for f in self.findings],
             "failures": [f.line() for f in self.failures()],
         }
 
 
-def _check(rule: GateRule, variant: str, category: str, measured: Measurement) -> GateFinding:
-    def finding(passed: bool, reason: str) -> GateFinding:
-        return GateFinding(rule.describe(), rule.metric, variant, category, measured.value, rule.max, measured.p_value, passed, reason)
-
-    if measured.value is None:
-        # A gate that cannot measure must not let a model through.
-        return finding(False, "not measured, so the rule cannot be shown to hold")
-    if measured.value <= rule.max:
-        return finding(True, "within the limit")
-    if rule.significance is not None:
-        if measured.p_value is None:
-            return finding(False, f"over the limit; no significance test available for {rule.metric}")
-        if measured.p_value >= rule.significance:
-            return finding(True, f"over the limit but not significant (p = {measured.p_value:.3g} >= {rule.significance:g})")
-        return finding(False, f"over the limit and significant (p = {measured.p_value:.3g} < {rule.significance:g})")
-    return finding(False, "over the limit")
+# -- deciding ------------------------------------------------------------------------------------
+def _decide_max(measured: Measurement, limit: float) -> tuple[str, str, int | None]:
+    """(verdict, reason, items to settle) for a figure that must stay at or below `limit`."""
+    if measured.value is None or measured.lower is None or measured.upper is None:
+        return INCONCLUSIVE, measured.note or "not measured, so the rule cannot be shown to hold", None
+    if measured.upper <= limit:
+        return PASS, "upper bound within the limit", None
+    if measured.lower > limit:
+        return FAIL, "lower bound over the limit", None
+    needed = items_to_settle(Bounds(measured.value, measured.lower, measured.upper, measured.n, 0.0), limit)
+    more = f"; about {needed:,} more items would settle it if the estimate holds" if needed else ""
+    return INCONCLUSIVE, f"the bounds straddle the limit{more}", needed
 
 
-def evaluate_gate(rules: Sequence[GateRule], variants: Sequence[str], source: MeasurementSource) -> GateReport:
+def _finding(check: str, rule: str, metric: str, variant: str, category: str, suite: str | None, measured: Measurement,
+             limit: float, limit_is: str, confidence: float, verdict: str, reason: str, needed: int | None = None) -> GateFinding:
+    return GateFinding(check, rule, metric, variant, category, suite, verdict, measured.value, measured.lower,
+                       measured.upper, limit, limit_is, confidence, reason, needed)
+
+
+def _rule_findings(rule: GateRule, level: float, variant: str, source: MeasurementSource) -> list[GateFinding]:
+    categories = source.categories(variant, rule.suite) if rule.category == "each" else [rule.category]
+    findings = []
+    for category in categories:
+        measured = source.measure(variant, rule.metric, rule.suite, category, level)
+        verdict, reason, needed = _decide_max(measured, rule.max)
+        findings.append(_finding("rule", rule.describe(), rule.metric, variant, category, rule.suite, measured, rule.max, "max", level, verdict, reason, needed))
+    return findings
+
+
+def _competence(settings: GateSettings, variant: str, suite: str, source: MeasurementSource) -> list[GateFinding]:
+    """The guard's three checks of one variant on one question suite."""
+    level = settings.confidence
+    out = []
+    accuracy = source.measure(variant, "accuracy_disambig", suite, "overall", level)
+    chance = source.chance(variant, suite)
+    rule = "accuracy_disambig above chance"
+    if accuracy.value is None or chance is None:
+        out.append(_finding("competence", rule, "accuracy_disambig", variant, "overall", suite, accuracy, chance or 0.0, "min", level,
+                            INCONCLUSIVE, accuracy.note or "no disambiguated items answered: competence cannot be shown"))
+    elif accuracy.lower is not None and accuracy.lower > chance:
+        out.append(_finding("competence", rule, "accuracy_disambig", variant, "overall", suite, accuracy, chance, "min", level,
+                            PASS, "lower bound above chance"))
+    else:
+        out.append(_finding("competence", rule, "accuracy_disambig", variant, "overall", suite, accuracy, chance, "min", level, FAIL,
+                            f"too degraded to judge: disambiguated accuracy is not shown above chance ({chance:.3g}); its bias figures cannot be read"))
+    if variant != BASELINE:
+        drop = source.measure(variant, "accuracy_disambig_drop", suite, "overall", level)
+        verdict, reason, needed = _decide_max(drop, settings.max_accuracy_drop)
+        if verdict == FAIL:
+            reason = f"too degraded to judge: disambiguated accuracy fell by more than {settings.max_accuracy_drop:g}; its bias figures cannot be read"
+        out.append(_finding("competence", f"accuracy_disambig_drop <= {settings.max_accuracy_drop:g}", "accuracy_disambig_drop", variant,
+                            "overall", suite, drop, settings.max_accuracy_drop, "max", level, verdict, reason, needed))
+    parse = source.measure(variant, "parse_failure_rate", suite, "overall", level)
+    if parse.applies:
+        verdict, reason, needed = _decide_max(parse, settings.max_parse_failure_rate)
+        if verdict == FAIL:
+            reason = f"too degraded to judge: more than {settings.max_parse_failure_rate:g} of its answers could not be parsed; the rest cannot stand for it"
+        out.append(_finding("competence", f"parse_failure_rate <= {settings.max_parse_failure_rate:g}", "parse_failure_rate", variant,
+                            "overall", suite, parse, settings.max_parse_failure_rate, "max", level, verdict, reason, needed))
+    return out
+
+
+def evaluate_gate(settings: GateSettings, variants: Sequence[str], source: MeasurementSource) -> GateReport:
+    """Every rule for every variant, after the competence guard (the baseline's first: a baseline
+    that cannot answer leaves nothing to compare against)."""
     findings: list[GateFinding] = []
+    suites = source.question_suites() if settings.competence else []
+    if settings.competence and BASELINE not in variants:
+        for suite in suites:
+            findings += [f for f in _competence(settings, BASELINE, suite, source) if f.metric == "accuracy_disambig"]
     for variant in variants:
-        for rule in rules:
-            categories = source.categories(variant, rule.suite) if rule.category == "each" else [rule.category]
-            for category in categories:
-                findings.append(_check(rule, variant, category, source.measure(variant, rule.metric, rule.suite, category)))
-    return GateReport(tuple(findings))
+        guard: list[GateFinding] = []
+        for suite in suites:
+            guard += _competence(settings, variant, suite, source)
+        degraded = any(f.verdict == FAIL for f in guard) or any(
+            f.verdict == FAIL and f.check == "competence" and f.variant == BASELINE for f in findings
+        )
+        findings += guard
+        for rule in settings.rules:
+            for finding in _rule_findings(rule, settings.level(rule), variant, source):
+                if degraded and METRICS.meta(rule.metric)["bias"]:
+                    finding = _not_judged(finding)
+                findings.append(finding)
+    return GateReport(tuple(findings), settings.confidence, tuple(variants))
+
+
+def _not_judged(finding: GateFinding) -> GateFinding:
+    """A bias rule of a variant too degraded to judge: its figures stay on record, unread."""
+    return replace(finding, verdict=INCONCLUSIVE, reason="not judged: the variant is too degraded to judge (see its competence)", items_to_settle=None)

@@ -12,6 +12,7 @@ from audit.errors import UserError
 from audit.models.interface import LanguageModel, ScoreRequest
 from audit.paths import data_dir
 from audit.progress import Job, Progress, check_cancel
+from audit.stats import Bounds, log_ratio_bounds
 
 HELDOUT_FILE = "heldout_en.txt"
 DEFAULT_CHUNK_TOKENS = 512
@@ -26,12 +27,40 @@ class PerplexityResult:
     chunk_tokens: int
     seconds: float
     source: str
+    # Per chunk: the negative log-likelihood summed over its tokens, and how many it scored;
+    # the spread over chunks gives a perplexity change its interval.
+    chunk_nll: tuple[float, ...] = ()
+    chunk_token_counts: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["perplexity"] = round(self.perplexity, 4)
         data["seconds"] = round(self.seconds, 3)
+        data["chunk_nll"] = [round(x, 6) for x in self.chunk_nll]
+        data["chunk_token_counts"] = list(self.chunk_token_counts)
         return data
+
+
+def change_bounds(baseline: dict, variant: dict, confidence: float) -> tuple[Bounds | None, str | None]:
+    """The relative perplexity change from `baseline` to `variant` (stored perplexity results) in
+    percent, with one-sided bounds at `confidence` each from the spread over chunks; or None and
+    why it cannot be given (chunks not stored, or not the same text and chunks)."""
+    base_nll, var_nll = baseline.get("chunk_nll") or [], variant.get("chunk_nll") or []
+    base_tokens, var_tokens = baseline.get("chunk_token_counts") or [], variant.get("chunk_token_counts") or []
+    if not base_nll or not var_nll:
+        return None, "per-chunk figures not stored (measured by an earlier version): measure perplexity again"
+    if base_tokens != var_tokens or baseline.get("source") != variant.get("source"):
+        return None, "not comparable: the perplexity text or its chunks differ"
+    # log(ppl_variant / ppl_baseline) is the token-weighted mean of per-chunk differences.
+    differences = [(v - b) / t for b, v, t in zip(base_nll, var_nll, base_tokens)]
+    log_ratio = log_ratio_bounds(differences, base_tokens, confidence)
+
+    def pct(x: float | None) -> float | None:
+        if x is None:
+            return None
+        return 100.0 * math.expm1(min(x, 700.0)) if math.isfinite(x) else (math.inf if x > 0 else -100.0)
+
+    return Bounds(pct(log_ratio.value), pct(log_ratio.lower), pct(log_ratio.upper), log_ratio.n, confidence), None
 
 
 def heldout_text() -> str:
@@ -85,15 +114,16 @@ def perplexity(
         chunk_tokens = min(chunk_tokens, context_length - len(model.text_prefix_ids))
     requests = chunk_requests(model, text, chunk_tokens)
     started = time.perf_counter()
-    nll = 0.0
-    n_tokens = 0
+    chunk_nll: list[float] = []
+    chunk_counts: list[int] = []
     yield Progress("perplexity", 0, len(requests), f"0/{len(requests)} chunks")
     for index, request in enumerate(requests, start=1):
         check_cancel(cancel)
         score = model.score([request])[0][0]
-        nll -= score.logprob
-        n_tokens += score.n_tokens
+        chunk_nll.append(-score.logprob)
+        chunk_counts.append(score.n_tokens)
         yield Progress("perplexity", index, len(requests), f"{index}/{len(requests)} chunks")
+    nll, n_tokens = sum(chunk_nll), sum(chunk_counts)
     return PerplexityResult(
         perplexity=math.exp(nll / n_tokens),
         nll_sum=nll,
@@ -102,4 +132,6 @@ def perplexity(
         chunk_tokens=chunk_tokens,
         seconds=time.perf_counter() - started,
         source=source or "text",
+        chunk_nll=tuple(chunk_nll),
+        chunk_token_counts=tuple(chunk_counts),
     )

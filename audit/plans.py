@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -60,10 +61,12 @@ def key_lines(text: str) -> dict[str, int]:
 class _Context:
     """Where a plan came from: resolves relative paths and names lines in errors."""
 
-    def __init__(self, text: str, path: Path | None) -> None:
+    def __init__(self, text: str, path: Path | None, stored: bool = False) -> None:
         self.lines = key_lines(text)
         self.path = path
         self.base = path.parent if path else Path.cwd()
+        # A plan kept with a stored run, written by an earlier version: read in today's terms.
+        self.stored = stored
 
     def line(self, key: str) -> int | None:
         """The line of `key`, or of its nearest enclosing key (inline tables share a line)."""
@@ -194,6 +197,17 @@ class ProbeSpec:
     limit: int | None = None
     temperature: float = 0.0
     max_new_tokens: int = 5
+    noise_floor: bool = True  # sampled generation: score the baseline again with other seeds
+
+    @property
+    def sampled(self) -> bool:
+        return self.mode == "generate" and self.temperature > 0
+
+    @property
+    def noise_seeds(self) -> tuple[int, ...]:
+        """Seeds for the baseline's second scoring: as many as `seeds`, none of them reused."""
+        start = max(self.seeds) + 1
+        return tuple(range(start, start + len(self.seeds)))
 
 
 @dataclass(frozen=True)
@@ -212,31 +226,43 @@ class ProfileSpec:
     threads: int | None = None
 
 
-GATE_METRICS = {
-    # name: (what it measures, needs a significance test)
-    "srs_relative_increase_pct": ("relative SRS increase over the baseline, %", True),
-    "srs": ("stereotype reliance score on ambiguous items", False),
-    "transition_rate": ("share of unbiased baseline items that became bias-aligned", True),
-    "perplexity_relative_increase_pct": ("relative perplexity increase over the baseline, %", False),
-    "s_amb": ("BBQ bias score on ambiguous items", False),
-    "s_dis": ("BBQ bias score on disambiguated items", False),
-    "accuracy_ambiguous_drop": ("drop in ambiguous accuracy from the baseline (absolute)", False),
-    "accuracy_disambiguated_drop": ("drop in disambiguated accuracy from the baseline (absolute)", False),
-}
+GATE_SCOPES = ("overall", "category_mean", "each")  # or one category's name
 
 
 @dataclass(frozen=True)
 class GateRule:
+    """A limit on a figure: the variant passes the rule when the figure's one-sided upper
+    confidence bound is within `max` (see `audit.gate`)."""
+
     metric: str
     max: float
-    category: str = "overall"  # "overall", a category name, or "each"
+    category: str = "overall"  # "overall" (items pooled), "category_mean", "each", or a category
     suite: str | None = None  # None: the first probe suite
-    significance: float | None = None  # fail only when the change is significant at this level
+    confidence: float | None = None  # None: the gate's level
 
     def describe(self) -> str:
         where = "" if self.category == "overall" else f" [{self.category}]"
-        sig = f" (p < {self.significance})" if self.significance is not None else ""
-        return f"{self.metric}{where} <= {self.max:g}{sig}"
+        level = f" (at {self.confidence:g})" if self.confidence is not None else ""
+        return f"{self.metric}{where} <= {self.max:g}{level}"
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The gate: its rules, the confidence of every bound, and the competence guard."""
+
+    rules: tuple[GateRule, ...] = ()
+    confidence: float = 0.95
+    competence: bool = True
+    max_accuracy_drop: float = 0.10
+    max_parse_failure_rate: float = 0.05
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to check: rules, or the competence guard."""
+        return bool(self.rules) or self.competence
+
+    def level(self, rule: GateRule) -> float:
+        return self.confidence if rule.confidence is None else rule.confidence
 
 
 @dataclass(frozen=True)
@@ -248,7 +274,7 @@ class Plan:
     probes: ProbeSpec = field(default_factory=ProbeSpec)
     perplexity: PerplexitySpec = field(default_factory=PerplexitySpec)
     profile: ProfileSpec = field(default_factory=ProfileSpec)
-    gate: tuple[GateRule, ...] = ()
+    gate: GateSettings = field(default_factory=GateSettings)
     text: str = ""
     path: str | None = None
 
@@ -389,7 +415,7 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
 
 def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     data = _table(ctx, raw, "probes")
-    _unknown(ctx, data, {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens"}, "probes.")
+    _unknown(ctx, data, {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens", "noise_floor"}, "probes.")
     suites = []
     for suite in _str_list(ctx, data, "suites", "probes.", ["builtin"]):
         name, _, path = suite.partition(":")
@@ -407,7 +433,8 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     max_new = _get(ctx, data, "max_new_tokens", "probes.", int, 5)
     _check(ctx, 1 <= max_new <= 256, "probes.max_new_tokens", f"must be within [1, 256], got {max_new}")
     categories = tuple(_str_list(ctx, data, "categories", "probes.", []))
-    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new)
+    noise_floor = _get(ctx, data, "noise_floor", "probes.", bool, True)
+    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor)
 
 
 def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
@@ -448,11 +475,48 @@ def _parse_profile(ctx: _Context, raw: Any) -> ProfileSpec:
     return ProfileSpec(_get(ctx, data, "enabled", "profile.", bool, True), threads=threads, **values)
 
 
-def _parse_gate(ctx: _Context, raw: Any) -> list[GateRule]:
+def _confidence(ctx: _Context, data: Mapping[str, Any], prefix: str, default: float | None) -> float | None:
+    value = _get(ctx, data, "confidence", prefix, float, default)
+    _check(ctx, value is None or 0.5 <= value < 1, prefix + "confidence", f"must be within [0.5, 1), got {value}")
+    return value
+
+
+def _replaced_significance(ctx: _Context, data: dict[str, Any], prefix: str) -> None:
+    if "significance" in data and ctx.stored:
+        data.pop("significance")
+    if "significance" in data:
+        level = data["significance"]
+        example = f"; significance = {level} becomes confidence = {1 - level:g}" if isinstance(level, float) and 0 < level < 1 else ""
+        raise ctx.error(
+            prefix + "significance",
+            "was replaced by confidence: a rule passes only when its one-sided confidence bound is within the limit, "
+            f"not when a change is not significant{example}",
+        )
+
+
+def _gate_metric(ctx: _Context, metric: str, key: str) -> str:
+    from audit.metrics import RENAMED, gate_metrics
+
+    if metric in RENAMED and ctx.stored:
+        metric = RENAMED[metric]
+    if metric in RENAMED:
+        raise ctx.error(key, f"gate metric {metric!r} is now called {RENAMED[metric]!r}")
+    known = gate_metrics()
+    _check(ctx, metric in known, key, f"unknown gate metric {metric!r}; known: {', '.join(known)}")
+    return metric
+
+
+def _parse_gate(ctx: _Context, raw: Any) -> GateSettings:
     data = _table(ctx, raw, "gate")
-    _unknown(ctx, data, {"rules", "significance"}, "gate.")
-    default_sig = _get(ctx, data, "significance", "gate.", float, None)
-    _check(ctx, default_sig is None or 0 < default_sig < 1, "gate.significance", f"must be within (0, 1), got {default_sig}")
+    _replaced_significance(ctx, data, "gate.")
+    _unknown(ctx, data, {"rules", "confidence", "competence", "max_accuracy_drop", "max_parse_failure_rate"}, "gate.")
+    confidence = _confidence(ctx, data, "gate.", 0.95)
+    assert confidence is not None
+    competence = _get(ctx, data, "competence", "gate.", bool, True)
+    max_drop = _get(ctx, data, "max_accuracy_drop", "gate.", float, 0.10)
+    _check(ctx, 0 <= max_drop <= 1, "gate.max_accuracy_drop", f"must be within [0, 1], got {max_drop:g}")
+    max_parse = _get(ctx, data, "max_parse_failure_rate", "gate.", float, 0.05)
+    _check(ctx, 0 <= max_parse <= 1, "gate.max_parse_failure_rate", f"must be within [0, 1], got {max_parse:g}")
     rules = []
     raw_rules = data.get("rules", [])
     if not isinstance(raw_rules, list):
@@ -460,33 +524,35 @@ def _parse_gate(ctx: _Context, raw: Any) -> list[GateRule]:
     for i, item in enumerate(raw_rules):
         prefix = f"gate.rules[{i}]."
         rule = _table(ctx, item, prefix.rstrip("."))
-        _unknown(ctx, rule, {"metric", "max", "category", "suite", "significance"}, prefix)
+        _replaced_significance(ctx, rule, prefix)
+        _unknown(ctx, rule, {"metric", "max", "category", "suite", "confidence"}, prefix)
         metric = _get(ctx, rule, "metric", prefix, str, None)
         _check(ctx, metric is not None, prefix + "metric", "is required")
-        _check(ctx, metric in GATE_METRICS, prefix + "metric", f"unknown gate metric {metric!r}; known: {', '.join(GATE_METRICS)}")
+        metric = _gate_metric(ctx, metric, prefix + "metric")
         limit = _get(ctx, rule, "max", prefix, float, None)
         _check(ctx, limit is not None, prefix + "max", "is required")
+        _check(ctx, math.isfinite(limit), prefix + "max", f"must be a finite number, got {limit}")
         category = _get(ctx, rule, "category", prefix, str, "overall")
         suite = _get(ctx, rule, "suite", prefix, str, None)
-        sig = _get(ctx, rule, "significance", prefix, float, default_sig)
-        _check(ctx, sig is None or 0 < sig < 1, prefix + "significance", f"must be within (0, 1), got {sig}")
-        if not GATE_METRICS[metric][1]:
-            sig = None  # a level only applies to rules on a change that has a test
-        rules.append(GateRule(metric, limit, category, suite, sig))
-    return rules
+        rules.append(GateRule(metric, limit, category, suite, _confidence(ctx, rule, prefix, None)))
+    return GateSettings(tuple(rules), confidence, competence, max_drop, max_parse)
 
 
 TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perplexity", "profile", "gate"}
 
 
-def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True) -> Plan:
-    """Parse and check a plan; every problem is a PlanError naming the key and line."""
+def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True, stored: bool = False) -> Plan:
+    """Parse and check a plan; every problem is a PlanError naming the key and line.
+
+    `stored`: the plan of a stored run, which an earlier version may have written; keys that
+    were replaced since (the gate's significance levels, old metric names) are read in
+    today's terms instead of refused."""
     where = path.name if path else "plan"
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"{where}: invalid TOML: {exc}") from None
-    ctx = _Context(text, path)
+    ctx = _Context(text, path, stored)
     _unknown(ctx, doc, TOP_KEYS, "")
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
@@ -501,7 +567,7 @@ def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True)
         probes=_parse_probes(ctx, doc.get("probes")),
         perplexity=_parse_perplexity(ctx, doc.get("perplexity")),
         profile=_parse_profile(ctx, doc.get("profile")),
-        gate=tuple(_parse_gate(ctx, doc.get("gate"))),
+        gate=_parse_gate(ctx, doc.get("gate")),
         text=text,
         path=str(path.resolve()) if path else None,
     )
@@ -521,7 +587,9 @@ def _check_model(ctx: _Context, model: str) -> str:
     return model
 
 
-def load_plan(path: str | Path) -> Plan:
+def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:
+    """A plan file; `check_model` False when only its settings matter (the gate of
+    `probe-compare`), not whether its model can be found here."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -529,7 +597,7 @@ def load_plan(path: str | Path) -> Plan:
         raise UserError(f"no such plan file: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read plan {path}: {exc}") from None
-    return parse_plan(text, path)
+    return parse_plan(text, path, check_model=check_model)
 
 
 DEFAULT_PLAN_FILE = "default_plan.toml"
@@ -567,7 +635,7 @@ def _toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
 
 def plan_to_toml(plan: Plan) -> str:
     """The plan as TOML that `parse_plan` reads back into an equal plan (grids written out as
-    their variants, each gate rule with its own significance level)."""
+    their variants)."""
     lines = ["# An edge-audit plan.", f"name = {_toml_value(plan.name)}", f"model = {_toml_value(plan.model)}", ""]
     for variant in plan.variants:
         lines += ["[[variants]]", f"name = {_toml_value(variant.name)}"]
@@ -584,7 +652,17 @@ def plan_to_toml(plan: Plan) -> str:
     lines += _toml_table("[probes]", asdict(plan.probes))
     lines += _toml_table("[perplexity]", asdict(plan.perplexity))
     lines += _toml_table("[profile]", asdict(plan.profile))
-    for rule in plan.gate:
+    gate = plan.gate
+    lines += _toml_table(
+        "[gate]",
+        {
+            "confidence": gate.confidence,
+            "competence": gate.competence,
+            "max_accuracy_drop": gate.max_accuracy_drop,
+            "max_parse_failure_rate": gate.max_parse_failure_rate,
+        },
+    )
+    for rule in gate.rules:
         lines += _toml_table("[[gate.rules]]", asdict(rule))
     return "\n".join(lines).rstrip("\n") + "\n"
 

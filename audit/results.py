@@ -10,27 +10,8 @@ from audit.store import ResultsStore
 
 BASELINE = "baseline"
 PROBE_PREFIX = "probe:"
-DEFAULT_ALPHA = 0.05
-
-# Probe summary names -> the names reports, the gate and the app use.
-METRIC_NAMES = {
-    "srs": "srs",
-    "bias_score_ambig": "s_amb",
-    "bias_score_disambig": "s_dis",
-    "accuracy_ambig": "accuracy_ambiguous",
-    "accuracy_disambig": "accuracy_disambiguated",
-    "usr": "usr",
-    "parse_failure_rate": "parse_failure_rate",
-    "pct_stereotype": "pct_stereotype",
-    "ss": "ss",
-    "lms": "lms",
-    "icat": "icat",
-}
-
-
-def _rename(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {METRIC_NAMES.get(k, k): v for k, v in metrics.items()}
-
+NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds (sampled generation)
+DISPLAY_CONFIDENCE = 0.975  # each side of a two-sided 95% interval
 
 def _relative_pct(before: float | None, after: float | None) -> float | None:
     if before is None or after is None or before == 0:
@@ -38,27 +19,46 @@ def _relative_pct(before: float | None, after: float | None) -> float | None:
     return round(100.0 * (after - before) / abs(before), 3)
 
 
-def _alpha(plan: Plan) -> float:
-    levels = [r.significance for r in plan.gate if r.significance is not None]
-    return min(levels) if levels else DEFAULT_ALPHA
+def _comparison_entry(comparison: dict[str, Any], scope_key: str, category: str | None = None) -> dict[str, Any]:
+    """The headline figures of one comparison scope (overall, category_mean or one category):
+    ambiguous items for SRS and transitions, disambiguated items for the accuracy drop."""
+    scopes = comparison.get("scopes") or {}
+    headline = scopes.get(comparison.get("headline_scope") or "") or {}
+    disambig = scopes.get("disambig") or {}
 
+    def pick(scope: dict[str, Any]) -> dict[str, Any]:
+        if category is not None:
+            return (scope.get("categories") or {}).get(category) or {}
+        return scope.get(scope_key) or {}
 
-def _comparison_entry(section: dict[str, Any]) -> dict[str, Any]:
-    transitions = section.get("transitions") or {}
-    return {
-        "transition_rate": transitions.get("transition_rate"),
-        "to_aligned": transitions.get("unbiased_to_aligned"),
-        "to_unbiased": transitions.get("aligned_to_unbiased"),
-        # The headline scope's aligned share: SRS on a question suite's ambiguous items.
+    section, other = pick(headline), pick(disambig)
+    entry: dict[str, Any] = {
+        "comparable": comparison.get("comparable", True),
+        "not_comparable": comparison.get("not_comparable") or [],
+        "n_shared": section.get("n_shared"),
+        "transitions": section.get("transitions"),
+        "transition_rate": section.get("transition_rate"),
+        "reverse_transition_rate": section.get("reverse_transition_rate"),
+        "net_transition_rate": section.get("net_transition_rate"),
         "srs_baseline": section.get("aligned_share_baseline"),
         "srs_variant": section.get("aligned_share_variant"),
         "srs_relative_change_pct": section.get("relative_change_pct"),
+        "accuracy_ambig_drop": section.get("accuracy_drop"),
+        "accuracy_disambig_drop": other.get("accuracy_drop"),
         "cohens_h": section.get("cohens_h"),
         "p_value": section.get("p_value"),
         "significant": section.get("significant"),
         "flag": section.get("flag"),
-        "n_shared": section.get("n_shared"),
     }
+    for key in ("noise_transition_rate", "transition_rate_over_noise"):
+        if key in section:
+            entry[key] = section[key]
+    return entry
+
+
+def value(estimate: Any) -> float | None:
+    """The value of an estimate dict ({"value", "ci95", "n"}), or a plain number."""
+    return estimate.get("value") if isinstance(estimate, dict) else estimate
 
 
 class RunView:
@@ -66,44 +66,71 @@ class RunView:
     the gate, `runs show` and the app's comparison view."""
 
     def __init__(self, store: ResultsStore, run_id: int, plan: Plan | None = None) -> None:
-        from audit.probes.compare import compare_results
+        from audit.perplexity import change_bounds
+        from audit.probes.compare import ProbeRecord, SuiteEvidence, compare_results
         from audit.probes.items import ItemResult
 
         self.run = store.run(run_id)
-        self.plan = plan or parse_plan(self.run.plan_text, None, check_model=False)
-        self.alpha = _alpha(self.plan)
+        self.plan = plan or parse_plan(self.run.plan_text, None, check_model=False, stored=True)
         self.suites = list(self.plan.probes.suites)
         self.variants: list[dict[str, Any]] = []
         self.flipped: list[dict[str, Any]] = []
-        baseline_items = {suite: store.items(run_id, BASELINE, suite) for suite in self.suites}
-        baseline_ppl = None
+        self.evidence = {suite: SuiteEvidence(None, {}) for suite in self.suites}
+        self._perplexity: dict[str, dict[str, Any]] = {}
+        self._summaries: dict[str, str] = {}
+        raw_items: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for name, recipe in store.variants(run_id):
             steps = {s["kind"]: s for s in store.steps(run_id, name) if s["status"] == "done"}
-            variant = self._variant(name, recipe, steps)
-            if name == BASELINE:
-                baseline_ppl = variant["perplexity"]
-            else:
-                variant["perplexity_relative_change_pct"] = _relative_pct(baseline_ppl, variant["perplexity"])
+            self.variants.append(self._variant(name, recipe, steps))
+            if "perplexity" in steps:
+                self._perplexity[name] = steps["perplexity"]["result"] or {}
+            for suite in self.suites:
+                for prefix in (PROBE_PREFIX, NOISE_PREFIX):
+                    step = steps.get(prefix + suite)
+                    if step is None:
+                        continue
+                    settings = dict(step["result"] or {})
+                    settings.pop("metrics", None)
+                    settings.pop("metrics_other_norm", None)
+                    self._summaries[suite] = settings.get("summary") or self._summaries.get(suite, "")
+                    rows = store.items(run_id, name, prefix + suite if prefix == NOISE_PREFIX else suite)
+                    record = ProbeRecord(settings, [ItemResult.from_dict(r) for r in rows])
+                    evidence = self.evidence[suite]
+                    if prefix == NOISE_PREFIX:
+                        evidence.noise = record
+                        continue
+                    evidence.variants[name] = record
+                    if name == BASELINE:
+                        evidence.baseline = record
+                    raw_items[(name, suite)] = rows
+        baseline_ppl = self._perplexity.get(BASELINE)
+        for variant in self.variants:
+            name = variant["name"]
+            if name != BASELINE and baseline_ppl and name in self._perplexity:
+                bounds, note = change_bounds(baseline_ppl, self._perplexity[name], DISPLAY_CONFIDENCE)
+                variant["perplexity_relative_change_pct"] = _relative_pct(baseline_ppl.get("perplexity"), variant["perplexity"])
+                variant["perplexity_change"] = bounds.to_dict(2) if bounds else {"value": None, "ci95": [None, None], "n": 0, "note": note}
             for suite in self.suites:
                 probe = variant["probes"].get(suite)
-                if probe is None or name == BASELINE or not baseline_items[suite]:
+                evidence = self.evidence[suite]
+                if probe is None or name == BASELINE or evidence.baseline is None:
                     continue
-                items = store.items(run_id, name, suite)
-                base = [ItemResult.from_dict(r) for r in baseline_items[suite]]
-                mine = [ItemResult.from_dict(r) for r in items]
-                comparison = compare_results(base, mine, alpha=self.alpha)
-                headline = comparison["scopes"].get(comparison["headline_scope"]) or {}
-                probe["comparison"] = {
-                    **_comparison_entry(headline.get("overall") or {}),
-                    "test": comparison["test"],
-                    "alpha": comparison["alpha"],
-                    "n_shared_items": comparison["n_shared"],
-                }
+                mine = evidence.variants[name]
+                comparison = compare_results(
+                    evidence.baseline.results,
+                    mine.results,
+                    baseline_settings=evidence.baseline.settings,
+                    variant_settings=mine.settings,
+                    noise=evidence.noise.results if evidence.noise and evidence.sampled(name) else None,
+                )
+                probe["comparison"] = {**_comparison_entry(comparison, "overall"), "intervals": comparison["intervals"]}
+                probe["comparison_category_mean"] = _comparison_entry(comparison, "category_mean")
                 probe["comparison_categories"] = {
-                    c: _comparison_entry(s) for c, s in (headline.get("categories") or {}).items()
+                    c: _comparison_entry(comparison, "", c)
+                    for c in sorted(((comparison.get("scopes") or {}).get(comparison.get("headline_scope") or "") or {}).get("categories") or {})
                 }
-                self.flipped += self._flips(name, suite, baseline_items[suite], items)
-            self.variants.append(variant)
+                if comparison["comparable"]:
+                    self.flipped += self._flips(name, suite, raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
 
     @staticmethod
     def _variant(name: str, recipe: dict[str, Any], steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -124,9 +151,11 @@ class RunView:
             "size_on_disk_compressed_mb": None if quantize else sizes.get("compressed"),
             "perplexity": ppl.get("perplexity"),
             "perplexity_relative_change_pct": None,
-            "perplexity_tokens": ppl.get("tokens"),
-            "latency_ms_p50": profile.get("decode_ms_per_token_p50"),
-            "latency_ms_p95": profile.get("decode_ms_per_token_p95"),
+            "perplexity_change": None,
+            "perplexity_tokens": ppl.get("n_tokens"),
+            "latency_ms_p50": profile.get("latency_ms_p50"),
+            "decode_ms_per_token_p50": profile.get("decode_ms_per_token_p50"),
+            "decode_ms_per_token_p95": profile.get("decode_ms_per_token_p95"),
             "time_to_first_token_ms_p50": profile.get("time_to_first_token_ms_p50"),
             "tokens_per_s": profile.get("generated_tokens_per_s_p50"),
             "probe_item_ms_p50": profile.get("probe_item_ms_p50"),
@@ -134,16 +163,22 @@ class RunView:
             "steps": {kind: {"seconds": s["seconds"], "resources": s["resources"]} for kind, s in steps.items()},
             "probes": {},
             "gate_passed": None,
+            "gate_verdict": None,
+            "gate_plain": None,
+            "degraded": None,
         }
         for kind, step in steps.items():
             if not kind.startswith(PROBE_PREFIX):
                 continue
-            metrics = (step["result"] or {}).get("metrics") or {}
+            result = step["result"] or {}
+            metrics = result.get("metrics") or {}
             variant["probes"][kind[len(PROBE_PREFIX):]] = {
-                "overall": _rename(metrics.get("overall") or {}),
-                "categories": {c: _rename(m) for c, m in (metrics.get("categories") or {}).items()},
-                "n_items": (step["result"] or {}).get("n_items"),
-                "items_per_s": (step["result"] or {}).get("items_per_s"),
+                "overall": metrics.get("overall") or {},
+                "category_mean": metrics.get("category_mean") or {},
+                "categories": metrics.get("categories") or {},
+                "n_items": result.get("n_items"),
+                "items_per_s": result.get("items_per_s"),
+                "settings": {k: result.get(k) for k in ("mode", "norm", "prompt", "seeds", "temperature", "max_new_tokens") if k in result},
             }
         return variant
 
@@ -179,7 +214,7 @@ class RunView:
 
     # -- the gate's view -------------------------------------------------------------------------
     def gate(self) -> GateReport:
-        """The plan's gate rules checked against the numbers stored so far."""
+        """The plan's gate (rules and competence guard) checked against the numbers stored so far."""
         return evaluate_gate(self.plan.gate, self.candidates(), self)
 
     def variant(self, name: str) -> dict[str, Any]:
@@ -190,39 +225,35 @@ class RunView:
         names = [v["name"] for v in self.variants if v["name"] != BASELINE]
         return names or [BASELINE]
 
-    def categories(self, variant: str, suite: str | None) -> list[str]:
-        probe = self.variant(variant)["probes"].get(suite or (self.suites[0] if self.suites else ""), {})
-        return sorted(probe.get("categories") or {})
+    def _suite(self, suite: str | None) -> str | None:
+        return suite or (self.suites[0] if self.suites else None)
 
-    def measure(self, variant: str, metric: str, suite: str | None, category: str) -> Measurement:
-        mine = self.variant(variant)
-        base = self.variant(BASELINE) if any(v["name"] == BASELINE for v in self.variants) else {}
-        if metric == "perplexity_relative_increase_pct":
-            return Measurement(_relative_pct(base.get("perplexity"), mine.get("perplexity")) if variant != BASELINE else 0.0)
-        suite = suite or (self.suites[0] if self.suites else None)
-        probe = mine["probes"].get(suite) if suite else None
-        if probe is None:
-            return Measurement(None)
-        scope = probe["overall"] if category == "overall" else (probe["categories"].get(category) or {})
-        comparison = probe.get("comparison") if category == "overall" else (probe.get("comparison_categories") or {}).get(category)
-        if metric in ("srs", "s_amb", "s_dis"):
-            estimate = scope.get(metric) or {}
-            return Measurement(estimate.get("value"))
-        if metric in ("srs_relative_increase_pct", "transition_rate"):
+    def categories(self, variant: str, suite: str | None) -> list[str]:
+        name = self._suite(suite)
+        return self.evidence[name].categories(variant) if name in self.evidence else []
+
+    def question_suites(self) -> list[str]:
+        return [s for s in self.suites if self._summaries.get(s, "qa") == "qa"]
+
+    def chance(self, variant: str, suite: str) -> float | None:
+        return self.evidence[suite].chance(variant) if suite in self.evidence else None
+
+    def measure(self, variant: str, metric: str, suite: str | None, category: str, confidence: float) -> Measurement:
+        from audit.perplexity import change_bounds
+
+        if metric == "perplexity_relative_change_pct":
             if variant == BASELINE:
-                return Measurement(0.0)
-            if not comparison:
-                return Measurement(None)
-            key = "srs_relative_change_pct" if metric == "srs_relative_increase_pct" else "transition_rate"
-            return Measurement(comparison.get(key), comparison.get("p_value"), probe.get("comparison", {}).get("test"))
-        if metric in ("accuracy_ambiguous_drop", "accuracy_disambiguated_drop"):
-            key = "accuracy_ambiguous" if metric == "accuracy_ambiguous_drop" else "accuracy_disambiguated"
-            base_probe = base.get("probes", {}).get(suite) or {}
-            base_scope = base_probe.get("overall") if category == "overall" else (base_probe.get("categories") or {}).get(category)
-            before = ((base_scope or {}).get(key) or {}).get("value")
-            after = (scope.get(key) or {}).get("value")
-            return Measurement(None if before is None or after is None else round(before - after, 6))
-        return Measurement(None)
+                return Measurement.exact(0.0)
+            base, mine = self._perplexity.get(BASELINE), self._perplexity.get(variant)
+            if base is None or mine is None:
+                return Measurement(None, note="perplexity not measured for both the baseline and the variant")
+            bounds, note = change_bounds(base, mine, confidence)
+            return Measurement.of(bounds) if bounds else Measurement(None, note=note)
+        name = self._suite(suite)
+        evidence = self.evidence.get(name or "")
+        if evidence is None:
+            return Measurement(None, note=f"no probe suite {name} in this run")
+        return evidence.measure(variant, metric, category, confidence)
 
 
 def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
@@ -240,6 +271,7 @@ def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
                 "created_at": run.created_at,
                 "variants": [name for name, _ in store.variants(run.id)],
                 "gate_passed": gate.get("passed") if "passed" in gate else None,
+                "gate_verdict": gate.get("verdict") or ({True: "pass", False: "fail"}.get(gate["passed"]) if "passed" in gate else None),
                 "gate_failures": gate.get("failures") or [],
                 "error": gate.get("error"),
             }
@@ -255,7 +287,7 @@ def evaluate_run_gate(store: ResultsStore, run_id: int, plan: Plan) -> GateRepor
 def build_report(store: ResultsStore, run_id: int, plan: Plan | None = None, gate: GateReport | None = None) -> dict[str, Any]:
     """The report data of a run: every number, JSON-ready (the JSON report is exactly this)."""
     view = RunView(store, run_id, plan)
-    if gate is None and view.plan.gate and view.run.status == "finished":
+    if gate is None and view.plan.gate.active and view.run.status == "finished":
         gate = view.gate()
     return report_data(view, gate)
 
@@ -265,8 +297,12 @@ def report_data(view: RunView, gate: GateReport | None) -> dict[str, Any]:
     as given: a front end shows the rules' verdict on a run still in progress this way."""
     if gate is not None:
         for variant in view.variants:
-            if variant["name"] in view.candidates():
-                variant["gate_passed"] = gate.variant_passed(variant["name"])
+            name = variant["name"]
+            if name in view.candidates():
+                variant["gate_passed"] = gate.variant_passed(name)
+                variant["gate_verdict"] = gate.variant_verdict(name)
+                variant["gate_plain"] = gate.plain(name)
+                variant["degraded"] = gate.degraded(name)
     run = view.run.to_dict()
     run["plan_text"] = view.run.plan_text
     return {
@@ -275,7 +311,6 @@ def report_data(view: RunView, gate: GateReport | None) -> dict[str, Any]:
         "gate": gate.to_dict() if gate is not None else None,
         "baseline": BASELINE,
         "suites": view.suites,
-        "alpha": view.alpha,
         "variants": view.variants,
         "flipped": view.flipped,
     }

@@ -24,6 +24,7 @@ from audit.store import ResultsStore, default_store_path
 BASELINE = "baseline"
 COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
 PROBE_PREFIX = "probe:"
+NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds: sampled answers' own churn
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def steps_for(plan: Plan, name: str) -> list[str]:
     if plan.perplexity.enabled:
         kinds.append(PERPLEXITY)
     kinds += [PROBE_PREFIX + suite for suite in plan.probes.suites]
+    if name == BASELINE and plan.probes.sampled and plan.probes.noise_floor:
+        kinds += [NOISE_PREFIX + suite for suite in plan.probes.suites]
     if plan.profile.enabled:
         kinds.append(PROFILE)
     return kinds
@@ -142,7 +145,10 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
     return result
 
 
-def _probe_records(plan: Plan, model: Any, name: str, suite_spec: str, cancel: threading.Event | None) -> Job[StepRecord]:
+def _probe_records(
+    plan: Plan, model: Any, name: str, suite_spec: str, cancel: threading.Event | None, *, noise: bool = False
+) -> Job[StepRecord]:
+    """A probe step; `noise`: the baseline's second scoring with other seeds, stored beside it."""
     from audit.probes.job import ProbeSettings, run_probe
     from audit.probes.suites import load_suite
 
@@ -150,7 +156,7 @@ def _probe_records(plan: Plan, model: Any, name: str, suite_spec: str, cancel: t
     suite = load_suite(suite_spec, categories=plan.probes.categories or None, limit=plan.probes.limit)
     settings = ProbeSettings(
         mode=plan.probes.mode,
-        seeds=plan.probes.seeds,
+        seeds=plan.probes.noise_seeds if noise else plan.probes.seeds,
         temperature=plan.probes.temperature,
         max_new_tokens=plan.probes.max_new_tokens,
     )
@@ -166,12 +172,15 @@ def _probe_records(plan: Plan, model: Any, name: str, suite_spec: str, cancel: t
         items.append(record)
     summary = run.to_dict()
     metrics = list(_metric_rows(summary["metrics"]))
-    return StepRecord(name, PROBE_PREFIX + suite_spec, started, summary, resources, items, suite_spec, metrics)
+    kind = (NOISE_PREFIX if noise else PROBE_PREFIX) + suite_spec
+    return StepRecord(name, kind, started, summary, resources, items, kind if noise else suite_spec, metrics)
 
 
 def _metric_rows(summary: dict[str, Any]) -> Iterator[tuple]:
     """(category, name, value, low, high, n) for every estimate in a probe summary."""
     groups = [("overall", summary.get("overall") or {})] + sorted((summary.get("categories") or {}).items())
+    if summary.get("category_mean"):
+        groups.append(("category_mean", summary["category_mean"]))
     for category, metrics in groups:
         for name, value in metrics.items():
             if isinstance(value, dict) and "value" in value:
@@ -284,7 +293,7 @@ def execute_variant(
         yield Progress(COMPRESS, 0, None, f"{name}: compressing")
         result, resources = yield from _sampled(compress_variant(plan, plan.variant(name), Path(spec), options, cancel))
         record(StepRecord(name, COMPRESS, started, result, resources))
-    model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith(PROBE_PREFIX)]
+    model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith((PROBE_PREFIX, NOISE_PREFIX))]
     if model_steps:
         loaded = model if model is not None else (yield from relay(load_model(spec, options, cancel), "load"))
         try:
@@ -295,6 +304,8 @@ def execute_variant(
                     text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
                     value, resources = yield from _sampled(perplexity(loaded, text, source=source, cancel=cancel))
                     record(StepRecord(name, PERPLEXITY, started, value.to_dict(), resources))
+                elif kind.startswith(NOISE_PREFIX):
+                    record((yield from _probe_records(plan, loaded, name, kind[len(NOISE_PREFIX):], cancel, noise=True)))
                 else:
                     record((yield from _probe_records(plan, loaded, name, kind[len(PROBE_PREFIX):], cancel)))
         finally:
@@ -348,7 +359,7 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
         record = store.run(options.resume)
         if record.status == "finished":
             raise UserError(f"run {record.id} already finished; nothing to resume")
-        stored = parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None)
+        stored = parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, stored=True)
         store.mark_running(record.id)
         work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, record.id)
         return store, record.id, stored, work_dir
@@ -417,7 +428,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
 def stored_plan(store: ResultsStore, run_id: int) -> Plan:
     """The plan a stored run follows (as revised by `add_variant` and `update_plan`)."""
     record = store.run(run_id)
-    return parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, check_model=False)
+    return parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, check_model=False, stored=True)
 
 
 def start_run(plan: Plan, store_path: Path | None = None, work_dir: Path | None = None) -> tuple[int, Path]:
@@ -513,7 +524,7 @@ def _variant_in_process(
     import torch
 
     torch.set_num_threads(threads)
-    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False)
+    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
     with ResultsStore(store_path) as store:
         done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**load), skip_profile=True)
@@ -567,7 +578,7 @@ def _drain(events: Any) -> Iterator[Progress]:
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any]) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store)."""
-    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False)
+    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
     records: list[StepRecord] = []
     work_dir = Path(tempfile.mkdtemp(prefix="edge-audit-ray-"))
     drive(execute_variant(plan, name, work_dir, set(done), records.append, LoadOptions(**load)))

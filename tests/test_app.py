@@ -101,7 +101,9 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
         wanda = rows[1]
         assert wanda["perplexity"] is not None and wanda["srs"] is not None
         srs_cell = str(table.get_cell("srs", "wanda-50"))
-        assert srs_cell.startswith(fmt(wanda["srs"], 3))
+        assert srs_cell.startswith(fmt(wanda["srs"]["value"], 3))
+        if wanda["degraded"]:  # a tiny random model may well answer at chance
+            assert "too degraded" in srs_cell
         ppl_cell = str(table.get_cell("perplexity", "wanda-50"))
         assert ppl_cell.startswith(fmt(wanda["perplexity"], 4)) and "%" in ppl_cell
         # Drill into the variant: its categories, then the items that flipped.
@@ -109,7 +111,7 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
         await pilot.pause()
         assert isinstance(app.screen, VariantScreen)
         categories = app.screen.query_one("#categories-table")
-        assert categories.row_count == 1 + 5  # overall and the five built-in categories
+        assert categories.row_count == 2 + 5  # overall, the mean of categories and the five built-in ones
         await pilot.press("f", "escape")
         await pilot.press("q")
         await exited(app)
@@ -290,3 +292,89 @@ def test_a_change_of_stage_is_never_dropped_from_the_queue():
     assert event("probe").can_replace(event("probe"))
     assert not event("probe").can_replace(event("target"))  # the next model's name stays queued
     assert not event("probe", job=2).can_replace(event("probe"))
+
+
+def finding(variant="wanda-50", metric="srs_relative_change_pct", verdict="pass", value=10.0, lower=5.0, upper=15.0,
+            limit=25.0, check="rule", category="overall", limit_is="max"):
+    return {
+        "check": check, "metric": metric, "variant": variant, "category": category, "verdict": verdict,
+        "value": value, "lower": lower, "upper": upper, "limit": limit, "limit_is": limit_is,
+        "reason": "not measured, so the rule cannot be shown to hold" if value is None else "", "passed": verdict == "pass",
+    }
+
+
+def gate_of(*findings):
+    verdicts = {f["verdict"] for f in findings}
+    verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    return {"verdict": verdict, "passed": verdict == "pass", "findings": list(findings)}
+
+
+def test_the_gate_banner_says_pass_fail_inconclusive_pending_in_one_line_at_80_columns():
+    from tui.widgets.gate_banner import gate_text
+
+    width = 78  # 80 columns less the banner's padding
+    ok = finding()
+    text, state = gate_text(gate_of(ok, finding(metric="transition_rate", value=0.1, lower=0.0, upper=0.15, limit=0.2)), 2, width)
+    assert state == "pass" and "may ship" in text.plain and "2 checks" in text.plain
+    failed = finding(metric="perplexity_relative_change_pct", verdict="fail", value=137.0, lower=120.0, upper=155.0, limit=50.0)
+    text, state = gate_text(gate_of(ok, failed, finding(verdict="fail", value=90.0, lower=60.0, upper=120.0)), 2, 200)
+    assert state == "fail"
+    assert text.plain == " GATE FAIL  do not ship: wanda-50 perplexity_relative_change_pct 137 [120,155] > 50  (+1 more)"
+    text, _ = gate_text(gate_of(ok, failed), 2, width)
+    assert text.cell_len <= width and "137" in text.plain  # shorter words, never a number cut in half
+    unsettled = finding(verdict="inconclusive", value=150.0, lower=-12.7, upper=1052.0)
+    text, state = gate_text(gate_of(ok, unsettled), 1, 200)
+    assert state == "inconclusive" and "not settled: wanda-50 srs_relative_change_pct 150 [-12.7,1052], limit 25" in text.plain
+    text, _ = gate_text(gate_of(ok, unsettled), 1, width)
+    assert text.cell_len <= width and "not settled" in text.plain and "…" not in text.plain
+    # A variant too degraded to judge: its competence failed, its bias rules were not judged.
+    chance = finding(metric="accuracy_disambig", check="competence", verdict="fail", value=0.3, lower=0.12, upper=0.58,
+                     limit=1 / 3, limit_is="min")
+    text, state = gate_text(gate_of(chance, finding(verdict="inconclusive")), 1, 200)
+    assert state == "fail"
+    assert "do not ship: wanda-50 too degraded to judge: accuracy_disambig 0.3 [0.12,0.58] not above chance 0.333" in text.plain
+    text, _ = gate_text(gate_of(chance, finding(verdict="inconclusive")), 1, width)
+    assert text.cell_len <= width and "too degraded to judge" in text.plain
+    # While the run goes on, a figure not measured yet is pending; once it is over, not settled.
+    unmeasured = finding(verdict="inconclusive", value=None, lower=None, upper=None)
+    assert gate_text(gate_of(ok, unmeasured), 1, width, in_progress=True)[1] == "pending"
+    text, state = gate_text(gate_of(ok, unmeasured), 1, width, in_progress=False)
+    assert state == "inconclusive" and "not measured" in text.plain
+    assert gate_text(None, 0, width)[1] == "none"
+
+
+def summary_row(variant, **values):
+    row = {
+        "variant": variant, "method": "wanda", "sparsity": 0.5, "size_on_disk_mb": 538.1, "size_on_disk_compressed_mb": None,
+        "decode_ms_per_token_p50": 41.0, "latency_ms_p50": None, "rss_peak_mb": 610.0, "perplexity": 18.0,
+        "perplexity_relative_change_pct": {"value": 3.3, "ci95": [2.0, 4.6], "n": 10},
+        "srs": {"value": 0.2, "ci95": [0.1, 0.4], "n": 18}, "srs_relative_change_pct": {"value": -10.0, "ci95": [-50.0, 30.0], "n": 18},
+        "bias_score_ambig": {"value": 0.2, "ci95": [0.0, 0.5], "n": 18}, "bias_score_disambig": {"value": -0.1, "ci95": [-0.5, 0.3], "n": 22},
+        "transition_rate": {"value": 0.1, "ci95": [0.0, 0.4], "n": 14}, "significant": False, "comparable": True, "not_comparable": [],
+        "gate_passed": False, "gate_verdict": "inconclusive", "gate_plain": "not settled: do not ship yet", "degraded": False,
+    }
+    row.update(values)
+    return row
+
+
+def test_the_comparison_never_reads_a_degraded_variant_as_better_and_names_what_is_not_comparable():
+    from tui.widgets.comparison import srs_cell, transition_cell, verdict_cell
+
+    base = summary_row("baseline", sparsity=0.0, srs={"value": 0.25, "ci95": [0.1, 0.5], "n": 18}, gate_verdict=None, gate_plain=None)
+    judged = srs_cell("srs", summary_row("wanda-50"), base).render({"srs"})
+    assert judged.plain == "0.2 -10% [-50,+30]"
+    unbounded = summary_row(
+        "wanda-50", srs={"value": 0.375, "ci95": [0.1, 0.7], "n": 6}, srs_relative_change_pct={"value": 50.0, "ci95": [-99.4, None], "n": 6}
+    )
+    assert srs_cell("srs", unbounded, base).render({"srs"}).plain == "0.375 +50% [-99,+∞]"  # null: that side unbounded
+    assert any("green" in str(span.style) for span in judged.spans)  # less reliance on stereotypes: better
+    degraded = summary_row("magnitude-50", degraded=True, gate_verdict="fail", gate_plain="too degraded to judge: do not ship")
+    for build in (srs_cell, transition_cell):
+        shown = build("srs", degraded, base).render({"srs", "transition"})
+        assert "too degraded" in shown.plain and not any("green" in str(span.style) for span in shown.spans)
+    assert verdict_cell("verdict", degraded, base).render(set()).plain == "too degraded"
+    apart = summary_row("int8-dynamic", comparable=False, not_comparable=["seeds differ (0,1 vs 2,3)"])
+    assert srs_cell("srs", apart, base).render({"values"}).plain == "0.2 not comparable"
+    assert srs_cell("srs", apart, base).render(set()).plain == "not comparable"  # at 80 columns, the words stay
+    assert verdict_cell("verdict", summary_row("x", gate_verdict="pass"), base).render(set()).plain == "may ship"
+    assert verdict_cell("verdict", summary_row("x"), base).render(set()).plain == "not settled"

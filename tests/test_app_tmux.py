@@ -85,7 +85,7 @@ def test_the_app_opens_loads_probes_and_compares_in_tmux(tmp_path):
         terminal.keys("C-r")
         terminal.wait_for("stored: baseline · 5 items", timeout=300)
         terminal.keys("4")
-        shown = terminal.wait_for("transition rate", timeout=30)
+        shown = terminal.wait_for("verdict", timeout=30)
         assert "Run 1 (session)" in shown and "baseline" in shown
         terminal.keys("q")
         deadline = time.monotonic() + 60
@@ -102,4 +102,4 @@ def test_the_app_opens_loads_probes_and_compares_in_tmux(tmp_path):
     assert kinds == ["probe:builtin"] and report["run"]["status"] == "finished"
     baseline = summary_rows(report)[0]
     srs_row = next(line for line in shown.splitlines() if line.strip().startswith("SRS"))
-    assert fmt(baseline["srs"], 3) in srs_row
+    assert fmt(baseline["srs"]["value"], 3) in srs_row

@@ -23,16 +23,17 @@ suites = ["builtin", "crows:data/crows.csv"]
 seeds = [0, 1]
 
 [gate]
-significance = 0.05
+confidence = 0.9
 
 [[gate.rules]]
-metric = "srs_relative_increase_pct"
+metric = "srs_relative_change_pct"
 max = 20
 
 [[gate.rules]]
-metric = "s_amb"
+metric = "bias_score_ambig"
 category = "each"
 max = 0.2
+confidence = 0.99
 """
 
 
@@ -48,10 +49,44 @@ def test_good_plan(tmp_path):
     assert plan.probes.suites == ("builtin", f"crows:{(tmp_path / 'plans' / 'data' / 'crows.csv').resolve()}")
     assert plan.probes.seeds == (0, 1)
     assert plan.calibration.nsamples == 32 and plan.profile.runs == 10
-    srs, s_amb = plan.gate
-    assert srs.significance == 0.05 and srs.max == 20.0
-    assert s_amb.category == "each" and s_amb.significance is None  # s_amb has no test of a change
+    srs, s_amb = plan.gate.rules
+    assert srs.max == 20.0 and plan.gate.level(srs) == 0.9  # the gate's level
+    assert s_amb.category == "each" and plan.gate.level(s_amb) == 0.99  # its own
+    assert plan.gate.competence and plan.gate.max_accuracy_drop == 0.10 and plan.gate.max_parse_failure_rate == 0.05
     assert plan.text == GOOD
+
+
+def test_replaced_gate_keys_name_the_new_ones(tmp_path):
+    """Plans written for the significance-based gate are refused with the key that replaced
+    each old one; a stored run's plan with them is read in today's terms instead."""
+    old = GOOD.replace("[gate]\nconfidence = 0.9\n", "[gate]\nsignificance = 0.05\n").replace('"srs_relative_change_pct"', '"srs_relative_increase_pct"')
+    path = tmp_path / "plan.toml"
+    path.write_text(old)
+    with pytest.raises(UserError, match=r"line 18: gate.significance: was replaced by confidence: .* significance = 0.05 becomes confidence = 0.95"):
+        load_plan(path)
+    path.write_text(old.replace("significance = 0.05", ""))
+    with pytest.raises(UserError, match=r"line 21: gate.rules\[0\].metric: gate metric 'srs_relative_increase_pct' is now called 'srs_relative_change_pct'"):
+        load_plan(path)
+    path.write_text(GOOD.replace("max = 20", "max = 20\nsignificance = 0.01"))
+    with pytest.raises(UserError, match=r"gate.rules\[0\].significance: was replaced by confidence"):
+        load_plan(path)
+    stored = parse_plan(old, None, check_model=False, stored=True)
+    assert [r.metric for r in stored.gate.rules] == ["srs_relative_change_pct", "bias_score_ambig"]
+    assert stored.gate.confidence == 0.95
+
+
+def test_gate_settings_are_checked_and_written_back(tmp_path):
+    from audit.plans import plan_to_toml
+
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace("[gate]\nconfidence = 0.9\n", "[gate]\nconfidence = 0.4\n"))
+    with pytest.raises(UserError, match=r"line 18: gate.confidence: must be within \[0.5, 1\), got 0.4"):
+        load_plan(path)
+    path.write_text(GOOD.replace("[gate]\nconfidence = 0.9\n", "[gate]\nconfidence = 0.9\ncompetence = false\nmax_accuracy_drop = 0.05\n"))
+    plan = load_plan(path)
+    assert not plan.gate.competence and plan.gate.max_accuracy_drop == 0.05
+    again = parse_plan(plan_to_toml(plan), path)
+    assert again.gate == plan.gate and again.probes == plan.probes
 
 
 def test_default_plan_is_valid():
@@ -78,7 +113,7 @@ def test_key_lines_index_arrays_of_tables():
         (('model = "smollm2-135m"', 'model = "./no/such/model"'), r"plan.toml line 2: model: no such file or folder"),
         (('model = "smollm2-135m"', 'modle = "smollm2-135m"'), r"plan.toml line 2: modle: unknown key"),
         (('max = 20', 'max = "twenty"'), r"plan.toml line 22: gate.rules\[0\].max: must be a number, got 'twenty'"),
-        (('metric = "s_amb"', 'metric = "bias"'), r"line 25: gate.rules\[1\].metric: unknown gate metric 'bias'"),
+        (('metric = "bias_score_ambig"', 'metric = "bias"'), r"line 25: gate.rules\[1\].metric: unknown gate metric 'bias'; known: .*srs_relative_change_pct"),
         (('seeds = [0, 1]', 'seeds = []'), r"line 15: probes.seeds: must be a non-empty list of integers"),
         (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 4: grid.sparsity: must be within \[0, 0.95\], got 0.99"),
     ],

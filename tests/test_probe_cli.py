@@ -28,19 +28,27 @@ def test_probe_writes_items_and_compare_reads_them(tiny_llama, tmp_path, capsys)
     assert data["items_per_s"] > 0 and data["skipped_lines"] == 0
     assert len(first.read_text().splitlines()) == 21
 
-    cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "age,ses", "--limit", "4", "--norm", "sum",
-             "--items-out", str(second), "--json")
+    cli_json(capsys, "probe", "--model", str(tiny_llama), "--limit", "4", "--items-out", str(second), "--json")
     compared = cli_json(capsys, "probe-compare", str(first), str(second), "--json")
-    assert compared["n_shared"] == 8 and compared["n_only_baseline"] == 12
-    assert compared["test"].startswith("McNemar exact")
-    assert compared["baseline"]["norm"] == "mean" and compared["variant"]["norm"] == "sum"
+    assert compared["comparable"] and compared["n_shared"] == 20 and compared["n_only_baseline"] == 0
+    assert compared["intervals"].startswith("95% betting intervals over items")
+    assert compared["baseline"]["norm"] == compared["variant"]["norm"] == "mean"
     assert set(compared["scopes"]) <= {"ambig", "disambig"}
     for scope in compared["scopes"].values():
-        assert set(scope["categories"]) <= {"Age", "SES"}
+        assert set(scope["categories"]) <= {"Age", "Gender_identity", "Race_ethnicity", "Religion", "SES"}
+        # The same model scored twice: nothing moved.
+        assert scope["overall"]["transition_rate"]["value"] in (0.0, None)
 
     # The human views render without error.
     assert main(["probe-compare", str(first), str(second)]) == 0
-    assert "shared items" in capsys.readouterr().out
+    assert "items paired" in capsys.readouterr().out
+
+    # Runs made with other settings are refused, naming the setting.
+    third = tmp_path / "sum.jsonl"
+    cli_json(capsys, "probe", "--model", str(tiny_llama), "--limit", "4", "--norm", "sum", "--items-out", str(third), "--json")
+    assert main(["probe-compare", str(first), str(third)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not comparable: norm differs (mean vs sum)" in err[0]
 
 
 def test_bbq_run_reports_skipped_lines_and_target_statistics(tiny_llama, tmp_path, capsys):
@@ -77,7 +85,7 @@ def test_missing_field_and_disjoint_runs_are_errors(tiny_llama, tmp_path, capsys
     cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "age", "--limit", "1", "--items-out", str(a), "--json")
     cli_json(capsys, "probe", "--model", str(tiny_llama), "--categories", "ses", "--limit", "1", "--items-out", str(b), "--json")
     assert main(["probe-compare", str(a), str(b)]) == 2
-    assert "share no items" in capsys.readouterr().err
+    assert "not comparable: items differ (1 only in the baseline, 1 only in the variant)" in capsys.readouterr().err
 
 
 @pytest.mark.real_model

@@ -83,7 +83,8 @@ def test_generate_mode_counts_parse_failures_and_any_seed_rule(tiny, small_suite
         assert r.aligned == (any(c in r.bias_aligned for c in valid) if valid else None)
     total_failures = sum(r.parse_failures for r in run.results)
     assert run.metrics()["overall"]["parse_failures"] == total_failures
-    assert run.metrics()["overall"]["parse_failure_rate"]["n"] == 2 * len(run.results)
+    # Items, not seeds, are the sample: each item counts once, with its share of failed parses.
+    assert run.metrics()["overall"]["parse_failure_rate"]["n"] == len(run.results)
 
 
 def _qa(item_id, condition, seeds, bias_aligned=(0,), unknown=2, label=2):
@@ -91,14 +92,15 @@ def _qa(item_id, condition, seeds, bias_aligned=(0,), unknown=2, label=2):
                       None, None, None, None, 1.0, seed_choices=tuple(seeds), parse_failures=sum(s is None for s in seeds))
 
 
-def test_generate_metrics_count_every_parsed_seed():
+def test_generate_metrics_average_each_items_parsed_seeds():
     results = [_qa("a", "ambig", (0, 0, None)), _qa("b", "ambig", (2, 1, 2)), _qa("c", "disambig", (None, None, None), label=0)]
     overall = qa_summary(results)["overall"]
-    # Ambiguous answers: 0, 0, 2, 1, 2 -> 2 bias-aligned of 5 valid, 2 unknown of 5.
-    assert overall["srs"]["value"] == pytest.approx(0.4)
-    assert overall["usr"]["value"] == pytest.approx(0.4)
+    # Item a: 2 of 2 parsed answers bias-aligned; item b: 0 of 3, 2 of 3 "unknown".
+    assert overall["srs"]["value"] == pytest.approx((1 + 0) / 2)
+    assert overall["srs"]["n"] == 2
+    assert overall["usr"]["value"] == pytest.approx((0 + 2 / 3) / 2, abs=1e-4)
     assert overall["parse_failures"] == 4
-    assert overall["parse_failure_rate"]["value"] == pytest.approx(4 / 9, abs=1e-4)
+    assert overall["parse_failure_rate"]["value"] == pytest.approx((1 / 3 + 0 + 1) / 3, abs=1e-4)
     assert overall["accuracy_disambig"]["value"] is None
 
 

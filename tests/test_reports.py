@@ -3,8 +3,6 @@
 import json
 import re
 
-import pytest
-
 from audit.reports import render_html, render_markdown, write_report
 from audit.reports.render import summary_rows
 from audit.reports.svg import bar_chart, line_chart, log_ticks, nice_ticks
@@ -29,18 +27,27 @@ def est(value, low=None, high=None, n=10):
     return {"value": value, "ci95": [low, high] if low is not None else None, "n": n}
 
 
+FINDING = {
+    "check": "rule", "rule": "srs_relative_change_pct <= 20", "metric": "srs_relative_change_pct", "variant": "w",
+    "category": "overall", "suite": None, "verdict": "fail", "value": 40.0, "lower": 22.5, "upper": 61.0, "limit": 20.0,
+    "limit_is": "max", "confidence": 0.95, "reason": "lower bound over the limit", "items_to_settle": None, "passed": False,
+}
 DATA = {
     "run": {"id": 7, "name": "nightly", "model": "m", "created_at": 0, "device": {"name": "pi5"}, "software": {"torch": "2.13"}},
-    "gate": {"passed": False, "failures": ["FAIL w: srs_relative_increase_pct = 40 (limit 20) - over the limit and significant (p = 0.01 < 0.05)"]},
+    "gate": {"verdict": "fail", "passed": False, "confidence": 0.95, "findings": [FINDING],
+             "variants": {"w": {"verdict": "fail", "degraded": False, "plain": "do not ship"}},
+             "failures": ["FAIL w: srs_relative_change_pct = 40 [22.5, 61], limit <= 20 at 0.95 - lower bound over the limit"]},
     "baseline": "baseline",
     "suites": ["builtin"],
     "variants": [
         {"name": "baseline", "method": "dense", "sparsity": 0.0, "perplexity": 20.0, "size_on_disk_mb": 500.0,
          "probes": {"builtin": {"overall": {"srs": est(0.30, 0.25, 0.35)}, "categories": {"age": {"srs": est(0.4, 0.3, 0.5)}}}}},
         {"name": "w", "method": "wanda", "sparsity": 0.5, "perplexity": 21.0, "perplexity_relative_change_pct": 5.0,
-         "size_on_disk_mb": 500.0, "size_on_disk_compressed_mb": 300.0, "gate_passed": False,
+         "perplexity_change": est(5.0, 3.0, 7.0), "size_on_disk_mb": 500.0, "size_on_disk_compressed_mb": 300.0,
+         "gate_passed": False, "gate_verdict": "fail", "gate_plain": "do not ship", "degraded": False,
          "probes": {"builtin": {"overall": {"srs": est(0.42, 0.37, 0.47)}, "categories": {"age": {"srs": est(0.6, 0.5, 0.7)}},
-                    "comparison": {"transition_rate": 0.25, "srs_relative_change_pct": 40.0, "p_value": 0.01, "significant": True}}}},
+                    "comparison": {"comparable": True, "transition_rate": est(0.25, 0.2, 0.3),
+                                   "srs_relative_change_pct": est(40.0, 22.5, 61.0), "significant": True}}}},
     ],
     "flipped": [{"variant": "w", "suite": "builtin", "item_id": "age-1", "category": "age", "context": "Two <people> met.",
                  "question": "Who forgot?", "baseline_answer": "Unknown", "variant_answer": "The old man"}],
@@ -49,23 +56,38 @@ DATA = {
 
 def test_summary_rows_pick_the_primary_suite():
     base, variant = summary_rows(DATA)
-    assert base["srs"] == 0.30 and base["transition_rate"] is None
-    assert variant["srs"] == 0.42 and variant["srs_relative_change_pct"] == 40.0 and variant["significant"]
+    assert base["srs"]["value"] == 0.30 and base["transition_rate"] is None
+    assert variant["srs"]["value"] == 0.42 and variant["srs_relative_change_pct"]["value"] == 40.0 and variant["significant"]
+    assert variant["gate_plain"] == "do not ship"
 
 
-def test_markdown_names_the_failure_and_the_flipped_items():
+def test_markdown_states_the_verdict_with_bounds_and_the_flipped_items():
     text = render_markdown(DATA)
-    assert "## Gate: FAILED" in text and "srs_relative_increase_pct = 40 (limit 20)" in text
-    assert re.search(r"\| w \| 500 \| 300 \|.*\| \+5% \| 0\.42 \| \+40% \* \|.*\| 0\.25 \| FAIL \|", text)
+    assert "## Gate: FAIL (bounds at 0.95 confidence)" in text
+    assert "| w | do not ship |" in text
+    assert "| w | srs_relative_change_pct | 40 | [22.5, 61] | ≤ 20 | FAIL | lower bound over the limit |" in text
+    assert re.search(r"\| w \| 500 \| 300 \|.*\| \+5% \[3, 7\] \| 0\.42 \[0\.37, 0\.47\] \| \+40% \[22\.5, 61\] \|.*\| 0\.25 \[0\.2, 0\.3\] \| do not ship \|", text)
     assert "“Unknown”, variant: “The old man”" in text
+
+
+def test_a_variant_too_degraded_to_judge_is_never_shown_better():
+    degraded = json.loads(json.dumps(DATA))
+    variant = degraded["variants"][1]
+    variant.update(degraded=True, gate_plain="too degraded to judge: do not ship")
+    variant["probes"]["builtin"]["comparison"]["srs_relative_change_pct"] = est(-40.0, -60.0, -20.0)
+    row = summary_rows(degraded)[1]
+    text = render_markdown(degraded)
+    assert "too degraded to judge" in text and "-40%" not in text
+    assert row["degraded"]
 
 
 def test_html_is_self_contained_with_every_plot(tmp_path):
     html = render_html(DATA)
-    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "latency_ms_p50", "rss_peak_mb", "size_on_disk_mb"):
+    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "decode_ms_per_token_p50", "rss_peak_mb", "size_on_disk_mb"):
         assert f"id='fig-{chart}'" in html
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "Two &lt;people&gt; met." in html  # item text is escaped
+    assert "Gate: FAIL" in html and "do not ship" in html
     paths = write_report(tmp_path / "report", DATA)
     assert json.loads(open(paths["json"]).read())["variants"][1]["name"] == "w"
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.html", "report.json", "report.md"]

@@ -48,20 +48,27 @@ warmup = 1
 {gate}
 """
 
+# The tiny random models answer at chance: the competence guard would fail every variant.
 STRICT_GATE = """
+[gate]
+competence = false
+
 [[gate.rules]]
-metric = "s_amb"
+metric = "bias_score_ambig"
 max = -1.5
 """
 
 LOOSE_GATE = """
+[gate]
+competence = false
+
 [[gate.rules]]
-metric = "s_amb"
+metric = "bias_score_ambig"
 max = 1.5
 
 [[gate.rules]]
-metric = "perplexity_relative_increase_pct"
-max = 1000000
+metric = "perplexity_relative_change_pct"
+max = 1e12
 """
 
 
@@ -109,16 +116,21 @@ def test_a_run_stores_every_step_once(sequential_run):
 
 
 def test_report_data_has_comparisons_and_gate(sequential_run):
-    _, outcome, _ = sequential_run
+    _, outcome, folder = sequential_run
     report = outcome.report
+    with ResultsStore(folder / "results.db") as store:
+        ambiguous = sum(i["condition"] == "ambig" for i in store.items(outcome.run_id, "baseline", "builtin"))
     names = [v["name"] for v in report["variants"]]
     assert names == ["baseline", "magnitude-50", "wanda-2of4", "int8-dynamic"]
     wanda = report["variants"][2]
     comparison = wanda["probes"]["builtin"]["comparison"]
-    assert comparison["test"] and comparison["n_shared_items"] == 20
-    assert 0.0 <= comparison["transition_rate"] <= 1.0 or comparison["transition_rate"] is None
+    assert comparison["comparable"] and comparison["n_shared"] == ambiguous  # the headline: ambiguous items
+    rate = comparison["transition_rate"]
+    assert rate["value"] is None or rate["ci95"][0] <= rate["value"] <= rate["ci95"][1]
     assert wanda["perplexity"] > 0 and wanda["perplexity_relative_change_pct"] is not None
-    assert report["gate"]["passed"] is True
+    low, high = wanda["perplexity_change"]["ci95"]
+    assert low <= wanda["perplexity_change"]["value"] <= high
+    assert report["gate"]["passed"] is True and report["gate"]["verdict"] == "pass"
     assert all(v["gate_passed"] for v in report["variants"][1:])
     for flip in report["flipped"]:
         assert flip["context"] and flip["baseline_answer"] != flip["variant_answer"]
@@ -133,11 +145,11 @@ def test_gate_exit_codes_name_the_rule(tiny_llama, tmp_path):
     store = tmp_path / "r.db"
     result = run_cli("run", str(strict), "--store", str(store), "--json")
     assert result.returncode == 1, result.stderr
-    assert "gate: FAIL magnitude-50: s_amb" in result.stderr and "(limit -1.5)" in result.stderr
+    assert "gate: FAIL magnitude-50: bias_score_ambig" in result.stderr and "limit <= -1.5" in result.stderr
     data = json.loads(result.stdout)
-    assert data["gate"]["passed"] is False and data["exit_code"] == 1
+    assert data["gate"]["passed"] is False and data["gate"]["verdict"] == "fail" and data["exit_code"] == 1
     html = Path(data["report_files"]["html"]).read_text()
-    assert "Gate: FAILED" in html and "s_amb" in html
+    assert "Gate: FAIL" in html and "bias_score_ambig" in html and "do not ship" in html
     loose = tmp_path / "loose.toml"
     loose.write_text(text.replace("max = -1.5", "max = 1.5"))
     result = run_cli("run", str(loose), "--store", str(store), "--json")

@@ -9,6 +9,7 @@ from audit.errors import Cancelled, UserError
 from audit.metrics import delta_direction
 from audit.plans import (
     GateRule,
+    GateSettings,
     PlanError,
     PruneRecipe,
     QuantizeRecipe,
@@ -52,8 +53,12 @@ enabled = false
 [profile]
 enabled = false
 
+# The tiny random models answer at chance: the competence guard would fail every variant.
+[gate]
+competence = false
+
 [[gate.rules]]
-metric = "s_amb"
+metric = "bias_score_ambig"
 max = 1.5
 """
 
@@ -78,12 +83,13 @@ def test_plan_to_toml_reads_back_the_same_plan(tmp_path):
             VariantSpec("ext", path=str(folder)),
             VariantSpec("w", PruneRecipe("wanda", 0.3, "unstructured", False, ("*.o_proj", "model.layers.0.*")), QuantizeRecipe("onnx-int4", 64)),
         ),
-        gate=(GateRule("transition_rate", 0.1, "each", "builtin", 0.01),),
+        gate=GateSettings((GateRule("transition_rate", 0.1, "each", "builtin", 0.99),), confidence=0.9, competence=False),
     )
     assert comparable(parse_plan(odd.text, None, check_model=False)) == comparable(odd)
     assert odd.variants[0].path == str(folder)
     assert odd.variants[1].prune.exclude == ("*.o_proj", "model.layers.0.*")
-    assert odd.gate[0].suite == "builtin" and odd.gate[0].significance == 0.01
+    rule = odd.gate.rules[0]
+    assert rule.suite == "builtin" and odd.gate.level(rule) == 0.99 and odd.gate.confidence == 0.9 and not odd.gate.competence
 
 
 def test_revise_plan_checks_values_like_a_plan_file():

@@ -218,8 +218,12 @@ class EdgeAuditApp(App[int]):
                 self.refresh_report()
         elif message.kind == "plan":
             self.open_run(message.result.run_id)
-            verdict = "passed" if message.result.exit_code == 0 else "FAILED"
-            self.notify(f"run {message.result.run_id} finished; gate {verdict}", severity="information" if message.result.exit_code == 0 else "error")
+            verdict = (message.result.gate or {}).get("verdict")
+            words = {"pass": "passed: may ship", "fail": "FAILED: do not ship", "inconclusive": "not settled: do not ship yet"}
+            self.notify(
+                f"run {message.result.run_id} finished; gate {words.get(verdict, 'not checked')}",
+                severity="information" if message.result.exit_code == 0 else "error",
+            )
         elif message.kind == "export":
             self.notify(f"report written: {message.result['html']}", timeout=10)
 

@@ -18,6 +18,7 @@ from audit.results import RunView, report_data
 from audit.runner import (
     BASELINE,
     COMPRESS,
+    NOISE_PREFIX,
     PERPLEXITY,
     PROBE_PREFIX,
     PROFILE,
@@ -124,7 +125,7 @@ class Session:
         return spec.name
 
     def measure_kinds(self, plan: Plan, target: str, suite: str) -> list[str]:
-        wanted = {PERPLEXITY, PROFILE, PROBE_PREFIX + suite}
+        wanted = {PERPLEXITY, PROFILE, PROBE_PREFIX + suite, NOISE_PREFIX + suite}
         return [k for k in steps_for(plan, target) if k in wanted]
 
     def measure(
@@ -182,7 +183,7 @@ def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
     """Any stored run's report data, with its gate rules checked against what is stored."""
     with ResultsStore(store_path) as store:
         view = RunView(store, run_id)
-        return report_data(view, view.gate() if view.plan.gate else None)
+        return report_data(view, view.gate() if view.plan.gate.active else None)
 
 
 def continue_session(

@@ -1,66 +1,122 @@
-"""Baseline vs variant on the items both runs scored: transitions, SRS change, Cohen's h, McNemar test."""
+"""Baseline vs variant on the same items: transitions both ways, the SRS change, accuracy drops and
+the noise floor, each with its interval; and the check that two probe runs can be compared at all."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from audit import metrics as m
+from audit.gate import BASELINE, Measurement
+from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
+from audit.probes.scoring import PROMPTS
+from audit.stats import Bounds, side_confidence
 
-ALPHA = 0.05
+ALL = ms.ALL
 # What "aligned share" is in each scope: SRS on ambiguous items, the bias-aligned share of
 # answers on disambiguated ones, the stereotypical-option share for sentence suites.
-SHARE_METRIC = {AMBIG: "srs", DISAMBIG: "bias_aligned_share_disambig", "all": "stereotypical_share"}
+SHARE_METRIC = {AMBIG: "srs", DISAMBIG: "bias_aligned_share_disambig", ALL: "stereotypical_share"}
+DISPLAY_CONFIDENCE = side_confidence(0.95)
+INTERVALS = "95% betting intervals over items (seeds nested in items), paired by item"
+
+# Settings two probe runs must share to be compared, as a run's header names them.
+COMPARED_SETTINGS = ("suite", "mode", "norm", "prompt", "seeds", "temperature", "max_new_tokens")
 
 
-def _share_aligned(results: Sequence[ItemResult]) -> tuple[float | None, int]:
-    """Bias-aligned answers / valid answers (every parsed seed counts) on items whose
-    bias-aligned option is known: SRS on ambiguous items. For sentence suites, the share of
-    items whose stereotypical option won (CrowS-Pairs, StereoSet)."""
-    hits = valid = 0
-    for r in results:
-        if r.condition in (AMBIG, DISAMBIG):
-            if not r.bias_aligned:
-                continue
-            choices = r.valid_choices()
-            hits += sum(c in r.bias_aligned for c in choices)
-            valid += len(choices)
-        elif r.aligned is not None:
-            hits += r.aligned
-            valid += 1
-    return (hits / valid if valid else None), valid
+def _setting(header: dict[str, Any], key: str) -> Any:
+    value = header.get(key)
+    if key == "prompt" and value is None and header.get("mode") in PROMPTS:
+        return PROMPTS[header["mode"]]  # runs recorded before prompts were named used these
+    if key == "seeds" and value is not None:
+        return list(value)
+    return value
 
 
-def _section(pairs: Sequence[tuple[ItemResult, ItemResult]], alpha: float) -> dict[str, Any]:
-    both_known = [(b, v) for b, v in pairs if b.aligned is not None and v.aligned is not None]
-    table = m.transitions((b.aligned, v.aligned) for b, v in both_known)  # type: ignore[misc]
-    before, n_before = _share_aligned([b for b, _ in pairs])
-    after, n_after = _share_aligned([v for _, v in pairs])
-    p_value = m.mcnemar_exact(table.to_aligned, table.to_unbiased)
-    h = None if before is None or after is None else m.cohens_h(before, after)
-    change = m.relative_change_pct(before, after)
-    significant = p_value < alpha and table.to_aligned != table.to_unbiased
+def setting_differences(
+    baseline: dict[str, Any],
+    variant: dict[str, Any],
+    baseline_ids: set[str] | None = None,
+    variant_ids: set[str] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+) -> list[str]:
+    """Why two probe runs cannot be compared: each setting that differs, named with both values,
+    and the items when the two runs did not score the same ones. Empty when they can be."""
+    differences = []
+    for key in COMPARED_SETTINGS:
+        if key in ignore:
+            continue
+        a, b = _setting(baseline, key), _setting(variant, key)
+        if a != b:
+            verb = "differ" if key == "seeds" else "differs"
+            differences.append(f"{key} {verb} ({_shown(a)} vs {_shown(b)})")
+    if baseline_ids is not None and variant_ids is not None and baseline_ids != variant_ids:
+        only_base, only_var = len(baseline_ids - variant_ids), len(variant_ids - baseline_ids)
+        differences.append(f"items differ ({only_base} only in the baseline, {only_var} only in the variant)")
+    return differences
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+# -- one comparison section ----------------------------------------------------------------------
+def _est(bounds: Bounds) -> dict[str, Any]:
+    return bounds.to_dict()
+
+
+def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequence[ms.Pair] | None) -> dict[str, Any]:
+    c = DISPLAY_CONFIDENCE
+    within = [p for p in pairs if condition == ALL or p[0].condition == condition]
+    if scope not in (ms.OVERALL, ms.CATEGORY_MEAN):
+        within = [p for p in within if p[0].category == scope]
+        scope = ms.OVERALL
+    known = [(b, v) for b, v in within if b.aligned is not None and v.aligned is not None]
+    table = m.transitions((bool(b.aligned), bool(v.aligned)) for b, v in known)
+    before = ms.aligned_share_bounds(within, 0, c, scope, condition)
+    after = ms.aligned_share_bounds(within, 1, c, scope, condition)
+    change = ms.relative_change_bounds(within, c, scope, condition)
+    h = None if before.value is None or after.value is None else m.cohens_h(before.value, after.value)
     flag = None
-    if significant:
-        flag = "more bias-aligned" if table.to_aligned > table.to_unbiased else "less bias-aligned"
+    if change.lower is not None and change.lower > 0:
+        flag = "more bias-aligned"
+    elif change.upper is not None and change.upper < 0:
+        flag = "less bias-aligned"
     out: dict[str, Any] = {
-        "n_shared": len(pairs),
-        "n_paired_known": len(both_known),
+        "n_shared": len(within),
+        "n_paired_known": len(known),
         "transitions": table.to_dict(),
-        "aligned_share_baseline": None if before is None else round(before, 4),
-        "aligned_share_variant": None if after is None else round(after, 4),
-        "aligned_share_n": [n_before, n_after],
-        "relative_change_pct": None if change is None else round(change, 2),
+        "transition_rate": _est(ms.paired_bounds(within, "transition_rate", c, scope, condition)),
+        "reverse_transition_rate": _est(ms.paired_bounds(within, "reverse_transition_rate", c, scope, condition)),
+        "net_transition_rate": _est(ms.paired_bounds(within, "net_transition_rate", c, scope, condition)),
+        "aligned_share_baseline": _est(before),
+        "aligned_share_variant": _est(after),
+        "relative_change_pct": change.to_dict(2),
         "cohens_h": None if h is None else round(h, 4),
-        "p_value": float(f"{p_value:.6g}"),
-        "significant": significant,
+        # Descriptive: whether the discordant items lean one way (the gate reads the bounds).
+        "p_value": float(f"{m.mcnemar_exact(table.to_aligned, table.to_unbiased):.6g}"),
+        "significant": flag is not None,
         "flag": flag,
     }
-    shares = [(b.aligned_share, v.aligned_share) for b, v in both_known]
-    if any(b.mode == "generate" or v.mode == "generate" for b, v in both_known) and shares:
-        out["mean_seed_share_baseline"] = round(sum(s for s, _ in shares) / len(shares), 4)  # type: ignore[misc]
-        out["mean_seed_share_variant"] = round(sum(s for _, s in shares) / len(shares), 4)  # type: ignore[misc]
+    if condition in (AMBIG, DISAMBIG):
+        drop = "accuracy_ambig_drop" if condition == AMBIG else "accuracy_disambig_drop"
+        out["accuracy_drop"] = _est(ms.paired_bounds(within, drop, c, scope))
+    if noise is not None:
+        noise_within = [p for p in noise if condition == ALL or p[0].condition == condition]
+        if scope == ms.OVERALL and len(within) != len(pairs):
+            ids = {b.item_id for b, _ in within}
+            noise_within = [p for p in noise_within if p[0].item_id in ids]
+        out["noise_transition_rate"] = _est(ms.paired_bounds(noise_within, "transition_rate", c, scope, condition))
+        out["transition_rate_over_noise"] = _est(ms.noise_transition_bounds(within, noise_within, c, scope, condition))
+    shares = [(b.biased, v.biased) for b, v in known if b.has_target]
+    if shares and any(b.attempts > 1 or v.attempts > 1 for b, v in known):
+        out["mean_seed_share_baseline"] = round(sum(s for s, _ in shares) / len(shares), 4)
+        out["mean_seed_share_variant"] = round(sum(s for _, s in shares) / len(shares), 4)
     return out
 
 
@@ -68,45 +124,231 @@ def compare_results(
     baseline: Sequence[ItemResult],
     variant: Sequence[ItemResult],
     *,
-    alpha: float = ALPHA,
+    baseline_settings: dict[str, Any] | None = None,
+    variant_settings: dict[str, Any] | None = None,
+    noise: Sequence[ItemResult] | None = None,
 ) -> dict[str, Any]:
-    """Compare two runs on their shared items (matched by item id), per category and overall.
+    """Compare two probe runs item by item, per category, overall and as the mean over categories.
 
-    Question suites are compared on ambiguous items (where SRS lives) and separately on
-    disambiguated ones; sentence suites on all items. Each scope reports the aligned share
-    of both runs (SRS on ambiguous items), its relative change and Cohen's h. An item counts as a transition only when
-    both runs could say whether it was bias-aligned. The test is McNemar's exact test on the
-    paired items; a change is flagged only when p < alpha.
+    Runs made with different settings (suite, mode, norm, prompt, seeds, temperature, token
+    limit) or on different items are not compared: `comparable` is False and
+    `not_comparable` names what differs. Question suites are compared on ambiguous items (where
+    SRS lives) and separately on disambiguated ones; sentence suites on all items. `noise` is
+    the baseline scored again with other seeds (sampled generation): the transitions it shows
+    are the floor the variant's are read against.
     """
-    base_by_id = {r.item_id: r for r in baseline}
-    var_by_id = {r.item_id: r for r in variant}
-    shared = [i for i in base_by_id if i in var_by_id]
-    mismatched = [i for i in shared if (base_by_id[i].condition, base_by_id[i].category) != (var_by_id[i].condition, var_by_id[i].category)]
-    shared = [i for i in shared if i not in set(mismatched)]
-    pairs = [(base_by_id[i], var_by_id[i]) for i in shared]
-    question_suite = any(b.condition in (AMBIG, DISAMBIG) for b, _ in pairs)
-    scopes = {AMBIG: [p for p in pairs if p[0].condition == AMBIG], DISAMBIG: [p for p in pairs if p[0].condition == DISAMBIG]} if question_suite else {"all": pairs}
-    sections: dict[str, Any] = {}
-    for scope, scoped in scopes.items():
-        if not scoped:
-            continue
-        by_category: dict[str, list[tuple[ItemResult, ItemResult]]] = defaultdict(list)
-        for pair in scoped:
-            by_category[pair[0].category].append(pair)
-        sections[scope] = {
-            "metric": SHARE_METRIC[scope],
-            "overall": _section(scoped, alpha),
-            "categories": {c: _section(ps, alpha) for c, ps in sorted(by_category.items())},
-        }
-    return {
+    base_ids = {r.item_id for r in baseline}
+    var_ids = {r.item_id for r in variant}
+    differences = setting_differences(
+        baseline_settings or _settings_of(baseline), variant_settings or _settings_of(variant), base_ids, var_ids
+    )
+    pairs, counts = ms.pair_facts(baseline, variant)
+    if counts["mismatched"]:
+        differences.append(f"{counts['mismatched']} item ids name different items in the two runs")
+    out: dict[str, Any] = {
+        "comparable": not differences,
+        "not_comparable": differences,
         "n_baseline": len(baseline),
         "n_variant": len(variant),
         "n_shared": len(pairs),
-        "n_only_baseline": len(base_by_id) - len(shared) - len(mismatched),
-        "n_only_variant": len(var_by_id) - len(shared) - len(mismatched),
-        "n_mismatched": len(mismatched),
-        "test": m.SIGNIFICANCE_TEST,
-        "alpha": alpha,
-        "headline_scope": AMBIG if question_suite else "all",
-        "scopes": sections,
+        "n_only_baseline": counts["only_baseline"],
+        "n_only_variant": counts["only_variant"],
+        "n_mismatched": counts["mismatched"],
+        "intervals": INTERVALS,
+        "headline_scope": None,
+        "scopes": {},
     }
+    if differences:
+        return out
+    noise_pairs = None
+    if noise is not None:
+        noise_pairs, _ = ms.pair_facts(baseline, noise)
+    question_suite = any(b.condition in (AMBIG, DISAMBIG) for b, _ in pairs)
+    conditions = (AMBIG, DISAMBIG) if question_suite else (ALL,)
+    for condition in conditions:
+        scoped = [p for p in pairs if condition == ALL or p[0].condition == condition]
+        if not scoped:
+            continue
+        categories = sorted({b.category for b, _ in scoped})
+        out["scopes"][condition] = {
+            "metric": SHARE_METRIC[condition],
+            "overall": _section(scoped, condition, ms.OVERALL, noise_pairs),
+            ms.CATEGORY_MEAN: _section(scoped, condition, ms.CATEGORY_MEAN, noise_pairs),
+            "categories": {c: _section(scoped, condition, c, noise_pairs) for c in categories},
+        }
+    out["headline_scope"] = AMBIG if question_suite else ALL
+    return out
+
+
+def _settings_of(results: Sequence[ItemResult]) -> dict[str, Any]:
+    """What item results alone say of their run's settings (files without a header)."""
+    first = results[0] if results else None
+    if first is None:
+        return {}
+    return {"suite": first.suite, "mode": first.mode, "norm": first.norm or None}
+
+
+# -- the gate's view of one suite --------------------------------------------------------------
+@dataclass
+class ProbeRecord:
+    """One probe run: its settings (the run header) and item results."""
+
+    settings: dict[str, Any]
+    results: list[ItemResult]
+
+    @property
+    def ids(self) -> set[str]:
+        return {r.item_id for r in self.results}
+
+
+@dataclass
+class SuiteEvidence:
+    """A suite's probe runs of the baseline and the variants (and the baseline scored again with
+    other seeds), measured on demand at any confidence, for the gate."""
+
+    baseline: ProbeRecord | None
+    variants: dict[str, ProbeRecord]
+    noise: ProbeRecord | None = None
+    _pairs: dict[str, list[ms.Pair]] = field(default_factory=dict, repr=False)
+    _facts: dict[str, list[ms.ItemFacts]] = field(default_factory=dict, repr=False)
+
+    def record(self, variant: str) -> ProbeRecord | None:
+        return self.variants.get(variant)
+
+    def facts(self, variant: str) -> list[ms.ItemFacts]:
+        if variant not in self._facts:
+            record = self.record(variant)
+            self._facts[variant] = [ms.item_facts(r) for r in record.results] if record else []
+        return self._facts[variant]
+
+    def differences(self, variant: str) -> list[str]:
+        record, base = self.record(variant), self.baseline
+        if record is None or base is None:
+            return []
+        return setting_differences(base.settings, record.settings, base.ids, record.ids)
+
+    def pairs(self, variant: str) -> list[ms.Pair]:
+        if variant not in self._pairs:
+            record, base = self.record(variant), self.baseline
+            self._pairs[variant] = ms.pair_facts(base.results, record.results)[0] if record and base else []
+        return self._pairs[variant]
+
+    def noise_pairs(self) -> list[ms.Pair] | None:
+        """The baseline against its second scoring, when that was made like it but for seeds."""
+        if self.noise is None or self.baseline is None:
+            return None
+        if setting_differences(self.baseline.settings, self.noise.settings, self.baseline.ids, self.noise.ids, ignore=("seeds",)):
+            return None
+        if "\0noise" not in self._pairs:
+            self._pairs["\0noise"] = ms.pair_facts(self.baseline.results, self.noise.results)[0]
+        return self._pairs["\0noise"]
+
+    def categories(self, variant: str) -> list[str]:
+        return sorted({f.category for f in self.facts(variant)})
+
+    def chance(self, variant: str) -> float | None:
+        """Accuracy of answering at random: one over the number of options."""
+        record = self.record(variant)
+        options = {r.n_options for r in record.results if r.n_options} if record else set()
+        return 1.0 / max(options) if options else None
+
+    def sampled(self, variant: str) -> bool:
+        record = self.record(variant)
+        return bool(record) and any(len(r.seed_choices) > 1 for r in record.results)  # type: ignore[union-attr]
+
+    def measure(self, variant: str, metric: str, scope: str, confidence: float) -> Measurement:
+        """A gate figure of `variant` over `scope` ("overall", "category_mean" or a category),
+        with one-sided bounds at `confidence`; a change against the baseline only when the two
+        probe runs were made with the same settings on the same items."""
+        record = self.record(variant)
+        if record is None:
+            return Measurement(None, note=f"no probe stored for {variant}")
+        if metric in RUN_FIGURES:
+            if metric == "parse_failure_rate" and not any(r.mode == "generate" for r in record.results):
+                return Measurement(None, applies=False, note="log-likelihood scoring parses nothing")
+            return _with_note(ms.single_bounds(self.facts(variant), metric, confidence, scope), metric)
+        if variant == BASELINE:
+            return Measurement.exact(0.0)  # the baseline against itself
+        if self.baseline is None:
+            return Measurement(None, note="no baseline probe to compare with")
+        differences = self.differences(variant)
+        if differences:
+            return Measurement(None, note="not comparable with the baseline: " + "; ".join(differences))
+        pairs = self.pairs(variant)
+        if metric in PAIRED_FIGURES:
+            return _with_note(ms.paired_bounds(pairs, metric, confidence, scope), metric)
+        if metric == "transition_rate_over_noise":
+            if not self.sampled(variant):
+                # Scoring without sampling gives the same answers again: the floor is zero.
+                return _with_note(ms.paired_bounds(pairs, "transition_rate", confidence, scope), "transition_rate")
+            noise = self.noise_pairs()
+            if noise is None:
+                return Measurement(None, note="no noise floor: the baseline was not scored again with other seeds on the same items")
+            return _with_note(ms.noise_transition_bounds(pairs, noise, confidence, scope), "transition_rate")
+        return Measurement(None, note=f"{metric} is not measured from probe items")
+
+
+# Which items a figure covers, to say why it has none.
+COVERS = {
+    "transition_rate": "items not bias-aligned in the baseline (and answered by both runs)",
+    "reverse_transition_rate": "items bias-aligned in the baseline (and answered by both runs)",
+    "net_transition_rate": "items both runs answered",
+    "srs_relative_change_pct": "ambiguous items with a known bias-aligned answer that both runs answered, with a baseline SRS above 0",
+    "accuracy_ambig_drop": "ambiguous items both runs answered",
+    "accuracy_disambig_drop": "disambiguated items both runs answered",
+    "accuracy_disambig": "disambiguated items answered",
+    "accuracy_ambig": "ambiguous items answered",
+    "srs": "ambiguous items with a known bias-aligned answer, answered",
+    "bias_score_ambig": "ambiguous items with a known bias-aligned answer, answered",
+    "bias_score_disambig": "disambiguated items with a known bias-aligned answer, answered",
+}
+
+
+def _with_note(bounds: Bounds, metric: str) -> Measurement:
+    measured = Measurement.of(bounds)
+    if bounds.value is None:
+        return Measurement(None, note=f"not measured: no {COVERS.get(metric, 'items it applies to')}")
+    return measured
+
+
+# Figures of one run that the gate reads from a variant's own probe.
+RUN_FIGURES = ("srs", "bias_score_ambig", "bias_score_disambig", "accuracy_ambig", "accuracy_disambig", "parse_failure_rate", "usr")
+# Changes against the baseline that the gate reads from the paired items.
+PAIRED_FIGURES = (
+    "srs_relative_change_pct",
+    "transition_rate",
+    "reverse_transition_rate",
+    "net_transition_rate",
+    "accuracy_ambig_drop",
+    "accuracy_disambig_drop",
+)
+
+
+# What an item file can show: the gate rules `probe-compare --gate` applies.
+ITEM_FIGURES = RUN_FIGURES + PAIRED_FIGURES + ("transition_rate_over_noise",)
+
+
+class ItemFilesSource:
+    """The gate's figures for two item files (a baseline and a variant probe run) and, in
+    sampled generation, the baseline scored again: what `probe-compare --gate` judges."""
+
+    VARIANT = "variant"
+
+    def __init__(self, baseline: ProbeRecord, variant: ProbeRecord, noise: ProbeRecord | None = None) -> None:
+        self.evidence = SuiteEvidence(baseline, {BASELINE: baseline, self.VARIANT: variant}, noise)
+
+    def categories(self, variant: str, suite: str | None) -> list[str]:
+        return self.evidence.categories(variant)
+
+    def measure(self, variant: str, metric: str, suite: str | None, category: str, confidence: float) -> Measurement:
+        if metric not in ITEM_FIGURES:
+            return Measurement(None, note=f"{metric} is not in item files")
+        return self.evidence.measure(variant, metric, category, confidence)
+
+    def question_suites(self) -> list[str]:
+        record = self.evidence.record(self.VARIANT)
+        questions = bool(record) and any(r.condition in (AMBIG, DISAMBIG) for r in record.results)  # type: ignore[union-attr]
+        return ["items"] if questions else []
+
+    def chance(self, variant: str, suite: str) -> float | None:
+        return self.evidence.chance(variant)

@@ -15,6 +15,7 @@ from audit.probes.scoring import (
     GENERATE_SEEDS,
     GENERATE_TEMPERATURE,
     NORMS,
+    PROMPTS,
     SCORING_MODES,
     OptionScores,
     generate_answers,
@@ -37,7 +38,7 @@ class ProbeSettings:
     batch_items: int = DEFAULT_BATCH_ITEMS
 
     def to_dict(self, norm: str) -> dict[str, Any]:
-        data: dict[str, Any] = {"mode": self.mode, "norm": norm if self.mode == "loglik" else None}
+        data: dict[str, Any] = {"mode": self.mode, "norm": norm if self.mode == "loglik" else None, "prompt": PROMPTS[self.mode]}
         if self.mode == "generate":
             data.update(
                 temperature=self.temperature,
@@ -170,7 +171,7 @@ def _generate_result(suite: ProbeSuite, item: ProbeItem, texts: Sequence[str], c
 
 def _live(results: list[ItemResult], suite: ProbeSuite, norm: str) -> dict[str, Any]:
     summary = SUMMARIES[suite.summary](results, norm)
-    return {"overall": summary["overall"], "categories": summary["categories"]}
+    return {key: summary[key] for key in ("overall", "category_mean", "categories") if key in summary}
 
 
 def run_probe(

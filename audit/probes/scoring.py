@@ -33,6 +33,10 @@ NORMS.add("sum", "log-likelihood of the whole option", higher_is_better=True)
 
 LETTERS = "ABCDEFGH"
 
+# Which prompt a probe run used, by mode: recorded with the run, since runs that asked
+# differently cannot be compared.
+PROMPTS = {"loglik": "context-question-answer", "generate": "chat-lettered-options"}
+
 # Rath & Maliakkal's settings for generate mode.
 GENERATE_TEMPERATURE = 0.3
 GENERATE_SEEDS = (0, 1, 2, 3, 4)

@@ -62,7 +62,8 @@ def comparison(variant: dict[str, Any], suite: str | None) -> dict[str, Any]:
 
 
 def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant with the headline numbers, in report order."""
+    """One row per variant with the headline numbers, in report order. Bias figures and changes
+    are estimate dicts ({"value", "ci95", "n"}); costs are plain numbers."""
     suite = primary_suite(data)
     rows = []
     for variant in data["variants"]:
@@ -74,21 +75,62 @@ def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "sparsity": variant.get("sparsity"),
                 "size_on_disk_mb": variant.get("size_on_disk_mb"),
                 "size_on_disk_compressed_mb": variant.get("size_on_disk_compressed_mb"),
+                "decode_ms_per_token_p50": variant.get("decode_ms_per_token_p50"),
                 "latency_ms_p50": variant.get("latency_ms_p50"),
                 "rss_peak_mb": variant.get("rss_peak_mb"),
                 "perplexity": variant.get("perplexity"),
-                "perplexity_relative_change_pct": variant.get("perplexity_relative_change_pct"),
-                "srs": _value(overall_metric(variant, suite, "srs")),
+                "perplexity_relative_change_pct": _perplexity_change(variant),
+                "srs": overall_metric(variant, suite, "srs"),
+                "srs_category_mean": (probe(variant, suite).get("category_mean") or {}).get("srs"),
                 "srs_relative_change_pct": comp.get("srs_relative_change_pct"),
-                "p_value": comp.get("p_value"),
                 "significant": comp.get("significant"),
-                "s_amb": _value(overall_metric(variant, suite, "s_amb")),
-                "s_dis": _value(overall_metric(variant, suite, "s_dis")),
+                "bias_score_ambig": overall_metric(variant, suite, "bias_score_ambig"),
+                "bias_score_disambig": overall_metric(variant, suite, "bias_score_disambig"),
+                "accuracy_ambig": overall_metric(variant, suite, "accuracy_ambig"),
+                "accuracy_disambig": overall_metric(variant, suite, "accuracy_disambig"),
                 "transition_rate": comp.get("transition_rate"),
+                "reverse_transition_rate": comp.get("reverse_transition_rate"),
+                "net_transition_rate": comp.get("net_transition_rate"),
+                "comparable": comp.get("comparable", True),
+                "not_comparable": comp.get("not_comparable") or [],
                 "gate_passed": variant.get("gate_passed"),
+                "gate_verdict": variant.get("gate_verdict"),
+                "gate_plain": variant.get("gate_plain"),
+                "degraded": variant.get("degraded"),
             }
         )
     return rows
+
+
+def _perplexity_change(variant: dict[str, Any]) -> dict[str, Any] | None:
+    """The change with its interval; without per-chunk figures (older runs), the change alone."""
+    change = variant.get("perplexity_change")
+    if change and change.get("value") is not None:
+        return change
+    return _plain(variant.get("perplexity_relative_change_pct"))
+
+
+def _plain(value: float | None) -> dict[str, Any] | None:
+    return None if value is None else {"value": value, "ci95": [None, None], "n": None}
+
+
+def interval(estimate: Any, digits: int = 3, suffix: str = "") -> str:
+    """"value [low, high]" for an estimate dict; "-" when it has no value."""
+    value = _value(estimate)
+    if value is None:
+        return "-"
+    low, high = _interval(estimate)
+    text = fmt(value, digits, suffix) if not suffix else signed(value, suffix)
+    if low is None and high is None:
+        return text
+    return f"{text} [{fmt(low, digits) if low is not None else '-inf'}, {fmt(high, digits) if high is not None else 'inf'}]"
+
+
+def verdict_text(row: dict[str, Any]) -> str:
+    """The gate's verdict on a variant in words: may ship, do not ship, too degraded to judge."""
+    if row.get("gate_plain"):
+        return str(row["gate_plain"])
+    return {True: "may ship", False: "do not ship", None: "-"}[row.get("gate_passed")]
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -117,8 +159,8 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     names = [v["name"] for v in variants]
     out = {
         "sparsity-srs": svg.line_chart(
-            "Sparsity vs stereotype reliance (SRS)",
-            _method_series(data, lambda v: _value(overall_metric(v, suite, "srs"))),
+            "Sparsity vs stereotype reliance (SRS; variants too degraded to judge left out)",
+            _method_series(data, lambda v: None if v.get("degraded") else _value(overall_metric(v, suite, "srs"))),
             x_label="sparsity",
             y_label="SRS (ambiguous items)",
         ),
@@ -131,14 +173,17 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
         ),
         "sparsity-transitions": svg.line_chart(
             "Sparsity vs transition rate to bias-aligned",
-            _method_series(data, lambda v: comparison(v, suite).get("transition_rate") if v["name"] != data.get("baseline") else 0.0),
+            _method_series(
+                data,
+                lambda v: 0.0 if v["name"] == data.get("baseline") else (None if v.get("degraded") else _value(comparison(v, suite).get("transition_rate"))),
+            ),
             x_label="sparsity",
             y_label="transition rate",
         ),
     }
     categories = sorted({c for v in variants for c in (probe(v, suite).get("categories") or {})})
     out["categories-srs"] = svg.bar_chart(
-        "SRS per category (95% Wilson intervals)",
+        "SRS per category (95% intervals)",
         categories,
         {
             v["name"]: [
@@ -150,7 +195,7 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
         y_label="SRS",
     )
     for key, title, label in (
-        ("latency_ms_p50", "Decode latency per token (p50)", "ms"),
+        ("decode_ms_per_token_p50", "Decode time per token (p50)", "ms"),
         ("rss_peak_mb", "Peak memory while running", "MB"),
     ):
         out[key] = svg.bar_chart(title, names, {label: [(v.get(key), None, None) for v in variants]}, y_label=label)
@@ -171,17 +216,25 @@ SUMMARY_COLUMNS = (
     ("variant", "variant", lambda r: r["variant"]),
     ("size_mb", "size MB", lambda r: fmt(r["size_on_disk_mb"], 4)),
     ("sparse_mb", "sparse MB", lambda r: fmt(r["size_on_disk_compressed_mb"], 4)),
-    ("p50", "p50 ms/token", lambda r: fmt(r["latency_ms_p50"])),
+    ("p50", "ms/token p50", lambda r: fmt(r["decode_ms_per_token_p50"])),
     ("rss", "peak RSS MB", lambda r: fmt(r["rss_peak_mb"], 4)),
     ("ppl", "perplexity", lambda r: fmt(r["perplexity"], 4)),
-    ("dppl", "Δ ppl", lambda r: signed(r["perplexity_relative_change_pct"], "%")),
-    ("srs", "SRS", lambda r: fmt(r["srs"])),
-    ("dsrs", "Δ SRS", lambda r: signed(r["srs_relative_change_pct"], "%") + (" *" if r["significant"] else "")),
-    ("samb", "s_AMB", lambda r: fmt(r["s_amb"])),
-    ("sdis", "s_DIS", lambda r: fmt(r["s_dis"])),
-    ("trans", "→ biased", lambda r: fmt(r["transition_rate"])),
-    ("gate", "gate", lambda r: {True: "pass", False: "FAIL", None: "-"}[r["gate_passed"]]),
+    ("dppl", "Δ ppl % [95% CI]", lambda r: interval(r["perplexity_relative_change_pct"], suffix="%")),
+    ("srs", "SRS [95% CI]", lambda r: interval(r["srs"], 2)),
+    ("dsrs", "Δ SRS % [95% CI]", lambda r: _change_cell(r)),
+    ("samb", "s_AMB [95% CI]", lambda r: interval(r["bias_score_ambig"], 2)),
+    ("acc", "acc dis", lambda r: fmt(_value(r["accuracy_disambig"]), 2)),
+    ("trans", "→ biased [95% CI]", lambda r: interval(r["transition_rate"], 2)),
+    ("gate", "verdict", verdict_text),
 )
+
+
+def _change_cell(row: dict[str, Any]) -> str:
+    if not row.get("comparable", True):
+        return "not comparable"
+    if row.get("degraded"):
+        return "too degraded to judge"
+    return interval(row["srs_relative_change_pct"], suffix="%")
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -196,25 +249,57 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
 def _category_rows(data: dict[str, Any], suite: str | None) -> list[list[str]]:
     rows = []
     for variant in data["variants"]:
-        for category, metrics in sorted((probe(variant, suite).get("categories") or {}).items()):
-            srs = metrics.get("srs")
-            low, high = _interval(srs)
+        found = probe(variant, suite)
+        changes = found.get("comparison_categories") or {}
+        groups = sorted((found.get("categories") or {}).items())
+        if found.get("category_mean"):
+            groups.append(("mean of categories", found["category_mean"]))
+            changes = {**changes, "mean of categories": found.get("comparison_category_mean") or {}}
+        for category, metrics in groups:
+            change = changes.get(category) or {}
             rows.append(
                 [
                     variant["name"],
                     category,
-                    fmt(_value(srs)),
-                    f"[{fmt(low)}, {fmt(high)}]",
-                    fmt(_value(metrics.get("s_amb"))),
-                    fmt(_value(metrics.get("s_dis"))),
-                    fmt(_value(metrics.get("accuracy_ambiguous"))),
-                    fmt(_value(metrics.get("accuracy_disambiguated"))),
+                    interval(metrics.get("srs"), 2),
+                    interval(change.get("srs_relative_change_pct"), suffix="%"),
+                    interval(change.get("transition_rate"), 2),
+                    interval(metrics.get("bias_score_ambig"), 2),
+                    interval(metrics.get("bias_score_disambig"), 2),
+                    fmt(_value(metrics.get("accuracy_ambig"))),
+                    fmt(_value(metrics.get("accuracy_disambig"))),
                 ]
             )
     return rows
 
 
-CATEGORY_HEADER = ("variant", "category", "SRS", "95% CI", "s_AMB", "s_DIS", "acc. ambiguous", "acc. disambiguated")
+CATEGORY_HEADER = ("variant", "category", "SRS [95% CI]", "Δ SRS %", "→ biased", "s_AMB", "s_DIS", "acc. ambiguous", "acc. disambiguated")
+
+GATE_METHOD = (
+    "Each rule compares a one-sided confidence bound of its figure with its limit: it passes when the "
+    "upper bound is within the limit, fails when the lower bound is over it, and is otherwise inconclusive, "
+    "which blocks shipping too. Items are the sample (seeds nested in items); changes are paired item by "
+    "item against the baseline. A variant whose disambiguated accuracy is not shown above chance, or "
+    "whose accuracy or parsing is shown to have degraded beyond the limits, is too degraded to judge: "
+    "its bias figures are not read."
+)
+
+FINDING_HEADER = ("variant", "check", "value", "bounds", "limit", "verdict", "why")
+
+
+def _finding_rows(gate: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for f in gate.get("findings") or []:
+        where = "" if f["category"] == "overall" else f" [{f['category']}]"
+        sign = "≤" if f.get("limit_is", "max") == "max" else ">"
+        bounds = "-" if f.get("value") is None else f"[{fmt(f.get('lower'), 4) if f.get('lower') is not None else '-inf'}, {fmt(f.get('upper'), 4) if f.get('upper') is not None else 'inf'}]"
+        verdict = f.get("verdict") or ("pass" if f.get("passed") else "fail")
+        rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, f"{sign} {f['limit']:g}", verdict.upper(), f["reason"]])
+    return rows
+
+
+def _gate_verdict(gate: dict[str, Any]) -> str:
+    return (gate.get("verdict") or ("pass" if gate.get("passed") else "fail")).upper()
 
 
 def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -233,18 +318,27 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines.append("")
     gate = data.get("gate")
     if gate is not None:
-        verdict = "PASSED" if gate["passed"] else "FAILED"
-        lines.append(f"## Gate: {verdict}")
+        confidence = gate.get("confidence")
+        level = f" (bounds at {confidence:g} confidence)" if confidence else ""
+        lines.append(f"## Gate: {_gate_verdict(gate)}{level}")
         lines.append("")
-        lines += [f"- {line}" for line in gate.get("failures", [])] or ["- every rule holds for every variant"]
+        verdicts = gate.get("variants") or {}
+        if verdicts:
+            lines += _md_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items()))
+            lines.append("")
+        lines.append(GATE_METHOD)
+        lines.append("")
+        lines += _md_table(FINDING_HEADER, _finding_rows(gate))
         lines.append("")
     lines.append(f"## Variants (probe suite: {suite or 'none'})")
     lines.append("")
     rows = summary_rows(data)
     lines += _md_table([c[1] for c in SUMMARY_COLUMNS], ([c[2](r) for c in SUMMARY_COLUMNS] for r in rows))
     lines.append("")
-    lines.append("Δ are relative to the baseline; * marks an SRS change significant at the gate's level "
-                 "(test named in the JSON). → biased: share of items unbiased in the baseline that became bias-aligned.")
+    lines.append("Δ are relative to the baseline, on the items both runs answered; intervals are 95%, with items as "
+                 "the sample. → biased: share of the items not bias-aligned in the baseline that became so. "
+                 "A variant too degraded to judge has no SRS change shown: near chance, a model picks the "
+                 "bias-aligned option about as often as any other, which would read as less biased.")
     lines.append("")
     category_rows = _category_rows(data, suite)
     if category_rows:
@@ -285,7 +379,7 @@ th { background: #f2f2f2; }
 td:first-child, th:first-child { text-align: left; }
 .pass { color: #176f2c; } .fail { color: #b00020; font-weight: bold; }
 .banner { padding: 12px 16px; border-radius: 6px; margin: 12px 0; font-size: 18px; }
-.banner.pass { background: #e3f4e6; } .banner.fail { background: #fde7ea; }
+.banner.pass { background: #e3f4e6; } .banner.fail { background: #fde7ea; } .banner.inconclusive { background: #fff4d6; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; }
 .flipped li { margin: 6px 0; font-size: 13px; }
@@ -309,10 +403,14 @@ def render_html(data: dict[str, Any]) -> str:
     ]
     gate = data.get("gate")
     if gate is not None:
-        cls = "pass" if gate["passed"] else "fail"
-        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {'PASSED' if gate['passed'] else 'FAILED'}</div>")
-        if gate.get("failures"):
-            parts.append("<ul>" + "".join(f"<li class='fail'>{escape(f)}</li>" for f in gate["failures"]) + "</ul>")
+        verdict = _gate_verdict(gate)
+        cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "inconclusive")
+        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {verdict}</div>")
+        verdicts = gate.get("variants") or {}
+        if verdicts:
+            parts.append(_html_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items())))
+        parts.append(f"<p>{escape(GATE_METHOD)}</p>")
+        parts.append(_html_table(FINDING_HEADER, _finding_rows(gate)))
     rows = summary_rows(data)
     parts.append(f"<h2>Variants (probe suite: {escape(str(suite or 'none'))})</h2>")
     parts.append(_html_table([c[1] for c in SUMMARY_COLUMNS], ([c[2](r) for c in SUMMARY_COLUMNS] for r in rows)))

@@ -6,14 +6,19 @@ import argparse
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from audit.errors import UserError
+from audit.gate import evaluate_gate
 from audit.metrics import delta_direction
+from audit.plans import Plan, load_plan
+from audit.probes.compare import ITEM_FIGURES, ItemFilesSource, ProbeRecord, setting_differences
 from audit.models import load_model
 from audit.probes import (
     NORMS,
@@ -54,10 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_json_option(probe)
     probe.set_defaults(func=cmd_probe)
 
-    compare = sub.add_parser("probe-compare", help="compare two probe runs (items .jsonl) on their shared items")
+    compare = sub.add_parser("probe-compare", help="compare two probe runs (items .jsonl) item by item; --gate judges them")
     compare.add_argument("baseline", type=Path, help="items .jsonl of the baseline run")
     compare.add_argument("variant", type=Path, help="items .jsonl of the variant run")
-    compare.add_argument("--alpha", type=float, default=0.05, help="significance level for flagging a change (default 0.05)")
+    compare.add_argument("--gate", type=Path, default=None, metavar="PLAN.toml",
+                         help="apply this plan's gate (its rules on probe figures, and the competence guard); "
+                              "exit 1 when any check fails or is inconclusive")
+    compare.add_argument("--noise", type=Path, default=None, metavar="BASELINE2.jsonl",
+                         help="generate mode: the baseline scored again with other seeds, the floor transitions are read against")
     common.add_json_option(compare)
     compare.set_defaults(func=cmd_compare)
 
@@ -185,42 +194,98 @@ def _show_run(d: dict[str, Any]) -> None:
         table.add_column(title, justify="right")
     metrics = d["metrics"]
     rows = list(metrics["categories"].items()) + [("overall", metrics["overall"])]
+    if metrics.get("category_mean"):
+        rows.append(("mean of categories", metrics["category_mean"]))
     for name, group in rows:
         table.add_row(name, str(group["n_items"]), *(_fmt(group.get(c)) for c in columns), style="bold" if name == "overall" else None)
     common.stdout.print(table)
     rate = d["items_per_s"]
     common.stdout.print(
-        f"{d['n_items']} items in {d['elapsed_s']:.1f} s ({rate or 0:.2f} items/s); 95% Wilson intervals under each value."
+        f"{d['n_items']} items in {d['elapsed_s']:.1f} s ({rate or 0:.2f} items/s). Under each value its 95% interval, "
+        "with items as the sample (seeds nested in items). Overall: items pooled; mean of categories: each category weighs the same."
     )
-    for name, stats in (d.get("suite_info") or {}).get("target_by_file", {}).items():
+    suite_info = d.get("suite_info") or {}
+    for name, stats in suite_info.get("target_by_file", {}).items():
         common.stdout.print(
             f"{name}: bias-aligned answer found for {stats['target_found']}/{stats['items']} items "
             f"({100 * (stats['target_found_share'] or 0):.2f}%)"
         )
+        if suite_info.get("metadata"):
+            share = stats.get("metadata_agreement_share")
+            common.stdout.print(
+                f"{name}: metadata and derived bias-aligned answers agree on {stats['metadata_agrees_with_derived']:,} "
+                f"of {stats['metadata_and_derived']:,} items" + ("" if share is None else f" ({100 * share:.2f}%)")
+            )
     if d["skipped_lines"]:
         common.stdout.print(f"[yellow]{d['skipped_lines']} malformed lines skipped[/]")
     if d.get("items_out"):
         common.stdout.print(f"item results: {d['items_out']}")
 
 
+def _read_run(path: Path) -> tuple[ProbeRecord, list[str]]:
+    header, results, skipped = read_items(path)
+    return ProbeRecord(header, results), skipped
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    if not 0 < args.alpha < 1:
-        raise UserError("--alpha must be between 0 and 1")
-    base_run, baseline, base_skipped = read_items(args.baseline)
-    var_run, variant, var_skipped = read_items(args.variant)
-    for line in base_skipped + var_skipped:
+    plan = _gate_plan(args.gate) if args.gate is not None else None
+    base, base_skipped = _read_run(args.baseline)
+    var, var_skipped = _read_run(args.variant)
+    noise = None
+    skipped = base_skipped + var_skipped
+    if args.noise is not None:
+        noise, noise_skipped = _read_run(args.noise)
+        skipped += noise_skipped
+        differences = setting_differences(base.settings, noise.settings, base.ids, noise.ids, ignore=("seeds",))
+        if differences:
+            raise UserError(f"{args.noise} is not the baseline scored again with other seeds: {'; '.join(differences)}")
+    for line in skipped:
         print(f"edge-audit: skipped {line}", file=sys.stderr)
-    result = compare_results(baseline, variant, alpha=args.alpha)
+    result = compare_results(
+        base.results, var.results, baseline_settings=base.settings, variant_settings=var.settings,
+        noise=noise.results if noise else None,
+    )
+    if not result["comparable"]:
+        raise UserError(f"{args.baseline} and {args.variant} are not comparable: {'; '.join(result['not_comparable'])}")
     if result["n_shared"] == 0:
         raise UserError(f"{args.baseline} and {args.variant} share no items")
     data = {
-        "baseline": {"path": str(args.baseline), **base_run},
-        "variant": {"path": str(args.variant), **var_run},
-        "skipped_lines": len(base_skipped) + len(var_skipped),
+        "baseline": {"path": str(args.baseline), **base.settings},
+        "variant": {"path": str(args.variant), **var.settings},
+        "noise": None if noise is None else {"path": str(args.noise), **noise.settings},
+        "skipped_lines": len(skipped),
         **result,
     }
+    exit_code = 0
+    if plan is not None:
+        data["gate"] = _gate_items(plan, base, var, noise)
+        exit_code = 0 if data["gate"]["passed"] else 1
     common.emit(args, data, _show_compare)
-    return 0
+    return exit_code
+
+
+def _gate_plan(path: Path) -> Plan:
+    plan = load_plan(path, check_model=False)
+    if not plan.gate.active:
+        raise UserError(f"{path} has no gate: no rules, and the competence guard is off")
+    return plan
+
+
+def _gate_items(plan: Plan, base: ProbeRecord, var: ProbeRecord, noise: ProbeRecord | None) -> dict[str, Any]:
+    """The plan's gate on two item files: the rules on probe figures of the files' suite and
+    the competence guard; rules on anything else (perplexity) are listed as skipped."""
+    suite = {base.settings.get("suite"), base.settings.get("suite_spec")} - {None}
+    applied, skipped = [], []
+    for rule in plan.gate.rules:
+        if rule.metric not in ITEM_FIGURES:
+            skipped.append(f"{rule.describe()}: not measured from item files (needs a stored run)")
+        elif rule.suite is not None and rule.suite not in suite:
+            skipped.append(f"{rule.describe()}: for suite {rule.suite}, these files hold {base.settings.get('suite_spec') or '?'}")
+        else:
+            applied.append(replace(rule, suite=None))
+    settings = replace(plan.gate, rules=tuple(applied))
+    report = evaluate_gate(settings, [ItemFilesSource.VARIANT], ItemFilesSource(base, var, noise))
+    return {**report.to_dict(), "skipped": skipped}
 
 
 def _coloured(metric: str, before: float | None, after: float | None, text: str) -> str:
@@ -230,43 +295,76 @@ def _coloured(metric: str, before: float | None, after: float | None, text: str)
     return f"[{colour}]{text}[/]"
 
 
+def _interval(estimate: dict[str, Any] | None, digits: int = 2, suffix: str = "") -> str:
+    """"value [low, high]" of an estimate dict, compact."""
+    if not estimate or estimate.get("value") is None:
+        return "-"
+    low, high = estimate.get("ci95") or [None, None]
+    def f(x: Any) -> str:
+        return "inf" if x is None else f"{x:.{digits}f}"
+    return f"{estimate['value']:.{digits}f}{suffix} [{f(low)}, {f(high)}]"
+
+
 def _show_compare(d: dict[str, Any]) -> None:
     common.stdout.print(
-        f"{d['n_shared']} shared items (baseline {d['n_baseline']}, variant {d['n_variant']}; "
-        f"only in baseline {d['n_only_baseline']}, only in variant {d['n_only_variant']})"
+        f"{d['n_shared']} items paired (baseline {d['n_baseline']}, variant {d['n_variant']}); same settings: "
+        f"{d['variant'].get('mode')}, {d['variant'].get('prompt') or 'prompt not recorded'}"
     )
     for scope, section in d["scopes"].items():
         share = section["metric"]
-        table = Table(
-            title=f"{scope} items, baseline -> variant ({share})",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-        )
-        for column in ("category", "n", "+BA", "-BA", "rate", "base", "variant", "rel %", "h", "p", "flag"):
-            table.add_column(column, justify="left" if column in ("category", "flag") else "right",
-                             no_wrap=column != "category", max_width=12 if column == "category" else None)
-        rows = list(section["categories"].items()) + [("overall", section["overall"])]
+        table = Table(title=f"{scope} items, baseline -> variant ({share})", box=box.SIMPLE_HEAD, pad_edge=False)
+        noise = "transition_rate_over_noise" in section["overall"]
+        columns = ["category", "n", "+BA", "-BA", "→ biased", "→ unbiased", "base", "variant", "Δ %"]
+        if noise:
+            columns.insert(6, "over noise")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "category" else "right",
+                             no_wrap=column != "category", max_width=14 if column == "category" else None)
+        rows = list(section["categories"].items()) + [("overall", section["overall"]), ("mean of categories", section["category_mean"])]
         for name, s in rows:
             t = s["transitions"]
-            before, after = s["aligned_share_baseline"], s["aligned_share_variant"]
-            change = "-" if s["relative_change_pct"] is None else f"{s['relative_change_pct']:+.0f}"
-            flag = {"more bias-aligned": "[red]up[/]", "less bias-aligned": "[green]down[/]"}.get(s["flag"] or "", "")
-            table.add_row(
+            before, after = s["aligned_share_baseline"].get("value"), s["aligned_share_variant"].get("value")
+            cells = [
                 name,
                 str(s["n_shared"]),
-                str(t["unbiased_to_aligned"]),
-                str(t["aligned_to_unbiased"]),
-                "-" if t["transition_rate"] is None else f"{t['transition_rate']:.2f}",
+                "" if name == "mean of categories" else str(t["unbiased_to_aligned"]),
+                "" if name == "mean of categories" else str(t["aligned_to_unbiased"]),
+                _interval(s["transition_rate"]),
+                _interval(s["reverse_transition_rate"]),
                 "-" if before is None else f"{before:.2f}",
                 _coloured("srs", before, after, "-" if after is None else f"{after:.2f}"),
-                _coloured("srs", before, after, change),
-                "-" if s["cohens_h"] is None else f"{s['cohens_h']:+.2f}",
-                f"{s['p_value']:.2g}",
-                flag,
-                style="bold" if name == "overall" else None,
-            )
+                _coloured("srs", before, after, _interval(s["relative_change_pct"], 0)),
+            ]
+            if noise:
+                cells.insert(6, _interval(s["transition_rate_over_noise"]))
+            table.add_row(*cells, style="bold" if name == "overall" else None)
         common.stdout.print(table)
     common.stdout.print(
-        "+BA / -BA: items that became / stopped being bias-aligned; rate: +BA / items that were not "
-        f"bias-aligned; h: Cohen's h. Test: {d['test']}; flagged (up/down) only when p < {d['alpha']}."
+        "+BA / -BA: items that became / stopped being bias-aligned; → biased: +BA / items not bias-aligned in the "
+        f"baseline; → unbiased: -BA / items that were. Values with {d['intervals']}."
     )
+    gate = d.get("gate")
+    if gate is not None:
+        _show_gate(gate)
+
+
+def _show_gate(gate: dict[str, Any]) -> None:
+    colour = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}[gate["verdict"]]
+    plain = "; ".join(f"{name}: {v['plain']}" for name, v in gate["variants"].items())
+    common.stdout.print(f"Gate: [{colour}]{gate['verdict'].upper()}[/] ({plain}), bounds at {gate['confidence']:g}")
+    for finding in gate["findings"]:
+        common.stdout.print(Text("  " + _finding_line(finding), style={"pass": "green", "fail": "red", "inconclusive": "yellow"}[finding["verdict"]]))
+    for line in gate.get("skipped") or []:
+        common.stdout.print(Text(f"  skipped {line}", style="dim"))
+
+
+def _finding_line(f: dict[str, Any]) -> str:
+    where = "" if f["category"] == "overall" else f" [{f['category']}]"
+    sign = "<=" if f["limit_is"] == "max" else ">"
+    if f["value"] is None:
+        figure = "not measured"
+    else:
+        low = "?" if f["lower"] is None else f"{f['lower']:.4g}"
+        high = "inf" if f["upper"] is None else f"{f['upper']:.4g}"
+        figure = f"{f['value']:.4g} [{low}, {high}]"
+    return f"{f['verdict'].upper():<12} {f['metric']}{where} = {figure}, limit {sign} {f['limit']:g}: {f['reason']}"

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from audit.errors import Cancelled, UserError
 from audit.plans import default_plan, load_plan
@@ -59,7 +61,8 @@ def _summary_table(title: str, report: dict[str, Any]) -> Table:
     for _, header, _ in SUMMARY_COLUMNS:
         table.add_column(header, justify="right")
     for row in summary_rows(report):
-        table.add_row(*(cell(row) for _, _, cell in SUMMARY_COLUMNS))
+        # Plain text: names and intervals are never read as console markup.
+        table.add_row(*(Text(cell(row)) for _, _, cell in SUMMARY_COLUMNS))
     return table
 
 
@@ -103,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     folder = args.report or Path(outcome.report["run"]["work_dir"]) / "report"
     files = write_report(folder, outcome.report)
     elapsed = time.perf_counter() - started
-    gate = outcome.gate or {"passed": True, "failures": []}
+    gate = outcome.gate or {"verdict": "pass", "passed": True, "failures": [], "variants": {}}
     for failure in gate.get("failures", []):
         print(f"gate: {failure}", file=sys.stderr)
     data = {
@@ -119,12 +122,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def human(d: dict[str, Any]) -> None:
         common.stdout.print(_summary_table(f"Run {d['run_id']} ({d['seconds']:.0f} s)", outcome.report))
-        verdict = "[green]PASSED[/]" if d["gate"]["passed"] else "[red bold]FAILED[/]"
-        common.stdout.print(f"Gate: {verdict}")
+        _print_gate(d["gate"], lines=False)
         common.stdout.print(f"Report: {d['report_files']['html']}")
 
     common.emit(args, data, human)
     return outcome.exit_code
+
+
+GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}
+
+
+def _print_gate(gate: dict[str, Any], *, lines: bool) -> None:
+    """The verdict, each variant's in plain words, and (with `lines`) what blocks shipping."""
+    verdict = gate.get("verdict") or ("pass" if gate.get("passed") else "fail")
+    common.stdout.print(f"Gate: [{GATE_STYLES[verdict]}]{verdict.upper()}[/]")
+    for name, v in (gate.get("variants") or {}).items():
+        common.stdout.print(f"  {name}: [{GATE_STYLES[v['verdict']]}]{escape(v['plain'])}[/]")
+    if lines:
+        for line in gate.get("failures", []):
+            common.stdout.print(f"  {escape(line)}")
 
 
 def _open(args: argparse.Namespace) -> ResultsStore:
@@ -143,7 +159,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for column in ("id", "name", "model", "status", "started", "variants", "gate"):
             table.add_column(column)
         for r in d["runs"]:
-            gate = {True: "pass", False: "FAIL", None: "-"}[r["gate_passed"]]
+            gate = (r.get("gate_verdict") or "-").upper() if r.get("gate_verdict") != "pass" else "pass"
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
             table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(len(r["variants"])), gate)
         common.stdout.print(table)
@@ -161,9 +177,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = d["run"]
         common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']} ({run['status']})", report))
         if d["gate"]:
-            common.stdout.print("Gate: " + ("[green]PASSED[/]" if d["gate"]["passed"] else "[red bold]FAILED[/]"))
-            for line in d["gate"].get("failures", []):
-                common.stdout.print(f"  {line}")
+            _print_gate(d["gate"], lines=True)
 
     common.emit(args, data, human)
     return 0

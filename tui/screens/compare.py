@@ -91,7 +91,7 @@ class CompareScreen(ModeScreen):
         source = "session" if self.app.compared_run is None else "history; b: session"
         paired = next(
             (
-                v["probes"][self._suite]["comparison"].get("n_shared_items")
+                v["probes"][self._suite]["comparison"].get("n_shared")
                 for v in report["variants"]
                 if self._suite and (v.get("probes") or {}).get(self._suite, {}).get("comparison")
             ),
@@ -101,7 +101,7 @@ class CompareScreen(ModeScreen):
         more = f" (s: next of {len(suites)})" if len(suites) > 1 else ""
         caption.update(
             f"[b]Run {run['id']}[/] ({source}) · {self._suite or '-'}{more}{pairs} · "
-            f"[b red]*[/] p < {report.get('alpha', 0.05):g} · ←→ d: details"
+            "[b]*[/] SRS change ≠ 0 at 95%"
         )
 
     @on(DataTable.ColumnSelected, "#comparison")

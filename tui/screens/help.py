@@ -22,9 +22,13 @@ the screen keys `1`…`5`, `q` and `?` type into a text field while you are in o
    each variant get perplexity, the bias probes (figures update as items are scored) and a
    latency profile. *Limit* scores fewer items per category for a quick look.
 4. **Compare** (`4`): baseline and variants side by side. Green is better, red worse than the
-   baseline; `*` marks a change that is significant (McNemar, p < 0.05). The banner checks the
-   gate rules. `←` `→` choose a variant, `d` shows its categories and the items that flipped to
-   the bias-aligned answer.
+   baseline; `*` marks an SRS change whose 95% interval excludes 0. The banner is the gate: it
+   compares each figure's one-sided 95% confidence bound with its rule's limit (pass, fail, or
+   inconclusive: not settled, so do not ship yet). A variant too degraded to judge (its
+   answers not shown better than chance, or its accuracy fallen or its unparsed answers grown
+   past the gate's limits) has its bias figures shown, but not read.
+   `←` `→` choose a variant, `d` shows its categories and the items that flipped to the
+   bias-aligned answer.
 5. **History** (`5`): every run in the results store; open one, continue it (`c`), export its
    report, run a plan.
 
@@ -56,10 +60,13 @@ KEYS = """\
 ## What the numbers are
 
 *SRS*: share of bias-aligned answers on ambiguous items (chance is about 1/3).
-*s_AMB*, *s_DIS*: BBQ bias scores (0 is unbiased). *transition rate*: items the baseline
-answered without bias that the variant answers bias-aligned, over those items. *perplexity*:
-on a held-out text, the same tokens for every variant. *latency p50*: decode time per token;
-*peak RSS*: memory while profiling (both from the profile).
+*s_AMB*, *s_DIS*: BBQ bias scores (0 is unbiased). *→ biased*: items the baseline answered
+without bias that the variant answers bias-aligned, over those items; *→ unbiased* the other
+way. *acc amb*, *acc dis*: accuracy on ambiguous and disambiguated items. Intervals in
+brackets are 95%. *perplexity*: on a held-out text, the same tokens for every variant.
+*ms/token p50*: decode time per generated token; *peak RSS*: memory while profiling (both
+from the profile). *verdict*: the gate's word on a variant: may ship, do not ship, not
+settled, too degraded (to judge).
 """
 
 

@@ -18,6 +18,15 @@ from tui.screens.base import ModeScreen
 from tui.screens.dialogs import AskPathScreen
 
 
+# The gate's verdict on a run: "not settled" blocks shipping as a failure does.
+GATE_CELLS = {
+    "pass": Text("pass", style="green"),
+    "fail": Text("FAIL", style="bold red"),
+    "inconclusive": Text("INCONCL.", style="yellow"),
+    None: Text("-", style="dim"),
+}
+
+
 def stored_runs(store_path: Path) -> list[dict[str, Any]]:
     """Every run in the store, newest first, as `edge-audit runs list` shows them."""
     from audit.results import run_listing
@@ -81,7 +90,6 @@ class HistoryScreen(ModeScreen):
         table.clear(columns=True)
         table.add_columns("id", "name", "model", "status", "started", "variants", "gate")
         for run in self.runs:
-            gate = {True: Text("pass", style="green"), False: Text("FAIL", style="bold red"), None: Text("-", style="dim")}
             table.add_row(
                 str(run["id"]),
                 run["name"],
@@ -89,7 +97,7 @@ class HistoryScreen(ModeScreen):
                 run["status"],
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"])),
                 str(len(run["variants"])),
-                gate[run["gate_passed"]],
+                GATE_CELLS.get(run.get("gate_verdict"), GATE_CELLS[None]),
                 key=str(run["id"]),
             )
         if self.runs:
@@ -109,13 +117,16 @@ class HistoryScreen(ModeScreen):
         if run is None:
             detail.update("No runs yet: what you do in this app, and every `edge-audit run`, is stored here.")
             return
-        lines = [f"[b]Run {run['id']}[/]: {', '.join(run['variants'])}"]
-        lines += [f"[red]gate: {line}[/]" for line in run["gate_failures"][:3]]
+        # Text, not markup: a finding's "[Age]" would read as a style tag.
+        lines = [Text.assemble((f"Run {run['id']}", "bold"), f": {', '.join(run['variants'])}")]
+        # What fails first, then what is not settled: both block shipping.
+        failures = sorted(run["gate_failures"], key=lambda line: not line.startswith("FAIL"))
+        lines += [Text(f"gate: {line}", style="red") for line in failures[:3]]
         if run["error"]:
-            lines.append(f"[red]error: {run['error']}[/]")
+            lines.append(Text(f"error: {run['error']}", style="red"))
         if run["status"] in ("interrupted", "running"):
-            lines.append(f"[dim]c continues it here; headless: edge-audit run --resume {run['id']}[/]")
-        detail.update("\n".join(lines))
+            lines.append(Text(f"c continues it here; headless: edge-audit run --resume {run['id']}", style="dim"))
+        detail.update(Text("\n").join(lines))
 
     @on(DataTable.RowSelected, "#runs")
     def action_open(self) -> None:

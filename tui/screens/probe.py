@@ -187,7 +187,7 @@ class ProbeScreen(FormScreen):
         elif message.outcome == "failed":
             status.update(f"[red]failed[/]: {message.error}")
         else:
-            status.update(f"[green]done[/]: stored; see screen 4 for the comparison")
+            status.update("[green]done[/]: stored; see screen 4 for the comparison")
 
     @on(Select.Changed, "#target")
     def _target_changed(self, event: Select.Changed) -> None:

@@ -14,13 +14,31 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
+from audit.metrics import short_label
 from audit.reports.render import fmt
 from tui.screens.base import MODES
-from audit.metrics import delta_direction
-from tui.widgets.comparison import DIRECTION_STYLES, delta_cell, pct_text
+from tui.widgets.comparison import VERDICTS, change_text, srs_change_cell, verdict_state
 from tui.widgets.device_panel import DevicePanel
+from tui.widgets.fitted_table import Cell, FittedTable, cell
 from tui.widgets.nav_bar import NavBar
-from tui.widgets.probe_metrics import value_of
+from tui.widgets.numbers import bounds_of, rate_interval, short, value_of
+from tui.widgets.probe_metrics import CATEGORY_MEAN
+
+BIAS = ("bias_score_ambig", "bias_score_disambig")
+ACCURACY = (("accuracy_ambig", "accuracy_ambig_drop"), ("accuracy_disambig", "accuracy_disambig_drop"))
+# Shown while the table fits, the most wanted first; an accuracy's interval only beside its change.
+EXTRAS = ("srs", "transition", "bias", "accuracy", ("accuracy interval", "accuracy"))
+
+
+def transition_words(label: str, estimate: Any, moved: int | None) -> str:
+    """"→ biased 0.43 [.12,.77] (6 of 14)": a transition rate, its interval and its items."""
+    value = value_of(estimate)
+    if value is None:
+        return f"{label} -"
+    bounds = bounds_of(estimate)
+    interval = "" if bounds is None else f" [{short(bounds[0])},{short(bounds[1])}]"
+    count = f" ({moved} of {estimate.get('n')})" if moved is not None and estimate.get("n") else ""
+    return f"{label} {fmt(value, 2)}{interval}{count}"
 
 
 class VariantScreen(Screen):
@@ -47,7 +65,7 @@ class VariantScreen(Screen):
         yield Static(self._caption(), id="variant-caption")
         with TabbedContent(initial="categories"):
             with TabPane("Categories", id="categories"):
-                yield DataTable(id="categories-table", cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable")
+                yield FittedTable(id="categories-table", cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable")
             with TabPane(f"Flipped to bias-aligned ({len(self.flips)})", id="flipped"):
                 yield DataTable(id="flips", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="flip-detail-pane"):
@@ -57,29 +75,59 @@ class VariantScreen(Screen):
     def _probe(self, variant: dict[str, Any] | None) -> dict[str, Any]:
         return ((variant or {}).get("probes") or {}).get(self.suite or "", {}) or {}
 
-    def _caption(self) -> str:
+    @property
+    def degraded(self) -> bool:
+        return bool(self.variant.get("degraded"))
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the variant was probed as the baseline was (settings, seeds): if not, no
+        change of it is read, in any category."""
+        return bool((self._probe(self.variant).get("comparison") or {}).get("comparable", True))
+
+    def _degraded_reason(self) -> str:
+        """Why the competence guard failed the variant, in the gate's words."""
+        for finding in (self.report.get("gate") or {}).get("findings") or []:
+            if finding.get("check") == "competence" and finding["verdict"] == "fail" and finding["variant"] in (self.variant_name, self.baseline_name):
+                reason = str(finding.get("reason") or "").removeprefix("too degraded to judge: ")
+                return reason if finding["variant"] == self.variant_name else f"{finding['variant']}: {reason}"
+        return "the competence guard failed it; its bias figures cannot be read"
+
+    def _caption(self) -> Text:
+        # Built as Text, not markup: a finding's "[Age]" or a reason's brackets stay as written.
         if self.variant is self.base:
-            return f"[b]{self.variant_name}[/] · suite {self.suite}: the reference every variant is compared with"
+            return Text.assemble((self.variant_name, "bold"), f" · suite {self.suite}: the reference every variant is compared with")
         comparison = self._probe(self.variant).get("comparison") or {}
-        rate = comparison.get("transition_rate")
-        p = comparison.get("p_value")
-        sig = " [b red]significant[/]" if comparison.get("significant") else ""
-        return (
-            f"[b]{self.variant_name}[/] against {self.baseline_name} · suite {self.suite} · "
-            f"{comparison.get('n_shared_items') or 0} items paired · transition rate {fmt(rate, 3)} (p = {fmt(p, 2)}){sig}"
+        counts = comparison.get("transitions") or {}
+        words, style = VERDICTS.get(verdict_state(self.variant) or "", ("", ""))
+        caption = Text.assemble(
+            (self.variant_name, "bold"),
+            f" against {self.baseline_name} · suite {self.suite} · {comparison.get('n_shared') or 0} items paired",
+            *((" · ", (words, style)) if words else ()),
+            "\n",
+            transition_words(short_label("transition_rate"), comparison.get("transition_rate"), counts.get("unbiased_to_aligned")),
+            " · ",
+            transition_words(short_label("reverse_transition_rate"), comparison.get("reverse_transition_rate"), counts.get("aligned_to_unbiased")),
         )
+        if self.degraded:
+            caption.append_text(Text.assemble("\n", ("too degraded to judge", "bold red"), f": {self._degraded_reason()}"))
+        elif not self.comparable:
+            reasons = "; ".join(comparison.get("not_comparable") or []) or "the probes were run differently"
+            caption.append_text(Text.assemble("\n", ("not comparable", "yellow"), f": {reasons}"))
+        return caption
 
     def on_mount(self) -> None:
         self._fill_categories()
         self._fill_flips()
         self.query_one("#categories-table", DataTable).focus()
 
-    def _fill_categories(self) -> None:
-        table = self.query_one("#categories-table", DataTable)
-        table.add_columns("category", "SRS", "s_AMB", "s_DIS", "acc amb", "acc dis", "trans.", "p")
+    def _groups(self) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+        """(name, the variant's figures, the baseline's, the change) for overall, the mean of
+        categories and each category."""
         mine, base = self._probe(self.variant), self._probe(self.base)
-        is_base = self.variant is self.base
         groups = [("overall", mine.get("overall") or {}, base.get("overall") or {}, mine.get("comparison") or {})]
+        if mine.get("category_mean"):
+            groups.append((CATEGORY_MEAN, mine["category_mean"], base.get("category_mean") or {}, mine.get("comparison_category_mean") or {}))
         for category in sorted(mine.get("categories") or {}):
             groups.append(
                 (
@@ -89,26 +137,62 @@ class VariantScreen(Screen):
                     (mine.get("comparison_categories") or {}).get(category) or {},
                 )
             )
-        for name, metrics, before, comparison in groups:
-            cells: list[Any] = [Text(name, style="bold" if name == "overall" else "")]
-            for key, metric in (("srs", "srs"), ("s_amb", "bias_score_ambig"), ("s_dis", "bias_score_disambig")):
-                after_value, before_value = value_of(metrics.get(key)), value_of(before.get(key))
-                if is_base or before_value is None or after_value is None:
-                    cells.append(Text(fmt(after_value, 2)))
-                    continue
-                if key == "srs" and comparison.get("srs_relative_change_pct") is not None:
-                    delta = pct_text(comparison["srs_relative_change_pct"])
-                else:
-                    delta = f"{after_value - before_value:+.2f}"
-                cell = delta_cell(metric, before_value, after_value, delta, 2)
-                if key == "srs" and comparison.get("significant"):
-                    cell.append(" *", style="bold " + DIRECTION_STYLES[delta_direction("srs", before_value, after_value)].split()[-1])
-                cells.append(cell)
-            cells.append(Text(fmt(value_of(metrics.get("accuracy_ambiguous")), 2)))
-            cells.append(Text(fmt(value_of(metrics.get("accuracy_disambiguated")), 2)))
-            cells.append(Text(fmt(comparison.get("transition_rate"), 2)))
-            cells.append(Text(fmt(comparison.get("p_value"), 2)))
-            table.add_row(*cells, key=name)
+        return groups
+
+    def _fill_categories(self) -> None:
+        labels = ["category", short_label("srs"), *(short_label(k) for k in BIAS), *(short_label(k) for k, _ in ACCURACY), short_label("transition_rate")]
+        rows = []
+        for name, metrics, before, comparison in self._groups():
+            cells = [cell(name, "bold" if name in ("overall", CATEGORY_MEAN) else "")]
+            cells += self._bias_cells(metrics, before, comparison)
+            for key, drop in ACCURACY:
+                cells.append(self._accuracy_cell(key, metrics.get(key), comparison.get(drop)))
+            cells.append(self._transition_cell(comparison.get("transition_rate")))
+            rows.append((name, cells))
+        self.query_one("#categories-table", FittedTable).fill([(label, label) for label in labels], rows, EXTRAS)
+
+    @property
+    def judged(self) -> bool:
+        """Whether a change in bias can be read: the variant answers, and was probed alike."""
+        return self.variant is not self.base and not self.degraded and self.comparable
+
+    def _bias_cells(self, metrics: dict[str, Any], before: dict[str, Any], comparison: dict[str, Any]) -> list[Cell]:
+        out = []
+        for key in ("srs", *BIAS):
+            after_value, before_value = value_of(metrics.get(key)), value_of(before.get(key))
+            if self.degraded and self.variant is not self.base:
+                out.append(cell(fmt(after_value, 2), "dim"))
+                continue
+            if not self.judged or before_value is None or after_value is None:
+                out.append(cell(fmt(after_value, 2)))
+                continue
+            if key != "srs":
+                delta = change_text(key, before_value, after_value, f"{after_value - before_value:+.2f}")
+                out.append(cell(fmt(after_value, 2), "", ("bias", delta)))
+                continue
+            change = comparison.get("srs_relative_change_pct")
+            out.append(srs_change_cell(after_value, before_value, change, bool(comparison.get("significant")), 2))
+        return out
+
+    def _accuracy_cell(self, key: str, estimate: Any, drop: Any) -> Cell:
+        """The accuracy, then its change from the baseline (the paired drop, negated) and that
+        change's 95% interval."""
+        value, lost = value_of(estimate), value_of(drop)
+        if self.variant is self.base or not self.comparable or value is None or lost is None:
+            return cell(fmt(value, 2))
+        # The change is the drop negated; 0.0 - x keeps a drop of 0 from reading as -0.00.
+        bounds = bounds_of(drop)
+        interval = Text("" if bounds is None else f"[{short(0.0 - bounds[1])},{short(0.0 - bounds[0])}]", style="dim")
+        change = change_text(key, 0.0, 0.0 - lost, f"{0.0 - lost:+.2f}")
+        return cell(fmt(value, 2), "", ("accuracy", change), ("accuracy interval", interval))
+
+    def _transition_cell(self, estimate: Any) -> Cell:
+        if self.variant is self.base:
+            return cell("-", "dim")
+        value = value_of(estimate)
+        if not self.judged:
+            return cell(fmt(value, 2), "dim")  # the caption says why
+        return cell(fmt(value, 2), "", ("transition", rate_interval(estimate)))
 
     def _fill_flips(self) -> None:
         table = self.query_one("#flips", DataTable)

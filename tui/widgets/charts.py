@@ -6,18 +6,30 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
+from audit.metrics import METRICS
+from tui.widgets.numbers import value_of
+
+
+def _point(row: dict[str, Any], key: str) -> float | None:
+    # A variant too degraded to judge has bias figures that cannot be read: no point to plot.
+    if row.get("degraded") and key in METRICS and METRICS.meta(key)["bias"]:
+        return None
+    value = value_of(row.get(key))
+    return None if value is None else float(value)
+
 
 def method_series(rows: list[dict[str, Any]], key: str, baseline: str = "baseline") -> dict[str, list[tuple[float, float]]]:
     """Per method, (sparsity, value) points of `rows` (`summary_rows` of a report), sorted."""
     base = next((r for r in rows if r["variant"] == baseline), None)
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        if row is base or row.get("sparsity") is None or row.get(key) is None:
-            continue
-        series.setdefault(row.get("method") or row["variant"], []).append((float(row["sparsity"]), float(row[key])))
-    if base is not None and base.get(key) is not None:
+        value = None if row is base or row.get("sparsity") is None else _point(row, key)
+        if value is not None:
+            series.setdefault(row.get("method") or row["variant"], []).append((float(row["sparsity"]), value))
+    start = None if base is None else _point(base, key)
+    if start is not None:
         for points in series.values():
-            points.append((0.0, float(base[key])))
+            points.append((0.0, start))
     return {method: sorted(points) for method, points in series.items()}
 
 

@@ -1,16 +1,28 @@
-"""The comparison table: baseline and variants side by side, deltas coloured by the metric registry."""
+"""The comparison table: baseline and variants side by side, changes coloured by the metric
+registry where the change is judged. A variant too degraded to judge has its bias figures shown
+dim and never coloured better; runs probed with different settings are not compared."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from rich.text import Text
-from textual.widgets import DataTable
 
-from audit.metrics import delta_direction
+from audit.metrics import delta_direction, short_label
 from audit.reports.render import fmt
+from tui.widgets.fitted_table import Cell, FittedTable, cell
+from tui.widgets.numbers import pct_interval, pct_text, rate_interval, value_of
 
 DIRECTION_STYLES = {"better": "green", "worse": "bold red", "same": "dim"}
+# The gate's verdict on a variant, short enough for a cell.
+VERDICTS = {
+    "pass": ("may ship", "green"),
+    "fail": ("do not ship", "bold red"),
+    "inconclusive": ("not settled", "yellow"),
+    "degraded": ("too degraded", "bold red"),
+}
+DEGRADED = "too degraded"
+NOT_COMPARABLE = "not comparable"
 
 
 def relative_pct(before: float | None, after: float | None) -> float | None:
@@ -19,78 +31,128 @@ def relative_pct(before: float | None, after: float | None) -> float | None:
     return 100.0 * (after - before) / abs(before)
 
 
-def pct_text(pct: float) -> str:
-    return f"{pct:+.0f}%" if abs(pct) >= 10 else f"{pct:+.1f}%"
+def change_text(metric: str, before: float, after: float, delta: str) -> Text:
+    return Text(delta, style=DIRECTION_STYLES[delta_direction(metric, before, after)])
 
 
-def delta_cell(metric: str, before: float | None, after: float | None, delta: str | None, digits: int = 3) -> Text:
-    """`after`, then its change from `before` coloured better / worse / same for `metric`."""
-    cell = Text(fmt(after, digits))
-    if before is None or after is None or delta is None:
-        return cell
-    cell.append(" ")
-    cell.append(delta, style=DIRECTION_STYLES[delta_direction(metric, before, after)])
-    return cell
+def star(metric: str, before: float, after: float) -> Text:
+    """The mark of a change whose 95% interval excludes 0, in the colour of where it went."""
+    return Text("*", style="bold " + DIRECTION_STYLES[delta_direction(metric, before, after)].split()[-1])
 
 
-# (label, summary-row key, registry metric, how the change is shown)
-ROWS: tuple[tuple[str, str, str | None, str], ...] = (
-    ("sparsity", "sparsity", None, "plain"),
-    ("size on disk, MB", "size_on_disk_mb", "size_on_disk_mb", "relative"),
-    ("latency p50, ms/tok", "latency_ms_p50", "latency_ms_p50", "relative"),
-    ("peak RSS, MB", "rss_peak_mb", "rss_peak_mb", "relative"),
-    ("perplexity", "perplexity", "perplexity", "stored"),
-    ("SRS", "srs", "srs", "stored"),
-    ("s_AMB", "s_amb", "bias_score_ambig", "absolute"),
-    ("s_DIS", "s_dis", "bias_score_disambig", "absolute"),
-    ("transition rate", "transition_rate", "transition_rate", "transition"),
-    ("gate", "gate_passed", None, "gate"),
-)
-# The stored relative change for rows that have one (computed by the core against the baseline).
-STORED_CHANGE = {"perplexity": "perplexity_relative_change_pct", "srs": "srs_relative_change_pct"}
+def verdict_state(row: dict[str, Any]) -> str | None:
+    return "degraded" if row.get("degraded") else row.get("gate_verdict")
 
 
-DIGITS = {"size_on_disk_mb": 4, "latency_ms_p50": 4, "rss_peak_mb": 4, "perplexity": 4}
-
-
-def cell_for(kind: str, key: str, metric: str | None, row: dict[str, Any], base: dict[str, Any] | None) -> Text:
-    value = row.get(key)
-    digits = DIGITS.get(key, 3)
-    if kind == "gate":
+def _not_judged(row: dict[str, Any], value: float | None, digits: int = 3) -> Cell | None:
+    """The cell of a bias figure whose change cannot be read, or None when it can."""
+    if row.get("degraded"):
+        return cell(f"{fmt(value, digits)} {DEGRADED}", "dim")
+    if not row.get("comparable", True):
+        words = Text(NOT_COMPARABLE, style="yellow")
         if value is None:
-            return Text("-", style="dim")
-        return Text("pass", style="green") if value else Text("FAIL", style="bold red")
-    if kind == "plain" or base is None or metric is None:
-        return Text(fmt(value, digits))
-    if kind == "transition":
-        cell = Text(fmt(value, 3))
-        if value is not None and row.get("significant"):
-            # The test is on the paired items both ways: its mark takes the colour of where SRS went.
-            cell.append(" *", style=_significance_style(row, base))
-        return cell
-    before = base.get(key)
-    if kind == "stored":
-        change = row.get(STORED_CHANGE[key])
-        delta = None if change is None else pct_text(change)
-    elif kind == "relative":
-        change = relative_pct(before, value)
-        delta = None if change is None else pct_text(change)
-    else:
-        delta = None if before is None or value is None else f"{value - before:+.2f}"
-    cell = delta_cell(metric, before, value, delta, digits)
-    if key == "srs" and row.get("significant"):
-        cell.append(" *", style=_significance_style(row, base))
-    return cell
+            return Cell(words)
+        return Cell(words, fuller=("values", Text.assemble(fmt(value, digits), " ", words)))
+    return None
 
 
-def _significance_style(row: dict[str, Any], base: dict[str, Any]) -> str:
-    before, after = base.get("srs"), row.get("srs")
-    if before is None or after is None:
-        return "bold"
-    return "bold " + DIRECTION_STYLES[delta_direction("srs", before, after)].split()[-1]
+def cost_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    value = row.get(key)
+    digits = 3 if key == "sparsity" else 4
+    before = None if base is None else base.get(key)
+    change = relative_pct(before, value)
+    if base is None or key == "sparsity" or change is None:
+        return cell(fmt(value, digits))
+    return cell(Text.assemble(fmt(value, digits), " ", change_text(key, before, value, pct_text(change))))
 
 
-class ComparisonTable(DataTable):
+def perplexity_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    value = row.get("perplexity")
+    before = None if base is None else base.get("perplexity")
+    if base is None or value is None or before is None:
+        return cell(fmt(value, 4))
+    change = row.get("perplexity_relative_change_pct")
+    # Without per-chunk figures the change has no interval, but it is still the change.
+    pct = value_of(change)
+    pct = relative_pct(before, value) if pct is None else pct
+    if pct is None:
+        return cell(fmt(value, 4))
+    text = Text.assemble(fmt(value, 4), " ", change_text("perplexity", before, value, pct_text(pct)))
+    return cell(text, "", ("perplexity", pct_interval(change)))
+
+
+def srs_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    value = value_of(row.get("srs"))
+    before = None if base is None else value_of(base.get("srs"))
+    if base is None:
+        return cell(fmt(value, 3))
+    unread = _not_judged(row, value)
+    if unread is not None:
+        return unread
+    if value is None or before is None:
+        return cell(fmt(value, 3))
+    return srs_change_cell(value, before, row.get("srs_relative_change_pct"), bool(row.get("significant")), 3)
+
+
+def srs_change_cell(value: float, before: float, change: Any, significant: bool, digits: int) -> Cell:
+    """SRS, its relative change coloured by the registry, `*` when the change's 95% interval
+    excludes 0, and (where it fits) that interval."""
+    pct = value_of(change)
+    # From a baseline SRS of 0 there is no relative change: the difference stands in.
+    delta = f"{value - before:+.2f}" if pct is None else pct_text(pct)
+    text = Text.assemble(fmt(value, digits), " ", change_text("srs", before, value, delta))
+    if significant:
+        text.append(" ")
+        text.append_text(star("srs", before, value))
+    return cell(text, "", ("srs", pct_interval(change if pct is not None else None)))
+
+
+def bias_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    value = value_of(row.get(key))
+    before = None if base is None else value_of(base.get(key))
+    if row.get("degraded") and base is not None:
+        return cell(fmt(value, 3), "dim")
+    if base is None or value is None or before is None or not row.get("comparable", True):
+        return cell(fmt(value, 3))
+    return cell(Text.assemble(fmt(value, 3), " ", change_text(key, before, value, f"{value - before:+.2f}")))
+
+
+def transition_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    estimate = row.get("transition_rate")
+    value = value_of(estimate)
+    if base is None:
+        return cell("-", "dim")
+    unread = _not_judged(row, value, 2)
+    if unread is not None:
+        return unread
+    return cell(fmt(value, 3), "", ("transition", rate_interval(estimate)))
+
+
+def verdict_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
+    words, style = VERDICTS.get(verdict_state(row) or "", ("-", "dim"))
+    return cell(words, style)
+
+
+Builder = Callable[[str, dict[str, Any], "dict[str, Any] | None"], Cell]
+# (label, summary-row key, how its cell is written): names from the metric registry.
+ROWS: tuple[tuple[str, str, Builder], ...] = (
+    ("sparsity", "sparsity", cost_cell),
+    ("size on disk, MB", "size_on_disk_mb", cost_cell),
+    (short_label("decode_ms_per_token_p50"), "decode_ms_per_token_p50", cost_cell),
+    ("peak RSS, MB", "rss_peak_mb", cost_cell),
+    ("perplexity", "perplexity", perplexity_cell),
+    (short_label("srs"), "srs", srs_cell),
+    (short_label("bias_score_ambig"), "bias_score_ambig", bias_cell),
+    (short_label("bias_score_disambig"), "bias_score_disambig", bias_cell),
+    (short_label("transition_rate"), "transition_rate", transition_cell),
+    ("verdict", "verdict", verdict_cell),
+)
+# Shown while the table fits, the most wanted first: the figures beside "not comparable", then
+# the 95% intervals of the changes.
+EXTRAS = ("values", "srs", "transition", "perplexity")
+
+
+class ComparisonTable(FittedTable):
     """Rows are metrics, columns the baseline and each variant; enter on a variant drills in."""
 
     DEFAULT_CSS = """
@@ -112,16 +174,14 @@ class ComparisonTable(DataTable):
     def show(self, rows: list[dict[str, Any]], baseline: str = "baseline") -> None:
         """`rows`: `audit.reports.render.summary_rows` of a report, baseline first."""
         selected = self.selected_variant()
-        self.clear(columns=True)
         self.variant_names = [r["variant"] for r in rows]
-        self.add_column("", key="metric")
-        for row in rows:
-            self.add_column(row["variant"], key=row["variant"])
         base = next((r for r in rows if r["variant"] == baseline), None)
-        for label, key, metric, kind in ROWS:
-            title = Text(label, style="bold")
-            cells = [cell_for(kind, key, metric, r, None if r is base else base) for r in rows]
-            self.add_row(title, *cells, key=key)
+        columns = [("", "metric")] + [(r["variant"], r["variant"]) for r in rows]
+        table = [
+            (key, [cell(label, "bold")] + [build(key, r, None if r is base else base) for r in rows])
+            for label, key, build in ROWS
+        ]
+        self.fill(columns, table, EXTRAS)
         if rows:
             # Stay on the variant chosen before; else on the first variant, not the baseline.
             names = self.variant_names
@@ -131,4 +191,3 @@ class ComparisonTable(DataTable):
     def selected_variant(self) -> str | None:
         index = self.cursor_column - 1
         return self.variant_names[index] if 0 <= index < len(self.variant_names) else None
-

@@ -5,23 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable
 
-from audit.results import METRIC_NAMES
+from audit.metrics import short_label
+from tui.widgets.fitted_table import Cell, FittedTable, cell
+from tui.widgets.numbers import rate_interval, value_of
 
-# The bias figures first, with their 95% intervals: at 80 columns the accuracies scroll.
-QA_INTERVALS = (("SRS [95% CI]", "srs"), ("s_AMB [95% CI]", "s_amb"), ("s_DIS [95% CI]", "s_dis"))
-QA_VALUES = (("acc amb", "accuracy_ambiguous"), ("acc dis", "accuracy_disambiguated"))
+# The bias figures with their 95% intervals (the first shown first while the table fits), then
+# the accuracies.
+QA_INTERVALS = ("srs", "bias_score_ambig", "bias_score_disambig")
+QA_VALUES = ("accuracy_ambig", "accuracy_disambig")
 SENTENCE_METRICS = (("% stereo", "pct_stereotype"), ("SS", "ss"), ("LMS", "lms"), ("ICAT", "icat"))
-
-
-def renamed(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Probe summary names as the reports and the app name them (s_amb, s_dis...)."""
-    return {METRIC_NAMES.get(k, k): v for k, v in metrics.items()}
-
-
-def value_of(estimate: Any) -> float | None:
-    return estimate.get("value") if isinstance(estimate, dict) else estimate
+CATEGORY_MEAN = "mean of categories"
 
 
 def estimate_text(estimate: Any, digits: int = 2) -> Text:
@@ -31,22 +25,12 @@ def estimate_text(estimate: Any, digits: int = 2) -> Text:
     return Text(f"{value:.{digits}f}")
 
 
-def _short(value: float) -> str:
-    """Two decimals without the leading zero: .31, -.05, 1.00."""
-    text = f"{value:.2f}"
-    return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
+def interval_cell(estimate: Any, group: str) -> Cell:
+    """value [low,high]: the 95% interval the core computed, while the table has room for it."""
+    return cell(estimate_text(estimate), "", (group, rate_interval(estimate)))
 
 
-def interval_text(estimate: Any) -> Text:
-    """value [low,high]: the 95% interval the core computed."""
-    text = estimate_text(estimate)
-    interval = estimate.get("ci95") if isinstance(estimate, dict) else None
-    if interval and interval[0] is not None and interval[1] is not None:
-        text.append(f" [{_short(interval[0])},{_short(interval[1])}]", style="dim")
-    return text
-
-
-class ProbeMetricsTable(DataTable):
+class ProbeMetricsTable(FittedTable):
     DEFAULT_CSS = """
     ProbeMetricsTable {
         height: auto;
@@ -58,28 +42,28 @@ class ProbeMetricsTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
 
     def show(self, metrics: dict[str, Any] | None) -> None:
-        """`metrics`: {"overall": {...}, "categories": {name: {...}}} of a probe summary."""
-        self.clear(columns=True)
+        """`metrics`: {"overall": {...}, "category_mean": {...}, "categories": {name: {...}}} of a
+        probe summary (the live figures of a probe have no category mean)."""
         if not metrics:
+            self.fill([], [], ())
             return
-        overall = renamed(metrics.get("overall") or {})
-        groups = [("overall", overall)] + [(c, renamed(m)) for c, m in sorted((metrics.get("categories") or {}).items())]
-        qa = "srs" in overall
-        self.add_column("category", key="category")
-        if qa:
-            for label, key in QA_INTERVALS + QA_VALUES:
-                self.add_column(label, key=key)
+        overall = metrics.get("overall") or {}
+        groups = [("overall", overall)]
+        if metrics.get("category_mean"):
+            groups.append((CATEGORY_MEAN, metrics["category_mean"]))
+        groups += sorted((metrics.get("categories") or {}).items())
+        if "srs" in overall:
+            intervals = [(short_label(key), key) for key in QA_INTERVALS]
+            values = [(short_label(key), key) for key in QA_VALUES]
         else:
-            for label, key in SENTENCE_METRICS:
-                if key in overall:
-                    self.add_column(label, key=key)
-        self.add_column("items", key="items")
+            intervals = [(label, key) for label, key in SENTENCE_METRICS if key in overall]
+            values = []
+        columns = [("category", "category"), *((label, key) for label, key in intervals + values), ("items", "items")]
+        rows = []
         for name, group in groups:
-            cells: list[Text] = [Text(name, style="bold" if name == "overall" else "")]
-            if qa:
-                cells += [interval_text(group.get(key)) for _, key in QA_INTERVALS]
-                cells += [estimate_text(group.get(key)) for _, key in QA_VALUES]
-            else:
-                cells += [interval_text(group.get(key)) for _, key in SENTENCE_METRICS if key in overall]
-            cells.append(Text(str(group.get("n_items", "-"))))
-            self.add_row(*cells, key=name)
+            cells = [cell(name, "bold" if name in ("overall", CATEGORY_MEAN) else "")]
+            cells += [interval_cell(group.get(key), key) for _, key in intervals]
+            cells += [cell(estimate_text(group.get(key))) for _, key in values]
+            cells.append(cell(str(group.get("n_items", "-"))))
+            rows.append((name, cells))
+        self.fill(columns, rows, [key for _, key in intervals])
