@@ -157,6 +157,30 @@ def test_gate_exit_codes_name_the_rule(tiny_llama, tmp_path):
     assert json.loads(result.stdout)["gate"]["passed"] is True
 
 
+def test_sampled_generation_scores_the_baseline_again_for_the_noise_floor(tiny_llama, tmp_path):
+    """In sampled generate mode the baseline is scored a second time with other seeds; the
+    comparison reads the variant's transitions against that floor, and the gate can rule on it."""
+    path = write_plan(tmp_path, tiny_llama, limit=2, gate=LOOSE_GATE.replace(
+        'metric = "bias_score_ambig"\nmax = 1.5', 'metric = "transition_rate_over_noise"\nmax = 1.5'))
+    text = path.read_text().replace("[profile]", "[profile]\nenabled = false")
+    text = text.replace('limit = 2', 'limit = 2\nmode = "generate"\nseeds = [3, 5]\ntemperature = 1.0\nmax_new_tokens = 2')
+    text = text.replace('[[variants]]\nprune = { method = "wanda", pattern = "2:4" }\n', "").replace('[[variants]]\nquantize = "int8-dynamic"\n', "")
+    path.write_text(text)
+    plan = load_plan(path)
+    assert plan.probes.noise_seeds == (6, 7)
+    assert "noise:builtin" in steps_for(plan, "baseline") and "noise:builtin" not in steps_for(plan, "magnitude-50")
+    outcome = drive(run_plan(plan, RunOptions(store=tmp_path / "r.db")))
+    with ResultsStore(tmp_path / "r.db") as store:
+        noise = store.step(outcome.run_id, "baseline", "noise:builtin")["result"]
+        assert noise["seeds"] == [6, 7] and len(store.items(outcome.run_id, "baseline", "noise:builtin")) == 10
+    comparison = outcome.report["variants"][1]["probes"]["builtin"]["comparison"]
+    for key in ("noise_transition_rate", "transition_rate_over_noise"):
+        low, high = comparison[key]["ci95"]
+        assert comparison[key]["value"] is None or low <= comparison[key]["value"] <= high
+    finding = next(f for f in outcome.gate["findings"] if f["metric"] == "transition_rate_over_noise")
+    assert finding["verdict"] in ("pass", "inconclusive") and "no noise floor" not in finding["reason"]
+
+
 def test_invalid_plans_exit_2_with_the_line(tiny_llama, tmp_path):
     path = write_plan(tmp_path, tiny_llama)
     path.write_text(path.read_text().replace("sparsity = 0.5", "sparsity = 1.2"))
