@@ -38,7 +38,12 @@ def fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
 
 
 def signed(value: float | None, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:+.3g}{suffix}"
+    if value is None:
+        return "-"
+    # Thousands in full (+2,323%), not in exponent form; past a million the exponent is shorter.
+    if 1000 <= abs(value) < 1e6:
+        return f"{value:+,.0f}{suffix}"
+    return f"{value:+.3g}{suffix}"
 
 
 # -- reading the report data -----------------------------------------------------------------
