@@ -313,7 +313,7 @@ def test_html_report_renders_with_its_plots_in_chromium(sequential_run, tmp_path
     url = Path(files["html"]).as_uri()
     common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "latency_ms_p50", "rss_peak_mb", "size_on_disk_mb"):
+    for chart in ("sparsity-srs", "sparsity-perplexity", "sparsity-transitions", "categories-srs", "decode_ms_per_token_p50", "rss_peak_mb", "size_on_disk_mb"):
         assert f'id="fig-{chart}"' in dom
     assert dom.count("<svg") == 7 and "chart empty" not in dom
     assert dom.count('class="point"') >= 4 and dom.count('class="bar"') >= 20
