@@ -103,24 +103,36 @@ class GateFinding:
         return data
 
     def line(self) -> str:
-        where = "" if self.category == "overall" else f" [{self.category}]"
-        if self.value is None:
-            figure = "not measured"
-        else:
-            figure = f"{_num(self.value)} [{_num(self.lower)}, {_num(self.upper)}]"
-        sign = "<=" if self.limit_is == "max" else ">"
-        return (
-            f"{self.verdict.upper()} {self.variant}: {self.metric}{where} = {figure}, limit {sign} {self.limit:g} "
-            f"at {self.confidence:g} - {self.reason}"
-        )
+        return finding_line(self.to_dict())
 
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "?"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4g}"
+def finding_line(finding: dict[str, Any]) -> str:
+    """A finding (as `GateFinding.to_dict` gives it, stored or fresh) on one line."""
+    where = "" if finding["category"] == "overall" else f" [{finding['category']}]"
+    if finding["value"] is None:
+        figure = "not measured"
+    else:
+        # A side written as null is unbounded.
+        low = "-inf" if finding["lower"] is None else f"{finding['lower']:.4g}"
+        high = "inf" if finding["upper"] is None else f"{finding['upper']:.4g}"
+        figure = f"{finding['value']:.4g} [{low}, {high}]"
+    sign = "<=" if finding["limit_is"] == "max" else ">"
+    return (
+        f"{finding['verdict'].upper()} {finding['variant']}: {finding['metric']}{where} = {figure}, "
+        f"limit {sign} {finding['limit']:g} at {finding['confidence']:g} - {finding['reason']}"
+    )
+
+
+def _worst(findings: Sequence[GateFinding]) -> str:
+    """Fail if any fails, else inconclusive if any is, else pass."""
+    verdicts = {f.verdict for f in findings}
+    if FAIL in verdicts:
+        return FAIL
+    return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+
+
+def _competence_failed(findings: Sequence[GateFinding]) -> bool:
+    return any(f.check == "competence" and f.verdict == FAIL for f in findings)
 
 
 @dataclass(frozen=True)
@@ -131,10 +143,7 @@ class GateReport:
 
     @property
     def verdict(self) -> str:
-        verdicts = {f.verdict for f in self.findings}
-        if FAIL in verdicts:
-            return FAIL
-        return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+        return _worst(self.findings)
 
     @property
     def passed(self) -> bool:
@@ -149,17 +158,14 @@ class GateReport:
         return [f for f in self.findings if f.variant in (variant, BASELINE)]
 
     def variant_verdict(self, variant: str) -> str:
-        verdicts = {f.verdict for f in self._own(variant)}
-        if FAIL in verdicts:
-            return FAIL
-        return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+        return _worst(self._own(variant))
 
     def variant_passed(self, variant: str) -> bool:
         return self.variant_verdict(variant) == PASS
 
     def degraded(self, variant: str) -> bool:
         """Too degraded to judge: a competence check failed (its own, or the baseline's)."""
-        return any(f.check == "competence" and f.verdict == FAIL for f in self._own(variant))
+        return _competence_failed(self._own(variant))
 
     def plain(self, variant: str) -> str:
         return PLAIN["degraded"] if self.degraded(variant) else PLAIN[self.variant_verdict(variant)]
@@ -253,9 +259,7 @@ def evaluate_gate(settings: GateSettings, variants: Sequence[str], source: Measu
         guard: list[GateFinding] = []
         for suite in suites:
             guard += _competence(settings, variant, suite, source)
-        degraded = any(f.verdict == FAIL for f in guard) or any(
-            f.verdict == FAIL and f.check == "competence" and f.variant == BASELINE for f in findings
-        )
+        degraded = _competence_failed(guard + [f for f in findings if f.variant == BASELINE])
         findings += guard
         for rule in settings.rules:
             for finding in _rule_findings(rule, settings.level(rule), variant, source):

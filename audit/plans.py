@@ -226,9 +226,6 @@ class ProfileSpec:
     threads: int | None = None
 
 
-GATE_SCOPES = ("overall", "category_mean", "each")  # or one category's name
-
-
 @dataclass(frozen=True)
 class GateRule:
     """A limit on a figure: the variant passes the rule when the figure's one-sided upper

@@ -6,12 +6,12 @@ from typing import Any
 
 from audit.gate import GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, parse_plan
+from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore
 
 BASELINE = "baseline"
 PROBE_PREFIX = "probe:"
 NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds (sampled generation)
-DISPLAY_CONFIDENCE = 0.975  # each side of a two-sided 95% interval
 
 def _relative_pct(before: float | None, after: float | None) -> float | None:
     if before is None or after is None or before == 0:
@@ -56,18 +56,13 @@ def _comparison_entry(comparison: dict[str, Any], scope_key: str, category: str 
     return entry
 
 
-def value(estimate: Any) -> float | None:
-    """The value of an estimate dict ({"value", "ci95", "n"}), or a plain number."""
-    return estimate.get("value") if isinstance(estimate, dict) else estimate
-
-
 class RunView:
     """Everything stored for one run, shaped per variant; built once, read by the report,
     the gate, `runs show` and the app's comparison view."""
 
     def __init__(self, store: ResultsStore, run_id: int, plan: Plan | None = None) -> None:
         from audit.perplexity import change_bounds
-        from audit.probes.compare import ProbeRecord, SuiteEvidence, compare_results
+        from audit.probes.compare import ProbeRecord, SuiteEvidence
         from audit.probes.items import ItemResult
 
         self.run = store.run(run_id)
@@ -115,14 +110,7 @@ class RunView:
                 evidence = self.evidence[suite]
                 if probe is None or name == BASELINE or evidence.baseline is None:
                     continue
-                mine = evidence.variants[name]
-                comparison = compare_results(
-                    evidence.baseline.results,
-                    mine.results,
-                    baseline_settings=evidence.baseline.settings,
-                    variant_settings=mine.settings,
-                    noise=evidence.noise.results if evidence.noise and evidence.sampled(name) else None,
-                )
+                comparison = evidence.comparison(name, noise=evidence.sampled(name))
                 probe["comparison"] = {**_comparison_entry(comparison, "overall"), "intervals": comparison["intervals"]}
                 probe["comparison_category_mean"] = _comparison_entry(comparison, "category_mean")
                 probe["comparison_categories"] = {

@@ -61,6 +61,10 @@ def side_confidence(two_sided: float) -> float:
     return (1.0 + two_sided) / 2.0
 
 
+# Intervals shown beside figures are two-sided 95%: each bound one-sided at 97.5%.
+DISPLAY_CONFIDENCE = side_confidence(0.95)
+
+
 def _check_level(confidence: float) -> float:
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence {confidence} outside [0.5, 1)")

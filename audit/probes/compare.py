@@ -11,13 +11,13 @@ from audit.gate import BASELINE, Measurement
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
 from audit.probes.scoring import PROMPTS
-from audit.stats import Bounds, side_confidence
+from audit.stats import DISPLAY_CONFIDENCE, Bounds
 
 ALL = ms.ALL
 # What "aligned share" is in each scope: SRS on ambiguous items, the bias-aligned share of
 # answers on disambiguated ones, the stereotypical-option share for sentence suites.
 SHARE_METRIC = {AMBIG: "srs", DISAMBIG: "bias_aligned_share_disambig", ALL: "stereotypical_share"}
-DISPLAY_CONFIDENCE = side_confidence(0.95)
+VARIANT = "variant"  # the second run's name where two runs are compared on their own
 INTERVALS = "95% betting intervals over items (seeds nested in items), paired by item"
 
 # Settings two probe runs must share to be compared, as a run's header names them.
@@ -66,10 +66,6 @@ def _shown(value: Any) -> str:
 
 
 # -- one comparison section ----------------------------------------------------------------------
-def _est(bounds: Bounds) -> dict[str, Any]:
-    return bounds.to_dict()
-
-
 def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequence[ms.Pair] | None) -> dict[str, Any]:
     c = DISPLAY_CONFIDENCE
     within = [p for p in pairs if condition == ALL or p[0].condition == condition]
@@ -91,11 +87,11 @@ def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequen
         "n_shared": len(within),
         "n_paired_known": len(known),
         "transitions": table.to_dict(),
-        "transition_rate": _est(ms.paired_bounds(within, "transition_rate", c, scope, condition)),
-        "reverse_transition_rate": _est(ms.paired_bounds(within, "reverse_transition_rate", c, scope, condition)),
-        "net_transition_rate": _est(ms.paired_bounds(within, "net_transition_rate", c, scope, condition)),
-        "aligned_share_baseline": _est(before),
-        "aligned_share_variant": _est(after),
+        "transition_rate": ms.paired_bounds(within, "transition_rate", c, scope, condition).to_dict(),
+        "reverse_transition_rate": ms.paired_bounds(within, "reverse_transition_rate", c, scope, condition).to_dict(),
+        "net_transition_rate": ms.paired_bounds(within, "net_transition_rate", c, scope, condition).to_dict(),
+        "aligned_share_baseline": before.to_dict(),
+        "aligned_share_variant": after.to_dict(),
         "relative_change_pct": change.to_dict(2),
         "cohens_h": None if h is None else round(h, 4),
         # Descriptive: whether the discordant items lean one way (the gate reads the bounds).
@@ -105,14 +101,14 @@ def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequen
     }
     if condition in (AMBIG, DISAMBIG):
         drop = "accuracy_ambig_drop" if condition == AMBIG else "accuracy_disambig_drop"
-        out["accuracy_drop"] = _est(ms.paired_bounds(within, drop, c, scope))
+        out["accuracy_drop"] = ms.paired_bounds(within, drop, c, scope).to_dict()
     if noise is not None:
         noise_within = [p for p in noise if condition == ALL or p[0].condition == condition]
         if scope == ms.OVERALL and len(within) != len(pairs):
             ids = {b.item_id for b, _ in within}
             noise_within = [p for p in noise_within if p[0].item_id in ids]
-        out["noise_transition_rate"] = _est(ms.paired_bounds(noise_within, "transition_rate", c, scope, condition))
-        out["transition_rate_over_noise"] = _est(ms.noise_transition_bounds(within, noise_within, c, scope, condition))
+        out["noise_transition_rate"] = ms.paired_bounds(noise_within, "transition_rate", c, scope, condition).to_dict()
+        out["transition_rate_over_noise"] = ms.noise_transition_bounds(within, noise_within, c, scope, condition).to_dict()
     shares = [(b.biased, v.biased) for b, v in known if b.has_target]
     if shares and any(b.attempts > 1 or v.attempts > 1 for b, v in known):
         out["mean_seed_share_baseline"] = round(sum(s for s, _ in shares) / len(shares), 4)
@@ -137,19 +133,23 @@ def compare_results(
     the baseline scored again with other seeds (sampled generation): the transitions it shows
     are the floor the variant's are read against.
     """
-    base_ids = {r.item_id for r in baseline}
-    var_ids = {r.item_id for r in variant}
-    differences = setting_differences(
-        baseline_settings or _settings_of(baseline), variant_settings or _settings_of(variant), base_ids, var_ids
-    )
-    pairs, counts = ms.pair_facts(baseline, variant)
-    if counts["mismatched"]:
-        differences.append(f"{counts['mismatched']} item ids name different items in the two runs")
+    base = ProbeRecord(baseline_settings or _settings_of(baseline), list(baseline))
+    mine = ProbeRecord(variant_settings or _settings_of(variant), list(variant))
+    # The second scoring of the baseline differs from it in its seeds only.
+    again = None if noise is None else ProbeRecord(base.settings, list(noise))
+    return SuiteEvidence(base, {VARIANT: mine}, again).comparison(VARIANT, noise=again is not None)
+
+
+def _comparison(evidence: "SuiteEvidence", variant: str, noise: bool) -> dict[str, Any]:
+    base, mine = evidence.baseline, evidence.record(variant)
+    assert base is not None and mine is not None
+    pairs, counts = evidence.pairs_and_counts(variant)
+    differences = evidence.differences(variant)
     out: dict[str, Any] = {
         "comparable": not differences,
         "not_comparable": differences,
-        "n_baseline": len(baseline),
-        "n_variant": len(variant),
+        "n_baseline": len(base.results),
+        "n_variant": len(mine.results),
         "n_shared": len(pairs),
         "n_only_baseline": counts["only_baseline"],
         "n_only_variant": counts["only_variant"],
@@ -160,9 +160,7 @@ def compare_results(
     }
     if differences:
         return out
-    noise_pairs = None
-    if noise is not None:
-        noise_pairs, _ = ms.pair_facts(baseline, noise)
+    noise_pairs = evidence.noise_pairs() if noise else None
     question_suite = any(b.condition in (AMBIG, DISAMBIG) for b, _ in pairs)
     conditions = (AMBIG, DISAMBIG) if question_suite else (ALL,)
     for condition in conditions:
@@ -209,8 +207,9 @@ class SuiteEvidence:
     baseline: ProbeRecord | None
     variants: dict[str, ProbeRecord]
     noise: ProbeRecord | None = None
-    _pairs: dict[str, list[ms.Pair]] = field(default_factory=dict, repr=False)
+    _pairs: dict[str, tuple[list[ms.Pair], dict[str, int]]] = field(default_factory=dict, repr=False)
     _facts: dict[str, list[ms.ItemFacts]] = field(default_factory=dict, repr=False)
+    _noise_pairs: list[ms.Pair] | None = field(default=None, repr=False)
 
     def record(self, variant: str) -> ProbeRecord | None:
         return self.variants.get(variant)
@@ -222,16 +221,26 @@ class SuiteEvidence:
         return self._facts[variant]
 
     def differences(self, variant: str) -> list[str]:
+        """Why the variant's probe cannot be compared with the baseline's (empty: it can)."""
         record, base = self.record(variant), self.baseline
         if record is None or base is None:
             return []
-        return setting_differences(base.settings, record.settings, base.ids, record.ids)
+        differences = setting_differences(base.settings, record.settings, base.ids, record.ids)
+        mismatched = self.pairs_and_counts(variant)[1]["mismatched"]
+        if mismatched:
+            differences.append(f"{mismatched} item ids name different items in the two runs")
+        return differences
 
-    def pairs(self, variant: str) -> list[ms.Pair]:
+    def pairs_and_counts(self, variant: str) -> tuple[list[ms.Pair], dict[str, int]]:
+        """The items both runs scored, and how many were left out (`measures.pair_facts`)."""
         if variant not in self._pairs:
             record, base = self.record(variant), self.baseline
-            self._pairs[variant] = ms.pair_facts(base.results, record.results)[0] if record and base else []
+            none = {"only_baseline": 0, "only_variant": 0, "mismatched": 0}
+            self._pairs[variant] = ms.pair_facts(base.results, record.results) if record and base else ([], none)
         return self._pairs[variant]
+
+    def pairs(self, variant: str) -> list[ms.Pair]:
+        return self.pairs_and_counts(variant)[0]
 
     def noise_pairs(self) -> list[ms.Pair] | None:
         """The baseline against its second scoring, when that was made like it but for seeds."""
@@ -239,9 +248,14 @@ class SuiteEvidence:
             return None
         if setting_differences(self.baseline.settings, self.noise.settings, self.baseline.ids, self.noise.ids, ignore=("seeds",)):
             return None
-        if "\0noise" not in self._pairs:
-            self._pairs["\0noise"] = ms.pair_facts(self.baseline.results, self.noise.results)[0]
-        return self._pairs["\0noise"]
+        if self._noise_pairs is None:
+            self._noise_pairs = ms.pair_facts(self.baseline.results, self.noise.results)[0]
+        return self._noise_pairs
+
+    def comparison(self, variant: str, noise: bool = False) -> dict[str, Any]:
+        """The variant against the baseline with 95% intervals, for reports and the app (with
+        `noise`, read against the baseline's second scoring too)."""
+        return _comparison(self, variant, noise)
 
     def categories(self, variant: str) -> list[str]:
         return sorted({f.category for f in self.facts(variant)})
@@ -312,16 +326,9 @@ def _with_note(bounds: Bounds, metric: str) -> Measurement:
 
 
 # Figures of one run that the gate reads from a variant's own probe.
-RUN_FIGURES = ("srs", "bias_score_ambig", "bias_score_disambig", "accuracy_ambig", "accuracy_disambig", "parse_failure_rate", "usr")
+RUN_FIGURES = tuple(ms.SINGLE)
 # Changes against the baseline that the gate reads from the paired items.
-PAIRED_FIGURES = (
-    "srs_relative_change_pct",
-    "transition_rate",
-    "reverse_transition_rate",
-    "net_transition_rate",
-    "accuracy_ambig_drop",
-    "accuracy_disambig_drop",
-)
+PAIRED_FIGURES = ("srs_relative_change_pct", *ms.PAIRED)
 
 
 # What an item file can show: the gate rules `probe-compare --gate` applies.
@@ -332,7 +339,7 @@ class ItemFilesSource:
     """The gate's figures for two item files (a baseline and a variant probe run) and, in
     sampled generation, the baseline scored again: what `probe-compare --gate` judges."""
 
-    VARIANT = "variant"
+    VARIANT = VARIANT
 
     def __init__(self, baseline: ProbeRecord, variant: ProbeRecord, noise: ProbeRecord | None = None) -> None:
         self.evidence = SuiteEvidence(baseline, {BASELINE: baseline, self.VARIANT: variant}, noise)

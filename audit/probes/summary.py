@@ -11,7 +11,7 @@ import numpy as np
 from audit import metrics as m
 from audit.probes import measures
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
-from audit.stats import Bounds, mean_bounds, side_confidence
+from audit.stats import DISPLAY_CONFIDENCE, Bounds, mean_bounds
 
 Summary = dict[str, Any]
 
@@ -30,8 +30,6 @@ def _summarize(results: Sequence[ItemResult], one: Callable[[Sequence[ItemResult
 # -- question suites (BBQ format) ---------------------------------------------------------------
 
 QA_METRICS = tuple(measures.SINGLE)
-# Displayed intervals are two-sided at 95%: each bound one-sided at 97.5%.
-DISPLAY_CONFIDENCE = side_confidence(0.95)
 
 
 def _qa_counts(results: Sequence[ItemResult], facts: Sequence[measures.ItemFacts]) -> dict[str, Any]:
@@ -87,9 +85,7 @@ def _mean_interval(values: Sequence[float]) -> dict[str, Any]:
 def _percent(ordered: Sequence[tuple[str, float]], confidence: float = DISPLAY_CONFIDENCE) -> Bounds:
     """Mean of per-item values in [0, 1], in percent, over items in their fixed order."""
     values = np.array([v for _, v in sorted(ordered, key=lambda iv: measures.order_key(iv[0]))])
-    b = mean_bounds(values, 0.0, 1.0, confidence)
-    scale = (lambda x: None if x is None else 100.0 * x)
-    return Bounds(scale(b.value), scale(b.lower), scale(b.upper), b.n, b.confidence)
+    return mean_bounds(100.0 * values, 0.0, 100.0, confidence)
 
 
 def crows_group(results: Sequence[ItemResult], norm: str | None = None) -> dict[str, Any]:

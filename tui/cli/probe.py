@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from audit.errors import UserError
-from audit.gate import evaluate_gate
+from audit.gate import evaluate_gate, finding_line
 from audit.metrics import delta_direction
 from audit.plans import Plan, load_plan
 from audit.probes.compare import ITEM_FIGURES, ItemFilesSource, ProbeRecord, setting_differences
@@ -353,18 +353,6 @@ def _show_gate(gate: dict[str, Any]) -> None:
     plain = "; ".join(f"{name}: {v['plain']}" for name, v in gate["variants"].items())
     common.stdout.print(f"Gate: [{colour}]{gate['verdict'].upper()}[/] ({plain}), bounds at {gate['confidence']:g}")
     for finding in gate["findings"]:
-        common.stdout.print(Text("  " + _finding_line(finding), style={"pass": "green", "fail": "red", "inconclusive": "yellow"}[finding["verdict"]]))
+        common.stdout.print(Text("  " + finding_line(finding), style={"pass": "green", "fail": "red", "inconclusive": "yellow"}[finding["verdict"]]))
     for line in gate.get("skipped") or []:
         common.stdout.print(Text(f"  skipped {line}", style="dim"))
-
-
-def _finding_line(f: dict[str, Any]) -> str:
-    where = "" if f["category"] == "overall" else f" [{f['category']}]"
-    sign = "<=" if f["limit_is"] == "max" else ">"
-    if f["value"] is None:
-        figure = "not measured"
-    else:
-        low = "?" if f["lower"] is None else f"{f['lower']:.4g}"
-        high = "inf" if f["upper"] is None else f"{f['upper']:.4g}"
-        figure = f"{f['value']:.4g} [{low}, {high}]"
-    return f"{f['verdict'].upper():<12} {f['metric']}{where} = {figure}, limit {sign} {f['limit']:g}: {f['reason']}"
