@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -10,6 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 from audit.errors import UserError
+from audit.paths import os_reason
+
+# Errors writing into the temporary folder that are about the target's disk, not the caller's input.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _umask() -> int:
@@ -18,10 +23,17 @@ def _umask() -> int:
     return mask
 
 
+def _cannot_write(target: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {target}: {os_reason(exc)}")
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -29,9 +41,11 @@ def write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private (0600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
 
 
@@ -47,21 +61,53 @@ def directory(target: Path, *, force: bool = False) -> Iterator[Path]:
     folder is complete, so a failure or Ctrl-C leaves the old one as it was.
     """
     target = Path(target)
-    if target.exists() and not force:
+    if _lexists(target) and not force:
         raise UserError(f"output folder {target} already exists (use --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    # mkdtemp makes the folder private (0700); the finished folder gets the usual mode.
-    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        # mkdtemp makes the folder private (0700); the finished folder gets the usual mode.
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
     try:
         yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # A full or read-only disk is the user's to fix; other errors in the block are the caller's.
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            raise _cannot_write(target, exc) from None
         raise
+    try:
+        _put_in_place(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(target, exc) from None
+        raise
+
+
+def _lexists(path: Path) -> bool:
+    """Whether anything, even a broken link, is at `path`; a path that cannot be looked at is a UserError."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    return True
+
+
+def _put_in_place(tmp: Path, target: Path) -> None:
+    if not os.path.lexists(target):
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / target.name, target)  # the old target back, as the block promised
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,27 @@
-"""Where edge-audit keeps converted models and results, overridable by environment variables."""
+"""Where edge-audit keeps converted models and results, and probing user-given paths without a traceback."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
+
+from audit.errors import UserError
+
+# Plain words for the OS errors a user-given path can raise; the rest use the OS's own text.
+_REASONS = {
+    errno.ENAMETOOLONG: "a name in the path is longer than the file system allows",
+    errno.ELOOP: "its symbolic links loop back on themselves",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EIO: "input/output error",
+}
 
 
 def cache_dir() -> Path:
@@ -23,3 +41,76 @@ def models_cache_dir() -> Path:
 def data_dir() -> Path:
     """Files shipped inside the package (calibration text, held-out text, probe suites)."""
     return Path(__file__).resolve().parent / "data"
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong, in a few words and without the path (the caller's message names it)."""
+    if exc.errno in _REASONS:
+        return _REASONS[exc.errno]
+    return exc.strerror or type(exc).__name__
+
+
+def probe(path: Path, what: str = "path") -> os.stat_result | None:
+    """The status of `path` (symbolic links followed), None when nothing is there.
+
+    `Path.exists()` raises on a name that is too long and hides a symbolic-link loop;
+    both, and a path the user may not look into, become a UserError naming `what` and the path.
+    """
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):  # a link whose target is missing: say so, not "no such file"
+            raise UserError(f"{what} {path} is a broken symbolic link") from None
+        return None
+    except OSError as exc:
+        raise UserError(f"{what} {path}: {os_reason(exc)}") from None
+    except ValueError:  # an embedded NUL byte
+        raise UserError(f"{what} {path!r} is not a valid path") from None
+
+
+def kind(status: os.stat_result | None) -> str | None:
+    """"file", "folder", "other" (a pipe, a device) or None for a missing path."""
+    if status is None:
+        return None
+    if stat.S_ISREG(status.st_mode):
+        return "file"
+    if stat.S_ISDIR(status.st_mode):
+        return "folder"
+    return "other"
+
+
+def require_file(path: Path, what: str = "file") -> os.stat_result:
+    """The status of a path that must be an existing regular file, else a UserError naming it."""
+    status = probe(path, what)
+    found = kind(status)
+    if found is None:
+        raise UserError(f"{what} {path} does not exist")
+    if found == "folder":
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if found != "file":
+        raise UserError(f"{what} {path} is not a regular file")
+    assert status is not None
+    return status
+
+
+def read_text(path: Path, what: str, *, expected: str = "") -> str:
+    """The UTF-8 text of a file the user gave (a byte-order mark dropped), or a UserError naming
+    `what`, the path and the problem; `expected` says what the file should have been."""
+    hint = f": is it {expected}?" if expected else ""
+    require_file(path, what)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {os_reason(exc)}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}){hint}") from None
+
+
+def list_folder(folder: Path, what: str = "folder") -> list[Path]:
+    """The entries of a folder, sorted; an unreadable folder is a UserError naming it."""
+    try:
+        return sorted(Path(folder).iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot list the {what} {folder}: {os_reason(exc)}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from audit.errors import UserError
+from audit.paths import kind, os_reason, probe
 
 SCHEMA_VERSION = 1
+# How long a write waits for another process's transaction before the store is called busy.
+BUSY_TIMEOUT_SECONDS = 60.0
 
 
 def default_store_path() -> Path:
@@ -150,21 +154,205 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-class ResultsStore:
-    """One SQLite file; safe for several processes writing at once (WAL, busy timeout)."""
+def _error_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return None if code is None else code & 0xFF  # the primary code, without the extended bits
 
-    def __init__(self, path: str | Path | None = None) -> None:
+
+# SQLite's primary result codes (sqlite3 names them only from Python 3.11 on).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+class StoreError(UserError):
+    """A fault of the store file itself; `reason` says which: "busy", "readonly", "cantopen",
+    "notadb", "corrupt", "full" or "other"."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def store_error(path: Path, exc: sqlite3.Error, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> StoreError:
+    """One line naming the store and what is wrong with it, for an error SQLite raised."""
+    code = _error_code(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if code in (_BUSY, _LOCKED) or "locked" in text:
+        return StoreError(
+            f"the results store {path} is busy: another process has held it locked for {timeout:g} s; "
+            "try again when that process finishes",
+            "busy",
+        )
+    if code == _READONLY or "readonly database" in text:
+        if readonly:
+            return StoreError(f"cannot write to the results store {path}: it was opened read-only", "readonly")
+        return _not_writable(path)
+    if code == _NOTADB or "not a database" in text:
+        return StoreError(f"cannot open the results store {path}: it is not a SQLite database", "notadb")
+    if code == _CORRUPT or "malformed" in text:
+        return StoreError(f"cannot read the results store {path}: the database is damaged ({text})", "corrupt")
+    if code == _FULL:
+        return StoreError(f"cannot write to the results store {path}: the disk is full", "full")
+    if code == _CANTOPEN or "unable to open" in text:
+        return StoreError(f"cannot open the results store {path}: {_readonly_reason(path, 'unable to open the database file')}", "cantopen")
+    return StoreError(f"cannot use the results store {path}: {text}", "other")
+
+
+def _wal_files(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _readonly_reason(path: Path, default: str) -> str:
+    """Why SQLite may not open or write a store: the file, its folder, or the two files WAL
+    keeps beside it."""
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK):
+            return "the file is not readable"
+        if not os.access(path, os.W_OK):
+            return "the file is not writable"
+    if not os.access(path.parent, os.W_OK):
+        return f"its folder {path.parent} is not writable"
+    for extra in _wal_files(path):
+        if os.path.exists(extra) and not os.access(extra, os.W_OK):
+            return f"{extra.name} beside it is not writable"
+    return default
+
+
+def _not_writable(path: Path) -> StoreError:
+    return StoreError(
+        f"cannot write to the results store {path}: {_readonly_reason(path, 'it is read-only')}; "
+        "give a store you can write (--store or EDGE_AUDIT_STORE)",
+        "readonly",
+    )
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose SQLite errors about the file (locked, read-only, damaged, full disk)
+    are UserErrors naming the store; errors of the statements themselves pass unchanged."""
+
+    store_path: Path
+    store_readonly: bool
+    store_timeout: float
+
+    def _translated(self, exc: sqlite3.Error) -> UserError:
+        return store_error(self.store_path, exc, readonly=self.store_readonly, timeout=self.store_timeout)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except (sqlite3.OperationalError, sqlite3.InternalError) as exc:
+            raise self._translated(exc) from None
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # integrity and programming errors are bugs
+                raise
+            raise self._translated(exc) from None
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.OperationalError as exc:
+            raise self._translated(exc) from None
+
+
+class ResultsStore:
+    """One SQLite file; safe for several processes writing at once (WAL, busy timeout).
+
+    `readonly=True` is for front ends that only read (listing and showing runs): the store must
+    exist, it is never created, and a store the user may not write (a read-only file or
+    folder) still opens; any write then raises UserError. Otherwise the store is created when
+    missing and checked to be writable when opened, so a read-only store is refused before
+    any work whose results it could not keep.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = Path(path).expanduser() if path else default_store_path()
+        self.readonly = readonly
+        self.timeout = timeout
+        found = kind(probe(self.path, "results store"))
+        if found == "folder":
+            raise UserError(f"cannot open the results store {self.path}: it is a folder, not a database file")
+        if found == "other":
+            raise UserError(f"cannot open the results store {self.path}: it is not a regular file")
+        if found is None and readonly:
+            raise UserError(f"no results store at {self.path} (run an audit first, or pass --store)")
+        self.db = self._open_readonly() if readonly else self._open_writable()
+
+    def _connect(self, target: str, *, uri: bool = False, readonly: bool = False) -> _Connection:
+        try:
+            db = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, uri=uri, factory=_Connection)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc, readonly=readonly, timeout=self.timeout) from None
+        assert isinstance(db, _Connection)
+        db.store_path, db.store_readonly, db.store_timeout = self.path, readonly, self.timeout
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _open_writable(self) -> _Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"cannot open the results store {self.path}: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"cannot create the folder of the results store {self.path}: {os_reason(exc)}") from None
+        if os.path.exists(self.path) and not _writable(self.path):
+            # Refused before SQLite opens it: a read-only open would leave read-only WAL files
+            # beside the store that keep it unwritable after its permissions are fixed.
+            raise _not_writable(self.path)
+        db = self._connect(str(self.path))
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(db)
+            self._check_writable(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_readonly(self) -> _Connection:
+        """Read-only, without creating anything beside the store when its folder is read-only."""
+        base = self.path.resolve().as_uri()
+        # mode=ro still creates WAL's two files beside the store, and when the store is not
+        # ours to write they stay behind, read-only; immutable reads the file alone, which is
+        # the whole store when its WAL holds nothing (nobody can be writing it then either).
+        wal = _wal_files(self.path)[0]
+        wal_empty = not os.path.exists(wal) or os.path.getsize(wal) == 0
+        queries = ["mode=ro&immutable=1"] if wal_empty and not _writable(self.path) else ["mode=ro", "mode=ro&immutable=1"]
+        for attempt, query in enumerate(queries, 1):
+            db = None
+            try:
+                db = self._connect(f"{base}?{query}", uri=True, readonly=True)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                self._check_version(version)
+                break
+            except BaseException as error:
+                if db is not None:
+                    db.close()
+                retry = isinstance(error, StoreError) and error.reason in ("readonly", "cantopen")
+                if attempt == len(queries) or not retry:
+                    raise
+        if version < SCHEMA_VERSION:
+            db.close()
+            return self._upgrade_for_reading(version)
+        db.execute("PRAGMA query_only=ON")
+        return db
+
+    def _upgrade_for_reading(self, version: int) -> _Connection:
+        """A store from an older edge-audit is upgraded once, when it can be written."""
+        try:
+            db = self._open_writable()
+        except StoreError as error:
+            if error.reason not in ("readonly", "cantopen"):
+                raise
+            raise UserError(
+                f"cannot read the results store {self.path}: it has schema version {version}, older than "
+                f"this edge-audit's ({SCHEMA_VERSION}), and cannot be upgraded because it is read-only"
+            ) from None
+        db.store_readonly = True
+        db.execute("PRAGMA query_only=ON")
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -176,22 +364,44 @@ class ResultsStore:
         self.close()
 
     # -- schema ---------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"results store {self.path} has schema version {version}, newer than this "
+                f"edge-audit understands ({SCHEMA_VERSION}); upgrade edge-audit"
+            )
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        # An up-to-date store needs no lock: opening it never waits for another writer.
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        self._check_version(version)
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
         try:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"results store {self.path} has schema version {version}, newer than this "
-                    f"edge-audit understands ({SCHEMA_VERSION}); upgrade edge-audit"
-                )
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated it
+            self._check_version(version)
+            if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone():
+                raise UserError(f"cannot open the results store {self.path}: it is a SQLite database, but not edge-audit's")
             for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](self.db)
-                self.db.execute(f"PRAGMA user_version = {step + 1}")
-            self.db.execute("COMMIT")
+                MIGRATIONS[step](db)
+                db.execute(f"PRAGMA user_version = {step + 1}")
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error, UserError):
+                db.execute("ROLLBACK")
             raise
+
+    def _check_writable(self, db: sqlite3.Connection) -> None:
+        """Write the schema version it already has and roll back: SQLite refuses a read-only file
+        or folder only at the first write, and results would otherwise be lost after the work."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            with contextlib.suppress(sqlite3.Error, UserError):
+                db.execute("ROLLBACK")
 
     @property
     def schema_version(self) -> int:
@@ -410,4 +620,16 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # A failed rollback must not hide the error that caused it.
+        with contextlib.suppress(sqlite3.Error, UserError):
+            self.db.execute("ROLLBACK")

@@ -93,6 +93,70 @@ def test_missing_required_field_is_an_error_naming_line(tmp_path):
         load_bbq(path)
 
 
+def test_lines_of_wrong_types_are_skipped_with_file_and_line(tmp_path):
+    def changed(n, **fields):
+        return {**record(n), **fields}
+
+    rows = [
+        record(0),
+        changed(1, label="two"),
+        changed(2, label=True),
+        changed(3, context=5),
+        changed(4, answer_info=["Mary", "John", "Unknown"]),
+        changed(5, answer_info=info(5, ["John", "M"], ["Unknown", "unknown"])),
+        changed(6, additional_metadata={"stereotyped_groups": "F"}),
+        changed(7, example_id="seven"),
+        json.dumps(record(8)).replace('"example_id": 8', '"example_id": 1e400'),
+        "[" * 50_000,
+        changed(0),  # the same item again
+        changed(9, ans1=""),
+    ]
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", rows)
+    with path.open("ab") as handle:
+        handle.write(b'{"context": "caf\xe9"}\n')
+    items, _, skipped = load_bbq(path)
+    assert [i.item_id for i in items] == ["Gender_identity:0"]
+    assert [line.split(": ", 1)[0] for line in skipped] == [f"{path}:{n}" for n in range(2, 14)]
+    reasons = [line.split(": ", 1)[1] for line in skipped]
+    assert reasons[:4] == ["label 'two' is not 0, 1 or 2", "label True is not 0, 1 or 2", "context is 5, not text",
+                           "answer_info is a list, not an object"]
+    assert "stereotyped_groups is 'F'" in reasons[5] and "example_id inf is not an integer" == reasons[7]
+    assert "nested too deeply" in reasons[8] and "repeats" in reasons[9] and reasons[10] == "ans1 is empty"
+    assert reasons[11] == "not UTF-8 text (byte 16)"
+    assert all("\n" not in line for line in skipped)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8 text"),
+        ("category,example_id,target_loc\nÅge,1,caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        (b"category,question_index,example_id\nAge,1,0\n", r"lacks column\(s\) target_loc"),
+        (b'category,example_id,target_loc\nAge,1,"' + b"1" * 200_000 + b'"\n', "not valid CSV"),
+        (b"", r"lacks column\(s\) category, example_id, target_loc"),
+    ],
+)
+def test_metadata_that_is_not_the_metadata_csv_is_a_one_line_error(tmp_path, content, problem):
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0)])
+    meta = tmp_path / "additional_metadata.csv"
+    meta.write_bytes(content)
+    with pytest.raises(UserError, match=problem) as exc:
+        load_suite(f"bbq:{path}", bbq_metadata=meta)
+    assert str(meta) in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        load_bbq(path, metadata_path=tmp_path)
+
+
+def test_metadata_rows_without_a_whole_target_leave_the_item_to_the_derivation(tmp_path):
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1), record(2), record(3)])
+    meta = tmp_path / "additional_metadata.csv"
+    meta.write_text("category,example_id,target_loc\nGender_identity,0,1e400\nGender_identity,1,nan\n"
+                    "Gender_identity,2,0.5\nGender_identity,3\nGender_identity,1e400,1\n")
+    items, stats, skipped = load_bbq(path, metadata_path=meta)
+    assert [i.bias_aligned for i in items] == [(0,)] * 4 and skipped == []
+    assert stats["Gender_identity.jsonl"].derived == 4
+
+
 def test_metadata_target_loc_is_preferred(tmp_path):
     # The derivation would say Mary (option 0); the metadata says option 1.
     path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1)])

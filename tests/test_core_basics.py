@@ -99,3 +99,52 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "file.txt").stat().st_mode) == 0o644
+
+
+def test_atomic_directory_turns_a_full_disk_into_one_line(tmp_path):
+    import errno
+
+    target = tmp_path / "out"
+    with pytest.raises(UserError, match=f"cannot write {target}: no space left on the device"):
+        with atomic.directory(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "w.bin"))
+    assert list(tmp_path.iterdir()) == []
+    # Other errors in the block are the caller's, and pass unchanged.
+    with pytest.raises(FileNotFoundError):
+        with atomic.directory(target) as tmp:
+            open(tmp / "missing" / "f")
+
+
+def test_atomic_writes_to_impossible_paths_are_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=f"cannot write {blocker / 'sub' / 'a.txt'}: "):
+        atomic.write_text(blocker / "sub" / "a.txt", "hello")
+    with pytest.raises(UserError, match=f"cannot write {blocker / 'out'}: "):
+        with atomic.directory(blocker / "out"):
+            pass
+    long = tmp_path / ("a" * 300)
+    with pytest.raises(UserError, match="a name in the path is longer than the file system allows"):
+        with atomic.directory(long):
+            pass
+    with pytest.raises(UserError, match="a name in the path is longer than the file system allows"):
+        atomic.write_text(long, "x")
+
+
+def test_probe_names_the_path_and_the_problem(tmp_path):
+    import os
+
+    from audit.paths import kind, probe, require_file
+
+    assert probe(tmp_path / "missing") is None
+    assert kind(probe(tmp_path)) == "folder"
+    loop = tmp_path / "loop"
+    os.symlink("loop", loop)
+    with pytest.raises(UserError, match=f"model {loop}: its symbolic links loop back on themselves"):
+        probe(loop, "model")
+    with pytest.raises(UserError, match="a name in the path is longer than the file system allows"):
+        probe(tmp_path / ("a" * 300))
+    with pytest.raises(UserError, match=f"weights file {tmp_path} is a folder, not a file"):
+        require_file(tmp_path, "weights file")
+    with pytest.raises(UserError, match="is not a valid path"):
+        probe(tmp_path / "a\0b")

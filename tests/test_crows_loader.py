@@ -46,3 +46,28 @@ def test_real_file_has_all_1508_pairs():
     assert sum(i.meta["direction"] == "antistereo" for i in suite.items) == 218
     gender = load_suite(f"crows:{SHARED_DATA / 'crows_pairs' / 'crows_pairs_anonymized.csv'}", categories=["Gender"])
     assert len(gender.items) == 262
+
+
+def test_files_that_are_not_a_utf8_csv_are_one_line_errors(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(HEADER.encode() + '0,Les pauvres sont paresseux.,Les riches sont paresseux.,stereo,socioeconomic\n'.encode("cp1252") + b"\xe9\n")
+    with pytest.raises(UserError, match="is not UTF-8 text") as exc:
+        load_crows(path)
+    path.write_bytes(HEADER.encode() + b'0,"' + b"x" * 200_000 + b'",b,stereo,age\n')
+    with pytest.raises(UserError, match=r"pairs.csv:2: not valid CSV") as exc:
+        load_crows(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        load_crows(tmp_path)
+
+
+def test_byte_order_mark_and_repeated_pairs(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + HEADER.encode()
+        + b'7,A.,B.,stereo,age,"[]",a0,"[]"\n'
+        + b'7,C.,D.,stereo,age,"[]",a0,"[]"\n'
+    )
+    items, skipped = load_crows(path)
+    assert [i.item_id for i in items] == ["crows:7"]
+    assert skipped == [f"{path}:3: pair '7' repeats {path}:2"]

@@ -28,6 +28,8 @@ def qa(i, condition, answer, *, category="Age", bias=(0,), unknown=2):
         "" if generated else "mean", 3, label, unknown, bias, chosen, None if chosen is None else chosen == label,
         (hits > 0) if valid else None, hits / len(valid) if valid else None, 1.0,
         seed_choices=answer if generated else (), parse_failures=sum(c is None for c in answer) if generated else 0,
+        option_logprobs=() if generated else tuple(-1.0 if k == answer else -2.0 for k in range(3)),
+        option_tokens=() if generated else (1, 1, 1),
     )
 
 

@@ -65,7 +65,7 @@ def test_markdown_states_the_verdict_with_bounds_and_the_flipped_items():
     text = render_markdown(DATA)
     assert "## Gate: FAIL (bounds at 0.95 confidence)" in text
     assert "| w | do not ship |" in text
-    assert "| w | srs_relative_change_pct | 40 | [22.5, 61] | ≤ 20 | FAIL | lower bound over the limit |" in text
+    assert "| w | srs\\_relative\\_change\\_pct | 40 | [22.5, 61] | ≤ 20 | FAIL | lower bound over the limit |" in text
     assert re.search(r"\| w \| 500 \| 300 \|.*\| \+5% \[3, 7\] \| 0\.42 \[0\.37, 0\.47\] \| \+40% \[22\.5, 61\] \|.*\| 0\.25 \[0\.2, 0\.3\] \| do not ship \|", text)
     assert "“Unknown”, variant: “The old man”" in text
 
@@ -97,3 +97,55 @@ def test_axis_labels_stay_short():
     from audit.reports.svg import _fmt
 
     assert [_fmt(v) for v in (0, 0.005, 0.25, 29.04, 1000, 100000, 1e6, 2.5e7)] == ["0", "0.005", "0.25", "29", "1,000", "100,000", "1e6", "2.5e7"]
+
+
+EVIL = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a|b", "[x](javascript:alert(1))")
+
+
+def evil_report():
+    """DATA with every piece of text that comes from data replaced by an injection attempt."""
+    data = json.loads(json.dumps(DATA))
+    script, img, pipe, link = EVIL
+    data["run"].update(name=script, model=img, id=link, device={"name": pipe, img: script}, software={link: pipe})
+    base, variant = data["variants"]
+    base.update(name=script, method=pipe)
+    variant.update(name=img, method=link, gate_plain=pipe)
+    for v in (base, variant):
+        v["probes"]["builtin"]["categories"] = {pipe: v["probes"]["builtin"]["categories"]["age"], link: est(0.5)}
+    data["baseline"] = script
+    data["suites"] = ["builtin"]
+    data["gate"]["variants"] = {img: {"verdict": "fail", "degraded": False, "plain": link}}
+    data["gate"]["verdict"] = script
+    data["gate"]["findings"] = [{**FINDING, "variant": img, "metric": pipe, "category": script, "reason": link + "\n# heading"}]
+    data["flipped"] = [{"variant": img, "suite": "builtin", "item_id": pipe, "category": script, "context": img,
+                        "question": link, "baseline_answer": "`code`", "variant_answer": "*bold* _it_ # not a heading"}]
+    return data
+
+
+def unescaped_pipes(line):
+    return len(re.findall(r"(?<!\\)\|", line.replace("\\\\", "")))
+
+
+def test_text_from_data_cannot_inject_html_or_break_markdown(tmp_path):
+    paths = write_report(tmp_path / "report", evil_report())
+    text = open(paths["md"], encoding="utf-8").read()
+    html = open(paths["html"], encoding="utf-8").read()
+    for page in (text, html):
+        assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert not re.search(r"(?<!\\)\]\(javascript:", text)  # a link needs an unescaped "]("
+    assert "href" not in html.lower()
+    # Every table row has as many cell breaks as its header, so no name splits a cell.
+    tables = [[]]
+    for line in text.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables[-1]:
+            tables.append([])
+    assert len([t for t in tables if t]) >= 4
+    for table in filter(None, tables):
+        assert {unescaped_pipes(row) for row in table} == {unescaped_pipes(table[0])}, table
+    assert "| &lt;img src=x onerror=alert(1)&gt; | \\[x\\](javascript:alert(1)) |" in text  # the gate's verdict table
+    # Nothing from data starts a heading, code span or emphasis.
+    assert not [line for line in text.splitlines() if line.startswith("#") and not line.startswith(("# edge-audit", "## ", "### "))]
+    assert "\\`code\\`" in text and "\\*bold\\* \\_it\\_" in text and "`code`" not in text.replace("\\`", "")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a|b" in html

@@ -61,3 +61,57 @@ def test_wrong_shape_is_an_error(tmp_path):
     path.write_text("{oops")
     with pytest.raises(UserError, match="not valid JSON"):
         load_stereoset(path)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (json.dumps([SAMPLE]), "the top level is a list"),
+        (json.dumps({"version": "1.0"}), "data.intrasentence"),
+        (json.dumps({"data": ["intrasentence"]}), "data.intrasentence"),
+        (json.dumps({"data": {"intrasentence": "e1, e2"}}), r"data.intrasentence \(it is 'e1, e2', not a list\)"),
+        ("[" * 100_000, "not valid JSON"),
+    ],
+)
+def test_a_file_of_the_wrong_shape_is_a_one_line_error_naming_it(tmp_path, content, problem):
+    path = tmp_path / "dev.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=problem) as exc:
+        load_stereoset(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_binary_files_and_folders_are_errors(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")  # a gzipped dev.json, say
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_stereoset(path)
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        load_stereoset(tmp_path)
+
+
+def test_bad_examples_are_skipped_with_their_place(tmp_path):
+    good = SAMPLE["data"]["intrasentence"][0]
+    no_text = json.loads(json.dumps(good))
+    del no_text["sentences"][1]["sentence"]
+    numeric = json.loads(json.dumps(good))
+    numeric["id"], numeric["sentences"][0]["sentence"] = "e5", 42
+    empty = json.loads(json.dumps(good))
+    empty["id"], empty["sentences"][2]["sentence"] = "e6", "  "
+    examples = [good, "e2", {**good, "sentences": "three"}, no_text, numeric, {**good, "bias_type": ["race"]}, good, empty]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps({"data": {"intrasentence": examples}}))
+    items, skipped = load_stereoset(path)
+    assert [i.item_id for i in items] == ["stereoset:e1"]
+    assert [line.split(": ")[1] for line in skipped] == [f"intrasentence[{i}]" for i in range(1, 8)]
+    reasons = [line.split(": ", 2)[2] for line in skipped]
+    assert reasons == [
+        "'e2' is not an object",
+        "sentences is 'three', not a list",
+        "sentences[1] lacks 'sentence' or 'gold_label'",
+        "sentence is 42, not text",
+        "bias_type is a list, not text",
+        "id 'e1' repeats intrasentence[0]",
+        "sentences[2] is empty",
+    ]
+    assert all(line.startswith(f"{path}: ") for line in skipped)

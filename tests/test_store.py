@@ -1,6 +1,8 @@
 """The results store: steps committed whole, replaced not duplicated, schema migrated forward."""
 
+import os
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -89,5 +91,202 @@ def test_schema_is_migrated_forward_and_a_newer_one_refused(tmp_path, monkeypatc
 def test_not_a_database(tmp_path):
     path = tmp_path / "r.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(UserError, match="cannot open the results store"):
+    for readonly in (False, True):
+        with pytest.raises(UserError, match=f"cannot open the results store {path}: it is not a SQLite database"):
+            ResultsStore(path, readonly=readonly)
+
+
+def test_random_bytes_are_not_a_database(tmp_path):
+    path = tmp_path / "r.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(UserError, match=f"results store {path}"):
         ResultsStore(path)
+
+
+# The root user may write anything, so permission tests run only as another user.
+needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+
+
+def stored_run(path):
+    with ResultsStore(path) as store:
+        return new_run(store)
+
+
+def one_line(error):
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_folder_is_not_a_store(tmp_path):
+    for readonly in (False, True):
+        with pytest.raises(UserError, match=f"cannot open the results store {tmp_path}: it is a folder, not a database file"):
+            ResultsStore(tmp_path, readonly=readonly)
+
+
+def test_a_store_under_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=f"results store {blocker / 'r.db'}"):
+        ResultsStore(blocker / "r.db")
+
+
+def test_a_store_name_too_long_is_refused(tmp_path):
+    path = tmp_path / ("a" * 300) / "r.db"
+    for readonly in (False, True):
+        with pytest.raises(UserError, match="a name in the path is longer than the file system allows") as caught:
+            ResultsStore(path, readonly=readonly)
+        assert str(path) in one_line(caught)
+
+
+def test_a_symlink_loop_is_refused(tmp_path):
+    path = tmp_path / "r.db"
+    os.symlink("r.db", path)
+    with pytest.raises(UserError, match=f"results store {path}: its symbolic links loop back on themselves"):
+        ResultsStore(path)
+
+
+def test_another_sqlite_database_is_not_a_store(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(UserError, match=f"cannot open the results store {path}: it is a SQLite database, but not edge-audit's"):
+        ResultsStore(path)
+
+
+def test_a_newer_schema_is_refused_for_reading_too(tmp_path):
+    path = tmp_path / "r.db"
+    stored_run(path)
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    for readonly in (False, True):
+        with pytest.raises(UserError, match=f"results store {path} has schema version {SCHEMA_VERSION + 5}, newer than"):
+            ResultsStore(path, readonly=readonly)
+
+
+def test_reading_never_creates_a_store(tmp_path):
+    path = tmp_path / "missing" / "r.db"
+    with pytest.raises(UserError, match=f"no results store at {path}"):
+        ResultsStore(path, readonly=True)
+    assert not path.parent.exists()
+
+
+def test_a_read_only_open_reads_and_refuses_writes(tmp_path):
+    path = tmp_path / "r.db"
+    run_id = stored_run(path)
+    with ResultsStore(path, readonly=True) as store:
+        assert [r.id for r in store.runs()] == [run_id]
+        assert store.variants(run_id)[0][0] == "baseline"
+        with pytest.raises(UserError, match=f"cannot write to the results store {path}: it was opened read-only") as caught:
+            store.finish_run(run_id, "finished", None, 0)
+        one_line(caught)
+        with pytest.raises(UserError, match="opened read-only"):
+            new_run(store)
+    with ResultsStore(path, readonly=True) as store:
+        assert store.run(run_id).status == "running"
+
+
+def test_a_busy_store_still_reads_and_a_write_is_one_line(tmp_path):
+    path = tmp_path / "r.db"
+    run_id = stored_run(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process mid-transaction
+    try:
+        with ResultsStore(path, readonly=True) as store:
+            assert [r.id for r in store.runs()] == [run_id]
+        with pytest.raises(UserError, match=f"the results store {path} is busy") as caught:
+            ResultsStore(path, timeout=0.1)
+        one_line(caught)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with ResultsStore(path, timeout=0.1) as store:  # free again
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(UserError, match="is busy"):
+                store.finish_run(run_id, "finished", None, 0)
+            with pytest.raises(UserError, match="is busy"):
+                store.record_step(run_id, "baseline", "probe:builtin", result={}, started_at=time.time(), items=ITEMS, suite="builtin")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        store.finish_run(run_id, "finished", None, 0)  # the failed writes left no open transaction
+        assert store.run(run_id).status == "finished"
+
+
+def test_reading_falls_back_to_immutable_when_the_folder_is_read_only(tmp_path, monkeypatch):
+    """What a read-only folder does to SQLite (no WAL files can be made), without needing permissions."""
+    import audit.store as store_module
+
+    path = tmp_path / "r.db"
+    run_id = stored_run(path)
+    real_connect = ResultsStore._connect
+    opened = []
+
+    def connect(self, target, *, uri=False, readonly=False):
+        opened.append(target)
+        if uri and "immutable" not in target:
+            raise store_module.StoreError(f"cannot open the results store {self.path}: x", "cantopen")
+        return real_connect(self, target, uri=uri, readonly=readonly)
+
+    monkeypatch.setattr(ResultsStore, "_connect", connect)
+    with ResultsStore(path, readonly=True) as store:
+        assert [r.id for r in store.runs()] == [run_id]
+    assert opened[-1].endswith("?mode=ro&immutable=1")
+
+
+def test_an_older_store_is_upgraded_when_read_if_it_can_be(tmp_path):
+    path = tmp_path / "r.db"
+    sqlite3.connect(path).close()  # an empty database: schema version 0
+    with ResultsStore(path, readonly=True) as store:
+        assert store.schema_version == SCHEMA_VERSION and store.runs() == []
+
+
+@needs_non_root
+def test_a_read_only_file_reads_but_refuses_writing(tmp_path):
+    path = tmp_path / "r.db"
+    run_id = stored_run(path)
+    path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        with ResultsStore(path, readonly=True) as store:
+            assert [r.id for r in store.runs()] == [run_id]
+        with pytest.raises(UserError, match=f"cannot write to the results store {path}: the file is not writable") as caught:
+            ResultsStore(path)
+        one_line(caught)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]  # no read-only WAL files left behind
+    finally:
+        path.chmod(0o644)
+    with ResultsStore(path) as store:  # writable again
+        store.finish_run(run_id, "finished", None, 0)
+
+
+@needs_non_root
+def test_a_read_only_folder_reads_but_refuses_writing(tmp_path):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "r.db"
+    run_id = stored_run(path)
+    folder.chmod(0o555)
+    try:
+        with ResultsStore(path, readonly=True) as store:
+            assert [r.id for r in store.runs()] == [run_id]
+        with pytest.raises(UserError, match=f"cannot write to the results store {path}: its folder {folder} is not writable") as caught:
+            ResultsStore(path)
+        one_line(caught)
+        with pytest.raises(UserError, match=f"cannot open the results store {folder / 'new.db'}: its folder {folder} is not writable"):
+            ResultsStore(folder / "new.db")
+    finally:
+        folder.chmod(0o755)
+
+
+@needs_non_root
+def test_an_unreadable_store_is_one_line(tmp_path):
+    path = tmp_path / "r.db"
+    stored_run(path)
+    path.chmod(0)
+    try:
+        with pytest.raises(UserError, match=f"cannot open the results store {path}: the file is not readable"):
+            ResultsStore(path, readonly=True)
+    finally:
+        path.chmod(0o644)

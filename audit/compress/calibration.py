@@ -11,7 +11,7 @@ import torch
 
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
-from audit.paths import data_dir
+from audit.paths import data_dir, read_text
 
 CALIBRATION_FILE = "calibration_en.txt"
 DEFAULT_NSAMPLES = 32
@@ -21,31 +21,35 @@ DEFAULT_SEQLEN = 512
 def read_text_file(path: Path, what: str = "text") -> str:
     """A plain-text file, or a .jsonl file of {"text": ...} objects (or strings) joined by blank lines."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{what} file {path} does not exist")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    raw = read_text(path, f"{what} file")
     if path.suffix.lower() == ".jsonl":
         documents = []
-        for number, line in enumerate(raw.splitlines(), start=1):
+        for number, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # also numbers too long to convert and nesting too deep
                 raise UserError(f"{what} file {path}, line {number}: not valid JSON") from None
             text = item.get("text") if isinstance(item, dict) else item
             if not isinstance(text, str):
                 raise UserError(f"{what} file {path}, line {number}: expected a string or an object with a \"text\" string")
+            if not _encodable(text):
+                raise UserError(f"{what} file {path}, line {number}: the text holds an unpaired surrogate escape (\\ud800-\\udfff)")
             documents.append(text)
         raw = "\n\n".join(documents)
     if not raw.strip():
         raise UserError(f"{what} file {path} is empty")
     return raw
+
+
+def _encodable(text: str) -> bool:
+    """Whether a string from JSON is real text: JSON escapes can spell half a surrogate pair."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def shipped_calibration_text() -> str:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -17,15 +18,15 @@ from audit.errors import UserError
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
 from audit.models.meta import read_meta, write_meta
-from audit.models.sources import ModelSource, read_gguf, resolve_source, safetensors_header
-from audit.paths import models_cache_dir
+from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
+from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 from hardware.memory import MB, available_bytes
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_FLOAT_SAFETENSORS_DTYPES = {"F32", "F16", "BF16", "F64"}
 # Working memory beyond the weights: activations, tokenizer, allocator slack.
 _HEADROOM_BYTES = 256 * MB
 # Reading a GGUF holds the file's dequantized tensors and the model at once (measured 2.1x).
@@ -41,12 +42,21 @@ class LoadOptions:
     max_memory_mb: float | None = None  # budget; None means the memory the system has available
 
     def __post_init__(self) -> None:
+        # Checked here, as the options are made, so a bad flag is refused before anything loads.
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"threads must be at least 1, got {self.threads}")
-        if self.max_memory_mb is not None and self.max_memory_mb <= 0:
-            raise UserError(f"max memory must be positive, got {self.max_memory_mb} MB")
+        threads = self.threads
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int):
+                raise UserError(f"--threads must be a whole number, not {threads!r}")
+            if threads < 1:
+                raise UserError(f"--threads must be at least 1, not {threads}")
+        budget = self.max_memory_mb
+        if budget is not None:
+            is_number = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+            if not is_number or not math.isfinite(budget) or budget <= 0:
+                shown = budget if is_number else repr(budget)
+                raise UserError(f"--max-memory-mb must be a positive number of MB, not {shown}")
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -57,13 +67,17 @@ def memory_budget_bytes(options: LoadOptions) -> int:
     return available
 
 
-def check_memory(what: str, need_bytes: int, options: LoadOptions) -> None:
-    """Refuse, with both numbers, rather than let the kernel kill the process mid-load."""
+def check_memory(what: str, need_bytes: int, options: LoadOptions, *, at_least: bool = False) -> None:
+    """Refuse, with both numbers, rather than let the kernel kill the process mid-load.
+
+    `at_least` marks a lower bound checked before the real estimate can be made (before a
+    download or a conversion), so a budget that cannot suffice stops the work up front.
+    """
     budget = memory_budget_bytes(options)
     if need_bytes > budget:
         raise UserError(
-            f"not enough memory to load {what}: needs about {need_bytes / MB:.0f} MB, "
-            f"{budget / MB:.0f} MB available"
+            f"not enough memory to load {what}: needs {'at least' if at_least else 'about'} "
+            f"{need_bytes / MB:.0f} MB, {budget / MB:.0f} MB available"
         )
 
 
@@ -80,9 +94,12 @@ def estimate_folder_bytes(folder: Path, options: LoadOptions) -> int:
             numel = 1
             for dim in info.get("shape", []):
                 numel *= int(dim)
-            stored = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"), 4)
-            # Float tensors are cast to the load dtype; integer ones keep their size.
-            weights += numel * (_DTYPE_BYTES[options.dtype] if info.get("dtype") in {"F32", "F16", "BF16", "F64"} else stored)
+            dtype = info["dtype"]  # safetensors_header checked it is known
+            # Float tensors are cast to the load dtype; the others keep their size.
+            if dtype in _FLOAT_SAFETENSORS_DTYPES:
+                weights += numel * _DTYPE_BYTES[options.dtype]
+            else:
+                weights += math.ceil(numel * SAFETENSORS_DTYPE_BITS[dtype] / 8)
     if not weights:  # pickle or ONNX files: their size, twice, for the copy made while reading
         weights = 2 * sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix.lower() in {".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".data"})
     return weights + _HEADROOM_BYTES
@@ -109,8 +126,14 @@ def model_size_bytes(folder: Path) -> int:
 def _cache_lock(name: str) -> Iterator[None]:
     """One converter at a time per cache entry, across processes."""
     root = models_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as handle:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / f".{name}.lock", "w")
+    except OSError as exc:
+        raise UserError(
+            f"cannot use the model cache {root}: {os_reason(exc)} (set EDGE_AUDIT_CACHE to a folder you can write)"
+        ) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -145,9 +168,14 @@ def prepare_gguf(
 ) -> Job[Path]:
     """Convert a GGUF file once into a cached folder (float32 safetensors + fixed tokenizer)."""
     target = cache_entry_for_gguf(path, alias)
+    if kind(probe(target, "model cache folder")) not in (None, "folder"):
+        raise UserError(f"model cache folder {target} is not a folder; remove it and try again")
     identity = _gguf_identity(path)
     if _cache_is_current(target, identity):
         return target
+    # The dequantized weights are larger than the quantized file: a budget below the file's
+    # size cannot suffice, so refuse before reading it.
+    check_memory(path.name, identity["bytes"] + _HEADROOM_BYTES, options, at_least=True)
     with _cache_lock(target.name):
         if _cache_is_current(target, identity):  # another process converted it meanwhile
             return target
@@ -234,7 +262,7 @@ def prepare_alias(name: str, options: LoadOptions = LoadOptions(), cancel: threa
 def cached_models() -> list[dict[str, Any]]:
     """Converted models in the cache, with their sizes."""
     root = models_cache_dir()
-    if not root.is_dir():
+    if kind(probe(root, "model cache folder")) != "folder":
         return []
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -283,6 +311,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         assert source.path is not None
         folder = yield from prepare_gguf(source.path, None, options, cancel)
     elif source.kind == "hub":
+        check_memory(source.name, _HEADROOM_BYTES, options, at_least=True)
         yield Progress("load", 0, 2, f"fetching {source.hub_id} from the hub")
         folder = fetch_hub(source, options)
         source = resolve_source(str(folder), allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
@@ -311,7 +340,7 @@ def _load_tokenizer(folder: Path, options: LoadOptions) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
     except Exception as exc:
-        raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def text_prefix_ids(tokenizer: Any, config: Any, meta: dict[str, Any]) -> list[int]:
@@ -365,8 +394,14 @@ def _facts_template(folder: Path, source: ModelSource, config: Any, meta: dict[s
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started: float) -> LanguageModel:
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from audit.models.torch_lm import TorchLanguageModel
@@ -391,9 +426,10 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
             )
     except UserError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load the model in {folder}: {message[:300]}") from None
+    # transformers and safetensors raise these on a damaged folder the checks up front let
+    # through (TypeError: a config value of a type the model's constructor cannot use).
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"cannot load the model in {folder}: {_first_line(exc)}") from None
     template = _facts_template(folder, source, config, meta, started)
     return TorchLanguageModel(
         model,
@@ -412,7 +448,10 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
 
     meta = read_meta(folder)
     tokenizer = _load_tokenizer(folder, options)
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the config of the ONNX model in {folder}: {_first_line(exc)}") from None
     files = onnx_files(folder)
     onnx_path = folder / "model.onnx" if (folder / "model.onnx").is_file() else files[0]
     session_options = ort.SessionOptions()
@@ -425,8 +464,7 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
             str(folder), file_name=onnx_path.name, session_options=session_options, provider="CPUExecutionProvider"
         )
     except Exception as exc:  # onnxruntime raises its own exception types on a damaged graph
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load the ONNX model in {folder}: {message[:300]}") from None
+        raise UserError(f"cannot load the ONNX model in {folder}: {_first_line(exc)}") from None
     template = _facts_template(folder, source, config, meta, started)
     template["dtype"] = "float32"
     return OnnxLanguageModel(

@@ -7,8 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.errors import UserError
 from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts, ScoreRequest
 from audit.models.torch_lm import HFGeneration, score_rows
+from audit.paths import os_reason
 
 # ONNX operators whose second input is a weight matrix the model multiplies by.
 _WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
@@ -25,9 +27,15 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     their zero point (which dequantize to zero); packed 4-bit weights are not measured.
     """
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError as exc:
+        raise UserError(f"cannot read the ONNX graph {path}: {os_reason(exc)}") from None
+    except (DecodeError, ValueError):
+        raise UserError(f"{path} is not a valid ONNX graph") from None
     graph = model.graph
     # A 4-bit weight is stored packed (two per byte, in blocks): count its logical K x N.
     packed_weights = {}
@@ -38,7 +46,12 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     parameters = sum(
         packed_weights.get(init.name, int(np.prod(init.dims))) for init in graph.initializer if len(init.dims) >= 1
     )
-    onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    except OSError as exc:  # a missing or unreadable external weights file
+        raise UserError(f"cannot read the external weights of {path} ({exc.filename}): {os_reason(exc)}") from None
+    except ValueError:
+        raise UserError(f"the external weights of {path} do not match its graph") from None
     inits = {init.name: init for init in graph.initializer}
     ops = {node.op_type for node in graph.node}
     quantization = None

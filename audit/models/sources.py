@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from audit.errors import UserError
 from audit.models.aliases import ALIASES, ModelAlias
+from audit.paths import kind, list_folder, os_reason, probe, require_file
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+_MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# Every dtype the installed safetensors reads, with its bits per element.
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+# Config fields the loader, the facts and transformers' model constructors read as sizes: a
+# string or a list there fails deep inside torch. The first set cannot be null either.
+_CONFIG_SIZES_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "n_embd", "n_layer", "n_head")
+_CONFIG_SIZES = _CONFIG_SIZES_REQUIRED + (
+    "intermediate_size", "num_key_value_heads", "max_position_embeddings", "head_dim", "n_positions", "n_ctx",
+    "n_inner", "ffn_dim", "word_embed_proj_dim", "d_model", "num_layers", "num_heads", "d_ff",
+)
+_CONFIG_NUMBERS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "initializer_range")
+_CONFIG_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -42,8 +62,11 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
         raise UserError("no model given: pass an alias, a folder, a .gguf file or a hub id")
     if spec in ALIASES:
         return ModelSource(spec, "alias", alias=ALIASES.get(spec))
-    path = Path(spec).expanduser()
-    if path.exists():
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # "~someone" for a user this system does not know
+        path = Path(spec)
+    if probe(path, "model") is not None:
         return _local_source(spec, path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
         return ModelSource(spec, "hub", hub_id=spec)
@@ -54,7 +77,8 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
 
 
 def _local_source(spec: str, path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ModelSource:
-    if path.is_file():
+    found = kind(probe(path, "model"))
+    if found == "file":
         suffix = path.suffix.lower()
         if suffix == ".gguf":
             check_gguf(path)
@@ -65,27 +89,93 @@ def _local_source(spec: str, path: Path, *, allow_pickle: bool, trust_remote_cod
         if suffix in {".safetensors", ".onnx"}:
             return _local_source(spec, path.parent, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         raise UserError(f"{path} is not a model: expected a folder, a .gguf file or a .safetensors/.onnx file")
+    if found != "folder":
+        raise UserError(f"{path} is not a model: it is neither a regular file nor a folder")
+    entries = list_folder(path, "model folder")
     config = _read_config(path)
     _check_remote_code(path, config, trust_remote_code)
-    if any(path.glob("*.onnx")):
+    onnx = [p for p in entries if p.name.endswith(".onnx")]
+    if onnx:
+        for file in onnx:
+            require_file(file, "ONNX file")
         _check_tokenizer(path)
         return ModelSource(spec, "onnx", path=path)
-    uses_pickle = _check_weights(path, allow_pickle)
+    uses_pickle = _check_weights(path, entries, allow_pickle)
     _check_tokenizer(path)
     return ModelSource(spec, "folder", path=path, pickle=uses_pickle)
 
 
+def _read_json(path: Path, what: str, max_bytes: int) -> Any:
+    """The JSON value in a small file, any fault with the file a UserError naming it."""
+    size = require_file(path, what).st_size
+    if size > max_bytes:
+        raise UserError(f"{path} is {size} bytes: too large to be a {what}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not valid JSON: it is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path} is not valid JSON: it is nested too deeply") from None
+
+
 def _read_config(folder: Path) -> dict:
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if probe(config_path, "model config") is None:
         raise UserError(f"folder {folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{config_path} is not valid JSON: {exc}") from None
+    config = _read_json(config_path, "model config", _MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is not a JSON object")
+    check_config_fields(config_path, config)
     return config
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_config_fields(config_path: Path, config: dict, prefix: str = "") -> None:
+    """Refuse config values of the wrong type before transformers builds a model from them."""
+    for field in _CONFIG_SIZES:
+        if field not in config:
+            continue
+        value = config[field]
+        if value is None and field not in _CONFIG_SIZES_REQUIRED:
+            continue
+        if not _is_count(value):
+            raise UserError(f"{config_path}: {prefix}{field} must be a positive whole number, not {value!r}")
+    for field in _CONFIG_NUMBERS:
+        value = config.get(field)
+        if value is not None and not _is_number(value):
+            raise UserError(f"{config_path}: {prefix}{field} must be a number, not {value!r}")
+    for field in _CONFIG_TOKEN_IDS:
+        value = config.get(field)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(_is_whole(v) for v in ids):
+            raise UserError(f"{config_path}: {prefix}{field} must be a token id (a whole number) or a list of them, not {value!r}")
+    if not isinstance(config.get("model_type", ""), str):
+        raise UserError(f"{config_path}: {prefix}model_type must be a string, not {config['model_type']!r}")
+    architectures = config.get("architectures")
+    if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise UserError(f"{config_path}: {prefix}architectures must be a list of class names, not {architectures!r}")
+    text_config = config.get("text_config")
+    if text_config is not None and not prefix:
+        if not isinstance(text_config, dict):
+            raise UserError(f"{config_path}: text_config must be a JSON object, not {text_config!r}")
+        check_config_fields(config_path, text_config, "text_config.")
 
 
 def _check_remote_code(folder: Path, config: dict, trust_remote_code: bool) -> None:
@@ -111,65 +201,115 @@ def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
         )
 
 
-def _check_weights(folder: Path, allow_pickle: bool) -> bool:
+def _check_weights(folder: Path, entries: list[Path], allow_pickle: bool) -> bool:
     """Validate the weight files; return True when they are pickle files."""
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{index} is not a valid safetensors index: {exc}") from None
-        for shard in sorted(shards):
-            if not (folder / shard).is_file():
+    if probe(index, "safetensors index") is not None:
+        weight_map = _read_json(index, "safetensors index", _MAX_CONFIG_BYTES)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserError(f"{index} is not a valid safetensors index: it has no weight_map of tensor names to files")
+        for shard in sorted(set(weight_map.values())):
+            if probe(folder / shard, "weight shard") is None:
                 raise UserError(f"{folder} is missing weight shard {shard} named in {index.name}")
-    safetensors = sorted(folder.glob("*.safetensors"))
+    safetensors = [p for p in entries if p.name.endswith(".safetensors")]
     for file in safetensors:
         safetensors_header(file)
     if safetensors:
         return False
-    pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    pickles = [p for p in entries if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         _refuse_pickle(pickles[0], allow_pickle)
+        for file in pickles:
+            require_file(file, "weights file")
         return True
     raise UserError(f"folder {folder} has config.json but no weights (*.safetensors)")
 
 
 def _check_tokenizer(folder: Path) -> None:
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    found = False
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if probe(path, "tokenizer file") is not None:
+            require_file(path, "tokenizer file")
+            found = True
+    if not found:
         raise UserError(f"folder {folder} has no tokenizer (expected tokenizer.json or tokenizer_config.json)")
 
 
 def safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, after checking the file holds all the data it promises."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise UserError(f"{path} is truncated: too short to be a safetensors file")
-        length = int.from_bytes(head, "little")
-        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-            raise UserError(f"{path} is truncated or not a safetensors file (header of {length} bytes)")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{path} is corrupt: its safetensors header is not valid JSON") from None
+    """The JSON header of a safetensors file, checked as the safetensors reader checks it
+    (known dtypes, sizes that match shapes, tensors covering the data exactly)."""
+    size = require_file(path, "weights file").st_size
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise UserError(f"{path} is truncated: too short to be a safetensors file")
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise UserError(f"{path} is truncated or not a safetensors file (header of {length} bytes)")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise UserError(f"{path} is corrupt: its safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise UserError(f"{path} is corrupt: its safetensors header is not a JSON object")
-    try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise UserError(f"{path} is corrupt: a tensor entry has no valid data_offsets") from None
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise UserError(f"{path} is corrupt: its __metadata__ is not a map of strings")
+    spans = []
+    for name, info in header.items():
+        if name != "__metadata__":
+            spans.append(_tensor_span(path, name, info))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise UserError(f"{path} is corrupt: tensor {name!r} starts at byte {start} of the data, expected {end}")
+        end = stop
     if 8 + length + end > size:
         raise UserError(
             f"{path} is truncated: its header promises {8 + length + end} bytes, the file has {size}"
         )
+    if 8 + length + end < size:
+        raise UserError(f"{path} is corrupt: {size - 8 - length - end} bytes follow its last tensor")
     return header
+
+
+def _tensor_span(path: Path, name: str, info: Any) -> tuple[int, int, str]:
+    """Where one tensor's bytes lie in the data, after checking its entry is consistent."""
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is corrupt: the entry of tensor {name!r} is not a JSON object")
+    dtype = info.get("dtype")
+    if dtype not in SAFETENSORS_DTYPE_BITS:
+        raise UserError(f"{path} is corrupt or too new: tensor {name!r} has unknown dtype {dtype!r}")
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(_is_whole(d) for d in shape):
+        raise UserError(f"{path} is corrupt: tensor {name!r} has shape {shape!r}, not a list of sizes")
+    offsets = info.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_whole(o) for o in offsets) and offsets[0] <= offsets[1]):
+        raise UserError(f"{path} is corrupt: tensor {name!r} has no valid data_offsets")
+    start, stop = offsets
+    elements = math.prod(shape)
+    if elements * SAFETENSORS_DTYPE_BITS[dtype] != (stop - start) * 8:
+        raise UserError(
+            f"{path} is corrupt: tensor {name!r} ({dtype}, shape {shape}) has {stop - start} bytes of data, "
+            f"not the {elements * SAFETENSORS_DTYPE_BITS[dtype] / 8:g} its shape needs"
+        )
+    return start, stop, name
 
 
 def check_gguf(path: Path) -> None:
     """Cheap check that a file is GGUF at all; `read_gguf` parses it fully when it is converted."""
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
+    require_file(path, "GGUF file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
     if magic != b"GGUF":
         raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
@@ -182,4 +322,5 @@ def read_gguf(path: Path):  # -> gguf.GGUFReader
 
         return GGUFReader(str(path))
     except Exception as exc:  # the reader raises many kinds on a damaged file
-        raise UserError(f"{path} is a corrupt GGUF file: {type(exc).__name__}: {exc}") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{path} is a corrupt GGUF file: {type(exc).__name__}: {detail[:300]}") from None

@@ -41,14 +41,16 @@ Normalisation of group labels (`normalize_label`):
 from __future__ import annotations
 
 import csv
-import json
+import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from audit.errors import UserError
-from audit.probes.items import AMBIG, DISAMBIG, NEG, NONNEG, QA, ProbeItem
+from audit.paths import read_text
+from audit.probes.items import AMBIG, DISAMBIG, NEG, NONNEG, QA, ProbeItem, is_int, is_text, parse_json, reason, shown, text_field
 
 REQUIRED_FIELDS = (
     "example_id",
@@ -165,49 +167,89 @@ class TargetStats:
 
 
 def read_metadata(path: Path) -> dict[tuple[str, int], int]:
-    """(category, example_id) -> target_loc from BBQ's additional_metadata.csv."""
+    """(category, example_id) -> target_loc from BBQ's additional_metadata.csv.
+
+    Rows whose ids or target are not numbers ("NA" targets) leave their items to the derivation."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"BBQ metadata file {path} does not exist")
+    text = read_text(path, "BBQ metadata file", expected="additional_metadata.csv")
     table: dict[tuple[str, int], int] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = {"category", "example_id", "target_loc"} - set(reader.fieldnames or ())
         if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            raise UserError(f"BBQ metadata file {path} lacks column(s) {', '.join(sorted(missing))}: is it additional_metadata.csv?")
         for row in reader:
-            try:
-                table[(row["category"].strip(), int(row["example_id"]))] = int(float(row["target_loc"]))
-            except (TypeError, ValueError):
-                continue  # "NA" targets: leave these items to the derivation
+            category, example_id, loc = row.get("category"), _whole_number(row.get("example_id")), _whole_number(row.get("target_loc"))
+            if isinstance(category, str) and example_id is not None and loc is not None:
+                table[(category.strip(), example_id)] = loc
+    except csv.Error as exc:
+        # DictReader's own line_num moves only once a whole row is read: the csv reader's is the line that failed.
+        raise UserError(f"BBQ metadata file {path}:{reader.reader.line_num}: not valid CSV ({reason(exc)})") from None
     return table
+
+
+def _whole_number(text: str | None) -> int | None:
+    """"3" or "3.0" as 3; None for "NA", NaN, infinities and fractions."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+def _check_record(data: dict[str, Any]) -> None:
+    """A ValueError naming the first field of the wrong kind; BBQ's own files pass."""
+    polarity, condition, label = data["question_polarity"], data["context_condition"], data["label"]
+    if polarity not in (NEG, NONNEG):
+        raise ValueError(f"question_polarity {shown(polarity)} is not neg or nonneg")
+    if condition not in (AMBIG, DISAMBIG):
+        raise ValueError(f"context_condition {shown(condition)} is not ambig or disambig")
+    if not is_int(label) or not 0 <= label <= 2:
+        raise ValueError(f"label {shown(label)} is not 0, 1 or 2")
+    if not is_int(data["example_id"]):
+        raise ValueError(f"example_id {shown(data['example_id'])} is not an integer")
+    for key in ("category", "context", "question", "ans0", "ans1", "ans2"):
+        text_field(data, key)
+    # An empty option would match any generated answer, and scores no tokens.
+    for key in ("category", "question", "ans0", "ans1", "ans2"):
+        if not data[key].strip():
+            raise ValueError(f"{key} is empty")
+    if data.get("question_index") is not None and not (is_text(data["question_index"]) or is_int(data["question_index"])):
+        raise ValueError(f"question_index {shown(data['question_index'])} is not text or an integer")
+    answer_info = data["answer_info"]
+    if not isinstance(answer_info, dict):
+        raise ValueError(f"answer_info is {shown(answer_info)}, not an object")
+    for key in ("ans0", "ans1", "ans2"):
+        info = answer_info.get(key)
+        if not isinstance(info, list) or not all(is_text(label) for label in info):
+            raise ValueError(f"answer_info.{key} is {shown(info)}, not a list of text labels")
+    meta = data["additional_metadata"]
+    if not isinstance(meta, dict):
+        raise ValueError(f"additional_metadata is {shown(meta)}, not an object")
+    groups = meta.get("stereotyped_groups")
+    if groups is not None and not (isinstance(groups, list) and all(is_text(g) for g in groups)):
+        # A string here would be matched letter by letter.
+        raise ValueError(f"additional_metadata.stereotyped_groups is {shown(groups)}, not a list of text labels")
+    if meta.get("subcategory") is not None and not is_text(meta["subcategory"]):
+        raise ValueError(f"additional_metadata.subcategory is {shown(meta['subcategory'])}, not text")
 
 
 def parse_record(
     data: dict[str, Any], where: str, metadata: dict[tuple[str, int], int] | None
 ) -> tuple[ProbeItem, str, tuple[int, ...]]:
     """A BBQ record as a probe item, where its bias-aligned option came from ("metadata",
-    "derived" or ""), and the bias-aligned options the derivation gives, metadata or not."""
+    "derived" or ""), and the bias-aligned options the derivation gives, metadata or not.
+    A missing required field is a UserError; any other fault a ValueError naming it."""
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
         raise UserError(f"{where}: missing required field(s) {', '.join(missing)}")
-    polarity = data["question_polarity"]
-    condition = data["context_condition"]
-    if polarity not in (NEG, NONNEG):
-        raise ValueError(f"question_polarity {polarity!r} is not neg or nonneg")
-    if condition not in (AMBIG, DISAMBIG):
-        raise ValueError(f"context_condition {condition!r} is not ambig or disambig")
-    label = data["label"]
-    if not isinstance(label, int) or not 0 <= label <= 2:
-        raise ValueError(f"label {label!r} is not 0, 1 or 2")
-    answer_info = data["answer_info"]
-    meta = data["additional_metadata"]
-    if not isinstance(answer_info, dict) or not isinstance(meta, dict):
-        raise ValueError("answer_info and additional_metadata must be objects")
-    options = tuple(str(data[f"ans{i}"]) for i in range(3))
+    _check_record(data)
+    polarity, condition, label = data["question_polarity"], data["context_condition"], data["label"]
+    answer_info, meta = data["answer_info"], data["additional_metadata"]
+    options = tuple(data[f"ans{i}"] for i in range(3))
     unknown = find_unknown(answer_info)
-    category = str(data["category"])
-    example_id = int(data["example_id"])
+    category = data["category"]
+    example_id = data["example_id"]
     derived_target = derive_target(answer_info, meta.get("stereotyped_groups") or [], unknown)
     derived = bias_aligned_options(polarity, derived_target, unknown)
     target, bias_aligned = derived_target, derived
@@ -226,8 +268,8 @@ def parse_record(
         bias_aligned=bias_aligned,
         condition=condition,
         polarity=polarity,
-        context=str(data["context"]),
-        question=str(data["question"]),
+        context=data["context"],
+        question=data["question"],
         label=label,
         unknown_index=unknown,
         target_index=target,
@@ -236,36 +278,50 @@ def parse_record(
     return item, source, derived
 
 
-def read_records(path: Path, metadata: dict[tuple[str, int], int] | None, skipped: list[str]) -> tuple[list[ProbeItem], TargetStats]:
+def read_records(
+    path: Path, metadata: dict[tuple[str, int], int] | None, skipped: list[str], seen: dict[str, str] | None = None
+) -> tuple[list[ProbeItem], TargetStats]:
+    """The items of one category file; each line that cannot be one goes to `skipped` as
+    "file:line: reason". `seen` (item id -> where) spans files, so an id is never scored twice."""
     items: list[ProbeItem] = []
     stats = TargetStats()
-    with Path(path).open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
-                item, source, derived = parse_record(data, where, metadata)
-            except UserError:
-                raise
-            except (ValueError, TypeError, KeyError) as exc:
-                skipped.append(f"{where}: {str(exc).splitlines()[0][:160]}")
-                continue
-            items.append(item)
-            stats.items += 1
-            if source == "metadata":
-                stats.from_metadata += 1
-                if derived:
-                    stats.metadata_and_derived += 1
-                    if derived != item.bias_aligned:
-                        stats.disagreeing_ids.append(item.item_id)
-            elif source == "derived":
-                stats.derived += 1
-            else:
-                stats.missing_ids.append(item.item_id)
+    seen = {} if seen is None else seen
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read BBQ file {path}: {exc.strerror or exc}") from None
+    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = line_bytes.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            skipped.append(f"{where}: not UTF-8 text (byte {exc.start})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            data = parse_json(line)
+            if not isinstance(data, dict):
+                raise ValueError(f"{shown(data)} is not a JSON object")
+            item, source, derived = parse_record(data, where, metadata)
+            if item.item_id in seen:
+                raise ValueError(f"example_id {data['example_id']} of {shown(item.category)} repeats {seen[item.item_id]}")
+        except ValueError as exc:
+            skipped.append(f"{where}: {reason(exc)}")
+            continue
+        seen[item.item_id] = where
+        items.append(item)
+        stats.items += 1
+        if source == "metadata":
+            stats.from_metadata += 1
+            if derived:
+                stats.metadata_and_derived += 1
+                if derived != item.bias_aligned:
+                    stats.disagreeing_ids.append(item.item_id)
+        elif source == "derived":
+            stats.derived += 1
+        else:
+            stats.missing_ids.append(item.item_id)
     return items, stats
 
 
@@ -278,6 +334,8 @@ def category_files(path: Path) -> list[Path]:
         if not files:
             raise UserError(f"no BBQ category files (*.jsonl) in {path}")
         return files
+    if path.exists():
+        raise UserError(f"BBQ path {path} is neither a file nor a folder")
     raise UserError(f"BBQ path {path} does not exist")
 
 
@@ -293,11 +351,12 @@ def load_bbq(
     items: list[ProbeItem] = []
     stats: dict[str, TargetStats] = {}
     skipped: list[str] = []
+    seen: dict[str, str] = {}
     for file in category_files(path):
         # BBQ names each file after its category.
         if wanted is not None and file.stem.lower() not in wanted:
             continue
-        file_items, file_stats = read_records(file, metadata, skipped)
+        file_items, file_stats = read_records(file, metadata, skipped, seen)
         items.extend(file_items)
         stats[file.name] = file_stats
     if wanted is not None:

@@ -7,66 +7,87 @@ an unrelated sentence; the item's options are the three sentences in file order,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from audit.errors import UserError
-from audit.probes.items import SENTENCES, ProbeItem
+from audit.paths import read_text
+from audit.probes.items import SENTENCES, ProbeItem, parse_json, reason, shown, text_field
 
 GOLD_LABELS = ("stereotype", "anti-stereotype", "unrelated")
 
 
-def _example(raw: Any, where: str) -> ProbeItem:
+def _example(raw: Any) -> ProbeItem:
+    """One intrasentence example, or a ValueError naming what is wrong with it."""
     if not isinstance(raw, dict):
-        raise ValueError("not an object")
+        raise ValueError(f"{shown(raw)} is not an object")
     for key in ("id", "bias_type", "context", "sentences"):
         if key not in raw:
             raise ValueError(f"missing field {key!r}")
+    example_id, bias_type, context = (text_field(raw, key) for key in ("id", "bias_type", "context"))
+    target = text_field(raw, "target", optional=True)
+    if not example_id or not bias_type.strip():
+        raise ValueError("id or bias_type is empty")
     sentences = raw["sentences"]
     if not isinstance(sentences, list):
-        raise ValueError("sentences is not a list")
+        raise ValueError(f"sentences is {shown(sentences)}, not a list")
     by_gold: dict[str, str] = {}
-    for sentence in sentences:
+    order: list[str] = []
+    for number, sentence in enumerate(sentences):
         if not isinstance(sentence, dict) or "sentence" not in sentence or "gold_label" not in sentence:
-            raise ValueError("a sentence lacks 'sentence' or 'gold_label'")
+            raise ValueError(f"sentences[{number}] lacks 'sentence' or 'gold_label'")
         gold = sentence["gold_label"]
-        if gold not in GOLD_LABELS or gold in by_gold:
+        if not isinstance(gold, str) or gold not in GOLD_LABELS or gold in by_gold:
             raise ValueError(f"gold labels must be one each of {', '.join(GOLD_LABELS)}")
-        by_gold[gold] = str(sentence["sentence"]).strip()
+        text = text_field(sentence, "sentence").strip()
+        if not text:
+            raise ValueError(f"sentences[{number}] is empty")
+        by_gold[gold] = text
+        order.append(gold)
     if set(by_gold) != set(GOLD_LABELS):
         raise ValueError(f"needs one sentence each of {', '.join(GOLD_LABELS)}")
-    order = [str(s["gold_label"]) for s in sentences]
-    options = tuple(by_gold[g] for g in order)
     return ProbeItem(
-        item_id=f"stereoset:{raw['id']}",
-        category=str(raw["bias_type"]),
+        item_id=f"stereoset:{example_id}",
+        category=bias_type,
         kind=SENTENCES,
-        options=options,
+        options=tuple(by_gold[g] for g in order),
         bias_aligned=(order.index("stereotype"),),
-        context=str(raw["context"]),
-        meta={"gold": order, "target": str(raw.get("target", ""))},
+        context=context,
+        meta={"gold": order, "target": target},
     )
 
 
 def load_stereoset(path: Path) -> tuple[list[ProbeItem], list[str]]:
-    """Intrasentence examples, and "file: intrasentence[i]: reason" for each one skipped."""
+    """Intrasentence examples, and "file: intrasentence[i]: reason" for each one skipped.
+
+    A file that is not StereoSet's shape as a whole (not JSON, no `data.intrasentence` list)
+    is an error; one bad example is skipped with its reason."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"StereoSet file {path} does not exist")
+    text = read_text(path, "StereoSet file", expected="StereoSet's dev.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    examples = data.get("data", {}).get("intrasentence") if isinstance(data, dict) else None
+        data = parse_json(text)
+    except ValueError as exc:
+        raise UserError(f"StereoSet file {path} is not valid JSON ({reason(exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"StereoSet file {path}: the top level is {shown(data)}, not an object with data.intrasentence")
+    section = data.get("data")
+    if not isinstance(section, dict):
+        raise UserError(f"StereoSet file {path}: missing required field data.intrasentence (data is {shown(section)})")
+    examples = section.get("intrasentence")
     if not isinstance(examples, list):
-        raise UserError(f"{path}: missing required field data.intrasentence")
+        raise UserError(f"StereoSet file {path}: missing required field data.intrasentence (it is {shown(examples)}, not a list)")
     items: list[ProbeItem] = []
     skipped: list[str] = []
+    seen: dict[str, int] = {}
     for index, raw in enumerate(examples):
         where = f"{path}: intrasentence[{index}]"
         try:
-            items.append(_example(raw, where))
+            item = _example(raw)
+            if item.item_id in seen:
+                raise ValueError(f"id {shown(raw['id'])} repeats intrasentence[{seen[item.item_id]}]")
         except ValueError as exc:
-            skipped.append(f"{where}: {exc}")
+            skipped.append(f"{where}: {reason(exc)}")
+            continue
+        seen[item.item_id] = index
+        items.append(item)
     return items, skipped

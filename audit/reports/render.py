@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from html import escape
 from pathlib import Path
@@ -12,6 +13,27 @@ from audit import atomic
 from audit.reports import svg
 
 MAX_FLIPPED_SHOWN = 25  # per variant in Markdown/HTML; the JSON keeps them all
+
+
+class Plain(str):
+    """Text this module made from numbers and its own words: it goes into Markdown as it is,
+    where any other text (names, categories, item text, reasons) comes from data and is escaped."""
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_MD_LEADING = re.compile(r"^(\s*)#")
+
+
+def md(value: Any) -> str:
+    """Text from data, safe anywhere in a Markdown line or table cell: no HTML (`<`, `>`, `&`
+    as entities), no emphasis, code, links or cell breaks (backslash escapes), no heading at its
+    start, and on one line."""
+    if isinstance(value, Plain):
+        return value
+    text = " ".join(str(value).splitlines())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_LEADING.sub(r"\1\\#", text)
 
 
 def _value(estimate: Any) -> float | None:
@@ -29,21 +51,22 @@ def _interval(estimate: Any) -> tuple[float | None, float | None]:
 
 def fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
     if value is None:
-        return "-"
+        return Plain("-")
     if isinstance(value, bool):
-        return "yes" if value else "no"
+        return Plain("yes" if value else "no")
     if isinstance(value, (int, float)):
-        return f"{value:.{digits}g}{suffix}" if abs(value) < 10 ** digits else f"{value:.0f}{suffix}"
+        text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+        return Plain(text + suffix)
     return str(value)
 
 
 def signed(value: float | None, suffix: str = "") -> str:
     if value is None:
-        return "-"
+        return Plain("-")
     # Thousands in full (+2,323%), not in exponent form; past a million the exponent is shorter.
     if 1000 <= abs(value) < 1e6:
-        return f"{value:+,.0f}{suffix}"
-    return f"{value:+.3g}{suffix}"
+        return Plain(f"{value:+,.0f}{suffix}")
+    return Plain(f"{value:+.3g}{suffix}")
 
 
 # -- reading the report data -----------------------------------------------------------------
@@ -123,12 +146,20 @@ def interval(estimate: Any, digits: int = 3, suffix: str = "") -> str:
     """"value [low, high]" for an estimate dict; "-" when it has no value."""
     value = _value(estimate)
     if value is None:
-        return "-"
+        return Plain("-")
     low, high = _interval(estimate)
     text = fmt(value, digits, suffix) if not suffix else signed(value, suffix)
     if low is None and high is None:
         return text
-    return f"{text} [{fmt(low, digits) if low is not None else '-inf'}, {fmt(high, digits) if high is not None else 'inf'}]"
+    bounds = _bounds(fmt(low, digits) if low is not None else Plain("-inf"), fmt(high, digits) if high is not None else Plain("inf"))
+    whole = f"{text} {bounds}"
+    return Plain(whole) if isinstance(text, Plain) and isinstance(bounds, Plain) else whole
+
+
+def _bounds(low: str, high: str) -> str:
+    """"[low, high]"; `Plain` when both ends are (a string where a number belongs stays data)."""
+    text = f"[{low}, {high}]"
+    return Plain(text) if isinstance(low, Plain) and isinstance(high, Plain) else text
 
 
 def verdict_text(row: dict[str, Any]) -> str:
@@ -236,18 +267,16 @@ SUMMARY_COLUMNS = (
 
 def _change_cell(row: dict[str, Any]) -> str:
     if not row.get("comparable", True):
-        return "not comparable"
+        return Plain("not comparable")
     if row.get("degraded"):
-        return "too degraded to judge"
+        return Plain("too degraded to judge")
     return interval(row["srs_relative_change_pct"], suffix="%")
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    """A Markdown table; the header is this module's words, every cell not `Plain` is escaped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
     return lines
 
 
@@ -297,14 +326,18 @@ def _finding_rows(gate: dict[str, Any]) -> list[list[str]]:
     for f in gate.get("findings") or []:
         where = "" if f["category"] == "overall" else f" [{f['category']}]"
         sign = "≤" if f.get("limit_is", "max") == "max" else ">"
-        bounds = "-" if f.get("value") is None else f"[{fmt(f.get('lower'), 4) if f.get('lower') is not None else '-inf'}, {fmt(f.get('upper'), 4) if f.get('upper') is not None else 'inf'}]"
+        lower, upper = f.get("lower"), f.get("upper")
+        bounds = Plain("-") if f.get("value") is None else _bounds(
+            fmt(lower, 4) if lower is not None else Plain("-inf"), fmt(upper, 4) if upper is not None else Plain("inf")
+        )
+        limit = Plain(f"{sign} {f['limit']:g}") if isinstance(f.get("limit"), (int, float)) else f"{sign} {f.get('limit')}"
         verdict = f.get("verdict") or ("pass" if f.get("passed") else "fail")
-        rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, f"{sign} {f['limit']:g}", verdict.upper(), f["reason"]])
+        rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, limit, str(verdict).upper(), f["reason"]])
     return rows
 
 
 def _gate_verdict(gate: dict[str, Any]) -> str:
-    return (gate.get("verdict") or ("pass" if gate.get("passed") else "fail")).upper()
+    return str(gate.get("verdict") or ("pass" if gate.get("passed") else "fail")).upper()
 
 
 def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -317,15 +350,15 @@ def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]
 def render_markdown(data: dict[str, Any]) -> str:
     run = data["run"]
     suite = primary_suite(data)
-    lines = [f"# edge-audit report: {run.get('name')} (run {run.get('id')})", ""]
-    lines.append(f"Model `{run.get('model')}` on {run.get('device', {}).get('name', 'this device')}, "
+    lines = [f"# edge-audit report: {md(run.get('name'))} (run {md(run.get('id'))})", ""]
+    lines.append(f"Model {md(run.get('model'))} on {md((run.get('device') or {}).get('name', 'this device'))}, "
                  f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run.get('created_at') or 0))}.")
     lines.append("")
     gate = data.get("gate")
     if gate is not None:
         confidence = gate.get("confidence")
         level = f" (bounds at {confidence:g} confidence)" if confidence else ""
-        lines.append(f"## Gate: {_gate_verdict(gate)}{level}")
+        lines.append(f"## Gate: {md(_gate_verdict(gate))}{level}")
         lines.append("")
         verdicts = gate.get("variants") or {}
         if verdicts:
@@ -335,7 +368,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("")
         lines += _md_table(FINDING_HEADER, _finding_rows(gate))
         lines.append("")
-    lines.append(f"## Variants (probe suite: {suite or 'none'})")
+    lines.append(f"## Variants (probe suite: {md(suite or 'none')})")
     lines.append("")
     rows = summary_rows(data)
     lines += _md_table([c[1] for c in SUMMARY_COLUMNS], ([c[2](r) for c in SUMMARY_COLUMNS] for r in rows))
@@ -356,21 +389,22 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("## Items that flipped to bias-aligned")
         lines.append("")
         for variant, items in flipped.items():
-            lines.append(f"### {variant} ({len(items)} items)")
+            lines.append(f"### {md(variant)} ({len(items)} items)")
             lines.append("")
             for item in items[:MAX_FLIPPED_SHOWN]:
-                lines.append(f"- **{item.get('category')}** `{item.get('item_id')}`: {item.get('context', '')} "
-                             f"*{item.get('question', '')}* baseline: “{item.get('baseline_answer')}”, "
-                             f"variant: “{item.get('variant_answer')}”")
+                question = md(item.get("question", ""))
+                lines.append(f"- **{md(item.get('category'))}** {md(item.get('item_id'))}: {md(item.get('context', ''))} "
+                             f"{f'*{question}* ' if question else ''}baseline: “{md(item.get('baseline_answer'))}”, "
+                             f"variant: “{md(item.get('variant_answer'))}”")
             if len(items) > MAX_FLIPPED_SHOWN:
                 lines.append(f"- … {len(items) - MAX_FLIPPED_SHOWN} more in report.json")
             lines.append("")
     lines.append("## Device and software")
     lines.append("")
     for key, value in sorted((run.get("device") or {}).items()):
-        lines.append(f"- {key}: {value}")
+        lines.append(f"- {md(key)}: {md(value)}")
     for key, value in sorted((run.get("software") or {}).items()):
-        lines.append(f"- {key}: {value}")
+        lines.append(f"- {md(key)}: {md(value)}")
     lines.append("")
     return "\n".join(lines)
 
@@ -392,7 +426,7 @@ figure { margin: 0; }
 
 
 def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -403,14 +437,14 @@ def render_html(data: dict[str, Any]) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>edge-audit report: {escape(str(run.get('name')))}</title><style>{STYLE}</style></head><body>",
-        f"<h1>edge-audit report: {escape(str(run.get('name')))} (run {run.get('id')})</h1>",
-        f"<p>Model <code>{escape(str(run.get('model')))}</code> on {escape(str(run.get('device', {}).get('name', 'this device')))}.</p>",
+        f"<h1>edge-audit report: {escape(str(run.get('name')))} (run {escape(str(run.get('id')))})</h1>",
+        f"<p>Model <code>{escape(str(run.get('model')))}</code> on {escape(str((run.get('device') or {}).get('name', 'this device')))}.</p>",
     ]
     gate = data.get("gate")
     if gate is not None:
         verdict = _gate_verdict(gate)
         cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "inconclusive")
-        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {verdict}</div>")
+        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {escape(verdict)}</div>")
         verdicts = gate.get("variants") or {}
         if verdicts:
             parts.append(_html_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items())))
@@ -430,7 +464,7 @@ def render_html(data: dict[str, Any]) -> str:
     if flipped:
         parts.append("<h2>Items that flipped to bias-aligned</h2>")
         for variant, items in flipped.items():
-            parts.append(f"<h3>{escape(variant)} ({len(items)} items)</h3><ul class='flipped'>")
+            parts.append(f"<h3>{escape(str(variant))} ({len(items)} items)</h3><ul class='flipped'>")
             for item in items[:MAX_FLIPPED_SHOWN]:
                 parts.append(
                     f"<li><b>{escape(str(item.get('category')))}</b> <code>{escape(str(item.get('item_id')))}</code>: "
