@@ -15,14 +15,23 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from audit.compress.recipe import PRUNING_METHOD_NAMES, QUANTIZATION_SCHEME_NAMES, PruneRecipe, QuantizeRecipe, pattern_problem
 from audit.errors import UserError
-from audit.paths import data_dir
+from audit.paths import data_dir, read_text
 
-PATTERN_RE = re.compile(r"^(unstructured|\d+:\d+)$")
+# ASCII digits, a few of them: `\d` takes any script's digits, and a number of thousands of
+# digits is more than `int` will read.
+PATTERN_RE = re.compile(r"(unstructured|[0-9]{1,4}:[0-9]{1,4})\Z")
+
+# Characters `str.splitlines` breaks at: a message quoting a key or path stays on one line.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
 
 
 class PlanError(UserError):
     """A plan problem, named with its key and line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.translate(_LINE_BREAKS))
 
 
 # -- locating keys ----------------------------------------------------------------------------
@@ -58,6 +67,10 @@ def key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+# TOML integers are 64-bit; the reader takes longer ones, which no seed or count can be.
+INT64 = range(-(2**63), 2**63)
+
+
 class _Context:
     """Where a plan came from: resolves relative paths and names lines in errors."""
 
@@ -67,6 +80,9 @@ class _Context:
         self.base = path.parent if path else Path.cwd()
         # A plan kept with a stored run, written by an earlier version: read in today's terms.
         self.stored = stored
+        # (key, path, "file" or "path"): what running the plan needs on disk, checked apart
+        # from parsing, since a stored run is read back whatever has moved since.
+        self.on_disk: list[tuple[str, str, str]] = []
 
     def line(self, key: str) -> int | None:
         """The line of `key`, or of its nearest enclosing key (inline tables share a line)."""
@@ -84,9 +100,16 @@ class _Context:
         at = f" line {line}" if line else ""
         return PlanError(f"{where}{at}: {key}: {message}")
 
-    def resolve(self, value: str) -> str:
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (self.base / path).resolve())
+    def resolve(self, value: str, key: str) -> str:
+        """`value` as an absolute path, relative ones taken from the plan's folder."""
+        try:
+            path = Path(value).expanduser()
+            return str(path if path.is_absolute() else (self.base / path).resolve())
+        except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte
+            raise self.error(key, f"is not a usable path: {value!r}") from None
+
+    def needs(self, key: str, path: str, kind: str) -> None:
+        self.on_disk.append((key, path, kind))
 
 
 # -- reading values ---------------------------------------------------------------------------
@@ -110,8 +133,10 @@ def _get(ctx: _Context, data: Mapping[str, Any], key: str, prefix: str, kind: ty
         return default
     value = data[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check(ctx, value in INT64, prefix + key, f"is outside TOML's 64-bit integer range ({len(str(abs(value)))} digits)")
+        if float in kinds:
+            value = float(value)
     if isinstance(value, bool) and bool not in kinds:
         raise ctx.error(prefix + key, f"must be {_kind_name(kinds)}, got {value!r}")
     if not isinstance(value, kinds):
@@ -146,22 +171,9 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
-class PruneRecipe:
-    method: str
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-    per_row: bool = False
-    exclude: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class QuantizeRecipe:
-    scheme: str
-    block_size: int = 32
-
-
-@dataclass(frozen=True)
 class VariantSpec:
+    """A variant of the plan's model: a pruning and/or quantization recipe, or a folder."""
+
     name: str
     prune: PruneRecipe | None = None
     quantize: QuantizeRecipe | None = None
@@ -169,12 +181,8 @@ class VariantSpec:
 
     @property
     def sparsity(self) -> float | None:
-        if self.prune is None:
-            return None
-        if self.prune.pattern != "unstructured":
-            n, m = (int(x) for x in self.prune.pattern.split(":"))
-            return n / m
-        return self.prune.sparsity
+        """The fraction of weights the recipe removes (an N:M pattern's included)."""
+        return None if self.prune is None else self.prune.sparsity
 
     @property
     def method(self) -> str:
@@ -295,13 +303,23 @@ def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
     method = _get(ctx, data, "method", prefix, str, None)
     _check(ctx, method is not None, prefix + "method", "is required")
     _check_name(ctx, "pruning method", method, prefix + "method")
-    sparsity = _get(ctx, data, "sparsity", prefix, float, 0.5)
-    _check(ctx, 0.0 <= sparsity <= 0.95, prefix + "sparsity", f"must be within [0, 0.95], got {sparsity:g}")
+    sparsity = _get(ctx, data, "sparsity", prefix, float, None)
+    if sparsity is not None:
+        _check(ctx, 0.0 <= sparsity <= 0.95, prefix + "sparsity", f"must be within [0, 0.95], got {sparsity:g}")
     pattern = _get(ctx, data, "pattern", prefix, str, "unstructured")
     _check_pattern(ctx, pattern, prefix + "pattern")
+    problem = pattern_problem(pattern)
+    _check(ctx, problem is None, prefix + "pattern", f"{problem}, got {pattern!r}")
     exclude = tuple(_str_list(ctx, data, "exclude", prefix, []))
     per_row = _get(ctx, data, "per_row", prefix, bool, False)
-    return PruneRecipe(method, sparsity, pattern, per_row, exclude)
+    if ctx.stored and pattern != "unstructured":
+        # Earlier versions stored 0.5 beside any N:M pattern and recorded N/M as its sparsity;
+        # the pattern alone says how many weights go.
+        sparsity = None
+    try:
+        return PruneRecipe(method, sparsity, pattern, per_row, exclude)
+    except UserError as exc:  # an N:M pattern and a sparsity that disagree
+        raise ctx.error(prefix + "sparsity", str(exc)) from None
 
 
 def _check_pattern(ctx: _Context, pattern: str, key: str) -> None:
@@ -326,15 +344,11 @@ def _parse_quantize(ctx: _Context, raw: Any, prefix: str) -> QuantizeRecipe:
 
 
 def _registry(kind: str):
-    """The registry that knows the valid names of `kind` (imported when a plan needs it)."""
+    """The registry that knows the valid names of `kind` (suites imported when a plan needs them)."""
     if kind == "pruning method":
-        from audit.compress.methods import PRUNING_METHODS
-
-        return PRUNING_METHODS
+        return PRUNING_METHOD_NAMES
     if kind == "quantization scheme":
-        from audit.compress.quantize import QUANTIZATION_SCHEMES
-
-        return QUANTIZATION_SCHEMES
+        return QUANTIZATION_SCHEME_NAMES
     from audit.probes.suites import SUITES
 
     return SUITES
@@ -366,19 +380,23 @@ def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
     _unknown(ctx, data, {"methods", "sparsities", "pattern", "quantize"}, "grid.")
     methods = _str_list(ctx, data, "methods", "grid.", [])
     _check(ctx, bool(methods), "grid.methods", "must name at least one pruning method")
-    sparsities = _get(ctx, data, "sparsities", "grid.", list, [0.5])
     pattern = _get(ctx, data, "pattern", "grid.", str, "unstructured")
+    # An N:M pattern says its own sparsity; an unstructured grid defaults to half.
+    default = [0.5] if pattern.strip().lower() == "unstructured" else [None]
+    sparsities = _get(ctx, data, "sparsities", "grid.", list, default)
+    _check(ctx, bool(sparsities), "grid.sparsities", "must name at least one sparsity")
     quantize = _parse_quantize(ctx, data["quantize"], "grid.quantize.") if "quantize" in data else None
     variants = []
     for sparsity in sparsities:
         _check(
             ctx,
-            isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool),
+            sparsity is None or (isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)),
             "grid.sparsities",
             f"must be numbers, got {sparsity!r}",
         )
         for method in methods:
-            prune = _parse_prune(ctx, {"method": method, "sparsity": float(sparsity), "pattern": pattern}, "grid.")
+            recipe = {"method": method, "pattern": pattern, **({} if sparsity is None else {"sparsity": sparsity})}
+            prune = _parse_prune(ctx, recipe, "grid.")
             variants.append(VariantSpec(_variant_name(prune, quantize), prune, quantize))
     return variants
 
@@ -397,8 +415,8 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
         path = _get(ctx, data, "path", prefix, str, None)
         if path is not None:
             _check(ctx, prune is None and quantize is None, prefix + "path", "a variant is either a path or a recipe, not both")
-            path = ctx.resolve(path)
-            _check(ctx, Path(path).exists(), prefix + "path", f"no such file or folder: {path}")
+            path = ctx.resolve(path, prefix + "path")
+            ctx.needs(prefix + "path", path, "path")
         _check(ctx, bool(prune or quantize or path), prefix.rstrip("."), "needs prune, quantize or path")
         name = _get(ctx, data, "name", prefix, str, None) or (Path(path).name if path else _variant_name(prune, quantize))
         variants.append(VariantSpec(name, prune, quantize, path))
@@ -417,12 +435,13 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     for suite in _str_list(ctx, data, "suites", "probes.", ["builtin"]):
         name, _, path = suite.partition(":")
         _check_name(ctx, "probe suite", name, "probes.suites")
-        suites.append(f"{name}:{ctx.resolve(path)}" if path else name)
+        suites.append(f"{name}:{ctx.resolve(path, 'probes.suites')}" if path else name)
     _check(ctx, bool(suites), "probes.suites", "must name at least one suite")
     mode = _get(ctx, data, "mode", "probes.", str, "loglik")
     _check(ctx, mode in {"loglik", "generate"}, "probes.mode", f"must be 'loglik' or 'generate', got {mode!r}")
     seeds = _get(ctx, data, "seeds", "probes.", list, [0])
     _check(ctx, bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds), "probes.seeds", "must be a non-empty list of integers")
+    _check(ctx, all(s in INT64 for s in seeds), "probes.seeds", "must be within TOML's 64-bit integer range")
     limit = _get(ctx, data, "limit", "probes.", int, None)
     _check(ctx, limit is None or limit > 0, "probes.limit", f"must be positive, got {limit}")
     temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)
@@ -444,8 +463,8 @@ def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
     seed = _get(ctx, data, "seed", "calibration.", int, 0)
     file = _get(ctx, data, "file", "calibration.", str, None)
     if file is not None:
-        file = ctx.resolve(file)
-        _check(ctx, Path(file).is_file(), "calibration.file", f"no such file: {file}")
+        file = ctx.resolve(file, "calibration.file")
+        ctx.needs("calibration.file", file, "file")
     return CalibrationSpec(nsamples, seqlen, seed, file)
 
 
@@ -454,8 +473,8 @@ def _parse_perplexity(ctx: _Context, raw: Any) -> PerplexitySpec:
     _unknown(ctx, data, {"enabled", "text"}, "perplexity.")
     text = _get(ctx, data, "text", "perplexity.", str, None)
     if text is not None:
-        text = ctx.resolve(text)
-        _check(ctx, Path(text).is_file(), "perplexity.text", f"no such file: {text}")
+        text = ctx.resolve(text, "perplexity.text")
+        ctx.needs("perplexity.text", text, "file")
     return PerplexitySpec(_get(ctx, data, "enabled", "perplexity.", bool, True), text)
 
 
@@ -538,9 +557,16 @@ def _parse_gate(ctx: _Context, raw: Any) -> GateSettings:
 TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perplexity", "profile", "gate"}
 
 
-def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True, stored: bool = False) -> Plan:
-    """Parse and check a plan; every problem is a PlanError naming the key and line.
+def parse_plan(
+    text: str, path: Path | None = None, *, check_model: bool = True, check_files: bool = True, stored: bool = False
+) -> Plan:
+    """Parse a plan, then check what running it needs; every problem is a PlanError naming the
+    key and line.
 
+    Parsing reads the text alone: known keys, types, values in range. The checks look at this
+    machine: `check_files`, the calibration and perplexity texts and the variant folders exist;
+    `check_model`, the model can be found (a local one becomes its absolute path). A plan about
+    to run needs both; opening a stored run needs neither, so it opens whatever has moved.
     `stored`: the plan of a stored run, which an earlier version may have written; keys that
     were replaced since (the gate's significance levels, old metric names) are read in
     today's terms instead of refused."""
@@ -549,12 +575,23 @@ def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True,
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"{where}: invalid TOML: {exc}") from None
+    except ValueError:  # the reader's own limit on integer digits
+        raise PlanError(f"{where}: invalid TOML: an integer too long to read") from None
+    except RecursionError:
+        raise PlanError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
     ctx = _Context(text, path, stored)
+    plan = _parse(ctx, doc, text, path)
+    if check_model:
+        plan = replace(plan, model=_check_model(ctx, plan.model))
+    if check_files:
+        _check_files(ctx)
+    return plan
+
+
+def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> Plan:
     _unknown(ctx, doc, TOP_KEYS, "")
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
-    if check_model:
-        model = _check_model(ctx, model)
     name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
     return Plan(
         name=name,
@@ -570,17 +607,28 @@ def parse_plan(text: str, path: Path | None = None, *, check_model: bool = True,
     )
 
 
+def _check_files(ctx: _Context) -> None:
+    for key, path, kind in ctx.on_disk:
+        try:
+            found = Path(path).is_file() if kind == "file" else Path(path).exists()
+        except OSError as exc:  # a name too long for the file system
+            raise ctx.error(key, f"cannot look at {path}: {exc.strerror}") from None
+        _check(ctx, found, key, f"no such {'file' if kind == 'file' else 'file or folder'}: {path}")
+
+
 def _check_model(ctx: _Context, model: str) -> str:
     from audit.models.sources import resolve_source
 
-    candidate = Path(model).expanduser()
-    local = candidate if candidate.is_absolute() else ctx.base / candidate
-    if local.exists():
-        model = str(local.resolve())
     try:
+        candidate = Path(model).expanduser()
+        local = candidate if candidate.is_absolute() else ctx.base / candidate
+        if local.exists():
+            model = str(local.resolve())
         resolve_source(model)
     except UserError as exc:
         raise ctx.error("model", str(exc)) from None
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte, a name too long
+        raise ctx.error("model", f"is not a usable model name or path: {model!r}") from None
     return model
 
 
@@ -588,13 +636,7 @@ def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:
     """A plan file; `check_model` False when only its settings matter (the gate of
     `probe-compare`), not whether its model can be found here."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"no such plan file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read plan {path}: {exc}") from None
-    return parse_plan(text, path, check_model=check_model)
+    return parse_plan(read_text(path, "plan file", expected="a TOML plan"), path, check_model=check_model)
 
 
 DEFAULT_PLAN_FILE = "default_plan.toml"
@@ -606,7 +648,8 @@ def default_plan() -> Plan:
 
 
 def variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:
-    """The name a plan gives a variant that has none: `wanda-50`, `wanda-2of4+int8-dynamic`."""
+    """The name a plan gives a variant that has none: `wanda-50` (half the weights removed),
+    `wanda-1of4+int8-dynamic` (1 of every 4 weights kept, then quantized)."""
     return _variant_name(prune, quantize)
 
 

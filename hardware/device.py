@@ -107,6 +107,7 @@ def device_report(
     root: RootLike = SYSTEM_ROOT,
     *,
     runtime: bool = True,
+    libraries: bool = False,
     vcgencmd: str = "vcgencmd",
     nvpmodel: str = "nvpmodel",
     use_jtop: bool = True,
@@ -114,7 +115,8 @@ def device_report(
     """Everything `edge-audit device` shows, as plain data; "not available" is None (JSON null).
 
     `runtime=False` leaves out the library versions (they import torch and ONNX Runtime),
-    which a report about a fake tree has no use for.
+    which a report about a fake tree has no use for. `libraries`: import torch and ONNX Runtime
+    to report their threads and providers (seconds); otherwise their versions only.
     """
     device = detect_device(root)
     cpu = read_cpu_info(root)
@@ -153,5 +155,5 @@ def device_report(
             report["temperatures_c"] = live.get("temperatures_c") or report["temperatures_c"]
         report["jetson"] = jetson
     if runtime:
-        report["runtime"] = read_runtime().to_dict()
+        report["runtime"] = read_runtime(import_libraries=libraries).to_dict()
     return report

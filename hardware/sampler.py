@@ -7,11 +7,10 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Generator, Generic, Mapping, Sequence, TypeVar
 
 import psutil
 
-from audit.progress import Job
 from hardware.memory import MB, peak_rss_bytes, reset_peak_rss
 
 T = TypeVar("T")
@@ -218,9 +217,12 @@ class Sampled(Generic[T]):
     resources: dict[str, Any]
 
 
-def sample_job(job: Job[T], sampler: ResourceSampler | None = None) -> Job[Sampled[T]]:
-    """Run `job` under a sampler (this device's default one unless given); yield its events,
-    return its result with the sampler's summary. The sampler stops even if the job fails."""
+def sample_job(
+    job: Generator[Any, None, T], sampler: ResourceSampler | None = None
+) -> Generator[Any, None, Sampled[T]]:
+    """Run `job` (a generator of progress events that returns a result) under a sampler, this
+    device's default one unless given; yield its events, return its result with the sampler's
+    summary. The sampler stops even if the job fails."""
     sampler = sampler or ResourceSampler.for_device()
     with sampler:
         value = yield from job

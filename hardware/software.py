@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
@@ -55,9 +56,24 @@ class RuntimeInfo:
         return data
 
 
-def read_runtime() -> RuntimeInfo:
-    """Versions and thread settings of this process's inference libraries (imports them)."""
+def read_runtime(import_libraries: bool = True) -> RuntimeInfo:
+    """Versions of the inference libraries, and their threads and providers in this process.
+
+    Importing torch and ONNX Runtime takes seconds; with `import_libraries` False, threads and
+    providers are read only from libraries this process has imported already."""
     torch_threads = interop = None
+    if not import_libraries:
+        torch_module, ort_module = sys.modules.get("torch"), sys.modules.get("onnxruntime")
+        return RuntimeInfo(
+            python=platform.python_version(),
+            torch=package_version("torch"),
+            torch_threads=torch_module.get_num_threads() if torch_module else None,
+            torch_interop_threads=torch_module.get_num_interop_threads() if torch_module else None,
+            onnxruntime=package_version("onnxruntime"),
+            onnxruntime_providers=tuple(ort_module.get_available_providers()) if ort_module else (),
+            transformers=package_version("transformers"),
+            optimum_onnx=package_version("optimum-onnx"),
+        )
     if package_version("torch"):
         try:
             import torch

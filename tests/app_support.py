@@ -11,8 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from audit.compress.recipe import PruneRecipe, QuantizeRecipe
 from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts
-from audit.plans import PruneRecipe, QuantizeRecipe, VariantSpec, revise_plan
+from audit.plans import VariantSpec, revise_plan
 from audit.probes.items import ProbeItem
 from audit.probes.scoring import qa_prompt
 from audit.probes.suites import load_suite

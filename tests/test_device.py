@@ -168,7 +168,7 @@ def test_a_hanging_tool_is_abandoned(tmp_path, bare_path):
 
 
 def test_this_machine_report_is_complete_and_consistent():
-    report = device_report()
+    report = device_report(libraries=True)
     assert report["device"]["kind"] in {GENERIC_LINUX, JETSON, RASPBERRY_PI}
     assert report["cpu"]["cores_logical"] == os.cpu_count()
     assert report["cpu"]["architecture"] == platform.machine()

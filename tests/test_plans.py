@@ -136,7 +136,7 @@ def test_missing_model_and_invalid_toml(tmp_path):
     path.write_text('model = "smollm2-135m"\n[probes\n')
     with pytest.raises(UserError, match=r"plan.toml: invalid TOML: .*line 2"):
         load_plan(path)
-    with pytest.raises(UserError, match="no such plan file"):
+    with pytest.raises(UserError, match="plan file .*absent.toml does not exist"):
         load_plan(tmp_path / "absent.toml")
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from audit.errors import Cancelled, UserError
 from audit.models import load_model
-from audit.progress import drive
-from hardware.profile import (
+from audit.profile import (
     GenerationTiming,
     ProfileSettings,
     benchmark_prompt_ids,
@@ -18,6 +17,7 @@ from hardware.profile import (
     profile_loaded,
     profile_model,
 )
+from audit.progress import drive
 from tests.conftest import run_cli
 
 SMALL = ProfileSettings(prompt_tokens=24, new_tokens=4, runs=3, warmup_runs=1, probe_items=2, sampler_interval_s=0.05)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from audit.profile import ProfileSettings, profile_loaded
 from audit.progress import drive
-from hardware.profile import ProfileSettings, profile_loaded
 
 pytestmark = pytest.mark.real_model
 

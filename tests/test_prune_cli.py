@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from audit.compress import prune as prune_module
-from audit.compress.prune import PruneConfig, prune
+from audit.compress.prune import prune
+from audit.compress.recipe import PruneRecipe
 from audit.errors import Cancelled, UserError
 from audit.models import load_model
+from audit.plans import CalibrationSpec
 from audit.progress import drive
 from tests.conftest import run_cli
 from tui.cli import main
@@ -89,6 +91,9 @@ def test_model_option_before_the_command_is_kept(tiny_llama, tmp_path, heldout, 
         (["--pattern", "3:2"], "malformed pattern '3:2'"),
         (["--pattern", "2-4"], "malformed pattern '2-4'"),
         (["--pattern", "2:4", "--sparsity", "0.6"], "pattern 2:4 means sparsity 0.5"),
+        (["--pattern", "1:4", "--sparsity", "0.25"], "pattern 1:4 means sparsity 0.75"),
+        (["--method", "wanda", "--scope", "matrix"], "wanda supports scope row, not 'matrix'"),
+        (["--method", "sparsegpt", "--scope", "row"], "--scope applies to magnitude, random, wanda"),
         (["--method", "obs"], "unknown pruning method 'obs'; known: magnitude, random, sparsegpt, wanda"),
         (["--exclude", "*.no_such_layer"], "exclude pattern '*.no_such_layer' matches no layer"),
     ],
@@ -145,7 +150,7 @@ def test_cancel_midway_leaves_nothing_and_the_source_untouched(tiny_llama, tmp_p
         if event.stage == "prune" and event.done >= 1:
             cancel.set()  # as the app's cancel button or the CLI's Ctrl-C does
 
-    job = prune(str(tiny_llama), PruneConfig(method="sparsegpt", nsamples=4, seqlen=48), out, text=heldout, chunk_tokens=64, cancel=cancel)
+    job = prune(str(tiny_llama), PruneRecipe("sparsegpt"), out, calibration=CalibrationSpec(nsamples=4, seqlen=48), text=heldout, chunk_tokens=64, cancel=cancel)
     with pytest.raises(Cancelled):
         drive(job, on_progress)
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -161,7 +166,7 @@ def test_failure_while_saving_leaves_no_half_written_folder(tiny_llama, tmp_path
 
     monkeypatch.setattr(prune_module, "save_sparse", broken)
     with pytest.raises(UserError, match="no space left on the device"):  # the user's to fix: one line, not a traceback
-        drive(prune(str(tiny_llama), PruneConfig(method="magnitude"), tmp_path / "out", text=heldout, chunk_tokens=64))
+        drive(prune(str(tiny_llama), PruneRecipe("magnitude"), tmp_path / "out", text=heldout, chunk_tokens=64))
     assert list(tmp_path.iterdir()) == []
     assert tree_digest(tiny_llama) == before
 
@@ -180,6 +185,18 @@ def test_human_output(tiny_llama, tmp_path, heldout, capsys):
     code = main(["prune", "--model", str(tiny_llama), "--method", "magnitude", "--pattern", "2:4", "--text", str(heldout), "--chunk", "64", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0 and "magnitude (2:4)" in out and "0.500 / 0.5000" in out and "compressed" in out
+
+
+def test_n_of_m_records_the_share_of_weights_removed(tiny_llama, tmp_path, heldout, capsys):
+    """1:4 keeps one weight of every four: recorded, shown and measured as 0.75 sparsity."""
+    out = tmp_path / "out"
+    code = main(["prune", "--model", str(tiny_llama), "--method", "magnitude", "--pattern", "1:4", "--text", str(heldout), "--chunk", "64", "--out", str(out), "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pattern"] == "1:4" and data["target_sparsity"] == 0.75 and data["recipe"]["target_sparsity"] == 0.75
+    assert data["actual_sparsity"] == pytest.approx(0.75, abs=1e-6)
+    assert all(value == pytest.approx(0.75) for value in data["per_layer"].values())
+    assert drive(load_model(str(out))).facts().weight_sparsity == pytest.approx(0.75, abs=1e-6)
 
 
 def test_sigterm_while_saving_exits_143_and_keeps_nothing(tiny_llama, tmp_path, heldout, monkeypatch, capsys):

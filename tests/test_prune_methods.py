@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from audit.compress.layers import InputStatistics, capture_block_inputs, find_decoder_blocks, prunable_layers, run_block
-from audit.compress.methods import PRUNING_METHODS, LayerStats, Pattern, PruneSpec, method_spec
-from audit.compress.prune import PruneConfig, prune_layers
+from audit.compress.methods import PRUNING_METHODS, LayerStats, Pattern, PruneSpec
+from audit.compress.recipe import PRUNING_METHOD_NAMES, QUANTIZATION_SCHEME_NAMES, check_scope
+from audit.compress.prune import check_recipe, layer_spec, prune_layers
+from audit.compress.recipe import PruneRecipe
 from audit.errors import UserError
 from audit.models import load_model
+from audit.plans import CalibrationSpec
 from audit.progress import drive
 
 
@@ -227,13 +230,13 @@ def test_random_is_seeded_and_exact():
 
 # -- N:M ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "random"])
-@pytest.mark.parametrize("text", ["2:4", "4:8"])
+@pytest.mark.parametrize("text", ["2:4", "4:8", "1:4"])
 def test_every_group_of_every_pruned_row_has_exactly_m_minus_n_zeros(tiny, method, text):
-    pattern = Pattern.parse(text)
+    recipe = PruneRecipe(method, pattern=text)
+    pattern = recipe.parsed_pattern
     model = copy.deepcopy(tiny.model)
-    spec = method_spec(method, PruneSpec(pattern.sparsity, pattern), None)
-    drive(prune_layers(model, method, spec, calibration_ids()))
-    checked = 0
+    outcome = drive(prune_layers(model, method, layer_spec(recipe), calibration_ids()))
+    checked = zeros = 0
     for group in prunable_layers(model):
         for layer in group:
             w = layer.read()  # (out, in): groups run along the inputs of each output row
@@ -241,11 +244,15 @@ def test_every_group_of_every_pruned_row_has_exactly_m_minus_n_zeros(tiny, metho
             zeros_per_group = (w.reshape(rows, cols // pattern.group, pattern.group) == 0).sum(-1)
             assert (zeros_per_group == pattern.group - pattern.kept).all(), layer.name
             checked += zeros_per_group.numel()
+            zeros += int((w == 0).sum())
     assert checked == 73728 // pattern.group  # all 73,728 weights of the 14 layers, in groups
+    # N:M counts the weights kept: the recipe's sparsity is the share removed, as measured.
+    assert recipe.sparsity == (pattern.group - pattern.kept) / pattern.group == pytest.approx(zeros / 73728)
+    assert outcome.actual_sparsity == pytest.approx(recipe.sparsity)
 
 
 # -- inputs -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", "1:1000"])
+@pytest.mark.parametrize("text", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", "1:1000", "1:32", "\u0662:\u0664"])
 def test_malformed_patterns_are_user_errors(text):
     with pytest.raises(UserError, match="pattern"):
         Pattern.parse(text)
@@ -253,6 +260,7 @@ def test_malformed_patterns_are_user_errors(text):
 
 def test_patterns_parse():
     assert Pattern.parse("2:4") == Pattern(2, 4) and Pattern.parse(" 4 : 8 ").sparsity == 0.5
+    assert Pattern.parse("1:4") == Pattern(kept=1, group=4) and Pattern.parse("1:4").sparsity == 0.75
     assert Pattern.parse("unstructured") == Pattern() == Pattern.parse(None)
     assert str(Pattern(2, 4)) == "2:4" and str(Pattern()) == "unstructured"
 
@@ -260,23 +268,31 @@ def test_patterns_parse():
 @pytest.mark.parametrize("sparsity", [-0.1, 0.951, 1.0, float("nan")])
 def test_sparsity_outside_range_is_a_user_error(sparsity):
     with pytest.raises(UserError, match="sparsity must be between 0 and 0.95"):
-        PruneConfig(method="magnitude", sparsity=sparsity).resolve()
+        PruneRecipe("magnitude", sparsity)
 
 
-def test_config_resolution():
-    assert PruneConfig(method="wanda").resolve().sparsity == 0.5
-    assert PruneConfig(method="magnitude", sparsity=0.95).resolve().sparsity == 0.95
-    assert PruneConfig(method="wanda", pattern="2:4").resolve().pattern == Pattern(2, 4)
-    assert PruneConfig(method="magnitude").resolve().scope == "matrix"
-    assert PruneConfig(method="magnitude", scope="row").resolve().scope == "row"
-    with pytest.raises(UserError, match="means sparsity 0.5"):
-        PruneConfig(method="wanda", pattern="2:4", sparsity=0.7).resolve()
+def test_recipe_resolution():
+    assert PruneRecipe("wanda").sparsity == layer_spec(PruneRecipe("wanda")).sparsity == 0.5
+    assert layer_spec(PruneRecipe("magnitude", 0.95)).sparsity == 0.95
+    assert layer_spec(PruneRecipe("wanda", pattern="2:4")).pattern == Pattern(2, 4)
+    assert PruneRecipe("wanda", pattern="1:4").sparsity == layer_spec(PruneRecipe("wanda", pattern="1:4")).sparsity == 0.75
+    assert PruneRecipe("wanda", 0.75, " 1 : 4 ").pattern == "1:4"
+    assert layer_spec(PruneRecipe("magnitude")).scope == "matrix"
+    assert layer_spec(PruneRecipe("magnitude", per_row=True)).scope == "row"
+    assert layer_spec(PruneRecipe("wanda")).scope == "row"
+    assert layer_spec(PruneRecipe("random"), seed=7).seed == 7
+    assert check_recipe(PruneRecipe("random"), CalibrationSpec(seed=3)).seed == 3
+    with pytest.raises(UserError, match="pattern 2:4 means sparsity 0.5"):
+        PruneRecipe("wanda", 0.7, "2:4")
     with pytest.raises(UserError, match="unknown pruning method 'obs'; known: magnitude, random, sparsegpt, wanda"):
-        PruneConfig(method="obs").resolve()
+        layer_spec(PruneRecipe("obs"))
     with pytest.raises(UserError, match="--scope applies to magnitude, random, wanda"):
-        PruneConfig(method="sparsegpt", scope="row").resolve()
+        layer_spec(PruneRecipe("sparsegpt", per_row=True))
     with pytest.raises(UserError, match="wanda supports scope row"):
-        PruneConfig(method="wanda", scope="matrix").resolve()
+        check_scope("wanda", "matrix")
+    with pytest.raises(UserError, match="calibration samples must be at least 1"):
+        check_recipe(PruneRecipe("wanda"), CalibrationSpec(nsamples=0))
+    check_recipe(PruneRecipe("magnitude"), CalibrationSpec(nsamples=0))  # no calibration needed
 
 
 def test_registry_metadata():
@@ -284,3 +300,11 @@ def test_registry_metadata():
     assert PRUNING_METHODS.meta("wanda")["needs"] == "norms"
     assert PRUNING_METHODS.meta("sparsegpt")["needs"] == "hessian" and PRUNING_METHODS.meta("sparsegpt")["updates_weights"]
     assert PRUNING_METHODS.meta("magnitude")["needs"] is None
+
+
+def test_the_code_is_registered_under_the_names_and_facts_known_without_torch():
+    from audit.compress.quantize import QUANTIZATION_SCHEMES
+
+    for code, known in ((PRUNING_METHODS, PRUNING_METHOD_NAMES), (QUANTIZATION_SCHEMES, QUANTIZATION_SCHEME_NAMES)):
+        assert code.names() == known.names()
+        assert all(code.meta(name) == known.meta(name) for name in known.names())

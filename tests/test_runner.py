@@ -112,7 +112,23 @@ def test_a_run_stores_every_step_once(sequential_run):
         assert run.device["cores"] and run.software["torch"]
         compress = store.step(outcome.run_id, "magnitude-50", "compress")["result"]
         assert compress["prune"]["actual_sparsity"] == pytest.approx(0.5, abs=0.005)
+        wanda = store.step(outcome.run_id, "wanda-2of4", "compress")["result"]["prune"]
+        recipe = dict(store.variants(outcome.run_id))["wanda-2of4"]
+        assert recipe["sparsity"] == wanda["target_sparsity"] == 0.5 == pytest.approx(wanda["actual_sparsity"])
+        assert recipe["prune"]["pattern"] == wanda["recipe"]["pattern"] == "2:4"
         assert store.step(outcome.run_id, "baseline", "profile")["result"]["decode_ms_per_token_p50"] > 0
+
+
+def test_reading_a_stored_run_imports_no_inference_library():
+    """`runs list`, `runs show` and the app's history read runs through these modules: torch,
+    transformers and ONNX Runtime load only when a step runs."""
+    script = (
+        "import sys, audit.runner, audit.run.lifecycle, audit.run.steps, audit.plans, audit.compress.recipe\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_report_data_has_comparisons_and_gate(sequential_run):

@@ -5,14 +5,13 @@ import threading
 
 import pytest
 
+from audit.compress.recipe import PruneRecipe, QuantizeRecipe
 from audit.errors import Cancelled, UserError
 from audit.metrics import delta_direction
 from audit.plans import (
     GateRule,
     GateSettings,
     PlanError,
-    PruneRecipe,
-    QuantizeRecipe,
     VariantSpec,
     default_plan,
     parse_plan,
@@ -93,12 +92,15 @@ def test_plan_to_toml_reads_back_the_same_plan(tmp_path):
 
 
 def test_revise_plan_checks_values_like_a_plan_file():
+    with pytest.raises(UserError, match="sparsity must be between 0 and 0.95"):
+        PruneRecipe("wanda", 0.99)
     with pytest.raises(PlanError, match="sparsity: must be within"):
-        revise_plan(default_plan(), variants=(VariantSpec("x", PruneRecipe("wanda", 0.99)),))
+        parse_plan(plan_to_toml(default_plan()) + '[[variants]]\nprune = { method = "wanda", sparsity = 0.99 }\n', None, check_model=False)
     with pytest.raises(PlanError, match="used twice"):
         revise_plan(default_plan(), variants=(VariantSpec("x", PruneRecipe("wanda")),) * 2)
     assert variant_name(PruneRecipe("wanda", 0.5), None) == "wanda-50"
     assert variant_name(PruneRecipe("wanda", 0.5, "2:4"), QuantizeRecipe("int8-dynamic")) == "wanda-2of4+int8-dynamic"
+    assert variant_name(PruneRecipe("wanda", pattern="1:4"), None) == "wanda-1of4"
 
 
 def test_store_adds_variants_in_order_and_refuses_a_name_twice(tmp_path):
@@ -162,6 +164,30 @@ def test_stepwise_run_gives_the_numbers_of_a_whole_run(stepwise, tmp_path):
         data = report_data(view, view.gate())
         assert data["gate"]["passed"] is True and data["variants"][1]["gate_passed"] is True
         assert build_report(a, run_id)["gate"] is None  # not finished: the report leaves the gate out
+
+
+@pytest.mark.parametrize("pattern, removed", [("1:4", 0.75), ("2:4", 0.5)])
+def test_an_n_of_m_variant_records_the_share_of_weights_removed(tiny_llama, tmp_path, pattern, removed):
+    """N:M keeps N of every M weights: the sparsity recorded with the variant, shown in the
+    report and measured in its pruned layers is the share of weights removed."""
+    from audit.compress.layers import iter_layers, prunable_layers
+    from audit.models import load_model
+
+    store = tmp_path / "results.db"
+    run_id, work_dir = start_run(parse_plan(PLAN.format(model=tiny_llama), None), store)
+    recipe = PruneRecipe("magnitude", pattern=pattern)
+    spec = VariantSpec(variant_name(recipe, None), recipe)
+    add_variant(store, run_id, spec)
+    drive(run_steps(store, run_id, spec.name, ["compress"]))
+    model = drive(load_model(str(work_dir / spec.name)))
+    weights = [layer.read() for layer in iter_layers(prunable_layers(model.model))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    model.close()
+    with ResultsStore(store) as db:
+        recorded = dict(db.variants(run_id))[spec.name]["sparsity"]
+        actual = db.step(run_id, spec.name, "compress")["result"]["prune"]["actual_sparsity"]
+        shown = RunView(db, run_id).variant(spec.name)["sparsity"]
+    assert recorded == shown == removed == pytest.approx(zeros) == pytest.approx(actual)
 
 
 def test_steps_are_checked_and_a_cancelled_step_stores_nothing(stepwise):

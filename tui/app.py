@@ -96,7 +96,8 @@ class EdgeAuditApp(App[int]):
         self.switch_mode("models")
         if isinstance(self.device_feed, LiveDevice):
             self._start_device()
-        self.load(self.model_spec)
+        # After the first paint: loading imports the inference libraries, which takes seconds.
+        self.call_after_refresh(self.load, self.model_spec)
 
     @work(thread=True, group="device", exit_on_error=False)
     def _start_device(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from audit.compress.recipe import QUANTIZATION_SCHEME_NAMES
 from audit.errors import UserError
 from audit.models import LanguageModel, LoadOptions
 from audit.models.interface import ModelFacts
@@ -96,23 +97,13 @@ class Session:
         compression was cancelled is compressed again."""
         from audit.compress.layers import prunable_layers
         from audit.compress.output import float_torch_model
-        from audit.compress.prune import PruneConfig
-        from audit.compress.quantize import QUANTIZATION_SCHEMES
-
+        from audit.compress.prune import check_recipe
         if spec.prune is not None:
-            recipe = spec.prune
-            PruneConfig(
-                method=recipe.method,
-                sparsity=None if recipe.pattern != "unstructured" else recipe.sparsity,
-                pattern=recipe.pattern,
-                nsamples=calibration.nsamples,
-                seqlen=calibration.seqlen,
-                exclude=recipe.exclude,
-            ).resolve()
+            check_recipe(spec.prune, calibration)
             if self.model is not None:
-                prunable_layers(float_torch_model(self.model, "pruning"), recipe.exclude)
+                prunable_layers(float_torch_model(self.model, "pruning"), spec.prune.exclude)
         if spec.quantize is not None:
-            QUANTIZATION_SCHEMES.entry(spec.quantize.scheme)
+            QUANTIZATION_SCHEME_NAMES.entry(spec.quantize.scheme)
         yield Progress("compress", 0, None, f"{spec.name}: starting")
         run_id = self._ensure_run(revise_plan(self.plan, calibration=calibration))
         if self.has_variant(spec.name):
@@ -181,7 +172,7 @@ class Session:
 
 def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
     """Any stored run's report data, with its gate rules checked against what is stored."""
-    with ResultsStore(store_path) as store:
+    with ResultsStore(store_path, readonly=True) as store:
         view = RunView(store, run_id)
         return report_data(view, view.gate() if view.plan.gate.active else None)
 

@@ -1,5 +1,4 @@
-"""Compression: pruning methods and the layer walk, quantization schemes, compressed storage."""
+"""Compression: recipes, pruning methods and the layer walk, quantization schemes, compressed storage.
 
-from audit.compress.methods import PRUNING_METHODS, LayerStats, Pattern, PruneSpec
-
-__all__ = ["PRUNING_METHODS", "LayerStats", "Pattern", "PruneSpec"]
+Import the submodules: this package imports nothing itself, so that reading a recipe
+(`audit.compress.recipe`, which the plan reader uses) never imports torch."""

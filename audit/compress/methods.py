@@ -3,61 +3,22 @@
 from __future__ import annotations
 
 import math
-import re
 import zlib
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
+from audit.compress.recipe import PRUNING_METHOD_FACTS, Pattern, check_sparsity
 from audit.errors import UserError
 from audit.registry import Registry
-
-MAX_SPARSITY = 0.95
-_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_MAX_GROUP = 128
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """Which weights may be removed: anywhere (unstructured), or N kept in every M consecutive
-    input weights of a row (semi-structured N:M, the layout sparse kernels accelerate)."""
-
-    kept: int | None = None  # N
-    group: int | None = None  # M
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Pattern":
-        if text is None or str(text).strip().lower() in {"", "unstructured"}:
-            return cls()
-        match = _PATTERN.match(str(text))
-        if not match:
-            raise UserError(f"malformed pattern {text!r}: expected 'unstructured' or N:M such as 2:4 or 4:8")
-        kept, group = int(match.group(1)), int(match.group(2))
-        if not 0 < kept < group:
-            raise UserError(f"malformed pattern {text!r}: N:M needs 0 < N < M (N weights kept in every M)")
-        if group > _MAX_GROUP:
-            raise UserError(f"pattern {text!r}: groups larger than {_MAX_GROUP} weights are not supported")
-        return cls(kept, group)
-
-    @property
-    def structured(self) -> bool:
-        return self.group is not None
-
-    @property
-    def sparsity(self) -> float | None:
-        """The sparsity an N:M pattern implies; None when unstructured."""
-        if self.group is None or self.kept is None:
-            return None
-        return (self.group - self.kept) / self.group
-
-    def __str__(self) -> str:
-        return f"{self.kept}:{self.group}" if self.structured else "unstructured"
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """What a method is asked to do to one weight matrix."""
+    """What a method is asked to do to one weight matrix, derived from a `PruneRecipe` by
+    `audit.compress.prune.layer_spec`. `sparsity` is the fraction removed; with an N:M pattern
+    the pattern decides which weights go and the sparsity is the one it implies."""
 
     sparsity: float
     pattern: Pattern = Pattern()
@@ -89,12 +50,6 @@ class LayerStats:
 PruningFn = Callable[[torch.Tensor, "LayerStats | None", PruneSpec], torch.Tensor]
 
 PRUNING_METHODS: Registry[PruningFn] = Registry("pruning method")
-
-
-def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or math.isnan(sparsity) or not 0.0 <= sparsity <= MAX_SPARSITY:
-        raise UserError(f"sparsity must be between 0 and {MAX_SPARSITY}, got {sparsity}")
-    return float(sparsity)
 
 
 def pruned_count(n: int, sparsity: float) -> int:
@@ -155,40 +110,19 @@ def apply_mask(weight: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
 
 
 # -- the methods ----------------------------------------------------------------------------
-@PRUNING_METHODS.register(
-    "magnitude",
-    needs=None,
-    scopes=("matrix", "row"),
-    default_scope="matrix",
-    updates_weights=False,
-    description="smallest |W| removed, per whole matrix (default) or per output row",
-)
+@PRUNING_METHODS.register("magnitude", **PRUNING_METHOD_FACTS["magnitude"])
 def magnitude(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
     return apply_mask(weight, select_pruned(weight.abs(), spec))
 
 
-@PRUNING_METHODS.register(
-    "random",
-    needs=None,
-    scopes=("matrix", "row"),
-    default_scope="matrix",
-    updates_weights=False,
-    description="uniform random mask (seeded): the control for the selection rule",
-)
+@PRUNING_METHODS.register("random", **PRUNING_METHOD_FACTS["random"])
 def random(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
     generator = torch.Generator().manual_seed(spec.seed)
     scores = torch.rand(weight.shape, generator=generator, dtype=torch.float64)
     return apply_mask(weight, select_pruned(scores, spec))
 
 
-@PRUNING_METHODS.register(
-    "wanda",
-    needs="norms",
-    scopes=("row",),
-    default_scope="row",
-    updates_weights=False,
-    description="|W_ij| * ||X_j||_2 over calibration inputs, compared within each output row",
-)
+@PRUNING_METHODS.register("wanda", **PRUNING_METHOD_FACTS["wanda"])
 def wanda(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
     if stats is None or stats.sq_norms is None:
         raise ValueError("wanda needs the squared input norms of the layer")
@@ -211,14 +145,7 @@ def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     raise UserError("sparsegpt: the calibration Hessian of a layer cannot be inverted; use more calibration samples")
 
 
-@PRUNING_METHODS.register(
-    "sparsegpt",
-    needs="hessian",
-    scopes=(),
-    default_scope="matrix",
-    updates_weights=True,
-    description="Hessian-based one-shot pruning with weight reconstruction (OBS updates per column)",
-)
+@PRUNING_METHODS.register("sparsegpt", **PRUNING_METHOD_FACTS["sparsegpt"])
 def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
     """SparseGPT (Frantar & Alistarh 2023) on one layer.
 
@@ -273,17 +200,3 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -
         work[:, end:] -= errors @ hinv[start:end, end:]
     result = work.to(weight.dtype)
     return result.masked_fill(pruned | dead[None, :], 0.0)
-
-
-def method_spec(method: str, spec: PruneSpec, scope: str | None) -> PruneSpec:
-    """Check the scope against the method and fill in its default."""
-    meta = PRUNING_METHODS.meta(method)
-    scopes = meta["scopes"]
-    if scope is None:
-        return replace(spec, scope=meta["default_scope"])
-    if scope not in scopes:
-        allowed = [entry.name for entry in PRUNING_METHODS if entry.meta["scopes"]]
-        if not scopes:
-            raise UserError(f"{method} chooses its own mask per column block; --scope applies to {', '.join(allowed)}")
-        raise UserError(f"{method} supports scope {', '.join(scopes)}, not {scope!r}")
-    return replace(spec, scope=scope)

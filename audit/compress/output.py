@@ -5,27 +5,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from audit import checks
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
-from audit.models.loader import LoadOptions, cache_entry_for_gguf
+from audit.models.loader import LoadOptions, cache_entry_for_gguf, model_size_bytes
 from audit.models.meta import read_meta, write_meta
-from audit.models.sources import resolve_source
+from audit.models.sources import ModelSource, resolve_source
 from audit.paths import models_cache_dir
+
+
+# A GGUF holds quantized weights; its float32 folder is up to four times its size.
+_GGUF_TO_FLOAT = 4
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output_target(model_spec: str, out: Path, *, force: bool, options: LoadOptions = LoadOptions()) -> None:
-    """Fail early, before any slow work: an existing output without --force, or an output that
-    would overwrite or sit inside the source model."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    if out.exists() and not force:
-        raise UserError(f"output folder {out} already exists (use --force to replace it)")
+def _source_bytes(source: ModelSource) -> int:
+    """About what the source model takes on disk as a float folder (0 when unknown, a hub model)."""
+    folder = None
+    if source.kind == "alias" and source.alias is not None:
+        folder = models_cache_dir() / source.alias.name
+    elif source.kind == "gguf" and source.path is not None:
+        folder = cache_entry_for_gguf(source.path, None)
+    elif source.path is not None and source.path.is_dir():
+        folder = source.path
+    if folder is not None and folder.is_dir():
+        return model_size_bytes(folder)
+    if source.kind in ("alias", "gguf"):
+        gguf = source.path if source.path is not None else source.alias.locate()
+        return gguf.stat().st_size * _GGUF_TO_FLOAT
+    return 0
+
+
+def check_output_target(
+    model_spec: str, out: Path, *, force: bool, options: LoadOptions = LoadOptions(), copies: float = 1.0
+) -> None:
+    """Fail early, before any slow work: an output that cannot be written (not a folder, in a
+    folder that takes no new file), exists without --force, lacks room for `copies` of the
+    source model, or would overwrite or sit inside the source model."""
     source = resolve_source(model_spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    out = checks.output_folder(Path(out), "output folder", force=force, need_bytes=int(copies * _source_bytes(source)))
     protected: list[Path] = []
     if source.kind == "alias" and source.alias is not None:
         protected.append(models_cache_dir() / source.alias.name)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from audit import atomic
-from audit.compress.calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSet, calibration_set
+from audit.compress.calibration import CalibrationSet, calibration_set
 from audit.compress.layers import (
     InputStatistics,
     PrunableLayer,
@@ -24,73 +24,57 @@ from audit.compress.layers import (
     run_block,
     sparsity_report,
 )
-from audit.compress.methods import PRUNING_METHODS, Pattern, PruneSpec, check_sparsity, layer_seed, method_spec
+from audit.compress.methods import PRUNING_METHODS, PruneSpec, layer_seed
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
+from audit.compress.recipe import PruneRecipe, check_scope
 from audit.compress.storage import SPARSE_FILE, SPARSE_FORMAT, dense_state, save_dense, save_sparse
 from audit.errors import UserError
-from audit.models.interface import MB, LanguageModel
+from audit.models.interface import MB
 from audit.models.loader import LoadOptions, folder_size_bytes, load_model
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
+from audit.plans import CalibrationSpec
 from audit.progress import Job, Progress, check_cancel, relay
 from hardware.memory import peak_rss_bytes, process_rss_bytes, reset_peak_rss
 from hardware.sampler import ResourceSampler
 
 COMPRESSED_SUBFOLDER = "compressed"
-DEFAULT_SPARSITY = 0.5
 
 
-@dataclass(frozen=True)
-class PruneConfig:
-    """A pruning recipe as the user gives it; `resolve` checks it and fills in defaults."""
+def layer_spec(recipe: PruneRecipe, seed: int = 0) -> PruneSpec:
+    """What the recipe asks of each weight matrix: the one place a recipe becomes the
+    per-layer spec, so every field of the recipe reaches the maths."""
+    assert recipe.sparsity is not None
+    scope = check_scope(recipe.method, recipe.scope)
+    return PruneSpec(sparsity=recipe.sparsity, pattern=recipe.parsed_pattern, scope=scope, seed=seed)
 
-    method: str = "wanda"
-    sparsity: float | None = None  # None: 0.5, or what an N:M pattern implies
-    pattern: str | None = None  # "unstructured" (default) or "N:M"
-    scope: str | None = None  # magnitude/random: "matrix" (default) or "row"
-    calib: Path | None = None  # None: the shipped calibration text
-    nsamples: int = DEFAULT_NSAMPLES
-    seqlen: int = DEFAULT_SEQLEN
-    seed: int = 0
-    exclude: tuple[str, ...] = ()
-    blocksize: int = 128
-    damp: float = 0.01
 
-    def resolve(self) -> PruneSpec:
-        PRUNING_METHODS.entry(self.method)
-        pattern = Pattern.parse(self.pattern)
-        if pattern.structured:
-            implied = pattern.sparsity
-            assert implied is not None
-            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
-                raise UserError(f"pattern {pattern} means sparsity {implied:g}; drop --sparsity or set it to {implied:g}")
-            sparsity = implied
-        else:
-            sparsity = DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
-        check_sparsity(sparsity)
-        spec = PruneSpec(sparsity=sparsity, pattern=pattern, seed=self.seed, blocksize=self.blocksize, damp=self.damp)
-        spec = method_spec(self.method, spec, self.scope)
-        if PRUNING_METHODS.meta(self.method)["needs"]:
-            if self.nsamples < 1:
-                raise UserError(f"the number of calibration samples must be at least 1, got {self.nsamples}")
-            if self.seqlen < 2:
-                raise UserError(f"calibration sequence length must be at least 2, got {self.seqlen}")
-        return spec
+def check_recipe(recipe: PruneRecipe, calibration: CalibrationSpec = CalibrationSpec()) -> PruneSpec:
+    """Check a recipe and the calibration it will use before anything slow; the per-layer spec."""
+    spec = layer_spec(recipe, calibration.seed)
+    if PRUNING_METHODS.meta(recipe.method)["needs"]:
+        if calibration.nsamples < 1:
+            raise UserError(f"the number of calibration samples must be at least 1, got {calibration.nsamples}")
+        if calibration.seqlen < 2:
+            raise UserError(f"calibration sequence length must be at least 2, got {calibration.seqlen}")
+    return spec
 
-    def recipe(self, spec: PruneSpec) -> dict[str, Any]:
-        needs = PRUNING_METHODS.meta(self.method)["needs"]
-        recipe: dict[str, Any] = {
-            "method": self.method,
-            "pattern": str(spec.pattern),
-            "target_sparsity": spec.sparsity,
-            "scope": spec.scope if PRUNING_METHODS.meta(self.method)["scopes"] else None,
-            "seed": self.seed,
-            "exclude": list(self.exclude),
-        }
-        if self.method == "sparsegpt":
-            recipe.update(blocksize=spec.blocksize, damp=spec.damp)
-        if not needs:
-            recipe["calibration"] = None
-        return recipe
+
+def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | None) -> dict[str, Any]:
+    """The recipe as stored with the pruned model: what was asked and what it resolved to."""
+    meta = PRUNING_METHODS.meta(recipe.method)
+    record: dict[str, Any] = {
+        "method": recipe.method,
+        "pattern": str(spec.pattern),
+        "target_sparsity": spec.sparsity,  # the fraction of weights removed, N:M included
+        "per_row": recipe.per_row,
+        "scope": spec.scope if meta["scopes"] else None,
+        "seed": spec.seed,
+        "exclude": list(recipe.exclude),
+    }
+    if recipe.method == "sparsegpt":
+        record.update(blocksize=spec.blocksize, damp=spec.damp)
+    record["calibration"] = calib.to_dict() if calib is not None else None
+    return record
 
 
 @dataclass
@@ -171,9 +155,10 @@ def prune_layers(
 # -- the whole command ------------------------------------------------------------------------
 def prune(
     model_spec: str,
-    config: PruneConfig,
+    recipe: PruneRecipe,
     out: Path,
     *,
+    calibration: CalibrationSpec = CalibrationSpec(),
     force: bool = False,
     options: LoadOptions = LoadOptions(),
     text: Path | None = None,
@@ -184,23 +169,24 @@ def prune(
     """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
     variants. Nothing is written until the end, into a temporary folder renamed on success.
     `measure_perplexity=False` leaves perplexity to the caller (an audit run measures it once
-    per variant, as a step of its own)."""
+    per variant, as a step of its own). `calibration.seed` also seeds the random method."""
     total_started = time.perf_counter()
     baseline_bytes = process_rss_bytes()
-    spec = config.resolve()
+    spec = check_recipe(recipe, calibration)
     out = Path(out).expanduser()
-    check_output_target(model_spec, out, force=force, options=options)
+    # The dense folder and its compressed copy.
+    check_output_target(model_spec, out, force=force, options=options, copies=2)
     ppl_text, ppl_source = text_source(text)
     with ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
         model = float_torch_model(lm, "pruning")
-        prunable_layers(model, config.exclude)  # bad exclude patterns fail before the slow part
-        needs = PRUNING_METHODS.meta(config.method)["needs"]
+        prunable_layers(model, recipe.exclude)  # bad exclude patterns fail before the slow part
+        needs = PRUNING_METHODS.meta(recipe.method)["needs"]
         calib: CalibrationSet | None = None
         if needs:
             calib = calibration_set(
-                lm, config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed,
-                context_length=lm.facts().context_length,
+                lm, Path(calibration.file) if calibration.file else None, nsamples=calibration.nsamples,
+                seqlen=calibration.seqlen, seed=calibration.seed, context_length=lm.facts().context_length,
             )
         before = after = None
         if measure_perplexity:
@@ -209,23 +195,21 @@ def prune(
         load_peak = peak_rss_bytes()
         reset_peak_rss()
         outcome = yield from prune_layers(
-            model, config.method, spec, calib.samples if calib is not None else None, config.exclude, cancel
+            model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel
         )
         prune_peak = peak_rss_bytes()
         if measure_perplexity:
             after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
-        recipe = config.recipe(spec)
-        if calib is not None:
-            recipe["calibration"] = calib.to_dict()
-        recipe["actual_sparsity"] = outcome.actual_sparsity
+        record = recipe_record(recipe, spec, calib)
+        record["actual_sparsity"] = outcome.actual_sparsity
         check_cancel(cancel)
         yield Progress("save", 0, 2, "writing the dense model")
         with atomic.directory(out, force=force) as tmp:
             note = (
-                f"pruned with {config.method} ({spec.pattern}) to {outcome.actual_sparsity:.3f} sparsity "
+                f"pruned with {recipe.method} ({spec.pattern}) to {outcome.actual_sparsity:.3f} sparsity "
                 f"over {outcome.layers} linear layers of the decoder blocks"
             )
-            meta = model_meta(lm, model_spec, {"prune": recipe}, note)
+            meta = model_meta(lm, model_spec, {"prune": record}, note)
             save_model_folder(lm, tmp, meta, lambda folder: save_dense(model, folder))
             yield Progress("save", 1, 2, "writing the compressed sparse model")
             check_cancel(cancel)
@@ -248,7 +232,7 @@ def prune(
         "model": model_spec,
         "out": str(out),
         "compressed_path": str(out / COMPRESSED_SUBFOLDER),
-        "method": config.method,
+        "method": recipe.method,
         "pattern": str(spec.pattern),
         "target_sparsity": spec.sparsity,
         "actual_sparsity": round(outcome.actual_sparsity, 6),
@@ -267,7 +251,7 @@ def prune(
         "perplexity_after": round(after.perplexity, 4) if after else None,
         "perplexity_tokens": after.n_tokens if after else None,
         "perplexity_text": after.source if after else None,
-        "recipe": recipe,
+        "recipe": record,
     }
     lm.close()
     return result

@@ -20,6 +20,7 @@ from torch import nn
 
 from audit import atomic
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
+from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
@@ -32,8 +33,6 @@ from hardware.sampler import ResourceSampler
 
 INT8_FORMAT = "int8-dynamic"
 INT8_FILE = "model.int8-dynamic.safetensors"
-INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
-DEFAULT_INT4_BLOCK_SIZE = 32
 _META_KEY = "edge_audit"
 
 
@@ -190,10 +189,7 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     return model.eval()
 
 
-@QUANTIZATION_SCHEMES.register(
-    "int8-dynamic", backend="pytorch", bits=8,
-    description="PyTorch dynamic int8 on the linear layers (per-channel weights; output head kept)",
-)
+@QUANTIZATION_SCHEMES.register("int8-dynamic", **QUANTIZATION_SCHEME_FACTS["int8-dynamic"])
 def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     model = float_torch_model(lm, "int8-dynamic")
     yield Progress("quantize", 0, 2, "quantizing linear layers to int8")
@@ -262,10 +258,7 @@ def _save_onnx_folder(lm: LanguageModel, folder: Path, meta: dict) -> None:
     write_meta(folder, meta)
 
 
-@QUANTIZATION_SCHEMES.register(
-    "onnx-int8", backend="onnxruntime", bits=8,
-    description="optimum ONNX export, then ONNX Runtime dynamic int8 (arm64 or avx2/avx512 config for this CPU)",
-)
+@QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
@@ -291,10 +284,7 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     return {"cpu_config": target}
 
 
-@QUANTIZATION_SCHEMES.register(
-    "onnx-int4", backend="onnxruntime", bits=4,
-    description="optimum ONNX export, then ONNX Runtime weight-only 4-bit MatMulNBits (block size option)",
-)
+@QUANTIZATION_SCHEMES.register("onnx-int4", **QUANTIZATION_SCHEME_FACTS["onnx-int4"])
 def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import signal
+import sqlite3
 import sys
 from typing import NoReturn, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
@@ -28,23 +36,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress a language model on this device, measure the cost, and audit its bias.",
     )
     parser.add_argument("--version", action="version", version=f"edge-audit {__version__}")
-    common.add_model_options(parser)
     parser.add_argument(
         "--progress",
         choices=common.PROGRESS_STYLES,
         default="auto",
         help="progress on stderr: a bar on a terminal, none otherwise (auto), or one line per step",
     )
-    parser.add_argument(
+    app = parser.add_argument_group(
+        "the app (no COMMAND)", "these also apply to a command that takes them when given before it"
+    )
+    common.add_model_options(app, dest_prefix=common.GLOBAL_PREFIX)
+    app.add_argument(
         "--store",
-        dest="app_store",
-        default=None,
-        help="the app records its session in this results database (default: the one `edge-audit run` uses)",
+        dest=common.GLOBAL_PREFIX + "store",
+        default=argparse.SUPPRESS,
+        metavar="DB",
+        help="the results database the session is recorded in (default: the one `edge-audit run` uses)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in COMMAND_MODULES:
         module.register(sub)
+    common.mark_commands(parser)
     return parser
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_fault(exc: BaseException) -> str | None:
+    """One line for a fault of the system or of a file (not a bug): what failed, on which file."""
+    if isinstance(exc, OSError):
+        what = exc.strerror or type(exc).__name__
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return one_line(f"{' -> '.join(names)}: {what}" if names else what)
+    if isinstance(exc, sqlite3.Error):
+        return one_line(f"results store: {exc}")
+    if isinstance(exc, (UnicodeError, json.JSONDecodeError, csv.Error, tomllib.TOMLDecodeError)):
+        return one_line(f"unreadable input: {exc}")
+    if type(exc).__name__ == "SafetensorError":
+        return one_line(f"unreadable safetensors file: {exc}")
+    return None
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -56,15 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
+    common.apply_global_options(parser, args)
     common.progress_style = args.progress
     try:
         if args.command is None:
             from tui.app import run_app
 
-            return run_app(args.model, common.load_options(args), store=args.app_store)
+            return run_app(args.model, common.load_options(args), store=getattr(args, "store", None))
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"edge-audit: error: {exc}", file=sys.stderr)
+        print(f"edge-audit: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the boundary: data and system faults become one line
+        message = describe_fault(exc)
+        if message is None:
+            raise
+        print(f"edge-audit: error: {message}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
         print("edge-audit: cancelled; nothing half-written was kept", file=sys.stderr)

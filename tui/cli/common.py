@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Callable, TypeVar
@@ -27,26 +28,144 @@ def _console(stream: Any, **options: Any) -> Console:
     return Console(width=PIPED_WIDTH if piped else None, **options)
 
 
-stderr = _console(sys.stderr, stderr=True)
-stdout = _console(sys.stdout)
+# No console markup: names, paths and item text come from data and print as they are;
+# styled output is built from rich Text.
+stderr = _console(sys.stderr, stderr=True, markup=False)
+stdout = _console(sys.stdout, markup=False)
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, flag: bool = True) -> None:
-    """--model and the options that say how it may be loaded."""
-    if flag:
-        parser.add_argument(
-            "--model",
-            "-m",
-            default=DEFAULT_ALIAS,
-            help=f"alias, local folder, .gguf file, ONNX folder or hub id (default {DEFAULT_ALIAS})",
-        )
-    parser.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.bin, .pt): they can run code")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the model")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="weight dtype for PyTorch models")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
-    parser.add_argument(
-        "--max-memory-mb", type=float, default=None, help="refuse to load a model that needs more than this"
-    )
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`, refused in one line otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def finite(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least `minimum` (nan and inf refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number, not {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a number of at least {minimum:g}, not {text}")
+        return value
+
+    return parse
+
+
+def megabytes(text: str) -> float:
+    """An argparse type: a positive, finite number of MB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of MB, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, not {text}")
+    return value
+
+
+# The model options, defined once. Commands that load a model take them after their name; the
+# app takes them alone, and any of them may come before a command that takes it
+# (`edge-audit --threads 1 probe`). Defaults are filled in by `apply_global_options`, so that a
+# value given before the command is never overwritten by the command's default.
+MODEL_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "model": (
+        ("--model", "-m"),
+        {"help": f"alias, local folder, .gguf file, ONNX folder or hub id (default {DEFAULT_ALIAS})"},
+    ),
+    "allow_pickle": (
+        ("--allow-pickle",),
+        {"action": "store_true", "help": "allow pickle checkpoints (.bin, .pt): they can run code"},
+    ),
+    "trust_remote_code": (
+        ("--trust-remote-code",),
+        {"action": "store_true", "help": "run model code shipped with the model"},
+    ),
+    "dtype": (("--dtype",), {"choices": DTYPES, "help": "weight dtype for PyTorch models (default float32)"}),
+    "threads": (("--threads",), {"type": count(1), "help": "CPU threads for inference (default: all usable cores)"}),
+    "max_memory_mb": (
+        ("--max-memory-mb",),
+        {"type": megabytes, "help": "refuse to load a model that needs more than this many MB"},
+    ),
+}
+MODEL_DEFAULTS: dict[str, Any] = {
+    "model": DEFAULT_ALIAS,
+    "allow_pickle": False,
+    "trust_remote_code": False,
+    "dtype": "float32",
+    "threads": None,
+    "max_memory_mb": None,
+}
+GLOBAL_PREFIX = "global_"
+
+
+def add_model_options(parser: argparse.ArgumentParser | Any, *, flag: bool = True, dest_prefix: str = "") -> None:
+    """--model (unless the command names its model as an argument) and the options that say
+    how it may be loaded."""
+    for dest, (flags, options) in MODEL_OPTIONS.items():
+        if dest == "model" and not flag:
+            continue
+        if options.get("action") != "store_true" and "choices" not in options:
+            options = {**options, "metavar": dest.upper()}
+        parser.add_argument(*flags, dest=dest_prefix + dest, default=argparse.SUPPRESS, **options)
+
+
+def _flag(parser: argparse.ArgumentParser, dest: str) -> str:
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return action.option_strings[0]
+    return "--" + dest.replace("_", "-")
+
+
+def _default(parser: argparse.ArgumentParser, dest: str) -> Any:
+    for action in parser._actions:
+        if action.dest == dest:
+            return action.default
+    return None
+
+
+def mark_commands(parser: argparse.ArgumentParser) -> None:
+    """Each command's parser records itself in the parsed arguments, so that the options
+    given before it can be checked against the ones it takes."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.set_defaults(command_parser=child)
+                mark_commands(child)
+
+
+def apply_global_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options given before the command apply to it when it takes them; otherwise the
+    command is refused, naming the option, before any work. Then the defaults fill in."""
+    command = getattr(args, "command_parser", None)
+    taken = {action.dest for action in command._actions} if command is not None else set(MODEL_OPTIONS) | {"store"}
+    for name in list(vars(args)):
+        if not name.startswith(GLOBAL_PREFIX):
+            continue
+        dest, value = name[len(GLOBAL_PREFIX):], getattr(args, name)
+        delattr(args, name)
+        flag = _flag(parser, name)
+        if dest not in taken:
+            where = "the app" if command is None else f"`{command.prog}`"
+            parser.error(f"{flag} does not apply to {where}; see `{command.prog if command else 'edge-audit'} --help`")
+        after = getattr(args, dest, argparse.SUPPRESS)
+        if command is not None and after not in (argparse.SUPPRESS, value, _default(command, dest)):
+            parser.error(f"{flag} is given before and after `{command.prog}` with different values; give it once, after the command")
+        setattr(args, dest, value)
+    for dest, default in MODEL_DEFAULTS.items():
+        if dest in taken and not hasattr(args, dest):
+            setattr(args, dest, default)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -88,13 +207,13 @@ def run_job(job: Job[T], overall: str | None = None) -> T:
 
         return drive(job, log)
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[message]}"),
+        TextColumn("{task.fields[message]}", markup=False),
     )
     with Progress(*columns, console=stderr, transient=True) as bar:
         tasks: dict[str, Any] = {}

@@ -8,44 +8,42 @@ from typing import Any
 
 from rich.table import Table
 
-from audit.compress.calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN
-from audit.compress.methods import MAX_SPARSITY, PRUNING_METHODS
-from audit.compress.prune import PruneConfig, prune
-from audit.compress.quantize import DEFAULT_INT4_BLOCK_SIZE, QUANTIZATION_SCHEMES, QuantizeSettings, quantize
-from audit.models import load_model
-from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
+from audit.compress.recipe import (
+    DEFAULT_INT4_BLOCK_SIZE,
+    MAX_SPARSITY,
+    PRUNING_METHOD_NAMES,
+    QUANTIZATION_SCHEME_NAMES,
+    PruneRecipe,
+    check_scope,
+)
+from audit.perplexity import DEFAULT_CHUNK_TOKENS
+from audit.plans import CalibrationSpec
 from tui.cli import common
 
-# The model options are accepted before the command too (`edge-audit --model M prune`); the
-# command's own copies must not overwrite a value given there with their defaults.
-_MODEL_OPTIONS = {"model", "allow_pickle", "trust_remote_code", "dtype", "threads", "max_memory_mb"}
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    common.add_model_options(parser)
-    for action in parser._actions:
-        if action.dest in _MODEL_OPTIONS:
-            action.default = argparse.SUPPRESS
-
+# The pruning and quantization code imports torch: it is imported when a command runs, so that
+# the help and the commands that load no model start at once.
 
 def _add_text_options(parser: argparse.ArgumentParser, flag: str = "--text") -> None:
     parser.add_argument(flag, dest="text", type=Path, default=None, help="held-out text (.txt or .jsonl) for perplexity (default: the built-in one)")
     parser.add_argument(
-        "--chunk", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"perplexity chunk length in tokens (default {DEFAULT_CHUNK_TOKENS})"
+        "--chunk", type=common.count(2), default=DEFAULT_CHUNK_TOKENS, help=f"perplexity chunk length in tokens (default {DEFAULT_CHUNK_TOKENS})"
     )
 
 
+CALIBRATION = CalibrationSpec()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    methods = ", ".join(f"{e.name} ({e.meta['description']})" for e in PRUNING_METHODS)
+    methods = ", ".join(f"{e.name} ({e.meta['description']})" for e in PRUNING_METHOD_NAMES)
     p = sub.add_parser("prune", help="prune a model and save it dense and in compressed sparse form", description=f"Methods: {methods}.")
-    _add_model_options(p)
-    p.add_argument("--method", default="wanda", help=f"pruning method: {', '.join(PRUNING_METHODS.names())} (default wanda)")
+    common.add_model_options(p)
+    p.add_argument("--method", default="wanda", help=f"pruning method: {', '.join(PRUNING_METHOD_NAMES.names())} (default wanda)")
     p.add_argument("--sparsity", type=float, default=None, help=f"share of weights removed, 0 to {MAX_SPARSITY} (default 0.5)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M, e.g. 2:4 (N kept in every M)")
+    p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M: N of every M consecutive weights kept, so 2:4 removes half and 1:4 three quarters")
     p.add_argument("--scope", choices=("matrix", "row"), default=None, help="magnitude/random: compare weights over the whole matrix (default) or per output row")
     p.add_argument("--calib", type=Path, default=None, help="calibration text (.txt or .jsonl with \"text\"); default: the built-in English text")
-    p.add_argument("--nsamples", type=int, default=DEFAULT_NSAMPLES, help=f"calibration samples (default {DEFAULT_NSAMPLES})")
-    p.add_argument("--seqlen", type=int, default=DEFAULT_SEQLEN, help=f"tokens per calibration sample (default {DEFAULT_SEQLEN})")
+    p.add_argument("--nsamples", type=common.count(1), default=CALIBRATION.nsamples, help=f"calibration samples (default {CALIBRATION.nsamples})")
+    p.add_argument("--seqlen", type=common.count(1), default=CALIBRATION.seqlen, help=f"tokens per calibration sample (default {CALIBRATION.seqlen})")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows and the random method (default 0)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose full name matches this glob, e.g. '*.o_proj' (repeatable)")
     _add_text_options(p, "--text")
@@ -54,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_json_option(p)
     p.set_defaults(func=cmd_prune)
 
-    schemes = ", ".join(f"{e.name} ({e.meta['description']})" for e in QUANTIZATION_SCHEMES)
+    schemes = ", ".join(f"{e.name} ({e.meta['description']})" for e in QUANTIZATION_SCHEME_NAMES)
     q = sub.add_parser("quantize", help="quantize a model (a pruned folder too) into a new folder", description=f"Schemes: {schemes}.")
-    _add_model_options(q)
-    q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEMES.names())}")
+    common.add_model_options(q)
+    q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEME_NAMES.names())}")
     q.add_argument("--block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help=f"onnx-int4: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
     q.add_argument("--no-perplexity", action="store_true", help="skip measuring perplexity before and after")
     _add_text_options(q)
@@ -67,26 +65,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_quantize)
 
     r = sub.add_parser("perplexity", help="perplexity over the built-in held-out text or a file")
-    _add_model_options(r)
+    common.add_model_options(r)
     _add_text_options(r)
     common.add_json_option(r)
     r.set_defaults(func=cmd_perplexity)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    config = PruneConfig(
-        method=args.method,
-        sparsity=args.sparsity,
-        pattern=args.pattern,
-        scope=args.scope,
-        calib=args.calib,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
-        exclude=tuple(args.exclude),
-    )
+    from audit.compress.prune import prune
+
+    if args.scope == "matrix":
+        # Not a recipe field (a recipe leaves the scope to the method unless per_row): a method
+        # that cannot compare over the whole matrix refuses it here.
+        check_scope(args.method, args.scope)
+    recipe = PruneRecipe(args.method, args.sparsity, args.pattern, per_row=args.scope == "row", exclude=tuple(args.exclude))
+    calibration = CalibrationSpec(args.nsamples, args.seqlen, args.seed, str(args.calib) if args.calib else None)
     result = common.run_job(
-        prune(args.model, config, args.out, force=args.force, options=common.load_options(args), text=args.text, chunk_tokens=args.chunk)
+        prune(
+            args.model, recipe, args.out, calibration=calibration, force=args.force, options=common.load_options(args),
+            text=args.text, chunk_tokens=args.chunk,
+        )
     )
 
     def human(d: dict[str, Any]) -> None:
@@ -113,6 +111,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from audit.compress.quantize import QuantizeSettings, quantize
+
     result = common.run_job(
         quantize(
             args.model, args.scheme, args.out, force=args.force, options=common.load_options(args),
@@ -138,6 +138,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
+    from audit.models import load_model
+    from audit.perplexity import perplexity, text_source
+
     text, source = text_source(args.text)
 
     def job():

@@ -7,13 +7,17 @@ from typing import Any
 
 from rich.table import Table
 
+from audit.profile import PROBE_ITEMS, ProfileSettings, profile_model
 from hardware.device import device_report
-from hardware.profile import PROBE_ITEMS, ProfileSettings, profile_model
 from tui.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     device = sub.add_parser("device", help="what this device is and what it is doing now")
+    device.add_argument(
+        "--libraries", action="store_true",
+        help="also load torch and ONNX Runtime to show their threads and providers (takes seconds)",
+    )
     common.add_json_option(device)
     device.set_defaults(func=cmd_device)
 
@@ -44,7 +48,7 @@ def _value(value: Any, unit: str = "") -> str:
 
 
 def cmd_device(args: argparse.Namespace) -> int:
-    data = device_report()
+    data = device_report(libraries=args.libraries)
 
     def human(d: dict[str, Any]) -> None:
         table = Table(title=d["device"]["name"], show_header=False)
@@ -79,9 +83,18 @@ def cmd_device(args: argparse.Namespace) -> int:
         runtime = d.get("runtime", {})
         rows += [
             ("Python", runtime.get("python", "n/a")),
-            ("torch", f"{_value(runtime.get('torch'))} ({_value(runtime.get('torch_threads'))} threads)"),
-            ("ONNX Runtime", f"{_value(runtime.get('onnxruntime'))} ({', '.join(runtime.get('onnxruntime_providers', [])) or 'no providers'})"),
         ]
+        if args.libraries:
+            rows += [
+                ("torch", f"{_value(runtime.get('torch'))} ({_value(runtime.get('torch_threads'))} threads)"),
+                ("ONNX Runtime", f"{_value(runtime.get('onnxruntime'))} "
+                                 f"({', '.join(runtime.get('onnxruntime_providers', [])) or 'no providers'})"),
+            ]
+        else:
+            rows += [
+                ("torch", f"{_value(runtime.get('torch'))} (threads: see --libraries)"),
+                ("ONNX Runtime", f"{_value(runtime.get('onnxruntime'))} (providers: see --libraries)"),
+            ]
         for key, value in rows:
             table.add_row(key, value)
         common.stdout.print(table)
@@ -145,14 +158,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"{_value(resources.get('process_cpu_mean_pct'), ' %')} of one core; "
             f"load average {_value(resources.get('load_mean_1m'))}; "
             f"sampler overhead {resources['sampler_overhead_percent']} %"
-            + ("; [red]throttling seen[/]" if resources.get("throttled_seen") else "")
+            + ("; throttling seen" if resources.get("throttled_seen") else ""),
+            style="red" if resources.get("throttled_seen") else None,
         )
         cores = d["device"].get("cores_usable")
         load = resources.get("load_mean_1m")
         if cores and load is not None and load > cores + 0.5:
             common.stdout.print(
-                f"[yellow]note:[/] the machine was busy (load {load:.1f} on {cores} cores): timings are slower and "
-                "noisier than on an idle device, and fewer threads (--threads 1) can be faster and steadier"
+                f"note: the machine was busy (load {load:.1f} on {cores} cores): timings are slower and "
+                "noisier than on an idle device, and fewer threads (--threads 1) can be faster and steadier",
+                style="yellow",
             )
 
     common.emit(args, data, human)

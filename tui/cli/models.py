@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from audit.errors import UserError
 from audit.models import load_model, prepare_alias
@@ -108,7 +109,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             table.add_row(key, value)
         common.stdout.print(table)
         for note in d["notes"]:
-            common.stdout.print(f"[yellow]note:[/] {note}")
+            common.stdout.print(Text.assemble(("note:", "yellow"), f" {note}"))
 
     common.emit(args, data, human)
     return 0

@@ -14,6 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from audit import checks
 from audit.errors import UserError
 from audit.gate import evaluate_gate, finding_line
 from audit.metrics import delta_direction
@@ -37,22 +38,22 @@ from tui.cli import common
 
 def register(sub: argparse._SubParsersAction) -> None:
     probe = sub.add_parser("probe", help="run a bias probe suite on a model")
-    _add_model_options(probe)
+    common.add_model_options(probe)
     suites = ", ".join(f"{e.name}{':PATH' if e.meta['needs_path'] else ''}" for e in SUITES)
     probe.add_argument("--suite", default="builtin", help=f"probe suite: {suites} (default builtin)")
     probe.add_argument("--categories", default=None, help="comma-separated categories to keep (default all)")
-    probe.add_argument("--limit", type=int, default=None, help="at most N items per category (a fixed sample)")
+    probe.add_argument("--limit", type=common.count(1), default=None, help="at most N items per category (a fixed sample)")
     probe.add_argument("--sample-seed", type=int, default=0, help="which fixed sample --limit takes (default 0)")
     probe.add_argument("--mode", choices=SCORING_MODES.names(), default="loglik", help="scoring mode (default loglik)")
     probe.add_argument("--norm", choices=NORMS.names(), default=None,
                        help="loglik: per-token mean or sum of option log-likelihood (default: mean; sum for crows)")
     probe.add_argument("--seeds", default=None,
                        help=f"generate: seed count N or a list like 0,1,2 (default {len(GENERATE_SEEDS)} seeds)")
-    probe.add_argument("--temperature", type=float, default=GENERATE_TEMPERATURE,
+    probe.add_argument("--temperature", type=common.finite(0), default=GENERATE_TEMPERATURE,
                        help=f"generate: sampling temperature, 0 for greedy (default {GENERATE_TEMPERATURE})")
-    probe.add_argument("--max-new-tokens", type=int, default=GENERATE_MAX_NEW_TOKENS,
+    probe.add_argument("--max-new-tokens", type=common.count(1), default=GENERATE_MAX_NEW_TOKENS,
                        help=f"generate: answer length in tokens (default {GENERATE_MAX_NEW_TOKENS})")
-    probe.add_argument("--batch-items", type=int, default=32, help="loglik: items per scoring call (default 32)")
+    probe.add_argument("--batch-items", type=common.count(1), default=32, help="loglik: items per scoring call (default 32)")
     probe.add_argument("--bbq-metadata", type=Path, default=None,
                        help="BBQ's supplemental/additional_metadata.csv: take target_loc from it")
     probe.add_argument("--items-out", type=Path, default=None, help="write per-item results to this .jsonl")
@@ -69,14 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="generate mode: the baseline scored again with other seeds, the floor transitions are read against")
     common.add_json_option(compare)
     compare.set_defaults(func=cmd_compare)
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The model options, also accepted after the command; left unset they keep the global value."""
-    common.add_model_options(parser)
-    for action in parser._actions:
-        if action.dest in {"model", "allow_pickle", "trust_remote_code", "dtype", "threads", "max_memory_mb"}:
-            action.default = argparse.SUPPRESS
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...]:
@@ -120,18 +113,9 @@ class _InterruptToCancel:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
-    suite = load_suite(
-        args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata
-    )
-    for line in suite.skipped[:20]:
-        print(f"edge-audit: skipped {line}", file=sys.stderr)
-    if len(suite.skipped) > 20:
-        print(f"edge-audit: ... and {len(suite.skipped) - 20} more skipped lines", file=sys.stderr)
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must be 0 or more")
+    # Every input and output is checked before the model loads or an item is scored.
+    if args.items_out is not None:
+        checks.output_file(args.items_out, "item results file")
     settings = ProbeSettings(
         mode=args.mode,
         norm=args.norm,
@@ -140,6 +124,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_items=args.batch_items,
     )
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    suite = load_suite(
+        args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata
+    )
+    for line in suite.skipped[:20]:
+        print(f"edge-audit: skipped {line}", file=sys.stderr)
+    if len(suite.skipped) > 20:
+        print(f"edge-audit: ... and {len(suite.skipped) - 20} more skipped lines", file=sys.stderr)
     model = common.run_job(load_model(args.model, common.load_options(args)))
     facts = model.facts()
     model_info = {"name": facts.name, "path": facts.path, "backend": facts.backend, "weight_sparsity": facts.weight_sparsity}
@@ -217,7 +209,7 @@ def _show_run(d: dict[str, Any]) -> None:
                 f"of {stats['metadata_and_derived']:,} items" + ("" if share is None else f" ({100 * share:.2f}%)")
             )
     if d["skipped_lines"]:
-        common.stdout.print(f"[yellow]{d['skipped_lines']} malformed lines skipped[/]")
+        common.stdout.print(Text(f"{d['skipped_lines']} malformed lines skipped", style="yellow"))
     if d.get("items_out"):
         common.stdout.print(f"item results: {d['items_out']}")
 
@@ -288,11 +280,10 @@ def _gate_items(plan: Plan, base: ProbeRecord, var: ProbeRecord, noise: ProbeRec
     return {**report.to_dict(), "skipped": skipped}
 
 
-def _coloured(metric: str, before: float | None, after: float | None, text: str) -> str:
+def _coloured(metric: str, before: float | None, after: float | None, text: str) -> Text:
     if before is None or after is None:
-        return text
-    colour = {"better": "green", "worse": "red", "same": "white"}[delta_direction(metric, before, after)]
-    return f"[{colour}]{text}[/]"
+        return Text(text)
+    return Text(text, style={"better": "green", "worse": "red", "same": "white"}[delta_direction(metric, before, after)])
 
 
 def _interval(estimate: dict[str, Any] | None, digits: int = 2, suffix: str = "") -> str:
@@ -351,7 +342,7 @@ def _show_compare(d: dict[str, Any]) -> None:
 def _show_gate(gate: dict[str, Any]) -> None:
     colour = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}[gate["verdict"]]
     plain = "; ".join(f"{name}: {v['plain']}" for name, v in gate["variants"].items())
-    common.stdout.print(f"Gate: [{colour}]{gate['verdict'].upper()}[/] ({plain}), bounds at {gate['confidence']:g}")
+    common.stdout.print(Text.assemble("Gate: ", (gate["verdict"].upper(), colour), f" ({plain}), bounds at {gate['confidence']:g}"))
     for finding in gate["findings"]:
         common.stdout.print(Text("  " + finding_line(finding), style={"pass": "green", "fail": "red", "inconclusive": "yellow"}[finding["verdict"]]))
     for line in gate.get("skipped") or []:

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from audit import checks
 from audit.errors import Cancelled, UserError
 from audit.plans import default_plan, load_plan
 from audit.reports import write_report
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
     run.add_argument("--report", type=Path, default=None, help="folder for report.md/.html/.json (default: the run's folder)")
     run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue a stopped run, skipping finished steps")
-    run.add_argument("--workers", type=int, default=1, help="variants run in this many processes at once")
+    run.add_argument("--workers", type=common.count(1), default=1, help="variants run in this many processes at once")
     run.add_argument("--ray", default=None, metavar="ADDRESS", help="run variants as Ray tasks on this cluster ('local' starts one)")
     run.add_argument("--work-dir", type=Path, default=None, help="where compressed variants are written")
     common.add_model_options(run, flag=False)
@@ -79,6 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan)
     else:
         raise UserError("give a plan file, --default, or --resume RUN_ID")
+    if args.report is not None:
+        checks.report_folder(args.report)
+    if args.work_dir is not None:
+        checks.output_folder(args.work_dir, "work folder", force=True)
     options = RunOptions(
         store=args.store, resume=args.resume, workers=args.workers, ray_address=args.ray,
         work_dir=args.work_dir, load=common.load_options(args),
@@ -135,19 +139,16 @@ GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold
 def _print_gate(gate: dict[str, Any], *, lines: bool) -> None:
     """The verdict, each variant's in plain words, and (with `lines`) what blocks shipping."""
     verdict = gate.get("verdict") or ("pass" if gate.get("passed") else "fail")
-    common.stdout.print(f"Gate: [{GATE_STYLES[verdict]}]{verdict.upper()}[/]")
+    common.stdout.print(Text.assemble("Gate: ", (verdict.upper(), GATE_STYLES[verdict])))
     for name, v in (gate.get("variants") or {}).items():
-        common.stdout.print(f"  {name}: [{GATE_STYLES[v['verdict']]}]{escape(v['plain'])}[/]")
+        common.stdout.print(Text.assemble(f"  {name}: ", (v["plain"], GATE_STYLES[v["verdict"]])))
     if lines:
         for line in gate.get("failures", []):
-            common.stdout.print(f"  {escape(line)}")
+            common.stdout.print(f"  {line}")
 
 
 def _open(args: argparse.Namespace) -> ResultsStore:
-    path = args.store or default_store_path()
-    if not Path(path).exists():
-        raise UserError(f"no results store at {path} (run an audit first, or pass --store)")
-    return ResultsStore(path)
+    return ResultsStore(args.store or default_store_path(), readonly=True)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -204,13 +205,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
             common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']}", report))
         for run_id, diff in d["plan_diffs"].items():
             common.stdout.print(f"Plan of run {reports[0]['run']['id']} -> run {run_id}:")
-            common.stdout.print(diff or "  (same plan)", markup=False, highlight=False)
+            common.stdout.print(diff or "  (same plan)", highlight=False)
 
     common.emit(args, data, human)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    checks.report_folder(args.out)
     with _open(args) as store:
         report = build_report(store, args.run_id)
     files = write_report(args.out, report)

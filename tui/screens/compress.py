@@ -14,7 +14,15 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
-from audit.plans import CalibrationSpec, PruneRecipe, QuantizeRecipe, VariantSpec, variant_name
+from audit.compress.recipe import (
+    PRUNING_METHOD_NAMES,
+    QUANTIZATION_SCHEME_NAMES,
+    Pattern,
+    PruneRecipe,
+    QuantizeRecipe,
+)
+from audit.errors import UserError
+from audit.plans import CalibrationSpec, VariantSpec, variant_name
 from audit.reports.render import fmt
 from tui.messages import JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen
@@ -45,14 +53,9 @@ class CompressScreen(FormScreen):
     BINDINGS = [Binding("ctrl+r", "run", "Run")]
 
     def compose_body(self) -> ComposeResult:
-        # The registries import torch: not before this screen is first shown (the model's
-        # loading has usually imported it by then), so the app opens at once.
-        from audit.compress.methods import PRUNING_METHODS
-        from audit.compress.quantize import QUANTIZATION_SCHEMES
-
         yield Label("New variant of the loaded model [dim](tab moves, enter opens a list, ctrl+r runs)[/]", classes="section")
-        methods = [(name, name) for name in PRUNING_METHODS.names()] + [("none (quantize only)", NONE)]
-        schemes = [("none", NONE)] + [(name, name) for name in QUANTIZATION_SCHEMES.names()]
+        methods = [(name, name) for name in PRUNING_METHOD_NAMES.names()] + [("none (quantize only)", NONE)]
+        schemes = [("none", NONE)] + [(name, name) for name in QUANTIZATION_SCHEME_NAMES.names()]
         with Grid(id="compress-form", classes="form"):
             yield Label("Prune with")
             yield Select(methods, value="wanda", allow_blank=False, id="method", compact=True)
@@ -95,16 +98,17 @@ class CompressScreen(FormScreen):
             raise FormError("choose a pruning method, a quantization scheme, or both")
         prune = None
         if method != NONE:
+            sparsity = None  # an N:M pattern says how many weights go
             if pattern == "unstructured":
                 try:
                     sparsity = float(self._value("sparsity"))
                 except ValueError:
                     raise FormError(f"sparsity must be a number such as 0.5, not {self._value('sparsity')!r}") from None
-            else:
-                n, m = (int(x) for x in pattern.split(":"))
-                sparsity = n / m
             exclude = tuple(p.strip() for p in self._value("exclude").split(",") if p.strip())
-            prune = PruneRecipe(method, sparsity, pattern, False, exclude)
+            try:
+                prune = PruneRecipe(method, sparsity, pattern, exclude=exclude)
+            except UserError as error:
+                raise FormError(str(error)) from None
         return prune, (QuantizeRecipe(scheme) if scheme != NONE else None)
 
     def _recipe(self) -> tuple[VariantSpec, CalibrationSpec]:
@@ -134,17 +138,20 @@ class CompressScreen(FormScreen):
         self._explain()
 
     def _explain(self) -> None:
-        from audit.compress.methods import PRUNING_METHODS
-        from audit.compress.quantize import QUANTIZATION_SCHEMES
-
         method, scheme = self._value("method"), self._value("scheme")
         lines = []
         if method != NONE:
-            meta = PRUNING_METHODS.meta(method)
+            meta = PRUNING_METHOD_NAMES.meta(method)
             calib = " (uses the calibration samples)" if meta.get("needs") else ""
             lines.append(f"[b]{method}[/]: {meta.get('description', '')}{calib}")
+            pattern = Pattern.parse(self._value("pattern"))
+            if pattern.structured:
+                lines.append(
+                    f"[b]{pattern}[/]: {pattern.kept} of every {pattern.group} consecutive weights of a row kept, "
+                    f"so sparsity {pattern.sparsity:g}"
+                )
         if scheme != NONE:
-            lines.append(f"[b]{scheme}[/]: {QUANTIZATION_SCHEMES.meta(scheme).get('description', '')}")
+            lines.append(f"[b]{scheme}[/]: {QUANTIZATION_SCHEME_NAMES.meta(scheme).get('description', '')}")
         self.query_one("#recipe-help", Static).update("\n".join(lines))
 
     def _show_session(self, _rev: int = 0) -> None:

@@ -34,7 +34,7 @@ def stored_runs(store_path: Path) -> list[dict[str, Any]]:
 
     if not Path(store_path).exists():
         return []
-    with ResultsStore(store_path) as store:
+    with ResultsStore(store_path, readonly=True) as store:
         return list(reversed(run_listing(store)))
 
 

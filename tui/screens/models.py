@@ -38,7 +38,7 @@ def model_choices(store_path: Any) -> list[tuple[str, str]]:
             choices.append((f"cached: {cached['name']}", cached["path"]))
             seen.add(cached["path"])
     if Path(store_path).exists():
-        with ResultsStore(store_path) as store:
+        with ResultsStore(store_path, readonly=True) as store:
             for run in reversed(store.runs()):
                 if run.model not in seen:
                     choices.append((f"recent: {run.model}", run.model))

@@ -1,0 +1,240 @@
+"""A run's life in the results store: created or resumed, run whole or step by step, revised,
+and closed with its gate."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from audit.errors import Cancelled, UserError
+from audit.models.loader import LoadOptions
+from audit.plans import Plan, VariantSpec, parse_plan, revise_plan
+from audit.progress import Job, Progress
+from audit.run.steps import BASELINE, StepRecord, steps_for, variant_names, variant_recipe
+from audit.store import ResultsStore, default_store_path
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    store: Path | None = None  # None: the default store
+    resume: int | None = None  # a run id to continue
+    workers: int = 1  # variants run in this many processes at once
+    ray_address: str | None = None  # run variants as Ray tasks on this cluster ("local" starts one)
+    work_dir: Path | None = None  # where variant folders go; default: beside the store, per run
+    load: LoadOptions = LoadOptions()
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.ray_address:
+            raise UserError("choose either --workers or --ray, not both")
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    store: Path
+    status: str
+    exit_code: int
+    gate: dict[str, Any] | None
+    report: dict[str, Any]
+    report_files: dict[str, str] = field(default_factory=dict)
+
+
+def software_versions() -> dict[str, Any]:
+    from hardware.software import read_runtime
+
+    from audit import __version__
+
+    return {"edge_audit": __version__, **read_runtime().to_dict()}
+
+
+def device_facts() -> dict[str, Any]:
+    from hardware.device import device_report
+
+    report = device_report(runtime=False)
+    device = report.get("device") or {}
+    cpu = report.get("cpu") or {}
+    memory = report.get("memory") or {}
+    return {
+        "name": device.get("name"),
+        "kind": device.get("kind"),
+        "cpu_model": cpu.get("model"),
+        "cores": cpu.get("cores_usable"),
+        "ram_total_mb": memory.get("total_mb"),
+        "os": (report.get("os") or {}).get("name"),
+    }
+
+
+def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStore, int, Plan, Path]:
+    store = ResultsStore(options.store or default_store_path())
+    if options.resume is not None:
+        record = store.run(options.resume)
+        if record.status == "finished":
+            raise UserError(f"run {record.id} already finished; nothing to resume")
+        stored = parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, stored=True)
+        store.mark_running(record.id)
+        work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, record.id)
+        return store, record.id, stored, work_dir
+    assert plan is not None
+    run_id = store.create_run(
+        name=plan.name,
+        model=plan.model,
+        plan_text=plan.text,
+        plan_path=plan.path,
+        device=device_facts(),
+        software=software_versions(),
+        variants=[(name, variant_recipe(plan, name)) for name in variant_names(plan)],
+    )
+    work_dir = Path(options.work_dir) / f"run-{run_id}" if options.work_dir else _default_work_dir(store, run_id)
+    store.set_work_dir(run_id, str(work_dir))
+    return store, run_id, plan, work_dir
+
+
+def _default_work_dir(store: ResultsStore, run_id: int) -> Path:
+    return store.path.parent / "runs" / f"run-{run_id}"
+
+
+def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: threading.Event | None = None) -> Job[RunOutcome]:
+    """Run (or resume) a plan: every variant's steps, each committed as it finishes; then the
+    comparison against the baseline, the gate and the report data."""
+    from audit.results import build_report, evaluate_run_gate
+    from audit.run.execute import execute_variant
+    from audit.run.parallel import run_in_processes, run_on_ray
+
+    store, run_id, plan, work_dir = start_or_resume(plan, options)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        names = variant_names(plan)
+        total = sum(len(steps_for(plan, n)) for n in names)
+
+        def finished() -> int:
+            return sum(1 for n in names for k in steps_for(plan, n) if store.step(run_id, n, k) is not None)
+
+        yield Progress("run", finished(), total, f"run {run_id}: {finished()}/{total} steps done", {"run_id": run_id})
+        if options.ray_address:
+            yield from run_on_ray(plan, run_id, store, options.ray_address, options.load, cancel, total, finished)
+        elif options.workers > 1:
+            yield from run_in_processes(plan, run_id, store, work_dir, options.workers, options.load, cancel, total, finished)
+        else:
+            for name in names:
+                done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
+                job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel)
+                for event in job:
+                    yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(name) else event.message)
+                yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
+        gate = evaluate_run_gate(store, run_id, plan)
+        report = build_report(store, run_id, plan, gate)
+        exit_code = 0 if gate.passed else 1
+        store.finish_run(run_id, "finished", gate.to_dict(), exit_code)
+        report["run"]["status"] = "finished"
+        return RunOutcome(run_id, store.path, "finished", exit_code, gate.to_dict(), report)
+    except (Cancelled, KeyboardInterrupt, SystemExit):
+        store.finish_run(run_id, "interrupted", None, 130)
+        raise
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", {"error": str(exc)}, 2)
+        raise
+    finally:
+        store.close()
+
+
+# -- runs driven one step at a time ----------------------------------------------------------------
+def stored_plan(store: ResultsStore, run_id: int) -> Plan:
+    """The plan a stored run follows (as revised by `add_variant` and `update_plan`)."""
+    record = store.run(run_id)
+    # Its own text only: a calibration file or variant folder that has moved since is a
+    # problem for the step that reads it, not for opening the run.
+    return parse_plan(
+        record.plan_text, Path(record.plan_path) if record.plan_path else None,
+        check_model=False, check_files=False, stored=True,
+    )
+
+
+def start_run(plan: Plan, store_path: Path | None = None, work_dir: Path | None = None) -> tuple[int, Path]:
+    """Create a run of `plan` in the store without running anything; a front end then runs
+    its steps one at a time with `run_steps` and adds variants with `add_variant`.
+    Returns the run id and the folder its variants are written to."""
+    store, run_id, _, folder = start_or_resume(plan, RunOptions(store=store_path, work_dir=work_dir))
+    store.close()
+    return run_id, folder
+
+
+def add_variant(store_path: Path | None, run_id: int, spec: VariantSpec) -> Plan:
+    """Add a variant to a stored run: its plan gains the variant and the store its recipe.
+    Returns the revised plan."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        if spec.name == BASELINE or any(v.name == spec.name for v in plan.variants):
+            raise UserError(f"run {run_id} already has a variant named {spec.name!r}; choose another name")
+        revised = revise_plan(plan, variants=plan.variants + (spec,))
+        store.add_variant(run_id, spec.name, variant_recipe(revised, spec.name), revised.text)
+    return revised
+
+
+def update_plan(store_path: Path | None, run_id: int, plan: Plan) -> Plan:
+    """Store revised settings (probes, calibration, perplexity, profile, gate) for a run whose
+    variants stay as they are; later steps follow them. Returns the plan as stored."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        stored = stored_plan(store, run_id)
+        if plan.variants != stored.variants or plan.model != stored.model:
+            raise UserError(f"run {run_id}: a plan update cannot change the model or the variants (add variants with add_variant)")
+        revised = revise_plan(plan)
+        store.set_plan_text(run_id, revised.text)
+    return revised
+
+
+def run_steps(
+    store_path: Path | None,
+    run_id: int,
+    name: str,
+    kinds: Sequence[str],
+    options: LoadOptions = LoadOptions(),
+    cancel: threading.Event | None = None,
+    *,
+    model: Any = None,
+) -> Job[list[str]]:
+    """Run the given steps of one variant of a stored run, again when they are already stored,
+    committing each as it finishes (a cancelled step stores nothing; the finished ones stay).
+    `model` is the variant already loaded, used by its perplexity and probe steps.
+    Returns the kinds stored, in order."""
+    from audit.run.execute import execute_variant
+
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        if name not in variant_names(plan):
+            raise UserError(f"run {run_id} has no variant {name!r}; its variants: {', '.join(variant_names(plan))}")
+        planned = steps_for(plan, name)
+        for kind in kinds:
+            if kind not in planned:
+                raise UserError(f"{name} has no step {kind!r} in run {run_id}; its steps: {', '.join(planned)}")
+        record = store.run(run_id)
+        work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, run_id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stored: list[str] = []
+
+        def commit(step: StepRecord) -> None:
+            step.commit(store, run_id)
+            stored.append(step.kind)
+
+        done = set(planned) - set(kinds)
+        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model)
+    return stored
+
+
+def close_run(store_path: Path | None, run_id: int) -> str:
+    """Set the status of a run driven step by step: "finished", with its gate, when every planned
+    step is stored, else "interrupted", which `edge-audit run --resume` completes. Returns it."""
+    from audit.results import evaluate_run_gate
+
+    with ResultsStore(store_path or default_store_path()) as store:
+        plan = stored_plan(store, run_id)
+        missing = [(n, k) for n in variant_names(plan) for k in steps_for(plan, n) if store.step(run_id, n, k) is None]
+        if missing:
+            store.finish_run(run_id, "interrupted", None, 130)
+            return "interrupted"
+        gate = evaluate_run_gate(store, run_id, plan)
+        store.finish_run(run_id, "finished", gate.to_dict(), 0 if gate.passed else 1)
+        return "finished"

@@ -1,0 +1,141 @@
+"""Variants of a run in parallel: in spawned processes on this machine, or as Ray tasks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from audit.errors import UserError
+from audit.models import LoadOptions
+from audit.plans import Plan, parse_plan
+from audit.progress import Job, Progress, check_cancel, drive
+from audit.run.execute import execute_variant, profile_step
+from audit.run.pool import process_pool
+from audit.run.steps import PROFILE, StepRecord, model_spec_for, steps_for, variant_names
+from audit.store import ResultsStore
+
+
+def _variant_in_process(
+    store_path: str, run_id: int, plan_text: str, plan_path: str | None, name: str, work_dir: str, load: dict[str, Any], events: Any, threads: int
+) -> None:
+    """A worker process: run one variant's steps (profile excepted), committing each to the store."""
+    import torch
+
+    torch.set_num_threads(threads)
+    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
+    with ResultsStore(store_path) as store:
+        done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
+        job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**load), skip_profile=True)
+        for event in job:
+            events.put((name, event.stage, event.done, event.total, event.message))
+
+
+def run_in_processes(
+    plan: Plan,
+    run_id: int,
+    store: ResultsStore,
+    work_dir: Path,
+    workers: int,
+    load: LoadOptions,
+    cancel: threading.Event | None,
+    total: int,
+    finished: Callable[[], int],
+) -> Job[None]:
+    """Variants in `workers` parallel processes; profiles afterwards one at a time, since
+    latency measured while other variants compete for the cores would mean nothing."""
+    names = variant_names(plan)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    manager = multiprocessing.get_context("spawn").Manager()
+    events = manager.Queue()
+    load_data = asdict(load)
+    try:
+        with process_pool(workers) as pool:
+            futures = {
+                pool.submit(_variant_in_process, str(store.path), run_id, plan.text, plan.path, name, str(work_dir), load_data, events, threads): name
+                for name in names
+            }
+            pending = set(futures)
+            while pending:
+                check_cancel(cancel)
+                done, pending = concurrent.futures.wait(pending, timeout=0.5)
+                yield from _drain(events)
+                for future in done:
+                    future.result()  # a worker's failure fails the run
+                    yield Progress("run", finished(), total, f"{futures[future]} done (profile pending)", {"run_id": run_id})
+            yield from _drain(events)
+    finally:
+        manager.shutdown()
+    for name in names:
+        if PROFILE in steps_for(plan, name) and store.step(run_id, name, PROFILE) is None:
+            record = yield from profile_step(plan, name, model_spec_for(plan, name, work_dir), load, cancel)
+            record.commit(store, run_id)
+            yield Progress("run", finished(), total, f"{name} profiled", {"run_id": run_id})
+
+
+def _drain(events: Any) -> Iterator[Progress]:
+    while True:
+        try:
+            name, stage, done, total, message = events.get_nowait()
+        except queue.Empty:
+            return
+        yield Progress(stage, done, total, f"{name}: {message}")
+
+
+def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
+    its step records for the driver to commit (a remote node cannot reach the driver's store)."""
+    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
+    records: list[StepRecord] = []
+    work_dir = Path(tempfile.mkdtemp(prefix="edge-audit-ray-"))
+    drive(execute_variant(plan, name, work_dir, set(done), records.append, LoadOptions(**load)))
+    return [asdict(r) for r in records]
+
+
+def run_on_ray(
+    plan: Plan,
+    run_id: int,
+    store: ResultsStore,
+    address: str,
+    load: LoadOptions,
+    cancel: threading.Event | None,
+    total: int,
+    finished: Callable[[], int],
+) -> Job[None]:
+    """Every unfinished variant as a Ray task on the cluster at `address` ("local" starts one)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'edge-audit[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # connection refused, bad address, version mismatch
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    try:
+        remote = ray.remote(_variant_on_ray)
+        load_data = asdict(load)
+        refs = {}
+        for name in variant_names(plan):
+            done = [k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None]
+            if len(done) < len(steps_for(plan, name)):
+                refs[remote.remote(plan.text, plan.path, name, done, load_data)] = name
+        pending = list(refs)
+        while pending:
+            check_cancel(cancel)
+            ready, pending = ray.wait(pending, timeout=0.5)
+            for ref in ready:
+                for data in ray.get(ref):
+                    data["metrics"] = [tuple(m) for m in data["metrics"]]
+                    StepRecord(**data).commit(store, run_id)
+                yield Progress("run", finished(), total, f"{refs[ref]} done on Ray", {"run_id": run_id})
+    finally:
+        if started_here:
+            ray.shutdown()

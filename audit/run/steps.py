@@ -1,0 +1,82 @@
+"""The step vocabulary of a run: which steps each variant of a plan has, and the record a
+finished step leaves in the store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.plans import Plan
+from audit.store import ResultsStore
+
+BASELINE = "baseline"
+COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
+PROBE_PREFIX = "probe:"
+NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds: sampled answers' own churn
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A finished step as the store keeps it."""
+
+    variant: str
+    kind: str
+    started_at: float
+    result: dict[str, Any]
+    resources: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    suite: str | None = None
+    metrics: list[tuple] = field(default_factory=list)
+
+    def commit(self, store: ResultsStore, run_id: int) -> None:
+        store.record_step(
+            run_id,
+            self.variant,
+            self.kind,
+            result=self.result,
+            started_at=self.started_at,
+            resources=self.resources,
+            items=self.items,
+            suite=self.suite,
+            metrics=self.metrics,
+        )
+
+
+def variant_names(plan: Plan) -> list[str]:
+    return [BASELINE] + [v.name for v in plan.variants]
+
+
+def variant_recipe(plan: Plan, name: str) -> dict[str, Any]:
+    if name == BASELINE:
+        return {"kind": "baseline", "model": plan.model, "method": "dense", "sparsity": 0.0}
+    spec = plan.variant(name)
+    data = asdict(spec)
+    data.update(kind="variant", method=spec.method, sparsity=spec.sparsity)
+    return data
+
+
+def steps_for(plan: Plan, name: str) -> list[str]:
+    """The steps of one variant, in order; the profile always comes last."""
+    kinds = []
+    if name != BASELINE and plan.variant(name).path is None:
+        kinds.append(COMPRESS)
+    if plan.perplexity.enabled:
+        kinds.append(PERPLEXITY)
+    kinds += [PROBE_PREFIX + suite for suite in plan.probes.suites]
+    if name == BASELINE and plan.probes.sampled and plan.probes.noise_floor:
+        kinds += [NOISE_PREFIX + suite for suite in plan.probes.suites]
+    if plan.profile.enabled:
+        kinds.append(PROFILE)
+    return kinds
+
+
+def variant_folder(work_dir: Path, name: str) -> Path:
+    return work_dir / name
+
+
+def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
+    if name == BASELINE:
+        return plan.model
+    spec = plan.variant(name)
+    return spec.path or str(variant_folder(work_dir, name))
