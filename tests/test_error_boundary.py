@@ -214,3 +214,19 @@ def test_a_disk_that_fills_while_writing_is_one_line(tmp_path, tiny_llama, monke
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no space left on the device" in err and err.count("\n") == 0
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_read_only_store_is_refused_before_the_run_and_still_lists(tmp_path, monkeypatch, capsys):
+    """A store this user may not write (simulated: root ignores file permissions): `run`
+    refuses it in one line before any work; `runs list` still reads it."""
+    import audit.store as store_module
+    from tui.cli import main
+
+    store = tmp_path / "results.db"
+    ResultsStore(store).close()
+    monkeypatch.setattr(store_module, "_writable", lambda path: False)
+    code = main(["run", "--default", "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"cannot write to the results store {store}" in err and err.count("\n") == 0
+    assert main(["runs", "list", "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"runs": []}
