@@ -8,12 +8,8 @@ import tempfile
 from pathlib import Path
 
 from audit.errors import UserError
-
-MB = 1024 * 1024
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+from audit.paths import kind, os_reason, probe
+from hardware.memory import MB
 
 
 def _nearest_folder(path: Path, what: str) -> Path:
@@ -37,7 +33,7 @@ def _try_write(folder: Path, what: str, target: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"cannot write {what} {target}: {folder}: {_reason(exc)}") from None
+        raise UserError(f"cannot write {what} {target}: {folder}: {os_reason(exc)}") from None
 
 
 def _check_space(folder: Path, what: str, target: Path, need_bytes: int) -> None:
@@ -58,12 +54,10 @@ def output_folder(out: Path, what: str, *, force: bool = False, need_bytes: int 
     """`out` can become a folder: it is not a file, it does not exist (or `force` replaces it),
     a file can be made beside it, and the disk has `need_bytes` free."""
     out = Path(out).expanduser()
-    try:
-        exists = out.exists()
-        if exists and not out.is_dir():
-            raise UserError(f"{what} {out} exists and is not a folder")
-    except OSError as exc:
-        raise UserError(f"cannot use {what} {out}: {_reason(exc)}") from None
+    found = kind(probe(out, what))
+    if found not in (None, "folder"):
+        raise UserError(f"{what} {out} exists and is not a folder")
+    exists = found == "folder"
     if exists and not force:
         raise UserError(f"{what} {out} already exists (use --force to replace it)")
     folder = out if exists else _nearest_folder(out, what)
@@ -76,13 +70,11 @@ def output_file(path: Path, what: str, *, need_bytes: int = 0) -> Path:
     """`path` can be written as a file (replacing one that is there): it is not a folder and
     its folder (or the nearest one that exists) takes a new file."""
     path = Path(path).expanduser()
-    try:
-        if path.is_dir():
-            raise UserError(f"{what} {path} is a folder; give a file name")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise UserError(f"cannot write {what} {path}: permission denied")
-    except OSError as exc:
-        raise UserError(f"cannot use {what} {path}: {_reason(exc)}") from None
+    found = kind(probe(path, what))
+    if found == "folder":
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    if found is not None and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {what} {path}: permission denied")
     folder = _nearest_folder(path, what)
     _try_write(folder, what, path)
     _check_space(folder, what, path, need_bytes)

@@ -15,7 +15,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from audit.compress.recipe import PRUNING_METHOD_NAMES, QUANTIZATION_SCHEME_NAMES, PruneRecipe, QuantizeRecipe, pattern_problem
+from audit.compress.recipe import (
+    DEFAULT_NSAMPLES,
+    DEFAULT_SEQLEN,
+    MAX_SPARSITY,
+    PRUNING_METHOD_NAMES,
+    QUANTIZATION_SCHEME_NAMES,
+    PruneRecipe,
+    QuantizeRecipe,
+    pattern_problem,
+)
 from audit.errors import UserError
 from audit.paths import data_dir, read_text
 
@@ -164,8 +173,8 @@ def _str_list(ctx: _Context, data: Mapping[str, Any], key: str, prefix: str, def
 # -- the plan -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CalibrationSpec:
-    nsamples: int = 32
-    seqlen: int = 512
+    nsamples: int = DEFAULT_NSAMPLES
+    seqlen: int = DEFAULT_SEQLEN
     seed: int = 0
     file: str | None = None
 
@@ -305,7 +314,7 @@ def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
     _check_name(ctx, "pruning method", method, prefix + "method")
     sparsity = _get(ctx, data, "sparsity", prefix, float, None)
     if sparsity is not None:
-        _check(ctx, 0.0 <= sparsity <= 0.95, prefix + "sparsity", f"must be within [0, 0.95], got {sparsity:g}")
+        _check(ctx, 0.0 <= sparsity <= MAX_SPARSITY, prefix + "sparsity", f"must be within [0, {MAX_SPARSITY}], got {sparsity:g}")
     pattern = _get(ctx, data, "pattern", prefix, str, "unstructured")
     _check_pattern(ctx, pattern, prefix + "pattern")
     problem = pattern_problem(pattern)
@@ -456,9 +465,9 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
 def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
     data = _table(ctx, raw, "calibration")
     _unknown(ctx, data, {"nsamples", "seqlen", "seed", "file"}, "calibration.")
-    nsamples = _get(ctx, data, "nsamples", "calibration.", int, 32)
+    nsamples = _get(ctx, data, "nsamples", "calibration.", int, DEFAULT_NSAMPLES)
     _check(ctx, nsamples >= 1, "calibration.nsamples", f"must be at least 1, got {nsamples}")
-    seqlen = _get(ctx, data, "seqlen", "calibration.", int, 512)
+    seqlen = _get(ctx, data, "seqlen", "calibration.", int, DEFAULT_SEQLEN)
     _check(ctx, seqlen >= 8, "calibration.seqlen", f"must be at least 8, got {seqlen}")
     seed = _get(ctx, data, "seed", "calibration.", int, 0)
     file = _get(ctx, data, "file", "calibration.", str, None)
@@ -630,6 +639,13 @@ def _check_model(ctx: _Context, model: str) -> str:
     except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte, a name too long
         raise ctx.error("model", f"is not a usable model name or path: {model!r}") from None
     return model
+
+
+def read_stored_plan(text: str, path: str | None) -> Plan:
+    """The plan of a stored run, from its stored text alone: the files it names may have moved
+    since, and a step that needs one says so when it reads it. Relative paths still read from
+    the plan's folder `path`."""
+    return parse_plan(text, Path(path) if path else None, check_model=False, check_files=False, stored=True)
 
 
 def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from audit.gate import GateReport, Measurement, evaluate_gate
-from audit.plans import Plan, parse_plan
+from audit.plans import Plan, read_stored_plan
 from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore
 
@@ -67,10 +66,7 @@ class RunView:
         from audit.probes.items import ItemResult
 
         self.run = store.run(run_id)
-        # From the stored text alone: the files the plan names may have moved since, and the
-        # numbers read here need none of them. Its relative paths still read from its folder.
-        where = Path(self.run.plan_path) if self.run.plan_path else None
-        self.plan = plan or parse_plan(self.run.plan_text, where, check_model=False, check_files=False, stored=True)
+        self.plan = plan or read_stored_plan(self.run.plan_text, self.run.plan_path)
         self.suites = list(self.plan.probes.suites)
         self.variants: list[dict[str, Any]] = []
         self.flipped: list[dict[str, Any]] = []

@@ -9,9 +9,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.paths import kind, os_reason, probe
 
 SCHEMA_VERSION = 1
@@ -175,7 +175,7 @@ class StoreError(UserError):
 def store_error(path: Path, exc: sqlite3.Error, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> StoreError:
     """One line naming the store and what is wrong with it, for an error SQLite raised."""
     code = _error_code(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     if code in (_BUSY, _LOCKED) or "locked" in text:
         return StoreError(
             f"the results store {path} is busy: another process has held it locked for {timeout:g} s; "
@@ -237,24 +237,24 @@ class _Connection(sqlite3.Connection):
     store_readonly: bool
     store_timeout: float
 
-    def _translated(self, exc: sqlite3.Error) -> UserError:
-        return store_error(self.store_path, exc, readonly=self.store_readonly, timeout=self.store_timeout)
+    @contextlib.contextmanager
+    def _file_faults(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            # Integrity and programming errors are bugs; operational, internal and plain
+            # database errors are about the file.
+            if not isinstance(exc, (sqlite3.OperationalError, sqlite3.InternalError)) and type(exc) is not sqlite3.DatabaseError:
+                raise
+            raise store_error(self.store_path, exc, readonly=self.store_readonly, timeout=self.store_timeout) from None
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        try:
+        with self._file_faults():
             return super().execute(sql, parameters)
-        except (sqlite3.OperationalError, sqlite3.InternalError) as exc:
-            raise self._translated(exc) from None
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # integrity and programming errors are bugs
-                raise
-            raise self._translated(exc) from None
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
-        try:
+        with self._file_faults():
             return super().executemany(sql, seq_of_parameters)
-        except sqlite3.OperationalError as exc:
-            raise self._translated(exc) from None
 
 
 class ResultsStore:

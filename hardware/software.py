@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -56,46 +57,31 @@ class RuntimeInfo:
         return data
 
 
+def _library(name: str, import_it: bool) -> Any:
+    """The module `name` if this process has imported it, or (with `import_it`) can import
+    it; None otherwise, a broken install included."""
+    if name in sys.modules or not import_it or not package_version(name):
+        return sys.modules.get(name)
+    try:
+        return importlib.import_module(name)
+    except Exception:  # a broken install reports what it can
+        return None
+
+
 def read_runtime(import_libraries: bool = True) -> RuntimeInfo:
     """Versions of the inference libraries, and their threads and providers in this process.
 
     Importing torch and ONNX Runtime takes seconds; with `import_libraries` False, threads and
     providers are read only from libraries this process has imported already."""
-    torch_threads = interop = None
-    if not import_libraries:
-        torch_module, ort_module = sys.modules.get("torch"), sys.modules.get("onnxruntime")
-        return RuntimeInfo(
-            python=platform.python_version(),
-            torch=package_version("torch"),
-            torch_threads=torch_module.get_num_threads() if torch_module else None,
-            torch_interop_threads=torch_module.get_num_interop_threads() if torch_module else None,
-            onnxruntime=package_version("onnxruntime"),
-            onnxruntime_providers=tuple(ort_module.get_available_providers()) if ort_module else (),
-            transformers=package_version("transformers"),
-            optimum_onnx=package_version("optimum-onnx"),
-        )
-    if package_version("torch"):
-        try:
-            import torch
-
-            torch_threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
-        except Exception:  # a broken install reports what it can
-            pass
-    providers: tuple[str, ...] = ()
-    if package_version("onnxruntime"):
-        try:
-            import onnxruntime
-
-            providers = tuple(onnxruntime.get_available_providers())
-        except Exception:
-            pass
+    torch = _library("torch", import_libraries)
+    onnxruntime = _library("onnxruntime", import_libraries)
     return RuntimeInfo(
         python=platform.python_version(),
         torch=package_version("torch"),
-        torch_threads=torch_threads,
-        torch_interop_threads=interop,
+        torch_threads=torch.get_num_threads() if torch else None,
+        torch_interop_threads=torch.get_num_interop_threads() if torch else None,
         onnxruntime=package_version("onnxruntime"),
-        onnxruntime_providers=providers,
+        onnxruntime_providers=tuple(onnxruntime.get_available_providers()) if onnxruntime else (),
         transformers=package_version("transformers"),
         optimum_onnx=package_version("optimum-onnx"),
     )

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
+from audit.compress.recipe import DEFAULT_NSAMPLES, DEFAULT_SEQLEN
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
 from audit.paths import data_dir, read_text
+from audit.probes.items import is_text
 
 CALIBRATION_FILE = "calibration_en.txt"
-DEFAULT_NSAMPLES = 32
-DEFAULT_SEQLEN = 512
 
 
 def read_text_file(path: Path, what: str = "text") -> str:
@@ -34,22 +34,13 @@ def read_text_file(path: Path, what: str = "text") -> str:
             text = item.get("text") if isinstance(item, dict) else item
             if not isinstance(text, str):
                 raise UserError(f"{what} file {path}, line {number}: expected a string or an object with a \"text\" string")
-            if not _encodable(text):
+            if not is_text(text):
                 raise UserError(f"{what} file {path}, line {number}: the text holds an unpaired surrogate escape (\\ud800-\\udfff)")
             documents.append(text)
         raw = "\n\n".join(documents)
     if not raw.strip():
         raise UserError(f"{what} file {path} is empty")
     return raw
-
-
-def _encodable(text: str) -> bool:
-    """Whether a string from JSON is real text: JSON escapes can spell half a surrogate pair."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def shipped_calibration_text() -> str:

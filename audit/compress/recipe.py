@@ -12,6 +12,9 @@ from audit.errors import UserError
 from audit.registry import Registry
 
 MAX_SPARSITY = 0.95
+# Calibration for the methods that need it: windows of text, and tokens per window.
+DEFAULT_NSAMPLES = 32
+DEFAULT_SEQLEN = 512
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_INT4_BLOCK_SIZE = 32
 DEFAULT_SPARSITY = 0.5

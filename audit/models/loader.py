@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from audit import atomic
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
 from audit.models.meta import read_meta, write_meta
@@ -340,7 +340,7 @@ def _load_tokenizer(folder: Path, options: LoadOptions) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
     except Exception as exc:
-        raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {first_line(exc, 300)}") from None
 
 
 def text_prefix_ids(tokenizer: Any, config: Any, meta: dict[str, Any]) -> list[int]:
@@ -394,11 +394,6 @@ def _facts_template(folder: Path, source: ModelSource, config: Any, meta: dict[s
     }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started: float) -> LanguageModel:
     import torch
     from safetensors import SafetensorError
@@ -429,7 +424,7 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
     # transformers and safetensors raise these on a damaged folder the checks up front let
     # through (TypeError: a config value of a type the model's constructor cannot use).
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"cannot load the model in {folder}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load the model in {folder}: {first_line(exc, 300)}") from None
     template = _facts_template(folder, source, config, meta, started)
     return TorchLanguageModel(
         model,
@@ -451,7 +446,7 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read the config of the ONNX model in {folder}: {_first_line(exc)}") from None
+        raise UserError(f"cannot read the config of the ONNX model in {folder}: {first_line(exc, 300)}") from None
     files = onnx_files(folder)
     onnx_path = folder / "model.onnx" if (folder / "model.onnx").is_file() else files[0]
     session_options = ort.SessionOptions()
@@ -464,7 +459,7 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
             str(folder), file_name=onnx_path.name, session_options=session_options, provider="CPUExecutionProvider"
         )
     except Exception as exc:  # onnxruntime raises its own exception types on a damaged graph
-        raise UserError(f"cannot load the ONNX model in {folder}: {_first_line(exc)}") from None
+        raise UserError(f"cannot load the ONNX model in {folder}: {first_line(exc, 300)}") from None
     template = _facts_template(folder, source, config, meta, started)
     template["dtype"] = "float32"
     return OnnxLanguageModel(

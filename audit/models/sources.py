@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.paths import kind, list_folder, os_reason, probe, require_file
 
@@ -322,5 +322,4 @@ def read_gguf(path: Path):  # -> gguf.GGUFReader
 
         return GGUFReader(str(path))
     except Exception as exc:  # the reader raises many kinds on a damaged file
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{path} is a corrupt GGUF file: {type(exc).__name__}: {detail[:300]}") from None
+        raise UserError(f"{path} is a corrupt GGUF file: {type(exc).__name__}: {first_line(exc, 300)}") from None

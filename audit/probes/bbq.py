@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from audit.errors import UserError
-from audit.paths import read_text
-from audit.probes.items import AMBIG, DISAMBIG, NEG, NONNEG, QA, ProbeItem, is_int, is_text, parse_json, reason, shown, text_field
+from audit.errors import UserError, first_line
+from audit.paths import os_reason, read_text
+from audit.probes.items import AMBIG, DISAMBIG, NEG, NONNEG, QA, REASON_CHARS, ProbeItem, is_int, is_text, parse_json, shown, text_field
 
 REQUIRED_FIELDS = (
     "example_id",
@@ -184,7 +184,7 @@ def read_metadata(path: Path) -> dict[tuple[str, int], int]:
                 table[(category.strip(), example_id)] = loc
     except csv.Error as exc:
         # DictReader's own line_num moves only once a whole row is read: the csv reader's is the line that failed.
-        raise UserError(f"BBQ metadata file {path}:{reader.reader.line_num}: not valid CSV ({reason(exc)})") from None
+        raise UserError(f"BBQ metadata file {path}:{reader.reader.line_num}: not valid CSV ({first_line(exc, REASON_CHARS)})") from None
     return table
 
 
@@ -289,7 +289,7 @@ def read_records(
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read BBQ file {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read BBQ file {path}: {os_reason(exc)}") from None
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}:{number}"
         try:
@@ -307,7 +307,7 @@ def read_records(
             if item.item_id in seen:
                 raise ValueError(f"example_id {data['example_id']} of {shown(item.category)} repeats {seen[item.item_id]}")
         except ValueError as exc:
-            skipped.append(f"{where}: {reason(exc)}")
+            skipped.append(f"{where}: {first_line(exc, REASON_CHARS)}")
             continue
         seen[item.item_id] = where
         items.append(item)

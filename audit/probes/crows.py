@@ -13,9 +13,9 @@ import csv
 import io
 from pathlib import Path
 
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.paths import read_text
-from audit.probes.items import SENTENCES, ProbeItem, reason, shown
+from audit.probes.items import REASON_CHARS, SENTENCES, ProbeItem, shown
 
 REQUIRED_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 DIRECTIONS = ("stereo", "antistereo")
@@ -75,5 +75,5 @@ def load_crows(path: Path) -> tuple[list[ProbeItem], list[str]]:
             )
     except csv.Error as exc:
         # DictReader's own line_num moves only once a whole row is read: the csv reader's is the line that failed.
-        raise UserError(f"CrowS-Pairs file {path}:{reader.reader.line_num}: not valid CSV ({reason(exc)})") from None
+        raise UserError(f"CrowS-Pairs file {path}:{reader.reader.line_num}: not valid CSV ({first_line(exc, REASON_CHARS)})") from None
     return items, skipped

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from audit import atomic
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.paths import read_text
 
 QA = "qa"  # context + question + options (BBQ format): the model picks an option
@@ -161,7 +161,7 @@ def read_items(path: Path) -> tuple[dict[str, Any], list[ItemResult], list[str]]
             if result.item_id in seen:
                 raise ValueError(f"item_id {shown(result.item_id)} repeats line {seen[result.item_id]}")
         except ValueError as exc:
-            skipped.append(f"{where}: {reason(exc)}")
+            skipped.append(f"{where}: {first_line(exc, REASON_CHARS)}")
             continue
         seen[result.item_id] = number
         results.append(result)
@@ -181,10 +181,8 @@ def parse_json(text: str) -> Any:
         raise ValueError("not valid JSON (nested too deeply)") from None
 
 
-def reason(exc: BaseException, limit: int = 160) -> str:
-    """An exception's message as one short line, for a skipped line's reason."""
-    lines = str(exc).splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:limit]
+# How much of a parser's message a skipped line's reason quotes.
+REASON_CHARS = 160
 
 
 def shown(value: Any, limit: int = 40) -> str:

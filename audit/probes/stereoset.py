@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.paths import read_text
-from audit.probes.items import SENTENCES, ProbeItem, parse_json, reason, shown, text_field
+from audit.probes.items import REASON_CHARS, SENTENCES, ProbeItem, parse_json, shown, text_field
 
 GOLD_LABELS = ("stereotype", "anti-stereotype", "unrelated")
 
@@ -67,7 +67,7 @@ def load_stereoset(path: Path) -> tuple[list[ProbeItem], list[str]]:
     try:
         data = parse_json(text)
     except ValueError as exc:
-        raise UserError(f"StereoSet file {path} is not valid JSON ({reason(exc)})") from None
+        raise UserError(f"StereoSet file {path} is not valid JSON ({first_line(exc, REASON_CHARS)})") from None
     if not isinstance(data, dict):
         raise UserError(f"StereoSet file {path}: the top level is {shown(data)}, not an object with data.intrasentence")
     section = data.get("data")
@@ -86,7 +86,7 @@ def load_stereoset(path: Path) -> tuple[list[ProbeItem], list[str]]:
             if item.item_id in seen:
                 raise ValueError(f"id {shown(raw['id'])} repeats intrasentence[{seen[item.item_id]}]")
         except ValueError as exc:
-            skipped.append(f"{where}: {reason(exc)}")
+            skipped.append(f"{where}: {first_line(exc, REASON_CHARS)}")
             continue
         seen[item.item_id] = index
         items.append(item)

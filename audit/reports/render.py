@@ -151,15 +151,17 @@ def interval(estimate: Any, digits: int = 3, suffix: str = "") -> str:
     text = fmt(value, digits, suffix) if not suffix else signed(value, suffix)
     if low is None and high is None:
         return text
-    bounds = _bounds(fmt(low, digits) if low is not None else Plain("-inf"), fmt(high, digits) if high is not None else Plain("inf"))
+    bounds = _bounds(low, high, digits)
     whole = f"{text} {bounds}"
     return Plain(whole) if isinstance(text, Plain) and isinstance(bounds, Plain) else whole
 
 
-def _bounds(low: str, high: str) -> str:
-    """"[low, high]"; `Plain` when both ends are (a string where a number belongs stays data)."""
-    text = f"[{low}, {high}]"
-    return Plain(text) if isinstance(low, Plain) and isinstance(high, Plain) else text
+def _bounds(low: Any, high: Any, digits: int) -> str:
+    """"[low, high]", a missing end as -inf or inf; `Plain` when both ends are (a string where
+    a number belongs stays data)."""
+    ends = (fmt(low, digits) if low is not None else Plain("-inf"), fmt(high, digits) if high is not None else Plain("inf"))
+    text = f"[{ends[0]}, {ends[1]}]"
+    return Plain(text) if all(isinstance(end, Plain) for end in ends) else text
 
 
 def verdict_text(row: dict[str, Any]) -> str:
@@ -326,10 +328,7 @@ def _finding_rows(gate: dict[str, Any]) -> list[list[str]]:
     for f in gate.get("findings") or []:
         where = "" if f["category"] == "overall" else f" [{f['category']}]"
         sign = "≤" if f.get("limit_is", "max") == "max" else ">"
-        lower, upper = f.get("lower"), f.get("upper")
-        bounds = Plain("-") if f.get("value") is None else _bounds(
-            fmt(lower, 4) if lower is not None else Plain("-inf"), fmt(upper, 4) if upper is not None else Plain("inf")
-        )
+        bounds = Plain("-") if f.get("value") is None else _bounds(f.get("lower"), f.get("upper"), 4)
         limit = Plain(f"{sign} {f['limit']:g}") if isinstance(f.get("limit"), (int, float)) else f"{sign} {f.get('limit')}"
         verdict = f.get("verdict") or ("pass" if f.get("passed") else "fail")
         rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, limit, str(verdict).upper(), f["reason"]])

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
-from audit.plans import Plan, VariantSpec, parse_plan, revise_plan
+from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress
 from audit.run.steps import BASELINE, StepRecord, steps_for, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
@@ -145,12 +145,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
 def stored_plan(store: ResultsStore, run_id: int) -> Plan:
     """The plan a stored run follows (as revised by `add_variant` and `update_plan`)."""
     record = store.run(run_id)
-    # Its own text only: a calibration file or variant folder that has moved since is a
-    # problem for the step that reads it, not for opening the run.
-    return parse_plan(
-        record.plan_text, Path(record.plan_path) if record.plan_path else None,
-        check_model=False, check_files=False, stored=True,
-    )
+    return read_stored_plan(record.plan_text, record.plan_path)
 
 
 def start_run(plan: Plan, store_path: Path | None = None, work_dir: Path | None = None) -> tuple[int, Path]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from audit.errors import UserError
 from audit.models import LoadOptions
-from audit.plans import Plan, parse_plan
+from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
@@ -29,7 +29,7 @@ def _variant_in_process(
     import torch
 
     torch.set_num_threads(threads)
-    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
+    plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
         done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**load), skip_profile=True)
@@ -91,7 +91,7 @@ def _drain(events: Any) -> Iterator[Progress]:
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any]) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store)."""
-    plan = parse_plan(plan_text, Path(plan_path) if plan_path else None, check_model=False, stored=True)
+    plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
     work_dir = Path(tempfile.mkdtemp(prefix="edge-audit-ray-"))
     drive(execute_variant(plan, name, work_dir, set(done), records.append, LoadOptions(**load)))
