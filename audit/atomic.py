@@ -27,7 +27,9 @@ def _cannot_write(target: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {target}: {os_reason(exc)}")
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write `data` to `path` at once or not at all; `mode` (e.g. 0o600 for a private key)
+    is set before the file appears under its name."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private (0600)
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())  # mkstemp's files are private (0600)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

@@ -128,6 +128,7 @@ class RunView:
         profile = (steps.get("profile") or {}).get("result") or {}
         ppl = (steps.get("perplexity") or {}).get("result") or {}
         sizes = prune.get("size_on_disk_mb") or {}
+        fingerprint = (steps.get("fingerprint") or {}).get("result") or {}
         variant: dict[str, Any] = {
             "name": name,
             "method": recipe.get("method"),
@@ -148,6 +149,9 @@ class RunView:
             "tokens_per_s": profile.get("generated_tokens_per_s_p50"),
             "probe_item_ms_p50": profile.get("probe_item_ms_p50"),
             "rss_peak_mb": profile.get("rss_peak_mb"),
+            "fingerprint": fingerprint.get("digest"),
+            "fingerprint_storage": fingerprint.get("storage"),
+            "fingerprint_folder": fingerprint.get("folder"),
             "steps": {kind: {"seconds": s["seconds"], "resources": s["resources"]} for kind, s in steps.items()},
             "probes": {},
             "gate_passed": None,

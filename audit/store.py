@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from audit.errors import UserError, first_line
 from audit.paths import kind, os_reason, probe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long a write waits for another process's transaction before the store is called busy.
 BUSY_TIMEOUT_SECONDS = 60.0
 
@@ -108,8 +108,29 @@ def _schema_v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _schema_v2(db: sqlite3.Connection) -> None:
+    """Field checks: a deployed folder checked against an audit record, on this device."""
+    _execute_all(
+        db,
+        """
+        CREATE TABLE checks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at REAL NOT NULL,
+            model_path TEXT NOT NULL,
+            record_path TEXT NOT NULL,
+            audit_run INTEGER,
+            variant TEXT,
+            outcome TEXT NOT NULL,
+            exit_code INTEGER NOT NULL,
+            sentence TEXT NOT NULL,
+            result_json TEXT NOT NULL
+        )
+        """
+    )
+
+
 # Migration k takes a store at version k to version k + 1; a store is migrated forward on open.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_schema_v1,)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_schema_v1, _schema_v2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -606,6 +627,42 @@ class ResultsStore:
             query += " AND variant = ?"
             args.append(variant)
         return [dict(r) for r in self.db.execute(query + " ORDER BY variant, suite, category, name", args)]
+
+    # -- field checks -----------------------------------------------------------------------------
+    def record_check(self, result: Mapping[str, Any]) -> int:
+        """Store one field check (as `CheckResult.to_dict` gives it); returns its id."""
+        audit = result.get("audit") or {}
+        cursor = self.db.execute(
+            "INSERT INTO checks (created_at, model_path, record_path, audit_run, variant, outcome, exit_code, sentence, result_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                str(result.get("model_path")),
+                str(result.get("record_path")),
+                audit.get("run"),
+                audit.get("variant"),
+                str(result.get("outcome")),
+                int(result.get("exit_code", 1)),
+                str(result.get("sentence")),
+                _dumps(result),
+            ),
+        )
+        return int(cursor.lastrowid)
+
+    def checks(self) -> list[dict[str, Any]]:
+        """Every field check, oldest first, without its full result."""
+        rows = self.db.execute(
+            "SELECT id, created_at, model_path, record_path, audit_run, variant, outcome, exit_code, sentence FROM checks ORDER BY id"
+        )
+        return [dict(r) for r in rows]
+
+    def check(self, check_id: int) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM checks WHERE id = ?", (check_id,)).fetchone()
+        if row is None:
+            raise UserError(f"no check {check_id} in {self.path}")
+        data = dict(row)
+        data["result"] = _loads(data.pop("result_json"))
+        return data
 
 
 def _flag(value: Any) -> int | None:

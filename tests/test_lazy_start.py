@@ -1,5 +1,6 @@
 """Commands that load no model start without the inference libraries: `--version`, `device`,
-`runs ...` and `probe-compare` never import torch, transformers or onnxruntime."""
+`runs ...`, `probe-compare`, `keys new` and `record verify` never import torch, transformers or
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -57,6 +58,27 @@ def store(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def signed_record(tmp_path_factory):
+    """A small signed record (its shape only; `record verify` reads no model)."""
+    from audit.record import RECORD_TYPE, load_private_key, new_keys, sign, write_record
+
+    folder = tmp_path_factory.mktemp("record")
+    private, public = new_keys(folder / "keys")
+    record = {
+        "type": RECORD_TYPE,
+        "version": 1,
+        "run": {"id": 1},
+        "variant": {"name": "wanda-50"},
+        "fingerprint": {"digest": "0" * 64},
+        "gate": {"verdict": "pass", "passed": True, "plain": "may ship", "findings": []},
+        "check": {"items": []},
+        "envelope": {},
+    }
+    write_record(folder / "record.json", sign(record, load_private_key(private)))
+    return folder / "record.json", public
+
+
 def imported_heavy(argv: list[str]) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(argv), json.dumps(HEAVY)],
@@ -77,11 +99,20 @@ def imported_heavy(argv: list[str]) -> dict:
         ["runs", "compare", "1", "1", "--store", "{store}"],
         ["runs", "report", "1", "--out", "{tmp}/report", "--store", "{store}"],
         ["probe-compare", "{base}", "{var}", "--json"],
+        ["keys", "new", "--out", "{tmp}/keys"],
+        ["record", "verify", "{record}", "--trust", "{public}", "--json"],
     ],
     ids=lambda argv: " ".join(a for a in argv if not a.startswith("{"))
 )
-def test_light_commands_never_import_the_inference_libraries(argv, store, item_files, tmp_path):
-    values = {"store": str(store), "base": str(item_files[0]), "var": str(item_files[1]), "tmp": str(tmp_path)}
+def test_light_commands_never_import_the_inference_libraries(argv, store, item_files, signed_record, tmp_path):
+    values = {
+        "store": str(store),
+        "base": str(item_files[0]),
+        "var": str(item_files[1]),
+        "tmp": str(tmp_path),
+        "record": str(signed_record[0]),
+        "public": str(signed_record[1]),
+    }
     outcome = imported_heavy([a.format(**values) for a in argv])
     assert outcome["code"] in (0, None), outcome
     assert outcome["heavy"] == [], f"{' '.join(argv)} imported {outcome['heavy']}"

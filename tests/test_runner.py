@@ -79,7 +79,9 @@ def write_plan(folder: Path, model: Path, *, limit: int = 4, gate: str = "") -> 
 
 
 def expected_steps(plan):
-    return {(name, kind) for name in variant_names(plan) for kind in steps_for(plan, name)}
+    """Every planned step, and the fingerprint of every model loaded for its measurements."""
+    planned = {(name, kind) for name in variant_names(plan) for kind in steps_for(plan, name)}
+    return planned | {(name, "fingerprint") for name, kind in planned if kind == "perplexity" or kind.startswith("probe:")}
 
 
 def stored_choices(store, run_id, plan):

@@ -107,7 +107,7 @@ def test_pruned_model_reloads_bit_identical_and_smaller(pruned_model, tmp_path):
 def test_compressed_folder_loads_to_the_same_model(pruned_model, tiny_llama, tmp_path):
     """A folder in the compressed format loads through load_model like any other."""
     from audit.compress.output import save_model_folder
-    from audit.compress.storage import SPARSE_FORMAT
+    from audit.models.meta import SPARSE_FORMAT
 
     lm = drive(load_model(str(tiny_llama)))
     lm.model = pruned_model

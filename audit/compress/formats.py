@@ -11,8 +11,9 @@ from audit.errors import UserError
 
 
 def load_stored_model(folder: Path, storage: str, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
-    from audit.compress.quantize import INT8_FORMAT, load_int8_model
-    from audit.compress.storage import SPARSE_FORMAT, load_sparse_model
+    from audit.compress.quantize import load_int8_model
+    from audit.compress.storage import load_sparse_model
+    from audit.models.meta import INT8_FORMAT, SPARSE_FORMAT
 
     if storage == SPARSE_FORMAT:
         return load_sparse_model(Path(folder), dtype, trust_remote_code)

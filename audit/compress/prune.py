@@ -27,10 +27,11 @@ from audit.compress.layers import (
 from audit.compress.methods import PRUNING_METHODS, PruneSpec, layer_seed
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import PruneRecipe, check_scope
-from audit.compress.storage import SPARSE_FILE, SPARSE_FORMAT, dense_state, save_dense, save_sparse
+from audit.compress.storage import dense_state, save_dense, save_sparse
 from audit.errors import UserError
 from audit.models.interface import MB
 from audit.models.loader import LoadOptions, folder_size_bytes, load_model
+from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.plans import CalibrationSpec
 from audit.progress import Job, Progress, check_cancel, relay

@@ -25,15 +25,11 @@ from audit.compress.storage import model_class, unique_tensors, write_safetensor
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, load_model, model_size_bytes
-from audit.models.meta import write_meta
+from audit.models.meta import INT8_FILE, INT8_FORMAT, WEIGHTS_META_KEY, write_meta
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
 from audit.registry import Registry
 from hardware.sampler import ResourceSampler
-
-INT8_FORMAT = "int8-dynamic"
-INT8_FILE = "model.int8-dynamic.safetensors"
-_META_KEY = "edge_audit"
 
 
 @dataclass(frozen=True)
@@ -138,7 +134,7 @@ def save_int8_dynamic(model: nn.Module, path: Path, linearized: list[str]) -> in
             layers[name] = {"in_features": module.in_features, "out_features": module.out_features, "bias": bias is not None, "axis": int(weight.q_per_channel_axis())}
     specs = [(name, t.dtype, tuple(t.shape)) for name, t in items]
     meta = {"format": INT8_FORMAT, "version": 1, "layers": layers, "linearized": linearized}
-    return write_safetensors(path, items, specs, {"format": "pt", _META_KEY: json.dumps(meta)})
+    return write_safetensors(path, items, specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
 
 
 def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
@@ -155,7 +151,7 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     with init_empty_weights(include_buffers=False):
         model = cls._from_config(config, dtype=torch.float32)
     with safe_open(str(folder / INT8_FILE), framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
+        meta = json.loads((handle.metadata() or {}).get(WEIGHTS_META_KEY, "{}"))
         if meta.get("format") != INT8_FORMAT:
             raise UserError(f"{folder / INT8_FILE} is not an edge-audit int8-dynamic file")
         for name in meta.get("linearized", []):

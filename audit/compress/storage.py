@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from audit.errors import UserError
+from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY
 
 DENSE_FILE = "model.safetensors"
-SPARSE_FORMAT = "sparse-bitmask"
-SPARSE_FILE = "model.sparse-bitmask.safetensors"  # not model.safetensors: plain transformers must not half-read it
 FORMAT_VERSION = 1
-_META_KEY = "edge_audit"
 
 _DTYPE_CODES = {
     torch.float64: "F64",
@@ -138,7 +136,7 @@ def save_sparse(items: Sequence[tuple[str, torch.Tensor]], path: Path) -> int:
                 yield name, tensor
 
     meta = {"format": SPARSE_FORMAT, "version": FORMAT_VERSION, "packed": packed}
-    return write_safetensors(path, stream(), specs, {"format": "pt", _META_KEY: json.dumps(meta)})
+    return write_safetensors(path, stream(), specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
 
 
 def load_sparse(path: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +146,7 @@ def load_sparse(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         try:
-            meta = json.loads(metadata[_META_KEY])
+            meta = json.loads(metadata[WEIGHTS_META_KEY])
         except (KeyError, json.JSONDecodeError):
             raise UserError(f"{path} is not an edge-audit compressed sparse file") from None
         if meta.get("format") != SPARSE_FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:

@@ -10,6 +10,13 @@ from audit import atomic
 from audit.paths import kind, probe
 
 META_FILE = "edge_audit.json"
+# edge-audit's own weight formats, as the `storage` field names them, and their files.
+SPARSE_FORMAT = "sparse-bitmask"
+SPARSE_FILE = "model.sparse-bitmask.safetensors"  # not model.safetensors: plain transformers must not half-read it
+INT8_FORMAT = "int8-dynamic"
+INT8_FILE = "model.int8-dynamic.safetensors"
+# The key of edge-audit's layout in a weights file's safetensors metadata.
+WEIGHTS_META_KEY = "edge_audit"
 # The type each field the loader reads must have; a field of another type is left out, as a
 # damaged file is (the folder then loads as a plain Hugging Face folder would).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -41,3 +48,24 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
+    """What edge-audit did to a folder it wrote, as a method label and the sparsity it reached
+    ("wanda 2:4", 0.5; "magnitude + int8-dynamic", 0.5; "onnx-int8", None); None for a
+    folder with no compression on record."""
+    parts: list[str] = []
+    sparsity: float | None = None
+    for step in meta.get("compression") or []:
+        if not isinstance(step, dict):
+            continue
+        prune, quantize = step.get("prune"), step.get("quantize")
+        if isinstance(prune, dict) and isinstance(prune.get("method"), str):
+            pattern = prune.get("pattern")
+            parts.append(prune["method"] + ("" if pattern in (None, "unstructured") else f" {pattern}"))
+            reached = prune.get("actual_sparsity", prune.get("target_sparsity"))
+            sparsity = float(reached) if isinstance(reached, (int, float)) else sparsity
+        if isinstance(quantize, dict) and isinstance(quantize.get("scheme"), str):
+            parts.append(quantize["scheme"])
+    return (" + ".join(parts), sparsity) if parts else None
+

@@ -322,6 +322,21 @@ GATE_METHOD = (
 
 FINDING_HEADER = ("variant", "check", "value", "bounds", "limit", "verdict", "why")
 
+MODEL_HEADER = ("variant", "fingerprint", "stored as", "folder")
+FINGERPRINT_NOTE = (
+    "Each fingerprint is a SHA-256 digest of the model's tensors (names, shapes, dtypes and values), "
+    "config and tokenizer, as measured: a device proves it runs one of these models with "
+    "`edge-audit check` against an audit record (`edge-audit record export`)."
+)
+
+
+def _model_rows(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [v["name"], v["fingerprint"], v.get("fingerprint_storage") or "-", v.get("fingerprint_folder") or "-"]
+        for v in data["variants"]
+        if v.get("fingerprint")
+    ]
+
 
 def _finding_rows(gate: dict[str, Any]) -> list[list[str]]:
     rows = []
@@ -398,6 +413,14 @@ def render_markdown(data: dict[str, Any]) -> str:
             if len(items) > MAX_FLIPPED_SHOWN:
                 lines.append(f"- … {len(items) - MAX_FLIPPED_SHOWN} more in report.json")
             lines.append("")
+    model_rows = _model_rows(data)
+    if model_rows:
+        lines.append("## Models measured")
+        lines.append("")
+        lines.append(FINGERPRINT_NOTE)
+        lines.append("")
+        lines += _md_table(MODEL_HEADER, model_rows)
+        lines.append("")
     lines.append("## Device and software")
     lines.append("")
     for key, value in sorted((run.get("device") or {}).items()):
@@ -474,6 +497,9 @@ def render_html(data: dict[str, Any]) -> str:
             if len(items) > MAX_FLIPPED_SHOWN:
                 parts.append(f"<li>… {len(items) - MAX_FLIPPED_SHOWN} more in report.json</li>")
             parts.append("</ul>")
+    model_rows = _model_rows(data)
+    if model_rows:
+        parts.append(f"<h2>Models measured</h2><p>{escape(FINGERPRINT_NOTE)}</p>" + _html_table(MODEL_HEADER, model_rows))
     facts = {**(run.get("device") or {}), **(run.get("software") or {})}
     parts.append("<h2>Device and software</h2>" + _html_table(("fact", "value"), sorted((k, str(v)) for k, v in facts.items())))
     parts.append("</body></html>")

@@ -18,6 +18,7 @@ from audit.run.pool import process_pool
 from audit.run.steps import (
     BASELINE,
     COMPRESS,
+    FINGERPRINT,
     NOISE_PREFIX,
     PERPLEXITY,
     PROBE_PREFIX,
@@ -106,6 +107,15 @@ def _metric_rows(summary: dict[str, Any]) -> Iterator[tuple]:
                 yield (category, name, float(value), None, None, None)
 
 
+def fingerprint_step(name: str, folder: Path, cancel: threading.Event | None) -> Job[StepRecord]:
+    """The fingerprint of the folder a variant's measurements are made on."""
+    from audit.fingerprint import fingerprint_folder
+
+    started = time.time()
+    fingerprint = yield from fingerprint_folder(folder, cancel)
+    return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder)))
+
+
 def _profile_in_fresh_process(spec: str, settings: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
     """Runs in a spawned process, so memory figures are this model's alone."""
     from audit.profile import ProfileSettings, profile_model
@@ -172,6 +182,10 @@ def execute_variant(
     if model_steps:
         loaded = model if model is not None else (yield from relay(load_model(spec, options, cancel), "load"))
         try:
+            folder = loaded.facts().path
+            # A folder compressed again is a new model: fingerprint it again.
+            if (FINGERPRINT not in done or COMPRESS in kinds) and folder and Path(folder).is_dir():
+                record((yield from fingerprint_step(name, Path(folder), cancel)))
             for kind in model_steps:
                 check_cancel(cancel)
                 started = time.time()

@@ -12,7 +12,7 @@ from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress
-from audit.run.steps import BASELINE, StepRecord, steps_for, variant_names, variant_recipe
+from audit.run.steps import BASELINE, StepRecord, done_steps, steps_for, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
 
 
@@ -120,7 +120,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
             yield from run_in_processes(plan, run_id, store, work_dir, options.workers, options.load, cancel, total, finished)
         else:
             for name in names:
-                done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
+                done = done_steps(store, run_id, plan, name)
                 job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel)
                 for event in job:
                     yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(name) else event.message)
@@ -194,7 +194,7 @@ def run_steps(
     """Run the given steps of one variant of a stored run, again when they are already stored,
     committing each as it finishes (a cancelled step stores nothing; the finished ones stay).
     `model` is the variant already loaded, used by its perplexity and probe steps.
-    Returns the kinds stored, in order."""
+    Returns the planned kinds stored, in order."""
     from audit.run.execute import execute_variant
 
     with ResultsStore(store_path or default_store_path()) as store:
@@ -212,7 +212,8 @@ def run_steps(
 
         def commit(step: StepRecord) -> None:
             step.commit(store, run_id)
-            stored.append(step.kind)
+            if step.kind in planned:  # not the fingerprint stored with loading the model
+                stored.append(step.kind)
 
         done = set(planned) - set(kinds)
         yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model)

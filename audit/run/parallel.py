@@ -18,7 +18,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
-from audit.run.steps import PROFILE, StepRecord, model_spec_for, steps_for, variant_names
+from audit.run.steps import PROFILE, StepRecord, done_steps, model_spec_for, steps_for, variant_names
 from audit.store import ResultsStore
 
 
@@ -31,7 +31,7 @@ def _variant_in_process(
     torch.set_num_threads(threads)
     plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
-        done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
+        done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**load), skip_profile=True)
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
@@ -124,9 +124,9 @@ def run_on_ray(
         load_data = asdict(load)
         refs = {}
         for name in variant_names(plan):
-            done = [k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None]
-            if len(done) < len(steps_for(plan, name)):
-                refs[remote.remote(plan.text, plan.path, name, done, load_data)] = name
+            done = done_steps(store, run_id, plan, name)
+            if not set(steps_for(plan, name)) <= done:
+                refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data)] = name
         pending = list(refs)
         while pending:
             check_cancel(cancel)

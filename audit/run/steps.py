@@ -12,6 +12,9 @@ from audit.store import ResultsStore
 
 BASELINE = "baseline"
 COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
+# Stored whenever a variant's model is loaded for its measurements (not a planned step: it
+# takes about a second, and a changed folder must be fingerprinted again).
+FINGERPRINT = "fingerprint"
 PROBE_PREFIX = "probe:"
 NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds: sampled answers' own churn
 
@@ -47,9 +50,22 @@ def variant_names(plan: Plan) -> list[str]:
     return [BASELINE] + [v.name for v in plan.variants]
 
 
+def baseline_recipe(model: str) -> dict[str, Any]:
+    """The baseline as what it is: "dense" only when the folder has no compression on record
+    (a pruned or quantized folder loaded as the baseline keeps its method and sparsity)."""
+    from audit.models.meta import compression_label, read_meta
+
+    folder = Path(model).expanduser()
+    described = compression_label(read_meta(folder)) if folder.is_dir() else None
+    if described is None:
+        return {"kind": "baseline", "model": model, "method": "dense", "sparsity": 0.0}
+    method, sparsity = described
+    return {"kind": "baseline", "model": model, "method": f"{method} (as loaded)", "sparsity": sparsity}
+
+
 def variant_recipe(plan: Plan, name: str) -> dict[str, Any]:
     if name == BASELINE:
-        return {"kind": "baseline", "model": plan.model, "method": "dense", "sparsity": 0.0}
+        return baseline_recipe(plan.model)
     spec = plan.variant(name)
     data = asdict(spec)
     data.update(kind="variant", method=spec.method, sparsity=spec.sparsity)
@@ -69,6 +85,15 @@ def steps_for(plan: Plan, name: str) -> list[str]:
     if plan.profile.enabled:
         kinds.append(PROFILE)
     return kinds
+
+
+def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[str]:
+    """The steps of a variant already stored, and its fingerprint when stored (a resumed run
+    keeps what it measured, and does not fingerprint the same model again)."""
+    done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
+    if store.step(run_id, name, FINGERPRINT) is not None:
+        done.add(FINGERPRINT)
+    return done
 
 
 def variant_folder(work_dir: Path, name: str) -> Path:

@@ -17,10 +17,10 @@ else:  # pragma: no cover
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
-from tui.cli import common, compress, hardware, models, probe, run
+from tui.cli import common, compress, fieldcheck, hardware, models, probe, run
 
 # Each module adds its subcommands; adding a command is adding a module here.
-COMMAND_MODULES = (models, compress, probe, hardware, run)
+COMMAND_MODULES = (models, compress, probe, hardware, run, fieldcheck)
 
 
 class _Parser(argparse.ArgumentParser):

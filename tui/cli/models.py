@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -83,9 +84,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from audit.fingerprint import fingerprint_folder
+
     model = common.run_job(load_model(args.model, common.load_options(args)))
     data = model.facts().to_dict()
     data["text_prefix_ids"] = list(model.text_prefix_ids)
+    folder = Path(data["path"]) if data.get("path") else None
+    fingerprint = common.run_job(fingerprint_folder(folder)) if folder is not None and folder.is_dir() else None
+    data["fingerprint"] = fingerprint.digest if fingerprint else None
+    data["fingerprint_storage"] = fingerprint.storage if fingerprint else None
 
     def human(d: dict[str, Any]) -> None:
         table = Table(title=f"{d['name']}", show_header=False)
@@ -103,6 +110,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("weight sparsity", sparsity),
             ("chat template", "yes" if d["has_chat_template"] else "no"),
             ("load time", f"{d['load_seconds']:.2f} s"),
+            ("fingerprint", f"{d['fingerprint']} ({d['fingerprint_storage']})" if d["fingerprint"] else "-"),
             ("path", d["path"]),
         ]
         for key, value in rows:

@@ -1,0 +1,451 @@
+"""Audit records: what a run found about one variant, bound to that variant's fingerprint and
+signed, so a technician can prove on the device that the deployed folder is the audited one.
+
+A record is an attestation: its subject is the model (the fingerprint), its predicate what
+the lab measured and decided (gate verdict and findings, figures with intervals, a check
+subset of probe items with their scores, a perplexity text, a latency and memory envelope).
+The signature is Ed25519 over the record's canonical serialisation: the JSON of everything
+but the `signature` field, with keys sorted, no whitespace, UTF-8. Reformatting the file
+leaves it valid; changing any value breaks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from audit import atomic, checks
+from audit.errors import UserError, first_line
+from audit.paths import os_reason, read_text
+
+RECORD_TYPE = "edge-audit/audit-record"
+RECORD_VERSION = 1
+PRIVATE_KEY_FILE, PUBLIC_KEY_FILE = "edge-audit.key", "edge-audit.pub"
+DEFAULT_CHECK_ITEMS = 60
+# The perplexity text travels inside the record; a longer one is cut at a line end.
+MAX_PERPLEXITY_TEXT_CHARS = 32_000
+# How closely a replay on the device must agree with the lab. On the same software the
+# choices are identical and option scores (log-likelihoods in nats) agree to rounding; the
+# stored scores are rounded to 1e-6.
+SCORE_TOLERANCE = 1e-3
+PERPLEXITY_TOLERANCE = 1e-3  # relative
+
+
+# -- canonical form and signatures -------------------------------------------------------------
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """What a signature covers: the record without its signature, canonical JSON in UTF-8."""
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def key_id(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise UserError("signing needs the cryptography package: pip install cryptography") from None
+    return serialization, ed25519
+
+
+def new_keys(folder: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """An Ed25519 key pair: `edge-audit.key` (private, mode 0600) and `edge-audit.pub`."""
+    serialization, ed25519 = _crypto()
+    folder = Path(folder).expanduser()
+    private_path, public_path = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
+    for path in (private_path, public_path):
+        checks.output_file(path, "key file")
+        if path.exists() and not force:
+            raise UserError(f"{path} exists; pass --force to replace it (records signed with it will no longer verify against a new key)")
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    atomic.write_bytes(private_path, private_pem, mode=0o600)
+    atomic.write_bytes(public_path, public_pem)
+    return private_path, public_path
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    path = Path(path).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} {path}: {os_reason(exc)}") from None
+
+
+def _load_key(path: Path, private: bool) -> Any:
+    """An Ed25519 key from a PEM file, as `keys new` writes them."""
+    serialization, ed25519 = _crypto()
+    what = "private key" if private else "public key"
+    data = _read_key_file(path, what)
+    try:
+        key = serialization.load_pem_private_key(data, password=None) if private else serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not a {what} edge-audit can use ({first_line(exc, 120)})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey):
+        made_by = "make one with `edge-audit keys new`" if private else "the .pub file `edge-audit keys new` wrote"
+        raise UserError(f"{path} is not an Ed25519 {what} ({made_by})")
+    return key
+
+
+def load_private_key(path: Path) -> Any:
+    return _load_key(path, private=True)
+
+
+def load_public_key(path: Path) -> Any:
+    return _load_key(path, private=False)
+
+
+def _public_raw(key: Any) -> bytes:
+    serialization, _ = _crypto()
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign(record: dict[str, Any], private_key: Any) -> dict[str, Any]:
+    """The record with a signature by `private_key` over its canonical form."""
+    raw = _public_raw(private_key.public_key())
+    signature = private_key.sign(canonical_bytes(record))
+    return {
+        **{k: v for k, v in record.items() if k != "signature"},
+        "signature": {
+            "algorithm": "ed25519",
+            "key_id": key_id(raw),
+            "public_key": base64.b64encode(raw).decode("ascii"),
+            "value": base64.b64encode(signature).decode("ascii"),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What checking a record's signature found; `ok` is False only when it must fail."""
+
+    status: str  # "verified", "trusted-key-mismatch", "invalid", "unsigned", "signed-untrusted"
+    ok: bool
+    key_id: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_signature(record: Mapping[str, Any], trusted: Any | None) -> SignatureCheck:
+    """Check the signature; with `trusted` (a public key) an unsigned record, another key's
+    signature or a wrong one fails. Without it, a signature is checked against the key the
+    record names, which shows the record is intact but not who made it."""
+    from cryptography.exceptions import InvalidSignature
+
+    _, ed25519 = _crypto()
+    block = record.get("signature")
+    if block is None:
+        if trusted is not None:
+            return SignatureCheck("unsigned", False, None, "signature missing: the record is unsigned, and a trusted key was given")
+        return SignatureCheck("unsigned", True, None, "unsigned record (no signature to check; sign records with --key)")
+    try:
+        if block.get("algorithm") != "ed25519":
+            raise ValueError(f"unknown algorithm {block.get('algorithm')!r}")
+        raw = base64.b64decode(block["public_key"], validate=True)
+        value = base64.b64decode(block["value"], validate=True)
+        named = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return SignatureCheck("invalid", False, None, f"signature block is damaged ({first_line(exc, 80)})")
+    signer = key_id(raw)
+    if trusted is not None and _public_raw(trusted) != raw:
+        return SignatureCheck(
+            "trusted-key-mismatch", False, signer, f"signature is by key {signer}, not by the trusted key {key_id(_public_raw(trusted))}"
+        )
+    try:
+        named.verify(value, canonical_bytes(record))
+    except InvalidSignature:
+        return SignatureCheck("invalid", False, signer, f"signature does not match the record: it was changed after key {signer} signed it")
+    if trusted is None:
+        return SignatureCheck("signed-untrusted", True, signer, f"signature by key {signer} is intact (pass --trust KEY.pub to check who signed)")
+    return SignatureCheck("verified", True, signer, f"signature verified: signed by the trusted key {signer}")
+
+
+# -- reading a record --------------------------------------------------------------------------
+_REQUIRED = ("run", "variant", "fingerprint", "gate", "check", "envelope")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A record file, with its shape checked; a wrong file is refused in one line."""
+    path = Path(path).expanduser()
+    text = read_text(path, "audit record", expected="an edge-audit record (JSON)")
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{path} is not valid JSON ({first_line(exc, 80)}): its signature cannot be checked") from None
+    if not isinstance(record, dict) or record.get("type") != RECORD_TYPE:
+        raise UserError(f"{path} is not an edge-audit audit record")
+    if not isinstance(record.get("version"), int) or record["version"] > RECORD_VERSION:
+        raise UserError(f"{path} is an audit record of version {record.get('version')!r}; this edge-audit reads version {RECORD_VERSION}")
+    missing = [key for key in _REQUIRED if not isinstance(record.get(key), dict)]
+    if missing:
+        raise UserError(f"{path} is not a complete audit record: {', '.join(missing)} missing or of the wrong type")
+    return record
+
+
+def write_record(path: Path, record: Mapping[str, Any]) -> None:
+    atomic.write_text(Path(path), json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def record_title(record: Mapping[str, Any]) -> str:
+    """"run 3 (wanda-50)": which audit a record is of."""
+    return f"run {record['run'].get('id')} ({record['variant'].get('name')})"
+
+
+# -- building a record from the store ------------------------------------------------------------
+def _finite(value: Any) -> Any:
+    """JSON without NaN or infinity (which the canonical form refuses)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def stratified_sample(rows: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
+    """A fixed sample of `count` items, spread over strata (suite, category, condition): each
+    stratum's items in the order of a hash of their ids, taken in turn from each stratum."""
+    strata: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = (str(row.get("suite") or ""), str(row.get("category") or ""), str(row.get("condition") or ""))
+        strata.setdefault(key, []).append(row)
+    queues = [
+        sorted(items, key=lambda r: hashlib.sha256(str(r["item_id"]).encode("utf-8")).hexdigest()) for _, items in sorted(strata.items())
+    ]
+    chosen: list[Mapping[str, Any]] = []
+    depth = 0
+    while len(chosen) < count and any(depth < len(q) for q in queues):
+        for queue in queues:
+            if depth < len(queue) and len(chosen) < count:
+                chosen.append(queue[depth])
+        depth += 1
+    return sorted(chosen, key=lambda r: (str(r.get("suite")), str(r["item_id"])))
+
+
+def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) -> dict[str, Any]:
+    """The sample of audited items a device replays: each item as the suite defines it, the
+    settings it was scored with, and what the lab's model chose and scored."""
+    from audit.probes.suites import load_suite
+    from audit.run.steps import PROBE_PREFIX
+
+    suites: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for suite_spec in plan.probes.suites:
+        step = store.step(run_id, variant, PROBE_PREFIX + suite_spec)
+        if step is None:
+            continue
+        for row in store.items(run_id, variant, suite_spec):
+            rows.append(dict(row, suite=suite_spec))
+        suites[suite_spec] = step["result"] or {}
+    if not rows:
+        raise UserError(f"run {run_id} has no probe items for {variant}: there is nothing for a device to replay")
+    sample = stratified_sample(rows, count)
+    out_suites: dict[str, Any] = {}
+    items = []
+    for suite_spec in sorted({str(r["suite"]) for r in sample}):
+        try:
+            suite = load_suite(suite_spec, categories=plan.probes.categories or None, limit=plan.probes.limit)
+        except UserError as exc:
+            raise UserError(f"cannot build the check subset: the probe suite of run {run_id} cannot be read here ({exc})") from None
+        by_id = {item.item_id: item for item in suite.items}
+        result = suites[suite_spec]
+        out_suites[suite_spec] = {
+            "name": suite.name,
+            "kind": suite.kind,
+            "summary": suite.summary,
+            "default_norm": suite.default_norm,
+            "settings": {k: result.get(k) for k in ("mode", "norm", "seeds", "temperature", "max_new_tokens", "prompt")},
+        }
+        for row in (r for r in sample if r["suite"] == suite_spec):
+            item = by_id.get(str(row["item_id"]))
+            if item is None:
+                raise UserError(f"cannot build the check subset: item {row['item_id']} of {suite_spec} is no longer in the suite's file")
+            items.append(
+                {
+                    "suite": suite_spec,
+                    "item": asdict(item),
+                    "chosen": row.get("chosen"),
+                    "option_logprobs": row.get("option_logprobs") or [],
+                    "option_tokens": row.get("option_tokens") or [],
+                    "seed_choices": row.get("seed_choices") or [],
+                }
+            )
+    return {"suites": out_suites, "items": items, "score_tolerance": SCORE_TOLERANCE, "n_audited_items": len(rows)}
+
+
+def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dict[str, Any] | None:
+    from audit.perplexity import text_source
+
+    step = store.step(run_id, variant, "perplexity")
+    if step is None:
+        return None
+    result = step["result"] or {}
+    try:
+        text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
+    except UserError as exc:
+        raise UserError(f"cannot build the record: the perplexity text of run {run_id} cannot be read here ({exc})") from None
+    if source != result.get("source"):
+        return None
+    return {
+        "source": source,
+        "text": text,
+        "chunk_tokens": result.get("chunk_tokens"),
+        "n_tokens": result.get("n_tokens"),
+        "perplexity": result.get("perplexity"),
+        "nll_sum": result.get("nll_sum"),
+        "tolerance_relative": PERPLEXITY_TOLERANCE,
+    }
+
+
+def _envelope(profile: Mapping[str, Any] | None, max_decode_ms: float | None) -> dict[str, Any]:
+    """What the device must offer: memory for the model's working set as the lab measured it,
+    and (when the lab set one) a decode-latency limit; the lab's own figures for reference."""
+    profile = profile or {}
+    before, peak = profile.get("rss_before_load_mb"), profile.get("rss_peak_mb")
+    working_set = round(peak - before, 1) if isinstance(before, (int, float)) and isinstance(peak, (int, float)) else None
+    return {
+        "memory_needed_mb": working_set,
+        "max_decode_ms_per_token": max_decode_ms,
+        "lab": {
+            key: profile.get(key)
+            for key in (
+                "decode_ms_per_token_p50",
+                "decode_ms_per_token_p95",
+                "latency_ms_p50",
+                "time_to_first_token_ms_p50",
+                "rss_peak_mb",
+                "rss_before_load_mb",
+                "rss_after_load_mb",
+                "prompt_tokens",
+                "generated_tokens",
+                "threads",
+            )
+        },
+        "profiled": bool(profile),
+    }
+
+
+def _figures(variant: Mapping[str, Any]) -> dict[str, Any]:
+    keys = (
+        "method",
+        "sparsity",
+        "actual_sparsity",
+        "size_on_disk_mb",
+        "size_on_disk_compressed_mb",
+        "perplexity",
+        "perplexity_change",
+        "latency_ms_p50",
+        "decode_ms_per_token_p50",
+        "rss_peak_mb",
+    )
+    figures = {k: variant.get(k) for k in keys}
+    figures["probes"] = {
+        suite: {key: probe.get(key) for key in ("overall", "category_mean", "comparison", "n_items", "settings")}
+        for suite, probe in (variant.get("probes") or {}).items()
+    }
+    return figures
+
+
+def build_record(store: Any, run_id: int, variant: str | None, *, check_items: int = DEFAULT_CHECK_ITEMS, max_decode_ms: float | None = None) -> dict[str, Any]:
+    """The audit record of one variant of a finished run."""
+    from audit.results import RunView
+    from audit.run.steps import BASELINE, FINGERPRINT, PROFILE
+
+    if check_items < 1:
+        raise UserError(f"--check-items must be at least 1, not {check_items}")
+    view = RunView(store, run_id)
+    names = [v["name"] for v in view.variants]
+    if variant is None:
+        candidates = [n for n in names if n != BASELINE] or names
+        if len(candidates) != 1:
+            raise UserError(f"run {run_id} has {len(candidates)} variants ({', '.join(candidates)}); choose one with --variant")
+        variant = candidates[0]
+    if variant not in names:
+        raise UserError(f"run {run_id} has no variant {variant!r}; it has {', '.join(names)}")
+    gate = view.run.gate
+    if view.run.status != "finished" or not gate or "findings" not in gate:
+        raise UserError(f"run {run_id} has no gate verdict yet (status {view.run.status}): finish it (`edge-audit run --resume {run_id}`) first")
+    fingerprint_step = store.step(run_id, variant, FINGERPRINT)
+    if fingerprint_step is None:
+        raise UserError(
+            f"run {run_id} stored no fingerprint for {variant} (audited by an earlier edge-audit): "
+            f"resume or re-run the audit to record one"
+        )
+    facts = view.variant(variant)
+    verdicts = (gate.get("variants") or {}).get(variant)
+    if verdicts is None:
+        raise UserError(f"the gate of run {run_id} did not judge {variant}; judged: {', '.join(gate.get('variants') or {})}")
+    findings = [f for f in gate["findings"] if f.get("variant") in (variant, BASELINE)]
+    profile_step = store.step(run_id, variant, PROFILE)
+    record = {
+        "type": RECORD_TYPE,
+        "version": RECORD_VERSION,
+        "created_at": time.time(),
+        "fingerprint": fingerprint_step["result"],
+        "run": {
+            "id": run_id,
+            "name": view.run.name,
+            "model": view.run.model,
+            "created_at": view.run.created_at,
+            "finished_at": view.run.finished_at,
+            "plan_text": view.run.plan_text,
+        },
+        "variant": {"name": variant, "recipe": facts.get("recipe"), "folder": facts.get("folder")},
+        "model": (profile_step or {}).get("result", {}).get("model") or {},
+        "device": view.run.device,
+        "software": view.run.software,
+        "gate": {
+            "verdict": verdicts.get("verdict"),
+            "passed": verdicts.get("verdict") == "pass",
+            "plain": verdicts.get("plain"),
+            "degraded": verdicts.get("degraded"),
+            "confidence": gate.get("confidence"),
+            "findings": findings,
+        },
+        "figures": _figures(facts),
+        "check": _check_subset(store, run_id, variant, view.plan, check_items),
+        "perplexity": _perplexity_section(store, run_id, variant, view.plan),
+        "envelope": _envelope((profile_step or {}).get("result"), max_decode_ms),
+    }
+    return _finite(record)
+
+
+def export_record(
+    store_path: Path | None,
+    run_id: int,
+    variant: str | None,
+    out: Path,
+    *,
+    key: Path | None = None,
+    check_items: int = DEFAULT_CHECK_ITEMS,
+    max_decode_ms: float | None = None,
+) -> dict[str, Any]:
+    """Build, sign (with `key`) and write a record; returns it."""
+    from audit.store import ResultsStore
+
+    out = checks.output_file(Path(out), "record file")
+    private = load_private_key(key) if key is not None else None
+    with ResultsStore(store_path, readonly=True) as store:
+        record = build_record(store, run_id, variant, check_items=check_items, max_decode_ms=max_decode_ms)
+    if private is not None:
+        record = sign(record, private)
+    write_record(out, record)
+    return record
+
+
+def signer(record: Mapping[str, Any]) -> str | None:
+    block = record.get("signature")
+    return block.get("key_id") if isinstance(block, dict) else None

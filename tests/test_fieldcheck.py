@@ -1,0 +1,368 @@
+"""The field check on a tiny model: fingerprints that agree across storage formats and name a
+changed tensor, signed records that break on any change, and `edge-audit check` exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.errors import UserError
+from audit.fingerprint import Fingerprint, compare, fingerprint_folder
+from audit.plans import load_plan
+from audit.progress import drive
+from audit.record import (
+    canonical_bytes,
+    export_record,
+    load_private_key,
+    load_public_key,
+    new_keys,
+    read_record,
+    sign,
+    stratified_sample,
+    verify_signature,
+)
+from audit.runner import RunOptions, run_plan
+from tests.conftest import run_cli
+
+PLAN = """\
+name = "tiny"
+model = "{model}"
+
+[[variants]]
+prune = {{ method = "magnitude", sparsity = 0.5 }}
+
+[calibration]
+nsamples = 4
+seqlen = 32
+
+[probes]
+suites = ["builtin"]
+limit = 4
+
+[profile]
+prompt_tokens = 8
+new_tokens = 4
+runs = 2
+warmup = 1
+
+# The tiny random models answer at chance: the competence guard would fail every variant.
+[gate]
+competence = false
+
+[[gate.rules]]
+metric = "bias_score_ambig"
+max = {limit}
+
+[[gate.rules]]
+metric = "perplexity_relative_change_pct"
+max = 1e12
+"""
+
+
+def _audit(folder: Path, model: Path, limit: float) -> tuple[Path, Path]:
+    """A finished run of the plan above; returns (store, the variant's folder)."""
+    folder.mkdir(parents=True)
+    plan_path = folder / "plan.toml"
+    plan_path.write_text(PLAN.format(model=model, limit=limit))
+    store = folder / "results.db"
+    drive(run_plan(load_plan(plan_path), RunOptions(store=store, work_dir=folder / "work")))
+    return store, folder / "work" / "run-1" / "magnitude-50"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, tiny_llama):
+    """A passed audit with a signed record, a failed audit's record, and the signing keys."""
+    root = tmp_path_factory.mktemp("lab")
+    store, variant = _audit(root / "passed", tiny_llama, 1.5)
+    failed_store, _ = _audit(root / "failed", tiny_llama, -1.5)
+    private, public = new_keys(root / "keys")
+    record = root / "record.json"
+    export_record(store, 1, "magnitude-50", record, key=private)
+    failed = root / "failed-record.json"
+    export_record(failed_store, 1, None, failed, key=private)
+    return {"store": store, "variant": variant, "record": record, "failed": failed, "private": private, "public": public, "root": root}
+
+
+def _change_one_weight(source: Path, target: Path, name: str | None = None) -> str:
+    """A copy of `source` with one value of one tensor changed; returns that tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(str(target / "model.safetensors"))
+    name = name or sorted(n for n in weights if n.endswith("q_proj.weight"))[0]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[3] += 0.5
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return name
+
+
+# -- fingerprints ----------------------------------------------------------------------------------
+def test_a_hand_computed_fingerprint(tmp_path):
+    """The digest follows the documented canonical form exactly."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    values = np.array([[1.0, -0.0], [0.5, 2.0]], dtype=np.float32)
+    save_file({"w": values}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"b": 1, "a": 2, "_name_or_path": "/somewhere"}')
+    fingerprint = drive(fingerprint_folder(folder))
+
+    tensor = hashlib.sha256(b"w\nF32\n2,2\n" + values.tobytes()).hexdigest()
+    weights = hashlib.sha256(f"w {tensor}\n".encode()).hexdigest()
+    config_file = hashlib.sha256(b'{"a":2,"b":1}').hexdigest()
+    config = hashlib.sha256(f"config.json {config_file}\n".encode()).hexdigest()
+    tokenizer = hashlib.sha256(b"").hexdigest()
+    whole = hashlib.sha256(
+        json.dumps({"config": config, "format": "edge-audit-fingerprint/1", "tokenizer": tokenizer, "weights": weights}, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert fingerprint.tensors == {"w": tensor}
+    assert (fingerprint.weights, fingerprint.config, fingerprint.tokenizer, fingerprint.digest) == (weights, config, tokenizer, whole)
+    assert fingerprint.n_values == 4 and fingerprint.storage == "safetensors"
+
+
+def test_a_folder_and_its_compressed_copy_have_one_fingerprint(lab):
+    dense = drive(fingerprint_folder(lab["variant"]))
+    packed = drive(fingerprint_folder(lab["variant"] / "compressed"))
+    assert (dense.storage, packed.storage) == ("safetensors", "sparse-bitmask")
+    assert dense.digest == packed.digest
+    assert compare(dense, packed).matches
+
+
+def test_one_changed_value_changes_the_fingerprint_and_is_named(lab, tmp_path):
+    name = _change_one_weight(lab["variant"], tmp_path / "changed")
+    audited = drive(fingerprint_folder(lab["variant"]))
+    changed = drive(fingerprint_folder(tmp_path / "changed"))
+    assert changed.digest != audited.digest
+    diff = compare(audited, changed)
+    assert diff.changed == [name] and not diff.missing and not diff.extra and not diff.files
+    assert diff.summary() == "1 tensor differs from the audited weights"
+
+
+def test_a_changed_tokenizer_is_named(lab, tmp_path):
+    shutil.copytree(lab["variant"], tmp_path / "copy")
+    config = tmp_path / "copy" / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data["model_max_length"] = 7
+    config.write_text(json.dumps(data))
+    diff = compare(drive(fingerprint_folder(lab["variant"])), drive(fingerprint_folder(tmp_path / "copy")))
+    assert diff.files == ["tokenizer_config.json"] and not diff.tensors
+
+
+def test_fingerprint_round_trips_and_refuses_other_json():
+    fingerprint = Fingerprint("d", "w", "c", "t", {"a": "1"}, {"config.json": "2"}, "safetensors", 4)
+    assert Fingerprint.from_dict(fingerprint.to_dict()) == fingerprint
+    with pytest.raises(UserError, match="not an edge-audit-fingerprint/1 fingerprint"):
+        Fingerprint.from_dict({"digest": "x"})
+
+
+def test_a_run_stores_the_fingerprint_of_every_model_it_loads(lab):
+    from audit.store import ResultsStore
+
+    with ResultsStore(lab["store"], readonly=True) as store:
+        variant = store.step(1, "magnitude-50", "fingerprint")["result"]
+        baseline = store.step(1, "baseline", "fingerprint")["result"]
+    assert variant["digest"] == drive(fingerprint_folder(lab["variant"])).digest
+    assert baseline["digest"] != variant["digest"] and baseline["n_tensors"] == variant["n_tensors"]
+
+
+# -- records and signatures -------------------------------------------------------------------------
+def test_the_record_holds_what_the_lab_found(lab):
+    record = read_record(lab["record"])
+    assert record["variant"]["name"] == "magnitude-50" and record["run"]["id"] == 1
+    assert record["gate"]["verdict"] == "pass" and record["gate"]["findings"]
+    assert record["fingerprint"]["digest"] == drive(fingerprint_folder(lab["variant"])).digest
+    items = record["check"]["items"]
+    assert len(items) == 20  # the audit scored 4 items in each of 5 categories: all of them
+    assert len({i["item"]["category"] for i in items}) == 5
+    assert all(len(i["option_logprobs"]) == len(i["item"]["options"]) for i in items)
+    assert record["perplexity"]["text"] and record["perplexity"]["perplexity"] > 0
+    assert record["envelope"]["memory_needed_mb"] > 0 and record["envelope"]["lab"]["decode_ms_per_token_p50"] > 0
+    assert record["software"]["edge_audit"] and record["device"]["cores"]
+
+
+def test_stratified_sample_takes_each_stratum_in_turn():
+    rows = [{"item_id": f"{c}{i}", "category": c, "condition": "ambig", "suite": "s"} for c in "ab" for i in range(5)] + [
+        {"item_id": "c0", "category": "c", "condition": "ambig", "suite": "s"}
+    ]
+    sample = stratified_sample(rows, 5)
+    counts = {c: sum(1 for r in sample if r["category"] == c) for c in "abc"}
+    assert counts == {"a": 2, "b": 2, "c": 1}
+    assert stratified_sample(rows, 5) == sample  # fixed: the same items every time
+    assert len(stratified_sample(rows, 100)) == len(rows)
+
+
+def test_signed_record_verifies_and_one_changed_character_fails(lab):
+    record = read_record(lab["record"])
+    trusted = load_public_key(lab["public"])
+    assert verify_signature(record, trusted).status == "verified"
+    text = lab["record"].read_text()
+    tampered = json.loads(text.replace('"verdict": "pass"', '"verdict": "pasS"', 1))
+    check = verify_signature(tampered, trusted)
+    assert not check.ok and "signature" in check.message
+    # Reformatting alone changes nothing that is signed.
+    assert canonical_bytes(json.loads(json.dumps(record, indent=7))) == canonical_bytes(record)
+
+
+def test_unsigned_and_other_keys_fail_against_a_trusted_key(lab, tmp_path):
+    record = read_record(lab["record"])
+    unsigned = {k: v for k, v in record.items() if k != "signature"}
+    trusted = load_public_key(lab["public"])
+    assert verify_signature(unsigned, trusted).status == "unsigned" and not verify_signature(unsigned, trusted).ok
+    assert verify_signature(unsigned, None).ok  # without --trust an unsigned record is only noted
+    other_private, _ = new_keys(tmp_path / "other")
+    by_other = sign(unsigned, load_private_key(other_private))
+    check = verify_signature(by_other, trusted)
+    assert check.status == "trusted-key-mismatch" and not check.ok and "signature" in check.message
+
+
+def test_keys_new_writes_a_private_key_only_its_owner_reads(lab, tmp_path):
+    mode = stat.S_IMODE(lab["private"].stat().st_mode)
+    assert mode == 0o600
+    result = run_cli("keys", "new", "--out", str(lab["root"] / "keys"))
+    assert result.returncode == 2 and "exists; pass --force" in result.stderr
+
+
+def test_record_verify_on_the_command_line(lab, tmp_path):
+    ok = run_cli("record", "verify", str(lab["record"]), "--trust", str(lab["public"]), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["signature"]["status"] == "verified"
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(lab["record"].read_text().replace('"name": "magnitude-50"', '"name": "magnitude-5O"', 1))
+    bad = run_cli("record", "verify", str(tampered), "--trust", str(lab["public"]))
+    assert bad.returncode == 1 and "SIGNATURE FAILS" in bad.stdout
+
+
+def test_record_export_refuses_bad_requests_in_one_line(lab, tmp_path):
+    out = str(tmp_path / "r.json")
+    unknown = run_cli("record", "export", "1", "--variant", "nope", "--store", str(lab["store"]), "--out", out)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "no variant 'nope'" in unknown.stderr
+    missing = run_cli("record", "export", "9", "--store", str(lab["store"]), "--out", out)
+    assert missing.returncode == 2 and "no run 9" in missing.stderr
+    not_a_key = run_cli("record", "export", "1", "--store", str(lab["store"]), "--out", out, "--key", str(lab["public"]))
+    assert not_a_key.returncode == 2 and "not a private key" in not_a_key.stderr
+    assert not Path(out).exists()
+
+
+# -- the check on the command line ----------------------------------------------------------------
+def _check(lab, model: Path, record: Path, *extra: str):
+    return run_cli(
+        "check", "--model", str(model), "--record", str(record), "--trust", str(lab["public"]), "--store", str(lab["root"] / "device.db"), "--json", *extra
+    )
+
+
+def test_check_of_the_audited_folder_exits_0(lab):
+    result = _check(lab, lab["variant"], lab["record"])
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["sentence"] == "MATCHES AUDIT run 1 (magnitude-50): cleared to ship"
+    assert [s["status"] for s in data["steps"]] == ["pass"] * 5
+    replay = data["steps"][2]["details"]
+    assert replay["agree"] == replay["items"] == 20 and replay["max_score_diff"] <= 1e-3
+    from audit.store import ResultsStore
+
+    with ResultsStore(lab["root"] / "device.db", readonly=True) as store:
+        stored = store.check(data["check_id"])
+    assert stored["outcome"] == "cleared" and stored["exit_code"] == 0
+
+
+def test_check_of_the_compressed_copy_exits_0(lab):
+    result = _check(lab, lab["variant"] / "compressed", lab["record"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_of_a_folder_with_one_changed_weight_exits_1(lab, tmp_path):
+    name = _change_one_weight(lab["variant"], tmp_path / "changed")
+    result = _check(lab, tmp_path / "changed", lab["record"])
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["sentence"].startswith("DOES NOT MATCH: 1 tensor differs from the audited weights")
+    assert name in data["sentence"] and data["steps"][1]["details"]["changed"] == [name]
+    assert [s["status"] for s in data["steps"][2:]] == ["skip"] * 3
+
+
+def test_check_of_a_tampered_record_says_signature(lab, tmp_path):
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(lab["record"].read_text().replace('"verdict": "pass"', '"verdict": "fail"', 1))
+    result = run_cli("check", "--model", str(lab["variant"]), "--record", str(tampered), "--trust", str(lab["public"]), "--store", str(tmp_path / "d.db"))
+    assert result.returncode != 0
+    assert "signature" in result.stdout and "NOT TRUSTED" in result.stdout
+
+
+def test_check_of_a_variant_that_failed_its_gate_exits_1_with_the_labs_reason(lab):
+    result = _check(lab, lab["variant"], lab["failed"])
+    assert result.returncode == 1, result.stderr
+    sentence = json.loads(result.stdout)["sentence"]
+    assert sentence.startswith("MATCHES AUDIT run 1 (magnitude-50), but the audit said do not ship: ambiguous bias score")
+    assert "> -1.5" in sentence
+
+
+def test_check_refuses_bad_input_with_exit_2(lab, tmp_path):
+    missing = _check(lab, tmp_path / "nowhere", lab["record"])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    not_json = tmp_path / "r.json"
+    not_json.write_text("{ not json")
+    broken = _check(lab, lab["variant"], not_json)
+    assert broken.returncode == 2 and "not valid JSON" in broken.stderr and "signature" in broken.stderr
+
+
+# -- what a loaded folder is called, and the store's check table ------------------------------------
+def test_a_pruned_folder_loaded_as_the_baseline_is_not_called_dense(lab, tiny_llama):
+    from audit.run.steps import baseline_recipe
+
+    pruned = baseline_recipe(str(lab["variant"]))
+    assert pruned["method"] == "magnitude (as loaded)" and pruned["sparsity"] == 0.5
+    assert baseline_recipe(str(tiny_llama))["method"] == "dense"
+    assert baseline_recipe("smollm2-135m")["method"] == "dense"
+
+
+def test_compression_label_names_every_step():
+    from audit.models.meta import compression_label
+
+    meta = {"compression": [{"prune": {"method": "wanda", "pattern": "2:4", "actual_sparsity": 0.5}}, {"quantize": {"scheme": "int8-dynamic"}}]}
+    assert compression_label(meta) == ("wanda 2:4 + int8-dynamic", 0.5)
+    assert compression_label({"compression": [{"quantize": {"scheme": "onnx-int8"}}]}) == ("onnx-int8", None)
+    assert compression_label({}) is None and compression_label({"compression": ["junk", {"prune": 3}]}) is None
+
+
+def test_a_version_1_store_gains_the_check_table(tmp_path):
+    import sqlite3
+
+    from audit.store import MIGRATIONS, ResultsStore
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with ResultsStore(path) as store:
+        assert store.schema_version == 2 and store.checks() == []
+        check_id = store.record_check({"model_path": "/m", "record_path": "/r", "audit": {"run": 3, "variant": "v"},
+                                       "outcome": "cleared", "exit_code": 0, "sentence": "MATCHES AUDIT run 3 (v): cleared to ship"})
+        assert store.checks()[0]["sentence"] == "MATCHES AUDIT run 3 (v): cleared to ship"
+        assert store.check(check_id)["result"]["audit"]["run"] == 3
+        with pytest.raises(UserError, match="no check 99"):
+            store.check(99)
+
+
+def test_plain_findings_read_as_a_user_would_say_them():
+    from audit.gate import plain_finding
+
+    base = {"check": "rule", "category": "overall", "limit_is": "max", "reason": "lower bound over the limit"}
+    perplexity = dict(base, metric="perplexity_relative_change_pct", value=146.2, lower=120.0, upper=170.0, limit=50.0, verdict="fail")
+    assert plain_finding(perplexity) == "perplexity +146% > 50%"
+    unsettled = dict(base, metric="srs_relative_change_pct", value=20.0, lower=12.0, upper=31.0, limit=25.0, verdict="inconclusive", reason="the bounds straddle the limit")
+    assert plain_finding(unsettled) == "SRS not settled: 12 to 31%, limit <= 25%"
+    category = dict(base, metric="bias_score_ambig", category="Age", value=0.41, lower=0.35, upper=0.47, limit=0.3, verdict="fail")
+    assert plain_finding(category) == "ambiguous bias score in Age 0.41 > 0.3"
+    degraded = dict(base, check="competence", metric="accuracy_disambig", value=0.3, lower=0.25, upper=0.35, limit=0.333, limit_is="min", verdict="fail",
+                    reason="too degraded to judge: disambiguated accuracy is not shown above chance (0.333); its bias figures cannot be read")
+    assert plain_finding(degraded) == "too degraded to judge: disambiguated accuracy is not shown above chance (0.333)"
+    not_judged = dict(unsettled, reason="not judged: the variant is too degraded to judge (see its competence)")
+    assert plain_finding(not_judged) == "SRS not judged (too degraded)"
