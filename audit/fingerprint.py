@@ -216,6 +216,18 @@ class _MappedFile:
         assert self.map is not None
         return memoryview(self.map)[self.offset + start : self.offset + stop]
 
+    def drop(self, *names: str) -> None:
+        """Give back the pages of tensors already read: they stay in the page cache, but the
+        process does not hold the whole file resident by the end."""
+        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        for name in names:
+            start, stop = self.header[name]["data_offsets"]
+            first = (self.offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
+            length = self.offset + stop - first
+            if length > 0:
+                self.map.madvise(mmap.MADV_DONTNEED, first, length)
+
     def close(self) -> None:
         if self.map is not None:
             self.map.close()
@@ -282,9 +294,11 @@ def _tensors(folder: Path, storage: str, files: list[Path]) -> Iterator[tuple[st
                 dtype, shape, data = _decoded_sparse(mapped, name, packed[name])
                 stored -= {f"{name}.bitmask", f"{name}.values"}
                 yield name, dtype, shape, data, path
+                mapped.drop(f"{name}.bitmask", f"{name}.values")
             for name in sorted(stored):
                 info = mapped.header[name]
                 yield name, info["dtype"], [int(d) for d in info["shape"]], mapped.view(name), path
+                mapped.drop(name)
         finally:
             mapped.close()
 
