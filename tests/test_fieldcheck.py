@@ -127,6 +127,30 @@ def test_a_hand_computed_fingerprint(tmp_path):
     assert fingerprint.n_values == 4 and fingerprint.storage == "safetensors"
 
 
+def test_weights_that_are_not_safetensors_are_fingerprinted_by_file(tmp_path):
+    """An ONNX folder: each weight file is one entry, named by the file."""
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.onnx").write_bytes(b"graph bytes")
+    fingerprint = drive(fingerprint_folder(folder))
+    assert fingerprint.storage == "files" and fingerprint.n_values == 0
+    assert fingerprint.tensors == {"file:model.onnx": hashlib.sha256(b"file:model.onnx\n\n\ngraph bytes").hexdigest()}
+    (folder / "model.onnx").write_bytes(b"graph bytez")
+    assert compare(fingerprint, drive(fingerprint_folder(folder))).changed == ["file:model.onnx"]
+
+
+def test_a_folder_without_weights_or_config_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        drive(fingerprint_folder(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        drive(fingerprint_folder(tmp_path / "empty"))
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="holds no weights"):
+        drive(fingerprint_folder(tmp_path / "empty"))
+
+
 def test_a_folder_and_its_compressed_copy_have_one_fingerprint(lab):
     dense = drive(fingerprint_folder(lab["variant"]))
     packed = drive(fingerprint_folder(lab["variant"] / "compressed"))
