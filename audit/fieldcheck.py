@@ -176,6 +176,8 @@ def _perplexity_step(model: Any, record: Mapping[str, Any], cancel: threading.Ev
     from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity
 
     section = record.get("perplexity")
+    if section and section.get("omitted"):
+        return CheckStep("perplexity", SKIP, f"not checked: {section['omitted']}")
     if not section or not section.get("text") or not section.get("perplexity"):
         return CheckStep("perplexity", SKIP, "the audit measured no perplexity for this variant")
     result = yield from relay(

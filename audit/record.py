@@ -28,8 +28,9 @@ RECORD_TYPE = "edge-audit/audit-record"
 RECORD_VERSION = 1
 PRIVATE_KEY_FILE, PUBLIC_KEY_FILE = "edge-audit.key", "edge-audit.pub"
 DEFAULT_CHECK_ITEMS = 60
-# The perplexity text travels inside the record; a longer one is cut at a line end.
-MAX_PERPLEXITY_TEXT_CHARS = 32_000
+# The perplexity text travels inside the record (the built-in one is 24,000 characters); a
+# longer one is left out, and the device check then says perplexity was not checked.
+MAX_PERPLEXITY_TEXT_CHARS = 256_000
 # How closely a replay on the device must agree with the lab. On the same software the
 # choices are identical and option scores (log-likelihoods in nats) agree to rounding; the
 # stored scores are rounded to 1e-6.
@@ -299,6 +300,8 @@ def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dic
         raise UserError(f"cannot build the record: the perplexity text of run {run_id} cannot be read here ({exc})") from None
     if source != result.get("source"):
         return None
+    if len(text) > MAX_PERPLEXITY_TEXT_CHARS:
+        return {"source": source, "omitted": f"the perplexity text has {len(text):,} characters, more than a record carries ({MAX_PERPLEXITY_TEXT_CHARS:,})"}
     return {
         "source": source,
         "text": text,
