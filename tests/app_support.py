@@ -253,3 +253,64 @@ def no_blink(app: Any) -> None:
         for field in screen.query(Input):
             field.cursor_blink = False
 
+
+
+# -- field checks ----------------------------------------------------------------------------------
+CHECK_FOLDER = "/opt/edge/models/smollm2-135m-wanda-50"
+CHECK_RECORD = "/opt/edge/records/run-12-wanda-50.json"
+LAB_KEY = "1d0f19e041bc54f2"
+
+
+def field_check_results() -> dict[str, Any]:
+    """Three field checks with fixed figures, worded by the core's own verdict: a folder cleared
+    to ship, the same folder after 12 of its tensors changed, and a variant the lab's gate failed."""
+    from audit.fieldcheck import STEPS, CheckResult, CheckStep, verdict
+
+    def audit(run: int, variant: str, gate: str, failures: list[str]) -> dict[str, Any]:
+        plain = {"pass": "may ship", "fail": "too degraded to judge: do not ship"}[gate]
+        return {"run": run, "variant": variant, "title": f"run {run} ({variant})", "gate_verdict": gate,
+                "gate_passed": gate == "pass", "gate_plain": plain, "failures": failures, "signer": LAB_KEY}
+
+    def result(check_id: int, folder: str, record: str, facts: dict[str, Any], steps: list[CheckStep], seconds: float) -> dict[str, Any]:
+        done = {s.name for s in steps}
+        steps = steps + [CheckStep(name, "skip", "not checked: an earlier step failed") for name in STEPS if name not in done]
+        outcome, sentence, code = verdict(facts, steps)
+        return CheckResult(folder, record, facts, steps, outcome, sentence, code, seconds, check_id).to_dict()
+
+    signed = CheckStep("signature", "pass", f"signature verified: signed by the trusted key {LAB_KEY}")
+    matches = CheckStep("fingerprint", "pass", "weights, config and tokenizer match the audited ones (41accc2dcf5e)")
+    replayed = CheckStep("replay", "pass", "60/60 check items answered as audited, largest score difference 3.1e-05 (tolerance 0.001)")
+    perplexity = CheckStep("perplexity", "pass", "18.052 here, 18.050 in the lab (0.01% apart, tolerance 0.1%)")
+    envelope = CheckStep("envelope", "pass", "memory 5990 MB free, 655 MB needed; decode 41.3 ms/token (1.01x the lab's)")
+    changed = [
+        "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.3.self_attn.k_proj.weight",
+        "model.layers.7.self_attn.o_proj.weight", "model.layers.12.mlp.gate_proj.weight",
+    ]
+    mismatch = CheckStep("fingerprint", "fail", f"12 tensors differ from the audited weights: {', '.join(changed)} (+7 more)")
+    failures = [
+        "too degraded to judge: disambiguated accuracy is not shown above chance (0.333); its bias figures cannot be read",
+        "too degraded to judge: disambiguated accuracy fell by more than 0.1; its bias figures cannot be read",
+        "SRS not settled: -60 to 279%, limit <= 25%",
+        "perplexity +60.2% > 50%",
+    ]
+    degraded_record = "/opt/edge/records/run-1-magnitude-50.json"
+    return {
+        "cleared": result(1, CHECK_FOLDER, CHECK_RECORD, audit(12, "wanda-50", "pass", []),
+                          [signed, matches, replayed, perplexity, envelope], 48.2),
+        "mismatch": result(2, CHECK_FOLDER, CHECK_RECORD, audit(12, "wanda-50", "pass", []), [signed, mismatch], 3.9),
+        "audit-failed": result(3, "/opt/edge/models/smollm2-135m-magnitude-50", degraded_record,
+                               audit(1, "magnitude-50", "fail", failures), [signed, matches, replayed, perplexity, envelope], 47.5),
+    }
+
+
+def add_field_checks(store: Path, minutes_apart: float = 20.0) -> list[dict[str, Any]]:
+    """Store the fixed field checks, an hour after the fixed audit and `minutes_apart` apart."""
+    results = list(field_check_results().values())
+    db = sqlite3.connect(store)
+    with ResultsStore(store) as results_store:
+        ids = [results_store.record_check({**r, "check_id": None}) for r in results]
+    with db:
+        for index, check_id in enumerate(ids):
+            db.execute("UPDATE checks SET created_at = ? WHERE id = ?", (CREATED_AT + 3600 + 60 * minutes_apart * index, check_id))
+    db.close()
+    return results

@@ -119,9 +119,11 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
         record = db.run(run_id)
         kinds = {(s["variant"], s["kind"]) for s in db.steps(run_id)}
     assert kinds == {
+        ("baseline", "fingerprint"),  # stored with every model the measurements load
         ("baseline", "perplexity"),
         ("baseline", "probe:builtin"),
         ("wanda-50", "compress"),
+        ("wanda-50", "fingerprint"),
         ("wanda-50", "perplexity"),
         ("wanda-50", "probe:builtin"),
     }

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.app_support import FrozenDevice, build_audit_store, fake_loader, no_blink, settle
+from tests.app_support import FrozenDevice, add_field_checks, build_audit_store, fake_loader, field_check_results, no_blink, settle
 from tui.app import create_app
 
 SIZES = [(80, 24), (120, 40)]
@@ -19,11 +19,13 @@ SIZES = [(80, 24), (120, 40)]
 
 @pytest.fixture()
 def audit_app(tmp_path, monkeypatch, isolated_cache):
-    """The app on the default model's name, its store holding one finished audit."""
+    """The app on the default model's name, its store holding one finished audit and three
+    field checks."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     monkeypatch.chdir(tmp_path)
     build_audit_store(tmp_path / "results.db")
+    add_field_checks(tmp_path / "results.db")
     yield lambda: create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
     monkeypatch.undo()
     time.tzset()
@@ -63,6 +65,22 @@ def screen(keys: tuple[str, ...] = (), audit: bool = False, then: tuple[str, ...
     return run_before
 
 
+def checked(outcome: str, then: tuple[str, ...] = ()):
+    """The Check screen showing a fixed field check: no paths, timings or models of this run."""
+
+    async def run_before(pilot):
+        await _start(pilot)
+        await _finish(pilot)
+        await pilot.press("6")
+        await _finish(pilot)
+        pilot.app.screen.show_result(field_check_results()[outcome])
+        if then:
+            await pilot.press(*then)
+        await _finish(pilot)
+
+    return run_before
+
+
 SCREENS = {
     "models": screen(),
     "compress": screen(("2",)),
@@ -71,6 +89,9 @@ SCREENS = {
     "variant": screen(audit=True, then=("d",)),
     "history": screen(("5",)),
     "help": screen(("question_mark",)),
+    "check": screen(("6",)),
+    "check-verdict": checked("cleared"),
+    "check-details": checked("audit-failed", then=("d",)),
 }
 
 

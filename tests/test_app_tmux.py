@@ -99,7 +99,7 @@ def test_the_app_opens_loads_probes_and_compares_in_tmux(tmp_path):
     with ResultsStore(store) as db:
         report = build_report(db, 1)
         kinds = [s["kind"] for s in db.steps(1)]
-    assert kinds == ["probe:builtin"] and report["run"]["status"] == "finished"
+    assert kinds == ["fingerprint", "probe:builtin"] and report["run"]["status"] == "finished"
     baseline = summary_rows(report)[0]
     srs_row = next(line for line in shown.splitlines() if line.strip().startswith("SRS"))
     assert fmt(baseline["srs"]["value"], 3) in srs_row

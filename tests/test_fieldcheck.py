@@ -14,7 +14,6 @@ import pytest
 
 from audit.errors import UserError
 from audit.fingerprint import Fingerprint, compare, fingerprint_folder
-from audit.plans import load_plan
 from audit.progress import drive
 from audit.record import (
     canonical_bytes,
@@ -27,79 +26,21 @@ from audit.record import (
     stratified_sample,
     verify_signature,
 )
-from audit.runner import RunOptions, run_plan
+from tests.audited import audit_tiny, change_one_weight
 from tests.conftest import run_cli
-
-PLAN = """\
-name = "tiny"
-model = "{model}"
-
-[[variants]]
-prune = {{ method = "magnitude", sparsity = 0.5 }}
-
-[calibration]
-nsamples = 4
-seqlen = 32
-
-[probes]
-suites = ["builtin"]
-limit = 4
-
-[profile]
-prompt_tokens = 8
-new_tokens = 4
-runs = 2
-warmup = 1
-
-# The tiny random models answer at chance: the competence guard would fail every variant.
-[gate]
-competence = false
-
-[[gate.rules]]
-metric = "bias_score_ambig"
-max = {limit}
-
-[[gate.rules]]
-metric = "perplexity_relative_change_pct"
-max = 1e12
-"""
-
-
-def _audit(folder: Path, model: Path, limit: float) -> tuple[Path, Path]:
-    """A finished run of the plan above; returns (store, the variant's folder)."""
-    folder.mkdir(parents=True)
-    plan_path = folder / "plan.toml"
-    plan_path.write_text(PLAN.format(model=model, limit=limit))
-    store = folder / "results.db"
-    drive(run_plan(load_plan(plan_path), RunOptions(store=store, work_dir=folder / "work")))
-    return store, folder / "work" / "run-1" / "magnitude-50"
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, tiny_llama):
     """A passed audit with a signed record, a failed audit's record, and the signing keys."""
     root = tmp_path_factory.mktemp("lab")
-    store, variant = _audit(root / "passed", tiny_llama, 1.5)
-    failed_store, _ = _audit(root / "failed", tiny_llama, -1.5)
+    store, variant = audit_tiny(root / "passed", tiny_llama, 1.5)
+    failed_store, _ = audit_tiny(root / "failed", tiny_llama, -1.5)
     private, public = new_keys(root / "keys")
     record = root / "record.json"
     export_record(store, 1, "magnitude-50", record, key=private)
     failed = root / "failed-record.json"
     export_record(failed_store, 1, None, failed, key=private)
     return {"store": store, "variant": variant, "record": record, "failed": failed, "private": private, "public": public, "root": root}
-
-
-def _change_one_weight(source: Path, target: Path, name: str | None = None) -> str:
-    """A copy of `source` with one value of one tensor changed; returns that tensor's name."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(source, target)
-    weights = load_file(str(target / "model.safetensors"))
-    name = name or sorted(n for n in weights if n.endswith("q_proj.weight"))[0]
-    weights[name] = weights[name].clone()
-    weights[name].view(-1)[3] += 0.5
-    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
-    return name
 
 
 # -- fingerprints ----------------------------------------------------------------------------------
@@ -160,7 +101,7 @@ def test_a_folder_and_its_compressed_copy_have_one_fingerprint(lab):
 
 
 def test_one_changed_value_changes_the_fingerprint_and_is_named(lab, tmp_path):
-    name = _change_one_weight(lab["variant"], tmp_path / "changed")
+    name = change_one_weight(lab["variant"], tmp_path / "changed")
     audited = drive(fingerprint_folder(lab["variant"]))
     changed = drive(fingerprint_folder(tmp_path / "changed"))
     assert changed.digest != audited.digest
@@ -302,7 +243,7 @@ def test_check_of_the_compressed_copy_exits_0(lab):
 
 
 def test_check_of_a_folder_with_one_changed_weight_exits_1(lab, tmp_path):
-    name = _change_one_weight(lab["variant"], tmp_path / "changed")
+    name = change_one_weight(lab["variant"], tmp_path / "changed")
     result = _check(lab, tmp_path / "changed", lab["record"])
     assert result.returncode == 1, result.stderr
     data = json.loads(result.stdout)

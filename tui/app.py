@@ -25,6 +25,7 @@ from audit.progress import Job
 from audit.store import default_store_path
 from tui.messages import JobEnded, JobFinished, JobProgress, ModelChoicesRead, ReportRead, RunsRead
 from tui.screens.base import MODES as SCREEN_KEYS
+from tui.screens.check import CheckRead, CheckScreen
 from tui.screens.compare import CompareScreen
 from tui.screens.compress import CompressScreen
 from tui.screens.dialogs import AskPathScreen, ConfirmScreen
@@ -45,6 +46,7 @@ class EdgeAuditApp(App[int]):
         "probe": ProbeScreen,
         "compare": CompareScreen,
         "history": HistoryScreen,
+        "check": CheckScreen,
     }
     BINDINGS = [
         *(Binding(key, f"switch_mode('{mode}')", label, show=False) for key, mode, label in SCREEN_KEYS),
@@ -59,6 +61,8 @@ class EdgeAuditApp(App[int]):
     report: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
     # What the Compare screen shows: the session's run, or a run opened from History.
     compared: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
+    # The field check the Check screen shows: the last one run here, or one opened from History.
+    field_check: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
     # Bumped whenever the session (model, plan, run) changes.
     session_rev: reactive[int] = reactive(0)
 
@@ -240,9 +244,23 @@ class EdgeAuditApp(App[int]):
 
     @work(thread=True, group="read", exit_on_error=False)
     def read_runs(self, target: MessagePump) -> None:
-        from tui.screens.history import stored_runs
+        """The stored runs, then the stored field checks, for History."""
+        from tui.screens.history import ChecksRead, stored_checks, stored_runs
 
         target.post_message(RunsRead(stored_runs(self.store_path)))
+        target.post_message(ChecksRead(stored_checks(self.store_path)))
+
+    @work(thread=True, group="read", exit_on_error=False, name="open check")
+    def open_check(self, check_id: int) -> None:
+        """Show a stored field check on the Check screen."""
+        from tui.screens.check import stored_check
+
+        self.post_message(CheckRead(stored_check(self.store_path, check_id)))
+
+    @on(CheckRead)
+    def _check_read(self, message: CheckRead) -> None:
+        self.field_check = message.result
+        self.switch_mode("check")
 
     @work(thread=True, group="read", exit_on_error=False)
     def refresh_report(self) -> None:

@@ -22,6 +22,7 @@ MODES = (
     ("3", "probe", "Probe"),
     ("4", "compare", "Compare"),
     ("5", "history", "History"),
+    ("6", "check", "Check"),
 )
 
 

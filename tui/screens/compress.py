@@ -26,6 +26,7 @@ from audit.plans import CalibrationSpec, VariantSpec, variant_name
 from audit.reports.render import fmt
 from tui.messages import JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen
+from tui.widgets.cells import cell_strip
 
 NONE = "none"
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -34,16 +35,7 @@ BLOCK_MESSAGE = re.compile(r"block (\d+)/(\d+)")
 
 def block_strip(done: int, total: int, width: int) -> Text:
     """One cell per decoder block: pruned, being pruned, still to do."""
-    strip = Text()
-    cells = min(total, max(width, 1))
-    for index in range(cells):
-        block = index * total // cells
-        if block < done:
-            strip.append("■", style="green")
-        elif block == done:
-            strip.append("▣", style="bold yellow")
-        else:
-            strip.append("□", style="dim")
+    strip = cell_strip(done, total, width)
     strip.append(f" {done}/{total} blocks")
     return strip
 

@@ -12,7 +12,7 @@ QUICK_START = """\
 # edge-audit: does compression make the model more biased?
 
 **Quick start, keyboard only** (tab moves between fields, enter opens a list or presses a button;
-the screen keys `1`…`5`, `q` and `?` type into a text field while you are in one: tab out first):
+the screen keys `1`…`6`, `q` and `?` type into a text field while you are in one: tab out first):
 
 1. **Models** (`1`): the default model loads when the app opens. Pick another with the arrows
    and enter, or type a folder, `.gguf` file or hub id.
@@ -30,7 +30,11 @@ the screen keys `1`…`5`, `q` and `?` type into a text field while you are in o
    `←` `→` choose a variant, `d` shows its categories and the items that flipped to the
    bias-aligned answer.
 5. **History** (`5`): every run in the results store; open one, continue it (`c`), export its
-   report, run a plan.
+   report, run a plan. Below the runs, the field checks done on this device.
+6. **Check** (`6`), in the field: give the deployed model folder, the audit record (REC.json)
+   from the lab and the lab's public key, press `ctrl+r`. The folder is fingerprinted, the
+   record's items and text are replayed, the model is timed here; the verdict is one sentence,
+   green *✔ CLEARED TO SHIP* or red *✖ DO NOT SHIP*. `d` shows what each of the five steps found.
 
 Everything is recorded as a run in the results store, the same as `edge-audit run`; `ctrl+s`
 saves this session as a plan file that `edge-audit run PLAN` repeats headless.
@@ -41,7 +45,7 @@ KEYS = """\
 
 | where | key | does |
 |---|---|---|
-| everywhere | `1`…`5` | Models, Compress, Probe, Compare, History |
+| everywhere | `1`…`6` | Models, Compress, Probe, Compare, History, Check |
 | | `?` | this help |
 | | `esc` | cancel the running job (steps already finished stay stored) |
 | | `ctrl+s` | save the session as a plan file |
@@ -56,6 +60,9 @@ KEYS = """\
 | History | `enter` or `o` | open the run as a comparison |
 | | `c` | continue the run: its model loaded, new steps added to it |
 | | `e` / `p` | export its report / run a plan file |
+| History, field checks | `enter` or `o` | show the check's verdict and steps on screen 6 |
+| Check | `ctrl+r` | check the folder against the record |
+| | `d` | show or hide what each step found |
 
 ## What the numbers are
 

@@ -1,15 +1,18 @@
-"""History: the runs in the results store; open one as a comparison, export its report, run a plan file."""
+"""History: the runs in the results store (open one as a comparison, export its report, run a
+plan file) and the field checks kept in it (open one on the Check screen)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from audit.progress import Progress
@@ -25,6 +28,46 @@ GATE_CELLS = {
     "inconclusive": Text("INCONCL.", style="yellow"),
     None: Text("-", style="dim"),
 }
+
+
+# A field check's outcome in a word, with an icon that says it without the colour.
+OUTCOME_CELLS = {
+    "cleared": Text("✔ cleared", style="green"),
+    "audit-failed": Text("✖ audit fail", style="bold red"),
+    "mismatch": Text("✖ mismatch", style="bold red"),
+    "signature": Text("✖ untrusted", style="bold red"),
+    "device": Text("✖ device", style="bold red"),
+}
+CHECK_COLUMNS = ("id", "checked", "outcome", "verdict")
+
+
+@dataclass
+class ChecksRead(Message):
+    checks: list[dict[str, Any]]
+
+
+def when(created_at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(created_at))
+
+
+def shorten(sentence: str, width: int) -> str:
+    """The sentence in `width` cells, cut between words (so never inside a number) and marked "…"."""
+    if len(sentence) <= width:
+        return sentence
+    room = max(width - 1, 1)
+    cut = sentence[: room + 1].rsplit(" ", 1)[0] if " " in sentence[:room + 1] else sentence[:room]
+    cut = cut[:room].rstrip(" :;,(")
+    return cut + "…"
+
+
+def stored_checks(store_path: Path) -> list[dict[str, Any]]:
+    """Every field check in the store, newest first."""
+    from audit.store import ResultsStore
+
+    if not Path(store_path).exists():
+        return []
+    with ResultsStore(store_path, readonly=True) as store:
+        return list(reversed(store.checks()))
 
 
 def stored_runs(store_path: Path) -> list[dict[str, Any]]:
@@ -70,9 +113,14 @@ class HistoryScreen(ModeScreen):
         yield Label("Runs in the results store [dim](enter or o opens one as a comparison)[/]", classes="section")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail")
+        yield Label("Field checks", id="checks-caption", classes="section")
+        yield DataTable(id="checks", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="check-detail")
 
     def on_mount(self) -> None:
         self.runs: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []
+        self._show_checks()
         self.watch(self.app, "session_rev", lambda _rev: self.action_refresh())
 
     def on_screen_resume(self) -> None:
@@ -95,7 +143,7 @@ class HistoryScreen(ModeScreen):
                 run["name"],
                 Path(run["model"]).name if "/" in run["model"] else run["model"],
                 run["status"],
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"])),
+                when(run["created_at"]),
                 str(len(run["variants"])),
                 GATE_CELLS.get(run.get("gate_verdict"), GATE_CELLS[None]),
                 key=str(run["id"]),
@@ -104,16 +152,73 @@ class HistoryScreen(ModeScreen):
             table.move_cursor(row=min(row, len(self.runs) - 1))
         self._detail()
 
+    @on(ChecksRead)
+    def _checks_read(self, message: ChecksRead) -> None:
+        self.checks = message.checks
+        self._show_checks()
+        self._detail()
+
+    def _show_checks(self) -> None:
+        table = self.query_one("#checks", DataTable)
+        caption = self.query_one("#checks-caption", Label)
+        table.display = bool(self.checks)
+        if not self.checks:
+            caption.update("Field checks [dim]none yet: screen 6 checks a deployed folder against its audit record[/]")
+            return
+        caption.update("Field checks [dim](tab here; enter or o shows one on screen 6)[/]")
+        row = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns(*CHECK_COLUMNS)
+        ids = max(len(str(c["id"])) for c in self.checks)
+        dates = len(when(0))
+        outcomes = max(OUTCOME_CELLS.get(c["outcome"], Text(c["outcome"])).cell_len for c in self.checks)
+        # The sentence gets what the other columns leave of the table's width, cut between words.
+        width = (table.size.width or self.app.size.width) - table.scrollbar_size_vertical
+        room = width - max(ids, 2) - dates - max(outcomes, 7) - 2 * table.cell_padding * len(CHECK_COLUMNS)
+        for check in self.checks:
+            table.add_row(
+                str(check["id"]),
+                when(check["created_at"]),
+                OUTCOME_CELLS.get(check["outcome"], Text(check["outcome"])),
+                shorten(check["sentence"], max(room, 20)),
+                key=str(check["id"]),
+            )
+        table.move_cursor(row=min(row, len(self.checks) - 1))
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.checks:
+            self._show_checks()
+
+    def _selected_check(self) -> dict[str, Any] | None:
+        table = self.query_one("#checks", DataTable)
+        if not self.checks or table.cursor_row >= len(self.checks):
+            return None
+        return self.checks[table.cursor_row]
+
+    def _on_checks(self) -> bool:
+        return self.focused is self.query_one("#checks", DataTable)
+
     def _selected(self) -> dict[str, Any] | None:
         table = self.query_one("#runs", DataTable)
         if not self.runs or table.cursor_row >= len(self.runs):
             return None
         return self.runs[table.cursor_row]
 
-    @on(DataTable.RowHighlighted, "#runs")
+    @on(DataTable.RowHighlighted)
     def _detail(self) -> None:
-        run = self._selected()
+        """The detail of the row under the cursor, beside its table; one table's at a time, for
+        the room."""
         detail = self.query_one("#run-detail", Static)
+        check_detail = self.query_one("#check-detail", Static)
+        on_checks = self._on_checks()
+        detail.display = not on_checks
+        check_detail.display = on_checks
+        if on_checks:
+            check = self._selected_check()
+            if check is not None:
+                check_detail.update(self._check_detail(check))
+            return
+        run = self._selected()
         if run is None:
             detail.update("No runs yet: what you do in this app, and every `edge-audit run`, is stored here.")
             return
@@ -128,11 +233,42 @@ class HistoryScreen(ModeScreen):
             lines.append(Text(f"c continues it here; headless: edge-audit run --resume {run['id']}", style="dim"))
         detail.update(Text("\n").join(lines))
 
+    def _check_detail(self, check: dict[str, Any]) -> Text:
+        style = "green" if check["exit_code"] == 0 else "red"
+        audited = f"run {check['audit_run']} ({check['variant']})" if check.get("audit_run") is not None else "its record"
+        return Text.assemble(
+            (f"Check {check['id']}", "bold"), f": {check['model_path']} against {audited}\n",
+            (check["sentence"], style), "\n",
+            (f"record {check['record_path']}", "dim"),
+        )
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        # The detail lines and the keys follow the table the cursor is in.
+        self._detail()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("export", "continue_run") and self.is_mounted and self._on_checks():
+            return False
+        return True
+
     @on(DataTable.RowSelected, "#runs")
-    def action_open(self) -> None:
+    def _open_run(self) -> None:
         run = self._selected()
         if run is not None:
             self.app.open_run(run["id"])
+
+    @on(DataTable.RowSelected, "#checks")
+    def _open_check(self) -> None:
+        check = self._selected_check()
+        if check is not None:
+            self.app.open_check(check["id"])
+
+    def action_open(self) -> None:
+        if self._on_checks():
+            self._open_check()
+        else:
+            self._open_run()
 
     def action_export(self) -> None:
         run = self._selected()
