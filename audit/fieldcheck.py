@@ -266,7 +266,12 @@ def verdict(audit: Mapping[str, Any], steps: list[CheckStep]) -> tuple[str, str,
     envelope = by_name.get("envelope")
     if envelope is not None and envelope.status == FAIL:
         return DEVICE, f"MATCHES AUDIT {title}, but this device is outside its envelope: {envelope.summary}", 1
-    caveat = f" (note: {envelope.summary})" if envelope is not None and envelope.status == WARN else ""
+    notes = []
+    if signature is not None and signature.status == WARN:
+        notes.append("who made the record is not verified: give the lab's key with --trust")
+    if envelope is not None and envelope.status == WARN:
+        notes.append(envelope.summary)
+    caveat = f" (note: {'; '.join(notes)})" if notes else ""
     return CLEARED, f"MATCHES AUDIT {title}: cleared to ship{caveat}", 0
 
 

@@ -331,3 +331,16 @@ def test_plain_findings_read_as_a_user_would_say_them():
     assert plain_finding(degraded) == "too degraded to judge: disambiguated accuracy is not shown above chance (0.333)"
     not_judged = dict(unsettled, reason="not judged: the variant is too degraded to judge (see its competence)")
     assert plain_finding(not_judged) == "SRS not judged (too degraded)"
+
+
+def test_an_unsigned_record_without_a_trusted_key_clears_with_a_note(lab, tmp_path):
+    record = read_record(lab["record"])
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_text(json.dumps({k: v for k, v in record.items() if k != "signature"}))
+    result = run_cli("check", "--model", str(lab["variant"]), "--record", str(unsigned), "--store", str(tmp_path / "d.db"), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["steps"][0]["status"] == "warn"
+    assert data["sentence"] == (
+        "MATCHES AUDIT run 1 (magnitude-50): cleared to ship (note: who made the record is not verified: give the lab's key with --trust)"
+    )
