@@ -190,7 +190,7 @@ def _perplexity_step(model: Any, record: Mapping[str, Any], cancel: threading.Ev
     details = {"perplexity": round(result.perplexity, 4), "lab": lab, "relative_diff": round(relative, 6), "tolerance": tolerance, "n_tokens": result.n_tokens}
     summary = f"{result.perplexity:.3f} here, {lab:.3f} in the lab ({relative:.2%} apart, tolerance {tolerance:.1%})"
     if result.n_tokens != section.get("n_tokens"):
-        return CheckStep("perplexity", FAIL, f"scored {result.n_tokens} tokens, the lab {section.get('n_tokens')}: the tokenizer differs", details)
+        return CheckStep("perplexity", FAIL, f"scored {result.n_tokens} tokens of the record's text, the lab {section.get('n_tokens')}: the tokenizer differs", details)
     return CheckStep("perplexity", PASS if relative <= tolerance else FAIL, summary, details)
 
 

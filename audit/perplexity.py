@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -31,6 +32,8 @@ class PerplexityResult:
     # the spread over chunks gives a perplexity change its interval.
     chunk_nll: tuple[float, ...] = ()
     chunk_token_counts: tuple[int, ...] = ()
+    # SHA-256 of the text scored: a record carries the text, and must carry the one measured.
+    text_sha256: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -66,6 +69,10 @@ def change_bounds(baseline: dict, variant: dict, confidence: float) -> tuple[Bou
 def heldout_text() -> str:
     """The project-written English text that no calibration ever sees."""
     return (data_dir() / HELDOUT_FILE).read_text(encoding="utf-8")
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def text_source(path: Path | None) -> tuple[str, str]:
@@ -134,4 +141,5 @@ def perplexity(
         source=source or "text",
         chunk_nll=tuple(chunk_nll),
         chunk_token_counts=tuple(chunk_counts),
+        text_sha256=text_digest(text),
     )

@@ -288,7 +288,7 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
 
 
 def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dict[str, Any] | None:
-    from audit.perplexity import text_source
+    from audit.perplexity import text_digest, text_source
 
     step = store.step(run_id, variant, "perplexity")
     if step is None:
@@ -298,8 +298,9 @@ def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dic
         text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
     except UserError as exc:
         raise UserError(f"cannot build the record: the perplexity text of run {run_id} cannot be read here ({exc})") from None
-    if source != result.get("source"):
-        return None
+    measured = result.get("text_sha256")
+    if source != result.get("source") or (measured and measured != text_digest(text)):
+        return {"source": result.get("source"), "omitted": f"the perplexity text ({source}) has changed since run {run_id} measured it"}
     if len(text) > MAX_PERPLEXITY_TEXT_CHARS:
         return {"source": source, "omitted": f"the perplexity text has {len(text):,} characters, more than a record carries ({MAX_PERPLEXITY_TEXT_CHARS:,})"}
     return {

@@ -344,3 +344,14 @@ def test_an_unsigned_record_without_a_trusted_key_clears_with_a_note(lab, tmp_pa
     assert data["sentence"] == (
         "MATCHES AUDIT run 1 (magnitude-50): cleared to ship (note: who made the record is not verified: give the lab's key with --trust)"
     )
+
+
+def test_a_perplexity_text_changed_since_the_audit_is_left_out(lab, monkeypatch):
+    import audit.perplexity
+    from audit.record import build_record
+    from audit.store import ResultsStore
+
+    monkeypatch.setattr(audit.perplexity, "text_source", lambda path: ("another text", "built-in (heldout_en.txt)"))
+    with ResultsStore(lab["store"], readonly=True) as store:
+        record = build_record(store, 1, "magnitude-50")
+    assert "text" not in record["perplexity"] and "has changed since run 1 measured it" in record["perplexity"]["omitted"]
