@@ -210,11 +210,8 @@ def _envelope_step(model: Any, record: Mapping[str, Any], available_mb: float, c
     notes: list[str] = []
     needed = envelope.get("memory_needed_mb")
     details: dict[str, Any] = {"available_mb_before_load": round(available_mb, 1), "memory_needed_mb": needed}
-    if isinstance(needed, (int, float)):
-        if available_mb < needed:
-            problems.append(f"{available_mb:.0f} MB free before loading, the model needs about {needed:.0f} MB")
-        else:
-            notes.append(f"memory {available_mb:.0f} MB free, {needed:.0f} MB needed")
+    if isinstance(needed, (int, float)):  # short of it, the check ended before loading
+        notes.append(f"memory {available_mb:.0f} MB free, {needed:.0f} MB needed")
     else:
         notes.append("the audit recorded no memory figure")
     lab = envelope.get("lab") or {}
@@ -306,6 +303,7 @@ def check_deployment(
 
     def finish() -> CheckResult:
         _skip_rest(steps)
+        steps.sort(key=lambda step: STEPS.index(step.name))
         outcome, sentence, code = verdict(audit, steps)
         result = CheckResult(str(model_dir), str(record_path), audit, steps, outcome, sentence, code, time.perf_counter() - started)
         with ResultsStore(store_path) as store:
@@ -322,6 +320,12 @@ def check_deployment(
     if steps[-1].status == FAIL:
         return finish()
     available_mb = available_bytes() / MB
+    needed = record["envelope"].get("memory_needed_mb")
+    if isinstance(needed, (int, float)) and available_mb < needed:
+        # Loading would fail or push the device into swap: the envelope decides, unreplayed.
+        steps.append(CheckStep("envelope", FAIL, f"{available_mb:.0f} MB free before loading, the model needs about {needed:.0f} MB",
+                               {"available_mb_before_load": round(available_mb, 1), "memory_needed_mb": needed}))
+        return finish()
     yield Progress("check", 2, total, "loading the model")
     model = yield from relay(load_model(str(model_dir), options, cancel), "load")
     try:

@@ -355,3 +355,15 @@ def test_a_perplexity_text_changed_since_the_audit_is_left_out(lab, monkeypatch)
     with ResultsStore(lab["store"], readonly=True) as store:
         record = build_record(store, 1, "magnitude-50")
     assert "text" not in record["perplexity"] and "has changed since run 1 measured it" in record["perplexity"]["omitted"]
+
+
+def test_a_device_short_of_memory_is_outside_the_envelope(lab, tmp_path, monkeypatch):
+    import hardware.memory
+    from audit.fieldcheck import check_deployment
+
+    monkeypatch.setattr(hardware.memory, "available_bytes", lambda: 10 * 2**20)
+    result = drive(check_deployment(lab["variant"], lab["record"], trust=lab["public"], store_path=tmp_path / "d.db"))
+    assert result.exit_code == 1 and result.outcome == "device"
+    assert [s.name for s in result.steps] == ["signature", "fingerprint", "replay", "perplexity", "envelope"]
+    assert [s.status for s in result.steps] == ["pass", "pass", "skip", "skip", "fail"]
+    assert result.sentence.startswith("MATCHES AUDIT run 1 (magnitude-50), but this device is outside its envelope: 10 MB free before loading")
