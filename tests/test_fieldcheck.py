@@ -367,3 +367,18 @@ def test_a_device_short_of_memory_is_outside_the_envelope(lab, tmp_path, monkeyp
     assert [s.name for s in result.steps] == ["signature", "fingerprint", "replay", "perplexity", "envelope"]
     assert [s.status for s in result.steps] == ["pass", "pass", "skip", "skip", "fail"]
     assert result.sentence.startswith("MATCHES AUDIT run 1 (magnitude-50), but this device is outside its envelope: 10 MB free before loading")
+
+
+def test_models_info_and_the_reports_show_the_fingerprint(lab):
+    from audit.reports.render import render_html, render_markdown
+    from audit.results import build_report
+    from audit.store import ResultsStore
+
+    digest = drive(fingerprint_folder(lab["variant"])).digest
+    info = run_cli("models", "info", str(lab["variant"]), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["fingerprint"] == digest
+    with ResultsStore(lab["store"], readonly=True) as store:
+        report = build_report(store, 1)
+    assert f"| magnitude-50 | {digest} | safetensors |" in render_markdown(report)
+    assert digest in render_html(report)
