@@ -98,10 +98,7 @@ def _fingerprint_step(folder: Path, record: Mapping[str, Any], cancel: threading
     details = {"expected": expected.digest, "actual": actual.digest, "seconds": round(actual.seconds, 2), **diff.to_dict()}
     if diff.matches and expected.digest == actual.digest:
         return CheckStep("fingerprint", PASS, f"weights, config and tokenizer match the audited ones ({actual.short})", details)
-    what = diff.summary() or "the fingerprint differs"
-    named = diff.tensors[:5]
-    more = f" (+{len(diff.tensors) - 5} more)" if len(diff.tensors) > 5 else ""
-    return CheckStep("fingerprint", FAIL, what + (f": {', '.join(named)}{more}" if named else ""), details)
+    return CheckStep("fingerprint", FAIL, diff.summary(named=5) or "the fingerprint differs", details)
 
 
 def _suite_of(spec: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]) -> Any:

@@ -126,12 +126,17 @@ class FingerprintDiff:
     def tensors(self) -> list[str]:
         return self.changed + self.missing + self.extra
 
-    def summary(self) -> str:
-        """One phrase: what differs, counted; empty when nothing does."""
+    def summary(self, named: int = 0) -> str:
+        """One phrase: what differs, counted, with the first `named` tensors by name; empty
+        when nothing does."""
         parts = []
         count = len(self.tensors)
         if count:
-            parts.append(f"{count} tensor{'s' if count != 1 else ''} differ{'s' if count == 1 else ''} from the audited weights")
+            phrase = f"{count} tensor{'s' if count != 1 else ''} differ{'s' if count == 1 else ''} from the audited weights"
+            if named:
+                more = f" (+{count - named} more)" if count > named else ""
+                phrase += f": {', '.join(self.tensors[:named])}{more}"
+            parts.append(phrase)
         if self.files:
             parts.append(f"{', '.join(self.files)} differ{'s' if len(self.files) == 1 else ''}")
         return "; ".join(parts)
