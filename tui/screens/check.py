@@ -125,14 +125,14 @@ def details_renderable(result: dict[str, Any]) -> RenderableType:
     table.add_column("what was found", ratio=1, overflow="fold")
     for step in result.get("steps") or []:
         table.add_row(step["name"], status_text(step["status"]), Text(str(step["summary"])))
-    # The decision again above the steps: on a small terminal the banner is scrolled away.
+    # The decision and its sentence above the steps: the details take the banner's place.
     cleared = result.get("exit_code") == 0
     check = f" of check {result['check_id']}" if result.get("check_id") is not None else ""
     heading = Text.assemble(
         (" ✔ CLEARED TO SHIP " if cleared else " ✖ DO NOT SHIP ", "bold reverse green" if cleared else "bold reverse red"),
         (f"  what each step{check} found", "bold"),
     )
-    parts: list[RenderableType] = [heading, table]
+    parts: list[RenderableType] = [heading, Text(str(result.get("sentence", "")), style="bold"), table]
     audit = result.get("audit") or {}
     if not audit.get("gate_passed"):
         said = audit.get("gate_plain") or audit.get("gate_verdict") or "no verdict"
@@ -300,6 +300,7 @@ class CheckScreen(ModeScreen):
             verdict.set_classes("-none")
             verdict.update(INTRO)
             details.display = False
+            verdict.display = True
             return
         if result is not self._ran:
             # A check opened from History, or shown by a caller: the form says what it was about,
@@ -317,6 +318,7 @@ class CheckScreen(ModeScreen):
         verdict.update(verdict_text(result))
         details.update(details_renderable(result))
         details.display = self.details_shown
+        verdict.display = not self.details_shown
         # A new verdict is read from its banner, whatever was scrolled to before.
         self.query_one("#check-result", VerticalScroll).scroll_home(animate=False)
 
@@ -325,10 +327,8 @@ class CheckScreen(ModeScreen):
             self.notify("no check yet: fill the form and press ctrl+r", severity="warning")
             return
         self.details_shown = not self.details_shown
-        details = self.query_one("#check-details", Static)
-        details.display = self.details_shown
-        if self.details_shown:
-            # After the layout that gives the details their height: on a small terminal they
-            # start below the banner's fold.
-            pane = self.query_one("#check-result", VerticalScroll)
-            self.call_after_refresh(pane.scroll_to_widget, details, top=True, animate=False)
+        # The details replace the banner (they repeat its decision and sentence), so that they
+        # start at the top of the pane at any terminal size, with no scrolling to wait for.
+        self.query_one("#check-details", Static).display = self.details_shown
+        self.query_one("#verdict", Static).display = not self.details_shown
+        self.query_one("#check-result", VerticalScroll).scroll_home(animate=False)
