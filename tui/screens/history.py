@@ -173,7 +173,11 @@ class HistoryScreen(ModeScreen):
         dates = len(when(0))
         outcomes = max(OUTCOME_CELLS.get(c["outcome"], Text(c["outcome"])).cell_len for c in self.checks)
         # The sentence gets what the other columns leave of the table's width, cut between words.
-        width = (table.size.width or self.app.size.width) - table.scrollbar_size_vertical
+        # The width comes from the screen and the style, not the table's layout, which may not
+        # have happened yet when the checks arrive: the same rows then whenever they come.
+        rows_shown = 5  # #checks is at most 6 lines high, the header one of them
+        scrollbar = table.styles.scrollbar_size_vertical if len(self.checks) > rows_shown else 0
+        width = (self.size.width or self.app.size.width) - scrollbar
         room = width - max(ids, 2) - dates - max(outcomes, 7) - 2 * table.cell_padding * len(CHECK_COLUMNS)
         for check in self.checks:
             table.add_row(
