@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from audit.errors import UserError
-from audit.gate import plain_finding
+from audit.gate import GateFinding, GateReport, plain_finding
 from audit.progress import Job, Progress, check_cancel, relay
-from audit.record import PERPLEXITY_TOLERANCE, SCORE_TOLERANCE, load_public_key, read_record, record_title, verify_signature
+from audit.record import PERPLEXITY_TOLERANCE, SCORE_TOLERANCE, load_public_key, read_record, record_title, signer, verify_signature
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 STEPS = ("signature", "fingerprint", "replay", "perplexity", "envelope")
@@ -53,13 +53,6 @@ class CheckResult:
     seconds: float
     check_id: int | None = None
 
-    @property
-    def cleared(self) -> bool:
-        return self.exit_code == 0
-
-    def step(self, name: str) -> CheckStep | None:
-        return next((s for s in self.steps if s.name == name), None)
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 2)
@@ -68,9 +61,7 @@ class CheckResult:
 
 def _audit_facts(record: Mapping[str, Any]) -> dict[str, Any]:
     gate = record.get("gate") or {}
-    findings = gate.get("findings") or []
-    # What blocked shipping: the failed findings first, then the unsettled ones.
-    blocking = [f for f in findings if f.get("verdict") == "fail"] + [f for f in findings if f.get("verdict") == "inconclusive"]
+    findings = tuple(GateFinding.from_dict(f) for f in gate.get("findings") or [])
     return {
         "run": record["run"].get("id"),
         "variant": record["variant"].get("name"),
@@ -78,8 +69,8 @@ def _audit_facts(record: Mapping[str, Any]) -> dict[str, Any]:
         "gate_verdict": gate.get("verdict"),
         "gate_passed": bool(gate.get("passed")),
         "gate_plain": gate.get("plain"),
-        "failures": [plain_finding(f) for f in blocking],
-        "signer": (record.get("signature") or {}).get("key_id"),
+        "failures": [plain_finding(f.to_dict()) for f in GateReport(findings).failures()],
+        "signer": signer(record),
     }
 
 
@@ -228,11 +219,11 @@ def _envelope_step(model: Any, record: Mapping[str, Any], available_mb: float, c
             notes.append(f"decode {decode:.1f} ms/token{ratio}" + (f", limit {limit:g}" if isinstance(limit, (int, float)) else ""))
     throttle = _throttle_now()
     details["throttle"] = throttle
-    if throttle and throttle.get("throttled"):
+    throttled = bool(throttle and throttle.get("throttled"))
+    if throttled:
         notes.append(f"the CPU is throttled now ({', '.join(throttle.get('active') or [])}): latency here is pessimistic")
     if problems:
         return CheckStep("envelope", FAIL, "; ".join(problems), details)
-    throttled = bool(throttle and throttle.get("throttled"))
     return CheckStep("envelope", WARN if throttled else PASS, "; ".join(notes), details)
 
 

@@ -166,8 +166,10 @@ def _hash_view(digest: Any, view: memoryview | bytes) -> None:
         digest.update(view[start : start + _BLOCK])
 
 
-def _canonical_json(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def canonical_json(data: Any, *, allow_nan: bool = False) -> bytes:
+    """JSON with keys sorted, no whitespace, UTF-8: one byte string for one value, however the
+    file it came from was formatted. Digests and signatures are taken over it."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan).encode("utf-8")
 
 
 def _file_digest(path: Path) -> str:
@@ -183,7 +185,7 @@ def _file_digest(path: Path) -> str:
             raise UserError(f"{path} is not valid JSON") from None
         if isinstance(data, dict) and path.name in CONFIG_FILES:
             data = {k: v for k, v in data.items() if k not in _DROPPED_CONFIG_KEYS}
-        raw = _canonical_json(data)
+        raw = canonical_json(data, allow_nan=True)
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -318,7 +320,7 @@ def _int8_layout(folder: Path) -> dict[str, str]:
     if layout is None:
         return {}
     try:
-        return {"int8-layout": hashlib.sha256(_canonical_json(json.loads(layout))).hexdigest()}
+        return {"int8-layout": hashlib.sha256(canonical_json(json.loads(layout), allow_nan=True)).hexdigest()}
     except json.JSONDecodeError:
         raise UserError(f"{folder / INT8_FILE} is corrupt: its layout is not valid JSON") from None
 
@@ -372,7 +374,7 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     weights = _part_digest(tensors)
     config = _part_digest(config_files)
     tokenizer = _part_digest(tokenizer_files)
-    whole = hashlib.sha256(_canonical_json({"format": FINGERPRINT_FORMAT, "weights": weights, "config": config, "tokenizer": tokenizer}))
+    whole = hashlib.sha256(canonical_json({"format": FINGERPRINT_FORMAT, "weights": weights, "config": config, "tokenizer": tokenizer}))
     yield Progress("fingerprint", total, total, f"{len(tensors)} tensors")
     return Fingerprint(
         digest=whole.hexdigest(),

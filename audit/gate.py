@@ -105,6 +105,11 @@ class GateFinding:
     def line(self) -> str:
         return finding_line(self.to_dict())
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GateFinding":
+        """A finding as `to_dict` stored it (in a run's gate or an audit record)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
 
 def finding_line(finding: dict[str, Any]) -> str:
     """A finding (as `GateFinding.to_dict` gives it, stored or fresh) on one line."""

@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 
 from audit import atomic, checks
 from audit.errors import UserError, first_line
-from audit.paths import os_reason, read_text
+from audit.fingerprint import canonical_json
+from audit.paths import read_text
 
 RECORD_TYPE = "edge-audit/audit-record"
 RECORD_VERSION = 1
@@ -41,8 +42,7 @@ PERPLEXITY_TOLERANCE = 1e-3  # relative
 # -- canonical form and signatures -------------------------------------------------------------
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     """What a signature covers: the record without its signature, canonical JSON in UTF-8."""
-    body = {k: v for k, v in record.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return canonical_json({k: v for k, v in record.items() if k != "signature"})
 
 
 def key_id(public_raw: bytes) -> str:
@@ -75,19 +75,11 @@ def new_keys(folder: Path, *, force: bool = False) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
-    path = Path(path).expanduser()
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read the {what} {path}: {os_reason(exc)}") from None
-
-
 def _load_key(path: Path, private: bool) -> Any:
     """An Ed25519 key from a PEM file, as `keys new` writes them."""
     serialization, ed25519 = _crypto()
     what = "private key" if private else "public key"
-    data = _read_key_file(path, what)
+    data = read_text(Path(path).expanduser(), what, expected="a PEM key file from `edge-audit keys new`").encode("utf-8")
     try:
         key = serialization.load_pem_private_key(data, password=None) if private else serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
