@@ -24,6 +24,7 @@ from audit.compress.recipe import (
     PruneRecipe,
     QuantizeRecipe,
     pattern_problem,
+    pruning_label,
 )
 from audit.errors import UserError
 from audit.paths import data_dir, read_text
@@ -199,7 +200,7 @@ class VariantSpec:
             return "external"
         parts = []
         if self.prune:
-            parts.append(self.prune.method + ("" if self.prune.pattern == "unstructured" else f" {self.prune.pattern}"))
+            parts.append(pruning_label(self.prune.method, self.prune.pattern))
         if self.quantize:
             parts.append(self.quantize.scheme)
         return " + ".join(parts) or "dense"

@@ -149,6 +149,11 @@ def pattern_problem(text: str | None) -> str | None:
     return None
 
 
+def pruning_label(method: str, pattern: str | None) -> str:
+    """A pruning as tables name it: "wanda", or "wanda 2:4" with an N:M pattern."""
+    return method + ("" if pattern in (None, UNSTRUCTURED) else f" {pattern}")
+
+
 @dataclass(frozen=True)
 class PruneRecipe:
     """How a model is pruned: the one description that goes from a plan, the prune command or

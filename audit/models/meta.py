@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import atomic
+from audit.compress.recipe import pruning_label
 from audit.paths import kind, probe
 
 META_FILE = "edge_audit.json"
@@ -61,8 +62,7 @@ def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
             continue
         prune, quantize = step.get("prune"), step.get("quantize")
         if isinstance(prune, dict) and isinstance(prune.get("method"), str):
-            pattern = prune.get("pattern")
-            parts.append(prune["method"] + ("" if pattern in (None, "unstructured") else f" {pattern}"))
+            parts.append(pruning_label(prune["method"], prune.get("pattern")))
             reached = prune.get("actual_sparsity", prune.get("target_sparsity"))
             sparsity = float(reached) if isinstance(reached, (int, float)) else sparsity
         if isinstance(quantize, dict) and isinstance(quantize.get("scheme"), str):
