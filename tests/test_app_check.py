@@ -11,12 +11,10 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from audit import fieldcheck
-from audit.fieldcheck import STEPS
 from audit.progress import Progress, check_cancel
 from tests.app_support import FrozenDevice, fake_loader, settle, type_into, wait_for
 from tests.audited import VARIANT, audit_tiny, change_one_weight
 from tui.app import create_app
-from tui.screens.check import STEP_NAMES
 
 SIZE = (80, 24)
 
@@ -40,10 +38,6 @@ def audited(tmp_path_factory):
     changed = root / "changed"
     change_one_weight(folder, changed)
     return {"folder": folder, "changed": changed, "record": record, "public": public}
-
-
-def test_the_screen_counts_the_steps_of_the_core():
-    assert STEP_NAMES == STEPS
 
 
 def held_step(model, record, cancel):

@@ -30,6 +30,7 @@ from audit.runner import (
     steps_for,
     update_plan,
 )
+from audit.run.steps import baseline_recipe
 from audit.store import ResultsStore, default_store_path
 
 SESSION_NAME = "app-session"
@@ -43,6 +44,18 @@ def session_plan(model_spec: str, template: Plan | None = None) -> Plan:
     local = Path(model_spec).expanduser()
     model = str(local.resolve()) if local.exists() else model_spec
     return revise_plan(template or default_plan(), name=SESSION_NAME, model=model, variants=(), path=None)
+
+
+def loaded_method(model_spec: str, facts: ModelFacts | None) -> tuple[str, float | None]:
+    """The loaded model's method and sparsity: its compression on record, else "dense" only
+    when its weights are (under 1% exact zeros), else "sparse" with the share measured."""
+    recipe = baseline_recipe(model_spec)
+    if recipe["method"] != "dense":
+        return recipe["method"], recipe["sparsity"]
+    measured = facts.weight_sparsity if facts is not None else None
+    if measured is not None and measured >= 0.01:
+        return "sparse (as loaded)", measured
+    return "dense", 0.0
 
 
 @dataclass
@@ -68,6 +81,8 @@ class Session:
         self.options = options
         self.model = model
         self.facts = facts
+        # Read once, off the interface's thread (sessions are opened in a worker).
+        self.baseline_method = loaded_method(plan.model, facts)
         self.run_id: int | None = None
         self.work_dir: Path | None = None
 

@@ -17,13 +17,11 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Static
 
+from audit.fieldcheck import STEPS, check_deployment
 from tui.messages import JobEnded, JobFinished, JobProgress
 from tui.screens.base import ModeScreen
 from tui.widgets.cells import cell_strip
 
-# The five steps in the core's order (`audit.fieldcheck.STEPS`, which is imported only in the
-# check's thread): the progress line counts them.
-STEP_NAMES = ("signature", "fingerprint", "replay", "perplexity", "envelope")
 
 # The fields a check cannot start without, and what to say when one is empty.
 REQUIRED = (
@@ -108,7 +106,7 @@ def verdict_text(result: dict[str, Any]) -> Text:
 
 def progress_text(step: int, message: str, detail: str) -> Text:
     """"■■▣□□ step 3 of 5: replaying the check items · 12/20 items"."""
-    total = len(STEP_NAMES)
+    total = len(STEPS)
     line = cell_strip(step, total)
     line.append(f" step {step + 1} of {total}: {message}")
     if detail and detail != message:
@@ -236,9 +234,7 @@ class CheckScreen(ModeScreen):
         store, options = self.app.store_path, self.app.options
 
         def make(cancel):
-            # Here, in the job's thread: the check pulls in the inference libraries.
-            from audit.fieldcheck import check_deployment
-
+            # The check imports the inference libraries when it loads the model, in the job's thread.
             return check_deployment(model, record, trust=trust, options=options, store_path=store, cancel=cancel)
 
         if self.app.start_job("check", f"check {model.name or model}", make, owner=self):

@@ -54,20 +54,6 @@ def _home(path: str) -> str:
     return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
 
 
-def loaded_method(session: Any) -> tuple[str, float | None]:
-    """The loaded model's method and sparsity: its compression on record, else "dense" only
-    when its weights are (under 1% exact zeros), else "sparse" with the share measured."""
-    from audit.run.steps import baseline_recipe
-
-    recipe = baseline_recipe(session.model_spec)
-    if recipe["method"] != "dense":
-        return recipe["method"], recipe["sparsity"]
-    measured = getattr(session.facts, "weight_sparsity", None) if session.facts is not None else None
-    if measured is not None and measured >= 0.01:
-        return "sparse (as loaded)", measured
-    return "dense", 0.0
-
-
 class ModelsScreen(ModeScreen):
     MODE = "models"
 
@@ -166,7 +152,7 @@ class ModelsScreen(ModeScreen):
             steps = (variant or {}).get("steps", {})
             spec = plan_variants.get(name)
             if spec is None:
-                method, reached = loaded_method(session)
+                method, reached = session.baseline_method
                 sparsity = "-" if reached is None else f"{reached:.2g}"
             else:
                 method = spec.method
