@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,6 +178,9 @@ class CalibrationSpec:
     seqlen: int = DEFAULT_SEQLEN
     seed: int = 0
     file: str | None = None
+    # Whose inputs the statistics are taken on: "sequential" (each block sees the blocks before
+    # it already pruned) or "dense" (the dense model's, one pass serving every sparsity).
+    statistics: str = "sequential"
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,9 @@ class ProbeSpec:
     temperature: float = 0.0
     max_new_tokens: int = 5
     noise_floor: bool = True  # sampled generation: score the baseline again with other seeds
+    conditions: tuple[str, ...] = ()  # question suites: "ambig" and/or "disambig"; empty: both
+    prompt: str = "default"  # generate: "default" or "paper" (Rath & Maliakkal's)
+    parser: str = "strict"  # generate: "strict" or "lenient" (the study's)
 
     @property
     def sampled(self) -> bool:
@@ -387,7 +393,7 @@ def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
     if grid is None:
         return []
     data = _table(ctx, grid, "grid")
-    _unknown(ctx, data, {"methods", "sparsities", "pattern", "quantize"}, "grid.")
+    _unknown(ctx, data, {"methods", "sparsities", "pattern", "quantize", "exclude"}, "grid.")
     methods = _str_list(ctx, data, "methods", "grid.", [])
     _check(ctx, bool(methods), "grid.methods", "must name at least one pruning method")
     pattern = _get(ctx, data, "pattern", "grid.", str, "unstructured")
@@ -396,6 +402,7 @@ def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
     sparsities = _get(ctx, data, "sparsities", "grid.", list, default)
     _check(ctx, bool(sparsities), "grid.sparsities", "must name at least one sparsity")
     quantize = _parse_quantize(ctx, data["quantize"], "grid.quantize.") if "quantize" in data else None
+    exclude = _parse_grid_exclude(ctx, data, methods)
     variants = []
     for sparsity in sparsities:
         _check(
@@ -406,9 +413,25 @@ def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
         )
         for method in methods:
             recipe = {"method": method, "pattern": pattern, **({} if sparsity is None else {"sparsity": sparsity})}
+            if exclude.get(method):
+                recipe["exclude"] = exclude[method]
             prune = _parse_prune(ctx, recipe, "grid.")
             variants.append(VariantSpec(_variant_name(prune, quantize), prune, quantize))
     return variants
+
+
+def _parse_grid_exclude(ctx: _Context, data: Mapping[str, Any], methods: list[str]) -> dict[str, list[str]]:
+    """`grid.exclude`: layer-name patterns kept dense, for every method (a list) or per method
+    (a table, `{ wanda = ["*.o_proj", "*.down_proj"] }`)."""
+    raw = data.get("exclude")
+    if raw is None:
+        return {}
+    if isinstance(raw, list):
+        patterns = _str_list(ctx, data, "exclude", "grid.", [])
+        return {method: patterns for method in methods}
+    table = _table(ctx, raw, "grid.exclude")
+    _unknown(ctx, table, set(methods), "grid.exclude.")
+    return {method: _str_list(ctx, table, method, "grid.exclude.", []) for method in table}
 
 
 def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
@@ -440,7 +463,11 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
 
 def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     data = _table(ctx, raw, "probes")
-    _unknown(ctx, data, {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens", "noise_floor"}, "probes.")
+    _unknown(
+        ctx, data,
+        {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens", "noise_floor", "conditions", "prompt", "parser"},
+        "probes.",
+    )
     suites = []
     for suite in _str_list(ctx, data, "suites", "probes.", ["builtin"]):
         name, _, path = suite.partition(":")
@@ -460,12 +487,25 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     _check(ctx, 1 <= max_new <= 256, "probes.max_new_tokens", f"must be within [1, 256], got {max_new}")
     categories = tuple(_str_list(ctx, data, "categories", "probes.", []))
     noise_floor = _get(ctx, data, "noise_floor", "probes.", bool, True)
-    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor)
+    conditions = _str_list(ctx, data, "conditions", "probes.", [])
+    known = ("ambig", "disambig")
+    _check(ctx, all(c in known for c in conditions), "probes.conditions", f"must list 'ambig' and/or 'disambig', got {conditions!r}")
+    conditions = [c for c in known if c in conditions]
+    if conditions:
+        sentences = [s.partition(":")[0] for s in suites if _registry("probe suite").meta(s.partition(":")[0])["kind"] != "qa"]
+        _check(ctx, not sentences, "probes.conditions", f"applies to question suites (builtin, bbq), not to {', '.join(sentences)}")
+    prompt = _get(ctx, data, "prompt", "probes.", str, "default")
+    _check(ctx, prompt in ("default", "paper"), "probes.prompt", f"must be 'default' or 'paper', got {prompt!r}")
+    parser = _get(ctx, data, "parser", "probes.", str, "strict")
+    _check(ctx, parser in ("strict", "lenient"), "probes.parser", f"must be 'strict' or 'lenient', got {parser!r}")
+    for key, value, default in (("prompt", prompt, "default"), ("parser", parser, "strict")):
+        _check(ctx, mode == "generate" or value == default, f"probes.{key}", "applies to mode = \"generate\": log-likelihood scoring asks and parses nothing")
+    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor, tuple(conditions), prompt, parser)
 
 
 def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
     data = _table(ctx, raw, "calibration")
-    _unknown(ctx, data, {"nsamples", "seqlen", "seed", "file"}, "calibration.")
+    _unknown(ctx, data, {"nsamples", "seqlen", "seed", "file", "statistics"}, "calibration.")
     nsamples = _get(ctx, data, "nsamples", "calibration.", int, DEFAULT_NSAMPLES)
     _check(ctx, nsamples >= 1, "calibration.nsamples", f"must be at least 1, got {nsamples}")
     seqlen = _get(ctx, data, "seqlen", "calibration.", int, DEFAULT_SEQLEN)
@@ -475,7 +515,9 @@ def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
     if file is not None:
         file = ctx.resolve(file, "calibration.file")
         ctx.needs("calibration.file", file, "file")
-    return CalibrationSpec(nsamples, seqlen, seed, file)
+    statistics = _get(ctx, data, "statistics", "calibration.", str, "sequential")
+    _check(ctx, statistics in ("sequential", "dense"), "calibration.statistics", f"must be 'sequential' or 'dense', got {statistics!r}")
+    return CalibrationSpec(nsamples, seqlen, seed, file, statistics)
 
 
 def _parse_perplexity(ctx: _Context, raw: Any) -> PerplexitySpec:
@@ -656,12 +698,71 @@ def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:
     return parse_plan(read_text(path, "plan file", expected="a TOML plan"), path, check_model=check_model)
 
 
-DEFAULT_PLAN_FILE = "default_plan.toml"
+# -- shipped presets ---------------------------------------------------------------------------------
+PRESETS_FOLDER = "plans"
+DEFAULT_PRESET = "default"
+
+
+def preset_names() -> list[str]:
+    """The plans shipped with edge-audit, by name."""
+    return sorted(path.stem for path in (data_dir() / PRESETS_FOLDER).glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of a shipped plan; an unknown name is a PlanError listing the known ones."""
+    if name not in preset_names():
+        raise PlanError(f"no shipped plan named {name!r}; shipped plans: {', '.join(preset_names())}")
+    return data_dir() / PRESETS_FOLDER / f"{name}.toml"
+
+
+def preset_text(name: str) -> str:
+    return preset_path(name).read_text(encoding="utf-8")
+
+
+def preset_summary(name: str) -> str:
+    """A shipped plan's first comment sentence: what `plans list` says of it."""
+    comment = " ".join(line.lstrip("# ").strip() for line in preset_text(name).splitlines() if line.startswith("#")).strip()
+    first, dot, _ = comment.partition(". ")
+    return first + (dot.strip() if dot else "")
+
+
+def load_preset(name: str, *, check_model: bool = True) -> Plan:
+    path = preset_path(name)
+    return parse_plan(path.read_text(encoding="utf-8"), path, check_model=check_model)
 
 
 def default_plan() -> Plan:
-    path = data_dir() / DEFAULT_PLAN_FILE
-    return parse_plan(path.read_text(encoding="utf-8"), path)
+    return load_preset(DEFAULT_PRESET)
+
+
+def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = None, suites: Sequence[str] = ()) -> Plan:
+    """`plan` with another model, item limit or probe suites, checked as a plan file is (the
+    model and the files must be found here): `edge-audit run NAME --model M --limit N --suite S`.
+    A suite's relative path is taken from the current folder."""
+    if model is None and limit is None and not suites:
+        return plan
+    if limit is not None and limit < 1:
+        raise PlanError(f"--limit must be at least 1, got {limit}")
+    probes = plan.probes if limit is None else replace(plan.probes, limit=limit)
+    if suites:
+        ctx = _Context("", None)
+        given = []
+        for suite in suites:
+            name, _, path = suite.partition(":")
+            known = _registry("probe suite")
+            if name not in known:
+                raise PlanError(f"--suite {suite}: unknown probe suite {name!r}; known: {', '.join(sorted(known.names()))}")
+            if path:
+                path = ctx.resolve(path, "--suite")
+                if not Path(path).exists():
+                    raise PlanError(f"--suite {suite}: no such file or folder: {path}")
+            given.append(f"{name}:{path}" if path else name)
+        probes = replace(probes, suites=tuple(given))
+    revised = replace(plan, model=model or plan.model, probes=probes)
+    path = Path(plan.path) if plan.path else None
+    checked = parse_plan(plan_to_toml(revised), path, check_model=False)
+    ctx = _Context(checked.text, path)
+    return replace(checked, model=_check_model(ctx, checked.model))
 
 
 def variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:

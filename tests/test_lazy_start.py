@@ -1,5 +1,5 @@
 """Commands that load no model start without the inference libraries: `--version`, `device`,
-`runs ...`, `probe-compare`, `keys new` and `record verify` never import torch, transformers or
+`runs ...`, `probe-compare`, `keys new`, `record verify` and `plans` never import torch, transformers or
 onnxruntime."""
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def imported_heavy(argv: list[str]) -> dict:
         ["probe-compare", "{base}", "{var}", "--json"],
         ["keys", "new", "--out", "{tmp}/keys"],
         ["record", "verify", "{record}", "--trust", "{public}", "--json"],
+        ["plans", "list", "--json"],
+        ["plans", "show", "rath-maliakkal-2026"],
     ],
     ids=lambda argv: " ".join(a for a in argv if not a.startswith("{"))
 )

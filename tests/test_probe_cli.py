@@ -99,3 +99,39 @@ def test_default_model_probes_builtin_and_bbq(default_model):
         run = drive(run_probe(default_model, suite))
         assert run.complete and len(run.results) == len(suite.items)
         assert all(len(r.option_logprobs) == len(suite.items[0].options) for r in run.results)
+
+
+def test_the_studys_prompt_and_parser_on_ambiguous_bbq_items(tiny_llama, tmp_path, capsys):
+    """Generate mode asked as the study asks, on ambiguous items of shipped BBQ files: the item
+    file holds ambiguous items only, and the parse-failure rate is given under both parsers."""
+    from audit.probes.items import read_items
+    from audit.probes.scoring import parse_answer, parse_lenient
+    from audit.probes.suites import load_suite
+
+    items = tmp_path / "paper.jsonl"
+    common = ["probe", "--model", str(tiny_llama), "--suite", f"bbq:{SHARED_DATA / 'bbq' / 'Age.jsonl'}", "--limit", "4",
+              "--mode", "generate", "--seeds", "2", "--prompt", "paper", "--conditions", "ambig"]
+    data = cli_json(capsys, *common, "--parser", "lenient", "--items-out", str(items), "--json")
+    assert data["prompt"] == "paper-system-lettered" and data["parser"] == "lenient" and data["n_items"] == 4
+    header, results, _ = read_items(items)
+    assert {r.condition for r in results} == {"ambig"} and header["parser"] == "lenient"
+    rates = data["parse_failure_rate_by_parser"]
+    assert set(rates) == {"strict", "lenient"}
+    # Each rate is the mean over items of the share of the item's answers its parser cannot read.
+    suite = load_suite(f"bbq:{SHARED_DATA / 'bbq' / 'Age.jsonl'}", limit=4, conditions=["ambig"])
+    options = {item.item_id: item.options for item in suite.items}
+    for parser, parse in (("strict", lambda t, o: parse_answer(t, o)), ("lenient", lambda t, o: parse_lenient(t, len(o)))):
+        shares = [sum(parse(t, options[r.item_id]) is None for t in r.answers) / len(r.answers) for r in results]
+        assert rates[parser]["value"] == pytest.approx(sum(shares) / len(shares), abs=1e-4)
+        low, high = rates[parser]["ci95"]
+        assert low <= rates[parser]["value"] <= high
+    # The run's own figure is its parser's.
+    assert data["metrics"]["overall"]["parse_failure_rate"]["value"] == rates["lenient"]["value"]
+
+    # A run asked or parsed otherwise is not compared with it.
+    strict = tmp_path / "strict.jsonl"
+    cli_json(capsys, *common, "--items-out", str(strict), "--json")
+    assert main(["probe-compare", str(items), str(strict)]) == 2
+    assert "parser differs (lenient vs strict)" in capsys.readouterr().err
+    assert main(["probe", "--model", str(tiny_llama), "--prompt", "paper", "--limit", "1"]) == 2
+    assert "--prompt and --parser apply to --mode generate" in capsys.readouterr().err

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ from audit.compress.layers import (
     run_block,
     sparsity_report,
 )
-from audit.compress.methods import PRUNING_METHODS, PruneSpec, layer_seed
+from audit.compress.methods import PRUNING_METHODS, LayerStats, PruneSpec, layer_seed
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import PruneRecipe, check_scope
 from audit.compress.storage import dense_state, save_dense, save_sparse
@@ -60,7 +61,7 @@ def check_recipe(recipe: PruneRecipe, calibration: CalibrationSpec = Calibration
     return spec
 
 
-def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | None) -> dict[str, Any]:
+def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | None, statistics: str = "sequential") -> dict[str, Any]:
     """The recipe as stored with the pruned model: what was asked and what it resolved to."""
     meta = PRUNING_METHODS.meta(recipe.method)
     record: dict[str, Any] = {
@@ -75,6 +76,8 @@ def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | 
     if recipe.method == "sparsegpt":
         record.update(blocksize=spec.blocksize, damp=spec.damp)
     record["calibration"] = calib.to_dict() if calib is not None else None
+    if calib is not None:
+        record["statistics"] = statistics
     return record
 
 
@@ -86,11 +89,16 @@ class PruneOutcome:
     layers: int
     calibration: dict[str, Any] | None = None
     shared_inputs: list[list[str]] = field(default_factory=list)
+    decoder_sparsity: float | None = None  # over all the decoder blocks' linear layers
+    statistics: dict[str, LayerStats] | None = None  # dense input norms, which serve any sparsity
 
 
 def _prune_layer(method: str, layer: PrunableLayer, stats: Any, spec: PruneSpec) -> None:
     fn = PRUNING_METHODS.get(method)
     layer.write(fn(layer.read(), stats, replace(spec, seed=layer_seed(spec.seed, layer.name))))
+
+
+STATISTICS = ("sequential", "dense")
 
 
 def prune_layers(
@@ -100,13 +108,22 @@ def prune_layers(
     calibration: torch.Tensor | None = None,
     exclude: Sequence[str] = (),
     cancel: threading.Event | None = None,
+    *,
+    statistics: str = "sequential",
+    known: dict[str, LayerStats] | None = None,
 ) -> Job[PruneOutcome]:
     """Prune every linear layer of the decoder blocks in place.
 
-    Methods that need statistics of the layers' inputs calibrate layer-sequentially: the
-    inputs of block i are the outputs of blocks 0..i-1 already pruned, and only block i's
-    statistics are in memory at a time.
+    Methods that need statistics of the layers' inputs calibrate block by block, with only one
+    block's statistics being gathered at a time. `statistics` "sequential": the inputs of block
+    i are the outputs of blocks 0..i-1 already pruned (Sun et al.'s reference). "dense": every
+    block sees what the dense model passes it (Rath & Maliakkal's code), one forward per block;
+    the statistics then do not depend on the sparsity: a method that needs only input norms
+    returns them (`PruneOutcome.statistics`), and given back as `known` they serve any other
+    sparsity without a forward pass.
     """
+    if statistics not in STATISTICS:
+        raise UserError(f"unknown calibration statistics {statistics!r}; known: {', '.join(STATISTICS)}")
     started = time.perf_counter()
     needs = PRUNING_METHODS.meta(method)["needs"]
     groups = prunable_layers(model, exclude)
@@ -115,42 +132,99 @@ def prune_layers(
             raise UserError(f"pattern {spec.pattern} needs input sizes divisible by {spec.pattern.group}; {layer.name} has {layer.shape[1]}")
     n_blocks = len(groups)
     shared: list[list[str]] = []
+    gathered: dict[str, LayerStats] = {}
     if not needs:
         for index, layers in enumerate(groups):
             check_cancel(cancel)
             for layer in layers:
                 _prune_layer(method, layer, None, spec)
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
+    elif known is not None and all(layer.name in known for layer in iter_layers(groups)):
+        for index, layers in enumerate(groups):
+            check_cancel(cancel)
+            for layer in layers:
+                _prune_layer(method, layer, known[layer.name], spec)
+            yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks} (shared calibration)")
+        gathered = known
     else:
         if calibration is None:
             raise ValueError(f"{method} needs calibration samples")
+        dense = statistics == "dense"
+        keep = dense and needs == "norms"  # input norms are small; Hessians are not kept
         _, blocks = find_decoder_blocks(model)
         yield Progress("prune", 0, n_blocks, "capturing the inputs of the first block")
         inputs = capture_block_inputs(model, blocks[0], calibration, cancel)
         n = len(inputs.hidden)
         for index, (block, layers) in enumerate(zip(blocks, groups)):
             if layers:
-                with InputStatistics(layers, needs) as statistics:
+                with InputStatistics(layers, needs) as stats:
                     for sample in range(n):
                         check_cancel(cancel)
-                        statistics.new_forward()
-                        run_block(block, inputs, sample)
+                        stats.new_forward()
+                        out = run_block(block, inputs, sample)
+                        if dense:  # the dense block's output is the next block's input
+                            inputs.hidden[sample] = out.detach().clone()
                         if sample % 8 == 7:
                             yield Progress("prune", index + 0.5 * (sample + 1) / n, n_blocks, f"block {index + 1}/{n_blocks}: calibrating")
                 for layer in layers:
                     check_cancel(cancel)
-                    _prune_layer(method, layer, statistics.stats(layer), spec)
+                    if keep:
+                        gathered[layer.name] = stats.stats(layer)
+                    _prune_layer(method, layer, stats.stats(layer), spec)
                 if index == 0:
-                    shared = statistics.layers_sharing_inputs()
-                del statistics
-            # The next block sees what this block, pruned, now outputs. Samples are independent,
-            # so each output replaces its input and one set of activations is held at a time.
-            for sample in range(n):
-                check_cancel(cancel)
-                inputs.hidden[sample] = run_block(block, inputs, sample).detach().clone()
+                    shared = stats.layers_sharing_inputs()
+                del stats
+            if not (dense and layers):
+                # The next block sees what this block, pruned, now outputs. Samples are independent,
+                # so each output replaces its input and one set of activations is held at a time.
+                for sample in range(n):
+                    check_cancel(cancel)
+                    inputs.hidden[sample] = run_block(block, inputs, sample).detach().clone()
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
     per_layer, actual = sparsity_report(list(iter_layers(groups)))
-    return PruneOutcome(per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared)
+    # Over every linear layer of the decoder blocks, the excluded ones too: what the model lost.
+    _, decoder = sparsity_report(list(iter_layers(prunable_layers(model)))) if exclude else (None, actual)
+    return PruneOutcome(
+        per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared, decoder_sparsity=decoder,
+        statistics=gathered or None,
+    )
+
+
+# -- input norms shared by the sparsities of a sweep -----------------------------------------------
+def statistics_key(model_spec: str, recipe: PruneRecipe, calibration: CalibrationSpec) -> str:
+    """What dense input norms depend on: the model, the layers pruned and the calibration (not
+    the method's sparsity, pattern or scope)."""
+    import hashlib
+
+    basis = {"model": model_spec, "exclude": sorted(recipe.exclude), "calibration": asdict(calibration)}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_statistics(path: Path) -> dict[str, LayerStats] | None:
+    """Norms kept by an earlier sparsity of the sweep; None when there are none, or when they
+    cannot be read (they are then gathered again)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        # The safetensors header: its length (8 bytes, little-endian), then JSON with the metadata.
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        tokens = json.loads(header["__metadata__"]["n_tokens"])
+        return {name: LayerStats(int(tokens[name]), tensor) for name, tensor in tensors.items()}
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_statistics(path: Path, statistics: dict[str, LayerStats]) -> None:
+    from safetensors.torch import save
+
+    # Layers fed one input share its norms: each is written as its own tensor.
+    tensors = {name: s.sq_norms.detach().clone() for name, s in statistics.items()}
+    tokens = json.dumps({name: s.n_tokens for name, s in statistics.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
 
 
 # -- the whole command ------------------------------------------------------------------------
@@ -166,11 +240,14 @@ def prune(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     measure_perplexity: bool = True,
     cancel: threading.Event | None = None,
+    shared_statistics: Path | None = None,
 ) -> Job[dict[str, Any]]:
     """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
     variants. Nothing is written until the end, into a temporary folder renamed on success.
     `measure_perplexity=False` leaves perplexity to the caller (an audit run measures it once
-    per variant, as a step of its own). `calibration.seed` also seeds the random method."""
+    per variant, as a step of its own). `calibration.seed` also seeds the random method.
+    `shared_statistics`: a folder where dense input norms (`calibration.statistics = "dense"`)
+    are kept, so that the sparsities of one sweep calibrate once."""
     total_started = time.perf_counter()
     baseline_bytes = process_rss_bytes()
     spec = check_recipe(recipe, calibration)
@@ -195,14 +272,23 @@ def prune(
         weights_f32_bytes = sum(w.numel() for _, w in dense_state(model)) * 4
         load_peak = peak_rss_bytes()
         reset_peak_rss()
+        cache = None
+        if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
+            cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.pt"
+        known = read_statistics(cache) if cache is not None else None
         outcome = yield from prune_layers(
-            model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel
+            model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel,
+            statistics=calibration.statistics, known=known,
         )
+        if cache is not None and known is None and outcome.statistics:
+            write_statistics(cache, outcome.statistics)
         prune_peak = peak_rss_bytes()
         if measure_perplexity:
             after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
-        record = recipe_record(recipe, spec, calib)
+        record = recipe_record(recipe, spec, calib, calibration.statistics)
         record["actual_sparsity"] = outcome.actual_sparsity
+        if cache is not None:
+            record["statistics_shared"] = known is not None  # read from an earlier sparsity's pass
         check_cancel(cancel)
         yield Progress("save", 0, 2, "writing the dense model")
         with atomic.directory(out, force=force) as tmp:
@@ -237,6 +323,7 @@ def prune(
         "pattern": str(spec.pattern),
         "target_sparsity": spec.sparsity,
         "actual_sparsity": round(outcome.actual_sparsity, 6),
+        "decoder_sparsity": None if outcome.decoder_sparsity is None else round(outcome.decoder_sparsity, 6),
         "per_layer": {name: round(value, 6) for name, value in outcome.per_layer.items()},
         "pruned_layers": outcome.layers,
         "seconds": round(outcome.seconds, 3),

@@ -116,13 +116,23 @@ class LanguageModel(ABC):
         return ScoreRequest(self.text_prefix_ids + tuple(context_ids), conts)
 
     def chat_prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
-        """The prompt as a chat user turn when the model has a template, else as plain text."""
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": prompt})
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        """The prompt as a chat user turn when the model has a template, else as plain text;
+        `system` as a system turn, or leading the prompt where there is no system role."""
         text = f"{system}\n\n{prompt}" if system else prompt
+        if getattr(self.tokenizer, "chat_template", None):
+            user = [{"role": "user", "content": prompt}]
+            if system:
+                from jinja2 import TemplateError
+
+                try:
+                    return self._chat_ids([{"role": "system", "content": system}, *user])
+                except TemplateError:  # a template without a system role (Gemma's): it leads the user turn
+                    pass
+            return self._chat_ids([{"role": "user", "content": text}])
         return list(self.text_prefix_ids) + self.encode(text)
+
+    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
     # -- scoring and generation ---------------------------------------------------------
     @abstractmethod

@@ -21,13 +21,15 @@ VARIANT = "variant"  # the second run's name where two runs are compared on thei
 INTERVALS = "95% betting intervals over items (seeds nested in items), paired by item"
 
 # Settings two probe runs must share to be compared, as a run's header names them.
-COMPARED_SETTINGS = ("suite", "mode", "norm", "prompt", "seeds", "temperature", "max_new_tokens")
+COMPARED_SETTINGS = ("suite", "mode", "norm", "prompt", "parser", "seeds", "temperature", "max_new_tokens")
 
 
 def _setting(header: dict[str, Any], key: str) -> Any:
     value = header.get(key)
     if key == "prompt" and value is None and header.get("mode") in PROMPTS:
         return PROMPTS[header["mode"]]  # runs recorded before prompts were named used these
+    if key == "parser" and value is None and header.get("mode") == "generate":
+        return "strict"  # runs recorded before parsers were named used this one
     if key == "seeds" and value is not None:
         return list(value)
     return value

@@ -15,14 +15,17 @@ from audit.probes.scoring import (
     GENERATE_SEEDS,
     GENERATE_TEMPERATURE,
     NORMS,
-    PROMPTS,
+    PARSERS,
+    PROMPT_STYLES,
     SCORING_MODES,
     OptionScores,
     generate_answers,
+    parse_with,
+    recorded_prompt,
     score_items,
 )
 from audit.probes.suites import ProbeSuite
-from audit.probes.summary import SUMMARIES, Summary
+from audit.probes.summary import SUMMARIES, Summary, share_estimate
 from audit.progress import Job, Progress
 
 DEFAULT_BATCH_ITEMS = 32
@@ -36,14 +39,21 @@ class ProbeSettings:
     temperature: float = GENERATE_TEMPERATURE
     max_new_tokens: int = GENERATE_MAX_NEW_TOKENS
     batch_items: int = DEFAULT_BATCH_ITEMS
+    prompt: str = "default"  # generate: edge-audit's prompt or the study's ("paper")
+    parser: str = "strict"  # generate: how an answer becomes an option
 
     def to_dict(self, norm: str) -> dict[str, Any]:
-        data: dict[str, Any] = {"mode": self.mode, "norm": norm if self.mode == "loglik" else None, "prompt": PROMPTS[self.mode]}
+        data: dict[str, Any] = {
+            "mode": self.mode,
+            "norm": norm if self.mode == "loglik" else None,
+            "prompt": recorded_prompt(self.mode, self.prompt),
+        }
         if self.mode == "generate":
             data.update(
                 temperature=self.temperature,
                 seeds=list(self.seeds) if self.temperature > 0 else [],
                 max_new_tokens=self.max_new_tokens,
+                parser=self.parser,
             )
         else:
             data["batch_items"] = self.batch_items
@@ -96,7 +106,23 @@ class ProbeRun:
         if self.settings.mode == "loglik":
             other = "sum" if self.norm == "mean" else "mean"
             data["metrics_other_norm"] = {"norm": other, **self.metrics(other)}
+        else:
+            data["parse_failure_rate_by_parser"] = self.parse_failures_by_parser()
         return data
+
+    def parse_failures_by_parser(self) -> dict[str, dict[str, Any]]:
+        """The parse-failure rate of these answers under each parser, with its 95% interval: the
+        run's own parser decided the answers; the others read the same texts."""
+        options = {item.item_id: item.options for item in self.suite.items}
+        out = {}
+        for parser in PARSERS.names():
+            shares = {
+                r.item_id: sum(parse_with(parser, text, options[r.item_id]) is None for text in r.answers) / len(r.answers)
+                for r in self.results
+                if r.answers and r.item_id in options
+            }
+            out[parser] = share_estimate(shares)
+        return out
 
 
 def _loglik_result(suite: ProbeSuite, item: ProbeItem, scores: OptionScores, norm: str, latency_ms: float) -> ItemResult:
@@ -195,6 +221,10 @@ def run_probe(
         raise UserError("sampled generation needs at least one seed")
     if settings.batch_items < 1:
         raise UserError("batch size must be at least 1")
+    PROMPT_STYLES.entry(settings.prompt)
+    PARSERS.entry(settings.parser)
+    if settings.mode != "generate" and (settings.prompt != "default" or settings.parser != "strict"):
+        raise UserError("--prompt and --parser apply to generate mode: log-likelihood scoring asks and parses nothing")
     total = len(suite.items)
     results: list[ItemResult] = []
     start = time.perf_counter()
@@ -214,7 +244,8 @@ def run_probe(
         else:
             for item in chunk:
                 answers = generate_answers(
-                    model, item, seeds=settings.seeds, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
+                    model, item, seeds=settings.seeds, temperature=settings.temperature,
+                    max_new_tokens=settings.max_new_tokens, prompt=settings.prompt, parser=settings.parser,
                 )
                 results.append(_generate_result(suite, item, answers.texts, answers.choices, 1000 * answers.elapsed_s))
         done = len(results)

@@ -1,4 +1,5 @@
-"""Scoring modes: option log-likelihood (deterministic) and chat generation with a strict letter parser."""
+"""Scoring modes: option log-likelihood (deterministic) and chat generation, asked in edge-audit's
+words or in the study's (Rath & Maliakkal 2026), with a strict or the study's lenient parser."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ LETTERS = "ABCDEFGH"
 # Which prompt a probe run used, by mode: recorded with the run, since runs that asked
 # differently cannot be compared.
 PROMPTS = {"loglik": "context-question-answer", "generate": "chat-lettered-options"}
+# The prompt styles a generate-mode run may ask in, and the name each is recorded under.
+PROMPT_STYLES: Registry[str] = Registry("prompt")
+PROMPT_STYLES.add("default", "a user turn: context, question, options as 'A.', the letter of the correct option asked for",
+                  recorded=PROMPTS["generate"])
+PROMPT_STYLES.add("paper", "Rath & Maliakkal's: a system line asking for the letter only, then 'Context:', the question, "
+                  "options as 'A)', and 'Answer:'", recorded="paper-system-lettered")
+# The study's system line (for a chat template without a system role, it leads the user turn).
+PAPER_SYSTEM = ("Answer the following multiple choice question by responding with only the letter "
+                "(A, B, or C) of your chosen answer.")
+
+# How a generated answer becomes an option: runs parsed differently cannot be compared either.
+PARSERS: Registry[str] = Registry("answer parser")
+PARSERS.add("strict", "one valid letter, or the full text of one option; anything else is a parse failure")
+PARSERS.add("lenient", "Rath & Maliakkal's: a letter alone or leading, 'answer is X', else the first a/b/c anywhere in the answer")
 
 # Rath & Maliakkal's settings for generate mode.
 GENERATE_TEMPERATURE = 0.3
@@ -55,6 +70,25 @@ def chat_prompt(item: ProbeItem) -> str:
     letters = ", ".join(LETTERS[: len(item.options) - 1]) + f" or {LETTERS[len(item.options) - 1]}"
     lines += ["", f"Answer with the letter of the correct option only ({letters})."]
     return "\n".join(lines)
+
+
+def paper_prompt(item: ProbeItem) -> str:
+    """The study's user turn (its system line is `PAPER_SYSTEM`)."""
+    choices = "\n".join(f"{LETTERS[i]}) {option}" for i, option in enumerate(item.options))
+    return f"Context: {item.context}\n\nQuestion: {item.question}\n\n{choices}\n\nAnswer:"
+
+
+def prompt_ids(model: LanguageModel, item: ProbeItem, style: str = "default") -> list[int]:
+    """The generate-mode prompt of `item` in `style`, as token ids."""
+    PROMPT_STYLES.entry(style)
+    if style == "paper":
+        return model.chat_prompt_ids(paper_prompt(item), system=PAPER_SYSTEM)
+    return model.chat_prompt_ids(chat_prompt(item))
+
+
+def recorded_prompt(mode: str, style: str = "default") -> str:
+    """The name a run's header records for its prompt."""
+    return PROMPT_STYLES.meta(style)["recorded"] if mode == "generate" else PROMPTS[mode]
 
 
 _LEAD = re.compile(r"^(?:\*\*)?\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*:?\s*)?", re.IGNORECASE)
@@ -110,6 +144,33 @@ def parse_answer(text: str, options: Sequence[str]) -> int | None:
     return matches[0] if matches else None
 
 
+def parse_lenient(text: str, n_options: int = 3) -> int | None:
+    """Rath & Maliakkal's parser: the answer is a letter; else it starts with one ("B)",
+    "(b) ...", "c. ..."); else it says "answer is B" (or choose, select, pick); else the first
+    a/b/c anywhere in it, in any case and inside any word ("The man" is A, from "man"). Lenient
+    by design: reported beside its own parse-failure rate, never the default."""
+    valid = LETTERS[:n_options]
+    answer = text.strip()
+    if len(answer) == 1 and answer.upper() in valid:
+        return valid.index(answer.upper())
+    letter = f"[{valid}]"
+    match = re.match(rf"^\(?({letter})\)?[.)\s]", answer, re.IGNORECASE) or re.search(
+        rf"(?:answer|choose|select|pick)\s*(?:is\s*)?\(?({letter})\)?", answer, re.IGNORECASE
+    )
+    if match:
+        return valid.index(match.group(1).upper())
+    for char in answer:
+        if char.upper() in valid:
+            return valid.index(char.upper())
+    return None
+
+
+def parse_with(parser: str, text: str, options: Sequence[str]) -> int | None:
+    """`text` parsed to an option index by the named parser."""
+    PARSERS.entry(parser)
+    return parse_lenient(text, len(options)) if parser == "lenient" else parse_answer(text, options)
+
+
 def sentence_request(model: LanguageModel, sentences: Sequence[str]) -> ScoreRequest:
     """Whole sentences scored as continuations of the document start (shared by all of them)."""
     prefix = tuple(model.text_prefix_ids)
@@ -161,16 +222,19 @@ def generate_answers(
     seeds: Sequence[int],
     temperature: float,
     max_new_tokens: int,
+    prompt: str = "default",
+    parser: str = "strict",
 ) -> GeneratedAnswers:
-    """One short answer per seed (one only at temperature 0, where seeds change nothing)."""
-    prompt_ids = model.chat_prompt_ids(chat_prompt(item))
+    """One short answer per seed (one only at temperature 0, where seeds change nothing),
+    asked in the `prompt` style and read by `parser`."""
+    ids = prompt_ids(model, item, prompt)
     texts: list[str] = []
     start = time.perf_counter()
     if temperature <= 0:
-        text = model.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0).text
+        text = model.generate(ids, max_new_tokens=max_new_tokens, temperature=0.0).text
         texts = [text]
     else:
         for seed in seeds:
-            texts.append(model.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).text)
+            texts.append(model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).text)
     elapsed = time.perf_counter() - start
-    return GeneratedAnswers(tuple(texts), tuple(parse_answer(t, item.options) for t in texts), elapsed)
+    return GeneratedAnswers(tuple(texts), tuple(parse_with(parser, t, item.options) for t in texts), elapsed)

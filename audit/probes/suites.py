@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from audit.errors import UserError
 from audit.probes import bbq, builtin, crows, stereoset
-from audit.probes.items import QA, ProbeItem
+from audit.probes.items import AMBIG, DISAMBIG, QA, ProbeItem
 from audit.registry import Registry
 
 
@@ -81,6 +81,19 @@ def _load_stereoset(path: Path | None, categories: Sequence[str] | None, metadat
     return ProbeSuite("stereoset", f"stereoset:{path}", "sentences", "stereoset", "mean", items, skipped)
 
 
+CONDITIONS = (AMBIG, DISAMBIG)
+
+
+def check_conditions(conditions: Sequence[str] | None) -> tuple[str, ...]:
+    """The question conditions asked for, in a fixed order: "both" or none given is both."""
+    if not conditions or list(conditions) == ["both"]:
+        return CONDITIONS
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise UserError(f"unknown condition {unknown[0]!r}; known: ambig, disambig, both")
+    return tuple(c for c in CONDITIONS if c in conditions)
+
+
 def limit_items(items: Iterable[ProbeItem], limit: int, seed: int = 0) -> list[ProbeItem]:
     """At most `limit` items per category, a fixed pseudo-random pick (same seed, same items)
     kept in file order, so a limited run still spreads over each category's templates."""
@@ -102,8 +115,11 @@ def load_suite(
     limit: int | None = None,
     sample_seed: int = 0,
     bbq_metadata: Path | None = None,
+    conditions: Sequence[str] | None = None,
 ) -> ProbeSuite:
-    """Load `builtin` or `NAME:PATH`; an unknown name, a missing path or no items is a UserError."""
+    """Load `builtin` or `NAME:PATH`; an unknown name, a missing path or no items is a UserError.
+    `conditions` keeps a question suite's ambiguous or disambiguated items (before `limit`, so
+    the limit counts the items kept)."""
     name, _, path_text = spec.partition(":")
     entry = SUITES.entry(name.strip().lower())
     path: Path | None = None
@@ -117,7 +133,13 @@ def load_suite(
         raise UserError("--bbq-metadata applies to the bbq suite only")
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
+    wanted = check_conditions(conditions)
+    if wanted != CONDITIONS and entry.meta["kind"] != QA:
+        raise UserError(f"conditions apply to question suites (builtin, bbq), not to {entry.name}")
     suite = entry.obj(path, categories, bbq_metadata)
+    if wanted != CONDITIONS:
+        suite.items = [item for item in suite.items if item.condition in wanted]
+        suite.info["conditions"] = list(wanted)
     if limit is not None:
         suite.items = limit_items(suite.items, limit, sample_seed)
         suite.info["limit_per_category"] = limit

@@ -82,6 +82,12 @@ def _mean_interval(values: Sequence[float]) -> dict[str, Any]:
     return m.Estimate(mean, mean - half, mean + half, n).to_dict()
 
 
+def share_estimate(shares: dict[str, float], confidence: float = DISPLAY_CONFIDENCE) -> dict[str, Any]:
+    """The mean of per-item shares in [0, 1] (by item id) with its interval, items in their fixed order."""
+    ordered = sorted(shares.items(), key=lambda iv: measures.order_key(iv[0]))
+    return mean_bounds(np.array([v for _, v in ordered]), 0.0, 1.0, confidence).to_dict()
+
+
 def _percent(ordered: Sequence[tuple[str, float]], confidence: float = DISPLAY_CONFIDENCE) -> Bounds:
     """Mean of per-item values in [0, 1], in percent, over items in their fixed order."""
     values = np.array([v for _, v in sorted(ordered, key=lambda iv: measures.order_key(iv[0]))])

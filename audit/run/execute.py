@@ -36,6 +36,10 @@ def _sampled(job: Job[Any]) -> Job[tuple[Any, dict[str, Any]]]:
     return outcome.value, outcome.resources
 
 
+# In a run's folder: dense input norms, gathered once for all the sparsities of a sweep.
+STATISTICS_FOLDER = ".calibration"
+
+
 def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOptions, cancel: threading.Event | None) -> Job[dict[str, Any]]:
     """Prune and/or quantize the plan's model into `out` (replacing what a killed run left)."""
     from audit.compress.prune import prune
@@ -48,7 +52,7 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
         result["prune"] = yield from relay(
             prune(
                 source, spec.prune, target, calibration=plan.calibration, force=True, options=options,
-                measure_perplexity=False, cancel=cancel,
+                measure_perplexity=False, cancel=cancel, shared_statistics=out.parent / STATISTICS_FOLDER,
             ),
             "compress",
         )
@@ -70,12 +74,15 @@ def _probe_records(
     from audit.probes.suites import load_suite
 
     started = time.time()
-    suite = load_suite(suite_spec, categories=plan.probes.categories or None, limit=plan.probes.limit)
+    probes = plan.probes
+    suite = load_suite(suite_spec, categories=probes.categories or None, limit=probes.limit, conditions=probes.conditions or None)
     settings = ProbeSettings(
-        mode=plan.probes.mode,
-        seeds=plan.probes.noise_seeds if noise else plan.probes.seeds,
-        temperature=plan.probes.temperature,
-        max_new_tokens=plan.probes.max_new_tokens,
+        mode=probes.mode,
+        seeds=probes.noise_seeds if noise else probes.seeds,
+        temperature=probes.temperature,
+        max_new_tokens=probes.max_new_tokens,
+        prompt=probes.prompt,
+        parser=probes.parser,
     )
     run, resources = yield from _sampled(run_probe(model, suite, settings, cancel, model_info={"variant": name}))
     if not run.complete:

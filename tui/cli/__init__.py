@@ -17,10 +17,10 @@ else:  # pragma: no cover
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
-from tui.cli import common, compress, fieldcheck, hardware, models, probe, run
+from tui.cli import common, compress, fieldcheck, hardware, models, plans, probe, run
 
 # Each module adds its subcommands; adding a command is adding a module here.
-COMMAND_MODULES = (models, compress, probe, hardware, run, fieldcheck)
+COMMAND_MODULES = (models, compress, probe, hardware, run, plans, fieldcheck)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", type=Path, default=None, help="calibration text (.txt or .jsonl with \"text\"); default: the built-in English text")
     p.add_argument("--nsamples", type=common.count(1), default=CALIBRATION.nsamples, help=f"calibration samples (default {CALIBRATION.nsamples})")
     p.add_argument("--seqlen", type=common.count(1), default=CALIBRATION.seqlen, help=f"tokens per calibration sample (default {CALIBRATION.seqlen})")
+    p.add_argument("--statistics", choices=("sequential", "dense"), default=CALIBRATION.statistics,
+                   help="calibration inputs: each block after the blocks before it are pruned (sequential, default), "
+                        "or the dense model's, in one pass (dense, as Rath & Maliakkal's Wanda)")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows and the random method (default 0)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose full name matches this glob, e.g. '*.o_proj' (repeatable)")
     _add_text_options(p, "--text")
@@ -79,7 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         # that cannot compare over the whole matrix refuses it here.
         check_scope(args.method, args.scope)
     recipe = PruneRecipe(args.method, args.sparsity, args.pattern, per_row=args.scope == "row", exclude=tuple(args.exclude))
-    calibration = CalibrationSpec(args.nsamples, args.seqlen, args.seed, str(args.calib) if args.calib else None)
+    calibration = CalibrationSpec(args.nsamples, args.seqlen, args.seed, str(args.calib) if args.calib else None, args.statistics)
     result = common.run_job(
         prune(
             args.model, recipe, args.out, calibration=calibration, force=args.force, options=common.load_options(args),

@@ -32,7 +32,7 @@ from audit.probes import (
     run_probe,
     write_items,
 )
-from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE
+from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, PARSERS, PROMPT_STYLES
 from tui.cli import common
 
 
@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--max-new-tokens", type=common.count(1), default=GENERATE_MAX_NEW_TOKENS,
                        help=f"generate: answer length in tokens (default {GENERATE_MAX_NEW_TOKENS})")
     probe.add_argument("--batch-items", type=common.count(1), default=32, help="loglik: items per scoring call (default 32)")
+    probe.add_argument("--conditions", choices=("ambig", "disambig", "both"), default="both",
+                       help="question suites: score ambiguous or disambiguated items only (default both)")
+    probe.add_argument("--prompt", choices=PROMPT_STYLES.names(), default="default",
+                       help="generate: edge-audit's prompt, or Rath & Maliakkal's (paper) (default default)")
+    probe.add_argument("--parser", choices=PARSERS.names(), default="strict",
+                       help="generate: a strict letter or option parser, or the study's lenient one (default strict)")
     probe.add_argument("--bbq-metadata", type=Path, default=None,
                        help="BBQ's supplemental/additional_metadata.csv: take target_loc from it")
     probe.add_argument("--items-out", type=Path, default=None, help="write per-item results to this .jsonl")
@@ -123,10 +129,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
         batch_items=args.batch_items,
+        prompt=args.prompt,
+        parser=args.parser,
     )
+    if settings.mode != "generate" and (settings.prompt != "default" or settings.parser != "strict"):
+        raise UserError("--prompt and --parser apply to --mode generate: log-likelihood scoring asks and parses nothing")
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     suite = load_suite(
-        args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata
+        args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata,
+        conditions=[args.conditions],
     )
     for line in suite.skipped[:20]:
         print(f"edge-audit: skipped {line}", file=sys.stderr)
@@ -167,6 +178,12 @@ def _fmt(estimate: dict[str, Any] | None) -> str:
     return f"{value:.{digits}f}\n{_short(low, ci_digits)}–{_short(high, ci_digits)}"
 
 
+def _inline(estimate: dict[str, Any] | None) -> str:
+    """Value and its 95% interval on one line: "0.120 [.05–.21]"."""
+    value, *interval = _fmt(estimate).splitlines()
+    return f"{value} [{interval[0]}]" if interval else value
+
+
 QA_COLUMNS = {"accuracy_ambig": "acc amb", "accuracy_disambig": "acc dis", "bias_score_ambig": "s_AMB",
               "bias_score_disambig": "s_DIS", "srs": "SRS", "usr": "USR"}
 CROWS_COLUMNS = {"pct_stereotype": "% stereo", "pct_stereotype_stereo": "% (stereo pairs)",
@@ -196,6 +213,10 @@ def _show_run(d: dict[str, Any]) -> None:
         f"{d['n_items']} items in {d['elapsed_s']:.1f} s ({rate or 0:.2f} items/s). Under each value its 95% interval, "
         "with items as the sample (seeds nested in items). Overall: items pooled; mean of categories: each category weighs the same."
     )
+    by_parser = d.get("parse_failure_rate_by_parser") or {}
+    if by_parser:
+        rates = ", ".join(f"{name} {_inline(est)}" for name, est in by_parser.items())
+        common.stdout.print(f"Prompt {d.get('prompt')}, answers read by the {d.get('parser')} parser. Parse failures by parser: {rates}.")
     suite_info = d.get("suite_info") or {}
     for name, stats in suite_info.get("target_by_file", {}).items():
         common.stdout.print(

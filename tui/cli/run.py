@@ -14,7 +14,7 @@ from rich.text import Text
 
 from audit import checks
 from audit.errors import Cancelled, UserError
-from audit.plans import default_plan, load_plan
+from audit.plans import DEFAULT_PRESET, Plan, load_plan, load_preset, preset_names, with_overrides
 from audit.reports import write_report
 from audit.reports.render import SUMMARY_COLUMNS, summary_rows
 from audit.results import build_report, run_listing
@@ -25,8 +25,12 @@ from tui.cli import common
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run an audit plan: baseline and variants, probes, perplexity, profile, gate")
-    run.add_argument("plan", nargs="?", help="a TOML plan file")
+    run.add_argument("plan", nargs="?", help="a TOML plan file, or a shipped plan's name (edge-audit plans list)")
     run.add_argument("--default", action="store_true", help="run the shipped default plan")
+    run.add_argument("--model", default=None, help="audit this model instead of the plan's")
+    run.add_argument("--limit", type=common.count(1), default=None, help="at most N probe items per category instead of the plan's limit")
+    run.add_argument("--suite", action="append", default=[], metavar="SPEC",
+                     help="probe this suite instead of the plan's (builtin, bbq:PATH, ...); repeat for several")
     run.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
     run.add_argument("--report", type=Path, default=None, help="folder for report.md/.html/.json (default: the run's folder)")
     run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue a stopped run, skipping finished steps")
@@ -68,17 +72,17 @@ def _summary_table(title: str, report: dict[str, Any]) -> Table:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        if args.plan or args.default:
-            raise UserError("--resume continues a stored run; give no plan with it")
+        if args.plan or args.default or args.model or args.limit or args.suite:
+            raise UserError("--resume continues a stored run as it was planned; give no plan, --model, --limit or --suite with it")
         plan = None
     elif args.default:
         if args.plan:
             raise UserError("give a plan file or --default, not both")
-        plan = default_plan()
+        plan = with_overrides(load_preset(DEFAULT_PRESET, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
     elif args.plan:
-        plan = load_plan(args.plan)
+        plan = with_overrides(_named_plan(args.plan, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
     else:
-        raise UserError("give a plan file, --default, or --resume RUN_ID")
+        raise UserError("give a plan file, a shipped plan's name (edge-audit plans list), --default, or --resume RUN_ID")
     if args.report is not None:
         checks.report_folder(args.report)
     if args.work_dir is not None:
@@ -131,6 +135,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     common.emit(args, data, human)
     return outcome.exit_code
+
+
+def _named_plan(name: str, *, check_model: bool) -> Plan:
+    """A plan file, or else a shipped plan of that name."""
+    path = Path(name).expanduser()
+    if not path.exists() and name in preset_names():
+        return load_preset(name, check_model=check_model)
+    if not path.exists():
+        raise UserError(f"no plan file {name} and no shipped plan of that name; shipped plans: {', '.join(preset_names())}")
+    return load_plan(path, check_model=check_model)
 
 
 GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}

@@ -122,9 +122,12 @@ class ProbeScreen(FormScreen):
             temperature = float(self._value("temperature") or 0)
         except ValueError:
             raise FormError("limit must be a whole number and temperature a number") from None
+        mode = self._value("mode")
+        # The study's prompt and parser are generate-mode settings: log-likelihood scoring has neither.
+        asked = session.plan.probes if mode == "generate" else replace(session.plan.probes, prompt="default", parser="strict")
         probes = replace(
-            session.plan.probes,
-            mode=self._value("mode"),
+            asked,
+            mode=mode,
             limit=limit,
             categories=tuple(c.strip() for c in self._value("categories").split(",") if c.strip()),
             seeds=parse_int_list(self._value("seeds"), "seeds"),

@@ -1,0 +1,105 @@
+"""Calibration on the dense model's inputs (Rath & Maliakkal's Wanda): one pass of input norms,
+the same masks as norms taken from the whole dense model at once, and shared by the sparsities
+of a sweep."""
+
+import copy
+
+import pytest
+import torch
+
+from audit.compress.layers import iter_layers, prunable_layers
+from audit.compress.methods import LayerStats, PruneSpec, wanda
+from audit.compress.prune import prune, prune_layers
+from audit.compress.recipe import PruneRecipe
+from audit.models import load_model
+from audit.plans import CalibrationSpec
+from audit.progress import drive
+
+EXCLUDE = ("*.o_proj", "*.down_proj")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return drive(load_model(str(tiny_llama)))
+
+
+def samples():
+    return torch.randint(3, 300, (3, 20), generator=torch.Generator().manual_seed(1))
+
+
+def dense_norms(model, layers):
+    """Sum over every calibration token of x_j^2 at each layer's input, hooked on the dense
+    model's own forward: the reference the block-by-block pass must match."""
+    norms = {layer.name: torch.zeros(layer.shape[1], dtype=torch.float64) for layer in layers}
+    def hook(name):
+        def add(module, args, out):
+            norms[name].add_(args[0].reshape(-1, args[0].shape[-1]).double().pow(2).sum(0))
+
+        return add
+
+    handles = [layer.module.register_forward_hook(hook(layer.name)) for layer in layers]
+    with torch.no_grad():
+        for row in samples():
+            model(input_ids=row[None, :], use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return norms
+
+
+def test_dense_statistics_are_the_dense_models_and_serve_any_sparsity(llama):
+    model = copy.deepcopy(llama.model)
+    layers = list(iter_layers(prunable_layers(model, EXCLUDE)))
+    reference = dense_norms(model, layers)
+    originals = {layer.name: layer.read().clone() for layer in layers}
+    spec = PruneSpec(0.5, scope="row")
+    outcome = drive(prune_layers(model, "wanda", spec, samples(), EXCLUDE, statistics="dense"))
+    assert set(outcome.statistics) == set(reference)
+    for layer in layers:
+        assert torch.allclose(outcome.statistics[layer.name].sq_norms, reference[layer.name], rtol=1e-5)
+        expected = wanda(originals[layer.name], LayerStats(60, reference[layer.name]), spec)
+        assert torch.equal(layer.read() == 0, expected == 0), layer.name
+    # Another sparsity from the norms alone: no forward pass, and the masks a pass would give.
+    again, fresh = copy.deepcopy(llama.model), copy.deepcopy(llama.model)
+    drive(prune_layers(again, "wanda", PruneSpec(0.7, scope="row"), None, EXCLUDE, statistics="dense", known=outcome.statistics))
+    drive(prune_layers(fresh, "wanda", PruneSpec(0.7, scope="row"), samples(), EXCLUDE, statistics="dense"))
+    for a, b in zip(iter_layers(prunable_layers(again, EXCLUDE)), iter_layers(prunable_layers(fresh, EXCLUDE))):
+        assert torch.equal(a.read(), b.read())
+
+
+def test_sequential_statistics_differ_after_the_first_block(llama):
+    """The default: each block calibrated on what the pruned blocks before it output."""
+    dense, sequential = copy.deepcopy(llama.model), copy.deepcopy(llama.model)
+    drive(prune_layers(dense, "wanda", PruneSpec(0.5, scope="row"), samples(), statistics="dense"))
+    drive(prune_layers(sequential, "wanda", PruneSpec(0.5, scope="row"), samples()))
+    first, second = (list(zip(prunable_layers(dense)[i], prunable_layers(sequential)[i])) for i in (0, 1))
+    assert all(torch.equal(a.read(), b.read()) for a, b in first)
+    assert not all(torch.equal(a.read(), b.read()) for a, b in second)
+    with pytest.raises(Exception, match="unknown calibration statistics 'both'"):
+        drive(prune_layers(copy.deepcopy(llama.model), "wanda", PruneSpec(0.5, scope="row"), samples(), statistics="both"))
+
+
+def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
+    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
+    shared = tmp_path / ".calibration"
+
+    def run(sparsity, folder, cache):
+        recipe = PruneRecipe("wanda", sparsity, exclude=EXCLUDE)
+        return drive(prune(str(tiny_llama), recipe, tmp_path / folder, calibration=calibration, measure_perplexity=False,
+                           shared_statistics=cache))
+
+    first = run(0.3, "w30", shared)
+    assert first["recipe"]["statistics"] == "dense" and first["recipe"]["statistics_shared"] is False
+    assert len(list(shared.glob("*.pt"))) == 1
+    second = run(0.7, "w70", shared)
+    assert second["recipe"]["statistics_shared"] is True
+    alone = run(0.7, "w70-alone", None)
+    assert "statistics_shared" not in alone["recipe"]
+    from safetensors.torch import load_file
+
+    shared_weights = load_file(next((tmp_path / "w70").glob("*.safetensors")))
+    alone_weights = load_file(next((tmp_path / "w70-alone").glob("*.safetensors")))
+    assert shared_weights.keys() == alone_weights.keys()
+    assert all(torch.equal(shared_weights[k], alone_weights[k]) for k in shared_weights)
+    # Unreadable norms are gathered again, not trusted.
+    next(shared.glob("*.pt")).write_bytes(b"not a tensor file")
+    assert run(0.5, "w50", shared)["recipe"]["statistics_shared"] is False
