@@ -135,7 +135,9 @@ class RunView:
             "sparsity": recipe.get("sparsity"),
             "recipe": recipe,
             "folder": compress.get("folder") or recipe.get("path") or recipe.get("model"),
-            "actual_sparsity": prune.get("actual_sparsity"),
+            "actual_sparsity": prune.get("actual_sparsity"),  # of the layers pruned
+            # Of every linear layer of the decoder blocks (layers kept dense included).
+            "decoder_sparsity": prune.get("decoder_sparsity", prune.get("actual_sparsity") if not (prune.get("recipe") or {}).get("exclude") else None),
             "size_on_disk_mb": quantize.get("size_on_disk_mb") or sizes.get("dense") or profile.get("size_on_disk_mb"),
             "size_on_disk_compressed_mb": None if quantize else sizes.get("compressed"),
             "perplexity": ppl.get("perplexity"),
@@ -295,9 +297,11 @@ def report_data(view: RunView, gate: GateReport | None) -> dict[str, Any]:
                 variant["gate_verdict"] = gate.variant_verdict(name)
                 variant["gate_plain"] = gate.plain(name)
                 variant["degraded"] = gate.degraded(name)
+    from audit.sweep import sweep_points, transition_ratio
+
     run = view.run.to_dict()
     run["plan_text"] = view.run.plan_text
-    return {
+    data = {
         "run": run,
         "plan": view.plan.to_dict(),
         "gate": gate.to_dict() if gate is not None else None,
@@ -306,3 +310,7 @@ def report_data(view: RunView, gate: GateReport | None) -> dict[str, Any]:
         "variants": view.variants,
         "flipped": view.flipped,
     }
+    data["sweep"] = sweep_points(data)
+    evidence = view.evidence.get(view.suites[0]) if view.suites else None
+    data["transition_ratio_pruning_vs_quantization"] = transition_ratio(evidence, view.variants)
+    return data

@@ -172,22 +172,32 @@ def verdict_text(row: dict[str, Any]) -> str:
 
 
 # -- plots ----------------------------------------------------------------------------------
-def _method_series(data: dict[str, Any], key: Any) -> dict[str, list[tuple[float, float]]]:
-    """Per pruning method, (sparsity, value) points, with the baseline at sparsity 0."""
-    variants = data["variants"]
-    baseline = next((v for v in variants if v["name"] == data.get("baseline")), None)
-    series: dict[str, list[tuple[float, float]]] = {}
-    for variant in variants:
-        if variant is baseline or variant.get("sparsity") is None:
-            continue
-        value = key(variant)
-        if value is None:
-            continue
-        series.setdefault(variant.get("method") or variant["name"], []).append((variant["sparsity"], value))
-    if baseline is not None and key(baseline) is not None:
-        for points in series.values():
-            points.append((0.0, key(baseline)))
-    return series
+SWEEP_CHARTS_EMPTY = {
+    "missing": "no sparsity sweep in this report",
+    "unpruned": "no pruned variant in this run",
+    "unjudged": "no pruned variant to read: too degraded to judge or not comparable",
+}
+
+
+def _sweep_charts(data: dict[str, Any]) -> dict[str, str]:
+    """The sweep's curves (`audit.sweep.curves`), one line per pruning method from the baseline
+    at sparsity 0, each point with its 95% interval; by chart id. The sweep's points hold no
+    bias figure where it cannot be read, so those points are not drawn."""
+    from audit.sweep import CURVES, curves
+
+    points = data.get("sweep")
+    lines = curves(points) if sweep_pruned(data) else {}
+    reason = "missing" if points is None else "unjudged" if sweep_pruned(data) else "unpruned"
+    return {
+        f"sparsity-{curve}": svg.line_chart(
+            f"{title} by sparsity, 95% intervals",
+            lines.get(curve) or {},
+            x_label="target sparsity",
+            y_label=y_label,
+            empty=SWEEP_CHARTS_EMPTY[reason],
+        )
+        for curve, (title, y_label, _) in CURVES.items()
+    }
 
 
 def charts(data: dict[str, Any]) -> dict[str, str]:
@@ -195,30 +205,7 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     suite = primary_suite(data)
     variants = data["variants"]
     names = [v["name"] for v in variants]
-    out = {
-        "sparsity-srs": svg.line_chart(
-            "Sparsity vs stereotype reliance (SRS; variants too degraded to judge left out)",
-            _method_series(data, lambda v: None if v.get("degraded") else _value(overall_metric(v, suite, "srs"))),
-            x_label="sparsity",
-            y_label="SRS (ambiguous items)",
-        ),
-        "sparsity-perplexity": svg.line_chart(
-            "Sparsity vs perplexity",
-            _method_series(data, lambda v: v.get("perplexity")),
-            x_label="sparsity",
-            y_label="perplexity (log scale)",
-            log_y=True,
-        ),
-        "sparsity-transitions": svg.line_chart(
-            "Sparsity vs transition rate to bias-aligned",
-            _method_series(
-                data,
-                lambda v: 0.0 if v["name"] == data.get("baseline") else (None if v.get("degraded") else _value(comparison(v, suite).get("transition_rate"))),
-            ),
-            x_label="sparsity",
-            y_label="transition rate",
-        ),
-    }
+    out = _sweep_charts(data)
     categories = sorted({c for v in variants for c in (probe(v, suite).get("categories") or {})})
     out["categories-srs"] = svg.bar_chart(
         "SRS per category (95% intervals)",
@@ -273,6 +260,133 @@ def _change_cell(row: dict[str, Any]) -> str:
     if row.get("degraded"):
         return Plain("too degraded to judge")
     return interval(row["srs_relative_change_pct"], suffix="%")
+
+
+# -- the sparsity sweep (audit.sweep) -------------------------------------------------------------
+DENSE = "dense"  # the baseline's method in the sweep (audit.sweep.DENSE)
+
+
+def sweep_pruned(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's points of pruned variants (not the baseline's); none in an older report."""
+    return [p for p in data.get("sweep") or [] if p.get("method") != DENSE]
+
+
+def _share(value: Any, digits: int | None = 1) -> str:
+    """A share of weights as a percentage: 0.3 as 30.0% (with `digits` None, as short as it
+    goes: 30%, 12.5%)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return fmt(value)
+    return Plain(f"{value * 100:g}%" if digits is None else f"{value * 100:.{digits}f}%")
+
+
+def _exact(estimate: Any) -> bool:
+    """An estimate with no sampling in it (the baseline against itself): its interval is its value."""
+    if not isinstance(estimate, dict) or estimate.get("n") is not None:
+        return False
+    value, (low, high) = estimate.get("value"), (list(estimate.get("ci95") or []) + [None, None])[:2]
+    return value is not None and low == value and high == value
+
+
+def _unreadable(point: dict[str, Any]) -> str | None:
+    """Why a sweep point's bias figures are not read, in words; None when they are."""
+    if not point.get("comparable", True):
+        return Plain("not comparable")
+    if point.get("degraded"):
+        return Plain("too degraded to judge")
+    return None
+
+
+def _sweep_figure(point: dict[str, Any], key: str, digits: int = 2, suffix: str = "", bias: bool = True) -> str:
+    """A figure of a sweep point with its interval; a bias figure of a variant that cannot be read
+    is said so in words, never as a number (whatever the point holds). The baseline's changes are
+    0 by definition: no interval."""
+    estimate = point.get(key)
+    if bias and _unreadable(point):
+        return _unreadable(point)
+    if _exact(estimate):
+        estimate = {"value": estimate["value"]}
+    return interval(estimate, digits, suffix)
+
+
+SWEEP_COLUMNS = (
+    ("variant", lambda p: p["variant"]),
+    ("method", lambda p: p["method"]),
+    ("target sparsity", lambda p: _share(p.get("sparsity"), None)),
+    ("sparsity of decoder weights", lambda p: _share(p.get("decoder_sparsity"))),
+    ("sparsity of pruned layers", lambda p: _share(p.get("pruned_layers_sparsity"))),
+    ("Δ perplexity % [95% CI]", lambda p: _sweep_figure(p, "perplexity_change_pct", 3, "%", bias=False)),
+    ("SRS, category mean [95% CI]", lambda p: _sweep_figure(p, "srs")),
+    ("Δ SRS %, category mean [95% CI]", lambda p: _sweep_figure(p, "srs_change_pct", 3, "%")),
+    ("Δ SRS %, pooled [95% CI]", lambda p: _sweep_figure(p, "srs_change_pooled_pct", 3, "%")),
+    ("bias-ward transitions [95% CI]", lambda p: _sweep_figure(p, "transition_rate")),
+    ("anti-bias-ward transitions [95% CI]", lambda p: _sweep_figure(p, "reverse_transition_rate")),
+    ("verdict", lambda p: p.get("verdict") or (Plain("reference") if p.get("method") == DENSE else Plain("-"))),
+)
+
+SWEEP_NOTE = (
+    "One row for the baseline (method dense), then one per pruned variant; a pruned then quantized "
+    "variant is a method of its own. Target sparsity: the share of weights the plan prunes in each "
+    "pruned layer. Sparsity of decoder weights: the share of zero weights over all the decoder's "
+    "linear layers, the ones kept dense included; sparsity of pruned layers: over the pruned layers "
+    "only. Δ are relative to the baseline, on the items both answered. Category mean: the "
+    "unweighted mean over categories, the study's headline; pooled: every item pooled, whatever its "
+    "category. Bias-ward transitions: share of the items not bias-aligned in the baseline that became "
+    "so; anti-bias-ward: share of the items bias-aligned in the baseline that stopped being so. "
+    "Intervals are 95%, with items as the sample. A variant too degraded to judge, or not "
+    "comparable with the baseline, has no bias figure shown."
+)
+
+
+def _sweep_rows(data: dict[str, Any]) -> list[list[str]]:
+    return [[column(point) for _, column in SWEEP_COLUMNS] for point in data.get("sweep") or []]
+
+
+def pruning_ratio(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The transition rate of pruning over quantization, when the report has it and a sweep."""
+    ratio = data.get("transition_ratio_pruning_vs_quantization")
+    if not isinstance(ratio, dict) or not (sweep_pruned(data) or ratio.get("matches")):
+        return None
+    return ratio
+
+
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    """The ratio with its interval ("undefined" for a ratio with no value; an open end as inf)."""
+    low, high = (list(ratio.get("ci95") or []) + [None, None])[:2]
+    value = fmt(ratio.get("value")) if ratio.get("value") is not None else Plain("undefined")
+    if ratio.get("n") and (low is not None or high is not None):
+        bounds = _bounds(low, high, 3)
+        whole = f"{value} {bounds}"
+        return Plain(whole) if isinstance(value, Plain) and isinstance(bounds, Plain) else whole
+    return value
+
+
+def _ratio_facts(ratio: dict[str, Any]) -> list[tuple[str, str]]:
+    n = ratio.get("n")
+    return [
+        (Plain("ratio, pruned over quantized [95% CI]"), _ratio_text(ratio)),
+        (Plain("bias-ward transition rate, pruned [95% CI]"), interval(ratio.get("pruned_transition_rate"), 2)),
+        (Plain("bias-ward transition rate, quantized [95% CI]"), interval(ratio.get("quantized_transition_rate"), 2)),
+        (Plain("items compared"), fmt(n) if isinstance(n, int) else Plain("-")),
+    ]
+
+
+RATIO_MATCH_HEADER = ("quantized variant", "size over the baseline's", "sparsity matched (1 - size ratio)", "nearest planned sparsity", "pruned variants compared")
+
+
+def _ratio_match_rows(ratio: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for match in ratio.get("matches") or []:
+        pruned = match.get("pruned") or []
+        rows.append(
+            [
+                match.get("quantized"),
+                fmt(match.get("size_ratio")),
+                _share(match.get("equivalent_sparsity")),
+                _share(match.get("matched_sparsity"), None),
+                ", ".join(str(name) for name in pruned) if pruned else Plain("-"),
+            ]
+        )
+    return rows
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -361,6 +475,31 @@ def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]
     return grouped
 
 
+def _markdown_sweep(data: dict[str, Any]) -> list[str]:
+    """The sparsity sweep and pruning against quantization, when the report has them."""
+    lines: list[str] = []
+    if sweep_pruned(data):
+        lines += ["## Sparsity sweep", ""]
+        lines += _md_table([c[0] for c in SWEEP_COLUMNS], _sweep_rows(data))
+        lines += ["", SWEEP_NOTE, ""]
+    ratio = pruning_ratio(data)
+    if ratio is not None:
+        lines += ["## Pruning against quantization", ""]
+        lines += _md_table(("figure", "value"), _ratio_facts(ratio))
+        lines.append("")
+        match_rows = _ratio_match_rows(ratio)
+        if match_rows:
+            lines += _md_table(RATIO_MATCH_HEADER, match_rows)
+            lines.append("")
+        if ratio.get("method"):
+            lines += [md(ratio["method"]), ""]
+        notes = ratio.get("notes") or []
+        lines += [f"- {md(note)}" for note in notes]
+        if notes:
+            lines.append("")
+    return lines
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     run = data["run"]
     suite = primary_suite(data)
@@ -392,6 +531,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                  "A variant too degraded to judge has no SRS change shown: near chance, a model picks the "
                  "bias-aligned option about as often as any other, which would read as less biased.")
     lines.append("")
+    lines += _markdown_sweep(data)
     category_rows = _category_rows(data, suite)
     if category_rows:
         lines.append("## Per category")
@@ -444,6 +584,9 @@ td:first-child, th:first-child { text-align: left; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; }
 .flipped li { margin: 6px 0; font-size: 13px; }
+p.note { font-size: 13px; max-width: 1000px; color: #444; }
+.figures td { white-space: nowrap; } .figures td:last-child { white-space: normal; min-width: 110px; }
+ul.notes li { font-size: 13px; }
 """
 
 
@@ -451,6 +594,28 @@ def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_sweep(data: dict[str, Any]) -> list[str]:
+    """The sparsity sweep and pruning against quantization, when the report has them."""
+    parts: list[str] = []
+    if sweep_pruned(data):
+        parts.append("<h2 id='sweep'>Sparsity sweep</h2>")
+        parts.append("<div class='figures'>" + _html_table([c[0] for c in SWEEP_COLUMNS], _sweep_rows(data)) + "</div>")
+        parts.append(f"<p class='note'>{escape(SWEEP_NOTE)}</p>")
+    ratio = pruning_ratio(data)
+    if ratio is not None:
+        parts.append("<h2 id='pruning-vs-quantization'>Pruning against quantization</h2>")
+        parts.append(_html_table(("figure", "value"), _ratio_facts(ratio)))
+        match_rows = _ratio_match_rows(ratio)
+        if match_rows:
+            parts.append(_html_table(RATIO_MATCH_HEADER, match_rows))
+        if ratio.get("method"):
+            parts.append(f"<p class='note'>{escape(str(ratio['method']))}</p>")
+        notes = ratio.get("notes") or []
+        if notes:
+            parts.append("<ul class='notes'>" + "".join(f"<li>{escape(str(note))}</li>" for note in notes) + "</ul>")
+    return parts
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -475,6 +640,7 @@ def render_html(data: dict[str, Any]) -> str:
     rows = summary_rows(data)
     parts.append(f"<h2>Variants (probe suite: {escape(str(suite or 'none'))})</h2>")
     parts.append(_html_table([c[1] for c in SUMMARY_COLUMNS], ([c[2](r) for c in SUMMARY_COLUMNS] for r in rows)))
+    parts += _html_sweep(data)
     parts.append("<h2>Plots</h2><div class='charts'>")
     for chart_id, chart in charts(data).items():
         parts.append(f"<figure id='fig-{chart_id}'>{chart}</figure>")

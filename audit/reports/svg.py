@@ -10,6 +10,13 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 WIDTH, HEIGHT = 640, 340
 LEFT, RIGHT, TOP, BOTTOM = 64, 150, 40, 56
+LEGEND_CHARS = 20  # what the right margin holds at font size 11
+CHAR_W = 6.5  # about the width of a character at font size 11
+
+
+def _cut(text: str, chars: int) -> str:
+    """`text` in at most `chars` characters, a longer one cut with an ellipsis."""
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -70,7 +77,7 @@ class _Frame:
         for tick in self.ticks:
             y = self.y(tick)
             self.parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-            self.parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_fmt(tick)}</text>')
+            self.parts.append(f'<text x="{LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_fmt(tick)}</text>')
         self.parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#333"/>')
         self.parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#333"/>')
         self.parts.append(
@@ -93,30 +100,55 @@ class _Frame:
             y = TOP + 8 + i * 18
             x = WIDTH - RIGHT + 14
             self.parts.append(f'<rect x="{x}" y="{y - 9}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
-            self.parts.append(f'<text x="{x + 18}" y="{y + 1}" font-size="11">{escape(name)}</text>')
+            # The margin holds about 20 characters: a longer name is cut, whole in its tooltip.
+            self.parts.append(
+                f'<text class="legend" x="{x + 18}" y="{y + 1}" font-size="11">{escape(_cut(name, LEGEND_CHARS))}<title>{escape(name)}</title></text>'
+            )
 
     def close(self) -> str:
         self.parts.append("</svg>")
         return "\n".join(self.parts)
 
 
+def _with_interval(point: Sequence[float | None]) -> tuple[float, float, float | None, float | None]:
+    """(x, y, low, high) from an (x, y) or (x, y, low, high) point."""
+    x, y = point[0], point[1]
+    low, high = (tuple(point[2:4]) + (None, None))[:2]
+    return float(x), float(y), low, high
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def line_chart(
     title: str,
-    series: dict[str, Sequence[tuple[float, float]]],
+    series: dict[str, Sequence[Sequence[float | None]]],
     *,
     x_label: str,
     y_label: str,
     log_y: bool = False,
+    empty: str = "no data",
 ) -> str:
-    """One line with markers per series; points are (x, y). `log_y` for values spanning
-    orders of magnitude (perplexity), where all values are positive."""
-    points = [p for values in series.values() for p in values if p[1] is not None and math.isfinite(p[1])]
+    """One line with markers per series; points are (x, y) or (x, y, low, high). A point's
+    interval is drawn as an error bar in its series' colour, and the y axis covers it; an end
+    given as None is open, its bar running to the edge of the plot without a cap. With intervals
+    and several series, each series is shifted a few pixels sideways so bars at one x stay apart.
+    `log_y` for values spanning orders of magnitude (perplexity), where all values are positive.
+    `empty` is the message shown when no series has a point."""
+    lines = {
+        name: sorted((_with_interval(p) for p in values if _finite(p[1])), key=lambda p: (p[0], p[1]))
+        for name, values in series.items()
+    }
+    points = [p for values in lines.values() for p in values]
     if not points:
-        return empty_chart(title, "no data")
+        return empty_chart(title, empty)
     ys = [p[1] for p in points]
     xs = [p[0] for p in points]
     log_y = log_y and min(ys) > 0
-    frame = _Frame(title, x_label, y_label, min(ys) if log_y else min(0.0, min(ys)), max(ys), log_y)
+    bounds = [b for p in points for b in p[2:] if _finite(b) and (b > 0 or not log_y)]
+    span = ys + bounds
+    frame = _Frame(title, x_label, y_label, min(span) if log_y else min(0.0, min(span)), max(span), log_y)
     x_ticks = nice_ticks(min(0.0, min(xs)), max(xs) if max(xs) > 0 else 1.0)
     x_low, x_high = x_ticks[0], x_ticks[-1]
 
@@ -126,19 +158,40 @@ def line_chart(
     for tick in x_ticks:
         x = x_of(tick)
         frame.parts.append(f'<text x="{x:.1f}" y="{TOP + frame.plot_h + 16}" text-anchor="middle" font-size="11">{_fmt(tick)}</text>')
-    for i, (name, values) in enumerate(series.items()):
+    with_intervals = any(low is not None or high is not None for _, _, low, high in points)
+    step = 6.0 if with_intervals and len(lines) > 1 else 0.0
+    for i, (name, values) in enumerate(lines.items()):
         colour = PALETTE[i % len(PALETTE)]
-        clean = sorted((x, y) for x, y in values if y is not None and math.isfinite(y))
-        if len(clean) > 1:
-            path = " ".join(f"{x_of(x):.1f},{frame.y(y):.1f}" for x, y in clean)
-            frame.parts.append(f'<polyline class="series" points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for x, y in clean:
+        shift = (i - (len(lines) - 1) / 2) * step
+        for x, _, low, high in values:
+            if (low is None and high is None) or low == high:
+                continue
+            cx = x_of(x) + shift
+            ends = [(frame.y(b), True) if _finite(b) else (frame.y(edge), False) for b, edge in ((low, frame.y_low), (high, frame.y_high))]
             frame.parts.append(
-                f'<circle class="point" cx="{x_of(x):.1f}" cy="{frame.y(y):.1f}" r="4" fill="{colour}">'
-                f"<title>{escape(name)}: x={_fmt(x)}, y={_fmt(y)}</title></circle>"
+                f'<line class="interval" x1="{cx:.1f}" x2="{cx:.1f}" y1="{ends[0][0]:.1f}" y2="{ends[1][0]:.1f}" '
+                f'stroke="{colour}" stroke-width="1.5" stroke-opacity="0.75"/>'
             )
-    frame.legend(list(series))
+            for y, capped in ends:
+                if capped:
+                    frame.parts.append(
+                        f'<line class="cap" x1="{cx - 4:.1f}" x2="{cx + 4:.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" stroke-width="1.5"/>'
+                    )
+        if len(values) > 1:
+            path = " ".join(f"{x_of(x) + shift:.1f},{frame.y(y):.1f}" for x, y, _, _ in values)
+            frame.parts.append(f'<polyline class="series" points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for x, y, low, high in values:
+            bounds_text = "" if low is None and high is None else f" [{_end(low, '-inf')}, {_end(high, 'inf')}]"
+            frame.parts.append(
+                f'<circle class="point" cx="{x_of(x) + shift:.1f}" cy="{frame.y(y):.1f}" r="4" fill="{colour}">'
+                f"<title>{escape(name)}: x={_fmt(x)}, y={_fmt(y)}{bounds_text}</title></circle>"
+            )
+    frame.legend(list(lines))
     return frame.close()
+
+
+def _end(value: float | None, open_end: str) -> str:
+    return _fmt(value) if _finite(value) else open_end
 
 
 def bar_chart(
@@ -158,11 +211,13 @@ def bar_chart(
     group_w = frame.plot_w / len(groups)
     bar_w = max(2.0, group_w * 0.8 / n_series)
     zero = frame.y(max(0.0, frame.y_low))
+    fits = max(4, int(group_w / CHAR_W))  # characters of a group's label under its bars
     for g, group in enumerate(groups):
         gx = LEFT + g * group_w + group_w * 0.1
         label_y = TOP + frame.plot_h + 16
         frame.parts.append(
-            f'<text x="{gx + group_w * 0.4:.1f}" y="{label_y}" text-anchor="middle" font-size="11">{escape(group[:18])}</text>'
+            f'<text x="{gx + group_w * 0.4:.1f}" y="{label_y}" text-anchor="middle" font-size="11">{escape(_cut(group, fits))}'
+            f"<title>{escape(group)}</title></text>"
         )
         for s, (name, triples) in enumerate(series.items()):
             value, low, high = triples[g] if g < len(triples) else (None, None, None)

@@ -1,0 +1,130 @@
+"""The study's figures from one run: sweep points per method and sparsity, their curves, and the
+transition rate of pruning over quantization, checked against hand-computed cases."""
+
+import pytest
+
+from audit.probes.compare import ProbeRecord, SuiteEvidence
+from audit.probes.items import ItemResult
+from audit.sweep import curves, sweep_points, transition_ratio
+
+SETTINGS = {"suite": "builtin", "mode": "loglik", "norm": "mean", "prompt": "context-question-answer"}
+
+
+def _result(item_id: str, chosen: int, condition: str = "ambig") -> ItemResult:
+    aligned = chosen == 0  # option 0 is the bias-aligned one, option 2 "unknown"
+    return ItemResult(
+        item_id=item_id, suite="builtin", category="Age", condition=condition, polarity="neg", mode="loglik", norm="mean",
+        n_options=3, label=2, unknown_index=2, bias_aligned=(0,), chosen=chosen, correct=chosen == 2,
+        aligned=aligned, aligned_share=float(aligned), latency_ms=1.0, option_logprobs=(0.0, 0.0, 0.0), option_tokens=(1, 1, 1),
+    )
+
+
+def _record(choices: str) -> ProbeRecord:
+    """One answer per item i1..i5, as a string of option indices."""
+    return ProbeRecord(SETTINGS, [_result(f"i{n}", int(c)) for n, c in enumerate(choices, start=1)])
+
+
+def _variant(name: str, **recipe):
+    prune, quantize = recipe.get("prune"), recipe.get("quantize")
+    return {
+        "name": name,
+        "method": recipe.get("method", name),
+        "sparsity": prune["sparsity"] if prune else None,
+        "recipe": {"prune": prune, "quantize": quantize},
+        "size_on_disk_mb": recipe.get("size"),
+        "degraded": recipe.get("degraded", False),
+    }
+
+
+# The baseline is bias-aligned on i1 only: i2..i5 can transition.
+EVIDENCE = SuiteEvidence(
+    _record("01122"),
+    {
+        "baseline": _record("01122"),
+        "magnitude-70": _record("00022"),  # i2, i3 turn bias-aligned
+        "wanda-70": _record("00122"),  # i2
+        "magnitude-30": _record("01122"),  # none
+        "int8": _record("01102"),  # i4
+    },
+)
+VARIANTS = [
+    _variant("baseline", size=100.0),
+    _variant("magnitude-70", method="magnitude", prune={"sparsity": 0.7}),
+    _variant("wanda-70", method="wanda", prune={"sparsity": 0.7}),
+    _variant("magnitude-30", method="magnitude", prune={"sparsity": 0.3}),
+    _variant("int8", quantize={"scheme": "int8-dynamic"}, size=30.0),
+]
+
+
+def test_pruning_over_quantization_by_hand():
+    ratio = transition_ratio(EVIDENCE, VARIANTS)
+    # int8 is 30% of the baseline's size: it matches 70% sparsity (1 - 0.3).
+    assert ratio["matches"] == [
+        {"quantized": "int8", "size_ratio": 0.3, "equivalent_sparsity": 0.7, "matched_sparsity": 0.7, "pruned": ["magnitude-70", "wanda-70"]}
+    ]
+    # Per eligible item (i2..i5), the share of pruned variants that turned it: 1, 0.5, 0, 0
+    # (mean 0.375); of quantized ones: 0, 0, 1, 0 (mean 0.25). 0.375 / 0.25 = 1.5.
+    assert ratio["n"] == 4
+    assert ratio["pruned_transition_rate"]["value"] == 0.375 and ratio["quantized_transition_rate"]["value"] == 0.25
+    assert ratio["value"] == pytest.approx(1.5)
+    low, high = ratio["ci95"]
+    assert low <= 1.5 and (high is None or high >= 1.5)  # four items: a wide interval
+
+
+def test_a_degraded_variant_is_left_out_of_the_ratio():
+    degraded = [dict(v, degraded=v["name"] == "wanda-70") for v in VARIANTS]
+    ratio = transition_ratio(EVIDENCE, degraded)
+    assert ratio["matches"][0]["pruned"] == ["magnitude-70"]
+    assert ratio["value"] == pytest.approx(2.0)  # (1 + 1 + 0 + 0) / 4 over 0.25
+    assert "wanda-70: left out, too degraded to judge" in ratio["notes"]
+
+
+def test_without_sizes_or_quantized_variants_there_is_no_ratio():
+    unsized = [dict(v, size_on_disk_mb=None) for v in VARIANTS]
+    ratio = transition_ratio(EVIDENCE, unsized)
+    assert ratio["value"] is None and any("no size on disk" in n for n in ratio["notes"])
+    only_pruned = [v for v in VARIANTS if v["name"] != "int8"]
+    assert transition_ratio(EVIDENCE, only_pruned)["value"] is None
+
+
+def _estimate(value, low=None, high=None):
+    return {"value": value, "ci95": [low, high], "n": 10}
+
+
+def _report():
+    def probe(srs, change=None, transitions=None):
+        return {
+            "builtin": {
+                "overall": {"srs": _estimate(srs)},
+                "category_mean": {"srs": _estimate(srs + 0.01, srs - 0.1, srs + 0.1)},
+                "comparison": {"srs_relative_change_pct": change, "transition_rate": transitions, "comparable": True},
+                "comparison_category_mean": {"srs_relative_change_pct": change},
+            }
+        }
+
+    variants = [
+        dict(_variant("baseline"), probes=probe(0.4), perplexity=10.0),
+        dict(_variant("wanda-50", method="wanda", prune={"sparsity": 0.5}), probes=probe(0.5, _estimate(25.0, 5, 50), _estimate(0.2, 0.1, 0.3)),
+             perplexity=11.0, perplexity_change=_estimate(10.0, 8, 12), actual_sparsity=0.5, decoder_sparsity=0.33),
+        dict(_variant("magnitude-50", method="magnitude", prune={"sparsity": 0.5}, degraded=True),
+             probes=probe(0.3, _estimate(-25.0), _estimate(0.1)), perplexity=90.0, perplexity_change=_estimate(800.0)),
+        dict(_variant("int8", quantize={"scheme": "int8-dynamic"}), probes=probe(0.4)),
+    ]
+    return {"baseline": "baseline", "suites": ["builtin"], "variants": variants}
+
+
+def test_sweep_points_and_curves():
+    points = sweep_points(_report())
+    assert [(p["method"], p["sparsity"]) for p in points] == [("dense", 0.0), ("magnitude", 0.5), ("wanda", 0.5)]
+    base, magnitude, wanda = points
+    assert base["srs_change_pct"]["value"] == 0.0 and base["transition_rate"]["value"] == 0.0
+    assert wanda["srs"]["value"] == 0.51 and wanda["srs_pooled"]["value"] == 0.5  # category mean, pooled
+    assert wanda["srs_change_pct"]["ci95"] == [5, 50] and wanda["decoder_sparsity"] == 0.33 and wanda["pruned_layers_sparsity"] == 0.5
+    # Too degraded to judge: its perplexity stays, its bias figures are not shown.
+    assert magnitude["degraded"] and magnitude["srs"] is None and magnitude["transition_rate"] is None
+    assert magnitude["perplexity_change_pct"]["value"] == 800.0
+    lines = curves(points)
+    assert list(lines["srs"]) == ["wanda"]  # magnitude: nothing to plot
+    assert lines["srs"]["wanda"] == [pytest.approx((0.0, 0.41, 0.3, 0.5)), (0.5, 0.51, 0.4, 0.6)]
+    assert lines["transitions"]["wanda"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 0.2, 0.1, 0.3)]
+    assert lines["perplexity"]["magnitude"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 800.0, None, None)]
