@@ -1,5 +1,5 @@
-"""Compare: the baseline and variants side by side as stored, the gate's verdict, and sparsity
-against stereotype reliance and perplexity per pruning method."""
+"""Compare: the baseline and variants side by side as stored, the gate's verdict, and the sweep's
+curves against sparsity per pruning method: SRS, bias-ward transitions and perplexity change."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
 from textual.widgets import DataTable, Static
 
 from audit.progress import Progress
 from audit.reports.render import summary_rows
+from audit.sweep import sweep_points
 from tui.screens.base import ModeScreen
-from tui.widgets.charts import SparsityChart
+from tui.widgets.charts import SweepCharts
 from tui.widgets.comparison import ComparisonTable
 from tui.widgets.gate_banner import GateBanner
 
@@ -32,6 +32,15 @@ def with_suite(report: dict[str, Any], suite: str | None) -> dict[str, Any]:
         suites.remove(suite)
         suites.insert(0, suite)
     return {**report, "suites": suites}
+
+
+def shown_sweep(report: dict[str, Any], shown: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep points of `shown` (the report with the suite on screen first): the report's own
+    when it has them for that suite, computed when it has none (a session still running)."""
+    stored = report.get("sweep")
+    if stored is not None and (report.get("suites") or [])[:1] == (shown.get("suites") or [])[:1]:
+        return stored
+    return sweep_points(shown)
 
 
 def export_report(report: dict[str, Any], cancel: Any) -> Any:
@@ -51,6 +60,7 @@ class CompareScreen(ModeScreen):
         Binding("s", "next_suite", "Next suite", show=False),
         Binding("e", "export", "Export report"),
         Binding("b", "session", "Session run", show=False),
+        Binding("c", "next_chart", "Next chart"),
     ]
 
     _suite: str | None = None
@@ -59,9 +69,7 @@ class CompareScreen(ModeScreen):
         yield GateBanner(id="gate")
         yield Static("", id="compare-caption")
         yield ComparisonTable(id="comparison")
-        with Horizontal(id="charts"):
-            yield SparsityChart("SRS vs sparsity", "srs", id="chart-srs")
-            yield SparsityChart("perplexity vs sparsity", "perplexity", id="chart-ppl")
+        yield SweepCharts(id="charts")
 
     def on_mount(self) -> None:
         self.watch(self.app, "compared", self._show)
@@ -74,7 +82,8 @@ class CompareScreen(ModeScreen):
         caption = self.query_one("#compare-caption", Static)
         table = self.query_one("#comparison", ComparisonTable)
         gate = self.query_one("#gate", GateBanner)
-        gate.display = table.display = self.query_one("#charts").display = report is not None
+        gate.display = table.display = self.query_one(SweepCharts).display = report is not None
+        self.refresh_bindings()
         if report is None:
             caption.update(EMPTY)
             return
@@ -85,8 +94,7 @@ class CompareScreen(ModeScreen):
         shown = with_suite(report, self._suite)
         rows = summary_rows(shown)
         table.show(rows, shown.get("baseline", "baseline"))
-        for chart in self.query(SparsityChart):
-            chart.show(rows)
+        self.query_one(SweepCharts).show(shown_sweep(report, shown))
         run = report["run"]
         source = "session" if self.app.compared_run is None else "history; b: session"
         paired = next(
@@ -107,6 +115,17 @@ class CompareScreen(ModeScreen):
     @on(DataTable.ColumnSelected, "#comparison")
     def _column_selected(self) -> None:
         self.action_drill()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_chart":
+            charts = self.query(SweepCharts)
+            return bool(charts) and charts.first().display and not charts.first().all_shown
+        return True
+
+    def action_next_chart(self) -> None:
+        charts = self.query_one(SweepCharts)
+        if charts.display and not charts.all_shown:
+            charts.cycle()
 
     def action_drill(self) -> None:
         from tui.screens.variant import VariantScreen

@@ -1,51 +1,254 @@
-"""Sparsity against a measured figure, one line per pruning method, the baseline at sparsity 0."""
+"""The sweep's curves against sparsity: SRS (mean over categories), the bias-ward transition rate
+and the perplexity change, one line per pruning method from the baseline at sparsity 0, each
+measured point with its 95% interval as a thin vertical bar."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual.events import Resize
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from audit.metrics import METRICS
-from tui.widgets.numbers import value_of
+from audit.sweep import CURVES, DENSE, curves
+
+RGB = tuple[int, int, int]
+Point = tuple[float, float, float | None, float | None]
+
+# One colour per method, the same in every chart (and in its key); the baseline's interval grey.
+PALETTE: tuple[RGB, ...] = ((86, 156, 255), (255, 159, 67), (214, 110, 255), (72, 201, 130), (255, 99, 132), (0, 200, 200))
+BASELINE_COLOUR: RGB = (150, 150, 150)
+# Bars of methods measured at the same sparsity sit side by side, this many character columns apart.
+BAR_STEP = 1.5
+NOT_MEASURED = "no pruned variant measured yet"
+NOTHING_TO_PLOT = "no pruned variant to plot"
+# Room the three charts need side by side (cells of the chart area); below it, one at a time.
+ALL_WIDTH, ALL_HEIGHT = 105, 14
 
 
-def _point(row: dict[str, Any], key: str) -> float | None:
-    # A variant too degraded to judge has bias figures that cannot be read: no point to plot.
-    if row.get("degraded") and key in METRICS and METRICS.meta(key)["bias"]:
-        return None
-    value = value_of(row.get(key))
-    return None if value is None else float(value)
+def _hex(rgb: RGB) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def method_series(rows: list[dict[str, Any]], key: str, baseline: str = "baseline") -> dict[str, list[tuple[float, float]]]:
-    """Per method, (sparsity, value) points of `rows` (`summary_rows` of a report), sorted."""
-    base = next((r for r in rows if r["variant"] == baseline), None)
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        value = None if row is base or row.get("sparsity") is None else _point(row, key)
-        if value is not None:
-            series.setdefault(row.get("method") or row["variant"], []).append((float(row["sparsity"]), value))
-    start = None if base is None else _point(base, key)
-    if start is not None:
-        for points in series.values():
-            points.append((0.0, start))
-    return {method: sorted(points) for method, points in series.items()}
+def method_colours(points: Sequence[dict[str, Any]]) -> dict[str, RGB]:
+    """The colour of each pruning method of the sweep, in the order of its points."""
+    methods = list(dict.fromkeys(str(p["method"]) for p in points if p["method"] != DENSE))
+    return {method: PALETTE[i % len(PALETTE)] for i, method in enumerate(methods)}
 
 
-class SparsityChart(PlotextPlot):
-    def __init__(self, title: str, key: str, **kwargs: Any) -> None:
+def left_out(points: Sequence[dict[str, Any]], curve: str) -> dict[str, list[str]]:
+    """Per method, the pruned points the curve cannot show and why: "0.5 too degraded"."""
+    figure = CURVES[curve][2]
+    out: dict[str, list[str]] = {}
+    for point in points:
+        if point["method"] == DENSE or point.get(figure) is not None:
+            continue
+        if point.get("degraded"):
+            why = "too degraded"
+        elif not point.get("comparable", True):
+            why = "not comparable"
+        else:
+            why = "not measured yet"
+        where = "?" if point.get("sparsity") is None else f"{float(point['sparsity']):g}"
+        out.setdefault(str(point["method"]), []).append(f"{where} {why}")
+    return out
+
+
+def heading(curve: str) -> str:
+    """What a chart plots: its title, in percent when its y label is, against sparsity."""
+    title, y_label, _ = CURVES[curve]
+    unit = " (%)" if y_label.endswith("%") and "%" not in title else ""
+    return f"{title}{unit} vs sparsity"
+
+
+def is_measured(lines: dict[str, list[Point]]) -> bool:
+    """Whether a line has a point beyond the baseline."""
+    return any(p[0] > 0 for line in lines.values() for p in line)
+
+
+class SweepPlot(PlotextPlot):
+    """The plot of one curve. `segments` keeps what was drawn, (kind, method, xs, ys) with kind
+    "line" or "interval", as given to plotext; `column` is the x range of one character column."""
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.chart_title = title
-        self.key = key
+        self.segments: list[tuple[str, str, list[float], list[float]]] = []
+        self.column = 0.0
+        self._data: tuple[dict[str, list[Point]], dict[str, RGB], list[float]] = ({}, {}, [])
+        self._built_for: int | None = None
 
-    def show(self, rows: list[dict[str, Any]]) -> None:
+    def draw(self, lines: dict[str, list[Point]], colours: dict[str, RGB], sparsities: Sequence[float]) -> None:
+        self._data = (lines, colours, list(sparsities))
+        self._build(self.size.width or 60)
+        self.refresh()
+
+    def render(self) -> Any:
+        # Bars side by side must fall in different character columns: rebuilt for each width.
+        if self.size.width and self.size.width != self._built_for:
+            self._build(self.size.width)
+        return super().render()
+
+    def _segment(self, kind: str, method: str, xs: list[float], ys: list[float], colour: RGB) -> None:
+        self.segments.append((kind, method, xs, ys))
+        self.plt.plot(xs, ys, marker="braille", color=colour)
+
+    def _build(self, width: int) -> None:
+        lines, colours, sparsities = self._data
+        self._built_for = width
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        series = method_series(rows, self.key)
-        plt.title(self.chart_title if series else f"{self.chart_title}: no pruned variant measured yet")
-        for method, points in series.items():
-            plt.plot([p[0] for p in points], [p[1] for p in points], label=method, marker="braille")
-        plt.xlabel("sparsity")
-        self.refresh()
+        self.segments = []
+        span = max(sparsities, default=0.0) or 1.0
+        # The x range takes the bars' offsets and a column each side; solved for the range whose
+        # columns the offsets are measured in (the plot is the width less its y ticks and frame).
+        canvas = max(width - 8, 12)
+        half = (len(lines) - 1) / 2 * BAR_STEP + 1
+        total = span / (1 - 2 * half / canvas) if canvas > 4 * half else 1.5 * span
+        self.column = total / canvas
+        shift = {method: (i - (len(lines) - 1) / 2) * BAR_STEP * self.column for i, method in enumerate(lines)}
+        for method, line in lines.items():
+            self._segment("line", method, [p[0] for p in line], [p[1] for p in line], colours.get(method, PALETTE[0]))
+        baseline_drawn = False
+        for method, line in lines.items():
+            for x, value, low, high in line:
+                bottom = value if low is None else float(low)
+                top = value if high is None else float(high)
+                if top <= bottom:
+                    continue
+                if x == 0:
+                    # Every method starts from the same baseline: its interval once, in grey.
+                    if not baseline_drawn:
+                        self._segment("interval", DENSE, [0.0, 0.0], [bottom, top], BASELINE_COLOUR)
+                        baseline_drawn = True
+                    continue
+                at = x + shift[method]
+                self._segment("interval", method, [at, at], [bottom, top], colours.get(method, PALETTE[0]))
+        ticks = sorted(set(sparsities) | {0.0})
+        plt.xticks(ticks, [f"{s:g}" for s in ticks])
+        pad = (total - span) / 2
+        plt.xlim(-pad, span + pad)
+
+
+class SweepChart(Container):
+    """One curve: its key (what is plotted, the methods in their colours, the points left out)
+    beside or above its plot."""
+
+    def __init__(self, curve: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.curve = curve
+        self.position = ""
+        self.lines: dict[str, list[Point]] = {}
+        self._key = Text()
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="chart-key")
+        yield SweepPlot(classes="chart-plot")
+
+    @property
+    def plot(self) -> SweepPlot:
+        return self.query_one(SweepPlot)
+
+    @property
+    def key(self) -> Text:
+        return self._key
+
+    def show(self, points: Sequence[dict[str, Any]], lines: dict[str, list[Point]]) -> None:
+        """Plot `lines` (`audit.sweep.curves` of `points`, this chart's curve)."""
+        self.lines = lines
+        colours = method_colours(points)
+        notes = left_out(points, self.curve)
+        measured = is_measured(lines)
+        self.set_class(not measured, "-empty")
+        self.plot.display = measured
+        if measured:
+            sparsities = [float(p["sparsity"]) for p in points if p.get("sparsity") is not None]
+            self.plot.draw(lines, colours, sparsities)
+        else:
+            self.plot.draw({}, colours, [])
+        self._key = self._key_text(colours, notes, measured)
+        self._show_key()
+
+    def set_position(self, position: str) -> None:
+        """"1 of 3" when the charts are shown one at a time, "" when all are."""
+        self.position = position
+        self._show_key()
+
+    def _show_key(self) -> None:
+        key = self._key.copy()
+        if self.position:
+            heading_end = len(heading(self.curve))
+            key = key[:heading_end] + Text(f" · {self.position}", style="dim") + key[heading_end:]
+        self.query_one(".chart-key", Static).update(key)
+
+    def _key_text(self, colours: dict[str, RGB], notes: dict[str, list[str]], measured: bool) -> Text:
+        text = Text(heading(self.curve), style="bold")
+        if not measured:
+            why = NOT_MEASURED if all(n.endswith("not measured yet") for ns in notes.values() for n in ns) else NOTHING_TO_PLOT
+            text.append(f"\n{why}", style="italic")
+        for method, colour in colours.items():
+            if not measured and method not in notes:
+                continue
+            text.append("\n")
+            text.append("━━ ", style=_hex(colour))
+            text.append(method)
+            if notes.get(method):
+                text.append(": " + ", ".join(notes[method]), style="dim")
+        if measured:
+            text.append("\n")
+            text.append("│", style=_hex(BASELINE_COLOUR))
+            text.append(" 95% interval", style="dim")
+        return text
+
+
+class SweepCharts(Container):
+    """The three curves: side by side when the area has room for them, else one at a time
+    (`cycle` shows the next)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.current = 0
+        self.all_shown = False
+
+    def compose(self) -> ComposeResult:
+        for curve in CURVES:
+            yield SweepChart(curve, id=f"chart-{curve}")
+
+    @property
+    def charts(self) -> list[SweepChart]:
+        return list(self.query(SweepChart))
+
+    def show(self, points: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[Point]]]:
+        """Plot the sweep's `points` (`audit.sweep.sweep_points`); returns their curves."""
+        lines = curves(points)
+        for chart in self.charts:
+            chart.show(points, lines.get(chart.curve, {}))
+        return lines
+
+    def cycle(self) -> None:
+        self.current = (self.current + 1) % len(CURVES)
+        self._arrange()
+
+    def shown(self) -> list[str]:
+        """The curves on screen."""
+        return [chart.curve for chart in self.charts if chart.display]
+
+    def on_resize(self, event: Resize) -> None:
+        all_shown = event.size.width >= ALL_WIDTH and event.size.height >= ALL_HEIGHT
+        if all_shown != self.all_shown:
+            self.all_shown = all_shown
+            self.screen.refresh_bindings()
+        self._arrange()
+
+    def on_mount(self) -> None:
+        self._arrange()
+
+    def _arrange(self) -> None:
+        self.set_class(self.all_shown, "-all")
+        count = len(CURVES)
+        for index, chart in enumerate(self.charts):
+            chart.display = self.all_shown or index == self.current
+            chart.set_position("" if self.all_shown else f"{index + 1} of {count}")
