@@ -28,7 +28,8 @@ the screen keys `1`…`6`, `q` and `?` type into a text field while you are in o
    answers not shown better than chance, or its accuracy fallen or its unparsed answers grown
    past the gate's limits) has its bias figures shown, but not read.
    `←` `→` choose a variant, `d` shows its categories and the items that flipped to the
-   bias-aligned answer.
+   bias-aligned answer. Below, SRS, transitions and perplexity against sparsity, one line per
+   method with each point's 95% interval (`c` shows the next chart where only one fits).
 5. **History** (`5`): every run in the results store; open one, continue it (`c`), export its
    report, run a plan. Below the runs, the field checks done on this device.
 6. **Check** (`6`), in the field: give the deployed model folder, the audit record (REC.json)
@@ -56,6 +57,7 @@ KEYS = """\
 | Compare | `d` or `enter` | the chosen variant's categories and flipped items |
 | | `e` | export the report (Markdown, HTML, JSON) |
 | | `s` / `b` | next probe suite / back to this session's run |
+| | `c` | next chart (at 80x24, one chart shows at a time) |
 | Variant | `c` / `f` / `esc` | categories / flipped items / back |
 | History | `enter` or `o` | open the run as a comparison |
 | | `c` | continue the run: its model loaded, new steps added to it |
