@@ -89,7 +89,7 @@ def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
 
     first = run(0.3, "w30", shared)
     assert first["recipe"]["statistics"] == "dense" and first["recipe"]["statistics_shared"] is False
-    assert len(list(shared.glob("*.pt"))) == 1
+    assert len(list(shared.glob("*.safetensors"))) == 1
     second = run(0.7, "w70", shared)
     assert second["recipe"]["statistics_shared"] is True
     alone = run(0.7, "w70-alone", None)
@@ -101,5 +101,5 @@ def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
     assert shared_weights.keys() == alone_weights.keys()
     assert all(torch.equal(shared_weights[k], alone_weights[k]) for k in shared_weights)
     # Unreadable norms are gathered again, not trusted.
-    next(shared.glob("*.pt")).write_bytes(b"not a tensor file")
+    next(shared.glob("*.safetensors")).write_bytes(b"not a tensor file")
     assert run(0.5, "w50", shared)["recipe"]["statistics_shared"] is False

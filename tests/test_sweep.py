@@ -128,3 +128,82 @@ def test_sweep_points_and_curves():
     assert lines["srs"]["wanda"] == [pytest.approx((0.0, 0.41, 0.3, 0.5)), (0.5, 0.51, 0.4, 0.6)]
     assert lines["transitions"]["wanda"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 0.2, 0.1, 0.3)]
     assert lines["perplexity"]["magnitude"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 800.0, None, None)]
+
+
+SMALL_SWEEP = """\
+name = "small-sweep"
+model = "{model}"
+
+[grid]
+methods = ["magnitude", "wanda"]
+sparsities = [0.3, 0.7]
+exclude = {{ wanda = ["*.o_proj", "*.down_proj"] }}
+
+[[variants]]
+quantize = "int8-dynamic"
+
+[calibration]
+nsamples = 4
+seqlen = 32
+statistics = "dense"
+
+[probes]
+mode = "generate"
+prompt = "paper"
+parser = "lenient"
+temperature = 0.3
+seeds = [42, 123]
+conditions = ["ambig"]
+limit = 3
+
+[profile]
+prompt_tokens = 8
+new_tokens = 4
+runs = 2
+warmup = 1
+
+[gate]
+competence = false
+
+[[gate.rules]]
+metric = "transition_rate"
+max = 0.2
+"""
+
+
+def test_a_small_sweep_reports_the_studys_figures(tiny_llama, tmp_path, capsys):
+    """Two methods at two sparsities and int8, on a few ambiguous items: the report holds the
+    sweep table, its curves and the ratio of pruning over quantization; Wanda calibrated once."""
+    import json
+
+    from tui.cli import main
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(SMALL_SWEEP.format(model=tiny_llama))
+    code = main(["run", str(plan), "--store", str(tmp_path / "r.db"), "--report", str(tmp_path / "report"), "--json"])
+    assert code in (0, 1), capsys.readouterr().err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    points = {p["variant"]: p for p in report["sweep"]}
+    assert set(points) == {"baseline", "magnitude-30", "magnitude-70", "wanda-30", "wanda-70"}
+    wanda = points["wanda-70"]
+    # o_proj and down_proj dense: the decoder loses less than the pruned layers.
+    assert wanda["pruned_layers_sparsity"] == pytest.approx(0.7, abs=0.01) and wanda["decoder_sparsity"] < 0.6
+    assert points["magnitude-70"]["decoder_sparsity"] == pytest.approx(0.7, abs=0.01)
+    for point in points.values():
+        assert point["perplexity_change_pct"]["value"] is not None and "ci95" in point["transition_rate"]
+    ratio = report["transition_ratio_pruning_vs_quantization"]
+    assert ratio["matches"][0]["quantized"] == "int8-dynamic" and ratio["matches"][0]["matched_sparsity"] in (0.3, 0.7)
+    assert {"value", "ci95", "n", "pruned_transition_rate", "quantized_transition_rate"} <= set(ratio)
+    shared = [report["variants"][i] for i, v in enumerate(report["variants"]) if v["name"].startswith("wanda")]
+    assert all(v["recipe"]["prune"]["exclude"] == ["*.o_proj", "*.down_proj"] for v in shared)
+    html_text = (tmp_path / "report" / "report.html").read_text()
+    for figure in ("sparsity-srs", "sparsity-transitions", "sparsity-perplexity"):
+        assert f"id='fig-{figure}'" in html_text
+    assert "Sparsity sweep" in html_text and "Pruning against quantization" in html_text
+    # One pass of Wanda's input norms served both sparsities.
+    from audit.store import ResultsStore
+
+    with ResultsStore(tmp_path / "r.db", readonly=True) as store:
+        recipes = [store.step(1, name, "compress")["result"]["prune"]["recipe"] for name in ("wanda-30", "wanda-70")]
+    assert [r["statistics_shared"] for r in recipes] == [False, True]
+    assert len(list((tmp_path / "runs" / "run-1" / ".calibration").glob("*.safetensors"))) == 1

@@ -274,7 +274,7 @@ def prune(
         reset_peak_rss()
         cache = None
         if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
-            cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.pt"
+            cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.safetensors"
         known = read_statistics(cache) if cache is not None else None
         outcome = yield from prune_layers(
             model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel,
