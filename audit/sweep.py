@@ -33,8 +33,16 @@ BIAS_FIGURES = (
 CURVES = {
     "srs": ("SRS (mean over categories)", "SRS", "srs"),
     "transitions": ("Bias-ward transition rate", "transition rate", "transition_rate"),
-    "perplexity": ("Perplexity change", "perplexity change %", "perplexity_change_pct"),
+    "perplexity": ("Perplexity ratio to the baseline", "perplexity ÷ baseline's (log scale)", "perplexity_change_pct"),
 }
+# Curves on a log scale: the perplexity of a heavily pruned small model grows a hundredfold,
+# where the study's changes of a few percent must still be seen. They plot a ratio.
+LOG_CURVES = {"perplexity"}
+
+
+def _ratio(pct: float | None) -> float | None:
+    """A relative change in percent as a ratio to the baseline (+50% is 1.5)."""
+    return None if pct is None else max(1.0 + pct / 100.0, 1e-9)
 
 RATIO_METHOD = (
     "For each quantized variant, its size on disk over the baseline's gives the sparsity it "
@@ -111,8 +119,8 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def curves(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float, float | None, float | None]]]]:
-    """Per curve id, per method, (sparsity, value, low, high) points; the baseline starts every
-    method's line at sparsity 0. A point without the figure (too degraded to judge) is left out,
+    """Per curve id, per method, (sparsity, value, low, high) points (`LOG_CURVES` as ratios to
+    the baseline); the baseline starts every method's line at sparsity 0. A point without the figure (too degraded to judge) is left out,
     and a method with no point left has no line."""
     baseline = next((p for p in points if p["method"] == DENSE), None)
     out: dict[str, dict[str, list[tuple[float, float, float | None, float | None]]]] = {}
@@ -125,16 +133,23 @@ def curves(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[tuple[f
             unreadable = point.get("degraded") or not point.get("comparable", True)
             estimate = None if unreadable and figure in BIAS_FIGURES else point.get(figure)
             if estimate is not None and point["sparsity"] is not None:
-                low, high = (estimate.get("ci95") or [None, None])[:2]
-                line.append((float(point["sparsity"]), float(estimate["value"]), low, high))
+                line.append((float(point["sparsity"]), *_plotted(curve, estimate)))
         lines = {method: line for method, line in lines.items() if line}
         if baseline is not None and baseline.get(figure) is not None:
-            start = baseline[figure]
-            low, high = (start.get("ci95") or [None, None])[:2]
+            start = _plotted(curve, baseline[figure])
             for line in lines.values():
-                line.insert(0, (0.0, float(start["value"]), low, high))
+                line.insert(0, (0.0, *start))
         out[curve] = {method: sorted(line) for method, line in lines.items()}
     return out
+
+
+def _plotted(curve: str, estimate: dict[str, Any]) -> tuple[float, float | None, float | None]:
+    """(value, low, high) of an estimate as `curve` plots it."""
+    low, high = (estimate.get("ci95") or [None, None])[:2]
+    value = float(estimate["value"])
+    if curve in LOG_CURVES:
+        return _ratio(value) or 0.0, _ratio(low), _ratio(high)
+    return value, low, high
 
 
 # -- pruning against quantization ---------------------------------------------------------------------

@@ -122,13 +122,17 @@ async def test_the_curves_are_the_sweep_points_without_the_degraded_bias_figures
         assert lines == {"magnitude": ([0.0, 0.25], [0.0, 0.05]), "wanda": ([0.0, 0.25, 0.5], [0.0, 0.10, 0.30])}
         # Perplexity is read whatever the gate says of the variant's answers.
         lines = {method: (xs, ys) for method, xs, ys in drawn(perplexity, "line")}
-        assert lines == {"magnitude": ([0.0, 0.25, 0.5], [0.0, 9.0, 80.0]), "wanda": ([0.0, 0.25, 0.5], [0.0, 2.0, 6.0])}
+        # Perplexity over the baseline's, on a log scale: +80% is 1.8.
+        assert {m: (xs, [round(y, 6) for y in ys]) for m, (xs, ys) in lines.items()} == {
+            "magnitude": ([0.0, 0.25, 0.5], [1.0, 1.09, 1.8]), "wanda": ([0.0, 0.25, 0.5], [1.0, 1.02, 1.06])
+        }
+        assert perplexity.plot.log_scale and not srs.plot.log_scale
         assert "magnitude: 0.5 too degraded" in srs.key.plain
         assert "magnitude: 0.5 too degraded" in transitions.key.plain
         assert "too degraded" not in perplexity.key.plain
         assert [srs.key.plain.splitlines()[0], perplexity.key.plain.splitlines()[0]] == [
             "SRS (mean over categories) vs sparsity",
-            "Perplexity change (%) vs sparsity",
+            "Perplexity ratio to the baseline vs sparsity",
         ]
 
 
@@ -167,7 +171,7 @@ async def test_each_measured_point_has_its_interval_drawn(app):
         assert bars[("wanda", 0.25)][0] - bars[("magnitude", 0.25)][0] >= column
         assert all(abs(x - sparsity) <= column for (_, sparsity), (x, _) in bars.items())
         perplexity = {(m, round(xs[0] * 4) / 4): ys for m, xs, ys in drawn(chart(charts, "perplexity"), "interval")}
-        assert perplexity[("magnitude", 0.5)] == [75.0, 85.0]
+        assert perplexity[("magnitude", 0.5)] == pytest.approx([1.75, 1.85])
         assert (DENSE, 0.0) not in perplexity  # the baseline's change is exactly 0: no bar
         assert "95% interval" in srs.key.plain
 
@@ -228,7 +232,7 @@ async def test_a_sweep_too_degraded_to_judge_has_no_bias_curve_but_its_perplexit
             assert "magnitude: 0.5 too degraded" in widget.key.plain
         perplexity = chart(charts, "perplexity")
         assert not perplexity.has_class("-empty") and perplexity.plot.display
-        assert [ys for _, _, ys in drawn(perplexity, "line")] == [[0.0, 80.0]]
+        assert [ys for _, _, ys in drawn(perplexity, "line")] == [pytest.approx([1.0, 1.8])]
 
 
 def test_the_hand_built_report_has_what_the_charts_need():

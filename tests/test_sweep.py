@@ -127,7 +127,9 @@ def test_sweep_points_and_curves():
     assert list(lines["srs"]) == ["wanda"]  # magnitude: nothing to plot
     assert lines["srs"]["wanda"] == [pytest.approx((0.0, 0.41, 0.3, 0.5)), (0.5, 0.51, 0.4, 0.6)]
     assert lines["transitions"]["wanda"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 0.2, 0.1, 0.3)]
-    assert lines["perplexity"]["magnitude"] == [(0.0, 0.0, 0.0, 0.0), (0.5, 800.0, None, None)]
+    # Perplexity as a ratio to the baseline (log scale): +800% is 9 times.
+    assert lines["perplexity"]["magnitude"] == [(0.0, 1.0, 1.0, 1.0), (0.5, 9.0, None, None)]
+    assert lines["perplexity"]["wanda"][1] == pytest.approx((0.5, 1.1, 1.08, 1.12))
 
 
 SMALL_SWEEP = """\

@@ -185,10 +185,11 @@ def test_curves_draw_the_intervals_of_points_that_have_them():
     # Perplexity is read even for the degraded and the not comparable variants.
     perplexity = figures["sparsity-perplexity"]
     assert perplexity.count('class="point"') == 6 and perplexity.count('class="interval"') == 4
-    assert "wanda: x=0.7, y=250 [200, 300]" in perplexity
-    # The y axis reaches the top of the highest interval (300), not only the value (250).
-    top = max(float(t.replace(",", "")) for t in re.findall(r'text-anchor="end" font-size="11">([^<]+)<', perplexity))
-    assert top >= 300
+    # As a ratio to the baseline on a log scale: +250% [+200, +300] is 3.5 [3, 4].
+    assert "wanda: x=0.7, y=3.5 [3, 4]" in perplexity
+    # The y axis reaches the top of the highest interval (4), not only the value (3.5).
+    ticks = [float(t.replace(",", "")) for t in re.findall(r'text-anchor="end" font-size="11">([^<]+)<', perplexity)]
+    assert max(ticks) >= 4 and ticks == sorted(ticks) and all(b / a == 10 for a, b in zip(ticks, ticks[1:]))
     for chart_id in ("sparsity-srs", "sparsity-transitions", "sparsity-perplexity"):
         assert f"id='fig-{chart_id}'" in render_html(DATA)
 

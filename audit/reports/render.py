@@ -183,7 +183,7 @@ def _sweep_charts(data: dict[str, Any]) -> dict[str, str]:
     """The sweep's curves (`audit.sweep.curves`), one line per pruning method from the baseline
     at sparsity 0, each point with its 95% interval; by chart id. The sweep's points hold no
     bias figure where it cannot be read, so those points are not drawn."""
-    from audit.sweep import CURVES, curves
+    from audit.sweep import CURVES, LOG_CURVES, curves
 
     points = data.get("sweep")
     lines = curves(points) if sweep_pruned(data) else {}
@@ -194,6 +194,7 @@ def _sweep_charts(data: dict[str, Any]) -> dict[str, str]:
             lines.get(curve) or {},
             x_label="target sparsity",
             y_label=y_label,
+            log_y=curve in LOG_CURVES,
             empty=SWEEP_CHARTS_EMPTY[reason],
         )
         for curve, (title, y_label, _) in CURVES.items()

@@ -1,5 +1,5 @@
 """The sweep's curves against sparsity: SRS (mean over categories), the bias-ward transition rate
-and the perplexity change, one line per pruning method from the baseline at sparsity 0, each
+and perplexity over the baseline's (log scale), one line per pruning method from the baseline at sparsity 0, each
 measured point with its 95% interval as a thin vertical bar."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from textual.events import Resize
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from audit.sweep import CURVES, DENSE, curves
+from audit.sweep import CURVES, DENSE, LOG_CURVES, curves
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float, float | None, float | None]
@@ -73,8 +73,9 @@ class SweepPlot(PlotextPlot):
     """The plot of one curve. `segments` keeps what was drawn, (kind, method, xs, ys) with kind
     "line" or "interval", as given to plotext; `column` is the x range of one character column."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, log_scale: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.log_scale = log_scale  # a log scale (`audit.sweep.LOG_CURVES`)
         self.segments: list[tuple[str, str, list[float], list[float]]] = []
         self.column = 0.0
         self._data: tuple[dict[str, list[Point]], dict[str, RGB], list[float]] = ({}, {}, [])
@@ -127,6 +128,8 @@ class SweepPlot(PlotextPlot):
                     continue
                 at = x + shift[method]
                 self._segment("interval", method, [at, at], [bottom, top], colours.get(method, PALETTE[0]))
+        if self.log_scale:
+            plt.yscale("log")
         ticks = sorted(set(sparsities) | {0.0})
         plt.xticks(ticks, [f"{s:g}" for s in ticks])
         pad = (total - span) / 2
@@ -146,7 +149,7 @@ class SweepChart(Container):
 
     def compose(self) -> ComposeResult:
         yield Static(classes="chart-key")
-        yield SweepPlot(classes="chart-plot")
+        yield SweepPlot(log_scale=self.curve in LOG_CURVES, classes="chart-plot")
 
     @property
     def plot(self) -> SweepPlot:
