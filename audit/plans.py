@@ -735,6 +735,16 @@ def default_plan() -> Plan:
     return load_preset(DEFAULT_PRESET)
 
 
+def named_plan(name: str, *, check_model: bool = True) -> Plan:
+    """A plan file, or else the shipped plan of that name: what `edge-audit run NAME` runs."""
+    path = Path(name).expanduser()
+    if not path.exists() and name in preset_names():
+        return load_preset(name, check_model=check_model)
+    if not path.exists():
+        raise PlanError(f"no plan file {name} and no shipped plan of that name; shipped plans: {', '.join(preset_names())}")
+    return load_plan(path, check_model=check_model)
+
+
 def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = None, suites: Sequence[str] = ()) -> Plan:
     """`plan` with another model, item limit or probe suites, checked as a plan file is (the
     model and the files must be found here): `edge-audit run NAME --model M --limit N --suite S`.

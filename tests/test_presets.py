@@ -137,3 +137,22 @@ def test_calibration_statistics_are_checked(tmp_path):
         load_plan(path)
     path.write_text('model = "smollm2-135m"\n')
     assert load_plan(path).calibration.statistics == "sequential"
+
+
+def test_a_plan_is_named_by_file_or_by_shipped_name(tmp_path, monkeypatch):
+    from audit.plans import named_plan
+    from tui.screens.history import run_plan_file
+
+    assert named_plan("quick").name == "quick"
+    # A file of that name wins over the shipped plan.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").write_text('name = "mine"\nmodel = "smollm2-135m"\n')
+    assert named_plan("quick").name == "mine"
+    with pytest.raises(UserError, match="no plan file nope.toml and no shipped plan of that name; shipped plans: default, quick"):
+        named_plan("nope.toml")
+    # The app's History runs the same names: a wrong one fails before anything runs.
+    job = run_plan_file("nope", tmp_path / "r.db", None, None)
+    next(job)
+    with pytest.raises(UserError, match="no shipped plan of that name"):
+        next(job)
+    assert not (tmp_path / "r.db").exists()

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from audit import checks
 from audit.errors import Cancelled, UserError
-from audit.plans import DEFAULT_PRESET, Plan, load_plan, load_preset, preset_names, with_overrides
+from audit.plans import DEFAULT_PRESET, load_preset, named_plan, with_overrides
 from audit.reports import write_report
 from audit.reports.render import SUMMARY_COLUMNS, summary_rows
 from audit.results import build_report, run_listing
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError("give a plan file or --default, not both")
         plan = with_overrides(load_preset(DEFAULT_PRESET, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
     elif args.plan:
-        plan = with_overrides(_named_plan(args.plan, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
+        plan = with_overrides(named_plan(args.plan, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
     else:
         raise UserError("give a plan file, a shipped plan's name (edge-audit plans list), --default, or --resume RUN_ID")
     if args.report is not None:
@@ -135,16 +135,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     common.emit(args, data, human)
     return outcome.exit_code
-
-
-def _named_plan(name: str, *, check_model: bool) -> Plan:
-    """A plan file, or else a shipped plan of that name."""
-    path = Path(name).expanduser()
-    if not path.exists() and name in preset_names():
-        return load_preset(name, check_model=check_model)
-    if not path.exists():
-        raise UserError(f"no plan file {name} and no shipped plan of that name; shipped plans: {', '.join(preset_names())}")
-    return load_plan(path, check_model=check_model)
 
 
 GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}

@@ -82,12 +82,13 @@ def stored_runs(store_path: Path) -> list[dict[str, Any]]:
 
 
 def run_plan_file(path: str, store_path: Path, options: Any, cancel: Any) -> Any:
-    """`edge-audit run PLAN` (or `--default` for a blank path), driven from the app."""
-    from audit.plans import default_plan, load_plan
+    """`edge-audit run PLAN` (a file or a shipped plan's name; `--default` for a blank one),
+    driven from the app."""
+    from audit.plans import default_plan, named_plan
     from audit.runner import RunOptions, run_plan
 
     yield Progress("run", 0, None, "reading the plan")
-    plan = load_plan(path) if path else default_plan()
+    plan = named_plan(path) if path else default_plan()
     return (yield from run_plan(plan, RunOptions(store=store_path, load=options), cancel))
 
 
@@ -287,7 +288,10 @@ class HistoryScreen(ModeScreen):
 
     def action_run_plan(self) -> None:
         self.app.push_screen(
-            AskPathScreen("Plan file to run (blank runs the shipped default plan: every method, slow)", "", "path/to/plan.toml"),
+            AskPathScreen(
+                "Plan file or shipped plan to run (quick, rath-maliakkal-2026; blank runs default: every method, slow)",
+                "", "path/to/plan.toml or quick",
+            ),
             self._run_plan,
         )
 
