@@ -183,8 +183,12 @@ def test_a_small_sweep_reports_the_studys_figures(tiny_llama, tmp_path, capsys):
     plan = tmp_path / "plan.toml"
     plan.write_text(SMALL_SWEEP.format(model=tiny_llama))
     code = main(["run", str(plan), "--store", str(tmp_path / "r.db"), "--report", str(tmp_path / "report"), "--json"])
-    assert code in (0, 1), capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    printed = json.loads(captured.out)  # --json carries the study's figures for scripts
+    assert printed["sweep"] == report["sweep"]
+    assert printed["transition_ratio_pruning_vs_quantization"] == report["transition_ratio_pruning_vs_quantization"]
     points = {p["variant"]: p for p in report["sweep"]}
     assert set(points) == {"baseline", "magnitude-30", "magnitude-70", "wanda-30", "wanda-70"}
     wanda = points["wanda-70"]

@@ -126,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "gate": gate,
         "report_files": files,
         "variants": summary_rows(outcome.report),
+        **study_figures(outcome.report),
     }
 
     def human(d: dict[str, Any]) -> None:
@@ -135,6 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     common.emit(args, data, human)
     return outcome.exit_code
+
+
+def study_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The sweep and the pruning-over-quantization ratio of a report, for --json."""
+    return {key: report.get(key) for key in ("sweep", "transition_ratio_pruning_vs_quantization")}
 
 
 GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold"}
@@ -176,7 +182,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _open(args) as store:
         report = build_report(store, args.run_id)
-    data = {"run": report["run"], "gate": report["gate"], "variants": summary_rows(report)}
+    data = {"run": report["run"], "gate": report["gate"], "variants": summary_rows(report), **study_figures(report)}
 
     def human(d: dict[str, Any]) -> None:
         run = d["run"]
