@@ -365,6 +365,10 @@ def _registry(kind: str):
         return PRUNING_METHOD_NAMES
     if kind == "quantization scheme":
         return QUANTIZATION_SCHEME_NAMES
+    if kind in ("prompt", "answer parser"):
+        from audit.probes.scoring import PARSERS, PROMPT_STYLES
+
+        return PROMPT_STYLES if kind == "prompt" else PARSERS
     from audit.probes.suites import SUITES
 
     return SUITES
@@ -495,9 +499,9 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
         sentences = [s.partition(":")[0] for s in suites if _registry("probe suite").meta(s.partition(":")[0])["kind"] != "qa"]
         _check(ctx, not sentences, "probes.conditions", f"applies to question suites (builtin, bbq), not to {', '.join(sentences)}")
     prompt = _get(ctx, data, "prompt", "probes.", str, "default")
-    _check(ctx, prompt in ("default", "paper"), "probes.prompt", f"must be 'default' or 'paper', got {prompt!r}")
+    _check_name(ctx, "prompt", prompt, "probes.prompt")
     parser = _get(ctx, data, "parser", "probes.", str, "strict")
-    _check(ctx, parser in ("strict", "lenient"), "probes.parser", f"must be 'strict' or 'lenient', got {parser!r}")
+    _check_name(ctx, "answer parser", parser, "probes.parser")
     for key, value, default in (("prompt", prompt, "default"), ("parser", parser, "strict")):
         _check(ctx, mode == "generate" or value == default, f"probes.{key}", "applies to mode = \"generate\": log-likelihood scoring asks and parses nothing")
     return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor, tuple(conditions), prompt, parser)

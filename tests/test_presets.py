@@ -111,8 +111,8 @@ def test_probe_options_and_grid_exclude(tmp_path):
     "values, message",
     [
         ({"conditions": '["vague"]'}, r"line 10: probes.conditions: must list 'ambig' and/or 'disambig'"),
-        ({"prompt": "poem"}, r"line 11: probes.prompt: must be 'default' or 'paper', got 'poem'"),
-        ({"parser": "guess"}, r"line 12: probes.parser: must be 'strict' or 'lenient', got 'guess'"),
+        ({"prompt": "poem"}, r"line 11: probes.prompt: unknown prompt 'poem'; known: default, paper"),
+        ({"parser": "guess"}, r"line 12: probes.parser: unknown answer parser 'guess'; known: lenient, strict"),
         ({"mode": "loglik", "parser": "strict"}, r"probes.prompt: applies to mode = \"generate\""),
         ({"exclude": '{ sparsegpt = ["*.o_proj"] }'}, r"line 6: grid.exclude.sparsegpt: unknown key; known here: magnitude, wanda"),
         ({"exclude": '"*.o_proj"'}, r"line 6: grid.exclude: must be a table"),
