@@ -84,6 +84,11 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
     methods of their own), sorted by method then sparsity, after the baseline's row."""
     suites = data.get("suites") or []
     suite = suites[0] if suites else None
+    competence = {
+        f["variant"]: f.get("verdict")
+        for f in (data.get("gate") or {}).get("findings") or []
+        if f.get("check") == "competence" and f.get("metric") == "accuracy_disambig"
+    }
     rows = []
     for variant in data.get("variants") or []:
         baseline = variant["name"] == data.get("baseline", BASELINE)
@@ -108,6 +113,9 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
             "reverse_transition_rate": _exact(0.0) if baseline else _estimate(overall.get("reverse_transition_rate")),
             "comparable": overall.get("comparable", True),
             "degraded": bool(variant.get("degraded")),
+            # Whether the gate showed it answers above chance: "pass", "fail", "inconclusive"
+            # (no disambiguated items, as in the study's protocol), or None (no gate).
+            "competence": competence.get(variant["name"]),
             "verdict": variant.get("gate_plain"),
         }
         if row["degraded"] or not row["comparable"]:

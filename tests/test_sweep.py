@@ -213,3 +213,14 @@ def test_a_small_sweep_reports_the_studys_figures(tiny_llama, tmp_path, capsys):
         recipes = [store.step(1, name, "compress")["result"]["prune"]["recipe"] for name in ("wanda-30", "wanda-70")]
     assert [r["statistics_shared"] for r in recipes] == [False, True]
     assert len(list((tmp_path / "runs" / "run-1" / ".calibration").glob("*.safetensors"))) == 1
+
+
+def test_each_point_says_whether_its_competence_was_shown():
+    report = _report()
+    report["gate"] = {"findings": [
+        {"check": "competence", "metric": "accuracy_disambig", "variant": "wanda-50", "verdict": "inconclusive"},
+        {"check": "competence", "metric": "accuracy_disambig_drop", "variant": "wanda-50", "verdict": "pass"},
+        {"check": "rule", "metric": "transition_rate", "variant": "wanda-50", "verdict": "fail"},
+    ]}
+    points = {p["variant"]: p for p in sweep_points(report)}
+    assert points["wanda-50"]["competence"] == "inconclusive" and points["baseline"]["competence"] is None

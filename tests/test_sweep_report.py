@@ -259,3 +259,22 @@ def test_a_run_without_pruned_variants_has_no_sweep_section_and_empty_curves():
     data["sweep"] = [data["sweep"][0], data["sweep"][2], data["sweep"][4]]
     figures = charts(data)
     assert "no pruned variant to read" in figures["sparsity-srs"] and 'class="point"' in figures["sparsity-perplexity"]
+
+
+def test_points_whose_competence_could_not_be_shown_are_said_so():
+    """With ambiguous items only (the study's protocol), the competence guard cannot vouch for any
+    variant: the sweep says so, since a variant answering at random reads like any other."""
+    from audit.reports.render import COMPETENCE_NOT_SHOWN
+
+    assert COMPETENCE_NOT_SHOWN not in render_markdown(DATA)
+    unshown = copy.deepcopy(DATA)
+    for p in unshown["sweep"]:
+        p["competence"] = "inconclusive"
+    assert COMPETENCE_NOT_SHOWN in render_markdown(unshown) and html.escape(COMPETENCE_NOT_SHOWN) in render_html(unshown)
+
+
+def test_large_interval_ends_are_written_short():
+    from audit.reports.render import interval
+
+    assert interval(est(1.94e6, 1161505.7, 3226084.8), suffix="%") == "+1.94e+06% [1.16e+06, 3.23e+06]"
+    assert interval(est(2323.0, 1950.27, 2763.45), suffix="%") == "+2,323% [1950, 2763]"

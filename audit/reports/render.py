@@ -159,9 +159,16 @@ def interval(estimate: Any, digits: int = 3, suffix: str = "") -> str:
 def _bounds(low: Any, high: Any, digits: int) -> str:
     """"[low, high]", a missing end as -inf or inf; `Plain` when both ends are (a string where
     a number belongs stays data)."""
-    ends = (fmt(low, digits) if low is not None else Plain("-inf"), fmt(high, digits) if high is not None else Plain("inf"))
+    ends = (_end(low, digits) if low is not None else Plain("-inf"), _end(high, digits) if high is not None else Plain("inf"))
     text = f"[{ends[0]}, {ends[1]}]"
     return Plain(text) if all(isinstance(end, Plain) for end in ends) else text
+
+
+def _end(value: Any, digits: int) -> str:
+    """An interval's end: past a hundred thousand in exponent form (1.16e+06), as its value is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1e5:
+        return Plain(f"{value:.3g}")
+    return fmt(value, digits)
 
 
 def verdict_text(row: dict[str, Any]) -> str:
@@ -338,6 +345,18 @@ SWEEP_NOTE = (
 )
 
 
+COMPETENCE_NOT_SHOWN = (
+    "No variant's answers could be shown to be better than chance (the competence guard needs "
+    "disambiguated items, and these were not scored): a variant answering at random has bias "
+    "figures that read like any other's. Read them beside its perplexity change."
+)
+
+
+def competence_unshown(data: dict[str, Any]) -> bool:
+    """Whether pruned points of the sweep have bias figures the competence guard could not vouch for."""
+    return any(p.get("competence") == "inconclusive" and not _unreadable(p) for p in sweep_pruned(data))
+
+
 def _sweep_rows(data: dict[str, Any]) -> list[list[str]]:
     return [[column(point) for _, column in SWEEP_COLUMNS] for point in data.get("sweep") or []]
 
@@ -483,6 +502,8 @@ def _markdown_sweep(data: dict[str, Any]) -> list[str]:
         lines += ["## Sparsity sweep", ""]
         lines += _md_table([c[0] for c in SWEEP_COLUMNS], _sweep_rows(data))
         lines += ["", SWEEP_NOTE, ""]
+        if competence_unshown(data):
+            lines += [f"**{COMPETENCE_NOT_SHOWN}**", ""]
     ratio = pruning_ratio(data)
     if ratio is not None:
         lines += ["## Pruning against quantization", ""]
@@ -604,6 +625,8 @@ def _html_sweep(data: dict[str, Any]) -> list[str]:
         parts.append("<h2 id='sweep'>Sparsity sweep</h2>")
         parts.append("<div class='figures'>" + _html_table([c[0] for c in SWEEP_COLUMNS], _sweep_rows(data)) + "</div>")
         parts.append(f"<p class='note'>{escape(SWEEP_NOTE)}</p>")
+        if competence_unshown(data):
+            parts.append(f"<p class='note warning'><b>{escape(COMPETENCE_NOT_SHOWN)}</b></p>")
     ratio = pruning_ratio(data)
     if ratio is not None:
         parts.append("<h2 id='pruning-vs-quantization'>Pruning against quantization</h2>")
