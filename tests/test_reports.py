@@ -96,7 +96,7 @@ def test_html_is_self_contained_with_every_plot(tmp_path):
 def test_axis_labels_stay_short():
     from audit.reports.svg import _fmt
 
-    assert [_fmt(v) for v in (0, 0.005, 0.25, 29.04, 1000, 100000, 1e6, 2.5e7)] == ["0", "0.005", "0.25", "29", "1,000", "100,000", "1e6", "2.5e7"]
+    assert [_fmt(v) for v in (0, 0.005, 0.25, 29.04, 1000, 100000, 1e6, 2.5e7)] == ["0", "0.005", "0.25", "29", "1,000", "1e5", "1e6", "2.5e7"]
 
 
 EVIL = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a|b", "[x](javascript:alert(1))")

@@ -42,8 +42,8 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 def _fmt(value: float) -> str:
     if value == 0:
         return "0"
-    if abs(value) >= 1e6:
-        # Powers of ten past a million as 1e7: a tick label stays within the plot's margin.
+    if abs(value) >= 1e5:
+        # From a hundred thousand as 1e5: a tick label stays clear of the axis title in the margin.
         return f"{value:.2g}".replace("e+0", "e").replace("e+", "e")
     if abs(value) >= 1000:
         return f"{value:,.0f}"
