@@ -69,6 +69,15 @@ def _probe(variant: dict[str, Any], suite: str | None) -> dict[str, Any]:
     return ((variant.get("probes") or {}).get(suite) or {}) if suite else {}
 
 
+def unreadable(point: dict[str, Any]) -> str | None:
+    """Why a sweep point's bias figures are not read, in words; None when they are."""
+    if not point.get("comparable", True):
+        return "not comparable"
+    if point.get("degraded"):
+        return "too degraded to judge"
+    return None
+
+
 def _is_pruned(variant: dict[str, Any]) -> bool:
     recipe = variant.get("recipe") or {}
     return bool(recipe.get("prune")) and variant.get("sparsity") is not None
@@ -118,7 +127,7 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
             "competence": competence.get(variant["name"]),
             "verdict": variant.get("gate_plain"),
         }
-        if row["degraded"] or not row["comparable"]:
+        if unreadable(row):
             for key in BIAS_FIGURES:
                 row[key] = None
         rows.append(row)
@@ -138,8 +147,7 @@ def curves(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[tuple[f
             if point["method"] == DENSE:
                 continue
             line = lines.setdefault(str(point["method"]), [])
-            unreadable = point.get("degraded") or not point.get("comparable", True)
-            estimate = None if unreadable and figure in BIAS_FIGURES else point.get(figure)
+            estimate = None if unreadable(point) and figure in BIAS_FIGURES else point.get(figure)
             if estimate is not None and point["sparsity"] is not None:
                 line.append((float(point["sparsity"]), *_plotted(curve, estimate)))
         lines = {method: line for method, line in lines.items() if line}

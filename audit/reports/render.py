@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from audit import atomic
 from audit.reports import svg
+from audit.sweep import CURVES, DENSE, LOG_CURVES, curves, unreadable
 
 MAX_FLIPPED_SHOWN = 25  # per variant in Markdown/HTML; the JSON keeps them all
 
@@ -190,8 +191,6 @@ def _sweep_charts(data: dict[str, Any]) -> dict[str, str]:
     """The sweep's curves (`audit.sweep.curves`), one line per pruning method from the baseline
     at sparsity 0, each point with its 95% interval; by chart id. The sweep's points hold no
     bias figure where it cannot be read, so those points are not drawn."""
-    from audit.sweep import CURVES, LOG_CURVES, curves
-
     points = data.get("sweep")
     lines = curves(points) if sweep_pruned(data) else {}
     reason = "missing" if points is None else "unjudged" if sweep_pruned(data) else "unpruned"
@@ -271,9 +270,6 @@ def _change_cell(row: dict[str, Any]) -> str:
 
 
 # -- the sparsity sweep (audit.sweep) -------------------------------------------------------------
-DENSE = "dense"  # the baseline's method in the sweep (audit.sweep.DENSE)
-
-
 def sweep_pruned(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The sweep's points of pruned variants (not the baseline's); none in an older report."""
     return [p for p in data.get("sweep") or [] if p.get("method") != DENSE]
@@ -296,12 +292,9 @@ def _exact(estimate: Any) -> bool:
 
 
 def _unreadable(point: dict[str, Any]) -> str | None:
-    """Why a sweep point's bias figures are not read, in words; None when they are."""
-    if not point.get("comparable", True):
-        return Plain("not comparable")
-    if point.get("degraded"):
-        return Plain("too degraded to judge")
-    return None
+    """Why a sweep point's bias figures are not read (`audit.sweep.unreadable`), as this module's words."""
+    why = unreadable(point)
+    return None if why is None else Plain(why)
 
 
 def _sweep_figure(point: dict[str, Any], key: str, digits: int = 2, suffix: str = "", bias: bool = True) -> str:
