@@ -82,16 +82,20 @@ def _mean_interval(values: Sequence[float]) -> dict[str, Any]:
     return m.Estimate(mean, mean - half, mean + half, n).to_dict()
 
 
+def _item_mean(values: Sequence[tuple[str, float]], scale: float, confidence: float) -> Bounds:
+    """Mean of per-item values in [0, 1] (by item id) times `scale`, over items in their fixed order."""
+    ordered = np.array([v for _, v in sorted(values, key=lambda iv: measures.order_key(iv[0]))])
+    return mean_bounds(scale * ordered, 0.0, scale, confidence)
+
+
 def share_estimate(shares: dict[str, float], confidence: float = DISPLAY_CONFIDENCE) -> dict[str, Any]:
-    """The mean of per-item shares in [0, 1] (by item id) with its interval, items in their fixed order."""
-    ordered = sorted(shares.items(), key=lambda iv: measures.order_key(iv[0]))
-    return mean_bounds(np.array([v for _, v in ordered]), 0.0, 1.0, confidence).to_dict()
+    """The mean of per-item shares in [0, 1] (by item id) with its interval."""
+    return _item_mean(list(shares.items()), 1.0, confidence).to_dict()
 
 
 def _percent(ordered: Sequence[tuple[str, float]], confidence: float = DISPLAY_CONFIDENCE) -> Bounds:
-    """Mean of per-item values in [0, 1], in percent, over items in their fixed order."""
-    values = np.array([v for _, v in sorted(ordered, key=lambda iv: measures.order_key(iv[0]))])
-    return mean_bounds(100.0 * values, 0.0, 100.0, confidence)
+    """Mean of per-item values in [0, 1], in percent."""
+    return _item_mean(ordered, 100.0, confidence)
 
 
 def crows_group(results: Sequence[ItemResult], norm: str | None = None) -> dict[str, Any]:
