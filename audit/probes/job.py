@@ -42,6 +42,12 @@ class ProbeSettings:
     prompt: str = "default"  # generate: edge-audit's prompt or the study's ("paper")
     parser: str = "strict"  # generate: how an answer becomes an option
 
+    def __post_init__(self) -> None:
+        PROMPT_STYLES.entry(self.prompt)
+        PARSERS.entry(self.parser)
+        if self.mode != "generate" and (self.prompt != "default" or self.parser != "strict"):
+            raise UserError("--prompt and --parser apply to --mode generate: log-likelihood scoring asks and parses nothing")
+
     def to_dict(self, norm: str) -> dict[str, Any]:
         data: dict[str, Any] = {
             "mode": self.mode,
@@ -221,10 +227,6 @@ def run_probe(
         raise UserError("sampled generation needs at least one seed")
     if settings.batch_items < 1:
         raise UserError("batch size must be at least 1")
-    PROMPT_STYLES.entry(settings.prompt)
-    PARSERS.entry(settings.parser)
-    if settings.mode != "generate" and (settings.prompt != "default" or settings.parser != "strict"):
-        raise UserError("--prompt and --parser apply to generate mode: log-likelihood scoring asks and parses nothing")
     total = len(suite.items)
     results: list[ItemResult] = []
     start = time.perf_counter()

@@ -132,8 +132,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         parser=args.parser,
     )
-    if settings.mode != "generate" and (settings.prompt != "default" or settings.parser != "strict"):
-        raise UserError("--prompt and --parser apply to --mode generate: log-likelihood scoring asks and parses nothing")
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     suite = load_suite(
         args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata,
