@@ -110,7 +110,7 @@ def _suite_of(spec: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]
 
 def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event | None) -> Job[CheckStep]:
     from audit.probes.job import ProbeSettings, run_probe
-    from audit.probes.scoring import PARSERS, PROMPT_STYLES, recorded_prompt
+    from audit.probes.scoring import PARSERS, prompt_style
 
     check = record["check"]
     tolerance = float(check.get("score_tolerance") or SCORE_TOLERANCE)
@@ -123,9 +123,9 @@ def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event 
     for spec, info in sorted((check.get("suites") or {}).items()):
         settings_data = info.get("settings") or {}
         mode = settings_data.get("mode") or "loglik"
-        styles = [s for s in PROMPT_STYLES.names() if recorded_prompt(mode, s) == (settings_data.get("prompt") or recorded_prompt(mode))]
+        style = prompt_style(mode, settings_data.get("prompt"))
         parser = settings_data.get("parser") or "strict"
-        if not styles or parser not in PARSERS:
+        if style is None or parser not in PARSERS:
             return CheckStep("replay", FAIL, f"the audit scored {spec} with a prompt or parser this edge-audit does not use: replay it with the lab's version")
         items = [e for e in entries if e.get("suite") == spec]
         suite = _suite_of(spec, info, items)
@@ -136,7 +136,7 @@ def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event 
             seeds=tuple(settings_data.get("seeds") or defaults.seeds),
             temperature=float(settings_data.get("temperature") if settings_data.get("temperature") is not None else defaults.temperature),
             max_new_tokens=int(settings_data.get("max_new_tokens") or defaults.max_new_tokens),
-            prompt=styles[0] if mode == "generate" else "default",
+            prompt=style if mode == "generate" else "default",
             parser=parser if mode == "generate" else "strict",
         )
         run = yield from relay(run_probe(model, suite, settings, cancel), "replay")

@@ -227,6 +227,10 @@ class ProbeSpec:
     def sampled(self) -> bool:
         return self.mode == "generate" and self.temperature > 0
 
+    def suite_options(self) -> dict[str, Any]:
+        """Which items of a suite the plan scores: `load_suite(spec, **probes.suite_options())`."""
+        return {"categories": self.categories or None, "limit": self.limit, "conditions": self.conditions or None}
+
     @property
     def noise_seeds(self) -> tuple[int, ...]:
         """Seeds for the baseline's second scoring: as many as `seeds`, none of them reused."""

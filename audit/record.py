@@ -250,9 +250,7 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
     items = []
     for suite_spec in sorted({str(r["suite"]) for r in sample}):
         try:
-            suite = load_suite(
-                suite_spec, categories=plan.probes.categories or None, limit=plan.probes.limit, conditions=plan.probes.conditions or None
-            )
+            suite = load_suite(suite_spec, **plan.probes.suite_options())
         except UserError as exc:
             raise UserError(f"cannot build the check subset: the probe suite of run {run_id} cannot be read here ({exc})") from None
         by_id = {item.item_id: item for item in suite.items}

@@ -17,6 +17,7 @@ from audit.probes.scoring import (
     parse_lenient,
     parse_letter,
     parse_with,
+    prompt_style,
     qa_prompt,
     recorded_prompt,
 )
@@ -109,6 +110,9 @@ def test_paper_prompt_is_the_studys():
     assert PAPER_SYSTEM.startswith("Answer the following multiple choice question by responding with only the letter (A, B, or C)")
     assert recorded_prompt("generate", "paper") != recorded_prompt("generate") == "chat-lettered-options"
     assert recorded_prompt("loglik") == "context-question-answer"
+    # Read back from a run's header (an older header names none: the default).
+    assert prompt_style("generate", "paper-system-lettered") == "paper" and prompt_style("generate", None) == "default"
+    assert prompt_style("loglik", "context-question-answer") == "default" and prompt_style("generate", "haiku") is None
 
 
 class _Template:

@@ -91,6 +91,12 @@ def recorded_prompt(mode: str, style: str = "default") -> str:
     return PROMPT_STYLES.meta(style)["recorded"] if mode == "generate" else PROMPTS[mode]
 
 
+def prompt_style(mode: str, recorded: str | None) -> str | None:
+    """The prompt style a run's header names (`recorded_prompt` read back; a header without one
+    asked in the default style); None when this edge-audit has no such prompt."""
+    return next((style for style in PROMPT_STYLES.names() if recorded_prompt(mode, style) == (recorded or recorded_prompt(mode))), None)
+
+
 _LEAD = re.compile(r"^(?:\*\*)?\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*:?\s*)?", re.IGNORECASE)
 _LETTER = re.compile(r"^(\()?([A-Z])(?(1)\))((?:[.:)]|\*\*)*)")
 

@@ -75,7 +75,7 @@ def _probe_records(
 
     started = time.time()
     probes = plan.probes
-    suite = load_suite(suite_spec, categories=probes.categories or None, limit=probes.limit, conditions=probes.conditions or None)
+    suite = load_suite(suite_spec, **probes.suite_options())
     settings = ProbeSettings(
         mode=probes.mode,
         seeds=probes.noise_seeds if noise else probes.seeds,
