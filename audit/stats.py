@@ -158,7 +158,8 @@ def mean_bounds(values: Any, low: float, high: float, confidence: float, weights
     if x.size == 0:
         return Bounds(None, low, high, 0, confidence)
     unit, span = _weighted(x, low, high, weights)
-    value = low + span * float(unit.mean())
+    # Rounding in the weighted sum may land a hair outside [low, high]: the mean cannot.
+    value = min(high, max(low, low + span * float(unit.mean())))
     lower = low + span * unit_lower(unit, alpha)
     upper = min(high, low + span * unit_upper(unit, alpha))
     return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)

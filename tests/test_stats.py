@@ -86,6 +86,16 @@ def test_a_weighted_mean_weighs_each_category_the_same():
     assert ratio.value == pytest.approx((0.75 + 0.1) / 2)
 
 
+def test_a_weighted_mean_of_all_ones_is_one_not_a_hair_above():
+    """Categories of 1 and 6 items, every item 1: the weights 3.5 and 7/12 sum in floating point
+    to a hair over 1 unless the mean is held to [low, high]; Cohen's h then refused it."""
+    from audit.metrics import cohens_h
+
+    b = mean_bounds(np.ones(7), 0.0, 1.0, 0.9, np.array([7 / 2] + [7 / 12] * 6))
+    assert b.value == 1.0 and b.upper == 1.0
+    assert cohens_h(0.5, b.value) == pytest.approx(2 * np.arcsin(1.0) - 2 * np.arcsin(np.sqrt(0.5)))
+
+
 def test_ratio_bounds_contain_the_ratio_and_follow_the_contrast():
     den = np.array([1.0, 0.0] * 100)  # share 0.5
     num = np.array([1.0, 0.0] * 60 + [1.0, 1.0] * 40)  # share 0.7
