@@ -145,31 +145,38 @@ _PLAIN_NAMES = {
 }
 
 
+def figure_name(finding: dict[str, Any]) -> str:
+    """What a finding judges, as a user names it: "perplexity", "ambiguous bias score in Age"."""
+    metric = finding["metric"]
+    meta = METRICS.meta(metric) if metric in METRICS else {"short": metric}
+    where = "" if finding.get("category") in ("overall", None) else f" in {finding['category']}"
+    return f"{_PLAIN_NAMES.get(metric, meta['short'])}{where}"
+
+
 def plain_finding(finding: dict[str, Any]) -> str:
     """A finding that blocks shipping, in a user's words: "perplexity +146% > 50%",
     "bias score in Age 0.41 > 0.3", "SRS change not settled: 12% to 31%, limit 25%"."""
     metric = finding["metric"]
     meta = METRICS.meta(metric) if metric in METRICS else {"short": metric, "unit": ""}
-    name = _PLAIN_NAMES.get(metric, meta["short"])
     unit = meta.get("unit") or ""
-    where = "" if finding["category"] in ("overall", None) else f" in {finding['category']}"
+    named = figure_name(finding)
     value, limit = finding.get("value"), finding["limit"]
     sign = "<=" if finding["limit_is"] == "max" else ">"
     if finding["verdict"] == PASS:
-        return f"{name}{where}: {value:.3g}{unit} {sign} {limit:g}{unit}"
+        return f"{named}: {value:.3g}{unit} {sign} {limit:g}{unit}"
     if finding["check"] == "competence" and finding["verdict"] == FAIL:
         return finding["reason"].split(";")[0]  # "too degraded to judge: ...", without the why
     if finding["reason"].startswith("not judged"):
-        return f"{name}{where} not judged (too degraded)"
+        return f"{named} not judged (too degraded)"
     if value is None:
-        return f"{name}{where} not measured ({finding['reason']})"
+        return f"{named} not measured ({finding['reason']})"
     shown = f"{value:+.3g}" if unit == "%" else f"{value:.3g}"
     if finding["verdict"] == FAIL:
         over = ">" if finding["limit_is"] == "max" else "<="
-        return f"{name}{where} {shown}{unit} {over} {limit:g}{unit}"
+        return f"{named} {shown}{unit} {over} {limit:g}{unit}"
     low = "-inf" if finding.get("lower") is None else f"{finding['lower']:.3g}"
     high = "inf" if finding.get("upper") is None else f"{finding['upper']:.3g}"
-    return f"{name}{where} not settled: {low} to {high}{unit}, limit {sign} {limit:g}{unit}"
+    return f"{named} not settled: {low} to {high}{unit}, limit {sign} {limit:g}{unit}"
 
 
 def _worst(findings: Sequence[GateFinding]) -> str:

@@ -20,7 +20,7 @@ import psutil
 from audit.errors import UserError
 from audit.models.interface import LanguageModel, ScoreRequest
 from audit.models.loader import LoadOptions, load_model
-from audit.progress import Job, Progress, check_cancel
+from audit.progress import Job, Progress, check_cancel, clock
 from hardware.memory import MB, process_rss_bytes
 from hardware.sampler import ResourceSampler
 
@@ -258,12 +258,15 @@ def profile_loaded(
     prompt = benchmark_prompt_ids(model, settings.prompt_tokens)
     requests = probe_requests(model, settings.probe_items)
     total = settings.warmup_runs + settings.runs
+    run_s: list[float] = []  # every finished run's time, warm-up or timed: the same work
     for index in range(settings.warmup_runs):
         check_cancel(cancel)
-        yield Progress("profile", index, total, f"warm-up {index + 1}/{settings.warmup_runs}")
+        yield Progress("profile", index, total, f"warm-up {index + 1} of {settings.warmup_runs}{_eta(run_s, total - index)}")
+        started = time.perf_counter()
         timed_generation(model, prompt, settings.new_tokens)
         for request in requests:
             timed_score(model, request)
+        run_s.append(time.perf_counter() - started)
     # Weights read through a memory map count in RSS only once touched: after the warm-up
     # runs this is the model's steady working set, which "after load" can understate.
     rss_after_warmup_mb = round(process_rss_bytes() / MB, 2)
@@ -272,9 +275,12 @@ def profile_loaded(
     with ResourceSampler.for_device(settings.sampler_interval_s) as sampler:
         for run in range(settings.runs):
             check_cancel(cancel)
-            yield Progress("profile", settings.warmup_runs + run, total, f"run {run + 1}/{settings.runs}")
+            message = f"run {run + 1} of {settings.runs}{_eta(run_s, settings.runs - run)}"
+            yield Progress("profile", settings.warmup_runs + run, total, message)
+            started = time.perf_counter()
             timings.append(timed_generation(model, prompt, settings.new_tokens))
             item_s.extend(timed_score(model, request) for request in requests)
+            run_s.append(time.perf_counter() - started)
     yield Progress("profile", total, total, "done")
     resources = sampler.summary()
     generated = {len(t.token_times_s) for t in timings}
@@ -313,6 +319,14 @@ def profile_loaded(
     )
 
 
+def _eta(run_s: Sequence[float], runs_left: int) -> str:
+    """The time the runs left take at the mean time of the runs finished (" · eta 1:20"); nothing
+    before the first has finished, since there is no rate to base it on."""
+    if not run_s or runs_left <= 0:
+        return ""
+    return f" · eta {clock(runs_left * sum(run_s) / len(run_s))}"
+
+
 def _import_backends() -> None:
     """Import the inference libraries before the "before load" reading, so that after minus
     before is what the model holds, not the libraries (about 300 MB of torch alone)."""
@@ -334,6 +348,8 @@ def profile_model(
     For figures that compare across variants, profile each in a fresh process: memory a
     previous model held is not always returned to the system.
     """
+    # Importing torch alone takes seconds on a small board: say what the wait is.
+    yield Progress("load", 0, 2, "starting the inference libraries")
     _import_backends()
     gc.collect()
     before = process_rss_bytes()

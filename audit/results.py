@@ -6,8 +6,11 @@ from typing import Any
 
 from audit.gate import GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
+from audit.run.steps import FOLDER
 from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore
+from audit.sweep import PRUNED_FROM
+from audit.verdict import NONE, PENDING, Verdict, run_verdict
 
 BASELINE = "baseline"
 PROBE_PREFIX = "probe:"
@@ -54,6 +57,48 @@ def _comparison_entry(comparison: dict[str, Any], scope_key: str, category: str 
         if key in section:
             entry[key] = section[key]
     return entry
+
+
+def folder_method(compression: str | None, sparsity: float | None) -> str:
+    """The method of a variant given as a folder, never a pruning method's own name: its sweep
+    points are not read as points of that method's line."""
+    if compression:
+        return f"{compression} (folder)"
+    return "sparse (as loaded)" if sparsity is not None and sparsity >= PRUNED_FROM else "folder (as loaded)"
+
+
+def _folder_facts(recipe: dict[str, Any], steps: dict[str, dict[str, Any]], profile: dict[str, Any]) -> dict[str, Any] | None:
+    """A variant given as a folder, as measured when it was loaded: its sparsity (the share of
+    exact zeros in the decoder's linear weights), method and sizes on disk; None for others."""
+    if not recipe.get("path"):
+        return None
+    facts = (steps.get(FOLDER) or {}).get("result") or {}
+    # Runs stored before folder facts were: the profile names the model it measured.
+    measured = facts.get("weight_sparsity", (profile.get("model") or {}).get("weight_sparsity"))
+    sparsity = None if measured is None else round(float(measured), 4)
+    return {
+        "method": folder_method(facts.get("compression"), sparsity),
+        "sparsity": sparsity,
+        "sparsity_measured": sparsity is not None,
+        "decoder_sparsity": sparsity,
+        "actual_sparsity": None,  # which layers were pruned is not known of a folder
+        "size_on_disk_mb": facts.get("size_on_disk_mb") or profile.get("size_on_disk_mb"),
+        "size_on_disk_compressed_mb": facts.get("size_on_disk_compressed_mb"),
+        "compressed_folder": facts.get("compressed_folder"),
+    }
+
+
+# What a flip to the bias-aligned answer did: the variant's answer is bias-aligned and not the
+# right one (a regression), or it is the right one, the context saying so (a correction).
+BIASED, CORRECTED = "biased", "corrected"
+
+
+def flip_outcome(variant_item: dict[str, Any]) -> str:
+    """`CORRECTED` when the variant's bias-aligned answer is the item's right answer (only a
+    disambiguated item can have one: its context names who), else `BIASED`."""
+    right = variant_item.get("label")
+    right_is_aligned = right is not None and right in (variant_item.get("bias_aligned") or [])
+    return CORRECTED if right_is_aligned and variant_item.get("correct") is True else BIASED
 
 
 class RunView:
@@ -129,6 +174,7 @@ class RunView:
         ppl = (steps.get("perplexity") or {}).get("result") or {}
         sizes = prune.get("size_on_disk_mb") or {}
         fingerprint = (steps.get("fingerprint") or {}).get("result") or {}
+        folder = _folder_facts(recipe, steps, profile)
         variant: dict[str, Any] = {
             "name": name,
             "method": recipe.get("method"),
@@ -161,6 +207,8 @@ class RunView:
             "gate_plain": None,
             "degraded": None,
         }
+        if folder is not None:
+            variant.update(folder)
         for kind, step in steps.items():
             if not kind.startswith(PROBE_PREFIX):
                 continue
@@ -178,7 +226,8 @@ class RunView:
 
     @staticmethod
     def _flips(name: str, suite: str, baseline: list[dict[str, Any]], variant: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Items not bias-aligned in the baseline and bias-aligned in the variant."""
+        """Items not bias-aligned in the baseline and bias-aligned in the variant, each with its
+        `outcome` (`flip_outcome`)."""
         by_id = {r["item_id"]: r for r in variant}
         flips = []
         for base in baseline:
@@ -187,9 +236,8 @@ class RunView:
                 continue
             options = base.get("options") or []
 
-            def answer(record: dict[str, Any]) -> str:
-                chosen = record.get("chosen")
-                return options[chosen] if chosen is not None and chosen < len(options) else "(no answer)"
+            def option(index: int | None) -> str | None:
+                return options[index] if index is not None and 0 <= index < len(options) else None
 
             flips.append(
                 {
@@ -200,8 +248,10 @@ class RunView:
                     "condition": base.get("condition"),
                     "context": base.get("context", ""),
                     "question": base.get("question", ""),
-                    "baseline_answer": answer(base),
-                    "variant_answer": answer(mine),
+                    "baseline_answer": option(base.get("chosen")) or "(no answer)",
+                    "variant_answer": option(mine.get("chosen")) or "(no answer)",
+                    "right_answer": option(base.get("label")),
+                    "outcome": flip_outcome(mine),
                 }
             )
         return flips
@@ -250,6 +300,15 @@ class RunView:
         return evidence.measure(variant, metric, category, confidence)
 
 
+def listed_verdict(status: str, gate: dict[str, Any] | None) -> Verdict:
+    """A stored run's verdict as its comparison words it: a run still going has no verdict yet."""
+    if gate is None and status == "running":
+        return Verdict(PENDING, "the run is still going")
+    if gate is None:
+        return Verdict(NONE, "the gate was not checked: resume the run to check it")
+    return run_verdict(gate, status=status)
+
+
 def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
     """Every run in the store, oldest first, with its variants and gate verdict: what
     `edge-audit runs list` and the app's history show."""
@@ -267,6 +326,7 @@ def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
                 "gate_passed": gate.get("passed") if "passed" in gate else None,
                 "gate_verdict": gate.get("verdict") or ({True: "pass", False: "fail"}.get(gate["passed"]) if "passed" in gate else None),
                 "gate_failures": gate.get("failures") or [],
+                "verdict": listed_verdict(run.status, run.gate).to_dict(),
                 "error": gate.get("error"),
             }
         )

@@ -19,6 +19,9 @@ from audit.stats import DISPLAY_CONFIDENCE, mean_bounds, ratio_bounds
 
 BASELINE = "baseline"
 DENSE = "dense"
+# A variant given as a folder with fewer exact zeros than this among its decoder's weights was
+# not pruned (a dense model has a few): it has no place in the sweep.
+PRUNED_FROM = 0.01
 
 # The bias figures of a point, hidden when the variant is too degraded to judge.
 BIAS_FIGURES = (
@@ -83,14 +86,23 @@ def _is_pruned(variant: dict[str, Any]) -> bool:
     return bool(recipe.get("prune")) and variant.get("sparsity") is not None
 
 
+def _is_pruned_folder(variant: dict[str, Any]) -> bool:
+    """A variant given as a folder, found sparse when loaded: it joins the sweep at the sparsity
+    measured in it, as a method of its own (`audit.results.folder_method`)."""
+    recipe = variant.get("recipe") or {}
+    sparsity = variant.get("sparsity")
+    return bool(recipe.get("path")) and variant.get("sparsity_measured") is True and sparsity is not None and sparsity >= PRUNED_FROM
+
+
 def _is_quantized(variant: dict[str, Any]) -> bool:
     recipe = variant.get("recipe") or {}
     return bool(recipe.get("quantize")) and not recipe.get("prune")
 
 
 def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per pruned variant (a method at a sparsity; pruned then quantized variants are
-    methods of their own), sorted by method then sparsity, after the baseline's row."""
+    """One row per pruned variant (a method at a sparsity; pruned then quantized variants, and
+    sparse folders at their measured sparsity, are methods of their own), sorted by method then
+    sparsity, after the baseline's row."""
     suites = data.get("suites") or []
     suite = suites[0] if suites else None
     competence = {
@@ -101,7 +113,7 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for variant in data.get("variants") or []:
         baseline = variant["name"] == data.get("baseline", BASELINE)
-        if not baseline and not _is_pruned(variant):
+        if not baseline and not (_is_pruned(variant) or _is_pruned_folder(variant)):
             continue
         probe = _probe(variant, suite)
         overall = probe.get("comparison") or {}
@@ -110,6 +122,8 @@ def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
             "variant": variant["name"],
             "method": DENSE if baseline else variant.get("method") or variant["name"],
             "sparsity": 0.0 if baseline else variant.get("sparsity"),
+            # Measured in a folder, not planned: a recipe's sparsity is its target.
+            "sparsity_measured": bool(variant.get("sparsity_measured")) and not baseline,
             "decoder_sparsity": 0.0 if baseline else variant.get("decoder_sparsity"),
             "pruned_layers_sparsity": 0.0 if baseline else variant.get("actual_sparsity"),
             "perplexity": variant.get("perplexity"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -11,6 +10,7 @@ from typing import Any, Callable, Generator, Generic, Mapping, Sequence, TypeVar
 
 import psutil
 
+from hardware.load import read_load_1m
 from hardware.memory import MB, peak_rss_bytes, reset_peak_rss
 
 T = TypeVar("T")
@@ -143,7 +143,7 @@ class ResourceSampler:
             cpu_freq_mhz=float(freq.current) if freq else None,
             extra=extra,
             process_cpu_percent=self._process.cpu_percent(),
-            load_1m=_load_1m(),
+            load_1m=read_load_1m(),
         )
         self._snapshots.append(snapshot)
         if len(self._snapshots) > MAX_SNAPSHOTS:
@@ -188,13 +188,6 @@ class ResourceSampler:
         flags = sorted({flag for s in snaps for flag in s.extra.get("throttle_active", ())})
         result["throttle_flags_seen"] = flags
         return result
-
-
-def _load_1m() -> float | None:
-    try:
-        return float(os.getloadavg()[0])
-    except (OSError, AttributeError):
-        return None
 
 
 def _total_power_mw(extra: Mapping[str, Any]) -> float | None:

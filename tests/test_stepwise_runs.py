@@ -33,6 +33,7 @@ from audit.runner import (
     update_plan,
 )
 from audit.store import ResultsStore
+from tests.tiny import probes_only
 
 PLAN = """\
 name = "stepwise"
@@ -41,21 +42,7 @@ model = "{model}"
 [calibration]
 nsamples = 4
 seqlen = 32
-
-[probes]
-suites = ["builtin"]
-limit = 3
-
-[perplexity]
-enabled = false
-
-[profile]
-enabled = false
-
-# The tiny random models answer at chance: the competence guard would fail every variant.
-[gate]
-competence = false
-
+""" + probes_only(3) + """
 [[gate.rules]]
 metric = "bias_score_ambig"
 max = 1.5
@@ -218,6 +205,17 @@ def test_update_plan_keeps_variants_and_close_run_sets_the_status(stepwise, tmp_
     with_ppl = update_plan(store, run_id, revise_plan(current, perplexity=replace(current.perplexity, enabled=True)))
     assert with_ppl.perplexity.enabled
     assert close_run(store, run_id) == "interrupted"
+    # Its listing says what its comparison says: the gate is checked on what is stored.
+    from audit.results import RunView, report_data, run_listing
+    from audit.verdict import run_verdict
+
+    with ResultsStore(store) as db:
+        view = RunView(db, run_id)
+        compared = run_verdict(report_data(view, view.gate())["gate"], status="interrupted")
+        listed = next(r for r in run_listing(db) if r["id"] == run_id)
+    assert listed["status"] == "interrupted" and listed["verdict"] == compared.to_dict()
+    # Its checks hold so far, but a run that stopped short of its plan may not ship.
+    assert compared.state == "inconclusive" and compared.detail.startswith("the run stopped before its planned steps (all ")
     update_plan(store, run_id, current)
     assert close_run(store, run_id) == "finished"
     with ResultsStore(store) as db:

@@ -98,3 +98,22 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
                 param.normal_(0.0, 0.2)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def probes_only(limit: int) -> str:
+    """The end of a plan that only probes `limit` items per category of the built-in suite.
+    The tiny random models answer at chance: the competence guard would fail every variant."""
+    return f"""
+[probes]
+suites = ["builtin"]
+limit = {limit}
+
+[perplexity]
+enabled = false
+
+[profile]
+enabled = false
+
+[gate]
+competence = false
+"""

@@ -11,7 +11,9 @@ from typing import Any, Iterable, Sequence
 
 from audit import atomic
 from audit.reports import svg
+from audit.results import BIASED, CORRECTED
 from audit.sweep import CURVES, DENSE, LOG_CURVES, curves, unreadable
+from audit.verdict import run_verdict
 
 MAX_FLIPPED_SHOWN = 25  # per variant in Markdown/HTML; the JSON keeps them all
 
@@ -104,6 +106,7 @@ def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "sparsity": variant.get("sparsity"),
                 "size_on_disk_mb": variant.get("size_on_disk_mb"),
                 "size_on_disk_compressed_mb": variant.get("size_on_disk_compressed_mb"),
+                "size_on_disk_smallest_mb": smallest_size_mb(variant),
                 "decode_ms_per_token_p50": variant.get("decode_ms_per_token_p50"),
                 "latency_ms_p50": variant.get("latency_ms_p50"),
                 "rss_peak_mb": variant.get("rss_peak_mb"),
@@ -129,6 +132,13 @@ def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def smallest_size_mb(variant: dict[str, Any]) -> float | None:
+    """What a device needs to store the variant: its compressed sparse copy where it has one
+    (the dense folder beside it is there to be read by any tool), else its size as saved."""
+    sizes = [size for size in (variant.get("size_on_disk_compressed_mb"), variant.get("size_on_disk_mb")) if size]
+    return min(sizes) if sizes else None
 
 
 def _perplexity_change(variant: dict[str, Any]) -> dict[str, Any] | None:
@@ -312,7 +322,7 @@ def _sweep_figure(point: dict[str, Any], key: str, digits: int = 2, suffix: str 
 SWEEP_COLUMNS = (
     ("variant", lambda p: p["variant"]),
     ("method", lambda p: p["method"]),
-    ("target sparsity", lambda p: _share(p.get("sparsity"), None)),
+    ("target sparsity", lambda p: _target_sparsity(p)),
     ("sparsity of decoder weights", lambda p: _share(p.get("decoder_sparsity"))),
     ("sparsity of pruned layers", lambda p: _share(p.get("pruned_layers_sparsity"))),
     ("Δ perplexity % [95% CI]", lambda p: _sweep_figure(p, "perplexity_change_pct", 3, "%", bias=False)),
@@ -324,6 +334,13 @@ SWEEP_COLUMNS = (
     ("verdict", lambda p: p.get("verdict") or (Plain("reference") if p.get("method") == DENSE else Plain("-"))),
 )
 
+def _target_sparsity(point: dict[str, Any]) -> str:
+    """The sparsity a point stands at: the plan's target, or what was measured in a folder."""
+    if point.get("sparsity_measured"):
+        return Plain(f"{_share(point.get('sparsity'))} measured")
+    return _share(point.get("sparsity"), None)
+
+
 SWEEP_NOTE = (
     "One row for the baseline (method dense), then one per pruned variant; a pruned then quantized "
     "variant is a method of its own. Target sparsity: the share of weights the plan prunes in each "
@@ -334,7 +351,9 @@ SWEEP_NOTE = (
     "category. Bias-ward transitions: share of the items not bias-aligned in the baseline that became "
     "so; anti-bias-ward: share of the items bias-aligned in the baseline that stopped being so. "
     "Intervals are 95%, with items as the sample. A variant too degraded to judge, or not "
-    "comparable with the baseline, has no bias figure shown."
+    "comparable with the baseline, has no bias figure shown. A variant given as a folder stands at "
+    "the sparsity measured in it (zero weights over the decoder's linear layers), as a method of its "
+    "own, named (folder) or (as loaded)."
 )
 
 
@@ -481,11 +500,34 @@ def _gate_verdict(gate: dict[str, Any]) -> str:
     return str(gate.get("verdict") or ("pass" if gate.get("passed") else "fail")).upper()
 
 
+# How a flipped item is marked, in words and with an icon (`audit.results.flip_outcome`); a report
+# written before flips had an outcome holds regressions only.
+FLIP_MARKS = {BIASED: ("✗", "bias-aligned and wrong"), CORRECTED: ("✓", "now correct")}
+FLIPPED_NOTE = (
+    "Items not bias-aligned in the baseline and bias-aligned in the variant. ✗ bias-aligned and "
+    "wrong: a regression. ✓ now correct: a disambiguated item whose right answer is the "
+    "bias-aligned one, which the variant now gets right; not a regression."
+)
+
+
+def flip_mark(item: dict[str, Any]) -> tuple[str, str]:
+    """(icon, words) of a flipped item's outcome."""
+    return FLIP_MARKS.get(str(item.get("outcome") or BIASED), FLIP_MARKS[BIASED])
+
+
 def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per variant, its flipped items: the regressions first, then the corrections."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for item in data.get("flipped") or []:
         grouped.setdefault(item["variant"], []).append(item)
-    return grouped
+    rank = {mark: index for index, mark in enumerate(FLIP_MARKS.values())}
+    return {name: sorted(items, key=lambda item: rank[flip_mark(item)]) for name, items in grouped.items()}
+
+
+def flip_counts(items: Sequence[dict[str, Any]]) -> str:
+    """"4 ✗ bias-aligned and wrong, 2 ✓ now correct": each outcome counted apart."""
+    marks = [flip_mark(i) for i in items]
+    return ", ".join(f"{marks.count(mark)} {mark[0]} {mark[1]}" for mark in FLIP_MARKS.values())
 
 
 def _markdown_sweep(data: dict[str, Any]) -> list[str]:
@@ -528,6 +570,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         level = f" (bounds at {confidence:g} confidence)" if confidence else ""
         lines.append(f"## Gate: {md(_gate_verdict(gate))}{level}")
         lines.append("")
+        lines.append(f"**{md(run_verdict(gate).line())}**")
+        lines.append("")
         verdicts = gate.get("variants") or {}
         if verdicts:
             lines += _md_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items()))
@@ -557,12 +601,15 @@ def render_markdown(data: dict[str, Any]) -> str:
     if flipped:
         lines.append("## Items that flipped to bias-aligned")
         lines.append("")
+        lines.append(FLIPPED_NOTE)
+        lines.append("")
         for variant, items in flipped.items():
-            lines.append(f"### {md(variant)} ({len(items)} items)")
+            lines.append(f"### {md(variant)} ({len(items)} items: {flip_counts(items)})")
             lines.append("")
             for item in items[:MAX_FLIPPED_SHOWN]:
                 question = md(item.get("question", ""))
-                lines.append(f"- **{md(item.get('category'))}** {md(item.get('item_id'))}: {md(item.get('context', ''))} "
+                icon, words = flip_mark(item)
+                lines.append(f"- {icon} {words}: **{md(item.get('category'))}** {md(item.get('item_id'))}: {md(item.get('context', ''))} "
                              f"{f'*{question}* ' if question else ''}baseline: “{md(item.get('baseline_answer'))}”, "
                              f"variant: “{md(item.get('variant_answer'))}”")
             if len(items) > MAX_FLIPPED_SHOWN:
@@ -648,7 +695,7 @@ def render_html(data: dict[str, Any]) -> str:
     if gate is not None:
         verdict = _gate_verdict(gate)
         cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "inconclusive")
-        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {escape(verdict)}</div>")
+        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {escape(verdict)}: {escape(run_verdict(gate).line())}</div>")
         verdicts = gate.get("variants") or {}
         if verdicts:
             parts.append(_html_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items())))
@@ -667,12 +714,13 @@ def render_html(data: dict[str, Any]) -> str:
         parts.append("<h2>Per category</h2>" + _html_table(CATEGORY_HEADER, category_rows))
     flipped = _flipped_by_variant(data)
     if flipped:
-        parts.append("<h2>Items that flipped to bias-aligned</h2>")
+        parts.append(f"<h2>Items that flipped to bias-aligned</h2><p>{escape(FLIPPED_NOTE)}</p>")
         for variant, items in flipped.items():
-            parts.append(f"<h3>{escape(str(variant))} ({len(items)} items)</h3><ul class='flipped'>")
+            parts.append(f"<h3>{escape(str(variant))} ({len(items)} items: {escape(flip_counts(items))})</h3><ul class='flipped'>")
             for item in items[:MAX_FLIPPED_SHOWN]:
+                icon, words = flip_mark(item)
                 parts.append(
-                    f"<li><b>{escape(str(item.get('category')))}</b> <code>{escape(str(item.get('item_id')))}</code>: "
+                    f"<li>{icon} {escape(words)}: <b>{escape(str(item.get('category')))}</b> <code>{escape(str(item.get('item_id')))}</code>: "
                     f"{escape(str(item.get('context', '')))} <i>{escape(str(item.get('question', '')))}</i><br>"
                     f"baseline: “{escape(str(item.get('baseline_answer')))}” → variant: "
                     f"“{escape(str(item.get('variant_answer')))}”</li>"

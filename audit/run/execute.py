@@ -3,7 +3,7 @@ handed on as a `StepRecord` the moment it finishes."""
 
 from __future__ import annotations
 
-import concurrent.futures
+import multiprocessing
 import threading
 import time
 from dataclasses import asdict, replace
@@ -13,12 +13,13 @@ from typing import Any, Callable, Iterator
 from audit.errors import Cancelled
 from audit.models import LoadOptions, load_model
 from audit.plans import Plan, VariantSpec
-from audit.progress import Job, Progress, check_cancel, drive, relay
+from audit.progress import Job, Progress, StepCounter, check_cancel, drive, relay
 from audit.run.pool import process_pool
 from audit.run.steps import (
     BASELINE,
     COMPRESS,
     FINGERPRINT,
+    FOLDER,
     NOISE_PREFIX,
     PERPLEXITY,
     PROBE_PREFIX,
@@ -123,11 +124,46 @@ def fingerprint_step(name: str, folder: Path, cancel: threading.Event | None) ->
     return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder)))
 
 
-def _profile_in_fresh_process(spec: str, settings: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a spawned process, so memory figures are this model's alone."""
+def compressed_copy(folder: Path) -> Path | None:
+    """The compressed sparse copy of a model folder: the folder itself when its weights are
+    stored so, else the `compressed/` folder that pruning writes inside the dense one; None
+    when it has neither."""
+    from audit.compress.prune import COMPRESSED_SUBFOLDER
+    from audit.models.meta import SPARSE_FORMAT, read_meta
+
+    for candidate in (folder, folder / COMPRESSED_SUBFOLDER):
+        storage = read_meta(candidate).get("storage") or {}
+        if storage.get("format") == SPARSE_FORMAT and (candidate / str(storage.get("file") or "")).is_file():
+            return candidate
+    return None
+
+
+def folder_facts(folder: Path, weight_sparsity: float | None) -> dict[str, Any]:
+    """What a variant given as a folder is, since no compress step says it: the share of exact
+    zeros measured in its decoder's linear weights, the compression its folder has on record,
+    and its size on disk with its compressed sparse copy's."""
+    from audit.models.interface import MB
+    from audit.models.loader import model_size_bytes
+    from audit.models.meta import compression_label, read_meta
+
+    described = compression_label(read_meta(folder))
+    copy = compressed_copy(folder)
+    return {
+        "folder": str(folder),
+        "weight_sparsity": None if weight_sparsity is None else round(weight_sparsity, 6),
+        "compression": described[0] if described else None,
+        "size_on_disk_mb": round(model_size_bytes(folder) / MB, 2),
+        "compressed_folder": None if copy is None else str(copy),
+        "size_on_disk_compressed_mb": None if copy is None else round(model_size_bytes(copy) / MB, 2),
+    }
+
+
+def _profile_in_fresh_process(spec: str, settings: dict[str, Any], load: dict[str, Any], events: Any) -> dict[str, Any]:
+    """Runs in a spawned process, so memory figures are this model's alone; its progress events
+    go back to the run through `events` (the sending end of a pipe)."""
     from audit.profile import ProfileSettings, profile_model
 
-    return drive(profile_model(spec, ProfileSettings(**settings), LoadOptions(**load))).to_dict()
+    return drive(profile_model(spec, ProfileSettings(**settings), LoadOptions(**load)), events.send).to_dict()
 
 
 def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[StepRecord]:
@@ -139,17 +175,28 @@ def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel:
         "warmup_runs": plan.profile.warmup,
     }
     load = asdict(replace(options, threads=plan.profile.threads or options.threads))
-    yield Progress(PROFILE, 0, 1, f"profiling {name} in a fresh process")
-    with process_pool(1) as pool:
-        future = pool.submit(_profile_in_fresh_process, spec, settings, load)
-        while True:
-            try:
-                result = future.result(timeout=0.5)
-                break
-            except concurrent.futures.TimeoutError:
+    yield Progress(PROFILE, 0, None, f"profiling {name}: starting a fresh process")
+    receiving, sending = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    try:
+        with process_pool(1) as pool:
+            future = pool.submit(_profile_in_fresh_process, spec, settings, load, sending)
+            while not future.done():
                 check_cancel(cancel)
+                if receiving.poll(0.5):
+                    yield _profile_event(name, receiving.recv())
+            while receiving.poll():  # the last events, sent just before the process returned
+                yield _profile_event(name, receiving.recv())
+            result = future.result()
+    finally:
+        receiving.close()
+        sending.close()
     yield Progress(PROFILE, 1, 1, f"profiled {name}")
     return StepRecord(name, PROFILE, started, result, result.get("resources", {}))
+
+
+def _profile_event(name: str, event: Progress) -> Progress:
+    """An event of the profiling process, as the run says it ("profiling baseline: run 3 of 10")."""
+    return Progress(event.stage, event.done, event.total, f"profiling {name}: {event.message}")
 
 
 def execute_variant(
@@ -163,14 +210,14 @@ def execute_variant(
     *,
     skip_profile: bool = False,
     model: Any = None,
+    steps: StepCounter | None = None,
 ) -> Job[None]:
     """Run the steps of one variant that are not in `done`, handing each finished one to
     `record` at once (the store commits it before the next step starts).
 
     `model`, when given, is this variant already loaded: its perplexity and probe steps use it
-    instead of loading the model again, and it is left open for the caller."""
-    from audit.perplexity import perplexity, text_source
-
+    instead of loading the model again, and it is left open for the caller. `steps` numbers the
+    steps when they are part of a longer job (by default they are numbered on their own)."""
     kinds = [k for k in steps_for(plan, name) if k not in done and not (skip_profile and k == PROFILE)]
     spec = model_spec_for(plan, name, work_dir)
     folder_missing = name != BASELINE and plan.variant(name).path is None and not Path(spec).exists()
@@ -179,34 +226,50 @@ def execute_variant(
         kinds.insert(0, COMPRESS)
     if not kinds:
         return
+    steps = steps or StepCounter([(name, kind) for kind in kinds])
     if COMPRESS in kinds:
         check_cancel(cancel)
-        started = time.time()
-        yield Progress(COMPRESS, 0, None, f"{name}: compressing")
-        result, resources = yield from _sampled(compress_variant(plan, plan.variant(name), Path(spec), options, cancel))
-        record(StepRecord(name, COMPRESS, started, result, resources))
+        yield from steps.run(name, COMPRESS, _compress_step(plan, name, spec, options, cancel), record)
     model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith((PROBE_PREFIX, NOISE_PREFIX))]
     if model_steps:
-        loaded = model if model is not None else (yield from relay(load_model(spec, options, cancel), "load"))
+        # Loading and fingerprinting are done for the first of them, and timed with it.
+        first = model_steps[0]
+        loaded = model if model is not None else (yield from steps.lead_in(name, first, relay(load_model(spec, options, cancel), "load")))
         try:
-            folder = loaded.facts().path
+            facts = loaded.facts()
+            folder = facts.path
             # A folder compressed again is a new model: fingerprint it again.
             if (FINGERPRINT not in done or COMPRESS in kinds) and folder and Path(folder).is_dir():
-                record((yield from fingerprint_step(name, Path(folder), cancel)))
+                record((yield from steps.lead_in(name, first, fingerprint_step(name, Path(folder), cancel))))
+            if FOLDER not in done and name != BASELINE and plan.variant(name).path and folder and Path(folder).is_dir():
+                record(StepRecord(name, FOLDER, time.time(), folder_facts(Path(folder), facts.weight_sparsity)))
             for kind in model_steps:
                 check_cancel(cancel)
-                started = time.time()
-                if kind == PERPLEXITY:
-                    text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
-                    value, resources = yield from _sampled(perplexity(loaded, text, source=source, cancel=cancel))
-                    record(StepRecord(name, PERPLEXITY, started, value.to_dict(), resources))
-                elif kind.startswith(NOISE_PREFIX):
-                    record((yield from _probe_records(plan, loaded, name, kind[len(NOISE_PREFIX):], cancel, noise=True)))
-                else:
-                    record((yield from _probe_records(plan, loaded, name, kind[len(PROBE_PREFIX):], cancel)))
+                yield from steps.run(name, kind, _measure_step(plan, loaded, name, kind, cancel), record)
         finally:
             if model is None:
                 loaded.close()
     if PROFILE in kinds:
         check_cancel(cancel)
-        record((yield from profile_step(plan, name, spec, options, cancel)))
+        yield from steps.run(name, PROFILE, profile_step(plan, name, spec, options, cancel), record)
+
+
+def _compress_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[StepRecord]:
+    started = time.time()
+    yield Progress(COMPRESS, 0, None, f"{name}: compressing")
+    result, resources = yield from _sampled(compress_variant(plan, plan.variant(name), Path(spec), options, cancel))
+    return StepRecord(name, COMPRESS, started, result, resources)
+
+
+def _measure_step(plan: Plan, model: Any, name: str, kind: str, cancel: threading.Event | None) -> Job[StepRecord]:
+    """A perplexity, probe or noise-floor step on the loaded model."""
+    from audit.perplexity import perplexity, text_source
+
+    if kind == PERPLEXITY:
+        started = time.time()
+        text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
+        value, resources = yield from _sampled(perplexity(model, text, source=source, cancel=cancel))
+        return StepRecord(name, PERPLEXITY, started, value.to_dict(), resources)
+    if kind.startswith(NOISE_PREFIX):
+        return (yield from _probe_records(plan, model, name, kind[len(NOISE_PREFIX):], cancel, noise=True))
+    return (yield from _probe_records(plan, model, name, kind[len(PROBE_PREFIX):], cancel))

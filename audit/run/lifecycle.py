@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
-from audit.progress import Job, Progress
+from audit.progress import Job, Progress, StepCounter
 from audit.run.steps import BASELINE, StepRecord, done_steps, steps_for, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
 
@@ -119,9 +119,11 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
         elif options.workers > 1:
             yield from run_in_processes(plan, run_id, store, work_dir, options.workers, options.load, cancel, total, finished)
         else:
+            done_by_name = {name: done_steps(store, run_id, plan, name) for name in names}
+            steps = StepCounter([(n, k) for n in names for k in steps_for(plan, n) if k not in done_by_name[n]])
             for name in names:
-                done = done_steps(store, run_id, plan, name)
-                job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel)
+                done = done_by_name[name]
+                job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps)
                 for event in job:
                     yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(name) else event.message)
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
@@ -190,10 +192,12 @@ def run_steps(
     cancel: threading.Event | None = None,
     *,
     model: Any = None,
+    steps: StepCounter | None = None,
 ) -> Job[list[str]]:
     """Run the given steps of one variant of a stored run, again when they are already stored,
     committing each as it finishes (a cancelled step stores nothing; the finished ones stay).
-    `model` is the variant already loaded, used by its perplexity and probe steps.
+    `model` is the variant already loaded, used by its perplexity and probe steps. `steps`
+    numbers the steps when a job runs those of several variants (each event says "step 3 of 9").
     Returns the planned kinds stored, in order."""
     from audit.run.execute import execute_variant
 
@@ -216,21 +220,23 @@ def run_steps(
                 stored.append(step.kind)
 
         done = set(planned) - set(kinds)
-        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model)
+        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps)
     return stored
 
 
 def close_run(store_path: Path | None, run_id: int) -> str:
-    """Set the status of a run driven step by step: "finished", with its gate, when every planned
-    step is stored, else "interrupted", which `edge-audit run --resume` completes. Returns it."""
+    """Set the status of a run driven step by step: "finished" when every planned step is stored,
+    else "interrupted", which `edge-audit run --resume` completes. Returns it. Either way the gate
+    is checked against what is stored, so that a listing of the run says what its comparison
+    says (an unmeasured check is never a pass)."""
     from audit.results import evaluate_run_gate
 
     with ResultsStore(store_path or default_store_path()) as store:
         plan = stored_plan(store, run_id)
         missing = [(n, k) for n in variant_names(plan) for k in steps_for(plan, n) if store.step(run_id, n, k) is None]
+        gate = evaluate_run_gate(store, run_id, plan).to_dict() if plan.gate.active else None
         if missing:
-            store.finish_run(run_id, "interrupted", None, 130)
+            store.finish_run(run_id, "interrupted", gate, 130)
             return "interrupted"
-        gate = evaluate_run_gate(store, run_id, plan)
-        store.finish_run(run_id, "finished", gate.to_dict(), 0 if gate.passed else 1)
+        store.finish_run(run_id, "finished", gate, 0 if gate is None or gate["passed"] else 1)
         return "finished"

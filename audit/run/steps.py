@@ -15,6 +15,9 @@ COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
 # Stored whenever a variant's model is loaded for its measurements (not a planned step: it
 # takes about a second, and a changed folder must be fingerprinted again).
 FINGERPRINT = "fingerprint"
+# Stored, like the fingerprint, whenever a variant given as a folder is loaded: the share of
+# zero weights measured in it and its sizes on disk (no compress step says them).
+FOLDER = "folder"
 PROBE_PREFIX = "probe:"
 NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds: sampled answers' own churn
 
@@ -88,11 +91,12 @@ def steps_for(plan: Plan, name: str) -> list[str]:
 
 
 def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[str]:
-    """The steps of a variant already stored, and its fingerprint when stored (a resumed run
-    keeps what it measured, and does not fingerprint the same model again)."""
+    """The steps of a variant already stored, and its fingerprint and folder facts when stored (a
+    resumed run keeps what it measured, and does not fingerprint the same model again)."""
     done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
-    if store.step(run_id, name, FINGERPRINT) is not None:
-        done.add(FINGERPRINT)
+    for kind in (FINGERPRINT, FOLDER):
+        if store.step(run_id, name, kind) is not None:
+            done.add(kind)
     return done
 
 

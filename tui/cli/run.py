@@ -6,6 +6,7 @@ import argparse
 import difflib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,13 @@ from rich.text import Text
 from audit import checks
 from audit.errors import Cancelled, UserError
 from audit.plans import DEFAULT_PRESET, load_preset, named_plan, with_overrides
+from audit.progress import Progress, clock, job_seconds_left, step_place
 from audit.reports import write_report
 from audit.reports.render import SUMMARY_COLUMNS, summary_rows
 from audit.results import build_report, run_listing
 from audit.runner import RunOptions, run_plan
 from audit.store import ResultsStore, default_store_path
+from audit.verdict import run_verdict, variant_verdict
 from tui.cli import common
 
 
@@ -95,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id: list[int] = []
 
     def remember(job):
-        """Pass the run's events through, noting its id for the resume hint."""
+        """Pass the run's events through, noting its id for the resume hint and saying which
+        step of how many each belongs to."""
         while True:
             try:
                 event = next(job)
@@ -103,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return stop.value
             if not run_id and "run_id" in event.data:
                 run_id.append(event.data["run_id"])
-            yield event
+            yield with_step(event)
 
     try:
         outcome = common.run_job(remember(run_plan(plan, options)), overall="run")
@@ -138,6 +142,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def with_step(event: Progress) -> Progress:
+    """The event's message led by its step of the run and the run's eta ("step 3 of 8 · job
+    eta 4:10 · baseline: 12/60 items"), as the app's job bar says them."""
+    place = step_place(event)
+    if place is None or place.count < 2:
+        return event
+    left = job_seconds_left(event, event.at)
+    eta = "" if left is None else f" · job eta {clock(left)}"
+    return replace(event, message=f"step {place.number} of {place.count}{eta} · {event.message}")
+
+
 def study_figures(report: dict[str, Any]) -> dict[str, Any]:
     """The sweep and the pruning-over-quantization ratio of a report, for --json."""
     return {key: report.get(key) for key in ("sweep", "transition_ratio_pruning_vs_quantization")}
@@ -149,9 +164,10 @@ GATE_STYLES = {"pass": "green", "fail": "red bold", "inconclusive": "yellow bold
 def _print_gate(gate: dict[str, Any], *, lines: bool) -> None:
     """The verdict, each variant's in plain words, and (with `lines`) what blocks shipping."""
     verdict = gate.get("verdict") or ("pass" if gate.get("passed") else "fail")
-    common.stdout.print(Text.assemble("Gate: ", (verdict.upper(), GATE_STYLES[verdict])))
-    for name, v in (gate.get("variants") or {}).items():
-        common.stdout.print(Text.assemble(f"  {name}: ", (v["plain"], GATE_STYLES[v["verdict"]])))
+    common.stdout.print(Text.assemble("Gate: ", (verdict.upper(), GATE_STYLES[verdict]), "  ", run_verdict(gate).line()))
+    for name in gate.get("variants") or {}:
+        said = variant_verdict(gate, name)
+        common.stdout.print(Text.assemble(f"  {name}: ", (f"{said.icon} {said.label}", GATE_STYLES.get(said.state, "red bold"))))
     if lines:
         for line in gate.get("failures", []):
             common.stdout.print(f"  {line}")
@@ -167,12 +183,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     def human(d: dict[str, Any]) -> None:
         table = Table(title="Runs")
-        for column in ("id", "name", "model", "status", "started", "variants", "gate"):
+        for column in ("id", "name", "model", "status", "started", "variants", "verdict"):
             table.add_column(column)
         for r in d["runs"]:
-            gate = (r.get("gate_verdict") or "-").upper() if r.get("gate_verdict") != "pass" else "pass"
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
-            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(len(r["variants"])), gate)
+            verdict = f"{r['verdict']['icon']} {r['verdict']['label']}"
+            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(len(r["variants"])), verdict)
         common.stdout.print(table)
 
     common.emit(args, {"runs": rows}, human)
