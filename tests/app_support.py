@@ -167,15 +167,15 @@ def perplexity_result(name: str, ppl: float) -> dict[str, Any]:
 CREATED_AT = 1767258000.0  # 2026-01-01 09:00 UTC
 
 
-def build_audit_store(store: Path, limit: int = 8) -> int:
-    """A finished-looking audit of the default model with fixed numbers: compress, perplexity
-    and profile steps written as the runner writes them, probes scored through the real probe
-    job by scripted models. Returns the run id."""
+def build_audit_store(store: Path, limit: int = 8, variants: Sequence[tuple[Any, ...]] = AUDIT_VARIANTS) -> int:
+    """A finished-looking audit of the default model with fixed numbers (`variants`, as
+    `AUDIT_VARIANTS` gives them): compress, perplexity and profile steps written as the runner
+    writes them, probes scored through the real probe job by scripted models. Returns the run id."""
     plan = session_plan("smollm2-135m")
     plan = revise_plan(plan, probes=replace(plan.probes, limit=limit), name="default-audit")
     run_id, work_dir = start_run(plan, store)
     items = load_suite("builtin", limit=limit).items
-    for name, spec, bias, right, ppl, (dense, compressed), latency, rss in AUDIT_VARIANTS:
+    for name, spec, bias, right, ppl, (dense, compressed), latency, rss in variants:
         if spec is not None:
             add_variant(store, run_id, spec)
             (work_dir / name).mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,26 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 3
         if time.monotonic() > deadline:
             raise AssertionError("the condition did not come true in time")
         await pilot.pause(0.02)
+
+
+async def open_stored_run(pilot: Any) -> None:
+    """Open the first stored run on Compare from History, as a technician does (5, Enter)."""
+    app = pilot.app
+    await settle(pilot, app, until=lambda: app.session is not None)
+    await pilot.press("5")
+    await settle(pilot, app, until=lambda: bool(getattr(app.screen, "runs", None)))
+    await pilot.press("enter")
+    await settle(pilot, app, until=lambda: app.current_mode == "compare" and app.compared is not None)
+
+
+async def show_on_compare(pilot: Any, data: dict[str, Any]) -> None:
+    """Show `data` on Compare as a stored run (the session's reports leave it alone)."""
+    app = pilot.app
+    await settle(pilot, app, until=lambda: app.session is not None)
+    app.compared_run = data["run"]["id"]
+    app.compared = data
+    await pilot.press("4")
+    await settle(pilot, app, until=lambda: app.current_mode == "compare")
 
 
 async def exited(app: Any, timeout: float = 60.0) -> None:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.app_support import FrozenDevice, add_field_checks, build_audit_store, fake_loader, field_check_results, no_blink, settle
+from tests.app_support import FrozenDevice, add_field_checks, build_audit_store, fake_loader, field_check_results, no_blink, open_stored_run, settle
+from tests.test_app_runs_compare import SECOND_AUDIT
 from tui.app import create_app
 
 SIZES = [(80, 24), (120, 40)]
@@ -43,11 +44,7 @@ async def _finish(pilot):
 
 
 async def _open_audit(pilot):
-    await _start(pilot)
-    await pilot.press("5")
-    await settle(pilot, pilot.app, until=lambda: bool(getattr(pilot.app.screen, "runs", None)))
-    await pilot.press("enter")
-    await settle(pilot, pilot.app, until=lambda: pilot.app.current_mode == "compare" and pilot.app.compared is not None)
+    await open_stored_run(pilot)
 
 
 def screen(keys: tuple[str, ...] = (), audit: bool = False, then: tuple[str, ...] = ()):
@@ -87,6 +84,7 @@ SCREENS = {
     "probe": screen(("3",)),
     "compare": screen(audit=True),
     "variant": screen(audit=True, then=("d",)),
+    "verdict-key": screen(audit=True, then=("v",)),
     "history": screen(("5",)),
     "help": screen(("question_mark",)),
     "check": screen(("6",)),
@@ -99,3 +97,18 @@ SCREENS = {
 @pytest.mark.parametrize("name", list(SCREENS))
 def test_screen(name, size, snap_compare, audit_app):
     assert snap_compare(audit_app(), terminal_size=size, run_before=SCREENS[name])
+
+
+async def _two_runs_side_by_side(pilot):
+    """History, the two runs marked by keys (the newest first), then set side by side."""
+    await _start(pilot)
+    await pilot.press("5")
+    await settle(pilot, pilot.app, until=lambda: len(getattr(pilot.app.screen, "runs", ())) == 2)
+    await pilot.press("m", "down", "m", "d")
+    await _finish(pilot)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_two_runs_side_by_side(size, snap_compare, audit_app, tmp_path):
+    assert build_audit_store(tmp_path / "results.db", variants=SECOND_AUDIT) == 2
+    assert snap_compare(audit_app(), terminal_size=size, run_before=_two_runs_side_by_side)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from audit.sweep import CURVES, DENSE, curves, sweep_points
-from tests.app_support import FrozenDevice, fake_loader, settle
+from tests.app_support import FrozenDevice, fake_loader, show_on_compare
 from tui.app import create_app
 from tui.widgets.charts import NOT_MEASURED, NOTHING_TO_PLOT, SweepChart, SweepCharts
 from tui.widgets.comparison import ComparisonTable
@@ -89,13 +89,8 @@ def app(tmp_path, monkeypatch, isolated_cache):
 
 async def compare(pilot, data):
     """Show `data` on Compare as a stored run (the session's reports leave it alone)."""
-    app = pilot.app
-    await settle(pilot, app, until=lambda: app.session is not None)
-    app.compared_run = data["run"]["id"]
-    app.compared = data
-    await pilot.press("4")
-    await settle(pilot, app, until=lambda: app.current_mode == "compare")
-    return app.screen.query_one(SweepCharts)
+    await show_on_compare(pilot, data)
+    return pilot.app.screen.query_one(SweepCharts)
 
 
 def chart(charts, curve) -> SweepChart:

@@ -64,6 +64,15 @@ class Terminal:
         done = subprocess.run([*self.base, "display-message", "-p", "-t", "app", "#{pane_dead}"], capture_output=True, text=True, timeout=30)
         return done.stdout.strip() == "0"
 
+    def quit(self, *keys: str) -> None:
+        """Press `keys`, wait for the app to exit, and check it left no traceback behind."""
+        self.keys(*keys)
+        deadline = time.monotonic() + 60
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not self.running(), "the app did not quit"
+        assert "Traceback" not in self.screen()
+
     def close(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=30)
 
@@ -87,12 +96,7 @@ def test_the_app_opens_loads_probes_and_compares_in_tmux(tmp_path):
         terminal.keys("4")
         shown = terminal.wait_for("verdict", timeout=30)
         assert "Run 1 (session)" in shown and "baseline" in shown
-        terminal.keys("q")
-        deadline = time.monotonic() + 60
-        while terminal.running() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not terminal.running(), "the app did not quit"
-        assert "Traceback" not in terminal.screen()
+        terminal.quit("q")
     finally:
         terminal.close()
     # What the terminal showed is what the store holds.

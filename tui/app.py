@@ -8,12 +8,14 @@ run read back (`RunView`), as reports and `edge-audit runs show` read it.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 from textual.message_pump import MessagePump
 from textual.reactive import reactive
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -35,6 +37,14 @@ from tui.screens.models import ModelsScreen
 from tui.screens.probe import ProbeScreen
 from tui.session import JobStatus, Loader, Session, continue_session, open_session, read_report
 from tui.widgets.device_panel import DeviceFeed, LiveDevice
+
+
+@dataclass
+class StepsStored(Message):
+    """How many steps of the session's run are stored, and when the last one finished."""
+
+    run_id: int
+    mark: tuple[int, float]
 
 
 class EdgeAuditApp(App[int]):
@@ -65,6 +75,10 @@ class EdgeAuditApp(App[int]):
     field_check: reactive[dict[str, Any] | None] = reactive(None, always_update=True)
     # Bumped whenever the session (model, plan, run) changes.
     session_rev: reactive[int] = reactive(0)
+    # The model being loaded now (a spec, or a stored run's model), None between loads. Screens watch it.
+    loading: reactive[str | None] = reactive(None)
+    # The spec of the last load that failed: the Models screen offers it again in its path field.
+    failed_load: reactive[str | None] = reactive(None, always_update=True)
 
     def __init__(
         self,
@@ -87,6 +101,8 @@ class EdgeAuditApp(App[int]):
         self.last_outcome: tuple[int, str, str] | None = None  # (job id, kind, "done" / "cancelled" / "failed")
         self.compared_run: int | None = None  # None: the session's run
         self._job_ids = 0
+        self._load_spec: str | None = None  # the spec the running load was given, None for a stored run's
+        self._stored_mark: tuple[int, float] | None = None  # the session's stored steps, as last seen
         self._quitting = False
         # Child processes (a profile runs in one) need multiprocessing's resource tracker; it
         # must start while stderr is still the terminal's, not the app's print capture, whose
@@ -100,8 +116,15 @@ class EdgeAuditApp(App[int]):
         self.switch_mode("models")
         if isinstance(self.device_feed, LiveDevice):
             self._start_device()
-        # After the first paint: loading imports the inference libraries, which takes seconds.
-        self.call_after_refresh(self.load, self.model_spec)
+        self.set_interval(1.0, self._check_stored_steps)
+        # Said from the first paint; the load itself starts after it, since it imports the
+        # inference libraries, which takes seconds (tens on a busy device).
+        self.loading = self.model_spec.strip() or None
+        self.call_after_refresh(self._load_at_start)
+
+    def _load_at_start(self) -> None:
+        if not self.load(self.model_spec):
+            self.loading = None
 
     @work(thread=True, group="device", exit_on_error=False)
     def _start_device(self) -> None:
@@ -111,7 +134,7 @@ class EdgeAuditApp(App[int]):
     def session_caption(self) -> str:
         session = self.session
         if session is None:
-            return f"loading {self.model_spec}" if self.job else "no model"
+            return f"loading {self.loading}…" if self.loading else "no model"
         name = session.facts.name if session.facts else Path(session.model_spec).name
         run = f"run {session.run_id}" if session.run_id is not None else "no run yet"
         return f"{name} · {run} "
@@ -171,6 +194,8 @@ class EdgeAuditApp(App[int]):
                 error = "" if worker.error is None else str(worker.error)
                 self.last_outcome = (self.job.job_id, self.job.kind, outcome)
                 self.job.owner.post_message(JobEnded(self.job.job_id, self.job.kind, outcome, error))
+                if self.job.kind == "load":
+                    self._load_ended(outcome, worker.error)
             self.job = None
             self.refresh_bindings()
             self.session_rev += 1
@@ -183,6 +208,8 @@ class EdgeAuditApp(App[int]):
 
     def _notify_failure(self, worker: Worker) -> None:
         error = worker.error
+        if worker.group == "job" and self.job is not None and self.job.kind == "load":
+            return  # `_load_ended` says it in one line
         title = self.job.title if worker.group == "job" and self.job is not None else worker.name or "edge-audit"
         if isinstance(error, Cancelled):
             self.notify("cancelled; every step that finished is kept in the store", title=title, severity="warning")
@@ -194,17 +221,43 @@ class EdgeAuditApp(App[int]):
     # -- the session -------------------------------------------------------------------------
     def continue_run(self, run_id: int) -> bool:
         """Make a stored run the session again (its model loaded), to add steps to it."""
-        return self.start_job(
+        started = self.start_job(
             "load", f"continue run {run_id}", lambda cancel: continue_session(run_id, self.store_path, self.options, self.loader, cancel)
         )
+        if started:
+            self._load_spec, self.loading = None, f"the model of run {run_id}"
+        return started
 
     def load(self, spec: str) -> bool:
+        """Load exactly `spec` (as typed or chosen) into a new session."""
         spec = spec.strip()
         if not spec:
             return False
-        return self.start_job(
+        started = self.start_job(
             "load", f"load {spec}", lambda cancel: open_session(spec, self.store_path, self.options, self.loader, cancel)
         )
+        if started:
+            self._load_spec, self.loading = spec, spec
+        return started
+
+    def _load_ended(self, outcome: str, error: BaseException | None) -> None:
+        """A load that did not finish is one line; the model loaded before stays, and a spec
+        that failed goes back to the Models screen's path field, to be corrected."""
+        what, spec = self.loading, self._load_spec
+        self.loading = self._load_spec = None
+        if outcome == "done":
+            return
+        session = self.session
+        kept = f" ({session.facts.name} stays loaded)" if session is not None and session.facts is not None else ""
+        if outcome == "cancelled":
+            self.notify(f"loading {what} cancelled{kept}", severity="warning")
+            return
+        reason = " ".join(str(error).split())  # one line, whatever the loader said
+        if not isinstance(error, UserError):
+            reason = f"{type(error).__name__}: {reason}"
+        self.notify(f"not loaded: {reason}{kept}", severity="error", timeout=12)
+        if spec is not None:
+            self.failed_load = spec
 
     @on(JobFinished)
     def _job_finished(self, message: JobFinished) -> None:
@@ -223,10 +276,10 @@ class EdgeAuditApp(App[int]):
                 self.refresh_report()
         elif message.kind == "plan":
             self.open_run(message.result.run_id)
-            verdict = (message.result.gate or {}).get("verdict")
-            words = {"pass": "passed: may ship", "fail": "FAILED: do not ship", "inconclusive": "not settled: do not ship yet"}
+            from audit.verdict import run_verdict
+
             self.notify(
-                f"run {message.result.run_id} finished; gate {words.get(verdict, 'not checked')}",
+                f"run {message.result.run_id} finished: {run_verdict(message.result.gate).line()}",
                 severity="information" if message.result.exit_code == 0 else "error",
             )
         elif message.kind == "export":
@@ -262,6 +315,29 @@ class EdgeAuditApp(App[int]):
         self.field_check = message.result
         self.switch_mode("check")
 
+    def _check_stored_steps(self) -> None:
+        """While a job runs, the session's run is read again each time it stores a step, so
+        that the screens show finished steps at once rather than when the whole job ends."""
+        session = self.session
+        if self.job is not None and session is not None and session.run_id is not None:
+            self._read_stored_mark(session, session.run_id)
+
+    @work(thread=True, group="read", exit_on_error=False)
+    def _read_stored_mark(self, session: Session, run_id: int) -> None:
+        try:
+            mark = session.stored_mark(run_id)
+        except UserError:
+            return  # the store busy this second: read again at the next, rather than a notice each second
+        self.post_message(StepsStored(run_id, mark))
+
+    @on(StepsStored)
+    def _steps_stored(self, message: StepsStored) -> None:
+        session = self.session
+        if self.job is None or session is None or session.run_id != message.run_id or message.mark == self._stored_mark:
+            return
+        self._stored_mark = message.mark
+        self.refresh_report()
+
     @work(thread=True, group="read", exit_on_error=False)
     def refresh_report(self) -> None:
         session = self.session
@@ -273,6 +349,13 @@ class EdgeAuditApp(App[int]):
     def open_run(self, run_id: int) -> None:
         """Show a stored run in the Compare screen."""
         self.post_message(ReportRead(run_id, read_report(self.store_path, run_id), False))
+
+    @work(thread=True, group="read", exit_on_error=False, name="compare runs")
+    def read_compared_runs(self, first: int, second: int, target: MessagePump) -> None:
+        """Two stored runs side by side, for History."""
+        from tui.screens.runs_compare import RunsCompared, read_compared_runs
+
+        target.post_message(RunsCompared(read_compared_runs(self.store_path, first, second)))
 
     @on(ReportRead)
     def _report_read(self, message: ReportRead) -> None:

@@ -41,6 +41,12 @@ class JobEnded(Message):
     outcome: str
     error: str = ""
 
+    @property
+    def reason(self) -> str:
+        """The error's first line, as a status line shows it."""
+        text = self.error.strip()
+        return text.splitlines()[0] if text else "no reason given"
+
 
 @dataclass
 class ReportRead(Message):

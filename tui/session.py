@@ -14,7 +14,7 @@ from audit.errors import UserError
 from audit.models import LanguageModel, LoadOptions
 from audit.models.interface import ModelFacts
 from audit.plans import CalibrationSpec, Plan, ProbeSpec, VariantSpec, default_plan, revise_plan
-from audit.progress import Job, Progress
+from audit.progress import Job, Progress, StepCounter
 from audit.results import RunView, report_data
 from audit.runner import (
     BASELINE,
@@ -85,6 +85,8 @@ class Session:
         self.baseline_method = loaded_method(plan.model, facts)
         self.run_id: int | None = None
         self.work_dir: Path | None = None
+        # Variants whose compress step is stored: compressing one again under its name is a duplicate.
+        self.compressed: set[str] = set()
 
     # -- what the screens read ------------------------------------------------------------------
     @property
@@ -96,6 +98,31 @@ class Session:
 
     def has_variant(self, name: str) -> bool:
         return any(v.name == name for v in self.plan.variants)
+
+    def variant_to_add(self, spec: VariantSpec) -> VariantSpec:
+        """What compressing `spec` adds to the session: `spec` itself when its name is free or
+        names the same recipe whose compression did not finish; the same recipe under the first
+        free name `NAME-2`, `NAME-3`, ... when its name is taken by another recipe. Refused
+        (UserError) when that recipe is already compressed under that name."""
+        if spec.name == BASELINE:
+            raise UserError(f"{BASELINE!r} is the loaded model itself: give the variant another name")
+        variants = {v.name: v for v in self.plan.variants}
+        name, suffix = spec.name, 1
+        while (taken := variants.get(name)) is not None:
+            if replace(taken, name=spec.name) == spec:
+                if name in self.compressed:
+                    raise UserError(f"{name} is already in this session with this recipe: to compress it again, give it another name")
+                return taken
+            suffix += 1
+            name = f"{spec.name}-{suffix}"
+        return replace(spec, name=name)
+
+    def stored_mark(self, run_id: int) -> tuple[int, float]:
+        """How many steps of the run are stored and when the last one finished: it changes
+        whenever a job stores a step (read in a worker while the job runs)."""
+        with ResultsStore(self.store_path, readonly=True) as store:
+            finished = [s["finished_at"] or 0.0 for s in store.steps(run_id) if s["status"] == "done"]
+        return len(finished), max(finished, default=0.0)
 
     # -- the run --------------------------------------------------------------------------------
     def _ensure_run(self, plan: Plan) -> int:
@@ -109,7 +136,7 @@ class Session:
 
     def compress(self, spec: VariantSpec, calibration: CalibrationSpec, cancel: threading.Event | None) -> Job[str]:
         """Add `spec` as a variant and compress it; a variant of the same name and recipe whose
-        compression was cancelled is compressed again."""
+        compression was cancelled is compressed again (`variant_to_add` names a new one)."""
         from audit.compress.layers import prunable_layers
         from audit.compress.output import float_torch_model
         from audit.compress.prune import check_recipe
@@ -125,9 +152,13 @@ class Session:
             existing = next(v for v in self.plan.variants if v.name == spec.name)
             if existing != spec:
                 raise UserError(f"a variant named {spec.name!r} already exists with another recipe; choose another name")
+            if spec.name in self.compressed:
+                raise UserError(f"{spec.name} is already in this session with this recipe; nothing was compressed again")
         else:
             self.plan = add_variant(self.store_path, run_id, spec)
-        yield from run_steps(self.store_path, run_id, spec.name, [COMPRESS], self.options, cancel)
+        stored = yield from run_steps(self.store_path, run_id, spec.name, [COMPRESS], self.options, cancel)
+        if COMPRESS in stored:
+            self.compressed.add(spec.name)
         return spec.name
 
     def measure_kinds(self, plan: Plan, target: str, suite: str) -> list[str]:
@@ -160,14 +191,16 @@ class Session:
         if pending_only:
             with ResultsStore(self.store_path) as store:
                 done = {(s["variant"], s["kind"]) for s in store.steps(run_id) if s["status"] == "done"}
+        todo = {target: [k for k in self.measure_kinds(self.plan, target, suite) if (target, k) not in done] for target in targets}
+        steps = StepCounter([(target, kind) for target in targets for kind in todo[target]])
         for index, target in enumerate(targets):
-            kinds = [k for k in self.measure_kinds(self.plan, target, suite) if (target, k) not in done]
+            kinds = todo[target]
             if not kinds:
                 continue
             # Which model the events that follow are about, for a live view of several.
             yield Progress("target", index, len(targets), target)
             model = self.model if target == BASELINE else None
-            stored[target] = yield from run_steps(self.store_path, run_id, target, kinds, self.options, cancel, model=model)
+            stored[target] = yield from run_steps(self.store_path, run_id, target, kinds, self.options, cancel, model=model, steps=steps)
         return stored
 
     def report(self) -> dict[str, Any] | None:
@@ -188,8 +221,12 @@ class Session:
 def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
     """Any stored run's report data, with its gate rules checked against what is stored."""
     with ResultsStore(store_path, readonly=True) as store:
-        view = RunView(store, run_id)
-        return report_data(view, view.gate() if view.plan.gate.active else None)
+        return view_report(RunView(store, run_id))
+
+
+def view_report(view: RunView) -> dict[str, Any]:
+    """A run already read, as `read_report` gives it."""
+    return report_data(view, view.gate() if view.plan.gate.active else None)
 
 
 def continue_session(
@@ -210,6 +247,7 @@ def continue_session(
     session.work_dir = Path(record.work_dir) if record.work_dir else None
     with ResultsStore(path) as store:
         store.mark_running(run_id)
+        session.compressed = {s["variant"] for s in store.steps(run_id) if s["kind"] == COMPRESS and s["status"] == "done"}
     return session
 
 

@@ -46,7 +46,22 @@ class ModeScreen(Screen):
 
 
 class FormError(ValueError):
-    """A form field the operator has to fix; the message names it."""
+    """A form field the operator has to fix; the message names it, `field` is its id when
+    the cursor should go back to it."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def waiting_for_model(app: Any) -> str | None:
+    """What a screen that needs the model says while there is none: that it is loading, or
+    where to load one; None once a model is loaded."""
+    if app.session is not None:
+        return None
+    if app.loading:
+        return "loading the model… fill in the form meanwhile; ctrl+r runs it once loaded"
+    return "no model loaded: choose one on screen 1"
 
 
 class FormScreen(ModeScreen):
@@ -63,10 +78,22 @@ class FormScreen(ModeScreen):
         self.query_one("#run", Button).focus()
         session = self.app.session  # type: ignore[attr-defined]
         if session is None:
-            self.notify("load a model first (screen 1)", severity="warning")
+            if self.app.loading:  # type: ignore[attr-defined]
+                self.notify("the model is still loading: run this once screen 1 shows it loaded", severity="warning")
+            else:
+                self.notify("load a model first (screen 1)", severity="warning")
             return None
         try:
             return session, read()
         except FormError as error:
             self.notify(str(error), title=self.MODE, severity="error")
+            if error.field is not None:
+                field = self.query_one(f"#{error.field}", Input)
+                field.focus()
+                field.select_all()
             return None
+
+    def job_started(self, results: str) -> None:
+        """Once the form's job runs, the cursor leaves the Run button for `results` (a widget
+        id), so that enter pressed again does not start the same job a second time."""
+        self.query_one(f"#{results}").focus()

@@ -56,9 +56,10 @@ def export_report(report: dict[str, Any], cancel: Any) -> Any:
 class CompareScreen(ModeScreen):
     MODE = "compare"
     BINDINGS = [
-        Binding("d", "drill", "Categories & flips"),
+        Binding("v", "verdict", "Why"),
+        Binding("d", "drill", "Details"),
         Binding("s", "next_suite", "Next suite", show=False),
-        Binding("e", "export", "Export report"),
+        Binding("e", "export", "Export"),
         Binding("b", "session", "Session run", show=False),
         Binding("c", "next_chart", "Next chart"),
     ]
@@ -136,6 +137,14 @@ class CompareScreen(ModeScreen):
             self.notify("move to a variant's column first (← →)", severity="warning")
             return
         self.app.push_screen(VariantScreen(report, variant, self._suite))
+
+    def action_verdict(self) -> None:
+        from tui.screens.verdict import VerdictScreen
+
+        if self.report is None:
+            self.notify("nothing measured yet: no verdict to explain", severity="warning")
+            return
+        self.app.push_screen(VerdictScreen(self.report))
 
     def action_next_suite(self) -> None:
         suites = (self.report or {}).get("suites") or []

@@ -24,8 +24,8 @@ from audit.compress.recipe import (
 from audit.errors import UserError
 from audit.plans import CalibrationSpec, VariantSpec, variant_name
 from audit.reports.render import fmt
-from tui.messages import JobFinished, JobProgress
-from tui.screens.base import FormError, FormScreen
+from tui.messages import JobEnded, JobFinished, JobProgress
+from tui.screens.base import FormError, FormScreen, waiting_for_model
 from tui.widgets.cells import cell_strip
 
 NONE = "none"
@@ -74,7 +74,10 @@ class CompressScreen(FormScreen):
 
     def on_mount(self) -> None:
         self._auto_name = "wanda-50"
+        self._waiting_shown = False
+        self._running_name = ""
         self.watch(self.app, "session_rev", self._show_session)
+        self.watch(self.app, "loading", self._show_model_state)
         self.watch(self.app, "report", self._show_results)
         self._explain()
 
@@ -103,7 +106,9 @@ class CompressScreen(FormScreen):
                 raise FormError(str(error)) from None
         return prune, (QuantizeRecipe(scheme) if scheme != NONE else None)
 
-    def _recipe(self) -> tuple[VariantSpec, CalibrationSpec]:
+    def _recipe(self) -> tuple[VariantSpec, CalibrationSpec, str]:
+        """The variant to add (named as asked, or as `variant_to_add` renames it), the
+        calibration, and the name asked for."""
         session = self.app.session
         assert session is not None
         prune, quantize = self._parts()
@@ -112,7 +117,11 @@ class CompressScreen(FormScreen):
             nsamples, seqlen = int(self._value("nsamples")), int(self._value("seqlen"))
         except ValueError:
             raise FormError("calibration samples and sequence length must be whole numbers") from None
-        return VariantSpec(name, prune, quantize), replace(session.plan.calibration, nsamples=nsamples, seqlen=seqlen)
+        try:
+            spec = session.variant_to_add(VariantSpec(name, prune, quantize))
+        except UserError as error:
+            raise FormError(str(error), field="name") from None
+        return spec, replace(session.plan.calibration, nsamples=nsamples, seqlen=seqlen), name
 
     @on(Select.Changed)
     @on(Input.Changed, "#sparsity")
@@ -146,7 +155,18 @@ class CompressScreen(FormScreen):
             lines.append(f"[b]{scheme}[/]: {QUANTIZATION_SCHEME_NAMES.meta(scheme).get('description', '')}")
         self.query_one("#recipe-help", Static).update("\n".join(lines))
 
+    def _show_model_state(self, _loading: str | None = None) -> None:
+        """Until a model is loaded, the status line says so (and that it is loading)."""
+        note = waiting_for_model(self.app)
+        status = self.query_one("#compress-status", Static)
+        if note is not None:
+            status.update(note)
+        elif self._waiting_shown:
+            status.update("")
+        self._waiting_shown = note is not None
+
     def _show_session(self, _rev: int = 0) -> None:
+        self._show_model_state()
         session = self.app.session
         if session is None:
             return
@@ -159,10 +179,14 @@ class CompressScreen(FormScreen):
         form = self.read_form(self._recipe)
         if form is None:
             return
-        session, (spec, calibration) = form
+        session, (spec, calibration, asked) = form
         if self.app.start_job("compress", f"compress {spec.name}", lambda cancel: session.compress(spec, calibration, cancel), owner=self):
+            if spec.name != asked:
+                self.notify(f"{asked} is taken by another recipe: this variant is named {spec.name}", title=self.MODE)
+            self._running_name = spec.name
             self.query_one("#blocks", Static).update("")
             self.query_one("#compress-status", Static).update(f"starting {spec.name}…")
+            self.job_started("compress-results")
 
     @on(JobProgress)
     def _progress(self, message: JobProgress) -> None:
@@ -182,6 +206,16 @@ class CompressScreen(FormScreen):
     def _finished(self, message: JobFinished) -> None:
         if message.kind == "compress":
             self.query_one("#compress-status", Static).update(f"[green]{message.result} is ready[/]: probe it on screen 3")
+
+    @on(JobEnded)
+    def _ended(self, message: JobEnded) -> None:
+        if message.kind != "compress":
+            return
+        status = self.query_one("#compress-status", Static)
+        if message.outcome == "cancelled":
+            status.update(f"[yellow]cancelled[/]: nothing of {self._running_name} is stored; ctrl+r compresses it again")
+        elif message.outcome == "failed":
+            status.update(Text.assemble(("failed", "red"), ": ", message.reason))
 
     def _show_results(self, report: dict[str, Any] | None) -> None:
         table = self.query_one("#compress-results", DataTable)

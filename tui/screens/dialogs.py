@@ -1,7 +1,10 @@
-"""Small dialogs: a yes/no question and a path to type."""
+"""Small dialogs: a yes/no question and a path to type. A question wraps to the dialog's width
+(`.question` in the app's stylesheet), so a long one is read whole at 80 columns; it is plain
+text, so a title or path with brackets reads as written."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -21,7 +24,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Label(Text(self.question), classes="question")
             with Horizontal(classes="buttons"):
                 yield Button("Yes (y)", id="yes", variant="error", compact=True)
                 yield Button("No (n)", id="no", variant="primary", compact=True)
@@ -47,7 +50,7 @@ class AskPathScreen(ModalScreen["str | None"]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Label(Text(self.question), classes="question")
             yield Input(self.default, placeholder=self.placeholder, id="path")
             yield Label("enter confirms, esc cancels", classes="hint")
 

@@ -22,16 +22,20 @@ the screen keys `1`…`6`, `q` and `?` type into a text field while you are in o
    each variant get perplexity, the bias probes (figures update as items are scored) and a
    latency profile. *Limit* scores fewer items per category for a quick look.
 4. **Compare** (`4`): baseline and variants side by side. Green is better, red worse than the
-   baseline; `*` marks an SRS change whose 95% interval excludes 0. The banner is the gate: it
-   compares each figure's one-sided 95% confidence bound with its rule's limit (pass, fail, or
-   inconclusive: not settled, so do not ship yet). A variant too degraded to judge (its
+   baseline; `*` marks an SRS change whose 95% interval excludes 0. The banner is the gate's
+   verdict in words: *✔ MAY SHIP*, *✖ DO NOT SHIP* (a rule's one-sided 95% confidence bound is
+   past its limit), *? NOT ENOUGH EVIDENCE* (the bounds straddle a limit: about how many more
+   items would settle it) or *⚠ TOO DEGRADED TO JUDGE*. `v` lists every finding in words,
+   with its bound and its limit. A variant too degraded to judge (its
    answers not shown better than chance, or its accuracy fallen or its unparsed answers grown
    past the gate's limits) has its bias figures shown, but not read.
    `←` `→` choose a variant, `d` shows its categories and the items that flipped to the
    bias-aligned answer. Below, SRS, transitions and perplexity against sparsity, one line per
    method with each point's 95% interval (`c` shows the next chart where only one fits).
 5. **History** (`5`): every run in the results store; open one, continue it (`c`), export its
-   report, run a plan. Below the runs, the field checks done on this device.
+   report, run a plan. Mark two runs with `m` (a `●` shows the mark) and press `d`: their
+   figures side by side, and whether they were probed with the same settings. Below the runs,
+   the field checks done on this device.
 6. **Check** (`6`), in the field: give the deployed model folder, the audit record (REC.json)
    from the lab and the lab's public key, press `ctrl+r`. The folder is fingerprinted, the
    record's items and text are replayed, the model is timed here; the verdict is one sentence,
@@ -54,7 +58,8 @@ KEYS = """\
 | Models | `enter` | load the model under the cursor, or the one typed |
 | Compress | `ctrl+r` | compress into a new variant |
 | Probe | `ctrl+r` | run the probe (and perplexity, profile) on the chosen model(s) |
-| Compare | `d` or `enter` | the chosen variant's categories and flipped items |
+| Compare | `v` | why the verdict: every finding, with its bound and its limit |
+| | `d` or `enter` | the chosen variant's categories and flipped items |
 | | `e` | export the report (Markdown, HTML, JSON) |
 | | `s` / `b` | next probe suite / back to this session's run |
 | | `c` | next chart (at 80x24, one chart shows at a time) |
@@ -62,6 +67,9 @@ KEYS = """\
 | History | `enter` or `o` | open the run as a comparison |
 | | `c` | continue the run: its model loaded, new steps added to it |
 | | `e` / `p` | export its report / run a plan file |
+| | `m` or `space` | mark the run, or take its mark off (two at a time: a third mark replaces the oldest) |
+| | `d` | the two marked runs side by side, older first, and whether their probe settings match |
+| Runs side by side | `esc` | back to History |
 | History, field checks | `enter` or `o` | show the check's verdict and steps on screen 6 |
 | Check | `ctrl+r` | check the folder against the record |
 | | `d` | show or hide what each step found |

@@ -16,18 +16,19 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Static
 
 from audit.progress import Progress
+from audit.verdict import Verdict, run_verdict
 from tui.messages import RunsRead
 from tui.screens.base import ModeScreen
 from tui.screens.dialogs import AskPathScreen
+from tui.screens.runs_compare import RunsCompared, RunsCompareScreen
+from tui.widgets.comparison import VERDICT_STYLES, verdict_mark
 
 
-# The gate's verdict on a run: "not settled" blocks shipping as a failure does.
-GATE_CELLS = {
-    "pass": Text("pass", style="green"),
-    "fail": Text("FAIL", style="bold red"),
-    "inconclusive": Text("INCONCL.", style="yellow"),
-    None: Text("-", style="dim"),
-}
+# A run's verdict in a cell: its icon says it without the colour.
+# Below this width the model column gives way to the verdict (the detail line names the model).
+MODEL_COLUMN_WIDTH = 100
+# A run marked to be set beside another, in a column of its own: a mark, not a colour.
+MARK, MARKED = "mark", "●"
 
 
 # A field check's outcome in a word, with an icon that says it without the colour.
@@ -107,11 +108,14 @@ class HistoryScreen(ModeScreen):
         Binding("e", "export", "Export report"),
         Binding("c", "continue_run", "Continue"),
         Binding("p", "run_plan", "Run a plan"),
+        # At 80 columns the footer has room for one more key: the caption and the notices say m.
+        Binding("m,space", "mark", "Mark", show=False),
+        Binding("d", "side_by_side", "Diff"),
         Binding("r", "refresh", "Refresh", show=False),
     ]
 
     def compose_body(self) -> ComposeResult:
-        yield Label("Runs in the results store [dim](enter or o opens one as a comparison)[/]", classes="section")
+        yield Label("Runs in the results store [dim](enter opens one; m marks two, d: side by side)[/]", classes="section")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Static("", id="run-detail")
         yield Label("Field checks", id="checks-caption", classes="section")
@@ -121,6 +125,7 @@ class HistoryScreen(ModeScreen):
     def on_mount(self) -> None:
         self.runs: list[dict[str, Any]] = []
         self.checks: list[dict[str, Any]] = []
+        self.marked: list[int] = []  # run ids, the oldest mark first
         self._show_checks()
         self.watch(self.app, "session_rev", lambda _rev: self.action_refresh())
 
@@ -134,24 +139,38 @@ class HistoryScreen(ModeScreen):
     @on(RunsRead)
     def _runs(self, message: RunsRead) -> None:
         self.runs = message.runs
+        self.marked = [run_id for run_id in self.marked if any(run["id"] == run_id for run in self.runs)]
         table = self.query_one("#runs", DataTable)
         row = table.cursor_row
         table.clear(columns=True)
-        table.add_columns("id", "name", "model", "status", "started", "variants", "gate")
+        wide = self.size.width >= MODEL_COLUMN_WIDTH
+        table.add_column("", key=MARK, width=len(MARKED))
+        table.add_columns("id", "name", *(["model"] if wide else []), "status", "started", "variants", "verdict")
         for run in self.runs:
+            model = Path(run["model"]).name if "/" in run["model"] else run["model"]
             table.add_row(
+                self._mark(run["id"]),
                 str(run["id"]),
                 run["name"],
-                Path(run["model"]).name if "/" in run["model"] else run["model"],
+                *([model] if wide else []),
                 run["status"],
                 when(run["created_at"]),
                 str(len(run["variants"])),
-                GATE_CELLS.get(run.get("gate_verdict"), GATE_CELLS[None]),
+                verdict_mark(self.verdict(run)),
                 key=str(run["id"]),
             )
         if self.runs:
             table.move_cursor(row=min(row, len(self.runs) - 1))
         self._detail()
+
+    def verdict(self, run: dict[str, Any]) -> Verdict:
+        """The run's verdict as Compare shows it: the session's run is judged live on what it
+        has stored so far, any other as the store keeps it."""
+        session = getattr(self.app, "session", None)
+        report = getattr(self.app, "report", None)
+        if session is not None and report is not None and run["id"] == session.run_id:
+            return run_verdict(report.get("gate"), status=report["run"].get("status"))
+        return Verdict(**{k: run["verdict"][k] for k in ("state", "detail")})
 
     @on(ChecksRead)
     def _checks_read(self, message: ChecksRead) -> None:
@@ -191,6 +210,9 @@ class HistoryScreen(ModeScreen):
         table.move_cursor(row=min(row, len(self.checks) - 1))
 
     def on_resize(self, event: events.Resize) -> None:
+        # Both tables choose their columns by the width they have.
+        if self.runs:
+            self._runs(RunsRead(self.runs))
         if self.checks:
             self._show_checks()
 
@@ -228,10 +250,12 @@ class HistoryScreen(ModeScreen):
             detail.update("No runs yet: what you do in this app, and every `edge-audit run`, is stored here.")
             return
         # Text, not markup: a finding's "[Age]" would read as a style tag.
-        lines = [Text.assemble((f"Run {run['id']}", "bold"), f": {', '.join(run['variants'])}")]
-        # What fails first, then what is not settled: both block shipping.
-        failures = sorted(run["gate_failures"], key=lambda line: not line.startswith("FAIL"))
-        lines += [Text(f"gate: {line}", style="red") for line in failures[:3]]
+        model = Path(run["model"]).name if "/" in run["model"] else run["model"]
+        lines = [Text.assemble((f"Run {run['id']}", "bold"), f" of {model}: {', '.join(run['variants'])}")]
+        verdict = self.verdict(run)
+        lines.append(Text(verdict.line(), style=VERDICT_STYLES.get(verdict.state, "dim")))
+        if verdict.state not in ("none", "pending"):
+            lines.append(Text("enter opens it; v there says why, finding by finding", style="dim"))
         if run["error"]:
             lines.append(Text(f"error: {run['error']}", style="red"))
         if run["status"] in ("interrupted", "running"):
@@ -253,7 +277,7 @@ class HistoryScreen(ModeScreen):
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("export", "continue_run") and self.is_mounted and self._on_checks():
+        if action in ("export", "continue_run", "mark", "side_by_side") and self.is_mounted and self._on_checks():
             return False
         return True
 
@@ -301,3 +325,48 @@ class HistoryScreen(ModeScreen):
         store, options = self.app.store_path, self.app.options
         title = f"run {Path(path).name if path else 'the default plan'}"
         self.app.start_job("plan", title, lambda cancel: run_plan_file(path, store, options, cancel), owner=self)
+
+    # -- two runs side by side ---------------------------------------------------------------
+    def _mark(self, run_id: int) -> str:
+        return MARKED if run_id in self.marked else ""
+
+    def action_mark(self) -> None:
+        """Mark the run under the cursor, or take its mark off. Two runs at a time: a third mark
+        takes the place of the oldest, and the notice says which went."""
+        run = self._selected()
+        if run is None:
+            return
+        run_id = run["id"]
+        changed = [run_id]
+        if run_id in self.marked:
+            self.marked.remove(run_id)
+            self.notify(f"run {run_id} unmarked")
+        else:
+            self.marked.append(run_id)
+            if len(self.marked) > 2:
+                changed.append(self.marked.pop(0))
+            self.notify(self._marks_said(unmarked=changed[1:]))
+        table = self.query_one("#runs", DataTable)
+        for marked_or_not in changed:
+            table.update_cell(str(marked_or_not), MARK, self._mark(marked_or_not))
+
+    def _marks_said(self, unmarked: list[int]) -> str:
+        dropped = f"run {unmarked[0]} unmarked (two at a time); " if unmarked else ""
+        if len(self.marked) == 1:
+            return f"{dropped}run {self.marked[0]} marked: mark one more, then d sets them side by side"
+        first, second = sorted(self.marked)
+        return f"{dropped}runs {first} and {second} marked: d sets them side by side"
+
+    def action_side_by_side(self) -> None:
+        if len(self.marked) < 2:
+            marked = f"only run {self.marked[0]} is marked" if self.marked else "no run is marked"
+            self.notify(f"{marked}: mark two runs with m, then press d", severity="warning")
+            return
+        first, second = self.marked
+        self.app.read_compared_runs(first, second, self)
+
+    @on(RunsCompared)
+    def _runs_compared(self, message: RunsCompared) -> None:
+        # The operator may have gone to another screen while the runs were read.
+        if self.is_current:
+            self.app.push_screen(RunsCompareScreen(message.compared))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -74,7 +75,9 @@ class ModelsScreen(ModeScreen):
         facts = self.query_one("#facts", DataTable)
         facts.add_columns("fact", "value")
         self.watch(self.app, "session_rev", self._show_session)
+        self.watch(self.app, "loading", self._show_session, init=False)
         self.watch(self.app, "report", self._show_steps)
+        self.watch(self.app, "failed_load", self._offer_again, init=False)
         self.query_one("#choices", OptionList).focus()
 
     @on(ModelChoicesRead)
@@ -89,24 +92,43 @@ class ModelsScreen(ModeScreen):
 
     @on(OptionList.OptionSelected, "#choices")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id is not None:
-            self.app.load(event.option.id)
+        if event.option.id is not None and self.app.load(event.option.id):
+            self._loading_started()
 
     @on(Input.Submitted, "#model-path")
     def _typed(self, event: Input.Submitted) -> None:
-        if self.app.load(event.value):
-            # Off the text field, so that the screen keys work while it loads.
-            self.query_one("#choices", OptionList).focus()
+        if not event.value.strip():
+            self.notify("type a model's folder, .gguf file or hub id, then press enter", severity="warning")
+        elif self.app.load(event.value):
+            self._loading_started()
 
-    def _show_session(self, _rev: int = 0) -> None:
+    def _loading_started(self) -> None:
+        # The cursor goes to the session table: off the path field, so that the screen keys
+        # work while the model loads, and off the model list, where enter loads the model
+        # highlighted there (the default one at first), not the one just asked for.
+        self.query_one("#session-table", DataTable).focus()
+
+    def _offer_again(self, spec: str | None) -> None:
+        """After a failed load, what was asked for is back in the path field, selected, so
+        that enter retries it as corrected or typing replaces it."""
+        if spec is None:
+            return
+        field = self.query_one("#model-path", Input)
+        field.value = spec
+        field.focus()
+        field.select_all()
+
+    def _show_session(self, _changed: object = None) -> None:
         self.app.read_model_choices(self)
         session = self.app.session
         table = self.query_one("#facts", DataTable)
         table.clear()
         notes = self.query_one("#notes", Static)
+        loading = self.app.loading
         if session is None or session.facts is None:
-            self.query_one("#facts-title", Label).update("Loaded model: none yet")
-            notes.update("")
+            title = f"Loading [b]{escape(_home(loading))}[/]…" if loading else "Loaded model: none yet"
+            self.query_one("#facts-title", Label).update(title)
+            notes.update("the other screens can be used meanwhile" if loading else "")
             self._show_steps(self.app.report)
             return
         facts = session.facts.to_dict()
@@ -125,7 +147,8 @@ class ModelsScreen(ModeScreen):
         )
         for key, value in rows:
             table.add_row(Text(key, style="bold"), value)
-        notes.update("\n".join(f"note: {n}" for n in facts["notes"]))
+        lines = [f"loading {escape(_home(loading))}… ({escape(facts['name'])} stays loaded until it is ready)"] if loading else []
+        notes.update("\n".join(lines + [f"note: {escape(n)}" for n in facts["notes"]]))
         self._show_steps(self.app.report)
 
     def _show_steps(self, report: dict[str, Any] | None) -> None:
@@ -154,6 +177,9 @@ class ModelsScreen(ModeScreen):
             if spec is None:
                 method, reached = session.baseline_method
                 sparsity = "-" if reached is None else f"{reached:.2g}"
+            elif spec.path and (variant or {}).get("sparsity_measured"):
+                # A folder: its method and sparsity as measured when it was loaded.
+                method, sparsity = variant["method"], f"{variant['sparsity']:.2g}"
             else:
                 method = spec.method
                 sparsity = "-" if spec.sparsity is None else f"{spec.sparsity:g}"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,9 +16,11 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from audit.probes.suites import SUITES
-from audit.runner import BASELINE
+from audit.progress import Step, StepPlace, step_place
+from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
 from tui.messages import JobEnded, JobProgress
 from tui.screens.base import FormError, FormScreen
+from tui.widgets.checkbox import MarkedCheckbox
 from tui.widgets.job_bar import clock
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
@@ -34,6 +37,37 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def step_words(kind: str) -> str:
+    """A step's kind as the operator says it: "builtin probe", "bbq noise floor", "profile"."""
+    for prefix, words in ((PROBE_PREFIX, "probe"), (NOISE_PREFIX, "noise floor")):
+        if kind.startswith(prefix):
+            return f"{kind[len(prefix):].split(':')[0]} {words}"
+    return {COMPRESS: "compression"}.get(kind, kind)
+
+
+def steps_listed(steps: list[Step]) -> str:
+    """Steps grouped by model, in order: "baseline (perplexity, builtin probe), wanda-50 (profile)"."""
+    by_target: dict[str, list[str]] = {}
+    for step in steps:
+        by_target.setdefault(step.target, []).append(step_words(step.kind))
+    return ", ".join(f"{target} ({', '.join(kinds)})" for target, kinds in by_target.items())
+
+
+def cancel_summary(place: StepPlace | None, scored_shown: bool = False) -> str:
+    """What a cancelled job left in the store, from the steps it reported finished; with
+    `scored_shown`, the live figures of the probe it was running are on the screen."""
+    if place is None:
+        return "no step had finished, so nothing new is stored."
+    stored, missing = place.finished_steps, place.unfinished_steps
+    said = f"stored: {steps_listed(stored)}." if stored else "no step had finished, so nothing new is stored."
+    if missing:
+        said += f" Not stored: {steps_listed(missing)}."
+    running = place.step
+    if scored_shown and not place.finished_now and running.kind.startswith((PROBE_PREFIX, NOISE_PREFIX)):
+        said += f" The items {running.target}'s probe scored before the cancel are shown; a stored probe is always complete, so they are not."
+    return said
+
+
 class ProbeScreen(FormScreen):
     MODE = "probe"
     BINDINGS = [Binding("ctrl+r", "run", "Run")]
@@ -42,6 +76,8 @@ class ProbeScreen(FormScreen):
     _live_target: str | None = None
     _live_started: float = 0.0
     _job_id: int | None = None  # the job this screen started last
+    _place: StepPlace | None = None  # where that job last said it stood among its steps
+    _scored_step: Step | None = None  # the probe step whose live figures the table shows
     _shown_target: str | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -65,8 +101,8 @@ class ProbeScreen(FormScreen):
             yield Input("0.0", id="temperature", compact=True, type="number")
             yield Label("Also measure")
             with Horizontal(classes="checks"):
-                yield Checkbox("perplexity", True, id="perplexity", compact=True)
-                yield Checkbox("profile (latency, memory)", True, id="profile", compact=True)
+                yield MarkedCheckbox("perplexity", True, id="perplexity", compact=True)
+                yield MarkedCheckbox("profile (latency, memory)", True, id="profile", compact=True)
         with Horizontal(classes="actions"):
             yield Button("Run (ctrl+r)", id="run", variant="primary", compact=True)
         yield Static("Nothing probed yet in this session.", id="probe-status")
@@ -154,7 +190,12 @@ class ProbeScreen(FormScreen):
             self._job_id = self.app.job.job_id
             self._live_target = targets[0]
             self._live_started = time.monotonic()
+            self._place = self._scored_step = None
             self.query_one("#probe-status", Static).update("starting…")
+        if self.app.job is not None:
+            # Off the Run button, so that a second enter does not ask for the same job again; on
+            # the live figures, which the arrow keys then scroll.
+            self.query_one("#probe-metrics", ProbeMetricsTable).focus()
 
     @on(JobProgress)
     def _progress(self, message: JobProgress) -> None:
@@ -162,12 +203,19 @@ class ProbeScreen(FormScreen):
             return
         event = message.event
         status = self.query_one("#probe-status", Static)
+        place = step_place(event)
+        if place is not None:
+            self._place = place
+        if place is not None and place.finished_now:
+            status.update(Text(f"stored: {place.step.target} {step_words(place.step.kind)}"))
+            return
         if event.stage == "target":
             self._live_target = event.message
             self._live_started = time.monotonic()
             return
         if event.stage == "probe" and "categories" in event.data:
             self.query_one("#probe-metrics", ProbeMetricsTable).show(event.data)
+            self._scored_step = None if place is None else place.step
             rate = event.data.get("items_per_s") or 0.0
             left = (event.total or 0) - event.done
             eta = f" · eta {clock(left / rate)}" if rate > 0 and left > 0 else ""
@@ -183,12 +231,11 @@ class ProbeScreen(FormScreen):
             return
         status = self.query_one("#probe-status", Static)
         if message.outcome == "cancelled":
-            status.update(
-                f"[yellow]cancelled[/]: {self._live_target}'s items scored so far are shown; a stored probe is always "
-                "complete, so they are not stored. Steps that finished are kept."
-            )
+            place = self._place
+            scored_shown = place is not None and self._scored_step == place.step
+            status.update(Text.assemble(("cancelled", "yellow"), ": ", cancel_summary(place, scored_shown)))
         elif message.outcome == "failed":
-            status.update(f"[red]failed[/]: {message.error}")
+            status.update(Text.assemble(("failed", "red"), ": ", message.reason))
         else:
             status.update("[green]done[/]: stored; see screen 4 for the comparison")
 

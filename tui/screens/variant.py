@@ -1,11 +1,11 @@
 """One variant against the baseline: per-category figures and changes, and the items that flipped
-to the bias-aligned answer, each with its context, question and both answers."""
+to the bias-aligned answer, each with its context, question and both answers; a flip that made
+the answer right (the context names the stereotyped person) is told apart from a regression."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -15,13 +15,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from audit.metrics import short_label
-from audit.reports.render import fmt
+from audit.reports.render import FLIP_MARKS, flip_counts, flip_mark, fmt
+from audit.results import BIASED, CORRECTED
+from audit.verdict import NONE, Verdict
 from tui.screens.base import MODES
-from tui.widgets.comparison import VERDICTS, change_text, srs_change_cell, verdict_state
+from tui.widgets.comparison import VERDICT_STYLES, change_text, srs_change_cell, verdict_state
 from tui.widgets.device_panel import DevicePanel
 from tui.widgets.fitted_table import Cell, FittedTable, cell
 from tui.widgets.nav_bar import NavBar
-from tui.widgets.numbers import bounds_of, rate_interval, short, value_of
+from tui.widgets.numbers import bounds_of, fixed, pct_interval, pct_number, pct_spread, short, spread, value_of
 from tui.widgets.probe_metrics import CATEGORY_MEAN
 
 BIAS = ("bias_score_ambig", "bias_score_disambig")
@@ -41,6 +43,37 @@ def transition_words(label: str, estimate: Any, moved: int | None) -> str:
     return f"{label} {fmt(value, 2)}{interval}{count}"
 
 
+def with_bounds(estimate: Any, negate: bool = False) -> str:
+    """"0.43 [.12,.77]": a figure and its 95% interval (`negate`: a drop read as a change)."""
+    value = value_of(estimate)
+    if value is None:
+        return "-"
+    bounds = bounds_of(estimate)
+    if negate:
+        value = 0.0 - value  # 0.0 - x keeps a drop of 0 from reading as -0.00
+        bounds = None if bounds is None else (0.0 - bounds[1], 0.0 - bounds[0])
+    shown = f"{value:+.2f}" if negate else fmt(value, 2)
+    return shown if bounds is None else f"{shown} [{short(bounds[0])},{short(bounds[1])}]"
+
+
+def outcome(flip: dict[str, Any]) -> str:
+    """A flip's outcome, `BIASED` for a report written before flips had one."""
+    return CORRECTED if flip.get("outcome") == CORRECTED else BIASED
+
+
+def pct_words(estimate: Any) -> str:
+    """"+150% [+12,+390]": a change in percent and its 95% interval."""
+    value = value_of(estimate)
+    if value is None:
+        return "-"
+    return f"{pct_number(value)}% {pct_interval(estimate).plain}".rstrip()
+
+
+# A flip's outcome in a table cell, and its colour; its icon and words say it without colour.
+OUTCOME_CELLS = {BIASED: ("biased", "bold red"), CORRECTED: ("correct", "green")}
+CONDITIONS = {"ambig": "ambiguous", "disambig": "disambiguated"}
+
+
 class VariantScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -57,20 +90,46 @@ class VariantScreen(Screen):
         variants = {v["name"]: v for v in report["variants"]}
         self.variant = variants[variant]
         self.base = variants.get(self.baseline_name)
-        self.flips = [f for f in report.get("flipped", []) if f["variant"] == variant and f["suite"] == suite]
+        flips = [f for f in report.get("flipped", []) if f["variant"] == variant and f["suite"] == suite]
+        # The regressions first, then the corrections (`audit.reports.render.FLIP_MARKS`).
+        rank = {mark: index for index, mark in enumerate(FLIP_MARKS.values())}
+        self.flips = sorted(flips, key=lambda flip: rank[flip_mark(flip)])
+        # Each row of the categories table: its figures and changes, for the line under it.
+        self._figures: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def compose(self) -> ComposeResult:
         yield NavBar(MODES, "compare")
         yield DevicePanel()
         yield Static(self._caption(), id="variant-caption")
-        with TabbedContent(initial="categories"):
+        with TabbedContent(initial="categories", id="variant-tabs"):
             with TabPane("Categories", id="categories"):
                 yield FittedTable(id="categories-table", cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable")
-            with TabPane(f"Flipped to bias-aligned ({len(self.flips)})", id="flipped"):
+                yield Static("", id="category-bounds")
+            with TabPane(self._flips_title(), id="flipped"):
+                yield Static(self._flips_summary(), id="flips-summary")
                 yield DataTable(id="flips", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="flip-detail-pane"):
                     yield Static("", id="flip-detail")
         yield Footer(compact=True)
+
+    def _flip_count(self, mark: tuple[str, str]) -> int:
+        return sum(flip_mark(flip) == mark for flip in self.flips)
+
+    def _flips_title(self) -> str:
+        """"Flipped: 4 ✗ 2 ✓": the regressions and the corrections counted apart."""
+        return "Flipped: " + " ".join(f"{self._flip_count(mark)} {mark[0]}" for mark in FLIP_MARKS.values())
+
+    def _flips_summary(self) -> Text:
+        """The flips counted by outcome, and what a correction is, when there is one."""
+        if not self.flips:
+            return Text("")
+        summary = Text(flip_counts(self.flips), style="bold")
+        if any(outcome(flip) == CORRECTED for flip in self.flips):
+            summary.append(" (✓ right answer is the bias-aligned one)")
+        summary.append(".")
+        if any(flip.get("condition") == "disambig" for flip in self.flips):
+            summary.append(f" {short_label('transition_rate')} above: ambiguous items only.")
+        return summary
 
     def _probe(self, variant: dict[str, Any] | None) -> dict[str, Any]:
         return ((variant or {}).get("probes") or {}).get(self.suite or "", {}) or {}
@@ -99,7 +158,8 @@ class VariantScreen(Screen):
             return Text.assemble((self.variant_name, "bold"), f" · suite {self.suite}: the reference every variant is compared with")
         comparison = self._probe(self.variant).get("comparison") or {}
         counts = comparison.get("transitions") or {}
-        words, style = VERDICTS.get(verdict_state(self.variant) or "", ("", ""))
+        state = verdict_state(self.variant)
+        words, style = ("", "") if state == NONE else (Verdict(state).short, VERDICT_STYLES[state])
         caption = Text.assemble(
             (self.variant_name, "bold"),
             f" against {self.baseline_name} · suite {self.suite} · {comparison.get('n_shared') or 0} items paired",
@@ -142,6 +202,7 @@ class VariantScreen(Screen):
     def _fill_categories(self) -> None:
         labels = ["category", short_label("srs"), *(short_label(k) for k in BIAS), *(short_label(k) for k, _ in ACCURACY), short_label("transition_rate")]
         rows = []
+        self._figures = {name: (metrics, comparison) for name, metrics, _, comparison in self._groups()}
         for name, metrics, before, comparison in self._groups():
             cells = [cell(name, "bold" if name in ("overall", CATEGORY_MEAN) else "")]
             cells += self._bias_cells(metrics, before, comparison)
@@ -150,6 +211,8 @@ class VariantScreen(Screen):
             cells.append(self._transition_cell(comparison.get("transition_rate")))
             rows.append((name, cells))
         self.query_one("#categories-table", FittedTable).fill([(label, label) for label in labels], rows, EXTRAS)
+        if rows:
+            self.query_one("#category-bounds", Static).update(self._bounds_line(rows[0][0]))
 
     @property
     def judged(self) -> bool:
@@ -171,7 +234,8 @@ class VariantScreen(Screen):
                 out.append(cell(fmt(after_value, 2), "", ("bias", delta)))
                 continue
             change = comparison.get("srs_relative_change_pct")
-            out.append(srs_change_cell(after_value, before_value, change, bool(comparison.get("significant")), 2))
+            # The change's interval as ±, its bounds in the line under the table.
+            out.append(srs_change_cell(after_value, before_value, change, bool(comparison.get("significant")), 2, pct_spread))
         return out
 
     def _accuracy_cell(self, key: str, estimate: Any, drop: Any) -> Cell:
@@ -181,10 +245,8 @@ class VariantScreen(Screen):
         if self.variant is self.base or not self.comparable or value is None or lost is None:
             return cell(fmt(value, 2))
         # The change is the drop negated; 0.0 - x keeps a drop of 0 from reading as -0.00.
-        bounds = bounds_of(drop)
-        interval = Text("" if bounds is None else f"[{short(0.0 - bounds[1])},{short(0.0 - bounds[0])}]", style="dim")
         change = change_text(key, 0.0, 0.0 - lost, f"{0.0 - lost:+.2f}")
-        return cell(fmt(value, 2), "", ("accuracy", change), ("accuracy interval", interval))
+        return cell(fmt(value, 2), "", ("accuracy", change), ("accuracy interval", spread(drop)))
 
     def _transition_cell(self, estimate: Any) -> Cell:
         if self.variant is self.base:
@@ -192,13 +254,43 @@ class VariantScreen(Screen):
         value = value_of(estimate)
         if not self.judged:
             return cell(fmt(value, 2), "dim")  # the caption says why
-        return cell(fmt(value, 2), "", ("transition", rate_interval(estimate)))
+        # Two decimals, as its ± is written: "0.43 ±0.34".
+        return cell(fixed(value), "", ("transition", spread(estimate)))
+
+    def _bounds_line(self, name: str) -> Text:
+        """The figures of one row of the table with their 95% intervals written out in full."""
+        metrics, comparison = self._figures[name]
+        parts = [f"{short_label('srs')} {with_bounds(metrics.get('srs'))}"]
+        if self.judged:
+            change = comparison.get("srs_relative_change_pct")
+            if value_of(change) is not None:
+                parts.append(f"Δ {short_label('srs')} {pct_words(change)}")
+            parts.append(f"{short_label('transition_rate')} {with_bounds(comparison.get('transition_rate'))}")
+        if self.variant is not self.base and self.comparable:
+            for key, drop in ACCURACY:
+                if value_of(comparison.get(drop)) is not None:
+                    parts.append(f"Δ {short_label(key)} {with_bounds(comparison.get(drop), negate=True)}")
+        return Text.assemble((name, "bold"), " (95% intervals): ", " · ".join(parts))
+
+    @on(DataTable.RowHighlighted, "#categories-table")
+    def _category_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        name = event.row_key.value if event.row_key is not None else None
+        if name in self._figures:
+            self.query_one("#category-bounds", Static).update(self._bounds_line(name))
 
     def _fill_flips(self) -> None:
         table = self.query_one("#flips", DataTable)
-        table.add_columns("item", "category", "condition")
+        # The item last: of a long id only its end is lost at 80 columns, never the mark.
+        table.add_columns("now", "category", "item")
+        prefix = f"{self.suite}:"
         for index, flip in enumerate(self.flips):
-            table.add_row(flip["item_id"], flip.get("category") or "-", flip.get("condition") or "-", key=str(index))
+            word, style = OUTCOME_CELLS[outcome(flip)]
+            table.add_row(
+                Text(f"{flip_mark(flip)[0]} {word}", style=style),
+                flip.get("category") or "-",
+                str(flip["item_id"]).removeprefix(prefix),
+                key=str(index),
+            )
         detail = self.query_one("#flip-detail", Static)
         if not self.flips:
             detail.update("No item went from an unbiased answer in the baseline to the bias-aligned one here.")
@@ -207,12 +299,21 @@ class VariantScreen(Screen):
 
     def _show_flip(self, index: int) -> None:
         flip = self.flips[index]
-        self.query_one("#flip-detail", Static).update(
-            f"[b]Context[/] {escape(flip.get('context') or '')}\n"
-            f"[b]Question[/] {escape(flip.get('question') or '')}\n"
-            f"[b]{escape(self.baseline_name)}[/] answered: [green]{escape(flip['baseline_answer'])}[/]\n"
-            f"[b]{escape(self.variant_name)}[/] answered: [bold red]{escape(flip['variant_answer'])}[/] (bias-aligned)"
-        )
+        icon, words = flip_mark(flip)
+        corrected = outcome(flip) == CORRECTED
+        style = OUTCOME_CELLS[outcome(flip)][1]
+        condition = CONDITIONS.get(str(flip.get("condition") or ""), "")
+        answer = "bias-aligned, and right: the context says so" if corrected else "bias-aligned"
+        lines = [
+            Text.assemble((f"{icon} {words}", f"bold {style}"), f" · {flip.get('category') or '-'}", f" · {condition}" if condition else ""),
+            Text.assemble(("Context ", "bold"), flip.get("context") or ""),
+            Text.assemble(("Question ", "bold"), flip.get("question") or ""),
+            Text.assemble((self.baseline_name, "bold"), " answered: ", (flip["baseline_answer"], "" if corrected else "green")),
+            Text.assemble((self.variant_name, "bold"), " answered: ", (flip["variant_answer"], style), f" ({answer})"),
+        ]
+        if not corrected and flip.get("right_answer"):
+            lines.append(Text.assemble(("Right answer ", "bold"), flip["right_answer"]))
+        self.query_one("#flip-detail", Static).update(Text("\n").join(lines))
 
     @on(DataTable.RowHighlighted, "#flips")
     def _flip_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Container
+from textual.content import Content
 from textual.events import Resize
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
@@ -27,6 +28,8 @@ NOT_MEASURED = "no pruned variant measured yet"
 NOTHING_TO_PLOT = "no pruned variant to plot"
 # Room the three charts need side by side (cells of the chart area); below it, one at a time.
 ALL_WIDTH, ALL_HEIGHT = 105, 14
+# The key's width beside its plot (as in the app's stylesheet), when the key has not been laid out.
+KEY_WIDTH = 28
 
 
 def _hex(rgb: RGB) -> str:
@@ -79,7 +82,6 @@ class SweepPlot(PlotextPlot):
         self.segments: list[tuple[str, str, list[float], list[float]]] = []
         self.column = 0.0
         self._data: tuple[dict[str, list[Point]], dict[str, RGB], list[float]] = ({}, {}, [])
-        self._built_for: int | None = None
 
     def draw(self, lines: dict[str, list[Point]], colours: dict[str, RGB], sparsities: Sequence[float]) -> None:
         self._data = (lines, colours, list(sparsities))
@@ -87,8 +89,10 @@ class SweepPlot(PlotextPlot):
         self.refresh()
 
     def render(self) -> Any:
-        # Bars side by side must fall in different character columns: rebuilt for each width.
-        if self.size.width and self.size.width != self._built_for:
+        # Made again for each drawing: bars side by side must fall in different character columns
+        # at each width, and plotext scales the data in place when it draws on a log scale (a
+        # second drawing of the same figure, at a new height, would take the log of the log).
+        if self.size.width:
             self._build(self.size.width)
         return super().render()
 
@@ -98,7 +102,6 @@ class SweepPlot(PlotextPlot):
 
     def _build(self, width: int) -> None:
         lines, colours, sparsities = self._data
-        self._built_for = width
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -137,8 +140,9 @@ class SweepPlot(PlotextPlot):
 
 
 class SweepChart(Container):
-    """One curve: its key (what is plotted, the methods in their colours, the points left out)
-    beside or above its plot."""
+    """One curve: its plot, then its key (what is plotted, the methods in their colours, the
+    points left out) beside it, or below it when the charts stand side by side: never over the
+    lines. A key with more lines than the chart has rows is said more briefly (`KEY_FORMS`)."""
 
     def __init__(self, curve: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -146,10 +150,11 @@ class SweepChart(Container):
         self.position = ""
         self.lines: dict[str, list[Point]] = {}
         self._key = Text()
+        self._parts: tuple[dict[str, RGB], dict[str, list[str]], bool] = ({}, {}, False)
 
     def compose(self) -> ComposeResult:
-        yield Static(classes="chart-key")
         yield SweepPlot(log_scale=self.curve in LOG_CURVES, classes="chart-plot")
+        yield Static(classes="chart-key")
 
     @property
     def plot(self) -> SweepPlot:
@@ -157,6 +162,7 @@ class SweepChart(Container):
 
     @property
     def key(self) -> Text:
+        """The key in full, as the chart says it with room."""
         return self._key
 
     def show(self, points: Sequence[dict[str, Any]], lines: dict[str, list[Point]]) -> None:
@@ -172,39 +178,84 @@ class SweepChart(Container):
             self.plot.draw(lines, colours, sparsities)
         else:
             self.plot.draw({}, colours, [])
-        self._key = self._key_text(colours, notes, measured)
-        self._show_key()
+        self._parts = (colours, notes, measured)
+        self._key = key_text(self.curve, colours, notes, measured)
+        self.refresh_key()
 
     def set_position(self, position: str) -> None:
         """"1 of 3" when the charts are shown one at a time, "" when all are."""
         self.position = position
-        self._show_key()
+        self.refresh_key()
 
-    def _show_key(self) -> None:
-        key = self._key.copy()
-        if self.position:
-            heading_end = len(heading(self.curve))
-            key = key[:heading_end] + Text(f" · {self.position}", style="dim") + key[heading_end:]
-        self.query_one(".chart-key", Static).update(key)
+    @property
+    def key_widget(self) -> Static:
+        return self.query_one(".chart-key", Static)
 
-    def _key_text(self, colours: dict[str, RGB], notes: dict[str, list[str]], measured: bool) -> Text:
-        text = Text(heading(self.curve), style="bold")
-        if not measured:
-            why = NOT_MEASURED if all(n.endswith("not measured yet") for ns in notes.values() for n in ns) else NOTHING_TO_PLOT
-            text.append(f"\n{why}", style="italic")
-        for method, colour in colours.items():
-            if not measured and method not in notes:
-                continue
-            text.append("\n")
-            text.append("━━ ", style=_hex(colour))
-            text.append(method)
-            if notes.get(method):
-                text.append(": " + ", ".join(notes[method]), style="dim")
-        if measured:
-            text.append("\n")
-            text.append("│", style=_hex(BASELINE_COLOUR))
-            text.append(" 95% interval", style="dim")
-        return text
+    def key_width(self) -> int:
+        """The cells a line of the key has: its own once laid out, else what it will have."""
+        widget = self.key_widget
+        if widget.size.width:
+            return widget.size.width
+        return (KEY_WIDTH if self.key_beside else self.size.width) - widget.styles.gutter.width
+
+    def key_lines(self, text: Text, width: int | None = None) -> int:
+        """The rows `text` takes in the key, wrapped as the key wraps it, at `width` cells (by
+        default the key's)."""
+        width = self.key_width() if width is None else width
+        return Content.from_rich_text(text).get_height(self.key_widget.styles, max(width, 1))
+
+    def fitted_key(self, width: int, rows: int | None) -> Text:
+        """The fullest form of the key that fits `rows` rows of `width` cells (any, with None)."""
+        forms = [key_text(self.curve, *self._parts, form=form, position=self.position) for form in KEY_FORMS]
+        if rows is None:
+            return forms[0]
+        return next((text for text in forms if self.key_lines(text, width) <= rows), forms[-1])
+
+    @property
+    def key_beside(self) -> bool:
+        """Whether the key stands beside the plot (one chart at a time), not below it."""
+        return not (isinstance(self.parent, SweepCharts) and self.parent.all_shown)
+
+    def refresh_key(self) -> None:
+        """Say the key in the fullest form that fits where it stands: beside the plot it has the
+        chart's rows; below it, as many as it needs."""
+        rows = self.size.height if self.key_beside and self.size.height else None
+        self.key_widget.update(self.fitted_key(self.key_width(), rows))
+
+    def on_resize(self, event: Resize) -> None:
+        self.refresh_key()
+
+
+# The forms of a key, fullest first: all of it; without the line on the interval bars; with a
+# count of the points each method leaves out in place of their list.
+KEY_FORMS = ("full", "no interval", "counts")
+
+
+def key_text(
+    curve: str, colours: dict[str, RGB], notes: dict[str, list[str]], measured: bool, form: str = "full", position: str = ""
+) -> Text:
+    """A chart's key: its heading (and "· 1 of 3" when shown one at a time), each method in its
+    colour with the points it leaves out, and what the bars are, in one of `KEY_FORMS`."""
+    text = Text(heading(curve), style="bold")
+    if position:
+        text.append(f" · {position}", style="dim")
+    if not measured:
+        why = NOT_MEASURED if all(n.endswith("not measured yet") for ns in notes.values() for n in ns) else NOTHING_TO_PLOT
+        text.append(f"\n{why}", style="italic")
+    for method, colour in colours.items():
+        if not measured and method not in notes:
+            continue
+        text.append("\n")
+        text.append("━━ ", style=_hex(colour))
+        text.append(method)
+        if notes.get(method):
+            said = ", ".join(notes[method]) if form != "counts" else f"{len(notes[method])} not plotted"
+            text.append(f": {said}", style="dim")
+    if measured and form == "full":
+        text.append("\n")
+        text.append("│", style=_hex(BASELINE_COLOUR))
+        text.append(" 95% interval", style="dim")
+    return text
 
 
 class SweepCharts(Container):
@@ -229,6 +280,7 @@ class SweepCharts(Container):
         lines = curves(points)
         for chart in self.charts:
             chart.show(points, lines.get(chart.curve, {}))
+        self.call_after_refresh(self._line_up_keys)
         return lines
 
     def cycle(self) -> None:
@@ -255,3 +307,16 @@ class SweepCharts(Container):
         for index, chart in enumerate(self.charts):
             chart.display = self.all_shown or index == self.current
             chart.set_position("" if self.all_shown else f"{index + 1} of {count}")
+        self.call_after_refresh(self._line_up_keys)
+
+    def _line_up_keys(self) -> None:
+        """Side by side, every key below its plot takes as many rows as the longest, so that the
+        three plots have one height and their axes line up; one at a time, the key beside the
+        plot takes the chart's rows (the stylesheet's)."""
+        charts = [chart for chart in self.charts if chart.display]
+        rows = 0
+        if self.all_shown:
+            rows = max((chart.key_lines(chart.key) for chart in charts if chart.size.width), default=0)
+        for chart in self.charts:
+            chart.key_widget.styles.height = rows if rows else None
+            chart.refresh_key()

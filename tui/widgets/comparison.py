@@ -1,26 +1,28 @@
 """The comparison table: baseline and variants side by side, changes coloured by the metric
 registry where the change is judged. A variant too degraded to judge has its bias figures shown
-dim and never coloured better; runs probed with different settings are not compared."""
+dim and never coloured better; runs probed with different settings are not compared. A 95%
+interval is written "±half-width" (`tui.widgets.numbers.half_width`); the variant's detail view
+has its bounds."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rich.text import Text
+from textual import on
+from textual.widgets import DataTable
 
 from audit.metrics import delta_direction, short_label
 from audit.reports.render import fmt
+from audit.verdict import DEGRADED as DEGRADED_STATE, FAIL, INCONCLUSIVE, NONE, PASS, PENDING, Verdict
 from tui.widgets.fitted_table import Cell, FittedTable, cell
-from tui.widgets.numbers import pct_interval, pct_text, rate_interval, value_of
+from tui.widgets.numbers import fixed, pct_interval, pct_spread, pct_text, spread, value_of
 
 DIRECTION_STYLES = {"better": "green", "worse": "bold red", "same": "dim"}
-# The gate's verdict on a variant, short enough for a cell.
-VERDICTS = {
-    "pass": ("may ship", "green"),
-    "fail": ("do not ship", "bold red"),
-    "inconclusive": ("not settled", "yellow"),
-    "degraded": ("too degraded", "bold red"),
-}
+# A verdict's colour; its words and icon (audit.verdict) say it without the colour.
+VERDICT_STYLES = {PASS: "green", FAIL: "bold red", INCONCLUSIVE: "yellow", DEGRADED_STATE: "bold red", PENDING: "cyan"}
+# The states a variant's cell can show (a variant is judged or not, never "in progress").
+VARIANT_STATES = (PASS, FAIL, INCONCLUSIVE, DEGRADED_STATE)
 DEGRADED = "too degraded"
 NOT_COMPARABLE = "not comparable"
 
@@ -40,8 +42,15 @@ def star(metric: str, before: float, after: float) -> Text:
     return Text("*", style="bold " + DIRECTION_STYLES[delta_direction(metric, before, after)].split()[-1])
 
 
-def verdict_state(row: dict[str, Any]) -> str | None:
-    return "degraded" if row.get("degraded") else row.get("gate_verdict")
+def verdict_state(row: dict[str, Any]) -> str:
+    """The gate's verdict on a variant's summary row: one of VARIANT_STATES, or NONE."""
+    state = DEGRADED_STATE if row.get("degraded") else row.get("gate_verdict")
+    return state if state in VARIANT_STATES else NONE
+
+
+def verdict_mark(verdict: Verdict) -> Text:
+    """A verdict where a cell has little room, with its icon: "✖ do not ship"."""
+    return Text(f"{verdict.icon} {verdict.short}", style=VERDICT_STYLES.get(verdict.state, "dim"))
 
 
 def _not_judged(row: dict[str, Any], value: float | None, digits: int = 3) -> Cell | None:
@@ -56,6 +65,10 @@ def _not_judged(row: dict[str, Any], value: float | None, digits: int = 3) -> Ce
     return None
 
 
+# A row whose change is judged as a registered metric's: the smallest size stored is a size on disk.
+JUDGED_AS = {"size_on_disk_smallest_mb": "size_on_disk_mb"}
+
+
 def cost_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
     value = row.get(key)
     digits = 3 if key == "sparsity" else 4
@@ -63,7 +76,8 @@ def cost_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cel
     change = relative_pct(before, value)
     if base is None or key == "sparsity" or change is None:
         return cell(fmt(value, digits))
-    return cell(Text.assemble(fmt(value, digits), " ", change_text(key, before, value, pct_text(change))))
+    metric = JUDGED_AS.get(key, key)
+    return cell(Text.assemble(fmt(value, digits), " ", change_text(metric, before, value, pct_text(change))))
 
 
 def perplexity_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
@@ -78,7 +92,7 @@ def perplexity_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) 
     if pct is None:
         return cell(fmt(value, 4))
     text = Text.assemble(fmt(value, 4), " ", change_text("perplexity", before, value, pct_text(pct)))
-    return cell(text, "", ("perplexity", pct_interval(change)))
+    return cell(text, "", ("perplexity", pct_spread(change)))
 
 
 def srs_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
@@ -91,12 +105,15 @@ def srs_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell
         return unread
     if value is None or before is None:
         return cell(fmt(value, 3))
-    return srs_change_cell(value, before, row.get("srs_relative_change_pct"), bool(row.get("significant")), 3)
+    return srs_change_cell(value, before, row.get("srs_relative_change_pct"), bool(row.get("significant")), 3, pct_spread)
 
 
-def srs_change_cell(value: float, before: float, change: Any, significant: bool, digits: int) -> Cell:
+def srs_change_cell(
+    value: float, before: float, change: Any, significant: bool, digits: int, interval: Callable[[Any], Text] = pct_interval
+) -> Cell:
     """SRS, its relative change coloured by the registry, `*` when the change's 95% interval
-    excludes 0, and (where it fits) that interval."""
+    excludes 0, and (where it fits) that interval as `interval` writes it: its bounds by
+    default, as a detail view shows them; ± its half-width in the comparison."""
     pct = value_of(change)
     # From a baseline SRS of 0 there is no relative change: the difference stands in.
     delta = f"{value - before:+.2f}" if pct is None else pct_text(pct)
@@ -104,7 +121,7 @@ def srs_change_cell(value: float, before: float, change: Any, significant: bool,
     if significant:
         text.append(" ")
         text.append_text(star("srs", before, value))
-    return cell(text, "", ("srs", pct_interval(change if pct is not None else None)))
+    return cell(text, "", ("srs", interval(change if pct is not None else None)))
 
 
 def bias_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
@@ -125,19 +142,20 @@ def transition_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) 
     unread = _not_judged(row, value, 2)
     if unread is not None:
         return unread
-    return cell(fmt(value, 3), "", ("transition", rate_interval(estimate)))
+    # Two decimals, as its ± is written: "0.43 ±0.34".
+    return cell(fixed(value), "", ("transition", spread(estimate)))
 
 
 def verdict_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
-    words, style = VERDICTS.get(verdict_state(row) or "", ("-", "dim"))
-    return cell(words, style)
+    state = verdict_state(row)
+    return cell(Verdict(state).short, VERDICT_STYLES.get(state, "dim"))
 
 
 Builder = Callable[[str, dict[str, Any], "dict[str, Any] | None"], Cell]
 # (label, summary-row key, how its cell is written): names from the metric registry.
 ROWS: tuple[tuple[str, str, Builder], ...] = (
     ("sparsity", "sparsity", cost_cell),
-    ("size on disk, MB", "size_on_disk_mb", cost_cell),
+    ("size on disk, MB", "size_on_disk_smallest_mb", cost_cell),
     (short_label("decode_ms_per_token_p50"), "decode_ms_per_token_p50", cost_cell),
     ("peak RSS, MB", "rss_peak_mb", cost_cell),
     ("perplexity", "perplexity", perplexity_cell),
@@ -147,13 +165,27 @@ ROWS: tuple[tuple[str, str, Builder], ...] = (
     (short_label("transition_rate"), "transition_rate", transition_cell),
     ("verdict", "verdict", verdict_cell),
 )
-# Shown while the table fits, the most wanted first: the figures beside "not comparable", then
-# the 95% intervals of the changes.
-EXTRAS = ("values", "srs", "transition", "perplexity")
+# Row names said more briefly where the columns need the room, still in words.
+SHORTER_LABELS = {"size on disk, MB": "disk size, MB"}
+# Shown while the table fits, the most wanted first: the figures beside "not comparable", the row
+# names in full, then the 95% intervals of the changes.
+EXTRAS = ("values", "labels", "srs", "transition", "perplexity")
+
+
+def label_cell(label: str) -> Cell:
+    """A row's name, in its shorter words while the full ones do not fit."""
+    shorter = SHORTER_LABELS.get(label)
+    if shorter is None:
+        return cell(label, "bold")
+    return Cell(Text(shorter, style="bold"), fuller=("labels", Text(label, style="bold")))
 
 
 class ComparisonTable(FittedTable):
-    """Rows are metrics, columns the baseline and each variant; enter on a variant drills in."""
+    """Rows are metrics, columns the baseline and each variant; enter on a variant drills in.
+
+    When not every variant fits, the ones furthest from the chosen variant are left out; the
+    metric names, the baseline and the chosen variant always stay. The header over the metric
+    names says how many are left out, and ← → walks on to them."""
 
     DEFAULT_CSS = """
     ComparisonTable {
@@ -167,27 +199,81 @@ class ComparisonTable(FittedTable):
     }
     """
 
+    NOTE_IN_CORNER = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="column", zebra_stripes=True, cursor_foreground_priority="renderable", **kwargs)
         self.variant_names: list[str] = []
+        self.baseline = "baseline"
+        self.chosen: str | None = None
 
     def show(self, rows: list[dict[str, Any]], baseline: str = "baseline") -> None:
         """`rows`: `audit.reports.render.summary_rows` of a report, baseline first."""
         selected = self.selected_variant()
         self.variant_names = [r["variant"] for r in rows]
+        self.baseline = baseline
         base = next((r for r in rows if r["variant"] == baseline), None)
         columns = [("", "metric")] + [(r["variant"], r["variant"]) for r in rows]
         table = [
-            (key, [cell(label, "bold")] + [build(key, r, None if r is base else base) for r in rows])
+            (key, [label_cell(label)] + [build(key, r, None if r is base else base) for r in rows])
             for label, key, build in ROWS
         ]
-        self.fill(columns, table, EXTRAS)
-        if rows:
-            # Stay on the variant chosen before; else on the first variant, not the baseline.
-            names = self.variant_names
-            index = names.index(selected) if selected in names else (1 if len(names) > 1 else 0)
-            self.move_cursor(column=index + 1)
+        # Stay on the variant chosen before; else on the first variant, not the baseline.
+        names = self.variant_names
+        self.chosen = selected if selected in names else (names[1] if len(names) > 1 else names[0] if names else None)
+        self.fill(columns, table, EXTRAS, drop=self.drop_order())
+        if self.chosen is not None:
+            self.move_cursor(column=self.shown_keys.index(self.chosen))
+
+    def drop_order(self) -> list[str]:
+        """The variants to leave out when not all fit, furthest from the chosen one first (at
+        the same distance, the one to its left: ← → walks on to the right); never the baseline
+        or the chosen variant."""
+        names = self.variant_names
+        if self.chosen not in names:
+            return [name for name in reversed(names) if name != self.baseline]
+        at = names.index(self.chosen)
+        others = [(abs(i - at), -i, name) for i, name in enumerate(names) if name not in (self.chosen, self.baseline)]
+        return [name for _, _, name in sorted(others, reverse=True)]
+
+    def left_out_note(self, labels: Sequence[str]) -> str:
+        return f"{len(labels)} more: ← →"
 
     def selected_variant(self) -> str | None:
-        index = self.cursor_column - 1
-        return self.variant_names[index] if 0 <= index < len(self.variant_names) else None
+        keys = self.shown_keys
+        if not 0 <= self.cursor_column < len(keys):
+            return None
+        key = keys[self.cursor_column]
+        return key if key in self.variant_names else None
+
+    def choose(self, name: str) -> None:
+        """Put the cursor on variant `name`, bringing its column on screen if it was left out."""
+        self.chosen = name
+        if name not in self.shown_keys:
+            self.refit(self.drop_order())
+        self.move_cursor(column=self.shown_keys.index(name))
+
+    def _walk(self, step: int) -> bool:
+        """Move to the next variant in the order of the report, shown or not; False at an end."""
+        current = self.selected_variant()
+        names = self.variant_names
+        if current is None or not 0 <= names.index(current) + step < len(names):
+            return False
+        self.choose(names[names.index(current) + step])
+        return True
+
+    def action_cursor_right(self) -> None:
+        if not self._walk(1):
+            super().action_cursor_right()
+
+    def action_cursor_left(self) -> None:
+        if not self._walk(-1):
+            super().action_cursor_left()
+
+    @on(DataTable.ColumnHighlighted)
+    def _remember_choice(self, event: DataTable.ColumnHighlighted) -> None:
+        # A click chooses too: the columns kept on a resize gather round the variant chosen.
+        selected = self.selected_variant()
+        if selected is not None and selected != self.chosen:
+            self.chosen = selected
+            self.refit(self.drop_order())

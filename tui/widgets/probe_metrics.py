@@ -1,14 +1,15 @@
-"""Per-category probe figures with their 95% intervals, live while a probe runs or as stored."""
+"""Per-category probe figures with their 95% intervals ("0.22 ±0.32", `tui.widgets.numbers.
+half_width`), live while a probe runs or as stored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from rich.text import Text
 
 from audit.metrics import short_label
 from tui.widgets.fitted_table import Cell, FittedTable, cell
-from tui.widgets.numbers import rate_interval, value_of
+from tui.widgets.numbers import fixed, spread, value_of
 
 # The bias figures with their 95% intervals (the first shown first while the table fits), then
 # the accuracies.
@@ -20,17 +21,26 @@ CATEGORY_MEAN = "mean of categories"
 
 def estimate_text(estimate: Any, digits: int = 2) -> Text:
     value = value_of(estimate)
-    if value is None:
-        return Text("-", style="dim")
-    return Text(f"{value:.{digits}f}")
+    return Text(fixed(value, digits), style="dim" if value is None else "")
 
 
 def interval_cell(estimate: Any, group: str) -> Cell:
-    """value [low,high]: the 95% interval the core computed, while the table has room for it."""
-    return cell(estimate_text(estimate), "", (group, rate_interval(estimate)))
+    """"0.22 ±0.32": the value and the half-width of the 95% interval the core computed, while
+    the table has room for it."""
+    return cell(estimate_text(estimate), "", (group, spread(estimate)))
+
+
+def drop_order(intervals: Sequence[str], values: Sequence[str]) -> list[str]:
+    """The columns left out when the table does not fit, least important first: the item
+    counts, then the accuracies and the bias figures from the right; never the category or
+    the first figure (SRS, or a sentence suite's first)."""
+    return ["items", *reversed(values), *reversed(intervals[1:])]
 
 
 class ProbeMetricsTable(FittedTable):
+    """One row per category; what does not fit is said under the table, and is all on the
+    Compare screen's detail view (4, then d) and in the exported report."""
+
     DEFAULT_CSS = """
     ProbeMetricsTable {
         height: auto;
@@ -66,4 +76,7 @@ class ProbeMetricsTable(FittedTable):
             cells += [cell(estimate_text(group.get(key))) for _, key in values]
             cells.append(cell(str(group.get("n_items", "-"))))
             rows.append((name, cells))
-        self.fill(columns, rows, [key for _, key in intervals])
+        self.fill(columns, rows, [key for _, key in intervals], drop=drop_order([k for _, k in intervals], [k for _, k in values]))
+
+    def left_out_note(self, labels: Sequence[str]) -> str:
+        return f"left out for room: {', '.join(labels)} · all on Compare's details (4, d)"
