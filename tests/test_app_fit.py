@@ -364,3 +364,31 @@ async def test_a_dialogs_question_wraps_never_cut(app, size):
             assert widget_text(question) == whole(dialog.question)
             app.pop_screen()
             await pilot.pause()
+
+
+@pytest.mark.asyncio
+async def test_a_long_model_path_is_shown_whole_under_the_facts(tmp_path, monkeypatch, isolated_cache):
+    from dataclasses import replace
+
+    from tests.app_support import FACTS, FakeModel
+
+    path = "/opt/edge/models/smollm2-135m-instruct-wanda-50-calibrated-on-c4/compressed"
+
+    class FarModel(FakeModel):
+        def facts(self):
+            return replace(FACTS, path=path)
+
+    def loader(spec, options, cancel):
+        return FarModel()
+        yield
+
+    monkeypatch.chdir(tmp_path)
+    app = create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=loader)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot, app, until=lambda: app.session is not None)
+        await pilot.pause()
+        where = app.screen.query_one("#model-where", Static)
+        shown = "".join(line.text for line in where.render_lines(where.region.reset_offset)).replace(" ", "")
+        assert path.replace(" ", "") in shown
+        facts = app.screen.query_one("#facts", DataTable)
+        assert facts.row_count and not any("/opt/edge" in str(facts.get_row_at(row)) for row in range(facts.row_count))

@@ -67,6 +67,8 @@ class ModelsScreen(ModeScreen):
             with Vertical(id="facts-pane"):
                 yield Label("Loaded model", classes="section", id="facts-title")
                 yield DataTable(id="facts", show_header=False, cursor_type="none", zebra_stripes=True)
+                # The path under the table, where it wraps: a table cell would cut it at 80 columns.
+                yield Static("", id="model-where")
                 yield Static("", id="notes")
         yield Label("Session: the baseline and its variants, steps stored", classes="section")
         yield DataTable(id="session-table", cursor_type="row", zebra_stripes=True)
@@ -124,8 +126,10 @@ class ModelsScreen(ModeScreen):
         table = self.query_one("#facts", DataTable)
         table.clear()
         notes = self.query_one("#notes", Static)
+        where = self.query_one("#model-where", Static)
         loading = self.app.loading
         if session is None or session.facts is None:
+            where.update("")
             title = f"Loading [b]{escape(_home(loading))}[/]…" if loading else "Loaded model: none yet"
             self.query_one("#facts-title", Label).update(title)
             notes.update("the other screens can be used meanwhile" if loading else "")
@@ -143,10 +147,10 @@ class ModelsScreen(ModeScreen):
             ("architecture", f"{facts['architecture']} ({facts['model_type']})"),
             ("layers", str(facts["layers"] if facts["layers"] is not None else "-")),
             ("loaded in", f"{facts['load_seconds']:.1f} s"),
-            ("path", _home(facts["path"])),
         )
         for key, value in rows:
             table.add_row(Text(key, style="bold"), value)
+        where.update(Text.assemble(("path ", "bold"), _home(facts["path"])))
         lines = [f"loading {escape(_home(loading))}… ({escape(facts['name'])} stays loaded until it is ready)"] if loading else []
         notes.update("\n".join(lines + [f"note: {escape(n)}" for n in facts["notes"]]))
         self._show_steps(self.app.report)
