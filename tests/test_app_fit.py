@@ -392,3 +392,20 @@ async def test_a_long_model_path_is_shown_whole_under_the_facts(tmp_path, monkey
         assert path.replace(" ", "") in shown
         facts = app.screen.query_one("#facts", DataTable)
         assert facts.row_count and not any("/opt/edge" in str(facts.get_row_at(row)) for row in range(facts.row_count))
+
+
+@pytest.mark.asyncio
+async def test_the_history_captions_of_an_empty_store_fit_80_columns(tmp_path, monkeypatch, isolated_cache):
+    from textual.widgets import Label
+
+    monkeypatch.chdir(tmp_path)
+    app = create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot, app, until=lambda: app.session is not None)
+        await pilot.press("5")
+        await settle(pilot, app)
+        await pilot.pause()
+        for label in app.screen.query(Label):
+            if label.display:
+                text = label.render().plain if isinstance(label.render(), Text) else str(label.render())
+                assert label.region.x + len(text) <= SMALL[0] and len(text) <= label.region.width, text

@@ -183,7 +183,7 @@ class HistoryScreen(ModeScreen):
         caption = self.query_one("#checks-caption", Label)
         table.display = bool(self.checks)
         if not self.checks:
-            caption.update("Field checks [dim]none yet: screen 6 checks a deployed folder against its audit record[/]")
+            caption.update("Field checks [dim]none yet: screen 6 checks a deployed model[/]")
             return
         caption.update("Field checks [dim](tab here; enter or o shows one on screen 6)[/]")
         row = table.cursor_row
