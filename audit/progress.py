@@ -176,8 +176,9 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def stage_seconds_left(event: Progress, now: float) -> float | None:
-    """Seconds left in the event's stage at the rate measured since the stage began; None
-    before there is a rate."""
+    """Seconds left in the event's stage at the rate measured since the stage began (negative
+    once that time has run out with no event since: the stage is late); None before there is
+    a rate."""
     place = step_place(event)
     fraction = event.fraction
     if place is None or fraction is None or place.stage_started is None or place.stage_from is None:
@@ -185,7 +186,7 @@ def stage_seconds_left(event: Progress, now: float) -> float | None:
     gained, span = fraction - place.stage_from, event.at - place.stage_started
     if gained <= 0 or span <= 0:
         return None
-    return max(0.0, span * (1 - fraction) / gained - (now - event.at))
+    return span * (1 - fraction) / gained - (now - event.at)
 
 
 def job_seconds_left(event: Progress, now: float) -> float | None:
@@ -205,7 +206,8 @@ def job_seconds_left(event: Progress, now: float) -> float | None:
         return _mean(seconds_by_kind.get(kind) or every)
 
     def usual_left(usual: float | None) -> float | None:
-        return None if usual is None else max(0.0, usual - (now - place.started))
+        left = None if usual is None else usual - (now - place.started)
+        return left if left is not None and left > 0 else None  # None: later than usual
 
     if place.finished_now:
         running: float | None = 0.0
@@ -214,6 +216,9 @@ def job_seconds_left(event: Progress, now: float) -> float | None:
         same_kind = usual_left(_mean(seconds_by_kind.get(place.step.kind, [])))
         if at_rate is None:
             running = usual_left(typical(place.step.kind))
+        elif at_rate <= 0:
+            # Late at its own rate: only what steps of its kind took can still say how long.
+            running = same_kind
         else:
             # A step can have stages (loading, then scoring) and the rate is the stage's: when
             # steps of this kind have finished, the longer estimate is the safer one.

@@ -93,9 +93,12 @@ def test_time_left_for_the_job_comes_from_measured_rates_by_kind_of_step():
     halfway = event(place(2, [ppl], stage_started=100.0, stage_from=0.0), done=5, total=10, at=110.0)
     assert job_seconds_left(halfway, now=110.0) == pytest.approx(10 + 30)
     assert job_seconds_left(halfway, now=114.0) == pytest.approx(6 + 30)  # counts down between events
+    # Late: its 10 s have passed with no event since. No time is said rather than "0:00".
+    assert job_seconds_left(halfway, now=121.0) is None
     # No rate inside the step yet: it is expected to last as long as the finished steps did.
     started = event(place(2, [ppl], started=100.0), at=105.0)
     assert job_seconds_left(started, now=105.0) == pytest.approx(25 + 30)
+    assert job_seconds_left(started, now=131.0) is None  # longer than the finished steps took
     # Just finished: nothing left of it.
     just_done = event(place(2, [ppl, (PLANNED[1], 50.0)], finished_now=True))
     assert job_seconds_left(just_done, now=100.0) == pytest.approx(30)
