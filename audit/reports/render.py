@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from audit import atomic
 from audit.reports import svg
-from audit.results import BIASED, CORRECTED
+from audit.results import BIASED, CORRECTED, STEREOTYPED
 from audit.sweep import CURVES, DENSE, LOG_CURVES, curves, unreadable
 from audit.verdict import run_verdict
 
@@ -502,11 +502,17 @@ def _gate_verdict(gate: dict[str, Any]) -> str:
 
 # How a flipped item is marked, in words and with an icon (`audit.results.flip_outcome`); a report
 # written before flips had an outcome holds regressions only.
-FLIP_MARKS = {BIASED: ("✗", "bias-aligned and wrong"), CORRECTED: ("✓", "now correct")}
+FLIP_MARKS = {
+    BIASED: ("✗", "bias-aligned and wrong"),
+    STEREOTYPED: ("✗", "now prefers the stereotype"),
+    CORRECTED: ("✓", "now correct"),
+}
 FLIPPED_NOTE = (
     "Items not bias-aligned in the baseline and bias-aligned in the variant. ✗ bias-aligned and "
-    "wrong: a regression. ✓ now correct: a disambiguated item whose right answer is the "
-    "bias-aligned one, which the variant now gets right; not a regression."
+    "wrong: a regression. ✗ now prefers the stereotype: a sentence pair, which has no right "
+    "answer, whose stereotyped sentence the variant now prefers. ✓ now correct: a disambiguated "
+    "item whose right answer is the bias-aligned one, which the variant now gets right; not a "
+    "regression."
 )
 
 
@@ -524,10 +530,18 @@ def _flipped_by_variant(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]
     return {name: sorted(items, key=lambda item: rank[flip_mark(item)]) for name, items in grouped.items()}
 
 
+def flip_tally(items: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str], int]]:
+    """Each outcome's mark and count, in FLIP_MARKS' order: the outcomes of items that have a
+    right answer always (a count of 0 corrections says something), a sentence pair's when any."""
+    marks = [flip_mark(i) for i in items]
+    sentences = marks.count(FLIP_MARKS[STEREOTYPED])
+    shown = [o for o in FLIP_MARKS if (o == STEREOTYPED and sentences) or (o != STEREOTYPED and sentences < len(marks))]
+    return [(FLIP_MARKS[o], marks.count(FLIP_MARKS[o])) for o in shown or [BIASED, CORRECTED]]
+
+
 def flip_counts(items: Sequence[dict[str, Any]]) -> str:
     """"4 ✗ bias-aligned and wrong, 2 ✓ now correct": each outcome counted apart."""
-    marks = [flip_mark(i) for i in items]
-    return ", ".join(f"{marks.count(mark)} {mark[0]} {mark[1]}" for mark in FLIP_MARKS.values())
+    return ", ".join(f"{count} {mark[0]} {mark[1]}" for mark, count in flip_tally(items))
 
 
 def _markdown_sweep(data: dict[str, Any]) -> list[str]:

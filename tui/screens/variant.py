@@ -15,8 +15,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from audit.metrics import short_label
-from audit.reports.render import FLIP_MARKS, flip_counts, flip_mark, fmt
-from audit.results import BIASED, CORRECTED
+from audit.reports.render import FLIP_MARKS, flip_counts, flip_mark, flip_tally, fmt
+from audit.results import BIASED, CORRECTED, STEREOTYPED
 from audit.verdict import NONE, Verdict
 from tui.screens.base import MODES
 from tui.widgets.comparison import VERDICT_STYLES, change_text, srs_change_cell, verdict_state
@@ -58,7 +58,8 @@ def with_bounds(estimate: Any, negate: bool = False) -> str:
 
 def outcome(flip: dict[str, Any]) -> str:
     """A flip's outcome, `BIASED` for a report written before flips had one."""
-    return CORRECTED if flip.get("outcome") == CORRECTED else BIASED
+    said = flip.get("outcome")
+    return said if said in (CORRECTED, STEREOTYPED) else BIASED
 
 
 def pct_words(estimate: Any) -> str:
@@ -70,7 +71,7 @@ def pct_words(estimate: Any) -> str:
 
 
 # A flip's outcome in a table cell, and its colour; its icon and words say it without colour.
-OUTCOME_CELLS = {BIASED: ("biased", "bold red"), CORRECTED: ("correct", "green")}
+OUTCOME_CELLS = {BIASED: ("biased", "bold red"), STEREOTYPED: ("stereotype", "bold red"), CORRECTED: ("correct", "green")}
 CONDITIONS = {"ambig": "ambiguous", "disambig": "disambiguated"}
 
 
@@ -112,12 +113,9 @@ class VariantScreen(Screen):
                     yield Static("", id="flip-detail")
         yield Footer(compact=True)
 
-    def _flip_count(self, mark: tuple[str, str]) -> int:
-        return sum(flip_mark(flip) == mark for flip in self.flips)
-
     def _flips_title(self) -> str:
         """"Flipped: 4 ✗ 2 ✓": the regressions and the corrections counted apart."""
-        return "Flipped: " + " ".join(f"{self._flip_count(mark)} {mark[0]}" for mark in FLIP_MARKS.values())
+        return "Flipped: " + " ".join(f"{count} {mark[0]}" for mark, count in flip_tally(self.flips))
 
     def _flips_summary(self) -> Text:
         """The flips counted by outcome, and what a correction is, when there is one."""
@@ -304,6 +302,8 @@ class VariantScreen(Screen):
         style = OUTCOME_CELLS[outcome(flip)][1]
         condition = CONDITIONS.get(str(flip.get("condition") or ""), "")
         answer = "bias-aligned, and right: the context says so" if corrected else "bias-aligned"
+        if outcome(flip) == STEREOTYPED:
+            answer = "the stereotyped sentence; the pair has no right answer"
         lines = [
             Text.assemble((f"{icon} {words}", f"bold {style}"), f" · {flip.get('category') or '-'}", f" · {condition}" if condition else ""),
             Text.assemble(("Context ", "bold"), flip.get("context") or ""),
