@@ -1,7 +1,7 @@
 """Decode latency of the default model with and without a competing CPU-bound process, with
-the inference libraries' idle threads spinning (OMP_WAIT_POLICY=ACTIVE, OpenMP's usual
-behaviour for torch here) and waiting passively (PASSIVE), in one run: what a thread count and
-a wait policy cost on an idle device and on a busy one.
+OpenMP's wait policy for the inference libraries' idle threads unset (the library's default:
+spin a while, then sleep), ACTIVE (spin) and PASSIVE (sleep at once), in one run: what a thread
+count and a wait policy cost on an idle device and on a busy one.
 
     python benchmarks/contention.py                 # 2 threads, 1 competing process
     python benchmarks/contention.py --threads 1 --competitors 2
@@ -23,11 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "while True: pass"
+DEFAULT = "unset"
+POLICIES = (DEFAULT, "ACTIVE", "PASSIVE")
 
 
 def profile(policy: str, threads: int, runs: int, new_tokens: int) -> float:
     """ms/token p50 of a forced-length decode, in a fresh process under `policy`."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy != DEFAULT:
+        env["OMP_WAIT_POLICY"] = policy
     command = [
         sys.executable, "-m", "tui.cli", "profile", "--json", "--threads", str(threads),
         "--runs", str(runs), "--warmup-runs", "1", "--new-tokens", str(new_tokens), "--probe-items", "0",
@@ -47,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results: dict[tuple[str, bool], float] = {}
-    for policy in ("ACTIVE", "PASSIVE"):
+    for policy in POLICIES:
         results[(policy, False)] = profile(policy, args.threads, args.runs, args.new_tokens)
         hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.competitors)]
         try:
@@ -59,10 +63,11 @@ def main() -> int:
                 hog.wait()
     print(f"decode ms/token p50, {args.threads} threads, {args.competitors} competing process(es), {os.cpu_count()} cores")
     print(f"{'policy':<8} {'idle':>8} {'busy':>8} {'busy/idle':>10}")
-    for policy in ("ACTIVE", "PASSIVE"):
+    for policy in POLICIES:
         idle, busy = results[(policy, False)], results[(policy, True)]
         print(f"{policy:<8} {idle:>8.1f} {busy:>8.1f} {busy / idle:>9.2f}x")
-    print(f"busy, ACTIVE / PASSIVE: {results[('ACTIVE', True)] / results[('PASSIVE', True)]:.2f}x")
+    for policy in POLICIES[1:]:
+        print(f"{policy} / unset: idle {results[(policy, False)] / results[(DEFAULT, False)]:.2f}x, busy {results[(policy, True)] / results[(DEFAULT, True)]:.2f}x")
     return 0
 
 
