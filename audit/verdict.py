@@ -227,6 +227,8 @@ class KeyLine:
     variant: str
     state: str  # pass, fail, inconclusive or degraded
     words: str
+    figure: str = ""  # what the finding judges ("SRS", "ambiguous bias score in Age")
+    judged: bool = True  # False: a bias rule left unjudged, its variant too degraded to judge
 
     @property
     def icon(self) -> str:
@@ -245,6 +247,6 @@ def verdict_key(gate: dict[str, Any] | None) -> list[KeyLine]:
     lines = []
     for f in gate["findings"]:
         state = DEGRADED if _degraded(f) else f["verdict"]
-        lines.append(KeyLine(f["variant"], state, finding_words(f)))
+        lines.append(KeyLine(f["variant"], state, finding_words(f), figure_name(f), not _not_judged(f)))
     position = {name: i for i, name in enumerate([BASELINE] + order)}
     return sorted(lines, key=lambda line: (position.get(line.variant, len(position)), _ORDER[line.state]))

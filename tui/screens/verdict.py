@@ -17,7 +17,6 @@ from tui.widgets.comparison import VERDICT_STYLES as STYLES
 from tui.widgets.gate_banner import GateBanner
 
 LEGEND = f"{ICONS[PASS]} holds   {ICONS[FAIL]} fails   {ICONS[INCONCLUSIVE]} not settled   {ICONS[DEGRADED]} too degraded to judge"
-NOT_JUDGED = " not judged: the variant is too degraded to judge"
 
 
 def key_sections(gate: dict[str, Any] | None) -> list[tuple[str, Text, list[Text]]]:
@@ -30,8 +29,8 @@ def key_sections(gate: dict[str, Any] | None) -> list[tuple[str, Text, list[Text
     for variant, lines in sections.items():
         verdict = variant_verdict(gate, variant)
         head = Text.assemble((variant, "bold"), "  ", (f"{verdict.icon} {verdict.label}", STYLES.get(verdict.state, "")))
-        judged = [line for line in lines if not line.words.endswith(NOT_JUDGED)]
-        unjudged = [line.words[: -len(NOT_JUDGED)] for line in lines if line.words.endswith(NOT_JUDGED)]
+        judged = [line for line in lines if line.judged]
+        unjudged = [line.figure for line in lines if not line.judged]
         body = [Text.assemble((f"{line.icon} ", STYLES[line.state]), line.words) for line in judged]
         if unjudged:
             body.append(Text.assemble((f"{ICONS[INCONCLUSIVE]} ", "yellow"), f"not judged, too degraded: {', '.join(unjudged)}"))
