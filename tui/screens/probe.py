@@ -16,12 +16,11 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from audit.probes.suites import SUITES
-from audit.progress import Step, StepPlace, step_place
+from audit.progress import Step, StepPlace, clock, step_place
 from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
 from tui.messages import JobEnded, JobProgress
 from tui.screens.base import FormError, FormScreen
 from tui.widgets.checkbox import MarkedCheckbox
-from tui.widgets.job_bar import clock
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
 EVERY = "__every__"

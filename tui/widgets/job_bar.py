@@ -14,7 +14,6 @@ from textual.widget import Widget
 from audit.progress import Progress, clock, job_seconds_left, step_place
 from hardware.load import SystemLoad
 
-__all__ = ["JobBar", "bar", "clock", "stall_notice"]
 
 # A job whose latest event is this old is said to make no progress (a probe or a profile run
 # reports at least every few seconds on a free device).
