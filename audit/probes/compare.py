@@ -42,9 +42,11 @@ def setting_differences(
     variant_ids: set[str] | None = None,
     *,
     ignore: Sequence[str] = (),
+    sides: tuple[str, str] = ("the baseline", "the variant"),
 ) -> list[str]:
     """Why two probe runs cannot be compared: each setting that differs, named with both values,
-    and the items when the two runs did not score the same ones. Empty when they can be."""
+    and the items when the two runs did not score the same ones (each side named by `sides`).
+    Empty when they can be."""
     differences = []
     for key in COMPARED_SETTINGS:
         if key in ignore:
@@ -55,7 +57,7 @@ def setting_differences(
             differences.append(f"{key} {verb} ({_shown(a)} vs {_shown(b)})")
     if baseline_ids is not None and variant_ids is not None and baseline_ids != variant_ids:
         only_base, only_var = len(baseline_ids - variant_ids), len(variant_ids - baseline_ids)
-        differences.append(f"items differ ({only_base} only in the baseline, {only_var} only in the variant)")
+        differences.append(f"items differ ({only_base} only in {sides[0]}, {only_var} only in {sides[1]})")
     return differences
 
 

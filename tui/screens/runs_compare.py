@@ -71,13 +71,7 @@ def probe_differences(first: ProbeRecord, second: ProbeRecord, first_id: int, se
     core names it (`setting_differences`), and the items when they did not score the same ones."""
     from audit.probes.compare import setting_differences
 
-    differences = setting_differences(first.settings, second.settings)
-    if first.ids != second.ids:
-        differences.append(
-            f"items differ ({len(first.ids - second.ids)} only in run {first_id}, "
-            f"{len(second.ids - first.ids)} only in run {second_id})"
-        )
-    return differences
+    return setting_differences(first.settings, second.settings, first.ids, second.ids, sides=(f"run {first_id}", f"run {second_id}"))
 
 
 def plan_differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
