@@ -1,14 +1,18 @@
-"""Decode latency of the default model with and without a competing CPU-bound process, with
-OpenMP's wait policy for the inference libraries' idle threads unset (the library's default:
-spin a while, then sleep), ACTIVE (spin) and PASSIVE (sleep at once), in one run: what a thread
-count and a wait policy cost on an idle device and on a busy one.
+"""Profile decode and probe scoring of the default model with and without a competing CPU-bound
+process, in one run: what the default settings lose on a busy device, and what the old default
+(every core, the OpenMP library's own long spin) lost.
 
-    python benchmarks/contention.py                 # 2 threads, 1 competing process
-    python benchmarks/contention.py --threads 1 --competitors 2
+    python benchmarks/contention.py                      # 1 competing process
+    python benchmarks/contention.py --competitor torch   # a competitor that computes with threads itself, as a prune does
+    python benchmarks/contention.py --competitors 2 --probe-limit 8
 
-Each case is `edge-audit profile --json` in a fresh process; the competitor is a Python loop
-that keeps one core busy, started a few seconds before the profile. Prints ms/token p50 for
-each case and the ratio of contended to idle under each policy.
+Each case is `edge-audit profile --json` or `edge-audit probe --json` in a fresh process, so the
+wait environment applies as it does for a user. "default" is what a user gets: no --threads
+(the cores free when the job starts) and the product's wait environment. "all cores, long spin"
+is the old default: --threads set to every core, GOMP_SPINCOUNT at the library's 300,000.
+The competitor starts a few seconds before the measured command. Idle and busy cases alternate
+per setting, so drifting load hits both alike. Prints decode ms/token p50 and probe items/s for
+each case, and the ratio busy/idle (target: 1.5x or less for the default).
 """
 
 from __future__ import annotations
@@ -22,52 +26,86 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUSY_LOOP = "while True: pass"
-DEFAULT = "unset"
-POLICIES = (DEFAULT, "ACTIVE", "PASSIVE")
+sys.path.insert(0, str(ROOT))
+
+from audit.threads import USER_WAIT_VARIABLES  # noqa: E402
+
+COMPETITORS = {
+    "loop": "while True: pass",
+    # Computes with two spinning threads, as a prune or another inference job does.
+    "torch": "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\nwhile True: a @ a",
+}
+TARGET = 1.5
 
 
-def profile(policy: str, threads: int, runs: int, new_tokens: int) -> float:
-    """ms/token p50 of a forced-length decode, in a fresh process under `policy`."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy != DEFAULT:
-        env["OMP_WAIT_POLICY"] = policy
-    command = [
-        sys.executable, "-m", "tui.cli", "profile", "--json", "--threads", str(threads),
-        "--runs", str(runs), "--warmup-runs", "1", "--new-tokens", str(new_tokens), "--probe-items", "0",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+def settings(cores: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each setting's extra command-line arguments and environment."""
+    return {
+        "default": ([], {}),
+        "all cores, long spin": (["--threads", str(cores)], {"GOMP_SPINCOUNT": "300000"}),
+    }
+
+
+def run_cli(args: list[str], env_extra: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in USER_WAIT_VARIABLES}
+    env.update(env_extra)
+    done = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--json"], capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"profile failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-    return float(json.loads(done.stdout)["decode_ms_per_token_p50"])
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else str(done.returncode)
+        raise SystemExit(f"edge-audit {args[0]} failed: {last}")
+    return json.loads(done.stdout)
+
+
+def decode_ms(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> tuple[float, object]:
+    data = run_cli(["profile", *extra, "--runs", str(args.runs), "--warmup-runs", "1", "--new-tokens", str(args.new_tokens), "--probe-items", "0"], env)
+    return float(data["decode_ms_per_token_p50"]), data.get("threads")
+
+
+def probe_rate(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> float:
+    data = run_cli(["probe", *extra, "--limit", str(args.probe_limit)], env)
+    return float(data["items_per_s"])
+
+
+def with_competitors(kind: str, count: int, measure):
+    hogs = [subprocess.Popen([sys.executable, "-c", COMPETITORS[kind]], cwd=ROOT) for _ in range(count)]
+    try:
+        time.sleep(3)
+        return measure()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
-    parser.add_argument("--competitors", type=int, default=1, help="CPU-bound processes beside it (default 1)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per case (default 5)")
-    parser.add_argument("--new-tokens", type=int, default=16, help="tokens per run (default 16)")
+    parser.add_argument("--competitor", choices=sorted(COMPETITORS), default="loop", help="what competes (default loop: one core each)")
+    parser.add_argument("--competitors", type=int, default=1, help="competing processes (default 1)")
+    parser.add_argument("--runs", type=int, default=5, help="timed profile runs per case (default 5)")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens per profile run (default 16)")
+    parser.add_argument("--probe-limit", type=int, default=8, help="built-in probe items per category (default 8)")
+    parser.add_argument("--only", choices=("profile", "probe"), help="measure one of the two")
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
 
-    results: dict[tuple[str, bool], float] = {}
-    for policy in POLICIES:
-        results[(policy, False)] = profile(policy, args.threads, args.runs, args.new_tokens)
-        hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.competitors)]
-        try:
-            time.sleep(3)
-            results[(policy, True)] = profile(policy, args.threads, args.runs, args.new_tokens)
-        finally:
-            for hog in hogs:
-                hog.kill()
-                hog.wait()
-    print(f"decode ms/token p50, {args.threads} threads, {args.competitors} competing process(es), {os.cpu_count()} cores")
-    print(f"{'policy':<8} {'idle':>8} {'busy':>8} {'busy/idle':>10}")
-    for policy in POLICIES:
-        idle, busy = results[(policy, False)], results[(policy, True)]
-        print(f"{policy:<8} {idle:>8.1f} {busy:>8.1f} {busy / idle:>9.2f}x")
-    for policy in POLICIES[1:]:
-        print(f"{policy} / unset: idle {results[(policy, False)] / results[(DEFAULT, False)]:.2f}x, busy {results[(policy, True)] / results[(DEFAULT, True)]:.2f}x")
+    rows = []
+    for name, (extra, env) in settings(cores).items():
+        if args.only != "probe":
+            idle, idle_threads = decode_ms(extra, env, args)
+            busy, busy_threads = with_competitors(args.competitor, args.competitors, lambda: decode_ms(extra, env, args))
+            rows.append(("profile decode ms/token", name, idle, busy, busy / idle, f"{idle_threads} / {busy_threads}"))
+        if args.only != "profile":
+            idle = probe_rate(extra, env, args)
+            busy = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
+            rows.append(("probe items/s", name, idle, busy, idle / busy, ""))
+
+    print(f"{cores} cores, {args.competitors} competing '{args.competitor}' process(es); slowdown = busy time / idle time")
+    print(f"{'figure':<24} {'setting':<21} {'idle':>8} {'busy':>8} {'slowdown':>9}  threads idle / busy")
+    for figure, name, idle, busy, slowdown, threads in rows:
+        print(f"{figure:<24} {name:<21} {idle:>8.1f} {busy:>8.1f} {slowdown:>8.2f}x  {threads}")
+    defaults = [slowdown for _, name, _, _, slowdown, _ in rows if name == "default"]
+    worst = max(defaults)
+    print(f"default settings: worst slowdown {worst:.2f}x, target {TARGET:.1f}x or less: {'met' if worst <= TARGET else 'NOT met'}")
     return 0
 
 

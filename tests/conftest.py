@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_core_in_this_process():
+    """Models loaded in the test process compute with every core, as if the device were idle: a
+    count that followed whatever else the machine runs would make figures differ between runs of
+    the suite. Commands run in their own process choose as a user's would."""
+    from audit import threads
+    from hardware.load import read_cores_online
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "auto_threads", lambda reserve=0, interval_s=0.25: threads.choose_threads(read_cores_online(), 0.0, 0))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")

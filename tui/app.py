@@ -8,7 +8,7 @@ run read back (`RunView`), as reports and `edge-audit runs show` read it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +25,7 @@ from audit.models import LoadOptions, load_model
 from audit.models.aliases import DEFAULT_ALIAS
 from audit.progress import Job
 from audit.store import default_store_path
+from audit.threads import apply_torch_threads, resolve_threads
 from tui.messages import JobEnded, JobFinished, JobProgress, ModelChoicesRead, ReportRead, RunsRead
 from tui.screens.base import MODES as SCREEN_KEYS
 from tui.screens.check import CheckRead, CheckScreen
@@ -37,6 +38,9 @@ from tui.screens.models import ModelsScreen
 from tui.screens.probe import ProbeScreen
 from tui.session import JobStatus, Loader, Session, continue_session, open_session, read_report
 from tui.widgets.device_panel import DeviceFeed, LiveDevice
+
+# Cores a job's computing threads leave to the app's screen and sampler.
+APP_RESERVED_CORES = 1
 
 
 @dataclass
@@ -91,7 +95,8 @@ class EdgeAuditApp(App[int]):
     ) -> None:
         super().__init__()
         self.model_spec = model_spec
-        self.options = options or LoadOptions()
+        # Jobs leave the screen a core: a busy UI thread would otherwise stall a job's threads.
+        self.options = replace(options or LoadOptions(), reserve_cores=APP_RESERVED_CORES)
         self.store_path = Path(store) if store else default_store_path()
         self.store_label = str(store) if store else str(default_store_path())
         self.device_feed: DeviceFeed = device or LiveDevice()
@@ -154,6 +159,7 @@ class EdgeAuditApp(App[int]):
     @work(thread=True, exclusive=True, group="job", exit_on_error=False)
     def _run_job(self, status: JobStatus, make: Callable[[threading.Event], Job[Any]], owner: MessagePump) -> Any:
         worker = get_current_worker()
+        self._fit_threads(status.kind)
         job = make(status.cancel)
         while True:
             if worker.is_cancelled:
@@ -167,6 +173,16 @@ class EdgeAuditApp(App[int]):
             owner.post_message(JobProgress(status.job_id, status.kind, event))
         owner.post_message(JobFinished(status.job_id, status.kind, status.title, result))
         return result
+
+    def _fit_threads(self, kind: str) -> None:
+        """Fit the loaded PyTorch model's threads to the cores free as a job starts (the device's
+        load changes while the app is open), unless the user gave --threads."""
+        model = getattr(self.session, "model", None)
+        if kind == "load" or self.options.threads or getattr(model, "backend", None) != "pytorch":
+            return
+        choice = resolve_threads(None, self.options.reserve_cores)
+        apply_torch_threads(choice)
+        model.threads = choice
 
     def action_cancel_job(self) -> None:
         if self.job is not None and not self.job.cancel.is_set():

@@ -80,6 +80,8 @@ class LanguageModel(ABC):
     """
 
     backend: str = ""
+    # How many threads it computes with and why (an audit.threads.ThreadChoice), set by the loader.
+    threads: Any = None
 
     def __init__(self, tokenizer: Any, *, text_prefix_ids: Sequence[int], stop_token_ids: Sequence[int]) -> None:
         self.tokenizer = tokenizer

@@ -21,6 +21,7 @@ from audit.models.meta import read_meta, write_meta
 from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
+from audit.threads import resolve_threads
 from hardware.memory import MB, available_bytes
 
 CACHE_FORMAT = 1
@@ -38,8 +39,9 @@ class LoadOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     dtype: str = "float32"
-    threads: int | None = None
+    threads: int | None = None  # None: the cores free when the model loads (audit.threads)
     max_memory_mb: float | None = None  # budget; None means the memory the system has available
+    reserve_cores: int = 0  # cores a chosen thread count leaves to other work (the app's screen)
 
     def __post_init__(self) -> None:
         # Checked here, as the options are made, so a bad flag is refused before anything loads.
@@ -320,16 +322,17 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         folder = source.path
     check_cancel(cancel)
     check_memory(source.name, estimate_folder_bytes(folder, options), options)
-    yield Progress("load", 1, 2, f"loading {source.name}")
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
+    threads = resolve_threads(options.threads, options.reserve_cores)
+    yield Progress("load", 1, 2, f"loading {source.name} to compute with {threads.describe()}")
     _quiet_transformers()
     if source.kind == "onnx":
-        model = _load_onnx(folder, source, options, started)
+        model = _load_onnx(folder, source, options, started, threads.threads)
     else:
+        import torch
+
+        torch.set_num_threads(threads.threads)
         model = _load_torch(folder, source, options, started)
+    model.threads = threads
     yield Progress("load", 2, 2, f"loaded {source.name}")
     return model
 
@@ -435,7 +438,7 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
     )
 
 
-def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started: float) -> LanguageModel:
+def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started: float, threads: int) -> LanguageModel:
     import onnxruntime as ort
     from transformers import AutoConfig
 
@@ -450,8 +453,9 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
     files = onnx_files(folder)
     onnx_path = folder / "model.onnx" if (folder / "model.onnx").is_file() else files[0]
     session_options = ort.SessionOptions()
-    if options.threads:
-        session_options.intra_op_num_threads = options.threads
+    session_options.intra_op_num_threads = threads
+    # An idle worker sleeps instead of spinning on a core another process needs (see audit.threads).
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
 

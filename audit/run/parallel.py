@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import queue
 import tempfile
 import threading
@@ -20,19 +19,18 @@ from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
 from audit.run.steps import PROFILE, StepRecord, done_steps, model_spec_for, steps_for, variant_names
 from audit.store import ResultsStore
+from audit.threads import resolve_threads
 
 
 def _variant_in_process(
     store_path: str, run_id: int, plan_text: str, plan_path: str | None, name: str, work_dir: str, load: dict[str, Any], events: Any, threads: int
 ) -> None:
-    """A worker process: run one variant's steps (profile excepted), committing each to the store."""
-    import torch
-
-    torch.set_num_threads(threads)
+    """A worker process: run one variant's steps (profile excepted), committing each to the store,
+    computing with its share of the cores."""
     plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
-        job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**load), skip_profile=True)
+        job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)), skip_profile=True)
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -51,7 +49,8 @@ def run_in_processes(
     """Variants in `workers` parallel processes; profiles afterwards one at a time, since
     latency measured while other variants compete for the cores would mean nothing."""
     names = variant_names(plan)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # The workers share the cores free now (or the count the user gave) between them.
+    threads = max(1, resolve_threads(load.threads, load.reserve_cores).threads // workers)
     manager = multiprocessing.get_context("spawn").Manager()
     events = manager.Queue()
     load_data = asdict(load)

@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
+from audit.threads import prepare_wait_environment
 from tui.cli import common, compress, fieldcheck, hardware, models, plans, probe, run
 
 # Each module adds its subcommands; adding a command is adding a module here.
@@ -86,6 +87,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    prepare_wait_environment()  # before any command loads the inference libraries
     parser = build_parser()
     args = parser.parse_args(argv)
     common.apply_global_options(parser, args)

@@ -93,7 +93,7 @@ MODEL_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         {"action": "store_true", "help": "run model code shipped with the model"},
     ),
     "dtype": (("--dtype",), {"choices": DTYPES, "help": "weight dtype for PyTorch models (default float32)"}),
-    "threads": (("--threads",), {"type": count(1), "help": "CPU threads for inference (default: all usable cores)"}),
+    "threads": (("--threads",), {"type": count(1), "help": "CPU threads for inference (default: the cores other processes leave free)"}),
     "max_memory_mb": (
         ("--max-memory-mb",),
         {"type": megabytes, "help": "refuse to load a model that needs more than this many MB"},

@@ -1,0 +1,122 @@
+"""How many threads inference computes with, and how its idle threads wait.
+
+An edge device is rarely idle. Two things make a job collapse when another process competes
+for the cores: more computing threads than free cores, and idle threads that spin on a core
+waiting for the next operation while the thread they wait for cannot get one. So:
+
+- unless the user gives `--threads`, a job computes with the cores other processes leave free
+  at the moment it starts (measured over a fraction of a second, not the minute-long load
+  average), less any it must leave to others (the app keeps one for its own screen);
+- the inference libraries' idle threads spin only briefly before they sleep; this is set in the
+  environment before the libraries load (they read it once), and only where the user has not
+  chosen a policy of their own.
+
+`benchmarks/contention.py` measures what both cost on an idle device and save on a busy one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, MutableMapping
+
+# How idle OpenMP threads wait. GNU OpenMP (the one PyTorch ships on Linux) spins for
+# GOMP_SPINCOUNT iterations before it sleeps, 300,000 by default: about a millisecond, long
+# enough to hold a core through a whole decode step another process needs. A short spin still
+# bridges the microseconds between one operation and the next on an idle device; a thread whose
+# partner has lost its core goes to sleep at once. Chosen by benchmarks/contention.py.
+WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "10000"}
+# Any of these set by the user means they chose how threads wait: leave it alone.
+USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# Inference libraries that read the wait environment when they load.
+_INFERENCE_MODULES = ("torch", "onnxruntime")
+
+
+def prepare_wait_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the short-spin wait for inference threads, unless the user set a wait policy; returns
+    what was set. Must run before the inference libraries load (child processes inherit it)."""
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in USER_WAIT_VARIABLES):
+        return {}
+    environ.update(WAIT_ENVIRONMENT)
+    return dict(WAIT_ENVIRONMENT)
+
+
+def inference_libraries_loaded() -> list[str]:
+    """The inference libraries already imported (too late for them to read the environment)."""
+    return [name for name in _INFERENCE_MODULES if name in sys.modules]
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """A job's computing threads and why: the cores, the share other processes were using when it
+    started, and the cores left to others on purpose."""
+
+    threads: int
+    cores: int | None
+    others_busy: float | None  # cores' worth of CPU used by other processes; None: unknown
+    reserved: int = 0
+    given: bool = False  # the user gave the count (--threads)
+
+    def describe(self) -> str:
+        """In a user's words: "2 threads (2 cores idle)", "1 thread (other processes keep 1.0
+        of 2 cores busy)"."""
+        count = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        if self.given:
+            return f"{count} (as given)"
+        if self.cores is None:
+            return f"{count} (cores unknown)"
+        why = []
+        if self.others_busy is not None and self.others_busy >= 0.05:
+            why.append(f"other processes keep {self.others_busy:.1f} of {self.cores} cores busy")
+        if self.reserved:
+            why.append(f"{self.reserved} core{'s' if self.reserved != 1 else ''} left for the app")
+        if not why:
+            why.append(f"{self.cores} core{'s' if self.cores != 1 else ''} free")
+        return f"{count} ({'; '.join(why)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "cores": self.cores,
+            "others_busy_cores": None if self.others_busy is None else round(self.others_busy, 2),
+            "reserved_cores": self.reserved,
+            "given": self.given,
+            "why": self.describe(),
+        }
+
+
+def choose_threads(cores: int | None, others_busy: float | None, reserve: int = 0) -> ThreadChoice:
+    """The cores left free: all of them less those other processes keep busy (to the nearest
+    whole core, so a service waking now and then takes none) less `reserve`; at least one."""
+    if reserve < 0:
+        raise ValueError(f"reserve must be 0 or more, not {reserve}")
+    if not cores or cores < 1:
+        return ThreadChoice(1, None, others_busy, reserve)
+    busy = 0 if others_busy is None else math.floor(max(0.0, others_busy) + 0.5)
+    return ThreadChoice(max(1, min(cores, cores - busy - reserve)), cores, others_busy, reserve)
+
+
+def auto_threads(reserve: int = 0, interval_s: float = 0.25) -> ThreadChoice:
+    """Threads for a job starting now on this device (see `choose_threads`)."""
+    from hardware.load import others_busy_cores, read_cores_online
+
+    return choose_threads(read_cores_online(), others_busy_cores(interval_s), reserve)
+
+
+def resolve_threads(threads: int | None, reserve: int = 0) -> ThreadChoice:
+    """The user's count when given, else one fitted to the device's load now."""
+    if threads:
+        from hardware.load import read_cores_online
+
+        return ThreadChoice(threads, read_cores_online(), None, 0, given=True)
+    return auto_threads(reserve)
+
+
+def apply_torch_threads(choice: ThreadChoice) -> None:
+    """Compute with `choice.threads` in PyTorch from now on (when PyTorch is loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != choice.threads:
+        torch.set_num_threads(choice.threads)

@@ -1,0 +1,177 @@
+"""Thread counts fitted to the device's load, and the wait environment set before the inference
+libraries load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hardware.load as load
+from audit.threads import WAIT_ENVIRONMENT, ThreadChoice, choose_threads, prepare_wait_environment, resolve_threads
+from tests.fake_devices import write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_times_are_read_from_the_first_line_of_proc_stat(tmp_path):
+    root = write_tree(tmp_path / "dev", {"/proc/stat": "cpu  100 20 30 800 40 5 5 0 7 0\ncpu0 50 10 15 400 20 2 3 0 0 0\n"})
+    times = load.read_cpu_times(root)
+    hz = os.sysconf("SC_CLK_TCK")
+    # busy: user + nice + system + irq + softirq + steal = 100 + 20 + 30 + 5 + 5 + 0 = 160 ticks;
+    # in all: busy + idle + iowait = 160 + 800 + 40 = 1000 ticks (guest time is inside user).
+    assert times == load.CpuTimes(160 / hz, 1000 / hz)
+
+
+@pytest.mark.parametrize("text", ["", "cpu\n", "intr 1 2 3\n", "cpu a b c d\n"])
+def test_cpu_times_are_not_available_rather_than_an_error(tmp_path, text):
+    root = write_tree(tmp_path / "dev", {"/proc/stat": text})
+    assert load.read_cpu_times(root) is None
+    assert load.others_busy_cores(0.0, root) is None
+
+
+def test_others_busy_is_the_device_busy_time_less_this_process_own(monkeypatch):
+    readings = iter([load.CpuTimes(10.0, 40.0), load.CpuTimes(10.9, 40.5)])
+    own = iter([3.0, 3.2])
+    clock = iter([100.0, 100.5])
+    monkeypatch.setattr(load, "read_cpu_times", lambda root=None: next(readings))
+    monkeypatch.setattr(load, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(load.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(load.time, "sleep", lambda s: None)
+    # 0.9 s busy over 0.5 s of wall time, 0.2 s of it this process's own: (0.9 - 0.2) / 0.5 = 1.4 cores.
+    assert load.others_busy_cores(0.5) == pytest.approx(1.4)
+
+
+def test_others_busy_is_never_negative(monkeypatch):
+    readings = iter([load.CpuTimes(10.0, 40.0), load.CpuTimes(10.1, 40.5)])
+    own = iter([3.0, 3.3])  # counted a tick later than the device: more than the device saw
+    monkeypatch.setattr(load, "read_cpu_times", lambda root=None: next(readings))
+    monkeypatch.setattr(load, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(load.time, "sleep", lambda s: None)
+    assert load.others_busy_cores(0.0) == 0.0
+
+
+def test_others_busy_sees_a_process_spinning_beside_it():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = load.others_busy_cores(0.5)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert busy is not None and busy >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("cores", "others", "reserve", "threads"),
+    [
+        (2, 0.0, 0, 2),  # idle: every core
+        (2, 0.3, 0, 2),  # a service waking now and then takes no core
+        (2, 0.6, 0, 1),  # most of a core in use: leave it
+        (2, 1.0, 0, 1),
+        (2, 2.0, 0, 1),  # every core busy: still one thread, never none
+        (4, 1.4, 0, 3),
+        (4, 1.5, 0, 2),  # half a core rounds up
+        (4, 0.0, 1, 3),  # the app keeps one for its screen
+        (4, 1.0, 1, 2),
+        (2, 0.0, 1, 1),
+        (1, 0.0, 1, 1),
+        (8, None, 0, 8),  # load unknown: every core
+    ],
+)
+def test_threads_are_the_cores_others_leave_free(cores, others, reserve, threads):
+    assert choose_threads(cores, others, reserve).threads == threads
+
+
+def test_cores_unknown_gives_one_thread_and_a_negative_reserve_is_refused():
+    assert choose_threads(None, 0.0).threads == 1
+    with pytest.raises(ValueError, match="reserve"):
+        choose_threads(2, 0.0, -1)
+
+
+def test_the_choice_says_why_in_plain_words():
+    assert choose_threads(2, 0.0).describe() == "2 threads (2 cores free)"
+    assert choose_threads(2, 1.04).describe() == "1 thread (other processes keep 1.0 of 2 cores busy)"
+    assert choose_threads(4, 0.0, 1).describe() == "3 threads (1 core left for the app)"
+    assert ThreadChoice(3, 2, None, given=True).describe() == "3 threads (as given)"
+    assert choose_threads(2, 1.04).to_dict()["others_busy_cores"] == 1.04
+
+
+def test_a_count_given_by_the_user_is_kept_whatever_the_load():
+    choice = resolve_threads(3, reserve=1)
+    assert (choice.threads, choice.given) == (3, True)
+
+
+def test_the_wait_environment_is_set_unless_the_user_chose_a_policy():
+    environ: dict[str, str] = {}
+    assert prepare_wait_environment(environ) == WAIT_ENVIRONMENT and environ == WAIT_ENVIRONMENT
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}, {"KMP_BLOCKTIME": "1"}):
+        environ = dict(chosen)
+        assert prepare_wait_environment(environ) == {} and environ == chosen
+
+
+def test_the_command_line_sets_the_wait_environment_before_torch_loads():
+    # A fresh process, as a user runs it: the variable must be in place when torch is imported.
+    code = (
+        "import json, os, sys\n"
+        "from tui.cli import main\n"
+        "assert 'torch' not in sys.modules\n"
+        "main(['device', '--json'])\n"
+        "print(json.dumps({k: os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"GOMP_SPINCOUNT": WAIT_ENVIRONMENT.get("GOMP_SPINCOUNT"), "OMP_WAIT_POLICY": WAIT_ENVIRONMENT.get("OMP_WAIT_POLICY")}
+
+
+class _TorchModel:
+    backend = "pytorch"
+    threads = None
+
+
+def test_the_app_leaves_its_screen_a_core_and_fits_threads_as_each_job_starts(monkeypatch, tmp_path):
+    import torch
+
+    from audit import threads
+    from tests.app_support import FrozenDevice
+    from tui.app import APP_RESERVED_CORES, create_app
+
+    app = create_app("", store=tmp_path / "store.sqlite", device=FrozenDevice())
+    assert app.options.reserve_cores == APP_RESERVED_CORES == 1
+    asked = []
+
+    def busy_device(reserve=0, interval_s=0.25):
+        asked.append(reserve)
+        return choose_threads(2, 1.0, reserve)
+
+    monkeypatch.setattr(threads, "auto_threads", busy_device)
+    before = torch.get_num_threads()
+    model = _TorchModel()
+    monkeypatch.setattr(app, "session", type("S", (), {"model": model})(), raising=False)
+    try:
+        app._fit_threads("load")  # a load chooses for itself
+        assert asked == []
+        app._fit_threads("probe")
+        assert asked == [1] and torch.get_num_threads() == 1
+        assert model.threads.describe() == "1 thread (other processes keep 1.0 of 2 cores busy; 1 core left for the app)"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_loaded_model_says_how_many_threads_it_computes_with(tiny_llama):
+    import torch
+
+    from audit.models import LoadOptions, load_model
+    from audit.progress import drive
+
+    model = drive(load_model(str(tiny_llama)))
+    assert model.threads.threads == torch.get_num_threads() == (os.cpu_count() or 1) and not model.threads.given
+    try:
+        model = drive(load_model(str(tiny_llama), LoadOptions(threads=1)))
+        assert model.threads.given and model.threads.threads == torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
