@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -101,10 +102,14 @@ class _Captured(Exception):
 
 @dataclass
 class BlockInputs:
-    """The hidden states entering a block, one tensor per calibration sample, and the other
-    arguments the model passes to every block (masks, positions, rotary embeddings)."""
+    """The hidden states entering a block, one per calibration sample, and the other arguments
+    the model passes to every block (masks, positions, rotary embeddings).
 
-    hidden: list[torch.Tensor]
+    `hidden` is one tensor of shape (samples, *one sample's shape), allocated once: each sample's
+    block output is written over its input (`advance`), so one set of activations is held for
+    the whole walk and no copy of it is ever made. A list of per-sample tensors also works."""
+
+    hidden: torch.Tensor | list[torch.Tensor]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
@@ -118,12 +123,15 @@ def capture_block_inputs(
     positions), so nothing here depends on the architecture. Samples all have the same
     length, so those arguments are the same for each; the first sample's are kept.
     """
-    hidden: list[torch.Tensor] = []
+    buffer: list[torch.Tensor] = []  # the (samples, ...) tensor, once the first sample shows its shape
     extra: dict[str, Any] = {}
+    count = 0
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         states = args[0] if args else kwargs.pop("hidden_states")
-        hidden.append(states.detach().clone())
+        if not buffer:
+            buffer.append(torch.empty((len(samples), *states.shape), dtype=states.dtype, device=states.device))
+        buffer[0][count].copy_(states.detach())
         if not extra:
             extra["args"] = tuple(args[1:])
             extra["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
@@ -134,23 +142,52 @@ def capture_block_inputs(
         with torch.inference_mode():
             for row in samples:
                 check_cancel(cancel)
+                before = count
                 try:
                     model(input_ids=row[None, :], use_cache=False)
                 except _Captured:
-                    pass
+                    count += 1
+                if count == before:
+                    break
     finally:
         handle.remove()
-    if len(hidden) != len(samples):
+    if count != len(samples):
         raise UserError("the model did not pass through its decoder blocks; cannot calibrate it")
     kwargs = dict(extra["kwargs"])
     kwargs["use_cache"] = False
-    return BlockInputs(hidden, extra["args"], kwargs)
+    return BlockInputs(buffer[0], extra["args"], kwargs)
 
 
 def run_block(block: nn.Module, inputs: BlockInputs, index: int) -> torch.Tensor:
     with torch.inference_mode():
         out = block(inputs.hidden[index], *inputs.args, **inputs.kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def advance(inputs: BlockInputs, index: int, output: torch.Tensor) -> None:
+    """Write a block's output for one sample over that sample's input: the next block's input."""
+    with torch.inference_mode():
+        inputs.hidden[index].copy_(output.detach())
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process has freed back to the system. The C allocator keeps freed
+    blocks for reuse, so the activations and statistics of a block already done would
+    otherwise stay counted in the process's memory; glibc's malloc_trim returns them."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    import ctypes
+
+    try:
+        process = ctypes.CDLL(None)  # the symbols already loaded, the C library's among them
+    except OSError:
+        return None
+    return getattr(process, "malloc_trim", None)  # glibc only: other C libraries have no such call
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -163,7 +200,8 @@ class _Accumulator:
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
         self.n_tokens += x.shape[0]
-        self.sq_norms += x.double().pow(2).sum(0)
+        # x is float32 here, so double() is a copy of its own and may be squared in place.
+        self.sq_norms += x.double().pow_(2).sum(0)
         if self.hessian is not None:
             self.hessian.addmm_(x.t(), x)
 
@@ -175,7 +213,9 @@ class InputStatistics:
     """Accumulates what the methods need about each layer's inputs while a block runs.
 
     Layers fed the very same tensor (q, k and v; gate and up) share one accumulator, so a
-    Hessian is built once per distinct input.
+    Hessian is built once per distinct input. Nothing of the inputs themselves is kept past a
+    forward; `release` drops a layer's statistics once it is pruned, so a Hessian is freed as
+    soon as the last layer sharing it is done.
     """
 
     def __init__(self, layers: Sequence[PrunableLayer], needs: str) -> None:
@@ -196,8 +236,10 @@ class InputStatistics:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._seen.clear()
 
     def new_forward(self) -> None:
+        """Call between forwards: forgets (and lets go of) the inputs seen in the last one."""
         self._seen.clear()
 
     def _hook(self, layer: PrunableLayer):
@@ -220,6 +262,10 @@ class InputStatistics:
             return self._by_layer[layer.name].stats()
         except KeyError:
             raise UserError(f"layer {layer.name} received no input during calibration") from None
+
+    def release(self, layer: PrunableLayer) -> None:
+        """Drop a layer's statistics (its accumulator goes with the last layer sharing it)."""
+        self._by_layer.pop(layer.name, None)
 
     def layers_sharing_inputs(self) -> list[list[str]]:
         groups: dict[int, list[str]] = {}

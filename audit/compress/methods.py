@@ -130,16 +130,24 @@ def wanda(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> to
     return apply_mask(weight, select_pruned(scores, replace(spec, scope="row")))
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 after damping; more damping when H is too ill-conditioned."""
-    mean_diag = float(hessian.diagonal().mean())
+def _inverse_hessian_factor(hessian_of: Callable[[], torch.Tensor], damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 after damping; more damping when H is too ill-conditioned.
+
+    `hessian_of` makes a fresh H for each try, damped in place and let go as soon as it is
+    factored: at most two matrices of its size are alive at once."""
+    mean_diag: float | None = None
     for factor in (1.0, 10.0, 100.0, 1000.0):
-        damped = hessian.clone()
-        damped.diagonal().add_(damp * factor * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(damped)
+        hessian = hessian_of()
+        if mean_diag is None:
+            mean_diag = float(hessian.diagonal().mean())
+        hessian.diagonal().add_(damp * factor * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(hessian)
+        del hessian
         if int(info) == 0:
             inverse = torch.cholesky_inverse(lower)
+            del lower
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0:
                 return upper
     raise UserError("sparsegpt: the calibration Hessian of a layer cannot be inverted; use more calibration samples")
@@ -158,12 +166,19 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -
     if stats is None or stats.hessian is None:
         raise ValueError("sparsegpt needs the input Hessian of the layer")
     rows, cols = weight.shape
-    work = weight.double().clone()
-    hessian = stats.hessian.double() * (2.0 / max(stats.n_tokens, 1))
-    dead = hessian.diagonal() == 0
-    hessian[dead, dead] = 1.0
+    work = weight.to(torch.float64, copy=True)
+    source, scale = stats.hessian, 2.0 / max(stats.n_tokens, 1)
+    dead = source.diagonal().to(torch.float64).mul(scale) == 0  # as H's diagonal, element for element
+
+    def hessian_of() -> torch.Tensor:
+        # H as float64, made afresh from the statistics for each damping tried, so it need not
+        # be kept beside its factors.
+        hessian = source.to(torch.float64, copy=True).mul_(scale)
+        hessian[dead, dead] = 1.0
+        return hessian
+
     work[:, dead] = 0.0  # inputs that never fire: their weights do nothing
-    hinv = _inverse_hessian_factor(hessian, spec.damp)
+    hinv = _inverse_hessian_factor(hessian_of, spec.damp)
     pattern = spec.pattern
     group = pattern.group or 1
     if pattern.structured and cols % group:
@@ -198,5 +213,7 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -
         pruned[:, start:end] = block_mask
         # Columns right of the block absorb the whole block's error at once.
         work[:, end:] -= errors @ hinv[start:end, end:]
+    del hinv
     result = work.to(weight.dtype)
-    return result.masked_fill(pruned | dead[None, :], 0.0)
+    del work
+    return result.masked_fill_(pruned | dead[None, :], 0.0)

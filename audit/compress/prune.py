@@ -18,10 +18,12 @@ from audit.compress.calibration import CalibrationSet, calibration_set
 from audit.compress.layers import (
     InputStatistics,
     PrunableLayer,
+    advance,
     capture_block_inputs,
     find_decoder_blocks,
     iter_layers,
     prunable_layers,
+    release_freed_memory,
     run_block,
     sparsity_report,
 )
@@ -115,12 +117,14 @@ def prune_layers(
     """Prune every linear layer of the decoder blocks in place.
 
     Methods that need statistics of the layers' inputs calibrate block by block, with only one
-    block's statistics being gathered at a time. `statistics` "sequential": the inputs of block
-    i are the outputs of blocks 0..i-1 already pruned (Sun et al.'s reference). "dense": every
-    block sees what the dense model passes it (Rath & Maliakkal's code), one forward per block;
-    the statistics then do not depend on the sparsity: a method that needs only input norms
-    returns them (`PruneOutcome.statistics`), and given back as `known` they serve any other
-    sparsity without a forward pass.
+    block's statistics being gathered at a time and each layer's dropped once it is pruned; one
+    set of block activations is held for the whole walk (each sample's output overwrites its
+    input). `statistics` "sequential": the inputs of block i are the outputs of blocks 0..i-1
+    already pruned (Sun et al.'s reference). "dense": every block sees what the dense model
+    passes it (Rath & Maliakkal's code), one forward per block; the statistics then do not
+    depend on the sparsity: a method that needs only input norms returns them
+    (`PruneOutcome.statistics`), and given back as `known` they serve any other sparsity
+    without a forward pass.
     """
     if statistics not in STATISTICS:
         raise UserError(f"unknown calibration statistics {statistics!r}; known: {', '.join(STATISTICS)}")
@@ -153,7 +157,10 @@ def prune_layers(
         keep = dense and needs == "norms"  # input norms are small; Hessians are not kept
         _, blocks = find_decoder_blocks(model)
         yield Progress("prune", 0, n_blocks, "capturing the inputs of the first block")
+        # One (samples x tokens x hidden) tensor for the whole walk: each sample's block output
+        # is written over its input, so activations are never held twice.
         inputs = capture_block_inputs(model, blocks[0], calibration, cancel)
+        release_freed_memory()
         n = len(inputs.hidden)
         for index, (block, layers) in enumerate(zip(blocks, groups)):
             if layers:
@@ -162,25 +169,36 @@ def prune_layers(
                         check_cancel(cancel)
                         stats.new_forward()
                         out = run_block(block, inputs, sample)
+                        stats.new_forward()  # the layers' inputs are summed in: let them go now
                         if dense:  # the dense block's output is the next block's input
-                            inputs.hidden[sample] = out.detach().clone()
+                            advance(inputs, sample, out)
+                        del out
                         if sample % 8 == 7:
                             yield Progress("prune", index + 0.5 * (sample + 1) / n, n_blocks, f"block {index + 1}/{n_blocks}: calibrating")
-                for layer in layers:
-                    check_cancel(cancel)
-                    if keep:
-                        gathered[layer.name] = stats.stats(layer)
-                    _prune_layer(method, layer, stats.stats(layer), spec)
+                release_freed_memory()  # the forwards' scratch, before the layers' own
                 if index == 0:
                     shared = stats.layers_sharing_inputs()
+                for layer in layers:
+                    check_cancel(cancel)
+                    layer_stats = stats.stats(layer)
+                    if keep:
+                        gathered[layer.name] = layer_stats
+                    _prune_layer(method, layer, layer_stats, spec)
+                    # A Hessian goes as soon as the last layer reading its input is pruned.
+                    stats.release(layer)
+                    del layer_stats
+                    release_freed_memory()
                 del stats
             if not (dense and layers):
                 # The next block sees what this block, pruned, now outputs. Samples are independent,
-                # so each output replaces its input and one set of activations is held at a time.
+                # so each output replaces its input.
                 for sample in range(n):
                     check_cancel(cancel)
-                    inputs.hidden[sample] = run_block(block, inputs, sample).detach().clone()
+                    advance(inputs, sample, run_block(block, inputs, sample))
+            release_freed_memory()
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
+        del inputs
+        release_freed_memory()
     per_layer, actual = sparsity_report(list(iter_layers(groups)))
     # Over every linear layer of the decoder blocks, the excluded ones too: what the model lost.
     _, decoder = sparsity_report(list(iter_layers(prunable_layers(model)))) if exclude else (None, actual)
@@ -258,6 +276,7 @@ def prune(
     with ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
         model = float_torch_model(lm, "pruning")
+        loaded_bytes = process_rss_bytes()
         prunable_layers(model, recipe.exclude)  # bad exclude patterns fail before the slow part
         needs = PRUNING_METHODS.meta(recipe.method)["needs"]
         calib: CalibrationSet | None = None
@@ -332,6 +351,8 @@ def prune(
         "rss_peak_mb_pruning": round(prune_peak / MB, 2) if prune_peak else None,
         # The process before loading anything: interpreter, torch and transformers.
         "rss_baseline_mb": round(baseline_bytes / MB, 2),
+        # The process once the model is loaded: pruning's peak less this is what pruning added.
+        "rss_loaded_mb": round(loaded_bytes / MB, 2),
         "weights_mb_float32": round(weights_f32_bytes / MB, 2),
         "calibration_activations_mb": round(calib_activation_bytes / MB, 2),
         "size_on_disk_mb": {"dense": round(dense_bytes / MB, 2), "compressed": round(compressed_bytes / MB, 2)},
