@@ -89,6 +89,8 @@ class GateFinding:
     confidence: float
     reason: str
     items_to_settle: int | None = None
+    # Sequential probing: the items scored when this verdict was settled (or all, at the limit).
+    items_used: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -100,6 +102,8 @@ class GateFinding:
             x = data[key]
             data[key] = None if x is None or not math.isfinite(x) else round(x, 6)
         data["passed"] = self.passed
+        if data["items_used"] is None:
+            del data["items_used"]  # scored in full, as every finding was before sequential probing
         return data
 
     def line(self) -> str:
@@ -122,9 +126,10 @@ def finding_line(finding: dict[str, Any]) -> str:
         high = "inf" if finding["upper"] is None else f"{finding['upper']:.4g}"
         figure = f"{finding['value']:.4g} [{low}, {high}]"
     sign = "<=" if finding["limit_is"] == "max" else ">"
+    used = f" ({finding['items_used']:,} items)" if finding.get("items_used") is not None else ""
     return (
         f"{finding['verdict'].upper()} {finding['variant']}: {finding['metric']}{where} = {figure}, "
-        f"limit {sign} {finding['limit']:g} at {finding['confidence']:g} - {finding['reason']}"
+        f"limit {sign} {finding['limit']:g} at {finding['confidence']:g} - {finding['reason']}{used}"
     )
 
 

@@ -270,3 +270,96 @@ def items_to_settle(bounds: Bounds, limit: float, upper_side_decides_pass: bool 
     if more > MOST_ITEMS_TO_SETTLE:
         return None
     return max(1, math.ceil(more - 1e-9))  # a hair of rounding is not one more item
+
+
+# -- anytime-valid bounds: checked after every batch without inflating the error ------------------
+def anytime_stakes(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Predictable stakes that do not depend on how many items will come (Waudby-Smith & Ramdas'
+    predictable plug-in for confidence sequences): sqrt(2 log(1/alpha) / (var t log(1 + t))) for
+    the t-th item, the variance from the items before it only (starting from 1/4). The wealth
+    after any prefix is the same whatever follows, so a bound read after every batch is the
+    bound of that prefix, and Ville's inequality covers every look at once."""
+    n = x.shape[-1]
+    count = np.arange(1, n + 1)
+    mean = (0.5 + np.cumsum(x, axis=-1)) / (count + 1)
+    variance = (0.25 + np.cumsum((x - mean) ** 2, axis=-1)) / (count + 1)
+    previous = np.concatenate((np.full(x.shape[:-1] + (1,), 0.25), variance[..., :-1]), axis=-1)
+    return np.sqrt(2.0 * math.log(1.0 / alpha) / (previous * count * np.log1p(count)))
+
+
+def anytime_lower_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Lower bounds (level 1 - alpha, valid at every prefix length at once) for the mean of each
+    row of values in [0, 1]; the same bracket search as `lower_rows`, with `anytime_stakes`."""
+    rows = x.shape[0]
+    if x.shape[1] == 0:
+        return np.zeros(rows)
+    stakes = anytime_stakes(x, alpha)
+    threshold = math.log(1.0 / alpha)
+    at_zero = _log_wealth_up(x, stakes, np.zeros((rows, 1)))[:, 0] >= threshold
+    rejected, kept = np.zeros(rows), x.max(axis=1)
+    steps = np.arange(1, _POINTS + 1) / (_POINTS + 1)
+    index = np.arange(rows)
+    for _ in range(_ROUNDS):
+        candidates = rejected[:, None] + (kept - rejected)[:, None] * steps[None, :]
+        shown = _log_wealth_up(x, stakes, candidates) >= threshold
+        count = shown.sum(axis=1)
+        last_rejected = candidates[index, np.maximum(count - 1, 0)]
+        first_kept = candidates[index, np.minimum(count, _POINTS - 1)]
+        rejected = np.where(count > 0, last_rejected, rejected)
+        kept = np.where(count < _POINTS, first_kept, kept)
+    return np.where(at_zero, rejected, 0.0)
+
+
+def anytime_upper_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Upper bounds, valid at every prefix length, for the mean of each row of values in [0, 1]."""
+    return 1.0 - anytime_lower_rows(1.0 - x, alpha)
+
+
+def anytime_mean_bounds(values: Any, low: float, high: float, confidence: float) -> Bounds:
+    """Bounds for the mean of values in [low, high] taken in the order given (the order they were
+    drawn in), each one-sided at `confidence` and valid however many items are looked at."""
+    alpha = _check_level(confidence)
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return Bounds(None, low, high, 0, confidence)
+    unit = np.clip((x - low) / (high - low), 0.0, 1.0)[None, :]
+    value = min(high, max(low, float(x.mean())))
+    lower = low + (high - low) * float(anytime_lower_rows(unit, alpha)[0])
+    upper = low + (high - low) * float(anytime_upper_rows(unit, alpha)[0])
+    return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)
+
+
+def _anytime_contrast_shown(num: np.ndarray, den: np.ndarray, thetas: np.ndarray, alpha: float, above: bool) -> np.ndarray:
+    """`_contrast_shown` with stakes that do not depend on how many items will come."""
+    width = 1.0 + thetas
+    zero = thetas / width
+    units = np.clip((num[None, :] - thetas[:, None] * den[None, :] + thetas[:, None]) / width[:, None], 0.0, 1.0)
+    x, m = (units, zero) if above else (1.0 - units, 1.0 - zero)
+    wealth = _log_wealth_up(x, anytime_stakes(x, alpha), m[:, None])[:, 0]
+    return (wealth >= math.log(1.0 / alpha)) & (m < 1.0)
+
+
+def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit: float = 1e6) -> Bounds:
+    """Bounds for mean(num) / mean(den), num and den in [0, 1] paired item by item, valid at every
+    prefix length: R <= theta exactly when the mean of num - theta * den is <= 0, and theta is
+    rejected when that contrast's confidence sequence shows otherwise. Only the true ratio's
+    contrast needs to hold, so one sequence covers it with no split of the error, and pairing
+    cancels what the two runs share item by item."""
+    alpha = _check_level(confidence)
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.size == 0:
+        return Bounds(None, 0.0, math.inf, 0, confidence)
+    value = None if b.sum() == 0 else float(a.sum() / b.sum())
+
+    def below(thetas: np.ndarray) -> np.ndarray:
+        return _anytime_contrast_shown(a, b, thetas, alpha, above=False)
+
+    def not_above(thetas: np.ndarray) -> np.ndarray:
+        return ~_anytime_contrast_shown(a, b, thetas, alpha, above=True)
+
+    ends = np.array([0.0, limit])
+    upper = _edge(below, 0.0, limit)[1] if below(ends)[1] else math.inf
+    lower = _edge(not_above, 0.0, limit)[0] if not not_above(ends)[0] else 0.0
+    if value is not None:
+        lower, upper = min(lower, value), max(upper, value)
+    return Bounds(value, lower, upper, int(a.size), confidence)

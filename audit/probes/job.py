@@ -206,6 +206,23 @@ def _live(results: list[ItemResult], suite: ProbeSuite, norm: str) -> dict[str, 
     return {key: summary[key] for key in ("overall", "category_mean", "categories") if key in summary}
 
 
+def score_batch(model: LanguageModel, suite: ProbeSuite, chunk: Sequence[ProbeItem], settings: ProbeSettings, norm: str) -> list[ItemResult]:
+    """Score some items of `suite`: log-likelihood in one call, or each item's generated answers."""
+    if settings.mode == "loglik":
+        scores, elapsed = score_items(model, chunk)
+        # One `score` call covers the batch; each item gets its share of the wall time.
+        per_item_ms = 1000 * elapsed / len(chunk)
+        return [_loglik_result(suite, item, s, norm, per_item_ms) for item, s in zip(chunk, scores)]
+    out = []
+    for item in chunk:
+        answers = generate_answers(
+            model, item, seeds=settings.seeds, temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens, prompt=settings.prompt, parser=settings.parser,
+        )
+        out.append(_generate_result(suite, item, answers.texts, answers.choices, 1000 * answers.elapsed_s))
+    return out
+
+
 def run_probe(
     model: LanguageModel,
     suite: ProbeSuite,
@@ -238,18 +255,7 @@ def run_probe(
             complete = False
             break
         chunk = suite.items[offset : offset + batch]
-        if settings.mode == "loglik":
-            scores, elapsed = score_items(model, chunk)
-            # One `score` call covers the batch; each item gets its share of the wall time.
-            per_item_ms = 1000 * elapsed / len(chunk)
-            results.extend(_loglik_result(suite, item, s, norm, per_item_ms) for item, s in zip(chunk, scores))
-        else:
-            for item in chunk:
-                answers = generate_answers(
-                    model, item, seeds=settings.seeds, temperature=settings.temperature,
-                    max_new_tokens=settings.max_new_tokens, prompt=settings.prompt, parser=settings.parser,
-                )
-                results.append(_generate_result(suite, item, answers.texts, answers.choices, 1000 * answers.elapsed_s))
+        results.extend(score_batch(model, suite, chunk, settings, norm))
         done = len(results)
         elapsed_s = time.perf_counter() - start
         rate = done / elapsed_s if elapsed_s > 0 else 0.0

@@ -492,8 +492,39 @@ def _finding_rows(gate: dict[str, Any]) -> list[list[str]]:
         bounds = Plain("-") if f.get("value") is None else _bounds(f.get("lower"), f.get("upper"), 4)
         limit = Plain(f"{sign} {f['limit']:g}") if isinstance(f.get("limit"), (int, float)) else f"{sign} {f.get('limit')}"
         verdict = f.get("verdict") or ("pass" if f.get("passed") else "fail")
-        rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, limit, str(verdict).upper(), f["reason"]])
+        # A sequential probe says how many items settled each verdict.
+        reason = f["reason"] if f.get("items_used") is None else f"{f['reason']} ({f['items_used']:,} items)"
+        rows.append([f["variant"], f"{f['metric']}{where}", fmt(f.get("value"), 4), bounds, limit, str(verdict).upper(), reason])
     return rows
+
+
+SEQUENTIAL_HEADER = ("Variant", "Check", "Verdict", "Items used", "Share of items")
+
+
+def sequential_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per verdict of sequential probes (`SequentialRun.to_dict`): the items scored when
+    it was settled, of the items a full probe scores."""
+    rows = []
+    for run in runs:
+        total = run.get("items_total") or 0
+        for f in run["gate"]["findings"]:
+            where = "" if f["category"] == "overall" else f" [{f['category']}]"
+            used = f.get("items_used")
+            share = "-" if used is None or not total else f"{100 * used / total:.0f}%"
+            rows.append([run["variant"], f"{f['metric']}{where}", str(f["verdict"]).upper(),
+                         "-" if used is None else f"{used:,} of {total:,}", share])
+    return rows
+
+
+def sequential_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """A sequential probe's report: how each variant stopped and the items each verdict used."""
+    lines = ["## Sequential probing", ""]
+    for run in runs:
+        stopped = {"settled": "every verdict settled", "limit": "at the last item", "cancelled": "cancelled"}[run["stopped"]]
+        lines.append(f"- {md(run['variant'])}: {run['items_scored']:,} of {run['items_total']:,} items scored, stopped {stopped}")
+    lines.append("")
+    lines += _md_table(SEQUENTIAL_HEADER, sequential_rows(runs))
+    return "\n".join(lines) + "\n"
 
 
 def _gate_verdict(gate: dict[str, Any]) -> str:

@@ -63,6 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--bbq-metadata", type=Path, default=None,
                        help="BBQ's supplemental/additional_metadata.csv: take target_loc from it")
     probe.add_argument("--items-out", type=Path, default=None, help="write per-item results to this .jsonl")
+    probe.add_argument("--sequential", action="store_true",
+                       help="score items in a fixed stratified random order and stop once every verdict of --gate is settled "
+                            "(anytime-valid bounds, checked after every --sequential-batch items)")
+    probe.add_argument("--gate", type=Path, default=None, metavar="PLAN.toml", help="--sequential: the plan whose gate decides when to stop")
+    probe.add_argument("--baseline-items", type=Path, default=None, metavar="BASELINE.jsonl",
+                       help="--sequential: the baseline's item results (scored in full) the model is compared with; "
+                            "without it the model is judged as the baseline (the competence guard)")
+    probe.add_argument("--sequential-batch", type=common.count(1), default=None,
+                       help="--sequential: items scored between looks at the gate (default 20)")
+    probe.add_argument("--order-seed", type=int, default=0, help="--sequential: which fixed order items are drawn in (default 0)")
     common.add_json_option(probe)
     probe.set_defaults(func=cmd_probe)
 
@@ -122,6 +132,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     # Every input and output is checked before the model loads or an item is scored.
     if args.items_out is not None:
         checks.output_file(args.items_out, "item results file")
+    sequential = _sequential_inputs(args)
     settings = ProbeSettings(
         mode=args.mode,
         norm=args.norm,
@@ -144,6 +155,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = common.run_job(load_model(args.model, common.load_options(args)))
     facts = model.facts()
     model_info = {"name": facts.name, "path": facts.path, "backend": facts.backend, "weight_sparsity": facts.weight_sparsity}
+    if sequential is not None:
+        return _probe_sequentially(args, model, suite, settings, model_info, *sequential)
     with _InterruptToCancel() as cancel:
         run = common.run_job(run_probe(model, suite, settings, cancel, model_info=model_info))
     if args.items_out is not None:
@@ -156,6 +169,67 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)
         return 130
     return 0
+
+
+def _sequential_inputs(args: argparse.Namespace) -> tuple[Any, ProbeRecord | None] | None:
+    """(the gate, the baseline's items) of `probe --sequential`, read before the model loads."""
+    given = [name for name, value in (("--gate", args.gate), ("--baseline-items", args.baseline_items),
+                                      ("--sequential-batch", args.sequential_batch)) if value is not None]
+    if not args.sequential:
+        if given:
+            raise UserError(f"{given[0]} applies to --sequential")
+        return None
+    if args.gate is None:
+        raise UserError("--sequential needs --gate PLAN.toml: its gate decides when the verdicts are settled")
+    plan = _gate_plan(args.gate)
+    base = _read_run(args.baseline_items)[0] if args.baseline_items is not None else None
+    rules = tuple(replace(rule, suite=None) for rule in plan.gate.rules
+                  if rule.metric in ITEM_FIGURES and rule.suite in (None, args.suite))
+    return replace(plan.gate, rules=rules), base
+
+
+def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settings: ProbeSettings, model_info: dict[str, Any],
+                        gate: Any, base: ProbeRecord | None) -> int:
+    from audit.gate import BASELINE
+    from audit.reports.render import sequential_rows
+    from audit.sequential import DEFAULT_BATCH_ITEMS, probe_sequentially
+
+    variant = ItemFilesSource.VARIANT if base is not None else BASELINE
+    if base is not None:
+        differences = setting_differences(base.settings, {"suite": suite.name, "suite_spec": suite.spec, **settings.to_dict(settings.norm or suite.default_norm)},
+                                          ignore=("batch_items",))
+        missing = len({item.item_id for item in suite.items} - base.ids)
+        if missing:
+            differences.append(f"{missing} of this probe's items are not in it")
+        if differences:
+            raise UserError(f"{args.baseline_items} was not scored like this probe: {'; '.join(differences)}")
+    with _InterruptToCancel() as cancel:
+        run = common.run_job(probe_sequentially(
+            model, suite, gate, settings, variant=variant, baseline=base.results if base else None, seed=args.order_seed,
+            batch_items=args.sequential_batch or DEFAULT_BATCH_ITEMS, cancel=cancel,
+        ))
+    if args.items_out is not None:
+        header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
+                  "n_items_planned": len(suite.items), **settings.to_dict(settings.norm or suite.default_norm),
+                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "stopped": run.to_dict()["stopped"]}}
+        write_items(args.items_out, header, run.results)
+    data = run.to_dict()
+
+    def show(d: dict[str, Any]) -> None:
+        stopped = {"settled": "every verdict settled", "limit": "at the last item", "cancelled": "cancelled"}[d["stopped"]]
+        common.stdout.print(f"Sequential probe of {d['variant']}: {d['items_scored']:,} of {d['items_total']:,} items scored, stopped {stopped}")
+        _show_gate(d["gate"])
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for title in ("variant", "check", "verdict", "items used", "share"):
+            table.add_column(title, justify="right" if title in ("items used", "share") else "left")
+        for row in sequential_rows([d]):
+            table.add_row(*row)
+        common.stdout.print(table)
+
+    common.emit(args, data, show)
+    if run.cancelled:
+        return 130
+    return 0 if run.gate.passed else 1
 
 
 def _short(x: float, digits: int) -> str:

@@ -1,0 +1,423 @@
+"""Sequential probing: items in a fixed stratified random order, the gate checked after every batch
+with anytime-valid bounds, and scoring stopped once every verdict is settled.
+
+A probe costs the same however clear the answer is; on a slow device scoring every item before
+deciding takes hours. Here the items are drawn in an order fixed by a seed, spread evenly over
+the suite's categories and conditions, and after each batch every gate figure is bounded again
+with a confidence sequence (`audit.stats.anytime_mean_bounds`): bounds that hold at every
+number of items at once, so looking after each batch does not inflate the error. Each figure
+keeps the tightest bounds seen so far (the running intersection of its confidence sequence), so
+a settled verdict stays settled. Changes against the baseline are bounded on the paired
+per-item differences of the same items; a ratio (the relative change in SRS) by inverting the
+confidence sequences of the paired contrasts num - theta * den
+(`audit.stats.anytime_paired_ratio_bounds`), which needs no split of the error.
+
+A figure with no anytime-valid bound here (the mean over categories, whose weights change as
+items arrive; the transition rate over a sampled noise floor) is never settled early: it is
+judged on every item, with the fixed-sample bounds of `audit.probes.measures`. Figures that
+are not item probes (perplexity) come from `full`, measured as before.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from audit.errors import UserError
+from audit.gate import BASELINE, FAIL, INCONCLUSIVE, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
+from audit.plans import GateSettings
+from audit.probes import measures as ms
+from audit.probes.items import AMBIG, DISAMBIG, ItemResult
+from audit.progress import Job, Progress
+from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds
+
+DEFAULT_BATCH_ITEMS = 20  # items per look: small enough to stop soon, large enough to score in one call
+
+T = TypeVar("T")
+
+
+# -- the order items are drawn in -----------------------------------------------------------------
+def _interleaved(groups: Mapping[Hashable, Sequence[T]]) -> list[T]:
+    """The groups' items merged in proportion to the groups' sizes: the j-th of a group's n items
+    sits at (j + 1/2) / n of the way through, ties in the groups' order."""
+    ranked = []
+    for index, name in enumerate(sorted(groups, key=repr)):
+        members = groups[name]
+        ranked += [((j + 0.5) / len(members), index, j, item) for j, item in enumerate(members)]
+    ranked.sort(key=lambda entry: entry[:3])
+    return [entry[3] for entry in ranked]
+
+
+def stratified_order(items: Sequence[T], seed: int, stratum: Callable[[T], Hashable] = lambda item: item.category,  # type: ignore[attr-defined]
+                     within: Callable[[T], Hashable] = lambda item: item.condition,  # type: ignore[attr-defined]
+                     key: Callable[[T], str] = lambda item: item.item_id) -> list[T]:  # type: ignore[attr-defined]
+    """Every item once, in an order fixed by `seed` whatever order `items` came in, stratified by
+    category: each category's items shuffled and spread evenly over its conditions, then the
+    categories interleaved in proportion to their sizes, so every prefix holds each category's
+    share to within one item (equal categories take turns)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[Hashable, dict[Hashable, list[T]]] = {}
+    for item in sorted(items, key=key):
+        groups.setdefault(stratum(item), {}).setdefault(within(item), []).append(item)
+    spread = {}
+    for name in sorted(groups, key=repr):
+        parts = {part: [members[i] for i in rng.permutation(len(members))] for part, members in sorted(groups[name].items(), key=repr)}
+        spread[name] = _interleaved(parts)
+    return _interleaved(spread)
+
+
+# -- the gate's figures from the items scored so far ----------------------------------------------
+PAIRED_FIGURES = ("srs_relative_change_pct", *ms.PAIRED)
+NOT_ANYTIME = "no anytime-valid bound for it: judged on every item"
+
+
+def _mapped(bounds: Bounds, fn: Callable[[float], float], low: float, high: float) -> Bounds:
+    def f(x: float | None, unbounded: float) -> float | None:
+        if x is None:
+            return None
+        return unbounded if math.isinf(x) else min(max(fn(x), low), high)
+
+    return Bounds(f(bounds.value, high), f(bounds.lower, low), f(bounds.upper, high), bounds.n, bounds.confidence)
+
+
+def _in_scope(f: ms.ItemFacts, scope: str) -> bool:
+    return scope == ms.OVERALL or f.category == scope
+
+
+class SequentialEvidence:
+    """The gate's figures of one variant, and of the baseline on the same items, from the items
+    the variant has scored so far, taken in the order they were drawn."""
+
+    def __init__(self, variant: str, suite: str, total: int, categories: Sequence[str],
+                 baseline: Mapping[str, ItemResult] | None = None, norm: str | None = None,
+                 full: MeasurementSource | None = None) -> None:
+        self.variant, self.suite, self.total = variant, suite, total
+        self._categories = sorted(categories)
+        self.baseline = dict(baseline or {})
+        self.norm = norm
+        self.full = full
+        self.results: list[ItemResult] = []
+        self._facts: list[ms.ItemFacts] = []
+        self._baseline_facts: list[ms.ItemFacts] = []
+        self._pairs: list[ms.Pair] = []
+        self._seen: dict[tuple, tuple[float, float]] = {}
+        self.from_items: set[str] = set()  # figures read from probe items (the rest from `full`)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) >= self.total
+
+    def extend(self, results: Sequence[ItemResult]) -> None:
+        for result in results:
+            facts = ms.item_facts(result, self.norm)
+            self.results.append(result)
+            self._facts.append(facts)
+            base = self.baseline.get(result.item_id)
+            if base is not None and (base.condition, base.category) == (result.condition, result.category):
+                self._baseline_facts.append(ms.item_facts(base, self.norm))
+                self._pairs.append((self._baseline_facts[-1], facts))
+
+    # MeasurementSource
+    def categories(self, variant: str, suite: str | None) -> list[str]:
+        return list(self._categories)
+
+    def question_suites(self) -> list[str]:
+        return [self.suite] if any(r.condition in (AMBIG, DISAMBIG) for r in self.results) else []
+
+    def chance(self, variant: str, suite: str) -> float | None:
+        options = {r.n_options for r in self.results if r.n_options}
+        return 1.0 / max(options) if options else None
+
+    def measure(self, variant: str, metric: str, suite: str | None, category: str, confidence: float) -> Measurement:
+        if metric not in ms.SINGLE and metric not in PAIRED_FIGURES and metric != "transition_rate_over_noise":
+            if self.full is None:
+                return Measurement(None, note=f"{metric} is not measured from probe items")
+            return self.full.measure(variant, metric, suite, category, confidence)
+        self.from_items.add(metric)
+        if suite not in (None, self.suite):
+            return Measurement(None, note=f"the sequential probe scored {self.suite}, not {suite}")
+        if variant not in (self.variant, BASELINE):
+            return Measurement(None, note=f"no probe of {variant}")
+        if metric == "parse_failure_rate" and not any(r.mode == "generate" for r in self.results):
+            return Measurement(None, applies=False, note="log-likelihood scoring parses nothing")
+        if metric in ms.SINGLE:
+            facts = self._baseline_facts if variant == BASELINE and self.variant != BASELINE else self._facts
+            return self._bounded((variant, metric, category, confidence), category, confidence,
+                                 lambda: self._single(facts, metric, category, confidence),
+                                 lambda: ms.single_bounds(facts, metric, confidence, category))
+        if variant == BASELINE:
+            return Measurement.exact(0.0)  # the baseline against itself
+        if not self.baseline:
+            return Measurement(None, note="no baseline probe to compare with")
+        if metric == "transition_rate_over_noise":
+            if any(len(r.seed_choices) > 1 for r in self.results):
+                return Measurement(None, note="the noise floor needs the baseline scored again: not judged sequentially")
+            metric = "transition_rate"  # without sampling the floor is zero
+        return self._bounded((variant, metric, category, confidence), category, confidence,
+                             lambda: self._paired(metric, category, confidence),
+                             lambda: ms.paired_bounds(self._pairs, metric, confidence, category))
+
+    def _bounded(self, key: tuple, scope: str, confidence: float, anytime: Callable[[], Bounds], fixed: Callable[[], Bounds]) -> Measurement:
+        if scope == ms.CATEGORY_MEAN:
+            if not self.complete:
+                return Measurement(None, note=f"{NOT_ANYTIME} (the mean over categories weighs items by counts still growing)")
+            bounds = fixed()
+            return Measurement.of(bounds) if bounds.value is not None else Measurement(None, note="not measured: no items it covers")
+        bounds = anytime()
+        if bounds.value is None or bounds.lower is None or bounds.upper is None:
+            return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
+        lower, upper = bounds.lower, bounds.upper
+        if key in self._seen:
+            # A confidence sequence holds at every look at once: so does the tightest of them.
+            seen_low, seen_high = self._seen[key]
+            lower, upper = max(lower, seen_low), min(upper, seen_high)
+        self._seen[key] = (lower, upper)
+        return Measurement(bounds.value, lower, upper, bounds.n)
+
+    def _single(self, facts: Sequence[ms.ItemFacts], metric: str, scope: str, confidence: float) -> Bounds:
+        spec = ms.SINGLE[metric]
+        kept = [f for f in facts if spec.covers(f) and _in_scope(f, scope)]
+        values = [spec.value(f) for f in kept]
+        if spec.denominator is None:
+            return anytime_mean_bounds(values, spec.low, spec.high, confidence)
+        assert spec.transform is not None
+        ratio = anytime_paired_ratio_bounds(values, [spec.denominator(f) for f in kept], confidence)
+        return _mapped(ratio, spec.transform, -1.0, 1.0)
+
+    def _paired(self, metric: str, scope: str, confidence: float) -> Bounds:
+        if metric == "srs_relative_change_pct":
+            kept = [(b, v) for b, v in self._pairs
+                    if b.condition == AMBIG and b.has_target and b.valid and v.valid and _in_scope(b, scope)]
+            ratio = anytime_paired_ratio_bounds([v.biased for _, v in kept], [b.biased for b, _ in kept], confidence)
+            return _mapped(ratio, lambda r: 100.0 * (r - 1.0), -100.0, math.inf)
+        spec = ms.PAIRED[metric]
+        within = AMBIG if metric in ms.TRANSITIONS else None
+        kept = [(b, v) for b, v in self._pairs
+                if (within is None or b.condition == within) and spec.covers(b, v) and _in_scope(b, scope)]
+        return anytime_mean_bounds([spec.value(b, v) for b, v in kept], spec.low, spec.high, confidence)
+
+
+# -- deciding when to stop ------------------------------------------------------------------------
+def _key(f: GateFinding) -> tuple:
+    return (f.check, f.rule, f.variant, f.category, f.suite)
+
+
+def _guard_failure_settled(f: GateFinding, complete: bool) -> bool:
+    if f.check != "competence" or f.verdict != FAIL:
+        return False
+    if f.metric == "accuracy_disambig":
+        # "Not shown above chance" is only lack of evidence until the items run out, or until
+        # the upper bound shows the accuracy at or below chance.
+        return complete or (f.upper is not None and f.upper <= f.limit)
+    return True
+
+
+def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
+    """Whether more items could change this verdict."""
+    if complete:
+        return True
+    if f.reason.startswith("not judged"):
+        return guard_failed
+    if f.check == "competence" and f.metric == "accuracy_disambig":
+        return f.verdict == PASS or _guard_failure_settled(f, complete)
+    return f.verdict in (PASS, FAIL)
+
+
+@dataclass
+class SequentialJudge:
+    """The gate of one variant, read after every batch; remembers when each verdict settled."""
+
+    gate: GateSettings
+    evidence: SequentialEvidence
+    last: GateReport | None = None
+    settled_at: dict[tuple, int] = field(default_factory=dict)
+
+    def look(self) -> GateReport:
+        report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
+        complete, scored = self.evidence.complete, len(self.evidence.results)
+        failed = any(_guard_failure_settled(f, complete) for f in report.findings)
+        for f in report.findings:
+            if _key(f) not in self.settled_at and finding_settled(f, complete, failed):
+                self.settled_at[_key(f)] = scored
+        self.last = report
+        return report
+
+    @property
+    def settled(self) -> bool:
+        if self.last is None:
+            return False
+        complete = self.evidence.complete
+        failed = any(_guard_failure_settled(f, complete) for f in self.last.findings)
+        return all(finding_settled(f, complete, failed) for f in self.last.findings)
+
+    def open_verdicts(self) -> int:
+        return 0 if self.last is None else sum(_key(f) not in self.settled_at for f in self.last.findings)
+
+    def report(self) -> GateReport:
+        """The last look's findings, each with the items scored when it was settled (all the items
+        scored, for one that never was; none for a figure that is not an item probe)."""
+        assert self.last is not None, "no look yet"
+        scored = len(self.evidence.results)
+        findings = []
+        for f in self.last.findings:
+            used = None if f.metric not in self.evidence.from_items else self.settled_at.get(_key(f), scored)
+            findings.append(replace(f, items_used=used))
+        return replace(self.last, findings=tuple(findings))
+
+
+# -- probing a model sequentially -----------------------------------------------------------------
+@dataclass
+class SequentialRun:
+    """A sequential probe of one variant: what it scored, and the gate with items used per verdict."""
+
+    variant: str
+    results: list[ItemResult]
+    items_total: int
+    gate: GateReport
+    settled: bool  # stopped because every verdict was settled (not at the limit)
+    cancelled: bool
+    elapsed_s: float
+    seed: int
+    batch_items: int
+
+    @property
+    def items_scored(self) -> int:
+        return len(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "seed": self.seed,
+            "batch_items": self.batch_items,
+            "items_scored": self.items_scored,
+            "items_total": self.items_total,
+            "fraction_scored": round(self.items_scored / self.items_total, 4) if self.items_total else None,
+            "stopped": "settled" if self.settled else ("cancelled" if self.cancelled else "limit"),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "gate": self.gate.to_dict(),
+        }
+
+
+def probe_sequentially(
+    model: Any,
+    suite: Any,
+    gate: GateSettings,
+    settings: Any,
+    *,
+    variant: str,
+    baseline: Sequence[ItemResult] | None = None,
+    seed: int = 0,
+    batch_items: int = DEFAULT_BATCH_ITEMS,
+    full: MeasurementSource | None = None,
+    cancel: threading.Event | None = None,
+) -> Job[SequentialRun]:
+    """Score `suite` on `model` in the stratified order of `seed`, `batch_items` at a time, and
+    stop as soon as every verdict of the gate on `variant` is settled (or at the last item).
+    `baseline` is the baseline's item results (scored in full) for the changes against it."""
+    from audit.probes.job import score_batch
+
+    if batch_items < 1:
+        raise UserError("batch size must be at least 1")
+    if not gate.active:
+        raise UserError("sequential probing stops when the gate's verdicts are settled: the plan has no gate rules")
+    if variant != BASELINE and not baseline:
+        raise UserError(f"sequential probing of {variant} needs the baseline's item results to compare with")
+    norm = settings.norm or suite.default_norm
+    order = stratified_order(suite.items, seed)
+    evidence = SequentialEvidence(variant, suite.name, len(order), sorted({i.category for i in order}),
+                                  {r.item_id: r for r in baseline or ()}, norm, full)
+    judge = SequentialJudge(gate, evidence)
+    total = len(order)
+    start = time.perf_counter()
+    cancelled = False
+    yield Progress("probe", 0, total, f"{variant}: 0/{total} items")
+    for offset in range(0, total, batch_items):
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        evidence.extend(score_batch(model, suite, order[offset : offset + batch_items], settings, norm))
+        judge.look()
+        done = len(evidence.results)
+        left = judge.open_verdicts()
+        yield Progress("probe", done, total, f"{variant}: {done}/{total} items, {left} verdicts open", {"open_verdicts": left})
+        if judge.settled:
+            break
+    if judge.last is None:
+        judge.look()
+    settled = judge.settled and not evidence.complete
+    return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
+                         time.perf_counter() - start, seed, batch_items)
+
+
+def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
+           baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
+           categories: Sequence[str] | None = None, full: MeasurementSource | None = None) -> tuple[GateReport, int, bool]:
+    """The sequential gate over item results already scored in the drawn order: (the gate with
+    items used per verdict, items it needed, settled before the last item)."""
+    total = len(results_in_order) if total is None else total
+    evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total,
+                                  categories or sorted({r.category for r in results_in_order}),
+                                  {r.item_id: r for r in baseline or ()}, None, full)
+    judge = SequentialJudge(gate, evidence)
+    for offset in range(0, len(results_in_order), batch_items):
+        evidence.extend(results_in_order[offset : offset + batch_items])
+        judge.look()
+        if judge.settled:
+            break
+    if judge.last is None:
+        judge.look()
+    return judge.report(), len(evidence.results), judge.settled and not evidence.complete
+
+
+# -- simulation: how often the sequential gate decides wrongly ----------------------------------------
+def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: int, runs: int, confidence: float,
+                            batch_items: int, seed: int) -> dict[str, Any]:
+    """Draw `runs` sequences of 0/1 items for each true mean, look after every batch with the
+    anytime bounds (running intersection), pass at an upper bound within `limit`, fail at a
+    lower bound over it; a wrong verdict is a pass over the limit or a fail within it. Returns
+    the rate of wrong verdicts per true mean and the mean share of items used."""
+    from audit.stats import anytime_lower_rows, anytime_upper_rows
+
+    alpha = 1.0 - confidence
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "limit": limit, "nominal": alpha, "means": {}}
+    looks = list(range(batch_items, n_items + 1, batch_items))
+    if not looks or looks[-1] != n_items:
+        looks.append(n_items)
+    for mean in means:
+        x = (rng.random((runs, n_items)) < mean).astype(float)
+        verdict = np.full(runs, "", dtype=object)
+        used = np.full(runs, n_items)
+        low, high = np.zeros(runs), np.ones(runs)
+        for n in looks:
+            open_ = verdict == ""
+            if not open_.any():
+                break
+            rows = x[open_, :n]
+            low[open_] = np.maximum(low[open_], anytime_lower_rows(rows, alpha))
+            high[open_] = np.minimum(high[open_], anytime_upper_rows(rows, alpha))
+            passed = open_ & (high <= limit)
+            failed = open_ & ~passed & (low > limit)
+            verdict[passed], verdict[failed] = PASS, FAIL
+            used[passed | failed] = n
+        wrong = (verdict == PASS) if mean > limit else (verdict == FAIL)
+        out["means"][f"{mean:g}"] = {
+            "wrong_rate": float(wrong.mean()),
+            "pass_rate": float((verdict == PASS).mean()),
+            "fail_rate": float((verdict == FAIL).mean()),
+            "inconclusive_rate": float((verdict == "").mean()),
+            "items_fraction": float(used.mean() / n_items),
+        }
+    out["worst_wrong_rate"] = max(entry["wrong_rate"] for entry in out["means"].values())
+    return out
+
+
+__all__ = [
+    "DEFAULT_BATCH_ITEMS", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
+    "finding_settled", "probe_sequentially", "replay", "simulate_wrong_verdicts", "stratified_order",
+]

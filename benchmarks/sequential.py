@@ -1,0 +1,166 @@
+"""Sequential probing against full probing: the default audit's verdicts, the items each used, and a simulation of wrong verdicts.
+
+Compresses the default plan's variants of the default model (kept in --work-dir, so a second
+run reuses them), scores the baseline's probe suite in full, then for every variant scores the
+suite in full and sequentially (alternating which goes first, so load from other processes
+hits both alike), and judges both with the default plan's gate (its perplexity rule left out:
+perplexity is not an item probe and is measured as before). Prints each verdict in both, the
+items each sequential verdict used, the share of the items on average, whether the verdicts are
+the same, the wall time of each and their ratio; then the wrong-verdict rate of the sequential
+gate over >= 1,000 simulated runs per true value against the nominal level.
+
+    python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from audit.gate import evaluate_gate  # noqa: E402
+from audit.models import LoadOptions, load_model  # noqa: E402
+from audit.plans import default_plan  # noqa: E402
+from audit.probes import ProbeSettings, load_suite, run_probe  # noqa: E402
+from audit.probes.compare import ItemFilesSource, ProbeRecord  # noqa: E402
+from audit.progress import drive  # noqa: E402
+from audit.run.execute import compress_variant  # noqa: E402
+from audit.sequential import probe_sequentially, simulate_wrong_verdicts  # noqa: E402
+
+VARIANT = ItemFilesSource.VARIANT
+
+
+def _key(f) -> tuple:
+    return (f.variant, f.check, f.metric, f.category)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/edge-audit-sequential-bench"))
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of the default plan)")
+    parser.add_argument("--batch-items", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=1000, help="simulated runs per true value")
+    parser.add_argument("--skip-models", action="store_true", help="only the simulation")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    plan = default_plan()
+    gate = replace(plan.gate, rules=tuple(r for r in plan.gate.rules if not r.metric.startswith("perplexity")))
+    out: dict = {"plan": plan.name, "model": plan.model, "batch_items": args.batch_items, "variants": {}}
+    if not args.skip_models:
+        _models(args, plan, gate, out)
+    sim = simulate_wrong_verdicts([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], 0.2, n_items=240, runs=args.runs,
+                                  confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed)
+    out["simulation"] = sim
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"\nSimulation: {sim['runs']} runs per true share, {sim['n_items']} items of 0/1, limit {sim['limit']:g}, "
+          f"looks every {args.batch_items} items, nominal wrong-verdict level {sim['nominal']:.3g}")
+    print(f"{'true':>6} {'wrong':>7} {'pass':>6} {'fail':>6} {'open':>6} {'items':>6}")
+    for mean, row in sim["means"].items():
+        print(f"{mean:>6} {row['wrong_rate']:>7.3f} {row['pass_rate']:>6.3f} {row['fail_rate']:>6.3f} "
+              f"{row['inconclusive_rate']:>6.3f} {row['items_fraction']:>6.2f}")
+    print(f"worst wrong-verdict rate {sim['worst_wrong_rate']:.3f} vs nominal {sim['nominal']:.3f}: "
+          f"{'within' if sim['worst_wrong_rate'] <= sim['nominal'] else 'OVER'}")
+    return 0
+
+
+def _models(args, plan, gate, out) -> None:
+    options = LoadOptions()
+    suite = load_suite("builtin", **plan.probes.suite_options())
+    settings = ProbeSettings(mode=plan.probes.mode)
+    names = [v.name for v in plan.variants]
+    if args.variants:
+        names = [n for n in names if n in args.variants.split(",")]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"default plan: {plan.model}, {len(suite.items)} items of {suite.name}, variants {', '.join(names)}", flush=True)
+    base_model = drive(load_model(plan.model, options))
+    started = time.perf_counter()
+    base = drive(run_probe(base_model, suite, settings))
+    base_s = time.perf_counter() - started
+    base_model.close()
+    base_record = ProbeRecord(base.header(), base.results)
+    print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
+    used_fractions, same_all, full_s_all, seq_s_all, scored = [], [], 0.0, 0.0, 0
+    for index, name in enumerate(names):
+        folder = args.work_dir / name
+        done = args.work_dir / f"{name}.compressed"
+        if not done.exists():
+            started = time.perf_counter()
+            drive(compress_variant(plan, plan.variant(name), folder, options, None))
+            done.write_text("done\n")
+            print(f"{name}: compressed in {time.perf_counter() - started:.0f} s", flush=True)
+        model = drive(load_model(str(folder), options))
+        timings = {}
+
+        def full_run():
+            t = time.perf_counter()
+            run = drive(run_probe(model, suite, settings))
+            timings["full"] = time.perf_counter() - t
+            return run
+
+        def sequential_run():
+            t = time.perf_counter()
+            run = drive(probe_sequentially(model, suite, gate, settings, variant=VARIANT, baseline=base.results,
+                                           seed=args.seed, batch_items=args.batch_items))
+            timings["sequential"] = time.perf_counter() - t
+            return run
+
+        if index % 2 == 0:
+            full, seq = full_run(), sequential_run()
+        else:
+            seq, full = sequential_run(), full_run()
+        model.close()
+        full_report = evaluate_gate(gate, [VARIANT], ItemFilesSource(base_record, ProbeRecord(full.header(), full.results)))
+        full_by = {_key(f): f for f in full_report.findings}
+        rows = []
+        for f in seq.gate.findings:
+            whole = full_by.get(_key(f))
+            same = whole is not None and whole.verdict == f.verdict
+            used = f.items_used if f.items_used is not None else seq.items_total
+            used_fractions.append(used / seq.items_total)
+            same_all.append(same)
+            rows.append({"who": f.variant, "check": f.check, "metric": f.metric, "category": f.category, "full": whole.verdict if whole else None,
+                         "sequential": f.verdict, "items_used": used, "items_total": seq.items_total, "same": same})
+        full_s_all += timings["full"]
+        seq_s_all += timings["sequential"]
+        scored += seq.items_scored
+        out["variants"][name] = {"items_scored": seq.items_scored, "items_total": seq.items_total, "stopped": seq.to_dict()["stopped"],
+                                 "full_s": round(timings["full"], 2), "sequential_s": round(timings["sequential"], 2), "verdicts": rows}
+        if not args.json:
+            print(f"\n{name}: sequential scored {seq.items_scored}/{seq.items_total} items ({seq.to_dict()['stopped']}); "
+                  f"full {timings['full']:.1f} s, sequential {timings['sequential']:.1f} s, ratio {timings['sequential'] / timings['full']:.2f}")
+            print(f"  {'check':<40} {'full':<13} {'sequential':<13} {'items':>9} same")
+            for r in rows:
+                where = "" if r["category"] == "overall" else f" [{r['category']}]"
+                print(f"  {r['who'][:8] + ' ' + r['metric'] + where:<40} {str(r['full']):<13} {r['sequential']:<13} "
+                      f"{r['items_used']:>4}/{r['items_total']:<4} {'yes' if r['same'] else 'NO'}", flush=True)
+    total_full = len(base.results) * (len(names) + 1)
+    summary = {
+        "verdicts": len(same_all),
+        "same_verdicts": sum(same_all),
+        "mean_items_fraction_per_verdict": sum(used_fractions) / len(used_fractions) if used_fractions else None,
+        "variant_items_fraction": scored / (len(base.results) * len(names)) if names else None,
+        "all_items_fraction_with_baseline_in_full": (len(base.results) + scored) / total_full,
+        "full_s": round(full_s_all, 2),
+        "sequential_s": round(seq_s_all, 2),
+        "time_ratio": round(seq_s_all / full_s_all, 3) if full_s_all else None,
+    }
+    out["summary"] = summary
+    if not args.json:
+        print(f"\nverdicts: {summary['same_verdicts']}/{summary['verdicts']} the same in sequential and full probing")
+        print(f"items per verdict, on average: {100 * summary['mean_items_fraction_per_verdict']:.1f}% of the full probe's (target <= 40%)")
+        print(f"items the variants scored: {100 * summary['variant_items_fraction']:.1f}%; with the baseline scored in full: "
+              f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%")
+        print(f"variants' probe time: full {summary['full_s']:.1f} s, sequential {summary['sequential_s']:.1f} s, ratio {summary['time_ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Sequential probing: anytime-valid bounds (a hand-computed step, coverage by simulation), the
+stratified order, and a sequential probe on a tiny model that stops early and says why."""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from audit.errors import UserError
+from audit.gate import PASS, GateFinding, finding_line
+from audit.models import load_model
+from audit.plans import GateRule, GateSettings
+from audit.probes import ProbeSettings, load_suite, run_probe
+from audit.progress import drive
+from audit.reports.render import sequential_markdown
+from audit.sequential import probe_sequentially, replay, simulate_wrong_verdicts, stratified_order
+from audit.stats import anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows
+
+ALPHA = 0.05
+
+
+# -- the confidence sequence ----------------------------------------------------------------------
+def _wealth(x, m, alpha=ALPHA):
+    """The gambler's wealth betting that the mean exceeds m, written out item by item."""
+    wealth, total, squares, variance = 1.0, 0.0, 0.0, 0.25
+    for t, value in enumerate(x, start=1):
+        stake = min(math.sqrt(2 * math.log(1 / alpha) / (variance * t * math.log(1 + t))), 0.5 / m)
+        wealth *= 1 + stake * (value - m)
+        total += value
+        mean = (0.5 + total) / (t + 1)
+        squares += (value - mean) ** 2
+        variance = (0.25 + squares) / (t + 1)  # for the next item's stake
+    return wealth
+
+
+def test_stakes_by_hand():
+    stakes = anytime_stakes(np.array([[1.0, 0.0]]), ALPHA)[0]
+    # Item 1: variance 1/4 before any item; item 2: mean (0.5 + 1)/2 = 0.75, variance (0.25 + 0.0625)/2.
+    assert stakes[0] == pytest.approx(math.sqrt(2 * math.log(20) / (0.25 * 1 * math.log(2))))
+    assert stakes[1] == pytest.approx(math.sqrt(2 * math.log(20) / (0.15625 * 2 * math.log(3))))
+
+
+def test_one_step_of_wealth_by_hand():
+    # One item of value 1 against m = 0.4: stake min(5.880, 0.5/0.4 = 1.25) = 1.25, wealth 1 + 1.25 * 0.6.
+    assert _wealth([1.0], 0.4) == pytest.approx(1.75)
+    # Six items of 1: the wealth at m = 0.1 is (1 + min(stake_t, 5) * 0.9) item by item.
+    assert _wealth([1.0] * 6, 0.1) > 20 > _wealth([1.0] * 6, 0.5)
+
+
+def test_lower_bound_is_the_edge_of_the_rejected_means():
+    x = [1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1]
+    lower = float(anytime_lower_rows(np.array([x], dtype=float), ALPHA)[0])
+    assert 0.0 < lower < np.mean(x)
+    # Just below the bound the wealth has reached 1/alpha; a little above it has not.
+    assert _wealth(x, lower - 1e-7) >= 20
+    assert _wealth(x, lower + 1e-4) < 20
+
+
+def test_anytime_bounds_are_wider_than_fixed_n_at_the_start_but_narrow_with_items():
+    few = anytime_mean_bounds([1, 0, 1, 1, 0, 1], 0.0, 1.0, 0.95)
+    many = anytime_mean_bounds([1, 0, 1, 1, 0, 1] * 100, 0.0, 1.0, 0.95)
+    assert few.lower < many.lower < 2 / 3 < many.upper < few.upper
+    assert many.upper - many.lower < 0.2
+    # A range other than [0, 1] is the same bound rescaled.
+    scaled = anytime_mean_bounds([1, -1, 1, 1, -1, 1] * 100, -1.0, 1.0, 0.95)
+    assert scaled.lower == pytest.approx(2 * many.lower - 1) and scaled.upper == pytest.approx(2 * many.upper - 1)
+
+
+def test_paired_ratio_rejects_exactly_the_thetas_whose_contrast_is_shown():
+    rng = np.random.default_rng(0)
+    den = (rng.random(200) < 0.4).astype(float)
+    num = np.where(rng.random(200) < 0.9, den, 1 - den)
+    ratio = anytime_paired_ratio_bounds(num, den, 0.95)
+    assert ratio.value == pytest.approx(num.sum() / den.sum())
+    assert ratio.lower < ratio.value < ratio.upper
+    for theta, rejected in ((ratio.upper * 1.01, True), (ratio.upper * 0.99, False), (ratio.lower * 0.99, True), (ratio.lower * 1.01, False)):
+        # The contrast num - theta * den moved onto [0, 1], and its confidence sequence at its zero.
+        units = (num - theta * den + theta) / (1 + theta)
+        zero = theta / (1 + theta)
+        shown = anytime_upper_rows(units[None, :], ALPHA)[0] < zero or anytime_lower_rows(units[None, :], ALPHA)[0] > zero
+        assert shown == rejected
+    assert anytime_paired_ratio_bounds([0, 0], [0, 0], 0.95).upper == math.inf
+
+
+# -- coverage by simulation -----------------------------------------------------------------------
+def test_confidence_sequence_covers_at_every_look_at_once():
+    """1,000 seeded runs per distribution: the share of runs whose bound ever excludes the true
+    mean, over all the looks, stays within alpha on each side."""
+    rng = np.random.default_rng(7)
+    looks = range(10, 161, 10)
+    for draw, mean in ((lambda: (rng.random((1000, 160)) < 0.3).astype(float), 0.3),
+                       (lambda: rng.beta(2, 5, (1000, 160)), 2 / 7),
+                       (lambda: (rng.random((1000, 160)) < 0.05).astype(float), 0.05)):
+        x = draw()
+        missed_low, missed_high = np.zeros(1000, bool), np.zeros(1000, bool)
+        for n in looks:
+            missed_low |= anytime_lower_rows(x[:, :n], ALPHA) > mean
+            missed_high |= anytime_upper_rows(x[:, :n], ALPHA) < mean
+        assert missed_low.mean() <= ALPHA and missed_high.mean() <= ALPHA
+
+
+def test_paired_ratio_covers_in_simulation():
+    """1,000 seeded runs: the true ratio's contrast is rejected at some look in at most alpha of
+    them on each side (only the true ratio's contrast needs to hold for the bounds to cover it)."""
+    rng = np.random.default_rng(3)
+    den = (rng.random((1000, 150)) < 0.4).astype(float)
+    num = np.where(rng.random((1000, 150)) < 0.85, den, 1 - den)
+    theta = (0.85 * 0.4 + 0.15 * 0.6) / 0.4  # E[num] / E[den]
+    units = (num - theta * den + theta) / (1 + theta)
+    zero = theta / (1 + theta)
+    low, high = np.zeros(1000, bool), np.zeros(1000, bool)
+    for n in (15, 30, 60, 90, 120, 150):
+        low |= anytime_lower_rows(units[:, :n], ALPHA) > zero
+        high |= anytime_upper_rows(units[:, :n], ALPHA) < zero
+    assert low.mean() <= ALPHA and high.mean() <= ALPHA
+    covered = [anytime_paired_ratio_bounds(num[i], den[i], 0.95) for i in range(40)]
+    assert sum(b.lower <= theta <= b.upper for b in covered) >= 38
+
+
+def test_wrong_verdict_rate_stays_within_the_nominal_level():
+    result = simulate_wrong_verdicts([0.1, 0.2, 0.25, 0.4], 0.2, n_items=120, runs=1000, confidence=0.95, batch_items=20, seed=0)
+    assert result["runs"] == 1000
+    assert result["worst_wrong_rate"] <= 0.05
+    # Clear answers stop early; a true value on the limit is rarely settled at all.
+    assert result["means"]["0.4"]["fail_rate"] > 0.9 and result["means"]["0.4"]["items_fraction"] < 0.5
+    assert result["means"]["0.2"]["inconclusive_rate"] > 0.9
+    again = simulate_wrong_verdicts([0.1, 0.2, 0.25, 0.4], 0.2, n_items=120, runs=1000, confidence=0.95, batch_items=20, seed=0)
+    assert again == result
+
+
+# -- the order items are drawn in -----------------------------------------------------------------
+def test_stratified_order_is_fixed_by_the_seed_and_balanced():
+    items = load_suite("builtin", limit=12).items
+    order = stratified_order(items, seed=5)
+    assert sorted(i.item_id for i in order) == sorted(i.item_id for i in items)
+    assert [i.item_id for i in stratified_order(list(reversed(items)), seed=5)] == [i.item_id for i in order]
+    assert [i.item_id for i in stratified_order(items, seed=6)] != [i.item_id for i in order]
+    categories = sorted({i.category for i in items})
+    for n in range(1, len(order) + 1):
+        counts = Counter(i.category for i in order[:n])
+        shares = [counts.get(c, 0) for c in categories]
+        assert max(shares) - min(shares) <= 1
+    # Within a category, its conditions in proportion too.
+    for category in categories:
+        mine = [i for i in order if i.category == category]
+        share = sum(i.condition == "ambig" for i in mine) / len(mine)
+        for n in range(1, len(mine) + 1):
+            assert abs(sum(i.condition == "ambig" for i in mine[:n]) - share * n) <= 1
+
+
+# -- on a tiny model ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    return drive(load_model(str(tiny_llama)))
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite("builtin", limit=24)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny, suite):
+    return drive(run_probe(tiny, suite, ProbeSettings(batch_items=40))).results
+
+
+CLEAR = GateSettings(rules=(GateRule("transition_rate", 0.5), GateRule("accuracy_disambig_drop", 0.6)), competence=False)
+
+
+def test_sequential_probe_stops_early_when_the_answer_is_clear(tiny, suite, baseline):
+    # The variant is the baseline's own model: no item changes, so every change is clearly 0.
+    events = []
+    run = drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant", baseline=baseline, batch_items=10), events.append)
+    assert run.settled and not run.cancelled
+    assert run.items_scored < run.items_total == len(suite.items) == 120
+    assert events[-1].done == run.items_scored and "0 verdicts open" in events[-1].message
+    assert [f.verdict for f in run.gate.findings] == [PASS, PASS]
+    for finding in run.gate.findings:
+        assert finding.items_used is not None and 0 < finding.items_used <= run.items_scored
+        assert finding.items_used % 10 == 0
+        assert f"({finding.items_used:,} items)" in finding.line()
+    assert max(f.items_used for f in run.gate.findings) == run.items_scored
+    data = run.to_dict()
+    assert data["stopped"] == "settled" and data["items_scored"] == run.items_scored
+    stored = [GateFinding.from_dict(f) for f in data["gate"]["findings"]]
+    assert [f.items_used for f in stored] == [f.items_used for f in run.gate.findings]
+    report = sequential_markdown([data])
+    assert f"{run.items_scored:,} of 120 items scored, stopped every verdict settled" in report
+    for finding in run.gate.findings:
+        assert f"| {finding.items_used:,} of 120 |" in report
+    # The same seed scores the same items and settles at the same count.
+    again = drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant", baseline=baseline, batch_items=10))
+    assert [r.item_id for r in again.results] == [r.item_id for r in run.results]
+    assert [f.to_dict() for f in again.gate.findings] == [f.to_dict() for f in run.gate.findings]
+
+
+def test_a_figure_without_an_anytime_bound_is_judged_on_every_item(tiny, suite, baseline):
+    gate = GateSettings(rules=(GateRule("transition_rate", 0.5), GateRule("transition_rate", 0.5, category="category_mean")), competence=False)
+    run = drive(probe_sequentially(tiny, suite, gate, ProbeSettings(), variant="variant", baseline=baseline, batch_items=40))
+    assert not run.settled and run.items_scored == 120
+    early, whole = run.gate.findings
+    assert early.verdict == PASS and early.items_used < 120
+    assert whole.items_used == 120 and whole.verdict == PASS
+    # Judged on every item with the fixed-sample bound, as a full probe judges it.
+    halfway = replay(run.results[:80], gate, variant="variant", total=120, baseline=baseline, batch_items=40)[0]
+    assert "no anytime-valid bound" in halfway.findings[1].reason
+
+
+def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):
+    with pytest.raises(UserError, match="needs the baseline"):
+        drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant"))
+    with pytest.raises(UserError, match="no gate rules"):
+        drive(probe_sequentially(tiny, suite, GateSettings(competence=False), ProbeSettings(), variant="baseline"))
+
+
+def test_finding_line_is_unchanged_when_scored_in_full():
+    data = {"category": "overall", "value": 0.1, "lower": 0.0, "upper": 0.2, "limit_is": "max", "verdict": "pass",
+            "variant": "v", "metric": "transition_rate", "limit": 0.5, "confidence": 0.95, "reason": "upper bound within the limit"}
+    assert not finding_line(data).endswith("items)")
+
+
+PLAN = """\
+model = "smollm2-135m"
+
+[gate]
+confidence = 0.95
+competence = false
+
+[[gate.rules]]
+metric = "transition_rate"
+max = 0.5
+
+[[gate.rules]]
+metric = "perplexity_relative_change_pct"
+max = 50.0
+"""
+
+
+def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
+    from tui.cli import main
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN)
+    base = tmp_path / "base.jsonl"
+    assert main(["probe", "--model", str(tiny_llama), "--limit", "24", "--items-out", str(base), "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "seq.jsonl"
+    args = ["probe", "--model", str(tiny_llama), "--limit", "24", "--sequential", "--gate", str(plan), "--baseline-items", str(base),
+            "--sequential-batch", "10", "--items-out", str(out)]
+    assert main(args + ["--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["stopped"] == "settled" and data["items_scored"] < data["items_total"] == 120
+    # The perplexity rule is not an item probe: left out, not judged here.
+    (finding,) = data["gate"]["findings"]
+    assert finding["metric"] == "transition_rate" and finding["verdict"] == "pass" and finding["items_used"] <= data["items_scored"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert f"{data['items_scored']:,} of 120 items scored, stopped every verdict settled" in shown
+    assert f"{finding['items_used']:,} of 120" in shown
+    # Bad input: one line, exit 2.
+    assert main(["probe", "--model", str(tiny_llama), "--gate", str(plan)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gate applies to --sequential" in err[0]
+    assert main(["probe", "--model", str(tiny_llama), "--limit", "6", "--sequential", "--gate", str(plan), "--baseline-items", str(base), "--mode", "generate"]) == 2
+    assert "was not scored like this probe" in capsys.readouterr().err
