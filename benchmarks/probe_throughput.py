@@ -1,94 +1,237 @@
-"""Probe scoring throughput: the shared-context engine against one full forward per option, on the same items.
+"""Probe scoring throughput on real items: CrowS-Pairs pairs/s and BBQ items/s for the engine, the naive path and lm-eval.
 
-Scores the same built-in items (40 per category, 200 in all) on the default model both ways,
-checks that both pick the same option for every item (under mean and sum normalisation),
-and prints items/s for each and their ratio. Batches alternate between the two strategies so
-that load from other processes on a shared machine hits both alike.
+Every path runs at the same thread count (--threads, default 1). CrowS-Pairs (the official
+csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in calls of
+--batch-items pairs, as a probe run scores it; by the naive path (one full forward per
+sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
+HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
+sentence follows the prefix token, which is set to edge-audit's document start) in a
+subprocess holding the same model folder. The paths take turns chunk by chunk, so load from
+other processes on a shared machine hits them alike. BBQ (--bbq-per-category items of each
+category file) is scored by the engine and the naive path, alternating per batch.
 
-    python benchmarks/probe_throughput.py [--model M] [--per-category 40] [--batch-items 32] [--json]
+    python benchmarks/probe_throughput.py [--threads 1] [--crows-pairs N] [--naive-pairs 256]
+        [--bbq-per-category 32] [--lm-eval-python /tmp/lmeval-venv/bin/python] [--json]
+
+Prints each path's rate, the ratios, pct_stereotype of each path and how many choices agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from audit.models import load_model  # noqa: E402
-from audit.models.loader import LoadOptions  # noqa: E402
-from audit.probes import load_suite  # noqa: E402
-from audit.probes.items import argmax  # noqa: E402
-from audit.probes.scoring import score_items  # noqa: E402
-from audit.progress import drive  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+LM_EVAL_BATCH = 8
 
 
-def choices(scores, norm):
-    out = []
-    for s in scores:
-        values = s.logprobs if norm == "sum" else [lp / n for lp, n in zip(s.logprobs, s.tokens)]
-        out.append(argmax(values))
-    return out
+def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
+    """Run inside lm-eval's interpreter: load HFLM once, then score the pairs of each request line."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=folder, batch_size=LM_EVAL_BATCH, device="cpu", dtype="float32", prefix_token_id=prefix_token_id)
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        pairs = json.loads(line)["pairs"]
+        requests = [Instance("loglikelihood", {}, ("", sentence), k) for pair in pairs for k, sentence in enumerate(pair)]
+        start = time.perf_counter()
+        out = lm.loglikelihood(requests, disable_tqdm=True)
+        elapsed = time.perf_counter() - start
+        logprobs = [[out[2 * i][0], out[2 * i + 1][0]] for i in range(len(pairs))]
+        print(json.dumps({"seconds": elapsed, "logprobs": logprobs}), flush=True)
+    return 0
+
+
+class LmEval:
+    """lm-eval in its own interpreter, fed pairs line by line."""
+
+    def __init__(self, python: str, folder: str, threads: int, prefix_token_id: int) -> None:
+        self.process = subprocess.Popen(
+            [python, __file__, "--lm-eval-worker", folder, str(threads), str(prefix_token_id)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        ready = self._read()
+        self.threads = ready["threads"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise SystemExit(f"lm-eval worker ended (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def score(self, pairs: list[tuple[str, str]]) -> tuple[list[list[float]], float]:
+        self.process.stdin.write(json.dumps({"pairs": pairs}) + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        reply = self._read()
+        return reply["logprobs"], reply["seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.wait()
+
+
+def pct_stereotype(logprobs) -> float:
+    """% of pairs whose first sentence (sent_more) scores strictly higher."""
+    return round(100 * sum(a > b for a, b in logprobs) / len(logprobs), 2)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--per-category", type=int, default=40, help="built-in items per category (5 categories)")
-    parser.add_argument("--batch-items", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--crows", type=Path, default=DATA / "crows_pairs" / "crows_pairs_anonymized.csv")
+    parser.add_argument("--crows-pairs", type=int, default=None, help="the first N pairs (default all)")
+    parser.add_argument("--naive-pairs", type=int, default=256, help="pairs also scored by the naive path")
+    parser.add_argument("--chunk-pairs", type=int, default=128, help="pairs per turn of each path")
+    parser.add_argument("--bbq", type=Path, default=DATA / "bbq")
+    parser.add_argument("--bbq-per-category", type=int, default=32, help="0 skips BBQ")
+    parser.add_argument("--batch-items", type=int, default=32, help="items per engine call (a probe run's default)")
+    parser.add_argument("--lm-eval-python", default=None, help="an interpreter with lm-eval 0.4 installed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from audit.models import load_model
+    from audit.models.loader import LoadOptions
+    from audit.probes import load_suite
+    from audit.probes.crows import load_crows
+    from audit.probes.items import argmax
+    from audit.probes.scoring import score_items
+    from audit.progress import drive
+
+    torch.set_num_threads(args.threads)
     model = drive(load_model(args.model, LoadOptions(threads=args.threads)))
-    items = load_suite("builtin", limit=args.per_category).items
-    # First calls pay one-off costs (the packing self-check, allocator warm-up) in both paths.
-    score_items(model, items[:4])
-    score_items(model, items[:4], strategy="naive")
+    torch.set_num_threads(args.threads)
+    result: dict = {"model": args.model, "threads": torch.get_num_threads(), "batch_items": args.batch_items}
 
-    packed, naive = [], []
-    packed_s = naive_s = 0.0
-    for start in range(0, len(items), args.batch_items):
-        chunk = items[start : start + args.batch_items]
-        scores, elapsed = score_items(model, chunk)
-        packed += scores
-        packed_s += elapsed
-        scores, elapsed = score_items(model, chunk, strategy="naive")
-        naive += scores
-        naive_s += elapsed
-        print(f"  {start + len(chunk)}/{len(items)} items: engine {packed_s:.1f} s, naive {naive_s:.1f} s", file=sys.stderr, flush=True)
+    def engine(items, strategy=None):
+        scores, seconds = [], 0.0
+        for start in range(0, len(items), args.batch_items):
+            got, elapsed = score_items(model, items[start : start + args.batch_items], strategy)
+            scores += [s.logprobs for s in got]
+            seconds += elapsed
+        return scores, seconds
 
-    same = {norm: sum(a == b for a, b in zip(choices(packed, norm), choices(naive, norm))) for norm in ("mean", "sum")}
-    max_diff = max(abs(a - b) for p, n in zip(packed, naive) for a, b in zip(p.logprobs, n.logprobs))
-    result = {
-        "model": args.model,
-        "items": len(items),
-        "batch_items": args.batch_items,
-        "tokens_scored_per_item": round(sum(sum(s.tokens) for s in packed) / len(items), 2),
-        "engine_items_per_s": round(len(items) / packed_s, 3),
-        "naive_items_per_s": round(len(items) / naive_s, 3),
-        "engine_s": round(packed_s, 2),
-        "naive_s": round(naive_s, 2),
-        "speedup": round(naive_s / packed_s, 2),
-        "identical_predictions_mean": same["mean"],
-        "identical_predictions_sum": same["sum"],
-        "max_abs_logprob_diff": float(f"{max_diff:.3g}"),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    # -- CrowS-Pairs -------------------------------------------------------------------
+    items, _ = load_crows(args.crows)
+    items = items[: args.crows_pairs] if args.crows_pairs else items
+    n_naive = min(args.naive_pairs, len(items))
+    lm_eval = None
+    if args.lm_eval_python:
+        prefix = model.text_prefix_ids
+        if len(prefix) != 1:
+            raise SystemExit("lm-eval takes one prefix token; this model's document start is not one token")
+        lm_eval = LmEval(args.lm_eval_python, model.facts().path, args.threads, prefix[0])
+        result["lm_eval_threads"] = lm_eval.threads
+        lm_eval.score([items[0].options])  # first calls pay one-off costs in every path
+    engine(items[:4])
+    engine(items[:4], "naive")
+
+    crows = {"engine": ([], 0.0), "naive": ([], 0.0), "lm_eval": ([], 0.0), "engine_on_naive_pairs": ([], 0.0)}
+
+    def add(path, scores, seconds):
+        old, old_s = crows[path]
+        crows[path] = (old + scores, old_s + seconds)
+
+    for start in range(0, len(items), args.chunk_pairs):
+        chunk = items[start : start + args.chunk_pairs]
+        scores, seconds = engine(chunk)
+        add("engine", scores, seconds)
+        if start < n_naive:
+            part = chunk[: n_naive - start]
+            add("engine_on_naive_pairs", scores[: len(part)], seconds * len(part) / len(chunk))
+            add("naive", *engine(part, "naive"))
+        if lm_eval is not None:
+            add("lm_eval", *lm_eval.score([item.options for item in chunk]))
+        done = start + len(chunk)
+        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {v[1]:.1f} s" for k, v in crows.items() if v[0]),
+              file=sys.stderr, flush=True)
+    if lm_eval is not None:
+        lm_eval.close()
+
+    engine_scores, engine_s = crows["engine"]
+    result["crows_pairs"] = len(items)
+    result["crows_engine_pairs_per_s"] = round(len(items) / engine_s, 3)
+    result["crows_engine_pct_stereotype"] = pct_stereotype(engine_scores)
+    naive_scores, naive_s = crows["naive"]
+    sub_scores, sub_s = crows["engine_on_naive_pairs"]
+    result["crows_naive_pairs"] = n_naive
+    result["crows_naive_pairs_per_s"] = round(n_naive / naive_s, 3)
+    result["crows_engine_on_naive_pairs_per_s"] = round(n_naive / sub_s, 3)
+    result["crows_engine_over_naive"] = round(naive_s / sub_s, 2)
+    result["crows_naive_pct_stereotype"] = pct_stereotype(naive_scores)
+    result["crows_engine_pct_stereotype_on_naive_pairs"] = pct_stereotype(sub_scores)
+    result["crows_same_choice_engine_naive"] = sum(argmax(a) == argmax(b) for a, b in zip(sub_scores, naive_scores))
+    result["crows_max_abs_logprob_diff_engine_naive"] = float(
+        f"{max(abs(x - y) for a, b in zip(sub_scores, naive_scores) for x, y in zip(a, b)):.3g}")
+    if lm_eval is not None:
+        lm_scores, lm_s = crows["lm_eval"]
+        result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
+        result["crows_engine_over_lm_eval"] = round(lm_s / engine_s, 2)
+        result["crows_lm_eval_pct_stereotype"] = pct_stereotype(lm_scores)
+        result["crows_same_choice_engine_lm_eval"] = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in zip(engine_scores, lm_scores))
+        result["crows_max_abs_logprob_diff_engine_lm_eval"] = float(
+            f"{max(abs(x - y) for a, b in zip(engine_scores, lm_scores) for x, y in zip(a, b)):.3g}")
+
+    # -- BBQ ----------------------------------------------------------------------------
+    if args.bbq_per_category:
+        bbq_items = load_suite(f"bbq:{args.bbq}", limit=args.bbq_per_category).items
+        engine(bbq_items[:4])
+        packed, naive = [], []
+        packed_s = naive_s = 0.0
+        for start in range(0, len(bbq_items), args.batch_items):
+            chunk = bbq_items[start : start + args.batch_items]
+            scores, seconds = engine(chunk)
+            packed += scores
+            packed_s += seconds
+            scores, seconds = engine(chunk, "naive")
+            naive += scores
+            naive_s += seconds
+            print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {packed_s:.1f} s, naive {naive_s:.1f} s", file=sys.stderr, flush=True)
+        result["bbq_items"] = len(bbq_items)
+        result["bbq_engine_items_per_s"] = round(len(bbq_items) / packed_s, 3)
+        result["bbq_naive_items_per_s"] = round(len(bbq_items) / naive_s, 3)
+        result["bbq_engine_over_naive"] = round(naive_s / packed_s, 2)
+        result["bbq_same_choice_sum"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, naive))
+        result["bbq_max_abs_logprob_diff"] = float(f"{max(abs(x - y) for a, b in zip(packed, naive) for x, y in zip(a, b)):.3g}")
+    result["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+
     if args.json:
         print(json.dumps(result))
+        return 0
+    r = result
+    print(f"threads: {r['threads']} (engine and naive)" + (f", {r['lm_eval_threads']} (lm-eval)" if lm_eval else ""))
+    print(f"CrowS-Pairs, {r['crows_pairs']} pairs, {args.batch_items} per engine call:")
+    print(f"  engine (token trees):   {r['crows_engine_pairs_per_s']:.2f} pairs/s, pct_stereotype {r['crows_engine_pct_stereotype']}")
+    if lm_eval is not None:
+        print(f"  lm-eval (HFLM, batch {LM_EVAL_BATCH}): {r['crows_lm_eval_pairs_per_s']:.2f} pairs/s, pct_stereotype {r['crows_lm_eval_pct_stereotype']}")
+        print(f"  engine / lm-eval: {r['crows_engine_over_lm_eval']:.2f}x (target >= 2x); same choice on "
+              f"{r['crows_same_choice_engine_lm_eval']}/{r['crows_pairs']}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_lm_eval']}")
     else:
-        print(f"items: {result['items']} built-in items, {result['batch_items']} per scoring call")
-        print(f"engine (shared context, packed, head at scored positions): {result['engine_items_per_s']:.2f} items/s")
-        print(f"naive (one full forward per option):                      {result['naive_items_per_s']:.2f} items/s")
-        print(f"speedup: {result['speedup']:.2f}x (target >= 3x)")
-        print(f"identical predictions: {same['mean']}/{len(items)} (mean), {same['sum']}/{len(items)} (sum); "
-              f"max |logprob diff| {result['max_abs_logprob_diff']}")
-    return 0 if same["mean"] == same["sum"] == len(items) else 1
+        print("  lm-eval: not run (give --lm-eval-python)")
+    print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
+          f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "
+          f"(pct_stereotype {r['crows_naive_pct_stereotype']}): engine / naive {r['crows_engine_over_naive']:.2f}x; "
+          f"same choice on {r['crows_same_choice_engine_naive']}/{n_naive}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_naive']}")
+    if args.bbq_per_category:
+        print(f"BBQ, {r['bbq_items']} items: engine {r['bbq_engine_items_per_s']:.2f} items/s, naive {r['bbq_naive_items_per_s']:.2f} items/s, "
+              f"engine / naive {r['bbq_engine_over_naive']:.2f}x; same choice (sum) on {r['bbq_same_choice_sum']}/{r['bbq_items']}, "
+              f"max |logprob diff| {r['bbq_max_abs_logprob_diff']}")
+    return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--lm-eval-worker":
+        sys.exit(lm_eval_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     sys.exit(main())

@@ -72,6 +72,79 @@ def share_prefixes(requests: Sequence[ScoreRequest]) -> list[PackedRow]:
     return rows
 
 
+# Requests with a short context (whole sentences after the document start: CrowS-Pairs,
+# StereoSet) are scored as token trees instead: the sentences of one request share their
+# tokens up to the first that differs, every request of a row shares the document start,
+# and a sentence's last token, which predicts nothing, is not fed at all. A row is one tree
+# whose tokens attend to their ancestors only. Rows stay short because attention costs the
+# square of a row's width while the rest of the forward costs its tokens (at 128 tokens
+# attention adds about 4% to a row); a batch holds a few rows so the matrix products stay
+# large enough to run at full speed without a large logits tensor.
+TREE_ROW_TOKENS = 128
+TREE_BATCH_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class TreeRow:
+    """One row of a token tree: the tokens fed, each one's parent (-1 for a root) and depth
+    (its position id), and the scored tokens as (request, continuation, predicting node, target)."""
+
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    depths: tuple[int, ...]
+    scored: tuple[tuple[int, int, int, int], ...]
+
+
+def tree_row(requests: Sequence[ScoreRequest], members: Sequence[int]) -> TreeRow:
+    """The token tree of `members`: each distinct path of context and continuation tokens once.
+    The last token of every continuation is left out: no scored token is predicted from it."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    scored: list[tuple[int, int, int, int]] = []
+    children: dict[tuple[int, int], int] = {}
+    for index in members:
+        req = requests[index]
+        n_ctx = len(req.context)
+        for k, cont in enumerate(req.continuations):
+            seq = req.context + cont
+            node = -1
+            for depth in range(len(seq) - 1):
+                key = (node, seq[depth])
+                child = children.get(key)
+                if child is None:
+                    child = len(tokens)
+                    children[key] = child
+                    tokens.append(seq[depth])
+                    parents.append(node)
+                    depths.append(depth)
+                node = child
+                if depth >= n_ctx - 1:
+                    scored.append((index, k, node, seq[depth + 1]))
+    return TreeRow(tuple(tokens), tuple(parents), tuple(depths), tuple(scored))
+
+
+def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS) -> list[TreeRow]:
+    """Requests packed into tree rows of at most `max_tokens` (a larger request gets a row of
+    its own). Sorted by their tokens, neighbours share their starts; each goes to the first
+    row it still fits in, so rows are nearly full and a batch pads little."""
+    order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
+    members: list[list[int]] = []
+    sizes: list[int] = []
+    for index in order:
+        for r, row in enumerate(members):
+            if sizes[r] < max_tokens:
+                size = len(tree_row(requests, row + [index]).tokens)
+                if size <= max_tokens:
+                    row.append(index)
+                    sizes[r] = size
+                    break
+        else:
+            members.append([index])
+            sizes.append(len(tree_row(requests, [index]).tokens))
+    return [tree_row(requests, row) for row in members]
+
+
 def linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Weights of the linear layers that do the model's work (the output head excluded)."""
     from transformers.pytorch_utils import Conv1D
@@ -266,16 +339,19 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             return self._score_rows(requests)
 
     def _packing_agrees(self) -> bool:
-        """Packed rows rely on custom 4D masks and position ids; check they give what plain
-        rows give on this architecture (one context alone, and contexts sharing a prefix in
-        one row), and fall back to plain rows when they don't."""
+        """Packed rows and token trees rely on custom 4D masks and position ids; check they give
+        what plain rows give on this architecture (short contexts as trees, contexts sharing a
+        prefix in one row), and fall back to plain rows when they don't."""
         if not self._takes_positions:
             return False
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
         prefix = tuple(self.text_prefix_ids) + tuple(3 + i % max(1, min(vocab, 40) - 3) for i in range(MIN_SHARED_TOKENS))
         top = min(vocab - 1, 12)
+        start = tuple(self.text_prefix_ids) or (3,)
         probes = [
-            ScoreRequest(tuple(self.text_prefix_ids) + tuple(range(3, min(vocab, 9))), ((min(vocab - 1, 11), 4), (5,), (top, 6, 7))),
+            ScoreRequest(tuple(self.text_prefix_ids) + tuple(range(3, min(vocab, 9))), ((min(vocab - 1, 11), 4), (5,), (top, 6, 7), (min(vocab - 1, 11), 5))),
+            # Sentences after the document start that share their first tokens (a token tree).
+            ScoreRequest(start, ((4, 5, 6), (4, 5, 7, top), (5,))),
             ScoreRequest(prefix + (4, 5), ((6,), (top, 3))),
             ScoreRequest(prefix + (7,), ((5, 5), (4,))),
             ScoreRequest(prefix, ((8,),)),
@@ -291,8 +367,77 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             for a, b in zip(got, want)
         )
 
-    @torch.inference_mode()
     def _score_packed(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
+        """Short contexts as token trees, longer ones in rows sharing their context prefixes."""
+        short = [i for i, r in enumerate(requests) if len(r.context) < MIN_SHARED_TOKENS]
+        if not short:
+            return self._score_shared_contexts(requests)
+        results: list[list[Any]] = [[] for _ in requests]
+        for index, scores in self._score_trees(requests, short).items():
+            results[index] = scores
+        rest = sorted(set(range(len(requests))) - set(short))
+        if rest:
+            for index, scores in zip(rest, self._score_shared_contexts([requests[i] for i in rest])):
+                results[index] = scores
+        return results
+
+    @torch.inference_mode()
+    def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
+        """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
+        rows = tree_rows(requests, indices)
+        results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
+        dtype = next(self.model.parameters()).dtype
+        for batch in batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS):
+            width = max(len(rows[b].tokens) for b in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            positions = torch.zeros(len(batch), width, dtype=torch.long)
+            # A node sees itself and its ancestors; padding sees only itself (no all-masked rows).
+            allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)
+            for r, b in enumerate(batch):
+                row = rows[b]
+                ids[r, : len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
+                positions[r, : len(row.tokens)] = torch.tensor(row.depths, dtype=torch.long)
+                seen = allowed[r]
+                for node, parent in enumerate(row.parents):
+                    if parent >= 0:  # a parent always comes before its children
+                        seen[node, :parent + 1] = seen[parent, :parent + 1]
+            mask = torch.zeros(len(batch), 1, width, width, dtype=dtype)
+            mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+            keep = sorted({node for b in batch for _, _, node, _ in rows[b].scored})
+            if self._keeps_logits and len(keep) < width:
+                kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
+                column = {p: j for j, p in enumerate(keep)}
+            else:
+                column = {p: p for p in keep}
+            logits = self.model(**kwargs).logits
+            owners: dict[tuple[int, int], int] = {}
+            at_row, at_column, targets, owner = [], [], [], []
+            for r, b in enumerate(batch):
+                for index, k, node, token in rows[b].scored:
+                    at_row.append(r)
+                    at_column.append(column[node])
+                    targets.append(token)
+                    owner.append(owners.setdefault((index, k), len(owners)))
+            where = (torch.tensor(at_row), torch.tensor(at_column))
+            target = torch.tensor(targets, dtype=torch.long)
+            # Row by row: the logits are the large tensor here.
+            picked = torch.zeros(len(targets))
+            for r in range(len(batch)):
+                on_row = where[0] == r
+                logprobs = logits[r].float().log_softmax(-1)
+                picked[on_row] = logprobs[where[1][on_row], target[on_row]]
+            best = torch.stack([logits[r].argmax(-1) for r in range(len(batch))])
+            owner_ids = torch.tensor(owner, dtype=torch.long)
+            sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, picked.double())
+            misses = torch.zeros(len(owners), dtype=torch.long).index_add_(0, owner_ids, (best[where] != target).long())
+            for (index, k), j in owners.items():
+                n_tokens = len(requests[index].continuations[k])
+                results[index][k] = ContinuationScore(float(sums[j]), n_tokens, int(misses[j]) == 0)
+        return results
+
+    @torch.inference_mode()
+    def _score_shared_contexts(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         rows = share_prefixes(requests)
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
         dtype = next(self.model.parameters()).dtype

@@ -1,0 +1,99 @@
+"""Sentence pairs scored as token trees give what one plain forward of each whole sentence gives."""
+
+import pytest
+import torch
+
+from audit.models import load_model
+from audit.models.interface import ScoreRequest
+from audit.models.torch_lm import MIN_SHARED_TOKENS, tree_row, tree_rows
+from audit.probes.crows import load_crows
+from audit.probes.items import argmax
+from audit.probes.scoring import sentence_request
+from audit.progress import drive
+from tests.conftest import SHARED_DATA
+
+CROWS = SHARED_DATA / "crows_pairs" / "crows_pairs_anonymized.csv"
+
+
+def test_a_pair_shares_its_tokens_up_to_the_first_that_differs():
+    requests = [
+        ScoreRequest((0,), ((5, 6, 7), (5, 8, 7))),
+        ScoreRequest((0,), ((9,),)),
+    ]
+    row = tree_row(requests, [0, 1])
+    # 0 5 6 [7] and 0 5 8 [7] and 0 [9]: the last tokens predict nothing and are not fed;
+    # the document start and "5" are fed once. Four tokens instead of 4 + 4 + 2.
+    assert row.tokens == (0, 5, 6, 8)
+    assert row.parents == (-1, 0, 1, 1)
+    assert row.depths == (0, 1, 2, 2)
+    assert row.scored == (
+        (0, 0, 0, 5), (0, 0, 1, 6), (0, 0, 2, 7),
+        (0, 1, 0, 5), (0, 1, 1, 8), (0, 1, 3, 7),
+        (1, 0, 0, 9),
+    )
+
+
+def test_a_longer_context_is_fed_but_not_scored():
+    row = tree_row([ScoreRequest((0, 1, 2), ((3,), (4, 5)))], [0])
+    assert row.tokens == (0, 1, 2, 4)
+    # The context's own tokens predict nothing that is scored.
+    assert row.scored == ((0, 0, 2, 3), (0, 1, 2, 4), (0, 1, 3, 5))
+
+
+def test_tree_rows_hold_each_request_once_within_the_width():
+    requests = [ScoreRequest((0,), ((i, 1, 2, 3), (i, 1, 4, 5))) for i in range(10, 30)]
+    rows = tree_rows(requests, range(len(requests)), max_tokens=16)
+    assert sorted({s[0] for row in rows for s in row.scored}) == list(range(20))
+    assert all(len(row.tokens) <= 16 for row in rows)
+    # Each pair feeds 4 tokens of its own (i 1 2 4) after the shared start: 3 pairs to a row.
+    assert [len(row.tokens) for row in rows] == [13] * 6 + [9]
+    alone = tree_rows([ScoreRequest((0,), (tuple(range(3, 40)),))], [0], max_tokens=16)
+    assert len(alone) == 1 and len(alone[0].tokens) == 37  # too long for a row: a row of its own
+
+
+def plain_sentence_logprob(model, ids):
+    """Log-probability of ids[1:] after ids[0], by one ordinary forward of the whole sequence."""
+    with torch.inference_mode():
+        logits = model.model(input_ids=torch.tensor([ids])).logits[0].double()
+    logprobs = logits.log_softmax(-1)
+    return float(sum(logprobs[j, ids[j + 1]] for j in range(len(ids) - 1)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_crows_pairs_as_trees_equal_plain_forwards(tiny_model_factory, arch):
+    model = drive(load_model(str(tiny_model_factory(arch))))
+    items, _ = load_crows(CROWS)
+    items = items[:24]
+    requests = [sentence_request(model, item.options) for item in items]
+    assert all(len(r.context) < MIN_SHARED_TOKENS for r in requests)
+    scores = model.score(requests)
+    assert model._packing, f"{arch}: token trees fell back to plain rows"
+    choices, plain_choices = [], []
+    for req, got in zip(requests, scores):
+        plain = [plain_sentence_logprob(model, list(req.context + cont)) for cont in req.continuations]
+        assert [s.n_tokens for s in got] == [len(c) for c in req.continuations]
+        for a, b in zip(got, plain):
+            assert a.logprob == pytest.approx(b, abs=1e-4)
+        choices.append(argmax([s.logprob for s in got]))
+        plain_choices.append(argmax(plain))
+    assert choices == plain_choices
+    naive = model.score(requests, strategy="naive")
+    assert [[s.greedy for s in row] for row in scores] == [[s.greedy for s in row] for row in naive]
+
+
+def test_trees_and_shared_contexts_in_one_call(tiny_llama):
+    """Short and long contexts mixed in one call come back in request order."""
+    model = drive(load_model(str(tiny_llama)))
+    start = tuple(model.text_prefix_ids) or (1,)
+    long_context = start + tuple(range(3, 3 + MIN_SHARED_TOKENS))
+    requests = [
+        ScoreRequest(long_context, ((20, 21), (22,))),
+        ScoreRequest(start, ((30, 31, 32), (30, 33))),
+        ScoreRequest(long_context + (9,), ((23,),)),
+        ScoreRequest(start, ((40,), (40, 41))),
+    ]
+    got = model.score(requests)
+    want = model.score(requests, strategy="naive")
+    for g, w in zip(got, want):
+        assert [s.n_tokens for s in g] == [s.n_tokens for s in w]
+        assert [s.logprob for s in g] == pytest.approx([s.logprob for s in w], abs=1e-4)
