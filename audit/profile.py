@@ -200,6 +200,31 @@ def inference_threads(model: LanguageModel) -> int | None:
     return configured or psutil.cpu_count(logical=False)
 
 
+def weight_bytes_per_token(model: Any) -> int | None:
+    """Bytes of weights one decode step of a PyTorch model reads: every parameter once (tied
+    ones once), but of an embedding table only one row, unless the table is also the output
+    head, which reads it whole; packed int8 linear weights at one byte each. None for a model
+    that is not a PyTorch module (ONNX Runtime keeps its weights to itself)."""
+    import torch
+    from torch import nn
+
+    from audit.models.torch_lm import quantized_linear_weights
+
+    if not isinstance(model, nn.Module):
+        return None
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in unique.values())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_weight = getattr(head, "weight", None)
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Embedding) and isinstance(weight, torch.Tensor) and weight is not head_weight:
+            total -= weight.numel() * weight.element_size()
+            total += weight.shape[-1] * weight.element_size()  # the one row a new token looks up
+    total += sum(ints.numel() * ints.element_size() for _, ints, _, _ in quantized_linear_weights(model))
+    return total
+
+
 # -- the profile --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadFigures:
@@ -297,6 +322,8 @@ def profile_loaded(
         distribution("generated_tokens_per_s", [r for t in timings if (r := t.generated_tokens_per_s) is not None], digits=2)
     )
     figures.update(distribution("probe_item_ms", [1000 * s for s in item_s]))
+    weight_bytes = weight_bytes_per_token(getattr(model, "model", None)) if model.backend == "pytorch" else None
+    decode_p50 = figures["generated_tokens_per_s_p50"]
     figures.update(
         {
             "rss_before_load_mb": load.rss_before_load_mb if load else None,
@@ -306,6 +333,12 @@ def profile_loaded(
             "rss_after_warmup_mb": rss_after_warmup_mb,
             "rss_peak_mb": resources["rss_peak_mb"],
             "size_on_disk_mb": round(facts.size_on_disk_bytes / MB, 2),
+            # What decoding asks of memory: bytes of weights per step, and the rate they are
+            # read at the median decode speed (compare with the device's memory bandwidth).
+            "weights_read_per_token_mb": round(weight_bytes / MB, 2) if weight_bytes else None,
+            "weights_read_gb_per_s_p50": (
+                round(weight_bytes * decode_p50 / 1e9, 2) if weight_bytes and decode_p50 is not None else None
+            ),
             "threads": inference_threads(model),
             "process_threads": psutil.Process().num_threads(),
         }

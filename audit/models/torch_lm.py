@@ -223,6 +223,99 @@ def score_rows(
     return results
 
 
+# Generation settings that change nothing in a greedy decode of one row; any other setting
+# in a model's generation config (a repetition penalty, banned words...) leaves greedy
+# decoding to transformers' `generate`, which applies it.
+_GREEDY_NEUTRAL_SETTINGS = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length", "max_new_tokens",
+    "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "use_cache", "num_beams",
+    "num_return_sequences", "transformers_version", "_from_model_config", "cache_implementation", "return_dict_in_generate",
+})
+GREEDY_CHECK_TOKENS = 4  # tokens compared with `generate` on a model's first greedy decode
+
+
+def greedy_decode_fits(model: Any) -> bool:
+    """Whether `greedy_decode` can stand in for greedy `generate` on this model: a PyTorch
+    module with a key/value cache, and a generation config that only names tokens and limits."""
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "generate", None)):
+        return False
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" not in params or "use_cache" not in params:
+        return False
+    config = getattr(model, "generation_config", None)
+    settings = config.to_diff_dict() if config is not None else {}
+    return set(settings) <= _GREEDY_NEUTRAL_SETTINGS
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int] = (),
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy decoding of one row with a key/value cache: one forward of the prompt, then one
+    forward per new token, the most likely token each time (the first on ties, as `generate`).
+
+    The same forward passes as `generate(do_sample=False)` without its per-step bookkeeping
+    (attention mask growth, logits processors, stopping criteria); `on_token` is called as
+    soon as each token is known. Stops after a token of `stop_token_ids`, which is kept."""
+    from transformers import DynamicCache
+
+    params = inspect.signature(model.forward).parameters
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    length = ids.shape[1]
+    cache = DynamicCache(config=model.config)
+    extra: dict[str, Any] = {}
+    if "logits_to_keep" in params:
+        extra["logits_to_keep"] = 1  # only the last position's logits pick the next token
+    if "cache_position" in params:
+        extra["cache_position"] = torch.arange(length)
+    stops = set(stop_token_ids)
+    takes_positions = "position_ids" in params
+    takes_cache_position = "cache_position" in params
+    new: list[int] = []
+    step_input = ids
+    position = length
+    while len(new) < max_new_tokens:
+        logits = model(input_ids=step_input, past_key_values=cache, use_cache=True, **extra).logits
+        next_id = logits[:, -1].argmax(-1, keepdim=True)
+        token = int(next_id)
+        new.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token in stops:
+            break
+        step_input = next_id
+        at = torch.tensor([position])
+        if takes_cache_position:
+            extra["cache_position"] = at
+        if takes_positions:
+            extra["position_ids"] = at[None]
+        position += 1
+    return new
+
+
+def _lean_greedy(lm: LanguageModel, model: Any, prompt_ids: Sequence[int]) -> bool:
+    """Decide once per model whether greedy decoding goes through `greedy_decode`: it must fit
+    the model and give `generate`'s first tokens on the first prompt it is asked for."""
+    decided = getattr(lm, "_greedy_decode_agrees", None)
+    if decided is None:
+        decided = greedy_decode_fits(model)
+        if decided:
+            ids = torch.tensor([list(prompt_ids)])
+            reference = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_CHECK_TOKENS,
+                min_new_tokens=GREEDY_CHECK_TOKENS, do_sample=False, temperature=None, top_k=None, top_p=None,
+                eos_token_id=None, pad_token_id=lm.stop_token_ids[0] if lm.stop_token_ids else 0,
+            )[0, ids.shape[1] :].tolist()
+            decided = greedy_decode(model, prompt_ids, max_new_tokens=GREEDY_CHECK_TOKENS) == reference
+        lm._greedy_decode_agrees = decided  # type: ignore[attr-defined]  # an HFGeneration
+    return bool(decided)
+
+
 @torch.inference_mode()
 def hf_generate(
     lm: LanguageModel,
@@ -235,9 +328,17 @@ def hf_generate(
     stop_at_eos: bool = True,
     on_token: Callable[[int], None] | None = None,
 ) -> Generation:
-    """Generation through a transformers-style `generate` (PyTorch and optimum's ONNX models)."""
-    ids = torch.tensor([list(prompt_ids)])
+    """Generation through a transformers-style `generate` (PyTorch and optimum's ONNX models);
+    greedy decoding of a PyTorch model through `greedy_decode`, which gives the same tokens."""
+    stops = tuple(lm.stop_token_ids) if stop_at_eos else ()
     sample = temperature > 0
+    with lm.lock:
+        if not sample and _lean_greedy(lm, model, prompt_ids):
+            new = greedy_decode(model, prompt_ids, max_new_tokens=max_new_tokens, stop_token_ids=stops, on_token=on_token)
+            while stop_at_eos and new and new[-1] in lm.stop_token_ids:
+                new.pop()
+            return Generation(lm.decode(new), tuple(new), len(prompt_ids))
+    ids = torch.tensor([list(prompt_ids)])
     options: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": sample,
@@ -285,6 +386,7 @@ class HFGeneration:
     optimum's ONNX Runtime models alike)."""
 
     model: Any
+    _greedy_decode_agrees: bool | None = None  # decided on the first greedy generation
 
     def generate(
         self,
