@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -13,12 +14,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from audit import atomic
+from audit.compress.outliers import OutlierChoice, OutlierRule, detect_outliers
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
@@ -32,10 +34,20 @@ from audit.registry import Registry
 from hardware.sampler import ResourceSampler
 
 
+# int8-dynamic activation scales: PyTorch's own layers take one scale for the whole input, so one
+# token with a very large value (the document-start token's, in many models) leaves the others a
+# few levels; one scale per token gives every token its own range.
+PER_TOKEN = "per-token"
+PER_TENSOR = "per-tensor"
+ACTIVATION_SCALES = (PER_TOKEN, PER_TENSOR)
+
+
 @dataclass(frozen=True)
 class QuantizeSettings:
     block_size: int = DEFAULT_INT4_BLOCK_SIZE  # onnx-int4: weights per quantization block
     cpuinfo: Path = Path("/proc/cpuinfo")  # injectable for tests of the x86 config choice
+    outliers: OutlierRule = OutlierRule()  # int8 schemes: which linear layers stay float
+    activation_scales: str = PER_TOKEN  # int8-dynamic: one activation scale per token, or per tensor
 
 
 # A scheme writes the variant of `lm` into a folder and returns facts about what it did.
@@ -93,17 +105,60 @@ def _linear_from_conv1d(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def quantize_int8_dynamic(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Replace the linear layers (output head kept) by PyTorch dynamic int8 layers, in place:
-    int8 weights with one scale per output channel; activations quantized per batch at run time."""
+def quantize_int8_dynamic(
+    model: nn.Module, keep_float: Sequence[str] = (), activation_scales: str = PER_TOKEN
+) -> tuple[list[str], list[str]]:
+    """Replace the linear layers (output head and `keep_float` kept) by PyTorch dynamic int8
+    layers, in place: int8 weights with one scale per output channel; activations quantized at
+    run time with one scale per token (or per tensor, PyTorch's own). Returns the layers
+    quantized and the Conv1D layers among them."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     names, conv = int8_targets(model)
+    unknown = sorted(set(keep_float) - set(names))
+    if unknown:
+        raise UserError(f"cannot keep {unknown[0]} float: it is not one of the model's quantizable linear layers")
+    kept = set(keep_float)
+    names = [name for name in names if name not in kept]
+    conv = [name for name in conv if name not in kept]
     for name in conv:
         _set_module(model, name, _linear_from_conv1d(model.get_submodule(name)))
     with _quiet():
         quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
+    if activation_scales == PER_TOKEN:
+        for name in names:
+            use_per_token_scales(model.get_submodule(name))
     return names, conv
+
+
+def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A dynamic int8 layer's product with one symmetric int8 scale per token (row of `x`):
+    int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales."""
+    rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    scale = rows.abs().amax(dim=-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero token stays zero
+    quantized = torch.round(rows / scale).clamp_(-127, 127).to(torch.int8)
+    out = torch._int_mm(quantized, layer._int8_weight_t).to(torch.float32) * (scale * layer._int8_weight_scale)
+    if layer._int8_bias is not None:
+        out = out + layer._int8_bias
+    return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+
+def use_per_token_scales(layer: nn.Module) -> nn.Module:
+    """Make a PyTorch dynamic int8 layer quantize its input with one scale per token. It stays a
+    torch dynamic int8 layer (same packed weights, saved and counted alike); its product runs on
+    an int8 copy of the weights laid out for torch._int_mm."""
+    with _quiet():
+        weight = layer.weight()
+    if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or bool(weight.q_per_channel_zero_points().any()):
+        raise ValueError("per-token activation scales need symmetric per-channel int8 weights")
+    layer._int8_weight_t = weight.int_repr().t().contiguous()
+    layer._int8_weight_scale = weight.q_per_channel_scales().to(torch.float32)
+    bias = layer.bias()
+    layer._int8_bias = None if bias is None else bias.detach().to(torch.float32)
+    layer.activation_scales = PER_TOKEN
+    layer.forward = functools.partial(_per_token_forward, layer)
+    return layer
 
 
 def _quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -131,7 +186,10 @@ def save_int8_dynamic(model: nn.Module, path: Path, linearized: list[str]) -> in
             bias = module.bias()
             if bias is not None:
                 items.append((f"{name}.bias", bias.detach()))
-            layers[name] = {"in_features": module.in_features, "out_features": module.out_features, "bias": bias is not None, "axis": int(weight.q_per_channel_axis())}
+            layers[name] = {
+                "in_features": module.in_features, "out_features": module.out_features, "bias": bias is not None,
+                "axis": int(weight.q_per_channel_axis()), "activation_scales": getattr(module, "activation_scales", PER_TENSOR),
+            }
     specs = [(name, t.dtype, tuple(t.shape)) for name, t in items]
     meta = {"format": INT8_FORMAT, "version": 1, "layers": layers, "linearized": linearized}
     return write_safetensors(path, items, specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
@@ -175,6 +233,11 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
                 )
                 bias = handle.get_tensor(f"{name}.bias") if info["bias"] else None
                 layer.set_weight_bias(weight, bias)
+                scales = info.get("activation_scales", PER_TENSOR)
+                if scales not in ACTIVATION_SCALES:
+                    raise UserError(f"{folder / INT8_FILE}: unknown activation scales {scales!r} for {name}")
+                if scales == PER_TOKEN:
+                    use_per_token_scales(layer)
                 _set_module(model, name, layer)
     model.tie_weights()
     missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
@@ -185,18 +248,37 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     return model.eval()
 
 
+def with_outlier_choice(meta: dict, choice: OutlierChoice, scheme: str, activation_scales: str = PER_TENSOR) -> dict:
+    """`meta` with the outlier choice and the activation scales recorded: in the latest
+    compression step, and as a note the variant's facts show."""
+    meta = dict(meta)
+    steps = [dict(step) for step in meta.get("compression") or []]
+    if steps and isinstance(steps[-1].get("quantize"), dict):
+        steps[-1]["quantize"] = dict(steps[-1]["quantize"], outliers=choice.to_dict(), activation_scales=activation_scales)
+    meta["compression"] = steps
+    meta["notes"] = list(meta.get("notes") or []) + [f"{choice.note(scheme)}; {activation_scales} activation scales"]
+    return meta
+
+
+def _outlier_details(choice: OutlierChoice) -> dict[str, Any]:
+    return {"kept_float": list(choice.kept_float), "outlier_rule": choice.rule.describe() if choice.skipped is None else choice.skipped}
+
+
 @QUANTIZATION_SCHEMES.register("int8-dynamic", **QUANTIZATION_SCHEME_FACTS["int8-dynamic"])
 def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     model = float_torch_model(lm, "int8-dynamic")
+    choice = yield from detect_outliers(lm, model, int8_targets(model)[0], settings.outliers, cancel)
+    check_cancel(cancel)
     yield Progress("quantize", 0, 2, "quantizing linear layers to int8")
-    names, linearized = quantize_int8_dynamic(model)
+    names, linearized = quantize_int8_dynamic(model, choice.kept_float, settings.activation_scales)
     check_cancel(cancel)
     yield Progress("quantize", 1, 2, "writing the int8 model")
     engine = torch.backends.quantized.engine
-    meta = dict(meta, storage={"format": INT8_FORMAT, "file": INT8_FILE})
+    meta = with_outlier_choice(meta, choice, "int8-dynamic", settings.activation_scales)
+    meta["storage"] = {"format": INT8_FORMAT, "file": INT8_FILE}
     save_model_folder(lm, folder, meta, lambda f: save_int8_dynamic(model, f / INT8_FILE, linearized))
     yield Progress("quantize", 2, 2, "written")
-    return {"quantized_layers": len(names), "engine": engine}
+    return {"quantized_layers": len(names), "engine": engine, "activation_scales": settings.activation_scales, **_outlier_details(choice)}
 
 
 # -- ONNX Runtime ------------------------------------------------------------------------------
@@ -254,18 +336,62 @@ def _save_onnx_folder(lm: LanguageModel, folder: Path, meta: dict) -> None:
     write_meta(folder, meta)
 
 
+def onnx_weight_nodes(onnx_path: Path, weights: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """The MatMul/Gemm nodes of an exported graph that multiply by each given layer's weight,
+    found by the weight's values (the exporter stores W or its transpose), not by node names,
+    which differ between exporters."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {init.name: init for init in graph.initializer if len(init.dims) == 2}
+    wanted = {name: w.detach().to(torch.float32).numpy() for name, w in weights.items()}
+    found: dict[str, list[str]] = {name: [] for name in weights}
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        dims = tuple(inits[node.input[1]].dims)
+        candidates = [n for n, w in wanted.items() if dims in (w.shape, w.shape[::-1])]
+        if not candidates:
+            continue
+        array = numpy_helper.to_array(inits[node.input[1]])
+        for name in candidates:
+            w = wanted[name]
+            if (array.shape == w.shape and np.array_equal(array, w)) or (array.shape == w.T.shape and np.array_equal(array, w.T)):
+                found[name].append(node.name)
+    for name, nodes in found.items():
+        if not nodes or not all(nodes):
+            raise UserError(f"cannot keep {name} float: no named node of the exported ONNX graph multiplies by its weight")
+    return found
+
+
+def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: threading.Event | None) -> Job[tuple[OutlierChoice, dict[str, torch.Tensor]]]:
+    """The outlier choice for an ONNX int8 variant, and the weights of the layers kept float."""
+    if lm.backend != "pytorch" or settings.outliers.ratio is None:
+        skipped = None if lm.backend == "pytorch" else "outlier detection needs a PyTorch source"
+        return OutlierChoice(settings.outliers, (), skipped=skipped), {}
+    model = float_torch_model(lm, "onnx-int8")
+    choice = yield from detect_outliers(lm, model, int8_targets(model)[0], settings.outliers, cancel)
+    return choice, {name: model.get_submodule(name).weight for name in choice.kept_float}
+
+
 @QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     target = int8_cpu_config(platform.machine(), cpu_flags(settings.cpuinfo))
+    choice, kept_weights = yield from _onnx_outlier_choice(lm, settings, cancel)
+    check_cancel(cancel)
     yield Progress("quantize", 0, 3, "exporting to ONNX")
     export_dir = folder / ".export"
     onnx_path = _export_onnx(lm, export_dir)
     check_cancel(cancel)
     yield Progress("quantize", 1, 3, f"quantizing to int8 ({target} configuration)")
-    qconfig = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=True)
+    kept_nodes = onnx_weight_nodes(onnx_path, kept_weights) if kept_weights else {}
+    excluded = sorted({node for nodes in kept_nodes.values() for node in nodes})
+    qconfig = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=True, nodes_to_exclude=excluded)
     quantizer = ORTQuantizer.from_pretrained(str(onnx_path.parent), file_name=onnx_path.name)
     with contextlib.redirect_stdout(io.StringIO()), _quiet():
         quantizer.quantize(quantization_config=qconfig, save_dir=str(folder), file_suffix=None, use_external_data_format=_large(onnx_path))
@@ -275,9 +401,9 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
-    _save_onnx_folder(lm, folder, dict(meta, quantization="int8"))
+    _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8"), quantization="int8"))
     yield Progress("quantize", 3, 3, "written")
-    return {"cpu_config": target}
+    return {"cpu_config": target, **_outlier_details(choice), "kept_float_nodes": excluded}
 
 
 @QUANTIZATION_SCHEMES.register("onnx-int4", **QUANTIZATION_SCHEME_FACTS["onnx-int4"])
@@ -322,6 +448,8 @@ def quantize(
     folder through the common interface and measure its perplexity next to the source's."""
     started = time.perf_counter()
     entry = QUANTIZATION_SCHEMES.entry(scheme)
+    if settings.activation_scales not in ACTIVATION_SCALES:
+        raise UserError(f"activation scales must be one of {', '.join(ACTIVATION_SCALES)}, got {settings.activation_scales!r}")
     if scheme == "onnx-int4" and settings.block_size not in INT4_BLOCK_SIZES:
         raise UserError(f"block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, got {settings.block_size}")
     out = Path(out).expanduser()

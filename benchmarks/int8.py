@@ -1,0 +1,105 @@
+"""Perplexity and decode speed of the int8 variants next to their float baseline, in one run.
+
+    python benchmarks/int8.py                     # the default model; variants built into a work folder
+    python benchmarks/int8.py --schemes int8-dynamic --rounds 6
+
+Each int8 scheme is built with the product's quantize call (outlier rule and activation scales
+as shipped, or `--per-tensor` / `--no-outlier-rule` to see what they fix). Perplexity uses the
+product's held-out text and chunk length. Decode ms/token is timed in rounds that alternate the
+models (baseline, then each variant, then again), all at the same thread count, so shared load
+hits them alike; the ratio is baseline ms / variant ms. Targets: perplexity within +10% of the
+baseline and decode at least 1.8x the baseline's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audit.compress.outliers import OutlierRule  # noqa: E402
+from audit.compress.quantize import PER_TENSOR, PER_TOKEN, QuantizeSettings, quantize  # noqa: E402
+from audit.models.aliases import DEFAULT_ALIAS  # noqa: E402
+from audit.models.loader import LoadOptions, load_model  # noqa: E402
+from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity  # noqa: E402
+from audit.profile import benchmark_prompt_ids, timed_generation  # noqa: E402
+from audit.progress import drive  # noqa: E402
+
+PPL_TARGET_PCT = 10.0
+SPEED_TARGET = 1.8
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_ALIAS)
+    parser.add_argument("--schemes", nargs="+", default=["int8-dynamic", "onnx-int8"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/edge-audit-int8-bench"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--per-tensor", action="store_true", help="int8-dynamic with one activation scale per tensor")
+    parser.add_argument("--no-outlier-rule", action="store_true", help="quantize every linear layer")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    options = LoadOptions(threads=args.threads)
+    settings = QuantizeSettings(
+        outliers=OutlierRule(ratio=None) if args.no_outlier_rule else OutlierRule(),
+        activation_scales=PER_TENSOR if args.per_tensor else PER_TOKEN,
+    )
+    built: dict[str, dict] = {}
+    for scheme in args.schemes:
+        started = time.perf_counter()
+        out = args.work / scheme
+        built[scheme] = drive(quantize(args.model, scheme, out, force=True, options=options, settings=settings, measure_perplexity=False))
+        print(f"built {scheme} in {time.perf_counter() - started:.0f} s: kept float {built[scheme].get('kept_float')}", flush=True)
+
+    names = ["baseline", *args.schemes]
+    models = {"baseline": drive(load_model(args.model, options))}
+    for scheme in args.schemes:
+        models[scheme] = drive(load_model(str(args.work / scheme), options))
+    for name, model in models.items():
+        notes = [n for n in model.facts().notes if "int8" in n]
+        print(f"{name}: backend {model.backend}, quantization {model.facts().quantization}; {notes[-1] if notes else ''}", flush=True)
+
+    ppl = {}
+    for name in names:
+        result = drive(perplexity(models[name], chunk_tokens=DEFAULT_CHUNK_TOKENS))
+        ppl[name] = result
+        print(f"perplexity {name}: {result.perplexity:.3f} over {result.n_tokens} tokens ({result.seconds:.1f} s)", flush=True)
+
+    prompt = {name: benchmark_prompt_ids(models[name], args.prompt_tokens) for name in names}
+    for name in names:  # warm-up
+        timed_generation(models[name], prompt[name], args.new_tokens)
+    steps: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            timing = timed_generation(models[name], prompt[name], args.new_tokens)
+            steps[name].extend(1000 * d for d in timing.decode_step_s)
+    decode = {name: statistics.median(values) for name, values in steps.items()}
+
+    base_ppl, base_ms = ppl["baseline"].perplexity, decode["baseline"]
+    print()
+    print(f"model {args.model}, {args.threads} threads, {args.rounds} alternating rounds of {args.new_tokens} new tokens after {args.prompt_tokens} prompt tokens")
+    print(f"activation scales (int8-dynamic): {settings.activation_scales}; outlier rule: {settings.outliers.describe()}")
+    print(f"{'variant':14s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
+    for name in names:
+        delta = 100.0 * (ppl[name].perplexity / base_ppl - 1.0)
+        ratio = base_ms / decode[name]
+        verdict = "" if name == "baseline" else (
+            f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}"
+        )
+        print(f"{name:14s} {ppl[name].perplexity:10.3f} {delta:+8.1f} {decode[name]:18.2f} {ratio:8.2f}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

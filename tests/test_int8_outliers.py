@@ -1,0 +1,141 @@
+"""Outlier-aware int8: the input-range statistic, detection of a planted outlier layer, the
+layer kept float in both int8 schemes, per-token activation scales, and the facts naming it."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from audit.compress.outliers import InputRange, OutlierRule, detect_outliers, input_range, outlier_layers
+from audit.compress.quantize import (
+    PER_TENSOR,
+    QuantizeSettings,
+    int8_targets,
+    onnx_weight_nodes,
+    quantize,
+    quantize_int8_dynamic,
+    use_per_token_scales,
+)
+from audit.errors import UserError
+from audit.models import load_model
+from audit.progress import drive
+from tests.tiny import make_tiny_model
+
+PLANTED = "model.layers.0.mlp.down_proj"
+RULE = OutlierRule(ratio=32.0, nsamples=2, seqlen=64)
+TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A tiny llama whose first MLP's down projection gets one input channel 1000 times the rest:
+    up_proj's row 5 scaled, so that channel of every token is huge."""
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("planted") / "llama", "llama")
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[5] *= 1000.0
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "t.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_input_range_is_max_over_lower_median_channel():
+    r = input_range("x", torch.tensor([1.0, 2.0, 3.0, 100.0]))
+    # max 100 in channel 3; lower median of (1, 2, 3, 100) is 2.
+    assert (r.max_abs, r.channel, r.typical_abs, r.ratio) == (100.0, 3, 2.0, 50.0)
+    assert outlier_layers([r], 49.0) == ["x"] and outlier_layers([r], 50.0) == []
+    assert input_range("z", torch.zeros(3)).ratio == 1.0
+    assert math.isinf(InputRange("s", 4.0, 0, 0.0).ratio)
+    with pytest.raises(UserError):
+        OutlierRule(ratio=0.5)
+
+
+def test_planted_outlier_is_detected_and_only_it(planted):
+    lm = drive(load_model(str(planted)))
+    names = int8_targets(lm.model)[0]
+    choice = drive(detect_outliers(lm, lm.model, names, RULE))
+    ratios = {r.name: r.ratio for r in choice.ranges}
+    assert choice.kept_float == (PLANTED,)
+    assert ratios[PLANTED] > 100 and max(v for k, v in ratios.items() if k != PLANTED) < RULE.ratio
+    again = drive(detect_outliers(lm, lm.model, names, RULE))
+    assert again.to_dict() == choice.to_dict()  # deterministic
+    assert not any(h for m in lm.model.modules() for h in m._forward_pre_hooks.values())  # hooks removed
+
+
+def test_per_token_scales_match_hand_computation_and_beat_per_tensor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    reference = nn.Linear(16, 8)
+    reference.load_state_dict(model[0].state_dict())
+    quantize_int8_dynamic(model)
+    layer = use_per_token_scales(model[0])
+    x = torch.randn(3, 16)
+    x[0, 2] = 500.0  # one token with a huge value
+    weight = layer.weight()
+    w = weight.int_repr().to(torch.float64) * weight.q_per_channel_scales().to(torch.float64)[:, None]
+    scale = x.abs().amax(-1, keepdim=True).to(torch.float64) / 127
+    q = torch.round(x.to(torch.float64) / scale).clamp(-127, 127)
+    expected = (q * scale) @ w.t() + layer.bias().to(torch.float64)
+    got = layer(x)
+    assert torch.allclose(got.to(torch.float64), expected, rtol=1e-5, atol=1e-4)
+    # The small tokens keep their precision per token; one scale per tensor crushes them.
+    per_tensor = nn.Sequential(nn.Linear(16, 8))
+    per_tensor.load_state_dict({"0." + k: v for k, v in reference.state_dict().items()})
+    quantize_int8_dynamic(per_tensor, activation_scales=PER_TENSOR)
+    exact = reference(x)
+    err_token = (got[1:] - exact[1:]).abs().max()
+    err_tensor = (per_tensor(x)[1:] - exact[1:]).abs().max()
+    assert err_token * 10 < err_tensor
+
+
+def test_int8_dynamic_keeps_the_outlier_float_and_says_so(planted, tmp_path, text_file):
+    out = tmp_path / "q"
+    result = drive(quantize(str(planted), "int8-dynamic", out, text=text_file, chunk_tokens=64, settings=QuantizeSettings(outliers=RULE)))
+    assert result["kept_float"] == [PLANTED] and result["activation_scales"] == "per-token"
+    variant = drive(load_model(str(out)))
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    assert type(variant.model.get_submodule(PLANTED)) is nn.Linear
+    quantized = [m for m in variant.model.modules() if isinstance(m, DynamicLinear)]
+    assert len(quantized) == 2 * 7 - 1  # every linear layer of both blocks but the planted one
+    assert all(getattr(m, "activation_scales", None) == "per-token" for m in quantized)
+    notes = [n for n in variant.facts().notes if n.startswith("int8-dynamic:")]
+    assert notes and "int8 except 1 outlier layer kept float: " + PLANTED in notes[0] and "per-token" in notes[0]
+    assert "32" in notes[0]  # the rule's threshold is named
+    assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.05)
+    # Per tensor, on request: stored and reloaded as PyTorch's own layers.
+    drive(quantize(str(planted), "int8-dynamic", tmp_path / "t", text=text_file, chunk_tokens=64,
+                   settings=QuantizeSettings(outliers=RULE, activation_scales=PER_TENSOR), measure_perplexity=False))
+    plain = drive(load_model(str(tmp_path / "t")))
+    assert all(not hasattr(m, "activation_scales") for m in plain.model.modules() if isinstance(m, DynamicLinear))
+
+
+def test_onnx_int8_excludes_the_outlier_node(planted, tmp_path, text_file):
+    import onnx
+
+    out = tmp_path / "o"
+    result = drive(quantize(str(planted), "onnx-int8", out, text=text_file, chunk_tokens=64, settings=QuantizeSettings(outliers=RULE)))
+    assert result["kept_float"] == [PLANTED] and len(result["kept_float_nodes"]) == 1
+    graph = onnx.load(str(out / "model.onnx")).graph
+    by_name = {node.name: node for node in graph.node}
+    kept = by_name[result["kept_float_nodes"][0]]
+    assert kept.op_type == "MatMul"  # still the float product
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)
+    # The node found by weight values is the planted layer's: its weight is that layer's, transposed.
+    from transformers import AutoModelForCausalLM
+
+    source = AutoModelForCausalLM.from_pretrained(str(planted))
+    variant = drive(load_model(str(out)))
+    assert any(PLANTED in n and "onnx-int8" in n for n in variant.facts().notes)
+    with pytest.raises(UserError):
+        onnx_weight_nodes(out / "model.onnx", {"missing": torch.ones(3, 7)})
+    assert source.get_submodule(PLANTED).weight.shape[1] == 128
