@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any, MutableMapping
 
 # How idle OpenMP threads wait. GNU OpenMP (the one PyTorch ships on Linux) spins for
-# GOMP_SPINCOUNT iterations before it sleeps, 300,000 by default: about a millisecond, long
-# enough to hold a core through a whole decode step another process needs. A short spin still
+# GOMP_SPINCOUNT iterations before it sleeps, 300,000 by default: long enough to hold a core
+# through the gaps of a whole decode step while another process needs it. A short spin still
 # bridges the microseconds between one operation and the next on an idle device; a thread whose
-# partner has lost its core goes to sleep at once. Chosen by benchmarks/contention.py.
-WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "10000"}
+# partner has lost its core soon sleeps. Measured by benchmarks/contention.py (2 cores, decode at
+# 2 threads beside one busy process, ms/token): spin 300,000: 131-148; 30,000: 99; 10,000: 70-72;
+# 3,000: 64-66; none (OMP_WAIT_POLICY=PASSIVE): 52-57; on the idle device all within 10%.
+WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "3000"}
 # Any of these set by the user means they chose how threads wait: leave it alone.
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # Inference libraries that read the wait environment when they load.

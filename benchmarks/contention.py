@@ -5,6 +5,7 @@ process, in one run: what the default settings lose on a busy device, and what t
     python benchmarks/contention.py                      # 1 competing process
     python benchmarks/contention.py --competitor torch   # a competitor that computes with threads itself, as a prune does
     python benchmarks/contention.py --competitors 2 --probe-limit 8
+    python benchmarks/contention.py --only profile --wait-sweep   # how idle threads should wait
 
 Each case is `edge-audit profile --json` or `edge-audit probe --json` in a fresh process, so the
 wait environment applies as it does for a user. "default" is what a user gets: no --threads
@@ -38,12 +39,17 @@ COMPETITORS = {
 TARGET = 1.5
 
 
-def settings(cores: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def settings(cores: int, wait_sweep: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Each setting's extra command-line arguments and environment."""
-    return {
+    chosen = {
         "default": ([], {}),
         "all cores, long spin": (["--threads", str(cores)], {"GOMP_SPINCOUNT": "300000"}),
     }
+    if wait_sweep:  # every core, each way an idle thread can wait
+        for spins in ("30000", "10000", "3000"):
+            chosen[f"all cores, spin {spins}"] = (["--threads", str(cores)], {"GOMP_SPINCOUNT": spins})
+        chosen["all cores, passive"] = (["--threads", str(cores)], {"OMP_WAIT_POLICY": "PASSIVE"})
+    return chosen
 
 
 def run_cli(args: list[str], env_extra: dict[str, str]) -> dict:
@@ -85,11 +91,12 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens per profile run (default 16)")
     parser.add_argument("--probe-limit", type=int, default=8, help="built-in probe items per category (default 8)")
     parser.add_argument("--only", choices=("profile", "probe"), help="measure one of the two")
+    parser.add_argument("--wait-sweep", action="store_true", help="also every core under shorter spins and a passive wait")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
 
     rows = []
-    for name, (extra, env) in settings(cores).items():
+    for name, (extra, env) in settings(cores, args.wait_sweep).items():
         if args.only != "probe":
             idle, idle_threads = decode_ms(extra, env, args)
             busy, busy_threads = with_competitors(args.competitor, args.competitors, lambda: decode_ms(extra, env, args))
