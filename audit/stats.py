@@ -105,10 +105,15 @@ def lower_rows(x: np.ndarray, alpha: float) -> np.ndarray:
 
     Each round evaluates the wealth at _POINTS candidates inside every row's bracket at once
     and keeps the gap between the last candidate rejected and the first one kept."""
-    rows = x.shape[0]
     if x.shape[1] == 0:
-        return np.zeros(rows)
-    stakes = _stakes(x, alpha)
+        return np.zeros(x.shape[0])
+    return _bracket_lower(x, _stakes(x, alpha), alpha)
+
+
+def _bracket_lower(x: np.ndarray, stakes: np.ndarray, alpha: float) -> np.ndarray:
+    """The smallest mean each row's wealth, betting with `stakes`, does not reject at level
+    alpha, searched in rounds that narrow a bracket around it."""
+    rows = x.shape[0]
     threshold = math.log(1.0 / alpha)
     at_zero = _log_wealth_up(x, stakes, np.zeros((rows, 1)))[:, 0] >= threshold
     rejected, kept = np.zeros(rows), x.max(axis=1)  # at the largest value the wealth cannot grow
@@ -290,24 +295,9 @@ def anytime_stakes(x: np.ndarray, alpha: float) -> np.ndarray:
 def anytime_lower_rows(x: np.ndarray, alpha: float) -> np.ndarray:
     """Lower bounds (level 1 - alpha, valid at every prefix length at once) for the mean of each
     row of values in [0, 1]; the same bracket search as `lower_rows`, with `anytime_stakes`."""
-    rows = x.shape[0]
     if x.shape[1] == 0:
-        return np.zeros(rows)
-    stakes = anytime_stakes(x, alpha)
-    threshold = math.log(1.0 / alpha)
-    at_zero = _log_wealth_up(x, stakes, np.zeros((rows, 1)))[:, 0] >= threshold
-    rejected, kept = np.zeros(rows), x.max(axis=1)
-    steps = np.arange(1, _POINTS + 1) / (_POINTS + 1)
-    index = np.arange(rows)
-    for _ in range(_ROUNDS):
-        candidates = rejected[:, None] + (kept - rejected)[:, None] * steps[None, :]
-        shown = _log_wealth_up(x, stakes, candidates) >= threshold
-        count = shown.sum(axis=1)
-        last_rejected = candidates[index, np.maximum(count - 1, 0)]
-        first_kept = candidates[index, np.minimum(count, _POINTS - 1)]
-        rejected = np.where(count > 0, last_rejected, rejected)
-        kept = np.where(count < _POINTS, first_kept, kept)
-    return np.where(at_zero, rejected, 0.0)
+        return np.zeros(x.shape[0])
+    return _bracket_lower(x, anytime_stakes(x, alpha), alpha)
 
 
 def anytime_upper_rows(x: np.ndarray, alpha: float) -> np.ndarray:
