@@ -170,15 +170,18 @@ def mean_bounds(values: Any, low: float, high: float, confidence: float, weights
     return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)
 
 
-def _contrast_shown(num: np.ndarray, den: np.ndarray, thetas: np.ndarray, alpha: float, above: bool) -> np.ndarray:
+def _contrast_shown(
+    num: np.ndarray, den: np.ndarray, thetas: np.ndarray, alpha: float, above: bool, stakes: Any = _stakes
+) -> np.ndarray:
     """For each theta, whether the mean of (num - theta * den) is shown above 0 (`above`) or
-    below 0. Per-item num and den lie in [0, 1], so the contrast lies in [-theta, 1] for
-    theta >= 0; rescaled to [0, 1], 0 lands at theta / (1 + theta), which is tested directly."""
+    below 0, betting with `stakes`. Per-item num and den lie in [0, 1], so the
+    contrast lies in [-theta, 1] for theta >= 0; rescaled to [0, 1], 0 lands at
+    theta / (1 + theta), which is tested directly."""
     width = 1.0 + thetas
     zero = thetas / width
     units = np.clip((num[None, :] - thetas[:, None] * den[None, :] + thetas[:, None]) / width[:, None], 0.0, 1.0)
     x, m = (units, zero) if above else (1.0 - units, 1.0 - zero)
-    wealth = _log_wealth_up(x, _stakes(x, alpha), m[:, None])[:, 0]
+    wealth = _log_wealth_up(x, stakes(x, alpha), m[:, None])[:, 0]
     return (wealth >= math.log(1.0 / alpha)) & (m < 1.0)
 
 
@@ -214,13 +217,19 @@ def ratio_bounds(num: Any, den: Any, confidence: float, weights: Any = None, *, 
         # Weights scale numerator and denominator alike: kept in [0, 1] by the largest.
         w = np.asarray(weights, dtype=float)
         a, b = a * w / w.max(), b * w / w.max()
+    return _ratio_edges(a, b, alpha, confidence, limit)
+
+
+def _ratio_edges(a: np.ndarray, b: np.ndarray, alpha: float, confidence: float, limit: float, stakes: Any = _stakes) -> Bounds:
+    """The bounds on mean(a) / mean(b): the edges of the thetas whose contrast a - theta * b is
+    not shown on the wrong side, betting with `stakes` (see `_contrast_shown`)."""
     value = None if b.sum() == 0 else float(a.sum() / b.sum())
 
     def below(thetas: np.ndarray) -> np.ndarray:  # shown: R < theta
-        return _contrast_shown(a, b, thetas, alpha, above=False)
+        return _contrast_shown(a, b, thetas, alpha, above=False, stakes=stakes)
 
     def not_above(thetas: np.ndarray) -> np.ndarray:  # not shown: R > theta
-        return ~_contrast_shown(a, b, thetas, alpha, above=True)
+        return ~_contrast_shown(a, b, thetas, alpha, above=True, stakes=stakes)
 
     ends = np.array([0.0, limit])
     upper = _edge(below, 0.0, limit)[1] if below(ends)[1] else math.inf
@@ -319,16 +328,6 @@ def anytime_mean_bounds(values: Any, low: float, high: float, confidence: float)
     return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)
 
 
-def _anytime_contrast_shown(num: np.ndarray, den: np.ndarray, thetas: np.ndarray, alpha: float, above: bool) -> np.ndarray:
-    """`_contrast_shown` with stakes that do not depend on how many items will come."""
-    width = 1.0 + thetas
-    zero = thetas / width
-    units = np.clip((num[None, :] - thetas[:, None] * den[None, :] + thetas[:, None]) / width[:, None], 0.0, 1.0)
-    x, m = (units, zero) if above else (1.0 - units, 1.0 - zero)
-    wealth = _log_wealth_up(x, anytime_stakes(x, alpha), m[:, None])[:, 0]
-    return (wealth >= math.log(1.0 / alpha)) & (m < 1.0)
-
-
 def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit: float = 1e6) -> Bounds:
     """Bounds for mean(num) / mean(den), num and den in [0, 1] paired item by item, valid at every
     prefix length: R <= theta exactly when the mean of num - theta * den is <= 0, and theta is
@@ -339,17 +338,4 @@ def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit:
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size == 0:
         return Bounds(None, 0.0, math.inf, 0, confidence)
-    value = None if b.sum() == 0 else float(a.sum() / b.sum())
-
-    def below(thetas: np.ndarray) -> np.ndarray:
-        return _anytime_contrast_shown(a, b, thetas, alpha, above=False)
-
-    def not_above(thetas: np.ndarray) -> np.ndarray:
-        return ~_anytime_contrast_shown(a, b, thetas, alpha, above=True)
-
-    ends = np.array([0.0, limit])
-    upper = _edge(below, 0.0, limit)[1] if below(ends)[1] else math.inf
-    lower = _edge(not_above, 0.0, limit)[0] if not not_above(ends)[0] else 0.0
-    if value is not None:
-        lower, upper = min(lower, value), max(upper, value)
-    return Bounds(value, lower, upper, int(a.size), confidence)
+    return _ratio_edges(a, b, alpha, confidence, limit, stakes=anytime_stakes)
