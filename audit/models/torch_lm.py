@@ -483,12 +483,27 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 results[index] = scores
         return results
 
+    def _forward_packed(
+        self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, keep: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, int]]:
+        """One forward of packed rows, token i of a row seeing token j where `allowed[row, i, j]`,
+        with the logits of the positions in `keep` only where the model can leave out the rest;
+        returns the logits and each kept position's column in them."""
+        dtype = next(self.model.parameters()).dtype
+        width = ids.shape[1]
+        mask = torch.zeros(ids.shape[0], 1, width, width, dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+        if self._keeps_logits and len(keep) < width:
+            kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
+            return self.model(**kwargs).logits, {p: j for j, p in enumerate(keep)}
+        return self.model(**kwargs).logits, {p: p for p in keep}
+
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
         """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
         rows = tree_rows(requests, indices)
         results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
-        dtype = next(self.model.parameters()).dtype
         for batch in batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS):
             width = max(len(rows[b].tokens) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -503,16 +518,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 for node, parent in enumerate(row.parents):
                     if parent >= 0:  # a parent always comes before its children
                         seen[node, :parent + 1] = seen[parent, :parent + 1]
-            mask = torch.zeros(len(batch), 1, width, width, dtype=dtype)
-            mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
             keep = sorted({node for b in batch for _, _, node, _ in rows[b].scored})
-            if self._keeps_logits and len(keep) < width:
-                kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-                column = {p: j for j, p in enumerate(keep)}
-            else:
-                column = {p: p for p in keep}
-            logits = self.model(**kwargs).logits
+            logits, column = self._forward_packed(ids, positions, allowed, keep)
             owners: dict[tuple[int, int], int] = {}
             at_row, at_column, targets, owner = [], [], [], []
             for r, b in enumerate(batch):
@@ -542,7 +549,6 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     def _score_shared_contexts(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         rows = share_prefixes(requests)
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-        dtype = next(self.model.parameters()).dtype
         for batch in batches_by_tokens([row.length for row in rows], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
             width = max(rows[i].length for i in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -585,16 +591,9 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             allowed &= (o_i != PAD_OWNER) & (o_j != PAD_OWNER)
             allowed &= torch.ones(width, width, dtype=torch.bool).tril()
             allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
-            mask = torch.zeros(len(batch), 1, width, width, dtype=dtype)
-            mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
             keep = sorted({p for per_row in wanted for _, _, pos, _ in per_row for p in pos})
-            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
-            if self._keeps_logits:
-                kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-                column = {p: j for j, p in enumerate(keep)}
-            else:
-                column = {p: p for p in keep}
-            logits = self.model(**kwargs).logits.float()
+            logits, column = self._forward_packed(ids, positions, allowed, keep)
+            logits = logits.float()
             for r, per_row in enumerate(wanted):
                 for index, k, pos, targets in per_row:
                     cols = torch.tensor([column[p] for p in pos])
