@@ -52,7 +52,7 @@ def test_blocks_are_found_and_replaying_them_reproduces_the_model(models, arch):
     for i in range(len(ids)):
         assert torch.equal(inputs.hidden[i][0], hidden[0][i])
         assert torch.equal(outputs[i][0], hidden[1][i])
-    second = BlockInputs(outputs, inputs.args, inputs.kwargs)
+    second = BlockInputs(torch.stack(outputs), inputs.args, inputs.kwargs)
     assert run_block(blocks[1], second, 0).shape == outputs[0].shape
 
 

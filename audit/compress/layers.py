@@ -107,9 +107,9 @@ class BlockInputs:
 
     `hidden` is one tensor of shape (samples, *one sample's shape), allocated once: each sample's
     block output is written over its input (`advance`), so one set of activations is held for
-    the whole walk and no copy of it is ever made. A list of per-sample tensors also works."""
+    the whole walk and no copy of it is ever made."""
 
-    hidden: torch.Tensor | list[torch.Tensor]
+    hidden: torch.Tensor
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
