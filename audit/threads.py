@@ -32,8 +32,6 @@ from typing import Any, MutableMapping
 WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "3000"}
 # Any of these set by the user means they chose how threads wait: leave it alone.
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-# Inference libraries that read the wait environment when they load.
-_INFERENCE_MODULES = ("torch", "onnxruntime")
 
 
 def prepare_wait_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -44,11 +42,6 @@ def prepare_wait_environment(environ: MutableMapping[str, str] | None = None) ->
         return {}
     environ.update(WAIT_ENVIRONMENT)
     return dict(WAIT_ENVIRONMENT)
-
-
-def inference_libraries_loaded() -> list[str]:
-    """The inference libraries already imported (too late for them to read the environment)."""
-    return [name for name in _INFERENCE_MODULES if name in sys.modules]
 
 
 @dataclass(frozen=True)
