@@ -2,7 +2,9 @@
 
 import copy
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +14,6 @@ from audit.compress.quantize import (
     INT8_FILE,
     QUANTIZATION_SCHEMES,
     QuantizeSettings,
-    cpu_flags,
-    int8_cpu_config,
     quantize,
     quantize_int8_dynamic,
 )
@@ -62,8 +62,18 @@ def test_int8_dynamic_reloads_exactly_and_scores(tiny_model_factory, tmp_path, t
 
 
 def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
-    result = run(tiny_llama, "onnx-int8", tmp_path / "q", text_file)
-    assert result["backend"] == "onnxruntime" and result["cpu_config"] in {"arm64", "avx2", "avx512", "avx512_vnni"}
+    import onnx
+
+    result = run(tiny_llama, "onnx-int8", tmp_path / "q", text_file, settings=QuantizeSettings(block_size=16))
+    assert result["backend"] == "onnxruntime" and result["block_size"] == 16
+    assert result["activation_scales"] == "per-token (in blocks of 16 channels)"
+    graph = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False)
+    nbits = [{a.name: a.i for a in n.attribute} for n in graph.graph.node if n.op_type == "MatMulNBits"]
+    # Every linear layer of the blocks (7 per block, 2 blocks); the tied output head multiplies by
+    # the embedding's transpose, not a constant, and stays float.
+    assert len(nbits) == 14 and not [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear")]
+    assert all(a["bits"] == 8 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in nbits)
+    assert "per-token (in blocks of 16 channels) activation scales" in drive(load_model(str(tmp_path / "q"))).facts().notes[-1]
     variant = drive(load_model(str(tmp_path / "q")))
     assert variant.backend == "onnxruntime" and variant.facts().quantization == "int8"
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.1)
@@ -103,8 +113,9 @@ def test_bad_quantize_input_is_one_line(tiny_llama, tmp_path, capsys):
     code = main(["quantize", "--model", str(tiny_llama), "--scheme", "int3", "--out", str(tmp_path / "q")])
     err = capsys.readouterr().err
     assert code == 2 and "unknown quantization scheme 'int3'; known: int8-dynamic, onnx-int4, onnx-int8" in err
-    code = main(["quantize", "--model", str(tiny_llama), "--scheme", "onnx-int4", "--block-size", "24", "--out", str(tmp_path / "q")])
-    assert code == 2 and "block size must be one of 16, 32, 64, 128, 256" in capsys.readouterr().err
+    for scheme in ("onnx-int4", "onnx-int8"):
+        code = main(["quantize", "--model", str(tiny_llama), "--scheme", scheme, "--block-size", "24", "--out", str(tmp_path / "q")])
+        assert code == 2 and "block size must be one of 16, 32, 64, 128, 256" in capsys.readouterr().err
     (tmp_path / "q").mkdir()
     code = main(["quantize", "--model", str(tiny_llama), "--scheme", "int8-dynamic", "--out", str(tmp_path / "q")])
     assert code == 2 and "already exists" in capsys.readouterr().err
@@ -118,21 +129,43 @@ def test_quantizing_twice_is_refused(tiny_llama, tmp_path, text_file, capsys):
         assert not (tmp_path / scheme).exists()
 
 
-def test_int8_config_follows_the_cpu(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\nprocessor\t: 1\n")
-    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512f", "avx512_vnni"}
-    assert int8_cpu_config("x86_64", cpu_flags(cpuinfo)) == "avx512_vnni"
-    assert int8_cpu_config("x86_64", {"avx2", "avx512f"}) == "avx512"
-    assert int8_cpu_config("x86_64", {"avx2"}) == "avx2"
-    assert int8_cpu_config("aarch64", {"asimd"}) == "arm64"
-    pi = tmp_path / "pi"
-    pi.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n")
-    assert "asimd" in cpu_flags(pi)
-    assert cpu_flags(tmp_path / "missing") == set()
-
-
 def test_registry():
     assert QUANTIZATION_SCHEMES.names() == ["int8-dynamic", "onnx-int8", "onnx-int4"]
     assert {e.meta["backend"] for e in QUANTIZATION_SCHEMES} == {"pytorch", "onnxruntime"}
     assert INT8_FILE.endswith(".safetensors") and INT8_FILE != "model.safetensors"
+
+
+def _nbits_graph(tmp_path, bits: int, weight: np.ndarray, zero_points: np.ndarray | None = None) -> Path:
+    """A one-node graph: MatMulNBits with K=3, N=2, blocks of 2 (so one padding value per row)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inputs = ["a", "w", "s"] + (["zp"] if zero_points is not None else [])
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones((2, 2), np.float32), "s")]
+    if zero_points is not None:
+        inits.append(numpy_helper.from_array(zero_points, "zp"))
+    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=3, N=2, bits=bits, block_size=2)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])], inits,
+    )
+    path = tmp_path / f"nbits{bits}.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_block_quantized_weights_are_labelled_and_their_zeros_counted(tmp_path):
+    from audit.models.onnx_lm import onnx_weight_facts
+
+    # Row 0: 128, 5 | 128, pad; row 1: 7, 128 | 9, pad. Symmetric: 128 dequantizes to zero. The
+    # padding (given as 128 here) is not a weight: 3 zeros of 6.
+    weight = np.array([[[128, 5], [128, 128]], [[7, 128], [9, 128]]], dtype=np.uint8)
+    facts = onnx_weight_facts(_nbits_graph(tmp_path, 8, weight))
+    assert facts == {"parameters": 6 + 4, "weight_sparsity": 0.5, "quantization": "int8"}
+    # With zero points per block (row 0: 5 then 0; row 1: 7 then 9): 5 | none; 7 | 9: 3 of 6.
+    zero_points = np.array([[5, 0], [7, 9]], dtype=np.uint8)
+    assert onnx_weight_facts(_nbits_graph(tmp_path, 8, weight, zero_points))["weight_sparsity"] == 0.5
+    zero_points = np.array([[128, 128], [128, 128]], dtype=np.uint8)
+    assert onnx_weight_facts(_nbits_graph(tmp_path, 8, weight, zero_points))["weight_sparsity"] == 0.5
+    four = onnx_weight_facts(_nbits_graph(tmp_path, 4, np.zeros((2, 2, 1), np.uint8)))
+    assert four["quantization"] == "int4-weight-only" and four["weight_sparsity"] is None

@@ -1,4 +1,4 @@
-"""Quantization schemes: PyTorch dynamic int8, ONNX Runtime dynamic int8, ONNX Runtime 4-bit weights."""
+"""Quantization schemes: PyTorch dynamic int8, ONNX Runtime int8 (weights and activations in blocks), ONNX Runtime 4-bit weights."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import functools
 import io
 import json
 import logging
-import platform
 import shutil
 import threading
 import time
@@ -44,8 +43,7 @@ ACTIVATION_SCALES = (PER_TOKEN, PER_TENSOR)
 
 @dataclass(frozen=True)
 class QuantizeSettings:
-    block_size: int = DEFAULT_INT4_BLOCK_SIZE  # onnx-int4: weights per quantization block
-    cpuinfo: Path = Path("/proc/cpuinfo")  # injectable for tests of the x86 config choice
+    block_size: int = DEFAULT_INT4_BLOCK_SIZE  # onnx-int4, onnx-int8: weights per quantization block
     outliers: OutlierRule = OutlierRule()  # int8 schemes: which linear layers stay float
     activation_scales: str = PER_TOKEN  # int8-dynamic: one activation scale per token, or per tensor
 
@@ -282,26 +280,13 @@ def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, me
 
 
 # -- ONNX Runtime ------------------------------------------------------------------------------
-def cpu_flags(cpuinfo: Path) -> set[str]:
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def int8_cpu_config(machine: str, flags: set[str]) -> str:
-    """Which ONNX Runtime int8 configuration fits this CPU."""
-    machine = machine.lower()
-    if machine in {"aarch64", "arm64"} or machine.startswith("armv8"):
-        return "arm64"
-    if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"  # also what ONNX Runtime's generic x86 kernels run
+# onnx-int8 runs ONNX Runtime's block-quantized MatMul at its int8 accuracy level: weights in
+# symmetric int8 with one scale per block of input channels, and each token's activations
+# quantized to int8 at run time with one scale per block of the same channels. A per-tensor
+# activation scale (ONNX Runtime's dynamic int8) lets one outlier token flatten every other
+# token of the window to a few levels: +82% perplexity on the default model, against about +1%
+# here, at the same decode speed.
+INT8_ACCURACY_LEVEL = 4  # MatMulNBits: compute with int8 activations
 
 
 def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
@@ -323,6 +308,25 @@ def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
 
 def _large(path: Path) -> bool:
     return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file()) > 1800 * MB
+
+
+def _quantize_matmuls(
+    onnx_path: Path, folder: Path, *, bits: int, block_size: int, symmetric: bool,
+    accuracy_level: int | None = None, exclude: Sequence[str] = (),
+) -> None:
+    """Write `folder`/model.onnx: the graph at `onnx_path` with every MatMul by a constant weight
+    (but the nodes in `exclude`) replaced by ONNX Runtime's block-quantized MatMulNBits."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    graph = onnx.load(str(onnx_path))
+    quantizer = MatMulNBitsQuantizer(
+        graph, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
+        nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",),
+    )
+    with contextlib.redirect_stdout(io.StringIO()), _quiet():
+        quantizer.process()
+    quantizer.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=_large(onnx_path))
 
 
 def _save_onnx_folder(lm: LanguageModel, folder: Path, meta: dict) -> None:
@@ -378,50 +382,33 @@ def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: 
 
 @QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    target = int8_cpu_config(platform.machine(), cpu_flags(settings.cpuinfo))
     choice, kept_weights = yield from _onnx_outlier_choice(lm, settings, cancel)
     check_cancel(cancel)
     yield Progress("quantize", 0, 3, "exporting to ONNX")
     export_dir = folder / ".export"
     onnx_path = _export_onnx(lm, export_dir)
     check_cancel(cancel)
-    yield Progress("quantize", 1, 3, f"quantizing to int8 ({target} configuration)")
+    yield Progress("quantize", 1, 3, f"quantizing to int8 (blocks of {settings.block_size})")
     kept_nodes = onnx_weight_nodes(onnx_path, kept_weights) if kept_weights else {}
     excluded = sorted({node for nodes in kept_nodes.values() for node in nodes})
-    qconfig = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=True, nodes_to_exclude=excluded)
-    quantizer = ORTQuantizer.from_pretrained(str(onnx_path.parent), file_name=onnx_path.name)
-    with contextlib.redirect_stdout(io.StringIO()), _quiet():
-        quantizer.quantize(quantization_config=qconfig, save_dir=str(folder), file_suffix=None, use_external_data_format=_large(onnx_path))
-    produced = folder / f"{onnx_path.stem}.onnx"
-    if produced.name != "model.onnx":
-        produced.rename(folder / "model.onnx")
+    _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL, exclude=excluded)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
-    _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8"), quantization="int8"))
+    scales = f"{PER_TOKEN} (in blocks of {settings.block_size} channels)"
+    _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8", scales), quantization="int8"))
     yield Progress("quantize", 3, 3, "written")
-    return {"cpu_config": target, **_outlier_details(choice), "kept_float_nodes": excluded}
+    return {"block_size": settings.block_size, "activation_scales": scales, **_outlier_details(choice), "kept_float_nodes": excluded}
 
 
 @QUANTIZATION_SCHEMES.register("onnx-int4", **QUANTIZATION_SCHEME_FACTS["onnx-int4"])
 def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     yield Progress("quantize", 0, 3, "exporting to ONNX")
     export_dir = folder / ".export"
     onnx_path = _export_onnx(lm, export_dir)
     check_cancel(cancel)
     yield Progress("quantize", 1, 3, f"quantizing weights to 4 bits (blocks of {settings.block_size})")
-    graph = onnx.load(str(onnx_path))
-    quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=settings.block_size, is_symmetric=False, op_types_to_quantize=("MatMul",))
-    with contextlib.redirect_stdout(io.StringIO()), _quiet():
-        quantizer.process()
-    quantizer.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=_large(onnx_path))
-    del graph, quantizer
+    _quantize_matmuls(onnx_path, folder, bits=4, block_size=settings.block_size, symmetric=False)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
@@ -450,7 +437,7 @@ def quantize(
     entry = QUANTIZATION_SCHEMES.entry(scheme)
     if settings.activation_scales not in ACTIVATION_SCALES:
         raise UserError(f"activation scales must be one of {', '.join(ACTIVATION_SCALES)}, got {settings.activation_scales!r}")
-    if scheme == "onnx-int4" and settings.block_size not in INT4_BLOCK_SIZES:
+    if scheme in ("onnx-int4", "onnx-int8") and settings.block_size not in INT4_BLOCK_SIZES:
         raise UserError(f"block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, got {settings.block_size}")
     out = Path(out).expanduser()
     check_output_target(model_spec, out, force=force, options=options)

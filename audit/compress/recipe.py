@@ -52,7 +52,7 @@ QUANTIZATION_SCHEME_FACTS: dict[str, dict[str, Any]] = {
     },
     "onnx-int8": {
         "backend": "onnxruntime", "bits": 8,
-        "description": "optimum ONNX export, then ONNX Runtime dynamic int8 (arm64 or avx2/avx512 config for this CPU)",
+        "description": "optimum ONNX export, then ONNX Runtime int8 MatMulNBits: weights and each token's activations in int8 with one scale per block (block size option)",
     },
     "onnx-int4": {
         "backend": "onnxruntime", "bits": 4,

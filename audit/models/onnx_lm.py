@@ -25,6 +25,7 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
 
     Sparsity counts exact zeros of float weights, and of 8-bit weights the values equal to
     their zero point (which dequantize to zero); packed 4-bit weights are not measured.
+    Block-quantized weights (MatMulNBits) are 8-bit "int8" or else "int4-weight-only".
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -41,7 +42,7 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     packed_weights = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits":
-            attrs = {a.name: a.i for a in node.attribute}
+            attrs = _attributes(node)
             packed_weights[node.input[1]] = attrs.get("K", 0) * attrs.get("N", 0)
     parameters = sum(
         packed_weights.get(init.name, int(np.prod(init.dims))) for init in graph.initializer if len(init.dims) >= 1
@@ -54,16 +55,21 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
         raise UserError(f"the external weights of {path} do not match its graph") from None
     inits = {init.name: init for init in graph.initializer}
     ops = {node.op_type for node in graph.node}
+    nbits = {_attributes(node).get("bits", 4) for node in graph.node if node.op_type == "MatMulNBits"}
     quantization = None
-    if "MatMulNBits" in ops:
-        quantization = "int4-weight-only"
-    elif ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul"}:
+    if nbits == {8} or ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul"}:
         quantization = "int8"
+    elif nbits:
+        quantization = "int4-weight-only"
     zeros = total = 0
     packed = False
     for node in graph.node:
         if node.op_type == "MatMulNBits":
-            packed = True
+            counted = _nbits8_zeros(node, inits)
+            if counted is None:
+                packed = True
+            else:
+                zeros, total = zeros + counted[0], total + counted[1]
             continue
         if node.op_type not in _WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in inits:
             continue
@@ -77,6 +83,30 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
         total += weight.size
     sparsity = zeros / total if total and not packed else None
     return {"parameters": parameters, "weight_sparsity": sparsity, "quantization": quantization}
+
+
+def _attributes(node: Any) -> dict[str, int]:
+    return {a.name: a.i for a in node.attribute}
+
+
+def _nbits8_zeros(node: Any, inits: dict[str, Any]) -> tuple[int, int] | None:
+    """(zeros, weights) of an 8-bit MatMulNBits weight, or None when it is not 8-bit. The weight
+    is stored as N rows of K values padded to whole blocks, unsigned, a value equal to its block's
+    zero point (128 when the node has none: symmetric) dequantizing to zero."""
+    from onnx import numpy_helper
+
+    attrs = _attributes(node)
+    if attrs.get("bits", 4) != 8 or node.input[1] not in inits:
+        return None
+    k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+    blocks = -(-k // block)
+    weight = numpy_helper.to_array(inits[node.input[1]]).reshape(n, blocks * block)
+    zero_point: Any = 128
+    if len(node.input) > 3 and node.input[3]:
+        if node.input[3] not in inits:
+            return None
+        zero_point = np.repeat(numpy_helper.to_array(inits[node.input[3]]).reshape(n, blocks), block, axis=1)
+    return int((weight == zero_point)[:, :k].sum()), k * n
 
 
 class OnnxLanguageModel(HFGeneration, LanguageModel):

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("quantize", help="quantize a model (a pruned folder too) into a new folder", description=f"Schemes: {schemes}.")
     common.add_model_options(q)
     q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEME_NAMES.names())}")
-    q.add_argument("--block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help=f"onnx-int4: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
+    q.add_argument("--block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help=f"onnx-int4, onnx-int8: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
     q.add_argument("--no-perplexity", action="store_true", help="skip measuring perplexity before and after")
     _add_text_options(q)
     q.add_argument("--out", type=Path, required=True, help="output folder")
