@@ -16,6 +16,13 @@ A figure with no anytime-valid bound here (the mean over categories, whose weigh
 items arrive; the transition rate over a sampled noise floor) is never settled early: it is
 judged on every item, with the fixed-sample bounds of `audit.probes.measures`. Figures that
 are not item probes (perplexity) come from `full`, measured as before.
+
+A verdict that scoring every item would very likely leave open is not waited for: when the
+predicted chance that the full probe settles it falls under FUTILE_CHANCE, it stops as
+inconclusive (for accuracy not shown above chance: too degraded to judge), saying so; and
+once a variant is too degraded to judge, its other open competence checks are not waited for.
+Stopping this way never gives a pass, so it costs power, never safety; a verdict the bounds
+settle later (when other verdicts kept the probe going) takes their verdict instead.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from audit.plans import GateSettings
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
 from audit.progress import Job, Progress
-from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds
+from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle
 
 DEFAULT_BATCH_ITEMS = 20  # items per look: small enough to stop soon, large enough to score in one call
 
@@ -106,6 +113,9 @@ class SequentialEvidence:
         self._baseline_facts: list[ms.ItemFacts] = []
         self._pairs: list[ms.Pair] = []
         self._seen: dict[tuple, tuple[float, float]] = {}
+        # Each figure's fixed-sample bounds over the items so far, by (variant, metric, category):
+        # what a probe stopped here would report, the start of the projection to the last item.
+        self.fixed: dict[tuple, Bounds] = {}
         self.from_items: set[str] = set()  # figures read from probe items (the rest from `full`)
 
     @property
@@ -139,6 +149,7 @@ class SequentialEvidence:
                 return Measurement(None, note=f"{metric} is not measured from probe items")
             return self.full.measure(variant, metric, suite, category, confidence)
         self.from_items.add(metric)
+        asked = metric
         if suite not in (None, self.suite):
             return Measurement(None, note=f"the sequential probe scored {self.suite}, not {suite}")
         if variant not in (self.variant, BASELINE):
@@ -158,7 +169,7 @@ class SequentialEvidence:
             if any(len(r.seed_choices) > 1 for r in self.results):
                 return Measurement(None, note="the noise floor needs the baseline scored again: not judged sequentially")
             metric = "transition_rate"  # without sampling the floor is zero
-        return self._bounded((variant, metric, category, confidence), category, confidence,
+        return self._bounded((variant, asked, category, confidence), category, confidence,
                              lambda: self._paired(metric, category, confidence),
                              lambda: ms.paired_bounds(self._pairs, metric, confidence, category))
 
@@ -171,6 +182,8 @@ class SequentialEvidence:
         bounds = anytime()
         if bounds.value is None or bounds.lower is None or bounds.upper is None:
             return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
+        if not self.complete:
+            self.fixed[key[:3]] = fixed()
         lower, upper = bounds.lower, bounds.upper
         if key in self._seen:
             # A confidence sequence holds at every look at once: so does the tightest of them.
@@ -207,10 +220,14 @@ def _key(f: GateFinding) -> tuple:
     return (f.check, f.rule, f.variant, f.category, f.suite)
 
 
+def _shown_at_chance(f: GateFinding) -> bool:
+    return f.check == "competence" and f.metric == "accuracy_disambig"
+
+
 def _guard_failure_settled(f: GateFinding, complete: bool) -> bool:
     if f.check != "competence" or f.verdict != FAIL:
         return False
-    if f.metric == "accuracy_disambig":
+    if _shown_at_chance(f):
         # "Not shown above chance" is only lack of evidence until the items run out, or until
         # the upper bound shows the accuracy at or below chance.
         return complete or (f.upper is not None and f.upper <= f.limit)
@@ -228,22 +245,78 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
     return f.verdict in (PASS, FAIL)
 
 
+# An open verdict stops being waited for once scoring every item would settle it with less than
+# this chance (predicted from its fixed-sample bounds now, `audit.stats.chance_to_settle`): it
+# stays inconclusive, or for "not shown above chance", too degraded to judge. Neither is ever a
+# pass, so stopping early costs power, never safety.
+FUTILE_CHANCE = 0.1
+
+
+def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float) -> float | None:
+    """The chance that the full probe settles an open verdict, from its figure's fixed-sample
+    bounds now: a pass or a fail for a rule left inconclusive; for accuracy not shown above
+    chance, showing it. None when the verdict is not open this way or it cannot be said."""
+    if fixed is None or fraction >= 1.0:
+        return None
+    chances = chance_to_settle(fixed, f.limit, fraction)
+    if chances is None:
+        return None
+    at_or_below, above = chances
+    if _shown_at_chance(f):
+        return above if f.verdict == FAIL else None
+    if f.verdict != INCONCLUSIVE or f.reason.startswith("not judged"):
+        return None
+    return at_or_below + above  # every other verdict is of a figure kept at or below its limit
+
+
 @dataclass
 class SequentialJudge:
-    """The gate of one variant, read after every batch; remembers when each verdict settled."""
+    """The gate of one variant, read after every batch; remembers when each verdict settled, and
+    which open verdicts it stopped waiting for (the chance scoring every item would settle them)."""
 
     gate: GateSettings
     evidence: SequentialEvidence
     last: GateReport | None = None
     settled_at: dict[tuple, int] = field(default_factory=dict)
+    futile: dict[tuple, float] = field(default_factory=dict)
+    moot: set[tuple] = field(default_factory=set)  # open competence checks of a variant found too degraded
+
+    def _guard_failed(self, findings: Sequence[GateFinding], complete: bool) -> bool:
+        return any(_guard_failure_settled(f, complete) or (_shown_at_chance(f) and _key(f) in self.futile) for f in findings)
+
+    def _settled_now(self, f: GateFinding, complete: bool, failed: bool) -> bool:
+        # Once the variant is too degraded to judge, its other competence checks cannot change
+        # that verdict: one still open is not waited for.
+        moot = failed and f.check == "competence" and f.verdict == INCONCLUSIVE
+        return finding_settled(f, complete, failed) or _key(f) in self.futile or moot
 
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
-        failed = any(_guard_failure_settled(f, complete) for f in report.findings)
+        fraction = scored / self.evidence.total if self.evidence.total else 1.0
         for f in report.findings:
-            if _key(f) not in self.settled_at and finding_settled(f, complete, failed):
+            k = _key(f)
+            if k in self.futile and f.verdict in (PASS, FAIL) and not (_shown_at_chance(f) and f.verdict == FAIL):
+                # Settled by the bounds after all (the probe went on for other verdicts): the
+                # verdict is the bounds', and so are the items it used. A guard shown after all
+                # reopens what it had left unjudged.
+                del self.futile[k]
+                self.settled_at.pop(k, None)
+                if _shown_at_chance(f):
+                    for other in report.findings:
+                        if other.reason.startswith("not judged") or _key(other) in self.moot:
+                            self.settled_at.pop(_key(other), None)
+                            self.moot.discard(_key(other))
+            elif not complete and k not in self.settled_at and f.metric in self.evidence.from_items:
+                chance = settle_chance(f, self.evidence.fixed.get((f.variant, f.metric, f.category)), fraction)
+                if chance is not None and chance < FUTILE_CHANCE:
+                    self.futile[k] = chance
+        failed = self._guard_failed(report.findings, complete)
+        for f in report.findings:
+            if _key(f) not in self.settled_at and self._settled_now(f, complete, failed):
                 self.settled_at[_key(f)] = scored
+                if not complete and not finding_settled(f, complete, failed) and _key(f) not in self.futile:
+                    self.moot.add(_key(f))
         self.last = report
         return report
 
@@ -252,8 +325,8 @@ class SequentialJudge:
         if self.last is None:
             return False
         complete = self.evidence.complete
-        failed = any(_guard_failure_settled(f, complete) for f in self.last.findings)
-        return all(finding_settled(f, complete, failed) for f in self.last.findings)
+        failed = self._guard_failed(self.last.findings, complete)
+        return all(self._settled_now(f, complete, failed) for f in self.last.findings)
 
     def open_verdicts(self) -> int:
         return 0 if self.last is None else sum(_key(f) not in self.settled_at for f in self.last.findings)
@@ -266,6 +339,14 @@ class SequentialJudge:
         findings = []
         for f in self.last.findings:
             used = None if f.metric not in self.evidence.from_items else self.settled_at.get(_key(f), scored)
+            chance = self.futile.get(_key(f))
+            if chance is not None:
+                stop = (f"; stopped at {used:,} items: scoring every item would show it above chance with about {chance:.0%} chance"
+                        if _shown_at_chance(f) else
+                        f"; stopped at {used:,} items: scoring every item would settle it with about {chance:.0%} chance")
+                f = replace(f, reason=f.reason + stop, items_to_settle=None)
+            elif _key(f) in self.moot and f.verdict == INCONCLUSIVE:
+                f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: the variant was found too degraded to judge", items_to_settle=None)
             findings.append(replace(f, items_used=used))
         return replace(self.last, findings=tuple(findings))
 
@@ -379,9 +460,12 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
                             batch_items: int, seed: int) -> dict[str, Any]:
     """Draw `runs` sequences of 0/1 items for each true mean, look after every batch with the
     anytime bounds (running intersection), pass at an upper bound within `limit`, fail at a
-    lower bound over it; a wrong verdict is a pass over the limit or a fail within it. Returns
-    the rate of wrong verdicts per true mean and the mean share of items used."""
-    from audit.stats import anytime_lower_rows, anytime_upper_rows
+    lower bound over it, stop waiting (inconclusive) once scoring every item would settle it with
+    less than FUTILE_CHANCE; a wrong verdict is a pass over the limit or a fail within it.
+    Returns per true mean the rate of wrong verdicts, of each verdict, of verdicts the same as
+    the fixed-sample bounds of all the items give (the full probe's), and the mean share of
+    items used."""
+    from audit.stats import anytime_lower_rows, anytime_upper_rows, lower_rows
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
@@ -405,12 +489,24 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             failed = open_ & ~passed & (low > limit)
             verdict[passed], verdict[failed] = PASS, FAIL
             used[passed | failed] = n
+            still = np.flatnonzero(open_ & ~passed & ~failed)
+            if n < n_items and still.size:
+                fixed_low, fixed_high = lower_rows(x[still, :n], alpha), 1.0 - lower_rows(1.0 - x[still, :n], alpha)
+                for row, lo, hi in zip(still, fixed_low, fixed_high):
+                    value = float(x[row, :n].mean())
+                    chances = chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), limit, n / n_items)
+                    if chances is not None and sum(chances) < FUTILE_CHANCE:
+                        verdict[row], used[row] = INCONCLUSIVE, n
+        verdict[verdict == ""] = INCONCLUSIVE
+        full_low, full_high = lower_rows(x, alpha), 1.0 - lower_rows(1.0 - x, alpha)
+        full = np.where(full_high <= limit, PASS, np.where(full_low > limit, FAIL, INCONCLUSIVE))
         wrong = (verdict == PASS) if mean > limit else (verdict == FAIL)
         out["means"][f"{mean:g}"] = {
             "wrong_rate": float(wrong.mean()),
             "pass_rate": float((verdict == PASS).mean()),
             "fail_rate": float((verdict == FAIL).mean()),
-            "inconclusive_rate": float((verdict == "").mean()),
+            "inconclusive_rate": float((verdict == INCONCLUSIVE).mean()),
+            "same_as_full_rate": float((verdict == full).mean()),
             "items_fraction": float(used.mean() / n_items),
         }
     out["worst_wrong_rate"] = max(entry["wrong_rate"] for entry in out["means"].values())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
@@ -284,6 +285,28 @@ def items_to_settle(bounds: Bounds, limit: float, upper_side_decides_pass: bool 
     if more > MOST_ITEMS_TO_SETTLE:
         return None
     return max(1, math.ceil(more - 1e-9))  # a hair of rounding is not one more item
+
+
+def chance_to_settle(bounds: Bounds, limit: float, fraction: float) -> tuple[float, float] | None:
+    """`bounds` are the fixed-sample bounds of the items scored so far, `fraction` of all the
+    items: the chances that the bounds of all the items end (upper) at or below `limit`, and
+    (lower) above it. Predictive, not only under the estimate: the true value is uncertain as the
+    bounds say, so the items still to come move the estimate as a normal draw around it with sd
+    (h / z) * sqrt(1 - f) (h the half-width, z the bound's normal quantile, f the fraction); each
+    half-width narrows by sqrt(f). None when it cannot be said (no estimate, an unbounded side)."""
+    if bounds.value is None or bounds.lower is None or bounds.upper is None:
+        return None
+    value, lower, upper = bounds.value, bounds.lower, bounds.upper
+    if not all(math.isfinite(x) for x in (value, lower, upper)):
+        return None
+    f = min(max(fraction, 0.0), 1.0)
+    # How far the estimate may move before the bounds of all the items reach the limit:
+    top, bottom = (limit - value) - (upper - value) * math.sqrt(f), (value - limit) - (value - lower) * math.sqrt(f)
+    z = NormalDist().inv_cdf(bounds.confidence)
+    spread = (upper - lower) / 2.0 / z * math.sqrt(1.0 - f)
+    if spread <= 0.0:
+        return float(top >= 0.0), float(bottom > 0.0)
+    return NormalDist().cdf(top / spread), NormalDist().cdf(bottom / spread)
 
 
 # -- anytime-valid bounds: checked after every batch without inflating the error ------------------

@@ -63,10 +63,10 @@ def main() -> int:
         return 0
     print(f"\nSimulation: {sim['runs']} runs per true share, {sim['n_items']} items of 0/1, limit {sim['limit']:g}, "
           f"looks every {args.batch_items} items, nominal wrong-verdict level {sim['nominal']:.3g}")
-    print(f"{'true':>6} {'wrong':>7} {'pass':>6} {'fail':>6} {'open':>6} {'items':>6}")
+    print(f"{'true':>6} {'wrong':>7} {'pass':>6} {'fail':>6} {'open':>6} {'items':>6} {'same as full':>13}")
     for mean, row in sim["means"].items():
         print(f"{mean:>6} {row['wrong_rate']:>7.3f} {row['pass_rate']:>6.3f} {row['fail_rate']:>6.3f} "
-              f"{row['inconclusive_rate']:>6.3f} {row['items_fraction']:>6.2f}")
+              f"{row['inconclusive_rate']:>6.3f} {row['items_fraction']:>6.2f} {row['same_as_full_rate']:>13.3f}")
     print(f"worst wrong-verdict rate {sim['worst_wrong_rate']:.3f} vs nominal {sim['nominal']:.3f}: "
           f"{'within' if sim['worst_wrong_rate'] <= sim['nominal'] else 'OVER'}")
     return 0

@@ -2,20 +2,21 @@
 stratified order, and a sequential probe on a tiny model that stops early and says why."""
 
 import math
+from dataclasses import replace
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from audit.errors import UserError
-from audit.gate import PASS, GateFinding, finding_line
+from audit.gate import FAIL, INCONCLUSIVE, PASS, GateFinding, finding_line
 from audit.models import load_model
 from audit.plans import GateRule, GateSettings
 from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.progress import drive
 from audit.reports.render import sequential_markdown
-from audit.sequential import probe_sequentially, replay, simulate_wrong_verdicts, stratified_order
-from audit.stats import anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows
+from audit.sequential import probe_sequentially, replay, settle_chance, simulate_wrong_verdicts, stratified_order
+from audit.stats import Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows
 
 ALPHA = 0.05
 
@@ -205,6 +206,38 @@ def test_a_figure_without_an_anytime_bound_is_judged_on_every_item(tiny, suite, 
     # Judged on every item with the fixed-sample bound, as a full probe judges it.
     halfway = replay(run.results[:80], gate, variant="variant", total=120, baseline=baseline, batch_items=40)[0]
     assert "no anytime-valid bound" in halfway.findings[1].reason
+
+
+def test_a_verdict_every_item_would_not_settle_stops_early_as_inconclusive(tiny, suite, baseline):
+    # The variant is the baseline's own model: the relative change in SRS is exactly 0, on a
+    # limit of 0. Its bounds straddle the limit at every count, and a full probe would not settle
+    # it either: stopped as inconclusive (never a pass), saying why.
+    gate = GateSettings(rules=(GateRule("srs_relative_change_pct", 0.0), GateRule("transition_rate", 0.5)), competence=False)
+    run = drive(probe_sequentially(tiny, suite, gate, ProbeSettings(), variant="variant", baseline=baseline, batch_items=20))
+    assert run.settled and run.items_scored < run.items_total
+    srs, transitions = run.gate.findings
+    assert srs.verdict == INCONCLUSIVE and srs.value == 0.0 and srs.items_used < run.items_total
+    assert f"stopped at {srs.items_used:,} items: scoring every item would settle it with about" in srs.reason
+    assert transitions.verdict == PASS
+    # In full, the same verdict.
+    full = replay(run.results, gate, variant="variant", baseline=baseline, total=run.items_scored)[0]
+    assert full.findings[0].verdict == INCONCLUSIVE
+
+
+def test_settle_chance_reads_the_open_verdicts_only():
+    def finding(verdict, metric="transition_rate", check="rule", limit=0.2, limit_is="max", reason="the bounds straddle the limit"):
+        return GateFinding(check, "r", metric, "variant", "overall", "builtin", verdict, 0.15, 0.05, 0.25, limit, limit_is, 0.975, reason)
+
+    fixed = Bounds(0.15, 0.05, 0.25, 100, 0.975)
+    # The hand case of test_chance_to_settle_by_hand: 0.5 to pass, 0.011812 to fail.
+    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25) == pytest.approx(0.511812, abs=2e-6)
+    assert settle_chance(finding(PASS), fixed, 0.25) is None
+    assert settle_chance(finding(INCONCLUSIVE, reason="not judged: the variant is too degraded to judge"), fixed, 0.25) is None
+    assert settle_chance(finding(INCONCLUSIVE), fixed, 1.0) is None and settle_chance(finding(INCONCLUSIVE), None, 0.5) is None
+    # Accuracy not shown above chance (0.2 here): the chance of showing it, the lower bound's side.
+    guard = finding(FAIL, metric="accuracy_disambig", check="competence", limit_is="min")
+    assert settle_chance(guard, fixed, 0.25) == pytest.approx(0.011812, abs=2e-6)
+    assert settle_chance(replace(guard, verdict=PASS), fixed, 0.25) is None
 
 
 def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from audit.stats import Bounds, items_to_settle, log_ratio_bounds, mean_bounds, ratio_bounds, unit_lower, unit_upper
+from audit.stats import Bounds, chance_to_settle, items_to_settle, log_ratio_bounds, mean_bounds, ratio_bounds, unit_lower, unit_upper
 
 
 def test_lower_bound_by_hand():
@@ -127,6 +127,29 @@ def test_chunk_bounds_by_hand():
     same = log_ratio_bounds([0.5, 0.5], [512, 100], 0.95)
     assert (same.lower, same.value, same.upper) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
     assert math.isinf(log_ratio_bounds([0.5], [512], 0.95).upper)
+
+
+def test_chance_to_settle_by_hand():
+    """0.15 in [0.05, 0.25] (one-sided 97.5% each: z = 1.95996) with a quarter of the items
+    scored, limit 0.20. With all of them the half-width is 0.1 * sqrt(0.25) = 0.05, so the upper
+    bound ends within the limit when the estimate ends at or below 0.15: half the time. The
+    estimate moves by sd (0.1 / z) * sqrt(0.75) = 0.044186; the lower bound ends over 0.20 only
+    when the estimate ends over 0.25, 2.2632 sd away: 0.011812."""
+    below, above = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
+    assert below == pytest.approx(0.5)
+    assert above == pytest.approx(0.011812, abs=2e-6)
+    # Asymmetric bounds: each side narrows from its own half-width (upper: 0.25 - 0.10 = 0.15,
+    # times 0.5, so the estimate must end at or below 0.125), the spread from the mean one
+    # ((0.25 - 0.05) / 2 = 0.1, the same sd): 0.025 / 0.044186 = 0.5658 sd, 0.71423.
+    below, _ = chance_to_settle(Bounds(0.10, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
+    assert below == pytest.approx(0.71423, abs=2e-5)
+    # The more items scored, the less the rest can move it: with 0.9 scored the lower bound ends
+    # over the limit only if the estimate gains 0.05 + 0.1 * sqrt(0.9) = 0.1449, 8.98 sd of 0.0161.
+    assert chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.9)[1] < 1e-15
+    # No spread: the estimate is where it ends.
+    assert chance_to_settle(Bounds(0.1, 0.1, 0.1, 100, 0.975), 0.2, 0.5) == (1.0, 0.0)
+    assert chance_to_settle(Bounds(0.1, 0.05, math.inf, 100, 0.975), 0.2, 0.5) is None
+    assert chance_to_settle(Bounds(None, 0.0, 1.0, 0, 0.975), 0.2, 0.5) is None
 
 
 def test_items_to_settle():
