@@ -513,7 +513,49 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
     return out
 
 
+def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, runs: int, confidence: float,
+                        batch_items: int, seed: int) -> dict[str, Any]:
+    """Draw `runs` sequences of 0/1 answers for each true accuracy, look after every batch:
+    competent once the anytime lower bound is over `chance`, too degraded to judge once scoring
+    every item would show that with less than FUTILE_CHANCE (or at the last item). Returns per
+    true accuracy the share shown competent sequentially, without the futility stop, and by the
+    fixed-sample bound of all the items (the full probe's), and the mean share of items used."""
+    from audit.stats import anytime_lower_rows, lower_rows
+
+    alpha = 1.0 - confidence
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "chance": chance, "means": {}}
+    looks = list(range(batch_items, n_items + 1, batch_items))
+    if not looks or looks[-1] != n_items:
+        looks.append(n_items)
+    for mean in means:
+        x = (rng.random((runs, n_items)) < mean).astype(float)
+        shown_at = np.full(runs, n_items + 1)  # the look the anytime bound first showed competence
+        futile_at = np.full(runs, n_items + 1)
+        low = np.zeros(runs)
+        for n in looks:
+            low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha))
+            shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
+            rest = np.flatnonzero((shown_at > n_items) & (futile_at > n_items))
+            if n < n_items and rest.size:
+                fixed_low, fixed_high = lower_rows(x[rest, :n], alpha), 1.0 - lower_rows(1.0 - x[rest, :n], alpha)
+                for row, lo, hi in zip(rest, fixed_low, fixed_high):
+                    value = float(x[row, :n].mean())
+                    chances = chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), chance, n / n_items)
+                    if chances is not None and chances[1] < FUTILE_CHANCE:
+                        futile_at[row] = n
+        shown = shown_at < futile_at
+        used = np.minimum(np.minimum(shown_at, futile_at), n_items)
+        out["means"][f"{mean:g}"] = {
+            "shown_rate": float(shown.mean()),
+            "shown_without_futility_rate": float((shown_at <= n_items).mean()),
+            "shown_by_full_rate": float((lower_rows(x, alpha) > chance).mean()),
+            "items_fraction": float(used.mean() / n_items),
+        }
+    return out
+
+
 __all__ = [
     "DEFAULT_BATCH_ITEMS", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
-    "finding_settled", "probe_sequentially", "replay", "simulate_wrong_verdicts", "stratified_order",
+    "finding_settled", "probe_sequentially", "replay", "simulate_competence", "simulate_wrong_verdicts", "stratified_order",
 ]

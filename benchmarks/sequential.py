@@ -30,7 +30,7 @@ from audit.probes import ProbeSettings, load_suite, run_probe  # noqa: E402
 from audit.probes.compare import ItemFilesSource, ProbeRecord  # noqa: E402
 from audit.progress import drive  # noqa: E402
 from audit.run.execute import compress_variant  # noqa: E402
-from audit.sequential import probe_sequentially, simulate_wrong_verdicts  # noqa: E402
+from audit.sequential import FUTILE_CHANCE, probe_sequentially, simulate_competence, simulate_wrong_verdicts  # noqa: E402
 
 VARIANT = ItemFilesSource.VARIANT
 
@@ -58,6 +58,10 @@ def main() -> int:
     sim = simulate_wrong_verdicts([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], 0.2, n_items=240, runs=args.runs,
                                   confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed)
     out["simulation"] = sim
+    # The competence guard: a model clearly above chance must not be stopped as too degraded.
+    guard = simulate_competence([0.3, 0.36, 0.4, 0.45, 0.5], 1 / 3, n_items=240, runs=args.runs,
+                                confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed)
+    out["competence_simulation"] = guard
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -69,6 +73,13 @@ def main() -> int:
               f"{row['inconclusive_rate']:>6.3f} {row['items_fraction']:>6.2f} {row['same_as_full_rate']:>13.3f}")
     print(f"worst wrong-verdict rate {sim['worst_wrong_rate']:.3f} vs nominal {sim['nominal']:.3f}: "
           f"{'within' if sim['worst_wrong_rate'] <= sim['nominal'] else 'OVER'}")
+    print(f"\nCompetence guard: {guard['runs']} runs per true accuracy, {guard['n_items']} disambiguated items, chance "
+          f"{guard['chance']:.3g}; shown above chance sequentially (stopped as too degraded once scoring every item would "
+          f"show it with < {FUTILE_CHANCE:g} chance), without that stop, and by the full probe")
+    print(f"{'true':>6} {'shown':>7} {'no stop':>8} {'full':>6} {'items':>6}")
+    for mean, row in guard["means"].items():
+        print(f"{mean:>6} {row['shown_rate']:>7.3f} {row['shown_without_futility_rate']:>8.3f} {row['shown_by_full_rate']:>6.3f} "
+              f"{row['items_fraction']:>6.2f}")
     return 0
 
 

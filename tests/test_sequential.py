@@ -15,7 +15,7 @@ from audit.plans import GateRule, GateSettings
 from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.progress import drive
 from audit.reports.render import sequential_markdown
-from audit.sequential import probe_sequentially, replay, settle_chance, simulate_wrong_verdicts, stratified_order
+from audit.sequential import probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows
 
 ALPHA = 0.05
@@ -126,8 +126,20 @@ def test_wrong_verdict_rate_stays_within_the_nominal_level():
     # Clear answers stop early; a true value on the limit is rarely settled at all.
     assert result["means"]["0.4"]["fail_rate"] > 0.9 and result["means"]["0.4"]["items_fraction"] < 0.5
     assert result["means"]["0.2"]["inconclusive_rate"] > 0.9
+    # On the limit the full probe leaves it open too: the futility stop ends most runs early.
+    assert result["means"]["0.2"]["items_fraction"] < 0.85 and result["means"]["0.2"]["same_as_full_rate"] > 0.9
     again = simulate_wrong_verdicts([0.1, 0.2, 0.25, 0.4], 0.2, n_items=120, runs=1000, confidence=0.95, batch_items=20, seed=0)
     assert again == result
+
+
+def test_the_futility_stop_does_not_call_a_competent_model_degraded():
+    result = simulate_competence([0.3, 0.5], 1 / 3, n_items=240, runs=200, confidence=0.975, batch_items=20, seed=0)
+    below, above = result["means"]["0.3"], result["means"]["0.5"]
+    # At or below chance: never shown, and stopped as too degraded long before the last item.
+    assert below["shown_rate"] == below["shown_by_full_rate"] == 0.0 and below["items_fraction"] < 0.5
+    # Clearly above chance: the stop takes (almost) none of the models the bounds would show.
+    assert above["shown_rate"] >= above["shown_without_futility_rate"] - 0.02 and above["shown_rate"] > 0.85
+    assert simulate_competence([0.3, 0.5], 1 / 3, n_items=240, runs=200, confidence=0.975, batch_items=20, seed=0) == result
 
 
 # -- the order items are drawn in -----------------------------------------------------------------
