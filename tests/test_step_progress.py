@@ -174,12 +174,23 @@ def test_a_profile_in_its_fresh_process_reports_each_run(tiny_llama):
 
 def test_a_profile_in_its_fresh_process_can_be_cancelled(tiny_llama):
     plan = parse_plan(PLAN.format(model=tiny_llama).replace("[profile]\nenabled = false", "[profile]\nruns = 2"), None)
-    cancel = threading.Event()
-    job = profile_step(plan, "baseline", str(tiny_llama), LoadOptions(), cancel)
-    next(job)
-    cancel.set()
-    with pytest.raises(Cancelled):
-        drive(job)
+    failures, hook = [], threading.excepthook
+    threading.excepthook = failures.append  # an error in the pool's own threads (its feeder)
+    try:
+        for _ in range(3):
+            before = set(threading.enumerate())
+            cancel = threading.Event()
+            job = profile_step(plan, "baseline", str(tiny_llama), LoadOptions(), cancel)
+            next(job)
+            cancel.set()
+            with pytest.raises(Cancelled):
+                drive(job)
+            for thread in set(threading.enumerate()) - before:
+                if thread.ident is not None and thread is not threading.current_thread():
+                    thread.join(timeout=30)
+    finally:
+        threading.excepthook = hook
+    assert not failures, [str(f.exc_value) for f in failures]
 
 
 def test_the_load_average_is_read_from_proc_with_the_cores_online(tmp_path):

@@ -189,7 +189,10 @@ def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel:
             result = future.result()
     finally:
         receiving.close()
-        sending.close()
+    # Only after a normal exit: the pool has then shut down. On a failure or a cancel it is left
+    # without waiting, and its feeder thread may still be pickling the call that carries
+    # `sending`; closing it under that thread would fail it. It closes with its last reference.
+    sending.close()
     yield Progress(PROFILE, 1, 1, f"profiled {name}")
     return StepRecord(name, PROFILE, started, result, result.get("resources", {}))
 
