@@ -113,9 +113,10 @@ class SequentialEvidence:
         self._baseline_facts: list[ms.ItemFacts] = []
         self._pairs: list[ms.Pair] = []
         self._seen: dict[tuple, tuple[float, float]] = {}
-        # Each figure's fixed-sample bounds over the items so far, by (variant, metric, category):
-        # what a probe stopped here would report, the start of the projection to the last item.
-        self.fixed: dict[tuple, Bounds] = {}
+        # How to read each figure's fixed-sample bounds over the items so far, by (variant, metric,
+        # category): what a probe stopped here would report, the start of the projection to the
+        # last item. Read only for the verdicts still open, at the look that measured them.
+        self._fixed: dict[tuple, Callable[[], Bounds]] = {}
         self.from_items: set[str] = set()  # figures read from probe items (the rest from `full`)
 
     @property
@@ -182,8 +183,7 @@ class SequentialEvidence:
         bounds = anytime()
         if bounds.value is None or bounds.lower is None or bounds.upper is None:
             return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
-        if not self.complete:
-            self.fixed[key[:3]] = fixed()
+        self._fixed[key[:3]] = fixed
         lower, upper = bounds.lower, bounds.upper
         if key in self._seen:
             # A confidence sequence holds at every look at once: so does the tightest of them.
@@ -191,6 +191,11 @@ class SequentialEvidence:
             lower, upper = max(lower, seen_low), min(upper, seen_high)
         self._seen[key] = (lower, upper)
         return Measurement(bounds.value, lower, upper, bounds.n)
+
+    def fixed_bounds(self, variant: str, metric: str, category: str) -> Bounds | None:
+        """The fixed-sample bounds of a figure the last look measured from items, None for others."""
+        read = self._fixed.get((variant, metric, category))
+        return None if read is None else read()
 
     def _single(self, facts: Sequence[ms.ItemFacts], metric: str, scope: str, confidence: float) -> Bounds:
         spec = ms.SINGLE[metric]
@@ -308,7 +313,7 @@ class SequentialJudge:
                             self.settled_at.pop(_key(other), None)
                             self.moot.discard(_key(other))
             elif not complete and k not in self.settled_at and f.metric in self.evidence.from_items:
-                chance = settle_chance(f, self.evidence.fixed.get((f.variant, f.metric, f.category)), fraction)
+                chance = settle_chance(f, self.evidence.fixed_bounds(f.variant, f.metric, f.category), fraction)
                 if chance is not None and chance < FUTILE_CHANCE:
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
@@ -456,6 +461,30 @@ def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, varian
 
 
 # -- simulation: how often the sequential gate decides wrongly ----------------------------------------
+def _looks(batch_items: int, n_items: int) -> list[int]:
+    """The item counts a simulated probe looks at: every batch, and the last item."""
+    looks = list(range(batch_items, n_items + 1, batch_items))
+    if not looks or looks[-1] != n_items:
+        looks.append(n_items)
+    return looks
+
+
+def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence: float) -> list[tuple[int, tuple[float, float] | None]]:
+    """For each of `rows` of the simulated items `x`, the chances `chance_to_settle` gives from
+    the fixed-sample bounds of its first `n` items, as a stopped probe would read them."""
+    from audit.stats import lower_rows, upper_rows
+
+    if not rows.size:
+        return []
+    alpha = 1.0 - confidence
+    seen = x[rows, :n]
+    out = []
+    for row, values, lo, hi in zip(rows, seen, lower_rows(seen, alpha), upper_rows(seen, alpha)):
+        value = float(values.mean())
+        out.append((int(row), chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), limit, n / x.shape[1])))
+    return out
+
+
 def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: int, runs: int, confidence: float,
                             batch_items: int, seed: int) -> dict[str, Any]:
     """Draw `runs` sequences of 0/1 items for each true mean, look after every batch with the
@@ -465,14 +494,12 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
     Returns per true mean the rate of wrong verdicts, of each verdict, of verdicts the same as
     the fixed-sample bounds of all the items give (the full probe's), and the mean share of
     items used."""
-    from audit.stats import anytime_lower_rows, anytime_upper_rows, lower_rows
+    from audit.stats import anytime_lower_rows, anytime_upper_rows, lower_rows, upper_rows
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"runs": runs, "n_items": n_items, "limit": limit, "nominal": alpha, "means": {}}
-    looks = list(range(batch_items, n_items + 1, batch_items))
-    if not looks or looks[-1] != n_items:
-        looks.append(n_items)
+    looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
         verdict = np.full(runs, "", dtype=object)
@@ -489,16 +516,12 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             failed = open_ & ~passed & (low > limit)
             verdict[passed], verdict[failed] = PASS, FAIL
             used[passed | failed] = n
-            still = np.flatnonzero(open_ & ~passed & ~failed)
-            if n < n_items and still.size:
-                fixed_low, fixed_high = lower_rows(x[still, :n], alpha), 1.0 - lower_rows(1.0 - x[still, :n], alpha)
-                for row, lo, hi in zip(still, fixed_low, fixed_high):
-                    value = float(x[row, :n].mean())
-                    chances = chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), limit, n / n_items)
+            if n < n_items:
+                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence):
                     if chances is not None and sum(chances) < FUTILE_CHANCE:
                         verdict[row], used[row] = INCONCLUSIVE, n
         verdict[verdict == ""] = INCONCLUSIVE
-        full_low, full_high = lower_rows(x, alpha), 1.0 - lower_rows(1.0 - x, alpha)
+        full_low, full_high = lower_rows(x, alpha), upper_rows(x, alpha)
         full = np.where(full_high <= limit, PASS, np.where(full_low > limit, FAIL, INCONCLUSIVE))
         wrong = (verdict == PASS) if mean > limit else (verdict == FAIL)
         out["means"][f"{mean:g}"] = {
@@ -525,9 +548,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"runs": runs, "n_items": n_items, "chance": chance, "means": {}}
-    looks = list(range(batch_items, n_items + 1, batch_items))
-    if not looks or looks[-1] != n_items:
-        looks.append(n_items)
+    looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
         shown_at = np.full(runs, n_items + 1)  # the look the anytime bound first showed competence
@@ -536,12 +557,8 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
         for n in looks:
             low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha))
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
-            rest = np.flatnonzero((shown_at > n_items) & (futile_at > n_items))
-            if n < n_items and rest.size:
-                fixed_low, fixed_high = lower_rows(x[rest, :n], alpha), 1.0 - lower_rows(1.0 - x[rest, :n], alpha)
-                for row, lo, hi in zip(rest, fixed_low, fixed_high):
-                    value = float(x[row, :n].mean())
-                    chances = chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), chance, n / n_items)
+            if n < n_items:
+                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence):
                     if chances is not None and chances[1] < FUTILE_CHANCE:
                         futile_at[row] = n
         shown = shown_at < futile_at

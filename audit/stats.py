@@ -133,6 +133,11 @@ def _bracket_lower(x: np.ndarray, stakes: np.ndarray, alpha: float) -> np.ndarra
     return np.where(at_zero, rejected, 0.0)
 
 
+def upper_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Upper confidence bounds (level 1 - alpha) for the mean of each row of values in [0, 1]."""
+    return 1.0 - lower_rows(1.0 - x, alpha)
+
+
 def unit_lower(x: np.ndarray, alpha: float) -> float:
     """Lower confidence bound (level 1 - alpha) for the mean of values in [0, 1]."""
     return float(lower_rows(np.asarray(x, dtype=float)[None, :], alpha)[0])
@@ -140,7 +145,7 @@ def unit_lower(x: np.ndarray, alpha: float) -> float:
 
 def unit_upper(x: np.ndarray, alpha: float) -> float:
     """Upper confidence bound (level 1 - alpha) for the mean of values in [0, 1]."""
-    return 1.0 - unit_lower(1.0 - np.asarray(x, dtype=float), alpha)
+    return float(upper_rows(np.asarray(x, dtype=float)[None, :], alpha)[0])
 
 
 # -- means of values in [low, high], items possibly weighted --------------------------------------
