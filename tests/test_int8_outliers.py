@@ -97,6 +97,30 @@ def test_per_token_scales_match_hand_computation_and_beat_per_tensor():
     assert err_token * 10 < err_tensor
 
 
+def test_a_single_token_gets_the_levels_it_gets_among_others():
+    """Decode steps (one token) may take FBGEMM's kernel; scoring (many tokens) takes
+    torch._int_mm. Both quantize alike, so a token's output does not depend on the path."""
+    torch.manual_seed(1)
+    for n_in, n_out, bias in ((64, 32, True), (576, 96, False)):
+        model = nn.Sequential(nn.Linear(n_in, n_out, bias=bias))
+        quantize_int8_dynamic(model)
+        layer = model[0]
+        weight = layer.weight()
+        w = weight.int_repr().to(torch.float64) * weight.q_per_channel_scales().to(torch.float64)[:, None]
+        for trial in range(200):
+            x = torch.randn(1, n_in) * (10.0 if trial % 2 else 0.01)
+            x[0, trial % n_in] *= 50.0
+            alone = layer(x)
+            among = layer(torch.cat([torch.randn(2, n_in), x]))[2:]
+            assert torch.equal(alone, among)
+            scale = x.abs().amax().to(torch.float64) / 127
+            expected = torch.round(x.to(torch.float64) / scale) * scale @ w.t()
+            if bias:
+                expected += layer.bias().detach().to(torch.float64)
+            assert torch.allclose(alone.to(torch.float64), expected, rtol=1e-5, atol=1e-4 * float(expected.abs().max()))
+        assert torch.equal(layer(torch.zeros(1, n_in)), layer(torch.zeros(3, n_in))[:1])  # a zero token: the bias alone
+
+
 def test_int8_dynamic_keeps_the_outlier_float_and_says_so(planted, tmp_path, text_file):
     out = tmp_path / "q"
     result = drive(quantize(str(planted), "int8-dynamic", out, text=text_file, chunk_tokens=64, settings=QuantizeSettings(outliers=RULE)))

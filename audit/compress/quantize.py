@@ -131,29 +131,73 @@ def quantize_int8_dynamic(
 
 def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A dynamic int8 layer's product with one symmetric int8 scale per token (row of `x`):
-    int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales."""
-    rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
-    scale = rows.abs().amax(dim=-1, keepdim=True) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero token stays zero
-    quantized = torch.round(rows / scale).clamp_(-127, 127).to(torch.int8)
-    out = torch._int_mm(quantized, layer._int8_weight_t).to(torch.float32) * (scale * layer._int8_weight_scale)
-    if layer._int8_bias is not None:
-        out = out + layer._int8_bias
+    int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales.
+    A single token (each decode step) takes FBGEMM's int8 kernel where it is exact (see
+    `_single_token_kernel`): the same quantization, with no int8 copy of the input made here."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != torch.float32:
+        rows = rows.to(torch.float32)
+    scale = rows.abs().amax(dim=-1, keepdim=True).div_(127.0).clamp_min_(torch.finfo(torch.float32).tiny)  # an all-zero token stays zero
+    if rows.shape[0] == 1 and layer._int8_single is not None:
+        # quint8 with zero point 128 is the symmetric int8 grid shifted: the same levels.
+        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, float(scale), 128, layer._int8_single)
+        return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+    # As FBGEMM quantizes (times the reciprocal, shifted by 128 in float), so that both paths
+    # give every token the same levels.
+    quantized = (rows * scale.reciprocal()).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0).to(torch.int8)
+    products = torch._int_mm(quantized, layer._int8_weight.t()).to(torch.float32)
+    scales = scale * layer._int8_weight_scale
+    if layer._int8_bias is None:
+        out = products.mul_(scales)
+    else:  # fused multiply-add, as FBGEMM adds the bias
+        out = torch.addcmul(layer._int8_bias, products, scales)
     return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+
+@functools.cache
+def _single_token_kernel_exact() -> bool:
+    """Whether FBGEMM's int8 kernel computes full-range products exactly on this CPU. Without
+    VNNI instructions it adds pairs of uint8 x int8 products in 16 bits, which saturate at the
+    grid's ends (PyTorch's own layers leave a bit of range unused for that reason); the
+    check multiplies the largest levels, where that would show."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        with _quiet():
+            n_out, n_in = 4, 64
+            weight = torch.quantize_per_channel(
+                torch.full((n_out, n_in), 127.0), torch.ones(n_out, dtype=torch.float64), torch.zeros(n_out, dtype=torch.long), 0, torch.qint8
+            )
+            packed = torch.ops.quantized.linear_prepack(weight, None)
+            x = torch.full((1, n_in), 127.0)
+            got = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, 1.0, 128, packed)
+            want = float(x.sum()) * 127.0
+            return bool(torch.equal(got, torch.full((1, n_out), want)))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _single_token_kernel(layer: nn.Module) -> Any:
+    """The layer's FBGEMM-packed weights for single-token products, or None where the kernel is
+    not exact here (or the layer's engine is not FBGEMM)."""
+    if torch.backends.quantized.engine not in ("fbgemm", "x86") or not _single_token_kernel_exact():
+        return None
+    return getattr(getattr(layer, "_packed_params", None), "_packed_params", None)
 
 
 def use_per_token_scales(layer: nn.Module) -> nn.Module:
     """Make a PyTorch dynamic int8 layer quantize its input with one scale per token. It stays a
-    torch dynamic int8 layer (same packed weights, saved and counted alike); its product runs on
-    an int8 copy of the weights laid out for torch._int_mm."""
+    torch dynamic int8 layer (same packed weights, saved and counted alike); products of several
+    tokens run on an int8 copy of the weights with torch._int_mm."""
     with _quiet():
         weight = layer.weight()
     if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or bool(weight.q_per_channel_zero_points().any()):
         raise ValueError("per-token activation scales need symmetric per-channel int8 weights")
-    layer._int8_weight_t = weight.int_repr().t().contiguous()
+    layer._int8_weight = weight.int_repr()
     layer._int8_weight_scale = weight.q_per_channel_scales().to(torch.float32)
     bias = layer.bias()
     layer._int8_bias = None if bias is None else bias.detach().to(torch.float32)
+    layer._int8_single = _single_token_kernel(layer)
     layer.activation_scales = PER_TOKEN
     layer.forward = functools.partial(_per_token_forward, layer)
     return layer
