@@ -44,3 +44,37 @@ def test_shared_prefix_rows_equal_one_forward_per_option(tiny_model_factory, arc
         assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
         for a, b in zip(got, want):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_int8_activations_keep_packed_scoring(tiny_model_factory):
+    """Rounding activations to int8 levels turns float-rounding differences between packed and
+    plain rows into level changes (tenths of a nat on the default model); the packing check
+    asks about the architecture, so it runs with the int8 layers in float; scoring does not."""
+    import torch
+
+    from audit.compress.quantize import quantize_int8_dynamic
+    from audit.models.torch_lm import float_products
+
+    model = drive(load_model(str(tiny_model_factory("llama"))))
+    names, _ = quantize_int8_dynamic(model.model)
+    layer = model.model.get_submodule(names[0])
+    x = torch.randn(3, layer.in_features) * 4.0
+    before = layer(x).detach()
+    expected = (x @ layer.weight().dequantize().t()).detach()
+    with float_products(model.model):
+        assert torch.allclose(layer(x), expected, atol=1e-5)
+        assert not torch.allclose(layer(x), before, atol=1e-5)  # no int8 levels for the input
+    assert torch.equal(layer(x), before)  # per-token int8 again
+
+    in_float = []
+    packed = model._score_packed
+
+    def spy(requests):
+        in_float.append(torch.allclose(layer(x), expected, atol=1e-5))
+        return packed(requests)
+
+    model._score_packed = spy
+    items = builtin_items(["religion"])[:4]
+    model.score([score_request(model, item) for item in items])
+    assert model._packing, "int8 layers made packed scoring fall back to plain rows"
+    assert in_float == [True, False]  # the check in float, the scores in int8

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -164,7 +165,7 @@ def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, 
     whose weights live in packed parameters rather than in `parameters()`."""
     found = []
     for name, module in model.named_modules():
-        if type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None)):
+        if _is_dynamic_int8(module):
             weight = module.weight()
             if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
                 zero_points = weight.q_per_channel_zero_points()
@@ -173,6 +174,37 @@ def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, 
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
             found.append((name, weight.int_repr(), zero_points, 0 if bias is None else bias.numel()))
     return found
+
+
+def _is_dynamic_int8(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None))
+
+
+@contextlib.contextmanager
+def float_products(model: nn.Module) -> Iterator[None]:
+    """Inside, the model's dynamic int8 layers multiply in float by their dequantized weights
+    (dequantized at each call, so no float copy of the model is held): the same architecture as a
+    smooth function of its input. Quantizing activations rounds every value to a level; two ways
+    of computing the same tokens that differ by one float rounding (attention with and without a
+    mask) then move a few values by a level, and that grows through the layers to tenths of a nat.
+    A check of how the architecture treats masks and positions compares them here instead."""
+    swapped: list[tuple[nn.Module, Any]] = []
+    for module in model.modules():
+        if _is_dynamic_int8(module):
+            def forward(x: torch.Tensor, layer: nn.Module = module) -> torch.Tensor:
+                bias = layer.bias()
+                return nn.functional.linear(x.to(torch.float32), layer.weight().dequantize(), bias).to(x.dtype)
+
+            swapped.append((module, module.__dict__.get("forward")))
+            module.forward = forward
+    try:
+        yield
+    finally:
+        for module, own in swapped:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
 
 
 def weight_sparsity(model: nn.Module) -> float | None:
@@ -443,7 +475,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     def _packing_agrees(self) -> bool:
         """Packed rows and token trees rely on custom 4D masks and position ids; check they give
         what plain rows give on this architecture (short contexts as trees, contexts sharing a
-        prefix in one row), and fall back to plain rows when they don't."""
+        prefix in one row), and fall back to plain rows when they don't. Int8 layers compute in
+        float for the check (`float_products`): what it asks of is the architecture."""
         if not self._takes_positions:
             return False
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
@@ -458,11 +491,12 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             ScoreRequest(prefix + (7,), ((5, 5), (4,))),
             ScoreRequest(prefix, ((8,),)),
         ]
-        try:
-            packed = self._score_packed(probes)
-        except Exception:
-            return False
-        plain = self._score_rows(probes)
+        with float_products(self.model):
+            try:
+                packed = self._score_packed(probes)
+            except Exception:
+                return False
+            plain = self._score_rows(probes)
         return all(
             math.isclose(a.logprob, b.logprob, rel_tol=1e-4, abs_tol=1e-3)
             for got, want in zip(packed, plain)
