@@ -4,7 +4,7 @@ import pytest
 
 from audit.models import load_model
 from audit.models.interface import ScoreRequest
-from audit.models.torch_lm import MIN_SHARED_TOKENS, share_prefixes
+from audit.models.torch_lm import MIN_SHARED_TOKENS, pack_rows, share_prefixes
 from audit.probes.builtin import builtin_items
 from audit.probes.scoring import score_request
 from audit.progress import drive
@@ -29,14 +29,27 @@ def test_share_prefixes_groups_by_common_context():
     assert grouped[0].length == len(shared) + (2 + 3) + (2 + 1) + (0 + 1)
 
 
+def test_pack_rows_first_fit_from_the_longest():
+    # Longest first: 500 is over the limit, alone; 300 opens a lane (84 left), 200 another (184
+    # left); 100 fits beside 200 (84 left), 80 beside 300 (4 left), 50 beside 200 and 100.
+    assert pack_rows([100, 300, 80, 200, 500, 50], 384) == [[4], [1, 2], [3, 0, 5]]
+    assert pack_rows([], 384) == []
+    lengths = [17, 5, 90, 33, 33, 120, 64, 8]
+    lanes = pack_rows(lengths, 128)
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in lane) <= 128 for lane in lanes)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shared_prefix_rows_equal_one_forward_per_option(tiny_model_factory, arch):
     model = drive(load_model(str(tiny_model_factory(arch))))
     # One context's questions and its disambiguated version share long prefixes.
-    items = builtin_items(["religion"])[:4]
+    items = builtin_items(["religion"])[:4] + builtin_items(["age"])[:1]
     requests = [score_request(model, item) for item in items]
     requests.append(requests[0])  # an identical context: its whole context is shared
-    assert any(len(row.members) > 1 for row in share_prefixes(requests))
+    rows = share_prefixes(requests)
+    assert any(len(row.members) > 1 for row in rows)
+    assert len(pack_rows([row.length for row in rows])) < len(rows)  # rows side by side in a lane
     packed = model.score(requests)
     assert model._packing, f"{arch}: packed scoring fell back to plain rows"
     naive = model.score(requests, strategy="naive")

@@ -73,6 +73,25 @@ def share_prefixes(requests: Sequence[ScoreRequest]) -> list[PackedRow]:
     return rows
 
 
+def pack_rows(lengths: Sequence[int], max_tokens: int = MAX_ROW_TOKENS) -> list[list[int]]:
+    """Rows placed side by side in lanes of at most `max_tokens` (a longer row gets a lane of its
+    own), first fit from the longest, so a batch pads little even when few of its requests
+    share a context (a sequential probe's batch draws them across categories). Each row keeps
+    its own positions and sees only itself."""
+    lanes: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for k, free in enumerate(room):
+            if lengths[index] <= free:
+                lanes[k].append(index)
+                room[k] -= lengths[index]
+                break
+        else:
+            lanes.append([index])
+            room.append(max(max_tokens, lengths[index]) - lengths[index])
+    return lanes
+
+
 # Requests with a short context (whole sentences after the document start: CrowS-Pairs,
 # StereoSet) are scored as token trees instead: the sentences of one request share their
 # tokens up to the first that differs, every request of a row shares the document start,
@@ -490,6 +509,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             ScoreRequest(prefix + (4, 5), ((6,), (top, 3))),
             ScoreRequest(prefix + (7,), ((5, 5), (4,))),
             ScoreRequest(prefix, ((8,),)),
+            # A context sharing nothing with those: its row goes side by side with theirs in one lane.
+            ScoreRequest(tuple(reversed(prefix)) + (6,), ((4, 9), (top,))),
         ]
         with float_products(self.model):
             try:
@@ -582,54 +603,64 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     @torch.inference_mode()
     def _score_shared_contexts(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         rows = share_prefixes(requests)
+        lengths = [row.length for row in rows]
+        # Lanes no wider than the longest row: a batch is that wide anyway, and attention grows
+        # with the square of the width.
+        lanes = pack_rows(lengths, min(MAX_ROW_TOKENS, max(lengths, default=0)))
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-        for batch in batches_by_tokens([row.length for row in rows], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
-            width = max(rows[i].length for i in batch)
+        for batch in batches_by_tokens([sum(rows[i].length for i in lane) for lane in lanes], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
+            width = max(sum(rows[i].length for i in lanes[b]) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
             owner = torch.full((len(batch), width), PAD_OWNER, dtype=torch.long)
             segment = torch.zeros(len(batch), width, dtype=torch.long)
-            wanted: list[list[tuple[int, int, list[int], list[int]]]] = []  # per row: (request, continuation, positions, targets)
-            for r, row_index in enumerate(batch):
-                row = rows[row_index]
-                n_shared = len(row.prefix)
-                ids[r, :n_shared] = torch.tensor(row.prefix)
-                positions[r, :n_shared] = torch.arange(n_shared)
-                owner[r, :n_shared] = SHARED_OWNER
-                start = n_shared
-                per_row = []
-                for member, index in enumerate(row.members):
-                    req = requests[index]
-                    rest = req.context[n_shared:]
-                    n_ctx = len(req.context)
-                    end = start + len(rest)
-                    ids[r, start:end] = torch.tensor(rest, dtype=torch.long)
-                    positions[r, start:end] = torch.arange(n_shared, n_ctx)
-                    owner[r, start:end] = member
-                    # The last context token predicts each continuation's first token.
-                    last_context = end - 1 if rest else n_shared - 1
-                    start = end
-                    for k, cont in enumerate(req.continuations, start=1):
-                        end = start + len(cont)
-                        ids[r, start:end] = torch.tensor(cont)
-                        positions[r, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
+            group = torch.full((len(batch), width), -1, dtype=torch.long)  # which row of the lane a token is in
+            wanted: list[list[tuple[int, int, list[int], list[int]]]] = []  # per lane: (request, continuation, positions, targets)
+            for r, lane in enumerate(batch):
+                per_lane = []
+                start = 0
+                for g, row_index in enumerate(lanes[lane]):
+                    row = rows[row_index]
+                    group[r, start : start + row.length] = g
+                    n_shared = len(row.prefix)
+                    ids[r, start : start + n_shared] = torch.tensor(row.prefix)
+                    positions[r, start : start + n_shared] = torch.arange(n_shared)
+                    owner[r, start : start + n_shared] = SHARED_OWNER
+                    last_shared = start + n_shared - 1
+                    start += n_shared
+                    for member, index in enumerate(row.members):
+                        req = requests[index]
+                        rest = req.context[n_shared:]
+                        n_ctx = len(req.context)
+                        end = start + len(rest)
+                        ids[r, start:end] = torch.tensor(rest, dtype=torch.long)
+                        positions[r, start:end] = torch.arange(n_shared, n_ctx)
                         owner[r, start:end] = member
-                        segment[r, start:end] = k
-                        per_row.append((index, k - 1, [last_context] + list(range(start, end - 1)), list(cont)))
+                        # The last context token predicts each continuation's first token.
+                        last_context = end - 1 if rest else last_shared
                         start = end
-                wanted.append(per_row)
-            # A token sees the shared prefix, its own request's context, and its own continuation.
+                        for k, cont in enumerate(req.continuations, start=1):
+                            end = start + len(cont)
+                            ids[r, start:end] = torch.tensor(cont)
+                            positions[r, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
+                            owner[r, start:end] = member
+                            segment[r, start:end] = k
+                            per_lane.append((index, k - 1, [last_context] + list(range(start, end - 1)), list(cont)))
+                            start = end
+                wanted.append(per_lane)
+            # A token sees its own row's shared prefix, its own request's context, and its own continuation.
             o_i, o_j = owner[:, :, None], owner[:, None, :]
             s_i, s_j = segment[:, :, None], segment[:, None, :]
             allowed = (o_j == SHARED_OWNER) | ((o_i == o_j) & ((s_j == 0) | (s_j == s_i)))
+            allowed &= group[:, :, None] == group[:, None, :]
             allowed &= (o_i != PAD_OWNER) & (o_j != PAD_OWNER)
             allowed &= torch.ones(width, width, dtype=torch.bool).tril()
             allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
-            keep = sorted({p for per_row in wanted for _, _, pos, _ in per_row for p in pos})
+            keep = sorted({p for per_lane in wanted for _, _, pos, _ in per_lane for p in pos})
             logits, column = self._forward_packed(ids, positions, allowed, keep)
             logits = logits.float()
-            for r, per_row in enumerate(wanted):
-                for index, k, pos, targets in per_row:
+            for r, per_lane in enumerate(wanted):
+                for index, k, pos, targets in per_lane:
                     cols = torch.tensor([column[p] for p in pos])
                     results[index][k] = _continuation_scores(logits[r, cols].log_softmax(-1), targets)
         return results
