@@ -44,7 +44,7 @@ def test_pack_rows_first_fit_from_the_longest():
 def test_shared_prefix_rows_equal_one_forward_per_option(tiny_model_factory, arch):
     model = drive(load_model(str(tiny_model_factory(arch))))
     # One context's questions and its disambiguated version share long prefixes.
-    items = builtin_items(["religion"])[:4] + builtin_items(["age"])[:1]
+    items = builtin_items(["religion"])[:4] + builtin_items(["age"])[:1] + builtin_items(["ses"])[:1]
     requests = [score_request(model, item) for item in items]
     requests.append(requests[0])  # an identical context: its whole context is shared
     rows = share_prefixes(requests)

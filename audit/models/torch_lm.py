@@ -73,11 +73,15 @@ def share_prefixes(requests: Sequence[ScoreRequest]) -> list[PackedRow]:
     return rows
 
 
-def pack_rows(lengths: Sequence[int], max_tokens: int = MAX_ROW_TOKENS) -> list[list[int]]:
+def pack_rows(lengths: Sequence[int], max_tokens: int | None = None) -> list[list[int]]:
     """Rows placed side by side in lanes of at most `max_tokens` (a longer row gets a lane of its
     own), first fit from the longest, so a batch pads little even when few of its requests
     share a context (a sequential probe's batch draws them across categories). Each row keeps
-    its own positions and sees only itself."""
+    its own positions and sees only itself. By default lanes are no wider than the longest row
+    (nor MAX_ROW_TOKENS): a batch is that wide anyway, and attention grows with the square of
+    the width."""
+    if max_tokens is None:
+        max_tokens = min(MAX_ROW_TOKENS, max(lengths, default=0))
     lanes: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -179,6 +183,10 @@ def linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
+def _is_dynamic_int8(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None))
+
+
 def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
     """(name, int weights, zero points per channel, bias size) of dynamic int8 linear layers,
     whose weights live in packed parameters rather than in `parameters()`."""
@@ -193,10 +201,6 @@ def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, 
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
             found.append((name, weight.int_repr(), zero_points, 0 if bias is None else bias.numel()))
     return found
-
-
-def _is_dynamic_int8(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None))
 
 
 @contextlib.contextmanager
@@ -509,8 +513,9 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             ScoreRequest(prefix + (4, 5), ((6,), (top, 3))),
             ScoreRequest(prefix + (7,), ((5, 5), (4,))),
             ScoreRequest(prefix, ((8,),)),
-            # A context sharing nothing with those: its row goes side by side with theirs in one lane.
-            ScoreRequest(tuple(reversed(prefix)) + (6,), ((4, 9), (top,))),
+            # Two short contexts sharing nothing: their rows go side by side in one lane.
+            ScoreRequest(tuple(reversed(prefix))[:MIN_SHARED_TOKENS], ((4,),)),
+            ScoreRequest(tuple(range(top, top - MIN_SHARED_TOKENS, -1)), ((9,),)),
         ]
         with float_products(self.model):
             try:
@@ -603,10 +608,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     @torch.inference_mode()
     def _score_shared_contexts(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         rows = share_prefixes(requests)
-        lengths = [row.length for row in rows]
-        # Lanes no wider than the longest row: a batch is that wide anyway, and attention grows
-        # with the square of the width.
-        lanes = pack_rows(lengths, min(MAX_ROW_TOKENS, max(lengths, default=0)))
+        lanes = pack_rows([row.length for row in rows])
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
         for batch in batches_by_tokens([sum(rows[i].length for i in lane) for lane in lanes], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
             width = max(sum(rows[i].length for i in lanes[b]) for b in batch)
