@@ -133,7 +133,7 @@ def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A dynamic int8 layer's product with one symmetric int8 scale per token (row of `x`):
     int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales.
     A single token (each decode step) takes FBGEMM's int8 kernel where it is exact (see
-    `_single_token_kernel`): the same quantization, with no int8 copy of the input made here."""
+    `_single_token_kernel_exact`): the same quantization, with no int8 copy of the input made here."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.dtype != torch.float32:
         rows = rows.to(torch.float32)
