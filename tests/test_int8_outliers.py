@@ -160,6 +160,7 @@ def test_onnx_int8_excludes_the_outlier_node(planted, tmp_path, text_file):
     source = AutoModelForCausalLM.from_pretrained(str(planted))
     variant = drive(load_model(str(out)))
     assert any(PLANTED in n and "onnx-int8" in n for n in variant.facts().notes)
+    assert variant.cache_checked  # on the float graph, before its activations were rounded to int8
     with pytest.raises(UserError):
         onnx_weight_nodes(out / "model.onnx", {"missing": torch.ones(3, 7)})
     assert source.get_submodule(PLANTED).weight.shape[1] == 128

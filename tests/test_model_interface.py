@@ -138,6 +138,28 @@ def test_onnx_backend_matches_pytorch(tiny_onnx, llama):
     assert facts.weight_sparsity == 0.0
 
 
+def test_onnx_scores_each_context_once_from_the_cache(tiny_onnx, llama):
+    """Contexts of several lengths in one batch (padding between a short context and its
+    continuations), continuations of one and several tokens: the same scores as padded rows
+    and as the PyTorch model."""
+    onnx_model = load(tiny_onnx)
+    requests = [
+        onnx_model.text_request(CONTEXT, OPTIONS),
+        onnx_model.text_request("The bridge", [" held.", " fell", "."]),
+        onnx_model.text_request("Two friends met at the station before the morning train to the coast", [" left.", " was late again."]),
+    ]
+    cached = onnx_model.score(requests)
+    assert onnx_model._caching, "the tiny llama export should score from its cache"
+    rows = onnx_model.score(requests, strategy="rows")
+    reference = llama.score(requests)
+    for got, want, torch_scores in zip(cached, rows, reference):
+        assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
+        for a, b, c in zip(got, want, torch_scores):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+            assert a.logprob == pytest.approx(c.logprob, abs=1e-3)
+            assert a.greedy == b.greedy
+
+
 def test_cli_models_info_json(tiny_llama, tmp_path):
     result = run_cli("models", "info", str(tiny_llama), "--json", env={"EDGE_AUDIT_CACHE": str(tmp_path)})
     assert result.returncode == 0, result.stderr

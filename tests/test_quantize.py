@@ -94,6 +94,13 @@ def test_onnx_int4(tiny_llama, tmp_path, text_file):
     variant = drive(load_model(str(tmp_path / "q")))
     assert variant.facts().quantization == "int4-weight-only"
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.25)
+    # The float graph scored from its cache as in rows, so the variant scores from its cache.
+    assert variant.cache_checked
+    request = variant.text_request("The river rose after the storm, and the bridge", [" held.", " fell into the water."])
+    cached = variant.score([request])
+    assert variant._caching
+    rows = variant.score([request], strategy="rows")
+    assert [a.logprob for a in cached[0]] == pytest.approx([b.logprob for b in rows[0]], abs=1e-3)
 
 
 def test_a_pruned_folder_quantizes_and_keeps_its_zeros(tiny_llama, tmp_path, text_file):

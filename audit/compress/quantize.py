@@ -26,7 +26,7 @@ from audit.compress.storage import model_class, unique_tensors, write_safetensor
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, load_model, model_size_bytes
-from audit.models.meta import INT8_FILE, INT8_FORMAT, WEIGHTS_META_KEY, write_meta
+from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, WEIGHTS_META_KEY, write_meta
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
 from audit.registry import Registry
@@ -350,6 +350,30 @@ def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
     return folder / "model.onnx"
 
 
+def _cache_scoring_agrees(lm: LanguageModel, onnx_path: Path) -> bool:
+    """Whether the float graph scores from its key/value cache as it does in padded rows: the
+    check the loader would run, made here because after quantization rounding of activations
+    blurs it (`OnnxLanguageModel.score`)."""
+    from audit.models.onnx_lm import OnnxLanguageModel
+
+    if isinstance(lm, OnnxLanguageModel):
+        return lm._cache_agrees()
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    try:
+        getattr(lm.model, "config").save_pretrained(onnx_path.parent)
+        with _quiet():
+            session = ORTModelForCausalLM.from_pretrained(str(onnx_path.parent), file_name=onnx_path.name, provider="CPUExecutionProvider")
+    except Exception:  # not loadable alone: the variant's loader checks its own graph instead
+        return False
+    graph = OnnxLanguageModel(session, lm.tokenizer, onnx_path=onnx_path, text_prefix_ids=lm.text_prefix_ids,
+                              stop_token_ids=lm.stop_token_ids, facts_template={})
+    try:
+        return graph._cache_agrees()
+    finally:
+        graph.close()
+
+
 def _large(path: Path) -> bool:
     return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file()) > 1800 * MB
 
@@ -436,11 +460,12 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     kept_nodes = onnx_weight_nodes(onnx_path, kept_weights) if kept_weights else {}
     excluded = sorted({node for nodes in kept_nodes.values() for node in nodes})
     _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL, exclude=excluded)
+    cache_checked = _cache_scoring_agrees(lm, onnx_path)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
     scales = f"{PER_TOKEN} (in blocks of {settings.block_size} channels)"
-    _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8", scales), quantization="int8"))
+    _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8", scales), quantization="int8", **{CACHE_CHECKED_KEY: cache_checked}))
     yield Progress("quantize", 3, 3, "written")
     return {"block_size": settings.block_size, "activation_scales": scales, **_outlier_details(choice), "kept_float_nodes": excluded}
 
@@ -453,10 +478,11 @@ def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     check_cancel(cancel)
     yield Progress("quantize", 1, 3, f"quantizing weights to 4 bits (blocks of {settings.block_size})")
     _quantize_matmuls(onnx_path, folder, bits=4, block_size=settings.block_size, symmetric=False)
+    cache_checked = _cache_scoring_agrees(lm, onnx_path)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
-    _save_onnx_folder(lm, folder, dict(meta, quantization="int4-weight-only"))
+    _save_onnx_folder(lm, folder, dict(meta, quantization="int4-weight-only", **{CACHE_CHECKED_KEY: cache_checked}))
     yield Progress("quantize", 3, 3, "written")
     return {"block_size": settings.block_size}
 

@@ -17,7 +17,7 @@ from audit import atomic
 from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
-from audit.models.meta import read_meta, write_meta
+from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
 from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
@@ -473,4 +473,5 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
         text_prefix_ids=text_prefix_ids(tokenizer, config, meta),
         stop_token_ids=stop_token_ids(tokenizer, config, getattr(model, "generation_config", None)),
         facts_template=template,
+        cache_checked=bool(meta.get(CACHE_CHECKED_KEY)),
     )

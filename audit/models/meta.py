@@ -18,6 +18,8 @@ INT8_FORMAT = "int8-dynamic"
 INT8_FILE = "model.int8-dynamic.safetensors"
 # The key of edge-audit's layout in a weights file's safetensors metadata.
 WEIGHTS_META_KEY = "edge_audit"
+# An ONNX variant whose float graph scored from the key/value cache as it did in padded rows.
+CACHE_CHECKED_KEY = "cache_scoring_checked"
 # The type each field the loader reads must have; a field of another type is left out, as a
 # damaged file is (the folder then loads as a plain Hugging Face folder would).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -28,6 +30,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "text_prefix_token": str,
     "quantization": str,
     "alias": str,
+    CACHE_CHECKED_KEY: bool,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from audit.errors import UserError
 from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts, ScoreRequest
-from audit.models.torch_lm import HFGeneration, score_rows
+from audit.models.torch_lm import HFGeneration, score_rows, score_with_cache
 from audit.paths import os_reason
 
 # ONNX operators whose second input is a weight matrix the model multiplies by.
@@ -121,19 +122,65 @@ class OnnxLanguageModel(HFGeneration, LanguageModel):
         text_prefix_ids: Sequence[int],
         stop_token_ids: Sequence[int],
         facts_template: dict[str, Any],
+        cache_checked: bool = False,
     ) -> None:
         super().__init__(tokenizer, text_prefix_ids=text_prefix_ids, stop_token_ids=stop_token_ids)
         self.model = model
+        self.cache_checked = cache_checked  # scoring from the cache agreed with rows on the float graph
         self.onnx_path = Path(onnx_path)
         self._facts_template = facts_template
         self._weight_facts: dict[str, Any] | None = None
+        self._caching: bool | None = None  # decided by a self-check on first use
 
     def _forward(self, ids: Any, attention: Any) -> Any:
         return self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
 
-    def score(self, requests: Sequence[ScoreRequest], strategy: str = "rows") -> list[list[ContinuationScore]]:
+    def _forward_cached(self, **inputs: Any) -> Any:
+        return self.model(**inputs, use_cache=True)
+
+    def score(self, requests: Sequence[ScoreRequest], strategy: str = "cached") -> list[list[ContinuationScore]]:
+        """Score continuations. "cached" (or "packed", the PyTorch engine's name for its own way
+        of sharing contexts) feeds each context once and its continuations after it from the
+        key/value cache, where the graph takes them and a self-check agrees; "rows" (and
+        "naive") one padded row per continuation."""
         with self.lock:
+            if strategy in ("cached", "packed"):
+                if self._caching is None:
+                    # A graph whose activations are rounded to int8 levels answers a little
+                    # differently from the cache than from rows (a float rounding moves a value
+                    # to the next level), so for an edge-audit variant the check ran on the
+                    # float graph it was quantized from, whose attention it keeps.
+                    self._caching = self._takes_cache() and (self.cache_checked or self._cache_agrees())
+                if self._caching:
+                    return score_with_cache(requests, self._forward_cached)
             return score_rows(requests, self._forward)
+
+    def _takes_cache(self) -> bool:
+        names = set(getattr(self.model, "input_names", None) or ())
+        return ("position_ids" in names and any(n.startswith("past_key_values") for n in names)
+                and bool(getattr(self.model, "can_use_cache", False)))
+
+    def _cache_agrees(self) -> bool:
+        """Whether the graph takes past keys and values with position ids, and scoring from the
+        cache gives what padded rows give: contexts of several lengths (padding between a
+        context and its continuations) and continuations of one and several tokens."""
+        if not self._takes_cache():
+            return False
+        probes = [
+            self.text_request("The river rose after the storm, and the old stone bridge", [" held.", " fell into the water."]),
+            self.text_request("She opened the letter", [" and smiled.", " slowly", "."]),
+            self.text_request("Two friends met at the station before the morning train to the coast", [" left.", " was late again."]),
+        ]
+        try:
+            cached = score_with_cache(probes, self._forward_cached)
+        except Exception:
+            return False
+        plain = score_rows(probes, self._forward)
+        return all(
+            math.isclose(a.logprob, b.logprob, rel_tol=1e-4, abs_tol=1e-3)
+            for got, want in zip(cached, plain)
+            for a, b in zip(got, want)
+        )
 
     def facts(self) -> ModelFacts:
         if self._weight_facts is None:

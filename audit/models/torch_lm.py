@@ -278,6 +278,49 @@ def score_rows(
     return results
 
 
+@torch.inference_mode()
+def score_with_cache(requests: Sequence[ScoreRequest], forward: Callable[..., Any]) -> list[list[ContinuationScore]]:
+    """Each context once, its continuations after it from the key/value cache: for a model
+    that takes no custom attention mask but takes past keys and values and position ids
+    (`forward(input_ids=, attention_mask=, position_ids=, past_key_values=)` returns an output
+    with logits and past_key_values as (key, value) per layer). Contexts are right-padded: a
+    continuation's attention mask leaves its context's padding out, and its positions follow
+    its own context."""
+    results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
+    sizes = [len(r.context) + sum(len(c) for c in r.continuations) for r in requests]
+    for batch in batches_by_tokens(sizes, MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
+        n_ctx = [len(requests[i].context) for i in batch]
+        width = max(n_ctx)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention = torch.zeros(len(batch), width, dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : n_ctx[r]] = torch.tensor(requests[i].context)
+            attention[r, : n_ctx[r]] = 1
+        out = forward(input_ids=ids, attention_mask=attention, position_ids=torch.arange(width).expand(len(batch), -1), past_key_values=None)
+        # Each context's last token predicts its continuations' first tokens.
+        first = torch.as_tensor(out.logits)[torch.arange(len(batch)), torch.tensor(n_ctx) - 1].float().log_softmax(-1)
+        owners = [(r, k) for r, i in enumerate(batch) for k in range(len(requests[i].continuations))]
+        conts = [requests[batch[r]].continuations[k] for r, k in owners]
+        later = None
+        span = max(len(c) for c in conts) - 1  # a continuation's tokens but its last, fed after the cache, predict the rest
+        if span > 0:
+            cont_ids = torch.zeros(len(owners), span, dtype=torch.long)
+            cont_attention = torch.zeros(len(owners), span, dtype=torch.long)
+            for j, cont in enumerate(conts):
+                cont_ids[j, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+                cont_attention[j, : len(cont) - 1] = 1
+            rows = torch.tensor([r for r, _ in owners])
+            past = tuple(tuple(torch.as_tensor(t).index_select(0, rows) for t in layer) for layer in out.past_key_values)
+            positions = torch.tensor([n_ctx[r] for r, _ in owners])[:, None] + torch.arange(span)
+            tail = forward(input_ids=cont_ids, attention_mask=torch.cat([attention.index_select(0, rows), cont_attention], 1),
+                           position_ids=positions, past_key_values=past)
+            later = torch.as_tensor(tail.logits)
+        for j, ((r, k), cont) in enumerate(zip(owners, conts)):
+            rest = later[j, : len(cont) - 1].float().log_softmax(-1) if later is not None else first[r][None][:0]
+            results[batch[r]][k] = _continuation_scores(torch.cat([first[r][None], rest]), cont)
+    return results
+
+
 # Generation settings that change nothing in a greedy decode of one row; any other setting
 # in a model's generation config (a repetition penalty, banned words...) leaves greedy
 # decoding to transformers' `generate`, which applies it.
