@@ -358,12 +358,18 @@ def _cache_scoring_agrees(lm: LanguageModel, onnx_path: Path) -> bool:
 
     if isinstance(lm, OnnxLanguageModel):
         return lm._cache_agrees()
+    import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the loader runs it (audit.threads)
     try:
         getattr(lm.model, "config").save_pretrained(onnx_path.parent)
         with _quiet():
-            session = ORTModelForCausalLM.from_pretrained(str(onnx_path.parent), file_name=onnx_path.name, provider="CPUExecutionProvider")
+            session = ORTModelForCausalLM.from_pretrained(
+                str(onnx_path.parent), file_name=onnx_path.name, session_options=options, provider="CPUExecutionProvider"
+            )
     except Exception:  # not loadable alone: the variant's loader checks its own graph instead
         return False
     graph = OnnxLanguageModel(session, lm.tokenizer, onnx_path=onnx_path, text_prefix_ids=lm.text_prefix_ids,
