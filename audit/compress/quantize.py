@@ -25,7 +25,7 @@ from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUA
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
-from audit.models.loader import LoadOptions, load_model, model_size_bytes
+from audit.models.loader import LoadOptions, load_model, model_size_bytes, onnx_session_options
 from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, WEIGHTS_META_KEY, write_meta
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
@@ -358,17 +358,14 @@ def _cache_scoring_agrees(lm: LanguageModel, onnx_path: Path) -> bool:
 
     if isinstance(lm, OnnxLanguageModel):
         return lm._cache_agrees()
-    import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the loader runs it (audit.threads)
     try:
         getattr(lm.model, "config").save_pretrained(onnx_path.parent)
         with _quiet():
             session = ORTModelForCausalLM.from_pretrained(
-                str(onnx_path.parent), file_name=onnx_path.name, session_options=options, provider="CPUExecutionProvider"
+                str(onnx_path.parent), file_name=onnx_path.name, session_options=onnx_session_options(torch.get_num_threads()),
+                provider="CPUExecutionProvider",
             )
     except Exception:  # not loadable alone: the variant's loader checks its own graph instead
         return False

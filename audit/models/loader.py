@@ -438,8 +438,18 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
     )
 
 
-def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started: float, threads: int) -> LanguageModel:
+def onnx_session_options(threads: int) -> Any:
+    """ONNX Runtime session options computing on `threads` threads, an idle worker asleep
+    instead of spinning on a core another process needs (see audit.threads)."""
     import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return session_options
+
+
+def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started: float, threads: int) -> LanguageModel:
     from transformers import AutoConfig
 
     from audit.models.onnx_lm import OnnxLanguageModel, onnx_files
@@ -452,10 +462,7 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
         raise UserError(f"cannot read the config of the ONNX model in {folder}: {first_line(exc, 300)}") from None
     files = onnx_files(folder)
     onnx_path = folder / "model.onnx" if (folder / "model.onnx").is_file() else files[0]
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = threads
-    # An idle worker sleeps instead of spinning on a core another process needs (see audit.threads).
-    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session_options = onnx_session_options(threads)
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from audit.errors import UserError
 from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts, ScoreRequest
-from audit.models.torch_lm import HFGeneration, score_rows, score_with_cache
+from audit.models.torch_lm import HFGeneration, score_rows, score_with_cache, scores_agree
 from audit.paths import os_reason
 
 # ONNX operators whose second input is a weight matrix the model multiplies by.
@@ -175,12 +174,7 @@ class OnnxLanguageModel(HFGeneration, LanguageModel):
             cached = score_with_cache(probes, self._forward_cached)
         except Exception:
             return False
-        plain = score_rows(probes, self._forward)
-        return all(
-            math.isclose(a.logprob, b.logprob, rel_tol=1e-4, abs_tol=1e-3)
-            for got, want in zip(cached, plain)
-            for a, b in zip(got, want)
-        )
+        return scores_agree(cached, score_rows(probes, self._forward))
 
     def facts(self) -> ModelFacts:
         if self._weight_facts is None:
