@@ -7,9 +7,9 @@ waiting for the next operation while the thread they wait for cannot get one. So
 - unless the user gives `--threads`, a job computes with the cores other processes leave free
   at the moment it starts (measured over a fraction of a second, not the minute-long load
   average), less any it must leave to others (the app keeps one for its own screen);
-- the inference libraries' idle threads spin only briefly before they sleep; this is set in the
-  environment before the libraries load (they read it once), and only where the user has not
-  chosen a policy of their own.
+- the inference libraries' idle threads spin only briefly before they sleep; for OpenMP this is
+  set in the environment before the libraries load (they read it once), and only where the user
+  has not chosen a policy of their own; ONNX Runtime takes it as session options.
 
 `benchmarks/contention.py` measures what both cost on an idle device and save on a busy one.
 """
@@ -32,6 +32,21 @@ from typing import Any, MutableMapping
 WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "3000"}
 # Any of these set by the user means they chose how threads wait: leave it alone.
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# ONNX Runtime keeps its own thread pool, with a spin bounded in time. Measured on 2 cores
+# (onnx-int8 of the default model, decode at 2 threads, ms/token, idle / beside one busy
+# process): no spin 22-23 / 24-27; 50 us 17-18 / 26-33; 100 us 17-18 / 31-34; 200 us 17-18 /
+# 28-30; one thread 25-28 / 25-27. A wait of 50 us bridges the gaps between a decode step's
+# operators; with no spin at all, every operator waits for a sleeping thread to wake.
+ONNX_SPIN_US = 50
+
+
+def onnx_wait_entries(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """ONNX Runtime session config entries for how its idle threads wait: the bounded spin
+    above, or none when the user asked OpenMP libraries for a passive wait."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return {"session.intra_op.allow_spinning": "0"}
+    return {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(ONNX_SPIN_US)}
 
 
 def prepare_wait_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:

@@ -6,6 +6,7 @@ process, in one run: what the default settings lose on a busy device, and what t
     python benchmarks/contention.py --competitor torch   # a competitor that computes with threads itself, as a prune does
     python benchmarks/contention.py --competitors 2 --probe-limit 8
     python benchmarks/contention.py --only profile --wait-sweep   # how idle threads should wait
+    python benchmarks/contention.py --model /path/to/onnx-int8       # any model edge-audit loads
 
 Each case is `edge-audit profile --json` or `edge-audit probe --json` in a fresh process, so the
 wait environment applies as it does for a user. "default" is what a user gets: no --threads
@@ -33,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from audit.models.aliases import DEFAULT_ALIAS  # noqa: E402
 from audit.threads import USER_WAIT_VARIABLES  # noqa: E402
 
 COMPETITORS = {
@@ -67,12 +69,12 @@ def run_cli(args: list[str], env_extra: dict[str, str]) -> dict:
 
 
 def decode_ms(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> tuple[float, object]:
-    data = run_cli(["profile", *extra, "--runs", str(args.runs), "--warmup-runs", "1", "--new-tokens", str(args.new_tokens), "--probe-items", "0"], env)
+    data = run_cli(["profile", "--model", args.model, *extra, "--runs", str(args.runs), "--warmup-runs", "1", "--new-tokens", str(args.new_tokens), "--probe-items", "0"], env)
     return float(data["decode_ms_per_token_p50"]), data.get("threads")
 
 
 def probe_rate(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> float:
-    data = run_cli(["probe", *extra, "--limit", str(args.probe_limit)], env)
+    data = run_cli(["probe", "--model", args.model, *extra, "--limit", str(args.probe_limit)], env)
     return float(data["items_per_s"])
 
 
@@ -89,6 +91,7 @@ def with_competitors(kind: str, count: int, measure):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_ALIAS, help=f"what to profile and probe (default {DEFAULT_ALIAS})")
     parser.add_argument("--competitor", choices=sorted(COMPETITORS), default="loop", help="what competes (default loop: one core each)")
     parser.add_argument("--competitors", type=int, default=1, help="competing processes (default 1)")
     parser.add_argument("--runs", type=int, default=5, help="timed profile runs per case (default 5)")
@@ -118,7 +121,7 @@ def main() -> int:
             same = probe_rate(held, env, args) if held else None
             rows.append(("probe items/s", name, idle, busy, idle / busy, "", None if same is None else same / busy))
 
-    print(f"{cores} cores, {args.competitors} competing '{args.competitor}' process(es); slowdown = busy time / idle time")
+    print(f"{args.model}: {cores} cores, {args.competitors} competing '{args.competitor}' process(es); slowdown = busy time / idle time")
     print(f"{'figure':<24} {'setting':<21} {'idle':>8} {'busy':>8} {'slowdown':>9}  {'threads idle / busy':<20} busy / idle at busy threads")
     for figure, name, idle, busy, slowdown, threads, same in rows:
         print(f"{figure:<24} {name:<21} {idle:>8.1f} {busy:>8.1f} {slowdown:>8.2f}x  {threads:<20} {'' if same is None else f'{same:.2f}x'}")

@@ -26,6 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from audit.threads import prepare_wait_environment  # noqa: E402
+
+prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
+
 from audit.models.aliases import DEFAULT_ALIAS  # noqa: E402
 from audit.models.loader import LoadOptions, load_model  # noqa: E402
 from audit.profile import benchmark_prompt_ids, timed_generation, weight_bytes_per_token  # noqa: E402

@@ -14,6 +14,7 @@ baseline and decode at least 1.8x the baseline's speed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -21,6 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from audit.threads import onnx_wait_entries, prepare_wait_environment  # noqa: E402
+
+prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
 
 from audit.compress.outliers import OutlierRule  # noqa: E402
 from audit.compress.quantize import PER_TENSOR, PER_TOKEN, QuantizeSettings, quantize  # noqa: E402
@@ -90,6 +95,8 @@ def main() -> int:
     print()
     print(f"model {args.model}, {args.threads} threads, {args.rounds} alternating rounds of {args.new_tokens} new tokens after {args.prompt_tokens} prompt tokens")
     print(f"activation scales (int8-dynamic): {settings.activation_scales}; outlier rule: {settings.outliers.describe()}")
+    print(f"idle threads wait as the command line's do: GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
+          f"ONNX Runtime {onnx_wait_entries()}")
     print(f"{'variant':14s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
     for name in names:
         delta = 100.0 * (ppl[name].perplexity / base_ppl - 1.0)

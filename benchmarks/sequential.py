@@ -23,6 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from audit.threads import prepare_wait_environment  # noqa: E402
+
+prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
+
 from audit.gate import evaluate_gate  # noqa: E402
 from audit.models import LoadOptions, load_model  # noqa: E402
 from audit.plans import default_plan  # noqa: E402

@@ -175,3 +175,25 @@ def test_a_loaded_model_says_how_many_threads_it_computes_with(tiny_llama):
         assert model.threads.given and model.threads.threads == torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
+
+
+def test_onnx_runtime_threads_spin_briefly_unless_the_user_asked_for_a_passive_wait():
+    from audit.threads import ONNX_SPIN_US, onnx_wait_entries
+
+    assert onnx_wait_entries({}) == {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(ONNX_SPIN_US)}
+    assert onnx_wait_entries({"OMP_WAIT_POLICY": "passive"}) == {"session.intra_op.allow_spinning": "0"}
+    assert onnx_wait_entries({"OMP_WAIT_POLICY": "ACTIVE"})["session.intra_op.allow_spinning"] == "1"
+
+
+def test_onnx_sessions_take_the_threads_and_the_wait(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from audit.models.loader import onnx_session_options
+    from audit.threads import ONNX_SPIN_US
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    options = onnx_session_options(3)
+    assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.intra_op.spin_duration_us") == str(ONNX_SPIN_US)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert onnx_session_options(1).get_session_config_entry("session.intra_op.allow_spinning") == "0"

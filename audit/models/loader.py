@@ -21,7 +21,7 @@ from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
 from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
-from audit.threads import resolve_threads
+from audit.threads import onnx_wait_entries, resolve_threads
 from hardware.memory import MB, available_bytes
 
 CACHE_FORMAT = 1
@@ -439,13 +439,15 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
 
 
 def onnx_session_options(threads: int) -> Any:
-    """ONNX Runtime session options computing on `threads` threads, an idle worker asleep
-    instead of spinning on a core another process needs (see audit.threads)."""
+    """ONNX Runtime session options computing on `threads` threads, an idle worker spinning
+    only briefly before it sleeps, so that it does not hold a core another process needs
+    (see audit.threads)."""
     import onnxruntime as ort
 
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = threads
-    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in onnx_wait_entries().items():
+        session_options.add_session_config_entry(key, value)
     return session_options
 
 
