@@ -29,6 +29,9 @@ from typing import Any, MutableMapping
 # partner has lost its core soon sleeps. Measured by benchmarks/contention.py (2 cores, decode at
 # 2 threads beside one busy process, ms/token): spin 300,000: 131-148; 30,000: 99; 10,000: 70-72;
 # 3,000: 64-66; none (OMP_WAIT_POLICY=PASSIVE): 52-57; on the idle device all within 10%.
+# On faster cores, where a decode step's operators are shorter, the short spin costs the idle
+# device more (2 cores, ms/token idle / busy): 300,000: 31.9 / 253.9; 10,000: 33.0 / 109.9;
+# 3,000: 39.9 / 72.4; passive: 54.0 / 56.7. The busy side decides: it is the device's usual state.
 WAIT_ENVIRONMENT = {"GOMP_SPINCOUNT": "3000"}
 # Any of these set by the user means they chose how threads wait: leave it alone.
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
