@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -129,6 +130,9 @@ def quantize_int8_dynamic(
     return names, conv
 
 
+_TINY = float(torch.finfo(torch.float32).tiny)
+
+
 def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A dynamic int8 layer's product with one symmetric int8 scale per token (row of `x`):
     int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales.
@@ -137,11 +141,14 @@ def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])
     if rows.dtype != torch.float32:
         rows = rows.to(torch.float32)
-    scale = rows.abs().amax(dim=-1, keepdim=True).div_(127.0).clamp_min_(torch.finfo(torch.float32).tiny)  # an all-zero token stays zero
     if rows.shape[0] == 1 and layer._int8_single is not None:
-        # quint8 with zero point 128 is the symmetric int8 grid shifted: the same levels.
-        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, float(scale), 128, layer._int8_single)
+        # quint8 with zero point 128 is the symmetric int8 grid shifted: the same levels. The
+        # scale is the float32 one below: a float32 quotient taken in double and rounded to
+        # float32 (as the kernel stores it) is the float32 quotient. One operation, not four.
+        one = max(float(torch.linalg.vector_norm(rows, math.inf)) / 127.0, _TINY)
+        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, one, 128, layer._int8_single)
         return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+    scale = rows.abs().amax(dim=-1, keepdim=True).div_(127.0).clamp_min_(_TINY)  # an all-zero token stays zero
     # As FBGEMM quantizes (times the reciprocal, shifted by 128 in float), so that both paths
     # give every token the same levels.
     quantized = (rows * scale.reciprocal()).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0).to(torch.int8)
