@@ -149,7 +149,7 @@ class OnnxLanguageModel(HFGeneration, LanguageModel):
                     # differently from the cache than from rows (a float rounding moves a value
                     # to the next level), so for an edge-audit variant the check ran on the
                     # float graph it was quantized from, whose attention it keeps.
-                    self._caching = self._takes_cache() and (self.cache_checked or self._cache_agrees())
+                    self._caching = self._takes_cache() if self.cache_checked else self._cache_agrees()
                 if self._caching:
                     return score_with_cache(requests, self._forward_cached)
             return score_rows(requests, self._forward)
