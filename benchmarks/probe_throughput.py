@@ -167,14 +167,15 @@ def main() -> int:
     naive_scores, naive_s = crows["naive"]
     sub_scores, sub_s = crows["engine_on_naive_pairs"]
     result["crows_naive_pairs"] = n_naive
-    result["crows_naive_pairs_per_s"] = round(n_naive / naive_s, 3)
-    result["crows_engine_on_naive_pairs_per_s"] = round(n_naive / sub_s, 3)
-    result["crows_engine_over_naive"] = round(naive_s / sub_s, 2)
-    result["crows_naive_pct_stereotype"] = pct_stereotype(naive_scores)
-    result["crows_engine_pct_stereotype_on_naive_pairs"] = pct_stereotype(sub_scores)
-    result["crows_same_choice_engine_naive"] = sum(argmax(a) == argmax(b) for a, b in zip(sub_scores, naive_scores))
-    result["crows_max_abs_logprob_diff_engine_naive"] = float(
-        f"{max(abs(x - y) for a, b in zip(sub_scores, naive_scores) for x, y in zip(a, b)):.3g}")
+    if n_naive:
+        result["crows_naive_pairs_per_s"] = round(n_naive / naive_s, 3)
+        result["crows_engine_on_naive_pairs_per_s"] = round(n_naive / sub_s, 3)
+        result["crows_engine_over_naive"] = round(naive_s / sub_s, 2)
+        result["crows_naive_pct_stereotype"] = pct_stereotype(naive_scores)
+        result["crows_engine_pct_stereotype_on_naive_pairs"] = pct_stereotype(sub_scores)
+        result["crows_same_choice_engine_naive"] = sum(argmax(a) == argmax(b) for a, b in zip(sub_scores, naive_scores))
+        result["crows_max_abs_logprob_diff_engine_naive"] = float(
+            f"{max(abs(x - y) for a, b in zip(sub_scores, naive_scores) for x, y in zip(a, b)):.3g}")
     if lm_eval is not None:
         lm_scores, lm_s = crows["lm_eval"]
         result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
@@ -220,10 +221,11 @@ def main() -> int:
               f"{r['crows_same_choice_engine_lm_eval']}/{r['crows_pairs']}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_lm_eval']}")
     else:
         print("  lm-eval: not run (give --lm-eval-python)")
-    print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
-          f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "
-          f"(pct_stereotype {r['crows_naive_pct_stereotype']}): engine / naive {r['crows_engine_over_naive']:.2f}x; "
-          f"same choice on {r['crows_same_choice_engine_naive']}/{n_naive}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_naive']}")
+    if n_naive:
+        print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
+              f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "
+              f"(pct_stereotype {r['crows_naive_pct_stereotype']}): engine / naive {r['crows_engine_over_naive']:.2f}x; "
+              f"same choice on {r['crows_same_choice_engine_naive']}/{n_naive}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_naive']}")
     if args.bbq_per_category:
         print(f"BBQ, {r['bbq_items']} items: engine {r['bbq_engine_items_per_s']:.2f} items/s, naive {r['bbq_naive_items_per_s']:.2f} items/s, "
               f"engine / naive {r['bbq_engine_over_naive']:.2f}x; same choice (sum) on {r['bbq_same_choice_sum']}/{r['bbq_items']}, "

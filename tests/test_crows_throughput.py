@@ -97,3 +97,16 @@ def test_trees_and_shared_contexts_in_one_call(tiny_llama):
     for g, w in zip(got, want):
         assert [s.n_tokens for s in g] == [s.n_tokens for s in w]
         assert [s.logprob for s in g] == pytest.approx([s.logprob for s in w], abs=1e-4)
+
+
+def test_the_greedy_pick_is_argmax_with_ties_nan_and_infinities():
+    from audit.models.torch_lm import _first_max
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (64, 300), generator=generator).float()  # ties in every row
+    scores[torch.rand(scores.shape, generator=generator) < 0.002] = float("nan")
+    scores[torch.rand(scores.shape, generator=generator) < 0.01] = float("inf")
+    scores[3] = float("-inf")
+    for view in (scores, scores[:, 7:250], scores.t().contiguous().t()):
+        assert torch.equal(_first_max(view), view.argmax(-1))
+    assert _first_max(torch.tensor([[1.0, 5.0, 5.0]])).tolist() == [1]  # the first of a tie
