@@ -18,7 +18,8 @@ judged on every item, with the fixed-sample bounds of `audit.probes.measures`. F
 are not item probes (perplexity) come from `full`, measured as before.
 
 A verdict that scoring every item would very likely leave open is not waited for: when the
-predicted chance that the full probe settles it falls under FUTILE_CHANCE, it stops as
+predicted chance that its anytime bounds settle it by the last item falls under FUTILE_CHANCE
+(predicted from the fixed-sample bounds, widened as much as the anytime ones are), it stops as
 inconclusive (for accuracy not shown above chance: too degraded to judge), saying so; and
 once a variant is too degraded to judge, its other open competence checks are not waited for.
 Stopping this way never gives a pass, so it costs power, never safety; a verdict the bounds
@@ -41,7 +42,7 @@ from audit.plans import GateSettings
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
 from audit.progress import Job, Progress
-from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle
+from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle, sequence_widening
 
 DEFAULT_BATCH_ITEMS = 20  # items per look: small enough to stop soon, large enough to score in one call
 
@@ -251,19 +252,22 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 
 
 # An open verdict stops being waited for once scoring every item would settle it with less than
-# this chance (predicted from its fixed-sample bounds now, `audit.stats.chance_to_settle`): it
-# stays inconclusive, or for "not shown above chance", too degraded to judge. Neither is ever a
-# pass, so stopping early costs power, never safety.
+# this chance (predicted from its fixed-sample bounds now, widened as its anytime bounds are:
+# `audit.stats.chance_to_settle`, `audit.stats.sequence_widening`): it stays inconclusive, or
+# for "not shown above chance", too degraded to judge. Neither is ever a pass, so stopping early
+# costs power, never safety.
 FUTILE_CHANCE = 0.1
 
 
 def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float) -> float | None:
-    """The chance that the full probe settles an open verdict, from its figure's fixed-sample
-    bounds now: a pass or a fail for a rule left inconclusive; for accuracy not shown above
-    chance, showing it. None when the verdict is not open this way or it cannot be said."""
+    """The chance that scoring every item settles an open verdict, from its figure's fixed-sample
+    bounds now and how much wider its anytime bounds (the finding's) are: a pass or a fail for a
+    rule left inconclusive; for accuracy not shown above chance, showing it. The verdict is read
+    from the anytime bounds at the last item too, so they are the ones that must reach the limit.
+    None when the verdict is not open this way or it cannot be said."""
     if fixed is None or fraction >= 1.0:
         return None
-    chances = chance_to_settle(fixed, f.limit, fraction)
+    chances = chance_to_settle(fixed, f.limit, fraction, sequence_widening(fixed, f.lower, f.upper))
     if chances is None:
         return None
     at_or_below, above = chances
@@ -469,9 +473,11 @@ def _looks(batch_items: int, n_items: int) -> list[int]:
     return looks
 
 
-def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence: float) -> list[tuple[int, tuple[float, float] | None]]:
-    """For each of `rows` of the simulated items `x`, the chances `chance_to_settle` gives from
-    the fixed-sample bounds of its first `n` items, as a stopped probe would read them."""
+def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence: float,
+               low: np.ndarray, high: np.ndarray | None) -> list[tuple[int, tuple[float, float] | None]]:
+    """For each of `rows` of the simulated items `x`, the chances `settle_chance` reads: from the
+    fixed-sample bounds of its first `n` items, widened as its anytime bounds `low` and `high`
+    (per row of `x`; None for a side not tracked) are, as a stopped probe would read them."""
     from audit.stats import lower_rows, upper_rows
 
     if not rows.size:
@@ -481,7 +487,9 @@ def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence
     out = []
     for row, values, lo, hi in zip(rows, seen, lower_rows(seen, alpha), upper_rows(seen, alpha)):
         value = float(values.mean())
-        out.append((int(row), chance_to_settle(Bounds(value, min(lo, value), max(hi, value), n, confidence), limit, n / x.shape[1])))
+        fixed = Bounds(value, min(lo, value), max(hi, value), n, confidence)
+        widen = sequence_widening(fixed, float(low[row]), None if high is None else float(high[row]))
+        out.append((int(row), chance_to_settle(fixed, limit, n / x.shape[1], widen)))
     return out
 
 
@@ -517,7 +525,7 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             verdict[passed], verdict[failed] = PASS, FAIL
             used[passed | failed] = n
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence):
+                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, low, high):
                     if chances is not None and sum(chances) < FUTILE_CHANCE:
                         verdict[row], used[row] = INCONCLUSIVE, n
         verdict[verdict == ""] = INCONCLUSIVE
@@ -558,7 +566,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
             low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha))
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence):
+                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, low, None):
                     if chances is not None and chances[1] < FUTILE_CHANCE:
                         futile_at[row] = n
         shown = shown_at < futile_at

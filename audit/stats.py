@@ -292,13 +292,15 @@ def items_to_settle(bounds: Bounds, limit: float, upper_side_decides_pass: bool 
     return max(1, math.ceil(more - 1e-9))  # a hair of rounding is not one more item
 
 
-def chance_to_settle(bounds: Bounds, limit: float, fraction: float) -> tuple[float, float] | None:
+def chance_to_settle(bounds: Bounds, limit: float, fraction: float, widen: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float] | None:
     """`bounds` are the fixed-sample bounds of the items scored so far, `fraction` of all the
     items: the chances that the bounds of all the items end (upper) at or below `limit`, and
     (lower) above it. Predictive, not only under the estimate: the true value is uncertain as the
     bounds say, so the items still to come move the estimate as a normal draw around it with sd
     (h / z) * sqrt(1 - f) (h the half-width, z the bound's normal quantile, f the fraction); each
-    half-width narrows by sqrt(f). None when it cannot be said (no estimate, an unbounded side)."""
+    half-width narrows by sqrt(f), times `widen` (lower side, upper side) for final bounds wider
+    than fixed-sample ones (a confidence sequence's). None when it cannot be said (no estimate, an
+    unbounded side)."""
     if bounds.value is None or bounds.lower is None or bounds.upper is None:
         return None
     value, lower, upper = bounds.value, bounds.lower, bounds.upper
@@ -306,12 +308,30 @@ def chance_to_settle(bounds: Bounds, limit: float, fraction: float) -> tuple[flo
         return None
     f = min(max(fraction, 0.0), 1.0)
     # How far the estimate may move before the bounds of all the items reach the limit:
-    top, bottom = (limit - value) - (upper - value) * math.sqrt(f), (value - limit) - (value - lower) * math.sqrt(f)
+    widen_lower, widen_upper = widen
+    top = (limit - value) - widen_upper * (upper - value) * math.sqrt(f)
+    bottom = (value - limit) - widen_lower * (value - lower) * math.sqrt(f)
     z = NormalDist().inv_cdf(bounds.confidence)
     spread = (upper - lower) / 2.0 / z * math.sqrt(1.0 - f)
     if spread <= 0.0:
         return float(top >= 0.0), float(bottom > 0.0)
     return NormalDist().cdf(top / spread), NormalDist().cdf(bottom / spread)
+
+
+def sequence_widening(fixed: Bounds, lower: float | None, upper: float | None) -> tuple[float, float]:
+    """How many times wider than `fixed` (fixed-sample bounds) the anytime bounds `lower` and
+    `upper` of the same items are, each side measured from the estimate: what a confidence
+    sequence's bounds will still be at the last item, roughly (the factor grows slowly with the
+    count, so reading it now errs towards waiting). 1 for a side that is not wider or cannot be
+    measured."""
+
+    def ratio(seq: float | None, fix: float | None, side: float) -> float:
+        if fixed.value is None or seq is None or fix is None or not (math.isfinite(seq) and math.isfinite(fix)):
+            return 1.0
+        base = side * (fix - fixed.value)
+        return max(1.0, side * (seq - fixed.value) / base) if base > 0.0 else 1.0
+
+    return ratio(lower, fixed.lower, -1.0), ratio(upper, fixed.upper, 1.0)
 
 
 # -- anytime-valid bounds: checked after every batch without inflating the error ------------------

@@ -250,6 +250,12 @@ def test_settle_chance_reads_the_open_verdicts_only():
     guard = finding(FAIL, metric="accuracy_disambig", check="competence", limit_is="min")
     assert settle_chance(guard, fixed, 0.25) == pytest.approx(0.011812, abs=2e-6)
     assert settle_chance(replace(guard, verdict=PASS), fixed, 0.25) is None
+    # The verdict is read from the anytime bounds (the finding's), so they must reach the limit:
+    # twice as wide as the fixed-sample ones, 0.128904 to pass and 0.000343447 to fail
+    # (test_chance_to_settle_with_wider_final_bounds_by_hand).
+    wide = replace(finding(INCONCLUSIVE), lower=-0.05, upper=0.35)
+    assert settle_chance(wide, fixed, 0.25) == pytest.approx(0.128904 + 0.000343447, abs=3e-6)
+    assert settle_chance(replace(guard, lower=-0.05, upper=0.35), fixed, 0.25) == pytest.approx(0.000343447, abs=2e-9)
 
 
 def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from audit.stats import Bounds, chance_to_settle, items_to_settle, log_ratio_bounds, mean_bounds, ratio_bounds, unit_lower, unit_upper
+from audit.stats import Bounds, chance_to_settle, items_to_settle, log_ratio_bounds, mean_bounds, ratio_bounds, sequence_widening, unit_lower, unit_upper
 
 
 def test_lower_bound_by_hand():
@@ -151,6 +151,31 @@ def test_chance_to_settle_by_hand():
     assert chance_to_settle(Bounds(0.1, 0.05, math.inf, 100, 0.975), 0.2, 0.5) is None
     assert chance_to_settle(Bounds(None, 0.0, 1.0, 0, 0.975), 0.2, 0.5) is None
 
+
+
+def test_chance_to_settle_with_wider_final_bounds_by_hand():
+    """The case above with the final bounds twice as wide as fixed-sample ones on the upper side
+    (a confidence sequence's): the upper bound ends at the estimate + 2 * 0.05, so within 0.20
+    only when the estimate ends at or below 0.10, 1.1316 sd below 0.15: 0.128904. Twice as wide
+    below too: the lower bound ends over 0.20 only past 0.30, 3.3948 sd away: 0.000343447."""
+    below, above = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25, widen=(2.0, 2.0))
+    assert below == pytest.approx(0.128904, abs=2e-6)
+    assert above == pytest.approx(0.000343447, abs=2e-9)
+    # Wider bounds never make settling likelier.
+    plain = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
+    assert below < plain[0] and above < plain[1]
+
+
+def test_sequence_widening_by_hand():
+    fixed = Bounds(0.15, 0.05, 0.25, 100, 0.975)
+    # Half-widths 0.10 each; anytime ones 0.15 below and 0.20 above.
+    assert sequence_widening(fixed, 0.0, 0.35) == (pytest.approx(1.5), pytest.approx(2.0))
+    # Never read as narrower, and 1 where a side cannot be measured.
+    assert sequence_widening(fixed, 0.1, 0.2) == (1.0, 1.0)
+    assert sequence_widening(fixed, 0.0, math.inf) == (pytest.approx(1.5), 1.0)
+    assert sequence_widening(fixed, None, None) == (1.0, 1.0)
+    assert sequence_widening(Bounds(0.1, 0.1, 0.1, 100, 0.975), 0.0, 0.3) == (1.0, 1.0)
+    assert sequence_widening(Bounds(None, 0.0, 1.0, 0, 0.975), 0.0, 0.3) == (1.0, 1.0)
 
 def test_items_to_settle():
     """Interval half-width 0.1 at 100 items around 0.15, limit 0.20: the upper bound reaches the
