@@ -140,14 +140,26 @@ def test_onnx_backend_matches_pytorch(tiny_onnx, llama):
 
 def test_onnx_scores_each_context_once_from_the_cache(tiny_onnx, llama):
     """Contexts of several lengths in one batch (padding between a short context and its
-    continuations), continuations of one and several tokens: the same scores as padded rows
-    and as the PyTorch model."""
+    continuations), continuations of one and several tokens, contexts that share a prefix
+    (computed once, each rest after it: rests of several lengths, and one empty): the same
+    scores as padded rows and as the PyTorch model."""
+    from audit.models.torch_lm import context_segments
+
     onnx_model = load(tiny_onnx)
+    trip = "Two friends met at the station before the morning train"
     requests = [
         onnx_model.text_request(CONTEXT, OPTIONS),
         onnx_model.text_request("The bridge", [" held.", " fell", "."]),
-        onnx_model.text_request("Two friends met at the station before the morning train to the coast", [" left.", " was late again."]),
+        onnx_model.text_request(trip + " to the coast on a grey and windy day", [" left.", " was late again."]),
+        onnx_model.text_request(trip, [" left.", " came"]),
+        onnx_model.text_request(trip + " to the coast on a grey and windy day, and one of them", [" smiled.", " waved"]),
     ]
+    segments, ends = context_segments([r.context for r in requests])
+    # The three trips share their start; one ends there, the next after " to the coast...", the
+    # last after that: three depths of segments, each fed after the one before.
+    trips = [segments[ends[i]] for i in (3, 2, 4)]
+    assert [s.depth for s in trips] == [0, 1, 2]
+    assert trips[1].parent == ends[3] and trips[2].parent == ends[2]
     cached = onnx_model.score(requests)
     assert onnx_model._caching, "the tiny llama export should score from its cache"
     rows = onnx_model.score(requests, strategy="rows")
@@ -159,6 +171,21 @@ def test_onnx_scores_each_context_once_from_the_cache(tiny_onnx, llama):
             assert a.logprob == pytest.approx(c.logprob, abs=1e-3)
             assert a.greedy == b.greedy
 
+
+
+def test_onnx_cached_scoring_over_several_batches(tiny_onnx):
+    """More requests than one batch holds: batched in token order, so contexts that share a
+    start meet, and every score is what padded rows give."""
+    from audit.models.torch_lm import MAX_BATCH_ROWS
+
+    onnx_model = load(tiny_onnx)
+    stems = ["The river rose after the storm, and the old stone bridge", "Two friends met at the station before the morning train"]
+    requests = [onnx_model.text_request(stems[n % 2] + " and" * (n % 5), [" held.", " left", "."]) for n in range(MAX_BATCH_ROWS + 8)]
+    cached = onnx_model.score(requests)
+    assert onnx_model._caching
+    rows = onnx_model.score(requests, strategy="rows")
+    assert [[s.n_tokens for s in r] for r in cached] == [[s.n_tokens for s in r] for r in rows]
+    assert [s.logprob for r in cached for s in r] == pytest.approx([s.logprob for r in rows for s in r], abs=1e-4)
 
 def test_cli_models_info_json(tiny_llama, tmp_path):
     result = run_cli("models", "info", str(tiny_llama), "--json", env={"EDGE_AUDIT_CACHE": str(tmp_path)})
@@ -176,3 +203,27 @@ def test_cli_models_list_and_version(tmp_path):
     assert data["cached"] == []
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("edge-audit ")
+
+
+def test_context_segments_by_hand():
+    from audit.models.torch_lm import context_segments
+
+    root = tuple(range(1, 11))
+    long = root + tuple(range(20, 29))
+    contexts = [root, root + (11, 12), long, long + (29, 30), (50, 51)]
+    segments, ends = context_segments(contexts, min_shared=8)
+    got = [(s.tokens, s.start, s.parent, s.depth) for s in segments]
+    assert got == [
+        (root, 0, -1, 0),                   # ten tokens four contexts share; the first ends there
+        ((11, 12), 10, 0, 1),               # two tokens only one has: its own rest
+        (tuple(range(20, 29)), 10, 0, 1),   # nine more that two share
+        ((29, 30), 19, 2, 2),
+        ((50, 51), 0, -1, 0),               # shares nothing
+    ]
+    assert ends == [0, 1, 2, 3, 4]
+    # A shared start shorter than min_shared is not split off: each context keeps it.
+    segments, ends = context_segments([(1, 2, 3), (1, 2, 4)], min_shared=3)
+    assert [s.tokens for s in segments] == [(1, 2, 3), (1, 2, 4)] and ends == [0, 1]
+    # Contexts that are the same end at one segment.
+    segments, ends = context_segments([root, root], min_shared=8)
+    assert len(segments) == 1 and ends == [0, 0]

@@ -162,11 +162,13 @@ class OnnxLanguageModel(HFGeneration, LanguageModel):
     def _cache_agrees(self) -> bool:
         """Whether the graph takes past keys and values with position ids, and scoring from the
         cache gives what padded rows give: contexts of several lengths (padding between a
-        context and its continuations) and continuations of one and several tokens."""
+        context and its continuations), contexts that share a prefix (padding between the
+        prefix and each rest) and continuations of one and several tokens."""
         if not self._takes_cache():
             return False
         probes = [
             self.text_request("The river rose after the storm, and the old stone bridge", [" held.", " fell into the water."]),
+            self.text_request("The river rose after the storm, and the old stone bridge was closed for a week, so", [" we waited.", " they"]),
             self.text_request("She opened the letter", [" and smiled.", " slowly", "."]),
             self.text_request("Two friends met at the station before the morning train to the coast", [" left.", " was late again."]),
         ]

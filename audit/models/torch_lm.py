@@ -294,46 +294,145 @@ def score_rows(
     return results
 
 
+def _cached_batches(requests: Sequence[ScoreRequest]) -> list[list[int]]:
+    """Requests batched as padded rows would be (longest first, at most MAX_BATCH_ROWS and
+    MAX_BATCH_TOKENS padded tokens each), neighbours in token order kept together where they
+    fit so that contexts sharing a start meet in one batch."""
+    sizes = [len(r.context) + sum(len(c) for c in r.continuations) for r in requests]
+    batches = batches_by_tokens(sizes, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
+    if len(batches) == 1:
+        return batches
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].context, i))
+    together: list[list[int]] = [[]]
+    width = 0
+    for i in order:
+        new_width = max(width, sizes[i])
+        if together[-1] and (new_width * (len(together[-1]) + 1) > MAX_BATCH_TOKENS or len(together[-1]) >= MAX_BATCH_ROWS):
+            together.append([])
+            new_width = sizes[i]
+        together[-1].append(i)
+        width = new_width
+    return together
+
+
+@dataclass(frozen=True)
+class _Segment:
+    tokens: tuple[int, ...]
+    start: int  # the position of its first token
+    parent: int  # the segment before it (-1: none)
+    depth: int
+
+
+def context_segments(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> tuple[list[_Segment], list[int]]:
+    """The contexts as a tree of segments: a start that at least `min_shared` tokens long is
+    shared by several contexts is one segment, each context's rest after it another (a shorter
+    shared start is repeated in each). Returns the segments, parents before children, and the
+    segment each context ends with."""
+    segments: list[_Segment] = []
+    ends = [-1] * len(contexts)
+
+    def split(members: list[int], start: int, parent: int, depth: int) -> None:
+        members = sorted(members, key=lambda i: (tuple(contexts[i][start:]), i))
+        cluster: list[int] = []
+        shared = 0
+        clusters: list[tuple[list[int], int]] = []
+        for i in members:
+            if cluster:
+                common = _common_prefix(contexts[cluster[0]][start : start + shared], contexts[i][start:])
+                if common >= min_shared:
+                    cluster.append(i)
+                    shared = common
+                    continue
+                clusters.append((cluster, shared))
+            cluster, shared = [i], len(contexts[i]) - start
+        if cluster:
+            clusters.append((cluster, shared))
+        for cluster, shared in clusters:
+            first = contexts[cluster[0]]
+            segments.append(_Segment(tuple(first[start : start + shared]), start, parent, depth))
+            here = len(segments) - 1
+            rest = []
+            for i in cluster:
+                if len(contexts[i]) == start + shared:
+                    ends[i] = here
+                else:
+                    rest.append(i)
+            if rest:
+                split(rest, start + shared, here, depth + 1)
+
+    split(list(range(len(contexts))), 0, -1, 0)
+    return segments, ends
+
+
+def _right_padded(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids of `rows` right-padded to the longest, each
+    row's positions counting on from its `starts`."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask, torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(width)
+
+
+def _cache_rows(past: Any, rows: torch.Tensor) -> tuple:
+    return tuple(tuple(torch.as_tensor(t).index_select(0, rows) for t in layer) for layer in past)
+
+
 @torch.inference_mode()
 def score_with_cache(requests: Sequence[ScoreRequest], forward: Callable[..., Any]) -> list[list[ContinuationScore]]:
-    """Each context once, its continuations after it from the key/value cache: for a model
-    that takes no custom attention mask but takes past keys and values and position ids
-    (`forward(input_ids=, attention_mask=, position_ids=, past_key_values=)` returns an output
-    with logits and past_key_values as (key, value) per layer). Contexts are right-padded: a
-    continuation's attention mask leaves its context's padding out, and its positions follow
-    its own context."""
+    """Every stretch of context that requests share computed once (`context_segments`: the
+    context that the questions about it share, and the ambiguous context that opens the
+    disambiguated one), each segment after its parent's key/value cache, then each request's
+    continuations after its context's: for a model that takes no custom attention mask but
+    takes past keys and values and position ids (`forward(input_ids=, attention_mask=,
+    position_ids=, past_key_values=)` returns an output with logits and past_key_values as
+    (key, value) per layer). The segments of one depth go in one call, right-padded: the
+    attention mask leaves out the padding of every call before, and positions follow each
+    request's own tokens."""
     results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-    sizes = [len(r.context) + sum(len(c) for c in r.continuations) for r in requests]
-    for batch in batches_by_tokens(sizes, MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
-        n_ctx = [len(requests[i].context) for i in batch]
-        width = max(n_ctx)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        attention = torch.zeros(len(batch), width, dtype=torch.long)
-        for r, i in enumerate(batch):
-            ids[r, : n_ctx[r]] = torch.tensor(requests[i].context)
-            attention[r, : n_ctx[r]] = 1
-        out = forward(input_ids=ids, attention_mask=attention, position_ids=torch.arange(width).expand(len(batch), -1), past_key_values=None)
-        # Each context's last token predicts its continuations' first tokens.
-        first = torch.as_tensor(out.logits)[torch.arange(len(batch)), torch.tensor(n_ctx) - 1].float().log_softmax(-1)
-        owners = [(r, k) for r, i in enumerate(batch) for k in range(len(requests[i].continuations))]
-        conts = [requests[batch[r]].continuations[k] for r, k in owners]
-        later = None
-        span = max(len(c) for c in conts) - 1  # a continuation's tokens but its last, fed after the cache, predict the rest
-        if span > 0:
-            cont_ids = torch.zeros(len(owners), span, dtype=torch.long)
-            cont_attention = torch.zeros(len(owners), span, dtype=torch.long)
-            for j, cont in enumerate(conts):
-                cont_ids[j, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-                cont_attention[j, : len(cont) - 1] = 1
-            rows = torch.tensor([r for r, _ in owners])
-            past = tuple(tuple(torch.as_tensor(t).index_select(0, rows) for t in layer) for layer in out.past_key_values)
-            positions = torch.tensor([n_ctx[r] for r, _ in owners])[:, None] + torch.arange(span)
-            tail = forward(input_ids=cont_ids, attention_mask=torch.cat([attention.index_select(0, rows), cont_attention], 1),
-                           position_ids=positions, past_key_values=past)
-            later = torch.as_tensor(tail.logits)
-        for j, ((r, k), cont) in enumerate(zip(owners, conts)):
-            rest = later[j, : len(cont) - 1].float().log_softmax(-1) if later is not None else first[r][None][:0]
-            results[batch[r]][k] = _continuation_scores(torch.cat([first[r][None], rest]), cont)
+    for batch in _cached_batches(requests):
+        segments, ends = context_segments([requests[i].context for i in batch])
+        # Per depth: the call's cache and attention mask, and which row each segment has in them.
+        caches: list[tuple[Any, torch.Tensor]] = []
+        row_of: dict[int, int] = {}
+        last: dict[int, torch.Tensor] = {}  # log-probabilities after a segment some context ends with
+        ending = set(ends)
+        for depth in range(max(s.depth for s in segments) + 1):
+            level = [k for k, s in enumerate(segments) if s.depth == depth]
+            ids, mask, positions = _right_padded([segments[k].tokens for k in level], [segments[k].start for k in level])
+            past = None
+            if depth:
+                parents = torch.tensor([row_of[segments[k].parent] for k in level])
+                past_cache, past_mask = caches[-1]
+                past, mask = _cache_rows(past_cache, parents), torch.cat([past_mask.index_select(0, parents), mask], 1)
+            out = forward(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past)
+            logits = torch.as_tensor(out.logits)
+            for row, k in enumerate(level):
+                row_of[k] = row
+                if k in ending:
+                    last[k] = logits[row, len(segments[k].tokens) - 1].float().log_softmax(-1)
+            caches.append((out.past_key_values, mask))
+        # Continuations, one call per depth their contexts end at (the caches differ in length).
+        for depth, (cache, context_mask) in enumerate(caches):
+            owners = [(j, k) for j, i in enumerate(batch) if segments[ends[j]].depth == depth
+                      for k in range(len(requests[i].continuations))]
+            if not owners:
+                continue
+            conts = [requests[batch[j]].continuations[k] for j, k in owners]
+            later = None
+            if max(len(c) for c in conts) > 1:
+                # A continuation's tokens but its last, fed after its context, predict the rest.
+                rows = torch.tensor([row_of[ends[j]] for j, _ in owners])
+                ids, cont_mask, positions = _right_padded([c[:-1] for c in conts], [len(requests[batch[j]].context) for j, _ in owners])
+                out = forward(input_ids=ids, attention_mask=torch.cat([context_mask.index_select(0, rows), cont_mask], 1),
+                              position_ids=positions, past_key_values=_cache_rows(cache, rows))
+                later = torch.as_tensor(out.logits)
+            for n, ((j, k), cont) in enumerate(zip(owners, conts)):
+                head = last[ends[j]][None]
+                rest = later[n, : len(cont) - 1].float().log_softmax(-1) if later is not None else head[:0]
+                results[batch[j]][k] = _continuation_scores(torch.cat([head, rest]), cont)
     return results
 
 
