@@ -9,7 +9,14 @@ items each sequential verdict used, the share of the items on average, whether t
 the same, the wall time of each and their ratio; then the wrong-verdict rate of the sequential
 gate over >= 1,000 simulated runs per true value against the nominal level.
 
-    python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000] [--json]
+Then, since which items come first decides when a verdict settles, the same full-probe items
+are replayed through the sequential gate in the orders of --replay-seeds other seeds (no new
+scoring: a PyTorch variant scores an item the same in any batch; an int8 ONNX graph rounds its
+activations, so its items may differ a little from a sequential probe's), printing the share of
+items per verdict and the verdicts the same as the full probe's for each order, and their mean.
+
+    python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000]
+        [--replay-seeds 8] [--json]
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from audit.probes import ProbeSettings, load_suite, run_probe  # noqa: E402
 from audit.probes.compare import ItemFilesSource, ProbeRecord  # noqa: E402
 from audit.progress import drive  # noqa: E402
 from audit.run.execute import compress_variant  # noqa: E402
-from audit.sequential import FUTILE_CHANCE, probe_sequentially, simulate_competence, simulate_wrong_verdicts  # noqa: E402
+from audit.sequential import (  # noqa: E402
+    FUTILE_CHANCE, probe_sequentially, replay, simulate_competence, simulate_wrong_verdicts, stratified_order,
+)
 
 VARIANT = ItemFilesSource.VARIANT
 
@@ -50,6 +59,7 @@ def main() -> int:
     parser.add_argument("--batch-items", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=1000, help="simulated runs per true value")
+    parser.add_argument("--replay-seeds", type=int, default=8, help="other drawn orders to replay the full probes' items in")
     parser.add_argument("--skip-models", action="store_true", help="only the simulation")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -104,6 +114,7 @@ def _models(args, plan, gate, out) -> None:
     base_record = ProbeRecord(base.header(), base.results)
     print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
     used_fractions, same_all, full_s_all, seq_s_all, scored = [], [], 0.0, 0.0, 0
+    fulls: dict = {}  # per variant: its full probe's items and verdicts, for the replays
     for index, name in enumerate(names):
         folder = args.work_dir / name
         done = args.work_dir / f"{name}.compressed"
@@ -135,6 +146,7 @@ def _models(args, plan, gate, out) -> None:
         model.close()
         full_report = evaluate_gate(gate, [VARIANT], ItemFilesSource(base_record, ProbeRecord(full.header(), full.results)))
         full_by = {_key(f): f for f in full_report.findings}
+        fulls[name] = (full.results, full_by)
         rows = []
         for f in seq.gate.findings:
             whole = full_by.get(_key(f))
@@ -175,6 +187,36 @@ def _models(args, plan, gate, out) -> None:
         print(f"items the variants scored: {100 * summary['variant_items_fraction']:.1f}%; with the baseline scored in full: "
               f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%")
         print(f"variants' probe time: full {summary['full_s']:.1f} s, sequential {summary['sequential_s']:.1f} s, ratio {summary['time_ratio']:.2f}")
+    _replays(args, suite, gate, base.results, fulls, out)
+
+
+def _replays(args, suite, gate, baseline, fulls, out) -> None:
+    """The full probes' items through the sequential gate in the orders of other seeds."""
+    categories = sorted({item.category for item in suite.items})
+    rows = []
+    for seed in range(args.seed + 1, args.seed + 1 + args.replay_seeds):
+        order = [item.item_id for item in stratified_order(suite.items, seed)]
+        fractions, same = [], []
+        for results, full_by in fulls.values():
+            by_id = {r.item_id: r for r in results}
+            ordered = [by_id[i] for i in order]
+            report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=args.batch_items, categories=categories)
+            for f in report.findings:
+                whole = full_by.get(_key(f))
+                fractions.append((f.items_used if f.items_used is not None else len(ordered)) / len(ordered))
+                same.append(whole is not None and whole.verdict == f.verdict)
+        rows.append({"seed": seed, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
+                     "same_verdicts": sum(same), "verdicts": len(same)})
+    out["replays"] = rows
+    if args.json or not rows:
+        return
+    print(f"\nThe full probes' items replayed in {len(rows)} other drawn orders (seeds {rows[0]['seed']}-{rows[-1]['seed']}):")
+    for r in rows:
+        print(f"  seed {r['seed']:>3}: items per verdict {100 * r['mean_items_fraction_per_verdict']:5.1f}%, "
+              f"same verdicts {r['same_verdicts']}/{r['verdicts']}")
+    mean_items = sum(r["mean_items_fraction_per_verdict"] for r in rows) / len(rows)
+    mean_same = sum(r["same_verdicts"] for r in rows) / len(rows)
+    print(f"  mean: items per verdict {100 * mean_items:.1f}% (target <= 40%), same verdicts {mean_same:.1f}/{rows[0]['verdicts']}")
 
 
 if __name__ == "__main__":
