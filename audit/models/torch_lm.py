@@ -316,19 +316,19 @@ def _cached_batches(requests: Sequence[ScoreRequest]) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
-class _Segment:
+class ContextSegment:
     tokens: tuple[int, ...]
     start: int  # the position of its first token
     parent: int  # the segment before it (-1: none)
     depth: int
 
 
-def context_segments(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> tuple[list[_Segment], list[int]]:
-    """The contexts as a tree of segments: a start that at least `min_shared` tokens long is
-    shared by several contexts is one segment, each context's rest after it another (a shorter
-    shared start is repeated in each). Returns the segments, parents before children, and the
-    segment each context ends with."""
-    segments: list[_Segment] = []
+def context_segments(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> tuple[list[ContextSegment], list[int]]:
+    """The contexts as a tree of segments: a start of at least `min_shared` tokens that several
+    contexts share is one segment, each context's rest after it another (a shorter shared start
+    is repeated in each). Returns the segments, parents before children, and the segment each
+    context ends with."""
+    segments: list[ContextSegment] = []
     ends = [-1] * len(contexts)
 
     def split(members: list[int], start: int, parent: int, depth: int) -> None:
@@ -349,7 +349,7 @@ def context_segments(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SH
             clusters.append((cluster, shared))
         for cluster, shared in clusters:
             first = contexts[cluster[0]]
-            segments.append(_Segment(tuple(first[start : start + shared]), start, parent, depth))
+            segments.append(ContextSegment(tuple(first[start : start + shared]), start, parent, depth))
             here = len(segments) - 1
             rest = []
             for i in cluster:
