@@ -227,3 +227,22 @@ def test_context_segments_by_hand():
     # Contexts that are the same end at one segment.
     segments, ends = context_segments([root, root], min_shared=8)
     assert len(segments) == 1 and ends == [0, 0]
+
+
+def test_a_batch_splits_by_context_length_only_where_that_feeds_fewer_tokens():
+    from audit.models.torch_lm import SPLIT_MIN_ROWS, segment_tokens, split_by_length
+
+    root = tuple(range(1, 11))
+    # Ten shared tokens once, then the two-token rest: 12 fed, nothing padded.
+    assert segment_tokens([root, root + (11, 12)]) == 12
+    # Four short and four long contexts that share nothing: one call pads all eight to 50 tokens
+    # (400 fed); split by length, 4 x 2 + 4 x 50 = 208.
+    short = [(100 + i, 200 + i) for i in range(4)]
+    long = [tuple(range(1000 * (i + 1), 1000 * (i + 1) + 50)) for i in range(4)]
+    contexts = [long[0], short[0], long[1], short[1], long[2], short[2], long[3], short[3]]
+    assert SPLIT_MIN_ROWS == 4 and segment_tokens(contexts) == 400
+    assert split_by_length(contexts, list("abcdefgh")) == [["b", "d", "f", "h"], ["a", "c", "e", "g"]]
+    # Contexts of one length, or too few to split, stay whole.
+    same = [tuple(range(100 * i, 100 * i + 10)) for i in range(1, 9)]
+    assert split_by_length(same, list(range(8))) == [list(range(8))]
+    assert split_by_length(contexts[:7], list(range(7))) == [list(range(7))]

@@ -297,7 +297,51 @@ def score_rows(
 def _cached_batches(requests: Sequence[ScoreRequest]) -> list[list[int]]:
     """Requests batched as padded rows would be (longest first, at most MAX_BATCH_ROWS and
     MAX_BATCH_TOKENS padded tokens each), neighbours in token order kept together where they
-    fit so that contexts sharing a start meet in one batch."""
+    fit so that contexts sharing a start meet in one batch; then each batch split by context
+    length where that feeds fewer tokens (`split_by_length`)."""
+    return [part for batch in _token_batches(requests) for part in split_by_length([requests[i].context for i in batch], batch)]
+
+
+def segment_tokens(contexts: Sequence[Sequence[int]]) -> int:
+    """Tokens fed to compute `contexts` as segments (`context_segments`), padding included:
+    per depth, the segments there times the longest of them."""
+    segments, _ = context_segments(contexts)
+    widths: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for s in segments:
+        widths[s.depth] = max(widths.get(s.depth, 0), len(s.tokens))
+        counts[s.depth] = counts.get(s.depth, 0) + 1
+    return sum(counts[d] * widths[d] for d in widths)
+
+
+SPLIT_MIN_ROWS = 4  # a part of a batch split by length holds at least this many requests
+SPLIT_GAIN = 0.9  # and the parts together feed at most this share of the whole's tokens
+
+
+def split_by_length(contexts: Sequence[Sequence[int]], labels: Sequence[int]) -> list[list[int]]:
+    """`labels` (one per context) in parts of contexts of like length: a batch pads every
+    context to the longest at each depth, so short contexts among long ones (a sequential
+    probe's batch, drawn across a suite) go in a part of their own when the parts together feed
+    at most SPLIT_GAIN of the tokens (`segment_tokens`), the extra calls paid for; each part is
+    split again the same way."""
+    if len(contexts) < 2 * SPLIT_MIN_ROWS:
+        return [list(labels)]
+    order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), i))
+    whole = segment_tokens(contexts)
+    best, cut = whole * SPLIT_GAIN, None
+    for at in range(SPLIT_MIN_ROWS, len(order) - SPLIT_MIN_ROWS + 1):
+        cost = segment_tokens([contexts[i] for i in order[:at]]) + segment_tokens([contexts[i] for i in order[at:]])
+        if cost < best:
+            best, cut = cost, at
+    if cut is None:
+        return [list(labels)]
+    parts = []
+    for side in (order[:cut], order[cut:]):
+        parts += split_by_length([contexts[i] for i in side], [labels[i] for i in side])
+    return parts
+
+
+def _token_batches(requests: Sequence[ScoreRequest]) -> list[list[int]]:
     sizes = [len(r.context) + sum(len(c) for c in r.continuations) for r in requests]
     batches = batches_by_tokens(sizes, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
     if len(batches) == 1:
