@@ -173,9 +173,11 @@ class LanguageModel(ABC):
         """Release the weights (the object is unusable afterwards)."""
 
 
-def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
-    """Indices grouped longest first so each batch's padded size stays under `max_tokens`."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_rows: int, order: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices grouped longest first (or in `order`) so each batch's padded size stays under
+    `max_tokens`."""
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
     current: list[int] = []
     width = 0

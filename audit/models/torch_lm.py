@@ -268,6 +268,18 @@ def _continuation_scores(logprobs: torch.Tensor, targets: Sequence[int]) -> Cont
     return ContinuationScore(float(picked.double().sum()), len(targets), greedy)
 
 
+def _right_padded(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids of `rows` right-padded to the longest, each
+    row's positions counting on from its `starts`."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask, torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(width)
+
+
 @torch.inference_mode()
 def score_rows(
     requests: Sequence[ScoreRequest], forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -277,13 +289,7 @@ def score_rows(
     rows = [(i, k, r.context + c) for i, r in enumerate(requests) for k, c in enumerate(r.continuations)]
     results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
     for batch in batches_by_tokens([len(t) for _, _, t in rows], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
-        width = max(len(rows[j][2]) for j in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        attention = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, j in enumerate(batch):
-            tokens = rows[j][2]
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            attention[row, : len(tokens)] = 1
+        ids, attention, _ = _right_padded([rows[j][2] for j in batch], [0] * len(batch))
         logits = torch.as_tensor(forward(ids, attention)).float()
         for row, j in enumerate(batch):
             i, k, _ = rows[j]
@@ -347,16 +353,7 @@ def _token_batches(requests: Sequence[ScoreRequest]) -> list[list[int]]:
     if len(batches) == 1:
         return batches
     order = sorted(range(len(requests)), key=lambda i: (requests[i].context, i))
-    together: list[list[int]] = [[]]
-    width = 0
-    for i in order:
-        new_width = max(width, sizes[i])
-        if together[-1] and (new_width * (len(together[-1]) + 1) > MAX_BATCH_TOKENS or len(together[-1]) >= MAX_BATCH_ROWS):
-            together.append([])
-            new_width = sizes[i]
-        together[-1].append(i)
-        width = new_width
-    return together
+    return batches_by_tokens(sizes, MAX_BATCH_TOKENS, MAX_BATCH_ROWS, order)
 
 
 @dataclass(frozen=True)
@@ -406,18 +403,6 @@ def context_segments(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SH
 
     split(list(range(len(contexts))), 0, -1, 0)
     return segments, ends
-
-
-def _right_padded(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids, attention mask and position ids of `rows` right-padded to the longest, each
-    row's positions counting on from its `starts`."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask, torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(width)
 
 
 def _cache_rows(past: Any, rows: torch.Tensor) -> tuple:
