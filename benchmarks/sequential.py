@@ -97,6 +97,13 @@ def main() -> int:
     return 0
 
 
+def _against_full(findings, full_by, total):
+    """Each sequential finding with the full probe's (None when it has none), the items it used
+    (all `total` when it never settled) and whether the two verdicts are the same."""
+    for f in findings:
+        whole = full_by.get(_key(f))
+        yield f, whole, f.items_used if f.items_used is not None else total, whole is not None and whole.verdict == f.verdict
+
 def _models(args, plan, gate, out) -> None:
     options = LoadOptions()
     suite = load_suite("builtin", **plan.probes.suite_options())
@@ -148,10 +155,7 @@ def _models(args, plan, gate, out) -> None:
         full_by = {_key(f): f for f in full_report.findings}
         fulls[name] = (full.results, full_by)
         rows = []
-        for f in seq.gate.findings:
-            whole = full_by.get(_key(f))
-            same = whole is not None and whole.verdict == f.verdict
-            used = f.items_used if f.items_used is not None else seq.items_total
+        for f, whole, used, same in _against_full(seq.gate.findings, full_by, seq.items_total):
             used_fractions.append(used / seq.items_total)
             same_all.append(same)
             rows.append({"who": f.variant, "check": f.check, "metric": f.metric, "category": f.category, "full": whole.verdict if whole else None,
@@ -201,10 +205,9 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
             by_id = {r.item_id: r for r in results}
             ordered = [by_id[i] for i in order]
             report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=args.batch_items, categories=categories)
-            for f in report.findings:
-                whole = full_by.get(_key(f))
-                fractions.append((f.items_used if f.items_used is not None else len(ordered)) / len(ordered))
-                same.append(whole is not None and whole.verdict == f.verdict)
+            for _, _, used, agrees in _against_full(report.findings, full_by, len(ordered)):
+                fractions.append(used / len(ordered))
+                same.append(agrees)
         rows.append({"seed": seed, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
                      "same_verdicts": sum(same), "verdicts": len(same)})
     out["replays"] = rows
