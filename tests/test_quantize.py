@@ -13,6 +13,7 @@ from audit.compress.prune import prune_layers
 from audit.compress.quantize import (
     INT8_FILE,
     QUANTIZATION_SCHEMES,
+    Int8Embedding,
     QuantizeSettings,
     quantize,
     quantize_int8_dynamic,
@@ -59,6 +60,43 @@ def test_int8_dynamic_reloads_exactly_and_scores(tiny_model_factory, tmp_path, t
     facts = variant.facts()
     assert facts.quantization == "int8-dynamic" and facts.parameters == drive(load_model(str(source))).facts().parameters
     assert variant.generate_chat("hello", max_new_tokens=4).token_ids
+
+
+def test_int8_dynamic_head_and_embeddings_share_one_int8_table(tiny_llama, tmp_path, text_file):
+    from safetensors import safe_open
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    result = run(tiny_llama, "int8-dynamic", tmp_path / "q", text_file, measure_perplexity=False)
+    assert result["embeddings"] == "int8 rows of the output head"
+    variant = drive(load_model(str(tmp_path / "q")))
+    assert any("looked up in the int8 output head's table" in note for note in variant.facts().notes)
+    head, embeddings = variant.model.get_output_embeddings(), variant.model.get_input_embeddings()
+    assert isinstance(head, DynamicLinear) and isinstance(embeddings, Int8Embedding)
+    assert embeddings._ints is head._int8_weight  # one table, held once
+    # A looked-up row is the head's int8 row times its channel's scale, by hand.
+    weight = head.weight()
+    ids = torch.tensor([[3, 0, 3, 11]])
+    looked_up = embeddings(ids)
+    for j, token in enumerate(ids[0].tolist()):
+        by_hand = weight.int_repr()[token].to(torch.float32) * weight.q_per_channel_scales()[token].to(torch.float32)
+        assert torch.equal(looked_up[0, j], by_hand)
+    assert not json.loads((tmp_path / "q" / "config.json").read_text())["tie_word_embeddings"]
+    with safe_open(str(tmp_path / "q" / INT8_FILE), framework="pt") as handle:
+        assert not any("embed_tokens" in key for key in handle.keys())
+    source = drive(load_model(str(tiny_llama)))
+    assert variant.facts().parameters == source.facts().parameters
+
+    # The head kept float stays tied to float embeddings.
+    kept = copy.deepcopy(source.model)
+    quantize_int8_dynamic(kept, keep_float=["lm_head"])
+    assert type(kept.get_input_embeddings()) is torch.nn.Embedding and kept.lm_head.weight is kept.get_input_embeddings().weight
+    # An untied model's own float embeddings stay as they are.
+    untied = copy.deepcopy(source.model)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone(), requires_grad=False)
+    untied.config.tie_word_embeddings = False
+    table = untied.get_input_embeddings().weight
+    quantize_int8_dynamic(untied)
+    assert isinstance(untied.lm_head, DynamicLinear) and untied.get_input_embeddings().weight is table
 
 
 def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):

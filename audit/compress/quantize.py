@@ -77,15 +77,16 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def int8_targets(model: nn.Module) -> tuple[list[str], list[str]]:
+def int8_targets(model: nn.Module, head: bool = True) -> tuple[list[str], list[str]]:
     """(linear layers to quantize, GPT-2 Conv1D layers among them to turn into nn.Linear first):
-    every linear layer except the output head, as in `linear_weights`."""
+    every linear layer, the output head too unless `head` is False. In a small model the head is
+    a large share of the weights read per token: a fifth of the default model's."""
     from transformers.pytorch_utils import Conv1D
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = model.get_output_embeddings() if not head and hasattr(model, "get_output_embeddings") else None
     names, conv = [], []
     for name, module in model.named_modules():
-        if module is head:
+        if output is not None and module is output:
             continue
         if isinstance(module, Conv1D):
             conv.append(name)
@@ -120,6 +121,7 @@ def quantize_int8_dynamic(
     kept = set(keep_float)
     names = [name for name in names if name not in kept]
     conv = [name for name in conv if name not in kept]
+    tied = _tied_head(model, names)
     for name in conv:
         _set_module(model, name, _linear_from_conv1d(model.get_submodule(name)))
     with _quiet():
@@ -127,7 +129,62 @@ def quantize_int8_dynamic(
     if activation_scales == PER_TOKEN:
         for name in names:
             use_per_token_scales(model.get_submodule(name))
+    if tied is not None:
+        share_head_with_embeddings(model, *tied)
     return names, conv
+
+
+def _tied_head(model: nn.Module, names: Sequence[str]) -> tuple[str, str] | None:
+    """(input embeddings, output head) module names when the head is among `names` and shares its
+    weight with the input embeddings (a tied model); None otherwise."""
+    if not hasattr(model, "get_output_embeddings") or not hasattr(model, "get_input_embeddings"):
+        return None
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(embeddings, nn.Embedding) or getattr(head, "weight", None) is not embeddings.weight:
+        return None
+    modules = {id(module): name for name, module in model.named_modules()}
+    head_name, embeddings_name = modules.get(id(head)), modules.get(id(embeddings))
+    if head_name not in names or embeddings_name is None:
+        return None
+    return embeddings_name, head_name
+
+
+class Int8Embedding(nn.Module):
+    """Token embeddings looked up in an int8 output head's table. A tied model has one table for
+    both; once the head is int8, the embeddings read the same integers and per-row scales (the
+    head's output channels are the table's rows) instead of keeping a float copy: the table is
+    held once, at a quarter of its float size, and a looked-up row is the dequantized row the head
+    multiplies by. The integers belong to the head: not a parameter or buffer here, so neither
+    saved nor counted twice."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        with _quiet():
+            weight = head.weight()
+        ints = getattr(head, "_int8_weight", None)
+        self._ints = weight.int_repr() if ints is None else ints
+        self._scales = weight.q_per_channel_scales().to(torch.float32)
+        self.num_embeddings, self.embedding_dim = (int(n) for n in self._ints.shape)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = nn.functional.embedding(ids, self._ints).to(torch.float32)
+        return rows.mul_(self._scales[ids].unsqueeze(-1))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows of the output head"
+
+
+def share_head_with_embeddings(model: nn.Module, embeddings: str, head: str) -> None:
+    """Make the input embeddings `embeddings` read the int8 table of the output head `head`, and
+    mark the model's config untied, so that nothing ties a float table back onto the int8 head."""
+    _set_module(model, embeddings, Int8Embedding(model.get_submodule(head)))
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.tie_word_embeddings = False
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        if text is not config:
+            text.tie_word_embeddings = False
+    model._int8_embeddings = (embeddings, head)  # type: ignore[assignment]  # saved with the weights
 
 
 _TINY = float(torch.finfo(torch.float32).tiny)
@@ -241,6 +298,9 @@ def save_int8_dynamic(model: nn.Module, path: Path, linearized: list[str]) -> in
             }
     specs = [(name, t.dtype, tuple(t.shape)) for name, t in items]
     meta = {"format": INT8_FORMAT, "version": 1, "layers": layers, "linearized": linearized}
+    shared = getattr(model, "_int8_embeddings", None)
+    if shared is not None:
+        meta["embeddings_from"] = {"embeddings": shared[0], "head": shared[1]}
     return write_safetensors(path, items, specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
 
 
@@ -288,6 +348,11 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
                 if scales == PER_TOKEN:
                     use_per_token_scales(layer)
                 _set_module(model, name, layer)
+        shared = meta.get("embeddings_from")
+        if shared is not None:
+            if shared.get("head") not in meta["layers"]:
+                raise UserError(f"{folder / INT8_FILE}: the embeddings read the table of {shared.get('head')!r}, which is not an int8 layer")
+            share_head_with_embeddings(model, shared["embeddings"], shared["head"])
     model.tie_weights()
     missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if missing:
@@ -324,10 +389,14 @@ def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, me
     yield Progress("quantize", 1, 2, "writing the int8 model")
     engine = torch.backends.quantized.engine
     meta = with_outlier_choice(meta, choice, "int8-dynamic", settings.activation_scales)
+    embeddings = "int8 rows of the output head" if getattr(model, "_int8_embeddings", None) else "float"
+    if embeddings != "float":
+        meta["notes"].append("int8-dynamic: the token embeddings are looked up in the int8 output head's table (tied in the source)")
     meta["storage"] = {"format": INT8_FORMAT, "file": INT8_FILE}
     save_model_folder(lm, folder, meta, lambda f: save_int8_dynamic(model, f / INT8_FILE, linearized))
     yield Progress("quantize", 2, 2, "written")
-    return {"quantized_layers": len(names), "engine": engine, "activation_scales": settings.activation_scales, **_outlier_details(choice)}
+    return {"quantized_layers": len(names), "engine": engine, "activation_scales": settings.activation_scales,
+            "embeddings": embeddings, **_outlier_details(choice)}
 
 
 # -- ONNX Runtime ------------------------------------------------------------------------------
@@ -454,7 +523,9 @@ def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: 
         skipped = None if lm.backend == "pytorch" else "outlier detection needs a PyTorch source"
         return OutlierChoice(settings.outliers, (), skipped=skipped), {}
     model = float_torch_model(lm, "onnx-int8")
-    choice = yield from detect_outliers(lm, model, int8_targets(model)[0], settings.outliers, cancel)
+    # The head is not among them: a tied head multiplies by the embeddings' transpose, which the
+    # graph computes, so it stays float; an untied one is quantized whatever its input range.
+    choice = yield from detect_outliers(lm, model, int8_targets(model, head=False)[0], settings.outliers, cancel)
     return choice, {name: model.get_submodule(name).weight for name in choice.kept_float}
 
 

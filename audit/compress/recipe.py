@@ -48,7 +48,7 @@ PRUNING_METHOD_FACTS: dict[str, dict[str, Any]] = {
 QUANTIZATION_SCHEME_FACTS: dict[str, dict[str, Any]] = {
     "int8-dynamic": {
         "backend": "pytorch", "bits": 8,
-        "description": "PyTorch dynamic int8 on the linear layers (per-channel weights; output head kept)",
+        "description": "PyTorch dynamic int8 on the linear layers and the output head (per-channel weights; a tied head's int8 table also serves the token embeddings)",
     },
     "onnx-int8": {
         "backend": "onnxruntime", "bits": 8,

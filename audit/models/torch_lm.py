@@ -231,10 +231,16 @@ def float_products(model: nn.Module) -> Iterator[None]:
 
 
 def weight_sparsity(model: nn.Module) -> float | None:
+    """Share of zeros among the weights of the linear layers that do the model's work (the
+    output head excluded, int8 or not, as in `linear_weights`)."""
     weights = linear_weights(model)
     total = sum(w.numel() for _, w in weights)
     zeros = sum(int((w == 0).sum()) for _, w in weights)
-    for _, ints, zero_points, _ in quantized_linear_weights(model):
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    modules = dict(model.named_modules())
+    for name, ints, zero_points, _ in quantized_linear_weights(model):
+        if modules[name] is head:
+            continue
         # An int8 weight equal to its channel's zero point dequantizes to exactly zero.
         points = zero_points[:, None] if zero_points.numel() == ints.shape[0] else zero_points
         zeros += int((ints == points).sum())
@@ -689,7 +695,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         float for the check (`float_products`): what it asks of is the architecture."""
         if not self._takes_positions:
             return False
-        vocab = int(self.model.get_input_embeddings().weight.shape[0])
+        vocab = int(self.model.get_input_embeddings().num_embeddings)
         prefix = tuple(self.text_prefix_ids) + tuple(3 + i % max(1, min(vocab, 40) - 3) for i in range(MIN_SHARED_TOKENS))
         top = min(vocab - 1, 12)
         start = tuple(self.text_prefix_ids) or (3,)
