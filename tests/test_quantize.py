@@ -19,6 +19,7 @@ from audit.compress.quantize import (
     quantize_int8_dynamic,
 )
 from audit.models import load_model
+from audit.models.meta import TIED_HEAD_KEY
 from audit.progress import drive
 from tui.cli import main
 
@@ -107,9 +108,11 @@ def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
     assert result["activation_scales"] == "per-token (in blocks of 16 channels)"
     graph = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False)
     nbits = [{a.name: a.i for a in n.attribute} for n in graph.graph.node if n.op_type == "MatMulNBits"]
-    # Every linear layer of the blocks (7 per block, 2 blocks); the tied output head multiplies by
-    # the embedding's transpose, not a constant, and stays float.
-    assert len(nbits) == 14 and not [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear")]
+    # Every linear layer of the blocks (7 per block, 2 blocks) and the tied output head, whose
+    # transposed embeddings are stored for it.
+    assert len(nbits) == 15 and not [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear")]
+    assert not [n for n in graph.graph.node if n.op_type in ("MatMul", "Transpose") and "lm_head" in n.name]
+    assert {p.key: p.value for p in graph.metadata_props}[TIED_HEAD_KEY] == "model.embed_tokens.weight"
     assert all(a["bits"] == 8 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in nbits)
     assert "per-token (in blocks of 16 channels) activation scales" in drive(load_model(str(tmp_path / "q"))).facts().notes[-1]
     variant = drive(load_model(str(tmp_path / "q")))
@@ -119,6 +122,44 @@ def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
     assert json.loads((tmp_path / "q" / "edge_audit.json").read_text())["text_prefix_token"] == "<|endoftext|>"
     assert main(["prune", "--model", str(tmp_path / "q"), "--method", "magnitude", "--out", str(tmp_path / "p")]) == 2
     assert "pruning needs a PyTorch model; this one runs on onnxruntime" in capsys.readouterr().err
+
+
+def test_a_transposed_stored_weight_is_stored_transposed(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from audit.compress.quantize import store_transposed_weights
+
+    rng = np.random.default_rng(0)
+    w, cube = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((2, 2, 2)).astype(np.float32)
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], name="t", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["y"], name="m"),
+        helper.make_node("Transpose", ["w"], ["wt2"], name="t2"),  # read by no MatMul: left as it is
+        helper.make_node("Relu", ["wt2"], ["z"], name="r"),
+        helper.make_node("Transpose", ["cube"], ["ct"], name="t3", perm=[1, 0, 2]),  # not 2-D: left
+        helper.make_node("MatMul", ["ct", "ct"], ["c"], name="m3"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z", "c")],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(cube, "cube")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((1, 4)).astype(np.float32)
+
+    def outputs(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = outputs(model)
+    assert store_transposed_weights(model.graph) == {"wt": "w"}
+    assert [n.name for n in model.graph.node] == ["m", "t2", "r", "t3", "m3"]
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert np.array_equal(stored["wt"], w.T)
+    for a, b in zip(before, outputs(model)):
+        assert np.array_equal(a, b)
 
 
 def test_onnx_int4(tiny_llama, tmp_path, text_file):
@@ -180,22 +221,36 @@ def test_registry():
     assert INT8_FILE.endswith(".safetensors") and INT8_FILE != "model.safetensors"
 
 
-def _nbits_graph(tmp_path, bits: int, weight: np.ndarray, zero_points: np.ndarray | None = None) -> Path:
-    """A one-node graph: MatMulNBits with K=3, N=2, blocks of 2 (so one padding value per row)."""
+def _nbits_graph(tmp_path, bits: int, weight: np.ndarray, zero_points: np.ndarray | None = None,
+                 head: np.ndarray | None = None, tied: bool = False) -> Path:
+    """MatMulNBits with K=3, N=2, blocks of 2 (so one padding value per row), then a Relu, then
+    with `head` (8-bit, K=2, N=4, one block per row) an output head giving the graph's output."""
     import onnx
     from onnx import helper, numpy_helper
+
+    from audit.models.meta import TIED_HEAD_KEY
 
     inputs = ["a", "w", "s"] + (["zp"] if zero_points is not None else [])
     inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones((2, 2), np.float32), "s")]
     if zero_points is not None:
         inits.append(numpy_helper.from_array(zero_points, "zp"))
-    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=3, N=2, bits=bits, block_size=2)
+    nodes = [
+        helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=3, N=2, bits=bits, block_size=2),
+        helper.make_node("Relu", ["y"], ["r"]),
+    ]
+    if head is not None:
+        inits += [numpy_helper.from_array(head, "h"), numpy_helper.from_array(np.ones((4, 1), np.float32), "hs")]
+        nodes.append(helper.make_node("MatMulNBits", ["r", "h", "hs"], ["logits"], domain="com.microsoft", K=2, N=4, bits=8, block_size=2))
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])], inits,
+        nodes, "g", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("logits" if head is not None else "r", onnx.TensorProto.FLOAT, None)], inits,
     )
-    path = tmp_path / f"nbits{bits}.onnx"
-    onnx.save(helper.make_model(graph), str(path))
+    model = helper.make_model(graph)
+    if tied:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = TIED_HEAD_KEY, "embed.weight"
+    path = tmp_path / f"nbits{bits}{'h' if head is not None else ''}{'t' if tied else ''}.onnx"
+    onnx.save(model, str(path))
     return path
 
 
@@ -214,3 +269,9 @@ def test_block_quantized_weights_are_labelled_and_their_zeros_counted(tmp_path):
     assert onnx_weight_facts(_nbits_graph(tmp_path, 8, weight, zero_points))["weight_sparsity"] == 0.5
     four = onnx_weight_facts(_nbits_graph(tmp_path, 4, np.zeros((2, 2, 1), np.uint8)))
     assert four["quantization"] == "int4-weight-only" and four["weight_sparsity"] is None
+    # The output head's zeros are not counted (all 8 of its weights are zeros here); a head stored
+    # as the transpose of the embeddings counts once, with them.
+    head = np.full((4, 1, 2), 128, np.uint8)
+    untied = onnx_weight_facts(_nbits_graph(tmp_path, 8, weight, head=head))
+    assert untied == {"parameters": 6 + 4 + 8 + 4, "weight_sparsity": 0.5, "quantization": "int8"}
+    assert onnx_weight_facts(_nbits_graph(tmp_path, 8, weight, head=head, tied=True))["parameters"] == 6 + 4 + 4

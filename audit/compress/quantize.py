@@ -27,7 +27,7 @@ from audit.compress.storage import model_class, unique_tensors, write_safetensor
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, load_model, model_size_bytes, onnx_session_options
-from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, WEIGHTS_META_KEY, write_meta
+from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, TIED_HEAD_KEY, WEIGHTS_META_KEY, write_meta
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
 from audit.registry import Registry
@@ -77,17 +77,14 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def int8_targets(model: nn.Module, head: bool = True) -> tuple[list[str], list[str]]:
+def int8_targets(model: nn.Module) -> tuple[list[str], list[str]]:
     """(linear layers to quantize, GPT-2 Conv1D layers among them to turn into nn.Linear first):
-    every linear layer, the output head too unless `head` is False. In a small model the head is
-    a large share of the weights read per token: a fifth of the default model's."""
+    every linear layer, the output head included. In a small model the head is a large share of
+    the weights read per token: a fifth of the default model's."""
     from transformers.pytorch_utils import Conv1D
 
-    output = model.get_output_embeddings() if not head and hasattr(model, "get_output_embeddings") else None
     names, conv = [], []
     for name, module in model.named_modules():
-        if output is not None and module is output:
-            continue
         if isinstance(module, Conv1D):
             conv.append(name)
             names.append(name)
@@ -457,22 +454,58 @@ def _large(path: Path) -> bool:
     return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file()) > 1800 * MB
 
 
+def store_transposed_weights(graph: Any) -> dict[str, str]:
+    """Replace each Transpose of a stored 2-D weight that a MatMul reads (a tied output head: the
+    exporter transposes the token embeddings in the graph) by the transposed weight, stored under
+    the Transpose's output name, so that its readers are unchanged and the quantizer, which takes
+    only stored weights, quantizes the product too. Returns {each weight stored: the weight it is
+    the transpose of}."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    stored: dict[str, str] = {}
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or len(node.input) != 1 or node.input[0] not in inits or "MatMul" not in readers.get(node.output[0], ()):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        weight = inits[node.input[0]]
+        if len(weight.dims) != 2 or perm != [1, 0]:
+            continue
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), node.output[0]))
+        graph.node.remove(node)
+        stored[node.output[0]] = node.input[0]
+    return stored
+
+
 def _quantize_matmuls(
     onnx_path: Path, folder: Path, *, bits: int, block_size: int, symmetric: bool,
-    accuracy_level: int | None = None, exclude: Sequence[str] = (),
+    accuracy_level: int | None = None, exclude: Sequence[str] = (), transposed: bool = False,
 ) -> None:
     """Write `folder`/model.onnx: the graph at `onnx_path` with every MatMul by a constant weight
-    (but the nodes in `exclude`) replaced by ONNX Runtime's block-quantized MatMulNBits."""
+    (but the nodes in `exclude`) replaced by ONNX Runtime's block-quantized MatMulNBits; with
+    `transposed`, weights the graph transposes count as constant (`store_transposed_weights`)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     graph = onnx.load(str(onnx_path))
+    stored = store_transposed_weights(graph.graph) if transposed else {}
+    outputs = {output.name for output in graph.graph.output}
+    tied = [stored[node.input[1]] for node in graph.graph.node
+            if node.op_type == "MatMul" and set(node.output) & outputs and node.input[1] in stored and node.name not in exclude]
     quantizer = MatMulNBitsQuantizer(
         graph, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
         nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",),
     )
     with contextlib.redirect_stdout(io.StringIO()), _quiet():
         quantizer.process()
+    if tied:  # the facts count the head's weights once, with the table
+        entry = quantizer.model.model.metadata_props.add()
+        entry.key, entry.value = TIED_HEAD_KEY, tied[0]
     quantizer.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=_large(onnx_path))
 
 
@@ -517,21 +550,26 @@ def onnx_weight_nodes(onnx_path: Path, weights: dict[str, torch.Tensor]) -> dict
     return found
 
 
-def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: threading.Event | None) -> Job[tuple[OutlierChoice, dict[str, torch.Tensor]]]:
-    """The outlier choice for an ONNX int8 variant, and the weights of the layers kept float."""
+def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: threading.Event | None) -> Job[tuple[OutlierChoice, dict[str, torch.Tensor], bool]]:
+    """The outlier choice for an ONNX int8 variant, the stored weights of the layers it keeps
+    float, and whether a tied head is quantized (not kept float)."""
     if lm.backend != "pytorch" or settings.outliers.ratio is None:
         skipped = None if lm.backend == "pytorch" else "outlier detection needs a PyTorch source"
-        return OutlierChoice(settings.outliers, (), skipped=skipped), {}
+        return OutlierChoice(settings.outliers, (), skipped=skipped), {}, True
     model = float_torch_model(lm, "onnx-int8")
-    # The head is not among them: a tied head multiplies by the embeddings' transpose, which the
-    # graph computes, so it stays float; an untied one is quantized whatever its input range.
-    choice = yield from detect_outliers(lm, model, int8_targets(model, head=False)[0], settings.outliers, cancel)
-    return choice, {name: model.get_submodule(name).weight for name in choice.kept_float}
+    names = int8_targets(model)[0]
+    choice = yield from detect_outliers(lm, model, names, settings.outliers, cancel)
+    tied = _tied_head(model, names)
+    # A tied head multiplies by the embeddings' transpose, which the graph computes: kept float,
+    # it is left so, with no stored weight of its own to find.
+    head_float = tied[1] if tied is not None and tied[1] in choice.kept_float else None
+    stored = [name for name in choice.kept_float if name != head_float]
+    return choice, {name: model.get_submodule(name).weight for name in stored}, head_float is None
 
 
 @QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
-    choice, kept_weights = yield from _onnx_outlier_choice(lm, settings, cancel)
+    choice, kept_weights, tied_head_int8 = yield from _onnx_outlier_choice(lm, settings, cancel)
     check_cancel(cancel)
     yield Progress("quantize", 0, 3, "exporting to ONNX")
     export_dir = folder / ".export"
@@ -540,7 +578,8 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     yield Progress("quantize", 1, 3, f"quantizing to int8 (blocks of {settings.block_size})")
     kept_nodes = onnx_weight_nodes(onnx_path, kept_weights) if kept_weights else {}
     excluded = sorted({node for nodes in kept_nodes.values() for node in nodes})
-    _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL, exclude=excluded)
+    _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL,
+                      exclude=excluded, transposed=tied_head_int8)
     cache_checked = _cache_scoring_agrees(lm, onnx_path)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)

@@ -20,6 +20,9 @@ INT8_FILE = "model.int8-dynamic.safetensors"
 WEIGHTS_META_KEY = "edge_audit"
 # An ONNX variant whose float graph scored from the key/value cache as it did in padded rows.
 CACHE_CHECKED_KEY = "cache_scoring_checked"
+# An ONNX graph's metadata entry naming the token embeddings whose transpose its output head
+# stores as a weight of its own (a tied head, quantized): the table is one set of parameters.
+TIED_HEAD_KEY = "edge_audit.output_head_tied_to"
 # The type each field the loader reads must have; a field of another type is left out, as a
 # damaged file is (the folder then loads as a plain Hugging Face folder would).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {

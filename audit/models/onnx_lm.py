@@ -9,6 +9,7 @@ import numpy as np
 
 from audit.errors import UserError
 from audit.models.interface import ContinuationScore, LanguageModel, ModelFacts, ScoreRequest
+from audit.models.meta import TIED_HEAD_KEY
 from audit.models.torch_lm import HFGeneration, score_rows, score_with_cache, scores_agree
 from audit.paths import os_reason
 
@@ -24,8 +25,10 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     """Parameter count, linear-weight sparsity and quantization of an ONNX graph.
 
     Sparsity counts exact zeros of float weights, and of 8-bit weights the values equal to
-    their zero point (which dequantize to zero); packed 4-bit weights are not measured.
-    Block-quantized weights (MatMulNBits) are 8-bit "int8" or else "int4-weight-only".
+    their zero point (which dequantize to zero), the output head's (the product that gives a
+    graph output) excluded, as for a PyTorch model; packed 4-bit weights are not measured.
+    Block-quantized weights (MatMulNBits) are 8-bit "int8" or else "int4-weight-only". A head
+    stored as the transpose of the token embeddings (`TIED_HEAD_KEY`) is counted once, with them.
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -47,6 +50,10 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     parameters = sum(
         packed_weights.get(init.name, int(np.prod(init.dims))) for init in graph.initializer if len(init.dims) >= 1
     )
+    outputs = {output.name for output in graph.output}
+    head = [node for node in graph.node if set(node.output) & outputs and (node.op_type in _WEIGHT_OPS or node.op_type == "MatMulNBits")]
+    if any(prop.key == TIED_HEAD_KEY for prop in model.metadata_props):
+        parameters -= sum(packed_weights.get(node.input[1], 0) for node in head)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
     except OSError as exc:  # a missing or unreadable external weights file
@@ -64,6 +71,8 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     zeros = total = 0
     packed = False
     for node in graph.node:
+        if any(node is h for h in head):
+            continue
         if node.op_type == "MatMulNBits":
             counted = _nbits8_zeros(node, inits)
             if counted is None:
