@@ -125,7 +125,6 @@ def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
 
 
 def test_a_transposed_stored_weight_is_stored_transposed(tmp_path):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
