@@ -98,6 +98,20 @@ def test_int8_dynamic_head_and_embeddings_share_one_int8_table(tiny_llama, tmp_p
     table = untied.get_input_embeddings().weight
     quantize_int8_dynamic(untied)
     assert isinstance(untied.lm_head, DynamicLinear) and untied.get_input_embeddings().weight is table
+    # Tied embeddings that do more than look up (scaled, as some architectures' are) keep their
+    # float table, and the config is untied, so that loading does not tie it onto the int8 head.
+    class Scaled(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) * 2.0
+
+    scaled = copy.deepcopy(source.model)
+    table = scaled.get_input_embeddings().weight
+    embeddings = Scaled(*table.shape)
+    embeddings.weight = table
+    scaled.model.embed_tokens = embeddings
+    quantize_int8_dynamic(scaled)
+    assert isinstance(scaled.lm_head, DynamicLinear) and scaled.get_input_embeddings() is embeddings and embeddings.weight is table
+    assert not scaled.config.tie_word_embeddings and not hasattr(scaled, "_int8_embeddings")
 
 
 def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):

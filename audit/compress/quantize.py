@@ -172,16 +172,20 @@ class Int8Embedding(nn.Module):
 
 
 def share_head_with_embeddings(model: nn.Module, embeddings: str, head: str) -> None:
-    """Make the input embeddings `embeddings` read the int8 table of the output head `head`, and
-    mark the model's config untied, so that nothing ties a float table back onto the int8 head."""
-    _set_module(model, embeddings, Int8Embedding(model.get_submodule(head)))
+    """Make the input embeddings `embeddings` read the int8 table of the output head `head`,
+    where they are a plain lookup (a subclass may scale or change what it looks up: it keeps its
+    float table), and mark the model's config untied either way, so that nothing ties a float
+    table back onto the int8 head."""
+    module = model.get_submodule(embeddings)
+    if type(module) is nn.Embedding and module.max_norm is None:
+        _set_module(model, embeddings, Int8Embedding(model.get_submodule(head)))
+        model._int8_embeddings = (embeddings, head)  # type: ignore[assignment]  # saved with the weights
     config = getattr(model, "config", None)
     if config is not None:
         config.tie_word_embeddings = False
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         if text is not config:
             text.tie_word_embeddings = False
-    model._int8_embeddings = (embeddings, head)  # type: ignore[assignment]  # saved with the weights
 
 
 _TINY = float(torch.finfo(torch.float32).tiny)
