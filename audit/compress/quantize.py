@@ -105,10 +105,11 @@ def _linear_from_conv1d(module: nn.Module) -> nn.Linear:
 def quantize_int8_dynamic(
     model: nn.Module, keep_float: Sequence[str] = (), activation_scales: str = PER_TOKEN
 ) -> tuple[list[str], list[str]]:
-    """Replace the linear layers (output head and `keep_float` kept) by PyTorch dynamic int8
-    layers, in place: int8 weights with one scale per output channel; activations quantized at
-    run time with one scale per token (or per tensor, PyTorch's own). Returns the layers
-    quantized and the Conv1D layers among them."""
+    """Replace the linear layers, the output head included (`keep_float` kept), by PyTorch
+    dynamic int8 layers, in place: int8 weights with one scale per output channel; activations
+    quantized at run time with one scale per token (or per tensor, PyTorch's own). A tied head's
+    int8 table then serves the token embeddings too (`share_head_with_embeddings`). Returns the
+    layers quantized and the Conv1D layers among them."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     names, conv = int8_targets(model)
