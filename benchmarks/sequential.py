@@ -104,6 +104,7 @@ def _against_full(findings, full_by, total):
         whole = full_by.get(_key(f))
         yield f, whole, f.items_used if f.items_used is not None else total, whole is not None and whole.verdict == f.verdict
 
+
 def _models(args, plan, gate, out) -> None:
     options = LoadOptions()
     suite = load_suite("builtin", **plan.probes.suite_options())

@@ -497,11 +497,12 @@ def _quantize_matmuls(
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from audit.models.onnx_lm import output_head_nodes
+
     graph = onnx.load(str(onnx_path))
     stored = store_transposed_weights(graph.graph) if transposed else {}
-    outputs = {output.name for output in graph.graph.output}
-    tied = [stored[node.input[1]] for node in graph.graph.node
-            if node.op_type == "MatMul" and set(node.output) & outputs and node.input[1] in stored and node.name not in exclude]
+    tied = [stored[node.input[1]] for node in output_head_nodes(graph.graph)
+            if node.op_type == "MatMul" and node.input[1] in stored and node.name not in exclude]
     quantizer = MatMulNBitsQuantizer(
         graph, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
         nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",),

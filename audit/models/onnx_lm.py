@@ -17,6 +17,14 @@ from audit.paths import os_reason
 _WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 
 
+def output_head_nodes(graph: Any) -> list[Any]:
+    """The products by a weight (float or block-quantized) that give one of the graph's outputs:
+    the output head."""
+    outputs = {output.name for output in graph.output}
+    return [node for node in graph.node
+            if set(node.output) & outputs and (node.op_type in _WEIGHT_OPS or node.op_type == "MatMulNBits")]
+
+
 def onnx_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.onnx") if p.is_file())
 
@@ -50,8 +58,7 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     parameters = sum(
         packed_weights.get(init.name, int(np.prod(init.dims))) for init in graph.initializer if len(init.dims) >= 1
     )
-    outputs = {output.name for output in graph.output}
-    head = [node for node in graph.node if set(node.output) & outputs and (node.op_type in _WEIGHT_OPS or node.op_type == "MatMulNBits")]
+    head = output_head_nodes(graph)
     if any(prop.key == TIED_HEAD_KEY for prop in model.metadata_props):
         parameters -= sum(packed_weights.get(node.input[1], 0) for node in head)
     try:
@@ -71,7 +78,7 @@ def onnx_weight_facts(path: Path) -> dict[str, Any]:
     zeros = total = 0
     packed = False
     for node in graph.node:
-        if any(node is h for h in head):
+        if any(node is h for h in head):  # by identity: nodes may have no names
             continue
         if node.op_type == "MatMulNBits":
             counted = _nbits8_zeros(node, inits)
