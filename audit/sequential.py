@@ -17,6 +17,10 @@ items arrive; the transition rate over a sampled noise floor) is never settled e
 judged on every item, with the fixed-sample bounds of `audit.probes.measures`. Figures that
 are not item probes (perplexity) come from `full`, measured as before.
 
+The baseline is not probed sequentially: it was scored on every item before (its items are the
+pairs' other half), so its own figures (its competence) are read from all of its items with
+fixed-sample bounds, as a full probe reads them, and are settled before the variant's first item.
+
 A verdict that scoring every item would very likely leave open is not waited for: when the
 predicted chance that its anytime bounds settle it by the last item falls under FUTILE_CHANCE
 (predicted from the fixed-sample bounds, widened as much as the anytime ones are), it stops as
@@ -113,6 +117,8 @@ class SequentialEvidence:
         self._facts: list[ms.ItemFacts] = []
         self._baseline_facts: list[ms.ItemFacts] = []
         self._pairs: list[ms.Pair] = []
+        # The baseline's own figures, when it is the other run: from every item it scored.
+        self._baseline_all = [ms.item_facts(r, norm) for r in self.baseline.values()] if variant != BASELINE else []
         self._seen: dict[tuple, tuple[float, float]] = {}
         # How to read each figure's fixed-sample bounds over the items so far, by (variant, metric,
         # category): what a probe stopped here would report, the start of the projection to the
@@ -123,6 +129,11 @@ class SequentialEvidence:
     @property
     def complete(self) -> bool:
         return len(self.results) >= self.total
+
+    def final(self, variant: str) -> bool:
+        """Whether `variant`'s figures are read from items all scored before this probe: the
+        baseline's, when another variant is probed. More items of this probe cannot change them."""
+        return variant == BASELINE and self.variant != BASELINE and bool(self._baseline_all)
 
     def extend(self, results: Sequence[ItemResult]) -> None:
         for result in results:
@@ -158,6 +169,11 @@ class SequentialEvidence:
             return Measurement(None, note=f"no probe of {variant}")
         if metric == "parse_failure_rate" and not any(r.mode == "generate" for r in self.results):
             return Measurement(None, applies=False, note="log-likelihood scoring parses nothing")
+        if metric in ms.SINGLE and self.final(variant):
+            bounds = ms.single_bounds(self._baseline_all, metric, confidence, category)
+            if bounds.value is None:
+                return Measurement(None, note="not measured: none of the baseline's items is one it covers")
+            return Measurement.of(bounds)
         if metric in ms.SINGLE:
             facts = self._baseline_facts if variant == BASELINE and self.variant != BASELINE else self._facts
             return self._bounded((variant, metric, category, confidence), category, confidence,
@@ -290,14 +306,17 @@ class SequentialJudge:
     futile: dict[tuple, float] = field(default_factory=dict)
     moot: set[tuple] = field(default_factory=set)  # open competence checks of a variant found too degraded
 
+    def _complete(self, f: GateFinding, complete: bool) -> bool:
+        return complete or self.evidence.final(f.variant)
+
     def _guard_failed(self, findings: Sequence[GateFinding], complete: bool) -> bool:
-        return any(_guard_failure_settled(f, complete) or (_shown_at_chance(f) and _key(f) in self.futile) for f in findings)
+        return any(_guard_failure_settled(f, self._complete(f, complete)) or (_shown_at_chance(f) and _key(f) in self.futile) for f in findings)
 
     def _settled_now(self, f: GateFinding, complete: bool, failed: bool) -> bool:
         # Once the variant is too degraded to judge, its other competence checks cannot change
         # that verdict: one still open is not waited for.
         moot = failed and f.check == "competence" and f.verdict == INCONCLUSIVE
-        return finding_settled(f, complete, failed) or _key(f) in self.futile or moot
+        return finding_settled(f, self._complete(f, complete), failed) or _key(f) in self.futile or moot
 
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
@@ -316,14 +335,15 @@ class SequentialJudge:
                         if other.reason.startswith("not judged") or _key(other) in self.moot:
                             self.settled_at.pop(_key(other), None)
                             self.moot.discard(_key(other))
-            elif not complete and k not in self.settled_at and f.metric in self.evidence.from_items:
+            elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 chance = settle_chance(f, self.evidence.fixed_bounds(f.variant, f.metric, f.category), fraction)
                 if chance is not None and chance < FUTILE_CHANCE:
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
         for f in report.findings:
             if _key(f) not in self.settled_at and self._settled_now(f, complete, failed):
-                self.settled_at[_key(f)] = scored
+                # The baseline's own verdicts were settled before this probe's first item.
+                self.settled_at[_key(f)] = 0 if self.evidence.final(f.variant) else scored
                 if not complete and not finding_settled(f, complete, failed) and _key(f) not in self.futile:
                     self.moot.add(_key(f))
         self.last = report
@@ -356,6 +376,8 @@ class SequentialJudge:
                 f = replace(f, reason=f.reason + stop, items_to_settle=None)
             elif _key(f) in self.moot and f.verdict == INCONCLUSIVE:
                 f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: the variant was found too degraded to judge", items_to_settle=None)
+            elif self.evidence.final(f.variant) and used is not None:
+                f = replace(f, reason=f"{f.reason}; from the baseline's probe of every item, scored before this one")
             findings.append(replace(f, items_used=used))
         return replace(self.last, findings=tuple(findings))
 

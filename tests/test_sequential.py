@@ -13,6 +13,7 @@ from audit.gate import FAIL, INCONCLUSIVE, PASS, GateFinding, finding_line
 from audit.models import load_model
 from audit.plans import GateRule, GateSettings
 from audit.probes import ProbeSettings, load_suite, run_probe
+from audit.probes import measures as ms
 from audit.progress import drive
 from audit.reports.render import sequential_markdown
 from audit.sequential import probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
@@ -234,6 +235,21 @@ def test_a_verdict_every_item_would_not_settle_stops_early_as_inconclusive(tiny,
     # In full, the same verdict.
     full = replay(run.results, gate, variant="variant", baseline=baseline, total=run.items_scored)[0]
     assert full.findings[0].verdict == INCONCLUSIVE
+
+
+def test_the_baseline_is_judged_on_every_item_it_scored_before(tiny, suite, baseline):
+    # The baseline was scored in full before the variant's probe: its competence is read from all
+    # of its items with the full probe's bounds, and settled before the variant's first item.
+    gate = GateSettings(rules=(GateRule("transition_rate", 0.5),), competence=True)
+    run = drive(probe_sequentially(tiny, suite, gate, ProbeSettings(), variant="variant", baseline=baseline, batch_items=20))
+    mine = [f for f in run.gate.findings if f.variant == "baseline"]
+    assert [f.metric for f in mine] == ["accuracy_disambig"]
+    whole = ms.single_bounds([ms.item_facts(r) for r in baseline], "accuracy_disambig", gate.confidence)
+    assert (mine[0].value, mine[0].lower, mine[0].upper) == (whole.value, whole.lower, whole.upper)
+    assert mine[0].items_used == 0 and "from the baseline's probe of every item" in mine[0].reason
+    # The same verdict as judging both runs in full.
+    full = replay(run.results, gate, variant="variant", baseline=baseline, total=run.items_scored)[0]
+    assert [f.verdict for f in full.findings if f.variant == "baseline"] == [mine[0].verdict]
 
 
 def test_settle_chance_reads_the_open_verdicts_only():
