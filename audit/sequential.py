@@ -7,7 +7,9 @@ the suite's categories and conditions, and after each batch every gate figure is
 with a confidence sequence (`audit.stats.anytime_mean_bounds`): bounds that hold at every
 number of items at once, so looking after each batch does not inflate the error. Each figure
 keeps the tightest bounds seen so far (the running intersection of its confidence sequence), so
-a settled verdict stays settled. Changes against the baseline are bounded on the paired
+a settled verdict stays settled. Each figure's stakes are sized for the items of its scope
+(its category's, or the suite's: the most it can cover), so its bounds at the last item come
+close to the full probe's (`audit.stats.anytime_stakes`). Changes against the baseline are bounded on the paired
 per-item differences of the same items; a ratio (the relative change in SRS) by inverting the
 confidence sequences of the paired contrasts num - theta * den
 (`audit.stats.anytime_paired_ratio_bounds`), which needs no split of the error.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
@@ -105,11 +108,13 @@ class SequentialEvidence:
     """The gate's figures of one variant, and of the baseline on the same items, from the items
     the variant has scored so far, taken in the order they were drawn."""
 
-    def __init__(self, variant: str, suite: str, total: int, categories: Sequence[str],
+    def __init__(self, variant: str, suite: str, total: int, categories: Mapping[str, int] | Sequence[str],
                  baseline: Mapping[str, ItemResult] | None = None, norm: str | None = None,
                  full: MeasurementSource | None = None) -> None:
         self.variant, self.suite, self.total = variant, suite, total
         self._categories = sorted(categories)
+        # Each category's items in the suite (when given): the most a figure of it can cover.
+        self._scope_items = dict(categories) if isinstance(categories, Mapping) else {}
         self.baseline = dict(baseline or {})
         self.norm = norm
         self.full = full
@@ -209,6 +214,10 @@ class SequentialEvidence:
         self._seen[key] = (lower, upper)
         return Measurement(bounds.value, lower, upper, bounds.n)
 
+    def horizon(self, scope: str) -> int | None:
+        """The items a figure of `scope` is sized for: the suite's, or its category's."""
+        return self.total if scope == ms.OVERALL else (self._scope_items.get(scope) or None)
+
     def fixed_bounds(self, variant: str, metric: str, category: str) -> Bounds | None:
         """The fixed-sample bounds of a figure the last look measured from items, None for others."""
         read = self._fixed.get((variant, metric, category))
@@ -218,23 +227,24 @@ class SequentialEvidence:
         spec = ms.SINGLE[metric]
         kept = [f for f in facts if spec.covers(f) and _in_scope(f, scope)]
         values = [spec.value(f) for f in kept]
+        horizon = self.horizon(scope)
         if spec.denominator is None:
-            return anytime_mean_bounds(values, spec.low, spec.high, confidence)
+            return anytime_mean_bounds(values, spec.low, spec.high, confidence, horizon)
         assert spec.transform is not None
-        ratio = anytime_paired_ratio_bounds(values, [spec.denominator(f) for f in kept], confidence)
+        ratio = anytime_paired_ratio_bounds(values, [spec.denominator(f) for f in kept], confidence, horizon=horizon)
         return _mapped(ratio, spec.transform, -1.0, 1.0)
 
     def _paired(self, metric: str, scope: str, confidence: float) -> Bounds:
         if metric == "srs_relative_change_pct":
             kept = [(b, v) for b, v in self._pairs
                     if b.condition == AMBIG and b.has_target and b.valid and v.valid and _in_scope(b, scope)]
-            ratio = anytime_paired_ratio_bounds([v.biased for _, v in kept], [b.biased for b, _ in kept], confidence)
+            ratio = anytime_paired_ratio_bounds([v.biased for _, v in kept], [b.biased for b, _ in kept], confidence, horizon=self.horizon(scope))
             return _mapped(ratio, lambda r: 100.0 * (r - 1.0), -100.0, math.inf)
         spec = ms.PAIRED[metric]
         within = AMBIG if metric in ms.TRANSITIONS else None
         kept = [(b, v) for b, v in self._pairs
                 if (within is None or b.condition == within) and spec.covers(b, v) and _in_scope(b, scope)]
-        return anytime_mean_bounds([spec.value(b, v) for b, v in kept], spec.low, spec.high, confidence)
+        return anytime_mean_bounds([spec.value(b, v) for b, v in kept], spec.low, spec.high, confidence, self.horizon(scope))
 
 
 # -- deciding when to stop ------------------------------------------------------------------------
@@ -441,7 +451,7 @@ def probe_sequentially(
         raise UserError(f"sequential probing of {variant} needs the baseline's item results to compare with")
     norm = settings.norm or suite.default_norm
     order = stratified_order(suite.items, seed)
-    evidence = SequentialEvidence(variant, suite.name, len(order), sorted({i.category for i in order}),
+    evidence = SequentialEvidence(variant, suite.name, len(order), Counter(i.category for i in order),
                                   {r.item_id: r for r in baseline or ()}, norm, full)
     judge = SequentialJudge(gate, evidence)
     total = len(order)
@@ -468,12 +478,16 @@ def probe_sequentially(
 
 def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
            baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
-           categories: Sequence[str] | None = None, full: MeasurementSource | None = None) -> tuple[GateReport, int, bool]:
+           categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None) -> tuple[GateReport, int, bool]:
     """The sequential gate over item results already scored in the drawn order: (the gate with
-    items used per verdict, items it needed, settled before the last item)."""
+    items used per verdict, items it needed, settled before the last item). `categories` counts
+    the suite's items per category, or names the categories (their items counted in
+    `results_in_order`, as are all of them by default)."""
     total = len(results_in_order) if total is None else total
-    evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total,
-                                  categories or sorted({r.category for r in results_in_order}),
+    counts = Counter(r.category for r in results_in_order)
+    if not isinstance(categories, Mapping):
+        categories = {name: counts.get(name, 0) for name in categories} if categories else counts
+    evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
                                   {r.item_id: r for r in baseline or ()}, None, full)
     judge = SequentialJudge(gate, evidence)
     for offset in range(0, len(results_in_order), batch_items):
@@ -516,9 +530,10 @@ def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence
 
 
 def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: int, runs: int, confidence: float,
-                            batch_items: int, seed: int) -> dict[str, Any]:
+                            batch_items: int, seed: int, horizon: int | None = None) -> dict[str, Any]:
     """Draw `runs` sequences of 0/1 items for each true mean, look after every batch with the
-    anytime bounds (running intersection), pass at an upper bound within `limit`, fail at a
+    anytime bounds (running intersection; stakes sized for `horizon` items, by default
+    `n_items`, as a sequential probe sizes them for its scope's items), pass at an upper bound within `limit`, fail at a
     lower bound over it, stop waiting (inconclusive) once scoring every item would settle it with
     less than FUTILE_CHANCE; a wrong verdict is a pass over the limit or a fail within it.
     Returns per true mean the rate of wrong verdicts, of each verdict, of verdicts the same as
@@ -528,7 +543,7 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "limit": limit, "nominal": alpha, "means": {}}
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "limit": limit, "nominal": alpha, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
@@ -540,8 +555,8 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             if not open_.any():
                 break
             rows = x[open_, :n]
-            low[open_] = np.maximum(low[open_], anytime_lower_rows(rows, alpha))
-            high[open_] = np.minimum(high[open_], anytime_upper_rows(rows, alpha))
+            low[open_] = np.maximum(low[open_], anytime_lower_rows(rows, alpha, horizon or n_items))
+            high[open_] = np.minimum(high[open_], anytime_upper_rows(rows, alpha, horizon or n_items))
             passed = open_ & (high <= limit)
             failed = open_ & ~passed & (low > limit)
             verdict[passed], verdict[failed] = PASS, FAIL
@@ -567,8 +582,9 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
 
 
 def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, runs: int, confidence: float,
-                        batch_items: int, seed: int) -> dict[str, Any]:
-    """Draw `runs` sequences of 0/1 answers for each true accuracy, look after every batch:
+                        batch_items: int, seed: int, horizon: int | None = None) -> dict[str, Any]:
+    """Draw `runs` sequences of 0/1 answers for each true accuracy (stakes sized for `horizon`
+    items, by default `n_items`), look after every batch:
     competent once the anytime lower bound is over `chance`, too degraded to judge once scoring
     every item would show that with less than FUTILE_CHANCE (or at the last item). Returns per
     true accuracy the share shown competent sequentially, without the futility stop, and by the
@@ -577,7 +593,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "chance": chance, "means": {}}
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "chance": chance, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
@@ -585,7 +601,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
         futile_at = np.full(runs, n_items + 1)
         low = np.zeros(runs)
         for n in looks:
-            low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha))
+            low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha, horizon or n_items))
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
             if n < n_items:
                 for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, low, None):

@@ -76,12 +76,7 @@ def _check_level(confidence: float) -> float:
 def _stakes(x: np.ndarray, alpha: float) -> np.ndarray:
     """Predictable stakes, row by row: each from the items before it only (running mean and
     variance that start from 1/2 and 1/4), sized for n items: sqrt(2 log(1/alpha) / (n var))."""
-    n = x.shape[-1]
-    count = np.arange(1, n + 1)
-    mean = (0.5 + np.cumsum(x, axis=-1)) / (count + 1)
-    variance = (0.25 + np.cumsum((x - mean) ** 2, axis=-1)) / (count + 1)
-    previous = np.concatenate((np.full(x.shape[:-1] + (1,), 0.25), variance[..., :-1]), axis=-1)
-    return np.sqrt(2.0 * math.log(1.0 / alpha) / (n * previous))
+    return anytime_stakes(x, alpha, horizon=max(1, x.shape[-1]))
 
 
 _CELLS = 1 << 22  # rows x candidates x items evaluated at once: bounds the memory a search takes
@@ -335,55 +330,66 @@ def sequence_widening(fixed: Bounds, lower: float | None, upper: float | None) -
 
 
 # -- anytime-valid bounds: checked after every batch without inflating the error ------------------
-def anytime_stakes(x: np.ndarray, alpha: float) -> np.ndarray:
-    """Predictable stakes that do not depend on how many items will come (Waudby-Smith & Ramdas'
-    predictable plug-in for confidence sequences): sqrt(2 log(1/alpha) / (var t log(1 + t))) for
-    the t-th item, the variance from the items before it only (starting from 1/4). The wealth
-    after any prefix is the same whatever follows, so a bound read after every batch is the
-    bound of that prefix, and Ville's inequality covers every look at once."""
+def anytime_stakes(x: np.ndarray, alpha: float, horizon: int | None = None) -> np.ndarray:
+    """Predictable stakes for a confidence sequence: each from the items before it only (the
+    variance starting from 1/4), so the wealth after any prefix is the same whatever follows, a
+    bound read after every batch is the bound of that prefix, and Ville's inequality covers every
+    look at once.
+
+    With no `horizon`, Waudby-Smith & Ramdas' predictable plug-in for confidence sequences,
+    sqrt(2 log(1/alpha) / (var t log(1 + t))) for the t-th item: good at every count alike.
+    With a `horizon` fixed before the first item (the most items there will be),
+    sqrt(2 log(1/alpha) / (var horizon)) for every item, the fixed-sample plug-in sized for it:
+    still valid at every look, widest early and nearly as narrow as the fixed-sample bounds at
+    the horizon, where a sequential probe that has not settled is decided."""
     n = x.shape[-1]
     count = np.arange(1, n + 1)
     mean = (0.5 + np.cumsum(x, axis=-1)) / (count + 1)
     variance = (0.25 + np.cumsum((x - mean) ** 2, axis=-1)) / (count + 1)
     previous = np.concatenate((np.full(x.shape[:-1] + (1,), 0.25), variance[..., :-1]), axis=-1)
+    if horizon is not None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, not {horizon}")
+        return np.sqrt(2.0 * math.log(1.0 / alpha) / (horizon * previous))
     return np.sqrt(2.0 * math.log(1.0 / alpha) / (previous * count * np.log1p(count)))
 
 
-def anytime_lower_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+def anytime_lower_rows(x: np.ndarray, alpha: float, horizon: int | None = None) -> np.ndarray:
     """Lower bounds (level 1 - alpha, valid at every prefix length at once) for the mean of each
     row of values in [0, 1]; the same bracket search as `lower_rows`, with `anytime_stakes`."""
     if x.shape[1] == 0:
         return np.zeros(x.shape[0])
-    return _bracket_lower(x, anytime_stakes(x, alpha), alpha)
+    return _bracket_lower(x, anytime_stakes(x, alpha, horizon), alpha)
 
 
-def anytime_upper_rows(x: np.ndarray, alpha: float) -> np.ndarray:
+def anytime_upper_rows(x: np.ndarray, alpha: float, horizon: int | None = None) -> np.ndarray:
     """Upper bounds, valid at every prefix length, for the mean of each row of values in [0, 1]."""
-    return 1.0 - anytime_lower_rows(1.0 - x, alpha)
+    return 1.0 - anytime_lower_rows(1.0 - x, alpha, horizon)
 
 
-def anytime_mean_bounds(values: Any, low: float, high: float, confidence: float) -> Bounds:
+def anytime_mean_bounds(values: Any, low: float, high: float, confidence: float, horizon: int | None = None) -> Bounds:
     """Bounds for the mean of values in [low, high] taken in the order given (the order they were
-    drawn in), each one-sided at `confidence` and valid however many items are looked at."""
+    drawn in), each one-sided at `confidence` and valid however many items are looked at; the
+    stakes sized for `horizon` items when given (see `anytime_stakes`)."""
     alpha = _check_level(confidence)
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return Bounds(None, low, high, 0, confidence)
     unit = np.clip((x - low) / (high - low), 0.0, 1.0)[None, :]
     value = min(high, max(low, float(x.mean())))
-    lower = low + (high - low) * float(anytime_lower_rows(unit, alpha)[0])
-    upper = low + (high - low) * float(anytime_upper_rows(unit, alpha)[0])
+    lower = low + (high - low) * float(anytime_lower_rows(unit, alpha, horizon)[0])
+    upper = low + (high - low) * float(anytime_upper_rows(unit, alpha, horizon)[0])
     return Bounds(value, min(lower, value), max(upper, value), int(x.size), confidence)
 
 
-def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit: float = 1e6) -> Bounds:
+def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit: float = 1e6, horizon: int | None = None) -> Bounds:
     """Bounds for mean(num) / mean(den), num and den in [0, 1] paired item by item, valid at every
     prefix length: R <= theta exactly when the mean of num - theta * den is <= 0, and theta is
     rejected when that contrast's confidence sequence shows otherwise. Only the true ratio's
     contrast needs to hold, so one sequence covers it with no split of the error, and pairing
-    cancels what the two runs share item by item."""
+    cancels what the two runs share item by item. Stakes sized for `horizon` items when given."""
     alpha = _check_level(confidence)
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size == 0:
         return Bounds(None, 0.0, math.inf, 0, confidence)
-    return _ratio_edges(a, b, alpha, confidence, limit, stakes=anytime_stakes)
+    return _ratio_edges(a, b, alpha, confidence, limit, stakes=lambda x, level: anytime_stakes(x, level, horizon))

@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,17 +70,19 @@ def main() -> int:
     out: dict = {"plan": plan.name, "model": plan.model, "batch_items": args.batch_items, "variants": {}}
     if not args.skip_models:
         _models(args, plan, gate, out)
+    # As in the default suite: a figure covers the 240 items of one condition, its stakes sized
+    # for the scope's 480.
     sim = simulate_wrong_verdicts([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], 0.2, n_items=240, runs=args.runs,
-                                  confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed)
+                                  confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed, horizon=480)
     out["simulation"] = sim
     # The competence guard: a model clearly above chance must not be stopped as too degraded.
     guard = simulate_competence([0.3, 0.36, 0.4, 0.45, 0.5], 1 / 3, n_items=240, runs=args.runs,
-                                confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed)
+                                confidence=gate.confidence, batch_items=args.batch_items, seed=args.seed, horizon=480)
     out["competence_simulation"] = guard
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"\nSimulation: {sim['runs']} runs per true share, {sim['n_items']} items of 0/1, limit {sim['limit']:g}, "
+    print(f"\nSimulation: {sim['runs']} runs per true share, {sim['n_items']} items of 0/1 (stakes sized for {sim['horizon']}), limit {sim['limit']:g}, "
           f"looks every {args.batch_items} items, nominal wrong-verdict level {sim['nominal']:.3g}")
     print(f"{'true':>6} {'wrong':>7} {'pass':>6} {'fail':>6} {'open':>6} {'items':>6} {'same as full':>13}")
     for mean, row in sim["means"].items():
@@ -197,7 +200,7 @@ def _models(args, plan, gate, out) -> None:
 
 def _replays(args, suite, gate, baseline, fulls, out) -> None:
     """The full probes' items through the sequential gate in the orders of other seeds."""
-    categories = sorted({item.category for item in suite.items})
+    categories = Counter(item.category for item in suite.items)
     rows = []
     for seed in range(args.seed + 1, args.seed + 1 + args.replay_seeds):
         order = [item.item_id for item in stratified_order(suite.items, seed)]

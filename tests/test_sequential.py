@@ -17,7 +17,9 @@ from audit.probes import measures as ms
 from audit.progress import drive
 from audit.reports.render import sequential_markdown
 from audit.sequential import probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
-from audit.stats import Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows
+from audit.stats import (
+    Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
+)
 
 ALPHA = 0.05
 
@@ -41,6 +43,23 @@ def test_stakes_by_hand():
     # Item 1: variance 1/4 before any item; item 2: mean (0.5 + 1)/2 = 0.75, variance (0.25 + 0.0625)/2.
     assert stakes[0] == pytest.approx(math.sqrt(2 * math.log(20) / (0.25 * 1 * math.log(2))))
     assert stakes[1] == pytest.approx(math.sqrt(2 * math.log(20) / (0.15625 * 2 * math.log(3))))
+    # Sized for a horizon of 10 items: the same variances, sqrt(2 log(1/alpha) / (10 var)).
+    sized = anytime_stakes(np.array([[1.0, 0.0]]), ALPHA, horizon=10)[0]
+    assert sized[0] == pytest.approx(math.sqrt(2 * math.log(20) / (10 * 0.25)))
+    assert sized[1] == pytest.approx(math.sqrt(2 * math.log(20) / (10 * 0.15625)))
+    with pytest.raises(ValueError, match="horizon"):
+        anytime_stakes(np.array([[1.0]]), ALPHA, horizon=0)
+
+
+def test_bounds_sized_for_the_horizon_are_the_fixed_sample_bounds_there():
+    rng = np.random.default_rng(3)
+    x = (rng.random((5, 60)) < 0.3).astype(float)
+    assert np.array_equal(anytime_lower_rows(x, ALPHA, horizon=60), lower_rows(x, ALPHA))
+    assert np.array_equal(anytime_upper_rows(x, ALPHA, horizon=60), upper_rows(x, ALPHA))
+    # Before the horizon they are wider than the plug-in for every count, near it narrower.
+    early, late = x[:, :10], x
+    assert (anytime_lower_rows(early, ALPHA, horizon=60) <= anytime_lower_rows(early, ALPHA)).all()
+    assert anytime_lower_rows(late, ALPHA, horizon=60).mean() > anytime_lower_rows(late, ALPHA).mean()
 
 
 def test_one_step_of_wealth_by_hand():
@@ -86,9 +105,11 @@ def test_paired_ratio_rejects_exactly_the_thetas_whose_contrast_is_shown():
 
 
 # -- coverage by simulation -----------------------------------------------------------------------
-def test_confidence_sequence_covers_at_every_look_at_once():
+@pytest.mark.parametrize("horizon", [None, 40, 160, 320])
+def test_confidence_sequence_covers_at_every_look_at_once(horizon):
     """1,000 seeded runs per distribution: the share of runs whose bound ever excludes the true
-    mean, over all the looks, stays within alpha on each side."""
+    mean, over all the looks, stays within alpha on each side, whatever horizon the stakes are
+    sized for (one passed early too)."""
     rng = np.random.default_rng(7)
     looks = range(10, 161, 10)
     for draw, mean in ((lambda: (rng.random((1000, 160)) < 0.3).astype(float), 0.3),
@@ -97,12 +118,13 @@ def test_confidence_sequence_covers_at_every_look_at_once():
         x = draw()
         missed_low, missed_high = np.zeros(1000, bool), np.zeros(1000, bool)
         for n in looks:
-            missed_low |= anytime_lower_rows(x[:, :n], ALPHA) > mean
-            missed_high |= anytime_upper_rows(x[:, :n], ALPHA) < mean
+            missed_low |= anytime_lower_rows(x[:, :n], ALPHA, horizon) > mean
+            missed_high |= anytime_upper_rows(x[:, :n], ALPHA, horizon) < mean
         assert missed_low.mean() <= ALPHA and missed_high.mean() <= ALPHA
 
 
-def test_paired_ratio_covers_in_simulation():
+@pytest.mark.parametrize("horizon", [None, 300])
+def test_paired_ratio_covers_in_simulation(horizon):
     """1,000 seeded runs: the true ratio's contrast is rejected at some look in at most alpha of
     them on each side (only the true ratio's contrast needs to hold for the bounds to cover it)."""
     rng = np.random.default_rng(3)
@@ -113,10 +135,10 @@ def test_paired_ratio_covers_in_simulation():
     zero = theta / (1 + theta)
     low, high = np.zeros(1000, bool), np.zeros(1000, bool)
     for n in (15, 30, 60, 90, 120, 150):
-        low |= anytime_lower_rows(units[:, :n], ALPHA) > zero
-        high |= anytime_upper_rows(units[:, :n], ALPHA) < zero
+        low |= anytime_lower_rows(units[:, :n], ALPHA, horizon) > zero
+        high |= anytime_upper_rows(units[:, :n], ALPHA, horizon) < zero
     assert low.mean() <= ALPHA and high.mean() <= ALPHA
-    covered = [anytime_paired_ratio_bounds(num[i], den[i], 0.95) for i in range(40)]
+    covered = [anytime_paired_ratio_bounds(num[i], den[i], 0.95, horizon=horizon) for i in range(40)]
     assert sum(b.lower <= theta <= b.upper for b in covered) >= 38
 
 
@@ -250,6 +272,24 @@ def test_the_baseline_is_judged_on_every_item_it_scored_before(tiny, suite, base
     # The same verdict as judging both runs in full.
     full = replay(run.results, gate, variant="variant", baseline=baseline, total=run.items_scored)[0]
     assert [f.verdict for f in full.findings if f.variant == "baseline"] == [mine[0].verdict]
+
+
+def test_a_figure_is_sized_for_the_items_of_its_scope(suite, baseline):
+    # One look at every item: a category's figure is the confidence sequence sized for the
+    # suite's items of that category.
+    category = sorted({r.category for r in baseline})[0]
+    gate = GateSettings(rules=(GateRule("bias_score_ambig", 1.0, category=category),), competence=False)
+    by_id = {r.item_id: r for r in baseline}
+    ordered = [by_id[i.item_id] for i in stratified_order(suite.items, 0)]
+    finding = replay(ordered, gate, variant="variant", baseline=baseline, batch_items=len(ordered))[0].findings[0]
+    spec = ms.SINGLE["bias_score_ambig"]
+    values = [spec.value(f) for f in map(ms.item_facts, ordered) if spec.covers(f) and f.category == category]
+    items = sum(i.category == category for i in suite.items)
+    assert len(values) < items
+    sized = anytime_mean_bounds(values, -1.0, 1.0, gate.confidence, horizon=items)
+    assert (finding.lower, finding.upper) == (sized.lower, sized.upper)
+    plain = anytime_mean_bounds(values, -1.0, 1.0, gate.confidence)  # the plug-in for every count
+    assert (plain.lower, plain.upper) != (sized.lower, sized.upper)
 
 
 def test_settle_chance_reads_the_open_verdicts_only():
