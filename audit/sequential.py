@@ -25,7 +25,8 @@ fixed-sample bounds, as a full probe reads them, and are settled before the vari
 
 A verdict that scoring every item would very likely leave open is not waited for: when the
 predicted chance that its anytime bounds settle it by the last item falls under FUTILE_CHANCE
-(predicted from the fixed-sample bounds, widened as much as the anytime ones are), it stops as
+(predicted from the fixed-sample bounds, widened as much as the anytime ones will be at the
+last item), it stops as
 inconclusive (for accuracy not shown above chance: too degraded to judge), saying so; and
 once a variant is too degraded to judge, its other open competence checks are not waited for.
 Stopping this way never gives a pass, so it costs power, never safety; a verdict the bounds
@@ -49,7 +50,7 @@ from audit.plans import GateSettings
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
 from audit.progress import Job, Progress
-from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle, sequence_widening
+from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle, sequence_widening, sized_widening
 
 DEFAULT_BATCH_ITEMS = 20  # items per look: small enough to stop soon, large enough to score in one call
 
@@ -218,6 +219,16 @@ class SequentialEvidence:
         """The items a figure of `scope` is sized for: the suite's, or its category's."""
         return self.total if scope == ms.OVERALL else (self._scope_items.get(scope) or None)
 
+    def final_widening(self, scope: str, fixed: Bounds | None, fraction: float) -> tuple[float, float] | None:
+        """How much wider than the fixed-sample bounds a figure's anytime bounds will be at the last
+        item: from the horizon its stakes were sized for and the items it will cover by then (as
+        many per item scored as so far). None when its stakes were not sized for a horizon."""
+        horizon = self.horizon(scope)
+        if horizon is None or fixed is None or not fixed.n or fraction <= 0.0:
+            return None
+        widen = sized_widening(horizon, fixed.n / min(fraction, 1.0))
+        return widen, widen
+
     def fixed_bounds(self, variant: str, metric: str, category: str) -> Bounds | None:
         """The fixed-sample bounds of a figure the last look measured from items, None for others."""
         read = self._fixed.get((variant, metric, category))
@@ -278,22 +289,24 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 
 
 # An open verdict stops being waited for once scoring every item would settle it with less than
-# this chance (predicted from its fixed-sample bounds now, widened as its anytime bounds are:
-# `audit.stats.chance_to_settle`, `audit.stats.sequence_widening`): it stays inconclusive, or
+# this chance (predicted from its fixed-sample bounds now, widened as its anytime bounds will be
+# at the last item: `audit.stats.chance_to_settle`, `audit.stats.sized_widening`; for stakes
+# not sized for a horizon, as they are now: `audit.stats.sequence_widening`): it stays inconclusive, or
 # for "not shown above chance", too degraded to judge. Neither is ever a pass, so stopping early
 # costs power, never safety.
 FUTILE_CHANCE = 0.1
 
 
-def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float) -> float | None:
+def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float, widen: tuple[float, float] | None = None) -> float | None:
     """The chance that scoring every item settles an open verdict, from its figure's fixed-sample
-    bounds now and how much wider its anytime bounds (the finding's) are: a pass or a fail for a
-    rule left inconclusive; for accuracy not shown above chance, showing it. The verdict is read
-    from the anytime bounds at the last item too, so they are the ones that must reach the limit.
-    None when the verdict is not open this way or it cannot be said."""
+    bounds now and how much wider than those its anytime bounds will be at the last item
+    (`widen`, lower and upper side; by default as much wider as the finding's are now): a pass or
+    a fail for a rule left inconclusive; for accuracy not shown above chance, showing it. The
+    verdict is read from the anytime bounds at the last item too, so they are the ones that must
+    reach the limit. None when the verdict is not open this way or it cannot be said."""
     if fixed is None or fraction >= 1.0:
         return None
-    chances = chance_to_settle(fixed, f.limit, fraction, sequence_widening(fixed, f.lower, f.upper))
+    chances = chance_to_settle(fixed, f.limit, fraction, widen or sequence_widening(fixed, f.lower, f.upper))
     if chances is None:
         return None
     at_or_below, above = chances
@@ -346,7 +359,8 @@ class SequentialJudge:
                             self.settled_at.pop(_key(other), None)
                             self.moot.discard(_key(other))
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
-                chance = settle_chance(f, self.evidence.fixed_bounds(f.variant, f.metric, f.category), fraction)
+                fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
+                chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
                 if chance is not None and chance < FUTILE_CHANCE:
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
@@ -510,22 +524,22 @@ def _looks(batch_items: int, n_items: int) -> list[int]:
 
 
 def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence: float,
-               low: np.ndarray, high: np.ndarray | None) -> list[tuple[int, tuple[float, float] | None]]:
+               horizon: int) -> list[tuple[int, tuple[float, float] | None]]:
     """For each of `rows` of the simulated items `x`, the chances `settle_chance` reads: from the
-    fixed-sample bounds of its first `n` items, widened as its anytime bounds `low` and `high`
-    (per row of `x`; None for a side not tracked) are, as a stopped probe would read them."""
+    fixed-sample bounds of its first `n` items, widened as anytime bounds sized for `horizon`
+    items will be at the last item, as a sequential probe reads them."""
     from audit.stats import lower_rows, upper_rows
 
     if not rows.size:
         return []
     alpha = 1.0 - confidence
     seen = x[rows, :n]
+    widen = sized_widening(horizon, x.shape[1])
     out = []
     for row, values, lo, hi in zip(rows, seen, lower_rows(seen, alpha), upper_rows(seen, alpha)):
         value = float(values.mean())
         fixed = Bounds(value, min(lo, value), max(hi, value), n, confidence)
-        widen = sequence_widening(fixed, float(low[row]), None if high is None else float(high[row]))
-        out.append((int(row), chance_to_settle(fixed, limit, n / x.shape[1], widen)))
+        out.append((int(row), chance_to_settle(fixed, limit, n / x.shape[1], (widen, widen))))
     return out
 
 
@@ -562,7 +576,7 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             verdict[passed], verdict[failed] = PASS, FAIL
             used[passed | failed] = n
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, low, high):
+                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, horizon or n_items):
                     if chances is not None and sum(chances) < FUTILE_CHANCE:
                         verdict[row], used[row] = INCONCLUSIVE, n
         verdict[verdict == ""] = INCONCLUSIVE
@@ -604,7 +618,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
             low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha, horizon or n_items))
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, low, None):
+                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, horizon or n_items):
                     if chances is not None and chances[1] < FUTILE_CHANCE:
                         futile_at[row] = n
         shown = shown_at < futile_at

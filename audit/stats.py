@@ -329,6 +329,19 @@ def sequence_widening(fixed: Bounds, lower: float | None, upper: float | None) -
     return ratio(lower, fixed.lower, -1.0), ratio(upper, fixed.upper, 1.0)
 
 
+def sized_widening(horizon: float, items: float) -> float:
+    """How many times wider than the fixed-sample bounds of `items` items are those of a confidence
+    sequence whose stakes were sized for `horizon` items (`anytime_stakes`), read at `items`:
+    (sqrt(h / k) + sqrt(k / h)) / 2. A bound betting a stake lambda on k items of variance s^2 lies
+    about log(1/alpha) / (lambda k) + lambda s^2 / 2 from the mean; lambda is sqrt(2 log(1/alpha) /
+    (h s^2)) here, and k in place of h for the fixed-sample bound, the narrowest. 1 at the horizon,
+    1.06 at half of it."""
+    if horizon <= 0 or items <= 0:
+        return 1.0
+    ratio = math.sqrt(horizon / items)
+    return (ratio + 1.0 / ratio) / 2.0
+
+
 # -- anytime-valid bounds: checked after every batch without inflating the error ------------------
 def anytime_stakes(x: np.ndarray, alpha: float, horizon: int | None = None) -> np.ndarray:
     """Predictable stakes for a confidence sequence: each from the items before it only (the

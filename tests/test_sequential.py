@@ -312,6 +312,9 @@ def test_settle_chance_reads_the_open_verdicts_only():
     wide = replace(finding(INCONCLUSIVE), lower=-0.05, upper=0.35)
     assert settle_chance(wide, fixed, 0.25) == pytest.approx(0.128904 + 0.000343447, abs=3e-6)
     assert settle_chance(replace(guard, lower=-0.05, upper=0.35), fixed, 0.25) == pytest.approx(0.000343447, abs=2e-9)
+    # The same widening given for the last item (as a sequence sized for a horizon gives it),
+    # whatever the finding's bounds are now.
+    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25, (2.0, 2.0)) == pytest.approx(0.128904 + 0.000343447, abs=3e-6)
 
 
 def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):

@@ -5,7 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from audit.stats import Bounds, chance_to_settle, items_to_settle, log_ratio_bounds, mean_bounds, ratio_bounds, sequence_widening, unit_lower, unit_upper
+from audit.stats import (
+    Bounds, anytime_lower_rows, chance_to_settle, items_to_settle, log_ratio_bounds, lower_rows, mean_bounds, ratio_bounds, sequence_widening,
+    sized_widening, unit_lower, unit_upper,
+)
 
 
 def test_lower_bound_by_hand():
@@ -176,6 +179,19 @@ def test_sequence_widening_by_hand():
     assert sequence_widening(fixed, None, None) == (1.0, 1.0)
     assert sequence_widening(Bounds(0.1, 0.1, 0.1, 100, 0.975), 0.0, 0.3) == (1.0, 1.0)
     assert sequence_widening(Bounds(None, 0.0, 1.0, 0, 0.975), 0.0, 0.3) == (1.0, 1.0)
+
+def test_sized_widening_by_hand_and_against_the_bounds():
+    assert sized_widening(100, 100) == 1.0
+    assert sized_widening(200, 100) == pytest.approx((math.sqrt(2) + 1 / math.sqrt(2)) / 2)  # 1.0607
+    assert sized_widening(100, 200) == pytest.approx(sized_widening(200, 100))
+    assert sized_widening(0, 10) == 1.0
+    # Against the bounds themselves: 240 items of 0/1, stakes sized for 480, against the fixed-sample bounds.
+    rng = np.random.default_rng(5)
+    x = (rng.random((200, 240)) < 0.3).astype(float)
+    mean = x.mean(axis=1)
+    ratio = (mean - anytime_lower_rows(x, 0.025, 480)) / (mean - lower_rows(x, 0.025))
+    assert float(np.median(ratio)) == pytest.approx(sized_widening(480, 240), abs=0.04)
+
 
 def test_items_to_settle():
     """Interval half-width 0.1 at 100 items around 0.15, limit 0.20: the upper bound reaches the
