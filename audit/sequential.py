@@ -24,13 +24,14 @@ pairs' other half), so its own figures (its competence) are read from all of its
 fixed-sample bounds, as a full probe reads them, and are settled before the variant's first item.
 
 A verdict that scoring every item would very likely leave open is not waited for: when the
-predicted chance that its anytime bounds settle it by the last item falls under FUTILE_CHANCE
-(predicted from the fixed-sample bounds, widened as much as the anytime ones will be at the
-last item), it stops as
-inconclusive (for accuracy not shown above chance: too degraded to judge), saying so; and
-once a variant is too degraded to judge, its other open competence checks are not waited for.
-Stopping this way never gives a pass, so it costs power, never safety; a verdict the bounds
-settle later (when other verdicts kept the probe going) takes their verdict instead.
+predicted chance that its anytime bounds settle it by the last item (predicted from the
+fixed-sample bounds, widened as much as the anytime ones will be there) falls under the
+futility threshold, it stops as inconclusive (for accuracy not shown above chance: too degraded
+to judge, under a smaller threshold), saying so. Once a variant is too degraded to judge, its
+other open competence checks are not waited for; a rule left unjudged while the guard is open
+stops the same way once its own bounds would very likely leave it open whatever the guard
+decides. Stopping this way never gives a pass, so it costs power, never safety; a verdict the
+bounds settle later (when other verdicts kept the probe going) takes their verdict instead.
 """
 
 from __future__ import annotations
@@ -291,17 +292,35 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 # An open verdict stops being waited for once scoring every item would settle it with less than
 # this chance (predicted from its fixed-sample bounds now, widened as its anytime bounds will be
 # at the last item: `audit.stats.chance_to_settle`, `audit.stats.sized_widening`; for stakes
-# not sized for a horizon, as they are now: `audit.stats.sequence_widening`): it stays inconclusive, or
-# for "not shown above chance", too degraded to judge. Neither is ever a pass, so stopping early
-# costs power, never safety.
-FUTILE_CHANCE = 0.1
+# not sized for a horizon, as they are now: `audit.stats.sequence_widening`). A rule stays
+# inconclusive; never a pass, so stopping early costs power, never safety. The threshold trades
+# items for verdicts the full probe would give. `benchmarks/sequential.py` replays the default
+# audit's items in nine orders (items per verdict, verdicts of 70 the same as in full, the guard
+# at 0.1): 0 (no stop): 79%, 66.7; 0.1: 58%, 66.7; 0.25: 50%, 66.0; 0.4: 39%, 63.6. None of
+# them stopped a competent variant as too degraded.
+FUTILE_CHANCE = 0.25
+# The competence guard's "not shown above chance" stops as too degraded to judge, which leaves
+# every rule of the variant unjudged: it waits for a smaller chance (the lower of the two). With
+# the rules' 0.25 it called a competent model degraded far more often (simulated, 240
+# disambiguated items, true accuracy 0.45 against chance 1/3: shown 74% of the time against 86%
+# at 0.1 and 89% with no stop).
+GUARD_FUTILE_CHANCE = 0.1
+
+
+def check_futility(futility: float) -> float:
+    """`futility` if it is a chance below 1 (0 waits for every item); a UserError otherwise."""
+    if not 0.0 <= futility < 1.0:
+        raise UserError(f"futility must be within [0, 1), not {futility:g}")
+    return futility
 
 
 def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float, widen: tuple[float, float] | None = None) -> float | None:
     """The chance that scoring every item settles an open verdict, from its figure's fixed-sample
     bounds now and how much wider than those its anytime bounds will be at the last item
     (`widen`, lower and upper side; by default as much wider as the finding's are now): a pass or
-    a fail for a rule left inconclusive; for accuracy not shown above chance, showing it. The
+    a fail for a rule left inconclusive (or not judged while the guard is open: if its bounds
+    will not settle it, it ends inconclusive whatever the guard decides); for accuracy not shown
+    above chance, showing it. The
     verdict is read from the anytime bounds at the last item too, so they are the ones that must
     reach the limit. None when the verdict is not open this way or it cannot be said."""
     if fixed is None or fraction >= 1.0:
@@ -312,7 +331,7 @@ def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float, widen: 
     at_or_below, above = chances
     if _shown_at_chance(f):
         return above if f.verdict == FAIL else None
-    if f.verdict != INCONCLUSIVE or f.reason.startswith("not judged"):
+    if f.verdict != INCONCLUSIVE:
         return None
     return at_or_below + above  # every other verdict is of a figure kept at or below its limit
 
@@ -328,6 +347,10 @@ class SequentialJudge:
     settled_at: dict[tuple, int] = field(default_factory=dict)
     futile: dict[tuple, float] = field(default_factory=dict)
     moot: set[tuple] = field(default_factory=set)  # open competence checks of a variant found too degraded
+    futility: float = FUTILE_CHANCE  # stop waiting for a verdict below this chance of settling
+
+    def _threshold(self, f: GateFinding) -> float:
+        return min(self.futility, GUARD_FUTILE_CHANCE) if _shown_at_chance(f) else self.futility
 
     def _complete(self, f: GateFinding, complete: bool) -> bool:
         return complete or self.evidence.final(f.variant)
@@ -361,7 +384,7 @@ class SequentialJudge:
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
                 chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
-                if chance is not None and chance < FUTILE_CHANCE:
+                if chance is not None and chance < self._threshold(f):
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
         for f in report.findings:
@@ -420,6 +443,7 @@ class SequentialRun:
     elapsed_s: float
     seed: int
     batch_items: int
+    futility: float = FUTILE_CHANCE
 
     @property
     def items_scored(self) -> int:
@@ -430,6 +454,7 @@ class SequentialRun:
             "variant": self.variant,
             "seed": self.seed,
             "batch_items": self.batch_items,
+            "futility": self.futility,
             "items_scored": self.items_scored,
             "items_total": self.items_total,
             "fraction_scored": round(self.items_scored / self.items_total, 4) if self.items_total else None,
@@ -449,16 +474,20 @@ def probe_sequentially(
     baseline: Sequence[ItemResult] | None = None,
     seed: int = 0,
     batch_items: int = DEFAULT_BATCH_ITEMS,
+    futility: float = FUTILE_CHANCE,
     full: MeasurementSource | None = None,
     cancel: threading.Event | None = None,
 ) -> Job[SequentialRun]:
     """Score `suite` on `model` in the stratified order of `seed`, `batch_items` at a time, and
-    stop as soon as every verdict of the gate on `variant` is settled (or at the last item).
-    `baseline` is the baseline's item results (scored in full) for the changes against it."""
+    stop as soon as every verdict of the gate on `variant` is settled (or at the last item); an
+    open verdict that scoring every item would settle with less than `futility` chance is not
+    waited for. `baseline` is the baseline's item results (scored in full) for the changes
+    against it."""
     from audit.probes.job import score_batch
 
     if batch_items < 1:
         raise UserError("batch size must be at least 1")
+    check_futility(futility)
     if not gate.active:
         raise UserError("sequential probing stops when the gate's verdicts are settled: the plan has no gate rules")
     if variant != BASELINE and not baseline:
@@ -467,7 +496,7 @@ def probe_sequentially(
     order = stratified_order(suite.items, seed)
     evidence = SequentialEvidence(variant, suite.name, len(order), Counter(i.category for i in order),
                                   {r.item_id: r for r in baseline or ()}, norm, full)
-    judge = SequentialJudge(gate, evidence)
+    judge = SequentialJudge(gate, evidence, futility=futility)
     total = len(order)
     start = time.perf_counter()
     cancelled = False
@@ -487,12 +516,13 @@ def probe_sequentially(
         judge.look()
     settled = judge.settled and not evidence.complete
     return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
-                         time.perf_counter() - start, seed, batch_items)
+                         time.perf_counter() - start, seed, batch_items, futility)
 
 
 def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
            baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
-           categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None) -> tuple[GateReport, int, bool]:
+           categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None,
+           futility: float = FUTILE_CHANCE) -> tuple[GateReport, int, bool]:
     """The sequential gate over item results already scored in the drawn order: (the gate with
     items used per verdict, items it needed, settled before the last item). `categories` counts
     the suite's items per category, or names the categories (their items counted in
@@ -503,7 +533,7 @@ def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, varian
         categories = {name: counts.get(name, 0) for name in categories} if categories else counts
     evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
                                   {r.item_id: r for r in baseline or ()}, None, full)
-    judge = SequentialJudge(gate, evidence)
+    judge = SequentialJudge(gate, evidence, futility=check_futility(futility))
     for offset in range(0, len(results_in_order), batch_items):
         evidence.extend(results_in_order[offset : offset + batch_items])
         judge.look()
@@ -544,12 +574,12 @@ def _predicted(x: np.ndarray, rows: np.ndarray, n: int, limit: float, confidence
 
 
 def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: int, runs: int, confidence: float,
-                            batch_items: int, seed: int, horizon: int | None = None) -> dict[str, Any]:
+                            batch_items: int, seed: int, horizon: int | None = None, futility: float = FUTILE_CHANCE) -> dict[str, Any]:
     """Draw `runs` sequences of 0/1 items for each true mean, look after every batch with the
     anytime bounds (running intersection; stakes sized for `horizon` items, by default
     `n_items`, as a sequential probe sizes them for its scope's items), pass at an upper bound within `limit`, fail at a
     lower bound over it, stop waiting (inconclusive) once scoring every item would settle it with
-    less than FUTILE_CHANCE; a wrong verdict is a pass over the limit or a fail within it.
+    less than `futility`; a wrong verdict is a pass over the limit or a fail within it.
     Returns per true mean the rate of wrong verdicts, of each verdict, of verdicts the same as
     the fixed-sample bounds of all the items give (the full probe's), and the mean share of
     items used."""
@@ -557,7 +587,8 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "limit": limit, "nominal": alpha, "means": {}}
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "futility": futility, "limit": limit,
+                           "nominal": alpha, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
@@ -577,7 +608,7 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             used[passed | failed] = n
             if n < n_items:
                 for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, horizon or n_items):
-                    if chances is not None and sum(chances) < FUTILE_CHANCE:
+                    if chances is not None and sum(chances) < futility:
                         verdict[row], used[row] = INCONCLUSIVE, n
         verdict[verdict == ""] = INCONCLUSIVE
         full_low, full_high = lower_rows(x, alpha), upper_rows(x, alpha)
@@ -596,18 +627,18 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
 
 
 def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, runs: int, confidence: float,
-                        batch_items: int, seed: int, horizon: int | None = None) -> dict[str, Any]:
+                        batch_items: int, seed: int, horizon: int | None = None, futility: float = FUTILE_CHANCE) -> dict[str, Any]:
     """Draw `runs` sequences of 0/1 answers for each true accuracy (stakes sized for `horizon`
     items, by default `n_items`), look after every batch:
     competent once the anytime lower bound is over `chance`, too degraded to judge once scoring
-    every item would show that with less than FUTILE_CHANCE (or at the last item). Returns per
+    every item would show that with less than `futility` (at most GUARD_FUTILE_CHANCE; or at the last item). Returns per
     true accuracy the share shown competent sequentially, without the futility stop, and by the
     fixed-sample bound of all the items (the full probe's), and the mean share of items used."""
     from audit.stats import anytime_lower_rows, lower_rows
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "chance": chance, "means": {}}
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "futility": futility, "chance": chance, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
@@ -619,7 +650,7 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
             if n < n_items:
                 for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, horizon or n_items):
-                    if chances is not None and chances[1] < FUTILE_CHANCE:
+                    if chances is not None and chances[1] < min(futility, GUARD_FUTILE_CHANCE):
                         futile_at[row] = n
         shown = shown_at < futile_at
         used = np.minimum(np.minimum(shown_at, futile_at), n_items)
@@ -633,6 +664,6 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
 
 
 __all__ = [
-    "DEFAULT_BATCH_ITEMS", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
-    "finding_settled", "probe_sequentially", "replay", "simulate_competence", "simulate_wrong_verdicts", "stratified_order",
+    "DEFAULT_BATCH_ITEMS", "FUTILE_CHANCE", "GUARD_FUTILE_CHANCE", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
+    "check_futility", "finding_settled", "probe_sequentially", "replay", "simulate_competence", "simulate_wrong_verdicts", "stratified_order",
 ]

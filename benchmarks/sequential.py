@@ -13,7 +13,9 @@ Then, since which items come first decides when a verdict settles, the same full
 are replayed through the sequential gate in the orders of --replay-seeds other seeds (no new
 scoring: a PyTorch variant scores an item the same in any batch; an int8 ONNX graph rounds its
 activations, so its items may differ a little from a sequential probe's), printing the share of
-items per verdict and the verdicts the same as the full probe's for each order, and their mean.
+items per verdict and the verdicts the same as the full probe's for each order, and their mean;
+and, over those orders and the probed one, the same at other futility thresholds, with the
+competent variants each stopped as too degraded to judge: the trade the default makes.
 
     python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000]
         [--replay-seeds 8] [--json]
@@ -35,7 +37,7 @@ from audit.threads import prepare_wait_environment  # noqa: E402
 
 prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
 
-from audit.gate import evaluate_gate  # noqa: E402
+from audit.gate import FAIL, PASS, evaluate_gate  # noqa: E402
 from audit.models import LoadOptions, load_model  # noqa: E402
 from audit.plans import default_plan  # noqa: E402
 from audit.probes import ProbeSettings, load_suite, run_probe  # noqa: E402
@@ -43,7 +45,7 @@ from audit.probes.compare import ItemFilesSource, ProbeRecord  # noqa: E402
 from audit.progress import drive  # noqa: E402
 from audit.run.execute import compress_variant  # noqa: E402
 from audit.sequential import (  # noqa: E402
-    FUTILE_CHANCE, probe_sequentially, replay, simulate_competence, simulate_wrong_verdicts, stratified_order,
+    FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, simulate_competence, simulate_wrong_verdicts, stratified_order,
 )
 
 VARIANT = ItemFilesSource.VARIANT
@@ -92,7 +94,7 @@ def main() -> int:
           f"{'within' if sim['worst_wrong_rate'] <= sim['nominal'] else 'OVER'}")
     print(f"\nCompetence guard: {guard['runs']} runs per true accuracy, {guard['n_items']} disambiguated items, chance "
           f"{guard['chance']:.3g}; shown above chance sequentially (stopped as too degraded once scoring every item would "
-          f"show it with < {FUTILE_CHANCE:g} chance), without that stop, and by the full probe")
+          f"show it with < {min(FUTILE_CHANCE, GUARD_FUTILE_CHANCE):g} chance), without that stop, and by the full probe")
     print(f"{'true':>6} {'shown':>7} {'no stop':>8} {'full':>6} {'items':>6}")
     for mean, row in guard["means"].items():
         print(f"{mean:>6} {row['shown_rate']:>7.3f} {row['shown_without_futility_rate']:>8.3f} {row['shown_by_full_rate']:>6.3f} "
@@ -124,7 +126,7 @@ def _models(args, plan, gate, out) -> None:
     base_model.close()
     base_record = ProbeRecord(base.header(), base.results)
     print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
-    used_fractions, same_all, full_s_all, seq_s_all, scored = [], [], 0.0, 0.0, 0
+    used_fractions, own_fractions, same_all, full_s_all, seq_s_all, scored = [], [], [], 0.0, 0.0, 0
     fulls: dict = {}  # per variant: its full probe's items and verdicts, for the replays
     for index, name in enumerate(names):
         folder = args.work_dir / name
@@ -161,6 +163,8 @@ def _models(args, plan, gate, out) -> None:
         rows = []
         for f, whole, used, same in _against_full(seq.gate.findings, full_by, seq.items_total):
             used_fractions.append(used / seq.items_total)
+            if f.variant == VARIANT:
+                own_fractions.append(used / seq.items_total)
             same_all.append(same)
             rows.append({"who": f.variant, "check": f.check, "metric": f.metric, "category": f.category, "full": whole.verdict if whole else None,
                          "sequential": f.verdict, "items_used": used, "items_total": seq.items_total, "same": same})
@@ -182,6 +186,7 @@ def _models(args, plan, gate, out) -> None:
         "verdicts": len(same_all),
         "same_verdicts": sum(same_all),
         "mean_items_fraction_per_verdict": sum(used_fractions) / len(used_fractions) if used_fractions else None,
+        "variant_verdicts_items_fraction": sum(own_fractions) / len(own_fractions) if own_fractions else None,
         "variant_items_fraction": scored / (len(base.results) * len(names)) if names else None,
         "all_items_fraction_with_baseline_in_full": (len(base.results) + scored) / total_full,
         "full_s": round(full_s_all, 2),
@@ -191,39 +196,80 @@ def _models(args, plan, gate, out) -> None:
     out["summary"] = summary
     if not args.json:
         print(f"\nverdicts: {summary['same_verdicts']}/{summary['verdicts']} the same in sequential and full probing")
-        print(f"items per verdict, on average: {100 * summary['mean_items_fraction_per_verdict']:.1f}% of the full probe's (target <= 40%)")
+        print(f"items per verdict, on average: {100 * summary['mean_items_fraction_per_verdict']:.1f}% of the full probe's (target <= 40%); "
+              f"the variants' own verdicts (the baseline's is read from its probe of every item): "
+              f"{100 * summary['variant_verdicts_items_fraction']:.1f}%")
         print(f"items the variants scored: {100 * summary['variant_items_fraction']:.1f}%; with the baseline scored in full: "
               f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%")
         print(f"variants' probe time: full {summary['full_s']:.1f} s, sequential {summary['sequential_s']:.1f} s, ratio {summary['time_ratio']:.2f}")
     _replays(args, suite, gate, base.results, fulls, out)
 
 
-def _replays(args, suite, gate, baseline, fulls, out) -> None:
-    """The full probes' items through the sequential gate in the orders of other seeds."""
+def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility) -> list[dict]:
+    """Per drawn order: the share of items per verdict (all, and the variants' own), the verdicts
+    the same as the full probe's, and the competent variants (shown above chance in full) stopped
+    as too degraded to judge."""
     categories = Counter(item.category for item in suite.items)
     rows = []
-    for seed in range(args.seed + 1, args.seed + 1 + args.replay_seeds):
+    for seed in seeds:
         order = [item.item_id for item in stratified_order(suite.items, seed)]
-        fractions, same = [], []
+        fractions, own, same, stopped, competent = [], [], [], 0, 0
         for results, full_by in fulls.values():
             by_id = {r.item_id: r for r in results}
             ordered = [by_id[i] for i in order]
-            report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=args.batch_items, categories=categories)
-            for _, _, used, agrees in _against_full(report.findings, full_by, len(ordered)):
+            report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
+                                  categories=categories, futility=futility)
+            for f, whole, used, agrees in _against_full(report.findings, full_by, len(ordered)):
                 fractions.append(used / len(ordered))
+                if f.variant == VARIANT:
+                    own.append(used / len(ordered))
                 same.append(agrees)
-        rows.append({"seed": seed, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
-                     "same_verdicts": sum(same), "verdicts": len(same)})
+                if f.variant == VARIANT and f.metric == "accuracy_disambig" and whole is not None and whole.verdict == PASS:
+                    competent += 1
+                    stopped += f.verdict == FAIL
+        rows.append({"seed": seed, "futility": futility, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
+                     "variant_verdicts_items_fraction": sum(own) / len(own),
+                     "same_verdicts": sum(same), "verdicts": len(same), "competent_stopped": stopped, "competent": competent})
+    return rows
+
+
+def _replays(args, suite, gate, baseline, fulls, out) -> None:
+    """The full probes' items through the sequential gate in the orders of other seeds, and in
+    those and the probed order at other futility thresholds."""
+    others = range(args.seed + 1, args.seed + 1 + args.replay_seeds)
+    rows = _replay_orders(suite, gate, baseline, fulls, others, args.batch_items, FUTILE_CHANCE)
     out["replays"] = rows
+    orders = range(args.seed, args.seed + 1 + args.replay_seeds)
+    trade = {}
+    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.4}):
+        got = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
+        trade[futility] = {
+            "orders": len(got),
+            "mean_items_fraction_per_verdict": sum(r["mean_items_fraction_per_verdict"] for r in got) / len(got),
+            "variant_verdicts_items_fraction": sum(r["variant_verdicts_items_fraction"] for r in got) / len(got),
+            "same_verdicts": sum(r["same_verdicts"] for r in got) / len(got),
+            "verdicts": got[0]["verdicts"],
+            "competent_stopped": sum(r["competent_stopped"] for r in got),
+            "competent": sum(r["competent"] for r in got),
+        }
+    out["futility_tradeoff"] = {f"{k:g}": v for k, v in trade.items()}
     if args.json or not rows:
         return
     print(f"\nThe full probes' items replayed in {len(rows)} other drawn orders (seeds {rows[0]['seed']}-{rows[-1]['seed']}):")
     for r in rows:
-        print(f"  seed {r['seed']:>3}: items per verdict {100 * r['mean_items_fraction_per_verdict']:5.1f}%, "
-              f"same verdicts {r['same_verdicts']}/{r['verdicts']}")
+        print(f"  seed {r['seed']:>3}: items per verdict {100 * r['mean_items_fraction_per_verdict']:5.1f}% "
+              f"(the variants' own {100 * r['variant_verdicts_items_fraction']:5.1f}%), same verdicts {r['same_verdicts']}/{r['verdicts']}")
     mean_items = sum(r["mean_items_fraction_per_verdict"] for r in rows) / len(rows)
+    mean_own = sum(r["variant_verdicts_items_fraction"] for r in rows) / len(rows)
     mean_same = sum(r["same_verdicts"] for r in rows) / len(rows)
-    print(f"  mean: items per verdict {100 * mean_items:.1f}% (target <= 40%), same verdicts {mean_same:.1f}/{rows[0]['verdicts']}")
+    print(f"  mean: items per verdict {100 * mean_items:.1f}% (the variants' own {100 * mean_own:.1f}%; target <= 40%), "
+          f"same verdicts {mean_same:.1f}/{rows[0]['verdicts']}")
+    print(f"\nFutility thresholds (the guard's at most {GUARD_FUTILE_CHANCE:g}), the same items in {len(orders)} orders "
+          f"(seeds {orders[0]}-{orders[-1]}); default {FUTILE_CHANCE:g}:")
+    print(f"  {'futility':>8} {'items/verdict':>14} {'variants own':>13} {'same verdicts':>14} {'competent stopped as degraded':>30}")
+    for futility, t in trade.items():
+        print(f"  {futility:>8g} {100 * t['mean_items_fraction_per_verdict']:>13.1f}% {100 * t['variant_verdicts_items_fraction']:>12.1f}% "
+              f"{t['same_verdicts']:>9.1f}/{t['verdicts']:<4} {t['competent_stopped']:>23}/{t['competent']}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.probes import measures as ms
 from audit.progress import drive
 from audit.reports.render import sequential_markdown
-from audit.sequential import probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
+from audit.sequential import FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import (
     Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
 )
@@ -163,6 +163,14 @@ def test_the_futility_stop_does_not_call_a_competent_model_degraded():
     # Clearly above chance: the stop takes (almost) none of the models the bounds would show.
     assert above["shown_rate"] >= above["shown_without_futility_rate"] - 0.02 and above["shown_rate"] > 0.85
     assert simulate_competence([0.3, 0.5], 1 / 3, n_items=240, runs=200, confidence=0.975, batch_items=20, seed=0) == result
+    # The guard waits for the smaller of its own threshold and the rules': the same at any larger
+    # one, and no stop at all at 0.
+    assert result["futility"] == FUTILE_CHANCE > GUARD_FUTILE_CHANCE
+    larger = simulate_competence([0.3, 0.5], 1 / 3, n_items=240, runs=200, confidence=0.975, batch_items=20, seed=0, futility=0.6)
+    assert larger["means"] == result["means"]
+    never = simulate_competence([0.3, 0.5], 1 / 3, n_items=240, runs=200, confidence=0.975, batch_items=20, seed=0, futility=0.0)
+    assert all(row["shown_rate"] == row["shown_without_futility_rate"] for row in never["means"].values())
+    assert never["means"]["0.3"]["items_fraction"] == 1.0
 
 
 # -- the order items are drawn in -----------------------------------------------------------------
@@ -300,7 +308,9 @@ def test_settle_chance_reads_the_open_verdicts_only():
     # The hand case of test_chance_to_settle_by_hand: 0.5 to pass, 0.011812 to fail.
     assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25) == pytest.approx(0.511812, abs=2e-6)
     assert settle_chance(finding(PASS), fixed, 0.25) is None
-    assert settle_chance(finding(INCONCLUSIVE, reason="not judged: the variant is too degraded to judge"), fixed, 0.25) is None
+    # Not judged while the guard is open: its own bounds' chance, since if they will not settle
+    # it, it ends inconclusive whatever the guard decides.
+    assert settle_chance(finding(INCONCLUSIVE, reason="not judged: the variant is too degraded to judge"), fixed, 0.25) == pytest.approx(0.511812, abs=2e-6)
     assert settle_chance(finding(INCONCLUSIVE), fixed, 1.0) is None and settle_chance(finding(INCONCLUSIVE), None, 0.5) is None
     # Accuracy not shown above chance (0.2 here): the chance of showing it, the lower bound's side.
     guard = finding(FAIL, metric="accuracy_disambig", check="competence", limit_is="min")
@@ -366,6 +376,7 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
     # The perplexity rule is not an item probe: left out, not judged here.
     (finding,) = data["gate"]["findings"]
     assert finding["metric"] == "transition_rate" and finding["verdict"] == "pass" and finding["items_used"] <= data["items_scored"]
+    assert data["futility"] == FUTILE_CHANCE and json.loads(out.read_text().splitlines()[0])["run"]["sequential"]["futility"] == FUTILE_CHANCE
     assert main(args) == 0
     shown = capsys.readouterr().out
     assert f"{data['items_scored']:,} of 120 items scored, stopped every verdict settled" in shown
@@ -374,5 +385,10 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
     assert main(["probe", "--model", str(tiny_llama), "--gate", str(plan)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--gate applies to --sequential" in err[0]
+    assert main(["probe", "--model", str(tiny_llama), "--futility", "0.1"]) == 2
+    assert "--futility applies to --sequential" in capsys.readouterr().err
+    assert main(args + ["--futility", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "futility must be within [0, 1), not 1" in err[0]
     assert main(["probe", "--model", str(tiny_llama), "--limit", "6", "--sequential", "--gate", str(plan), "--baseline-items", str(base), "--mode", "generate"]) == 2
     assert "was not scored like this probe" in capsys.readouterr().err

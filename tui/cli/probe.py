@@ -33,6 +33,7 @@ from audit.probes import (
     write_items,
 )
 from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, PARSERS, PROMPT_STYLES
+from audit.sequential import FUTILE_CHANCE, check_futility
 from tui.cli import common
 
 
@@ -73,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--sequential-batch", type=common.count(1), default=None,
                        help="--sequential: items scored between looks at the gate (default 20)")
     probe.add_argument("--order-seed", type=int, default=0, help="--sequential: which fixed order items are drawn in (default 0)")
+    probe.add_argument("--futility", type=common.finite(0.0), default=None, metavar="CHANCE",
+                       help="--sequential: stop waiting for a verdict once scoring every item would settle it with less than "
+                            f"this chance; it stays inconclusive (default {FUTILE_CHANCE:g}; 0 waits for every item)")
     common.add_json_option(probe)
     probe.set_defaults(func=cmd_probe)
 
@@ -174,13 +178,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def _sequential_inputs(args: argparse.Namespace) -> tuple[Any, ProbeRecord | None] | None:
     """(the gate, the baseline's items) of `probe --sequential`, read before the model loads."""
     given = [name for name, value in (("--gate", args.gate), ("--baseline-items", args.baseline_items),
-                                      ("--sequential-batch", args.sequential_batch)) if value is not None]
+                                      ("--sequential-batch", args.sequential_batch), ("--futility", args.futility)) if value is not None]
     if not args.sequential:
         if given:
             raise UserError(f"{given[0]} applies to --sequential")
         return None
     if args.gate is None:
         raise UserError("--sequential needs --gate PLAN.toml: its gate decides when the verdicts are settled")
+    if args.futility is not None:
+        check_futility(args.futility)
     plan = _gate_plan(args.gate)
     base = _read_run(args.baseline_items)[0] if args.baseline_items is not None else None
     rules = tuple(replace(rule, suite=None) for rule in plan.gate.rules
@@ -206,12 +212,12 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
     with _InterruptToCancel() as cancel:
         run = common.run_job(probe_sequentially(
             model, suite, gate, settings, variant=variant, baseline=base.results if base else None, seed=args.order_seed,
-            batch_items=args.sequential_batch or DEFAULT_BATCH_ITEMS, cancel=cancel,
+            batch_items=args.sequential_batch or DEFAULT_BATCH_ITEMS, futility=FUTILE_CHANCE if args.futility is None else args.futility, cancel=cancel,
         ))
     if args.items_out is not None:
         header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
                   "n_items_planned": len(suite.items), **settings.to_dict(settings.norm or suite.default_norm),
-                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "stopped": run.to_dict()["stopped"]}}
+                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": run.to_dict()["stopped"]}}
         write_items(args.items_out, header, run.results)
     data = run.to_dict()
 
