@@ -9,9 +9,9 @@ number of items at once, so looking after each batch does not inflate the error.
 keeps the tightest bounds seen so far (the running intersection of its confidence sequence), so
 a settled verdict stays settled. Each figure's stakes are sized for the items of its scope
 (its category's, or the suite's: the most it can cover), so its bounds at the last item come
-close to the full probe's (`audit.stats.anytime_stakes`). Changes against the baseline are bounded on the paired
-per-item differences of the same items; a ratio (the relative change in SRS) by inverting the
-confidence sequences of the paired contrasts num - theta * den
+close to the full probe's (`audit.stats.anytime_stakes`). Changes against the baseline are
+bounded on the paired per-item differences of the same items; a ratio (the relative change in
+SRS) by inverting the confidence sequences of the paired contrasts num - theta * den
 (`audit.stats.anytime_paired_ratio_bounds`), which needs no split of the error.
 
 A figure with no anytime-valid bound here (the mean over categories, whose weights change as
@@ -320,9 +320,9 @@ def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float, widen: 
     (`widen`, lower and upper side; by default as much wider as the finding's are now): a pass or
     a fail for a rule left inconclusive (or not judged while the guard is open: if its bounds
     will not settle it, it ends inconclusive whatever the guard decides); for accuracy not shown
-    above chance, showing it. The
-    verdict is read from the anytime bounds at the last item too, so they are the ones that must
-    reach the limit. None when the verdict is not open this way or it cannot be said."""
+    above chance, showing it. The verdict is read from the anytime bounds at the last item too,
+    so they are the ones that must reach the limit. None when the verdict is not open this way
+    or it cannot be said."""
     if fixed is None or fraction >= 1.0:
         return None
     chances = chance_to_settle(fixed, f.limit, fraction, widen or sequence_widening(fixed, f.lower, f.upper))
