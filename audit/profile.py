@@ -208,14 +208,13 @@ def weight_bytes_per_token(model: Any) -> int | None:
     import torch
     from torch import nn
 
-    from audit.models.torch_lm import quantized_linear_weights
+    from audit.models.torch_lm import output_head, quantized_linear_weights
 
     if not isinstance(model, nn.Module):
         return None
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for p in unique.values())
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    head_weight = getattr(head, "weight", None)
+    head_weight = getattr(output_head(model), "weight", None)
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if isinstance(module, nn.Embedding) and isinstance(weight, torch.Tensor) and weight is not head_weight:

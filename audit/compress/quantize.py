@@ -28,6 +28,7 @@ from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, load_model, model_size_bytes, onnx_session_options
 from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, TIED_HEAD_KEY, WEIGHTS_META_KEY, write_meta
+from audit.models.torch_lm import output_head
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.progress import Job, Progress, check_cancel, relay
 from audit.registry import Registry
@@ -135,9 +136,10 @@ def quantize_int8_dynamic(
 def _tied_head(model: nn.Module, names: Sequence[str]) -> tuple[str, str] | None:
     """(input embeddings, output head) module names when the head is among `names` and shares its
     weight with the input embeddings (a tied model); None otherwise."""
-    if not hasattr(model, "get_output_embeddings") or not hasattr(model, "get_input_embeddings"):
+    head = output_head(model)
+    if head is None or not hasattr(model, "get_input_embeddings"):
         return None
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    embeddings = model.get_input_embeddings()
     if not isinstance(embeddings, nn.Embedding) or getattr(head, "weight", None) is not embeddings.weight:
         return None
     modules = {id(module): name for name, module in model.named_modules()}

@@ -169,11 +169,16 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
     return [tree_row(requests, row) for row in members]
 
 
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output head (its output embeddings), None for a model that names none."""
+    return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+
 def linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Weights of the linear layers that do the model's work (the output head excluded)."""
     from transformers.pytorch_utils import Conv1D
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     found = []
     for name, module in model.named_modules():
         if module is head:
@@ -236,10 +241,9 @@ def weight_sparsity(model: nn.Module) -> float | None:
     weights = linear_weights(model)
     total = sum(w.numel() for _, w in weights)
     zeros = sum(int((w == 0).sum()) for _, w in weights)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    modules = dict(model.named_modules())
+    head = output_head(model)
     for name, ints, zero_points, _ in quantized_linear_weights(model):
-        if modules[name] is head:
+        if model.get_submodule(name) is head:
             continue
         # An int8 weight equal to its channel's zero point dequantizes to exactly zero.
         points = zero_points[:, None] if zero_points.numel() == ints.shape[0] else zero_points
