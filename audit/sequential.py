@@ -110,13 +110,12 @@ class SequentialEvidence:
     """The gate's figures of one variant, and of the baseline on the same items, from the items
     the variant has scored so far, taken in the order they were drawn."""
 
-    def __init__(self, variant: str, suite: str, total: int, categories: Mapping[str, int] | Sequence[str],
+    def __init__(self, variant: str, suite: str, total: int, categories: Mapping[str, int],
                  baseline: Mapping[str, ItemResult] | None = None, norm: str | None = None,
                  full: MeasurementSource | None = None) -> None:
         self.variant, self.suite, self.total = variant, suite, total
-        self._categories = sorted(categories)
-        # Each category's items in the suite (when given): the most a figure of it can cover.
-        self._scope_items = dict(categories) if isinstance(categories, Mapping) else {}
+        # Each category's items in the suite: the most a figure of it can cover.
+        self._scope_items = dict(categories)
         self.baseline = dict(baseline or {})
         self.norm = norm
         self.full = full
@@ -154,7 +153,7 @@ class SequentialEvidence:
 
     # MeasurementSource
     def categories(self, variant: str, suite: str | None) -> list[str]:
-        return list(self._categories)
+        return sorted(self._scope_items)
 
     def question_suites(self) -> list[str]:
         return [self.suite] if any(r.condition in (AMBIG, DISAMBIG) for r in self.results) else []
@@ -587,7 +586,8 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "futility": futility, "limit": limit,
+    horizon = horizon or n_items
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon, "futility": futility, "limit": limit,
                            "nominal": alpha, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
@@ -600,14 +600,14 @@ def simulate_wrong_verdicts(means: Sequence[float], limit: float, *, n_items: in
             if not open_.any():
                 break
             rows = x[open_, :n]
-            low[open_] = np.maximum(low[open_], anytime_lower_rows(rows, alpha, horizon or n_items))
-            high[open_] = np.minimum(high[open_], anytime_upper_rows(rows, alpha, horizon or n_items))
+            low[open_] = np.maximum(low[open_], anytime_lower_rows(rows, alpha, horizon))
+            high[open_] = np.minimum(high[open_], anytime_upper_rows(rows, alpha, horizon))
             passed = open_ & (high <= limit)
             failed = open_ & ~passed & (low > limit)
             verdict[passed], verdict[failed] = PASS, FAIL
             used[passed | failed] = n
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, horizon or n_items):
+                for row, chances in _predicted(x, np.flatnonzero(open_ & ~passed & ~failed), n, limit, confidence, horizon):
                     if chances is not None and sum(chances) < futility:
                         verdict[row], used[row] = INCONCLUSIVE, n
         verdict[verdict == ""] = INCONCLUSIVE
@@ -638,7 +638,8 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
 
     alpha = 1.0 - confidence
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon or n_items, "futility": futility, "chance": chance, "means": {}}
+    horizon = horizon or n_items
+    out: dict[str, Any] = {"runs": runs, "n_items": n_items, "horizon": horizon, "futility": futility, "chance": chance, "means": {}}
     looks = _looks(batch_items, n_items)
     for mean in means:
         x = (rng.random((runs, n_items)) < mean).astype(float)
@@ -646,10 +647,10 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
         futile_at = np.full(runs, n_items + 1)
         low = np.zeros(runs)
         for n in looks:
-            low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha, horizon or n_items))
+            low = np.maximum(low, anytime_lower_rows(x[:, :n], alpha, horizon))
             shown_at = np.where((shown_at > n_items) & (low > chance), n, shown_at)
             if n < n_items:
-                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, horizon or n_items):
+                for row, chances in _predicted(x, np.flatnonzero((shown_at > n_items) & (futile_at > n_items)), n, chance, confidence, horizon):
                     if chances is not None and chances[1] < min(futility, GUARD_FUTILE_CHANCE):
                         futile_at[row] = n
         shown = shown_at < futile_at

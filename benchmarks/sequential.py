@@ -236,13 +236,13 @@ def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility) -
 def _replays(args, suite, gate, baseline, fulls, out) -> None:
     """The full probes' items through the sequential gate in the orders of other seeds, and in
     those and the probed order at other futility thresholds."""
-    others = range(args.seed + 1, args.seed + 1 + args.replay_seeds)
-    rows = _replay_orders(suite, gate, baseline, fulls, others, args.batch_items, FUTILE_CHANCE)
-    out["replays"] = rows
     orders = range(args.seed, args.seed + 1 + args.replay_seeds)
+    per_futility = {futility: _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
+                    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.4})}
+    rows = [r for r in per_futility[FUTILE_CHANCE] if r["seed"] != args.seed]  # the other orders, at the default
+    out["replays"] = rows
     trade = {}
-    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.4}):
-        got = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
+    for futility, got in per_futility.items():
         trade[futility] = {
             "orders": len(got),
             "mean_items_fraction_per_verdict": sum(r["mean_items_fraction_per_verdict"] for r in got) / len(got),
