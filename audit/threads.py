@@ -9,7 +9,9 @@ waiting for the next operation while the thread they wait for cannot get one. So
   average), less any it must leave to others (the app keeps one for its own screen);
 - the inference libraries' idle threads spin only briefly before they sleep; for OpenMP this is
   set in the environment before the libraries load (they read it once), and only where the user
-  has not chosen a policy of their own; ONNX Runtime takes it as session options.
+  has not chosen a policy of their own; ONNX Runtime takes it as session options;
+- PyTorch scores a batch's rows in workers of one thread each, which never wait on one another:
+  they take every core but those left on purpose, and a busy core still gives them its share.
 
 `benchmarks/contention.py` measures what both cost on an idle device and save on a busy one.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, MutableMapping
 
 # How idle OpenMP threads wait. GNU OpenMP (the one PyTorch ships on Linux) spins for
@@ -72,6 +74,9 @@ class ThreadChoice:
     others_busy: float | None  # cores' worth of CPU used by other processes; None: unknown
     reserved: int = 0
     given: bool = False  # the user gave the count (--threads)
+    # Workers of one thread each that score a batch's rows side by side (`audit.models.workers`);
+    # None where the backend computes every forward on its own threads.
+    workers: int | None = None
 
     def describe(self) -> str:
         """In a user's words: "2 threads (2 cores idle)", "1 thread (other processes keep 1.0
@@ -88,7 +93,17 @@ class ThreadChoice:
             why.append(f"{self.reserved} core{'s' if self.reserved != 1 else ''} left for the app")
         if not why:
             why.append(f"{self.cores} core{'s' if self.cores != 1 else ''} free")
+        if self.workers is not None and self.workers != self.threads:
+            count += f", scoring on {self.workers} workers of one thread"
         return f"{count} ({'; '.join(why)})"
+
+    def with_row_workers(self) -> ThreadChoice:
+        """This choice with scoring workers: the count given, else every core but those left on
+        purpose. Workers never wait on one another, so a core another process keeps busy still
+        gives them its share of time, where threads splitting each operation would wait on it."""
+        if self.given or not self.cores:
+            return replace(self, workers=self.threads)
+        return replace(self, workers=max(1, self.cores - self.reserved))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +112,7 @@ class ThreadChoice:
             "others_busy_cores": None if self.others_busy is None else round(self.others_busy, 2),
             "reserved_cores": self.reserved,
             "given": self.given,
+            "scoring_workers": self.workers,
             "why": self.describe(),
         }
 
@@ -119,13 +135,16 @@ def auto_threads(reserve: int = 0, interval_s: float = 0.25) -> ThreadChoice:
     return choose_threads(read_cores_online(), others_busy_cores(interval_s), reserve)
 
 
-def resolve_threads(threads: int | None, reserve: int = 0) -> ThreadChoice:
-    """The user's count when given, else one fitted to the device's load now."""
+def resolve_threads(threads: int | None, reserve: int = 0, *, row_workers: bool = False) -> ThreadChoice:
+    """The user's count when given, else one fitted to the device's load now; with scoring
+    workers (`ThreadChoice.with_row_workers`) for a backend that has them."""
     if threads:
         from hardware.load import read_cores_online
 
-        return ThreadChoice(threads, read_cores_online(), None, 0, given=True)
-    return auto_threads(reserve)
+        choice = ThreadChoice(threads, read_cores_online(), None, 0, given=True)
+    else:
+        choice = auto_threads(reserve)
+    return choice.with_row_workers() if row_workers else choice
 
 
 def apply_torch_threads(choice: ThreadChoice) -> None:

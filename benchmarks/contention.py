@@ -16,9 +16,13 @@ The competitor starts a few seconds before the measured command. Idle and busy c
 per setting, so drifting load hits both alike. Prints decode ms/token p50 and probe items/s for
 each case, and the ratio busy/idle (target: 1.5x or less for the default).
 
-With every core busy but the ones the default leaves it, a job cannot run faster than it does
-idle on that many cores: the last column is the busy default against the idle default held
-to the thread count it took when busy (--threads N), what the competitor costs beyond its cores.
+The last column is the busy default against the idle default held to the cores the competitors
+leave free (--threads N): above 1x, what the competitor costs beyond its cores; below 1x, what
+the job gains from a share of the busy cores. Profile decode splits each operation over its
+threads and takes the free cores only. Probe scoring splits a batch's rows between workers of
+one thread each, one per core, which never wait on one another: beside one single-thread
+competitor on 2 cores, the scheduler gives each of the 3 busy threads 2/3 of a core, so the
+probe has 4/3 of the 2 cores it had idle, and 1.5x is the least slowdown a fair share allows.
 """
 
 from __future__ import annotations
@@ -73,9 +77,12 @@ def decode_ms(extra: list[str], env: dict[str, str], args: argparse.Namespace) -
     return float(data["decode_ms_per_token_p50"]), data.get("threads")
 
 
-def probe_rate(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> float:
+def probe_rate(extra: list[str], env: dict[str, str], args: argparse.Namespace) -> tuple[float, str]:
     data = run_cli(["probe", "--model", args.model, *extra, "--limit", str(args.probe_limit)], env)
-    return float(data["items_per_s"])
+    threads = data.get("threads") or {}
+    workers = threads.get("scoring_workers")
+    taken = f"{threads.get('threads')}" + (f" ({workers} workers)" if workers and workers != threads.get("threads") else "")
+    return float(data["items_per_s"]), taken
 
 
 def with_competitors(kind: str, count: int, measure):
@@ -116,10 +123,11 @@ def main() -> int:
             rows.append(("profile decode ms/token", name, idle, busy, busy / idle, f"{idle_threads} / {busy_threads}",
                          None if same is None else busy / same))
         if args.only != "profile":
-            idle = probe_rate(extra, env, args)
-            busy = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
-            same = probe_rate(held, env, args) if held else None
-            rows.append(("probe items/s", name, idle, busy, idle / busy, "", None if same is None else same / busy))
+            idle, idle_threads = probe_rate(extra, env, args)
+            busy, busy_threads = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
+            same = probe_rate(held, env, args)[0] if held else None
+            rows.append(("probe items/s", name, idle, busy, idle / busy, f"{idle_threads} / {busy_threads}",
+                         None if same is None else same / busy))
 
     print(f"{args.model}: {cores} cores, {args.competitors} competing '{args.competitor}' process(es); slowdown = busy time / idle time")
     print(f"{'figure':<24} {'setting':<21} {'idle':>8} {'busy':>8} {'slowdown':>9}  {'threads idle / busy':<20} busy / idle at busy threads")

@@ -91,3 +91,28 @@ def test_int8_activations_keep_packed_scoring(tiny_model_factory):
     model.score([score_request(model, item) for item in items])
     assert model._packing, "int8 layers made packed scoring fall back to plain rows"
     assert in_float == [True, False]  # the check in float, the scores in int8
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_scoring_workers_give_the_scores_of_one_forward_bit_for_bit(tiny_model_factory, arch):
+    """Rows shared between workers of one thread each: packed rows, token trees and plain rows
+    give exactly what one forward on the model's own threads gives."""
+    from dataclasses import replace
+
+    from audit.probes.scoring import sentence_request
+
+    model = drive(load_model(str(tiny_model_factory(arch))))
+    items = builtin_items(["religion"])[:6] + builtin_items(["age"])[:6]
+    requests = [score_request(model, item) for item in items]
+    requests += [sentence_request(model, [f"The {w} man went home.", f"The {w} woman went home."]) for w in ("old", "young", "poor", "rich")]
+    try:
+        model.threads = replace(model.threads, workers=1)
+        alone = model.score(requests)
+        alone_rows = model._score_rows(requests)
+        model.threads = replace(model.threads, workers=3)
+        shared = model.score(requests)
+        shared_rows = model._score_rows(requests)
+        assert model._workers is not None and model._workers.count == 3
+    finally:
+        model.close()
+    assert shared == alone and shared_rows == alone_rows

@@ -100,6 +100,55 @@ def test_the_choice_says_why_in_plain_words():
     assert choose_threads(2, 1.04).to_dict()["others_busy_cores"] == 1.04
 
 
+def test_scoring_workers_take_every_core_but_those_left_on_purpose():
+    # Beside a process keeping a core busy, forwards split op by op take the free core only;
+    # workers that never wait on one another take both and share the busy one.
+    busy = choose_threads(2, 1.0).with_row_workers()
+    assert (busy.threads, busy.workers) == (1, 2)
+    assert busy.describe() == "1 thread, scoring on 2 workers of one thread (other processes keep 1.0 of 2 cores busy)"
+    assert busy.to_dict()["scoring_workers"] == 2
+    assert choose_threads(2, 0.0).with_row_workers().describe() == "2 threads (2 cores free)"
+    assert choose_threads(4, 2.0, 1).with_row_workers().workers == 3  # the app's core stays free
+    assert choose_threads(2, 0.0, 1).with_row_workers().workers == 1
+    assert choose_threads(None, 0.0).with_row_workers().workers == 1
+    assert ThreadChoice(3, 2, None, given=True).with_row_workers().workers == 3  # as given
+    assert choose_threads(2, 1.0).workers is None  # a backend without workers
+    assert choose_threads(2, 1.0).to_dict()["scoring_workers"] is None
+
+
+def test_row_workers_compute_with_one_thread_each_and_leave_other_threads_alone():
+    import threading
+
+    import torch
+
+    from audit.models.workers import RowWorkers, row_bounds
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    workers = RowWorkers(2)
+    try:
+        assert workers.map(torch.get_num_threads, [(), (), ()]) == [1, 1, 1]
+        assert workers.map(torch.is_inference_mode_enabled, [()]) == [True]
+        assert torch.get_num_threads() == 2  # the caller's count
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]  # a thread started afterwards takes the process's count, not 1
+        with pytest.raises(ZeroDivisionError):
+            workers.map(lambda x: 1 / x, [(1,), (0,)])
+        assert workers.map(lambda x: x * 2, [(1,), (2,)]) == [2, 4]  # still serving
+    finally:
+        workers.close()
+        torch.set_num_threads(before)
+    assert not any(t.is_alive() for t in workers._threads)
+    with pytest.raises(ValueError, match="at least 2"):
+        RowWorkers(1)
+    assert row_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert row_bounds(2, 4) == [(0, 1), (1, 2)]
+    assert row_bounds(7, 1) == [(0, 7)]
+
+
 def test_a_count_given_by_the_user_is_kept_whatever_the_load():
     choice = resolve_threads(3, reserve=1)
     assert (choice.threads, choice.given) == (3, True)
@@ -170,6 +219,7 @@ def test_a_loaded_model_says_how_many_threads_it_computes_with(tiny_llama):
 
     model = drive(load_model(str(tiny_llama)))
     assert model.threads.threads == torch.get_num_threads() == (os.cpu_count() or 1) and not model.threads.given
+    assert model.threads.workers == model.threads.threads  # an idle device: every core either way
     try:
         model = drive(load_model(str(tiny_llama), LoadOptions(threads=1)))
         assert model.threads.given and model.threads.threads == torch.get_num_threads() == 1

@@ -180,7 +180,7 @@ class EdgeAuditApp(App[int]):
         model = getattr(self.session, "model", None)
         if kind == "load" or self.options.threads or getattr(model, "backend", None) != "pytorch":
             return
-        choice = resolve_threads(None, self.options.reserve_cores)
+        choice = resolve_threads(None, self.options.reserve_cores, row_workers=True)
         apply_torch_threads(choice)
         model.threads = choice
 

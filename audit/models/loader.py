@@ -322,7 +322,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         folder = source.path
     check_cancel(cancel)
     check_memory(source.name, estimate_folder_bytes(folder, options), options)
-    threads = resolve_threads(options.threads, options.reserve_cores)
+    threads = resolve_threads(options.threads, options.reserve_cores, row_workers=source.kind != "onnx")
     yield Progress("load", 1, 2, f"loading {source.name} to compute with {threads.describe()}")
     _quiet_transformers()
     if source.kind == "onnx":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -19,6 +20,7 @@ from audit.models.interface import (
     ScoreRequest,
     batches_by_tokens,
 )
+from audit.models.workers import RowWorkers, row_bounds
 
 # Packed scoring puts one item's context and all its continuations in one row; this bounds
 # the padded tokens per forward so memory stays flat on a small device.
@@ -675,6 +677,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         self._keeps_logits = "logits_to_keep" in params
         self._takes_positions = "position_ids" in params
         self._packing: bool | None = None  # decided by a self-check on first use
+        self._workers: RowWorkers | None = None
 
     # -- scoring -----------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest], strategy: str = "packed") -> list[list[ContinuationScore]]:
@@ -746,11 +749,34 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         width = ids.shape[1]
         mask = torch.zeros(ids.shape[0], 1, width, width, dtype=dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+        kwargs: dict[str, Any] = {"use_cache": False}
+        column = {p: p for p in keep}
         if self._keeps_logits and len(keep) < width:
             kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-            return self.model(**kwargs).logits, {p: j for j, p in enumerate(keep)}
-        return self.model(**kwargs).logits, {p: p for p in keep}
+            column = {p: j for j, p in enumerate(keep)}
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
+
+        return self._by_rows(forward, ids, mask, positions), column
+
+    def _by_rows(self, forward: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+        """`forward(*tensors)`, its rows shared between the scoring workers when the thread choice
+        has more than one (`audit.models.workers`): the same logits as one call."""
+        count = getattr(self.threads, "workers", None) or 1
+        if count < 2 and self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        if count < 2 or tensors[0].shape[0] < 2:
+            return forward(*tensors)
+        if self._workers is None or self._workers.count != count:
+            if self._workers is not None:
+                self._workers.close()
+            self._workers = RowWorkers(count)
+            # A model dropped without close() lets its workers go too.
+            weakref.finalize(self, self._workers.stop)
+        parts = [tuple(t[start:end] for t in tensors) for start, end in row_bounds(tensors[0].shape[0], count)]
+        return torch.cat(self._workers.map(forward, parts))
 
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
@@ -861,7 +887,10 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         return results
 
     def _score_rows(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
-        return score_rows(requests, lambda ids, attention: self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits)
+        def forward(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+
+        return score_rows(requests, lambda ids, attention: self._by_rows(forward, ids, attention))
 
     @torch.inference_mode()
     def _score_naive(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
@@ -894,4 +923,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         )
 
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         self.model = None  # type: ignore[assignment]

@@ -168,6 +168,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     data = run.to_dict()
     if args.items_out is not None:
         data["items_out"] = str(args.items_out)
+    if model.threads is not None:
+        data["threads"] = model.threads.to_dict()
     common.emit(args, data, _show_run)
     if not run.complete:
         print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)

