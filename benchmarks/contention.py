@@ -103,7 +103,7 @@ def main() -> int:
     parser.add_argument("--competitors", type=int, default=1, help="competing processes (default 1)")
     parser.add_argument("--runs", type=int, default=5, help="timed profile runs per case (default 5)")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens per profile run (default 16)")
-    parser.add_argument("--probe-limit", type=int, default=8, help="built-in probe items per category (default 8)")
+    parser.add_argument("--probe-limit", type=int, default=24, help="built-in probe items per category (default 24: long enough for a steady rate)")
     parser.add_argument("--only", choices=("profile", "probe"), help="measure one of the two")
     parser.add_argument("--wait-sweep", action="store_true", help="also every core under shorter spins and a passive wait")
     args = parser.parse_args()
