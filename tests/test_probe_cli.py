@@ -26,6 +26,8 @@ def test_probe_writes_items_and_compare_reads_them(tiny_llama, tmp_path, capsys)
     for key in ("accuracy_ambig", "accuracy_disambig", "bias_score_ambig", "bias_score_disambig", "srs", "usr"):
         assert len(overall[key]["ci95"]) == 2 and "n" in overall[key]
     assert data["items_per_s"] > 0 and data["skipped_lines"] == 0
+    # The tests' device is idle: a worker per core, each core's thread.
+    assert data["threads"]["scoring_workers"] == data["threads"]["threads"] >= 1 and data["threads"]["why"]
     assert len(first.read_text().splitlines()) == 21
 
     cli_json(capsys, "probe", "--model", str(tiny_llama), "--limit", "4", "--items-out", str(second), "--json")
