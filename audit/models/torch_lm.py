@@ -294,20 +294,20 @@ def _right_padded(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> tuple
 
 @torch.inference_mode()
 def score_rows(
-    requests: Sequence[ScoreRequest], forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    requests: Sequence[ScoreRequest], forward: Callable[[torch.Tensor, torch.Tensor], Any]
 ) -> list[list[ContinuationScore]]:
     """One row per continuation, right-padded and batched: works on any causal LM whose
-    `forward(input_ids, attention_mask)` returns logits."""
+    `forward(input_ids, attention_mask)` returns logits (an array, or one per row)."""
     rows = [(i, k, r.context + c) for i, r in enumerate(requests) for k, c in enumerate(r.continuations)]
     results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
     for batch in batches_by_tokens([len(t) for _, _, t in rows], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
         ids, attention, _ = _right_padded([rows[j][2] for j in batch], [0] * len(batch))
-        logits = torch.as_tensor(forward(ids, attention)).float()
+        logits = forward(ids, attention)
         for row, j in enumerate(batch):
             i, k, _ = rows[j]
             n_ctx = len(requests[i].context)
             cont = requests[i].continuations[k]
-            span = logits[row, n_ctx - 1 : n_ctx - 1 + len(cont)]
+            span = torch.as_tensor(logits[row]).float()[n_ctx - 1 : n_ctx - 1 + len(cont)]
             results[i][k] = _continuation_scores(span.log_softmax(-1), cont)
     return results
 
@@ -739,44 +739,53 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 results[index] = scores
         return results
 
+    def _kept_columns(self, width: int, keep: Sequence[int]) -> tuple[torch.Tensor | None, dict[int, int]]:
+        """The positions whose logits a forward of `width` tokens computes (None: all of them,
+        where the model cannot leave any out), and each kept position's column in its logits."""
+        if self._keeps_logits and len(keep) < width:
+            return torch.tensor(keep, dtype=torch.long), {p: j for j, p in enumerate(keep)}
+        return None, {p: p for p in keep}
+
     def _forward_packed(
-        self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, keep: Sequence[int]
-    ) -> tuple[torch.Tensor, dict[int, int]]:
+        self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, kept: torch.Tensor | None,
+        per_row: Callable[[int, torch.Tensor], Any],
+    ) -> list[Any]:
         """One forward of packed rows, token i of a row seeing token j where `allowed[row, i, j]`,
-        with the logits of the positions in `keep` only where the model can leave out the rest;
-        returns the logits and each kept position's column in them."""
+        with the logits of the `kept` positions only (`_kept_columns`); returns `per_row(r,
+        logits of row r)` for every row, read where the row's logits were computed."""
         dtype = next(self.model.parameters()).dtype
         width = ids.shape[1]
         mask = torch.zeros(ids.shape[0], 1, width, width, dtype=dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         kwargs: dict[str, Any] = {"use_cache": False}
-        column = {p: p for p in keep}
-        if self._keeps_logits and len(keep) < width:
-            kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-            column = {p: j for j, p in enumerate(keep)}
+        if kept is not None:
+            kwargs["logits_to_keep"] = kept
 
-        def forward(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
+        def forward(first: int, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list[Any]:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
+            return [per_row(first + r, logits[r]) for r in range(logits.shape[0])]
 
-        return self._by_rows(forward, ids, mask, positions), column
+        return self._by_rows(forward, ids, mask, positions)
 
-    def _by_rows(self, forward: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
-        """`forward(*tensors)`, its rows shared between the scoring workers when the thread choice
-        has more than one (`audit.models.workers`): the same logits as one call."""
+    def _by_rows(self, forward: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Any]:
+        """`forward(0, *tensors)`, a list with one entry per row, with the rows shared between
+        the scoring workers when the thread choice has more than one (`audit.models.workers`):
+        each worker gets `forward(first row, *its rows)`. The same entries as one call, and no
+        batch-wide logits: each worker reads its own rows' logits."""
         count = getattr(self.threads, "workers", None) or 1
         if count < 2 and self._workers is not None:
             self._workers.close()
             self._workers = None
         if count < 2 or tensors[0].shape[0] < 2:
-            return forward(*tensors)
+            return forward(0, *tensors)
         if self._workers is None or self._workers.count != count:
             if self._workers is not None:
                 self._workers.close()
             self._workers = RowWorkers(count)
             # A model dropped without close() lets its workers go too.
             weakref.finalize(self, self._workers.stop)
-        parts = [tuple(t[start:end] for t in tensors) for start, end in row_bounds(tensors[0].shape[0], count)]
-        return torch.cat(self._workers.map(forward, parts))
+        parts = [(start, *(t[start:end] for t in tensors)) for start, end in row_bounds(tensors[0].shape[0], count)]
+        return [entry for part in self._workers.map(forward, parts) for entry in part]
 
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
@@ -798,27 +807,35 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                     if parent >= 0:  # a parent always comes before its children
                         seen[node, :parent + 1] = seen[parent, :parent + 1]
             keep = sorted({node for b in batch for _, _, node, _ in rows[b].scored})
-            logits, column = self._forward_packed(ids, positions, allowed, keep)
+            kept, column = self._kept_columns(width, keep)
             owners: dict[tuple[int, int], int] = {}
-            at_row, at_column, targets, owner = [], [], [], []
+            at_row, targets, owner = [], [], []
+            on_row: list[tuple[list[int], list[int]]] = [([], []) for _ in batch]  # per row: columns, targets
             for r, b in enumerate(batch):
                 for index, k, node, token in rows[b].scored:
                     at_row.append(r)
-                    at_column.append(column[node])
                     targets.append(token)
                     owner.append(owners.setdefault((index, k), len(owners)))
-            where = (torch.tensor(at_row), torch.tensor(at_column))
-            target = torch.tensor(targets, dtype=torch.long)
-            # Row by row: the logits are the large tensor here.
+                    on_row[r][0].append(column[node])
+                    on_row[r][1].append(token)
+
+            def read_row(r: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                """Each scored node's log-probability of its token, and the most likely token."""
+                columns = torch.tensor(on_row[r][0], dtype=torch.long)
+                logprobs = logits.float().log_softmax(-1)
+                return logprobs[columns, torch.tensor(on_row[r][1], dtype=torch.long)], _first_max(logits)[columns]
+
+            read = self._forward_packed(ids, positions, allowed, kept, read_row)
             picked = torch.zeros(len(targets))
-            for r in range(len(batch)):
-                on_row = where[0] == r
-                logprobs = logits[r].float().log_softmax(-1)
-                picked[on_row] = logprobs[where[1][on_row], target[on_row]]
-            best = torch.stack([_first_max(logits[r]) for r in range(len(batch))])
+            best = torch.zeros(len(targets), dtype=torch.long)
+            rows_of = torch.tensor(at_row, dtype=torch.long)
+            for r, (row_picked, row_best) in enumerate(read):
+                picked[rows_of == r] = row_picked
+                best[rows_of == r] = row_best
+            target = torch.tensor(targets, dtype=torch.long)
             owner_ids = torch.tensor(owner, dtype=torch.long)
             sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, picked.double())
-            misses = torch.zeros(len(owners), dtype=torch.long).index_add_(0, owner_ids, (best[where] != target).long())
+            misses = torch.zeros(len(owners), dtype=torch.long).index_add_(0, owner_ids, (best != target).long())
             for (index, k), j in owners.items():
                 n_tokens = len(requests[index].continuations[k])
                 results[index][k] = ContinuationScore(float(sums[j]), n_tokens, int(misses[j]) == 0)
@@ -878,17 +895,21 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             allowed &= torch.ones(width, width, dtype=torch.bool).tril()
             allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
             keep = sorted({p for per_lane in wanted for _, _, pos, _ in per_lane for p in pos})
-            logits, column = self._forward_packed(ids, positions, allowed, keep)
-            logits = logits.float()
-            for r, per_lane in enumerate(wanted):
-                for index, k, pos, targets in per_lane:
-                    cols = torch.tensor([column[p] for p in pos])
-                    results[index][k] = _continuation_scores(logits[r, cols].log_softmax(-1), targets)
+            kept, column = self._kept_columns(width, keep)
+
+            def read_row(r: int, logits: torch.Tensor) -> list[tuple[int, int, ContinuationScore]]:
+                logits = logits.float()
+                return [(index, k, _continuation_scores(logits[torch.tensor([column[p] for p in pos])].log_softmax(-1), targets))
+                        for index, k, pos, targets in wanted[r]]
+
+            for scores in self._forward_packed(ids, positions, allowed, kept, read_row):
+                for index, k, score in scores:
+                    results[index][k] = score
         return results
 
     def _score_rows(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
-        def forward(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        def forward(first: int, ids: torch.Tensor, attention: torch.Tensor) -> list[torch.Tensor]:
+            return list(self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits)
 
         return score_rows(requests, lambda ids, attention: self._by_rows(forward, ids, attention))
 
