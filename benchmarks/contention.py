@@ -22,7 +22,7 @@ the job gains from a share of the busy cores. Profile decode splits each operati
 threads and takes the free cores only. Probe scoring splits a batch's rows between workers of
 one thread each, one per core, which never wait on one another: beside one single-thread
 competitor on 2 cores, the scheduler gives each of the 3 busy threads 2/3 of a core, so the
-probe has 4/3 of the 2 cores it had idle, and 1.5x is the least slowdown a fair share allows.
+probe has 4/3 of the 2 cores it had idle: about 1.5x is the least slowdown a fair share allows.
 """
 
 from __future__ import annotations
