@@ -772,20 +772,25 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         the scoring workers when the thread choice has more than one (`audit.models.workers`):
         each worker gets `forward(first row, *its rows)`. The same entries as one call, and no
         batch-wide logits: each worker reads its own rows' logits."""
+        rows = tensors[0].shape[0]
+        workers = self._row_workers() if rows > 1 else None
+        if workers is None:
+            return forward(0, *tensors)
+        parts = [(start, *(t[start:end] for t in tensors)) for start, end in row_bounds(rows, workers.count)]
+        return [entry for part in workers.map(forward, parts) for entry in part]
+
+    def _row_workers(self) -> RowWorkers | None:
+        """The scoring workers the thread choice asks for now (it changes with the device's load
+        between jobs), None for fewer than two."""
         count = getattr(self.threads, "workers", None) or 1
-        if count < 2 and self._workers is not None:
+        if self._workers is not None and self._workers.count != count:
             self._workers.close()
             self._workers = None
-        if count < 2 or tensors[0].shape[0] < 2:
-            return forward(0, *tensors)
-        if self._workers is None or self._workers.count != count:
-            if self._workers is not None:
-                self._workers.close()
+        if self._workers is None and count > 1:
             self._workers = RowWorkers(count)
             # A model dropped without close() lets its workers go too.
             weakref.finalize(self, self._workers.stop)
-        parts = [(start, *(t[start:end] for t in tensors)) for start, end in row_bounds(tensors[0].shape[0], count)]
-        return [entry for part in self._workers.map(forward, parts) for entry in part]
+        return self._workers
 
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
@@ -809,11 +814,10 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             keep = sorted({node for b in batch for _, _, node, _ in rows[b].scored})
             kept, column = self._kept_columns(width, keep)
             owners: dict[tuple[int, int], int] = {}
-            at_row, targets, owner = [], [], []
+            targets, owner = [], []  # row by row, as the rows' reads come back
             on_row: list[tuple[list[int], list[int]]] = [([], []) for _ in batch]  # per row: columns, targets
             for r, b in enumerate(batch):
                 for index, k, node, token in rows[b].scored:
-                    at_row.append(r)
                     targets.append(token)
                     owner.append(owners.setdefault((index, k), len(owners)))
                     on_row[r][0].append(column[node])
@@ -826,12 +830,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 return logprobs[columns, torch.tensor(on_row[r][1], dtype=torch.long)], _first_max(logits)[columns]
 
             read = self._forward_packed(ids, positions, allowed, kept, read_row)
-            picked = torch.zeros(len(targets))
-            best = torch.zeros(len(targets), dtype=torch.long)
-            rows_of = torch.tensor(at_row, dtype=torch.long)
-            for r, (row_picked, row_best) in enumerate(read):
-                picked[rows_of == r] = row_picked
-                best[rows_of == r] = row_best
+            picked = torch.cat([row_picked for row_picked, _ in read])
+            best = torch.cat([row_best for _, row_best in read])
             target = torch.tensor(targets, dtype=torch.long)
             owner_ids = torch.tensor(owner, dtype=torch.long)
             sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, picked.double())
