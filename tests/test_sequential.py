@@ -373,6 +373,8 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
 
     data = json.loads(capsys.readouterr().out)
     assert data["stopped"] == "settled" and data["items_scored"] < data["items_total"] == 120
+    # Like the full probe's JSON, it names the threads and scoring workers the model ran on.
+    assert data["threads"]["scoring_workers"] == data["threads"]["threads"] >= 1 and data["threads"]["why"]
     # The perplexity rule is not an item probe: left out, not judged here.
     (finding,) = data["gate"]["findings"]
     assert finding["metric"] == "transition_rate" and finding["verdict"] == "pass" and finding["items_used"] <= data["items_scored"]

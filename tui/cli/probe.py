@@ -168,13 +168,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     data = run.to_dict()
     if args.items_out is not None:
         data["items_out"] = str(args.items_out)
-    if model.threads is not None:
-        data["threads"] = model.threads.to_dict()
+    _add_threads(data, model)
     common.emit(args, data, _show_run)
     if not run.complete:
         print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)
         return 130
     return 0
+
+
+def _add_threads(data: dict[str, Any], model: Any) -> None:
+    """The threads (and scoring workers) the probe's model ran on, under `threads` of its JSON."""
+    if model.threads is not None:
+        data["threads"] = model.threads.to_dict()
 
 
 def _sequential_inputs(args: argparse.Namespace) -> tuple[Any, ProbeRecord | None] | None:
@@ -222,6 +227,7 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
                   "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": run.to_dict()["stopped"]}}
         write_items(args.items_out, header, run.results)
     data = run.to_dict()
+    _add_threads(data, model)
 
     def show(d: dict[str, Any]) -> None:
         stopped = {"settled": "every verdict settled", "limit": "at the last item", "cancelled": "cancelled"}[d["stopped"]]
