@@ -142,6 +142,8 @@ def test_row_workers_compute_with_one_thread_each_and_leave_other_threads_alone(
         workers.close()
         torch.set_num_threads(before)
     assert not any(t.is_alive() for t in workers._threads)
+    workers.stop()  # again, as a dropped model's finalizer does: nothing left on the queue
+    assert workers._tasks.empty()
     with pytest.raises(ValueError, match="at least 2"):
         RowWorkers(1)
     assert row_bounds(5, 2) == [(0, 2), (2, 5)]

@@ -30,6 +30,7 @@ class RowWorkers:
         if count < 2:
             raise ValueError(f"row workers need at least 2 threads, not {count}")
         self.count = count
+        self._stopped = False
         self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.SimpleQueue()
         ready = threading.Barrier(count + 1)
         caller = torch.get_num_threads()
@@ -80,7 +81,11 @@ class RowWorkers:
         return [f.result() for f in futures]
 
     def stop(self) -> None:
-        """Let the threads end once the tasks already given are done."""
+        """Let the threads end once the tasks already given are done; once only (a model's
+        finalizer may call it again after `close`)."""
+        if self._stopped:
+            return
+        self._stopped = True
         for _ in self._threads:
             self._tasks.put(None)
 
