@@ -135,6 +135,30 @@ def auto_threads(reserve: int = 0, interval_s: float = 0.25) -> ThreadChoice:
     return choose_threads(read_cores_online(), others_busy_cores(interval_s), reserve)
 
 
+# The most computing threads a job may be given, per CPU of the device. More threads than CPUs
+# only wait on one another; far more exhaust the process's thread limit, and the libraries that
+# start them then crash the process (`--threads 99999` on 2 CPUs ended in a segmentation fault).
+THREADS_PER_CPU = 4
+
+
+def most_threads() -> int:
+    """The most threads `--threads` may ask for on this device: THREADS_PER_CPU per online CPU."""
+    from hardware.load import read_cores_online
+
+    return THREADS_PER_CPU * (read_cores_online() or 1)
+
+
+def thread_count_problem(threads: int) -> str | None:
+    """Why `threads` cannot be a job's thread count on this device, or None when it can."""
+    if threads < 1:
+        return f"must be at least 1, not {threads}"
+    limit = most_threads()
+    if threads > limit:
+        return (f"must be at most {limit} on this device ({THREADS_PER_CPU} per CPU, {limit // THREADS_PER_CPU} CPUs), not {threads}: "
+                "more threads than CPUs only wait on one another")
+    return None
+
+
 def resolve_threads(threads: int | None, reserve: int = 0, *, row_workers: bool = False) -> ThreadChoice:
     """The user's count when given, else one fitted to the device's load now; with scoring
     workers (`ThreadChoice.with_row_workers`) for a backend that has them."""

@@ -83,6 +83,11 @@ def threads_zero(tmp: Path, tiny: Path) -> list[str]:
     return ["--threads", "0", "probe", "--model", str(tiny)]
 
 
+def threads_past_the_device(tmp: Path, tiny: Path) -> list[str]:
+    # Starting this many threads once crashed the process; refused before anything loads.
+    return ["probe", "--model", str(tiny), "--threads", "99999"]
+
+
 def memory_zero(tmp: Path, tiny: Path) -> list[str]:
     return ["--max-memory-mb", "0", "models", "info", str(tiny)]
 
@@ -146,6 +151,7 @@ CASES = {
     "--max-memory-mb nan after the command": (memory_after_command, "--max-memory-mb"),
     "--max-memory-mb before the command stops the load": (memory_before_command, "not enough memory"),
     "--threads 0": (threads_zero, "--threads"),
+    "--threads 99999": (threads_past_the_device, "--threads must be at most"),
     "--max-memory-mb 0": (memory_zero, "--max-memory-mb"),
     "an option before a command that does not take it": (option_not_taken, "does not apply to `edge-audit device`"),
     "runs report --out an existing file": (report_into_a_file, "not a folder"),

@@ -212,6 +212,18 @@ def test_invalid_plans_exit_2_with_the_line(tiny_llama, tmp_path):
     assert result.returncode == 2 and "plan.toml line 2: model: no such file or folder" in result.stderr
 
 
+def test_a_plan_asking_more_threads_than_the_device_takes_is_refused_before_the_run_starts(tiny_llama, tmp_path):
+    from audit.errors import UserError
+    from audit.threads import most_threads
+
+    path = write_plan(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("warmup = 1", f"warmup = 1\nthreads = {most_threads() + 1}"))
+    store = tmp_path / "r.db"
+    with pytest.raises(UserError, match=f"profile.threads must be at most {most_threads()} on this device"):
+        drive(run_plan(load_plan(path), RunOptions(store=store)))
+    assert not store.exists() or not ResultsStore(store).runs()  # no run was started
+
+
 def test_sigkill_midway_then_resume_keeps_every_finished_step(sequential_run, tiny_llama, tmp_path):
     plan_path = write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE)
     plan = load_plan(plan_path)

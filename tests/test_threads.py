@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import hardware.load as load
+from audit.errors import UserError
 from audit.threads import WAIT_ENVIRONMENT, ThreadChoice, choose_threads, prepare_wait_environment, resolve_threads
 from tests.fake_devices import write_tree
 
@@ -149,6 +150,21 @@ def test_row_workers_compute_with_one_thread_each_and_leave_other_threads_alone(
     assert row_bounds(5, 2) == [(0, 2), (2, 5)]
     assert row_bounds(2, 4) == [(0, 1), (1, 2)]
     assert row_bounds(7, 1) == [(0, 7)]
+
+
+def test_a_count_past_a_few_threads_per_cpu_is_refused(monkeypatch):
+    from audit.models import LoadOptions
+    from audit.threads import THREADS_PER_CPU, most_threads, thread_count_problem
+
+    monkeypatch.setattr("hardware.load.read_cores_online", lambda: 2)
+    assert most_threads() == 2 * THREADS_PER_CPU == 8
+    assert thread_count_problem(1) is None and thread_count_problem(8) is None  # more than the CPUs, if asked
+    assert thread_count_problem(0) == "must be at least 1, not 0"
+    assert thread_count_problem(9) == "must be at most 8 on this device (4 per CPU, 2 CPUs), not 9: more threads than CPUs only wait on one another"
+    with pytest.raises(UserError, match="--threads must be at most 8 on this device"):
+        LoadOptions(threads=99999)
+    monkeypatch.setattr("hardware.load.read_cores_online", lambda: None)  # unknown: as one CPU
+    assert most_threads() == THREADS_PER_CPU
 
 
 def test_a_count_given_by_the_user_is_kept_whatever_the_load():

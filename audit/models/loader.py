@@ -21,7 +21,7 @@ from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
 from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
-from audit.threads import onnx_wait_entries, resolve_threads
+from audit.threads import onnx_wait_entries, resolve_threads, thread_count_problem
 from hardware.memory import MB, available_bytes
 
 CACHE_FORMAT = 1
@@ -51,8 +51,9 @@ class LoadOptions:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int):
                 raise UserError(f"--threads must be a whole number, not {threads!r}")
-            if threads < 1:
-                raise UserError(f"--threads must be at least 1, not {threads}")
+            problem = thread_count_problem(threads)
+            if problem is not None:
+                raise UserError(f"--threads {problem}")
         budget = self.max_memory_mb
         if budget is not None:
             is_number = isinstance(budget, (int, float)) and not isinstance(budget, bool)

@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from audit.errors import Cancelled
+from audit.errors import Cancelled, UserError
 from audit.models import LoadOptions, load_model
 from audit.plans import Plan, VariantSpec
 from audit.progress import Job, Progress, StepCounter, check_cancel, drive, relay
@@ -28,6 +28,7 @@ from audit.run.steps import (
     model_spec_for,
     steps_for,
 )
+from audit.threads import thread_count_problem
 
 
 def _sampled(job: Job[Any]) -> Job[tuple[Any, dict[str, Any]]]:
@@ -166,6 +167,15 @@ def _profile_in_fresh_process(spec: str, settings: dict[str, Any], load: dict[st
     return drive(profile_model(spec, ProfileSettings(**settings), LoadOptions(**load)), events.send).to_dict()
 
 
+def plan_threads(plan: Plan) -> int | None:
+    """The plan's profile.threads, refused in one line where this device cannot take that many."""
+    threads = plan.profile.threads
+    problem = None if threads is None else thread_count_problem(threads)
+    if problem is not None:
+        raise UserError(f"the plan's profile.threads {problem}")
+    return threads
+
+
 def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[StepRecord]:
     started = time.time()
     settings = {
@@ -174,7 +184,7 @@ def profile_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel:
         "runs": plan.profile.runs,
         "warmup_runs": plan.profile.warmup,
     }
-    load = asdict(replace(options, threads=plan.profile.threads or options.threads))
+    load = asdict(replace(options, threads=plan_threads(plan) or options.threads))
     yield Progress(PROFILE, 0, None, f"profiling {name}: starting a fresh process")
     receiving, sending = multiprocessing.get_context("spawn").Pipe(duplex=False)
     try:

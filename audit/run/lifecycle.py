@@ -101,9 +101,11 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
     """Run (or resume) a plan: every variant's steps, each committed as it finishes; then the
     comparison against the baseline, the gate and the report data."""
     from audit.results import build_report, evaluate_run_gate
-    from audit.run.execute import execute_variant
+    from audit.run.execute import execute_variant, plan_threads
     from audit.run.parallel import run_in_processes, run_on_ray
 
+    if plan is not None:
+        plan_threads(plan)  # refused before a run is started, not at its profile step
     store, run_id, plan, work_dir = start_or_resume(plan, options)
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
