@@ -487,6 +487,9 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     seeds = _get(ctx, data, "seeds", "probes.", list, [0])
     _check(ctx, bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds), "probes.seeds", "must be a non-empty list of integers")
     _check(ctx, all(s in INT64 for s in seeds), "probes.seeds", "must be within TOML's 64-bit integer range")
+    from audit.probes.scoring import MAX_SEEDS
+
+    _check(ctx, len(seeds) <= MAX_SEEDS, "probes.seeds", f"lists at most {MAX_SEEDS} seeds (each is a whole generation of every item), got {len(seeds)}")
     limit = _get(ctx, data, "limit", "probes.", int, None)
     _check(ctx, limit is None or limit > 0, "probes.limit", f"must be positive, got {limit}")
     temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)

@@ -486,6 +486,8 @@ def probe_sequentially(
 
     if batch_items < 1:
         raise UserError("batch size must be at least 1")
+    if seed < 0:
+        raise UserError(f"the order seed must be at least 0, not {seed}")
     check_futility(futility)
     if not gate.active:
         raise UserError("sequential probing stops when the gate's verdicts are settled: the plan has no gate rules")

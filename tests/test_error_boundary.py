@@ -88,6 +88,19 @@ def threads_past_the_device(tmp: Path, tiny: Path) -> list[str]:
     return ["probe", "--model", str(tiny), "--threads", "99999"]
 
 
+def seed_count_past_the_most(tmp: Path, tiny: Path) -> list[str]:
+    # A count this large once overflowed while the seeds were listed.
+    return ["probe", "--model", str(tiny), "--mode", "generate", "--seeds", "99999999999999999999999"]
+
+
+def seed_past_64_bits(tmp: Path, tiny: Path) -> list[str]:
+    return ["probe", "--model", str(tiny), "--mode", "generate", "--seeds", "99999999999999999999,1"]
+
+
+def order_seed_negative(tmp: Path, tiny: Path) -> list[str]:
+    return ["probe", "--model", str(tiny), "--sequential", "--order-seed", "-5"]
+
+
 def memory_zero(tmp: Path, tiny: Path) -> list[str]:
     return ["--max-memory-mb", "0", "models", "info", str(tiny)]
 
@@ -152,6 +165,9 @@ CASES = {
     "--max-memory-mb before the command stops the load": (memory_before_command, "not enough memory"),
     "--threads 0": (threads_zero, "--threads"),
     "--threads 99999": (threads_past_the_device, "--threads must be at most"),
+    "--seeds past the most": (seed_count_past_the_most, "--seeds takes at most 1000 seeds"),
+    "--seeds past 64 bits": (seed_past_64_bits, "--seeds: a seed must be a 64-bit integer"),
+    "--order-seed negative": (order_seed_negative, "--order-seed: must be at least 0"),
     "--max-memory-mb 0": (memory_zero, "--max-memory-mb"),
     "an option before a command that does not take it": (option_not_taken, "does not apply to `edge-audit device`"),
     "runs report --out an existing file": (report_into_a_file, "not a folder"),

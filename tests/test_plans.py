@@ -115,6 +115,7 @@ def test_key_lines_index_arrays_of_tables():
         (('max = 20', 'max = "twenty"'), r"plan.toml line 22: gate.rules\[0\].max: must be a number, got 'twenty'"),
         (('metric = "bias_score_ambig"', 'metric = "bias"'), r"line 25: gate.rules\[1\].metric: unknown gate metric 'bias'; known: .*srs_relative_change_pct"),
         (('seeds = [0, 1]', 'seeds = []'), r"line 15: probes.seeds: must be a non-empty list of integers"),
+        (('seeds = [0, 1]', f'seeds = {list(range(1001))}'), r"line 15: probes.seeds: lists at most 1000 seeds \(each is a whole generation of every item\), got 1001"),
         (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 4: grid.sparsity: must be within \[0, 0.95\], got 0.99"),
     ],
 )

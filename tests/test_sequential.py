@@ -332,6 +332,8 @@ def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):
         drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant"))
     with pytest.raises(UserError, match="no gate rules"):
         drive(probe_sequentially(tiny, suite, GateSettings(competence=False), ProbeSettings(), variant="baseline"))
+    with pytest.raises(UserError, match="the order seed must be at least 0, not -1"):
+        drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="baseline", seed=-1))
 
 
 def test_finding_line_is_unchanged_when_scored_in_full():

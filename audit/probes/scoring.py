@@ -56,6 +56,10 @@ PARSERS.add("lenient", "Rath & Maliakkal's: a letter alone or leading, 'answer i
 GENERATE_TEMPERATURE = 0.3
 GENERATE_SEEDS = (0, 1, 2, 3, 4)
 GENERATE_MAX_NEW_TOKENS = 5
+# The most seeds an item is generated with (each is a whole generation), and the range of a
+# seed: PyTorch takes 64-bit seeds.
+MAX_SEEDS = 1000
+SEED_RANGE = range(-(2**63), 2**63)
 
 
 def qa_prompt(item: ProbeItem) -> str:

@@ -32,7 +32,7 @@ from audit.probes import (
     run_probe,
     write_items,
 )
-from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, PARSERS, PROMPT_STYLES
+from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, MAX_SEEDS, PARSERS, PROMPT_STYLES, SEED_RANGE
 from audit.sequential import FUTILE_CHANCE, check_futility
 from tui.cli import common
 
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "without it the model is judged as the baseline (the competence guard)")
     probe.add_argument("--sequential-batch", type=common.count(1), default=None,
                        help="--sequential: items scored between looks at the gate (default 20)")
-    probe.add_argument("--order-seed", type=int, default=0, help="--sequential: which fixed order items are drawn in (default 0)")
+    probe.add_argument("--order-seed", type=common.count(0), default=0, help="--sequential: which fixed order items are drawn in (default 0)")
     probe.add_argument("--futility", type=common.finite(0.0), default=None, metavar="CHANCE",
                        help="--sequential: stop waiting for a verdict once scoring every item would settle it with less than "
                             f"this chance; it stays inconclusive (default {FUTILE_CHANCE:g}; 0 waits for every item)")
@@ -100,12 +100,19 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
             count = int(text)
             if count < 1:
                 raise ValueError
+            if count > MAX_SEEDS:
+                raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {count}")
             return tuple(range(count))
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise UserError(f"--seeds takes a count or a comma-separated list of integers, not {text!r}") from None
     if not seeds:
         raise UserError("--seeds lists no seed")
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {len(seeds)}")
+    outside = [s for s in seeds if s not in SEED_RANGE]
+    if outside:
+        raise UserError(f"--seeds: a seed must be a 64-bit integer, not {outside[0]}")
     return seeds
 
 
