@@ -312,6 +312,8 @@ def test_runs_commands_read_the_store(sequential_run):
     assert compared["plan_diffs"] == {str(outcome.run_id): ""}
     missing = run_cli("runs", "show", "99", "--store", store)
     assert missing.returncode == 2 and "no run 99" in missing.stderr
+    past = run_cli("runs", "compare", str(outcome.run_id), "99999999999999999999999", "--store", store)
+    assert past.returncode == 2 and past.stderr.strip().endswith(f"no run 99999999999999999999999 in {store}")
 
 
 def chromium_or_skip() -> str:

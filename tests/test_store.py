@@ -64,6 +64,8 @@ def test_wal_mode_and_unknown_run(tmp_path):
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with pytest.raises(UserError, match="no run 42"):
             store.run(42)
+        with pytest.raises(UserError, match="no run 99999999999999999999999"):  # past SQLite's integers: no such run
+            store.run(99999999999999999999999)
 
 
 def test_schema_is_migrated_forward_and_a_newer_one_refused(tmp_path, monkeypatch):
