@@ -97,19 +97,19 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
         return GENERATE_SEEDS
     try:
         if "," not in text:
-            count = int(text)
-            if count < 1:
+            asked = int(text)
+            if asked < 1:
                 raise ValueError
-            if count > MAX_SEEDS:
-                raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {count}")
-            return tuple(range(count))
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+            seeds = tuple(range(min(asked, MAX_SEEDS)))  # a count past the most is refused below
+        else:
+            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+            asked = len(seeds)
     except ValueError:
         raise UserError(f"--seeds takes a count or a comma-separated list of integers, not {text!r}") from None
     if not seeds:
         raise UserError("--seeds lists no seed")
-    if len(seeds) > MAX_SEEDS:
-        raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {len(seeds)}")
+    if asked > MAX_SEEDS:
+        raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {asked}")
     outside = [s for s in seeds if s not in SEED_RANGE]
     if outside:
         raise UserError(f"--seeds: a seed must be a 64-bit integer, not {outside[0]}")
