@@ -7,16 +7,17 @@ hits both alike), and judges both with the default plan's gate (its perplexity r
 perplexity is not an item probe and is measured as before). Prints each verdict in both, the
 items each sequential verdict used, the share of the items on average, whether the verdicts are
 the same, the wall time of each and their ratio, and how the items both scored moved with the
-batches (choices that differ, the largest log-likelihood difference); then the wrong-verdict rate of the sequential
-gate over >= 1,000 simulated runs per true value against the nominal level.
+batches (choices that differ, the largest log-likelihood difference); then the wrong-verdict
+rate of the sequential gate over >= 1,000 simulated runs per true value against the nominal
+level.
 
 Then, since which items come first decides when a verdict settles, the same full-probe items
 are replayed through the sequential gate in the orders of --replay-seeds other seeds (no new
-scoring: a float variant chooses the same answer in any batch, its log-likelihoods moving by
-at most 4.3e-5 nats between the suite's order and the drawn one; an int8 variant rounds its
+scoring: a float variant's log-likelihoods moved by at most 4.3e-5 nats between the suite's
+order and the drawn one, and none of its choices; an int8 variant rounds its
 activations, so 27 of int8-dynamic's 480 choices and 11 of onnx-int8's differ from a sequential
-probe's), printing the share of
-items per verdict and the verdicts the same as the full probe's for each order, and their mean;
+probe's), printing the share of items per verdict and the verdicts the same as the full probe's
+for each order, and their mean;
 and, over those orders and the probed one, the same at other futility thresholds, with the
 competent variants each stopped as too degraded to judge: the trade the default makes.
 
