@@ -101,6 +101,11 @@ def order_seed_negative(tmp: Path, tiny: Path) -> list[str]:
     return ["probe", "--model", str(tiny), "--sequential", "--order-seed", "-5"]
 
 
+def categories_none_named(tmp: Path, tiny: Path) -> list[str]:
+    # Once read as every category.
+    return ["probe", "--model", str(tiny), "--categories", " , ,"]
+
+
 def memory_zero(tmp: Path, tiny: Path) -> list[str]:
     return ["--max-memory-mb", "0", "models", "info", str(tiny)]
 
@@ -168,6 +173,7 @@ CASES = {
     "--seeds past the most": (seed_count_past_the_most, "--seeds takes at most 1000 seeds"),
     "--seeds past 64 bits": (seed_past_64_bits, "--seeds: a seed must be a 64-bit integer"),
     "--order-seed negative": (order_seed_negative, "--order-seed: must be at least 0"),
+    "--categories naming none": (categories_none_named, "--categories names no category"),
     "--max-memory-mb 0": (memory_zero, "--max-memory-mb"),
     "an option before a command that does not take it": (option_not_taken, "does not apply to `edge-audit device`"),
     "runs report --out an existing file": (report_into_a_file, "not a folder"),

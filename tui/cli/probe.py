@@ -154,7 +154,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         parser=args.parser,
     )
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    categories = None
+    if args.categories is not None:
+        categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+        if not categories:
+            raise UserError(f"--categories names no category: {args.categories!r}")
     suite = load_suite(
         args.suite, categories=categories, limit=args.limit, sample_seed=args.sample_seed, bbq_metadata=args.bbq_metadata,
         conditions=[args.conditions],
