@@ -409,3 +409,29 @@ async def test_the_history_captions_of_an_empty_store_fit_80_columns(tmp_path, m
             if label.display:
                 text = label.render().plain if isinstance(label.render(), Text) else str(label.render())
                 assert label.region.x + len(text) <= SMALL[0] and len(text) <= label.region.width, text
+
+
+@pytest.mark.asyncio
+async def test_columns_are_as_wide_as_their_cells_before_the_table_is_next_idle():
+    # A DataTable left to size its columns measures them once idle; a frame drawn before then
+    # (a busy device, a captured screen) cut every cell to its column's label.
+    from textual.app import App
+
+    from tui.widgets.fitted_table import FittedTable, add_sized, cell
+
+    class Tables(App):
+        def compose(self):
+            yield FittedTable(id="fitted")
+            yield DataTable(id="plain")
+
+    app = Tables()
+    async with app.run_test(size=(80, 24)):
+        fitted = app.query_one("#fitted", FittedTable)
+        plain = app.query_one("#plain", DataTable)
+        long = "MATCHES AUDIT run 1 (magnitude-50)"
+        # No pause between filling and reading: the tables have not been idle since.
+        fitted.fill([("id", "id"), ("verdict", "verdict")], [("a", [cell("12"), cell(long)])], [])
+        add_sized(plain, [(Text(""), "mark"), (Text("checked"), None)], [("1", [Text(""), Text("2026-01-01 10:40")])], least=[1])
+        pad = 2 * fitted.cell_padding
+        assert [c.get_render_width(fitted) for c in fitted.ordered_columns] == [2 + pad, len(long) + pad]
+        assert [c.get_render_width(plain) for c in plain.ordered_columns] == [1 + pad, len("2026-01-01 10:40") + pad]

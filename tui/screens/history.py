@@ -22,6 +22,7 @@ from tui.screens.base import ModeScreen
 from tui.screens.dialogs import AskPathScreen
 from tui.screens.runs_compare import RunsCompared, RunsCompareScreen
 from tui.widgets.comparison import VERDICT_STYLES, verdict_mark
+from tui.widgets.fitted_table import add_sized
 
 
 # A run's verdict in a cell: its icon says it without the colour.
@@ -144,21 +145,14 @@ class HistoryScreen(ModeScreen):
         row = table.cursor_row
         table.clear(columns=True)
         wide = self.size.width >= MODEL_COLUMN_WIDTH
-        table.add_column("", key=MARK, width=len(MARKED))
-        table.add_columns("id", "name", *(["model"] if wide else []), "status", "started", "variants", "verdict")
+        labels = ["id", "name", *(["model"] if wide else []), "status", "started", "variants", "verdict"]
+        rows = []
         for run in self.runs:
             model = Path(run["model"]).name if "/" in run["model"] else run["model"]
-            table.add_row(
-                self._mark(run["id"]),
-                str(run["id"]),
-                run["name"],
-                *([model] if wide else []),
-                run["status"],
-                when(run["created_at"]),
-                str(len(run["variants"])),
-                verdict_mark(self.verdict(run)),
-                key=str(run["id"]),
-            )
+            texts = [str(run["id"]), run["name"], *([model] if wide else []), run["status"], when(run["created_at"]), str(len(run["variants"]))]
+            rows.append((str(run["id"]), [Text(self._mark(run["id"])), *map(Text, texts), verdict_mark(self.verdict(run))]))
+        # The mark column is as wide as a mark whether a run is marked or not.
+        add_sized(table, [(Text(""), MARK), *((Text(label), None) for label in labels)], rows, least=[len(MARKED)])
         if self.runs:
             table.move_cursor(row=min(row, len(self.runs) - 1))
         self._detail()
@@ -188,7 +182,6 @@ class HistoryScreen(ModeScreen):
         caption.update("Field checks [dim](tab here; enter or o shows one on screen 6)[/]")
         row = table.cursor_row
         table.clear(columns=True)
-        table.add_columns(*CHECK_COLUMNS)
         ids = max(len(str(c["id"])) for c in self.checks)
         dates = len(when(0))
         outcomes = max(OUTCOME_CELLS.get(c["outcome"], Text(c["outcome"])).cell_len for c in self.checks)
@@ -199,14 +192,10 @@ class HistoryScreen(ModeScreen):
         scrollbar = table.styles.scrollbar_size_vertical if len(self.checks) > rows_shown else 0
         width = (self.size.width or self.app.size.width) - scrollbar
         room = width - max(ids, 2) - dates - max(outcomes, 7) - 2 * table.cell_padding * len(CHECK_COLUMNS)
-        for check in self.checks:
-            table.add_row(
-                str(check["id"]),
-                when(check["created_at"]),
-                OUTCOME_CELLS.get(check["outcome"], Text(check["outcome"])),
-                shorten(check["sentence"], max(room, 20)),
-                key=str(check["id"]),
-            )
+        rows = [(str(check["id"]), [Text(str(check["id"])), Text(when(check["created_at"])),
+                                    OUTCOME_CELLS.get(check["outcome"], Text(check["outcome"])), Text(shorten(check["sentence"], max(room, 20)))])
+                for check in self.checks]
+        add_sized(table, [(Text(label), None) for label in CHECK_COLUMNS], rows)
         table.move_cursor(row=min(row, len(self.checks) - 1))
 
     def on_resize(self, event: events.Resize) -> None:

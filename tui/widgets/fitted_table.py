@@ -37,6 +37,23 @@ def cell(text: str | Text = "", style: str = "", *extras: tuple[str, Text]) -> C
     return Cell(text if isinstance(text, Text) else Text(text, style=style), tuple(extras))
 
 
+def add_sized(table: DataTable, columns: Sequence[tuple[Text, str | None]], rows: Sequence[tuple[str | None, Sequence[Text]]],
+              least: Sequence[int] = ()) -> None:
+    """Add `columns` ((label, key)) and `rows` ((key, cells)) to `table`, each column given the
+    width of its widest cell or label (or `least[i]`, when more). A DataTable left to size its
+    columns itself measures them only once it is idle: drawn before then (a busy device, a
+    screen captured at once), its columns are as wide as their labels and every longer cell is
+    cut."""
+    widths = [max(label.cell_len, least[index] if index < len(least) else 0) for index, (label, _) in enumerate(columns)]
+    for _, cells in rows:
+        for index, text in enumerate(cells[: len(widths)]):
+            widths[index] = max(widths[index], text.cell_len)
+    for (label, key), width in zip(columns, widths):
+        table.add_column(label, key=key, width=width)
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
+
+
 Row = tuple[str, Sequence[Cell]]
 Group = str | tuple[str, str]
 
@@ -189,11 +206,12 @@ class FittedTable(DataTable):
         shown = set(layout.shown)
         self.clear(columns=True)
         corner = self._corner(layout.left_out)
+        columns = []
         for position, index in enumerate(layout.kept):
             label, key = self._columns_spec[index]
-            self.add_column(Text(corner, style="italic") if position == 0 and corner else label, key=key)
-        for key, cells in self._rows_spec:
-            self.add_row(*(cells[index].render(shown) for index in layout.kept if index < len(cells)), key=key)
+            columns.append((Text(corner, style="italic") if position == 0 and corner else label, key))
+        add_sized(self, columns, [(key, [cells[index].render(shown) for index in layout.kept if index < len(cells)])
+                                  for key, cells in self._rows_spec])
         note = "" if self.NOTE_IN_CORNER or not layout.left_out else self.left_out_note(layout.left_out)
         self.set_class(bool(note), "-left-out")
         self.border_subtitle = note
