@@ -27,6 +27,7 @@ from audit.reports.render import fmt
 from tui.messages import JobEnded, JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen, waiting_for_model
 from tui.widgets.cells import cell_strip
+from tui.widgets.fitted_table import add_sized
 
 NONE = "none"
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -220,17 +221,14 @@ class CompressScreen(FormScreen):
     def _show_results(self, report: dict[str, Any] | None) -> None:
         table = self.query_one("#compress-results", DataTable)
         table.clear(columns=True)
-        table.add_columns("variant", "method", "sparsity", "dense MB", "compressed MB", "seconds", "peak RSS MB")
+        rows = []
         for variant in (report or {}).get("variants", []):
             step = variant["steps"].get("compress")
             if step is None:
                 continue
-            table.add_row(
-                Text(variant["name"], style="bold"),
-                variant.get("method") or "-",
-                fmt(variant.get("actual_sparsity"), 3),
-                fmt(variant.get("size_on_disk_mb"), 4),
-                fmt(variant.get("size_on_disk_compressed_mb"), 4),
-                fmt(step.get("seconds"), 3),
-                fmt((step.get("resources") or {}).get("rss_peak_mb"), 4),
-            )
+            figures = (variant.get("method") or "-", fmt(variant.get("actual_sparsity"), 3), fmt(variant.get("size_on_disk_mb"), 4),
+                       fmt(variant.get("size_on_disk_compressed_mb"), 4), fmt(step.get("seconds"), 3),
+                       fmt((step.get("resources") or {}).get("rss_peak_mb"), 4))
+            rows.append((None, [Text(variant["name"], style="bold"), *(Text(f) for f in figures)]))
+        labels = ("variant", "method", "sparsity", "dense MB", "compressed MB", "seconds", "peak RSS MB")
+        add_sized(table, [(Text(label), None) for label in labels], rows)

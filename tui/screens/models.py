@@ -15,8 +15,11 @@ from textual.widgets.option_list import Option
 
 from tui.messages import ModelChoicesRead
 from tui.screens.base import ModeScreen
+from tui.widgets.fitted_table import add_sized
 
 STEP_COLUMNS = (("compress", "compress"), ("perplexity", "perplexity"), ("probe", "probe:"), ("profile", "profile"))
+
+FACT_COLUMNS = ((Text("fact"), None), (Text("value"), None))
 
 
 def model_choices(store_path: Any) -> list[tuple[str, str]]:
@@ -74,8 +77,7 @@ class ModelsScreen(ModeScreen):
         yield DataTable(id="session-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
-        facts = self.query_one("#facts", DataTable)
-        facts.add_columns("fact", "value")
+        add_sized(self.query_one("#facts", DataTable), FACT_COLUMNS, [])
         self.watch(self.app, "session_rev", self._show_session)
         self.watch(self.app, "loading", self._show_session, init=False)
         self.watch(self.app, "report", self._show_steps)
@@ -124,7 +126,7 @@ class ModelsScreen(ModeScreen):
         self.app.read_model_choices(self)
         session = self.app.session
         table = self.query_one("#facts", DataTable)
-        table.clear()
+        table.clear(columns=True)
         notes = self.query_one("#notes", Static)
         where = self.query_one("#model-where", Static)
         loading = self.app.loading
@@ -133,6 +135,7 @@ class ModelsScreen(ModeScreen):
             title = f"Loading [b]{escape(_home(loading))}[/]…" if loading else "Loaded model: none yet"
             self.query_one("#facts-title", Label).update(title)
             notes.update("the other screens can be used meanwhile" if loading else "")
+            add_sized(table, FACT_COLUMNS, [])
             self._show_steps(self.app.report)
             return
         facts = session.facts.to_dict()
@@ -148,8 +151,7 @@ class ModelsScreen(ModeScreen):
             ("layers", str(facts["layers"] if facts["layers"] is not None else "-")),
             ("loaded in", f"{facts['load_seconds']:.1f} s"),
         )
-        for key, value in rows:
-            table.add_row(Text(key, style="bold"), value)
+        add_sized(table, FACT_COLUMNS, [(None, [Text(key, style="bold"), Text(value)]) for key, value in rows])
         where.update(Text.assemble(("path ", "bold"), _home(facts["path"])))
         lines = [f"loading {escape(_home(loading))}… ({escape(facts['name'])} stays loaded until it is ready)"] if loading else []
         notes.update("\n".join(lines + [f"note: {escape(n)}" for n in facts["notes"]]))
@@ -160,15 +162,8 @@ class ModelsScreen(ModeScreen):
         table.clear(columns=True)
         labels = ("model", "method", "sparsity", *(label for label, _ in STEP_COLUMNS))
         session = self.app.session
-        if session is None:
-            table.add_columns(*labels)
-            return
-        rows = self._step_rows(session, report)
-        # Widths fixed from the cells: the header and the rows agree however the redraws fall.
-        for index, label in enumerate(labels):
-            table.add_column(label, width=max([len(label)] + [row[1][index].cell_len for row in rows]))
-        for name, cells in rows:
-            table.add_row(*cells, key=name)
+        rows = [] if session is None else self._step_rows(session, report)
+        add_sized(table, [(Text(label), None) for label in labels], rows)
 
     def _step_rows(self, session: Any, report: dict[str, Any] | None) -> list[tuple[str, list[Text]]]:
         rows = []

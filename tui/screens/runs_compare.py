@@ -19,6 +19,7 @@ from audit.metrics import short_label
 from audit.reports.render import fmt, summary_rows
 from audit.verdict import NONE, Verdict, run_verdict
 from tui.widgets.comparison import NOT_COMPARABLE, VERDICT_STYLES, verdict_mark, verdict_state
+from tui.widgets.fitted_table import add_sized
 from tui.widgets.numbers import with_spread
 
 if TYPE_CHECKING:
@@ -203,9 +204,6 @@ class RunsCompareScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-compare-figures", DataTable)
-        table.add_column("variant / figure", key="figure")
-        for run_id in self.compared.run_ids:
-            table.add_column(Text(f"run {run_id}", style="bold"), key=str(run_id))
-        for row in figure_rows(self.compared.reports):
-            table.add_row(*row)
+        columns = [(Text("variant / figure"), "figure"), *((Text(f"run {run_id}", style="bold"), str(run_id)) for run_id in self.compared.run_ids)]
+        add_sized(table, columns, [(None, row) for row in figure_rows(self.compared.reports)])
         table.focus()

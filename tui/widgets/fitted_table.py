@@ -49,7 +49,7 @@ def add_sized(table: DataTable, columns: Sequence[tuple[Text, str | None]], rows
         for index, text in enumerate(cells[: len(widths)]):
             widths[index] = max(widths[index], text.cell_len)
     for (label, key), width in zip(columns, widths):
-        table.add_column(label, key=key, width=width)
+        table.add_column(label.copy(), key=key, width=width)
     for key, cells in rows:
         table.add_row(*cells, key=key)
 
