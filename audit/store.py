@@ -462,9 +462,8 @@ class ResultsStore:
         self.db.execute("UPDATE runs SET work_dir = ? WHERE id = ?", (work_dir, run_id))
 
     def run(self, run_id: int) -> RunRecord:
-        if not -(2**63) <= run_id < 2**63:  # past what SQLite stores: no such run
-            raise UserError(f"no run {run_id} in {self.path}")
-        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        # An id past what SQLite stores is no run either.
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone() if -(2**63) <= run_id < 2**63 else None
         if row is None:
             raise UserError(f"no run {run_id} in {self.path}")
         return self._run_record(row)

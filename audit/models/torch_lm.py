@@ -678,6 +678,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         self._takes_positions = "position_ids" in params
         self._packing: bool | None = None  # decided by a self-check on first use
         self._workers: RowWorkers | None = None
+        self._release_workers: weakref.finalize | None = None
 
     # -- scoring -----------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest], strategy: str = "packed") -> list[list[ContinuationScore]]:
@@ -784,13 +785,19 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         between jobs), None for fewer than two."""
         count = getattr(self.threads, "workers", None) or 1
         if self._workers is not None and self._workers.count != count:
-            self._workers.close()
-            self._workers = None
+            self._close_workers()
         if self._workers is None and count > 1:
             self._workers = RowWorkers(count)
             # A model dropped without close() lets its workers go too.
-            weakref.finalize(self, self._workers.stop)
+            self._release_workers = weakref.finalize(self, self._workers.stop)
         return self._workers
+
+    def _close_workers(self) -> None:
+        """End the scoring workers, if any, and forget the finalizer that would have stopped them."""
+        if self._workers is not None:
+            self._release_workers.detach()
+            self._workers.close()
+            self._workers = None
 
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
@@ -944,7 +951,5 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         )
 
     def close(self) -> None:
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
+        self._close_workers()
         self.model = None  # type: ignore[assignment]
