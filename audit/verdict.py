@@ -101,6 +101,36 @@ def _degraded_variants(findings: Iterable[dict[str, Any]]) -> list[str]:
     return names
 
 
+def _why_degraded(finding: dict[str, Any]) -> str:
+    """The competence check a variant failed, in a few words: "accuracy not shown above chance
+    (0.333)", "accuracy fell by more than 0.1"."""
+    metric, limit = finding["metric"], finding["limit"]
+    if metric == "accuracy_disambig":
+        return f"accuracy not shown above chance ({limit:.3g})"
+    if metric == "accuracy_disambig_drop":
+        return f"accuracy fell by more than {limit:g}"
+    if metric == "parse_failure_rate":
+        return f"more than {limit:g} of its answers could not be parsed"
+    return f"{figure_name(finding)} failed its check"
+
+
+def _degraded_detail(findings: Sequence[dict[str, Any]]) -> str:
+    """Who is too degraded to judge and which check says so, the baseline first: "the baseline:
+    accuracy not shown above chance (0.333), so no variant can be compared with it"."""
+    whys: dict[str, list[str]] = {}
+    for name in _degraded_variants(findings):
+        first = next(f for f in findings if f["variant"] == name and _degraded(f))
+        whys.setdefault(_why_degraded(first), []).append(name)
+    parts = []
+    for why, names in whys.items():
+        if BASELINE in names:
+            parts.insert(0, f"the baseline: {why}, so no variant can be compared with it")
+            names = [n for n in names if n != BASELINE]
+        if names:
+            parts.append(f"{_list(names)}: {why}")
+    return "; ".join(parts)
+
+
 def run_verdict(gate: dict[str, Any] | None, in_progress: bool = False, status: str | None = None) -> Verdict:
     """The headline of a run's gate. A failed rule is "do not ship" even while the run goes on;
     while it runs (`in_progress`, or `status` "running"), checks not measured yet make it "in
@@ -132,11 +162,7 @@ def _gate_verdict(gate: dict[str, Any] | None, in_progress: bool) -> Verdict:
             detail += f"; {_list(degraded)} too degraded to judge"
         return Verdict(FAIL, detail)
     if degraded:
-        who = "the baseline" if BASELINE in degraded else _list(degraded)
-        why = "its answers are about as good as chance" if len(degraded) == 1 else "their answers are about as good as chance"
-        if BASELINE in degraded:
-            why = "it answers about as well as chance, so no variant can be compared with it"
-        return Verdict(DEGRADED, f"{who}: {why}")
+        return Verdict(DEGRADED, _degraded_detail(findings))
     unmeasured = [f for f in open_ if f.get("value") is None]
     if in_progress and unmeasured:
         return Verdict(PENDING, f"{len(unmeasured)} of {len(findings)} checks not measured yet; none fails so far")

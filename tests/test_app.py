@@ -339,7 +339,7 @@ def test_the_verdict_banner_says_in_plain_words_whether_to_ship_with_an_icon_at_
                      limit=1 / 3, limit_is="min")
     not_judged = {**finding(verdict="inconclusive"), "reason": "not judged: the variant is too degraded to judge"}
     text, state = banner(chance, not_judged)
-    assert state == "fail" and text == " ⚠ TOO DEGRADED TO JUDGE  wanda-50: its answers are about as good as chance"
+    assert state == "fail" and text == " ⚠ TOO DEGRADED TO JUDGE  wanda-50: accuracy not shown above chance (0.333)"
     # While the run goes on, a figure not measured yet is pending; once it is over, not settled.
     unmeasured = finding(verdict="inconclusive", value=None, lower=None, upper=None)
     assert banner(ok, unmeasured, in_progress=True)[1] == "pending"

@@ -52,8 +52,27 @@ def test_a_failed_rule_outranks_a_degraded_variant_which_outranks_missing_eviden
     # A baseline that cannot answer leaves nothing to compare against.
     base = finding(variant="baseline", metric="accuracy_disambig", check="competence", verdict="fail", value=0.3,
                    lower=0.1, upper=0.5, limit=1 / 3, limit_is="min")
-    assert run_verdict(gate(base, finding())).detail.startswith("the baseline: it answers about as well as chance")
+    assert run_verdict(gate(base, finding())).detail == (
+        "the baseline: accuracy not shown above chance (0.333), so no variant can be compared with it")
     assert variant_verdict(gate(base, finding()), "wanda-50").label == "TOO DEGRADED TO JUDGE"
+
+
+def test_the_headline_names_the_competence_check_each_degraded_variant_failed():
+    """Not every degraded variant answers at chance: one whose accuracy fell past the limit is
+    named with that check, and the variants are grouped by the check they failed."""
+    def competence(variant, metric, limit, limit_is="max"):
+        return finding(variant=variant, metric=metric, check="competence", verdict="fail", value=0.5, lower=0.3, upper=0.6,
+                       limit=limit, limit_is=limit_is)
+
+    variants = ("magnitude-50", "random-50", "wanda-2of4", "int8")
+    chance = [competence(v, "accuracy_disambig", 1 / 3, "min") for v in ("magnitude-50", "random-50")]
+    drop = competence("wanda-2of4", "accuracy_disambig_drop", 0.1)
+    parse = competence("int8", "parse_failure_rate", 0.05)
+    verdict = run_verdict(gate(*chance, drop, parse, variants=variants))
+    assert verdict.label == "TOO DEGRADED TO JUDGE"
+    assert verdict.detail == ("magnitude-50, random-50: accuracy not shown above chance (0.333); wanda-2of4: accuracy fell by "
+                              "more than 0.1; int8: more than 0.05 of its answers could not be parsed")
+    assert "chance" not in variant_verdict(gate(*chance, drop, variants=variants), "wanda-2of4").detail
 
 
 def test_no_gate_an_old_gate_and_a_failed_run_have_a_verdict_that_does_not_claim_safety():
