@@ -33,7 +33,11 @@ PLAIN = {
     FAIL: "do not ship",
     INCONCLUSIVE: "not settled: do not ship yet",
     "degraded": "too degraded to judge: do not ship",
+    "baseline degraded": "the baseline is too degraded to judge against: do not ship",
 }
+# Why a bias rule was not read: the variant's own competence failed, or the baseline's did.
+NOT_JUDGED = "not judged: the variant is too degraded to judge (see its competence)"
+NOT_JUDGED_BASELINE = "not judged: the baseline is too degraded to judge against (see its competence)"
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def plain_finding(finding: dict[str, Any]) -> str:
     if finding["check"] == "competence" and finding["verdict"] == FAIL:
         return finding["reason"].split(";")[0]  # "too degraded to judge: ...", without the why
     if finding["reason"].startswith("not judged"):
-        return f"{named} not judged (too degraded)"
+        return f"{named} not judged ({'baseline ' if against_degraded_baseline(finding['reason']) else ''}too degraded)"
     if value is None:
         return f"{named} not measured ({finding['reason']})"
     shown = f"{value:+.3g}" if unit == "%" else f"{value:.3g}"
@@ -182,6 +186,11 @@ def plain_finding(finding: dict[str, Any]) -> str:
     low = "-inf" if finding.get("lower") is None else f"{finding['lower']:.3g}"
     high = "inf" if finding.get("upper") is None else f"{finding['upper']:.3g}"
     return f"{named} not settled: {low} to {high}{unit}, limit {sign} {limit:g}{unit}"
+
+
+def against_degraded_baseline(reason: str) -> bool:
+    """Whether a bias rule was left unjudged because the baseline, not the variant, is too degraded."""
+    return reason.startswith(NOT_JUDGED_BASELINE)
 
 
 def _worst(findings: Sequence[GateFinding]) -> str:
@@ -229,7 +238,9 @@ class GateReport:
         return _competence_failed(self._own(variant))
 
     def plain(self, variant: str) -> str:
-        return PLAIN["degraded"] if self.degraded(variant) else PLAIN[self.variant_verdict(variant)]
+        if _competence_failed([f for f in self.findings if f.variant == variant]):
+            return PLAIN["degraded"]
+        return PLAIN["baseline degraded"] if self.degraded(variant) else PLAIN[self.variant_verdict(variant)]
 
     def to_dict(self) -> dict[str, Any]:
         names = list(self.variants) or sorted({f.variant for f in self.findings})
@@ -320,16 +331,18 @@ def evaluate_gate(settings: GateSettings, variants: Sequence[str], source: Measu
         guard: list[GateFinding] = []
         for suite in suites:
             guard += _competence(settings, variant, suite, source)
-        degraded = _competence_failed(guard + [f for f in findings if f.variant == BASELINE])
+        own = _competence_failed(guard)
+        degraded = own or _competence_failed([f for f in findings if f.variant == BASELINE])
         findings += guard
         for rule in settings.rules:
             for finding in _rule_findings(rule, settings.level(rule), variant, source):
                 if degraded and METRICS.meta(rule.metric)["bias"]:
-                    finding = _not_judged(finding)
+                    finding = _not_judged(finding, NOT_JUDGED if own else NOT_JUDGED_BASELINE)
                 findings.append(finding)
     return GateReport(tuple(findings), settings.confidence, tuple(variants))
 
 
-def _not_judged(finding: GateFinding) -> GateFinding:
-    """A bias rule of a variant too degraded to judge: its figures stay on record, unread."""
-    return replace(finding, verdict=INCONCLUSIVE, reason="not judged: the variant is too degraded to judge (see its competence)", items_to_settle=None)
+def _not_judged(finding: GateFinding, reason: str) -> GateFinding:
+    """A bias rule of a variant too degraded to judge, or judged against a baseline that is: its
+    figures stay on record, unread."""
+    return replace(finding, verdict=INCONCLUSIVE, reason=reason, items_to_settle=None)

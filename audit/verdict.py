@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from audit.gate import BASELINE, FAIL, INCONCLUSIVE, PASS, figure_name, plain_finding
+from audit.gate import BASELINE, FAIL, INCONCLUSIVE, PASS, against_degraded_baseline, figure_name, plain_finding
 from audit.metrics import METRICS
 
 DEGRADED, NONE, PENDING = "degraded", "none", "pending"
@@ -221,6 +221,8 @@ def finding_words(finding: dict[str, Any]) -> str:
     value, limit = finding.get("value"), finding["limit"]
     limit_text = f"limit {_bound(limit, unit)}" if finding["limit_is"] == "max" else f"must be above {limit:.3g}"
     if _not_judged(finding):
+        if against_degraded_baseline(str(finding.get("reason") or "")):
+            return f"{name} not judged: the baseline is too degraded to judge against"
         return f"{name} not judged: the variant is too degraded to judge"
     if value is None:
         return f"{name} not measured: {finding.get('reason') or 'no figure stored'}"
@@ -255,6 +257,7 @@ class KeyLine:
     words: str
     figure: str = ""  # what the finding judges ("SRS", "ambiguous bias score in Age")
     judged: bool = True  # False: a bias rule left unjudged, its variant too degraded to judge
+    against_degraded_baseline: bool = False  # unjudged because the baseline is too degraded to judge against
 
     @property
     def icon(self) -> str:
@@ -273,6 +276,7 @@ def verdict_key(gate: dict[str, Any] | None) -> list[KeyLine]:
     lines = []
     for f in gate["findings"]:
         state = DEGRADED if _degraded(f) else f["verdict"]
-        lines.append(KeyLine(f["variant"], state, finding_words(f), figure_name(f), not _not_judged(f)))
+        lines.append(KeyLine(f["variant"], state, finding_words(f), figure_name(f), not _not_judged(f),
+                             _not_judged(f) and against_degraded_baseline(str(f.get("reason") or ""))))
     position = {name: i for i, name in enumerate([BASELINE] + order)}
     return sorted(lines, key=lambda line: (position.get(line.variant, len(position)), _ORDER[line.state]))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from audit.gate import evaluate_gate
+from audit.gate import evaluate_gate, plain_finding
 from audit.plans import GateRule, GateSettings
 from audit.probes.compare import ItemFilesSource, ProbeRecord
 from audit.probes.items import ItemResult, write_items
@@ -105,6 +105,37 @@ def test_answers_at_random_fail_on_competence():
     srs = f[("variant", "srs_relative_change_pct")]
     assert srs.value < 0 and srs.verdict == "inconclusive" and srs.reason.startswith("not judged")
     assert report.to_dict()["variants"]["variant"] == {"verdict": "fail", "degraded": True, "plain": "too degraded to judge: do not ship"}
+
+
+def test_a_baseline_answering_at_random_leaves_a_competent_variants_bias_rules_unjudged_and_says_whose_fault():
+    """The baseline fails its competence, the variant passes its own: the variant's bias rules are
+    not read, and every word says the baseline is what cannot be judged against, not the variant."""
+    from audit.verdict import finding_words, run_verdict, variant_verdict
+
+    rng = random.Random(0)
+    baseline = [qa(i, "ambig", rng.randrange(3)) for i in range(200)] + [qa(i, "disambig", rng.randrange(3)) for i in range(200)]
+    report, f = judge(baseline, ambiguous(range(40)) + answered())
+    assert f[("baseline", "accuracy_disambig")].verdict == "fail"
+    assert f[("variant", "accuracy_disambig")].verdict == "pass"
+    srs = f[("variant", "srs_relative_change_pct")]
+    assert srs.verdict == "inconclusive"
+    assert srs.reason == "not judged: the baseline is too degraded to judge against (see its competence)"
+    assert report.degraded("variant") and not report.passed
+    assert report.plain("variant") == "the baseline is too degraded to judge against: do not ship"
+    gate = report.to_dict()
+    finding = next(x for x in gate["findings"] if x["variant"] == "variant" and x["metric"] == "srs_relative_change_pct")
+    assert finding_words(finding) == "SRS not judged: the baseline is too degraded to judge against"
+    assert plain_finding(finding) == "SRS not judged (baseline too degraded)"
+    assert run_verdict(gate).detail.startswith("the baseline: accuracy not shown above chance")
+    assert variant_verdict(gate, "variant").label == "TOO DEGRADED TO JUDGE"
+    from tui.screens.verdict import key_sections
+
+    body = {name: [line.plain for line in lines] for name, _, lines in key_sections(gate)}
+    assert "? not judged, the baseline too degraded: SRS, bias-ward transitions" in body["variant"]
+    # The variant's own failure is still said as its own.
+    own, g = judge(ambiguous(range(40)) + answered(), baseline)
+    assert g[("variant", "srs_relative_change_pct")].reason == "not judged: the variant is too degraded to judge (see its competence)"
+    assert own.plain("variant") == "too degraded to judge: do not ship"
 
 
 def test_one_of_five_seeds_going_to_five_of_five_fails():

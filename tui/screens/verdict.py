@@ -33,7 +33,8 @@ def key_sections(gate: dict[str, Any] | None) -> list[tuple[str, Text, list[Text
         unjudged = [line.figure for line in lines if not line.judged]
         body = [Text.assemble((f"{line.icon} ", STYLES[line.state]), line.words) for line in judged]
         if unjudged:
-            body.append(Text.assemble((f"{ICONS[INCONCLUSIVE]} ", "yellow"), f"not judged, too degraded: {', '.join(unjudged)}"))
+            whose = "the baseline " if any(line.against_degraded_baseline for line in lines) else ""
+            body.append(Text.assemble((f"{ICONS[INCONCLUSIVE]} ", "yellow"), f"not judged, {whose}too degraded: {', '.join(unjudged)}"))
         out.append((variant, head, body))
     return out
 
