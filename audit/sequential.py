@@ -411,6 +411,9 @@ class SequentialJudge:
         scored, for one that never was; none for a figure that is not an item probe)."""
         assert self.last is not None, "no look yet"
         scored = len(self.evidence.results)
+        own = [f for f in self.last.findings if f.variant != BASELINE]
+        whose = ("the variant was found too degraded to judge" if self._guard_failed(own, self.evidence.complete)
+                 else "the baseline is too degraded to judge against")
         findings = []
         for f in self.last.findings:
             used = None if f.metric not in self.evidence.from_items else self.settled_at.get(_key(f), scored)
@@ -421,7 +424,7 @@ class SequentialJudge:
                         f"; stopped at {used:,} items: scoring every item would settle it with about {chance:.0%} chance")
                 f = replace(f, reason=f.reason + stop, items_to_settle=None)
             elif _key(f) in self.moot and f.verdict == INCONCLUSIVE:
-                f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: the variant was found too degraded to judge", items_to_settle=None)
+                f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: {whose}", items_to_settle=None)
             elif self.evidence.final(f.variant) and used is not None:
                 f = replace(f, reason=f"{f.reason}; from the baseline's probe of every item, scored before this one")
             findings.append(replace(f, items_used=used))

@@ -2,6 +2,7 @@
 stratified order, and a sequential probe on a tiny model that stops early and says why."""
 
 import math
+import random
 from dataclasses import replace
 from collections import Counter
 
@@ -15,7 +16,7 @@ from audit.plans import GateRule, GateSettings
 from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.probes import measures as ms
 from audit.progress import drive
-from audit.reports.render import sequential_markdown
+from audit.reports.render import sequential_markdown, sequential_rows
 from audit.sequential import FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import (
     Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
@@ -230,7 +231,7 @@ def test_sequential_probe_stops_early_when_the_answer_is_clear(tiny, suite, base
     stored = [GateFinding.from_dict(f) for f in data["gate"]["findings"]]
     assert [f.items_used for f in stored] == [f.items_used for f in run.gate.findings]
     report = sequential_markdown([data])
-    assert f"{run.items_scored:,} of 120 items scored, stopped every verdict settled" in report
+    assert f"{run.items_scored:,} of 120 items scored, stopped once every verdict settled" in report
     for finding in run.gate.findings:
         assert f"| {finding.items_used:,} of 120 |" in report
     # The same seed scores the same items and settles at the same count.
@@ -383,7 +384,7 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
     assert data["futility"] == FUTILE_CHANCE and json.loads(out.read_text().splitlines()[0])["run"]["sequential"]["futility"] == FUTILE_CHANCE
     assert main(args) == 0
     shown = capsys.readouterr().out
-    assert f"{data['items_scored']:,} of 120 items scored, stopped every verdict settled" in shown
+    assert f"{data['items_scored']:,} of 120 items scored, stopped once every verdict settled" in shown
     assert f"{finding['items_used']:,} of 120" in shown
     # Bad input: one line, exit 2.
     assert main(["probe", "--model", str(tiny_llama), "--gate", str(plan)]) == 2
@@ -396,3 +397,34 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
     assert len(err) == 1 and "futility must be within [0, 1), not 1" in err[0]
     assert main(["probe", "--model", str(tiny_llama), "--limit", "6", "--sequential", "--gate", str(plan), "--baseline-items", str(base), "--mode", "generate"]) == 2
     assert "was not scored like this probe" in capsys.readouterr().err
+
+
+def test_a_baseline_that_cannot_answer_is_named_as_the_reason_its_variant_is_not_judged():
+    """The baseline answers at random (its competence fails, from its full probe); the variant
+    answers every question. Its bias rules cannot be judged against that baseline: every reason
+    says the baseline is why, not the variant, and the table puts the baseline's own verdict under
+    the baseline, with no share of this probe's items."""
+    from tests.test_gate import ambiguous, answered, qa
+
+    rng = random.Random(0)
+    baseline = [qa(i, "ambig", rng.randrange(3)) for i in range(200)] + [qa(i, "disambig", rng.randrange(3)) for i in range(200)]
+    variant = ambiguous(range(40)) + answered()
+    ordered = [variant[i] for i in np.random.default_rng(0).permutation(len(variant))]
+    gate = GateSettings(rules=(GateRule("srs_relative_change_pct", 25.0), GateRule("transition_rate", 0.2)))
+    # After the first batch: an open competence check of the variant is not waited for, because of the baseline.
+    first = {(f.variant, f.metric): f for f in replay(ordered[:20], gate, variant="variant", baseline=baseline, total=400)[0].findings}
+    drop = first[("variant", "accuracy_disambig_drop")]
+    assert drop.verdict == INCONCLUSIVE and drop.reason.endswith("; stopped at 20 items: the baseline is too degraded to judge against")
+    # To the end: it stops once the variant's own competence is settled.
+    report, used, settled = replay(ordered, gate, variant="variant", baseline=baseline, batch_items=20)
+    assert settled and used < len(ordered)
+    findings = {(f.variant, f.metric): f for f in report.findings}
+    assert findings[("baseline", "accuracy_disambig")].verdict == FAIL
+    assert findings[("variant", "accuracy_disambig")].verdict == PASS
+    for metric in ("srs_relative_change_pct", "transition_rate"):
+        assert findings[("variant", metric)].verdict == INCONCLUSIVE
+        assert findings[("variant", metric)].reason == "not judged: the baseline is too degraded to judge against (see its competence)"
+    assert "variant is too degraded" not in " ".join(f.reason for f in report.findings)
+    rows = sequential_rows([{"variant": "variant", "items_total": 400, "gate": report.to_dict()}])
+    assert rows[0] == ["baseline", "accuracy_disambig", "FAIL", "-", "-"]
+    assert [row[0] for row in rows[1:]] == ["variant"] * (len(rows) - 1)

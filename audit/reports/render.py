@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from audit import atomic
+from audit.gate import BASELINE
 from audit.reports import svg
 from audit.results import BIASED, CORRECTED, STEREOTYPED
 from audit.sweep import CURVES, DENSE, LOG_CURVES, curves, unreadable
@@ -502,26 +503,32 @@ SEQUENTIAL_HEADER = ("Variant", "Check", "Verdict", "Items used", "Share of item
 
 
 def sequential_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """One row per verdict of sequential probes (`SequentialRun.to_dict`): the items scored when
-    it was settled, of the items a full probe scores."""
+    """One row per verdict of sequential probes (`SequentialRun.to_dict`), under the variant it
+    judges: the items scored when it was settled, of the items a full probe scores. The
+    baseline's own verdicts come from its full probe, before any item here: no share."""
     rows = []
     for run in runs:
         total = run.get("items_total") or 0
         for f in run["gate"]["findings"]:
             where = "" if f["category"] == "overall" else f" [{f['category']}]"
-            used = f.get("items_used")
+            used = None if f["variant"] == BASELINE else f.get("items_used")
             share = "-" if used is None or not total else f"{100 * used / total:.0f}%"
-            rows.append([run["variant"], f"{f['metric']}{where}", str(f["verdict"]).upper(),
+            rows.append([f["variant"], f"{f['metric']}{where}", str(f["verdict"]).upper(),
                          "-" if used is None else f"{used:,} of {total:,}", share])
     return rows
+
+
+def sequential_outcome(run: dict[str, Any]) -> str:
+    """How a sequential probe ended: "120 of 480 items scored, stopped once every verdict settled"."""
+    stopped = {"settled": "stopped once every verdict settled", "limit": "stopped at the last item", "cancelled": "cancelled"}[run["stopped"]]
+    return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}"
 
 
 def sequential_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """A sequential probe's report: how each variant stopped and the items each verdict used."""
     lines = ["## Sequential probing", ""]
     for run in runs:
-        stopped = {"settled": "every verdict settled", "limit": "at the last item", "cancelled": "cancelled"}[run["stopped"]]
-        lines.append(f"- {md(run['variant'])}: {run['items_scored']:,} of {run['items_total']:,} items scored, stopped {stopped}")
+        lines.append(f"- {md(run['variant'])}: {sequential_outcome(run)}")
     lines.append("")
     lines += _md_table(SEQUENTIAL_HEADER, sequential_rows(runs))
     return "\n".join(lines) + "\n"

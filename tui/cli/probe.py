@@ -215,7 +215,7 @@ def _sequential_inputs(args: argparse.Namespace) -> tuple[Any, ProbeRecord | Non
 def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settings: ProbeSettings, model_info: dict[str, Any],
                         gate: Any, base: ProbeRecord | None) -> int:
     from audit.gate import BASELINE
-    from audit.reports.render import sequential_rows
+    from audit.reports.render import sequential_outcome, sequential_rows
     from audit.sequential import DEFAULT_BATCH_ITEMS, probe_sequentially
 
     variant = ItemFilesSource.VARIANT if base is not None else BASELINE
@@ -241,8 +241,7 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
     _add_threads(data, model)
 
     def show(d: dict[str, Any]) -> None:
-        stopped = {"settled": "every verdict settled", "limit": "at the last item", "cancelled": "cancelled"}[d["stopped"]]
-        common.stdout.print(f"Sequential probe of {d['variant']}: {d['items_scored']:,} of {d['items_total']:,} items scored, stopped {stopped}")
+        common.stdout.print(f"Sequential probe of {d['variant']}: {sequential_outcome(d)}")
         _show_gate(d["gate"])
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for title in ("variant", "check", "verdict", "items used", "share"):
