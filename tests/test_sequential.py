@@ -386,6 +386,11 @@ def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert f"{data['items_scored']:,} of 120 items scored, stopped once every verdict settled" in shown
     assert f"{finding['items_used']:,} of 120" in shown
+    # Its items file is not the baseline's items: probe-compare refuses it and says why.
+    assert main(["probe-compare", str(base), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are not comparable: items differ" in err[0]
+    assert f"{out} holds the {data['items_scored']:,} of 120 items a sequential probe scored before it stopped" in err[0]
     # Bad input: one line, exit 2.
     assert main(["probe", "--model", str(tiny_llama), "--gate", str(plan)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

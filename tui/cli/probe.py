@@ -336,6 +336,17 @@ def _read_run(path: Path) -> tuple[ProbeRecord, list[str]]:
     return ProbeRecord(header, results), skipped
 
 
+def _stopped_early(path: Path, record: ProbeRecord) -> str:
+    """"; PATH holds the 120 of 480 items a sequential probe scored before it stopped ..." for an
+    items file of a sequential probe that stopped before its last item, else ""."""
+    sequential = record.settings.get("sequential")
+    planned = record.settings.get("n_items_planned")
+    if not isinstance(sequential, dict) or not isinstance(planned, int) or len(record.results) >= planned:
+        return ""
+    return (f"; {path} holds the {len(record.results):,} of {planned:,} items a sequential probe scored before it stopped: "
+            "its verdicts, with bounds that hold wherever it stops, are in that probe's output")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     plan = _gate_plan(args.gate) if args.gate is not None else None
     base, base_skipped = _read_run(args.baseline)
@@ -355,7 +366,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         noise=noise.results if noise else None,
     )
     if not result["comparable"]:
-        raise UserError(f"{args.baseline} and {args.variant} are not comparable: {'; '.join(result['not_comparable'])}")
+        raise UserError(f"{args.baseline} and {args.variant} are not comparable: {'; '.join(result['not_comparable'])}"
+                        + _stopped_early(args.baseline, base) + _stopped_early(args.variant, var))
     if result["n_shared"] == 0:
         raise UserError(f"{args.baseline} and {args.variant} share no items")
     data = {
