@@ -74,6 +74,11 @@ def _not_judged(finding: dict[str, Any]) -> bool:
     return str(finding.get("reason") or "").startswith("not judged")
 
 
+def _unjudged_for_the_baseline(finding: dict[str, Any]) -> bool:
+    """A bias rule left unjudged because the baseline, not the variant, is too degraded."""
+    return _not_judged(finding) and against_degraded_baseline(str(finding.get("reason") or ""))
+
+
 def _degraded(finding: dict[str, Any]) -> bool:
     return finding.get("check") == "competence" and finding["verdict"] == FAIL
 
@@ -220,9 +225,9 @@ def finding_words(finding: dict[str, Any]) -> str:
     name = figure_name(finding)
     value, limit = finding.get("value"), finding["limit"]
     limit_text = f"limit {_bound(limit, unit)}" if finding["limit_is"] == "max" else f"must be above {limit:.3g}"
+    if _unjudged_for_the_baseline(finding):
+        return f"{name} not judged: the baseline is too degraded to judge against"
     if _not_judged(finding):
-        if against_degraded_baseline(str(finding.get("reason") or "")):
-            return f"{name} not judged: the baseline is too degraded to judge against"
         return f"{name} not judged: the variant is too degraded to judge"
     if value is None:
         return f"{name} not measured: {finding.get('reason') or 'no figure stored'}"
@@ -276,7 +281,6 @@ def verdict_key(gate: dict[str, Any] | None) -> list[KeyLine]:
     lines = []
     for f in gate["findings"]:
         state = DEGRADED if _degraded(f) else f["verdict"]
-        lines.append(KeyLine(f["variant"], state, finding_words(f), figure_name(f), not _not_judged(f),
-                             _not_judged(f) and against_degraded_baseline(str(f.get("reason") or ""))))
+        lines.append(KeyLine(f["variant"], state, finding_words(f), figure_name(f), not _not_judged(f), _unjudged_for_the_baseline(f)))
     position = {name: i for i, name in enumerate([BASELINE] + order)}
     return sorted(lines, key=lambda line: (position.get(line.variant, len(position)), _ORDER[line.state]))
