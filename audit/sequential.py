@@ -205,6 +205,8 @@ class SequentialEvidence:
             return Measurement.of(bounds) if bounds.value is not None else Measurement(None, note="not measured: no items it covers")
         bounds = anytime()
         if bounds.value is None or bounds.lower is None or bounds.upper is None:
+            if self.complete:
+                return Measurement(None, note="not measured: none of the suite's items is one it covers")
             return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
         self._fixed[key[:3]] = fixed
         lower, upper = bounds.lower, bounds.upper

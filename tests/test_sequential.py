@@ -433,3 +433,18 @@ def test_a_baseline_that_cannot_answer_is_named_as_the_reason_its_variant_is_not
     rows = sequential_rows([{"variant": "variant", "items_total": 400, "gate": report.to_dict()}])
     assert rows[0] == ["baseline", "accuracy_disambig", "FAIL", "-", "-"]
     assert [row[0] for row in rows[1:]] == ["variant"] * (len(rows) - 1)
+
+
+def test_a_figure_no_item_covers_is_not_measured_yet_until_the_last_item_and_then_not_measured():
+    """Only disambiguated items: SRS covers none. While items remain it is 'not measured yet';
+    once every item is scored, plainly not measured, with no 'yet' and no 'so far'."""
+    from tests.test_gate import answered
+
+    items = answered(60)
+    gate = GateSettings(rules=(GateRule("srs_relative_change_pct", 25.0),), competence=False)
+    early = replay(items[:20], gate, variant="variant", baseline=items, total=60)[0].findings[0]
+    assert early.value is None and early.reason.startswith("not measured yet: none of the items scored so far")
+    report, used, settled = replay(items, gate, variant="variant", baseline=items, batch_items=20)
+    (finding,) = report.findings
+    assert used == 60 and not settled
+    assert finding.verdict == INCONCLUSIVE and finding.reason.startswith("not measured: none of the suite's items is one it covers")
