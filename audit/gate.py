@@ -33,7 +33,7 @@ PLAIN = {
     FAIL: "do not ship",
     INCONCLUSIVE: "not settled: do not ship yet",
     "degraded": "too degraded to judge: do not ship",
-    "baseline degraded": "the baseline is too degraded to judge against: do not ship",
+    "baseline degraded": "baseline too degraded: do not ship",  # as long as the variant's own, for the same table cells
 }
 # Why a bias rule was not read: the variant's own competence failed, or the baseline's did.
 NOT_JUDGED = "not judged: the variant is too degraded to judge (see its competence)"
