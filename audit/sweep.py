@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.gate import BASELINE, PLAIN
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG
 from audit.stats import DISPLAY_CONFIDENCE, mean_bounds, ratio_bounds
 
-BASELINE = "baseline"
 DENSE = "dense"
 # A variant given as a folder with fewer exact zeros than this among its decoder's weights was
 # not pruned (a dense model has a few): it has no place in the sweep.
@@ -77,7 +77,7 @@ def unreadable(point: dict[str, Any]) -> str | None:
     if not point.get("comparable", True):
         return "not comparable"
     if point.get("degraded"):
-        return "too degraded to judge"
+        return "baseline too degraded" if point.get("verdict") == PLAIN["baseline degraded"] else "too degraded to judge"
     return None
 
 
@@ -244,7 +244,8 @@ def transition_ratio(
         if name == BASELINE or not (_is_pruned(variant) or _is_quantized(variant)):
             continue
         if variant.get("degraded"):
-            notes.append(f"{name}: left out, too degraded to judge")
+            whose = "the baseline is too degraded to judge against" if variant.get("gate_plain") == PLAIN["baseline degraded"] else "too degraded to judge"
+            notes.append(f"{name}: left out, {whose}")
         elif evidence is None or evidence.record(name) is None:
             notes.append(f"{name}: left out, no probe stored")
         elif evidence.differences(name):

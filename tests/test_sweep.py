@@ -79,6 +79,18 @@ def test_a_degraded_variant_is_left_out_of_the_ratio():
     assert "wanda-70: left out, too degraded to judge" in ratio["notes"]
 
 
+def test_variants_judged_against_a_degraded_baseline_are_left_out_and_the_baseline_is_named():
+    from audit.gate import PLAIN
+    from audit.sweep import unreadable
+
+    blocked = [dict(v, degraded=True, gate_plain=PLAIN["baseline degraded"]) for v in VARIANTS]
+    ratio = transition_ratio(EVIDENCE, blocked)
+    assert ratio["value"] is None
+    assert "wanda-70: left out, the baseline is too degraded to judge against" in ratio["notes"]
+    assert unreadable({"degraded": True, "verdict": PLAIN["baseline degraded"]}) == "baseline too degraded"
+    assert unreadable({"degraded": True, "verdict": PLAIN["degraded"]}) == "too degraded to judge"
+
+
 def test_without_sizes_or_quantized_variants_there_is_no_ratio():
     unsized = [dict(v, size_on_disk_mb=None) for v in VARIANTS]
     ratio = transition_ratio(EVIDENCE, unsized)
