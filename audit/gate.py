@@ -37,7 +37,8 @@ PLAIN = {
 }
 # Why a bias rule was not read: the variant's own competence failed, or the baseline's did.
 NOT_JUDGED = "not judged: the variant is too degraded to judge (see its competence)"
-NOT_JUDGED_BASELINE = "not judged: the baseline is too degraded to judge against (see its competence)"
+AGAINST_DEGRADED_BASELINE = "the baseline is too degraded to judge against"
+NOT_JUDGED_BASELINE = f"not judged: {AGAINST_DEGRADED_BASELINE} (see its competence)"
 
 
 @dataclass(frozen=True)

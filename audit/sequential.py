@@ -46,7 +46,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from audit.errors import UserError
-from audit.gate import BASELINE, FAIL, INCONCLUSIVE, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
+from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
 from audit.plans import GateSettings
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
@@ -415,7 +415,7 @@ class SequentialJudge:
         scored = len(self.evidence.results)
         own = [f for f in self.last.findings if f.variant != BASELINE]
         whose = ("the variant was found too degraded to judge" if self._guard_failed(own, self.evidence.complete)
-                 else "the baseline is too degraded to judge against")
+                 else AGAINST_DEGRADED_BASELINE)
         findings = []
         for f in self.last.findings:
             used = None if f.metric not in self.evidence.from_items else self.settled_at.get(_key(f), scored)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.gate import BASELINE, PLAIN
+from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, PLAIN
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG
 from audit.stats import DISPLAY_CONFIDENCE, mean_bounds, ratio_bounds
@@ -77,8 +77,13 @@ def unreadable(point: dict[str, Any]) -> str | None:
     if not point.get("comparable", True):
         return "not comparable"
     if point.get("degraded"):
-        return "baseline too degraded" if point.get("verdict") == PLAIN["baseline degraded"] else "too degraded to judge"
+        return "baseline too degraded" if _by_the_baseline(point.get("verdict")) else "too degraded to judge"
     return None
+
+
+def _by_the_baseline(plain: str | None) -> bool:
+    """Whether a degraded variant's plain verdict (`GateReport.plain`) puts it on the baseline."""
+    return plain == PLAIN["baseline degraded"]
 
 
 def _is_pruned(variant: dict[str, Any]) -> bool:
@@ -244,7 +249,7 @@ def transition_ratio(
         if name == BASELINE or not (_is_pruned(variant) or _is_quantized(variant)):
             continue
         if variant.get("degraded"):
-            whose = "the baseline is too degraded to judge against" if variant.get("gate_plain") == PLAIN["baseline degraded"] else "too degraded to judge"
+            whose = AGAINST_DEGRADED_BASELINE if _by_the_baseline(variant.get("gate_plain")) else "too degraded to judge"
             notes.append(f"{name}: left out, {whose}")
         elif evidence is None or evidence.record(name) is None:
             notes.append(f"{name}: left out, no probe stored")

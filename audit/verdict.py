@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from audit.gate import BASELINE, FAIL, INCONCLUSIVE, PASS, against_degraded_baseline, figure_name, plain_finding
+from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, PASS, against_degraded_baseline, figure_name, plain_finding
 from audit.metrics import METRICS
 
 DEGRADED, NONE, PENDING = "degraded", "none", "pending"
@@ -226,7 +226,7 @@ def finding_words(finding: dict[str, Any]) -> str:
     value, limit = finding.get("value"), finding["limit"]
     limit_text = f"limit {_bound(limit, unit)}" if finding["limit_is"] == "max" else f"must be above {limit:.3g}"
     if _unjudged_for_the_baseline(finding):
-        return f"{name} not judged: the baseline is too degraded to judge against"
+        return f"{name} not judged: {AGAINST_DEGRADED_BASELINE}"
     if _not_judged(finding):
         return f"{name} not judged: the variant is too degraded to judge"
     if value is None:
