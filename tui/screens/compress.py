@@ -27,7 +27,7 @@ from audit.reports.render import fmt
 from tui.messages import JobEnded, JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen, waiting_for_model
 from tui.widgets.cells import cell_strip
-from tui.widgets.fitted_table import add_sized
+from tui.widgets.fitted_table import add_sized, labelled
 
 NONE = "none"
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -231,4 +231,4 @@ class CompressScreen(FormScreen):
                        fmt((step.get("resources") or {}).get("rss_peak_mb"), 4))
             rows.append((None, [Text(variant["name"], style="bold"), *(Text(f) for f in figures)]))
         labels = ("variant", "method", "sparsity", "dense MB", "compressed MB", "seconds", "peak RSS MB")
-        add_sized(table, [(Text(label), None) for label in labels], rows)
+        add_sized(table, labelled(labels), rows)

@@ -22,7 +22,7 @@ from tui.screens.base import ModeScreen
 from tui.screens.dialogs import AskPathScreen
 from tui.screens.runs_compare import RunsCompared, RunsCompareScreen
 from tui.widgets.comparison import VERDICT_STYLES, verdict_mark
-from tui.widgets.fitted_table import add_sized
+from tui.widgets.fitted_table import add_sized, labelled
 
 
 # A run's verdict in a cell: its icon says it without the colour.
@@ -152,7 +152,7 @@ class HistoryScreen(ModeScreen):
             texts = [str(run["id"]), run["name"], *([model] if wide else []), run["status"], when(run["created_at"]), str(len(run["variants"]))]
             rows.append((str(run["id"]), [Text(self._mark(run["id"])), *map(Text, texts), verdict_mark(self.verdict(run))]))
         # The mark column is as wide as a mark whether a run is marked or not.
-        add_sized(table, [(Text(""), MARK), *((Text(label), None) for label in labels)], rows, least=[len(MARKED)])
+        add_sized(table, [(Text(""), MARK), *labelled(labels)], rows, least=[len(MARKED)])
         if self.runs:
             table.move_cursor(row=min(row, len(self.runs) - 1))
         self._detail()
@@ -195,7 +195,7 @@ class HistoryScreen(ModeScreen):
         rows = [(str(check["id"]), [Text(str(check["id"])), Text(when(check["created_at"])),
                                     OUTCOME_CELLS.get(check["outcome"], Text(check["outcome"])), Text(shorten(check["sentence"], max(room, 20)))])
                 for check in self.checks]
-        add_sized(table, [(Text(label), None) for label in CHECK_COLUMNS], rows)
+        add_sized(table, labelled(CHECK_COLUMNS), rows)
         table.move_cursor(row=min(row, len(self.checks) - 1))
 
     def on_resize(self, event: events.Resize) -> None:

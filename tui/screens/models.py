@@ -15,11 +15,11 @@ from textual.widgets.option_list import Option
 
 from tui.messages import ModelChoicesRead
 from tui.screens.base import ModeScreen
-from tui.widgets.fitted_table import add_sized
+from tui.widgets.fitted_table import add_sized, labelled
 
 STEP_COLUMNS = (("compress", "compress"), ("perplexity", "perplexity"), ("probe", "probe:"), ("profile", "profile"))
 
-FACT_COLUMNS = ((Text("fact"), None), (Text("value"), None))
+FACT_COLUMNS = labelled(("fact", "value"))
 
 
 def model_choices(store_path: Any) -> list[tuple[str, str]]:
@@ -163,7 +163,7 @@ class ModelsScreen(ModeScreen):
         labels = ("model", "method", "sparsity", *(label for label, _ in STEP_COLUMNS))
         session = self.app.session
         rows = [] if session is None else self._step_rows(session, report)
-        add_sized(table, [(Text(label), None) for label in labels], rows)
+        add_sized(table, labelled(labels), rows)
 
     def _step_rows(self, session: Any, report: dict[str, Any] | None) -> list[tuple[str, list[Text]]]:
         rows = []

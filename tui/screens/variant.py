@@ -21,7 +21,7 @@ from audit.verdict import NONE, Verdict
 from tui.screens.base import MODES
 from tui.widgets.comparison import VERDICT_STYLES, change_text, srs_change_cell, verdict_state
 from tui.widgets.device_panel import DevicePanel
-from tui.widgets.fitted_table import Cell, FittedTable, add_sized, cell
+from tui.widgets.fitted_table import Cell, FittedTable, add_sized, cell, labelled
 from tui.widgets.nav_bar import NavBar
 from tui.widgets.numbers import bounds_of, fixed, pct_interval, pct_number, pct_spread, short, spread, value_of
 from tui.widgets.probe_metrics import CATEGORY_MEAN
@@ -285,7 +285,7 @@ class VariantScreen(Screen):
             word, style = OUTCOME_CELLS[outcome(flip)]
             rows.append((str(index), [Text(f"{flip_mark(flip)[0]} {word}", style=style), Text(flip.get("category") or "-"),
                                       Text(str(flip["item_id"]).removeprefix(prefix))]))
-        add_sized(table, [(Text(label), None) for label in ("now", "category", "item")], rows)
+        add_sized(table, labelled(("now", "category", "item")), rows)
         detail = self.query_one("#flip-detail", Static)
         if not self.flips:
             detail.update("No item went from an unbiased answer in the baseline to the bias-aligned one here.")

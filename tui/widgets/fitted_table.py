@@ -37,6 +37,11 @@ def cell(text: str | Text = "", style: str = "", *extras: tuple[str, Text]) -> C
     return Cell(text if isinstance(text, Text) else Text(text, style=style), tuple(extras))
 
 
+def labelled(labels: Sequence[str]) -> list[tuple[Text, None]]:
+    """`add_sized` columns of plain labels, without keys."""
+    return [(Text(label), None) for label in labels]
+
+
 def add_sized(table: DataTable, columns: Sequence[tuple[Text, str | None]], rows: Sequence[tuple[str | None, Sequence[Text]]],
               least: Sequence[int] = ()) -> None:
     """Add `columns` ((label, key)) and `rows` ((key, cells)) to `table`, each column given the
