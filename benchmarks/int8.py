@@ -12,6 +12,8 @@ hits them alike; the ratio is baseline ms / variant ms. Each thread count of `--
 decode step of an int8 model is many products of a few microseconds each, and waking a second
 thread for each (the product's idle threads sleep after a short spin) costs more than it saves,
 while the float baseline's longer products gain from it.
+`--ungrouped` adds int8-dynamic loaded without its shared-input groups (query, key and value,
+and gate and up, each multiplied alone), to show what multiplying them as one gains.
 Targets: perplexity within +10% of the baseline and decode at least 1.8x the baseline's speed.
 """
 
@@ -39,6 +41,8 @@ from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity  # noqa: E402
 from audit.profile import benchmark_prompt_ids, timed_generation  # noqa: E402
 from audit.progress import drive  # noqa: E402
 
+UNGROUPED_SUFFIX = "-ungrouped"
+UNGROUPED = "int8-dynamic" + UNGROUPED_SUFFIX
 PPL_TARGET_PCT = 10.0
 SPEED_TARGET = 1.8
 
@@ -54,6 +58,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--per-tensor", action="store_true", help="int8-dynamic with one activation scale per tensor")
     parser.add_argument("--no-outlier-rule", action="store_true", help="quantize every linear layer")
+    parser.add_argument("--ungrouped", action="store_true",
+                        help="add int8-dynamic loaded without its shared-input groups (each projection multiplied alone)")
     args = parser.parse_args()
 
     import torch
@@ -74,11 +80,14 @@ def main() -> int:
         print(f"built {scheme} in {time.perf_counter() - started:.0f} s: kept float {built[scheme].get('kept_float')}", flush=True)
 
     names = ["baseline", *args.schemes]
+    if args.ungrouped and "int8-dynamic" in args.schemes:
+        names.append(UNGROUPED)
 
     def load_all(threads: int) -> dict:
         torch.set_num_threads(threads)
         chosen = LoadOptions(threads=threads)
-        return {name: drive(load_model(args.model if name == "baseline" else str(args.work / name), chosen)) for name in names}
+        return {name: _load(args.model if name == "baseline" else str(args.work / name.removesuffix(UNGROUPED_SUFFIX)), chosen, name == UNGROUPED)
+                for name in names}
 
     models = load_all(args.threads[0])
     for name, model in models.items():
@@ -104,15 +113,28 @@ def main() -> int:
           f"ONNX Runtime {onnx_wait_entries()}")
     for threads, ms in decode.items():
         print(f"\n{threads} thread{'s' if threads != 1 else ''}")
-        print(f"{'variant':14s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
+        print(f"{'variant':22s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
         for name in names:
             delta = 100.0 * (ppl[name].perplexity / base_ppl - 1.0)
             ratio = ms["baseline"] / ms[name]
             verdict = "" if name == "baseline" else (
                 f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}"
             )
-            print(f"{name:14s} {ppl[name].perplexity:10.3f} {delta:+8.1f} {ms[name]:18.2f} {ratio:8.2f}  {verdict}")
+            print(f"{name:22s} {ppl[name].perplexity:10.3f} {delta:+8.1f} {ms[name]:18.2f} {ratio:8.2f}  {verdict}")
     return 0
+
+
+def _load(spec: str, options: LoadOptions, ungrouped: bool):
+    if not ungrouped:
+        return drive(load_model(spec, options))
+    from audit.compress import quantize as quantize_module
+
+    grouped = quantize_module.group_shared_inputs
+    quantize_module.group_shared_inputs = lambda model: []
+    try:
+        return drive(load_model(spec, options))
+    finally:
+        quantize_module.group_shared_inputs = grouped
 
 
 def _decode_ms(models: dict, prompt_tokens: int, new_tokens: int, rounds: int) -> dict[str, float]:

@@ -7,7 +7,6 @@ import functools
 import io
 import json
 import logging
-import math
 import shutil
 import threading
 import time
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from audit import atomic
+from audit.compress.int8_products import group_shared_inputs, layer_products
 from audit.compress.outliers import OutlierChoice, OutlierRule, detect_outliers
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS
@@ -191,37 +191,6 @@ def share_head_with_embeddings(model: nn.Module, embeddings: str, head: str) -> 
             text.tie_word_embeddings = False
 
 
-_TINY = float(torch.finfo(torch.float32).tiny)
-
-
-def _per_token_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A dynamic int8 layer's product with one symmetric int8 scale per token (row of `x`):
-    int8 x int8 -> int32 products, then rescaled by the token's and the output channel's scales.
-    A single token (each decode step) takes FBGEMM's int8 kernel where it is exact (see
-    `_single_token_kernel_exact`): the same quantization, with no int8 copy of the input made here."""
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.dtype != torch.float32:
-        rows = rows.to(torch.float32)
-    if rows.shape[0] == 1 and layer._int8_single is not None:
-        # quint8 with zero point 128 is the symmetric int8 grid shifted: the same levels. The
-        # scale is the float32 one below: a float32 quotient taken in double and rounded to
-        # float32 (as the kernel stores it) is the float32 quotient. One operation, not four.
-        one = max(float(torch.linalg.vector_norm(rows, math.inf)) / 127.0, _TINY)
-        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, one, 128, layer._int8_single)
-        return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
-    scale = rows.abs().amax(dim=-1, keepdim=True).div_(127.0).clamp_min_(_TINY)  # an all-zero token stays zero
-    # As FBGEMM quantizes (times the reciprocal, shifted by 128 in float), so that both paths
-    # give every token the same levels.
-    quantized = (rows * scale.reciprocal()).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0).to(torch.int8)
-    products = torch._int_mm(quantized, layer._int8_weight.t()).to(torch.float32)
-    scales = scale * layer._int8_weight_scale
-    if layer._int8_bias is None:
-        out = products.mul_(scales)
-    else:  # fused multiply-add, as FBGEMM adds the bias
-        out = torch.addcmul(layer._int8_bias, products, scales)
-    return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
-
-
 @functools.cache
 def _single_token_kernel_exact() -> bool:
     """Whether FBGEMM's int8 kernel computes full-range products exactly on this CPU. Without
@@ -267,7 +236,7 @@ def use_per_token_scales(layer: nn.Module) -> nn.Module:
     layer._int8_bias = None if bias is None else bias.detach().to(torch.float32)
     layer._int8_single = _single_token_kernel(layer)
     layer.activation_scales = PER_TOKEN
-    layer.forward = functools.partial(_per_token_forward, layer)
+    layer.forward = functools.partial(layer_products, layer)
     return layer
 
 
@@ -363,7 +332,9 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
         raise UserError(f"{folder} is incomplete: no values for {', '.join(missing[:3])}")
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    return model.eval()
+    model.eval()
+    group_shared_inputs(model)  # q, k, v (and gate, up) multiplied as one: the same outputs, fewer calls
+    return model
 
 
 def with_outlier_choice(meta: dict, choice: OutlierChoice, scheme: str, activation_scales: str = PER_TENSOR) -> dict:

@@ -1,0 +1,140 @@
+"""Int8 layers that read the same input, multiplied as one: which layers group, outputs bit for
+bit those of each layer alone (decode steps and whole sequences), and the stacked product
+handed out only for the input it was computed for."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from audit.compress import quantize as qz
+from audit.compress.int8_products import SharedInput, group_shared_inputs, layer_products, per_token_layers
+from audit.compress.outliers import OutlierRule
+from audit.compress.quantize import PER_TENSOR, QuantizeSettings, quantize, quantize_int8_dynamic
+from audit.models import load_model
+from audit.progress import drive
+
+NO_RULE = QuantizeSettings(outliers=OutlierRule(ratio=None))
+
+
+def _variant(source, folder, settings=NO_RULE):
+    drive(quantize(str(source), "int8-dynamic", folder, settings=settings, measure_perplexity=False))
+    return folder
+
+
+def _ungrouped(folder, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(qz, "group_shared_inputs", lambda model: [])
+        return drive(load_model(str(folder)))
+
+
+def _groups(model):
+    return sorted({m.shared_input for m in model.modules() if hasattr(m, "shared_input")})
+
+
+def test_the_projections_that_read_one_input_are_grouped(tiny_model_factory, tmp_path):
+    lm = drive(load_model(str(_variant(tiny_model_factory("llama"), tmp_path / "q"))))
+    expected = []
+    for i in range(2):
+        expected.append(tuple(f"model.layers.{i}.self_attn.{p}_proj" for p in "qkv"))
+        expected.append((f"model.layers.{i}.mlp.gate_proj", f"model.layers.{i}.mlp.up_proj"))
+    assert _groups(lm.model) == sorted(expected)
+    alone = [n for n, m in per_token_layers(lm.model).items() if not hasattr(m, "shared_input")]
+    assert sorted(alone) == ["lm_head", "model.layers.0.mlp.down_proj", "model.layers.0.self_attn.o_proj",
+                             "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])  # opt's projections have biases
+def test_grouped_layers_give_the_same_logits_bit_for_bit(arch, tiny_model_factory, tmp_path, monkeypatch):
+    folder = _variant(tiny_model_factory(arch), tmp_path / "q")
+    grouped, plain = drive(load_model(str(folder))), _ungrouped(folder, monkeypatch)
+    assert _groups(grouped.model) and not _groups(plain.model)
+    ids = torch.tensor([[0, 5, 9, 17, 33, 60, 61, 7, 12]])
+    with torch.inference_mode():
+        assert torch.equal(grouped.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+        # Decode steps: one token at a time against the cache, where the single-token kernel runs.
+        caches = [m.model(input_ids=ids[:, :4], use_cache=True).past_key_values for m in (grouped, plain)]
+        for step in range(4, ids.shape[1]):
+            outs = [m.model(input_ids=ids[:, step : step + 1], past_key_values=c, use_cache=True) for m, c in zip((grouped, plain), caches)]
+            assert torch.equal(outs[0].logits, outs[1].logits)
+    # A member's weights read (and save) as before, from its rows of the group's.
+    plain_layers = per_token_layers(plain.model)
+    for name, layer in per_token_layers(grouped.model).items():
+        mine, theirs = layer.weight(), plain_layers[name].weight()
+        assert torch.equal(mine.int_repr(), theirs.int_repr())
+        assert torch.equal(mine.q_per_channel_scales(), theirs.q_per_channel_scales()) and mine.q_per_channel_scales().dtype == torch.float64
+        assert (layer.bias() is None) == (plain_layers[name].bias() is None)
+        assert layer.bias() is None or torch.equal(layer.bias(), plain_layers[name].bias())
+    mine, theirs = grouped.model.state_dict(), plain.model.state_dict()
+    assert mine.keys() == theirs.keys()
+    prompt = [0, 5, 9, 17]
+    assert grouped.generate(prompt, max_new_tokens=12, stop_at_eos=False).token_ids == plain.generate(prompt, max_new_tokens=12, stop_at_eos=False).token_ids
+
+
+def test_a_float_member_leaves_its_siblings_ungrouped(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    quantize_int8_dynamic(model, keep_float=["model.layers.0.mlp.gate_proj"])
+    formed = group_shared_inputs(model)
+    assert ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj") not in formed
+    assert ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj") in formed
+    assert tuple(f"model.layers.0.self_attn.{p}_proj" for p in "qkv") in formed
+
+
+def test_per_tensor_layers_are_not_grouped(tiny_llama, tmp_path):
+    folder = _variant(tiny_llama, tmp_path / "q", QuantizeSettings(outliers=OutlierRule(ratio=None), activation_scales=PER_TENSOR))
+    assert _groups(drive(load_model(str(folder))).model) == []
+
+
+@pytest.fixture
+def qkv(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    quantize_int8_dynamic(model)
+    attention = model.model.layers[0].self_attn
+    return [attention.q_proj, attention.k_proj, attention.v_proj]
+
+
+def _own(layers):
+    """Each layer's product with its own weights, computed before any grouping."""
+    return [lambda x, layer=layer, w=(layer._int8_weight.clone(), layer._int8_weight_scale.clone(), layer._int8_single): _alone(layer, x, w) for layer in layers]
+
+
+def _alone(layer, x, weights):
+    saved = layer._int8_weight, layer._int8_weight_scale, layer._int8_single
+    layer._int8_weight, layer._int8_weight_scale, layer._int8_single = weights
+    try:
+        return layer_products(layer, x)
+    finally:
+        layer._int8_weight, layer._int8_weight_scale, layer._int8_single = saved
+
+
+def test_each_member_gets_the_product_of_its_own_input(qkv):
+    own = _own(qkv)
+    group = SharedInput(["q", "k", "v"], qkv)
+    assert group.agrees(qkv)
+    group.serve(qkv)
+    q, k, v = qkv
+    a, b = torch.randn(1, 1, 64), torch.randn(1, 1, 64) * 3
+    with torch.inference_mode():
+        assert torch.equal(q(a), own[0](a))
+        assert torch.equal(q(b), own[0](b))  # another caller's input in between (a second thread)
+        assert torch.equal(k(a), own[1](a)) and torch.equal(v(a), own[2](a))
+        assert torch.equal(k(b), own[1](b)) and torch.equal(v(b), own[2](b))
+        c = torch.randn(1, 1, 64)
+        assert [layer(c).shape[-1] for layer in qkv] == [64, 32, 32]
+        assert group._last is None  # every member took its columns of c's product: it is released
+        a.mul_(2.0)  # the same tensor, changed in place: a new round computes again
+        assert torch.equal(q(a), own[0](a)) and torch.equal(q(a), own[0](a))
+        rows = torch.randn(2, 5, 64)  # several tokens: the int_mm path
+        assert all(torch.equal(layer(rows), f(rows)) for layer, f in zip(qkv, own))
+
+
+def test_a_group_whose_product_differs_is_not_formed(qkv):
+    group = SharedInput(["q", "k", "v"], qkv)
+    qkv[1]._int8_weight_scale = qkv[1]._int8_weight_scale * 1.5  # k's own product now differs
+    assert not group.agrees(qkv)
+
+
+def test_a_grouped_layers_weights_cannot_be_set_alone(qkv):
+    group = SharedInput(["q", "k", "v"], qkv)
+    group.serve(qkv)
+    with pytest.raises(RuntimeError, match="group's"):
+        qkv[0].set_weight_bias(qkv[0].weight(), None)
