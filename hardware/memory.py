@@ -1,7 +1,8 @@
-"""System and process memory figures from /proc/meminfo and psutil."""
+"""System and process memory figures from /proc/meminfo and psutil, and returning freed heap to the system."""
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +24,21 @@ def total_bytes() -> int:
 
 def process_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def release_free_heap() -> bool:
+    """Hand the heap memory this process has freed back to the system (glibc's malloc_trim).
+    Loading a model allocates and frees many large temporaries; glibc keeps the freed blocks
+    for reuse, so without this the process's RSS stays at the height of the load. False where
+    the C library has no malloc_trim (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
 def reset_peak_rss() -> bool:

@@ -138,3 +138,18 @@ def test_a_grouped_layers_weights_cannot_be_set_alone(qkv):
     group.serve(qkv)
     with pytest.raises(RuntimeError, match="group's"):
         qkv[0].set_weight_bias(qkv[0].weight(), None)
+
+
+def test_a_loaded_int8_model_does_not_keep_its_file_mapped(tiny_llama, tmp_path):
+    """Its float tensors (norms, layers kept float) are copied out of the file's memory map, so
+    the map, whose int8 pages were all read, is not held resident beside the built layers."""
+    import gc
+
+    from audit.models.meta import INT8_FILE
+    from tests.test_sparse_storage import mapped
+
+    folder = _variant(tiny_llama, tmp_path / "q")
+    lm = drive(load_model(str(folder)))
+    gc.collect()
+    assert not mapped(folder / INT8_FILE)
+    assert lm.generate([0, 5, 9], max_new_tokens=2, stop_at_eos=False).token_ids

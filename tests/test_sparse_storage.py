@@ -142,3 +142,23 @@ def test_damaged_sparse_file_is_a_user_error(tmp_path):
     write_safetensors(plain, [("w", w)], [("w", w.dtype, (8, 8))])
     with pytest.raises(UserError, match="not an edge-audit compressed sparse file"):
         load_sparse(plain)
+
+
+def mapped(path) -> bool:
+    """Whether this process still maps `path` (Linux)."""
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip("\n").endswith(str(path.resolve())) for line in maps)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_decoded_tensors_do_not_keep_the_file_mapped(tmp_path):
+    """A dense tensor read in place from the memory map would keep the whole file, packed pages
+    included, resident as long as the model lives."""
+    path = tmp_path / SPARSE_FILE
+    save_sparse([("a.weight", half_zero((64, 64))), ("norm.weight", torch.ones(64)), ("embed.weight", torch.randn(32, 64))], path)
+    back = load_sparse(path)
+    import gc
+
+    gc.collect()
+    assert not mapped(path)
+    assert torch.equal(back["norm.weight"], torch.ones(64))

@@ -299,7 +299,9 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
             rows, cols = module.weight.shape
             _set_module(model, name, nn.Linear(rows, cols, bias=module.bias is not None, device="meta"))
         prefixes = tuple(f"{name}." for name in meta["layers"])
-        state = {k: handle.get_tensor(k) for k in handle.keys() if not k.startswith(prefixes)}
+        # Copied out of the file's memory map: a tensor read in place would keep the whole map,
+        # whose int8 pages were all read to build the layers, resident for the model's life.
+        state = {k: handle.get_tensor(k).clone() for k in handle.keys() if not k.startswith(prefixes)}
         # Float tensors first, while the layers to quantize are still plain (meta) linears.
         result = model.load_state_dict(state, strict=False, assign=True)
         if result.unexpected_keys:

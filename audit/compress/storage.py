@@ -167,7 +167,9 @@ def load_sparse(path: Path) -> dict[str, torch.Tensor]:
             out[name] = dense.reshape(shape)
             stored -= {f"{name}.bitmask", f"{name}.values"}
         for name in stored:
-            out[name] = handle.get_tensor(name)
+            # Copied out of the file's memory map: a tensor read in place would keep the whole
+            # map, whose packed pages were all read above, resident for the model's life.
+            out[name] = handle.get_tensor(name).clone()
     return out
 
 

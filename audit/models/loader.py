@@ -22,7 +22,7 @@ from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf,
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 from audit.threads import onnx_wait_entries, resolve_threads, thread_count_problem
-from hardware.memory import MB, available_bytes
+from hardware.memory import MB, available_bytes, release_free_heap
 
 CACHE_FORMAT = 1
 DTYPES = ("float32", "bfloat16", "float16")
@@ -334,6 +334,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         torch.set_num_threads(threads.threads)
         model = _load_torch(folder, source, options, started)
     model.threads = threads
+    release_free_heap()  # the load's temporaries, freed, would otherwise stay in the process's RSS
     yield Progress("load", 2, 2, f"loaded {source.name}")
     return model
 
