@@ -153,3 +153,45 @@ def test_a_loaded_int8_model_does_not_keep_its_file_mapped(tiny_llama, tmp_path)
     gc.collect()
     assert not mapped(folder / INT8_FILE)
     assert lm.generate([0, 5, 9], max_new_tokens=2, stop_at_eos=False).token_ids
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_long_product_taken_in_slices_of_rows_is_the_same(bias, monkeypatch):
+    from audit.compress import int8_products
+
+    torch.manual_seed(3)
+    ints = torch.randint(-127, 128, (40, 24), dtype=torch.int8)
+    weight_scale = torch.rand(40) * 0.01
+    offsets = torch.randn(40) if bias else None
+    rows = torch.randn(23, 24) * torch.logspace(-3, 3, 23)[:, None]
+    whole = int8_products.per_token_products(rows, ints, weight_scale, offsets)
+    monkeypatch.setattr(int8_products, "PRODUCT_SLICE_ELEMENTS", 40 * 5)  # slices of 5 rows, the last of 3
+    slices = []
+    real = int8_products._rows_products
+    monkeypatch.setattr(int8_products, "_rows_products", lambda rows, *a, **k: slices.append(len(rows)) or real(rows, *a, **k))
+    sliced = int8_products.per_token_products(rows, ints, weight_scale, offsets)
+    assert slices == [5, 5, 5, 5, 3] and torch.equal(whole, sliced)
+    monkeypatch.setattr(int8_products, "PRODUCT_SLICE_ELEMENTS", 40 * 11)  # the last slice a single row
+    assert torch.equal(whole, int8_products.per_token_products(rows, ints, weight_scale, offsets))
+
+
+@pytest.mark.parametrize("scales", ["per-token", PER_TENSOR])
+def test_int8_weights_are_read_one_layer_at_a_time_as_unpacked(scales, tiny_llama, tmp_path):
+    """Facts (parameters, sparsity, bytes per token) read each layer's integers in turn: the
+    integers a per-token layer holds, or its unpacked weights, the same either way."""
+    import types
+
+    from audit.models.torch_lm import quantized_linear_weights
+
+    folder = _variant(tiny_llama, tmp_path / "q", QuantizeSettings(outliers=OutlierRule(ratio=None), activation_scales=scales))
+    model = drive(load_model(str(folder))).model
+    read = quantized_linear_weights(model)
+    assert isinstance(read, types.GeneratorType)
+    names = []
+    for name, ints, zero_points, bias in read:
+        weight = model.get_submodule(name).weight()
+        assert torch.equal(ints, weight.int_repr())
+        want = weight.q_per_channel_zero_points() if weight.qscheme() == torch.per_channel_affine else torch.tensor([weight.q_zero_point()])
+        assert torch.equal(zero_points, want) and bias == 0
+        names.append(name)
+    assert len(names) == 15  # 7 linear layers in each of 2 blocks, and the head

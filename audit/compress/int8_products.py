@@ -30,6 +30,7 @@ from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 TINY = float(torch.finfo(torch.float32).tiny)
+PRODUCT_SLICE_ELEMENTS = 1 << 22  # outputs of one slice of a many-token product (16 MB of float32)
 
 
 def per_token_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -45,6 +46,21 @@ def per_token_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: tor
         # float32 (as the kernel stores it) is the float32 quotient. One operation, not four.
         one = max(float(torch.linalg.vector_norm(rows, math.inf)) / 127.0, TINY)
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, one, 128, single)
+    n_rows, n_out = int(rows.shape[0]), int(ints.shape[0])
+    step = max(1, PRODUCT_SLICE_ELEMENTS // max(n_out, 1))
+    if n_rows <= step:
+        return _rows_products(rows, ints, weight_scale, bias)
+    # Many tokens by many outputs (the output head over a long text): taken in slices of rows
+    # into one output, so the int32 products and their scales are held for a slice at a time,
+    # not three times the whole output. Each row's arithmetic is the same either way.
+    out = torch.empty(n_rows, n_out, dtype=torch.float32)
+    for start in range(0, n_rows, step):
+        _rows_products(rows[start : start + step], ints, weight_scale, bias, out=out[start : start + step])
+    return out
+
+
+def _rows_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     scale = rows.abs().amax(dim=-1, keepdim=True).div_(127.0).clamp_min_(TINY)  # an all-zero token stays zero
     # As FBGEMM quantizes (times the reciprocal, shifted by 128 in float), so that both paths
     # give every token the same levels.
@@ -52,8 +68,8 @@ def per_token_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: tor
     products = torch._int_mm(quantized, ints.t()).to(torch.float32)
     scales = scale * weight_scale
     if bias is None:
-        return products.mul_(scales)
-    return torch.addcmul(bias, products, scales)  # fused multiply-add, as FBGEMM adds the bias
+        return products.mul_(scales) if out is None else torch.mul(products, scales, out=out)
+    return torch.addcmul(bias, products, scales, out=out)  # fused multiply-add, as FBGEMM adds the bias
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:

@@ -194,20 +194,27 @@ def _is_dynamic_int8(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(module, "weight", None))
 
 
-def quantized_linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
+def quantized_linear_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, int]]:
     """(name, int weights, zero points per channel, bias size) of dynamic int8 linear layers,
-    whose weights live in packed parameters rather than in `parameters()`."""
-    found = []
+    whose weights live in packed parameters rather than in `parameters()`: one layer at a time,
+    so that only one layer's unpacked copy is held (a list of them all would briefly hold the
+    model's int8 weights twice over, and the process's RSS would keep that height). A layer
+    with per-token scales has its integers at hand (symmetric: zero points 0); others unpack."""
     for name, module in model.named_modules():
-        if _is_dynamic_int8(module):
-            weight = module.weight()
-            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-                zero_points = weight.q_per_channel_zero_points()
-            else:
-                zero_points = torch.tensor([weight.q_zero_point()])
-            bias = module.bias() if callable(getattr(module, "bias", None)) else None
-            found.append((name, weight.int_repr(), zero_points, 0 if bias is None else bias.numel()))
-    return found
+        if not _is_dynamic_int8(module):
+            continue
+        ints = getattr(module, "_int8_weight", None)
+        if isinstance(ints, torch.Tensor):
+            bias = module._int8_bias
+            yield name, ints, torch.zeros(int(ints.shape[0]), dtype=torch.long), 0 if bias is None else bias.numel()
+            continue
+        bias = module.bias() if callable(getattr(module, "bias", None)) else None
+        weight = module.weight()
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            zero_points = weight.q_per_channel_zero_points()
+        else:
+            zero_points = torch.tensor([weight.q_zero_point()])
+        yield name, weight.int_repr(), zero_points, 0 if bias is None else bias.numel()
 
 
 @contextlib.contextmanager
@@ -938,9 +945,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     def facts(self) -> ModelFacts:
         unique = {id(p): p for p in self.model.parameters()}
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        quantized = quantized_linear_weights(self.model)
         # Packed int8 weights and their biases are not in parameters(); count them too.
-        packed = sum(w.numel() + bias for _, w, _, bias in quantized)
+        packed = sum(w.numel() + bias for _, w, _, bias in quantized_linear_weights(self.model))
         return ModelFacts(
             parameters=sum(p.numel() for p in unique.values()) + packed,
             dtype=dtype,
