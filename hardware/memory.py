@@ -28,8 +28,8 @@ def process_rss_bytes() -> int:
 
 def release_free_heap() -> bool:
     """Hand the heap memory this process has freed back to the system (glibc's malloc_trim).
-    Loading a model allocates and frees many large temporaries; glibc keeps the freed blocks
-    for reuse, so without this the process's RSS stays at the height of the load. False where
+    After work that allocates and frees many large temporaries, glibc keeps the freed blocks
+    for reuse, so without this the process's RSS stays at the height of that work. False where
     the C library has no malloc_trim (musl, macOS)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
