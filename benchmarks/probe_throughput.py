@@ -13,7 +13,10 @@ category file) is scored by the engine and the naive path, alternating per batch
     python benchmarks/probe_throughput.py [--threads 1] [--crows-pairs N] [--naive-pairs 256]
         [--bbq-per-category 32] [--lm-eval-python /tmp/lmeval-venv/bin/python] [--json]
 
-Prints each path's rate, the ratios, pct_stereotype of each path and how many choices agree.
+Prints each path's rate, the ratios, pct_stereotype of each path and how many choices agree, and
+the tokens the engine and lm-eval feed the model for the same pairs: a token costs about the same
+in either path, so their ratio bounds what sharing tokens can gain, and the cost per token shows
+the rest.
 """
 
 from __future__ import annotations
@@ -79,6 +82,30 @@ class LmEval:
         self.process.wait()
 
 
+def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
+    """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's token trees
+    (one call per `batch_items` pairs, rows batched as `_score_trees` batches them) and lm-eval's
+    rows (per call of `chunk_pairs` pairs: every sentence after the prefix token, its last token
+    dropped, sorted longest first, 8 to a batch, padded to the batch's longest). A token costs about
+    the same in either path (the whole model runs on it), so their ratio is the most the engine can
+    gain on lm-eval without computing faster per token."""
+    from audit.models.interface import batches_by_tokens
+    from audit.models.torch_lm import MAX_BATCH_ROWS, TREE_BATCH_TOKENS, tree_rows
+
+    engine = nodes = 0
+    for start in range(0, len(requests), batch_items):
+        rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))))
+        lengths = [len(row.tokens) for row in rows]
+        nodes += sum(lengths)
+        for batch in batches_by_tokens(lengths, TREE_BATCH_TOKENS, MAX_BATCH_ROWS):
+            engine += len(batch) * max(lengths[b] for b in batch)
+    lm_eval = 0
+    for start in range(0, len(requests), chunk_pairs):
+        fed = sorted((len(r.context) + len(c) - 1 for r in requests[start : start + chunk_pairs] for c in r.continuations), reverse=True)
+        lm_eval += sum(len(fed[i : i + LM_EVAL_BATCH]) * fed[i] for i in range(0, len(fed), LM_EVAL_BATCH))
+    return {"engine": engine, "engine_unpadded": nodes, "lm_eval": lm_eval}
+
+
 def pct_stereotype(logprobs) -> float:
     """% of pairs whose first sentence (sent_more) scores strictly higher."""
     return round(100 * sum(a > b for a, b in logprobs) / len(logprobs), 2)
@@ -107,7 +134,7 @@ def main() -> int:
     from audit.probes import load_suite
     from audit.probes.crows import load_crows
     from audit.probes.items import argmax
-    from audit.probes.scoring import score_items
+    from audit.probes.scoring import score_items, score_request
     from audit.progress import drive
 
     torch.set_num_threads(args.threads)
@@ -162,6 +189,13 @@ def main() -> int:
 
     engine_scores, engine_s = crows["engine"]
     result["crows_pairs"] = len(items)
+    if getattr(model, "_packing", None):  # the engine scored these pairs as token trees
+        fed = tokens_fed([score_request(model, item) for item in items], args.batch_items, args.chunk_pairs)
+        result["crows_engine_tokens_fed"] = fed["engine"]
+        result["crows_engine_tree_tokens"] = fed["engine_unpadded"]
+        result["crows_lm_eval_tokens_fed"] = fed["lm_eval"]
+        result["crows_lm_eval_over_engine_tokens"] = round(fed["lm_eval"] / fed["engine"], 2)
+        result["crows_engine_ms_per_token"] = round(1000 * engine_s / fed["engine"], 4)
     result["crows_engine_pairs_per_s"] = round(len(items) / engine_s, 3)
     result["crows_engine_pct_stereotype"] = pct_stereotype(engine_scores)
     naive_scores, naive_s = crows["naive"]
@@ -181,6 +215,8 @@ def main() -> int:
         result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
         result["crows_engine_over_lm_eval"] = round(lm_s / engine_s, 2)
         result["crows_lm_eval_pct_stereotype"] = pct_stereotype(lm_scores)
+        if "crows_lm_eval_tokens_fed" in result:
+            result["crows_lm_eval_ms_per_token"] = round(1000 * lm_s / result["crows_lm_eval_tokens_fed"], 4)
         result["crows_same_choice_engine_lm_eval"] = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in zip(engine_scores, lm_scores))
         result["crows_max_abs_logprob_diff_engine_lm_eval"] = float(
             f"{max(abs(x - y) for a, b in zip(engine_scores, lm_scores) for x, y in zip(a, b)):.3g}")
@@ -221,6 +257,12 @@ def main() -> int:
               f"{r['crows_same_choice_engine_lm_eval']}/{r['crows_pairs']}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_lm_eval']}")
     else:
         print("  lm-eval: not run (give --lm-eval-python)")
+    if "crows_engine_tokens_fed" in r:
+        cost = (f"; ms per token fed: engine {r['crows_engine_ms_per_token']}, lm-eval {r['crows_lm_eval_ms_per_token']}"
+                if "crows_lm_eval_ms_per_token" in r else "")
+        print(f"  tokens fed: engine {r['crows_engine_tokens_fed']} (token trees of {r['crows_engine_tree_tokens']} tokens, padded), "
+              f"lm-eval {r['crows_lm_eval_tokens_fed']} (batch {LM_EVAL_BATCH}, padded): {r['crows_lm_eval_over_engine_tokens']:.2f}x, "
+              f"the engine's gain at equal cost per token{cost}")
     if n_naive:
         print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
               f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "

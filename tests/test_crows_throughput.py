@@ -110,3 +110,24 @@ def test_the_greedy_pick_is_argmax_with_ties_nan_and_infinities():
     for view in (scores, scores[:, 7:250], scores.t().contiguous().t()):
         assert torch.equal(_first_max(view), view.argmax(-1))
     assert _first_max(torch.tensor([[1.0, 5.0, 5.0]])).tolist() == [1]  # the first of a tie
+
+
+def test_the_throughput_benchmark_counts_the_tokens_each_path_feeds():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("probe_throughput", ROOT / "benchmarks" / "probe_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    requests = [ScoreRequest((0,), ((5, 6, 7), (5, 8, 7))), ScoreRequest((0,), ((9, 10), (9, 11)))]
+    # One engine call of both pairs: one tree 0 5 6 8 9 (the last tokens are not fed). lm-eval
+    # feeds each sentence but its last token (3, 3, 2, 2) in one batch padded to 3: 12.
+    assert script.tokens_fed(requests, batch_items=2, chunk_pairs=2) == {"engine": 5, "engine_unpadded": 5, "lm_eval": 12}
+    # A call per pair: trees of 4 and 2 tokens; lm-eval's batches 3 + 3 and 2 + 2.
+    assert script.tokens_fed(requests, batch_items=1, chunk_pairs=1) == {"engine": 6, "engine_unpadded": 6, "lm_eval": 10}
+    # Nine sentences of 2 to 10 tokens after the start, each the start of the next: lm-eval's
+    # first batch holds the eight longest padded to 10 tokens fed, the ninth (2 fed) a batch of
+    # its own: 80 + 2. The engine feeds their shared tokens once: the longest's 10.
+    long = [ScoreRequest((0,), (tuple(range(20, 20 + n)),)) for n in range(2, 11)]
+    assert script.tokens_fed(long, batch_items=9, chunk_pairs=9) == {"engine": 10, "engine_unpadded": 10, "lm_eval": 82}
