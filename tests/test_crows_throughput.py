@@ -51,6 +51,17 @@ def test_tree_rows_hold_each_request_once_within_the_width():
     assert len(alone) == 1 and len(alone[0].tokens) == 37  # too long for a row: a row of its own
 
 
+def test_tree_rows_come_out_about_as_wide_as_each_other():
+    requests = [ScoreRequest((0,), ((i, 1, 2, 3), (i, 1, 4, 5))) for i in range(10, 15)]
+    # Filled to 20 tokens, the rows would hold 4 pairs and 1 (17 and 5 tokens), and a batch of
+    # both would be padded to 34. Two rows are needed either way; 3 pairs and 2 pad it to 26.
+    rows = tree_rows(requests, range(len(requests)), max_tokens=20)
+    assert [len(row.tokens) for row in rows] == [13, 9]
+    assert [sorted({s[0] for s in row.scored}) for row in rows] == [[0, 1, 2], [3, 4]]
+    # One row is one row, however narrow it could be.
+    assert [len(row.tokens) for row in tree_rows(requests, range(4), max_tokens=20)] == [17]
+
+
 def plain_sentence_logprob(model, ids):
     """Log-probability of ids[1:] after ids[0], by one ordinary forward of the whole sequence."""
     with torch.inference_mode():

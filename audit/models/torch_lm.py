@@ -150,11 +150,9 @@ def tree_row(requests: Sequence[ScoreRequest], members: Sequence[int]) -> TreeRo
     return TreeRow(tuple(tokens), tuple(parents), tuple(depths), tuple(scored))
 
 
-def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS) -> list[TreeRow]:
-    """Requests packed into tree rows of at most `max_tokens` (a larger request gets a row of
-    its own). Sorted by their tokens, neighbours share their starts; each goes to the first
-    row it still fits in, so rows are nearly full and a batch pads little."""
-    order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
+def _fill_tree_rows(requests: Sequence[ScoreRequest], order: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """The members of each row: each request, in `order`, goes to the first row it still fits in
+    within `max_tokens` (a larger request gets a row of its own)."""
     members: list[list[int]] = []
     sizes: list[int] = []
     for index in order:
@@ -168,6 +166,29 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
         else:
             members.append([index])
             sizes.append(len(tree_row(requests, [index]).tokens))
+    return members
+
+
+def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS) -> list[TreeRow]:
+    """Requests packed into tree rows of at most `max_tokens` (a larger request gets a row of
+    its own). Sorted by their tokens, neighbours share their starts; each goes to the first
+    row it still fits in. Of the widths that need no more rows than `max_tokens` does, the
+    narrowest is taken, so the rows come out about as wide as each other: a batch is padded to
+    its widest row, and filling rows to `max_tokens` would leave the last one short, padded
+    with up to a whole row's width of tokens that are computed for nothing."""
+    order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
+    members = _fill_tree_rows(requests, order, max_tokens)
+    if len(members) > 1:
+        rows = [tree_row(requests, row) for row in members]
+        low = -(-sum(len(row.tokens) for row in rows) // len(rows))
+        high = max(len(row.tokens) for row in rows)
+        while low < high:  # the narrowest width found that needs no more rows
+            width = (low + high) // 2
+            narrower = _fill_tree_rows(requests, order, width)
+            if len(narrower) <= len(members):
+                members, high = narrower, width
+            else:
+                low = width + 1
     return [tree_row(requests, row) for row in members]
 
 
