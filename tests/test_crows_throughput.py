@@ -62,6 +62,29 @@ def test_tree_rows_come_out_about_as_wide_as_each_other():
     assert [len(row.tokens) for row in tree_rows(requests, range(4), max_tokens=20)] == [17]
 
 
+def test_rows_are_sized_by_the_paths_their_members_feed():
+    import random
+
+    from audit.models.torch_lm import _tree_paths
+
+    rng = random.Random(0)
+    for _ in range(200):
+        requests = [
+            ScoreRequest(tuple(rng.choice((0, 1)) for _ in range(rng.randint(1, 3))),
+                         tuple(tuple(rng.randint(2, 5) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3))))
+            for _ in range(rng.randint(1, 6))
+        ]
+        members = list(range(len(requests)))
+        paths = frozenset().union(*(_tree_paths(r) for r in requests))
+        assert len(paths) == len(tree_row(requests, members).tokens)
+        # Each request in one row, every row within the width but a request too large alone.
+        width = rng.randint(4, 20)
+        rows = [sorted({s[0] for s in row.scored}) for row in tree_rows(requests, members, max_tokens=width)]
+        assert sorted(i for row in rows for i in row) == members
+        for row in rows:
+            assert len(tree_row(requests, row).tokens) <= width or len(row) == 1
+
+
 def plain_sentence_logprob(model, ids):
     """Log-probability of ids[1:] after ids[0], by one ordinary forward of the whole sequence."""
     with torch.inference_mode():

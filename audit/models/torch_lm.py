@@ -7,7 +7,7 @@ import inspect
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -150,22 +150,31 @@ def tree_row(requests: Sequence[ScoreRequest], members: Sequence[int]) -> TreeRo
     return TreeRow(tuple(tokens), tuple(parents), tuple(depths), tuple(scored))
 
 
-def _fill_tree_rows(requests: Sequence[ScoreRequest], order: Sequence[int], max_tokens: int) -> list[list[int]]:
+def _tree_paths(request: ScoreRequest) -> frozenset[tuple[int, ...]]:
+    """The nodes `tree_row` feeds for `request` alone, each named by its path from the root: a
+    row's tokens are the union of its members' paths."""
+    paths: set[tuple[int, ...]] = set()
+    for cont in request.continuations:
+        seq = tuple(request.context) + tuple(cont)
+        paths.update(seq[: depth + 1] for depth in range(len(seq) - 1))
+    return frozenset(paths)
+
+
+def _fill_tree_rows(paths: Mapping[int, frozenset[tuple[int, ...]]], order: Sequence[int], max_tokens: int) -> list[list[int]]:
     """The members of each row: each request, in `order`, goes to the first row it still fits in
-    within `max_tokens` (a larger request gets a row of its own)."""
+    within `max_tokens` (a larger request gets a row of its own). `paths[i]` is request i's nodes."""
     members: list[list[int]] = []
-    sizes: list[int] = []
+    nodes: list[set[tuple[int, ...]]] = []
     for index in order:
-        for r, row in enumerate(members):
-            if sizes[r] < max_tokens:
-                size = len(tree_row(requests, row + [index]).tokens)
-                if size <= max_tokens:
-                    row.append(index)
-                    sizes[r] = size
-                    break
+        own = paths[index]
+        for r, row in enumerate(nodes):
+            if len(row) < max_tokens and len(row) + len(own) - len(own & row) <= max_tokens:
+                members[r].append(index)
+                row |= own
+                break
         else:
             members.append([index])
-            sizes.append(len(tree_row(requests, [index]).tokens))
+            nodes.append(set(own))
     return members
 
 
@@ -177,14 +186,17 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
     its widest row, and filling rows to `max_tokens` would leave the last one short, padded
     with up to a whole row's width of tokens that are computed for nothing."""
     order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
-    members = _fill_tree_rows(requests, order, max_tokens)
+    paths = {i: _tree_paths(requests[i]) for i in order}
+    members = _fill_tree_rows(paths, order, max_tokens)
     if len(members) > 1:
-        rows = [tree_row(requests, row) for row in members]
-        low = -(-sum(len(row.tokens) for row in rows) // len(rows))
-        high = max(len(row.tokens) for row in rows)
+        # A request too large for a row has one of its own at any width: only the widths up to
+        # `max_tokens` are tried.
+        sizes = [min(len(frozenset().union(*(paths[i] for i in row))), max_tokens) for row in members]
+        high = max(sizes)
+        low = min(-(-sum(sizes) // len(sizes)), high)
         while low < high:  # the narrowest width found that needs no more rows
             width = (low + high) // 2
-            narrower = _fill_tree_rows(requests, order, width)
+            narrower = _fill_tree_rows(paths, order, width)
             if len(narrower) <= len(members):
                 members, high = narrower, width
             else:
