@@ -390,10 +390,15 @@ def profile_model(
         model = yield from load_model(spec, options, cancel)
     load_s = time.perf_counter() - started
     gc.collect()
+    after = process_rss_bytes()
+    # The load's peak includes its ends. The kernel's high-water mark is reset just after
+    # `before` is read and its per-thread counters lag the RSS by a few pages, so it can read a
+    # hair under either end.
+    peak = max(load_sampler.summary()["rss_peak_mb"], round(before / MB, 2), round(after / MB, 2))
     load = LoadFigures(
         rss_before_load_mb=round(before / MB, 2),
-        rss_after_load_mb=round(process_rss_bytes() / MB, 2),
-        rss_peak_load_mb=load_sampler.summary()["rss_peak_mb"],
+        rss_after_load_mb=round(after / MB, 2),
+        rss_peak_load_mb=peak,
         load_s=round(load_s, 3),
     )
     try:

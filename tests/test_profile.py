@@ -152,6 +152,21 @@ def test_profile_model_on_onnx_runtime_records_load_memory(tiny_onnx):
     assert data["threads"] >= 1
 
 
+def test_the_load_peak_is_never_under_the_load_s_ends(tiny_llama, monkeypatch):
+    import audit.profile as profile_module
+    from hardware.memory import MB
+
+    # The kernel's high-water mark, reset after RSS before the load is read, can read a few
+    # pages under it: the peak reported is still at least both ends.
+    readings = iter([1000 * MB, 900 * MB])
+    monkeypatch.setattr(profile_module, "process_rss_bytes", lambda: next(readings, 950 * MB))
+    real_summary = profile_module.ResourceSampler.summary
+    monkeypatch.setattr(profile_module.ResourceSampler, "summary", lambda self: {**real_summary(self), "rss_peak_mb": 999.95})
+    data = drive(profile_model(str(tiny_llama), SMALL)).to_dict()
+    assert data["rss_before_load_mb"] == 1000.0 and data["rss_after_load_mb"] == 900.0
+    assert data["rss_peak_load_mb"] == 1000.0
+
+
 def test_profile_command(tiny_llama, capsys):
     from tui.cli import main
 
