@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def benchmark_script(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not a package), for tests of its helpers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session", autouse=True)
 def every_core_in_this_process():
     """Models loaded in the test process compute with every core, as if the device were idle: a

@@ -10,7 +10,7 @@ from audit.probes.crows import load_crows
 from audit.probes.items import argmax
 from audit.probes.scoring import sentence_request
 from audit.progress import drive
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, benchmark_script
 
 CROWS = SHARED_DATA / "crows_pairs" / "crows_pairs_anonymized.csv"
 
@@ -147,13 +147,7 @@ def test_the_greedy_pick_is_argmax_with_ties_nan_and_infinities():
 
 
 def test_the_throughput_benchmark_counts_the_tokens_each_path_feeds():
-    import importlib.util
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("probe_throughput", ROOT / "benchmarks" / "probe_throughput.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("probe_throughput")
     requests = [ScoreRequest((0,), ((5, 6, 7), (5, 8, 7))), ScoreRequest((0,), ((9, 10), (9, 11)))]
     # One engine call of both pairs: one tree 0 5 6 8 9 (the last tokens are not fed). lm-eval
     # feeds each sentence but its last token (3, 3, 2, 2) in one batch padded to 3: 12.

@@ -1,12 +1,11 @@
 """Variant tables: ratios to dense by hand, missing figures, the benchmark script's options."""
 
 import argparse
-import importlib.util
 
 import pytest
 
 from hardware.comparison import compare_profiles, ratio, render_table
-from tests.conftest import ROOT
+from tests.conftest import benchmark_script
 
 
 def profile(backend, sparsity, quantization=None, **figures):
@@ -76,15 +75,8 @@ def test_table_shows_figures_and_ratios():
     assert probe.endswith("n/a")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("variants_latency", ROOT / "benchmarks" / "variants_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_script_parses_variants_and_plans_builds(tmp_path):
-    script = _script()
+    script = benchmark_script("variants_latency")
     assert script.parse_variant("onnx-int8=/tmp/x") == ("onnx-int8", "/tmp/x")
     for bad in ("noequals", "=path", "name="):
         with pytest.raises(argparse.ArgumentTypeError):
