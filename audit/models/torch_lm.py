@@ -160,9 +160,10 @@ def _tree_paths(request: ScoreRequest) -> frozenset[tuple[int, ...]]:
     return frozenset(paths)
 
 
-def _fill_tree_rows(paths: Mapping[int, frozenset[tuple[int, ...]]], order: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """The members of each row: each request, in `order`, goes to the first row it still fits in
-    within `max_tokens` (a larger request gets a row of its own). `paths[i]` is request i's nodes."""
+def _fill_tree_rows(paths: Mapping[int, frozenset[tuple[int, ...]]], order: Sequence[int], max_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """The members of each row and its width in tokens: each request, in `order`, goes to the
+    first row it still fits in within `max_tokens` (a larger request gets a row of its own).
+    `paths[i]` is request i's nodes."""
     members: list[list[int]] = []
     nodes: list[set[tuple[int, ...]]] = []
     for index in order:
@@ -175,7 +176,7 @@ def _fill_tree_rows(paths: Mapping[int, frozenset[tuple[int, ...]]], order: Sequ
         else:
             members.append([index])
             nodes.append(set(own))
-    return members
+    return members, [len(row) for row in nodes]
 
 
 def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS) -> list[TreeRow]:
@@ -187,16 +188,16 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
     with up to a whole row's width of tokens that are computed for nothing."""
     order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
     paths = {i: _tree_paths(requests[i]) for i in order}
-    members = _fill_tree_rows(paths, order, max_tokens)
+    members, widths = _fill_tree_rows(paths, order, max_tokens)
     if len(members) > 1:
         # A request too large for a row has one of its own at any width: only the widths up to
         # `max_tokens` are tried.
-        sizes = [min(len(frozenset().union(*(paths[i] for i in row))), max_tokens) for row in members]
+        sizes = [min(width, max_tokens) for width in widths]
         high = max(sizes)
         low = min(-(-sum(sizes) // len(sizes)), high)
         while low < high:  # the narrowest width found that needs no more rows
             width = (low + high) // 2
-            narrower = _fill_tree_rows(paths, order, width)
+            narrower, _ = _fill_tree_rows(paths, order, width)
             if len(narrower) <= len(members):
                 members, high = narrower, width
             else:
