@@ -390,15 +390,14 @@ def profile_model(
         model = yield from load_model(spec, options, cancel)
     load_s = time.perf_counter() - started
     gc.collect()
-    after = process_rss_bytes()
-    # The load's peak includes its ends. The kernel's high-water mark is reset just after
-    # `before` is read and its per-thread counters lag the RSS by a few pages, so it can read a
-    # hair under either end.
-    peak = max(load_sampler.summary()["rss_peak_mb"], round(before / MB, 2), round(after / MB, 2))
+    before_mb, after_mb = round(before / MB, 2), round(process_rss_bytes() / MB, 2)
     load = LoadFigures(
-        rss_before_load_mb=round(before / MB, 2),
-        rss_after_load_mb=round(after / MB, 2),
-        rss_peak_load_mb=peak,
+        rss_before_load_mb=before_mb,
+        rss_after_load_mb=after_mb,
+        # The load's peak includes its ends. The kernel's high-water mark is reset just after
+        # `before` is read and its per-thread counters lag the RSS by a few pages, so it can
+        # read a hair under either end.
+        rss_peak_load_mb=max(load_sampler.summary()["rss_peak_mb"], before_mb, after_mb),
         load_s=round(load_s, 3),
     )
     try:
