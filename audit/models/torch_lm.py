@@ -37,6 +37,12 @@ SHARED_OWNER, PAD_OWNER = -1, -2
 MIN_SHARED_TOKENS = 8
 MAX_ROW_MEMBERS = 4
 MAX_ROW_TOKENS = 384
+# Such rows go to the model a few at a time: larger forwards cost more per token here (their
+# activations outgrow the core's cache). The built-in suite's items in calls of 32 (a probe's
+# batch), 1 thread, ms per item: 89-91 with 4,096 tokens a forward, 77-79 with 1,024 (73-81
+# for calls of 8); at 2 threads the two are within noise for calls of 32 (42-45 against 43-46),
+# 1,024 ahead for calls of 64 (45-47 against 49-50).
+PACKED_BATCH_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -894,7 +900,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         rows = share_prefixes(requests)
         lanes = pack_rows([row.length for row in rows])
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-        for batch in batches_by_tokens([sum(rows[i].length for i in lane) for lane in lanes], MAX_BATCH_TOKENS, MAX_BATCH_ROWS):
+        for batch in batches_by_tokens([sum(rows[i].length for i in lane) for lane in lanes], PACKED_BATCH_TOKENS, MAX_BATCH_ROWS):
             width = max(sum(rows[i].length for i in lanes[b]) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
