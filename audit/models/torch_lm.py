@@ -37,13 +37,12 @@ SHARED_OWNER, PAD_OWNER = -1, -2
 MIN_SHARED_TOKENS = 8
 MAX_ROW_MEMBERS = 4
 MAX_ROW_TOKENS = 384
-# Such rows go to the model a few at a time: larger forwards cost more per token here (their
-# activations outgrow the core's cache). The built-in suite's items in calls of 32 (a probe's
-# batch), ms per item, 4,096 tokens a forward against 1,024: the default model at 1 thread
-# 89-91 against 77-79, at 2 threads within noise (42-45 against 43-46; for calls of 64, 49-50
-# against 45-47); its int8-dynamic variant 61-64 against 46-48 at 1 thread, 33-35 against
-# 30-31 at 2. (ONNX Runtime's cached scoring is the other way round, 4,096 ahead by 6-10%:
-# it keeps MAX_BATCH_TOKENS.)
+# Such rows go to the model a few at a time: larger forwards cost more per token on this kind
+# of CPU. The built-in suite's items in calls of 32 (a probe's batch), ms per item, 4,096 tokens
+# a forward against 1,024: the default model at 1 thread 89-91 against 77-79, at 2 threads
+# within noise (42-45 against 43-46; for calls of 64, 49-50 against 45-47); its int8-dynamic
+# variant 61-64 against 46-48 at 1 thread, 33-35 against 30-31 at 2. (ONNX Runtime's cached
+# scoring is the other way round, 4,096 ahead by 6-10%: it keeps MAX_BATCH_TOKENS.)
 PACKED_BATCH_TOKENS = 1024
 
 
