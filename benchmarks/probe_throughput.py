@@ -84,20 +84,19 @@ class LmEval:
 
 def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
     """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's token trees
-    (one call per `batch_items` pairs, rows batched as `_score_trees` batches them) and lm-eval's
+    (one call per `batch_items` pairs, rows batched by `tree_batches`, as the engine batches them) and lm-eval's
     rows (per call of `chunk_pairs` pairs: every sentence after the prefix token, its last token
     dropped, sorted longest first, 8 to a batch, padded to the batch's longest). A token costs about
     the same in either path (the whole model runs on it), so their ratio is the most the engine can
     gain on lm-eval without computing faster per token."""
-    from audit.models.interface import batches_by_tokens
-    from audit.models.torch_lm import MAX_BATCH_ROWS, TREE_BATCH_TOKENS, tree_rows
+    from audit.models.torch_lm import tree_batches, tree_rows
 
     engine = nodes = 0
     for start in range(0, len(requests), batch_items):
         rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))))
         lengths = [len(row.tokens) for row in rows]
         nodes += sum(lengths)
-        for batch in batches_by_tokens(lengths, TREE_BATCH_TOKENS, MAX_BATCH_ROWS):
+        for batch in tree_batches(rows):
             engine += len(batch) * max(lengths[b] for b in batch)
     lm_eval = 0
     for start in range(0, len(requests), chunk_pairs):

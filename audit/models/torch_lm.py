@@ -212,6 +212,11 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
     return [tree_row(requests, row) for row in members]
 
 
+def tree_batches(rows: Sequence[TreeRow]) -> list[list[int]]:
+    """The tree rows (by index) that go to the model together, each batch padded to its widest row."""
+    return batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS)
+
+
 def output_head(model: nn.Module) -> nn.Module | None:
     """The model's output head (its output embeddings), None for a model that names none."""
     return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -852,7 +857,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
         rows = tree_rows(requests, indices)
         results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
-        for batch in batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS):
+        for batch in tree_batches(rows):
             width = max(len(rows[b].tokens) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
