@@ -301,6 +301,39 @@ def test_ray_local_cluster_gives_the_same_answers(sequential_run, tiny_llama, tm
         assert stored_choices(store, outcome.run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)
 
 
+def test_a_ray_task_removes_its_scratch_folder_however_it_ends(sequential_run, tiny_llama, tmp_path, monkeypatch):
+    import tempfile
+
+    from audit.run import parallel
+
+    seq_plan, seq_outcome, seq_folder = sequential_run
+    path = write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE)
+    path.write_text(path.read_text().replace("[profile]", "[profile]\nenabled = false"))
+    plan = load_plan(path)
+    scratch_root = tmp_path / "node-tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    # The task as a Ray worker runs it: the variant compressed in a scratch folder, its records returned.
+    records = parallel._variant_on_ray(plan.text, plan.path, "magnitude-50", [], {})
+    assert {r["kind"] for r in records} >= {"compress", "probe:builtin"}
+    with ResultsStore(seq_folder / "results.db") as seq_store:
+        items = next(r["items"] for r in records if r["kind"] == "probe:builtin")
+        assert {i["item_id"]: i["chosen"] for i in items} == {
+            i["item_id"]: i["chosen"] for i in seq_store.items(seq_outcome.run_id, "magnitude-50", "builtin")}
+    assert list(scratch_root.iterdir()) == []
+
+    def failing(plan, name, work_dir, *args, **kwargs):
+        (work_dir / name).mkdir()
+        (work_dir / name / "model.safetensors").write_bytes(b"\0" * 1024)
+        raise RuntimeError("the node ran out of memory")
+        yield  # a job
+
+    monkeypatch.setattr(parallel, "execute_variant", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        parallel._variant_on_ray(plan.text, plan.path, "magnitude-50", [], {})
+    assert list(scratch_root.iterdir()) == []
+
+
 def test_runs_commands_read_the_store(sequential_run):
     _, outcome, folder = sequential_run
     store = str(folder / "results.db")

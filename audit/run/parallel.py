@@ -89,11 +89,13 @@ def _drain(events: Any) -> Iterator[Progress]:
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any]) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
-    its step records for the driver to commit (a remote node cannot reach the driver's store)."""
+    its step records for the driver to commit (a remote node cannot reach the driver's store).
+    The scratch folder (the variant's compressed weights) is removed when the task ends, however
+    it ends: every run would otherwise leave a model's worth of files on the node's disk."""
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
-    work_dir = Path(tempfile.mkdtemp(prefix="edge-audit-ray-"))
-    drive(execute_variant(plan, name, work_dir, set(done), records.append, LoadOptions(**load)))
+    with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
+        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load)))
     return [asdict(r) for r in records]
 
 
