@@ -108,27 +108,27 @@ def _suite_of(spec: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]
     return ProbeSuite(str(info.get("name")), spec, str(info.get("kind")), str(info.get("summary")), str(info.get("default_norm")), probe_items)
 
 
-def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event | None) -> Job[CheckStep]:
+class ReplayRefused(UserError):
+    """The record's items were scored in a way this edge-audit cannot score them again."""
+
+
+def replay_check_items(model: Any, check: Mapping[str, Any], cancel: threading.Event | None) -> Job[dict[str, Any]]:
+    """Score a record's check items on `model` as a device's check does (the same suites, settings
+    and batches): item results by item id. The lab runs it when it writes the record, a device
+    when it checks one, so both compute the same products in the same calls."""
     from audit.probes.job import ProbeSettings, run_probe
     from audit.probes.scoring import PARSERS, prompt_style
 
-    check = record["check"]
-    tolerance = float(check.get("score_tolerance") or SCORE_TOLERANCE)
     entries = check.get("items") or []
-    if not entries:
-        return CheckStep("replay", FAIL, "the record has no check items to replay")
-    agree = 0
-    largest = 0.0
-    differing: list[str] = []
+    results: dict[str, Any] = {}
     for spec, info in sorted((check.get("suites") or {}).items()):
         settings_data = info.get("settings") or {}
         mode = settings_data.get("mode") or "loglik"
         style = prompt_style(mode, settings_data.get("prompt"))
         parser = settings_data.get("parser") or "strict"
         if style is None or parser not in PARSERS:
-            return CheckStep("replay", FAIL, f"the audit scored {spec} with a prompt or parser this edge-audit does not use: replay it with the lab's version")
-        items = [e for e in entries if e.get("suite") == spec]
-        suite = _suite_of(spec, info, items)
+            raise ReplayRefused(f"the audit scored {spec} with a prompt or parser this edge-audit does not use: replay it with the lab's version")
+        suite = _suite_of(spec, info, [e for e in entries if e.get("suite") == spec])
         defaults = ProbeSettings()
         settings = ProbeSettings(
             mode=mode,
@@ -141,28 +141,61 @@ def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event 
         )
         run = yield from relay(run_probe(model, suite, settings, cancel), "replay")
         check_cancel(cancel)
-        by_id = {r.item_id: r for r in run.results}
-        for entry in items:
-            item_id = entry["item"]["item_id"]
-            mine = by_id[item_id]
-            same = mine.chosen == entry.get("chosen")
-            if mode == "generate":
-                same = same and list(mine.seed_choices) == list(entry.get("seed_choices") or [])
-            lab_scores = entry.get("option_logprobs") or []
-            if lab_scores and len(lab_scores) == len(mine.option_logprobs):
-                largest = max([largest] + [abs(a - b) for a, b in zip(mine.option_logprobs, lab_scores)])
-            if same:
-                agree += 1
-            else:
-                differing.append(item_id)
+        results.update({r.item_id: r for r in run.results})
+    return results
+
+
+def _reference(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a device's replay of a check item is compared with: the lab's replay of the check
+    items when the record holds one, else the audit's own answer and scores."""
+    lab = entry.get("lab_replay")
+    return lab if isinstance(lab, Mapping) else entry
+
+
+def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event | None) -> Job[CheckStep]:
+    check = record["check"]
+    tolerance = float(check.get("score_tolerance") or SCORE_TOLERANCE)
+    entries = check.get("items") or []
+    if not entries:
+        return CheckStep("replay", FAIL, "the record has no check items to replay")
+    modes = {spec: (info.get("settings") or {}).get("mode") or "loglik" for spec, info in (check.get("suites") or {}).items()}
+    try:
+        by_id = yield from replay_check_items(model, check, cancel)
+    except ReplayRefused as exc:
+        return CheckStep("replay", FAIL, str(exc))
+    agree = 0
+    largest = 0.0
+    differing: list[str] = []
+    for entry in entries:
+        item_id = entry["item"]["item_id"]
+        mine = by_id[item_id]
+        reference = _reference(entry)
+        same = mine.chosen == reference.get("chosen")
+        if modes.get(entry.get("suite")) == "generate":
+            same = same and list(mine.seed_choices) == list(reference.get("seed_choices") or [])
+        lab_scores = reference.get("option_logprobs") or []
+        if lab_scores and len(lab_scores) == len(mine.option_logprobs):
+            largest = max([largest] + [abs(a - b) for a, b in zip(mine.option_logprobs, lab_scores)])
+        if same:
+            agree += 1
+        else:
+            differing.append(item_id)
     total = len(entries)
     details = {"items": total, "agree": agree, "differing": differing, "max_score_diff": round(largest, 6), "tolerance": tolerance}
     scores = f"largest score difference {largest:.2g}"
+    lab_note = ""
+    lab = check.get("lab_replay")
+    if isinstance(lab, Mapping) and "items" in lab:
+        details["lab_replay"] = dict(lab)
+        if lab.get("same_answer_as_audit") != lab.get("items") or float(lab.get("max_score_diff_from_audit") or 0.0) > tolerance:
+            # The device matched the lab's replay; say how far that replay was from the audit's scores.
+            lab_note = (f"; in the lab these items, scored as here, gave {lab.get('same_answer_as_audit')}/{lab.get('items')} of the audit's "
+                       f"answers (scores up to {float(lab.get('max_score_diff_from_audit') or 0.0):.2g} apart: this model's scores move with batching)")
     if agree == total and largest <= tolerance:
-        return CheckStep("replay", PASS, f"{agree}/{total} check items answered as audited, {scores} (tolerance {tolerance:g})", details)
+        return CheckStep("replay", PASS, f"{agree}/{total} check items answered as audited, {scores} (tolerance {tolerance:g}){lab_note}", details)
     if agree == total:
-        return CheckStep("replay", FAIL, f"{total}/{total} answers as audited, but {scores} > {tolerance:g}", details)
-    return CheckStep("replay", FAIL, f"{total - agree} of {total} check items answered differently from the audit ({scores})", details)
+        return CheckStep("replay", FAIL, f"{total}/{total} answers as audited, but {scores} > {tolerance:g}{lab_note}", details)
+    return CheckStep("replay", FAIL, f"{total - agree} of {total} check items answered differently from the audit ({scores}){lab_note}", details)
 
 
 def _perplexity_step(model: Any, record: Mapping[str, Any], cancel: threading.Event | None) -> Job[CheckStep]:

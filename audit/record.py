@@ -279,6 +279,49 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
     return {"suites": out_suites, "items": items, "score_tolerance": SCORE_TOLERANCE, "n_audited_items": len(rows)}
 
 
+def _replayed_in_lab(check: dict[str, Any], fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """The check items scored again on the audited folder as a device's check scores them, each
+    item's answer and scores kept as `lab_replay` beside the audit's, with how far the two are
+    apart.
+
+    A device replays the check items alone, in batches other than the audit's, where items
+    sharing a context were scored together. A well-conditioned model scores an item the same
+    either way (to about 1e-4 nats); one whose scores move far with the least rounding (an int8
+    model quantizing tokens with a dominant channel: 1e-6 relative noise on its inputs moved the
+    default model's int8-dynamic scores by 3.6 nats) does not, and a device checking it against
+    the audit's own scores would fail on the very folder that was audited. The device compares
+    with this replay instead; the record says how far it is from the audit. When the audited
+    folder is gone or changed, the replay is omitted, saying why, and the device compares with
+    the audit's scores."""
+    from audit.fieldcheck import replay_check_items
+    from audit.fingerprint import fingerprint_folder
+    from audit.models import LoadOptions, load_model
+    from audit.progress import drive
+
+    folder = fingerprint.get("folder")
+    if not folder or not Path(folder).is_dir():
+        return dict(check, lab_replay={"omitted": f"the audited folder {folder} is not here to score the check items on"})
+    found = drive(fingerprint_folder(Path(folder)))
+    if found.digest != fingerprint.get("digest"):
+        return dict(check, lab_replay={"omitted": f"the audited folder {folder} has changed since the audit (fingerprint {found.short})"})
+    model = drive(load_model(str(folder), LoadOptions()))
+    try:
+        by_id = drive(replay_check_items(model, check, None))
+    finally:
+        model.close()
+    items, agree, largest = [], 0, 0.0
+    for entry in check["items"]:
+        mine = by_id[entry["item"]["item_id"]]
+        agree += mine.chosen == entry.get("chosen")
+        audited = entry.get("option_logprobs") or []
+        if len(audited) == len(mine.option_logprobs):
+            largest = max([largest] + [abs(a - b) for a, b in zip(mine.option_logprobs, audited)])
+        replayed = {"chosen": mine.chosen, "option_logprobs": list(mine.option_logprobs), "seed_choices": list(mine.seed_choices)}
+        items.append(dict(entry, lab_replay=replayed))
+    summary = {"items": len(items), "same_answer_as_audit": agree, "max_score_diff_from_audit": largest}
+    return dict(check, items=items, lab_replay=summary)
+
+
 def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dict[str, Any] | None:
     from audit.perplexity import text_digest, text_source
 
@@ -355,8 +398,10 @@ def _figures(variant: Mapping[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def build_record(store: Any, run_id: int, variant: str | None, *, check_items: int = DEFAULT_CHECK_ITEMS, max_decode_ms: float | None = None) -> dict[str, Any]:
-    """The audit record of one variant of a finished run."""
+def build_record(store: Any, run_id: int, variant: str | None, *, check_items: int = DEFAULT_CHECK_ITEMS, max_decode_ms: float | None = None,
+                 replay: bool = True) -> dict[str, Any]:
+    """The audit record of one variant of a finished run; `replay`: score its check items again
+    on the audited folder, as a device will (see `_replayed_in_lab`)."""
     from audit.results import RunView
     from audit.run.steps import BASELINE, FINGERPRINT, PROFILE
 
@@ -386,6 +431,7 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
         raise UserError(f"the gate of run {run_id} did not judge {variant}; judged: {', '.join(gate.get('variants') or {})}")
     findings = [f for f in gate["findings"] if f.get("variant") in (variant, BASELINE)]
     profile_step = store.step(run_id, variant, PROFILE)
+    check = _check_subset(store, run_id, variant, view.plan, check_items)
     record = {
         "type": RECORD_TYPE,
         "version": RECORD_VERSION,
@@ -412,7 +458,7 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
             "findings": findings,
         },
         "figures": _figures(facts),
-        "check": _check_subset(store, run_id, variant, view.plan, check_items),
+        "check": _replayed_in_lab(check, fingerprint_step["result"]) if replay else check,
         "perplexity": _perplexity_section(store, run_id, variant, view.plan),
         "envelope": _envelope((profile_step or {}).get("result"), max_decode_ms),
     }
@@ -428,6 +474,7 @@ def export_record(
     key: Path | None = None,
     check_items: int = DEFAULT_CHECK_ITEMS,
     max_decode_ms: float | None = None,
+    replay: bool = True,
 ) -> dict[str, Any]:
     """Build, sign (with `key`) and write a record; returns it."""
     from audit.store import ResultsStore
@@ -435,7 +482,7 @@ def export_record(
     out = checks.output_file(Path(out), "record file")
     private = load_private_key(key) if key is not None else None
     with ResultsStore(store_path, readonly=True) as store:
-        record = build_record(store, run_id, variant, check_items=check_items, max_decode_ms=max_decode_ms)
+        record = build_record(store, run_id, variant, check_items=check_items, max_decode_ms=max_decode_ms, replay=replay)
     if private is not None:
         record = sign(record, private)
     write_record(out, record)

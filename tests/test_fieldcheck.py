@@ -382,3 +382,46 @@ def test_models_info_and_the_reports_show_the_fingerprint(lab):
         report = build_report(store, 1)
     assert f"| magnitude-50 | {digest} | safetensors |" in render_markdown(report)
     assert digest in render_html(report)
+
+
+def test_the_device_replays_against_the_labs_replay_of_the_check_items(lab, tmp_path):
+    # A model whose scores move with batching (an int8 model with a dominant channel) scores the
+    # check items alone otherwise than in the audit's batches: stand-in, the audit's stored
+    # scores shifted by 0.5 nats. Against the audit's scores the audited folder itself would fail.
+    import sqlite3
+
+    store = tmp_path / "lab.db"
+    shutil.copy(lab["store"], store)
+    with sqlite3.connect(store) as db:
+        for key, text in db.execute("SELECT rowid, record_json FROM items WHERE variant = 'magnitude-50'").fetchall():
+            row = json.loads(text)
+            row["option_logprobs"] = [row["option_logprobs"][0] + 0.5, *row["option_logprobs"][1:]]
+            db.execute("UPDATE items SET record_json = ? WHERE rowid = ?", (json.dumps(row), key))
+    against_audit, against_lab = tmp_path / "audit-scores.json", tmp_path / "lab-replay.json"
+    export_record(store, 1, "magnitude-50", against_audit, key=lab["private"], replay=False)
+    export_record(store, 1, "magnitude-50", against_lab, key=lab["private"])
+
+    failed = _check(lab, lab["variant"], against_audit)
+    assert failed.returncode == 1 and json.loads(failed.stdout)["steps"][2]["status"] == "fail"
+
+    record = read_record(against_lab)
+    summary = record["check"]["lab_replay"]
+    assert summary["items"] == summary["same_answer_as_audit"] == 20
+    assert summary["max_score_diff_from_audit"] == pytest.approx(0.5, abs=1e-3)
+    assert all(abs(e["lab_replay"]["option_logprobs"][0] - (e["option_logprobs"][0] - 0.5)) < 1e-3 for e in record["check"]["items"])
+    passed = _check(lab, lab["variant"], against_lab)
+    assert passed.returncode == 0, passed.stderr
+    replay = json.loads(passed.stdout)["steps"][2]
+    assert replay["status"] == "pass" and replay["details"]["max_score_diff"] <= 1e-3
+    assert "20/20 of the audit's answers (scores up to 0.5 apart: this model's scores move with batching)" in replay["summary"]
+
+
+def test_a_record_of_a_folder_changed_since_the_audit_replays_against_the_audits_scores(lab, tmp_path):
+    from audit import record as record_module
+
+    folder = tmp_path / "changed"
+    change_one_weight(lab["variant"], folder)
+    check = record_module._replayed_in_lab({"items": [], "suites": {}}, {"folder": str(folder), "digest": "0" * 64})
+    assert "has changed since the audit" in check["lab_replay"]["omitted"]
+    gone = record_module._replayed_in_lab({"items": [], "suites": {}}, {"folder": str(tmp_path / "gone"), "digest": "0" * 64})
+    assert "is not here" in gone["lab_replay"]["omitted"]
