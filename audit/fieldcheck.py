@@ -145,6 +145,15 @@ def replay_check_items(model: Any, check: Mapping[str, Any], cancel: threading.E
     return results
 
 
+def score_gap(scores: Any, reference: Any) -> float:
+    """The largest difference between an item's option scores and the reference's, 0 when the
+    reference holds none for the same options."""
+    reference = list(reference or [])
+    if len(reference) != len(scores):
+        return 0.0
+    return max((abs(a - b) for a, b in zip(scores, reference)), default=0.0)
+
+
 def _reference(entry: Mapping[str, Any]) -> Mapping[str, Any]:
     """What a device's replay of a check item is compared with: the lab's replay of the check
     items when the record holds one, else the audit's own answer and scores."""
@@ -173,9 +182,7 @@ def _replay_step(model: Any, record: Mapping[str, Any], cancel: threading.Event 
         same = mine.chosen == reference.get("chosen")
         if modes.get(entry.get("suite")) == "generate":
             same = same and list(mine.seed_choices) == list(reference.get("seed_choices") or [])
-        lab_scores = reference.get("option_logprobs") or []
-        if lab_scores and len(lab_scores) == len(mine.option_logprobs):
-            largest = max([largest] + [abs(a - b) for a, b in zip(mine.option_logprobs, lab_scores)])
+        largest = max(largest, score_gap(mine.option_logprobs, reference.get("option_logprobs")))
         if same:
             agree += 1
         else:

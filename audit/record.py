@@ -293,7 +293,7 @@ def _replayed_in_lab(check: dict[str, Any], fingerprint: Mapping[str, Any]) -> d
     with this replay instead; the record says how far it is from the audit. When the audited
     folder is gone or changed, the replay is omitted, saying why, and the device compares with
     the audit's scores."""
-    from audit.fieldcheck import replay_check_items
+    from audit.fieldcheck import replay_check_items, score_gap
     from audit.fingerprint import fingerprint_folder
     from audit.models import LoadOptions, load_model
     from audit.progress import drive
@@ -313,9 +313,7 @@ def _replayed_in_lab(check: dict[str, Any], fingerprint: Mapping[str, Any]) -> d
     for entry in check["items"]:
         mine = by_id[entry["item"]["item_id"]]
         agree += mine.chosen == entry.get("chosen")
-        audited = entry.get("option_logprobs") or []
-        if len(audited) == len(mine.option_logprobs):
-            largest = max([largest] + [abs(a - b) for a, b in zip(mine.option_logprobs, audited)])
+        largest = max(largest, score_gap(mine.option_logprobs, entry.get("option_logprobs")))
         replayed = {"chosen": mine.chosen, "option_logprobs": list(mine.option_logprobs), "seed_choices": list(mine.seed_choices)}
         items.append(dict(entry, lab_replay=replayed))
     summary = {"items": len(items), "same_answer_as_audit": agree, "max_score_diff_from_audit": largest}
