@@ -14,6 +14,8 @@ thread for each (the product's idle threads sleep after a short spin) costs more
 while the float baseline's longer products gain from it.
 `--ungrouped` adds int8-dynamic loaded without its shared-input groups (query, key and value,
 and gate and up, each multiplied alone), to show what multiplying them as one gains.
+`--unsmoothed` adds int8-dynamic built without activation smoothing (the input ranges left in
+the layers), to show what smoothing gains: perplexity, layers kept float, and speed.
 Targets: perplexity within +10% of the baseline and decode at least 1.8x the baseline's speed.
 """
 
@@ -24,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +46,7 @@ from audit.progress import drive  # noqa: E402
 
 UNGROUPED_SUFFIX = "-ungrouped"
 UNGROUPED = "int8-dynamic" + UNGROUPED_SUFFIX
+UNSMOOTHED = "int8-dynamic-unsmoothed"
 PPL_TARGET_PCT = 10.0
 SPEED_TARGET = 1.8
 
@@ -60,6 +64,7 @@ def main() -> int:
     parser.add_argument("--no-outlier-rule", action="store_true", help="quantize every linear layer")
     parser.add_argument("--ungrouped", action="store_true",
                         help="add int8-dynamic loaded without its shared-input groups (each projection multiplied alone)")
+    parser.add_argument("--unsmoothed", action="store_true", help="add int8-dynamic built without activation smoothing")
     args = parser.parse_args()
 
     import torch
@@ -72,14 +77,18 @@ def main() -> int:
         outliers=OutlierRule(ratio=None) if args.no_outlier_rule else OutlierRule(),
         activation_scales=PER_TENSOR if args.per_tensor else PER_TOKEN,
     )
+    builds = [(scheme, scheme, settings) for scheme in args.schemes]
+    if args.unsmoothed and "int8-dynamic" in args.schemes:
+        builds.append((UNSMOOTHED, "int8-dynamic", replace(settings, smoothing=None)))
     built: dict[str, dict] = {}
-    for scheme in args.schemes:
+    for name, scheme, chosen_settings in builds:
         started = time.perf_counter()
-        out = args.work / scheme
-        built[scheme] = drive(quantize(args.model, scheme, out, force=True, options=options, settings=settings, measure_perplexity=False))
-        print(f"built {scheme} in {time.perf_counter() - started:.0f} s: kept float {built[scheme].get('kept_float')}", flush=True)
+        built[name] = drive(quantize(args.model, scheme, args.work / name, force=True, options=options, settings=chosen_settings,
+                                     measure_perplexity=False))
+        smoothed = f", {built[name]['smoothed_layers']} layers smoothed" if "smoothed_layers" in built[name] else ""
+        print(f"built {name} in {time.perf_counter() - started:.0f} s: kept float {built[name].get('kept_float')}{smoothed}", flush=True)
 
-    names = ["baseline", *args.schemes]
+    names = ["baseline", *args.schemes, *(name for name, _, _ in builds[len(args.schemes):])]
     if args.ungrouped and "int8-dynamic" in args.schemes:
         names.append(UNGROUPED)
 
@@ -108,7 +117,8 @@ def main() -> int:
 
     base_ppl = ppl["baseline"].perplexity
     print(f"\nmodel {args.model}, {args.rounds} alternating rounds of {args.new_tokens} new tokens after {args.prompt_tokens} prompt tokens")
-    print(f"activation scales (int8-dynamic): {settings.activation_scales}; outlier rule: {settings.outliers.describe()}")
+    print(f"activation scales (int8-dynamic): {settings.activation_scales}; smoothing alpha: {settings.smoothing}; "
+          f"outlier rule: {settings.outliers.describe()}")
     print(f"idle threads wait as the command line's do: GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
           f"ONNX Runtime {onnx_wait_entries()}")
     for threads, ms in decode.items():

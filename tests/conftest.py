@@ -92,3 +92,18 @@ def bare_path(tmp_path, monkeypatch):
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
     return bin_dir
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """A tiny llama whose first MLP's down projection gets one input channel 1000 times the rest:
+    up_proj's row 5 scaled, so that channel of every token is huge."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("planted") / "llama", "llama")
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[5] *= 1000.0
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

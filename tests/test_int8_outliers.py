@@ -20,25 +20,10 @@ from audit.compress.quantize import (
 from audit.errors import UserError
 from audit.models import load_model
 from audit.progress import drive
-from tests.tiny import make_tiny_model
 
 PLANTED = "model.layers.0.mlp.down_proj"
 RULE = OutlierRule(ratio=32.0, nsamples=2, seqlen=64)
 TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """A tiny llama whose first MLP's down projection gets one input channel 1000 times the rest:
-    up_proj's row 5 scaled, so that channel of every token is huge."""
-    from transformers import AutoModelForCausalLM
-
-    folder = make_tiny_model(tmp_path_factory.mktemp("planted") / "llama", "llama")
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
-    with torch.no_grad():
-        model.model.layers[0].mlp.up_proj.weight[5] *= 1000.0
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +108,8 @@ def test_a_single_token_gets_the_levels_it_gets_among_others():
 
 def test_int8_dynamic_keeps_the_outlier_float_and_says_so(planted, tmp_path, text_file):
     out = tmp_path / "q"
-    result = drive(quantize(str(planted), "int8-dynamic", out, text=text_file, chunk_tokens=64, settings=QuantizeSettings(outliers=RULE)))
+    unsmoothed = QuantizeSettings(outliers=RULE, smoothing=None)  # smoothing would move the planted range into up_proj
+    result = drive(quantize(str(planted), "int8-dynamic", out, text=text_file, chunk_tokens=64, settings=unsmoothed))
     assert result["kept_float"] == [PLANTED] and result["activation_scales"] == "per-token"
     variant = drive(load_model(str(out)))
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -138,7 +124,7 @@ def test_int8_dynamic_keeps_the_outlier_float_and_says_so(planted, tmp_path, tex
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.05)
     # Per tensor, on request: stored and reloaded as PyTorch's own layers.
     drive(quantize(str(planted), "int8-dynamic", tmp_path / "t", text=text_file, chunk_tokens=64,
-                   settings=QuantizeSettings(outliers=RULE, activation_scales=PER_TENSOR), measure_perplexity=False))
+                   settings=QuantizeSettings(outliers=RULE, activation_scales=PER_TENSOR, smoothing=None), measure_perplexity=False))
     plain = drive(load_model(str(tmp_path / "t")))
     assert all(not hasattr(m, "activation_scales") for m in plain.model.modules() if isinstance(m, DynamicLinear))
 

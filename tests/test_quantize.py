@@ -15,8 +15,10 @@ from audit.compress.quantize import (
     QUANTIZATION_SCHEMES,
     Int8Embedding,
     QuantizeSettings,
+    int8_targets,
     quantize,
     quantize_int8_dynamic,
+    smooth_and_choose,
 )
 from audit.models import load_model
 from audit.models.meta import TIED_HEAD_KEY
@@ -45,9 +47,11 @@ def test_int8_dynamic_reloads_exactly_and_scores(tiny_model_factory, tmp_path, t
     assert result["size_on_disk_mb"] < result["source_size_on_disk_mb"]
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.05)
     variant = drive(load_model(str(tmp_path / "q")))
-    # The same quantization done in memory gives the same integers, scales and scores.
+    # The same smoothing and quantization done in memory give the same integers, scales and scores.
     reference = drive(load_model(str(source)))
-    quantize_int8_dynamic(reference.model)
+    choice, smoothing = drive(smooth_and_choose(reference, reference.model, int8_targets(reference.model)[0], QuantizeSettings(), None))
+    assert smoothing.layers() and result["smoothed_layers"] == len(smoothing.layers())
+    quantize_int8_dynamic(reference.model, choice.kept_float)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     ours = {n: m for n, m in variant.model.named_modules() if isinstance(m, DynamicLinear)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from torch import nn
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
 from audit.progress import Job, Progress, check_cancel
+
+if TYPE_CHECKING:
+    from audit.compress.calibration import CalibrationSet
 
 # A typical channel keeps fewer than 127 / 32 = 4 of int8's levels at its own peak above this.
 DEFAULT_OUTLIER_RATIO = 32.0
@@ -183,13 +186,11 @@ class OutlierChoice:
         }
 
 
-def detect_outliers(
+def measure_inputs(
     lm: LanguageModel, model: nn.Module, names: Sequence[str], rule: OutlierRule, cancel: threading.Event | None = None
-) -> Job[OutlierChoice]:
-    """Run the rule's calibration windows through the float `model` (the module behind `lm`) and
-    choose the layers among `names` to keep in float."""
-    if rule.ratio is None:
-        return OutlierChoice(rule, ())
+) -> Job[tuple[dict[str, torch.Tensor], CalibrationSet]]:
+    """The largest |x| per input channel of each layer among `names`, over the rule's calibration
+    windows run through the float `model` (the module behind `lm`), and those windows."""
     from audit.compress.calibration import calibration_set
 
     context_length = lm.facts().context_length
@@ -201,5 +202,23 @@ def detect_outliers(
         maxima = yield from channel_maxima(model, names, calibration.samples, cancel)
     finally:
         model.train(was_training)
+    return maxima, calibration
+
+
+def choose_outliers(rule: OutlierRule, names: Sequence[str], maxima: Mapping[str, torch.Tensor], calibration: CalibrationSet) -> OutlierChoice:
+    """The rule applied to the layers' measured input maxima."""
+    if rule.ratio is None:
+        return OutlierChoice(rule, ())
     ranges = tuple(input_range(name, maxima[name]) for name in names)
     return OutlierChoice(rule, tuple(outlier_layers(ranges, rule.ratio)), ranges, calibration.to_dict())
+
+
+def detect_outliers(
+    lm: LanguageModel, model: nn.Module, names: Sequence[str], rule: OutlierRule, cancel: threading.Event | None = None
+) -> Job[OutlierChoice]:
+    """Run the rule's calibration windows through the float `model` (the module behind `lm`) and
+    choose the layers among `names` to keep in float."""
+    if rule.ratio is None:
+        return OutlierChoice(rule, ())
+    maxima, calibration = yield from measure_inputs(lm, model, names, rule, cancel)
+    return choose_outliers(rule, names, maxima, calibration)

@@ -20,7 +20,8 @@ from torch import nn
 
 from audit import atomic
 from audit.compress.int8_products import group_shared_inputs, layer_products
-from audit.compress.outliers import OutlierChoice, OutlierRule, detect_outliers
+from audit.compress.outliers import OutlierChoice, OutlierRule, choose_outliers, detect_outliers, measure_inputs
+from audit.compress.smoothing import DEFAULT_ALPHA, Smoothing, smooth, valid_alpha
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
@@ -48,6 +49,7 @@ class QuantizeSettings:
     block_size: int = DEFAULT_INT4_BLOCK_SIZE  # onnx-int4, onnx-int8: weights per quantization block
     outliers: OutlierRule = OutlierRule()  # int8 schemes: which linear layers stay float
     activation_scales: str = PER_TOKEN  # int8-dynamic: one activation scale per token, or per tensor
+    smoothing: float | None = DEFAULT_ALPHA  # int8-dynamic: SmoothQuant's alpha, or None for none
 
 
 # A scheme writes the variant of `lm` into a folder and returns facts about what it did.
@@ -358,7 +360,8 @@ def _outlier_details(choice: OutlierChoice) -> dict[str, Any]:
 @QUANTIZATION_SCHEMES.register("int8-dynamic", **QUANTIZATION_SCHEME_FACTS["int8-dynamic"])
 def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     model = float_torch_model(lm, "int8-dynamic")
-    choice = yield from detect_outliers(lm, model, int8_targets(model)[0], settings.outliers, cancel)
+    targets = int8_targets(model)[0]
+    choice, smoothing = yield from smooth_and_choose(lm, model, targets, settings, cancel)
     check_cancel(cancel)
     yield Progress("quantize", 0, 2, "quantizing linear layers to int8")
     names, linearized = quantize_int8_dynamic(model, choice.kept_float, settings.activation_scales)
@@ -366,6 +369,10 @@ def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, me
     yield Progress("quantize", 1, 2, "writing the int8 model")
     engine = torch.backends.quantized.engine
     meta = with_outlier_choice(meta, choice, "int8-dynamic", settings.activation_scales)
+    steps = meta.get("compression") or []
+    if steps and isinstance(steps[-1].get("quantize"), dict):
+        steps[-1]["quantize"] = dict(steps[-1]["quantize"], smoothing=smoothing.to_dict())
+    meta["notes"] = list(meta.get("notes", [])) + [smoothing.note("int8-dynamic")]
     embeddings = "int8 rows of the output head" if getattr(model, "_int8_embeddings", None) else "float"
     if embeddings != "float":
         meta["notes"].append("int8-dynamic: the token embeddings are looked up in the int8 output head's table (tied in the source)")
@@ -373,7 +380,30 @@ def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, me
     save_model_folder(lm, folder, meta, lambda f: save_int8_dynamic(model, f / INT8_FILE, linearized))
     yield Progress("quantize", 2, 2, "written")
     return {"quantized_layers": len(names), "engine": engine, "activation_scales": settings.activation_scales,
-            "embeddings": embeddings, **_outlier_details(choice)}
+            "embeddings": embeddings, **_outlier_details(choice),
+            "smoothing_alpha": smoothing.alpha, "smoothed_layers": len(smoothing.layers())}
+
+
+def smooth_and_choose(
+    lm: LanguageModel, model: nn.Module, targets: list[str], settings: QuantizeSettings, cancel: threading.Event | None
+) -> Job[tuple[OutlierChoice, Smoothing]]:
+    """Smooth the float `model` in place (when asked) and choose its outlier layers from the
+    input ranges the smoothed model's layers see. One calibration run serves both."""
+    rule = settings.outliers
+    if settings.smoothing is None:
+        choice = yield from detect_outliers(lm, model, targets, rule, cancel)
+        return choice, Smoothing(None)
+    maxima, calibration = yield from measure_inputs(lm, model, targets, rule, cancel)
+    check_cancel(cancel)
+    yield Progress("smooth", 0, 1, "moving input ranges into the modules before each layer")
+    was_training = model.training
+    model.eval()
+    try:
+        smoothing = smooth(model, targets, maxima, settings.smoothing, calibration.samples[:1])
+    finally:
+        model.train(was_training)
+    yield Progress("smooth", 1, 1, f"{len(smoothing.layers())} layers smoothed")
+    return choose_outliers(rule, targets, smoothing.smoothed_maxima(maxima), calibration), smoothing
 
 
 # -- ONNX Runtime ------------------------------------------------------------------------------
@@ -608,6 +638,8 @@ def quantize(
     entry = QUANTIZATION_SCHEMES.entry(scheme)
     if settings.activation_scales not in ACTIVATION_SCALES:
         raise UserError(f"activation scales must be one of {', '.join(ACTIVATION_SCALES)}, got {settings.activation_scales!r}")
+    if not valid_alpha(settings.smoothing):
+        raise UserError(f"the smoothing alpha must be a number above 0 and at most 1, got {settings.smoothing!r}")
     if scheme in ("onnx-int4", "onnx-int8") and settings.block_size not in INT4_BLOCK_SIZES:
         raise UserError(f"block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, got {settings.block_size}")
     out = Path(out).expanduser()
