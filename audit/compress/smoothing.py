@@ -119,13 +119,9 @@ def _rows_of(module: nn.Module) -> list[torch.Tensor] | None:
     """A linear layer's per-output-row parameters as (rows, ...) views: weight (and bias)."""
     from transformers.pytorch_utils import Conv1D
 
-    if isinstance(module, nn.Linear):
-        weight = module.weight
-    elif isinstance(module, Conv1D):
-        weight = module.weight.t()  # stored (in, out)
-    else:
+    if not isinstance(module, (nn.Linear, Conv1D)):
         return None
-    return [weight] + ([module.bias] if module.bias is not None else [])
+    return [input_columns(module)] + ([module.bias] if module.bias is not None else [])
 
 
 def input_columns(module: nn.Module) -> torch.Tensor:
@@ -207,7 +203,7 @@ def _probe(model: nn.Module, calls: Mapping[str, tuple], producer: str, params: 
     module was not called exactly once)."""
     n_rows = int(params[0].shape[0])
     factors = 1.0 + 3.0 * (torch.arange(n_rows, dtype=torch.float64) + 1.0) / n_rows  # (1, 4], far apart
-    saved = [p.detach().clone() for p in params]
+    saved = [(p, p.detach().clone()) for p in params]
     ancestor = _common_ancestor(producer, consumer)
     seen: list[torch.Tensor] = []
 
@@ -227,9 +223,7 @@ def _probe(model: nn.Module, calls: Mapping[str, tuple], producer: str, params: 
                 model(input_ids=ids, use_cache=False)
     finally:
         handle.remove()
-        with torch.no_grad():
-            for p, old in zip(params, saved):
-                p.copy_(old)
+        _undo(saved)
     return channel_map(before, seen[0], factors) if seen else None
 
 
@@ -333,10 +327,10 @@ def _producer_params(model: nn.Module, fold: Fold) -> list[torch.Tensor]:
 def _apply(model: nn.Module, fold: Fold) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fold in place; returns (tensor, saved copy) pairs to undo it exactly."""
     assert fold.scales is not None
-    touched = _producer_params(model, fold) + [input_columns(model.get_submodule(name)) for name in fold.consumers]
-    saved = [(t, t.detach().clone()) for t in touched]
+    producer = _producer_params(model, fold)
+    saved = [(t, t.detach().clone()) for t in producer + [input_columns(model.get_submodule(name)) for name in fold.consumers]]
     with torch.no_grad():
-        for p in _producer_params(model, fold):
+        for p in producer:
             p.div_(fold.scales.to(p.dtype).view(-1, *[1] * (p.dim() - 1)))
         column_scales = fold.channel_scales()
         for name in fold.consumers:
