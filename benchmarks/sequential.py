@@ -1,9 +1,10 @@
 """Sequential probing against full probing: the default audit's verdicts, the items each used, and a simulation of wrong verdicts.
 
 Compresses the default plan's variants of the default model (kept in --work-dir, so a second
-run reuses them), scores the baseline's probe suite in full, then for every variant scores the
-suite in full and sequentially (alternating which goes first, so load from other processes
-hits both alike), and judges both with the default plan's gate (its perplexity rule left out:
+run reuses them while their recipe, calibration and compression code are unchanged), scores
+the baseline's probe suite in full, then for every variant scores the suite in full and
+sequentially (alternating which goes first, so load from other processes hits both alike),
+and judges both with the default plan's gate (its perplexity rule left out:
 perplexity is not an item probe and is measured as before). Prints each verdict in both, the
 items each sequential verdict used, the share of the items on average, whether the verdicts are
 the same, the wall time of each and their ratio, and how the items both scored moved with the
@@ -28,11 +29,12 @@ competent variants each stopped as too degraded to judge: the trade the default 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -106,6 +108,18 @@ def main() -> int:
     return 0
 
 
+def _build_key(plan, name: str) -> str:
+    """What a variant in the work dir was built from: the model, its recipe, the calibration and
+    the source of the code that loads and compresses models, and the calibration text. A folder built from anything else
+    is built again, so a change to how a scheme compresses is never measured on a stale variant."""
+    root = Path(__file__).resolve().parents[1] / "audit"
+    digest = hashlib.sha256(json.dumps([plan.model, asdict(plan.variant(name)), asdict(plan.calibration)],
+                                       sort_keys=True, default=str).encode())
+    for path in sorted([*(root / "compress").rglob("*.py"), *(root / "models").rglob("*.py"), root / "data" / "calibration_en.txt"]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _against_full(findings, full_by, total):
     """Each sequential finding with the full probe's (None when it has none), the items it used
     (all `total` when it never settled) and whether the two verdicts are the same."""
@@ -147,11 +161,15 @@ def _models(args, plan, gate, out) -> None:
     for index, name in enumerate(names):
         folder = args.work_dir / name
         done = args.work_dir / f"{name}.compressed"
-        if not done.exists():
+        built_by = _build_key(plan, name)
+        if not done.exists() or done.read_text().strip() != built_by:
             started = time.perf_counter()
+            done.unlink(missing_ok=True)
             drive(compress_variant(plan, plan.variant(name), folder, options, None))
-            done.write_text("done\n")
+            done.write_text(built_by + "\n")
             print(f"{name}: compressed in {time.perf_counter() - started:.0f} s", flush=True)
+        else:
+            print(f"{name}: reusing {folder} (same recipe, calibration and compression code)", flush=True)
         model = drive(load_model(str(folder), options))
         timings = {}
 
