@@ -14,6 +14,11 @@ bounded on the paired per-item differences of the same items; a ratio (the relat
 SRS) by inverting the confidence sequences of the paired contrasts num - theta * den
 (`audit.stats.anytime_paired_ratio_bounds`), which needs no split of the error.
 
+Once every verdict over the whole suite is settled and only some categories' verdicts are open,
+items are drawn from those categories alone (`Draw`): the figures over the whole suite keep the
+stratified items they were settled on, and each open category's items come in the same order as
+before, only sooner, so its confidence sequences hold and its verdict needs fewer items scored.
+
 A figure with no anytime-valid bound here (the mean over categories, whose weights change as
 items arrive; the transition rate over a sampled noise floor) is never settled early: it is
 judged on every item, with the fixed-sample bounds of `audit.probes.measures`. Figures that
@@ -88,6 +93,51 @@ def stratified_order(items: Sequence[T], seed: int, stratum: Callable[[T], Hasha
     return _interleaved(spread)
 
 
+class Draw:
+    """The items still to score, drawn in the stratified order while a verdict over the whole
+    suite is open; once only verdicts of single categories are, from those categories alone, each
+    in its own drawn order, interleaved in proportion to what each has left. A category's items
+    still come in the order fixed by the seed (only sooner), so its confidence sequences hold:
+    which category comes next depends on the items before only."""
+
+    def __init__(self, order: Sequence[T], category: Callable[[T], str] = lambda item: item.category) -> None:  # type: ignore[attr-defined]
+        self._left = list(order)
+        self._category = category
+
+    def __len__(self) -> int:
+        return len(self._left)
+
+    def has(self, categories: set[str]) -> bool:
+        """Whether any item of `categories` is left, and an item of another category too: drawing
+        from `categories` only then changes what is scored."""
+        mine = [self._category(item) in categories for item in self._left]
+        return any(mine) and not all(mine)
+
+    def take(self, n: int, only: set[str] | None = None) -> list[T]:
+        """The next `n` items, of the categories `only` when given."""
+        if only is None:
+            batch, self._left = self._left[:n], self._left[n:]
+            return batch
+        groups: dict[str, list[T]] = {}
+        for item in self._left:
+            if self._category(item) in only:
+                groups.setdefault(self._category(item), []).append(item)
+        batch = _interleaved(groups)[:n]
+        taken = {id(item) for item in batch}
+        self._left = [item for item in self._left if id(item) not in taken]
+        return batch
+
+
+def _next_batch(draw: Draw, judge: "SequentialJudge", batch_items: int, narrow: bool = True) -> list:
+    """The next batch to score: from the categories with open verdicts only, once every other
+    verdict is settled and some category has none left open (with `narrow`)."""
+    only = judge.open_categories() if narrow else None
+    if only is not None and (judge.evidence.narrowed_at is not None or draw.has(only)):
+        judge.evidence.narrow()
+        return draw.take(batch_items, only)
+    return draw.take(batch_items)
+
+
 # -- the gate's figures from the items scored so far ----------------------------------------------
 PAIRED_FIGURES = ("srs_relative_change_pct", *ms.PAIRED)
 NOT_ANYTIME = "no anytime-valid bound for it: judged on every item"
@@ -131,10 +181,45 @@ class SequentialEvidence:
         # last item. Read only for the verdicts still open, at the look that measured them.
         self._fixed: dict[tuple, Callable[[], Bounds]] = {}
         self.from_items: set[str] = set()  # figures read from probe items (the rest from `full`)
+        self.scored: Counter[str] = Counter()  # items scored per category
+        # The figures over the whole suite, once items are drawn from some categories only: the
+        # items scored before (a stratified sample of the suite), as (facts, baseline's, pairs).
+        self._whole: tuple[list[ms.ItemFacts], list[ms.ItemFacts], list[ms.Pair]] | None = None
+        self.narrowed_at: int | None = None
 
     @property
     def complete(self) -> bool:
         return len(self.results) >= self.total
+
+    def narrow(self) -> None:
+        """From here on items are drawn from the categories with open verdicts only, so the items
+        that follow are no longer a stratified sample of the suite: the figures over the whole
+        suite keep the items scored so far (their verdicts are all settled by now)."""
+        if self._whole is None:
+            self._whole = (list(self._facts), list(self._baseline_facts), list(self._pairs))
+            self.narrowed_at = len(self.results)
+
+    def scope_done(self, scope: str) -> bool:
+        """Whether more items of this probe can change a figure of `scope`: every item scored, its
+        category's all scored, or (the whole suite's) drawing narrowed to some categories."""
+        if self.complete:
+            return True
+        if scope in self._scope_items:
+            return self.scored[scope] >= self._scope_items[scope]
+        return self._whole is not None
+
+    def fraction(self, scope: str) -> float:
+        """The share of the items a figure of `scope` can cover that are scored."""
+        items = self._scope_items.get(scope)
+        if items:
+            return min(1.0, self.scored[scope] / items)
+        return min(1.0, len(self.results) / self.total) if self.total else 1.0
+
+    def _rows(self, scope: str) -> tuple[list[ms.ItemFacts], list[ms.ItemFacts], list[ms.Pair]]:
+        """The facts, the baseline's facts and the pairs a figure of `scope` is read from."""
+        if self._whole is not None and scope not in self._scope_items:
+            return self._whole
+        return self._facts, self._baseline_facts, self._pairs
 
     def final(self, variant: str) -> bool:
         """Whether `variant`'s figures are read from items all scored before this probe: the
@@ -146,6 +231,7 @@ class SequentialEvidence:
             facts = ms.item_facts(result, self.norm)
             self.results.append(result)
             self._facts.append(facts)
+            self.scored[result.category] += 1
             base = self.baseline.get(result.item_id)
             if base is not None and (base.condition, base.category) == (result.condition, result.category):
                 self._baseline_facts.append(ms.item_facts(base, self.norm))
@@ -181,7 +267,8 @@ class SequentialEvidence:
                 return Measurement(None, note="not measured: none of the baseline's items is one it covers")
             return Measurement.of(bounds)
         if metric in ms.SINGLE:
-            facts = self._baseline_facts if variant == BASELINE and self.variant != BASELINE else self._facts
+            own, theirs, _ = self._rows(category)
+            facts = theirs if variant == BASELINE and self.variant != BASELINE else own
             return self._bounded((variant, metric, category, confidence), category, confidence,
                                  lambda: self._single(facts, metric, category, confidence),
                                  lambda: ms.single_bounds(facts, metric, confidence, category))
@@ -193,9 +280,10 @@ class SequentialEvidence:
             if any(len(r.seed_choices) > 1 for r in self.results):
                 return Measurement(None, note="the noise floor needs the baseline scored again: not judged sequentially")
             metric = "transition_rate"  # without sampling the floor is zero
+        pairs = self._rows(category)[2]
         return self._bounded((variant, asked, category, confidence), category, confidence,
-                             lambda: self._paired(metric, category, confidence),
-                             lambda: ms.paired_bounds(self._pairs, metric, confidence, category))
+                             lambda: self._paired(pairs, metric, category, confidence),
+                             lambda: ms.paired_bounds(pairs, metric, confidence, category))
 
     def _bounded(self, key: tuple, scope: str, confidence: float, anytime: Callable[[], Bounds], fixed: Callable[[], Bounds]) -> Measurement:
         if scope == ms.CATEGORY_MEAN:
@@ -247,15 +335,15 @@ class SequentialEvidence:
         ratio = anytime_paired_ratio_bounds(values, [spec.denominator(f) for f in kept], confidence, horizon=horizon)
         return _mapped(ratio, spec.transform, -1.0, 1.0)
 
-    def _paired(self, metric: str, scope: str, confidence: float) -> Bounds:
+    def _paired(self, pairs: Sequence[ms.Pair], metric: str, scope: str, confidence: float) -> Bounds:
         if metric == "srs_relative_change_pct":
-            kept = [(b, v) for b, v in self._pairs
+            kept = [(b, v) for b, v in pairs
                     if b.condition == AMBIG and b.has_target and b.valid and v.valid and _in_scope(b, scope)]
             ratio = anytime_paired_ratio_bounds([v.biased for _, v in kept], [b.biased for b, _ in kept], confidence, horizon=self.horizon(scope))
             return _mapped(ratio, lambda r: 100.0 * (r - 1.0), -100.0, math.inf)
         spec = ms.PAIRED[metric]
         within = AMBIG if metric in ms.TRANSITIONS else None
-        kept = [(b, v) for b, v in self._pairs
+        kept = [(b, v) for b, v in pairs
                 if (within is None or b.condition == within) and spec.covers(b, v) and _in_scope(b, scope)]
         return anytime_mean_bounds([spec.value(b, v) for b, v in kept], spec.low, spec.high, confidence, self.horizon(scope))
 
@@ -297,8 +385,11 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 # inconclusive; never a pass, so stopping early costs power, never safety. The threshold trades
 # items for verdicts the full probe would give. `benchmarks/sequential.py` replays the default
 # audit's items in nine orders (items per verdict, verdicts of 70 the same as in full, the guard
-# at 0.1): 0 (no stop): 79%, 66.7; 0.1: 58%, 66.7; 0.25: 50%, 66.0; 0.4: 39%, 63.6. None of
-# them stopped a competent variant as too degraded.
+# at 0.1): 0 (no stop): 78%, 66.4; 0.1: 57%, 66.1; 0.25: 48%, 65.4; 0.4: 37%, 64.0. None of
+# them stopped a competent variant as too degraded. It also sets the predicted chance against
+# the share of verdicts that settled when waited for: the prediction runs high below one half
+# (a category's figure predicted 0.33 settled 0.20 of the time; the whole suite's 0.32, 0.10),
+# so the stop waits longer than its threshold reads.
 FUTILE_CHANCE = 0.25
 # The competence guard's "not shown above chance" stops as too degraded to judge, which leaves
 # every rule of the variant unjudged: it waits for a smaller chance (the lower of the two). With
@@ -348,13 +439,15 @@ class SequentialJudge:
     settled_at: dict[tuple, int] = field(default_factory=dict)
     futile: dict[tuple, float] = field(default_factory=dict)
     moot: set[tuple] = field(default_factory=set)  # open competence checks of a variant found too degraded
+    # Each look's predicted chance of settling for each open verdict: (verdict, items scored, chance).
+    predicted: list[tuple[tuple, int, float]] = field(default_factory=list)
     futility: float = FUTILE_CHANCE  # stop waiting for a verdict below this chance of settling
 
     def _threshold(self, f: GateFinding) -> float:
         return min(self.futility, GUARD_FUTILE_CHANCE) if _shown_at_chance(f) else self.futility
 
     def _complete(self, f: GateFinding, complete: bool) -> bool:
-        return complete or self.evidence.final(f.variant)
+        return complete or self.evidence.final(f.variant) or self.evidence.scope_done(f.category)
 
     def _guard_failed(self, findings: Sequence[GateFinding], complete: bool) -> bool:
         return any(_guard_failure_settled(f, self._complete(f, complete)) or (_shown_at_chance(f) and _key(f) in self.futile) for f in findings)
@@ -368,7 +461,6 @@ class SequentialJudge:
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
-        fraction = scored / self.evidence.total if self.evidence.total else 1.0
         for f in report.findings:
             k = _key(f)
             if k in self.futile and f.verdict in (PASS, FAIL) and not (_shown_at_chance(f) and f.verdict == FAIL):
@@ -384,7 +476,10 @@ class SequentialJudge:
                             self.moot.discard(_key(other))
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
+                fraction = self.evidence.fraction(f.category)
                 chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
+                if chance is not None:
+                    self.predicted.append((k, scored, chance))
                 if chance is not None and chance < self._threshold(f):
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
@@ -404,6 +499,20 @@ class SequentialJudge:
         complete = self.evidence.complete
         failed = self._guard_failed(self.last.findings, complete)
         return all(self._settled_now(f, complete, failed) for f in self.last.findings)
+
+    def open_categories(self) -> set[str] | None:
+        """The categories whose verdicts are still open, once every verdict over the whole suite
+        (or any scope but one category) is settled; None while one of those is open."""
+        if self.last is None:
+            return None
+        scopes = set(self.evidence.categories(self.evidence.variant, None))
+        open_ = set()
+        for f in self.last.findings:
+            if _key(f) not in self.settled_at:
+                if f.category not in scopes:
+                    return None
+                open_.add(f.category)
+        return open_
 
     def open_verdicts(self) -> int:
         return 0 if self.last is None else sum(_key(f) not in self.settled_at for f in self.last.findings)
@@ -448,10 +557,14 @@ class SequentialRun:
     seed: int
     batch_items: int
     futility: float = FUTILE_CHANCE
+    narrowed_at: int | None = None  # items scored before drawing from the categories with open verdicts only
 
     @property
     def items_scored(self) -> int:
         return len(self.results)
+
+    def items_per_category(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.category for r in self.results).items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -463,6 +576,8 @@ class SequentialRun:
             "items_total": self.items_total,
             "fraction_scored": round(self.items_scored / self.items_total, 4) if self.items_total else None,
             "stopped": "settled" if self.settled else ("cancelled" if self.cancelled else "limit"),
+            "narrowed_at": self.narrowed_at,
+            "items_per_category": self.items_per_category(),
             "elapsed_s": round(self.elapsed_s, 3),
             "gate": self.gate.to_dict(),
         }
@@ -507,11 +622,15 @@ def probe_sequentially(
     start = time.perf_counter()
     cancelled = False
     yield Progress("probe", 0, total, f"{variant}: 0/{total} items")
-    for offset in range(0, total, batch_items):
+    draw = Draw(order)
+    while len(draw):
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
-        evidence.extend(score_batch(model, suite, order[offset : offset + batch_items], settings, norm))
+        batch = _next_batch(draw, judge, batch_items)
+        if not batch:
+            break
+        evidence.extend(score_batch(model, suite, batch, settings, norm))
         judge.look()
         done = len(evidence.results)
         left = judge.open_verdicts()
@@ -522,17 +641,14 @@ def probe_sequentially(
         judge.look()
     settled = judge.settled and not evidence.complete
     return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
-                         time.perf_counter() - start, seed, batch_items, futility)
+                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at)
 
 
-def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
-           baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
-           categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None,
-           futility: float = FUTILE_CHANCE) -> tuple[GateReport, int, bool]:
-    """The sequential gate over item results already scored in the drawn order: (the gate with
-    items used per verdict, items it needed, settled before the last item). `categories` counts
-    the suite's items per category, or names the categories (their items counted in
-    `results_in_order`, as are all of them by default)."""
+def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
+                 baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
+                 categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None,
+                 futility: float = FUTILE_CHANCE, narrow: bool = True) -> SequentialJudge:
+    """`replay`'s judge after its last look: its evidence holds the items it drew, in order."""
     total = len(results_in_order) if total is None else total
     counts = Counter(r.category for r in results_in_order)
     if not isinstance(categories, Mapping):
@@ -540,13 +656,32 @@ def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, varian
     evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
                                   {r.item_id: r for r in baseline or ()}, None, full)
     judge = SequentialJudge(gate, evidence, futility=check_futility(futility))
-    for offset in range(0, len(results_in_order), batch_items):
-        evidence.extend(results_in_order[offset : offset + batch_items])
+    draw = Draw(results_in_order)
+    while len(draw):
+        batch = _next_batch(draw, judge, batch_items, narrow)
+        if not batch:
+            break
+        evidence.extend(batch)
         judge.look()
         if judge.settled:
             break
     if judge.last is None:
         judge.look()
+    return judge
+
+
+def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
+           baseline: Sequence[ItemResult] | None = None, batch_items: int = DEFAULT_BATCH_ITEMS,
+           categories: Mapping[str, int] | Sequence[str] | None = None, full: MeasurementSource | None = None,
+           futility: float = FUTILE_CHANCE, narrow: bool = True) -> tuple[GateReport, int, bool]:
+    """The sequential gate over item results already scored in the drawn order: (the gate with
+    items used per verdict, items it needed, settled before the last item). `categories` counts
+    the suite's items per category, or names the categories (their items counted in
+    `results_in_order`, as are all of them by default). `narrow=False` keeps to the drawn order
+    to the end, as a probe did before it drew from the categories with open verdicts only."""
+    judge = replay_judge(results_in_order, gate, variant=variant, total=total, baseline=baseline, batch_items=batch_items,
+                         categories=categories, full=full, futility=futility, narrow=narrow)
+    evidence = judge.evidence
     return judge.report(), len(evidence.results), judge.settled and not evidence.complete
 
 
@@ -673,5 +808,6 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
 
 __all__ = [
     "DEFAULT_BATCH_ITEMS", "FUTILE_CHANCE", "GUARD_FUTILE_CHANCE", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
-    "check_futility", "finding_settled", "probe_sequentially", "replay", "simulate_competence", "simulate_wrong_verdicts", "stratified_order",
+    "Draw", "check_futility", "finding_settled", "probe_sequentially", "replay", "replay_judge", "simulate_competence",
+    "simulate_wrong_verdicts", "stratified_order",
 ]

@@ -20,10 +20,14 @@ activations, so 27 of int8-dynamic's 480 choices and 11 of onnx-int8's differ fr
 probe's), printing the share of items per verdict and the verdicts the same as the full probe's
 for each order, and their mean;
 and, over those orders and the probed one, the same at other futility thresholds, with the
-competent variants each stopped as too degraded to judge: the trade the default makes.
+competent variants each stopped as too degraded to judge: the trade the default makes; the
+same without drawing from the categories with open verdicts only (the ratio of items); and the
+futility stop's predicted chance of settling a verdict against the share that settled when
+waited for. The full probes' items are written to WORK_DIR/items; --replay-only replays them
+with no model.
 
     python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000]
-        [--replay-seeds 8] [--json]
+        [--replay-seeds 8] [--replay-only] [--json]
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ from audit.models import LoadOptions, load_model  # noqa: E402
 from audit.plans import default_plan  # noqa: E402
 from audit.probes import ProbeSettings, load_suite, run_probe  # noqa: E402
 from audit.probes.compare import ItemFilesSource, ProbeRecord  # noqa: E402
+from audit.probes.items import read_items, write_items  # noqa: E402
 from audit.progress import drive  # noqa: E402
 from audit.run.execute import compress_variant  # noqa: E402
 from audit.sequential import (  # noqa: E402
-    FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, simulate_competence, simulate_wrong_verdicts, stratified_order,
+    FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, replay_judge, simulate_competence, simulate_wrong_verdicts,
+    stratified_order,
 )
 
 VARIANT = ItemFilesSource.VARIANT
@@ -70,13 +76,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1000, help="simulated runs per true value")
     parser.add_argument("--replay-seeds", type=int, default=8, help="other drawn orders to replay the full probes' items in")
     parser.add_argument("--skip-models", action="store_true", help="only the simulation")
+    parser.add_argument("--replay-only", action="store_true",
+                        help="no model: replay the full probes' items an earlier run wrote to WORK_DIR/items, then the simulation")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     plan = default_plan()
     gate = replace(plan.gate, rules=tuple(r for r in plan.gate.rules if not r.metric.startswith("perplexity")))
     out: dict = {"plan": plan.name, "model": plan.model, "batch_items": args.batch_items, "variants": {}}
-    if not args.skip_models:
+    if args.replay_only:
+        _replay_written(args, plan, gate, out)
+    elif not args.skip_models:
         _models(args, plan, gate, out)
     # As in the default suite: a figure covers the 240 items of one condition, its stakes sized
     # for the scope's 480.
@@ -109,9 +119,10 @@ def main() -> int:
 
 
 def _build_key(plan, name: str) -> str:
-    """What a variant in the work dir was built from: the model, its recipe, the calibration and
-    the source of the code that loads and compresses models, and the calibration text. A folder built from anything else
-    is built again, so a change to how a scheme compresses is never measured on a stale variant."""
+    """What a variant in the work dir was built from: the model, its recipe, the calibration
+    settings and text, and the source of the code that loads and compresses models. A folder
+    built from anything else is built again, so a change to how a scheme compresses is never
+    measured on a stale variant."""
     root = Path(__file__).resolve().parents[1] / "audit"
     digest = hashlib.sha256(json.dumps([plan.model, asdict(plan.variant(name)), asdict(plan.calibration)],
                                        sort_keys=True, default=str).encode())
@@ -155,6 +166,7 @@ def _models(args, plan, gate, out) -> None:
     base_s = time.perf_counter() - started
     base_model.close()
     base_record = ProbeRecord(base.header(), base.results)
+    write_items(args.work_dir / "items" / "baseline.jsonl", base.header(), base.results)
     print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
     used_fractions, own_fractions, same_all, full_s_all, seq_s_all, scored = [], [], [], 0.0, 0.0, 0
     fulls: dict = {}  # per variant: its full probe's items and verdicts, for the replays
@@ -191,6 +203,7 @@ def _models(args, plan, gate, out) -> None:
         else:
             seq, full = sequential_run(), full_run()
         model.close()
+        write_items(args.work_dir / "items" / f"{name}.jsonl", full.header(), full.results)
         full_report = evaluate_gate(gate, [VARIANT], ItemFilesSource(base_record, ProbeRecord(full.header(), full.results)))
         full_by = {_key(f): f for f in full_report.findings}
         fulls[name] = (full.results, full_by)
@@ -243,7 +256,26 @@ def _models(args, plan, gate, out) -> None:
     _replays(args, suite, gate, base.results, fulls, out)
 
 
-def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility) -> list[dict]:
+def _replay_written(args, plan, gate, out) -> None:
+    """The replays, from the items files an earlier run wrote (the baseline's and each variant's full probe)."""
+    folder = args.work_dir / "items"
+    if not (folder / "baseline.jsonl").exists():
+        raise SystemExit(f"no items in {folder}: run without --replay-only first")
+    suite = load_suite("builtin", **plan.probes.suite_options())
+    base_header, base, _ = read_items(folder / "baseline.jsonl")
+    names = [v.name for v in plan.variants if (folder / f"{v.name}.jsonl").exists()]
+    if args.variants:
+        names = [n for n in names if n in args.variants.split(",")]
+    fulls = {}
+    for name in names:
+        header, results, _ = read_items(folder / f"{name}.jsonl")
+        report = evaluate_gate(gate, [VARIANT], ItemFilesSource(ProbeRecord(base_header, base), ProbeRecord(header, results)))
+        fulls[name] = (results, {_key(f): f for f in report.findings})
+    print(f"replaying the full probes' items of {', '.join(names)} from {folder}", flush=True)
+    _replays(args, suite, gate, base, fulls, out)
+
+
+def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility, narrow=True) -> list[dict]:
     """Per drawn order: the share of items per verdict (all, and the variants' own), the verdicts
     the same as the full probe's, and the competent variants (shown above chance in full) stopped
     as too degraded to judge."""
@@ -256,7 +288,7 @@ def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility) -
             by_id = {r.item_id: r for r in results}
             ordered = [by_id[i] for i in order]
             report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
-                                  categories=categories, futility=futility)
+                                  categories=categories, futility=futility, narrow=narrow)
             for f, whole, used, agrees in _against_full(report.findings, full_by, len(ordered)):
                 fractions.append(used / len(ordered))
                 if f.variant == VARIANT:
@@ -265,10 +297,45 @@ def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility) -
                 if f.variant == VARIANT and f.metric == "accuracy_disambig" and whole is not None and whole.verdict == PASS:
                     competent += 1
                     stopped += f.verdict == FAIL
-        rows.append({"seed": seed, "futility": futility, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
+        rows.append({"seed": seed, "futility": futility, "narrow": narrow, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
                      "variant_verdicts_items_fraction": sum(own) / len(own),
                      "same_verdicts": sum(same), "verdicts": len(same), "competent_stopped": stopped, "competent": competent})
     return rows
+
+
+CHANCE_BINS = (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
+
+
+def _calibration(suite, gate, baseline, fulls, seeds, batch_items) -> dict:
+    """How well the futility stop's predicted chance of settling a verdict matches what happens
+    when it is waited for: the full probes' items replayed with no futility stop, every open
+    verdict's predicted chance at every look against whether the verdict settled by the end
+    (a pass or a fail; for accuracy not shown above chance, shown), per kind of verdict and
+    range of predicted chance. Rules left unjudged at the end (their guard failed) are left out:
+    their own bounds did not decide them."""
+    categories = Counter(item.category for item in suite.items)
+    cells: dict = {}
+    for seed in seeds:
+        order = [item.item_id for item in stratified_order(suite.items, seed)]
+        for results, _ in fulls.values():
+            by_id = {r.item_id: r for r in results}
+            judge = replay_judge([by_id[i] for i in order], gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
+                                 categories=categories, futility=0.0)
+            final = {(f.check, f.rule, f.variant, f.category, f.suite): f for f in judge.report().findings}
+            for key, _, chance in judge.predicted:
+                f = final[key]
+                if f.reason.startswith("not judged"):
+                    continue
+                guard = f.check == "competence" and f.metric == "accuracy_disambig"
+                kind = "guard (shown above chance)" if guard else ("one category" if f.category in categories else "the whole suite")
+                settled = f.verdict == PASS if guard else f.verdict in (PASS, FAIL)
+                edge = next(i for i in range(1, len(CHANCE_BINS)) if chance < CHANCE_BINS[i] or i == len(CHANCE_BINS) - 1)
+                cell = cells.setdefault(kind, {}).setdefault(edge, [0, 0.0, 0])
+                cell[0] += 1
+                cell[1] += chance
+                cell[2] += settled
+    return {kind: [{"chance": [CHANCE_BINS[e - 1], CHANCE_BINS[e]], "looks": n, "predicted": total / n, "settled": hits / n}
+                   for e, (n, total, hits) in sorted(bins.items())] for kind, bins in sorted(cells.items())}
 
 
 def _replays(args, suite, gate, baseline, fulls, out) -> None:
@@ -291,6 +358,15 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
             "competent": sum(r["competent"] for r in got),
         }
     out["futility_tradeoff"] = {f"{k:g}": v for k, v in trade.items()}
+    # The same orders at the default threshold, kept to the drawn order to the end (as before
+    # drawing narrowed to the categories with open verdicts).
+    plain = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, FUTILE_CHANCE, narrow=False)
+    narrowed = per_futility[FUTILE_CHANCE]
+    out["calibration"] = _calibration(suite, gate, baseline, fulls, orders, args.batch_items)
+    out["narrowing"] = {
+        key: {"narrowed": sum(r[key] for r in narrowed) / len(narrowed), "drawn_order": sum(r[key] for r in plain) / len(plain)}
+        for key in ("mean_items_fraction_per_verdict", "variant_verdicts_items_fraction", "same_verdicts")
+    }
     if args.json or not rows:
         return
     print(f"\nThe full probes' items replayed in {len(rows)} other drawn orders (seeds {rows[0]['seed']}-{rows[-1]['seed']}):")
@@ -308,6 +384,20 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
     for futility, t in trade.items():
         print(f"  {futility:>8g} {100 * t['mean_items_fraction_per_verdict']:>13.1f}% {100 * t['variant_verdicts_items_fraction']:>12.1f}% "
               f"{t['same_verdicts']:>9.1f}/{t['verdicts']:<4} {t['competent_stopped']:>23}/{t['competent']}")
+    n = out["narrowing"]
+    print(f"\nDrawing from the categories with open verdicts only, once no other verdict is open, against keeping the drawn "
+          f"order to the end (the same {len(orders)} orders, futility {FUTILE_CHANCE:g}):")
+    for key, words in (("mean_items_fraction_per_verdict", "items per verdict"), ("variant_verdicts_items_fraction", "the variants' own")):
+        ratio = n[key]["narrowed"] / n[key]["drawn_order"] if n[key]["drawn_order"] else float("nan")
+        print(f"  {words:<18} {100 * n[key]['narrowed']:5.1f}% narrowed, {100 * n[key]['drawn_order']:5.1f}% in the drawn order (ratio {ratio:.2f})")
+    print(f"  {'same verdicts':<18} {n['same_verdicts']['narrowed']:5.1f} narrowed, {n['same_verdicts']['drawn_order']:5.1f} in the drawn order "
+          f"(of {rows[0]['verdicts']})")
+    print(f"\nThe futility stop's predicted chance of settling, against the share of verdicts that settled when waited for "
+          f"(the same {len(orders)} orders, no futility stop; every look of every open verdict):")
+    print(f"  {'verdict':<28} {'predicted':>11} {'looks':>6} {'mean':>6} {'settled':>8}")
+    for kind, rows_ in out["calibration"].items():
+        for r in rows_:
+            print(f"  {kind:<28} {r['chance'][0]:>4.2f}-{r['chance'][1]:<4.2f}  {r['looks']:>6} {r['predicted']:>6.2f} {r['settled']:>8.2f}")
 
 
 if __name__ == "__main__":

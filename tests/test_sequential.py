@@ -16,7 +16,7 @@ from audit.plans import GateRule, GateSettings
 from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.probes import measures as ms
 from audit.progress import drive
-from audit.reports.render import sequential_markdown, sequential_rows
+from audit.reports.render import sequential_markdown, sequential_outcome, sequential_rows
 from audit.sequential import FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import (
     Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
@@ -448,3 +448,99 @@ def test_a_figure_no_item_covers_is_not_measured_yet_until_the_last_item_and_the
     (finding,) = report.findings
     assert used == 60 and not settled
     assert finding.verdict == INCONCLUSIVE and finding.reason.startswith("not measured: none of the suite's items is one it covers")
+
+
+# -- drawing from the categories with open verdicts only --------------------------------------------
+def test_draw_takes_the_order_then_the_open_categories_each_in_its_own_order():
+    from audit.sequential import Draw
+
+    order = [(c, i) for i in range(4) for c in "ABC"]  # A0 B0 C0 A1 B1 C1 ...
+    draw = Draw(order, category=lambda item: item[0])
+    assert draw.take(4) == [("A", 0), ("B", 0), ("C", 0), ("A", 1)]
+    assert draw.has({"C"}) and not draw.has({"A", "B", "C"})
+    # B has 3 left and C 3: they take turns, each in its own order.
+    assert draw.take(4, {"B", "C"}) == [("B", 1), ("C", 1), ("B", 2), ("C", 2)]
+    # In proportion to what each has left: A 2, C 1.
+    assert draw.take(3, {"A", "C"}) == [("A", 2), ("C", 3), ("A", 3)]
+    assert len(draw) == 1 and draw.take(5, {"A"}) == [] and draw.take(5) == [("B", 3)] and len(draw) == 0
+
+
+def _three_categories(seed=0):
+    """Three categories of 60 ambiguous items each. The variant answers as the baseline except in
+    C, where 20 of 60 turn bias-aligned: the change over the suite and A's and B's bias scores settle
+    early, C's bias score (about 0.33 on a limit of 0.4) late."""
+    from tests.test_gate import qa
+
+    baseline, variant = [], []
+    rng = np.random.default_rng(seed)
+    for category in "ABC":
+        turned = set(rng.choice(60, 20, replace=False).tolist()) if category == "C" else set()
+        for i in range(60):
+            baseline.append(qa(i, "ambig", 2, category=category))
+            variant.append(qa(i, "ambig", 0 if i in turned else 2, category=category))
+    by_id = {r.item_id: r for r in variant}
+    ordered = [by_id[item.item_id] for item in stratified_order(variant, seed)]
+    return baseline, ordered
+
+
+NARROW_GATE = GateSettings(rules=(GateRule("transition_rate", 0.5), GateRule("bias_score_ambig", 0.4, category="each")), competence=False)
+
+
+def test_once_only_a_category_is_open_its_items_alone_are_drawn_and_its_verdict_needs_fewer():
+    from audit.sequential import replay_judge
+
+    baseline, ordered = _three_categories()
+    judge = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10, futility=0.0)
+    plain = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10, futility=0.0, narrow=False)
+    evidence = judge.evidence
+    at = evidence.narrowed_at
+    assert at is not None and 0 < at < len(evidence.results)
+    assert plain.evidence.narrowed_at is None
+    # Up to the narrowing the drawn order; from there C's items only, in C's drawn order.
+    drawn = [r.item_id for r in evidence.results]
+    assert drawn[:at] == [r.item_id for r in ordered[:at]]
+    assert {r.category for r in evidence.results[at:]} == {"C"}
+    assert [i for i in drawn if i.startswith("C")] == [r.item_id for r in ordered if r.category == "C"][:evidence.scored["C"]]
+    mine = {(f.metric, f.category): f for f in judge.report().findings}
+    theirs = {(f.metric, f.category): f for f in plain.report().findings}
+    assert {k: f.verdict for k, f in mine.items()} == {k: f.verdict for k, f in theirs.items()}
+    c = ("bias_score_ambig", "C")
+    assert mine[c].items_used < theirs[c].items_used
+    assert len(evidence.results) < len(plain.evidence.results)
+    # C's figure is read from C's items alone, in its order: at the last look, the bounds a probe
+    # that drew only those items gives (stakes sized for C's 60 items either way), or tighter
+    # ones seen at an earlier look (the running intersection).
+    c_items = [r for r in evidence.results if r.category == "C"]
+    alone = replay(c_items, replace(NARROW_GATE, rules=(GateRule("bias_score_ambig", 0.4, category="C"),)), variant="variant",
+                   baseline=baseline, batch_items=len(c_items), categories={"A": 60, "B": 60, "C": 60}, total=180, futility=0.0)[0].findings[0]
+    assert alone.value == mine[c].value
+    assert evidence.measure("variant", "bias_score_ambig", None, "C", NARROW_GATE.confidence).n == len(c_items)
+    assert alone.lower <= mine[c].lower <= mine[c].value <= mine[c].upper <= alone.upper
+    # The change over the suite keeps the stratified items it was settled on: the same as the
+    # drawn order's first `at` items give.
+    before = replay(ordered[:at], NARROW_GATE, variant="variant", baseline=baseline, batch_items=at, total=180, futility=0.0)[0]
+    overall = {(f.metric, f.category): f for f in before.findings}[("transition_rate", "overall")]
+    frozen = mine[("transition_rate", "overall")]
+    assert frozen.value == overall.value
+    assert evidence.measure("variant", "transition_rate", None, "overall", NARROW_GATE.confidence).n == at
+    assert frozen.upper <= overall.upper  # the running intersection may be tighter, never looser
+    assert sequential_outcome({"items_scored": len(drawn), "items_total": 180, "stopped": "settled", "narrowed_at": at}) == (
+        f"{len(drawn)} of 180 items scored, stopped once every verdict settled; after {at} items, only the categories with open verdicts")
+    # The futility stop's chances are kept, look by look: the one it stopped on among them.
+    stopped = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10)
+    assert stopped.futile and all((key, stopped.settled_at[key], chance) in stopped.predicted for key, chance in stopped.futile.items())
+    assert judge.predicted and all(0.0 <= chance <= 1.0 and n <= judge.settled_at.get(key, len(drawn)) for key, n, chance in judge.predicted)
+    # The same items give the same run.
+    again = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10, futility=0.0)
+    assert [r.item_id for r in again.evidence.results] == drawn
+    assert [f.to_dict() for f in again.report().findings] == [f.to_dict() for f in judge.report().findings]
+
+
+def test_no_narrowing_while_a_verdict_over_the_suite_or_every_category_is_open():
+    from audit.sequential import replay_judge
+
+    baseline, ordered = _three_categories()
+    # The mean over categories has no anytime bound: open to the last item, so the drawn order holds.
+    gate = replace(NARROW_GATE, rules=NARROW_GATE.rules + (GateRule("transition_rate", 0.5, category="category_mean"),))
+    judge = replay_judge(ordered, gate, variant="variant", baseline=baseline, batch_items=10, futility=0.0)
+    assert judge.evidence.narrowed_at is None and [r.item_id for r in judge.evidence.results] == [r.item_id for r in ordered]

@@ -521,7 +521,9 @@ def sequential_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
 def sequential_outcome(run: dict[str, Any]) -> str:
     """How a sequential probe ended: "120 of 480 items scored, stopped once every verdict settled"."""
     stopped = {"settled": "stopped once every verdict settled", "limit": "stopped at the last item", "cancelled": "cancelled"}[run["stopped"]]
-    return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}"
+    narrowed = run.get("narrowed_at")
+    after = f"; after {narrowed:,} items, only the categories with open verdicts" if narrowed else ""
+    return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}{after}"
 
 
 def sequential_markdown(runs: Sequence[dict[str, Any]]) -> str:

@@ -235,7 +235,8 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
     if args.items_out is not None:
         header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
                   "n_items_planned": len(suite.items), **settings.to_dict(settings.norm or suite.default_norm),
-                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": run.to_dict()["stopped"]}}
+                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": run.to_dict()["stopped"],
+                                 "narrowed_at": run.narrowed_at}}
         write_items(args.items_out, header, run.results)
     data = run.to_dict()
     _add_threads(data, model)
