@@ -385,18 +385,19 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 # inconclusive; never a pass, so stopping early costs power, never safety. The threshold trades
 # items for verdicts the full probe would give. `benchmarks/sequential.py` replays the default
 # audit's items in nine orders (items per verdict, verdicts of 70 the same as in full, the guard
-# at 0.1): 0 (no stop): 78%, 66.4; 0.1: 57%, 66.1; 0.25: 48%, 65.4; 0.4: 37%, 64.0. None of
-# them stopped a competent variant as too degraded. It also sets the predicted chance against
-# the share of verdicts that settled when waited for: the prediction runs high below one half
-# (a category's figure predicted 0.33 settled 0.20 of the time; the whole suite's 0.32, 0.10),
-# so the stop waits longer than its threshold reads.
-FUTILE_CHANCE = 0.25
+# at 0.05): 0 (no stop): 78%, 66.4; 0.1: 46%, 65.6; 0.15: 43%, 65.6; 0.25: 37%, 64.3; 0.4: 29%,
+# 64.0. None of them stopped a competent variant as too degraded. The benchmark also sets the
+# predicted chance against the share of verdicts that settled when waited for: below 0.25 a
+# prediction of 0.17-0.18 settled 0.08-0.14 of the time, so the stop errs towards waiting.
+# (Until the chance read the estimate's standard error from a betting bound's width, it ran
+# about twice too high there, and 0.25 waited as long as 0.15 does now: 48% of the items, 65.4.)
+FUTILE_CHANCE = 0.15
 # The competence guard's "not shown above chance" stops as too degraded to judge, which leaves
 # every rule of the variant unjudged: it waits for a smaller chance (the lower of the two). With
-# the rules' 0.25 it called a competent model degraded far more often (simulated, 240
-# disambiguated items, true accuracy 0.45 against chance 1/3: shown 74% of the time against 86%
-# at 0.1 and 89% with no stop).
-GUARD_FUTILE_CHANCE = 0.1
+# the rules' threshold it calls a competent model degraded more often (simulated, 240
+# disambiguated items, true accuracy 0.45 against chance 1/3: shown 80% of the time at 0.1, 86%
+# at 0.05 and 89% with no stop).
+GUARD_FUTILE_CHANCE = 0.05
 
 
 def check_futility(futility: float) -> float:

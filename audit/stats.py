@@ -292,10 +292,16 @@ def chance_to_settle(bounds: Bounds, limit: float, fraction: float, widen: tuple
     items: the chances that the bounds of all the items end (upper) at or below `limit`, and
     (lower) above it. Predictive, not only under the estimate: the true value is uncertain as the
     bounds say, so the items still to come move the estimate as a normal draw around it with sd
-    (h / z) * sqrt(1 - f) (h the half-width, z the bound's normal quantile, f the fraction); each
-    half-width narrows by sqrt(f), times `widen` (lower side, upper side) for final bounds wider
-    than fixed-sample ones (a confidence sequence's). None when it cannot be said (no estimate, an
-    unbounded side)."""
+    (h / k) * sqrt(1 - f) (h the half-width, f the fraction, and h / k the estimate's standard
+    error: a betting bound with stakes sized for its items lies about k = sqrt(2 log(1/alpha))
+    standard errors from the estimate, see `sized_widening`); each half-width narrows by sqrt(f),
+    times `widen` (lower side, upper side) for final bounds wider than fixed-sample ones (a
+    confidence sequence's). None when it cannot be said (no estimate, an unbounded side).
+
+    Reading the standard error as h over the normal quantile (1.64 at 95%, not 2.45) overstated
+    it by half, and with it the chance of a move far from the estimate: on the default audit's
+    items a predicted 0.17 settled 0.03 of the time (the whole suite's figures; 0.09 read this
+    way) and 0.18 settled 0.09 (a category's; 0.14)."""
     if bounds.value is None or bounds.lower is None or bounds.upper is None:
         return None
     value, lower, upper = bounds.value, bounds.lower, bounds.upper
@@ -306,8 +312,8 @@ def chance_to_settle(bounds: Bounds, limit: float, fraction: float, widen: tuple
     widen_lower, widen_upper = widen
     top = (limit - value) - widen_upper * (upper - value) * math.sqrt(f)
     bottom = (value - limit) - widen_lower * (value - lower) * math.sqrt(f)
-    z = NormalDist().inv_cdf(bounds.confidence)
-    spread = (upper - lower) / 2.0 / z * math.sqrt(1.0 - f)
+    k = math.sqrt(2.0 * math.log(1.0 / (1.0 - bounds.confidence)))
+    spread = (upper - lower) / 2.0 / k * math.sqrt(1.0 - f)
     if spread <= 0.0:
         return float(top >= 0.0), float(bottom > 0.0)
     return NormalDist().cdf(top / spread), NormalDist().cdf(bottom / spread)

@@ -343,7 +343,7 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
     those and the probed order at other futility thresholds."""
     orders = range(args.seed, args.seed + 1 + args.replay_seeds)
     per_futility = {futility: _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
-                    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.4})}
+                    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.25, 0.4})}
     rows = [r for r in per_futility[FUTILE_CHANCE] if r["seed"] != args.seed]  # the other orders, at the default
     out["replays"] = rows
     trade = {}

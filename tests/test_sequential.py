@@ -306,26 +306,26 @@ def test_settle_chance_reads_the_open_verdicts_only():
         return GateFinding(check, "r", metric, "variant", "overall", "builtin", verdict, 0.15, 0.05, 0.25, limit, limit_is, 0.975, reason)
 
     fixed = Bounds(0.15, 0.05, 0.25, 100, 0.975)
-    # The hand case of test_chance_to_settle_by_hand: 0.5 to pass, 0.011812 to fail.
-    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25) == pytest.approx(0.511812, abs=2e-6)
+    # The hand case of test_chance_to_settle_by_hand: 0.5 to pass, 0.000855176 to fail.
+    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25) == pytest.approx(0.500855176, abs=2e-9)
     assert settle_chance(finding(PASS), fixed, 0.25) is None
     # Not judged while the guard is open: its own bounds' chance, since if they will not settle
     # it, it ends inconclusive whatever the guard decides.
-    assert settle_chance(finding(INCONCLUSIVE, reason="not judged: the variant is too degraded to judge"), fixed, 0.25) == pytest.approx(0.511812, abs=2e-6)
+    assert settle_chance(finding(INCONCLUSIVE, reason="not judged: the variant is too degraded to judge"), fixed, 0.25) == pytest.approx(0.500855176, abs=2e-9)
     assert settle_chance(finding(INCONCLUSIVE), fixed, 1.0) is None and settle_chance(finding(INCONCLUSIVE), None, 0.5) is None
     # Accuracy not shown above chance (0.2 here): the chance of showing it, the lower bound's side.
     guard = finding(FAIL, metric="accuracy_disambig", check="competence", limit_is="min")
-    assert settle_chance(guard, fixed, 0.25) == pytest.approx(0.011812, abs=2e-6)
+    assert settle_chance(guard, fixed, 0.25) == pytest.approx(0.000855176, abs=2e-9)
     assert settle_chance(replace(guard, verdict=PASS), fixed, 0.25) is None
     # The verdict is read from the anytime bounds (the finding's), so they must reach the limit:
-    # twice as wide as the fixed-sample ones, 0.128904 to pass and 0.000343447 to fail
+    # twice as wide as the fixed-sample ones, 0.0584172 to pass and 1.27181e-6 to fail
     # (test_chance_to_settle_with_wider_final_bounds_by_hand).
     wide = replace(finding(INCONCLUSIVE), lower=-0.05, upper=0.35)
-    assert settle_chance(wide, fixed, 0.25) == pytest.approx(0.128904 + 0.000343447, abs=3e-6)
-    assert settle_chance(replace(guard, lower=-0.05, upper=0.35), fixed, 0.25) == pytest.approx(0.000343447, abs=2e-9)
+    assert settle_chance(wide, fixed, 0.25) == pytest.approx(0.0584172 + 1.27181e-6, abs=3e-7)
+    assert settle_chance(replace(guard, lower=-0.05, upper=0.35), fixed, 0.25) == pytest.approx(1.27181e-6, abs=2e-11)
     # The same widening given for the last item (as a sequence sized for a horizon gives it),
     # whatever the finding's bounds are now.
-    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25, (2.0, 2.0)) == pytest.approx(0.128904 + 0.000343447, abs=3e-6)
+    assert settle_chance(finding(INCONCLUSIVE), fixed, 0.25, (2.0, 2.0)) == pytest.approx(0.0584172 + 1.27181e-6, abs=3e-7)
 
 
 def test_sequential_probe_needs_a_baseline_and_a_gate(tiny, suite):

@@ -133,21 +133,22 @@ def test_chunk_bounds_by_hand():
 
 
 def test_chance_to_settle_by_hand():
-    """0.15 in [0.05, 0.25] (one-sided 97.5% each: z = 1.95996) with a quarter of the items
-    scored, limit 0.20. With all of them the half-width is 0.1 * sqrt(0.25) = 0.05, so the upper
-    bound ends within the limit when the estimate ends at or below 0.15: half the time. The
-    estimate moves by sd (0.1 / z) * sqrt(0.75) = 0.044186; the lower bound ends over 0.20 only
-    when the estimate ends over 0.25, 2.2632 sd away: 0.011812."""
+    """0.15 in [0.05, 0.25] (one-sided 97.5% each) with a quarter of the items scored, limit
+    0.20. With all of them the half-width is 0.1 * sqrt(0.25) = 0.05, so the upper bound ends
+    within the limit when the estimate ends at or below 0.15: half the time. The half-width is
+    k = sqrt(2 log 40) = 2.716203 standard errors; the estimate moves by sd (0.1 / k) *
+    sqrt(0.75) = 0.0318837; the lower bound ends over 0.20 only when the estimate ends over
+    0.25, 3.13640 sd away: 0.000855176."""
     below, above = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
     assert below == pytest.approx(0.5)
-    assert above == pytest.approx(0.011812, abs=2e-6)
+    assert above == pytest.approx(0.000855176, abs=2e-9)
     # Asymmetric bounds: each side narrows from its own half-width (upper: 0.25 - 0.10 = 0.15,
     # times 0.5, so the estimate must end at or below 0.125), the spread from the mean one
-    # ((0.25 - 0.05) / 2 = 0.1, the same sd): 0.025 / 0.044186 = 0.5658 sd, 0.71423.
+    # ((0.25 - 0.05) / 2 = 0.1, the same sd): 0.025 / 0.0318837 = 0.78410 sd, 0.783509.
     below, _ = chance_to_settle(Bounds(0.10, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
-    assert below == pytest.approx(0.71423, abs=2e-5)
+    assert below == pytest.approx(0.783509, abs=2e-6)
     # The more items scored, the less the rest can move it: with 0.9 scored the lower bound ends
-    # over the limit only if the estimate gains 0.05 + 0.1 * sqrt(0.9) = 0.1449, 8.98 sd of 0.0161.
+    # over the limit only if the estimate gains 0.05 + 0.1 * sqrt(0.9) = 0.1449, 12.4 sd of 0.01164.
     assert chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.9)[1] < 1e-15
     # No spread: the estimate is where it ends.
     assert chance_to_settle(Bounds(0.1, 0.1, 0.1, 100, 0.975), 0.2, 0.5) == (1.0, 0.0)
@@ -156,14 +157,28 @@ def test_chance_to_settle_by_hand():
 
 
 
+def test_a_betting_bound_lies_sqrt_2_log_1_over_alpha_standard_errors_from_the_estimate():
+    """What chance_to_settle reads the standard error from: the fixed-sample bound's half-width
+    over k = sqrt(2 log(1/alpha)), not over the normal quantile z (1.64 at 95%, k = 2.45)."""
+    rng = np.random.default_rng(0)
+    k, z = math.sqrt(2 * math.log(20)), 1.6448536
+    for n, p in ((48, 0.5), (240, 0.45), (1000, 0.3)):
+        x = (rng.random(n) < p).astype(float)
+        bounds = mean_bounds(x, 0.0, 1.0, 0.95)
+        half = (bounds.upper - bounds.lower) / 2
+        se = x.std() / math.sqrt(n)
+        assert half / k == pytest.approx(se, rel=0.08)
+        assert half / z > 1.35 * se
+
+
 def test_chance_to_settle_with_wider_final_bounds_by_hand():
     """The case above with the final bounds twice as wide as fixed-sample ones on the upper side
     (a confidence sequence's): the upper bound ends at the estimate + 2 * 0.05, so within 0.20
-    only when the estimate ends at or below 0.10, 1.1316 sd below 0.15: 0.128904. Twice as wide
-    below too: the lower bound ends over 0.20 only past 0.30, 3.3948 sd away: 0.000343447."""
+    only when the estimate ends at or below 0.10, 1.56820 sd below 0.15: 0.0584172. Twice as wide
+    below too: the lower bound ends over 0.20 only past 0.30, 4.70460 sd away: 1.27181e-6."""
     below, above = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25, widen=(2.0, 2.0))
-    assert below == pytest.approx(0.128904, abs=2e-6)
-    assert above == pytest.approx(0.000343447, abs=2e-9)
+    assert below == pytest.approx(0.0584172, abs=2e-7)
+    assert above == pytest.approx(1.27181e-6, abs=2e-11)
     # Wider bounds never make settling likelier.
     plain = chance_to_settle(Bounds(0.15, 0.05, 0.25, 100, 0.975), 0.20, 0.25)
     assert below < plain[0] and above < plain[1]
