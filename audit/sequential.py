@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
@@ -98,34 +98,49 @@ class Draw:
     suite is open; once only verdicts of single categories are, from those categories alone, each
     in its own drawn order, interleaved in proportion to what each has left. A category's items
     still come in the order fixed by the seed (only sooner), so its confidence sequences hold:
-    which category comes next depends on the items before only."""
+    which category comes next depends on the items before only. Drawing from some categories
+    only is for good: the drawn order is not taken up again."""
 
     def __init__(self, order: Sequence[T], category: Callable[[T], str] = lambda item: item.category) -> None:  # type: ignore[attr-defined]
-        self._left = list(order)
+        self._order = list(order)
         self._category = category
+        self._next = 0  # the drawn order's next item, until drawing narrows
+        self._queues: dict[str, deque[T]] | None = None  # each category's items left, once it has
 
     def __len__(self) -> int:
-        return len(self._left)
+        if self._queues is None:
+            return len(self._order) - self._next
+        return sum(len(queue) for queue in self._queues.values())
 
     def has(self, categories: set[str]) -> bool:
         """Whether any item of `categories` is left, and an item of another category too: drawing
         from `categories` only then changes what is scored."""
-        mine = [self._category(item) in categories for item in self._left]
-        return any(mine) and not all(mine)
+        left = self._by_category()
+        return any(left.get(c) for c in categories) and any(queue for c, queue in left.items() if c not in categories)
+
+    def _by_category(self) -> dict[str, deque[T]]:
+        if self._queues is not None:
+            return self._queues
+        left: dict[str, deque[T]] = {}
+        for item in self._order[self._next :]:
+            left.setdefault(self._category(item), deque()).append(item)
+        return left
 
     def take(self, n: int, only: set[str] | None = None) -> list[T]:
-        """The next `n` items, of the categories `only` when given."""
+        """The next `n` items, of the categories `only` when given (from then on, always given)."""
         if only is None:
-            batch, self._left = self._left[:n], self._left[n:]
+            if self._queues is not None:
+                raise ValueError("drawing has narrowed to some categories: name them")
+            batch = self._order[self._next : self._next + n]
+            self._next += len(batch)
             return batch
-        groups: dict[str, list[T]] = {}
-        for item in self._left:
-            if self._category(item) in only:
-                groups.setdefault(self._category(item), []).append(item)
-        batch = _interleaved(groups)[:n]
-        taken = {id(item) for item in batch}
-        self._left = [item for item in self._left if id(item) not in taken]
-        return batch
+        self._queues = self._by_category()
+        groups = {name: self._queues[name] for name in only if self._queues.get(name)}
+        # `_interleaved`'s ranks, over the first n of each group only: the first n of its merge.
+        ranked = sorted(((j + 0.5) / len(queue), index, j, name)
+                        for index, (name, queue) in enumerate(sorted(groups.items(), key=lambda entry: repr(entry[0])))
+                        for j in range(min(n, len(queue))))[:n]
+        return [groups[name].popleft() for *_, name in ranked]
 
 
 def _next_batch(draw: Draw, judge: "SequentialJudge", batch_items: int, narrow: bool = True) -> list:

@@ -271,7 +271,8 @@ def _replay_written(args, plan, gate, out) -> None:
         header, results, _ = read_items(folder / f"{name}.jsonl")
         report = evaluate_gate(gate, [VARIANT], ItemFilesSource(ProbeRecord(base_header, base), ProbeRecord(header, results)))
         fulls[name] = (results, {_key(f): f for f in report.findings})
-    print(f"replaying the full probes' items of {', '.join(names)} from {folder}", flush=True)
+    if not args.json:
+        print(f"replaying the full probes' items of {', '.join(names)} from {folder}", flush=True)
     _replays(args, suite, gate, base, fulls, out)
 
 

@@ -462,7 +462,10 @@ def test_draw_takes_the_order_then_the_open_categories_each_in_its_own_order():
     assert draw.take(4, {"B", "C"}) == [("B", 1), ("C", 1), ("B", 2), ("C", 2)]
     # In proportion to what each has left: A 2, C 1.
     assert draw.take(3, {"A", "C"}) == [("A", 2), ("C", 3), ("A", 3)]
-    assert len(draw) == 1 and draw.take(5, {"A"}) == [] and draw.take(5) == [("B", 3)] and len(draw) == 0
+    assert len(draw) == 1 and draw.take(5, {"A"}) == [] and not draw.has({"B"})
+    with pytest.raises(ValueError, match="narrowed"):
+        draw.take(5)  # the drawn order is not taken up again
+    assert draw.take(5, {"B", "C"}) == [("B", 3)] and len(draw) == 0
 
 
 def _three_categories(seed=0):
