@@ -174,3 +174,30 @@ def test_int8_dynamic_smooths_the_planted_outlier_instead_of_keeping_it_float(pl
 def test_quantize_refuses_a_bad_alpha(llama, tmp_path, alpha):
     with pytest.raises(UserError, match="smoothing alpha"):
         drive(quantize(str(llama), "int8-dynamic", tmp_path / "q", settings=QuantizeSettings(smoothing=alpha)))
+
+
+def test_quantize_cli_sets_the_smoothing_alpha_or_none(planted, tmp_path, capsys):
+    import json
+
+    from tui.cli import main
+
+    base = ["quantize", "--model", str(planted), "--scheme", "int8-dynamic", "--no-perplexity", "--json"]
+    assert main(base + ["--smoothing", "0.5", "--out", str(tmp_path / "half")]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["smoothing_alpha"] == 0.5 and half["smoothed_layers"] > 0
+    meta = json.loads((tmp_path / "half" / "edge_audit.json").read_text())
+    assert meta["compression"][-1]["quantize"]["smoothing"]["alpha"] == 0.5
+    assert main(base + ["--smoothing", "None", "--out", str(tmp_path / "none")]) == 0
+    none = json.loads(capsys.readouterr().out)
+    assert none["smoothing_alpha"] is None and none["smoothed_layers"] == 0
+    # Bad input: one line, exit 2, nothing written.
+    for bad, says in (("1.5", "must be above 0 and at most 1, or none; not 1.5"), ("0", "must be above 0"),
+                      ("nan", "must be above 0"), ("half", "takes a number above 0 and at most 1, or none; not 'half'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(base + ["--smoothing", bad, "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and says in err[-1]
+    code = main(["quantize", "--model", str(planted), "--scheme", "onnx-int8", "--smoothing", "0.5", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--smoothing applies to int8-dynamic only, not onnx-int8" in err[0]
+    assert not (tmp_path / "bad").exists()

@@ -21,9 +21,9 @@ from torch import nn
 from audit import atomic
 from audit.compress.int8_products import group_shared_inputs, layer_products
 from audit.compress.outliers import OutlierChoice, OutlierRule, choose_outliers, detect_outliers, measure_inputs
-from audit.compress.smoothing import DEFAULT_ALPHA, Smoothing, smooth, valid_alpha
+from audit.compress.smoothing import Smoothing, smooth
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
-from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS
+from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, DEFAULT_SMOOTHING_ALPHA, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS, valid_alpha
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
 from audit.errors import UserError
 from audit.models.interface import MB, LanguageModel
@@ -49,7 +49,7 @@ class QuantizeSettings:
     block_size: int = DEFAULT_INT4_BLOCK_SIZE  # onnx-int4, onnx-int8: weights per quantization block
     outliers: OutlierRule = OutlierRule()  # int8 schemes: which linear layers stay float
     activation_scales: str = PER_TOKEN  # int8-dynamic: one activation scale per token, or per tensor
-    smoothing: float | None = DEFAULT_ALPHA  # int8-dynamic: SmoothQuant's alpha, or None for none
+    smoothing: float | None = DEFAULT_SMOOTHING_ALPHA  # int8-dynamic: SmoothQuant's alpha, or None for none
 
 
 # A scheme writes the variant of `lm` into a folder and returns facts about what it did.

@@ -35,7 +35,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-DEFAULT_ALPHA = 0.7  # measured on the default model among 0.3-0.85: lowest perplexity and rounding noise
 SCALE_RANGE = (1e-4, 1e4)
 FOLD_TOLERANCE = 1e-3  # largest change of any log-probability a fold may make (float rounding: ~1e-5)
 MAP_TOLERANCE = 1e-3  # a channel's input, rescaled, must match to this fraction of its norm (float error: ~1e-4 at worst seen)
@@ -375,6 +374,3 @@ def smooth(model: nn.Module, names: Sequence[str], maxima: Mapping[str, torch.Te
                     left[name] = f"folding into {fold.producer} changed the model's output"
     return Smoothing(alpha, kept, left)
 
-
-def valid_alpha(alpha: float | None) -> bool:
-    return alpha is None or (not isinstance(alpha, bool) and isinstance(alpha, (int, float)) and not math.isnan(alpha) and 0.0 < alpha <= 1.0)

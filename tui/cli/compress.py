@@ -10,12 +10,15 @@ from rich.table import Table
 
 from audit.compress.recipe import (
     DEFAULT_INT4_BLOCK_SIZE,
+    DEFAULT_SMOOTHING_ALPHA,
     MAX_SPARSITY,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
     PruneRecipe,
     check_scope,
+    valid_alpha,
 )
+from audit.errors import UserError
 from audit.perplexity import DEFAULT_CHUNK_TOKENS
 from audit.plans import CalibrationSpec
 from tui.cli import common
@@ -60,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model_options(q)
     q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEME_NAMES.names())}")
     q.add_argument("--block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help=f"onnx-int4, onnx-int8: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
+    q.add_argument("--smoothing", type=_smoothing, default=None, metavar="ALPHA|none",
+                   help=f"int8-dynamic: how far each layer's input range is moved into its weights before quantizing "
+                        f"(SmoothQuant's alpha, above 0 and at most 1; default {DEFAULT_SMOOTHING_ALPHA:g}), or none")
     q.add_argument("--no-perplexity", action="store_true", help="skip measuring perplexity before and after")
     _add_text_options(q)
     q.add_argument("--out", type=Path, required=True, help="output folder")
@@ -113,13 +119,34 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_SMOOTHING = "none"
+
+
+def _smoothing(text: str) -> float | str:
+    """An argparse type: a smoothing alpha above 0 and at most 1, or "none"."""
+    if text.strip().lower() == NO_SMOOTHING:
+        return NO_SMOOTHING
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number above 0 and at most 1, or none; not {text!r}") from None
+    if not valid_alpha(alpha):
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, or none; not {text}")
+    return alpha
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from audit.compress.quantize import QuantizeSettings, quantize
 
+    settings = QuantizeSettings(block_size=args.block_size)
+    if args.smoothing is not None:
+        if args.scheme in QUANTIZATION_SCHEME_NAMES and args.scheme != "int8-dynamic":
+            raise UserError(f"--smoothing applies to int8-dynamic only, not {args.scheme}")
+        settings = QuantizeSettings(block_size=args.block_size, smoothing=None if args.smoothing == NO_SMOOTHING else args.smoothing)
     result = common.run_job(
         quantize(
             args.model, args.scheme, args.out, force=args.force, options=common.load_options(args),
-            settings=QuantizeSettings(block_size=args.block_size), measure_perplexity=not args.no_perplexity,
+            settings=settings, measure_perplexity=not args.no_perplexity,
             text=args.text, chunk_tokens=args.chunk,
         )
     )
@@ -132,6 +159,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if d["perplexity_after"] is not None:
             table.add_row("perplexity before -> after", f"{d['perplexity_before']:.3f} -> {d['perplexity_after']:.3f} ({d['perplexity_tokens']} tokens)")
         table.add_row("backend", d["backend"])
+        if d.get("smoothing_alpha") is not None:
+            table.add_row("smoothing", f"alpha {d['smoothing_alpha']:g}, {d['smoothed_layers']} layers smoothed")
         table.add_row("time", f"{d['seconds']:.1f} s (whole command {d['total_seconds']:.1f} s), peak RSS {d['rss_peak_mb']:.0f} MB")
         table.add_row("output", d["out"])
         common.stdout.print(table)
