@@ -16,10 +16,11 @@ fixed seed and the maxima are exact, so the same model and rule always give the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -186,6 +187,17 @@ class OutlierChoice:
         }
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Inside, `model` runs in eval mode (no dropout); after, in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def measure_inputs(
     lm: LanguageModel, model: nn.Module, names: Sequence[str], rule: OutlierRule, cancel: threading.Event | None = None
 ) -> Job[tuple[dict[str, torch.Tensor], CalibrationSet]]:
@@ -196,12 +208,8 @@ def measure_inputs(
     context_length = lm.facts().context_length
     seqlen = min(rule.seqlen, context_length) if context_length else rule.seqlen
     calibration = calibration_set(lm, nsamples=rule.nsamples, seqlen=seqlen, seed=rule.seed, context_length=context_length)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         maxima = yield from channel_maxima(model, names, calibration.samples, cancel)
-    finally:
-        model.train(was_training)
     return maxima, calibration
 
 

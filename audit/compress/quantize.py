@@ -341,16 +341,23 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
     return model
 
 
-def with_outlier_choice(meta: dict, choice: OutlierChoice, scheme: str, activation_scales: str = PER_TENSOR) -> dict:
-    """`meta` with the outlier choice and the activation scales recorded: in the latest
-    compression step, and as a note the variant's facts show."""
+def with_quantize_record(meta: dict, note: str, **record: Any) -> dict:
+    """`meta` with `record` added to the latest compression step's quantize entry, and `note`
+    among the notes the variant's facts show."""
     meta = dict(meta)
     steps = [dict(step) for step in meta.get("compression") or []]
     if steps and isinstance(steps[-1].get("quantize"), dict):
-        steps[-1]["quantize"] = dict(steps[-1]["quantize"], outliers=choice.to_dict(), activation_scales=activation_scales)
+        steps[-1]["quantize"] = dict(steps[-1]["quantize"], **record)
     meta["compression"] = steps
-    meta["notes"] = list(meta.get("notes") or []) + [f"{choice.note(scheme)}; {activation_scales} activation scales"]
+    meta["notes"] = list(meta.get("notes") or []) + [note]
     return meta
+
+
+def with_outlier_choice(meta: dict, choice: OutlierChoice, scheme: str, activation_scales: str = PER_TENSOR) -> dict:
+    """`meta` with the outlier choice and the activation scales recorded: in the latest
+    compression step, and as a note the variant's facts show."""
+    return with_quantize_record(meta, f"{choice.note(scheme)}; {activation_scales} activation scales",
+                                outliers=choice.to_dict(), activation_scales=activation_scales)
 
 
 def _outlier_details(choice: OutlierChoice) -> dict[str, Any]:
@@ -369,10 +376,7 @@ def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, me
     yield Progress("quantize", 1, 2, "writing the int8 model")
     engine = torch.backends.quantized.engine
     meta = with_outlier_choice(meta, choice, "int8-dynamic", settings.activation_scales)
-    steps = meta.get("compression") or []
-    if steps and isinstance(steps[-1].get("quantize"), dict):
-        steps[-1]["quantize"] = dict(steps[-1]["quantize"], smoothing=smoothing.to_dict())
-    meta["notes"] = list(meta.get("notes", [])) + [smoothing.note("int8-dynamic")]
+    meta = with_quantize_record(meta, smoothing.note("int8-dynamic"), smoothing=smoothing.to_dict())
     embeddings = "int8 rows of the output head" if getattr(model, "_int8_embeddings", None) else "float"
     if embeddings != "float":
         meta["notes"].append("int8-dynamic: the token embeddings are looked up in the int8 output head's table (tied in the source)")
@@ -396,12 +400,7 @@ def smooth_and_choose(
     maxima, calibration = yield from measure_inputs(lm, model, targets, rule, cancel)
     check_cancel(cancel)
     yield Progress("smooth", 0, 1, "moving input ranges into the modules before each layer")
-    was_training = model.training
-    model.eval()
-    try:
-        smoothing = smooth(model, targets, maxima, settings.smoothing, calibration.samples[:1])
-    finally:
-        model.train(was_training)
+    smoothing = smooth(model, targets, maxima, settings.smoothing, calibration.samples[:1])
     yield Progress("smooth", 1, 1, f"{len(smoothing.layers())} layers smoothed")
     return choose_outliers(rule, targets, smoothing.smoothed_maxima(maxima), calibration), smoothing
 

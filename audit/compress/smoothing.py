@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from audit.compress.outliers import evaluating
+
 SCALE_RANGE = (1e-4, 1e4)
 FOLD_TOLERANCE = 1e-3  # largest change of any log-probability a fold may make (float rounding: ~1e-5)
 MAP_TOLERANCE = 1e-3  # a channel's input, rescaled, must match to this fraction of its norm (float error: ~1e-4 at worst seen)
@@ -347,30 +349,32 @@ def _undo(saved: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
 @torch.no_grad()
 def smooth(model: nn.Module, names: Sequence[str], maxima: Mapping[str, torch.Tensor], alpha: float, window: torch.Tensor) -> Smoothing:
     """Smooth the float `model` in place for int8 layers `names`, from their calibration inputs'
-    per-channel `maxima`; `window` (1 x tokens ids) finds the folds and checks them."""
-    probe_ids = window[:, :PROBE_TOKENS]
-    check_ids = window[:, :CHECK_TOKENS]
-    folds, left = find_folds(model, names, probe_ids)
-    for fold in folds:
-        fold.scales = fold_scales(model, fold, maxima, alpha, len(_producer_params(model, fold)[0]))
-    reference = _run(model, check_ids)
-
-    def unchanged() -> bool:
-        return float((_run(model, check_ids) - reference).abs().max()) <= FOLD_TOLERANCE
-
-    undo = [_apply(model, fold) for fold in folds]
-    kept = folds
-    if not unchanged():  # find the folds that change the model: each alone
-        for saved in reversed(undo):
-            _undo(saved)
-        kept = []
+    per-channel `maxima`; `window` (1 x tokens ids) finds the folds and checks them. The model runs
+    in eval mode meanwhile."""
+    with evaluating(model):
+        probe_ids = window[:, :PROBE_TOKENS]
+        check_ids = window[:, :CHECK_TOKENS]
+        folds, left = find_folds(model, names, probe_ids)
         for fold in folds:
-            saved = _apply(model, fold)
-            if unchanged():
-                kept.append(fold)
-            else:
+            fold.scales = fold_scales(model, fold, maxima, alpha, len(_producer_params(model, fold)[0]))
+        reference = _run(model, check_ids)
+
+        def unchanged() -> bool:
+            return float((_run(model, check_ids) - reference).abs().max()) <= FOLD_TOLERANCE
+
+        undo = [_apply(model, fold) for fold in folds]
+        kept = folds
+        if not unchanged():  # find the folds that change the model: each alone
+            for saved in reversed(undo):
                 _undo(saved)
-                for name in fold.consumers:
-                    left[name] = f"folding into {fold.producer} changed the model's output"
-    return Smoothing(alpha, kept, left)
+            kept = []
+            for fold in folds:
+                saved = _apply(model, fold)
+                if unchanged():
+                    kept.append(fold)
+                else:
+                    _undo(saved)
+                    for name in fold.consumers:
+                        left[name] = f"folding into {fold.producer} changed the model's output"
+        return Smoothing(alpha, kept, left)
 

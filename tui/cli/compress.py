@@ -138,11 +138,12 @@ def _smoothing(text: str) -> float | str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from audit.compress.quantize import QuantizeSettings, quantize
 
-    settings = QuantizeSettings(block_size=args.block_size)
+    smoothing = DEFAULT_SMOOTHING_ALPHA
     if args.smoothing is not None:
         if args.scheme in QUANTIZATION_SCHEME_NAMES and args.scheme != "int8-dynamic":
             raise UserError(f"--smoothing applies to int8-dynamic only, not {args.scheme}")
-        settings = QuantizeSettings(block_size=args.block_size, smoothing=None if args.smoothing == NO_SMOOTHING else args.smoothing)
+        smoothing = None if args.smoothing == NO_SMOOTHING else args.smoothing
+    settings = QuantizeSettings(block_size=args.block_size, smoothing=smoothing)
     result = common.run_job(
         quantize(
             args.model, args.scheme, args.out, force=args.force, options=common.load_options(args),
