@@ -45,8 +45,9 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from itertools import islice
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -64,15 +65,16 @@ T = TypeVar("T")
 
 
 # -- the order items are drawn in -----------------------------------------------------------------
-def _interleaved(groups: Mapping[Hashable, Sequence[T]]) -> list[T]:
+def _interleaved(groups: Mapping[Hashable, Sequence[T]], first: int | None = None) -> list[T]:
     """The groups' items merged in proportion to the groups' sizes: the j-th of a group's n items
-    sits at (j + 1/2) / n of the way through, ties in the groups' order."""
+    sits at (j + 1/2) / n of the way through, ties in the groups' order. With `first`, only the
+    first that many of the merge (ranked from each group's first that many)."""
     ranked = []
     for index, name in enumerate(sorted(groups, key=repr)):
         members = groups[name]
-        ranked += [((j + 0.5) / len(members), index, j, item) for j, item in enumerate(members)]
+        ranked += [((j + 0.5) / len(members), index, j, item) for j, item in enumerate(islice(members, first))]
     ranked.sort(key=lambda entry: entry[:3])
-    return [entry[3] for entry in ranked]
+    return [entry[3] for entry in ranked[:first]]
 
 
 def stratified_order(items: Sequence[T], seed: int, stratum: Callable[[T], Hashable] = lambda item: item.category,  # type: ignore[attr-defined]
@@ -106,25 +108,15 @@ class Draw:
         self._category = category
         self._next = 0  # the drawn order's next item, until drawing narrows
         self._queues: dict[str, deque[T]] | None = None  # each category's items left, once it has
+        self._left = Counter(category(item) for item in self._order)  # items left per category
 
     def __len__(self) -> int:
-        if self._queues is None:
-            return len(self._order) - self._next
-        return sum(len(queue) for queue in self._queues.values())
+        return sum(self._left.values())
 
     def has(self, categories: set[str]) -> bool:
         """Whether any item of `categories` is left, and an item of another category too: drawing
         from `categories` only then changes what is scored."""
-        left = self._by_category()
-        return any(left.get(c) for c in categories) and any(queue for c, queue in left.items() if c not in categories)
-
-    def _by_category(self) -> dict[str, deque[T]]:
-        if self._queues is not None:
-            return self._queues
-        left: dict[str, deque[T]] = {}
-        for item in self._order[self._next :]:
-            left.setdefault(self._category(item), deque()).append(item)
-        return left
+        return any(self._left[c] for c in categories) and any(n for c, n in self._left.items() if c not in categories)
 
     def take(self, n: int, only: set[str] | None = None) -> list[T]:
         """The next `n` items, of the categories `only` when given (from then on, always given)."""
@@ -133,24 +125,32 @@ class Draw:
                 raise ValueError("drawing has narrowed to some categories: name them")
             batch = self._order[self._next : self._next + n]
             self._next += len(batch)
-            return batch
-        self._queues = self._by_category()
-        groups = {name: self._queues[name] for name in only if self._queues.get(name)}
-        # `_interleaved`'s ranks, over the first n of each group only: the first n of its merge.
-        ranked = sorted(((j + 0.5) / len(queue), index, j, name)
-                        for index, (name, queue) in enumerate(sorted(groups.items(), key=lambda entry: repr(entry[0])))
-                        for j in range(min(n, len(queue))))[:n]
-        return [groups[name].popleft() for *_, name in ranked]
+        else:
+            if self._queues is None:
+                self._queues = {}
+                for item in self._order[self._next :]:
+                    self._queues.setdefault(self._category(item), deque()).append(item)
+            batch = _interleaved({name: self._queues[name] for name in only if self._queues.get(name)}, first=n)
+            for item in batch:
+                self._queues[self._category(item)].popleft()
+        self._left.subtract(self._category(item) for item in batch)
+        return batch
 
 
-def _next_batch(draw: Draw, judge: "SequentialJudge", batch_items: int, narrow: bool = True) -> list:
-    """The next batch to score: from the categories with open verdicts only, once every other
+def _batches(draw: Draw, judge: "SequentialJudge", batch_items: int, narrow: bool = True) -> Iterator[list]:
+    """The batches to score, each after the judge looked at the one before, until every verdict
+    is settled or no item is left: from the categories with open verdicts only, once every other
     verdict is settled and some category has none left open (with `narrow`)."""
-    only = judge.open_categories() if narrow else None
-    if only is not None and (judge.evidence.narrowed_at is not None or draw.has(only)):
-        judge.evidence.narrow()
-        return draw.take(batch_items, only)
-    return draw.take(batch_items)
+    while len(draw) and not judge.settled:
+        only = judge.open_categories() if narrow else None
+        if only is not None and (judge.evidence.narrowed_at is not None or draw.has(only)):
+            judge.evidence.narrow()
+            batch = draw.take(batch_items, only)
+        else:
+            batch = draw.take(batch_items)
+        if not batch:
+            return
+        yield batch
 
 
 # -- the gate's figures from the items scored so far ----------------------------------------------
@@ -364,7 +364,8 @@ class SequentialEvidence:
 
 
 # -- deciding when to stop ------------------------------------------------------------------------
-def _key(f: GateFinding) -> tuple:
+def finding_key(f: GateFinding) -> tuple:
+    """Which verdict a finding is, the same at every look: the key of `SequentialJudge`'s records."""
     return (f.check, f.rule, f.variant, f.category, f.suite)
 
 
@@ -466,19 +467,19 @@ class SequentialJudge:
         return complete or self.evidence.final(f.variant) or self.evidence.scope_done(f.category)
 
     def _guard_failed(self, findings: Sequence[GateFinding], complete: bool) -> bool:
-        return any(_guard_failure_settled(f, self._complete(f, complete)) or (_shown_at_chance(f) and _key(f) in self.futile) for f in findings)
+        return any(_guard_failure_settled(f, self._complete(f, complete)) or (_shown_at_chance(f) and finding_key(f) in self.futile) for f in findings)
 
     def _settled_now(self, f: GateFinding, complete: bool, failed: bool) -> bool:
         # Once the variant is too degraded to judge, its other competence checks cannot change
         # that verdict: one still open is not waited for.
         moot = failed and f.check == "competence" and f.verdict == INCONCLUSIVE
-        return finding_settled(f, self._complete(f, complete), failed) or _key(f) in self.futile or moot
+        return finding_settled(f, self._complete(f, complete), failed) or finding_key(f) in self.futile or moot
 
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
         for f in report.findings:
-            k = _key(f)
+            k = finding_key(f)
             if k in self.futile and f.verdict in (PASS, FAIL) and not (_shown_at_chance(f) and f.verdict == FAIL):
                 # Settled by the bounds after all (the probe went on for other verdicts): the
                 # verdict is the bounds', and so are the items it used. A guard shown after all
@@ -487,9 +488,9 @@ class SequentialJudge:
                 self.settled_at.pop(k, None)
                 if _shown_at_chance(f):
                     for other in report.findings:
-                        if other.reason.startswith("not judged") or _key(other) in self.moot:
-                            self.settled_at.pop(_key(other), None)
-                            self.moot.discard(_key(other))
+                        if other.reason.startswith("not judged") or finding_key(other) in self.moot:
+                            self.settled_at.pop(finding_key(other), None)
+                            self.moot.discard(finding_key(other))
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
                 fraction = self.evidence.fraction(f.category)
@@ -500,11 +501,11 @@ class SequentialJudge:
                     self.futile[k] = chance
         failed = self._guard_failed(report.findings, complete)
         for f in report.findings:
-            if _key(f) not in self.settled_at and self._settled_now(f, complete, failed):
+            if finding_key(f) not in self.settled_at and self._settled_now(f, complete, failed):
                 # The baseline's own verdicts were settled before this probe's first item.
-                self.settled_at[_key(f)] = 0 if self.evidence.final(f.variant) else scored
-                if not complete and not finding_settled(f, complete, failed) and _key(f) not in self.futile:
-                    self.moot.add(_key(f))
+                self.settled_at[finding_key(f)] = 0 if self.evidence.final(f.variant) else scored
+                if not complete and not finding_settled(f, complete, failed) and finding_key(f) not in self.futile:
+                    self.moot.add(finding_key(f))
         self.last = report
         return report
 
@@ -524,14 +525,14 @@ class SequentialJudge:
         scopes = set(self.evidence.categories(self.evidence.variant, None))
         open_ = set()
         for f in self.last.findings:
-            if _key(f) not in self.settled_at:
+            if finding_key(f) not in self.settled_at:
                 if f.category not in scopes:
                     return None
                 open_.add(f.category)
         return open_
 
     def open_verdicts(self) -> int:
-        return 0 if self.last is None else sum(_key(f) not in self.settled_at for f in self.last.findings)
+        return 0 if self.last is None else sum(finding_key(f) not in self.settled_at for f in self.last.findings)
 
     def report(self) -> GateReport:
         """The last look's findings, each with the items scored when it was settled (all the items
@@ -543,14 +544,14 @@ class SequentialJudge:
                  else AGAINST_DEGRADED_BASELINE)
         findings = []
         for f in self.last.findings:
-            used = None if f.metric not in self.evidence.from_items else self.settled_at.get(_key(f), scored)
-            chance = self.futile.get(_key(f))
+            used = None if f.metric not in self.evidence.from_items else self.settled_at.get(finding_key(f), scored)
+            chance = self.futile.get(finding_key(f))
             if chance is not None:
                 stop = (f"; stopped at {used:,} items: scoring every item would show it above chance with about {chance:.0%} chance"
                         if _shown_at_chance(f) else
                         f"; stopped at {used:,} items: scoring every item would settle it with about {chance:.0%} chance")
                 f = replace(f, reason=f.reason + stop, items_to_settle=None)
-            elif _key(f) in self.moot and f.verdict == INCONCLUSIVE:
+            elif finding_key(f) in self.moot and f.verdict == INCONCLUSIVE:
                 f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: {whose}", items_to_settle=None)
             elif self.evidence.final(f.variant) and used is not None:
                 f = replace(f, reason=f"{f.reason}; from the baseline's probe of every item, scored before this one")
@@ -638,21 +639,15 @@ def probe_sequentially(
     start = time.perf_counter()
     cancelled = False
     yield Progress("probe", 0, total, f"{variant}: 0/{total} items")
-    draw = Draw(order)
-    while len(draw):
+    for batch in _batches(Draw(order), judge, batch_items):
         if cancel is not None and cancel.is_set():
             cancelled = True
-            break
-        batch = _next_batch(draw, judge, batch_items)
-        if not batch:
             break
         evidence.extend(score_batch(model, suite, batch, settings, norm))
         judge.look()
         done = len(evidence.results)
         left = judge.open_verdicts()
         yield Progress("probe", done, total, f"{variant}: {done}/{total} items, {left} verdicts open", {"open_verdicts": left})
-        if judge.settled:
-            break
     if judge.last is None:
         judge.look()
     settled = judge.settled and not evidence.complete
@@ -672,15 +667,9 @@ def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, 
     evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
                                   {r.item_id: r for r in baseline or ()}, None, full)
     judge = SequentialJudge(gate, evidence, futility=check_futility(futility))
-    draw = Draw(results_in_order)
-    while len(draw):
-        batch = _next_batch(draw, judge, batch_items, narrow)
-        if not batch:
-            break
+    for batch in _batches(Draw(results_in_order), judge, batch_items, narrow):
         evidence.extend(batch)
         judge.look()
-        if judge.settled:
-            break
     if judge.last is None:
         judge.look()
     return judge
@@ -824,6 +813,6 @@ def simulate_competence(means: Sequence[float], chance: float, *, n_items: int, 
 
 __all__ = [
     "DEFAULT_BATCH_ITEMS", "FUTILE_CHANCE", "GUARD_FUTILE_CHANCE", "INCONCLUSIVE", "SequentialEvidence", "SequentialJudge", "SequentialRun",
-    "Draw", "check_futility", "finding_settled", "probe_sequentially", "replay", "replay_judge", "simulate_competence",
+    "Draw", "check_futility", "finding_key", "finding_settled", "probe_sequentially", "replay", "replay_judge", "simulate_competence",
     "simulate_wrong_verdicts", "stratified_order",
 ]

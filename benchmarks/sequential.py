@@ -56,8 +56,8 @@ from audit.probes.items import read_items, write_items  # noqa: E402
 from audit.progress import drive  # noqa: E402
 from audit.run.execute import compress_variant  # noqa: E402
 from audit.sequential import (  # noqa: E402
-    FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, replay_judge, simulate_competence, simulate_wrong_verdicts,
-    stratified_order,
+    FUTILE_CHANCE, GUARD_FUTILE_CHANCE, finding_key, probe_sequentially, replay_judge, simulate_competence,
+    simulate_wrong_verdicts, stratified_order,
 )
 
 VARIANT = ItemFilesSource.VARIANT
@@ -276,20 +276,22 @@ def _replay_written(args, plan, gate, out) -> None:
     _replays(args, suite, gate, base, fulls, out)
 
 
-def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility, narrow=True) -> list[dict]:
+def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility, narrow=True) -> tuple[list[dict], list]:
     """Per drawn order: the share of items per verdict (all, and the variants' own), the verdicts
     the same as the full probe's, and the competent variants (shown above chance in full) stopped
-    as too degraded to judge."""
+    as too degraded to judge; and the judge of each order and variant after its last look."""
     categories = Counter(item.category for item in suite.items)
-    rows = []
+    rows, judges = [], []
     for seed in seeds:
         order = [item.item_id for item in stratified_order(suite.items, seed)]
         fractions, own, same, stopped, competent = [], [], [], 0, 0
         for results, full_by in fulls.values():
             by_id = {r.item_id: r for r in results}
             ordered = [by_id[i] for i in order]
-            report, _, _ = replay(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
-                                  categories=categories, futility=futility, narrow=narrow)
+            judge = replay_judge(ordered, gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
+                                 categories=categories, futility=futility, narrow=narrow)
+            judges.append(judge)
+            report = judge.report()
             for f, whole, used, agrees in _against_full(report.findings, full_by, len(ordered)):
                 fractions.append(used / len(ordered))
                 if f.variant == VARIANT:
@@ -301,40 +303,34 @@ def _replay_orders(suite, gate, baseline, fulls, seeds, batch_items, futility, n
         rows.append({"seed": seed, "futility": futility, "narrow": narrow, "mean_items_fraction_per_verdict": sum(fractions) / len(fractions),
                      "variant_verdicts_items_fraction": sum(own) / len(own),
                      "same_verdicts": sum(same), "verdicts": len(same), "competent_stopped": stopped, "competent": competent})
-    return rows
+    return rows, judges
 
 
 CHANCE_BINS = (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
 
 
-def _calibration(suite, gate, baseline, fulls, seeds, batch_items) -> dict:
+def _calibration(judges, categories) -> dict:
     """How well the futility stop's predicted chance of settling a verdict matches what happens
-    when it is waited for: the full probes' items replayed with no futility stop, every open
-    verdict's predicted chance at every look against whether the verdict settled by the end
-    (a pass or a fail; for accuracy not shown above chance, shown), per kind of verdict and
-    range of predicted chance. Rules left unjudged at the end (their guard failed) are left out:
-    their own bounds did not decide them."""
-    categories = Counter(item.category for item in suite.items)
+    when it is waited for: from `judges` of replays with no futility stop, every open verdict's
+    predicted chance at every look against whether the verdict settled by the end (a pass or a
+    fail; for accuracy not shown above chance, shown), per kind of verdict and range of predicted
+    chance. Rules left unjudged at the end (their guard failed) are left out: their own bounds
+    did not decide them."""
     cells: dict = {}
-    for seed in seeds:
-        order = [item.item_id for item in stratified_order(suite.items, seed)]
-        for results, _ in fulls.values():
-            by_id = {r.item_id: r for r in results}
-            judge = replay_judge([by_id[i] for i in order], gate, variant=VARIANT, baseline=baseline, batch_items=batch_items,
-                                 categories=categories, futility=0.0)
-            final = {(f.check, f.rule, f.variant, f.category, f.suite): f for f in judge.report().findings}
-            for key, _, chance in judge.predicted:
-                f = final[key]
-                if f.reason.startswith("not judged"):
-                    continue
-                guard = f.check == "competence" and f.metric == "accuracy_disambig"
-                kind = "guard (shown above chance)" if guard else ("one category" if f.category in categories else "the whole suite")
-                settled = f.verdict == PASS if guard else f.verdict in (PASS, FAIL)
-                edge = next(i for i in range(1, len(CHANCE_BINS)) if chance < CHANCE_BINS[i] or i == len(CHANCE_BINS) - 1)
-                cell = cells.setdefault(kind, {}).setdefault(edge, [0, 0.0, 0])
-                cell[0] += 1
-                cell[1] += chance
-                cell[2] += settled
+    for judge in judges:
+        final = {finding_key(f): f for f in judge.report().findings}
+        for key, _, chance in judge.predicted:
+            f = final[key]
+            if f.reason.startswith("not judged"):
+                continue
+            guard = f.check == "competence" and f.metric == "accuracy_disambig"
+            kind = "guard (shown above chance)" if guard else ("one category" if f.category in categories else "the whole suite")
+            settled = f.verdict == PASS if guard else f.verdict in (PASS, FAIL)
+            edge = next(i for i in range(1, len(CHANCE_BINS)) if chance < CHANCE_BINS[i] or i == len(CHANCE_BINS) - 1)
+            cell = cells.setdefault(kind, {}).setdefault(edge, [0, 0.0, 0])
+            cell[0] += 1
+            cell[1] += chance
+            cell[2] += settled
     return {kind: [{"chance": [CHANCE_BINS[e - 1], CHANCE_BINS[e]], "looks": n, "predicted": total / n, "settled": hits / n}
                    for e, (n, total, hits) in sorted(bins.items())] for kind, bins in sorted(cells.items())}
 
@@ -343,8 +339,11 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
     """The full probes' items through the sequential gate in the orders of other seeds, and in
     those and the probed order at other futility thresholds."""
     orders = range(args.seed, args.seed + 1 + args.replay_seeds)
-    per_futility = {futility: _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
-                    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.25, 0.4})}
+    per_futility, waited = {}, []
+    for futility in sorted({0.0, 0.1, FUTILE_CHANCE, 0.25, 0.4}):
+        per_futility[futility], judges = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, futility)
+        if futility == 0.0:
+            waited = judges  # no futility stop: what the predicted chances are set against
     rows = [r for r in per_futility[FUTILE_CHANCE] if r["seed"] != args.seed]  # the other orders, at the default
     out["replays"] = rows
     trade = {}
@@ -361,9 +360,9 @@ def _replays(args, suite, gate, baseline, fulls, out) -> None:
     out["futility_tradeoff"] = {f"{k:g}": v for k, v in trade.items()}
     # The same orders at the default threshold, kept to the drawn order to the end (as before
     # drawing narrowed to the categories with open verdicts).
-    plain = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, FUTILE_CHANCE, narrow=False)
+    plain, _ = _replay_orders(suite, gate, baseline, fulls, orders, args.batch_items, FUTILE_CHANCE, narrow=False)
     narrowed = per_futility[FUTILE_CHANCE]
-    out["calibration"] = _calibration(suite, gate, baseline, fulls, orders, args.batch_items)
+    out["calibration"] = _calibration(waited, Counter(item.category for item in suite.items))
     out["narrowing"] = {
         key: {"narrowed": sum(r[key] for r in narrowed) / len(narrowed), "drawn_order": sum(r[key] for r in plain) / len(plain)}
         for key in ("mean_items_fraction_per_verdict", "variant_verdicts_items_fraction", "same_verdicts")
