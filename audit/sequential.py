@@ -52,7 +52,7 @@ from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 import numpy as np
 
 from audit.errors import UserError
-from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
+from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, NOT_JUDGED, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
 from audit.plans import GateSettings
 from audit.probes import measures as ms
 from audit.probes.items import AMBIG, DISAMBIG, ItemResult
@@ -401,12 +401,13 @@ def finding_settled(f: GateFinding, complete: bool, guard_failed: bool) -> bool:
 # inconclusive; never a pass, so stopping early costs power, never safety. The threshold trades
 # items for verdicts the full probe would give. `benchmarks/sequential.py` replays the default
 # audit's items in nine orders (items per verdict, verdicts of 70 the same as in full, the guard
-# at 0.05): 0 (no stop): 78%, 66.4; 0.1: 46%, 65.6; 0.15: 43%, 65.6; 0.25: 37%, 64.3; 0.4: 29%,
-# 64.0. None of them stopped a competent variant as too degraded. The benchmark also sets the
+# at 0.05): 0 (no stop): 78%, 66.4; 0.1: 41%, 65.6; 0.15: 37%, 65.6; 0.25: 32%, 64.3; 0.4: 26%,
+# 64.3. None of them stopped a competent variant as too degraded. The benchmark also sets the
 # predicted chance against the share of verdicts that settled when waited for: below 0.25 a
-# prediction of 0.17-0.18 settled 0.08-0.14 of the time, so the stop errs towards waiting.
+# prediction of 0.17-0.18 settled 0.08-0.16 of the time, so the stop errs towards waiting.
 # (Until the chance read the estimate's standard error from a betting bound's width, it ran
-# about twice too high there, and 0.25 waited as long as 0.15 does now: 48% of the items, 65.4.)
+# about twice too high there: 0.25 waited as long as 0.15 did then, 48% of the items, 65.4.
+# Until a rule held back by its guard took the guard's chance too, 0.15 used 43%, 65.6.)
 FUTILE_CHANCE = 0.15
 # The competence guard's "not shown above chance" stops as too degraded to judge, which leaves
 # every rule of the variant unjudged: it waits for a smaller chance (the lower of the two). With
@@ -448,7 +449,9 @@ def settle_chance(f: GateFinding, fixed: Bounds | None, fraction: float, widen: 
 @dataclass
 class SequentialJudge:
     """The gate of one variant, read after every batch; remembers when each verdict settled, and
-    which open verdicts it stopped waiting for (the chance scoring every item would settle them)."""
+    which open verdicts it stopped waiting for (the chance scoring every item would settle them:
+    for a rule held back while its variant is not shown above chance, no more than the chance
+    that it will be)."""
 
     gate: GateSettings
     evidence: SequentialEvidence
@@ -456,6 +459,7 @@ class SequentialJudge:
     settled_at: dict[tuple, int] = field(default_factory=dict)
     futile: dict[tuple, float] = field(default_factory=dict)
     moot: set[tuple] = field(default_factory=set)  # open competence checks of a variant found too degraded
+    held: set[tuple] = field(default_factory=set)  # of the futile: rules stopped for their guard's small chance
     # Each look's predicted chance of settling for each open verdict: (verdict, items scored, chance).
     predicted: list[tuple[tuple, int, float]] = field(default_factory=list)
     futility: float = FUTILE_CHANCE  # stop waiting for a verdict below this chance of settling
@@ -478,8 +482,14 @@ class SequentialJudge:
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
+        chances: dict[tuple, float | None] = {}
         for f in report.findings:
             k = finding_key(f)
+            if k in self.held and f.reason != NOT_JUDGED:
+                # Stopped for a guard that was shown after all: judged afresh from this look.
+                self.held.discard(k)
+                self.futile.pop(k, None)
+                self.settled_at.pop(k, None)
             if k in self.futile and f.verdict in (PASS, FAIL) and not (_shown_at_chance(f) and f.verdict == FAIL):
                 # Settled by the bounds after all (the probe went on for other verdicts): the
                 # verdict is the bounds', and so are the items it used. A guard shown after all
@@ -494,11 +504,26 @@ class SequentialJudge:
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
                 fraction = self.evidence.fraction(f.category)
-                chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
-                if chance is not None:
-                    self.predicted.append((k, scored, chance))
-                if chance is not None and chance < self._threshold(f):
-                    self.futile[k] = chance
+                chances[k] = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
+        # A rule held back by its variant's guard is judged only once every guard of the variant
+        # is shown above chance: it settles with no more chance than the least likely of them.
+        shown: dict[str, float] = {}
+        for f in report.findings:
+            chance = chances.get(finding_key(f))
+            if _shown_at_chance(f) and chance is not None:
+                shown[f.variant] = min(shown.get(f.variant, 1.0), chance)
+        for f in report.findings:
+            k = finding_key(f)
+            chance = chances.get(k)
+            if chance is None:
+                continue
+            guard = shown.get(f.variant, 1.0) if f.reason == NOT_JUDGED else 1.0
+            chance = min(chance, guard)
+            self.predicted.append((k, scored, chance))
+            if chance < self._threshold(f):
+                self.futile[k] = chance
+                if guard == chance:
+                    self.held.add(k)
         failed = self._guard_failed(report.findings, complete)
         for f in report.findings:
             if finding_key(f) not in self.settled_at and self._settled_now(f, complete, failed):
@@ -547,9 +572,13 @@ class SequentialJudge:
             used = None if f.metric not in self.evidence.from_items else self.settled_at.get(finding_key(f), scored)
             chance = self.futile.get(finding_key(f))
             if chance is not None:
-                stop = (f"; stopped at {used:,} items: scoring every item would show it above chance with about {chance:.0%} chance"
-                        if _shown_at_chance(f) else
-                        f"; stopped at {used:,} items: scoring every item would settle it with about {chance:.0%} chance")
+                if _shown_at_chance(f):
+                    stop = f"; stopped at {used:,} items: scoring every item would show it above chance with about {chance:.0%} chance"
+                elif finding_key(f) in self.held:
+                    stop = (f"; stopped at {used:,} items: it is judged once the variant is shown above chance, "
+                            f"which scoring every item would show with about {chance:.0%} chance")
+                else:
+                    stop = f"; stopped at {used:,} items: scoring every item would settle it with about {chance:.0%} chance"
                 f = replace(f, reason=f.reason + stop, items_to_settle=None)
             elif finding_key(f) in self.moot and f.verdict == INCONCLUSIVE:
                 f = replace(f, reason=f"{f.reason}; stopped at {used:,} items: {whose}", items_to_settle=None)

@@ -547,3 +547,39 @@ def test_no_narrowing_while_a_verdict_over_the_suite_or_every_category_is_open()
     gate = replace(NARROW_GATE, rules=NARROW_GATE.rules + (GateRule("transition_rate", 0.5, category="category_mean"),))
     judge = replay_judge(ordered, gate, variant="variant", baseline=baseline, batch_items=10, futility=0.0)
     assert judge.evidence.narrowed_at is None and [r.item_id for r in judge.evidence.results] == [r.item_id for r in ordered]
+
+
+def test_a_rule_held_back_by_its_guard_stops_with_the_guard_s_chance_and_is_judged_if_the_guard_is_shown():
+    """A bias rule is judged only once its variant is shown above chance. Its own figure would
+    pass, but the variant answers the disambiguated questions at chance (1 in 3) so far: the rule
+    cannot settle with more chance than the guard's of being shown, and stops on that (reason
+    given), before the guard itself is given up as too degraded. Where the variant's later
+    answers are right after all, the guard is shown and the rule is judged afresh on its bounds."""
+    from tests.test_gate import ambiguous, answered, qa
+
+    baseline = ambiguous(range(40)) + answered()
+    gate = GateSettings(rules=(GateRule("bias_score_ambig", 0.5),), max_accuracy_drop=1.0)
+
+    def replayed(right_after):
+        # Ambiguous items all "unknown" (bias score 0); disambiguated ones right one time in three
+        # until `right_after`, then always right; the two conditions take turns.
+        disambig = [qa(i, "disambig", 1 if i >= right_after or i % 3 == 0 else 0) for i in range(200)]
+        ordered = [r for pair in zip(ambiguous(()), disambig) for r in pair]
+        report, used, settled = replay(ordered, gate, variant="variant", baseline=baseline, batch_items=20)
+        return {f.metric: f for f in report.findings if f.variant == "variant"}, used
+
+    at_chance, used = replayed(200)
+    guard, rule = at_chance["accuracy_disambig"], at_chance["bias_score_ambig"]
+    assert guard.verdict == FAIL and "stopped at" in guard.reason and guard.items_used == used < 400
+    assert rule.verdict == INCONCLUSIVE and rule.reason.startswith("not judged")
+    assert rule.items_used < guard.items_used
+    chance = float(rule.reason.split("with about ")[1].split("%")[0]) / 100
+    assert GUARD_FUTILE_CHANCE <= chance < FUTILE_CHANCE
+    assert f"stopped at {rule.items_used:,} items: it is judged once the variant is shown above chance" in rule.reason
+    # Its own bounds are within the limit: left alone, they would not have stopped it.
+    assert rule.upper <= 0.5
+
+    shown, _ = replayed(60)
+    guard, rule = shown["accuracy_disambig"], shown["bias_score_ambig"]
+    assert guard.verdict == PASS and rule.verdict == PASS
+    assert rule.items_used == guard.items_used and "stopped" not in rule.reason
