@@ -18,7 +18,7 @@ from audit.progress import Progress, Step, StepCounter, StepPlace
 from tests.app_support import FROZEN_SNAPSHOT, fake_loader, settle, wait_for
 from tui.app import create_app
 from tui.session import Session
-from tui.widgets.job_bar import JobBar
+from tui.widgets.job_bar import JobBar, quiet_for
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
 SIZE = (80, 24)
@@ -130,6 +130,14 @@ async def test_the_bar_says_the_step_of_the_job_and_the_jobs_eta_once_there_is_a
         assert "job eta 0:36" in bar_text(app)
         job.events.put(END)
         await settle(pilot, app)
+
+
+def test_silent_seconds_are_whole_seconds_to_the_nearest():
+    # Two clock readings 61 s apart whose difference comes out a hair under 61.
+    base = 1023.8289559915225
+    assert (base + 61) - base < 61
+    assert quiet_for((base + 61) - base) == "61 s"
+    assert quiet_for(75.4) == "75 s" and quiet_for(150.0) == "2 min 30 s"
 
 
 @pytest.mark.asyncio

@@ -26,7 +26,9 @@ def bar(fraction: float, width: int) -> str:
 
 
 def quiet_for(seconds: float) -> str:
-    seconds = int(seconds)
+    """The whole seconds a job has been silent, to the nearest: a difference of two clock
+    readings 61 s apart may come out a hair under 61."""
+    seconds = round(seconds)
     return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"
 
 
