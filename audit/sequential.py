@@ -482,7 +482,7 @@ class SequentialJudge:
     def look(self) -> GateReport:
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
-        chances: dict[tuple, float | None] = {}
+        chances: dict[tuple, float] = {}  # each open verdict's chance of settling, where it can be said
         for f in report.findings:
             k = finding_key(f)
             if k in self.held and f.reason != NOT_JUDGED:
@@ -504,25 +504,25 @@ class SequentialJudge:
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
                 fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
                 fraction = self.evidence.fraction(f.category)
-                chances[k] = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
+                chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
+                if chance is not None:
+                    chances[k] = chance
         # A rule held back by its variant's guard is judged only once every guard of the variant
         # is shown above chance: it settles with no more chance than the least likely of them.
         shown: dict[str, float] = {}
         for f in report.findings:
-            chance = chances.get(finding_key(f))
-            if _shown_at_chance(f) and chance is not None:
-                shown[f.variant] = min(shown.get(f.variant, 1.0), chance)
+            if _shown_at_chance(f) and finding_key(f) in chances:
+                shown[f.variant] = min(shown.get(f.variant, 1.0), chances[finding_key(f)])
         for f in report.findings:
             k = finding_key(f)
-            chance = chances.get(k)
-            if chance is None:
+            if k not in chances:
                 continue
             guard = shown.get(f.variant, 1.0) if f.reason == NOT_JUDGED else 1.0
-            chance = min(chance, guard)
+            chance = min(chances[k], guard)
             self.predicted.append((k, scored, chance))
             if chance < self._threshold(f):
                 self.futile[k] = chance
-                if guard == chance:
+                if guard <= chances[k]:
                     self.held.add(k)
         failed = self._guard_failed(report.findings, complete)
         for f in report.findings:
