@@ -188,7 +188,8 @@ class RunView:
             "actual_sparsity": prune.get("actual_sparsity"),  # of the layers pruned
             # Of every linear layer of the decoder blocks (layers kept dense included).
             "decoder_sparsity": prune.get("decoder_sparsity", prune.get("actual_sparsity") if not (prune.get("recipe") or {}).get("exclude") else None),
-            "size_on_disk_mb": quantize.get("size_on_disk_mb") or sizes.get("dense") or profile.get("size_on_disk_mb"),
+            "size_on_disk_mb": (quantize.get("size_on_disk_mb") or sizes.get("dense") or profile.get("size_on_disk_mb")
+                                or fingerprint.get("size_on_disk_mb")),
             "size_on_disk_compressed_mb": None if quantize else sizes.get("compressed"),
             "perplexity": ppl.get("perplexity"),
             "perplexity_relative_change_pct": None,

@@ -223,7 +223,7 @@ def _matches(variants: Sequence[dict[str, Any]], usable: set[str], notes: list[s
             continue
         ratio = _size_ratio(variant, baseline)
         if ratio is None:
-            notes.append(f"{variant['name']}: no size on disk measured for it and the baseline (the profile step), so it matches no sparsity")
+            notes.append(f"{variant['name']}: no size on disk measured for it and the baseline, so it matches no sparsity")
             continue
         equivalent = min(max(1.0 - ratio, 0.0), 1.0)
         # The nearest planned sparsity; of two as near, the higher (the smaller model).

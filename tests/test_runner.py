@@ -118,7 +118,10 @@ def test_a_run_stores_every_step_once(sequential_run):
         recipe = dict(store.variants(outcome.run_id))["wanda-2of4"]
         assert recipe["sparsity"] == wanda["target_sparsity"] == 0.5 == pytest.approx(wanda["actual_sparsity"])
         assert recipe["prune"]["pattern"] == wanda["recipe"]["pattern"] == "2:4"
-        assert store.step(outcome.run_id, "baseline", "profile")["result"]["decode_ms_per_token_p50"] > 0
+        profile = store.step(outcome.run_id, "baseline", "profile")["result"]
+        assert profile["decode_ms_per_token_p50"] > 0
+        # The fingerprint step measures the size on disk as the profile does, for runs that profile nothing.
+        assert store.step(outcome.run_id, "baseline", "fingerprint")["result"]["size_on_disk_mb"] == profile["size_on_disk_mb"] > 0
 
 
 def test_reading_a_stored_run_imports_no_inference_library():

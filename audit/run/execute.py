@@ -117,12 +117,17 @@ def _metric_rows(summary: dict[str, Any]) -> Iterator[tuple]:
 
 
 def fingerprint_step(name: str, folder: Path, cancel: threading.Event | None) -> Job[StepRecord]:
-    """The fingerprint of the folder a variant's measurements are made on."""
+    """The fingerprint of the folder a variant's measurements are made on, with its size on
+    disk (as the profile measures it), so a run that profiles nothing still has the sizes the
+    sweep matches quantized variants to pruned ones by."""
     from audit.fingerprint import fingerprint_folder
+    from audit.models.interface import MB
+    from audit.models.loader import model_size_bytes
 
     started = time.time()
     fingerprint = yield from fingerprint_folder(folder, cancel)
-    return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder)))
+    size_mb = round(model_size_bytes(folder) / MB, 2)
+    return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder), size_on_disk_mb=size_mb))
 
 
 def compressed_copy(folder: Path) -> Path | None:
