@@ -42,16 +42,18 @@ max = 1e12
 VARIANT = "magnitude-50"
 
 
-def audit_tiny(folder: Path, model: Path, limit: float = 1.5) -> tuple[Path, Path]:
+def audit_tiny(folder: Path, model: Path, limit: float = 1.5, *, profile: bool = True) -> tuple[Path, Path]:
     """A finished run of the plan above (its gate passes the variant for `limit` 1.5 and fails
-    it for -1.5); returns (the store, the variant's folder)."""
+    it for -1.5); returns (the store, the variant's folder). Without `profile` its record has
+    no envelope figures."""
     from audit.plans import load_plan
     from audit.progress import drive
     from audit.runner import RunOptions, run_plan
 
     folder.mkdir(parents=True)
     plan_path = folder / "plan.toml"
-    plan_path.write_text(PLAN.format(model=model, limit=limit))
+    text = PLAN.format(model=model, limit=limit)
+    plan_path.write_text(text if profile else text.replace("[profile]\n", "[profile]\nenabled = false\n"))
     store = folder / "results.db"
     drive(run_plan(load_plan(plan_path), RunOptions(store=store, work_dir=folder / "work")))
     return store, folder / "work" / "run-1" / VARIANT
