@@ -224,6 +224,23 @@ async def type_into(pilot: Any, selector: str, text: str) -> None:
         await pilot.press(*text)
 
 
+async def paste_into(pilot: Any, selector: str, text: str) -> None:
+    """Focus a field of the current screen, clear it, and paste `text` into it as the terminal
+    delivers a paste (one event to the app, which hands it to the focused widget): how a
+    technician enters a long path, and a key press per character would take seconds here."""
+    from textual import events
+    from textual.widgets import Input
+
+    field = pilot.app.screen.query_one(selector, Input)
+    field.focus()
+    await pilot.pause()
+    field.value = ""
+    if text:
+        pilot.app.post_message(events.Paste(text))
+        await pilot.pause()
+        assert field.value == text, f"pasted {text!r}, the field holds {field.value!r}"
+
+
 async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait until `condition` holds, whatever runs meanwhile."""
     deadline = time.monotonic() + timeout

@@ -44,6 +44,24 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def passed_audit(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny model's magnitude-50 variant audited by a real run whose gate passes it, with its
+    record signed by the lab's keys: shared by the field-check tests of the command line and the
+    app, which read it and never change it."""
+    from audit.record import export_record, new_keys
+    from tests.audited import VARIANT, audit_tiny
+
+    root = tmp_path_factory.mktemp("lab")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EDGE_AUDIT_CACHE", str(root / "cache"))
+        store, variant = audit_tiny(root / "passed", tiny_llama, 1.5)
+    private, public = new_keys(root / "keys")
+    record = root / "record.json"
+    assert export_record(store, 1, VARIANT, record, key=private)["gate"]["passed"]
+    return {"store": store, "variant": variant, "record": record, "private": private, "public": public, "root": root}
+
+
+@pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
     made: dict[str, Path] = {}
 

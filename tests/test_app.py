@@ -13,7 +13,7 @@ from audit.models import load_model
 from audit.reports.render import fmt, summary_rows
 from audit.results import build_report
 from audit.store import ResultsStore
-from tests.app_support import FrozenDevice, exited, settle, type_into, wait_for
+from tests.app_support import FrozenDevice, exited, paste_into, settle, type_into, wait_for
 from tui.app import create_app
 from tui.screens.variant import VariantScreen
 from tui.widgets.comparison import ComparisonTable
@@ -270,7 +270,7 @@ async def test_failures_are_notices_and_the_app_stays_usable(tiny_llama, tmp_pat
         assert any("load a model first" in n for n in notices(app))
         # Load a real model by typing its folder, then a prune that fails in its worker.
         await pilot.press("1")
-        await type_into(pilot, "#model-path", str(tiny_llama))
+        await paste_into(pilot, "#model-path", str(tiny_llama))
         await pilot.press("enter")
         await loaded(pilot)
         await pilot.press("2")

@@ -12,32 +12,20 @@ from textual.widgets import DataTable, Input, Static
 
 from audit import fieldcheck
 from audit.progress import Progress, check_cancel
-from tests.app_support import FrozenDevice, fake_loader, settle, type_into, wait_for
-from tests.audited import VARIANT, audit_tiny, change_one_weight
+from tests.app_support import FrozenDevice, fake_loader, paste_into, settle, type_into, wait_for
+from tests.audited import change_one_weight
 from tui.app import create_app
 
 SIZE = (80, 24)
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory):
-    """A tiny model's magnitude-50 variant, audited by a real run whose gate passes it, its
-    signed record and the lab's keys; and a copy of the folder with one weight changed."""
-    from audit.record import export_record, new_keys
-    from tests.tiny import make_tiny_model
-
-    root = tmp_path_factory.mktemp("lab")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("EDGE_AUDIT_CACHE", str(root / "cache"))
-        model = make_tiny_model(root / "tiny", "llama")
-        lab_store, folder = audit_tiny(root / "lab", model)
-        private, public = new_keys(root / "keys")
-        record = root / "rec.json"
-        exported = export_record(lab_store, 1, VARIANT, record, key=private)
-        assert exported["gate"]["passed"]
-    changed = root / "changed"
-    change_one_weight(folder, changed)
-    return {"folder": folder, "changed": changed, "record": record, "public": public}
+def audited(passed_audit, tmp_path_factory):
+    """The audited variant, its signed record and the lab's key; and a copy of the folder with
+    one weight changed."""
+    changed = tmp_path_factory.mktemp("changed") / "changed"
+    change_one_weight(passed_audit["variant"], changed)
+    return {"folder": passed_audit["variant"], "changed": changed, "record": passed_audit["record"], "public": passed_audit["public"]}
 
 
 def held_step(model, record, cancel):
@@ -69,9 +57,9 @@ async def open_check_screen(pilot):
 
 
 async def run_check(pilot, folder: Path, record: Path, trust: Path | None):
-    await type_into(pilot, "#check-model", str(folder))
-    await type_into(pilot, "#check-record", str(record))
-    await type_into(pilot, "#check-trust", str(trust) if trust else "")
+    await paste_into(pilot, "#check-model", str(folder))
+    await paste_into(pilot, "#check-record", str(record))
+    await paste_into(pilot, "#check-trust", str(trust) if trust else "")
     await pilot.press("ctrl+r")
     await pilot.pause()
     await settle(pilot, pilot.app, timeout=300)
@@ -140,7 +128,7 @@ async def test_a_changed_weight_does_not_match_and_a_wrong_path_loses_nothing(au
         # A record that is not there: one notice; the verdict and the form stay as they were.
         app.clear_notifications()
         missing = tmp_path / "no-such-record.json"
-        await type_into(pilot, "#check-record", str(missing))
+        await paste_into(pilot, "#check-record", str(missing))
         await pilot.press("ctrl+r")
         await settle(pilot, app)
         assert len(notices(app)) == 1 and str(missing) in notices(app)[0]
@@ -153,8 +141,8 @@ async def test_a_changed_weight_does_not_match_and_a_wrong_path_loses_nothing(au
         # esc cancels a check under way (held at its perplexity step until then): nothing is
         # stored, the verdict shown stays.
         monkeypatch.setattr(fieldcheck, "_perplexity_step", held_step)
-        await type_into(pilot, "#check-model", str(audited["folder"]))
-        await type_into(pilot, "#check-record", str(audited["record"]))
+        await paste_into(pilot, "#check-model", str(audited["folder"]))
+        await paste_into(pilot, "#check-record", str(audited["record"]))
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: app.job is not None and app.job.latest is not None and app.job.latest.message == "held")
         await pilot.pause(0.2)

@@ -30,17 +30,13 @@ from tests.audited import audit_tiny, change_one_weight
 from tests.conftest import run_cli
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, tiny_llama):
+def lab(passed_audit, tmp_path_factory, tiny_llama):
     """A passed audit with a signed record, a failed audit's record, and the signing keys."""
-    root = tmp_path_factory.mktemp("lab")
-    store, variant = audit_tiny(root / "passed", tiny_llama, 1.5)
+    root = tmp_path_factory.mktemp("failed")
     failed_store, _ = audit_tiny(root / "failed", tiny_llama, -1.5, profile=False)  # its check stops at the gate
-    private, public = new_keys(root / "keys")
-    record = root / "record.json"
-    export_record(store, 1, "magnitude-50", record, key=private)
     failed = root / "failed-record.json"
-    export_record(failed_store, 1, None, failed, key=private)
-    return {"store": store, "variant": variant, "record": record, "failed": failed, "private": private, "public": public, "root": root}
+    export_record(failed_store, 1, None, failed, key=passed_audit["private"])
+    return dict(passed_audit, failed=failed)
 
 
 # -- fingerprints ----------------------------------------------------------------------------------
