@@ -241,6 +241,18 @@ async def paste_into(pilot: Any, selector: str, text: str) -> None:
         assert field.value == text, f"pasted {text!r}, the field holds {field.value!r}"
 
 
+async def press_while_busy(pilot: Any, key: str, until: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Send `key` to the app as Pilot does and wait until `until` holds. Pilot's own press then
+    waits for the process to idle, up to a second twice per key, and a process with a job
+    computing on a worker thread never idles."""
+    from textual import events
+
+    event = events.Key(key, key if len(key) == 1 else None)
+    event.set_sender(pilot.app)
+    pilot.app._driver.send_message(event)
+    await wait_for(pilot, until, timeout)
+
+
 async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait until `condition` holds, whatever runs meanwhile."""
     deadline = time.monotonic() + timeout

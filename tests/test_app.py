@@ -13,7 +13,7 @@ from audit.models import load_model
 from audit.reports.render import fmt, summary_rows
 from audit.results import build_report
 from audit.store import ResultsStore
-from tests.app_support import FrozenDevice, exited, paste_into, settle, type_into, wait_for
+from tests.app_support import FrozenDevice, exited, paste_into, press_while_busy, settle, type_into, wait_for
 from tui.app import create_app
 from tui.screens.variant import VariantScreen
 from tui.widgets.comparison import ComparisonTable
@@ -132,8 +132,7 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
 
 async def timed_keys(pilot, keys):
     """Milliseconds from sending each key to its screen switch running, for the keys sent while
-    the job still ran (Pilot sends the key; the handler notes when it runs). Each press takes
-    Pilot about a second more, waiting for a process whose worker thread never idles."""
+    the job still ran (the key is sent as Pilot sends it; the handler notes when it runs)."""
     app = pilot.app
     handled: list[float] = []
     switch = app.action_switch_mode
@@ -148,8 +147,9 @@ async def timed_keys(pilot, keys):
         for key in keys:
             if app.job is None:
                 break
+            before = len(handled)
             sent = time.perf_counter()
-            await pilot.press(key)
+            await press_while_busy(pilot, key, lambda: len(handled) > before)
             latencies.append(1000 * (handled[-1] - sent))
             await pilot.pause(0.1)
     finally:
@@ -170,7 +170,7 @@ async def test_keys_answered_within_100_ms_while_a_prune_and_a_probe_run_and_can
             await wait_for(pilot, lambda: app.job is not None and app.job.latest is not None and "block" in app.job.latest.message)
             during_prune = await timed_keys(pilot, ["4", "2", "4", "2", "4"])
             assert len(during_prune) == 5, "the prune ended before the keys were measured"
-            await pilot.press("escape")  # cancel the prune: nothing of it is stored
+            await press_while_busy(pilot, "escape", lambda: app.job is None)  # cancel the prune: nothing of it is stored
             await settle(pilot, app)
             with ResultsStore(store) as db:
                 assert db.step(app.session.run_id, "wanda-50", "compress") is None
@@ -183,7 +183,7 @@ async def test_keys_answered_within_100_ms_while_a_prune_and_a_probe_run_and_can
             assert len(during_probe) == 6
             held.released.set()
             await wait_for(pilot, lambda: app.job.latest.done > 0)
-            await pilot.press("escape")
+            await press_while_busy(pilot, "escape", lambda: app.job is None)
             await settle(pilot, app)
             print(f"\nkey latency during prune, ms: {[round(x, 1) for x in during_prune]}")
             print(f"key latency during probe, ms: {[round(x, 1) for x in during_probe]}")
@@ -217,13 +217,13 @@ async def test_quit_during_a_job_asks_then_cancels_and_keeps_finished_steps_and_
             app.screen.query_one("#target").value = "baseline"
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: app.job is not None and app.job.latest is not None and app.job.latest.stage == "probe")
-            await pilot.press("q")
-            await pilot.pause()
-            assert type(app.screen).__name__ == "ConfirmScreen" and app.is_running
-            await pilot.press("n")  # not yet
+            await press_while_busy(pilot, "q", lambda: type(app.screen).__name__ == "ConfirmScreen")
+            assert app.is_running
+            await press_while_busy(pilot, "n", lambda: type(app.screen).__name__ != "ConfirmScreen")  # not yet
             assert app.job is not None and not app.job.cancel.is_set()
-            await pilot.press("q", "y")
-            assert app.job.cancel.is_set() and app.is_running  # it waits for the job to stop
+            await press_while_busy(pilot, "q", lambda: type(app.screen).__name__ == "ConfirmScreen")
+            await press_while_busy(pilot, "y", lambda: app.job.cancel.is_set())
+            assert app.is_running  # it waits for the job to stop
             held.released.set()
             await exited(app)
     finally:
