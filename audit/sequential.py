@@ -55,7 +55,7 @@ from audit.errors import UserError
 from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, NOT_JUDGED, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
 from audit.plans import GateSettings
 from audit.probes import measures as ms
-from audit.probes.items import AMBIG, DISAMBIG, ItemResult
+from audit.probes.items import AMBIG, DISAMBIG, QA, ItemResult, ProbeItem
 from audit.progress import Job, Progress
 from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle, sequence_widening, sized_widening
 
@@ -589,6 +589,38 @@ class SequentialJudge:
 
 
 # -- probing a model sequentially -----------------------------------------------------------------
+# A group of items scored together ahead of their turn holds at most this many: a suite whose
+# items all read one context would otherwise make the first batch the whole suite.
+MAX_CONTEXT_GROUP = 8
+
+
+def context_groups(items: Sequence[ProbeItem]) -> dict[str, tuple[str, ...]]:
+    """Question items asked on the same context (BBQ asks two questions of each), by item id, each
+    with the ids of its group: the model reads the context once when they are scored in one
+    call. Items alone on their context, or in a group larger than MAX_CONTEXT_GROUP, are left
+    out. (Grouping a disambiguated context with the ambiguous one it begins with was measured
+    too: it shares more tokens, but pays for them in runs that stop early, 0.29 of a full
+    probe's tokens after 40 of 480 items against 0.17, for no gain in a run that reaches every
+    item, 1.05 against 1.06.)"""
+    by_context: dict[str, list[str]] = {}
+    for item in items:
+        if item.kind == QA and item.context:
+            by_context.setdefault(item.context, []).append(item.item_id)
+    return {item_id: tuple(group) for group in by_context.values() if 1 < len(group) <= MAX_CONTEXT_GROUP for item_id in group}
+
+
+def _with_context_groups(batch: Sequence[ProbeItem], groups: Mapping[str, tuple[str, ...]],
+                         by_id: Mapping[str, ProbeItem], computed: set[str]) -> list[ProbeItem]:
+    """The items of `batch` not computed yet, with the others of their context groups not
+    computed yet (`computed`: the ids scored so far, whether the judge has taken them or not)."""
+    chosen = {i.item_id: i for i in batch if i.item_id not in computed}
+    for item in batch:
+        for other in groups.get(item.item_id, ()):
+            if other not in computed and other not in chosen:
+                chosen[other] = by_id[other]
+    return list(chosen.values())
+
+
 @dataclass
 class SequentialRun:
     """A sequential probe of one variant: what it scored, and the gate with items used per verdict."""
@@ -604,6 +636,7 @@ class SequentialRun:
     batch_items: int
     futility: float = FUTILE_CHANCE
     narrowed_at: int | None = None  # items scored before drawing from the categories with open verdicts only
+    scored_ahead: int = 0  # items scored with their context group before their turn that it never reached
 
     @property
     def items_scored(self) -> int:
@@ -623,6 +656,7 @@ class SequentialRun:
             "fraction_scored": round(self.items_scored / self.items_total, 4) if self.items_total else None,
             "stopped": "settled" if self.settled else ("cancelled" if self.cancelled else "limit"),
             "narrowed_at": self.narrowed_at,
+            "scored_ahead_unused": self.scored_ahead,
             "items_per_category": self.items_per_category(),
             "elapsed_s": round(self.elapsed_s, 3),
             "gate": self.gate.to_dict(),
@@ -647,7 +681,14 @@ def probe_sequentially(
     stop as soon as every verdict of the gate on `variant` is settled (or at the last item); an
     open verdict that scoring every item would settle with less than `futility` chance is not
     waited for. `baseline` is the baseline's item results (scored in full) for the changes
-    against it."""
+    against it.
+
+    In log-likelihood mode an item is scored with the items asked on its context
+    (`context_groups`), which a batch of items drawn at random would otherwise each feed the
+    context for. The judge still takes every item in the drawn order, when its turn comes, so
+    what it sees and when it stops are as they were; an item scored ahead is only not computed
+    twice. On the default suite that feeds 1.05-1.06 times a full probe's tokens for a run that
+    reaches every item, against 1.58, and 0.17 against 0.13 for one that stops after 40 of 480."""
     from audit.probes.job import score_batch
 
     if batch_items < 1:
@@ -668,11 +709,19 @@ def probe_sequentially(
     start = time.perf_counter()
     cancelled = False
     yield Progress("probe", 0, total, f"{variant}: 0/{total} items")
+    groups = context_groups(order) if settings.mode == "loglik" else {}
+    by_id = {item.item_id: item for item in order}
+    scored: dict[str, ItemResult] = {}  # scored, and not yet taken by the judge
+    computed: set[str] = set()
     for batch in _batches(Draw(order), judge, batch_items):
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
-        evidence.extend(score_batch(model, suite, batch, settings, norm))
+        todo = _with_context_groups(batch, groups, by_id, computed)
+        if todo:
+            scored.update((r.item_id, r) for r in score_batch(model, suite, todo, settings, norm))
+            computed.update(item.item_id for item in todo)
+        evidence.extend([scored.pop(item.item_id) for item in batch])
         judge.look()
         done = len(evidence.results)
         left = judge.open_verdicts()
@@ -681,7 +730,7 @@ def probe_sequentially(
         judge.look()
     settled = judge.settled and not evidence.complete
     return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
-                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at)
+                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at, len(scored))
 
 
 def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,

@@ -168,7 +168,7 @@ def _models(args, plan, gate, out) -> None:
     base_record = ProbeRecord(base.header(), base.results)
     write_items(args.work_dir / "items" / "baseline.jsonl", base.header(), base.results)
     print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
-    used_fractions, own_fractions, same_all, full_s_all, seq_s_all, scored = [], [], [], 0.0, 0.0, 0
+    used_fractions, own_fractions, same_all, full_s_all, seq_s_all, scored, ahead = [], [], [], 0.0, 0.0, 0, 0
     fulls: dict = {}  # per variant: its full probe's items and verdicts, for the replays
     for index, name in enumerate(names):
         folder = args.work_dir / name
@@ -219,11 +219,14 @@ def _models(args, plan, gate, out) -> None:
         full_s_all += timings["full"]
         seq_s_all += timings["sequential"]
         scored += seq.items_scored
-        out["variants"][name] = {"items_scored": seq.items_scored, "items_total": seq.items_total, "stopped": seq.to_dict()["stopped"],
+        ahead += seq.scored_ahead
+        out["variants"][name] = {"items_scored": seq.items_scored, "scored_ahead_unused": seq.scored_ahead,
+                                 "items_total": seq.items_total, "stopped": seq.to_dict()["stopped"],
                                  "full_s": round(timings["full"], 2), "sequential_s": round(timings["sequential"], 2), "verdicts": rows,
                                  "batching": moved}
         if not args.json:
-            print(f"\n{name}: sequential scored {seq.items_scored}/{seq.items_total} items ({seq.to_dict()['stopped']}); "
+            print(f"\n{name}: sequential scored {seq.items_scored}/{seq.items_total} items ({seq.to_dict()['stopped']}; "
+                  f"{seq.scored_ahead} more scored ahead with their context and never reached); "
                   f"full {timings['full']:.1f} s, sequential {timings['sequential']:.1f} s, ratio {timings['sequential'] / timings['full']:.2f}")
             print(f"  scored in both: {moved['items']} items, {moved['choices_differ']} choices differ, "
                   f"log-likelihoods {moved['max_abs_loglik_diff']:.2g} nats apart at most (drawn batches against the suite's)")
@@ -239,6 +242,7 @@ def _models(args, plan, gate, out) -> None:
         "mean_items_fraction_per_verdict": sum(used_fractions) / len(used_fractions) if used_fractions else None,
         "variant_verdicts_items_fraction": sum(own_fractions) / len(own_fractions) if own_fractions else None,
         "variant_items_fraction": scored / (len(base.results) * len(names)) if names else None,
+        "variant_items_computed_fraction": (scored + ahead) / (len(base.results) * len(names)) if names else None,
         "all_items_fraction_with_baseline_in_full": (len(base.results) + scored) / total_full,
         "full_s": round(full_s_all, 2),
         "sequential_s": round(seq_s_all, 2),
@@ -251,7 +255,8 @@ def _models(args, plan, gate, out) -> None:
               f"the variants' own verdicts (the baseline's is read from its probe of every item): "
               f"{100 * summary['variant_verdicts_items_fraction']:.1f}%")
         print(f"items the variants scored: {100 * summary['variant_items_fraction']:.1f}%; with the baseline scored in full: "
-              f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%")
+              f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%; with the items scored ahead of their turn "
+              f"and never reached: {100 * summary['variant_items_computed_fraction']:.1f}%")
         print(f"variants' probe time: full {summary['full_s']:.1f} s, sequential {summary['sequential_s']:.1f} s, ratio {summary['time_ratio']:.2f}")
     _replays(args, suite, gate, base.results, fulls, out)
 

@@ -17,7 +17,9 @@ from audit.probes import ProbeSettings, load_suite, run_probe
 from audit.probes import measures as ms
 from audit.progress import drive
 from audit.reports.render import sequential_markdown, sequential_outcome, sequential_rows
-from audit.sequential import FUTILE_CHANCE, GUARD_FUTILE_CHANCE, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
+from audit import sequential
+from audit.probes.items import QA, SENTENCES, ProbeItem
+from audit.sequential import MAX_CONTEXT_GROUP, FUTILE_CHANCE, GUARD_FUTILE_CHANCE, context_groups, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import (
     Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
 )
@@ -583,3 +585,63 @@ def test_a_rule_held_back_by_its_guard_stops_with_the_guard_s_chance_and_is_judg
     guard, rule = shown["accuracy_disambig"], shown["bias_score_ambig"]
     assert guard.verdict == PASS and rule.verdict == PASS
     assert rule.items_used == guard.items_used and "stopped" not in rule.reason
+
+
+# -- items scored with their context group ----------------------------------------------------------
+def _question(item_id: str, context: str, kind: str = QA) -> ProbeItem:
+    return ProbeItem(item_id, "Age", kind, ("a", "b", "unknown"), (0,), context=context, question="Who?")
+
+
+def test_context_groups_by_hand():
+    items = [
+        _question("a-neg", "A man and a woman."),
+        _question("a-nonneg", "A man and a woman."),
+        _question("a-dis", "A man and a woman. The man left."),  # another context, alone on it
+        _question("b", "Two neighbours."),  # alone: no group
+        _question("c1", "An old and a young."),
+        _question("c2", "An old and a young."),
+        _question("c3", "An old and a young."),
+        _question("s1", "A man and a woman.", kind=SENTENCES),  # not a question: never grouped
+        _question("e1", ""),  # no context: never grouped
+        _question("e2", ""),
+    ]
+    assert context_groups(items) == {
+        "a-neg": ("a-neg", "a-nonneg"), "a-nonneg": ("a-neg", "a-nonneg"),
+        "c1": ("c1", "c2", "c3"), "c2": ("c1", "c2", "c3"), "c3": ("c1", "c2", "c3"),
+    }
+    # More than MAX_CONTEXT_GROUP items on one context make no group.
+    many = [_question(f"q{n}", "Q:") for n in range(MAX_CONTEXT_GROUP + 1)]
+    assert context_groups(many) == {}
+    assert len(set(context_groups(many[:MAX_CONTEXT_GROUP]).values())) == 1
+
+
+def test_items_are_scored_with_their_context_group_once_and_judged_in_the_drawn_order(tiny, suite, baseline, monkeypatch):
+    from audit.probes import job
+
+    scored: list[list[str]] = []  # the ids of each call's items
+    score_batch = job.score_batch
+
+    def recording(model, suite, chunk, settings, norm):
+        scored.append([item.item_id for item in chunk])
+        return score_batch(model, suite, chunk, settings, norm)
+
+    monkeypatch.setattr(job, "score_batch", recording)
+    run = drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant", baseline=baseline, batch_items=10))
+    order = [item.item_id for item in stratified_order(suite.items, 0)]
+    assert [r.item_id for r in run.results] == order[:run.items_scored]
+    # Each item computed once: those the judge took, and those scored ahead it never reached.
+    ids = [i for call in scored for i in call]
+    assert len(ids) == len(set(ids)) == run.items_scored + run.scored_ahead and len(scored[0]) > 10
+    assert set(ids) >= set(order[:run.items_scored])
+    assert run.to_dict()["scored_ahead_unused"] == run.scored_ahead
+    assert sequential_outcome({"items_scored": 40, "items_total": 480, "stopped": "settled", "scored_ahead_unused": 96}) == (
+        "40 of 480 items scored, stopped once every verdict settled; 96 more scored ahead with their context, not reached")
+    # Without the groups: the same items judged, the same verdicts, the same scores to float noise.
+    monkeypatch.setattr(sequential, "context_groups", lambda items: {})
+    scored.clear()
+    alone = drive(probe_sequentially(tiny, suite, CLEAR, ProbeSettings(), variant="variant", baseline=baseline, batch_items=10))
+    assert [i for call in scored for i in call] == order[:alone.items_scored] and alone.scored_ahead == 0
+    assert [r.item_id for r in alone.results] == [r.item_id for r in run.results]
+    assert [f.verdict for f in alone.gate.findings] == [f.verdict for f in run.gate.findings]
+    for a, b in zip(alone.results, run.results):
+        assert a.chosen == b.chosen and a.option_logprobs == pytest.approx(b.option_logprobs, abs=1e-4)

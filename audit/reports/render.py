@@ -523,7 +523,9 @@ def sequential_outcome(run: dict[str, Any]) -> str:
     stopped = {"settled": "stopped once every verdict settled", "limit": "stopped at the last item", "cancelled": "cancelled"}[run["stopped"]]
     narrowed = run.get("narrowed_at")
     after = f"; after {narrowed:,} items, only the categories with open verdicts" if narrowed else ""
-    return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}{after}"
+    ahead = run.get("scored_ahead_unused")
+    unused = f"; {ahead:,} more scored ahead with their context, not reached" if ahead else ""
+    return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}{after}{unused}"
 
 
 def sequential_markdown(runs: Sequence[dict[str, Any]]) -> str:
