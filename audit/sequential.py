@@ -636,7 +636,7 @@ class SequentialRun:
     batch_items: int
     futility: float = FUTILE_CHANCE
     narrowed_at: int | None = None  # items scored before drawing from the categories with open verdicts only
-    scored_ahead: int = 0  # items scored with their context group before their turn that it never reached
+    scored_ahead: int = 0  # items scored with their context ahead of their turn, which the run never reached
 
     @property
     def items_scored(self) -> int:
