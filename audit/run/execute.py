@@ -121,13 +121,19 @@ def fingerprint_step(name: str, folder: Path, cancel: threading.Event | None) ->
     disk (as the profile measures it), so a run that profiles nothing still has the sizes the
     sweep matches quantized variants to pruned ones by."""
     from audit.fingerprint import fingerprint_folder
-    from audit.models.interface import MB
-    from audit.models.loader import model_size_bytes
 
     started = time.time()
     fingerprint = yield from fingerprint_folder(folder, cancel)
-    size_mb = round(model_size_bytes(folder) / MB, 2)
-    return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder), size_on_disk_mb=size_mb))
+    return StepRecord(name, FINGERPRINT, started, dict(fingerprint.to_dict(), folder=str(folder), size_on_disk_mb=size_on_disk_mb(folder)))
+
+
+def size_on_disk_mb(folder: Path) -> float:
+    """A model folder's size on disk in MB, as the profile's facts give it (`model_size_bytes`:
+    model folders nested inside it not counted)."""
+    from audit.models.interface import MB
+    from audit.models.loader import model_size_bytes
+
+    return round(model_size_bytes(folder) / MB, 2)
 
 
 def compressed_copy(folder: Path) -> Path | None:
@@ -148,8 +154,6 @@ def folder_facts(folder: Path, weight_sparsity: float | None) -> dict[str, Any]:
     """What a variant given as a folder is, since no compress step says it: the share of exact
     zeros measured in its decoder's linear weights, the compression its folder has on record,
     and its size on disk with its compressed sparse copy's."""
-    from audit.models.interface import MB
-    from audit.models.loader import model_size_bytes
     from audit.models.meta import compression_label, read_meta
 
     described = compression_label(read_meta(folder))
@@ -158,9 +162,9 @@ def folder_facts(folder: Path, weight_sparsity: float | None) -> dict[str, Any]:
         "folder": str(folder),
         "weight_sparsity": None if weight_sparsity is None else round(weight_sparsity, 6),
         "compression": described[0] if described else None,
-        "size_on_disk_mb": round(model_size_bytes(folder) / MB, 2),
+        "size_on_disk_mb": size_on_disk_mb(folder),
         "compressed_folder": None if copy is None else str(copy),
-        "size_on_disk_compressed_mb": None if copy is None else round(model_size_bytes(copy) / MB, 2),
+        "size_on_disk_compressed_mb": None if copy is None else size_on_disk_mb(copy),
     }
 
 
