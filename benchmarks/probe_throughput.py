@@ -16,7 +16,10 @@ category file) is scored by the engine and the naive path, alternating per batch
 Prints each path's rate, the ratios, pct_stereotype of each path and how many choices agree, and
 the tokens the engine and lm-eval feed the model for the same pairs: a token costs about the same
 in either path, so their ratio bounds what sharing tokens can gain, and the cost per token shows
-the rest.
+the rest. Last, the float32 matmul floor: the time the model's linear layers alone need for the
+tokens the engine feeds, at the fastest rate the same threads multiply the model's own weight shapes
+(measured in the same run), so the most pairs/s any float32 scoring of those tokens can reach
+here, its ratio to lm-eval's measured rate, and the share of it each path reached.
 """
 
 from __future__ import annotations
@@ -83,26 +86,81 @@ class LmEval:
 
 
 def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
-    """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's token trees
-    (one call per `batch_items` pairs, rows batched by `tree_batches`, as the engine batches them) and lm-eval's
-    rows (per call of `chunk_pairs` pairs: every sentence after the prefix token, its last token
+    """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's
+    token trees (one call per `batch_items` pairs, rows batched by `tree_batches`, as the engine
+    batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the prefix token, its last token
     dropped, sorted longest first, 8 to a batch, padded to the batch's longest). A token costs about
     the same in either path (the whole model runs on it), so their ratio is the most the engine can
-    gain on lm-eval without computing faster per token."""
+    gain on lm-eval without computing faster per token. `engine_head`: the tokens the engine's
+    output head runs on (lm-eval's runs on all it feeds)."""
     from audit.models.torch_lm import tree_batches, tree_rows
 
-    engine = nodes = 0
+    engine = nodes = head = 0
     for start in range(0, len(requests), batch_items):
         rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))))
         lengths = [len(row.tokens) for row in rows]
         nodes += sum(lengths)
         for batch in tree_batches(rows):
             engine += len(batch) * max(lengths[b] for b in batch)
+            # The head runs at the positions any row of the batch scores, in every row of it.
+            head += len(batch) * len({node for b in batch for _, _, node, _ in rows[b].scored})
     lm_eval = 0
     for start in range(0, len(requests), chunk_pairs):
         fed = sorted((len(r.context) + len(c) - 1 for r in requests[start : start + chunk_pairs] for c in r.continuations), reverse=True)
         lm_eval += sum(len(fed[i : i + LM_EVAL_BATCH]) * fed[i] for i in range(0, len(fed), LM_EVAL_BATCH))
-    return {"engine": engine, "engine_unpadded": nodes, "lm_eval": lm_eval}
+    return {"engine": engine, "engine_unpadded": nodes, "engine_head": head, "lm_eval": lm_eval}
+
+
+def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repeats: int = 5) -> dict[str, float]:
+    """Seconds the matrix products of the model's linear layers alone take for the tokens each
+    path feeds (`tokens_fed`), at the fastest this core's `threads` multiply each of the model's
+    weight shapes by `rows` tokens: the fastest of `repeats`, on one thread, and for more threads
+    the faster of one product split over them and one product per thread side by side (as the
+    scoring workers run). Attention, norms and the log-softmax are left out, so these are lower
+    bounds: no path scoring these tokens in float32 on these threads can take less."""
+    import torch
+    import torch.nn.functional as F
+
+    from audit.models.torch_lm import linear_weights, output_head
+    from audit.models.workers import RowWorkers
+
+    def fastest(run) -> float:
+        run()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    workers = RowWorkers(threads) if threads > 1 else None
+
+    def per_token(weight: torch.Tensor) -> float:
+        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+        seconds = fastest(lambda: F.linear(x, weight)) / rows
+        if workers is not None:
+            side_by_side = fastest(lambda: workers.map(lambda: F.linear(x, weight), [()] * threads))
+            seconds = min(seconds, side_by_side / (rows * threads))
+        return seconds
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            shapes: dict[tuple, float] = {}
+            body = 0.0
+            for _, weight in linear_weights(model.model):
+                key = (tuple(weight.shape), weight.dtype)
+                if key not in shapes:
+                    shapes[key] = per_token(weight)
+                body += shapes[key]
+            head = per_token(output_head(model.model).weight)
+    finally:
+        torch.set_num_threads(previous)
+        if workers is not None:
+            workers.close()
+    return {"engine": fed["engine"] * body + fed["engine_head"] * head, "lm_eval": fed["lm_eval"] * (body + head),
+            "body_ms_per_token": 1000 * body, "head_ms_per_token": 1000 * head}
 
 
 def pct_stereotype(logprobs) -> float:
@@ -195,6 +253,14 @@ def main() -> int:
         result["crows_lm_eval_tokens_fed"] = fed["lm_eval"]
         result["crows_lm_eval_over_engine_tokens"] = round(fed["lm_eval"] / fed["engine"], 2)
         result["crows_engine_ms_per_token"] = round(1000 * engine_s / fed["engine"], 4)
+        result["crows_engine_head_tokens"] = fed["engine_head"]
+        floor = matmul_floor(model, fed, result["threads"])
+        result["crows_matmul_ms_per_token_body"] = round(floor["body_ms_per_token"], 4)
+        result["crows_matmul_ms_per_token_head"] = round(floor["head_ms_per_token"], 4)
+        result["crows_engine_floor_s"] = round(floor["engine"], 2)
+        result["crows_engine_share_of_floor"] = round(floor["engine"] / engine_s, 3)
+        result["crows_engine_pairs_per_s_bound"] = round(len(items) / floor["engine"], 3)
+        result["crows_lm_eval_floor_s"] = round(floor["lm_eval"], 2)
     result["crows_engine_pairs_per_s"] = round(len(items) / engine_s, 3)
     result["crows_engine_pct_stereotype"] = pct_stereotype(engine_scores)
     naive_scores, naive_s = crows["naive"]
@@ -216,6 +282,8 @@ def main() -> int:
         result["crows_lm_eval_pct_stereotype"] = pct_stereotype(lm_scores)
         if "crows_lm_eval_tokens_fed" in result:
             result["crows_lm_eval_ms_per_token"] = round(1000 * lm_s / result["crows_lm_eval_tokens_fed"], 4)
+            result["crows_lm_eval_share_of_floor"] = round(result["crows_lm_eval_floor_s"] / lm_s, 3)
+            result["crows_bound_over_lm_eval"] = round(lm_s / result["crows_engine_floor_s"], 2)
         result["crows_same_choice_engine_lm_eval"] = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in zip(engine_scores, lm_scores))
         result["crows_max_abs_logprob_diff_engine_lm_eval"] = float(
             f"{max(abs(x - y) for a, b in zip(engine_scores, lm_scores) for x, y in zip(a, b)):.3g}")
@@ -262,6 +330,12 @@ def main() -> int:
         print(f"  tokens fed: engine {r['crows_engine_tokens_fed']} (token trees of {r['crows_engine_tree_tokens']} tokens, padded), "
               f"lm-eval {r['crows_lm_eval_tokens_fed']} (batch {LM_EVAL_BATCH}, padded): {r['crows_lm_eval_over_engine_tokens']:.2f}x, "
               f"the engine's gain at equal cost per token{cost}")
+        bound = (f" = {r['crows_bound_over_lm_eval']:.2f}x lm-eval's measured rate; lm-eval ran at {100 * r['crows_lm_eval_share_of_floor']:.0f}% of its own floor"
+                 if "crows_bound_over_lm_eval" in r else "")
+        print(f"  float32 matmul floor (the linear layers' products alone, at the fastest {r['threads']} thread(s) here multiply the model's own shapes: "
+              f"{r['crows_matmul_ms_per_token_body']} ms per token for the blocks, "
+              f"{r['crows_matmul_ms_per_token_head']} for the head): the engine's tokens need {r['crows_engine_floor_s']} s, so at most "
+              f"{r['crows_engine_pairs_per_s_bound']:.2f} pairs/s{bound}; the engine ran at {100 * r['crows_engine_share_of_floor']:.0f}% of that bound")
     if n_naive:
         print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
               f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "

@@ -151,11 +151,29 @@ def test_the_throughput_benchmark_counts_the_tokens_each_path_feeds():
     requests = [ScoreRequest((0,), ((5, 6, 7), (5, 8, 7))), ScoreRequest((0,), ((9, 10), (9, 11)))]
     # One engine call of both pairs: one tree 0 5 6 8 9 (the last tokens are not fed). lm-eval
     # feeds each sentence but its last token (3, 3, 2, 2) in one batch padded to 3: 12.
-    assert script.tokens_fed(requests, batch_items=2, chunk_pairs=2) == {"engine": 5, "engine_unpadded": 5, "lm_eval": 12}
+    assert script.tokens_fed(requests, batch_items=2, chunk_pairs=2) == {"engine": 5, "engine_unpadded": 5, "engine_head": 5, "lm_eval": 12}
     # A call per pair: trees of 4 and 2 tokens; lm-eval's batches 3 + 3 and 2 + 2.
-    assert script.tokens_fed(requests, batch_items=1, chunk_pairs=1) == {"engine": 6, "engine_unpadded": 6, "lm_eval": 10}
+    assert script.tokens_fed(requests, batch_items=1, chunk_pairs=1) == {"engine": 6, "engine_unpadded": 6, "engine_head": 6, "lm_eval": 10}
     # Nine sentences of 2 to 10 tokens after the start, each the start of the next: lm-eval's
     # first batch holds the eight longest padded to 10 tokens fed, the ninth (2 fed) a batch of
     # its own: 80 + 2. The engine feeds their shared tokens once: the longest's 10.
     long = [ScoreRequest((0,), (tuple(range(20, 20 + n)),)) for n in range(2, 11)]
-    assert script.tokens_fed(long, batch_items=9, chunk_pairs=9) == {"engine": 10, "engine_unpadded": 10, "lm_eval": 82}
+    assert script.tokens_fed(long, batch_items=9, chunk_pairs=9) == {"engine": 10, "engine_unpadded": 10, "engine_head": 10, "lm_eval": 82}
+    # A sentence feeding 121 tokens and one feeding 60, sharing only the start: a row each, in
+    # one batch padded to 121. The head runs at every position any row of the batch scores, in
+    # every row of it: 2 x 121, for 181 scored tokens.
+    mixed = [ScoreRequest((0,), (tuple(range(1000, 1121)),)), ScoreRequest((0,), (tuple(range(9000, 9060)),))]
+    assert script.tokens_fed(mixed, batch_items=2, chunk_pairs=2) == {"engine": 242, "engine_unpadded": 181, "engine_head": 242, "lm_eval": 242}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_matmul_floor_prices_the_tokens_each_path_feeds(tiny_llama, threads):
+    script = benchmark_script("probe_throughput")
+    model = drive(load_model(str(tiny_llama)))
+    fed = {"engine": 30, "engine_head": 20, "lm_eval": 50}
+    floor = script.matmul_floor(model, fed, threads, rows=16, repeats=2)
+    body, head = floor["body_ms_per_token"] / 1000, floor["head_ms_per_token"] / 1000
+    assert body > 0 and head > 0
+    assert floor["engine"] == pytest.approx(30 * body + 20 * head)
+    assert floor["lm_eval"] == pytest.approx(50 * (body + head))
+    assert torch.get_num_threads() == model.threads.threads  # the caller's threads are put back
