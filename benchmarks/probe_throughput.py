@@ -88,11 +88,12 @@ class LmEval:
 def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
     """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's
     token trees (one call per `batch_items` pairs, rows batched by `tree_batches`, as the engine
-    batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the prefix token, its last token
-    dropped, sorted longest first, 8 to a batch, padded to the batch's longest). A token costs about
-    the same in either path (the whole model runs on it), so their ratio is the most the engine can
-    gain on lm-eval without computing faster per token. `engine_head`: the tokens the engine's
-    output head runs on (lm-eval's runs on all it feeds)."""
+    batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the
+    prefix token, its last token dropped, sorted longest first, 8 to a batch, padded to the
+    batch's longest). A token costs about the same in either path (the whole model runs on it),
+    so their ratio is the most the engine can gain on lm-eval without computing faster per
+    token. `engine_head`: the tokens the engine's output head runs on (lm-eval's runs on all it
+    feeds)."""
     from audit.models.torch_lm import tree_batches, tree_rows
 
     engine = nodes = head = 0
@@ -332,7 +333,8 @@ def main() -> int:
               f"the engine's gain at equal cost per token{cost}")
         bound = (f" = {r['crows_bound_over_lm_eval']:.2f}x lm-eval's measured rate; lm-eval ran at {100 * r['crows_lm_eval_share_of_floor']:.0f}% of its own floor"
                  if "crows_bound_over_lm_eval" in r else "")
-        print(f"  float32 matmul floor (the linear layers' products alone, at the fastest {r['threads']} thread(s) here multiply the model's own shapes: "
+        on = "1 thread" if r["threads"] == 1 else f"{r['threads']} threads"
+        print(f"  float32 matmul floor (the linear layers' products alone, at the fastest rate {on} here can multiply the model's own shapes: "
               f"{r['crows_matmul_ms_per_token_body']} ms per token for the blocks, "
               f"{r['crows_matmul_ms_per_token_head']} for the head): the engine's tokens need {r['crows_engine_floor_s']} s, so at most "
               f"{r['crows_engine_pairs_per_s_bound']:.2f} pairs/s{bound}; the engine ran at {100 * r['crows_engine_share_of_floor']:.0f}% of that bound")
