@@ -17,9 +17,10 @@ Prints each path's rate, the ratios, pct_stereotype of each path and how many ch
 the tokens the engine and lm-eval feed the model for the same pairs: a token costs about the same
 in either path, so their ratio bounds what sharing tokens can gain, and the cost per token shows
 the rest. Last, the float32 matmul floor: the time the model's linear layers alone need for the
-tokens the engine feeds, at the fastest rate the same threads multiply the model's own weight shapes
-(measured in the same run), so the most pairs/s any float32 scoring of those tokens can reach
-here, its ratio to lm-eval's measured rate, and the share of it each path reached.
+tokens the engine feeds, at the fastest rate the same threads multiply the model's own weight
+shapes (through BLAS or oneDNN, measured in the same run), so the most pairs/s any float32
+scoring of those tokens can reach here, its ratio to lm-eval's measured rate, and the share of
+it each path reached.
 """
 
 from __future__ import annotations
@@ -115,14 +116,15 @@ def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
 def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repeats: int = 5) -> dict[str, float]:
     """Seconds the matrix products of the model's linear layers alone take for the tokens each
     path feeds (`tokens_fed`), at the fastest this core's `threads` multiply each of the model's
-    weight shapes by `rows` tokens: the fastest of `repeats`, on one thread, and for more threads
-    the faster of one product split over them and one product per thread side by side (as the
-    scoring workers run). Attention, norms and the log-softmax are left out, so these are lower
-    bounds: no path scoring these tokens in float32 on these threads can take less."""
+    weight shapes by `rows` tokens: the fastest of `repeats`, through the layers' own BLAS call
+    and, where scoring may use it, oneDNN; for more threads, the faster of one product split
+    over them and one product per thread side by side (as the scoring workers run). Attention,
+    norms and the log-softmax are left out, so these are lower bounds: no path scoring these
+    tokens in float32 on these threads with these libraries can take less."""
     import torch
     import torch.nn.functional as F
 
-    from audit.models.torch_lm import linear_weights, output_head
+    from audit.models.torch_lm import linear_weights, onednn_linear_available, output_head
     from audit.models.workers import RowWorkers
 
     def fastest(run) -> float:
@@ -138,9 +140,12 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
 
     def per_token(weight: torch.Tensor) -> float:
         x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-        seconds = fastest(lambda: F.linear(x, weight)) / rows
+        products = [lambda: F.linear(x, weight)]
+        if onednn_linear_available():
+            products.append(lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+        seconds = min(fastest(product) for product in products) / rows
         if workers is not None:
-            side_by_side = fastest(lambda: workers.map(lambda: F.linear(x, weight), [()] * threads))
+            side_by_side = min(fastest(lambda: workers.map(product, [()] * threads)) for product in products)
             seconds = min(seconds, side_by_side / (rows * threads))
         return seconds
 
