@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import platform
@@ -272,15 +273,21 @@ def float_products(model: nn.Module) -> Iterator[None]:
     of computing the same tokens that differ by one float rounding (attention with and without a
     mask) then move a few values by a level, and that grows through the layers to tenths of a nat.
     A check of how the architecture treats masks and positions compares them here instead."""
-    swapped: list[tuple[nn.Module, Any]] = []
-    for module in model.modules():
-        if _is_dynamic_int8(module):
-            def forward(x: torch.Tensor, layer: nn.Module = module) -> torch.Tensor:
-                bias = layer.bias()
-                return nn.functional.linear(x.to(torch.float32), layer.weight().dequantize(), bias).to(x.dtype)
+    def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        bias = layer.bias()
+        return nn.functional.linear(x.to(torch.float32), layer.weight().dequantize(), bias).to(x.dtype)
 
-            swapped.append((module, module.__dict__.get("forward")))
-            module.forward = forward
+    with _forwards_swapped([m for m in model.modules() if _is_dynamic_int8(m)], forward):
+        yield
+
+
+@contextlib.contextmanager
+def _forwards_swapped(modules: Sequence[nn.Module], forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Inside, each of `modules` computes `forward(module, x)`; its own forward after."""
+    swapped: list[tuple[nn.Module, Any]] = []
+    for module in modules:
+        swapped.append((module, module.__dict__.get("forward")))
+        module.forward = functools.partial(forward, module)
     try:
         yield
     finally:
@@ -318,22 +325,11 @@ def _float_linear(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def onednn_products(model: nn.Module) -> Iterator[None]:
     """Inside, the model's float32 linear layers multiply through oneDNN (see ONEDNN_MACHINES)."""
-    swapped: list[tuple[nn.Module, Any]] = []
-    for module in model.modules():
-        if _float_linear(module):
-            def forward(x: torch.Tensor, layer: nn.Module = module) -> torch.Tensor:
-                return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
 
-            swapped.append((module, module.__dict__.get("forward")))
-            module.forward = forward
-    try:
+    with _forwards_swapped([m for m in model.modules() if _float_linear(m)], forward):
         yield
-    finally:
-        for module, own in swapped:
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own
 
 
 def weight_sparsity(model: nn.Module) -> float | None:
