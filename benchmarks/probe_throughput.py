@@ -124,7 +124,7 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
     import torch
     import torch.nn.functional as F
 
-    from audit.models.torch_lm import linear_weights, onednn_linear_available, output_head
+    from audit.models.torch_lm import linear_weights, onednn_linear, onednn_linear_available, output_head
     from audit.models.workers import RowWorkers
 
     def fastest(run) -> float:
@@ -142,7 +142,7 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
         x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
         products = [lambda: F.linear(x, weight)]
         if onednn_linear_available():
-            products.append(lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+            products.append(lambda: onednn_linear(x, weight))
         seconds = min(fastest(product) for product in products) / rows
         if workers is not None:
             side_by_side = min(fastest(lambda: workers.map(product, [()] * threads)) for product in products)

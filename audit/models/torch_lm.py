@@ -322,11 +322,16 @@ def _float_linear(module: nn.Module) -> bool:
             and weight.device.type == "cpu" and not weight.is_meta)
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`nn.functional.linear(x, weight, bias)` through oneDNN (`onednn_linear_available`)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 @contextlib.contextmanager
 def onednn_products(model: nn.Module) -> Iterator[None]:
     """Inside, the model's float32 linear layers multiply through oneDNN (see ONEDNN_MACHINES)."""
     def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        return onednn_linear(x, layer.weight, layer.bias)
 
     with _forwards_swapped([m for m in model.modules() if _float_linear(m)], forward):
         yield
