@@ -6,7 +6,8 @@ csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in
 sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
 HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
 sentence follows the prefix token, which is set to edge-audit's document start) in a
-subprocess holding the same model folder. The paths take turns chunk by chunk, so load from
+subprocess holding the same model folder (in the environment this script was given; the engine's
+threads wait as the command line's do). The paths take turns chunk by chunk, so load from
 other processes on a shared machine hits them alike. BBQ (--bbq-per-category items of each
 category file) is scored by the engine and the naive path, alternating per batch.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,10 +63,10 @@ def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
 class LmEval:
     """lm-eval in its own interpreter, fed pairs line by line."""
 
-    def __init__(self, python: str, folder: str, threads: int, prefix_token_id: int) -> None:
+    def __init__(self, python: str, folder: str, threads: int, prefix_token_id: int, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             [python, __file__, "--lm-eval-worker", folder, str(threads), str(prefix_token_id)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
         ready = self._read()
         self.threads = ready["threads"]
@@ -189,9 +191,15 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    # The engine's threads wait as the command line's do, set before torch loads; lm-eval runs
+    # in the environment this script was given, as its users run it.
+    lm_eval_env = dict(os.environ)
+    sys.path.insert(0, str(ROOT))
+    from audit.threads import prepare_wait_environment
+
+    prepare_wait_environment()
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from audit.models import load_model
     from audit.models.loader import LoadOptions
     from audit.probes import load_suite
@@ -222,7 +230,7 @@ def main() -> int:
         prefix = model.text_prefix_ids
         if len(prefix) != 1:
             raise SystemExit("lm-eval takes one prefix token; this model's document start is not one token")
-        lm_eval = LmEval(args.lm_eval_python, model.facts().path, args.threads, prefix[0])
+        lm_eval = LmEval(args.lm_eval_python, model.facts().path, args.threads, prefix[0], lm_eval_env)
         result["lm_eval_threads"] = lm_eval.threads
         lm_eval.score([items[0].options])  # first calls pay one-off costs in every path
     engine(items[:4])
