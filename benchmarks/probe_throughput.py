@@ -106,8 +106,8 @@ def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
         nodes += sum(lengths)
         for batch in tree_batches(rows):
             engine += len(batch) * max(lengths[b] for b in batch)
-            # The head runs at the positions any row of the batch scores, in every row of it.
-            head += len(batch) * len({node for b in batch for _, _, node, _ in rows[b].scored})
+            # The head runs at the positions each row scores.
+            head += sum(len({node for _, _, node, _ in rows[b].scored}) for b in batch)
     lm_eval = 0
     for start in range(0, len(requests), chunk_pairs):
         fed = sorted((len(r.context) + len(c) - 1 for r in requests[start : start + chunk_pairs] for c in r.continuations), reverse=True)

@@ -116,3 +116,39 @@ def test_scoring_workers_give_the_scores_of_one_forward_bit_for_bit(tiny_model_f
     finally:
         model.close()
     assert shared == alone and shared_rows == alone_rows
+
+
+def test_the_output_head_runs_only_at_the_positions_each_row_reads(tiny_model_factory):
+    """Two contexts in rows of their own, in one batch: the head multiplies each row's own
+    positions, 5 in all, not the union of both rows' (5) in each of the 2 rows; on two workers,
+    each worker its own row's."""
+    from dataclasses import replace
+
+    from audit.models.torch_lm import output_head
+
+    model = drive(load_model(str(tiny_model_factory("llama"))))
+    # a: its last context token predicts both continuations' first tokens, then 5 and 6 predict
+    # 6 and 7 (3 positions); b: its last context token and 9 (2). Lengths 24 and 14: too long to
+    # share a lane of 24, so two rows.
+    a = ScoreRequest(tuple(range(10, 30)), ((5, 6, 7), (8,)))
+    b = ScoreRequest(tuple(range(40, 52)), ((9, 4),))
+    seen: dict[int, list[tuple[int, ...]]] = {}
+    scores = {}
+    try:
+        model.score([a])  # the first call checks the packing and the products against the model's own
+        for workers in (1, 2):
+            model.threads = replace(model.threads, workers=workers)
+            calls = seen[workers] = []
+            handle = output_head(model.model).register_forward_hook(lambda module, args, out, calls=calls: calls.append(tuple(out.shape[:-1])))
+            try:
+                scores[workers] = model.score([a, b])
+            finally:
+                handle.remove()
+        naive = model.score([a, b], strategy="naive")
+    finally:
+        model.close()
+    assert seen[1] == [(1, 5)] and sorted(seen[2]) == [(1, 2), (1, 3)]
+    assert scores[2] == scores[1]
+    for got, want in zip(scores[1], naive):
+        for x, y in zip(got, want):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-4) and x.greedy == y.greedy
