@@ -17,6 +17,9 @@ and gate and up, each multiplied alone), to show what multiplying them as one ga
 `--unsmoothed` adds int8-dynamic built without activation smoothing (the input ranges left in
 the layers), to show what smoothing gains: perplexity, layers kept float, and speed.
 Targets: perplexity within +10% of the baseline and decode at least 1.8x the baseline's speed.
+The header says which int8 products this CPU takes (`audit.compress.int8_products`): without
+int8 dot-product instructions torch._int_mm is many times slower than float32, and the same
+sums are taken another way.
 """
 
 from __future__ import annotations
@@ -49,6 +52,24 @@ UNGROUPED = "int8-dynamic" + UNGROUPED_SUFFIX
 UNSMOOTHED = "int8-dynamic-unsmoothed"
 PPL_TARGET_PCT = 10.0
 SPEED_TARGET = 1.8
+
+
+def _int8_paths() -> str:
+    """Which int8 products this CPU takes for int8-dynamic (all give the same sums)."""
+    import torch
+
+    from audit.compress.int8_products import int_mm_ratio, int_mm_slow
+    from audit.compress.quantize import _single_token_kernel_exact
+
+    ratio = int_mm_ratio()
+    several = "float32 products of the int8 levels" if int_mm_slow() else "torch._int_mm"
+    if _single_token_kernel_exact():
+        single = "FBGEMM's int8 kernel"
+    elif int_mm_slow() and "fbgemm" in torch.backends.quantized.supported_engines:
+        single = "FBGEMM's int8 kernel on the levels split by sign (not exact for full-range input here)"
+    else:
+        single = several
+    return f"torch._int_mm takes {ratio:.1f}x float32's time, so several tokens take {several}; a single token {single}"
 
 
 def main() -> int:
@@ -121,6 +142,7 @@ def main() -> int:
           f"outlier rule: {settings.outliers.describe()}")
     print(f"idle threads wait as the command line's do: GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
           f"ONNX Runtime {onnx_wait_entries()}")
+    print(f"int8-dynamic products here: {_int8_paths()}")
     for threads, ms in decode.items():
         print(f"\n{threads} thread{'s' if threads != 1 else ''}")
         print(f"{'variant':22s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")

@@ -7,7 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from audit.compress import quantize as qz
-from audit.compress.int8_products import SharedInput, group_shared_inputs, layer_products, per_token_layers
+from audit.compress import int8_products
+from audit.compress.int8_products import (
+    EXACT_INPUTS, SharedInput, SignSplit, group_shared_inputs, layer_products, level_products, per_token_layers,
+)
 from audit.compress.outliers import OutlierRule
 from audit.compress.quantize import PER_TENSOR, QuantizeSettings, quantize, quantize_int8_dynamic
 from audit.models import load_model
@@ -195,3 +198,89 @@ def test_int8_weights_are_read_one_layer_at_a_time_as_unpacked(scales, tiny_llam
         assert torch.equal(zero_points, want) and bias == 0
         names.append(name)
     assert len(names) == 15  # 7 linear layers in each of 2 blocks, and the head
+
+
+def _int32_sums(levels, ints):
+    """The reference: int8 x int8 summed in int32 (torch._int_mm), as float32."""
+    return torch._int_mm(levels, ints.t()).to(torch.float32)
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_level_products_are_the_int32_sums_whichever_way_they_are_taken(slow, monkeypatch):
+    monkeypatch.setattr(int8_products, "int_mm_slow", lambda: slow)
+    # By hand: 127 x 127 + (-127) x (-128) = 16,129 + 16,256.
+    one = level_products(torch.tensor([[127, -127]], dtype=torch.int8), torch.tensor([[127, -128]], dtype=torch.int8))
+    assert one.tolist() == [[32385.0]]
+    assert EXACT_INPUTS == 1032  # 1,032 x 127 x 128 = 16,776,192 < 2^24 = 16,777,216
+    generator = torch.Generator().manual_seed(1)
+    for n_in in (24, EXACT_INPUTS, EXACT_INPUTS + 1, 1536, 4096):
+        ints = torch.randint(-128, 128, (40, n_in), generator=generator, dtype=torch.int8)
+        levels = torch.randint(-127, 128, (5, n_in), generator=generator, dtype=torch.int8)
+        assert torch.equal(level_products(levels, ints), _int32_sums(levels, ints))
+        # At the grid's ends, where the sums pass 2^24 beyond 1,032 inputs: added in int32,
+        # then rounded to float32 once, as the int32 sums are.
+        ends = torch.full((3, n_in), 127, dtype=torch.int8)
+        ends[1] = -127
+        extreme = torch.full((4, n_in), 127, dtype=torch.int8)  # 127 x 127: odd sums, which float32 rounds past 2^24
+        extreme[1] = -128
+        extreme[2, ::2] = -127
+        assert torch.equal(level_products(ends, extreme), _int32_sums(ends, extreme))
+        # Large levels of one sign, not all alike: sums past 2^24 that float32 cannot hold.
+        large = torch.randint(100, 128, (6, n_in), generator=generator, dtype=torch.int8)
+        assert torch.equal(level_products(large, large[:3]), _int32_sums(large, large[:3]))
+
+
+@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="FBGEMM is x86 only")
+def test_a_single_tokens_levels_split_by_sign_give_the_int32_sums():
+    # Full-range levels saturate a kernel that adds pairs of uint8 x int8 products in 16 bits
+    # (127 + 128 = 255 as uint8, times 127, twice, is 64,770); split by sign they are 0-127.
+    generator = torch.Generator().manual_seed(2)
+    ints = torch.randint(-128, 128, (48, 576), generator=generator, dtype=torch.int8)
+    ints[:8] = 127
+    ints[8:16] = -128
+    split = SignSplit(ints)
+    tokens = [torch.randint(-127, 128, (1, 576), generator=generator, dtype=torch.int8) for _ in range(4)]
+    tokens += [torch.full((1, 576), 127, dtype=torch.int8), torch.full((1, 576), -127, dtype=torch.int8), torch.zeros(1, 576, dtype=torch.int8)]
+    for levels in tokens:
+        assert torch.equal(split.products(levels), _int32_sums(levels, ints))
+    assert SignSplit.fits(ints)  # 127 x 576 x 128 = 9.4 million
+    # A whole token's product: quantized, split, rescaled and offset as the int32 path does it.
+    weight_scale = torch.rand(48, generator=generator) * 0.01
+    bias = torch.randn(48, generator=generator)
+    rows = torch.randn(300, 576, generator=generator) * torch.logspace(-6, 4, 300)[:, None]
+    rows[:, 7] *= 60.0  # one large channel, as hidden states have
+    rows[0] = 0.0
+    with torch.inference_mode():
+        for offsets in (None, bias):
+            want = int8_products._rows_products(rows, ints, weight_scale, offsets)  # int32 sums at 300 tokens
+            got = torch.cat([split.token_products(rows[i : i + 1], weight_scale, offsets) for i in range(len(rows))])
+            assert torch.equal(got, want)
+    assert not SignSplit.fits(torch.full((2, EXACT_INPUTS + 1), -128, dtype=torch.int8))
+    assert SignSplit.fits(torch.full((2, EXACT_INPUTS), -128, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_an_int8_model_gives_the_same_logits_whether_int_mm_is_fast_or_not(arch, tiny_model_factory, tmp_path, monkeypatch):
+    """Where torch._int_mm is slow, float32 products of the levels and single tokens split by
+    sign replace it; the logits are the same, bit for bit, for whole sequences and decode steps."""
+    folder = _variant(tiny_model_factory(arch), tmp_path / "q")
+    models = []
+    for slow in (False, True):
+        with monkeypatch.context() as patch:
+            patch.setattr(int8_products, "int_mm_slow", lambda slow=slow: slow)
+            patch.setattr(qz, "int_mm_slow", lambda slow=slow: slow)
+            models.append((slow, drive(load_model(str(folder)))))
+    singles = {slow: {type(layer._int8_single).__name__ for layer in per_token_layers(lm.model).values()} for slow, lm in models}
+    if "fbgemm" in torch.backends.quantized.supported_engines and not qz._single_token_kernel_exact():
+        assert "SignSplit" in singles[True] and "SignSplit" not in singles[False]
+    ids = torch.tensor([[0, 5, 9, 17, 33, 60, 61, 7, 12]])
+    for slow in (False, True):
+        with monkeypatch.context() as patch:
+            patch.setattr(int8_products, "int_mm_slow", lambda slow=slow: slow)
+            with torch.inference_mode():
+                whole = [lm.model(input_ids=ids).logits for _, lm in models]
+                assert torch.equal(whole[0], whole[1])
+                caches = [lm.model(input_ids=ids[:, :4], use_cache=True).past_key_values for _, lm in models]
+                for step in range(4, ids.shape[1]):
+                    outs = [lm.model(input_ids=ids[:, step : step + 1], past_key_values=c, use_cache=True).logits for (_, lm), c in zip(models, caches)]
+                    assert torch.equal(outs[0], outs[1])

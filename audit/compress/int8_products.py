@@ -1,6 +1,12 @@
 """Products of int8-dynamic layers with one activation scale per token, and layers that read the
 same input multiplied as one.
 
+Without int8 dot-product instructions (an AVX2 CPU) torch._int_mm is 19-33 times slower than
+float32 multiplying the same values, and FBGEMM's single-token kernel adds pairs of products in
+16 bits, which saturate. There the same int32 sums are taken as float32 products of the levels
+(`level_products`) and, for a single token, through FBGEMM with the levels split by sign
+(`SignSplit`), each exact by construction and checked against torch._int_mm in the tests.
+
 A transformer block's query, key and value projections read the same normalized hidden states,
 and so do an MLP's gate and up projections. With per-token scales each of them quantizes that
 input to the same levels, then multiplies the levels by its own int8 weights. At one token per
@@ -23,14 +29,119 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Any, Mapping, Sequence
 
+import numpy
 import torch
 from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 TINY = float(torch.finfo(torch.float32).tiny)
 PRODUCT_SLICE_ELEMENTS = 1 << 22  # outputs of one slice of a many-token product (16 MB of float32)
+# float32 holds every integer up to 2^24 exactly. A product of an input level (|q| <= 127) and a
+# weight level (|w| <= 128) is at most 16,256, so the sums of up to 1,032 of them, and each
+# partial sum on the way, are integers float32 holds: a float32 product of the levels is then the
+# int32 one, whatever order the sums are taken in.
+EXACT_FLOAT = 1 << 24
+EXACT_INPUTS = EXACT_FLOAT // (127 * 128)
+
+
+@functools.cache
+def int_mm_ratio() -> float:
+    """How many times as long torch._int_mm takes here to multiply int8 levels as float32 takes
+    for the same levels (inf where this build has no int8 product), measured once per process,
+    the best of three each. On a CPU without int8 dot-product instructions (AVX2 alone) 19 on
+    this shape and 27-33 on the default model's."""
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.randint(-127, 128, (64, 512), generator=generator, dtype=torch.int8)
+    weights = torch.randint(-127, 128, (512, 512), generator=generator, dtype=torch.int8)
+    as_float = levels.to(torch.float32), weights.to(torch.float32).t()
+
+    def best(run: Any) -> float:
+        run()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    try:
+        integer = best(lambda: torch._int_mm(levels, weights.t()))
+    except RuntimeError:
+        return math.inf
+    return integer / best(lambda: torch.mm(*as_float))
+
+
+def int_mm_slow() -> bool:
+    """Whether int8 products take the float32 way here (`level_products`): torch._int_mm over
+    twice as slow. The products are the same either way, so a wrong guess only costs time."""
+    return int_mm_ratio() > 2.0
+
+
+def level_products(quantized: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
+    """int8 `quantized` (tokens x in) times int8 `ints` (out x in) transposed, summed in int32,
+    as float32: torch._int_mm where it is fast, else float32 products of the levels, which are
+    the same (`EXACT_INPUTS`): at most 1,032 inputs at a time, whose sums are added in int32."""
+    if not int_mm_slow():
+        return torch._int_mm(quantized, ints.t()).to(torch.float32)
+    levels = quantized.to(torch.float32)
+    n_in = int(ints.shape[1])
+    if n_in <= EXACT_INPUTS:
+        return torch.mm(levels, ints.to(torch.float32).t())
+    total = None
+    for start in range(0, n_in, EXACT_INPUTS):
+        end = start + EXACT_INPUTS
+        part = torch.mm(levels[:, start:end], ints[:, start:end].to(torch.float32).t()).to(torch.int32)
+        total = part if total is None else total.add_(part)
+    return total.to(torch.float32)  # type: ignore[union-attr]
+
+
+PLUS_MINUS = torch.tensor([[1.0], [-1.0]])
+
+
+class SignSplit:
+    """A single token's product through FBGEMM where its kernel is not exact for full-range
+    input: without int8 dot-product instructions it adds pairs of uint8 x int8 products in 16 bits,
+    which saturate at the grid's ends. The token's levels go in as two rows, their positive parts
+    and the negative ones' magnitudes (0-127 each, so a pair stays within 16 bits), against the
+    weights packed with unit scales and no bias: the kernel then returns each row's int32 sums
+    as float32, exactly while every output channel's sum of |weights| times 127 stays under 2^24
+    (checked when made), and their difference is the token's sums. One call reads the int8
+    weights once, where float32 products of the levels read a float32 copy made for the call."""
+
+    def __init__(self, ints: torch.Tensor) -> None:
+        n_out = int(ints.shape[0])
+        unit = torch._make_per_channel_quantized_tensor(
+            ints, torch.ones(n_out, dtype=torch.float64), torch.zeros(n_out, dtype=torch.long), 0
+        )
+        self.packed = torch.ops.quantized.linear_prepack(unit, None)
+
+    @staticmethod
+    def fits(ints: torch.Tensor) -> bool:
+        """Whether every sum the kernel returns for these weights is exact in float32."""
+        return 127 * int(ints.to(torch.int32).abs().sum(dim=1).max()) < EXACT_FLOAT
+
+    def products(self, quantized: torch.Tensor) -> torch.Tensor:
+        """A single token's int8 levels (1 x in) times the weights, summed, as float32."""
+        return self._sums(quantized.to(torch.float32))
+
+    def _sums(self, levels: torch.Tensor) -> torch.Tensor:
+        both = levels.mul(PLUS_MINUS).clamp_(min=0.0)
+        sums = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(both, 1.0, 0, self.packed)
+        return sums[:1].sub_(sums[1:])
+
+    def token_products(self, rows: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`_rows_products` of a single token (1 x in), the same float32 arithmetic in fewer
+        calls: a decode step makes about 120 of them, and each call costs more than its
+        arithmetic on a vector this short. The scale and its reciprocal are float32 values
+        taken in double and rounded (exact for one division each), as the tensors hold them."""
+        scale = max(float(numpy.float32(float(torch.linalg.vector_norm(rows, math.inf)) / 127.0)), TINY)
+        levels = rows.mul(float(numpy.float32(1.0) / numpy.float32(scale))).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0)
+        sums = self._sums(levels)
+        scales = weight_scale * scale
+        return sums.mul_(scales) if bias is None else torch.addcmul(bias, sums, scales)
 
 
 def per_token_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -39,7 +150,10 @@ def per_token_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: tor
     output channel in `weight_scale`), each token quantized with its own symmetric int8 scale:
     int8 x int8 -> int32 products, rescaled by the token's and the channel's scales, plus `bias`.
     A single token takes FBGEMM's int8 kernel where it is exact and `single` holds the same
-    weights packed for it: the same quantization, with no int8 copy of the input made here."""
+    weights packed for it: the same quantization, with no int8 copy of the input made here; or,
+    where it is not, `single` is a `SignSplit` of the weights."""
+    if rows.shape[0] == 1 and isinstance(single, SignSplit):
+        return single.token_products(rows, weight_scale, bias)
     if rows.shape[0] == 1 and single is not None:
         # quint8 with zero point 128 is the symmetric int8 grid shifted: the same levels. The
         # scale is the float32 one below: a float32 quotient taken in double and rounded to
@@ -65,7 +179,7 @@ def _rows_products(rows: torch.Tensor, ints: torch.Tensor, weight_scale: torch.T
     # As FBGEMM quantizes (times the reciprocal, shifted by 128 in float), so that both paths
     # give every token the same levels.
     quantized = (rows * scale.reciprocal()).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0).to(torch.int8)
-    products = torch._int_mm(quantized, ints.t()).to(torch.float32)
+    products = level_products(quantized, ints)
     scales = scale * weight_scale
     if bias is None:
         return products.mul_(scales) if out is None else torch.mul(products, scales, out=out)
@@ -104,7 +218,11 @@ class SharedInput:
         biases = [layer._int8_bias for layer in layers]
         self.bias = None if biases[0] is None else torch.cat(biases)
         single = all(layer._int8_single is not None for layer in layers)
-        self.single = torch.ops.quantized.linear_prepack(self.weight(0, len(self.ints)), self.bias) if single else None
+        self.single: Any = None
+        if single and all(isinstance(layer._int8_single, SignSplit) for layer in layers):
+            self.single = SignSplit(self.ints)
+        elif single:
+            self.single = torch.ops.quantized.linear_prepack(self.weight(0, len(self.ints)), self.bias)
         ends = torch.tensor([int(weight.shape[0]) for weight in weights]).cumsum(0).tolist()
         self.columns = list(zip([0, *ends[:-1]], ends))
         self._last: tuple[torch.Tensor, torch.Tensor, set[int]] | None = None
@@ -172,6 +290,26 @@ class GroupRows(LinearPackedParams):
 
     def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         raise RuntimeError("a grouped int8 layer's weights are its group's: they cannot be set alone")
+
+
+class IntRows(LinearPackedParams):
+    """The packed parameters of a per-token int8 layer that multiplies by its int8 copy alone
+    (no exact FBGEMM kernel here): its weight and bias read (and save) from that copy and its
+    per-channel scales, as any dynamic int8 layer's do, so the integers are held once rather
+    than also packed for a kernel that never runs (on the default model 135 MB)."""
+
+    def __init__(self, ints: torch.Tensor, channel_scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        nn.Module.__init__(self)  # not LinearPackedParams': that would pack a placeholder
+        self.dtype = torch.qint8
+        self.ints, self.channel_scales, self.offsets = ints, channel_scales, bias
+
+    def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        zero = torch.zeros(len(self.ints), dtype=torch.long)
+        weight = torch._make_per_channel_quantized_tensor(self.ints, self.channel_scales, zero, 0)
+        return weight, None if self.offsets is None else self.offsets.clone()
+
+    def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        raise RuntimeError("a per-token int8 layer's weights are the integers it multiplies by: they cannot be set in place")
 
 
 def _record(seen: list, _module: nn.Module, args: tuple) -> None:

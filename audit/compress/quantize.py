@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from audit import atomic
-from audit.compress.int8_products import group_shared_inputs, layer_products
+from audit.compress.int8_products import IntRows, SignSplit, group_shared_inputs, int_mm_slow, layer_products
 from audit.compress.outliers import OutlierChoice, OutlierRule, choose_outliers, detect_outliers, measure_inputs
 from audit.compress.smoothing import Smoothing, smooth
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
@@ -217,17 +217,25 @@ def _single_token_kernel_exact() -> bool:
 
 
 def _single_token_kernel(layer: nn.Module) -> Any:
-    """The layer's FBGEMM-packed weights for single-token products, or None where the kernel is
-    not exact here (or the layer's engine is not FBGEMM)."""
-    if torch.backends.quantized.engine not in ("fbgemm", "x86") or not _single_token_kernel_exact():
+    """The layer's FBGEMM-packed weights for single-token products; where that kernel is not
+    exact here but torch._int_mm is slow, a `SignSplit` of its int8 weights (`layer._int8_weight`)
+    where it is exact for them; else None (or where the layer's engine is not FBGEMM)."""
+    if torch.backends.quantized.engine not in ("fbgemm", "x86"):
         return None
-    return getattr(getattr(layer, "_packed_params", None), "_packed_params", None)
+    if _single_token_kernel_exact():
+        return getattr(getattr(layer, "_packed_params", None), "_packed_params", None)
+    if int_mm_slow() and SignSplit.fits(layer._int8_weight):
+        with _quiet():
+            return SignSplit(layer._int8_weight)
+    return None
 
 
 def use_per_token_scales(layer: nn.Module) -> nn.Module:
     """Make a PyTorch dynamic int8 layer quantize its input with one scale per token. It stays a
-    torch dynamic int8 layer (same packed weights, saved and counted alike); products of several
-    tokens run on an int8 copy of the weights with torch._int_mm."""
+    torch dynamic int8 layer (same weights, saved and counted alike); products of several tokens
+    run on an int8 copy of the weights (`level_products`), and unless FBGEMM's packed weights
+    serve single tokens here, the layer's weights read from that copy (`IntRows`) and the packed
+    ones are let go."""
     with _quiet():
         weight = layer.weight()
     if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or bool(weight.q_per_channel_zero_points().any()):
@@ -237,6 +245,9 @@ def use_per_token_scales(layer: nn.Module) -> nn.Module:
     bias = layer.bias()
     layer._int8_bias = None if bias is None else bias.detach().to(torch.float32)
     layer._int8_single = _single_token_kernel(layer)
+    if layer._int8_single is None or isinstance(layer._int8_single, SignSplit):
+        # Nothing multiplies by the packed weights: they read from the int8 copy instead.
+        layer._packed_params = IntRows(layer._int8_weight, weight.q_per_channel_scales(), layer._int8_bias)
     layer.activation_scales = PER_TOKEN
     layer.forward = functools.partial(layer_products, layer)
     return layer
