@@ -27,16 +27,20 @@ from audit.progress import drive
 # sha256 over every pruned layer's name and zero mask, and over its name and float32 weight
 # bytes, in walk order, as the earlier walk (a list of cloned activations per block, every
 # statistic of a block kept until the whole block was pruned) produced them on the tiny llama,
-# 8 samples x 32 tokens, one thread.
+# 8 samples x 32 tokens, one thread. SparseGPT updates the weights it keeps with float sums
+# whose rounding depends on the CPU's vector instructions, so its weights have one digest per
+# kind of CPU the earlier walk was run on (the machine the walk was rewritten on, then an AMD
+# EPYC with AVX2 alone, where the earlier and the lean walk give the same digests);
+# magnitude and Wanda only zero weights, and every mask is the same on both.
 REFERENCE = {
-    ("magnitude", "unstructured", "sequential"): ("418c0a946e6b42fdc1e2ac52cf3f7bdc4caa199dd57859e6e14d1f3901e3c1be", "706b3da07176ed956ec83ab631670adc1c8ed37f0f4ac820e8890770762f16f3"),
-    ("magnitude", "2:4", "sequential"): ("4854cf78fc3f789857ad9810c49a848246c0587d23794d8da3cd668e0508a216", "ed0bd46b7c76c0808105cb298b5cea6ad8d10b87048ba4c73910072c69dcbb68"),
-    ("wanda", "unstructured", "sequential"): ("d45a97ac3f9bc78120c9bbe98311b40d6453be6eb55626b18f424b0b347b7fae", "60308e0d33b2d54b4a0b81207846f3e1d8da50992673d16b7b6d9e919c05b527"),
-    ("wanda", "2:4", "sequential"): ("85a343c5a619dcbee82188ef5c4420a71f27000710d4b6a2c8ae1c32b232edf9", "bf7ebeffd76bf1f931726ae3324d5eed87781c470cdce46c6d14a999fc36d5b4"),
-    ("wanda", "unstructured", "dense"): ("ff9e01d981869b55af16fff8251414a534efd2e8fbfba22dd507e8339ccb5889", "47293d1cb7478f9752b1d594386114447329a5a608d94ea3c31fe2074abfb56b"),
-    ("sparsegpt", "unstructured", "sequential"): ("ccdbc6524a2ffdd1b437fa624ee860c93f3598328c1b4ec25c27cdc704c1a2d1", "16aa0737b98f9b74d487d6348a434facb6489633117fcb6db5f6027fa5ba6726"),
-    ("sparsegpt", "2:4", "sequential"): ("8201cf95b1065b46b3f83bb875d3c9e61d52e591f8c9f12bd36dd39ef55c3d44", "ad0f1b910d6e7efeacec85504ba61e2354ccf353ad5444a3d586be1f8edf73ea"),
-    ("sparsegpt", "unstructured", "dense"): ("2ae44aa01722afbd1bcdc88ce361f056703bef3450d40e15e5b2c958d516f02f", "ec70e4be5db8d37f22d07b24bb523a4b6d5f814b0a30601ab7196ccbf8243fde"),
+    ("magnitude", "unstructured", "sequential"): ("418c0a946e6b42fdc1e2ac52cf3f7bdc4caa199dd57859e6e14d1f3901e3c1be", ("706b3da07176ed956ec83ab631670adc1c8ed37f0f4ac820e8890770762f16f3",)),
+    ("magnitude", "2:4", "sequential"): ("4854cf78fc3f789857ad9810c49a848246c0587d23794d8da3cd668e0508a216", ("ed0bd46b7c76c0808105cb298b5cea6ad8d10b87048ba4c73910072c69dcbb68",)),
+    ("wanda", "unstructured", "sequential"): ("d45a97ac3f9bc78120c9bbe98311b40d6453be6eb55626b18f424b0b347b7fae", ("60308e0d33b2d54b4a0b81207846f3e1d8da50992673d16b7b6d9e919c05b527",)),
+    ("wanda", "2:4", "sequential"): ("85a343c5a619dcbee82188ef5c4420a71f27000710d4b6a2c8ae1c32b232edf9", ("bf7ebeffd76bf1f931726ae3324d5eed87781c470cdce46c6d14a999fc36d5b4",)),
+    ("wanda", "unstructured", "dense"): ("ff9e01d981869b55af16fff8251414a534efd2e8fbfba22dd507e8339ccb5889", ("47293d1cb7478f9752b1d594386114447329a5a608d94ea3c31fe2074abfb56b",)),
+    ("sparsegpt", "unstructured", "sequential"): ("ccdbc6524a2ffdd1b437fa624ee860c93f3598328c1b4ec25c27cdc704c1a2d1", ("16aa0737b98f9b74d487d6348a434facb6489633117fcb6db5f6027fa5ba6726", "24aa81b2ff0b91ee14b4ff0f2908aa05d441c62041bbf680e1899f8f823295b9",)),
+    ("sparsegpt", "2:4", "sequential"): ("8201cf95b1065b46b3f83bb875d3c9e61d52e591f8c9f12bd36dd39ef55c3d44", ("ad0f1b910d6e7efeacec85504ba61e2354ccf353ad5444a3d586be1f8edf73ea", "264202e37450a28327510219b56d4aecf7124550bf9e7902d3eaade4221a9e6d",)),
+    ("sparsegpt", "unstructured", "dense"): ("2ae44aa01722afbd1bcdc88ce361f056703bef3450d40e15e5b2c958d516f02f", ("ec70e4be5db8d37f22d07b24bb523a4b6d5f814b0a30601ab7196ccbf8243fde", "cf3000c95f9624dbea539b481fe925ff5fd92388957c8b120bf22ce0987f250c",)),
 }
 
 
@@ -76,7 +80,7 @@ def test_masks_and_weights_are_bit_identical_to_the_earlier_walk(tiny, one_threa
     mask_digest, weight_digest = digests(model)
     want_masks, want_weights = REFERENCE[(method, pattern, statistics)]
     assert mask_digest == want_masks
-    assert weight_digest == want_weights
+    assert weight_digest in want_weights
 
 
 def test_the_digests_see_a_single_changed_weight(tiny, one_thread):
