@@ -17,7 +17,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,37 +27,11 @@ from audit.threads import prepare_wait_environment  # noqa: E402
 prepare_wait_environment()  # as the app's own command sets it, before the inference libraries load
 
 from audit.models.aliases import DEFAULT_ALIAS  # noqa: E402
-from tests.app_support import press_while_busy, settle, type_into, wait_for  # noqa: E402
+from tests.app_support import press_while_busy, settle, timed_keys, type_into, wait_for  # noqa: E402
 from tui.app import create_app  # noqa: E402
 
 TARGET_MS = 100.0
 SIZE = (80, 24)
-
-
-async def timed_keys(pilot, keys: list[str]) -> list[float]:
-    """Milliseconds from sending each key to its screen switch running, while the job runs."""
-    app = pilot.app
-    handled: list[float] = []
-    switch = app.action_switch_mode
-
-    async def timed(mode):
-        handled.append(time.perf_counter())
-        return await switch(mode)
-
-    app.action_switch_mode = timed
-    latencies = []
-    try:
-        for key in keys:
-            if app.job is None:
-                break
-            before = len(handled)
-            sent = time.perf_counter()
-            await press_while_busy(pilot, key, lambda: len(handled) > before)
-            latencies.append(1000 * (handled[-1] - sent))
-            await pilot.pause(0.1)
-    finally:
-        del app.action_switch_mode
-    return latencies
 
 
 async def scenario(args: argparse.Namespace, store: Path) -> dict[str, list[float]]:

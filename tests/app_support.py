@@ -253,6 +253,33 @@ async def press_while_busy(pilot: Any, key: str, until: Callable[[], bool], time
     await wait_for(pilot, until, timeout)
 
 
+async def timed_keys(pilot: Any, keys: Sequence[str]) -> list[float]:
+    """Milliseconds from sending each key to its screen switch running, for the keys sent while
+    the app's job still ran (the key is sent as Pilot sends it; the handler notes when it runs)."""
+    app = pilot.app
+    handled: list[float] = []
+    switch = app.action_switch_mode
+
+    async def timed(mode: str) -> Any:
+        handled.append(time.perf_counter())
+        return await switch(mode)
+
+    app.action_switch_mode = timed
+    latencies = []
+    try:
+        for key in keys:
+            if app.job is None:
+                break
+            before = len(handled)
+            sent = time.perf_counter()
+            await press_while_busy(pilot, key, lambda: len(handled) > before)
+            latencies.append(1000 * (handled[-1] - sent))
+            await pilot.pause(0.1)
+    finally:
+        del app.action_switch_mode
+    return latencies
+
+
 async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait until `condition` holds, whatever runs meanwhile."""
     deadline = time.monotonic() + timeout

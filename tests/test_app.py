@@ -13,7 +13,7 @@ from audit.models import load_model
 from audit.reports.render import fmt, summary_rows
 from audit.results import build_report
 from audit.store import ResultsStore
-from tests.app_support import FrozenDevice, exited, paste_into, press_while_busy, settle, type_into, wait_for
+from tests.app_support import FrozenDevice, exited, paste_into, press_while_busy, settle, timed_keys, type_into, wait_for
 from tui.app import create_app
 from tui.screens.variant import VariantScreen
 from tui.widgets.comparison import ComparisonTable
@@ -128,33 +128,6 @@ async def test_load_prune_probe_compare(tiny_llama, tmp_path):
         ("wanda-50", "probe:builtin"),
     }
     assert record.status == "finished" and record.gate is not None  # every planned step is stored
-
-
-async def timed_keys(pilot, keys):
-    """Milliseconds from sending each key to its screen switch running, for the keys sent while
-    the job still ran (the key is sent as Pilot sends it; the handler notes when it runs)."""
-    app = pilot.app
-    handled: list[float] = []
-    switch = app.action_switch_mode
-
-    async def timed(mode):
-        handled.append(time.perf_counter())
-        return await switch(mode)
-
-    app.action_switch_mode = timed
-    latencies = []
-    try:
-        for key in keys:
-            if app.job is None:
-                break
-            before = len(handled)
-            sent = time.perf_counter()
-            await press_while_busy(pilot, key, lambda: len(handled) > before)
-            latencies.append(1000 * (handled[-1] - sent))
-            await pilot.pause(0.1)
-    finally:
-        del app.action_switch_mode
-    return latencies
 
 
 @pytest.mark.asyncio
