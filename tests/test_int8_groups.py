@@ -257,6 +257,10 @@ def test_a_single_tokens_levels_split_by_sign_give_the_int32_sums():
             assert torch.equal(got, want)
     assert not SignSplit.fits(torch.full((2, EXACT_INPUTS + 1), -128, dtype=torch.int8))
     assert SignSplit.fits(torch.full((2, EXACT_INPUTS), -128, dtype=torch.int8))
+    table = torch.zeros(9000, EXACT_INPUTS + 1, dtype=torch.int8)  # read in parts: the last one too
+    assert SignSplit.fits(table)
+    table[8500] = -128
+    assert not SignSplit.fits(table)
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
