@@ -54,22 +54,20 @@ PPL_TARGET_PCT = 10.0
 SPEED_TARGET = 1.8
 
 
-def _int8_paths() -> str:
-    """Which int8 products this CPU takes for int8-dynamic (all give the same sums)."""
-    import torch
+def _int8_paths(model) -> str:
+    """Which int8 products the loaded int8-dynamic `model` takes on this CPU (all give the same
+    sums), read from its layers as loaded."""
+    from audit.compress.int8_products import GroupRows, SignSplit, int_mm_ratio, int_mm_slow, per_token_layers
 
-    from audit.compress.int8_products import int_mm_ratio, int_mm_slow
-    from audit.compress.quantize import _single_token_kernel_exact
-
-    ratio = int_mm_ratio()
     several = "float32 products of the int8 levels" if int_mm_slow() else "torch._int_mm"
-    if _single_token_kernel_exact():
-        single = "FBGEMM's int8 kernel"
-    elif int_mm_slow() and "fbgemm" in torch.backends.quantized.supported_engines:
-        single = "FBGEMM's int8 kernel on the levels split by sign (not exact for full-range input here)"
-    else:
-        single = several
-    return f"torch._int_mm takes {ratio:.1f}x float32's time, so several tokens take {several}; a single token {single}"
+    kinds = set()
+    for layer in per_token_layers(model).values():
+        packed = layer._packed_params  # a grouped layer's single-token product is its group's
+        single = packed.group.single if isinstance(packed, GroupRows) else layer._int8_single
+        kinds.add(several if single is None else
+                  "FBGEMM's int8 kernel on the levels split by sign" if isinstance(single, SignSplit) else "FBGEMM's int8 kernel")
+    return (f"torch._int_mm takes {int_mm_ratio():.1f}x float32's time, so several tokens take {several}; "
+            f"a single token {' or '.join(sorted(kinds)) or several}")
 
 
 def main() -> int:
@@ -142,7 +140,8 @@ def main() -> int:
           f"outlier rule: {settings.outliers.describe()}")
     print(f"idle threads wait as the command line's do: GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
           f"ONNX Runtime {onnx_wait_entries()}")
-    print(f"int8-dynamic products here: {_int8_paths()}")
+    if "int8-dynamic" in models:
+        print(f"int8-dynamic products here: {_int8_paths(models['int8-dynamic'].model)}")
     for threads, ms in decode.items():
         print(f"\n{threads} thread{'s' if threads != 1 else ''}")
         print(f"{'variant':22s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")

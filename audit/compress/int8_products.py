@@ -98,6 +98,13 @@ def level_products(quantized: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
     return total.to(torch.float32)  # type: ignore[union-attr]
 
 
+def symmetric_weight(ints: torch.Tensor, channel_scales: torch.Tensor) -> torch.Tensor:
+    """int8 weights `ints` (out x in) with float64 `channel_scales` as a per-channel quantized
+    tensor, zero points 0."""
+    zero = torch.zeros(len(ints), dtype=torch.long)
+    return torch._make_per_channel_quantized_tensor(ints, channel_scales, zero, 0)
+
+
 PLUS_MINUS = torch.tensor([[1.0], [-1.0]])
 
 
@@ -112,10 +119,7 @@ class SignSplit:
     weights once, where float32 products of the levels read a float32 copy made for the call."""
 
     def __init__(self, ints: torch.Tensor) -> None:
-        n_out = int(ints.shape[0])
-        unit = torch._make_per_channel_quantized_tensor(
-            ints, torch.ones(n_out, dtype=torch.float64), torch.zeros(n_out, dtype=torch.long), 0
-        )
+        unit = symmetric_weight(ints, torch.ones(len(ints), dtype=torch.float64))
         self.packed = torch.ops.quantized.linear_prepack(unit, None)
 
     @staticmethod
@@ -126,11 +130,8 @@ class SignSplit:
         largest = max((int(ints[i : i + 4096].to(torch.int32).abs_().sum(dim=1).max()) for i in range(0, len(ints), 4096)), default=0)
         return 127 * largest < EXACT_FLOAT
 
-    def products(self, quantized: torch.Tensor) -> torch.Tensor:
-        """A single token's int8 levels (1 x in) times the weights, summed, as float32."""
-        return self._sums(quantized.to(torch.float32))
-
-    def _sums(self, levels: torch.Tensor) -> torch.Tensor:
+    def sums(self, levels: torch.Tensor) -> torch.Tensor:
+        """A single token's levels (1 x in, float32) times the weights, summed, as float32."""
         both = levels.mul(PLUS_MINUS).clamp_(min=0.0)
         sums = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(both, 1.0, 0, self.packed)
         return sums[:1].sub_(sums[1:])
@@ -142,7 +143,7 @@ class SignSplit:
         taken in double and rounded (exact for one division each), as the tensors hold them."""
         scale = max(float(numpy.float32(float(torch.linalg.vector_norm(rows, math.inf)) / 127.0)), TINY)
         levels = rows.mul(float(numpy.float32(1.0) / numpy.float32(scale))).add_(128.0).round_().clamp_(1.0, 255.0).sub_(128.0)
-        sums = self._sums(levels)
+        sums = self.sums(levels)
         scales = weight_scale * scale
         return sums.mul_(scales) if bias is None else torch.addcmul(bias, sums, scales)
 
@@ -232,8 +233,7 @@ class SharedInput:
 
     def weight(self, start: int, end: int) -> torch.Tensor:
         """Rows start:end of the stacked weights as a quantized tensor (symmetric: zero points 0)."""
-        zero = torch.zeros(end - start, dtype=torch.long)
-        return torch._make_per_channel_quantized_tensor(self.ints[start:end], self.channel_scales[start:end], zero, 0)
+        return symmetric_weight(self.ints[start:end], self.channel_scales[start:end])
 
     def product(self, index: int, x: torch.Tensor) -> torch.Tensor:
         last = self._last  # read once: another thread may replace it, never change it
@@ -277,29 +277,13 @@ class SharedInput:
             layer.shared_input = self.names
 
 
-class GroupRows(LinearPackedParams):
-    """A grouped layer's packed parameters: its rows of the group's stacked weights. Its weight
-    and bias read (and save) as any dynamic int8 layer's do; they are not packed twice."""
-
-    def __init__(self, group: SharedInput, start: int, end: int) -> None:
-        nn.Module.__init__(self)  # not LinearPackedParams': that would pack a placeholder
-        self.dtype = torch.qint8
-        self.group, self.rows = group, (start, end)
-
-    def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        start, end = self.rows
-        bias = self.group.bias
-        return self.group.weight(start, end), None if bias is None else bias[start:end].clone()
-
-    def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        raise RuntimeError("a grouped int8 layer's weights are its group's: they cannot be set alone")
-
-
 class IntRows(LinearPackedParams):
     """The packed parameters of a per-token int8 layer that multiplies by its int8 copy alone
     (no exact FBGEMM kernel here): its weight and bias read (and save) from that copy and its
     per-channel scales, as any dynamic int8 layer's do, so the integers are held once rather
     than also packed for a kernel that never runs (on the default model 135 MB)."""
+
+    refusal = "a per-token int8 layer's weights are the integers it multiplies by: they cannot be set in place"
 
     def __init__(self, ints: torch.Tensor, channel_scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         nn.Module.__init__(self)  # not LinearPackedParams': that would pack a placeholder
@@ -307,12 +291,22 @@ class IntRows(LinearPackedParams):
         self.ints, self.channel_scales, self.offsets = ints, channel_scales, bias
 
     def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        zero = torch.zeros(len(self.ints), dtype=torch.long)
-        weight = torch._make_per_channel_quantized_tensor(self.ints, self.channel_scales, zero, 0)
-        return weight, None if self.offsets is None else self.offsets.clone()
+        return symmetric_weight(self.ints, self.channel_scales), None if self.offsets is None else self.offsets.clone()
 
     def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        raise RuntimeError("a per-token int8 layer's weights are the integers it multiplies by: they cannot be set in place")
+        raise RuntimeError(self.refusal)
+
+
+class GroupRows(IntRows):
+    """A grouped layer's packed parameters: its rows of the group's stacked weights, scales and
+    bias (views: the integers are not held twice)."""
+
+    refusal = "a grouped int8 layer's weights are its group's: they cannot be set alone"
+
+    def __init__(self, group: SharedInput, start: int, end: int) -> None:
+        bias = group.bias
+        super().__init__(group.ints[start:end], group.channel_scales[start:end], None if bias is None else bias[start:end])
+        self.group = group
 
 
 def _record(seen: list, _module: nn.Module, args: tuple) -> None:
