@@ -44,6 +44,10 @@ terminal:
 	    apt-get install -y -q tmux || { apt-get update -q && apt-get install -y -q tmux; }; \
 	  else echo "make test: install tmux for the app's end-to-end test" >&2; fi; }
 
+# One worker per core (up to 4), a test file to a worker so that its fixtures are made once.
+# Each test's models compute as on an idle device; inference threads wait passively, so the
+# workers share the cores without spinning. PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n logical --maxprocesses 4 --dist loadfile
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
 test: model browser terminal
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

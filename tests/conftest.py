@@ -25,6 +25,14 @@ def benchmark_script(name: str):
     return module
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The command line's width off a terminal is what the tests read: a COLUMNS or LINES left by
+    whatever starts the suite (a shell's export, a parallel worker's 80x24) would change it. Gone
+    before any test module imports the command line, whose consoles read them once."""
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def every_core_in_this_process():
     """Models loaded in the test process compute with every core, as if the device were idle: a
