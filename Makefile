@@ -45,8 +45,8 @@ terminal:
 	  else echo "make test: install tmux for the app's end-to-end test" >&2; fi; }
 
 # One worker per core (up to 4), a test file to a worker so that its fixtures are made once.
-# Each test's models compute as on an idle device; inference threads wait passively, so the
-# workers share the cores without spinning. PYTEST_ARGS= runs it in one process.
+# Idle inference threads wait briefly, as the command line's do (tests/conftest.py), so the
+# workers share the cores without stalling each other. PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n logical --maxprocesses 4 --dist loadfile
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
 test: model browser terminal

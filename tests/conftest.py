@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_tiny_model
+from audit.threads import prepare_wait_environment
+
+# Idle inference threads wait as the command line's do, set before anything loads torch: the
+# suite's workers share the cores, and threads spinning for the library's default time while
+# another worker computes would stall both.
+prepare_wait_environment()
+
+from tests.tiny import make_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
