@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from audit.threads import prepare_wait_environment
-
-# Idle inference threads wait as the command line's do, set before anything loads torch: the
-# suite's workers share the cores, and threads spinning for the library's default time while
-# another worker computes would stall both.
-prepare_wait_environment()
-
-from tests.tiny import make_tiny_model  # noqa: E402
+from tests.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -33,9 +27,15 @@ def benchmark_script(name: str):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The command line's width off a terminal is what the tests read: a COLUMNS or LINES left by
-    whatever starts the suite (a shell's export, a parallel worker's 80x24) would change it. Gone
-    before any test module imports the command line, whose consoles read them once."""
+    """The environment every process of the suite runs in, set before any test module loads
+    torch or imports the command line:
+    - idle inference threads wait as the command line's do: the suite's workers share the
+      cores, and threads spinning for the library's default time while another worker computes
+      would stall both;
+    - no COLUMNS or LINES left by whatever starts the suite (a shell's export, a parallel
+      worker's 80x24): the command line's width off a terminal is what the tests read, and its
+      consoles read them once, at import."""
+    prepare_wait_environment()
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
 
