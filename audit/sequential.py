@@ -55,6 +55,7 @@ from audit.errors import UserError
 from audit.gate import AGAINST_DEGRADED_BASELINE, BASELINE, FAIL, INCONCLUSIVE, NOT_JUDGED, PASS, GateFinding, GateReport, Measurement, MeasurementSource, evaluate_gate
 from audit.plans import GateSettings
 from audit.probes import measures as ms
+from audit.probes.compare import ITEM_FIGURES
 from audit.probes.items import AMBIG, DISAMBIG, QA, ItemResult, ProbeItem
 from audit.progress import Job, Progress
 from audit.stats import Bounds, anytime_mean_bounds, anytime_paired_ratio_bounds, chance_to_settle, sequence_widening, sized_widening
@@ -463,6 +464,7 @@ class SequentialJudge:
     # Each look's predicted chance of settling for each open verdict: (verdict, items scored, chance).
     predicted: list[tuple[tuple, int, float]] = field(default_factory=list)
     futility: float = FUTILE_CHANCE  # stop waiting for a verdict below this chance of settling
+    looks: list[int] = field(default_factory=list)  # the items scored at each look (`replay_looks` repeats them)
 
     def _threshold(self, f: GateFinding) -> float:
         return min(self.futility, GUARD_FUTILE_CHANCE) if _shown_at_chance(f) else self.futility
@@ -480,6 +482,7 @@ class SequentialJudge:
         return finding_settled(f, self._complete(f, complete), failed) or finding_key(f) in self.futile or moot
 
     def look(self) -> GateReport:
+        self.looks.append(len(self.evidence.results))
         report = evaluate_gate(self.gate, [self.evidence.variant], self.evidence)
         complete, scored = self.evidence.complete, len(self.evidence.results)
         chances: dict[tuple, float] = {}  # each open verdict's chance of settling, where it can be said
@@ -637,6 +640,7 @@ class SequentialRun:
     futility: float = FUTILE_CHANCE
     narrowed_at: int | None = None  # items scored before drawing from the categories with open verdicts only
     scored_ahead: int = 0  # items scored with their context ahead of their turn, which the run never reached
+    looks: list[int] = field(default_factory=list)  # the items scored at each look at the gate (`replay_looks`)
 
     @property
     def items_scored(self) -> int:
@@ -656,6 +660,7 @@ class SequentialRun:
             "fraction_scored": round(self.items_scored / self.items_total, 4) if self.items_total else None,
             "stopped": "settled" if self.settled else ("cancelled" if self.cancelled else "limit"),
             "narrowed_at": self.narrowed_at,
+            "looks": list(self.looks),
             "scored_ahead_unused": self.scored_ahead,
             "items_per_category": self.items_per_category(),
             "elapsed_s": round(self.elapsed_s, 3),
@@ -730,7 +735,7 @@ def probe_sequentially(
         judge.look()
     settled = judge.settled and not evidence.complete
     return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
-                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at, len(scored))
+                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at, len(scored), judge.looks)
 
 
 def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
@@ -751,6 +756,47 @@ def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, 
     if judge.last is None:
         judge.look()
     return judge
+
+
+def replay_looks(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, looks: Sequence[int],
+                 narrowed_at: int | None, total: int, categories: Mapping[str, int], baseline: Sequence[ItemResult] | None = None,
+                 norm: str | None = None, futility: float = FUTILE_CHANCE, full: MeasurementSource | None = None) -> SequentialJudge:
+    """The judge of a sequential probe as it stood when the probe stopped, from the items it
+    scored in the order it took them, `looks` (the items scored at each of its looks) and where
+    it narrowed drawing to some categories: the same batches and the same narrowing, so the same
+    confidence sequences and, with the same gate, the same verdicts. (`replay_judge` draws its
+    batches again from the items alone, which after narrowing need not be the probe's.) `total`
+    and `categories` count the suite's items, as the probe did."""
+    if any(b < a for a, b in zip(looks, looks[1:])) or (looks and looks[-1] > len(results_in_order)):
+        raise ValueError(f"looks {list(looks)} do not fit {len(results_in_order)} items in order")
+    evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
+                                  {r.item_id: r for r in baseline or ()}, norm, full)
+    judge = SequentialJudge(gate, evidence, futility=check_futility(futility))
+    start = 0
+    for end in looks:
+        if narrowed_at is not None and start >= narrowed_at:
+            evidence.narrow()
+        evidence.extend(results_in_order[start:end])
+        judge.look()
+        start = end
+    if judge.last is None:
+        judge.look()
+    return judge
+
+
+def suite_gate(gate: GateSettings, suite: str, first_suite: str) -> GateSettings:
+    """What a sequential probe of `suite` decides of a plan's gate: the rules read from probe
+    items of that suite (a rule that names no suite reads the plan's first), each as a rule of the
+    probe's one suite, with the competence guard. Other suites' figures and perplexity do not
+    change with more items of this one, so they are not waited for."""
+    rules = tuple(replace(rule, suite=None) for rule in gate.rules if rule.metric in ITEM_FIGURES and (rule.suite or first_suite) == suite)
+    return replace(gate, rules=rules)
+
+
+def judges_anything(gate: GateSettings, questions: bool) -> bool:
+    """Whether a suite's gate (`suite_gate`) has a verdict to wait for: a rule, or the competence
+    guard on a suite of questions. With none, a sequential probe would stop at its first look."""
+    return bool(gate.rules) or (gate.competence and questions)
 
 
 def replay(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,

@@ -645,3 +645,32 @@ def test_items_are_scored_with_their_context_group_once_and_judged_in_the_drawn_
     assert [f.verdict for f in alone.gate.findings] == [f.verdict for f in run.gate.findings]
     for a, b in zip(alone.results, run.results):
         assert a.chosen == b.chosen and a.option_logprobs == pytest.approx(b.option_logprobs, abs=1e-4)
+
+
+def test_a_probe_replayed_from_its_looks_gives_its_verdicts_where_a_fresh_draw_need_not():
+    """A stored run keeps the items a sequential probe scored, in order, and the items at each of
+    its looks: replayed so, the judge takes the same batches and narrows at the same item, so it
+    gives the probe's verdicts and items used. Drawing the batches again from the scored items
+    alone finds nothing but the open categories left to draw, so it never narrows, and reads the
+    change over the suite from items that are no longer a stratified sample of it."""
+    from audit.sequential import replay_judge, replay_looks
+
+    categories = {"A": 60, "B": 60, "C": 60}
+    drawn_again_differs = False
+    for seed in range(3):
+        baseline, ordered = _three_categories(seed)
+        for futility in (0.0, FUTILE_CHANCE):
+            probe = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10, futility=futility)
+            evidence = probe.evidence
+            assert evidence.narrowed_at is not None and probe.looks[-1] == len(evidence.results) < 180
+            again = replay_looks(evidence.results, NARROW_GATE, variant="variant", looks=probe.looks, narrowed_at=evidence.narrowed_at,
+                                 total=180, categories=categories, baseline=baseline, futility=futility)
+            assert again.looks == probe.looks and again.evidence.narrowed_at == evidence.narrowed_at
+            assert [f.to_dict() for f in again.report().findings] == [f.to_dict() for f in probe.report().findings]
+            fresh = replay_judge(evidence.results, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10, futility=futility,
+                                 total=180, categories=categories)
+            assert fresh.evidence.narrowed_at is None
+            drawn_again_differs |= [f.to_dict() for f in fresh.report().findings] != [f.to_dict() for f in probe.report().findings]
+    assert drawn_again_differs
+    with pytest.raises(ValueError, match="do not fit"):
+        replay_looks(ordered[:20], NARROW_GATE, variant="variant", looks=[10, 30], narrowed_at=None, total=180, categories=categories)

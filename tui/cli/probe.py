@@ -33,7 +33,7 @@ from audit.probes import (
     write_items,
 )
 from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, MAX_SEEDS, PARSERS, PROMPT_STYLES, SEED_RANGE
-from audit.sequential import FUTILE_CHANCE, check_futility
+from audit.sequential import FUTILE_CHANCE, check_futility, suite_gate
 from tui.cli import common
 
 
@@ -207,9 +207,7 @@ def _sequential_inputs(args: argparse.Namespace) -> tuple[Any, ProbeRecord | Non
         check_futility(args.futility)
     plan = _gate_plan(args.gate)
     base = _read_run(args.baseline_items)[0] if args.baseline_items is not None else None
-    rules = tuple(replace(rule, suite=None) for rule in plan.gate.rules
-                  if rule.metric in ITEM_FIGURES and rule.suite in (None, args.suite))
-    return replace(plan.gate, rules=rules), base
+    return suite_gate(plan.gate, args.suite, args.suite), base
 
 
 def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settings: ProbeSettings, model_info: dict[str, Any],
