@@ -222,6 +222,12 @@ class ProbeSpec:
     conditions: tuple[str, ...] = ()  # question suites: "ambig" and/or "disambig"; empty: both
     prompt: str = "default"  # generate: "default" or "paper" (Rath & Maliakkal's)
     parser: str = "strict"  # generate: "strict" or "lenient" (the study's)
+    # Sequential probing (`audit.sequential`): each variant scores its items in a fixed random
+    # order and stops once the gate's verdicts on them are settled; the baseline scores every item.
+    sequential: bool = False
+    order_seed: int | None = None  # which fixed order items are drawn in; None: 0
+    sequential_batch: int | None = None  # items between looks at the gate; None: audit.sequential's default
+    futility: float | None = None  # stop waiting for a verdict below this chance of settling; None: the default
 
     @property
     def sampled(self) -> bool:
@@ -473,7 +479,8 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     data = _table(ctx, raw, "probes")
     _unknown(
         ctx, data,
-        {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens", "noise_floor", "conditions", "prompt", "parser"},
+        {"suites", "categories", "mode", "seeds", "limit", "temperature", "max_new_tokens", "noise_floor", "conditions", "prompt", "parser",
+         "sequential", "order_seed", "sequential_batch", "futility"},
         "probes.",
     )
     suites = []
@@ -511,7 +518,17 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     _check_name(ctx, "answer parser", parser, "probes.parser")
     for key, value, default in (("prompt", prompt, "default"), ("parser", parser, "strict")):
         _check(ctx, mode == "generate" or value == default, f"probes.{key}", "applies to mode = \"generate\": log-likelihood scoring asks and parses nothing")
-    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor, tuple(conditions), prompt, parser)
+    sequential = _get(ctx, data, "sequential", "probes.", bool, False)
+    order_seed = _get(ctx, data, "order_seed", "probes.", int, None)
+    batch = _get(ctx, data, "sequential_batch", "probes.", int, None)
+    futility = _get(ctx, data, "futility", "probes.", float, None)
+    for key, value in (("order_seed", order_seed), ("sequential_batch", batch), ("futility", futility)):
+        _check(ctx, value is None or sequential, f"probes.{key}", "applies to sequential = true")
+    _check(ctx, order_seed is None or order_seed in range(0, 2**63), "probes.order_seed", f"must be within [0, 2^63), got {order_seed}")
+    _check(ctx, batch is None or batch >= 1, "probes.sequential_batch", f"must be at least 1, got {batch}")
+    _check(ctx, futility is None or 0.0 <= futility < 1.0, "probes.futility", f"must be within [0, 1), got {futility}")
+    return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor, tuple(conditions), prompt, parser,
+                     sequential, order_seed, batch, futility)
 
 
 def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
@@ -656,15 +673,19 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
     name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
+    probes = _parse_probes(ctx, doc.get("probes"))
+    gate = _parse_gate(ctx, doc.get("gate"))
+    _check(ctx, not probes.sequential or gate.active, "probes.sequential",
+           "needs the gate (rules or its competence guard): its verdicts decide when scoring stops")
     return Plan(
         name=name,
         model=model,
         variants=tuple(_parse_variants(ctx, doc)),
         calibration=_parse_calibration(ctx, doc.get("calibration")),
-        probes=_parse_probes(ctx, doc.get("probes")),
+        probes=probes,
         perplexity=_parse_perplexity(ctx, doc.get("perplexity")),
         profile=_parse_profile(ctx, doc.get("profile")),
-        gate=_parse_gate(ctx, doc.get("gate")),
+        gate=gate,
         text=text,
         path=str(path.resolve()) if path else None,
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from audit.gate import GateReport, Measurement, evaluate_gate
+from audit.gate import GateFinding, GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
+from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
 from audit.run.steps import FOLDER
 from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore
@@ -119,10 +121,15 @@ class RunView:
         self.suites = list(self.plan.probes.suites)
         self.variants: list[dict[str, Any]] = []
         self.flipped: list[dict[str, Any]] = []
-        self.evidence = {suite: SuiteEvidence(None, {}) for suite in self.suites}
+        self.evidence = {suite: SuiteEvidence(None, {}, drawn_subsets=True) for suite in self.suites}
         self._perplexity: dict[str, dict[str, Any]] = {}
         self._summaries: dict[str, str] = {}
         raw_items: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        # What each sequential probe recorded, by (variant, suite), and its judge as it stood when it
+        # stopped (when the baseline's items it compared with are stored).
+        self._sequential_probes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.sequential: dict[tuple[str, str], Any] = {}
+        self._judged: dict[tuple[str, str], dict[tuple, GateFinding]] = {}  # their findings, by `finding_key`
         for name, recipe in store.variants(run_id):
             steps = {s["kind"]: s for s in store.steps(run_id, name) if s["status"] == "done"}
             self.variants.append(self._variant(name, recipe, steps))
@@ -138,6 +145,9 @@ class RunView:
                     settings.pop("metrics_other_norm", None)
                     self._summaries[suite] = settings.get("summary") or self._summaries.get(suite, "")
                     rows = store.items(run_id, name, prefix + suite if prefix == NOISE_PREFIX else suite)
+                    if settings.get("sequential"):
+                        rows.sort(key=lambda r: r.get("drawn", 0))  # in the order its judge took them
+                        self._sequential_probes[(name, suite)] = settings["sequential"]
                     record = ProbeRecord(settings, [ItemResult.from_dict(r) for r in rows])
                     evidence = self.evidence[suite]
                     if prefix == NOISE_PREFIX:
@@ -147,6 +157,8 @@ class RunView:
                     if name == BASELINE:
                         evidence.baseline = record
                     raw_items[(name, suite)] = rows
+        for (name, suite), facts in self._sequential_probes.items():
+            self._replay(name, suite, facts)
         baseline_ppl = self._perplexity.get(BASELINE)
         for variant in self.variants:
             name = variant["name"]
@@ -168,6 +180,23 @@ class RunView:
                 }
                 if comparison["comparable"]:
                     self.flipped += self._flips(name, suite, raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
+
+    def _replay(self, name: str, suite: str, facts: dict[str, Any]) -> None:
+        """The judge of `name`'s sequential probe of `suite`, replayed from its stored items and
+        looks against the plan's gate; the gate reads that variant's figures of the suite from it."""
+        from audit.sequential import FUTILE_CHANCE, replay_looks, suite_gate
+
+        evidence = self.evidence[suite]
+        record, base = evidence.record(name), evidence.baseline
+        if record is None or base is None:
+            return  # no baseline stored to compare with: the gate says so
+        futility = facts.get("futility")
+        self.sequential[(name, suite)] = replay_looks(
+            record.results, suite_gate(self.plan.gate, suite, self.suites[0]), variant=name, looks=facts.get("looks") or [],
+            narrowed_at=facts.get("narrowed_at"), total=int(facts.get("items_total") or len(record.results)),
+            categories=facts.get("categories_total") or {}, baseline=base.results, norm=record.settings.get("norm"),
+            futility=FUTILE_CHANCE if futility is None else float(futility),
+        )
 
     @staticmethod
     def _variant(name: str, recipe: dict[str, Any], steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -227,6 +256,10 @@ class RunView:
                 "items_per_s": result.get("items_per_s"),
                 "settings": {k: result.get(k) for k in ("mode", "norm", "prompt", "seeds", "temperature", "max_new_tokens") if k in result},
             }
+            if result.get("sequential"):
+                variant["probes"][kind[len(PROBE_PREFIX):]]["sequential"] = {
+                    k: v for k, v in result["sequential"].items() if k not in ("gate", "looks")
+                }
         return variant
 
     @staticmethod
@@ -263,8 +296,26 @@ class RunView:
 
     # -- the gate's view -------------------------------------------------------------------------
     def gate(self) -> GateReport:
-        """The plan's gate (rules and competence guard) checked against the numbers stored so far."""
-        return evaluate_gate(self.plan.gate, self.candidates(), self)
+        """The plan's gate (rules and competence guard) checked against the numbers stored so far;
+        a verdict of a sequential probe says how many items it used, and why it stopped."""
+        report = evaluate_gate(self.plan.gate, self.candidates(), self)
+        if not self.sequential:
+            return report
+        return replace(report, findings=tuple(self._with_items_used(f) for f in report.findings))
+
+    def _with_items_used(self, finding: GateFinding) -> GateFinding:
+        from audit.sequential import finding_key
+
+        where = (finding.variant, self._suite(finding.suite) or "")
+        judge = self.sequential.get(where)
+        if judge is None or finding.metric not in ITEM_FIGURES:
+            return finding
+        if where not in self._judged:
+            self._judged[where] = {finding_key(replace(f, suite=None)): f for f in judge.report().findings if f.variant == finding.variant}
+        stopped = self._judged[where].get(finding_key(replace(finding, suite=None)))
+        if stopped is None or stopped.verdict != finding.verdict:
+            return replace(finding, items_used=len(judge.evidence.results))
+        return replace(finding, reason=stopped.reason, items_used=stopped.items_used, items_to_settle=stopped.items_to_settle)
 
     def variant(self, name: str) -> dict[str, Any]:
         return next(v for v in self.variants if v["name"] == name)
@@ -279,6 +330,9 @@ class RunView:
 
     def categories(self, variant: str, suite: str | None) -> list[str]:
         name = self._suite(suite)
+        judge = self.sequential.get((variant, name or ""))
+        if judge is not None:
+            return judge.evidence.categories(variant, None)  # the suite's, scored or not
         return self.evidence[name].categories(variant) if name in self.evidence else []
 
     def question_suites(self) -> list[str]:
@@ -300,9 +354,22 @@ class RunView:
             return Measurement.of(bounds) if bounds else Measurement(None, note=note)
         name = self._suite(suite)
         evidence = self.evidence.get(name or "")
+        if (variant, name) in self._sequential_probes and metric in ITEM_FIGURES:
+            return self._sequential_measure(variant, name or "", metric, category, confidence)
         if evidence is None:
             return Measurement(None, note=f"no probe suite {name} in this run")
         return evidence.measure(variant, metric, category, confidence)
+
+    def _sequential_measure(self, variant: str, suite: str, metric: str, category: str, confidence: float) -> Measurement:
+        """A figure of a variant's sequential probe, with the anytime-valid bounds of its replayed
+        judge: fixed-sample bounds would not hold where the probe chose to stop."""
+        judge, evidence = self.sequential.get((variant, suite)), self.evidence.get(suite)
+        if judge is None or evidence is None:
+            return Measurement(None, note="its probe stopped early against the baseline's items, which are not stored")
+        differences = [] if metric in RUN_FIGURES else evidence.differences(variant)
+        if differences:
+            return Measurement(None, note="not comparable with the baseline: " + "; ".join(differences))
+        return judge.evidence.measure(variant, metric, None, category, confidence)
 
 
 def listed_verdict(status: str, gate: dict[str, Any] | None) -> Verdict:

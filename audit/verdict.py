@@ -219,7 +219,16 @@ def _bound(x: float | None, unit: str) -> str:
 def finding_words(finding: dict[str, Any]) -> str:
     """One finding as a person would say it, with the bound that decides it and the limit:
     "perplexity rose 137% (at least 120%), limit 50%", "SRS rose 18% (could be 4% to 31%), limit
-    25%: about 340 more items would settle it"."""
+    25%: about 340 more items would settle it"; from a sequential probe, with the items it used
+    ("..., limit 25%; on 120 items")."""
+    words = _finding_words(finding)
+    used = finding.get("items_used")
+    if used is None or _not_judged(finding) or _unjudged_for_the_baseline(finding):
+        return words
+    return f"{words}; {'stopped at' if finding['verdict'] == INCONCLUSIVE else 'on'} {used:,} items"
+
+
+def _finding_words(finding: dict[str, Any]) -> str:
     metric = finding["metric"]
     unit = (METRICS.meta(metric).get("unit") or "") if metric in METRICS else ""
     name = figure_name(finding)

@@ -173,3 +173,54 @@ def test_unknown_names_list_the_known_ones(tmp_path, old, new, message):
     path.write_text(GOOD.replace(old, new, 1))
     with pytest.raises(UserError, match=message):
         load_plan(path)
+
+
+SEQUENTIAL = """\
+model = "smollm2-135m"
+
+[probes]
+sequential = true
+order_seed = 3
+sequential_batch = 40
+futility = 0.1
+
+[[gate.rules]]
+metric = "transition_rate"
+max = 0.2
+"""
+
+
+def test_sequential_probing_settings_are_read_and_written_back(tmp_path):
+    from audit.plans import plan_to_toml
+
+    path = tmp_path / "plan.toml"
+    path.write_text(SEQUENTIAL)
+    probes = load_plan(path, check_model=False).probes
+    assert (probes.sequential, probes.order_seed, probes.sequential_batch, probes.futility) == (True, 3, 40, 0.1)
+    plan = load_plan(path, check_model=False)
+    assert parse_plan(plan_to_toml(plan), check_model=False).probes == probes
+    # Unset, the order is seed 0 and the batch and futility are the sequential probe's defaults.
+    plain = parse_plan('model = "smollm2-135m"\n', check_model=False).probes
+    assert (plain.sequential, plain.order_seed, plain.sequential_batch, plain.futility) == (False, None, None, None)
+    assert parse_plan(plan_to_toml(parse_plan('model = "smollm2-135m"\n', check_model=False)), check_model=False).probes == plain
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("sequential = true", "sequential = false"), r"line 5: probes.order_seed: applies to sequential = true"),
+        (("futility = 0.1", "futility = 1.0"), r"line 7: probes.futility: must be within \[0, 1\), got 1.0"),
+        (("sequential_batch = 40", "sequential_batch = 0"), r"line 6: probes.sequential_batch: must be at least 1, got 0"),
+        (("order_seed = 3", "order_seed = -1"), r"line 5: probes.order_seed: must be within \[0, 2\^63\), got -1"),
+        (("[[gate.rules]]\nmetric = \"transition_rate\"\nmax = 0.2\n", "[gate]\ncompetence = false\n"),
+         r"line 4: probes.sequential: needs the gate \(rules or its competence guard\): its verdicts decide when scoring stops"),
+    ],
+)
+def test_bad_sequential_settings_name_key_and_line(tmp_path, edit, message):
+    old, new = edit
+    assert old in SEQUENTIAL
+    path = tmp_path / "plan.toml"
+    path.write_text(SEQUENTIAL.replace(old, new, 1))
+    with pytest.raises(UserError, match=message) as info:
+        load_plan(path, check_model=False)
+    assert "\n" not in str(info.value)

@@ -211,6 +211,10 @@ class SuiteEvidence:
     baseline: ProbeRecord | None
     variants: dict[str, ProbeRecord]
     noise: ProbeRecord | None = None
+    # Whether a variant probed sequentially (scoring items drawn from the baseline's until its
+    # verdicts settled) is compared on the items it scored: in a run, whose gate reads its
+    # figures from its judge's anytime bounds. Elsewhere its items are not the baseline's.
+    drawn_subsets: bool = False
     _pairs: dict[str, tuple[list[ms.Pair], dict[str, int]]] = field(default_factory=dict, repr=False)
     _facts: dict[str, list[ms.ItemFacts]] = field(default_factory=dict, repr=False)
     _noise_pairs: list[ms.Pair] | None = field(default=None, repr=False)
@@ -229,7 +233,8 @@ class SuiteEvidence:
         record, base = self.record(variant), self.baseline
         if record is None or base is None:
             return []
-        differences = setting_differences(base.settings, record.settings, base.ids, record.ids)
+        drawn = self.drawn_subsets and bool(record.settings.get("sequential")) and record.ids <= base.ids
+        differences = setting_differences(base.settings, record.settings, None if drawn else base.ids, None if drawn else record.ids)
         mismatched = self.pairs_and_counts(variant)[1]["mismatched"]
         if mismatched:
             differences.append(f"{mismatched} item ids name different items in the two runs")

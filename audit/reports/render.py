@@ -538,6 +538,19 @@ def sequential_markdown(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SEQUENTIAL_RUN_NOTE = ("These variants scored their items in a fixed random order and stopped once the gate's verdicts on "
+                       "them were settled (the baseline scored every item). The gate reads their figures with anytime-valid "
+                       "bounds, which hold wherever scoring stopped; each verdict above says how many items it used. Their "
+                       "figures in the tables below are over the items they scored, with fixed-sample intervals that do not "
+                       "allow for where scoring stopped: read them as a description, the gate's bounds as the evidence.")
+
+
+def sequential_probes(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(variant, suite, how its sequential probe ended) for every probe of a run scored sequentially."""
+    return [(v["name"], suite, sequential_outcome(probe["sequential"]))
+            for v in data["variants"] for suite, probe in sorted((v.get("probes") or {}).items()) if probe.get("sequential")]
+
+
 def _gate_verdict(gate: dict[str, Any]) -> str:
     return str(gate.get("verdict") or ("pass" if gate.get("passed") else "fail")).upper()
 
@@ -635,6 +648,11 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(GATE_METHOD)
         lines.append("")
         lines += _md_table(FINDING_HEADER, _finding_rows(gate))
+        lines.append("")
+    sequential = sequential_probes(data)
+    if sequential:
+        lines += ["## Sequential probing", "", SEQUENTIAL_RUN_NOTE, ""]
+        lines += [f"- {md(name)} ({md(where)}): {md(outcome)}" for name, where, outcome in sequential]
         lines.append("")
     lines.append(f"## Variants (probe suite: {md(suite or 'none')})")
     lines.append("")
@@ -757,6 +775,11 @@ def render_html(data: dict[str, Any]) -> str:
             parts.append(_html_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items())))
         parts.append(f"<p>{escape(GATE_METHOD)}</p>")
         parts.append(_html_table(FINDING_HEADER, _finding_rows(gate)))
+    sequential = sequential_probes(data)
+    if sequential:
+        parts.append(f"<h2>Sequential probing</h2><p class='note'>{escape(SEQUENTIAL_RUN_NOTE)}</p><ul class='notes'>")
+        parts += [f"<li>{escape(name)} ({escape(where)}): {escape(outcome)}</li>" for name, where, outcome in sequential]
+        parts.append("</ul>")
     rows = summary_rows(data)
     parts.append(f"<h2>Variants (probe suite: {escape(str(suite or 'none'))})</h2>")
     parts.append(_html_table([c[1] for c in SUMMARY_COLUMNS], ([c[2](r) for c in SUMMARY_COLUMNS] for r in rows)))

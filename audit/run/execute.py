@@ -17,6 +17,7 @@ from audit.progress import Job, Progress, StepCounter, check_cancel, drive, rela
 from audit.run.pool import process_pool
 from audit.run.steps import (
     BASELINE,
+    BaselineItems,
     COMPRESS,
     FINGERPRINT,
     FOLDER,
@@ -69,11 +70,16 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
 
 
 def _probe_records(
-    plan: Plan, model: Any, name: str, suite_spec: str, cancel: threading.Event | None, *, noise: bool = False
+    plan: Plan, model: Any, name: str, suite_spec: str, cancel: threading.Event | None, *, noise: bool = False,
+    baseline: BaselineItems | None = None,
 ) -> Job[StepRecord]:
-    """A probe step; `noise`: the baseline's second scoring with other seeds, stored beside it."""
+    """A probe step; `noise`: the baseline's second scoring with other seeds, stored beside it.
+    With the plan's probes sequential, a variant's items are scored in the drawn order until its
+    verdicts on them are settled (`_sequential_probe`), against `baseline`'s items."""
+    from audit.probes.items import QA
     from audit.probes.job import ProbeSettings, run_probe
     from audit.probes.suites import load_suite
+    from audit.sequential import judges_anything, suite_gate
 
     started = time.time()
     probes = plan.probes
@@ -86,7 +92,14 @@ def _probe_records(
         prompt=probes.prompt,
         parser=probes.parser,
     )
-    run, resources = yield from _sampled(run_probe(model, suite, settings, cancel, model_info={"variant": name}))
+    gate = suite_gate(plan.gate, suite_spec, probes.suites[0])
+    drawn: dict[str, int] = {}
+    if probes.sequential and name != BASELINE and not noise and judges_anything(gate, suite.kind == QA):
+        run, sequential, resources = yield from _sequential_probe(plan, model, name, suite, suite_spec, settings, gate, baseline, cancel)
+        drawn = {r.item_id: i for i, r in enumerate(run.results)}
+    else:
+        sequential = None
+        run, resources = yield from _sampled(run_probe(model, suite, settings, cancel, model_info={"variant": name}))
     if not run.complete:
         raise Cancelled()
     texts = {item.item_id: item for item in suite.items}
@@ -95,11 +108,41 @@ def _probe_records(
         record = result.to_dict()
         item = texts[result.item_id]
         record.update(context=item.context, question=item.question, options=list(item.options))
+        if drawn:
+            record["drawn"] = drawn[result.item_id]  # its place in the order the judge took the items
         items.append(record)
     summary = run.to_dict()
+    if sequential is not None:
+        summary["sequential"] = sequential
     metrics = list(_metric_rows(summary["metrics"]))
     kind = (NOISE_PREFIX if noise else PROBE_PREFIX) + suite_spec
     return StepRecord(name, kind, started, summary, resources, items, kind if noise else suite_spec, metrics)
+
+
+def _sequential_probe(plan: Plan, model: Any, name: str, suite: Any, suite_spec: str, settings: Any, gate: Any,
+                      baseline: BaselineItems | None, cancel: threading.Event | None) -> Job[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """A variant's probe of one suite scored sequentially: (its items as a probe run, what the
+    report and a replay of its judge need, the resources it used)."""
+    from collections import Counter
+
+    from audit.probes.job import ProbeRun
+    from audit.sequential import DEFAULT_BATCH_ITEMS, FUTILE_CHANCE, probe_sequentially
+
+    base = baseline(suite_spec) if baseline is not None else None
+    if not base:
+        raise UserError(f"{name}: a sequential probe of {suite_spec} compares with the baseline's items: probe the baseline on it first")
+    probes = plan.probes
+    futility = FUTILE_CHANCE if probes.futility is None else probes.futility
+    job = probe_sequentially(model, suite, gate, settings, variant=name, baseline=base, seed=probes.order_seed or 0,
+                             batch_items=probes.sequential_batch or DEFAULT_BATCH_ITEMS, futility=futility, cancel=cancel)
+    seq, resources = yield from _sampled(job)
+    norm = settings.norm or suite.default_norm
+    run = ProbeRun(suite, settings, norm, seq.results, not seq.cancelled, seq.elapsed_s, {"variant": name})
+    data = seq.to_dict()
+    record = {key: data[key] for key in ("seed", "batch_items", "futility", "items_scored", "items_total", "fraction_scored", "stopped",
+                                         "narrowed_at", "scored_ahead_unused", "looks", "items_per_category", "gate")}
+    record["categories_total"] = dict(sorted(Counter(item.category for item in suite.items).items()))
+    return run, record, resources
 
 
 def _metric_rows(summary: dict[str, Any]) -> Iterator[tuple]:
@@ -233,9 +276,11 @@ def execute_variant(
     skip_profile: bool = False,
     model: Any = None,
     steps: StepCounter | None = None,
+    baseline: BaselineItems | None = None,
 ) -> Job[None]:
     """Run the steps of one variant that are not in `done`, handing each finished one to
-    `record` at once (the store commits it before the next step starts).
+    `record` at once (the store commits it before the next step starts). `baseline` gives the
+    baseline's stored items of a suite, which a plan's sequential probes compare with.
 
     `model`, when given, is this variant already loaded: its perplexity and probe steps use it
     instead of loading the model again, and it is left open for the caller. `steps` numbers the
@@ -267,7 +312,7 @@ def execute_variant(
                 record(StepRecord(name, FOLDER, time.time(), folder_facts(Path(folder), facts.weight_sparsity)))
             for kind in model_steps:
                 check_cancel(cancel)
-                yield from steps.run(name, kind, _measure_step(plan, loaded, name, kind, cancel), record)
+                yield from steps.run(name, kind, _measure_step(plan, loaded, name, kind, cancel, baseline), record)
         finally:
             if model is None:
                 loaded.close()
@@ -283,7 +328,8 @@ def _compress_step(plan: Plan, name: str, spec: str, options: LoadOptions, cance
     return StepRecord(name, COMPRESS, started, result, resources)
 
 
-def _measure_step(plan: Plan, model: Any, name: str, kind: str, cancel: threading.Event | None) -> Job[StepRecord]:
+def _measure_step(plan: Plan, model: Any, name: str, kind: str, cancel: threading.Event | None,
+                  baseline: BaselineItems | None = None) -> Job[StepRecord]:
     """A perplexity, probe or noise-floor step on the loaded model."""
     from audit.perplexity import perplexity, text_source
 
@@ -294,4 +340,4 @@ def _measure_step(plan: Plan, model: Any, name: str, kind: str, cancel: threadin
         return StepRecord(name, PERPLEXITY, started, value.to_dict(), resources)
     if kind.startswith(NOISE_PREFIX):
         return (yield from _probe_records(plan, model, name, kind[len(NOISE_PREFIX):], cancel, noise=True))
-    return (yield from _probe_records(plan, model, name, kind[len(PROBE_PREFIX):], cancel))
+    return (yield from _probe_records(plan, model, name, kind[len(PROBE_PREFIX):], cancel, baseline=baseline))

@@ -12,7 +12,7 @@ from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress, StepCounter
-from audit.run.steps import BASELINE, StepRecord, done_steps, steps_for, variant_names, variant_recipe
+from audit.run.steps import BASELINE, StepRecord, done_steps, steps_for, stored_baseline, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
 
 
@@ -125,7 +125,8 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
             steps = StepCounter([(n, k) for n in names for k in steps_for(plan, n) if k not in done_by_name[n]])
             for name in names:
                 done = done_by_name[name]
-                job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps)
+                job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps,
+                                      baseline=stored_baseline(store, run_id))
                 for event in job:
                     yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(name) else event.message)
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
@@ -222,7 +223,7 @@ def run_steps(
                 stored.append(step.kind)
 
         done = set(planned) - set(kinds)
-        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps)
+        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps, baseline=stored_baseline(store, run_id))
     return stored
 
 

@@ -17,7 +17,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
-from audit.run.steps import PROFILE, StepRecord, done_steps, model_spec_for, steps_for, variant_names
+from audit.run.steps import BASELINE, PROBE_PREFIX, PROFILE, StepRecord, awaited_baseline, done_steps, model_spec_for, steps_for, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -26,11 +26,13 @@ def _variant_in_process(
     store_path: str, run_id: int, plan_text: str, plan_path: str | None, name: str, work_dir: str, load: dict[str, Any], events: Any, threads: int
 ) -> None:
     """A worker process: run one variant's steps (profile excepted), committing each to the store,
-    computing with its share of the cores."""
+    computing with its share of the cores. A variant probed sequentially waits for the baseline's
+    items of the suite, which the first worker (the baseline's) stores."""
     plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
-        job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)), skip_profile=True)
+        job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
+                              skip_profile=True, baseline=awaited_baseline(store, run_id))
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -87,15 +89,24 @@ def _drain(events: Any) -> Iterator[Progress]:
         yield Progress(stage, done, total, f"{name}: {message}")
 
 
-def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any]) -> list[dict[str, Any]]:
+def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],
+                    baseline: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store).
+    `baseline`: the baseline's stored items by suite, for a plan's sequential probes.
     The scratch folder (the variant's compressed weights) is removed when the task ends, however
     it ends: every run would otherwise leave a model's worth of files on the node's disk."""
+    from audit.probes.items import ItemResult
+
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
+
+    def baseline_items(suite: str) -> list[ItemResult] | None:
+        rows = (baseline or {}).get(suite)
+        return None if rows is None else [ItemResult.from_dict(row) for row in rows]
+
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
-        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load)))
+        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=baseline_items))
     return [asdict(r) for r in records]
 
 
@@ -123,20 +134,29 @@ def run_on_ray(
     try:
         remote = ray.remote(_variant_on_ray)
         load_data = asdict(load)
-        refs = {}
-        for name in variant_names(plan):
-            done = done_steps(store, run_id, plan, name)
-            if not set(steps_for(plan, name)) <= done:
-                refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data)] = name
-        pending = list(refs)
-        while pending:
-            check_cancel(cancel)
-            ready, pending = ray.wait(pending, timeout=0.5)
-            for ref in ready:
-                for data in ray.get(ref):
-                    data["metrics"] = [tuple(m) for m in data["metrics"]]
-                    StepRecord(**data).commit(store, run_id)
-                yield Progress("run", finished(), total, f"{refs[ref]} done on Ray", {"run_id": run_id})
+        names = variant_names(plan)
+        # A plan's sequential probes compare each variant with the baseline's items: the baseline
+        # runs first, and its items go to the other tasks.
+        waves = [names[:1], names[1:]] if plan.probes.sequential else [names]
+        for wave in waves:
+            baseline = None
+            if plan.probes.sequential and wave is not waves[0]:
+                baseline = {suite: store.items(run_id, BASELINE, suite) for suite in plan.probes.suites
+                            if store.step(run_id, BASELINE, PROBE_PREFIX + suite) is not None}
+            refs = {}
+            for name in wave:
+                done = done_steps(store, run_id, plan, name)
+                if not set(steps_for(plan, name)) <= done:
+                    refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data, baseline)] = name
+            pending = list(refs)
+            while pending:
+                check_cancel(cancel)
+                ready, pending = ray.wait(pending, timeout=0.5)
+                for ref in ready:
+                    for data in ray.get(ref):
+                        data["metrics"] = [tuple(m) for m in data["metrics"]]
+                        StepRecord(**data).commit(store, run_id)
+                    yield Progress("run", finished(), total, f"{refs[ref]} done on Ray", {"run_id": run_id})
     finally:
         if started_here:
             ray.shutdown()

@@ -3,12 +3,16 @@ finished step leaves in the store."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from audit.plans import Plan
 from audit.store import ResultsStore
+
+if TYPE_CHECKING:
+    from audit.probes.items import ItemResult
 
 BASELINE = "baseline"
 COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
@@ -109,3 +113,34 @@ def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
         return plan.model
     spec = plan.variant(name)
     return spec.path or str(variant_folder(work_dir, name))
+
+
+# The baseline's item results of a probe suite (by its spec), None while they are not stored: what
+# a variant's sequential probe compares with.
+BaselineItems = Callable[[str], "Sequence[ItemResult] | None"]
+
+
+def stored_baseline(store: ResultsStore, run_id: int) -> BaselineItems:
+    """The baseline's items of a suite as the run stored them."""
+    from audit.probes.items import ItemResult
+
+    def read(suite: str) -> list[ItemResult] | None:
+        if store.step(run_id, BASELINE, PROBE_PREFIX + suite) is None:
+            return None
+        return [ItemResult.from_dict(row) for row in store.items(run_id, BASELINE, suite)]
+
+    return read
+
+
+def awaited_baseline(store: ResultsStore, run_id: int, poll_s: float = 1.0) -> BaselineItems:
+    """The baseline's items of a suite, waited for until another process of the run stores them
+    (the run's variants in parallel processes: the baseline's worker starts first, and a failure
+    of it ends the run, and this process with it)."""
+    read = stored_baseline(store, run_id)
+
+    def wait(suite: str) -> Sequence[ItemResult] | None:
+        while (items := read(suite)) is None:
+            time.sleep(poll_s)
+        return items
+
+    return wait

@@ -1,0 +1,204 @@
+"""A plan's sequential probes: each variant stops once its verdicts are settled, the run's gate
+reads its figures with the anytime bounds its probe stopped on, and runs in one process, in
+worker processes, on Ray and step by step agree."""
+
+from pathlib import Path
+
+import pytest
+
+from audit.errors import UserError
+from audit.gate import GateFinding
+from audit.plans import load_plan
+from audit.progress import drive
+from audit.reports.render import render_html, render_markdown
+from audit.results import RunView, build_report
+from audit.run.lifecycle import run_steps, start_run
+from audit.runner import RunOptions, run_plan
+from audit.sequential import finding_key
+from audit.store import ResultsStore
+from audit.verdict import verdict_key
+from tests.test_runner import INT8_VARIANT, LOOSE_GATE, PLAN as RUN_PLAN, WANDA_VARIANT
+
+# The runner tests' plan, without wanda or a profile, probed sequentially five items at a time,
+# with a rule on transitions that so few items leave open.
+TRANSITIONS = """
+[[gate.rules]]
+metric = "transition_rate"
+max = 0.5
+"""
+VARIANTS = ("magnitude-50", "int8-dynamic")
+
+
+def write_plan(folder: Path, model: Path) -> Path:
+    text = RUN_PLAN.format(model=model, limit=8, gate=LOOSE_GATE + TRANSITIONS).replace(WANDA_VARIANT, "")
+    text = text.replace("limit = 8", "limit = 8\nsequential = true\nsequential_batch = 5").replace("[profile]", "[profile]\nenabled = false")
+    path = folder / "plan.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sequential-run")
+    plan = load_plan(write_plan(folder, tiny_llama))
+    outcome = drive(run_plan(plan, RunOptions(store=folder / "results.db")))
+    return plan, outcome, folder / "results.db"
+
+
+def stored(store_path: Path, run_id: int) -> dict:
+    """Each stored probe: its items in the order drawn, and what a sequential probe recorded."""
+    with ResultsStore(store_path) as store:
+        out = {}
+        for name in ("baseline",) + VARIANTS:
+            step = store.step(run_id, name, "probe:builtin")
+            if step is None:
+                continue
+            items = sorted(store.items(run_id, name, "builtin"), key=lambda r: r.get("drawn", 0))
+            result = step["result"]
+            out[name] = ([(r["item_id"], r["chosen"]) for r in items], result.get("sequential"))
+        return out
+
+
+def test_each_variant_stops_once_its_verdicts_settle_and_the_baseline_scores_every_item(in_process):
+    plan, outcome, store_path = in_process
+    assert outcome.status == "finished" and outcome.exit_code == 1  # a transition rule is left open on so few items
+    probes = stored(store_path, outcome.run_id)
+    base_items, base_sequential = probes["baseline"]
+    assert base_sequential is None and len(base_items) == 5 * 8  # five categories, eight items each
+    for name in VARIANTS:
+        items, sequential = probes[name]
+        assert sequential["stopped"] == "settled" and sequential["seed"] == 0 and sequential["batch_items"] == 5
+        assert sequential["items_scored"] == len(items) < sequential["items_total"] == len(base_items)
+        assert sequential["looks"][-1] == len(items) and all(n % 5 == 0 for n in sequential["looks"])
+        assert sequential["categories_total"] == {c: 8 for c in ("Age", "Gender_identity", "Race_ethnicity", "Religion", "SES")}
+        assert {item_id for item_id, _ in items} < {item_id for item_id, _ in base_items}
+    with ResultsStore(store_path) as store:
+        drawn = [r["drawn"] for r in store.items(outcome.run_id, "magnitude-50", "builtin")]
+    assert sorted(drawn) == list(range(len(drawn)))
+
+
+def test_the_run_gate_gives_the_verdicts_and_bounds_each_probe_stopped_on(in_process):
+    plan, outcome, store_path = in_process
+    gate = [GateFinding.from_dict(f) for f in outcome.gate["findings"]]
+    probes = stored(store_path, outcome.run_id)
+    for name in VARIANTS:
+        items, sequential = probes[name]
+        live = {finding_key(f): f for f in map(GateFinding.from_dict, sequential["gate"]["findings"]) if f.variant == name}
+        mine = [f for f in gate if f.variant == name]
+        assert {f.metric for f in mine} == {"bias_score_ambig", "transition_rate", "perplexity_relative_change_pct"}
+        for finding in mine:
+            if finding.metric == "perplexity_relative_change_pct":
+                assert finding.items_used is None  # not an item probe
+                continue
+            probe = live[finding_key(finding)]
+            assert (finding.verdict, finding.value, finding.lower, finding.upper) == (probe.verdict, probe.value, probe.lower, probe.upper)
+            assert finding.items_used == probe.items_used and 0 < finding.items_used <= len(items)
+            assert finding.reason == probe.reason
+        # The bias score's upper bound is at most 1 from the first look: settled on the first batch.
+        bias = next(f for f in mine if f.metric == "bias_score_ambig")
+        assert bias.verdict == "pass" and bias.items_used == 5
+
+
+def test_a_variant_s_figures_are_read_with_anytime_bounds_not_fixed_sample_ones(in_process):
+    """A probe that chose where to stop is not a fixed sample: the gate reads the variant's figure
+    from the replayed judge, whose bounds are wider than the fixed-sample ones on the same items."""
+    plan, outcome, store_path = in_process
+    with ResultsStore(store_path) as store:
+        view = RunView(store, outcome.run_id, plan)
+        anytime = view.measure("magnitude-50", "bias_score_ambig", "builtin", "overall", 0.95)
+        fixed = view.evidence["builtin"].measure("magnitude-50", "bias_score_ambig", "overall", 0.95)
+        assert anytime.value == fixed.value and anytime.n == fixed.n > 0
+        assert anytime.upper - anytime.lower > fixed.upper - fixed.lower
+        # "each" reads the suite's categories, scored or not.
+        assert view.categories("magnitude-50", None) == ["Age", "Gender_identity", "Race_ethnicity", "Religion", "SES"]
+        # The comparison in the report is over the items the variant drew from the baseline's.
+        report = build_report(store, outcome.run_id)
+    probe = next(v for v in report["variants"] if v["name"] == "magnitude-50")["probes"]["builtin"]
+    assert probe["comparison"]["comparable"] and probe["n_items"] == probe["sequential"]["items_scored"]
+
+
+def test_the_report_and_the_verdict_key_say_how_many_items_each_verdict_used(in_process):
+    plan, outcome, store_path = in_process
+    with ResultsStore(store_path) as store:
+        report = build_report(store, outcome.run_id)
+    scored = {name: stored(store_path, outcome.run_id)[name][1]["items_scored"] for name in VARIANTS}
+    markdown = render_markdown(report)
+    assert "## Sequential probing" in markdown
+    for name in VARIANTS:
+        assert f"- {name} (builtin): {scored[name]} of 40 items scored, stopped once every verdict settled" in markdown
+    assert "upper bound within the limit (5 items)" in markdown
+    assert "Sequential probing" in render_html(report)
+    words = [line.words for line in verdict_key(report["gate"]) if line.variant == "magnitude-50"]
+    assert any(w.startswith("ambiguous bias score") and w.endswith("; on 5 items") for w in words)
+    assert any(w.startswith("perplexity") and "items" not in w for w in words)
+
+
+def test_worker_processes_give_the_same_items_and_gate(in_process, tiny_llama, tmp_path):
+    """The variants' workers wait for the baseline's items, which the first worker stores."""
+    plan, outcome, store_path = in_process
+    parallel = drive(run_plan(load_plan(write_plan(tmp_path, tiny_llama)), RunOptions(store=tmp_path / "results.db", workers=2)))
+    assert stored(tmp_path / "results.db", parallel.run_id) == stored(store_path, outcome.run_id)
+    assert parallel.gate["findings"] == outcome.gate["findings"]
+
+
+def test_ray_tasks_give_the_same_items_and_gate(in_process, tiny_llama, tmp_path):
+    """The baseline's task runs first, and its items go to the variants' tasks."""
+    pytest.importorskip("ray")
+    plan, outcome, store_path = in_process
+    on_ray = drive(run_plan(load_plan(write_plan(tmp_path, tiny_llama)), RunOptions(store=tmp_path / "results.db", ray_address="local")))
+    assert stored(tmp_path / "results.db", on_ray.run_id) == stored(store_path, outcome.run_id)
+    assert on_ray.gate["findings"] == outcome.gate["findings"]
+
+
+def test_a_variant_probed_step_by_step_needs_the_baseline_s_probe_first(in_process, tiny_llama, tmp_path):
+    plan, outcome, store_path = in_process
+    store = tmp_path / "results.db"
+    run_id, _ = start_run(load_plan(write_plan(tmp_path, tiny_llama)), store)
+    with pytest.raises(UserError, match=r"magnitude-50: a sequential probe of builtin compares with the baseline's items: "
+                                        r"probe the baseline on it first") as info:
+        drive(run_steps(store, run_id, "magnitude-50", ["compress", "probe:builtin"]))
+    assert "\n" not in str(info.value)
+    with ResultsStore(store) as opened:
+        assert opened.step(run_id, "magnitude-50", "compress") is not None  # the step before is kept
+        assert opened.step(run_id, "magnitude-50", "probe:builtin") is None
+    drive(run_steps(store, run_id, "baseline", ["probe:builtin"]))
+    assert drive(run_steps(store, run_id, "magnitude-50", ["probe:builtin"])) == ["probe:builtin"]
+    assert stored(store, run_id)["magnitude-50"] == stored(store_path, outcome.run_id)["magnitude-50"]
+
+
+def test_a_suite_with_no_verdict_to_wait_for_is_scored_in_full(tiny_llama, tmp_path):
+    """With no rule on its items and no competence guard, a sequential probe would stop at its
+    first look with nothing settled: the variant scores every item instead."""
+    text = write_plan(tmp_path, tiny_llama).read_text()
+    rules = text.index("[[gate.rules]]")
+    text = text[:rules] + '[[gate.rules]]\nmetric = "perplexity_relative_change_pct"\nmax = 1e12\n\n[perplexity]\nenabled = false\n'
+    text = text.replace(INT8_VARIANT, "").replace("limit = 8", "limit = 2")
+    path = tmp_path / "plan.toml"
+    path.write_text(text)
+    outcome = drive(run_plan(load_plan(path), RunOptions(store=tmp_path / "results.db")))
+    probes = stored(tmp_path / "results.db", outcome.run_id)
+    (items, sequential), (base_items, _) = probes["magnitude-50"], probes["baseline"]
+    assert sequential is None and sorted(i for i, _ in items) == sorted(i for i, _ in base_items) and len(items) == 10
+    assert [f["metric"] for f in outcome.gate["findings"] if f["variant"] == "magnitude-50"] == ["perplexity_relative_change_pct"]
+
+
+def test_a_change_against_a_baseline_scored_otherwise_is_not_measured(tiny_llama, tmp_path):
+    """The plan's probes changed between the baseline's probe and the variant's: the variant's
+    changes are not comparable, however its probe stopped."""
+    from dataclasses import replace
+
+    from audit.run.lifecycle import stored_plan, update_plan
+
+    store = tmp_path / "results.db"
+    run_id, _ = start_run(load_plan(write_plan(tmp_path, tiny_llama)), store)
+    drive(run_steps(store, run_id, "baseline", ["probe:builtin"]))
+    with ResultsStore(store) as opened:
+        plan = stored_plan(opened, run_id)
+    update_plan(store, run_id, replace(plan, probes=replace(plan.probes, mode="generate", max_new_tokens=2)))
+    drive(run_steps(store, run_id, "magnitude-50", ["compress", "probe:builtin"]))
+    with ResultsStore(store) as opened:
+        view = RunView(opened, run_id)
+        change = view.measure("magnitude-50", "transition_rate", None, "overall", 0.95)
+        own = view.measure("magnitude-50", "parse_failure_rate", None, "overall", 0.95)  # its own figure: no baseline needed
+    assert change.value is None and change.note.startswith("not comparable with the baseline: mode differs (loglik vs generate)")
+    assert own.value is not None and own.n > 0 and own.lower <= own.value <= own.upper
