@@ -777,15 +777,20 @@ def named_plan(name: str, *, check_model: bool = True) -> Plan:
     return load_plan(path, check_model=check_model)
 
 
-def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = None, suites: Sequence[str] = ()) -> Plan:
-    """`plan` with another model, item limit or probe suites, checked as a plan file is (the
-    model and the files must be found here): `edge-audit run NAME --model M --limit N --suite S`.
-    A suite's relative path is taken from the current folder."""
-    if model is None and limit is None and not suites:
+def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = None, suites: Sequence[str] = (),
+                   sequential: bool = False) -> Plan:
+    """`plan` with another model, item limit or probe suites, or its variants probed sequentially,
+    checked as a plan file is (the model and the files must be found here): `edge-audit run NAME
+    --model M --limit N --suite S --sequential`. A suite's relative path is taken from the
+    current folder."""
+    if model is None and limit is None and not suites and not sequential:
         return plan
     if limit is not None and limit < 1:
         raise PlanError(f"--limit must be at least 1, got {limit}")
+    if sequential and not plan.gate.active:
+        raise PlanError("--sequential stops scoring once the gate's verdicts settle: the plan has no gate rules or competence guard")
     probes = plan.probes if limit is None else replace(plan.probes, limit=limit)
+    probes = replace(probes, sequential=True) if sequential else probes
     if suites:
         ctx = _Context("", None)
         given = []

@@ -16,6 +16,7 @@ from audit.plans import VariantSpec, revise_plan
 from audit.probes.items import AMBIG, DISAMBIG
 from audit.probes.suites import load_suite
 from audit.progress import drive
+from audit.reports.render import sequential_outcome
 from audit.results import BIASED, CORRECTED, RunView
 from audit.runner import StepRecord, add_variant, close_run, run_steps, start_run
 from audit.store import ResultsStore
@@ -47,9 +48,9 @@ class Careful(ScriptedModel):
 PRUNED = dict(bias=0.6, right=0.8)
 
 
-def build_store(store):
+def build_store(store, sequential=False):
     plan = session_plan("smollm2-135m")
-    plan = revise_plan(plan, probes=replace(plan.probes, limit=LIMIT), name="flips")
+    plan = revise_plan(plan, probes=replace(plan.probes, limit=LIMIT, sequential=sequential, sequential_batch=5 if sequential else None), name="flips")
     run_id, work_dir = start_run(plan, store)
     add_variant(store, run_id, VariantSpec("wanda-50", PruneRecipe("wanda", 0.5)))
     (work_dir / "wanda-50").mkdir(parents=True)  # as if compressed: its compress step is stored
@@ -163,3 +164,21 @@ async def test_the_categories_table_fits_80_columns_with_its_bounds_below(flips_
         await pilot.pause()
         name = table.coordinate_to_cell_key((2, 0)).row_key.value
         assert str(screen.query_one("#category-bounds", Static).render()).startswith(f"{name} (95% intervals)")
+
+
+@pytest.mark.asyncio
+async def test_the_drill_in_says_how_a_sequential_probe_ended(tmp_path, monkeypatch, isolated_cache):
+    """A variant probed sequentially: the caption says how many of the suite's items it scored and
+    why it stopped, at 80 columns."""
+    monkeypatch.chdir(tmp_path)
+    run_id, _ = build_store(tmp_path / "results.db", sequential=True)
+    with ResultsStore(tmp_path / "results.db") as db:
+        sequential = RunView(db, run_id).variant("wanda-50")["probes"]["builtin"]["sequential"]
+    assert sequential["items_total"] == 5 * LIMIT and 0 < sequential["items_scored"] <= 5 * LIMIT
+    said = sequential_outcome(sequential)
+    assert said.startswith(f"{sequential['items_scored']} of 30 items scored, stopped ")
+    app = create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_drill_in(pilot)
+        caption = str(screen.query_one("#variant-caption", Static).render())
+        assert f"sequential: {said}" in " ".join(caption.split())

@@ -67,6 +67,16 @@ def test_overrides_replace_model_limit_and_suites(tmp_path, tiny_llama):
         with_overrides(load_preset("quick"), model=str(tmp_path / "none"))
 
 
+def test_the_sequential_override_needs_a_gate(tmp_path):
+    plan = with_overrides(load_preset("quick"), sequential=True)
+    assert plan.probes.sequential and "sequential = true" in plan.text
+    assert plan.variants == load_preset("quick").variants and plan.gate == load_preset("quick").gate
+    ungated = tmp_path / "plan.toml"
+    ungated.write_text('model = "smollm2-135m"\n\n[gate]\ncompetence = false\n')
+    with pytest.raises(UserError, match=r"^--sequential stops scoring once the gate's verdicts settle: the plan has no gate rules or competence guard$"):
+        with_overrides(load_plan(ungated), sequential=True)
+
+
 def test_run_refuses_an_unknown_name_before_any_work(tmp_path, capsys):
     assert main(["run", "no-such-plan", "--store", str(tmp_path / "r.db")]) == 2
     assert "no plan file no-such-plan and no shipped plan of that name" in capsys.readouterr().err

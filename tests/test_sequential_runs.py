@@ -202,3 +202,24 @@ def test_a_change_against_a_baseline_scored_otherwise_is_not_measured(tiny_llama
         own = view.measure("magnitude-50", "parse_failure_rate", None, "overall", 0.95)  # its own figure: no baseline needed
     assert change.value is None and change.note.startswith("not comparable with the baseline: mode differs (loglik vs generate)")
     assert own.value is not None and own.n > 0 and own.lower <= own.value <= own.upper
+
+
+def test_run_sequential_probes_a_plan_s_variants_sequentially(tiny_llama, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+    from tests.test_runner import with_magnitude_only
+
+    text = with_magnitude_only(RUN_PLAN.format(model=tiny_llama, limit=8, gate=LOOSE_GATE + TRANSITIONS))
+    path = tmp_path / "plan.toml"
+    path.write_text(text.replace("[profile]", "[profile]\nenabled = false"))
+    result = run_cli("run", str(path), "--sequential", "--store", str(tmp_path / "results.db"), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    data = json.loads(result.stdout)
+    report = json.loads(Path(data["report_files"]["json"]).read_text())
+    variant = next(v for v in report["variants"] if v["name"] == "magnitude-50")
+    sequential = variant["probes"]["builtin"]["sequential"]
+    assert sequential["batch_items"] == 20 and sequential["items_total"] == 40 and sequential["items_scored"] in (20, 40)
+    assert "probes.sequential" not in result.stderr
+    result = run_cli("run", "--resume", str(data["run_id"]), "--sequential", "--store", str(tmp_path / "results.db"))
+    assert result.returncode == 2 and "give no plan, --model, --limit, --suite or --sequential with it" in result.stderr

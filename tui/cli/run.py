@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--limit", type=common.count(1), default=None, help="at most N probe items per category instead of the plan's limit")
     run.add_argument("--suite", action="append", default=[], metavar="SPEC",
                      help="probe this suite instead of the plan's (builtin, bbq:PATH, ...); repeat for several")
+    run.add_argument("--sequential", action="store_true",
+                     help="each variant scores its probe items in a fixed random order and stops once its verdicts on them settle "
+                          "(the baseline scores every item)")
     run.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
     run.add_argument("--report", type=Path, default=None, help="folder for report.md/.html/.json (default: the run's folder)")
     run.add_argument("--resume", type=int, default=None, metavar="RUN_ID", help="continue a stopped run, skipping finished steps")
@@ -75,15 +78,17 @@ def _summary_table(title: str, report: dict[str, Any]) -> Table:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        if args.plan or args.default or args.model or args.limit or args.suite:
-            raise UserError("--resume continues a stored run as it was planned; give no plan, --model, --limit or --suite with it")
+        if args.plan or args.default or args.model or args.limit or args.suite or args.sequential:
+            raise UserError("--resume continues a stored run as it was planned; give no plan, --model, --limit, --suite or --sequential with it")
         plan = None
     elif args.default:
         if args.plan:
             raise UserError("give a plan file or --default, not both")
-        plan = with_overrides(load_preset(DEFAULT_PRESET, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
+        plan = with_overrides(load_preset(DEFAULT_PRESET, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite,
+                              sequential=args.sequential)
     elif args.plan:
-        plan = with_overrides(named_plan(args.plan, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite)
+        plan = with_overrides(named_plan(args.plan, check_model=not args.model), model=args.model, limit=args.limit, suites=args.suite,
+                              sequential=args.sequential)
     else:
         raise UserError("give a plan file, a shipped plan's name (edge-audit plans list), --default, or --resume RUN_ID")
     if args.report is not None:

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from audit.metrics import short_label
-from audit.reports.render import FLIP_MARKS, flip_counts, flip_mark, flip_tally, fmt
+from audit.reports.render import FLIP_MARKS, flip_counts, flip_mark, flip_tally, fmt, sequential_outcome
 from audit.results import BIASED, CORRECTED, STEREOTYPED
 from audit.verdict import NONE, Verdict
 from tui.screens.base import MODES
@@ -167,6 +167,10 @@ class VariantScreen(Screen):
             " · ",
             transition_words(short_label("reverse_transition_rate"), comparison.get("reverse_transition_rate"), counts.get("aligned_to_unbiased")),
         )
+        sequential = self._probe(self.variant).get("sequential")
+        if sequential:
+            # Its figures here are over the items it scored; the verdict's key has the gate's bounds.
+            caption.append_text(Text.assemble("\n", ("sequential", "bold"), f": {sequential_outcome(sequential)}"))
         if self.degraded:
             caption.append_text(Text.assemble("\n", ("too degraded to judge", "bold red"), f": {self._degraded_reason()}"))
         elif not self.comparable:
