@@ -120,12 +120,17 @@ def test_key_lines_index_arrays_of_tables():
     ],
 )
 def test_bad_plans_name_key_and_line(tmp_path, edit, message):
+    assert_refused(tmp_path, GOOD, edit, message)
+
+
+def assert_refused(tmp_path, text, edit, message, **load):
+    """`text` with `edit` made is refused in one line matching `message`."""
     old, new = edit
-    assert old in GOOD
+    assert old in text
     path = tmp_path / "plan.toml"
-    path.write_text(GOOD.replace(old, new, 1))
+    path.write_text(text.replace(old, new, 1))
     with pytest.raises(UserError, match=message) as info:
-        load_plan(path)
+        load_plan(path, **load)
     assert "\n" not in str(info.value)
 
 
@@ -217,10 +222,4 @@ def test_sequential_probing_settings_are_read_and_written_back(tmp_path):
     ],
 )
 def test_bad_sequential_settings_name_key_and_line(tmp_path, edit, message):
-    old, new = edit
-    assert old in SEQUENTIAL
-    path = tmp_path / "plan.toml"
-    path.write_text(SEQUENTIAL.replace(old, new, 1))
-    with pytest.raises(UserError, match=message) as info:
-        load_plan(path, check_model=False)
-    assert "\n" not in str(info.value)
+    assert_refused(tmp_path, SEQUENTIAL, edit, message, check_model=False)
