@@ -27,7 +27,12 @@ waited for. The full probes' items are written to WORK_DIR/items; --replay-only 
 with no model.
 
     python benchmarks/sequential.py [--work-dir DIR] [--variants a,b] [--batch-items 20] [--runs 1000]
-        [--replay-seeds 8] [--replay-only] [--json]
+        [--replay-seeds 8] [--replay-only] [--through-run] [--json]
+
+With --through-run it then runs the same probes as a plan run (`[probes] sequential = true`, the
+variants given as the folders in WORK_DIR) and prints how many of its gate's verdicts, and the
+items each used, are the same as the sequential probes': the run's gate replays each variant's
+judge from what the run stored.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ def main() -> int:
     parser.add_argument("--skip-models", action="store_true", help="only the simulation")
     parser.add_argument("--replay-only", action="store_true",
                         help="no model: replay the full probes' items an earlier run wrote to WORK_DIR/items, then the simulation")
+    parser.add_argument("--through-run", action="store_true",
+                        help="then run the same probes as a plan run with [probes] sequential = true and compare its gate's verdicts and items used")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -170,6 +177,7 @@ def _models(args, plan, gate, out) -> None:
     print(f"baseline scored in full: {len(base.results)} items in {base_s:.1f} s", flush=True)
     used_fractions, own_fractions, same_all, full_s_all, seq_s_all, scored, ahead = [], [], [], 0.0, 0.0, 0, 0
     fulls: dict = {}  # per variant: its full probe's items and verdicts, for the replays
+    probed: dict = {}  # per variant: its sequential probe's verdicts and items used, for --through-run
     for index, name in enumerate(names):
         folder = args.work_dir / name
         done = args.work_dir / f"{name}.compressed"
@@ -215,6 +223,7 @@ def _models(args, plan, gate, out) -> None:
             same_all.append(same)
             rows.append({"who": f.variant, "check": f.check, "metric": f.metric, "category": f.category, "full": whole.verdict if whole else None,
                          "sequential": f.verdict, "items_used": used, "items_total": seq.items_total, "same": same})
+        probed[name] = {_key(replace(f, variant=name)): (f.verdict, f.items_used) for f in seq.gate.findings if f.variant == VARIANT}
         moved = _batching(full.results, seq.results)
         full_s_all += timings["full"]
         seq_s_all += timings["sequential"]
@@ -258,7 +267,40 @@ def _models(args, plan, gate, out) -> None:
               f"{100 * summary['all_items_fraction_with_baseline_in_full']:.1f}%; with the items scored ahead of their turn "
               f"and never reached: {100 * summary['variant_items_computed_fraction']:.1f}%")
         print(f"variants' probe time: full {summary['full_s']:.1f} s, sequential {summary['sequential_s']:.1f} s, ratio {summary['time_ratio']:.2f}")
+    if args.through_run:
+        _through_run(args, plan, gate, names, probed, seq_s_all, out)
     _replays(args, suite, gate, base.results, fulls, out)
+
+
+def _through_run(args, plan, gate, names, probed, seq_s, out) -> None:
+    """The same probes in a plan run (`[probes] sequential = true`, the variants given as the
+    folders above, no perplexity or profile): its gate, which replays each variant's judge from
+    the stored items and looks, against the sequential probes' verdicts and items used."""
+    import shutil
+
+    from audit.plans import VariantSpec, revise_plan
+    from audit.runner import RunOptions, run_plan
+
+    folder = args.work_dir / "plan-run"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    probes = replace(plan.probes, sequential=True, order_seed=args.seed, sequential_batch=args.batch_items)
+    run = revise_plan(plan, name="sequential-check", variants=tuple(VariantSpec(n, path=str(args.work_dir / n)) for n in names),
+                      probes=probes, perplexity=replace(plan.perplexity, enabled=False), profile=replace(plan.profile, enabled=False), gate=gate)
+    outcome = drive(run_plan(run, RunOptions(store=folder / "results.db")))
+    report = outcome.report
+    mine = {(f["variant"], f["check"], f["metric"], f["category"]): (f["verdict"], f.get("items_used"))
+            for f in outcome.gate["findings"] if f["variant"] in names}
+    wanted = {k: v for verdicts in probed.values() for k, v in verdicts.items()}
+    same = sum(mine.get(k) == v for k, v in wanted.items())
+    run_s = sum(v["steps"]["probe:builtin"]["seconds"] for v in report["variants"] if v["name"] in names)
+    out["through_run"] = {"verdicts": len(wanted), "same": same, "differ": [list(k) for k, v in wanted.items() if mine.get(k) != v],
+                          "variants_probe_s": round(run_s, 2), "sequential_s": round(seq_s, 2)}
+    if not args.json:
+        print(f"\nplan run with [probes] sequential = true: {same}/{len(wanted)} of the variants' verdicts and the items each used "
+              f"the same as the sequential probes' above; its variants' probe steps took {run_s:.1f} s (the probes above: {seq_s:.1f} s)")
+        for key in out["through_run"]["differ"]:
+            print(f"  differs: {' '.join(key)}: probe {wanted[tuple(key)]}, run {mine.get(tuple(key))}")
 
 
 def _replay_written(args, plan, gate, out) -> None:
