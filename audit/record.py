@@ -389,10 +389,12 @@ def _figures(variant: Mapping[str, Any]) -> dict[str, Any]:
         "rss_peak_mb",
     )
     figures = {k: variant.get(k) for k in keys}
-    figures["probes"] = {
-        suite: {key: probe.get(key) for key in ("overall", "category_mean", "comparison", "n_items", "settings")}
-        for suite, probe in (variant.get("probes") or {}).items()
-    }
+    figures["probes"] = {}
+    for suite, probe in (variant.get("probes") or {}).items():
+        figures["probes"][suite] = {key: probe.get(key) for key in ("overall", "category_mean", "comparison", "n_items", "settings")}
+        if probe.get("sequential"):
+            # Scored until its verdicts settled: how many items, and why it stopped.
+            figures["probes"][suite]["sequential"] = probe["sequential"]
     return figures
 
 

@@ -223,3 +223,15 @@ def test_run_sequential_probes_a_plan_s_variants_sequentially(tiny_llama, tmp_pa
     assert "probes.sequential" not in result.stderr
     result = run_cli("run", "--resume", str(data["run_id"]), "--sequential", "--store", str(tmp_path / "results.db"))
     assert result.returncode == 2 and "give no plan, --model, --limit, --suite or --sequential with it" in result.stderr
+
+
+def test_an_audit_record_carries_the_items_each_verdict_used(in_process):
+    from audit.record import build_record
+
+    plan, outcome, store_path = in_process
+    with ResultsStore(store_path, readonly=True) as store:
+        record = build_record(store, outcome.run_id, "magnitude-50", check_items=4, replay=False)
+    sequential = record["figures"]["probes"]["builtin"]["sequential"]
+    assert sequential["stopped"] == "settled" and sequential["items_scored"] == record["figures"]["probes"]["builtin"]["n_items"]
+    used = [f.get("items_used") for f in record["gate"]["findings"] if f["variant"] == "magnitude-50" and f["metric"] != "perplexity_relative_change_pct"]
+    assert used and all(0 < n <= sequential["items_scored"] for n in used)
