@@ -677,6 +677,12 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     gate = _parse_gate(ctx, doc.get("gate"))
     _check(ctx, not probes.sequential or gate.active, "probes.sequential",
            "needs the gate (rules or its competence guard): its verdicts decide when scoring stops")
+    if probes.sequential:
+        from audit.probes.compare import ITEM_FIGURES
+
+        questions = any(_registry("probe suite").meta(s.partition(":")[0])["kind"] == "qa" for s in probes.suites)
+        _check(ctx, any(r.metric in ITEM_FIGURES for r in gate.rules) or (gate.competence and questions), "probes.sequential",
+               "has no verdict to wait for: no gate rule reads probe items, and no question suite has the competence guard")
     return Plan(
         name=name,
         model=model,

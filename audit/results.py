@@ -125,11 +125,11 @@ class RunView:
         self._perplexity: dict[str, dict[str, Any]] = {}
         self._summaries: dict[str, str] = {}
         raw_items: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        # What each sequential probe recorded, by (variant, suite), and its judge as it stood when it
-        # stopped (when the baseline's items it compared with are stored).
+        # What each sequential probe recorded, by (variant, suite); its evidence as it stood when it
+        # stopped and its findings by `finding_key` (when the baseline's items it compared with are stored).
         self._sequential_probes: dict[tuple[str, str], dict[str, Any]] = {}
         self.sequential: dict[tuple[str, str], Any] = {}
-        self._judged: dict[tuple[str, str], dict[tuple, GateFinding]] = {}  # their findings, by `finding_key`
+        self._judged: dict[tuple[str, str], dict[tuple, GateFinding]] = {}
         for name, recipe in store.variants(run_id):
             steps = {s["kind"]: s for s in store.steps(run_id, name) if s["status"] == "done"}
             self.variants.append(self._variant(name, recipe, steps))
@@ -182,21 +182,29 @@ class RunView:
                     self.flipped += self._flips(name, suite, raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
 
     def _replay(self, name: str, suite: str, facts: dict[str, Any]) -> None:
-        """The judge of `name`'s sequential probe of `suite`, replayed from its stored items and
-        looks against the plan's gate; the gate reads that variant's figures of the suite from it."""
-        from audit.sequential import FUTILE_CHANCE, replay_looks, suite_gate
+        """`name`'s sequential probe of `suite` as it stopped: its evidence, which the gate reads
+        that variant's figures of the suite from, and its findings with the items each used. Read
+        from what the probe stored while the plan's gate and the baseline's items are the ones it
+        stopped by; else its judge is replayed, look by look, against the plan's gate now."""
+        from audit.gate import GateFinding
+        from audit.sequential import FUTILE_CHANCE, finding_key, gate_facts, items_digest, replay_looks, resume, suite_gate
 
         evidence = self.evidence[suite]
         record, base = evidence.record(name), evidence.baseline
         if record is None or base is None:
             return  # no baseline stored to compare with: the gate says so
-        futility = facts.get("futility")
-        self.sequential[(name, suite)] = replay_looks(
-            record.results, suite_gate(self.plan.gate, suite, self.suites[0]), variant=name, looks=facts.get("looks") or [],
-            narrowed_at=facts.get("narrowed_at"), total=int(facts.get("items_total") or len(record.results)),
-            categories=facts.get("categories_total") or {}, baseline=base.results, norm=record.settings.get("norm"),
-            futility=FUTILE_CHANCE if futility is None else float(futility),
-        )
+        gate = suite_gate(self.plan.gate, suite, self.suites[0])
+        shape = dict(variant=name, narrowed_at=facts.get("narrowed_at"), total=int(facts.get("items_total") or len(record.results)),
+                     categories=facts.get("categories_total") or {}, baseline=base.results, norm=record.settings.get("norm"))
+        if facts.get("tightest") is not None and facts.get("gate_settings") == gate_facts(gate) and facts.get("baseline_digest") == items_digest(base.results):
+            self.sequential[(name, suite)] = resume(record.results, tightest=facts["tightest"], **shape)
+            findings = [GateFinding.from_dict(f) for f in (facts.get("gate") or {}).get("findings") or []]
+        else:
+            futility = facts.get("futility")
+            judge = replay_looks(record.results, gate, looks=facts.get("looks") or [], futility=FUTILE_CHANCE if futility is None else float(futility), **shape)
+            self.sequential[(name, suite)] = judge.evidence
+            findings = list(judge.report().findings)
+        self._judged[(name, suite)] = {finding_key(replace(f, suite=None)): f for f in findings if f.variant == name}
 
     @staticmethod
     def _variant(name: str, recipe: dict[str, Any], steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -258,7 +266,7 @@ class RunView:
             }
             if result.get("sequential"):
                 variant["probes"][kind[len(PROBE_PREFIX):]]["sequential"] = {
-                    k: v for k, v in result["sequential"].items() if k not in ("gate", "looks")
+                    k: v for k, v in result["sequential"].items() if k not in ("gate", "looks", "tightest", "gate_settings", "baseline_digest")
                 }
         return variant
 
@@ -307,14 +315,14 @@ class RunView:
         from audit.sequential import finding_key
 
         where = (finding.variant, self._suite(finding.suite) or "")
-        judge = self.sequential.get(where)
-        if judge is None or finding.metric not in ITEM_FIGURES:
+        evidence = self.sequential.get(where)
+        if evidence is None or finding.metric not in ITEM_FIGURES:
             return finding
-        if where not in self._judged:
-            self._judged[where] = {finding_key(replace(f, suite=None)): f for f in judge.report().findings if f.variant == finding.variant}
         stopped = self._judged[where].get(finding_key(replace(finding, suite=None)))
-        if stopped is None or stopped.verdict != finding.verdict:
-            return replace(finding, items_used=len(judge.evidence.results))
+        # The judge's reason is the gate's with why it stopped added: taken when the gate read the
+        # same (a figure the judge had no bound for is read afresh once every item is scored).
+        if stopped is None or stopped.verdict != finding.verdict or not stopped.reason.startswith(finding.reason):
+            return replace(finding, items_used=len(evidence.results))
         return replace(finding, reason=stopped.reason, items_used=stopped.items_used, items_to_settle=stopped.items_to_settle)
 
     def variant(self, name: str) -> dict[str, Any]:
@@ -330,9 +338,9 @@ class RunView:
 
     def categories(self, variant: str, suite: str | None) -> list[str]:
         name = self._suite(suite)
-        judge = self.sequential.get((variant, name or ""))
-        if judge is not None:
-            return judge.evidence.categories(variant, None)  # the suite's, scored or not
+        sequential = self.sequential.get((variant, name or ""))
+        if sequential is not None:
+            return sequential.categories(variant, None)  # the suite's, scored or not
         return self.evidence[name].categories(variant) if name in self.evidence else []
 
     def question_suites(self) -> list[str]:
@@ -361,15 +369,20 @@ class RunView:
         return evidence.measure(variant, metric, category, confidence)
 
     def _sequential_measure(self, variant: str, suite: str, metric: str, category: str, confidence: float) -> Measurement:
-        """A figure of a variant's sequential probe, with the anytime-valid bounds of its replayed
-        judge: fixed-sample bounds would not hold where the probe chose to stop."""
-        judge, evidence = self.sequential.get((variant, suite)), self.evidence.get(suite)
-        if judge is None or evidence is None:
+        """A figure of a variant's sequential probe, with the anytime-valid bounds its judge read
+        (`_replay`): fixed-sample bounds would not hold where the probe chose to stop."""
+        sequential, evidence = self.sequential.get((variant, suite)), self.evidence.get(suite)
+        if sequential is None or evidence is None:
             return Measurement(None, note="its probe stopped early against the baseline's items, which are not stored")
         differences = [] if metric in RUN_FIGURES else evidence.differences(variant)
         if differences:
             return Measurement(None, note="not comparable with the baseline: " + "; ".join(differences))
-        return judge.evidence.measure(variant, metric, None, category, confidence)
+        measured = sequential.measure(variant, metric, None, category, confidence)
+        if measured.value is None and sequential.complete:
+            # A figure with no anytime bound (transitions over a sampled noise floor):
+            # with every item scored, the probe is a fixed sample after all.
+            return evidence.measure(variant, metric, category, confidence)
+        return measured
 
 
 def listed_verdict(status: str, gate: dict[str, Any] | None) -> Verdict:

@@ -207,6 +207,11 @@ class SequentialEvidence:
     def complete(self) -> bool:
         return len(self.results) >= self.total
 
+    def tightest(self) -> list[list]:
+        """Each figure's tightest bounds over every look so far, as [variant, metric, category,
+        confidence, lower, upper]: what `resume` needs to read the figures as the probe left them."""
+        return [[*key, low, high] for key, (low, high) in self._seen.items()]
+
     def narrow(self) -> None:
         """From here on items are drawn from the categories with open verdicts only, so the items
         that follow are no longer a stratified sample of the suite: the figures over the whole
@@ -641,6 +646,7 @@ class SequentialRun:
     narrowed_at: int | None = None  # items scored before drawing from the categories with open verdicts only
     scored_ahead: int = 0  # items scored with their context ahead of their turn, which the run never reached
     looks: list[int] = field(default_factory=list)  # the items scored at each look at the gate (`replay_looks`)
+    tightest: list[list] = field(default_factory=list)  # `SequentialEvidence.tightest` when it stopped (`resume`)
 
     @property
     def items_scored(self) -> int:
@@ -735,7 +741,8 @@ def probe_sequentially(
         judge.look()
     settled = judge.settled and not evidence.complete
     return SequentialRun(variant, evidence.results, total, judge.report(), settled, cancelled,
-                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at, len(scored), judge.looks)
+                         time.perf_counter() - start, seed, batch_items, futility, evidence.narrowed_at, len(scored), judge.looks,
+                         evidence.tightest())
 
 
 def replay_judge(results_in_order: Sequence[ItemResult], gate: GateSettings, *, variant: str, total: int | None = None,
@@ -782,6 +789,44 @@ def replay_looks(results_in_order: Sequence[ItemResult], gate: GateSettings, *, 
     if judge.last is None:
         judge.look()
     return judge
+
+
+def resume(results_in_order: Sequence[ItemResult], *, variant: str, narrowed_at: int | None, total: int, categories: Mapping[str, int],
+           tightest: Sequence[Sequence], baseline: Sequence[ItemResult] | None = None, norm: str | None = None) -> SequentialEvidence:
+    """A stopped probe's evidence as it stood, without its looks: its items in the order taken,
+    narrowed where it narrowed, with each figure's tightest bounds over its looks
+    (`SequentialEvidence.tightest`). It reads every figure the probe's gate looked at as
+    `replay_looks`' evidence does, from one pass over the items instead of one per look."""
+    evidence = SequentialEvidence(variant, results_in_order[0].suite if results_in_order else "", total, categories,
+                                  {r.item_id: r for r in baseline or ()}, norm)
+    cut = len(results_in_order) if narrowed_at is None else narrowed_at
+    evidence.extend(results_in_order[:cut])
+    if narrowed_at is not None:
+        evidence.narrow()
+    evidence.extend(results_in_order[cut:])
+    for row in tightest:
+        *key, low, high = row
+        evidence._seen[tuple(key)] = (float(low), float(high))
+    return evidence
+
+
+def gate_facts(gate: GateSettings) -> dict[str, Any]:
+    """A gate's settings as a stored sequential probe keeps them (JSON's types): whether a plan's
+    gate is still the one it stopped by."""
+    import json
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(gate)))
+
+
+def items_digest(results: Sequence[ItemResult]) -> str:
+    """A digest of item results (ids, answers and scores): whether a baseline is the one a stored
+    sequential probe compared with."""
+    import hashlib
+    import json
+
+    rows = sorted((r.item_id, r.condition, r.category, r.chosen, list(r.option_logprobs), list(r.seed_choices)) for r in results)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
 def suite_gate(gate: GateSettings, suite: str, first_suite: str) -> GateSettings:

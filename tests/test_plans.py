@@ -223,3 +223,16 @@ def test_sequential_probing_settings_are_read_and_written_back(tmp_path):
 )
 def test_bad_sequential_settings_name_key_and_line(tmp_path, edit, message):
     assert_refused(tmp_path, SEQUENTIAL, edit, message, check_model=False)
+
+
+def test_a_sequential_plan_needs_a_verdict_its_probes_can_settle(tmp_path):
+    """Perplexity alone, or the competence guard with only sentence suites: every suite would be
+    scored in full, so the plan says so instead."""
+    path = tmp_path / "plan.toml"
+    path.write_text(SEQUENTIAL.replace('metric = "transition_rate"', 'metric = "perplexity_relative_change_pct"')
+                    .replace("[probes]\n", '[probes]\nsuites = ["crows:data/crows.csv"]\n'))
+    with pytest.raises(UserError, match=r"line 5: probes.sequential: has no verdict to wait for: no gate rule reads probe items, "
+                                        r"and no question suite has the competence guard$"):
+        parse_plan(path.read_text(), path, check_model=False, check_files=False)
+    path.write_text(SEQUENTIAL.replace('metric = "transition_rate"', 'metric = "perplexity_relative_change_pct"'))
+    assert parse_plan(path.read_text(), path, check_model=False).probes.sequential  # the built-in suite's questions: the guard

@@ -674,3 +674,24 @@ def test_a_probe_replayed_from_its_looks_gives_its_verdicts_where_a_fresh_draw_n
     assert drawn_again_differs
     with pytest.raises(ValueError, match="do not fit"):
         replay_looks(ordered[:20], NARROW_GATE, variant="variant", looks=[10, 30], narrowed_at=None, total=180, categories=categories)
+
+
+def test_a_probe_resumed_from_its_tightest_bounds_reads_as_replayed():
+    """`resume` reads a stopped probe's figures from one pass over its items and the tightest
+    bounds it kept, as replaying every look does, the figures over the suite from the items
+    before it narrowed."""
+    from audit.sequential import replay_judge, replay_looks, resume
+
+    categories = {"A": 60, "B": 60, "C": 60}
+    baseline, ordered = _three_categories(1)
+    probe = replay_judge(ordered, NARROW_GATE, variant="variant", baseline=baseline, batch_items=10)
+    evidence = probe.evidence
+    assert evidence.narrowed_at is not None
+    shape = dict(variant="variant", narrowed_at=evidence.narrowed_at, total=180, categories=categories, baseline=baseline)
+    replayed = replay_looks(evidence.results, NARROW_GATE, looks=probe.looks, **shape).evidence
+    resumed = resume(evidence.results, tightest=evidence.tightest(), **shape)
+    assert sorted(map(tuple, resumed.tightest())) == sorted(map(tuple, replayed.tightest()))
+    for metric in ("transition_rate", "bias_score_ambig", "accuracy_ambig", "net_transition_rate"):
+        for category in ("overall", "A", "B", "C"):
+            for confidence in (NARROW_GATE.confidence, 0.8):
+                assert resumed.measure("variant", metric, None, category, confidence) == replayed.measure("variant", metric, None, category, confidence)

@@ -167,24 +167,30 @@ def test_a_variant_probed_step_by_step_needs_the_baseline_s_probe_first(in_proce
 
 
 def test_a_suite_with_no_verdict_to_wait_for_is_scored_in_full(tiny_llama, tmp_path):
-    """With no rule on its items and no competence guard, a sequential probe would stop at its
-    first look with nothing settled: the variant scores every item instead."""
-    text = write_plan(tmp_path, tiny_llama).read_text()
-    rules = text.index("[[gate.rules]]")
-    text = text[:rules] + '[[gate.rules]]\nmetric = "perplexity_relative_change_pct"\nmax = 1e12\n\n[perplexity]\nenabled = false\n'
-    text = text.replace(INT8_VARIANT, "").replace("limit = 8", "limit = 2")
+    """The gate's rules read the first suite; a second suite of sentence pairs has none, and no
+    competence guard: a sequential probe would stop at its first look with nothing settled, so
+    each variant scores all of it (and the first suite sequentially)."""
+    from tests.test_crows_loader import HEADER
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(HEADER + "".join(f'{i},The {w} man was lazy.,The {w} woman was lazy.,stereo,gender,"[]",a{i},"[]"\n'
+                                      for i, w in enumerate(("old", "young", "tall"))))
+    text = write_plan(tmp_path, tiny_llama).read_text().replace(INT8_VARIANT, "")
+    text = text.replace('suites = ["builtin"]', f'suites = ["builtin", "crows:{pairs}"]')
     path = tmp_path / "plan.toml"
     path.write_text(text)
     outcome = drive(run_plan(load_plan(path), RunOptions(store=tmp_path / "results.db")))
-    probes = stored(tmp_path / "results.db", outcome.run_id)
-    (items, sequential), (base_items, _) = probes["magnitude-50"], probes["baseline"]
-    assert sequential is None and sorted(i for i, _ in items) == sorted(i for i, _ in base_items) and len(items) == 10
-    assert [f["metric"] for f in outcome.gate["findings"] if f["variant"] == "magnitude-50"] == ["perplexity_relative_change_pct"]
+    with ResultsStore(tmp_path / "results.db") as store:
+        crows = store.step(outcome.run_id, "magnitude-50", f"probe:crows:{pairs}")["result"]
+        builtin = store.step(outcome.run_id, "magnitude-50", "probe:builtin")["result"]
+    assert "sequential" not in crows and crows["n_items"] == 3
+    assert builtin["sequential"]["items_scored"] < 40
 
 
-def test_a_change_against_a_baseline_scored_otherwise_is_not_measured(tiny_llama, tmp_path):
-    """The plan's probes changed between the baseline's probe and the variant's: the variant's
-    changes are not comparable, however its probe stopped."""
+def test_a_baseline_scored_otherwise_is_refused_and_a_change_against_one_is_not_measured(tiny_llama, tmp_path):
+    """The plan's probes changed after the baseline's probe: the variant's sequential probe is
+    refused before it scores anything; a baseline probed again otherwise after the variant's
+    leaves the variant's changes not comparable, however its probe stopped."""
     from dataclasses import replace
 
     from audit.run.lifecycle import stored_plan, update_plan
@@ -194,13 +200,20 @@ def test_a_change_against_a_baseline_scored_otherwise_is_not_measured(tiny_llama
     drive(run_steps(store, run_id, "baseline", ["probe:builtin"]))
     with ResultsStore(store) as opened:
         plan = stored_plan(opened, run_id)
-    update_plan(store, run_id, replace(plan, probes=replace(plan.probes, mode="generate", max_new_tokens=2)))
-    drive(run_steps(store, run_id, "magnitude-50", ["compress", "probe:builtin"]))
+    generate = replace(plan, probes=replace(plan.probes, mode="generate", max_new_tokens=2))
+    update_plan(store, run_id, generate)
+    with pytest.raises(UserError, match=r"^magnitude-50: the baseline's probe of builtin was not scored like this one \(mode differs "
+                                        r"\(loglik vs generate\); .*\): probe the baseline again first$"):
+        drive(run_steps(store, run_id, "magnitude-50", ["compress", "probe:builtin"]))
+    update_plan(store, run_id, plan)
+    drive(run_steps(store, run_id, "magnitude-50", ["probe:builtin"]))
+    update_plan(store, run_id, generate)
+    drive(run_steps(store, run_id, "baseline", ["probe:builtin"]))
     with ResultsStore(store) as opened:
         view = RunView(opened, run_id)
         change = view.measure("magnitude-50", "transition_rate", None, "overall", 0.95)
-        own = view.measure("magnitude-50", "parse_failure_rate", None, "overall", 0.95)  # its own figure: no baseline needed
-    assert change.value is None and change.note.startswith("not comparable with the baseline: mode differs (loglik vs generate)")
+        own = view.measure("magnitude-50", "bias_score_ambig", None, "overall", 0.95)  # its own figure: no baseline needed
+    assert change.value is None and change.note.startswith("not comparable with the baseline: mode differs (generate vs loglik)")
     assert own.value is not None and own.n > 0 and own.lower <= own.value <= own.upper
 
 
@@ -235,3 +248,53 @@ def test_an_audit_record_carries_the_items_each_verdict_used(in_process):
     assert sequential["stopped"] == "settled" and sequential["items_scored"] == record["figures"]["probes"]["builtin"]["n_items"]
     used = [f.get("items_used") for f in record["gate"]["findings"] if f["variant"] == "magnitude-50" and f["metric"] != "perplexity_relative_change_pct"]
     assert used and all(0 < n <= sequential["items_scored"] for n in used)
+
+
+def test_a_figure_with_no_anytime_bound_is_read_once_every_item_is_scored(tiny_llama, tmp_path):
+    """Sampled answers: transitions over the noise floor have no anytime bound, so the variant's
+    probe waits for every item, and the gate then reads the figure as a full probe's, with its
+    own reason."""
+    from tests.test_runner import with_magnitude_only
+
+    gate = LOOSE_GATE.replace('metric = "bias_score_ambig"\nmax = 1.5', 'metric = "transition_rate_over_noise"\nmax = 1.5')
+    text = with_magnitude_only(RUN_PLAN.format(model=tiny_llama, limit=2, gate=gate)).replace("[profile]", "[profile]\nenabled = false")
+    text = text.replace("limit = 2", 'limit = 2\nmode = "generate"\nseeds = [3, 5]\ntemperature = 1.0\nmax_new_tokens = 2\nsequential = true\nsequential_batch = 4')
+    path = tmp_path / "plan.toml"
+    path.write_text(text)
+    outcome = drive(run_plan(load_plan(path), RunOptions(store=tmp_path / "results.db")))
+    variant = next(v for v in outcome.report["variants"] if v["name"] == "magnitude-50")
+    assert variant["probes"]["builtin"]["sequential"]["stopped"] == "limit"
+    finding = next(f for f in outcome.gate["findings"] if f["metric"] == "transition_rate_over_noise")
+    # Read from the full probe and the noise floor (on the tiny model, sampled answers leave it unmeasured).
+    assert "not judged sequentially" not in finding["reason"] and finding["items_used"] == 10
+    with ResultsStore(tmp_path / "results.db") as store:
+        view = RunView(store, outcome.run_id)
+        assert view.measure("magnitude-50", "transition_rate_over_noise", None, "overall", 0.95) == (
+            view.evidence["builtin"].measure("magnitude-50", "transition_rate_over_noise", "overall", 0.95))
+
+
+def test_the_stored_bounds_give_what_replaying_every_look_gives(in_process, tmp_path):
+    """While the plan's gate and the baseline's items are the ones a probe stopped by, the run's
+    gate reads its stored tightest bounds instead of replaying every look: the same findings."""
+    import json
+    import shutil
+    import sqlite3
+
+    plan, outcome, store_path = in_process
+    copy = tmp_path / "replayed.db"
+    shutil.copy(store_path, copy)
+    with sqlite3.connect(copy) as db:
+        rows = db.execute("SELECT rowid, result_json FROM steps WHERE kind = 'probe:builtin' AND variant != 'baseline'").fetchall()
+        assert len(rows) == len(VARIANTS)
+        for rowid, text in rows:
+            result = json.loads(text)
+            assert result["sequential"]["tightest"] and result["sequential"]["baseline_digest"]
+            del result["sequential"]["tightest"]
+            db.execute("UPDATE steps SET result_json = ? WHERE rowid = ?", (json.dumps(result), rowid))
+    with ResultsStore(store_path) as stored_db, ResultsStore(copy) as replayed_db:
+        stored, replayed = RunView(stored_db, outcome.run_id), RunView(replayed_db, outcome.run_id)
+        assert stored.gate().to_dict() == replayed.gate().to_dict() == outcome.gate
+        for name in VARIANTS:
+            for metric in ("bias_score_ambig", "transition_rate", "accuracy_ambig", "srs_relative_change_pct"):
+                for category in ("overall", "Age", "SES"):
+                    assert stored.measure(name, metric, None, category, 0.9) == replayed.measure(name, metric, None, category, 0.9)

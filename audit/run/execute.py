@@ -125,23 +125,36 @@ def _sequential_probe(plan: Plan, model: Any, name: str, suite: Any, suite_spec:
     report and a replay of its judge need, the resources it used)."""
     from collections import Counter
 
+    from audit.probes.compare import setting_differences
     from audit.probes.job import ProbeRun
-    from audit.sequential import DEFAULT_BATCH_ITEMS, FUTILE_CHANCE, probe_sequentially
+    from audit.sequential import DEFAULT_BATCH_ITEMS, FUTILE_CHANCE, gate_facts, items_digest, probe_sequentially
 
-    base = baseline(suite_spec) if baseline is not None else None
-    if not base:
+    stored = baseline(suite_spec) if baseline is not None else None
+    if stored is None or not stored.results:
         raise UserError(f"{name}: a sequential probe of {suite_spec} compares with the baseline's items: probe the baseline on it first")
+    norm = settings.norm or suite.default_norm
+    differences = setting_differences(stored.settings, {"suite": suite.name, "suite_spec": suite.spec, **settings.to_dict(norm)}, ignore=("batch_items",))
+    missing = len({item.item_id for item in suite.items} - stored.ids)
+    if missing:
+        differences.append(f"{missing} of this probe's items are not in it")
+    if differences:
+        # Its items would be paired with answers it cannot be compared with, and it would stop on them.
+        raise UserError(f"{name}: the baseline's probe of {suite_spec} was not scored like this one ({'; '.join(differences)}): "
+                        f"probe the baseline again first")
+    base = stored.results
     probes = plan.probes
     futility = FUTILE_CHANCE if probes.futility is None else probes.futility
     job = probe_sequentially(model, suite, gate, settings, variant=name, baseline=base, seed=probes.order_seed or 0,
                              batch_items=probes.sequential_batch or DEFAULT_BATCH_ITEMS, futility=futility, cancel=cancel)
     seq, resources = yield from _sampled(job)
-    norm = settings.norm or suite.default_norm
     run = ProbeRun(suite, settings, norm, seq.results, not seq.cancelled, seq.elapsed_s, {"variant": name})
     data = seq.to_dict()
     record = {key: data[key] for key in ("seed", "batch_items", "futility", "items_scored", "items_total", "fraction_scored", "stopped",
                                          "narrowed_at", "scored_ahead_unused", "looks", "items_per_category", "gate")}
     record["categories_total"] = dict(sorted(Counter(item.category for item in suite.items).items()))
+    # What reading its figures again needs without replaying every look, while the plan's gate
+    # and the baseline's items are the ones it stopped by (`audit.sequential.resume`).
+    record.update(tightest=seq.tightest, gate_settings=gate_facts(gate), baseline_digest=items_digest(base))
     return run, record, resources
 
 

@@ -93,17 +93,18 @@ def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list
                     baseline: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store).
-    `baseline`: the baseline's stored items by suite, for a plan's sequential probes.
+    `baseline`: the baseline's stored probe (settings and items) by suite, for a plan's sequential probes.
     The scratch folder (the variant's compressed weights) is removed when the task ends, however
     it ends: every run would otherwise leave a model's worth of files on the node's disk."""
+    from audit.probes.compare import ProbeRecord
     from audit.probes.items import ItemResult
 
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
 
-    def baseline_items(suite: str) -> list[ItemResult] | None:
-        rows = (baseline or {}).get(suite)
-        return None if rows is None else [ItemResult.from_dict(row) for row in rows]
+    def baseline_items(suite: str) -> ProbeRecord | None:
+        stored = (baseline or {}).get(suite)
+        return None if stored is None else ProbeRecord(stored["settings"], [ItemResult.from_dict(row) for row in stored["items"]])
 
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
         drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=baseline_items))
@@ -141,8 +142,8 @@ def run_on_ray(
         for wave in waves:
             baseline = None
             if plan.probes.sequential and wave is not waves[0]:
-                baseline = {suite: store.items(run_id, BASELINE, suite) for suite in plan.probes.suites
-                            if store.step(run_id, BASELINE, PROBE_PREFIX + suite) is not None}
+                baseline = {suite: {"settings": step["result"] or {}, "items": store.items(run_id, BASELINE, suite)} for suite in plan.probes.suites
+                            if (step := store.step(run_id, BASELINE, PROBE_PREFIX + suite)) is not None}
             refs = {}
             for name in wave:
                 done = done_steps(store, run_id, plan, name)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from audit.plans import Plan
 from audit.store import ResultsStore
 
 if TYPE_CHECKING:
-    from audit.probes.items import ItemResult
+    from audit.probes.compare import ProbeRecord
 
 BASELINE = "baseline"
 COMPRESS, PERPLEXITY, PROFILE = "compress", "perplexity", "profile"
@@ -115,32 +115,34 @@ def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
     return spec.path or str(variant_folder(work_dir, name))
 
 
-# The baseline's item results of a probe suite (by its spec), None while they are not stored: what
-# a variant's sequential probe compares with.
-BaselineItems = Callable[[str], "Sequence[ItemResult] | None"]
+# The baseline's probe of a suite (by its spec) as stored, None while it is not: what a
+# variant's sequential probe compares with.
+BaselineItems = Callable[[str], "ProbeRecord | None"]
 
 
 def stored_baseline(store: ResultsStore, run_id: int) -> BaselineItems:
-    """The baseline's items of a suite as the run stored them."""
+    """The baseline's probe of a suite as the run stored it: its settings and items."""
+    from audit.probes.compare import ProbeRecord
     from audit.probes.items import ItemResult
 
-    def read(suite: str) -> list[ItemResult] | None:
-        if store.step(run_id, BASELINE, PROBE_PREFIX + suite) is None:
+    def read(suite: str) -> ProbeRecord | None:
+        step = store.step(run_id, BASELINE, PROBE_PREFIX + suite)
+        if step is None:
             return None
-        return [ItemResult.from_dict(row) for row in store.items(run_id, BASELINE, suite)]
+        return ProbeRecord(step["result"] or {}, [ItemResult.from_dict(row) for row in store.items(run_id, BASELINE, suite)])
 
     return read
 
 
 def awaited_baseline(store: ResultsStore, run_id: int, poll_s: float = 1.0) -> BaselineItems:
-    """The baseline's items of a suite, waited for until another process of the run stores them
+    """The baseline's probe of a suite, waited for until another process of the run stores it
     (the run's variants in parallel processes: the baseline's worker starts first, and a failure
     of it ends the run, and this process with it)."""
     read = stored_baseline(store, run_id)
 
-    def wait(suite: str) -> Sequence[ItemResult] | None:
-        while (items := read(suite)) is None:
+    def wait(suite: str) -> ProbeRecord | None:
+        while (record := read(suite)) is None:
             time.sleep(poll_s)
-        return items
+        return record
 
     return wait
