@@ -9,7 +9,7 @@ import tempfile
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from audit.errors import UserError
 from audit.models import LoadOptions
@@ -17,9 +17,12 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
-from audit.run.steps import BASELINE, PROBE_PREFIX, PROFILE, StepRecord, awaited_baseline, done_steps, model_spec_for, steps_for, variant_names
+from audit.run.steps import PROFILE, StepRecord, awaited_baseline, done_steps, model_spec_for, steps_for, stored_baseline, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
+
+if TYPE_CHECKING:
+    from audit.probes.compare import ProbeRecord
 
 
 def _variant_in_process(
@@ -90,24 +93,16 @@ def _drain(events: Any) -> Iterator[Progress]:
 
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],
-                    baseline: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+                    baseline: dict[str, ProbeRecord] | None = None) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store).
     `baseline`: the baseline's stored probe (settings and items) by suite, for a plan's sequential probes.
     The scratch folder (the variant's compressed weights) is removed when the task ends, however
     it ends: every run would otherwise leave a model's worth of files on the node's disk."""
-    from audit.probes.compare import ProbeRecord
-    from audit.probes.items import ItemResult
-
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
-
-    def baseline_items(suite: str) -> ProbeRecord | None:
-        stored = (baseline or {}).get(suite)
-        return None if stored is None else ProbeRecord(stored["settings"], [ItemResult.from_dict(row) for row in stored["items"]])
-
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
-        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=baseline_items))
+        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=(baseline or {}).get))
     return [asdict(r) for r in records]
 
 
@@ -141,9 +136,9 @@ def run_on_ray(
         waves = [names[:1], names[1:]] if plan.probes.sequential else [names]
         for wave in waves:
             baseline = None
-            if plan.probes.sequential and wave is not waves[0]:
-                baseline = {suite: {"settings": step["result"] or {}, "items": store.items(run_id, BASELINE, suite)} for suite in plan.probes.suites
-                            if (step := store.step(run_id, BASELINE, PROBE_PREFIX + suite)) is not None}
+            if wave is not waves[0]:
+                read = stored_baseline(store, run_id)
+                baseline = {suite: record for suite in plan.probes.suites if (record := read(suite)) is not None}
             refs = {}
             for name in wave:
                 done = done_steps(store, run_id, plan, name)
