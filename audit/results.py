@@ -157,8 +157,9 @@ class RunView:
                     if name == BASELINE:
                         evidence.baseline = record
                     raw_items[(name, suite)] = rows
+        digests: dict[str, str] = {}  # the baseline's items of each suite, as the probes stored them
         for (name, suite), facts in self._sequential_probes.items():
-            self._replay(name, suite, facts)
+            self._replay(name, suite, facts, digests)
         baseline_ppl = self._perplexity.get(BASELINE)
         for variant in self.variants:
             name = variant["name"]
@@ -181,7 +182,7 @@ class RunView:
                 if comparison["comparable"]:
                     self.flipped += self._flips(name, suite, raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
 
-    def _replay(self, name: str, suite: str, facts: dict[str, Any]) -> None:
+    def _replay(self, name: str, suite: str, facts: dict[str, Any], digests: dict[str, str]) -> None:
         """`name`'s sequential probe of `suite` as it stopped: its evidence, which the gate reads
         that variant's figures of the suite from, and its findings with the items each used. Read
         from what the probe stored while the plan's gate and the baseline's items are the ones it
@@ -196,7 +197,9 @@ class RunView:
         gate = suite_gate(self.plan.gate, suite, self.suites[0])
         shape = dict(variant=name, narrowed_at=facts.get("narrowed_at"), total=int(facts.get("items_total") or len(record.results)),
                      categories=facts.get("categories_total") or {}, baseline=base.results, norm=record.settings.get("norm"))
-        if facts.get("tightest") is not None and facts.get("gate_settings") == gate_facts(gate) and facts.get("baseline_digest") == items_digest(base.results):
+        if suite not in digests:
+            digests[suite] = items_digest(base.results)
+        if facts.get("tightest") is not None and facts.get("gate_settings") == gate_facts(gate) and facts.get("baseline_digest") == digests[suite]:
             self.sequential[(name, suite)] = resume(record.results, tightest=facts["tightest"], **shape)
             findings = [GateFinding.from_dict(f) for f in (facts.get("gate") or {}).get("findings") or []]
         else:
