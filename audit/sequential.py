@@ -736,7 +736,7 @@ def probe_sequentially(
         judge.look()
         done = len(evidence.results)
         left = judge.open_verdicts()
-        yield Progress("probe", done, total, f"{variant}: {done}/{total} items, {left} verdicts open", {"open_verdicts": left})
+        yield Progress("probe", done, total, f"{variant}: {done}/{total} items, {left} {'verdict' if left == 1 else 'verdicts'} open", {"open_verdicts": left})
     if judge.last is None:
         judge.look()
     settled = judge.settled and not evidence.complete

@@ -298,3 +298,23 @@ def test_the_stored_bounds_give_what_replaying_every_look_gives(in_process, tmp_
             for metric in ("bias_score_ambig", "transition_rate", "accuracy_ambig", "srs_relative_change_pct"):
                 for category in ("overall", "Age", "SES"):
                     assert stored.measure(name, metric, None, category, 0.9) == replayed.measure(name, metric, None, category, 0.9)
+
+
+def test_a_variant_waiting_for_the_baseline_s_probe_says_so_and_can_be_cancelled(monkeypatch):
+    import threading
+
+    from audit.errors import Cancelled
+    from audit.run import steps
+
+    answers = iter([None, None, None, "the baseline's probe"])
+    monkeypatch.setattr(steps, "WAITING_SAID_EVERY_S", 0.0)
+    events = []
+    waited = steps.BaselineItems(lambda suite: next(answers), poll_s=0.001)
+    assert drive(waited.probe("builtin"), events.append) == "the baseline's probe"
+    assert [e.message for e in events] == ["waiting for the baseline's probe of builtin"] * 3
+    # Read once, not waited for, in one process: the baseline's probe is stored or it is not.
+    assert drive(steps.BaselineItems(lambda suite: None).probe("builtin")) is None
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        drive(steps.BaselineItems(lambda suite: None, poll_s=0.001).probe("builtin", cancel))

@@ -129,7 +129,7 @@ def _sequential_probe(plan: Plan, model: Any, name: str, suite: Any, suite_spec:
     from audit.probes.job import ProbeRun
     from audit.sequential import DEFAULT_BATCH_ITEMS, FUTILE_CHANCE, gate_facts, items_digest, probe_sequentially
 
-    stored = baseline(suite_spec) if baseline is not None else None
+    stored = (yield from baseline.probe(suite_spec, cancel)) if baseline is not None else None
     if stored is None or not stored.results:
         raise UserError(f"{name}: a sequential probe of {suite_spec} compares with the baseline's items: probe the baseline on it first")
     norm = settings.norm or suite.default_norm

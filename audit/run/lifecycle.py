@@ -128,7 +128,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
                 job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps,
                                       baseline=stored_baseline(store, run_id))
                 for event in job:
-                    yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(name) else event.message)
+                    yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(f"{name}:") else event.message)
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
         gate = evaluate_run_gate(store, run_id, plan)
         report = build_report(store, run_id, plan, gate)

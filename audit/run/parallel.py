@@ -17,12 +17,15 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
-from audit.run.steps import PROFILE, StepRecord, awaited_baseline, done_steps, model_spec_for, steps_for, stored_baseline, variant_names
+from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, steps_for, stored_baseline, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
 if TYPE_CHECKING:
     from audit.probes.compare import ProbeRecord
+
+# How often a variant's worker checks the store for the baseline's probe it waits for (seconds).
+BASELINE_POLL_S = 1.0
 
 
 def _variant_in_process(
@@ -35,7 +38,7 @@ def _variant_in_process(
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
-                              skip_profile=True, baseline=awaited_baseline(store, run_id))
+                              skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S))
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -89,7 +92,7 @@ def _drain(events: Any) -> Iterator[Progress]:
             name, stage, done, total, message = events.get_nowait()
         except queue.Empty:
             return
-        yield Progress(stage, done, total, f"{name}: {message}")
+        yield Progress(stage, done, total, message if message.startswith(f"{name}:") else f"{name}: {message}")
 
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],
@@ -102,7 +105,7 @@ def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
-        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=(baseline or {}).get))
+        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=BaselineItems((baseline or {}).get)))
     return [asdict(r) for r in records]
 
 
@@ -137,8 +140,9 @@ def run_on_ray(
         for wave in waves:
             baseline = None
             if wave is not waves[0]:
-                read = stored_baseline(store, run_id)
-                baseline = {suite: record for suite in plan.probes.suites if (record := read(suite)) is not None}
+                read = stored_baseline(store, run_id).read
+                # Put in the object store once for every task of the wave, not copied into each.
+                baseline = ray.put({suite: record for suite in plan.probes.suites if (record := read(suite)) is not None})
             refs = {}
             for name in wave:
                 done = done_steps(store, run_id, plan, name)

@@ -3,12 +3,14 @@ finished step leaves in the store."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from audit.plans import Plan
+from audit.progress import Job, Progress, check_cancel
 from audit.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -115,13 +117,38 @@ def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
     return spec.path or str(variant_folder(work_dir, name))
 
 
-# The baseline's probe of a suite (by its spec) as stored, None while it is not: what a
-# variant's sequential probe compares with.
-BaselineItems = Callable[[str], "ProbeRecord | None"]
+# How often a waiting variant says it is still waiting for the baseline's probe (seconds).
+WAITING_SAID_EVERY_S = 15.0
 
 
-def stored_baseline(store: ResultsStore, run_id: int) -> BaselineItems:
-    """The baseline's probe of a suite as the run stored it: its settings and items."""
+@dataclass(frozen=True)
+class BaselineItems:
+    """The baseline's probe of a suite (by its spec) as the run stored it, None while it is not:
+    what a variant's sequential probe compares with. With `poll_s`, another process of the run
+    is storing it, and `probe` waits for it, checking the store that often."""
+
+    read: Callable[[str], "ProbeRecord | None"]
+    poll_s: float | None = None
+
+    def probe(self, suite: str, cancel: threading.Event | None = None) -> Job["ProbeRecord | None"]:
+        """The baseline's probe of `suite`; while it is awaited, an event every
+        `WAITING_SAID_EVERY_S` says so (a worker silent for minutes looks stuck)."""
+        said: float | None = None
+        while (record := self.read(suite)) is None and self.poll_s is not None:
+            check_cancel(cancel)
+            now = time.monotonic()
+            if said is None or now - said >= WAITING_SAID_EVERY_S:
+                said = now
+                yield Progress("probe", 0, None, f"waiting for the baseline's probe of {suite}")
+            time.sleep(self.poll_s)
+        return record
+
+
+def stored_baseline(store: ResultsStore, run_id: int, poll_s: float | None = None) -> BaselineItems:
+    """The baseline's probe of a suite as the run stored it: its settings and items. With
+    `poll_s`, waited for until another process of the run stores it (the run's variants in
+    parallel processes: the baseline's worker starts first, and a failure of it ends the run,
+    and the waiting process with it)."""
     from audit.probes.compare import ProbeRecord
     from audit.probes.items import ItemResult
 
@@ -131,18 +158,4 @@ def stored_baseline(store: ResultsStore, run_id: int) -> BaselineItems:
             return None
         return ProbeRecord(step["result"] or {}, [ItemResult.from_dict(row) for row in store.items(run_id, BASELINE, suite)])
 
-    return read
-
-
-def awaited_baseline(store: ResultsStore, run_id: int, poll_s: float = 1.0) -> BaselineItems:
-    """The baseline's probe of a suite, waited for until another process of the run stores it
-    (the run's variants in parallel processes: the baseline's worker starts first, and a failure
-    of it ends the run, and this process with it)."""
-    read = stored_baseline(store, run_id)
-
-    def wait(suite: str) -> ProbeRecord | None:
-        while (record := read(suite)) is None:
-            time.sleep(poll_s)
-        return record
-
-    return wait
+    return BaselineItems(read, poll_s)
