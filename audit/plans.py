@@ -675,14 +675,8 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
     probes = _parse_probes(ctx, doc.get("probes"))
     gate = _parse_gate(ctx, doc.get("gate"))
-    _check(ctx, not probes.sequential or gate.active, "probes.sequential",
-           "needs the gate (rules or its competence guard): its verdicts decide when scoring stops")
-    if probes.sequential:
-        from audit.probes.compare import ITEM_FIGURES
-
-        questions = any(_registry("probe suite").meta(s.partition(":")[0])["kind"] == "qa" for s in probes.suites)
-        _check(ctx, any(r.metric in ITEM_FIGURES for r in gate.rules) or (gate.competence and questions), "probes.sequential",
-               "has no verdict to wait for: no gate rule reads probe items, and no question suite has the competence guard")
+    if probes.sequential and (refusal := sequential_refusal(probes, gate)):
+        raise ctx.error("probes.sequential", refusal)
     return Plan(
         name=name,
         model=model,
@@ -876,6 +870,19 @@ def plan_to_toml(plan: Plan) -> str:
     for rule in gate.rules:
         lines += _toml_table("[[gate.rules]]", asdict(rule))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def sequential_refusal(probes: ProbeSpec, gate: GateSettings) -> str | None:
+    """Why `probes` cannot be scored sequentially under `gate` (None when they can): its
+    verdicts decide when scoring stops, so there must be one that probe items settle."""
+    from audit.probes.compare import ITEM_FIGURES
+
+    if not gate.active:
+        return "needs the gate (rules or its competence guard): its verdicts decide when scoring stops"
+    questions = any(_registry("probe suite").meta(s.partition(":")[0])["kind"] == "qa" for s in probes.suites)
+    if not (any(r.metric in ITEM_FIGURES for r in gate.rules) or (gate.competence and questions)):
+        return "has no verdict to wait for: no gate rule reads probe items, and no question suite has the competence guard"
+    return None
 
 
 def revise_plan(plan: Plan, **changes: Any) -> Plan:

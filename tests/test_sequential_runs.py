@@ -318,3 +318,41 @@ def test_a_variant_waiting_for_the_baseline_s_probe_says_so_and_can_be_cancelled
     cancel.set()
     with pytest.raises(Cancelled):
         drive(steps.BaselineItems(lambda suite: None, poll_s=0.001).probe("builtin", cancel))
+
+
+@pytest.mark.asyncio
+async def test_the_app_probes_variants_sequentially_when_asked(tiny_llama, tmp_path):
+    from dataclasses import replace
+
+    from textual.widgets import Checkbox
+
+    from audit.plans import GateSettings
+    from tests.app_support import settle
+    from tests.test_app import SIZE, compress, loaded, make_app, notices, probe_settings
+
+    store = tmp_path / "results.db"
+    app = make_app(tiny_llama, store)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await compress(pilot)
+        await settle(pilot, app)
+        await probe_settings(pilot, "8", perplexity=False)
+        box = app.screen.query_one("#sequential", Checkbox)
+        assert not box.value  # the session's plan (the default one) scores every item
+        box.focus()
+        await pilot.press("space")
+        await pilot.press("ctrl+r")  # every model: the baseline first, in full, then wanda-50
+        await settle(pilot, app, until=lambda: app.report is not None and all(v["probes"] for v in app.report["variants"]))
+        assert app.session.plan.probes.sequential
+        run_id = app.session.run_id
+        # Without a gate there is nothing to stop on: refused in the form, nothing run.
+        app.session.plan = replace(app.session.plan, gate=GateSettings(competence=False))
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert app.job is None
+        assert any(n.startswith("stop early: the session's plan needs the gate") for n in notices(app))
+    with ResultsStore(store) as db:
+        baseline = db.step(run_id, "baseline", "probe:builtin")["result"]
+        variant = db.step(run_id, "wanda-50", "probe:builtin")["result"]["sequential"]
+        assert "sequential" not in baseline and len(db.items(run_id, "baseline", "builtin")) == 40
+        assert len(db.items(run_id, "wanda-50", "builtin")) == variant["items_scored"] <= variant["items_total"] == 40

@@ -165,6 +165,17 @@ class Session:
         wanted = {PERPLEXITY, PROFILE, PROBE_PREFIX + suite, NOISE_PREFIX + suite}
         return [k for k in steps_for(plan, target) if k in wanted]
 
+    def measured_plan(self, suite: str, probes: ProbeSpec, perplexity: bool, profile: bool) -> Plan:
+        """The session's plan as `measure` revises it for these settings (PlanError when the
+        settings cannot make a plan)."""
+        suites = probes.suites if suite in probes.suites else probes.suites + (suite,)
+        return revise_plan(
+            self.plan,
+            probes=replace(probes, suites=suites),
+            perplexity=replace(self.plan.perplexity, enabled=perplexity),
+            profile=replace(self.plan.profile, enabled=profile),
+        )
+
     def measure(
         self,
         targets: list[str],
@@ -178,14 +189,7 @@ class Session:
     ) -> Job[dict[str, list[str]]]:
         """Perplexity, the probe suite and the profile of each target, as the settings ask;
         with `pending_only`, only the steps not stored yet. Returns the steps stored per target."""
-        suites = probes.suites if suite in probes.suites else probes.suites + (suite,)
-        plan = revise_plan(
-            self.plan,
-            probes=replace(probes, suites=suites),
-            perplexity=replace(self.plan.perplexity, enabled=perplexity),
-            profile=replace(self.plan.profile, enabled=profile),
-        )
-        run_id = self._ensure_run(plan)
+        run_id = self._ensure_run(self.measured_plan(suite, probes, perplexity, profile))
         stored: dict[str, list[str]] = {}
         done: set[tuple[str, str]] = set()
         if pending_only:

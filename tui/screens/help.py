@@ -57,7 +57,7 @@ KEYS = """\
 | | `q`, `ctrl+q` | quit (asks first while a job runs) |
 | Models | `enter` | load the model under the cursor, or the one typed |
 | Compress | `ctrl+r` | compress into a new variant |
-| Probe | `ctrl+r` | run the probe (and perplexity, profile) on the chosen model(s) |
+| Probe | `ctrl+r` | run the probe (and perplexity, profile) on the chosen model(s); "Stop early": a variant's probe ends once the gate's verdicts settle |
 | Compare | `v` | why the verdict: every finding, with its bound and its limit |
 | | `d` or `enter` | the chosen variant's categories and flipped items |
 | | `e` | export the report (Markdown, HTML, JSON) |

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
+from audit.plans import sequential_refusal
 from audit.probes.suites import SUITES
 from audit.progress import Step, StepPlace, clock, step_place
 from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
@@ -102,6 +103,11 @@ class ProbeScreen(FormScreen):
             with Horizontal(classes="checks"):
                 yield MarkedCheckbox("perplexity", True, id="perplexity", compact=True)
                 yield MarkedCheckbox("profile (latency, memory)", True, id="profile", compact=True)
+            yield Label("Stop early")
+            with Horizontal(classes="checks"):
+                # Sequential probing (audit.sequential): a variant scores its items in a fixed
+                # random order and stops once the gate's verdicts on them are settled.
+                yield MarkedCheckbox("once the gate's verdicts settle (sequential)", False, id="sequential", compact=True)
         with Horizontal(classes="actions"):
             yield Button("Run (ctrl+r)", id="run", variant="primary", compact=True)
         yield Static("Nothing probed yet in this session.", id="probe-status")
@@ -139,6 +145,7 @@ class ProbeScreen(FormScreen):
             self.query_one("#temperature", Input).value = f"{probes.temperature:g}"
             self.query_one("#perplexity", Checkbox).value = session.plan.perplexity.enabled
             self.query_one("#profile", Checkbox).value = session.plan.profile.enabled
+            self.query_one("#sequential", Checkbox).value = probes.sequential
 
     def _settings(self) -> tuple[list[str], str, Any, bool, bool, bool]:
         session = self.app.session
@@ -168,6 +175,13 @@ class ProbeScreen(FormScreen):
             seeds=parse_int_list(self._value("seeds"), "seeds"),
             temperature=temperature,
         )
+        if self.query_one("#sequential", Checkbox).value:
+            probes = replace(probes, sequential=True)
+            refusal = sequential_refusal(replace(probes, suites=probes.suites + (suite,)), session.plan.gate)
+            if refusal:
+                raise FormError(f"stop early: the session's plan {refusal}")
+        else:  # its settings go with it
+            probes = replace(probes, sequential=False, order_seed=None, sequential_batch=None, futility=None)
         targets = session.targets() if target == EVERY else [target]
         perplexity = self.query_one("#perplexity", Checkbox).value
         profile = self.query_one("#profile", Checkbox).value
