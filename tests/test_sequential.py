@@ -636,6 +636,9 @@ def test_items_are_scored_with_their_context_group_once_and_judged_in_the_drawn_
     assert run.to_dict()["scored_ahead_unused"] == run.scored_ahead
     assert sequential_outcome({"items_scored": 40, "items_total": 480, "stopped": "settled", "scored_ahead_unused": 96}) == (
         "40 of 480 items scored, stopped once every verdict settled; 96 more scored ahead with their context, not reached")
+    # Cancelled at the look that narrowed: no item was drawn from the open categories only.
+    assert sequential_outcome({"items_scored": 120, "items_total": 480, "stopped": "cancelled", "narrowed_at": 120}) == (
+        "120 of 480 items scored, cancelled")
     # Without the groups: the same items judged, the same verdicts, the same scores to float noise.
     monkeypatch.setattr(sequential, "context_groups", lambda items: {})
     scored.clear()

@@ -522,7 +522,8 @@ def sequential_outcome(run: dict[str, Any]) -> str:
     """How a sequential probe ended: "120 of 480 items scored, stopped once every verdict settled"."""
     stopped = {"settled": "stopped once every verdict settled", "limit": "stopped at the last item", "cancelled": "cancelled"}[run["stopped"]]
     narrowed = run.get("narrowed_at")
-    after = f"; after {narrowed:,} items, only the categories with open verdicts" if narrowed else ""
+    # Said only when items were drawn so: a probe cancelled at the look that narrowed scored none.
+    after = f"; after {narrowed:,} items, only the categories with open verdicts" if narrowed and narrowed < run["items_scored"] else ""
     ahead = run.get("scored_ahead_unused")
     unused = f"; {ahead:,} more scored ahead with their context, not reached" if ahead else ""
     return f"{run['items_scored']:,} of {run['items_total']:,} items scored, {stopped}{after}{unused}"
