@@ -94,8 +94,8 @@ def test_the_app_opens_loads_probes_and_compares_in_tmux(tmp_path):
         terminal.keys("C-r")
         terminal.wait_for("stored: baseline · 5 items", timeout=300)
         terminal.keys("4")
-        shown = terminal.wait_for("verdict", timeout=30)
-        assert "Run 1 (session)" in shown and "baseline" in shown
+        shown = terminal.wait_for("Run 1 (session)", timeout=30)
+        assert "verdict" in shown and "baseline" in shown
         terminal.quit("q")
     finally:
         terminal.close()
