@@ -222,6 +222,10 @@ def test_sequential_probe_stops_early_when_the_answer_is_clear(tiny, suite, base
     assert run.settled and not run.cancelled
     assert run.items_scored < run.items_total == len(suite.items) == 120
     assert events[-1].done == run.items_scored and "0 verdicts open" in events[-1].message
+    # Each look carries the running figures over the items scored, as a full probe's events do.
+    from audit.probes.job import live_figures
+    assert events[-1].data["open_verdicts"] == 0 and events[-1].data["items_per_s"] > 0
+    assert events[-1].data["categories"] == live_figures(run.results, suite, "mean")["categories"]
     assert [f.verdict for f in run.gate.findings] == [PASS, PASS]
     for finding in run.gate.findings:
         assert finding.items_used is not None and 0 < finding.items_used <= run.items_scored

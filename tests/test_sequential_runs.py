@@ -312,6 +312,11 @@ def test_a_variant_waiting_for_the_baseline_s_probe_says_so_and_can_be_cancelled
     waited = steps.BaselineItems(lambda suite: next(answers), poll_s=0.001)
     assert drive(waited.probe("builtin"), events.append) == "the baseline's probe"
     assert [e.message for e in events] == ["waiting for the baseline's probe of builtin"] * 3
+    # Said at first, then again only once the interval has passed.
+    monkeypatch.setattr(steps, "WAITING_SAID_EVERY_S", 60.0)
+    answers = iter([None] * 5 + ["the baseline's probe"])
+    events.clear()
+    assert drive(waited.probe("builtin"), events.append) == "the baseline's probe" and len(events) == 1
     # Read once, not waited for, in one process: the baseline's probe is stored or it is not.
     assert drive(steps.BaselineItems(lambda suite: None).probe("builtin")) is None
     cancel = threading.Event()
@@ -326,8 +331,9 @@ async def test_the_app_probes_variants_sequentially_when_asked(tiny_llama, tmp_p
 
     from textual.widgets import Checkbox
 
-    from audit.plans import GateSettings
+    from audit.plans import GateSettings, revise_plan
     from tests.app_support import settle
+    from tests.conftest import SHARED_DATA
     from tests.test_app import SIZE, compress, loaded, make_app, notices, probe_settings
 
     store = tmp_path / "results.db"
@@ -345,12 +351,36 @@ async def test_the_app_probes_variants_sequentially_when_asked(tiny_llama, tmp_p
         await settle(pilot, app, until=lambda: app.report is not None and all(v["probes"] for v in app.report["variants"]))
         assert app.session.plan.probes.sequential
         run_id = app.session.run_id
+        # A session whose plan probes sequentially starts ticked; unticked, the plan loses the
+        # settings that go with it, and ticked again gets them back.
+        screen = app.screen
+        app.session.plan = revise_plan(app.session.plan, probes=replace(app.session.plan.probes, order_seed=7, sequential_batch=4))
+        screen._session_id = None
+        screen._show_session()
+        assert box.value
+        box.value = False
+        assert not screen._settings()[2].sequential and screen._settings()[2].order_seed is None
+        app.session.plan = app.session.measured_plan("builtin", screen._settings()[2], False, False)  # as a run leaves it
+        box.value = True
+        probes = screen._settings()[2]
+        assert (probes.sequential, probes.order_seed, probes.sequential_batch) == (True, 7, 4)
         # Without a gate there is nothing to stop on: refused in the form, nothing run.
         app.session.plan = replace(app.session.plan, gate=GateSettings(competence=False))
         await pilot.press("ctrl+r")
         await pilot.pause()
         assert app.job is None
         assert any(n.startswith("stop early: the session's plan needs the gate") for n in notices(app))
+        # A suite the gate has no verdict on is scored in full, and the form says so.
+        app.session.plan = replace(app.session.plan, gate=GateSettings(competence=True))
+        started = []
+        app.start_job = lambda *args, **kwargs: started.append(args) and False
+        screen.query_one("#suite").value = "crows"
+        screen.query_one("#suite-path").value = str(SHARED_DATA / "crows_pairs" / "crows_pairs_anonymized.csv")
+        await pilot.pause()
+        screen.action_run()
+        await pilot.pause()
+        assert len(started) == 1
+        assert any(n == "stop early: the gate has no verdict on crows to wait for, so its items are all scored" for n in notices(app))
     with ResultsStore(store) as db:
         baseline = db.step(run_id, "baseline", "probe:builtin")["result"]
         variant = db.step(run_id, "wanda-50", "probe:builtin")["result"]["sequential"]

@@ -201,7 +201,8 @@ def _generate_result(suite: ProbeSuite, item: ProbeItem, texts: Sequence[str], c
     )
 
 
-def _live(results: list[ItemResult], suite: ProbeSuite, norm: str) -> dict[str, Any]:
+def live_figures(results: list[ItemResult], suite: ProbeSuite, norm: str) -> dict[str, Any]:
+    """The running figures over the items scored so far, as a probe's progress events carry them."""
     summary = SUMMARIES[suite.summary](results, norm)
     return {key: summary[key] for key in ("overall", "category_mean", "categories") if key in summary}
 
@@ -264,6 +265,6 @@ def run_probe(
             done,
             total,
             f"{done}/{total} items, {rate:.1f} items/s",
-            {"items_per_s": rate, **_live(results, suite, norm)},
+            {"items_per_s": rate, **live_figures(results, suite, norm)},
         )
     return ProbeRun(suite, settings, norm, results, complete, time.perf_counter() - start, dict(model_info or {}))

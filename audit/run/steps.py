@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from audit.plans import Plan
-from audit.progress import Job, Progress, check_cancel
+from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -133,13 +133,15 @@ class BaselineItems:
     def probe(self, suite: str, cancel: threading.Event | None = None) -> Job["ProbeRecord | None"]:
         """The baseline's probe of `suite`; while it is awaited, an event every
         `WAITING_SAID_EVERY_S` says so (a worker silent for minutes looks stuck)."""
+        started = time.monotonic()
         said: float | None = None
         while (record := self.read(suite)) is None and self.poll_s is not None:
             check_cancel(cancel)
             now = time.monotonic()
             if said is None or now - said >= WAITING_SAID_EVERY_S:
                 said = now
-                yield Progress("probe", 0, None, f"waiting for the baseline's probe of {suite}")
+                waited = f" ({clock(now - started)} so far)" if now > started + 1 else ""
+                yield Progress("probe", 0, None, f"waiting for the baseline's probe of {suite}{waited}")
             time.sleep(self.poll_s)
         return record
 

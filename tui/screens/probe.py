@@ -16,15 +16,21 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from audit.plans import sequential_refusal
+from audit.probes.items import QA
 from audit.probes.suites import SUITES
 from audit.progress import Step, StepPlace, clock, step_place
 from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
+from audit.sequential import judges_anything, suite_gate
 from tui.messages import JobEnded, JobProgress
 from tui.screens.base import FormError, FormScreen
 from tui.widgets.checkbox import MarkedCheckbox
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
 EVERY = "__every__"
+
+
+# The settings of sequential probing in a plan's [probes], besides `sequential` itself.
+SEQUENTIAL_SETTINGS = ("order_seed", "sequential_batch", "futility")
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
@@ -79,6 +85,7 @@ class ProbeScreen(FormScreen):
     _place: StepPlace | None = None  # where that job last said it stood among its steps
     _scored_step: Step | None = None  # the probe step whose live figures the table shows
     _shown_target: str | None = None
+    _sequential_settings: dict[str, Any] = {}  # the session plan's order_seed, sequential_batch, futility
 
     def compose_body(self) -> ComposeResult:
         yield Label("Probe for bias [dim](ctrl+r runs; 'every model' runs what is not stored yet)[/]", classes="section")
@@ -146,6 +153,8 @@ class ProbeScreen(FormScreen):
             self.query_one("#perplexity", Checkbox).value = session.plan.perplexity.enabled
             self.query_one("#profile", Checkbox).value = session.plan.profile.enabled
             self.query_one("#sequential", Checkbox).value = probes.sequential
+            # The plan's settings of sequential probing, put back when the box is ticked again.
+            self._sequential_settings = {key: getattr(probes, key) for key in SEQUENTIAL_SETTINGS}
 
     def _settings(self) -> tuple[list[str], str, Any, bool, bool, bool]:
         session = self.app.session
@@ -176,12 +185,13 @@ class ProbeScreen(FormScreen):
             temperature=temperature,
         )
         if self.query_one("#sequential", Checkbox).value:
-            probes = replace(probes, sequential=True)
+            if not probes.sequential:
+                probes = replace(probes, sequential=True, **self._sequential_settings)
             refusal = sequential_refusal(replace(probes, suites=probes.suites + (suite,)), session.plan.gate)
             if refusal:
                 raise FormError(f"stop early: the session's plan {refusal}")
-        else:  # its settings go with it
-            probes = replace(probes, sequential=False, order_seed=None, sequential_batch=None, futility=None)
+        else:  # its settings go with it (a plan refuses them without it)
+            probes = replace(probes, sequential=False, **dict.fromkeys(SEQUENTIAL_SETTINGS))
         targets = session.targets() if target == EVERY else [target]
         perplexity = self.query_one("#perplexity", Checkbox).value
         profile = self.query_one("#profile", Checkbox).value
@@ -194,6 +204,10 @@ class ProbeScreen(FormScreen):
         if form is None:
             return
         session, (targets, suite, probes, perplexity, profile, pending) = form
+        if probes.sequential and not judges_anything(suite_gate(session.plan.gate, suite, (probes.suites or (suite,))[0]),
+                                                     SUITES.meta(suite.partition(":")[0])["kind"] == QA):
+            self.notify(f"stop early: the gate has no verdict on {suite.partition(':')[0]} to wait for, so its items are all scored",
+                        title=self.MODE, severity="warning")
         title = "probe every model" if pending else f"probe {targets[0]}"
 
         def make(cancel):
@@ -231,9 +245,12 @@ class ProbeScreen(FormScreen):
             self._scored_step = None if place is None else place.step
             rate = event.data.get("items_per_s") or 0.0
             left = (event.total or 0) - event.done
-            eta = f" · eta {clock(left / rate)}" if rate > 0 and left > 0 else ""
+            open_verdicts = event.data.get("open_verdicts")
+            # A probe that stops early (sequential) ends by the last item at the latest.
+            eta = f" · {'at most ' if open_verdicts is not None else 'eta '}{clock(left / rate)}" if rate > 0 and left > 0 else ""
+            still = "" if open_verdicts is None else f" · {open_verdicts} {'verdict' if open_verdicts == 1 else 'verdicts'} open"
             status.update(
-                f"[b]live[/] {self._live_target}: {event.done:.0f}/{event.total:.0f} items · {rate:.1f} items/s{eta}"
+                f"[b]live[/] {self._live_target}: {event.done:.0f}/{event.total:.0f} items · {rate:.1f} items/s{eta}{still}"
             )
         else:
             status.update(f"{self._live_target}: {event.stage}: {event.message}")
