@@ -12,7 +12,7 @@ from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress, StepCounter
-from audit.run.steps import BASELINE, StepRecord, done_steps, steps_for, stored_baseline, variant_names, variant_recipe
+from audit.run.steps import BASELINE, StepRecord, done_steps, named, steps_for, stored_baseline, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
 
 
@@ -128,7 +128,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
                 job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps,
                                       baseline=stored_baseline(store, run_id))
                 for event in job:
-                    yield replace(event, message=f"{name}: {event.message}" if not event.message.startswith(f"{name}:") else event.message)
+                    yield replace(event, message=named(name, event.message))
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
         gate = evaluate_run_gate(store, run_id, plan)
         report = build_report(store, run_id, plan, gate)

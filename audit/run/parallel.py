@@ -17,7 +17,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool
-from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, steps_for, stored_baseline, variant_names
+from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, steps_for, stored_baseline, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -92,7 +92,7 @@ def _drain(events: Any) -> Iterator[Progress]:
             name, stage, done, total, message = events.get_nowait()
         except queue.Empty:
             return
-        yield Progress(stage, done, total, message if message.startswith(f"{name}:") else f"{name}: {message}")
+        yield Progress(stage, done, total, named(name, message))
 
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],

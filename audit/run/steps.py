@@ -55,6 +55,12 @@ class StepRecord:
         )
 
 
+def named(name: str, message: str) -> str:
+    """A variant's progress message as a run of several says it: led by the variant's name,
+    unless the message already is ("wanda-50: 12/60 items")."""
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+
+
 def variant_names(plan: Plan) -> list[str]:
     return [BASELINE] + [v.name for v in plan.variants]
 
