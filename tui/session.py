@@ -46,6 +46,11 @@ def session_plan(model_spec: str, template: Plan | None = None) -> Plan:
     return revise_plan(template or default_plan(), name=SESSION_NAME, model=model, variants=(), path=None)
 
 
+def with_suite(probes: ProbeSpec, suite: str) -> ProbeSpec:
+    """`probes` with `suite` among its suites (after the plan's own), as a session measures it."""
+    return probes if suite in probes.suites else replace(probes, suites=probes.suites + (suite,))
+
+
 def loaded_method(model_spec: str, facts: ModelFacts | None) -> tuple[str, float | None]:
     """The loaded model's method and sparsity: its compression on record, else "dense" only
     when its weights are (under 1% exact zeros), else "sparse" with the share measured."""
@@ -168,10 +173,9 @@ class Session:
     def measured_plan(self, suite: str, probes: ProbeSpec, perplexity: bool, profile: bool) -> Plan:
         """The session's plan as `measure` revises it for these settings (PlanError when the
         settings cannot make a plan)."""
-        suites = probes.suites if suite in probes.suites else probes.suites + (suite,)
         return revise_plan(
             self.plan,
-            probes=replace(probes, suites=suites),
+            probes=with_suite(probes, suite),
             perplexity=replace(self.plan.perplexity, enabled=perplexity),
             profile=replace(self.plan.profile, enabled=profile),
         )

@@ -23,6 +23,7 @@ from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
 from audit.sequential import judges_anything, suite_gate
 from tui.messages import JobEnded, JobProgress
 from tui.screens.base import FormError, FormScreen
+from tui.session import with_suite
 from tui.widgets.checkbox import MarkedCheckbox
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
@@ -187,7 +188,7 @@ class ProbeScreen(FormScreen):
         if self.query_one("#sequential", Checkbox).value:
             if not probes.sequential:
                 probes = replace(probes, sequential=True, **self._sequential_settings)
-            refusal = sequential_refusal(replace(probes, suites=probes.suites + (suite,)), session.plan.gate)
+            refusal = sequential_refusal(with_suite(probes, suite), session.plan.gate)
             if refusal:
                 raise FormError(f"stop early: the session's plan {refusal}")
         else:  # its settings go with it (a plan refuses them without it)
@@ -204,7 +205,7 @@ class ProbeScreen(FormScreen):
         if form is None:
             return
         session, (targets, suite, probes, perplexity, profile, pending) = form
-        if probes.sequential and not judges_anything(suite_gate(session.plan.gate, suite, (probes.suites or (suite,))[0]),
+        if probes.sequential and not judges_anything(suite_gate(session.plan.gate, suite, with_suite(probes, suite).suites[0]),
                                                      SUITES.meta(suite.partition(":")[0])["kind"] == QA):
             self.notify(f"stop early: the gate has no verdict on {suite.partition(':')[0]} to wait for, so its items are all scored",
                         title=self.MODE, severity="warning")
