@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,6 +88,25 @@ def directory(target: Path, *, force: bool = False) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise _cannot_write(target, exc) from None
         raise
+
+
+def remove_unfinished(target: Path) -> None:
+    """Remove what `write_bytes` or `directory` was building for `target` when its process was
+    killed (a temporary file or folder beside it). Only for a target no live process writes."""
+    target = Path(target)
+    # The names tempfile gives: the prefix and suffix above around 8 characters of its own.
+    unfinished = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:  # no folder: nothing was built in it
+        return
+    for entry in entries:
+        if unfinished.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _lexists(path: Path) -> bool:

@@ -65,6 +65,20 @@ def test_atomic_directory_keeps_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_what_a_killed_writer_left_is_removed_for_its_target_only(tmp_path):
+    # Blocks entered and never left: what a process killed while writing leaves behind.
+    (tmp_path / "wanda-50").mkdir()
+    blocks = [atomic.directory(tmp_path / name, force=True) for name in ("wanda-50", "wanda-50", "wanda-50-2")]
+    for block in blocks:
+        (block.__enter__() / "weights.bin").write_bytes(b"x")
+    (tmp_path / ".wanda-50.notes.tmp.bak").write_text("the user's")
+    assert len(list(tmp_path.glob(".wanda-50.*.tmp"))) == 2
+    atomic.remove_unfinished(tmp_path / "wanda-50")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".wanda-50-2.")) == [".wanda-50.notes.tmp.bak", "wanda-50"]
+    assert len(list(tmp_path.glob(".wanda-50-2.*.tmp/weights.bin"))) == 1
+    atomic.remove_unfinished(tmp_path / "missing" / "wanda-50")  # no folder: nothing to do
+
+
 def test_atomic_directory_refuses_existing_without_force_and_replaces_with_force(tmp_path):
     target = tmp_path / "out"
     target.mkdir()

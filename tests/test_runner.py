@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from audit.plans import load_plan
-from audit.progress import drive
+from audit.progress import Cancelled, drive
 from audit.runner import RunOptions, run_plan, steps_for, variant_names
 from audit.store import ResultsStore
 from tests.conftest import ROOT, run_cli
@@ -301,6 +302,31 @@ def test_workers_give_the_same_answers(sequential_run, tiny_llama, tmp_path):
     with ResultsStore(tmp_path / "results.db") as store, ResultsStore(seq_folder / "results.db") as seq_store:
         assert {(s["variant"], s["kind"]) for s in store.steps(outcome.run_id)} == expected_steps(plan)
         assert stored_choices(store, outcome.run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)
+
+
+def test_a_cancelled_run_of_workers_keeps_what_finished_leaves_no_temporary_folder_and_resumes(sequential_run, tiny_llama, tmp_path):
+    """Cancelling tells each worker to stop at its next cancel check (removing a half-written
+    folder); finished steps stay stored, and the resumed run answers as an uninterrupted one."""
+    _, seq_outcome, seq_folder = sequential_run
+    plan_path = write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE)
+    plan_path.write_text(with_magnitude_only(plan_path.read_text()))
+    plan = load_plan(plan_path)
+    store_path = tmp_path / "results.db"
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        for event in run_plan(plan, RunOptions(store=store_path, workers=2), cancel):
+            if event.message.startswith("magnitude-50:"):  # the variants' workers are under way
+                cancel.set()
+    with ResultsStore(store_path) as store:
+        (run,) = store.runs()
+        assert store.run(run.id).status == "interrupted"
+        assert len(store.steps(run.id)) < len(expected_steps(plan))
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old"))]
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=run.id, workers=2)))
+    assert outcome.status == "finished"
+    with ResultsStore(store_path) as store, ResultsStore(seq_folder / "results.db") as seq_store:
+        assert {(s["variant"], s["kind"]) for s in store.steps(run.id)} == expected_steps(plan)
+        assert stored_choices(store, run.id, plan) == stored_choices(seq_store, seq_outcome.run_id, plan)
 
 
 def test_ray_local_cluster_gives_the_same_answers(sequential_run, tiny_llama, tmp_path):

@@ -11,13 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from audit import atomic
 from audit.errors import UserError
 from audit.models import LoadOptions
 from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
-from audit.run.pool import process_pool
-from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, steps_for, stored_baseline, variant_names
+from audit.run.pool import process_pool, worker_stop
+from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, steps_for, stored_baseline, variant_folder, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 # How often a variant's worker checks the store for the baseline's probe it waits for (seconds).
 BASELINE_POLL_S = 1.0
+# How long a stopped run waits for its workers to reach their cancel checks (a prune checks
+# after each block of layers, a probe after each batch) before it terminates them.
+STOP_GRACE_S = 20.0
 
 
 def _variant_in_process(
@@ -33,12 +37,13 @@ def _variant_in_process(
 ) -> None:
     """A worker process: run one variant's steps (profile excepted), committing each to the store,
     computing with its share of the cores. A variant probed sequentially waits for the baseline's
-    items of the suite, which the first worker (the baseline's) stores."""
+    items of the suite, which the first worker (the baseline's) stores. When the run stops early,
+    the worker stops at its next cancel check, removing what it was writing."""
     plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
-                              skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S))
+                              worker_stop(), skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S))
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -63,7 +68,7 @@ def run_in_processes(
     events = manager.Queue()
     load_data = asdict(load)
     try:
-        with process_pool(workers) as pool:
+        with process_pool(workers, grace_s=STOP_GRACE_S) as pool:
             futures = {
                 pool.submit(_variant_in_process, str(store.path), run_id, plan.text, plan.path, name, str(work_dir), load_data, events, threads): name
                 for name in names
@@ -77,6 +82,13 @@ def run_in_processes(
                     future.result()  # a worker's failure fails the run
                     yield Progress("run", finished(), total, f"{futures[future]} done (profile pending)", {"run_id": run_id})
             yield from _drain(events)
+    except BaseException:
+        # A worker terminated while it wrote a variant's folder left the temporary one; by now
+        # every worker has exited.
+        for name in names[1:]:
+            if plan.variant(name).path is None:
+                atomic.remove_unfinished(variant_folder(work_dir, name))
+        raise
     finally:
         manager.shutdown()
     for name in names:
