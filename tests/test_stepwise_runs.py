@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from audit import atomic
 from audit.compress.recipe import PruneRecipe, QuantizeRecipe
 from audit.errors import Cancelled, UserError
 from audit.metrics import delta_direction
@@ -32,6 +33,7 @@ from audit.runner import (
     stored_plan,
     update_plan,
 )
+from audit.run.steps import writing_variant_folder
 from audit.store import ResultsStore
 from tests.tiny import probes_only
 
@@ -191,6 +193,31 @@ def test_steps_are_checked_and_a_cancelled_step_stores_nothing(stepwise):
         drive(run_steps(store, run_id, "magnitude-50", ["compress"], cancel=cancel))
     with ResultsStore(store) as db:
         assert db.step(run_id, "magnitude-50", "compress") == before
+
+
+def test_compressing_waits_for_a_live_writer_of_the_folder_and_removes_what_a_killed_one_left(tiny_llama, tmp_path):
+    store = tmp_path / "results.db"
+    run_id, work_dir = start_run(parse_plan(PLAN.format(model=tiny_llama), None), store)
+    add_variant(store, run_id, VariantSpec("magnitude-50", PruneRecipe("magnitude", 0.5)))
+    folder = work_dir / "magnitude-50"
+    # Another process writing the folder holds it, and its temporary folder is beside it.
+    live = drive(writing_variant_folder(folder))
+    writer = atomic.directory(folder)
+    (writer.__enter__() / "weights.bin").write_bytes(b"x")
+    cancel = threading.Event()
+
+    def cancel_when_waiting(event):
+        if "waiting for another process to finish writing" in event.message:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        drive(run_steps(store, run_id, "magnitude-50", ["compress"], cancel=cancel), cancel_when_waiting)
+    assert cancel.is_set() and len(list(work_dir.glob(".magnitude-50.*.tmp/weights.bin"))) == 1
+    # The writer is killed: the lock goes with it (here: closed), its temporary folder stays.
+    live.close()
+    assert drive(run_steps(store, run_id, "magnitude-50", ["compress"])) == ["compress"]
+    assert (folder / "config.json").is_file()
+    assert not list(work_dir.glob(".magnitude-50.*.tmp"))
 
 
 def test_update_plan_keeps_variants_and_close_run_sets_the_status(stepwise, tmp_path):

@@ -27,7 +27,9 @@ from audit.run.steps import (
     PROFILE,
     StepRecord,
     model_spec_for,
+    pruned_folder,
     steps_for,
+    writing_variant_folder,
 )
 from audit.threads import thread_count_problem
 
@@ -51,7 +53,7 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
     source = plan.model
     result: dict[str, Any] = {"folder": str(out)}
     if spec.prune is not None:
-        target = out.with_name(out.name + ".pruned") if spec.quantize else out
+        target = pruned_folder(out) if spec.quantize else out
         result["prune"] = yield from relay(
             prune(
                 source, spec.prune, target, calibration=plan.calibration, force=True, options=options,
@@ -337,7 +339,8 @@ def execute_variant(
 def _compress_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[StepRecord]:
     started = time.time()
     yield Progress(COMPRESS, 0, None, f"{name}: compressing")
-    result, resources = yield from _sampled(compress_variant(plan, plan.variant(name), Path(spec), options, cancel))
+    with (yield from writing_variant_folder(Path(spec), cancel)):
+        result, resources = yield from _sampled(compress_variant(plan, plan.variant(name), Path(spec), options, cancel))
     return StepRecord(name, COMPRESS, started, result, resources)
 
 

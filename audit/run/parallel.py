@@ -11,14 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from audit import atomic
 from audit.errors import UserError
 from audit.models import LoadOptions
 from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool, worker_stop
-from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, steps_for, stored_baseline, variant_folder, variant_names
+from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, variant_folder, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -83,11 +82,10 @@ def run_in_processes(
                     yield Progress("run", finished(), total, f"{futures[future]} done (profile pending)", {"run_id": run_id})
             yield from _drain(events)
     except BaseException:
-        # A worker terminated while it wrote a variant's folder left the temporary one; by now
-        # every worker has exited.
+        # A worker terminated while it wrote a variant's folder left the temporary one.
         for name in names[1:]:
             if plan.variant(name).path is None:
-                atomic.remove_unfinished(variant_folder(work_dir, name))
+                remove_unfinished_variant(variant_folder(work_dir, name))
         raise
     finally:
         manager.shutdown()

@@ -7,8 +7,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
+from audit import atomic
+from audit.errors import UserError
+from audit.paths import os_reason
 from audit.plans import Plan
 from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore
@@ -114,6 +117,63 @@ def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[s
 
 def variant_folder(work_dir: Path, name: str) -> Path:
     return work_dir / name
+
+
+def pruned_folder(folder: Path) -> Path:
+    """Where a variant that is pruned, then quantized, keeps its pruned model."""
+    return folder.with_name(folder.name + ".pruned")
+
+
+# How often a compress step waiting for another process to finish writing its variant's folder
+# checks again (seconds).
+FOLDER_LOCK_POLL_S = 0.2
+
+
+def writing_variant_folder(folder: Path, cancel: threading.Event | None = None) -> Job[IO[str]]:
+    """Hold the variant's folder for writing, once no other process writes it (waiting, and
+    saying so, until then), and first remove what a process killed while writing it left
+    behind. Returns the lock file: closing it releases the folder."""
+    said = False
+    while (lock := _folder_lock(folder)) is None:
+        if not said:
+            said = True
+            yield Progress(COMPRESS, 0, None, f"waiting for another process to finish writing {folder}")
+        check_cancel(cancel)
+        time.sleep(FOLDER_LOCK_POLL_S)
+    _remove_unfinished(folder)
+    return lock
+
+
+def remove_unfinished_variant(folder: Path) -> None:
+    """Remove what a process killed while writing the variant's folder left behind, unless
+    another process is writing it now."""
+    lock = _folder_lock(folder)
+    if lock is not None:
+        with lock:
+            _remove_unfinished(folder)
+
+
+def _remove_unfinished(folder: Path) -> None:
+    for target in (folder, pruned_folder(folder)):
+        atomic.remove_unfinished(target)
+
+
+def _folder_lock(folder: Path) -> IO[str] | None:
+    """The lock file beside a variant's folder, locked, when no other process holds it (the
+    system releases the lock when its holder ends, however it ends); None while one does."""
+    import fcntl
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.parent / f".{folder.name}.lock", "a")
+    except OSError as exc:
+        raise UserError(f"cannot write {folder}: {os_reason(exc)}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
