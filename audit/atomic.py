@@ -9,13 +9,19 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from audit.errors import UserError
 from audit.paths import os_reason
 
 # Errors writing into the temporary folder that are about the target's disk, not the caller's input.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# What is built for a target is named `.NAME.` + tempfile's 8 characters + this, beside it.
+_UNFINISHED = ".tmp"
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}."
 
 
 def _umask() -> int:
@@ -34,7 +40,7 @@ def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=_UNFINISHED, dir=path.parent)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:
@@ -68,7 +74,7 @@ def directory(target: Path, *, force: bool = False) -> Iterator[Path]:
         raise UserError(f"output folder {target} already exists (use --force to replace it)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=_UNFINISHED, dir=target.parent))
         # mkdtemp makes the folder private (0700); the finished folder gets the usual mode.
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
@@ -92,10 +98,10 @@ def directory(target: Path, *, force: bool = False) -> Iterator[Path]:
 
 def remove_unfinished(target: Path) -> None:
     """Remove what `write_bytes` or `directory` was building for `target` when its process was
-    killed (a temporary file or folder beside it). Only for a target no live process writes."""
+    killed (a temporary file or folder beside it). Only for a target no live process writes
+    (hold its `writer_lock`)."""
     target = Path(target)
-    # The names tempfile gives: the prefix and suffix above around 8 characters of its own.
-    unfinished = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+    unfinished = re.compile(rf"{re.escape(_prefix(target))}[a-z0-9_]{{8}}{re.escape(_UNFINISHED)}")
     try:
         entries = list(os.scandir(target.parent))
     except OSError:  # no folder: nothing was built in it
@@ -107,6 +113,26 @@ def remove_unfinished(target: Path) -> None:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def writer_lock(target: Path) -> IO[str] | None:
+    """The lock a process holds while it writes `target` (a file beside it, `.NAME.lock`), taken
+    when no other process holds it: the open lock file, which releases it when closed (the system
+    releases it too when its holder ends, however it ends); None while another process holds it."""
+    import fcntl
+
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(target.parent / f".{target.name}.lock", "a")
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 def _lexists(path: Path) -> bool:
@@ -124,7 +150,7 @@ def _put_in_place(tmp: Path, target: Path) -> None:
     if not os.path.lexists(target):
         os.replace(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
     os.replace(target, old / target.name)
     try:
         os.replace(tmp, target)

@@ -79,6 +79,23 @@ def test_what_a_killed_writer_left_is_removed_for_its_target_only(tmp_path):
     atomic.remove_unfinished(tmp_path / "missing" / "wanda-50")  # no folder: nothing to do
 
 
+def test_one_writer_lock_per_target_at_a_time_and_an_impossible_one_is_one_line(tmp_path):
+    first = atomic.writer_lock(tmp_path / "wanda-50")
+    assert first is not None
+    assert atomic.writer_lock(tmp_path / "wanda-50") is None  # held
+    other = atomic.writer_lock(tmp_path / "wanda-50-2")
+    assert other is not None
+    first.close()
+    again = atomic.writer_lock(tmp_path / "wanda-50")
+    assert again is not None
+    again.close()
+    other.close()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=f"cannot write {blocker / 'wanda-50'}: "):
+        atomic.writer_lock(blocker / "wanda-50")
+
+
 def test_atomic_directory_refuses_existing_without_force_and_replaces_with_force(tmp_path):
     target = tmp_path / "out"
     target.mkdir()

@@ -17,7 +17,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import execute_variant, profile_step
 from audit.run.pool import process_pool, worker_stop
-from audit.run.steps import PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, variant_folder, variant_names
+from audit.run.steps import COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, variant_folder, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -83,8 +83,8 @@ def run_in_processes(
             yield from _drain(events)
     except BaseException:
         # A worker terminated while it wrote a variant's folder left the temporary one.
-        for name in names[1:]:
-            if plan.variant(name).path is None:
+        for name in names:
+            if COMPRESS in steps_for(plan, name):
                 remove_unfinished_variant(variant_folder(work_dir, name))
         raise
     finally:

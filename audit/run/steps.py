@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
 from audit import atomic
-from audit.errors import UserError
-from audit.paths import os_reason
 from audit.plans import Plan
 from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore
@@ -134,7 +132,7 @@ def writing_variant_folder(folder: Path, cancel: threading.Event | None = None) 
     saying so, until then), and first remove what a process killed while writing it left
     behind. Returns the lock file: closing it releases the folder."""
     said = False
-    while (lock := _folder_lock(folder)) is None:
+    while (lock := atomic.writer_lock(folder)) is None:
         if not said:
             said = True
             yield Progress(COMPRESS, 0, None, f"waiting for another process to finish writing {folder}")
@@ -147,7 +145,7 @@ def writing_variant_folder(folder: Path, cancel: threading.Event | None = None) 
 def remove_unfinished_variant(folder: Path) -> None:
     """Remove what a process killed while writing the variant's folder left behind, unless
     another process is writing it now."""
-    lock = _folder_lock(folder)
+    lock = atomic.writer_lock(folder)
     if lock is not None:
         with lock:
             _remove_unfinished(folder)
@@ -156,24 +154,6 @@ def remove_unfinished_variant(folder: Path) -> None:
 def _remove_unfinished(folder: Path) -> None:
     for target in (folder, pruned_folder(folder)):
         atomic.remove_unfinished(target)
-
-
-def _folder_lock(folder: Path) -> IO[str] | None:
-    """The lock file beside a variant's folder, locked, when no other process holds it (the
-    system releases the lock when its holder ends, however it ends); None while one does."""
-    import fcntl
-
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(folder.parent / f".{folder.name}.lock", "a")
-    except OSError as exc:
-        raise UserError(f"cannot write {folder}: {os_reason(exc)}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
 
 
 def model_spec_for(plan: Plan, name: str, work_dir: Path) -> str:
