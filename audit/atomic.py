@@ -18,6 +18,8 @@ from audit.paths import os_reason
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 # What is built for a target is named `.NAME.` + tempfile's 8 characters + this, beside it.
 _UNFINISHED = ".tmp"
+# The folder a replaced target is moved into (as NAME) while its replacement is put in place.
+_REPLACED = ".old"
 
 
 def _prefix(target: Path) -> str:
@@ -98,21 +100,38 @@ def directory(target: Path, *, force: bool = False) -> Iterator[Path]:
 
 def remove_unfinished(target: Path) -> None:
     """Remove what `write_bytes` or `directory` was building for `target` when its process was
-    killed (a temporary file or folder beside it). Only for a target no live process writes
-    (hold its `writer_lock`)."""
+    killed (a temporary file or folder beside it), and what a replacement of `target` left: the
+    replaced target comes back if its replacement never took its place, else it is removed. Only
+    for a target no live process writes (hold its `writer_lock`)."""
     target = Path(target)
-    unfinished = re.compile(rf"{re.escape(_prefix(target))}[a-z0-9_]{{8}}{re.escape(_UNFINISHED)}")
     try:
         entries = list(os.scandir(target.parent))
     except OSError:  # no folder: nothing was built in it
         return
+    replaced, unfinished = _left_by(target, _REPLACED), _left_by(target, _UNFINISHED)
     for entry in entries:
-        if unfinished.fullmatch(entry.name):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+        if replaced.fullmatch(entry.name):
+            kept = Path(entry.path) / target.name  # there only between the two renames of a replacement
+            if not _lexists(target) and _lexists(kept):
+                try:
+                    os.replace(kept, target)
+                except OSError as exc:  # kept, not lost
+                    raise _cannot_write(target, exc) from None
+            _remove(entry)
+        elif unfinished.fullmatch(entry.name):
+            _remove(entry)
+
+
+def _left_by(target: Path, suffix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(_prefix(target))}[a-z0-9_]{{8}}{re.escape(suffix)}")
+
+
+def _remove(entry: os.DirEntry) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
 
 
 def writer_lock(target: Path) -> IO[str] | None:
@@ -150,7 +169,7 @@ def _put_in_place(tmp: Path, target: Path) -> None:
     if not os.path.lexists(target):
         os.replace(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=_REPLACED, dir=target.parent))
     os.replace(target, old / target.name)
     try:
         os.replace(tmp, target)
@@ -158,4 +177,6 @@ def _put_in_place(tmp: Path, target: Path) -> None:
         os.replace(old / target.name, target)  # the old target back, as the block promised
         os.rmdir(old)
         raise
+    # Renamed before it is deleted, so that `old` holds NAME only while it is the whole old target.
+    os.replace(old / target.name, old / f"{target.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)

@@ -1,5 +1,8 @@
 """Registry, progress jobs and atomic writes."""
 
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -77,6 +80,51 @@ def test_what_a_killed_writer_left_is_removed_for_its_target_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".wanda-50-2.")) == [".wanda-50.notes.tmp.bak", "wanda-50"]
     assert len(list(tmp_path.glob(".wanda-50-2.*.tmp/weights.bin"))) == 1
     atomic.remove_unfinished(tmp_path / "missing" / "wanda-50")  # no folder: nothing to do
+
+
+# A process replacing `out` (old.txt inside) with a new folder (new.txt inside), killed outright at
+# the Nth call of a function of atomic's: the name of what kills it, and N.
+_KILLED_REPLACING = """
+import os, shutil, signal, sys
+from pathlib import Path
+from audit import atomic
+
+out, where, nth = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+module = {"replace": os, "rmtree": shutil}[where]
+real, calls = getattr(module, where), []
+
+def killed_at_nth(*args, **kwargs):
+    calls.append(args)
+    if len(calls) == nth:
+        if where == "rmtree":  # part of the old folder deleted, then killed
+            os.unlink(next(Path(args[0]).rglob("old.txt")))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+setattr(module, where, killed_at_nth)
+with atomic.directory(out, force=True) as tmp:
+    (tmp / "new.txt").write_text("new")
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "nth", "left"),
+    [
+        ("replace", 2, "old.txt"),  # the old folder moved aside, the new one not yet in its place
+        ("rmtree", 1, "new.txt"),  # the new folder in place, the old one half deleted
+    ],
+)
+def test_what_a_replacement_killed_midway_left_is_mended(tmp_path, where, nth, left):
+    out = tmp_path / "wanda-50"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    (out / "keep.bin").write_bytes(b"x" * 4096)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_REPLACING, str(out), where, str(nth)])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".wanda-50.*.old"))) == 1  # left beside it
+    atomic.remove_unfinished(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["wanda-50"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([left] + (["keep.bin"] if left == "old.txt" else []))
 
 
 def test_one_writer_lock_per_target_at_a_time_and_an_impossible_one_is_one_line(tmp_path):

@@ -103,3 +103,21 @@ def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
     # Unreadable norms are gathered again, not trusted.
     next(shared.glob("*.safetensors")).write_bytes(b"not a tensor file")
     assert run(0.5, "w50", shared)["recipe"]["statistics_shared"] is False
+
+
+def test_statistics_are_written_by_one_process_and_a_killed_writers_file_is_removed(tmp_path):
+    from audit import atomic
+    from audit.compress.prune import read_statistics, write_statistics
+
+    path = tmp_path / ".calibration" / "key.safetensors"
+    norms = {"model.layers.0.mlp.up_proj": LayerStats(60, torch.arange(4, dtype=torch.float64))}
+    held = atomic.writer_lock(path)
+    write_statistics(path, norms)  # another process is writing them: left to it
+    assert not path.exists()
+    held.close()
+    (path.parent / ".key.safetensors.ab12cd34.tmp").write_bytes(b"half")  # a writer killed midway
+    write_statistics(path, norms)
+    assert sorted(p.name for p in path.parent.iterdir()) == [".key.safetensors.lock", "key.safetensors"]
+    known = read_statistics(path)
+    assert known["model.layers.0.mlp.up_proj"].n_tokens == 60
+    assert torch.equal(known["model.layers.0.mlp.up_proj"].sq_norms, norms["model.layers.0.mlp.up_proj"].sq_norms)

@@ -241,8 +241,12 @@ def write_statistics(path: Path, statistics: dict[str, LayerStats]) -> None:
     # Layers fed one input share its norms: each is written as its own tensor.
     tensors = {name: s.sq_norms.detach().clone() for name, s in statistics.items()}
     tokens = json.dumps({name: s.n_tokens for name, s in statistics.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
+    lock = atomic.writer_lock(path)
+    if lock is None:  # another process is writing the same statistics
+        return
+    with lock:
+        atomic.remove_unfinished(path)  # what a writer killed midway left
+        atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
 
 
 # -- the whole command ------------------------------------------------------------------------
