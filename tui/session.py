@@ -3,6 +3,7 @@ every step the operator takes, driven through the same core calls as `edge-audit
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ from audit.runner import (
     PROFILE,
     add_variant,
     close_run,
+    driving,
+    hold_run,
     run_steps,
     start_run,
     steps_for,
@@ -90,6 +93,9 @@ class Session:
         self.baseline_method = loaded_method(plan.model, facts)
         self.run_id: int | None = None
         self.work_dir: Path | None = None
+        # The session holds its run from its first step until it is closed: another process
+        # (edge-audit run --resume) does not run steps of it meanwhile.
+        self.holding = contextlib.ExitStack()
         # Variants whose compress step is stored: compressing one again under its name is a duplicate.
         self.compressed: set[str] = set()
 
@@ -134,6 +140,7 @@ class Session:
         """The session's run, created with `plan` on first use; later plans update it."""
         if self.run_id is None:
             self.run_id, self.work_dir = start_run(plan, self.store_path)
+            self.holding.enter_context(driving(self.run_id, self.work_dir))
             self.plan = plan
         elif plan != self.plan:
             self.plan = update_plan(self.store_path, self.run_id, plan)
@@ -219,7 +226,8 @@ class Session:
 
     def close(self) -> str | None:
         """Set the run's status (finished when every planned step is stored) and let the model go."""
-        status = close_run(self.store_path, self.run_id) if self.run_id is not None else None
+        with self.holding:  # let go of the run once its status is set
+            status = close_run(self.store_path, self.run_id) if self.run_id is not None else None
         if self.model is not None:
             self.model.close()
             self.model = None
@@ -248,9 +256,13 @@ def continue_session(
     with ResultsStore(path) as store:
         record = store.run(run_id)
         plan = stored_plan(store, run_id)
-    model = yield from loader(plan.model, options, cancel)
-    yield Progress("load", 2, 2, "reading the model's facts")
-    session = Session(plan, path, options, model, model.facts())
+    holding = contextlib.ExitStack()
+    holding.enter_context(hold_run(path, run_id))  # refused before the model is loaded
+    with holding:
+        model = yield from loader(plan.model, options, cancel)
+        yield Progress("load", 2, 2, "reading the model's facts")
+        session = Session(plan, path, options, model, model.facts())
+        session.holding = holding.pop_all()
     session.run_id = run_id
     session.work_dir = Path(record.work_dir) if record.work_dir else None
     with ResultsStore(path) as store:

@@ -3,11 +3,14 @@ and closed with its gate."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Iterator, Sequence
 
+from audit import atomic
 from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
@@ -75,9 +78,7 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
         if record.status == "finished":
             raise UserError(f"run {record.id} already finished; nothing to resume")
         stored = parse_plan(record.plan_text, Path(record.plan_path) if record.plan_path else None, stored=True)
-        store.mark_running(record.id)
-        work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, record.id)
-        return store, record.id, stored, work_dir
+        return store, record.id, stored, _work_dir(store, record.id)
     assert plan is not None
     run_id = store.create_run(
         name=plan.name,
@@ -97,6 +98,52 @@ def _default_work_dir(store: ResultsStore, run_id: int) -> Path:
     return store.path.parent / "runs" / f"run-{run_id}"
 
 
+def _work_dir(store: ResultsStore, run_id: int) -> Path:
+    """Where a stored run's variant folders are written."""
+    record = store.run(run_id)
+    return Path(record.work_dir) if record.work_dir else _default_work_dir(store, run_id)
+
+
+# -- one process at a time runs a run's steps ------------------------------------------------------
+# The runs this process holds, by work folder: the lock and how many holders share it (the app
+# runs a session's jobs in threads of one process).
+_HELD: dict[Path, list[Any]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def driving(run_id: int, work_dir: Path) -> Iterator[None]:
+    """Hold a run for this process while it runs steps of it or sets its status. While another
+    process holds it, a UserError; holders in this process share it. The hold is a lock beside
+    the run's folder, which the system releases however its holder ends."""
+    key = Path(os.path.abspath(work_dir))
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None:
+            lock: IO[str] | None = atomic.writer_lock(key)
+            if lock is None:
+                raise UserError(
+                    f"run {run_id} is being run by another process (the app, or edge-audit run); "
+                    "resume it once that process has ended"
+                )
+            held = _HELD[key] = [lock, 0]
+        held[1] += 1
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[key]
+                held[0].close()
+
+
+def hold_run(store_path: Path | None, run_id: int) -> contextlib.AbstractContextManager[None]:
+    """`driving` for a stored run (a UserError for an unknown one)."""
+    with ResultsStore(store_path or default_store_path()) as store:
+        return driving(run_id, _work_dir(store, run_id))
+
+
 def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: threading.Event | None = None) -> Job[RunOutcome]:
     """Run (or resume) a plan: every variant's steps, each committed as it finishes; then the
     comparison against the baseline, the gate and the report data."""
@@ -107,6 +154,16 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
     if plan is not None:
         plan_threads(plan)  # refused before a run is started, not at its profile step
     store, run_id, plan, work_dir = start_or_resume(plan, options)
+    hold = contextlib.ExitStack()
+    try:
+        hold.enter_context(driving(run_id, work_dir))
+    except BaseException as exc:
+        if options.resume is None:  # a run made for nothing: say why it stopped
+            store.finish_run(run_id, "failed", {"error": str(exc)}, 2)
+        store.close()  # a resumed one is left as its driver keeps it
+        raise
+    if options.resume is not None:
+        store.mark_running(run_id)
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         names = variant_names(plan)
@@ -144,6 +201,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
         raise
     finally:
         store.close()
+        hold.close()
 
 
 # -- runs driven one step at a time ----------------------------------------------------------------
@@ -212,9 +270,7 @@ def run_steps(
         for kind in kinds:
             if kind not in planned:
                 raise UserError(f"{name} has no step {kind!r} in run {run_id}; its steps: {', '.join(planned)}")
-        record = store.run(run_id)
-        work_dir = Path(record.work_dir) if record.work_dir else _default_work_dir(store, run_id)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = _work_dir(store, run_id)
         stored: list[str] = []
 
         def commit(step: StepRecord) -> None:
@@ -223,7 +279,9 @@ def run_steps(
                 stored.append(step.kind)
 
         done = set(planned) - set(kinds)
-        yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps, baseline=stored_baseline(store, run_id))
+        with driving(run_id, work_dir):
+            work_dir.mkdir(parents=True, exist_ok=True)
+            yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps, baseline=stored_baseline(store, run_id))
     return stored
 
 
@@ -234,7 +292,7 @@ def close_run(store_path: Path | None, run_id: int) -> str:
     says (an unmeasured check is never a pass)."""
     from audit.results import evaluate_run_gate
 
-    with ResultsStore(store_path or default_store_path()) as store:
+    with ResultsStore(store_path or default_store_path()) as store, driving(run_id, _work_dir(store, run_id)):
         plan = stored_plan(store, run_id)
         missing = [(n, k) for n in variant_names(plan) for k in steps_for(plan, n) if store.step(run_id, n, k) is None]
         gate = evaluate_run_gate(store, run_id, plan).to_dict() if plan.gate.active else None
