@@ -218,6 +218,12 @@ async def test_quit_during_a_job_asks_then_cancels_and_keeps_finished_steps_and_
         await pilot.press("c")
         await settle(pilot, app, until=lambda: app.session.run_id == run_id)
         assert [v.name for v in app.session.plan.variants] == ["wanda-50"]
+        session = app.session
+        await pilot.press("5", "c")  # the session's own run: nothing to load again
+        await settle(pilot, app)
+        assert app.session is session and f"run {run_id} is already this session" in notices(app)
+        with ResultsStore(store) as db:
+            assert db.run(run_id).status == "running"
         await probe_settings(pilot, "2", perplexity=False)
         app.screen.query_one("#target").value = "baseline"
         await pilot.press("ctrl+r")

@@ -237,6 +237,9 @@ class EdgeAuditApp(App[int]):
     # -- the session -------------------------------------------------------------------------
     def continue_run(self, run_id: int) -> bool:
         """Make a stored run the session again (its model loaded), to add steps to it."""
+        if self.session is not None and self.session.run_id == run_id:
+            self.notify(f"run {run_id} is already this session")
+            return False
         started = self.start_job(
             "load", f"continue run {run_id}", lambda cancel: continue_session(run_id, self.store_path, self.options, self.loader, cancel)
         )
