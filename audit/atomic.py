@@ -143,7 +143,7 @@ def writer_lock(target: Path) -> IO[str] | None:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(target.parent / f".{target.name}.lock", "a")
+        lock = open(_lock_path(target), "a")
     except OSError as exc:
         raise _cannot_write(target, exc) from None
     try:
@@ -152,6 +152,27 @@ def writer_lock(target: Path) -> IO[str] | None:
         lock.close()
         return None
     return lock
+
+
+def is_locked(target: Path) -> bool:
+    """Whether a process (this one too) holds `target`'s `writer_lock` now. Creates nothing; the
+    question takes a shared lock for an instant, in which `writer_lock` would find it held."""
+    import fcntl
+
+    try:
+        lock = open(_lock_path(Path(target)))
+    except OSError:  # never locked, or not readable here: no holder to be seen
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
 
 
 def _lexists(path: Path) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from audit import atomic
 from audit.gate import GateFinding, GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
 from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
-from audit.run.steps import FOLDER
+from audit.run.steps import FOLDER, run_folder
 from audit.stats import DISPLAY_CONFIDENCE
-from audit.store import ResultsStore
+from audit.store import ResultsStore, RunRecord
 from audit.sweep import PRUNED_FROM
 from audit.verdict import NONE, PENDING, Verdict, run_verdict
 
@@ -107,6 +108,15 @@ def flip_outcome(variant_item: dict[str, Any]) -> str:
     return CORRECTED if right_is_aligned and variant_item.get("correct") is True else BIASED
 
 
+def as_it_stands(store: ResultsStore, run: RunRecord) -> RunRecord:
+    """A stored run as it stands now: one stored as running that no process runs any more (its
+    process was killed, or the power cut) is interrupted, which `edge-audit run --resume` goes on
+    with. The store is read, not changed."""
+    if run.status == "running" and not atomic.is_locked(run_folder(store, run)):
+        return replace(run, status="interrupted")
+    return run
+
+
 class RunView:
     """Everything stored for one run, shaped per variant; built once, read by the report,
     the gate, `runs show` and the app's comparison view."""
@@ -116,7 +126,7 @@ class RunView:
         from audit.probes.compare import ProbeRecord, SuiteEvidence
         from audit.probes.items import ItemResult
 
-        self.run = store.run(run_id)
+        self.run = as_it_stands(store, store.run(run_id))
         self.plan = plan or read_stored_plan(self.run.plan_text, self.run.plan_path)
         self.suites = list(self.plan.probes.suites)
         self.variants: list[dict[str, Any]] = []
@@ -403,6 +413,7 @@ def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
     rows = []
     for run in store.runs():
         gate = run.gate or {}
+        run = as_it_stands(store, run)
         rows.append(
             {
                 "id": run.id,

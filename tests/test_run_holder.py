@@ -13,7 +13,8 @@ import pytest
 from audit.errors import UserError
 from audit.models import LoadOptions
 from audit.progress import drive
-from audit.runner import BASELINE, PERPLEXITY, close_run, driving, run_steps
+from audit.results import RunView, run_listing
+from audit.runner import BASELINE, PERPLEXITY, close_run, driving, run_steps, start_run
 from audit.store import ResultsStore
 from tests.conftest import ROOT, run_cli
 from tui.session import Session, continue_session, session_plan
@@ -108,3 +109,31 @@ def test_a_run_held_elsewhere_is_left_as_it_is_and_free_once_its_holder_is_kille
         holder.wait()
     assert not held_elsewhere(run_id, work_dir)  # the system let go of the killed holder's lock
     assert close_run(session.store_path, run_id) == "interrupted"
+
+
+def test_a_run_whose_process_was_killed_is_listed_as_interrupted_not_as_going_on(tiny_llama, tmp_path):
+    store_path = tmp_path / "results.db"
+    run_id, work_dir = start_run(session_plan(str(tiny_llama)), store_path)  # stored as running
+
+    def listed() -> tuple[str, str]:
+        with ResultsStore(store_path, readonly=True) as results:
+            (row,) = run_listing(results)
+        return row["status"], row["verdict"]["state"]
+
+    holder = hold_elsewhere(run_id, work_dir)
+    try:
+        assert listed() == ("running", "pending")
+        shown = run_cli("runs", "list", "--store", str(store_path), "--json")
+        assert shown.returncode == 0 and '"status": "running"' in shown.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    assert listed() == ("interrupted", "none")  # nothing runs it: resume it to go on
+    shown = run_cli("runs", "list", "--store", str(store_path), "--json")
+    assert shown.returncode == 0 and '"status": "interrupted"' in shown.stdout
+    with ResultsStore(store_path) as results:
+        assert results.run(run_id).status == "running"  # read, not rewritten
+    with driving(run_id, work_dir):
+        assert listed() == ("running", "pending")  # held by this process
+    with ResultsStore(store_path, readonly=True) as results:
+        assert RunView(results, run_id).run.status == "interrupted"  # `runs show` and the reports

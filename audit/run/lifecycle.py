@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
@@ -15,7 +16,7 @@ from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress, StepCounter
-from audit.run.steps import BASELINE, StepRecord, done_steps, named, steps_for, stored_baseline, variant_names, variant_recipe
+from audit.run.steps import BASELINE, StepRecord, done_steps, named, run_folder, steps_for, stored_baseline, variant_names, variant_recipe
 from audit.store import ResultsStore, default_store_path
 
 
@@ -89,19 +90,13 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
         software=software_versions(),
         variants=[(name, variant_recipe(plan, name)) for name in variant_names(plan)],
     )
-    work_dir = Path(options.work_dir) / f"run-{run_id}" if options.work_dir else _default_work_dir(store, run_id)
+    work_dir = Path(options.work_dir) / f"run-{run_id}" if options.work_dir else _work_dir(store, run_id)
     store.set_work_dir(run_id, str(work_dir))
     return store, run_id, plan, work_dir
 
 
-def _default_work_dir(store: ResultsStore, run_id: int) -> Path:
-    return store.path.parent / "runs" / f"run-{run_id}"
-
-
 def _work_dir(store: ResultsStore, run_id: int) -> Path:
-    """Where a stored run's variant folders are written."""
-    record = store.run(run_id)
-    return Path(record.work_dir) if record.work_dir else _default_work_dir(store, run_id)
+    return run_folder(store, store.run(run_id))
 
 
 # -- one process at a time runs a run's steps ------------------------------------------------------
@@ -109,6 +104,7 @@ def _work_dir(store: ResultsStore, run_id: int) -> Path:
 # runs a session's jobs in threads of one process).
 _HELD: dict[Path, list[Any]] = {}
 _HELD_GUARD = threading.Lock()
+TAKE_ATTEMPTS, TAKE_RETRY_S = 3, 0.05
 
 
 @contextlib.contextmanager
@@ -120,7 +116,12 @@ def driving(run_id: int, work_dir: Path) -> Iterator[None]:
     with _HELD_GUARD:
         held = _HELD.get(key)
         if held is None:
-            lock: IO[str] | None = atomic.writer_lock(key)
+            lock: IO[str] | None = None
+            for attempt in range(TAKE_ATTEMPTS):  # not refused for a listing's instant look (is_locked)
+                if attempt:
+                    time.sleep(TAKE_RETRY_S)
+                if (lock := atomic.writer_lock(key)) is not None:
+                    break
             if lock is None:
                 raise UserError(
                     f"run {run_id} is being run by another process (the app, or edge-audit run); "

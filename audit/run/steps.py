@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable
 from audit import atomic
 from audit.plans import Plan
 from audit.progress import Job, Progress, check_cancel, clock
-from audit.store import ResultsStore
+from audit.store import ResultsStore, RunRecord
 
 if TYPE_CHECKING:
     from audit.probes.compare import ProbeRecord
@@ -115,6 +115,11 @@ def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[s
 
 def variant_folder(work_dir: Path, name: str) -> Path:
     return work_dir / name
+
+
+def run_folder(store: ResultsStore, record: RunRecord) -> Path:
+    """Where a stored run's variant folders are written: the folder it names, else beside the store."""
+    return Path(record.work_dir) if record.work_dir else store.path.parent / "runs" / f"run-{record.id}"
 
 
 def pruned_folder(folder: Path) -> Path:
