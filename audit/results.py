@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from audit import atomic
 from audit.gate import GateFinding, GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
 from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
-from audit.run.steps import FOLDER, run_folder
+from audit.run.steps import FOLDER, run_held
 from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore, RunRecord
 from audit.sweep import PRUNED_FROM
@@ -112,7 +111,7 @@ def as_it_stands(store: ResultsStore, run: RunRecord) -> RunRecord:
     """A stored run as it stands now: one stored as running that no process runs any more (its
     process was killed, or the power cut) is interrupted, which `edge-audit run --resume` goes on
     with. The store is read, not changed."""
-    if run.status == "running" and not atomic.is_locked(run_folder(store, run)):
+    if run.status == "running" and not run_held(store, run):
         return replace(run, status="interrupted")
     return run
 

@@ -4,19 +4,27 @@ and closed with its gate."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from audit import atomic
 from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
 from audit.progress import Job, Progress, StepCounter
-from audit.run.steps import BASELINE, StepRecord, done_steps, named, run_folder, steps_for, stored_baseline, variant_names, variant_recipe
+from audit.run.steps import (
+    BASELINE,
+    StepRecord,
+    done_steps,
+    driving,
+    named,
+    run_folder,
+    steps_for,
+    stored_baseline,
+    variant_names,
+    variant_recipe,
+)
 from audit.store import ResultsStore, default_store_path
 
 
@@ -97,46 +105,6 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
 
 def _work_dir(store: ResultsStore, run_id: int) -> Path:
     return run_folder(store, store.run(run_id))
-
-
-# -- one process at a time runs a run's steps ------------------------------------------------------
-# The runs this process holds, by work folder: the lock and how many holders share it (the app
-# runs a session's jobs in threads of one process).
-_HELD: dict[Path, list[Any]] = {}
-_HELD_GUARD = threading.Lock()
-TAKE_ATTEMPTS, TAKE_RETRY_S = 3, 0.05
-
-
-@contextlib.contextmanager
-def driving(run_id: int, work_dir: Path) -> Iterator[None]:
-    """Hold a run for this process while it runs steps of it or sets its status. While another
-    process holds it, a UserError; holders in this process share it. The hold is a lock beside
-    the run's folder, which the system releases however its holder ends."""
-    key = Path(os.path.abspath(work_dir))
-    with _HELD_GUARD:
-        held = _HELD.get(key)
-        if held is None:
-            lock: IO[str] | None = None
-            for attempt in range(TAKE_ATTEMPTS):  # not refused for a listing's instant look (is_locked)
-                if attempt:
-                    time.sleep(TAKE_RETRY_S)
-                if (lock := atomic.writer_lock(key)) is not None:
-                    break
-            if lock is None:
-                raise UserError(
-                    f"run {run_id} is being run by another process (the app, or edge-audit run); "
-                    "resume it once that process has ended"
-                )
-            held = _HELD[key] = [lock, 0]
-        held[1] += 1
-    try:
-        yield
-    finally:
-        with _HELD_GUARD:
-            held[1] -= 1
-            if held[1] == 0:
-                del _HELD[key]
-                held[0].close()
 
 
 def hold_run(store_path: Path | None, run_id: int) -> contextlib.AbstractContextManager[None]:

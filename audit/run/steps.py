@@ -3,13 +3,16 @@ finished step leaves in the store."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from audit import atomic
+from audit.errors import UserError
 from audit.plans import Plan
 from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore, RunRecord
@@ -120,6 +123,51 @@ def variant_folder(work_dir: Path, name: str) -> Path:
 def run_folder(store: ResultsStore, record: RunRecord) -> Path:
     """Where a stored run's variant folders are written: the folder it names, else beside the store."""
     return Path(record.work_dir) if record.work_dir else store.path.parent / "runs" / f"run-{record.id}"
+
+
+# -- one process at a time runs a run's steps --------------------------------------------------
+# The runs this process holds, by work folder: the lock and how many holders share it (the app
+# runs a session's jobs in threads of one process).
+_HELD: dict[Path, list[Any]] = {}
+_HELD_GUARD = threading.Lock()
+TAKE_ATTEMPTS, TAKE_RETRY_S = 3, 0.05
+
+
+@contextlib.contextmanager
+def driving(run_id: int, work_dir: Path) -> Iterator[None]:
+    """Hold a run for this process while it runs steps of it or sets its status. While another
+    process holds it, a UserError; holders in this process share it. The hold is a lock beside
+    the run's folder, which the system releases however its holder ends."""
+    key = Path(os.path.abspath(work_dir))
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None:
+            lock: IO[str] | None = None
+            for attempt in range(TAKE_ATTEMPTS):  # not refused for a listing's instant look (run_held)
+                if attempt:
+                    time.sleep(TAKE_RETRY_S)
+                if (lock := atomic.writer_lock(key)) is not None:
+                    break
+            if lock is None:
+                raise UserError(
+                    f"run {run_id} is being run by another process (the app, or edge-audit run); "
+                    "resume it once that process has ended"
+                )
+            held = _HELD[key] = [lock, 0]
+        held[1] += 1
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[key]
+                held[0].close()
+
+
+def run_held(store: ResultsStore, record: RunRecord) -> bool:
+    """Whether a process (this one too) holds the run (`driving`) now."""
+    return atomic.is_locked(run_folder(store, record))
 
 
 def pruned_folder(folder: Path) -> Path:
