@@ -137,3 +137,32 @@ def test_a_run_whose_process_was_killed_is_listed_as_interrupted_not_as_going_on
         assert listed() == ("running", "pending")  # held by this process
     with ResultsStore(store_path, readonly=True) as results:
         assert RunView(results, run_id).run.status == "interrupted"  # `runs show` and the reports
+
+
+@pytest.mark.asyncio
+async def test_history_says_a_run_another_process_runs_is_not_to_continue_yet(tiny_llama, tmp_path, isolated_cache):
+    from tests.app_support import FrozenDevice, fake_loader, settle
+    from tui.app import create_app
+
+    store_path = tmp_path / "results.db"
+    run_id, work_dir = start_run(session_plan(str(tiny_llama)), store_path)
+    holder = hold_elsewhere(run_id, work_dir)
+    app = create_app("smollm2-135m", store=store_path, device=FrozenDevice(), loader=fake_loader)
+
+    async def detail() -> str:
+        await pilot.press("1", "5")  # History read again
+        await settle(pilot, app, until=lambda: bool(getattr(app.screen, "runs", None)))
+        return " ".join(str(app.screen.query_one("#run-detail").render()).split())
+
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot, app)
+            assert "another process runs it now (edge-audit run, or another app); c continues it here once that has ended" in await detail()
+            holder.kill()
+            holder.wait()
+            shown = await detail()
+            assert f"c continues it here; headless: edge-audit run --resume {run_id}" in shown
+            assert app.screen.runs[0]["status"] == "interrupted"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -247,7 +247,11 @@ class HistoryScreen(ModeScreen):
             lines.append(Text("enter opens it; v there says why, finding by finding", style="dim"))
         if run["error"]:
             lines.append(Text(f"error: {run['error']}", style="red"))
-        if run["status"] in ("interrupted", "running"):
+        session = getattr(self.app, "session", None)
+        if run["status"] == "running" and (session is None or run["id"] != session.run_id):
+            # Listed as running only while a process holds it (one that ended is interrupted).
+            lines.append(Text("another process runs it now (edge-audit run, or another app); c continues it here once that has ended", style="dim"))
+        elif run["status"] == "interrupted":
             lines.append(Text(f"c continues it here; headless: edge-audit run --resume {run['id']}", style="dim"))
         detail.update(Text("\n").join(lines))
 
