@@ -27,7 +27,7 @@ from audit.runner import (
     add_variant,
     close_run,
     driving,
-    hold_run,
+    run_folder,
     run_steps,
     start_run,
     steps_for,
@@ -254,17 +254,17 @@ def continue_session(
 
     path = Path(store_path) if store_path else default_store_path()
     with ResultsStore(path) as store:
-        record = store.run(run_id)
         plan = stored_plan(store, run_id)
+        work_dir = run_folder(store, store.run(run_id))
     holding = contextlib.ExitStack()
-    holding.enter_context(hold_run(path, run_id))  # refused before the model is loaded
+    holding.enter_context(driving(run_id, work_dir))  # refused before the model is loaded
     with holding:
         model = yield from loader(plan.model, options, cancel)
         yield Progress("load", 2, 2, "reading the model's facts")
         session = Session(plan, path, options, model, model.facts())
         session.holding = holding.pop_all()
     session.run_id = run_id
-    session.work_dir = Path(record.work_dir) if record.work_dir else None
+    session.work_dir = work_dir
     with ResultsStore(path) as store:
         store.mark_running(run_id)
         session.compressed = {s["variant"] for s in store.steps(run_id) if s["kind"] == COMPRESS and s["status"] == "done"}

@@ -107,11 +107,6 @@ def _work_dir(store: ResultsStore, run_id: int) -> Path:
     return run_folder(store, store.run(run_id))
 
 
-def hold_run(store_path: Path | None, run_id: int) -> contextlib.AbstractContextManager[None]:
-    """`driving` for a stored run (a UserError for an unknown one)."""
-    with ResultsStore(store_path or default_store_path()) as store:
-        return driving(run_id, _work_dir(store, run_id))
-
 
 def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: threading.Event | None = None) -> Job[RunOutcome]:
     """Run (or resume) a plan: every variant's steps, each committed as it finishes; then the
