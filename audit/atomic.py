@@ -122,6 +122,27 @@ def remove_unfinished(target: Path) -> None:
             _remove(entry)
 
 
+def tidy(target: Path) -> None:
+    """`remove_unfinished` for a target that may be in use: only when something was left beside
+    it and no process writes it now. Where nothing can be written (a read-only cache), nothing
+    is done: a reader of a finished target need not be able to tidy it."""
+    target = Path(target)
+    try:
+        names = [entry.name for entry in os.scandir(target.parent)]
+    except OSError:
+        return
+    patterns = (_left_by(target, _REPLACED), _left_by(target, _UNFINISHED))
+    if not any(p.fullmatch(name) for name in names for p in patterns):
+        return
+    try:
+        lock = writer_lock(target)
+        if lock is not None:
+            with lock:
+                remove_unfinished(target)
+    except UserError:
+        return
+
+
 def _left_by(target: Path, suffix: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(_prefix(target))}[a-z0-9_]{{8}}{re.escape(suffix)}")
 

@@ -127,6 +127,22 @@ def test_what_a_replacement_killed_midway_left_is_mended(tmp_path, where, nth, l
     assert sorted(p.name for p in out.iterdir()) == sorted([left] + (["keep.bin"] if left == "old.txt" else []))
 
 
+def test_tidy_writes_nothing_where_nothing_was_left_and_spares_a_held_target(tmp_path):
+    out = tmp_path / "wanda-50"
+    out.mkdir()
+    atomic.tidy(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["wanda-50"]  # not even a lock file
+    atomic.tidy(tmp_path / "missing" / "wanda-50")
+    block = atomic.directory(out, force=True)
+    block.__enter__()  # a writer killed while it built the new folder
+    lock = atomic.writer_lock(out)
+    atomic.tidy(out)  # a writer holds it: what is beside it may be that writer's
+    assert len(list(tmp_path.glob(".wanda-50.*.tmp"))) == 1
+    lock.close()
+    atomic.tidy(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".wanda-50.lock", "wanda-50"]
+
+
 def test_one_writer_lock_per_target_at_a_time_and_an_impossible_one_is_one_line(tmp_path):
     first = atomic.writer_lock(tmp_path / "wanda-50")
     assert first is not None

@@ -5,8 +5,11 @@ import shutil
 
 import pytest
 
+from audit import atomic
 from audit.errors import UserError
 from audit.models import LoadOptions, load_model
+from audit.models.loader import CACHE_FORMAT, cache_entry_for_gguf, prepare_gguf
+from audit.models.meta import write_meta
 from audit.models.sources import resolve_source
 from audit.progress import drive
 from tests.conftest import run_cli
@@ -117,6 +120,59 @@ def test_corrupt_gguf_is_refused_when_converted(tmp_path, isolated_cache):
     with pytest.raises(UserError, match="is a corrupt GGUF file"):
         drive(load_model(str(bad)))
     assert not any(p for p in (isolated_cache / "models").glob("gguf-*") if p.is_dir())
+
+
+def test_a_killed_conversion_leaves_nothing_behind_the_next_one(tmp_path, isolated_cache):
+    """A conversion killed while saving left its temporary folder (up to a whole float32 model)
+    in the cache: the next conversion of that file removes it, even one that then fails."""
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    target = cache_entry_for_gguf(bad, None)
+    left = target.parent / f".{target.name}.k1ll3d_x.tmp"
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"\0" * 4096)
+    other = target.parent / f".{target.name}-other.k1ll3d_x.tmp"  # another entry's: not ours to remove
+    other.mkdir()
+    with pytest.raises(UserError, match="is a corrupt GGUF file"):
+        drive(load_model(str(bad)))
+    assert not left.exists() and other.is_dir()
+
+
+def test_a_conversion_killed_between_its_renames_puts_the_old_cache_back(tmp_path, isolated_cache):
+    """Killed after the old cache folder was moved aside and before the new one took its place:
+    the old one, whole, goes back in place and is used, with no conversion."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # read only if converted
+    target = cache_entry_for_gguf(gguf, None)
+    kept = target.parent / f".{target.name}.k1ll3d_x.old" / target.name
+    kept.mkdir(parents=True)
+    (kept / "config.json").write_text("{}")
+    (kept / "model.safetensors").write_bytes(b"\0" * 64)
+    write_meta(kept, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    assert drive(prepare_gguf(gguf)) == target
+    assert (target / "model.safetensors").read_bytes() == b"\0" * 64
+    assert not kept.parent.exists()
+
+
+def test_a_current_cache_is_tidied_of_what_a_killed_replacement_left(tmp_path, isolated_cache):
+    """Killed while it deleted the cache folder it had replaced: the cache is current, and the
+    half-deleted old one beside it is removed when the cache is next used, unless a process is
+    converting into that entry then."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    target = cache_entry_for_gguf(gguf, None)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"\0" * 64)
+    write_meta(target, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    half = target.parent / f".{target.name}.k1ll3d_x.old" / f"{target.name}.replaced"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"\0" * 4096)
+    with atomic.writer_lock(target):  # a converter at work: its folders are not touched
+        assert drive(prepare_gguf(gguf)) == target
+        assert half.is_dir()
+    assert drive(prepare_gguf(gguf)) == target
+    assert not half.parent.exists() and (target / "model.safetensors").is_file()
 
 
 def test_not_enough_memory_names_both_numbers(tiny_llama):

@@ -175,11 +175,14 @@ def prepare_gguf(
         raise UserError(f"model cache folder {target} is not a folder; remove it and try again")
     identity = _gguf_identity(path)
     if _cache_is_current(target, identity):
+        atomic.tidy(target)  # what a replacement killed after it took its place left
         return target
     # The dequantized weights are larger than the quantized file: a budget below the file's
     # size cannot suffice, so refuse before reading it.
     check_memory(path.name, identity["bytes"] + _HEADROOM_BYTES, options, at_least=True)
     with _cache_lock(target.name):
+        # What a conversion killed midway left (up to a whole model): gone, or put back in place.
+        atomic.remove_unfinished(target)
         if _cache_is_current(target, identity):  # another process converted it meanwhile
             return target
         yield Progress("convert", 0, 3, f"reading {path.name}")
