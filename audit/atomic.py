@@ -162,17 +162,56 @@ def writer_lock(target: Path) -> IO[str] | None:
     import fcntl
 
     target = Path(target)
+    path = _lock_path(target)
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(path, "a")
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        try:
+            if _same_file(lock, path):
+                return lock
+        except BaseException:
+            lock.close()
+            raise
+        lock.close()  # its holder removed the lock file as it let go (`sole_writer`): take the new one
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(_lock_path(target), "a")
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
     except OSError as exc:
-        raise _cannot_write(target, exc) from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
+        raise _cannot_write(path, exc) from None
+    opened = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+@contextlib.contextmanager
+def sole_writer(target: Path, what: str = "output folder") -> Iterator[None]:
+    """Hold `target`'s `writer_lock` while the block writes it, first removing what a writer
+    killed midway left (`remove_unfinished`); the lock file goes when the block ends. While
+    another process writes it, a UserError."""
+    target = Path(target)
+    lock = writer_lock(target)
+    if lock is None:
+        raise UserError(f"{what} {target} is being written by another process; wait until it has ended, or choose another folder")
+    with lock:
+        try:
+            remove_unfinished(target)
+            yield
+        finally:
+            # Removed while held, so that nothing is left beside the output: a process that
+            # opened it meanwhile finds it gone once it holds it, and takes a new one.
+            with contextlib.suppress(OSError):
+                os.unlink(_lock_path(target))
 
 
 def is_locked(target: Path) -> bool:

@@ -1,5 +1,6 @@
 """Registry, progress jobs and atomic writes."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -158,6 +159,32 @@ def test_one_writer_lock_per_target_at_a_time_and_an_impossible_one_is_one_line(
     blocker.write_text("x")
     with pytest.raises(UserError, match=f"cannot write {blocker / 'wanda-50'}: "):
         atomic.writer_lock(blocker / "wanda-50")
+
+
+def test_a_lock_file_its_holder_removed_as_it_let_go_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """`sole_writer` removes its lock file as it lets go: a process that had opened that file
+    just before holds a file no one else will open, so it takes the one now at the path."""
+    import fcntl
+
+    real, taken = fcntl.flock, []
+
+    def flock_on_a_removed_file(handle, operation):
+        real(handle, operation)
+        taken.append(operation)
+        if len(taken) == 1:
+            os.unlink(tmp_path / ".out.lock")  # its holder let go, removing it, before this flock
+
+    monkeypatch.setattr(fcntl, "flock", flock_on_a_removed_file)
+    lock = atomic.writer_lock(tmp_path / "out")
+    monkeypatch.undo()
+    assert lock is not None and len(taken) == 2
+    assert atomic.writer_lock(tmp_path / "out") is None  # what it holds is the lock at the path
+    lock.close()
+    with atomic.sole_writer(tmp_path / "out"):
+        with pytest.raises(UserError, match=f"output folder {tmp_path / 'out'} is being written by another process"):
+            with atomic.sole_writer(tmp_path / "out"):
+                pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_directory_refuses_existing_without_force_and_replaces_with_force(tmp_path):

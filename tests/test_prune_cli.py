@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from audit import atomic
 from audit.compress import prune as prune_module
 from audit.compress.prune import prune
 from audit.compress.recipe import PruneRecipe
@@ -138,6 +139,34 @@ def test_existing_output_needs_force_and_source_is_protected(tiny_llama, tmp_pat
     assert tree_digest(tiny_llama) == before
     code = main(["prune", "--model", str(tiny_llama), "--method", "magnitude", "--text", str(heldout), "--chunk", "64", "--out", str(out), "--force"])
     assert code == 0
+    assert not (out / "keep.txt").exists() and (out / "compressed" / "edge_audit.json").is_file()
+
+
+def test_what_a_killed_prune_left_beside_its_output_is_mended_by_the_next(tiny_llama, tmp_path, heldout, capsys):
+    """Killed between the two renames of a replacement: the old output, whole, is back in place
+    (so, without --force, it is kept). Killed while building a new one: its half-written folder
+    goes. Either is done only once no other process writes the output."""
+    out = tmp_path / "out"
+    kept = tmp_path / ".out.k1ll3d_x.old" / "out"
+    kept.mkdir(parents=True)
+    (kept / "keep.txt").write_text("mine")
+    half = tmp_path / ".out.k1ll3d_y.tmp"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+    args = ["prune", "--model", str(tiny_llama), "--method", "magnitude", "--text", str(heldout), "--chunk", "64", "--out", str(out)]
+    writer = atomic.writer_lock(out)  # another process writing the same output
+    code = main(args)
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"edge-audit: error: output folder {out} is being written by another process; wait until it has ended, or choose another folder"
+    )
+    assert half.is_dir() and kept.is_dir() and not out.exists()  # the other writer's, for all this process knows
+    writer.close()
+    code = main(args)
+    assert code == 2 and "already exists (use --force" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main([*args, "--force"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no leftover, and no lock file
     assert not (out / "keep.txt").exists() and (out / "compressed" / "edge_audit.json").is_file()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from audit import atomic
 from audit.compress.methods import PruneSpec
 from audit.compress.prune import prune_layers
 from audit.compress.quantize import (
@@ -222,6 +223,18 @@ def test_bad_quantize_input_is_one_line(tiny_llama, tmp_path, capsys):
     (tmp_path / "q").mkdir()
     code = main(["quantize", "--model", str(tiny_llama), "--scheme", "int8-dynamic", "--out", str(tmp_path / "q")])
     assert code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_quantizing_into_an_output_another_process_writes_is_refused(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "q8"
+    half = tmp_path / ".q8.k1ll3d_x.tmp"  # the other writer's folder, being built
+    half.mkdir()
+    with atomic.writer_lock(out):
+        code = main(["quantize", "--model", str(tiny_llama), "--scheme", "int8-dynamic", "--no-perplexity", "--out", str(out)])
+    assert code == 2 and f"output folder {out} is being written by another process" in capsys.readouterr().err
+    assert half.is_dir() and not out.exists()
+    code = main(["quantize", "--model", str(tiny_llama), "--scheme", "int8-dynamic", "--no-perplexity", "--out", str(out)])
+    assert code == 0 and [p.name for p in tmp_path.iterdir()] == ["q8"]
 
 
 def test_quantizing_twice_is_refused(tiny_llama, tmp_path, text_file, capsys):

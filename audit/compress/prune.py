@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -263,13 +264,16 @@ def prune(
     measure_perplexity: bool = True,
     cancel: threading.Event | None = None,
     shared_statistics: Path | None = None,
+    out_held: bool = False,
 ) -> Job[dict[str, Any]]:
     """Load, measure perplexity, prune, measure again, and save the dense and compressed sparse
     variants. Nothing is written until the end, into a temporary folder renamed on success.
     `measure_perplexity=False` leaves perplexity to the caller (an audit run measures it once
     per variant, as a step of its own). `calibration.seed` also seeds the random method.
     `shared_statistics`: a folder where dense input norms (`calibration.statistics = "dense"`)
-    are kept, so that the sparsities of one sweep calibrate once."""
+    are kept, so that the sparsities of one sweep calibrate once.
+    `out_held`: the caller holds `out`'s writer lock and has removed what a killed writer left
+    (an audit run's compress step); else it is held here while `out` is written."""
     total_started = time.perf_counter()
     baseline_bytes = process_rss_bytes()
     spec = check_recipe(recipe, calibration)
@@ -277,7 +281,7 @@ def prune(
     # The dense folder and its compressed copy.
     check_output_target(model_spec, out, force=force, options=options, copies=2)
     ppl_text, ppl_source = text_source(text)
-    with ResourceSampler() as sampler:
+    with contextlib.nullcontext() if out_held else atomic.sole_writer(out), ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
         model = float_torch_model(lm, "pruning")
         loaded_bytes = process_rss_bytes()

@@ -641,9 +641,12 @@ def quantize(
     text: Path | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     cancel: threading.Event | None = None,
+    out_held: bool = False,
 ) -> Job[dict[str, Any]]:
     """Quantize a model (any source, a pruned folder included) into `out`; then load the written
-    folder through the common interface and measure its perplexity next to the source's."""
+    folder through the common interface and measure its perplexity next to the source's.
+    `out_held`: the caller holds `out`'s writer lock and has removed what a killed writer left
+    (an audit run's compress step); else it is held here while `out` is written."""
     started = time.perf_counter()
     entry = QUANTIZATION_SCHEMES.entry(scheme)
     if settings.activation_scales not in ACTIVATION_SCALES:
@@ -656,7 +659,7 @@ def quantize(
     check_output_target(model_spec, out, force=force, options=options)
     ppl_text, ppl_source = text_source(text) if measure_perplexity else (None, None)
     before = after = None
-    with ResourceSampler() as sampler:
+    with contextlib.nullcontext() if out_held else atomic.sole_writer(out), ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
         source_bytes = lm.facts().size_on_disk_bytes
         if ppl_text is not None:

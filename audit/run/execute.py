@@ -57,7 +57,7 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
         result["prune"] = yield from relay(
             prune(
                 source, spec.prune, target, calibration=plan.calibration, force=True, options=options,
-                measure_perplexity=False, cancel=cancel, shared_statistics=out.parent / STATISTICS_FOLDER,
+                measure_perplexity=False, cancel=cancel, shared_statistics=out.parent / STATISTICS_FOLDER, out_held=True,
             ),
             "compress",
         )
@@ -65,7 +65,10 @@ def compress_variant(plan: Plan, spec: VariantSpec, out: Path, options: LoadOpti
     if spec.quantize is not None:
         settings = QuantizeSettings(block_size=spec.quantize.block_size)
         result["quantize"] = yield from relay(
-            quantize(source, spec.quantize.scheme, out, force=True, options=options, settings=settings, measure_perplexity=False, cancel=cancel),
+            quantize(
+                source, spec.quantize.scheme, out, force=True, options=options, settings=settings, measure_perplexity=False,
+                cancel=cancel, out_held=True,
+            ),
             "compress",
         )
     return result
