@@ -8,11 +8,14 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
 from audit.errors import UserError
 from audit.paths import os_reason
+from audit.progress import Job, Progress, check_cancel
 
 # Errors writing into the temporary folder that are about the target's disk, not the caller's input.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -20,6 +23,8 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _UNFINISHED = ".tmp"
 # The folder a replaced target is moved into (as NAME) while its replacement is put in place.
 _REPLACED = ".old"
+# How often a writer waiting for another process to let go of a target checks again (seconds).
+LOCK_POLL_S = 0.2
 
 
 def _prefix(target: Path) -> str:
@@ -181,6 +186,19 @@ def writer_lock(target: Path) -> IO[str] | None:
             lock.close()
             raise
         lock.close()  # its holder removed the lock file as it let go (`sole_writer`): take the new one
+
+
+def writer_lock_when_free(target: Path, stage: str, waiting: str, cancel: threading.Event | None = None) -> Job[IO[str]]:
+    """`writer_lock` of `target`, once no other process holds it. Until then it says `waiting`
+    once (as a step of `stage`) and checks for a cancel between looks."""
+    said = False
+    while (lock := writer_lock(target)) is None:
+        if not said:
+            said = True
+            yield Progress(stage, 0, None, waiting)
+        check_cancel(cancel)
+        time.sleep(LOCK_POLL_S)
+    return lock
 
 
 def _same_file(handle: IO[str], path: Path) -> bool:

@@ -3,13 +3,17 @@ the same masks as norms taken from the whole dense model at once, and shared by 
 of a sweep."""
 
 import copy
+import shutil
+import threading
+import time
 
 import pytest
 import torch
 
+from audit import atomic
 from audit.compress.layers import iter_layers, prunable_layers
 from audit.compress.methods import LayerStats, PruneSpec, wanda
-from audit.compress.prune import prune, prune_layers
+from audit.compress.prune import prune, prune_layers, read_statistics, statistics_key
 from audit.compress.recipe import PruneRecipe
 from audit.models import load_model
 from audit.plans import CalibrationSpec
@@ -105,19 +109,52 @@ def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
     assert run(0.5, "w50", shared)["recipe"]["statistics_shared"] is False
 
 
-def test_statistics_are_written_by_one_process_and_a_killed_writers_file_is_removed(tmp_path):
-    from audit import atomic
-    from audit.compress.prune import read_statistics, write_statistics
+def test_a_process_gathering_the_same_statistics_is_waited_for_and_its_norms_serve(tiny_llama, tmp_path):
+    """Two variants of a sweep run at once (`--workers`): the second waits for the first's
+    norms instead of gathering them too, and says so."""
+    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
 
-    path = tmp_path / ".calibration" / "key.safetensors"
-    norms = {"model.layers.0.mlp.up_proj": LayerStats(60, torch.arange(4, dtype=torch.float64))}
-    held = atomic.writer_lock(path)
-    write_statistics(path, norms)  # another process is writing them: left to it
-    assert not path.exists()
-    held.close()
-    (path.parent / ".key.safetensors.ab12cd34.tmp").write_bytes(b"half")  # a writer killed midway
-    write_statistics(path, norms)
-    assert sorted(p.name for p in path.parent.iterdir()) == [".key.safetensors.lock", "key.safetensors"]
-    known = read_statistics(path)
-    assert known["model.layers.0.mlp.up_proj"].n_tokens == 60
-    assert torch.equal(known["model.layers.0.mlp.up_proj"].sq_norms, norms["model.layers.0.mlp.up_proj"].sq_norms)
+    def pruning(sparsity, folder, cache, on_progress=None):
+        recipe = PruneRecipe("wanda", sparsity, exclude=EXCLUDE)
+        return drive(prune(str(tiny_llama), recipe, tmp_path / folder, calibration=calibration, measure_perplexity=False,
+                           shared_statistics=cache), on_progress)
+
+    elsewhere = tmp_path / "elsewhere"
+    pruning(0.3, "w30", elsewhere)
+    gathered = next(elsewhere.glob("*.safetensors"))  # what the other process is gathering
+    shared = tmp_path / ".calibration"
+    path = shared / gathered.name
+    other = atomic.writer_lock(path)  # the other process, gathering them now
+    said, result = threading.Event(), {}
+
+    def on_progress(event):
+        if event.message == "waiting for another process gathering the same calibration statistics":
+            said.set()
+
+    waiting = threading.Thread(target=lambda: result.update(pruning(0.7, "w70", shared, on_progress)))
+    waiting.start()
+    assert said.wait(120)
+    time.sleep(0.5)
+    assert waiting.is_alive() and not path.exists()  # gathers nothing while the other does
+    shutil.copyfile(gathered, path)
+    other.close()
+    waiting.join(120)
+    assert result["recipe"]["statistics_shared"] is True
+    assert path.read_bytes() == gathered.read_bytes()
+
+
+def test_what_a_killed_gatherer_left_is_removed_and_the_turn_is_let_go(tiny_llama, tmp_path):
+    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
+    shared = tmp_path / ".calibration"
+    recipe = PruneRecipe("wanda", 0.5, exclude=EXCLUDE)
+    key = statistics_key(str(tiny_llama), recipe, calibration)
+    shared.mkdir()
+    (shared / f".{key}.safetensors.ab12cd34.tmp").write_bytes(b"half")  # a writer killed midway
+    result = drive(prune(str(tiny_llama), recipe, tmp_path / "w50", calibration=calibration, measure_perplexity=False, shared_statistics=shared))
+    assert result["recipe"]["statistics_shared"] is False
+    assert sorted(p.name for p in shared.iterdir()) == [f".{key}.safetensors.lock", f"{key}.safetensors"]
+    known = read_statistics(shared / f"{key}.safetensors")
+    assert known and all(s.n_tokens == 4 * 32 for s in known.values())
+    turn = atomic.writer_lock(shared / f"{key}.safetensors")  # let go once written
+    assert turn is not None
+    turn.close()

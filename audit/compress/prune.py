@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import torch
 from torch import nn
@@ -236,18 +236,23 @@ def read_statistics(path: Path) -> dict[str, LayerStats] | None:
         return None
 
 
+def gathering_statistics(path: Path, cancel: threading.Event | None = None) -> Job[IO[str]]:
+    """The turn to gather the norms kept at `path`: held (the lock file returned) once no other
+    process gathers them, and after what a writer killed midway left is removed. A process
+    gathering them now is waited for, so that its norms serve here too."""
+    lock = yield from atomic.writer_lock_when_free(path, "prune", "waiting for another process gathering the same calibration statistics", cancel)
+    atomic.remove_unfinished(path)
+    return lock
+
+
 def write_statistics(path: Path, statistics: dict[str, LayerStats]) -> None:
+    """Keep the norms at `path`; the caller holds its turn (`gathering_statistics`)."""
     from safetensors.torch import save
 
     # Layers fed one input share its norms: each is written as its own tensor.
     tensors = {name: s.sq_norms.detach().clone() for name, s in statistics.items()}
     tokens = json.dumps({name: s.n_tokens for name, s in statistics.items()})
-    lock = atomic.writer_lock(path)
-    if lock is None:  # another process is writing the same statistics
-        return
-    with lock:
-        atomic.remove_unfinished(path)  # what a writer killed midway left
-        atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
+    atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
 
 
 # -- the whole command ------------------------------------------------------------------------
@@ -302,13 +307,22 @@ def prune(
         cache = None
         if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
             cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.safetensors"
-        known = read_statistics(cache) if cache is not None else None
-        outcome = yield from prune_layers(
-            model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel,
-            statistics=calibration.statistics, known=known,
-        )
-        if cache is not None and known is None and outcome.statistics:
-            write_statistics(cache, outcome.statistics)
+        known = turn = None
+        if cache is not None and (known := read_statistics(cache)) is None:
+            turn = yield from gathering_statistics(cache, cancel)
+            if (known := read_statistics(cache)) is not None:  # gathered by the process waited for
+                turn.close()
+                turn = None
+        try:
+            outcome = yield from prune_layers(
+                model, recipe.method, spec, calib.samples if calib is not None else None, recipe.exclude, cancel,
+                statistics=calibration.statistics, known=known,
+            )
+            if turn is not None and outcome.statistics:
+                write_statistics(cache, outcome.statistics)
+        finally:
+            if turn is not None:
+                turn.close()
         prune_peak = peak_rss_bytes()
         if measure_perplexity:
             after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")

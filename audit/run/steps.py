@@ -175,22 +175,11 @@ def pruned_folder(folder: Path) -> Path:
     return folder.with_name(folder.name + ".pruned")
 
 
-# How often a compress step waiting for another process to finish writing its variant's folder
-# checks again (seconds).
-FOLDER_LOCK_POLL_S = 0.2
-
-
 def writing_variant_folder(folder: Path, cancel: threading.Event | None = None) -> Job[IO[str]]:
     """Hold the variant's folder for writing, once no other process writes it (waiting, and
     saying so, until then), and first remove what a process killed while writing it left
     behind. Returns the lock file: closing it releases the folder."""
-    said = False
-    while (lock := atomic.writer_lock(folder)) is None:
-        if not said:
-            said = True
-            yield Progress(COMPRESS, 0, None, f"waiting for another process to finish writing {folder}")
-        check_cancel(cancel)
-        time.sleep(FOLDER_LOCK_POLL_S)
+    lock = yield from atomic.writer_lock_when_free(folder, COMPRESS, f"waiting for another process to finish writing {folder}", cancel)
     _remove_unfinished(folder)
     return lock
 
