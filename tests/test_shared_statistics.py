@@ -20,6 +20,13 @@ from audit.plans import CalibrationSpec
 from audit.progress import drive
 
 EXCLUDE = ("*.o_proj", "*.down_proj")
+DENSE = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
+
+
+def prune_on_dense_norms(model, sparsity, out, shared, on_progress=None):
+    """Wanda at `sparsity` on the dense model's input norms, kept in (or read from) `shared`."""
+    recipe = PruneRecipe("wanda", sparsity, exclude=EXCLUDE)
+    return drive(prune(str(model), recipe, out, calibration=DENSE, measure_perplexity=False, shared_statistics=shared), on_progress)
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +90,10 @@ def test_sequential_statistics_differ_after_the_first_block(llama):
 
 
 def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
-    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
     shared = tmp_path / ".calibration"
 
     def run(sparsity, folder, cache):
-        recipe = PruneRecipe("wanda", sparsity, exclude=EXCLUDE)
-        return drive(prune(str(tiny_llama), recipe, tmp_path / folder, calibration=calibration, measure_perplexity=False,
-                           shared_statistics=cache))
+        return prune_on_dense_norms(tiny_llama, sparsity, tmp_path / folder, cache)
 
     first = run(0.3, "w30", shared)
     assert first["recipe"]["statistics"] == "dense" and first["recipe"]["statistics_shared"] is False
@@ -112,15 +116,8 @@ def test_a_sweep_calibrates_once(tiny_llama, tmp_path):
 def test_a_process_gathering_the_same_statistics_is_waited_for_and_its_norms_serve(tiny_llama, tmp_path):
     """Two variants of a sweep run at once (`--workers`): the second waits for the first's
     norms instead of gathering them too, and says so."""
-    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
-
-    def pruning(sparsity, folder, cache, on_progress=None):
-        recipe = PruneRecipe("wanda", sparsity, exclude=EXCLUDE)
-        return drive(prune(str(tiny_llama), recipe, tmp_path / folder, calibration=calibration, measure_perplexity=False,
-                           shared_statistics=cache), on_progress)
-
     elsewhere = tmp_path / "elsewhere"
-    pruning(0.3, "w30", elsewhere)
+    prune_on_dense_norms(tiny_llama, 0.3, tmp_path / "w30", elsewhere)
     gathered = next(elsewhere.glob("*.safetensors"))  # what the other process is gathering
     shared = tmp_path / ".calibration"
     path = shared / gathered.name
@@ -131,7 +128,7 @@ def test_a_process_gathering_the_same_statistics_is_waited_for_and_its_norms_ser
         if event.message == "waiting for another process gathering the same calibration statistics":
             said.set()
 
-    waiting = threading.Thread(target=lambda: result.update(pruning(0.7, "w70", shared, on_progress)))
+    waiting = threading.Thread(target=lambda: result.update(prune_on_dense_norms(tiny_llama, 0.7, tmp_path / "w70", shared, on_progress)))
     waiting.start()
     assert said.wait(120)
     time.sleep(0.5)
@@ -144,13 +141,11 @@ def test_a_process_gathering_the_same_statistics_is_waited_for_and_its_norms_ser
 
 
 def test_what_a_killed_gatherer_left_is_removed_and_the_turn_is_let_go(tiny_llama, tmp_path):
-    calibration = CalibrationSpec(nsamples=4, seqlen=32, statistics="dense")
     shared = tmp_path / ".calibration"
-    recipe = PruneRecipe("wanda", 0.5, exclude=EXCLUDE)
-    key = statistics_key(str(tiny_llama), recipe, calibration)
+    key = statistics_key(str(tiny_llama), PruneRecipe("wanda", 0.5, exclude=EXCLUDE), DENSE)
     shared.mkdir()
     (shared / f".{key}.safetensors.ab12cd34.tmp").write_bytes(b"half")  # a writer killed midway
-    result = drive(prune(str(tiny_llama), recipe, tmp_path / "w50", calibration=calibration, measure_perplexity=False, shared_statistics=shared))
+    result = prune_on_dense_norms(tiny_llama, 0.5, tmp_path / "w50", shared)
     assert result["recipe"]["statistics_shared"] is False
     assert sorted(p.name for p in shared.iterdir()) == [f".{key}.safetensors.lock", f"{key}.safetensors"]
     known = read_statistics(shared / f"{key}.safetensors")
