@@ -90,21 +90,21 @@ class LmEval:
 
 def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
     """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's
-    token trees (one call per `batch_items` pairs, rows batched by `tree_batches`, as the engine
-    batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the
+    token trees (one call per `batch_items` pairs, rows made and batched as the engine makes
+    and batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the
     prefix token, its last token dropped, sorted longest first, 8 to a batch, padded to the
     batch's longest). A token costs about the same in either path (the whole model runs on it),
     so their ratio is the most the engine can gain on lm-eval without computing faster per
     token. `engine_head`: the tokens the engine's output head runs on (lm-eval's runs on all it
     feeds)."""
-    from audit.models.torch_lm import tree_batches, tree_rows
+    from audit.models.torch_lm import ROW_SHARE, tree_batches, tree_rows
 
     engine = nodes = head = 0
     for start in range(0, len(requests), batch_items):
-        rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))))
+        rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))), multiple=ROW_SHARE)
         lengths = [len(row.tokens) for row in rows]
         nodes += sum(lengths)
-        for batch in tree_batches(rows):
+        for batch in tree_batches(rows, ROW_SHARE):
             engine += len(batch) * max(lengths[b] for b in batch)
             # The head runs at the positions each row scores.
             head += sum(len({node for _, _, node, _ in rows[b].scored}) for b in batch)

@@ -5,7 +5,7 @@ import torch
 
 from audit.models import load_model
 from audit.models.interface import ScoreRequest
-from audit.models.torch_lm import MIN_SHARED_TOKENS, tree_row, tree_rows
+from audit.models.torch_lm import MIN_SHARED_TOKENS, TREE_BATCH_TOKENS, tree_batches, tree_row, tree_rows
 from audit.probes.crows import load_crows
 from audit.probes.items import argmax
 from audit.probes.scoring import sentence_request
@@ -62,6 +62,40 @@ def test_tree_rows_come_out_about_as_wide_as_each_other():
     assert [len(row.tokens) for row in tree_rows(requests, range(4), max_tokens=20)] == [17]
 
 
+def test_rows_come_in_a_multiple_of_the_workers_where_narrower_rows_allow():
+    requests = [ScoreRequest((0,), ((i, 1, 2, 3), (i, 1, 4, 5))) for i in range(10, 30)]
+    # 20 pairs of 4 tokens each after the shared start: 3 to a row of 16 makes 7 rows, which 2
+    # workers share 4 and 3. Rows of 2 pairs (9 tokens) make 10: both workers busy throughout.
+    assert len(tree_rows(requests, range(20), max_tokens=16)) == 7
+    rows = tree_rows(requests, range(20), max_tokens=16, multiple=2)
+    assert [len(row.tokens) for row in rows] == [9] * 10
+    assert sorted({s[0] for row in rows for s in row.scored}) == list(range(20))
+    # On 3 workers, 7 rows of 13 leave one worker 3 rows (39 tokens), 10 rows of 9 leave 4 (36).
+    assert [len(row.tokens) for row in tree_rows(requests, range(20), max_tokens=16, multiple=3)] == [9] * 10
+    assert len(tree_rows(requests, range(18), max_tokens=16, multiple=2)) == 6  # a multiple already
+    # One request cannot make two rows: it keeps its one.
+    assert len(tree_rows(requests, [0], max_tokens=16, multiple=2)) == 1
+
+
+def test_tree_batches_share_out_evenly_between_workers():
+    def rows_of(widths):
+        return [tree_row([ScoreRequest((0,), (tuple(range(1000 * k, 1000 * k + w + 1)),))], [0]) for k, w in enumerate(widths)]
+
+    rows = rows_of([100] * 7)
+    # 512 tokens hold 5 rows of 100: 5 and 2, which 2 workers share 3 and 2, then 1 and 1.
+    assert [len(b) for b in tree_batches(rows)] == [5, 2]
+    assert [len(b) for b in tree_batches(rows, 2)] == [4, 3]  # the last batch: nothing follows it
+    rows = rows_of([120, 110, 100, 100, 90, 90, 80, 60, 50])
+    for multiple in (2, 3):
+        batches = tree_batches(rows, multiple)
+        assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+        for batch in batches:
+            assert len(batch) * max(len(rows[i].tokens) for i in batch) <= TREE_BATCH_TOKENS
+        assert all(len(b) % multiple == 0 or len(b) < multiple for b in batches[:-1])
+    # One worker: batched as before, by tokens alone.
+    assert tree_batches(rows) == tree_batches(rows, 1)
+
+
 def test_rows_are_sized_by_the_paths_their_members_feed():
     import random
 
@@ -113,6 +147,27 @@ def test_crows_pairs_as_trees_equal_plain_forwards(tiny_model_factory, arch):
     assert choices == plain_choices
     naive = model.score(requests, strategy="naive")
     assert [[s.greedy for s in row] for row in scores] == [[s.greedy for s in row] for row in naive]
+
+
+def test_crows_pairs_on_two_scoring_workers_equal_plain_forwards(tiny_llama):
+    """Rows shaped and batched for two workers score what one forward of each sentence does."""
+    import os
+
+    from audit.models.loader import LoadOptions
+
+    try:
+        model = drive(load_model(str(tiny_llama), LoadOptions(threads=2)))
+        assert model.threads.workers == 2
+        items, _ = load_crows(CROWS)
+        requests = [sentence_request(model, item.options) for item in items[:40]]
+        got = model.score(requests)
+        want = model.score(requests, strategy="naive")
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    for g, w in zip(got, want):
+        assert [s.n_tokens for s in g] == [s.n_tokens for s in w]
+        assert [s.logprob for s in g] == pytest.approx([s.logprob for s in w], abs=1e-4)
+        assert [s.greedy for s in g] == [s.greedy for s in w]
 
 
 def test_trees_and_shared_contexts_in_one_call(tiny_llama):

@@ -4,6 +4,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audit.models import LanguageModel, ScoreRequest, load_model
 from audit.models.interface import batches_by_tokens
@@ -77,6 +79,37 @@ def test_batches_by_tokens_respects_budget():
     assert sorted(i for g in groups for i in g) == list(range(5))
     for group in groups:
         assert max(lengths[i] for i in group) * len(group) <= 100 or len(group) == 1
+
+
+@given(
+    lengths=st.lists(st.integers(1, 300), max_size=30),
+    max_tokens=st.integers(1, 1200),
+    max_rows=st.integers(1, 10),
+    multiple=st.integers(2, 4),
+    shuffle=st.none() | st.randoms(use_true_random=False),
+)
+def test_batches_for_workers_share_out_evenly_within_the_budget(lengths, max_tokens, max_rows, multiple, shuffle):
+    order = None
+    if shuffle is not None:
+        order = list(range(len(lengths)))
+        shuffle.shuffle(order)
+    groups = batches_by_tokens(lengths, max_tokens, max_rows, order, multiple=multiple)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    if order is not None:
+        assert [i for g in groups for i in g] == order
+    for group in groups:
+        assert len(group) == 1 or (max(lengths[i] for i in group) * len(group) <= max_tokens and len(group) <= max_rows)
+    # Every batch but the last holds a multiple of the workers, unless fewer fit.
+    assert all(len(g) % multiple == 0 or len(g) < multiple for g in groups[:-1])
+
+
+def test_batches_for_workers_by_hand():
+    # 512 tokens hold 5 rows of 100: on one worker 5 and 2; on two, 4 and 3 (the last batch
+    # keeps its odd row: nothing follows it), so no batch but the last leaves a worker waiting.
+    assert [len(g) for g in batches_by_tokens([100] * 7, 512, 32)] == [5, 2]
+    assert [len(g) for g in batches_by_tokens([100] * 7, 512, 32, multiple=2)] == [4, 3]
+    assert batches_by_tokens([100] * 7, 512, 32, multiple=3) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert batches_by_tokens([300, 200, 10], 512, 32, multiple=2) == [[0], [1, 2]]  # one row alone fits
 
 
 def test_generation_is_deterministic(llama):

@@ -173,21 +173,25 @@ class LanguageModel(ABC):
         """Release the weights (the object is unusable afterwards)."""
 
 
-def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_rows: int, order: Sequence[int] | None = None) -> list[list[int]]:
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_rows: int, order: Sequence[int] | None = None,
+                      multiple: int = 1) -> list[list[int]]:
     """Indices grouped longest first (or in `order`) so each batch's padded size stays under
-    `max_tokens`."""
+    `max_tokens`. With `multiple` (workers sharing a batch's rows), a batch that more rows
+    follow holds a multiple of it where it holds more, the rest starting the next batch: a
+    batch of 3 rows on 2 workers keeps one waiting for a row's time."""
     if order is None:
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
-    current: list[int] = []
-    width = 0
-    for index in order:
-        new_width = max(width, lengths[index])
-        if current and (new_width * (len(current) + 1) > max_tokens or len(current) >= max_rows):
-            groups.append(current)
-            current, new_width = [], lengths[index]
-        current.append(index)
-        width = new_width
-    if current:
-        groups.append(current)
+    first = 0
+    while first < len(order):
+        width, size = lengths[order[first]], 1
+        while first + size < len(order) and size < max_rows:
+            new_width = max(width, lengths[order[first + size]])
+            if new_width * (size + 1) > max_tokens:
+                break
+            width, size = new_width, size + 1
+        if size > multiple and first + size < len(order):
+            size -= size % multiple
+        groups.append(list(order[first : first + size]))
+        first += size
     return groups

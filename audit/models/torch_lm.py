@@ -47,6 +47,11 @@ MAX_ROW_TOKENS = 384
 # variant 61-64 against 46-48 at 1 thread, 33-35 against 30-31 at 2. (ONNX Runtime's cached
 # scoring is the other way round, 4,096 ahead by 6-10%: it keeps MAX_BATCH_TOKENS.)
 PACKED_BATCH_TOKENS = 1024
+# Rows are made and batched so that this many scoring workers share each batch evenly
+# (`tree_rows`, `batches_by_tokens`): a batch of 3 rows on 2 workers keeps one waiting for a
+# row's time. It is fixed rather than the workers there are, so the batches, and with them the
+# scores bit for bit, do not depend on how many workers the device's load gave a job.
+ROW_SHARE = 2
 
 
 @dataclass(frozen=True)
@@ -189,16 +194,40 @@ def _fill_tree_rows(paths: Mapping[int, frozenset[tuple[int, ...]]], order: Sequ
     return members, [len(row) for row in nodes]
 
 
-def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS) -> list[TreeRow]:
+def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_tokens: int = TREE_ROW_TOKENS,
+              multiple: int = 1) -> list[TreeRow]:
     """Requests packed into tree rows of at most `max_tokens` (a larger request gets a row of
     its own). Sorted by their tokens, neighbours share their starts; each goes to the first
     row it still fits in. Of the widths that need no more rows than `max_tokens` does, the
     narrowest is taken, so the rows come out about as wide as each other: a batch is padded to
     its widest row, and filling rows to `max_tokens` would leave the last one short, padded
-    with up to a whole row's width of tokens that are computed for nothing."""
+    with up to a whole row's width of tokens that are computed for nothing.
+
+    With `multiple` (the scoring workers that share a batch's rows), narrower rows are taken,
+    as many as a multiple of it or more, where they leave each worker fewer tokens and one
+    worker alone at most a tenth more: 7 rows on 2 workers keep one waiting while the other
+    scores its fourth, 8 narrower ones keep both busy."""
     order = sorted(indices, key=lambda i: (requests[i].context, requests[i].continuations, i))
     paths = {i: _tree_paths(requests[i]) for i in order}
     members, widths = _fill_tree_rows(paths, order, max_tokens)
+
+    def padded(widths: Sequence[int], workers: int) -> int:  # a worker's rows, each as wide as the widest
+        return -(-len(widths) // workers) * max(min(width, max_tokens) for width in widths)
+
+    wanted = -(-len(members) // multiple) * multiple
+    if wanted > len(members):
+        # The widest width that makes at least the rows wanted; then narrowed below as usual.
+        low, high = 1, max(widths)
+        while low < high:
+            width = (low + high + 1) // 2
+            more, _ = _fill_tree_rows(paths, order, width)
+            if len(more) >= wanted:
+                low = width
+            else:
+                high = width - 1
+        more, more_widths = _fill_tree_rows(paths, order, low)
+        if padded(more_widths, multiple) < padded(widths, multiple) and 10 * padded(more_widths, 1) <= 11 * padded(widths, 1):
+            members, widths = more, more_widths
     if len(members) > 1:
         # A request too large for a row has one of its own at any width: only the widths up to
         # `max_tokens` are tried.
@@ -215,9 +244,10 @@ def tree_rows(requests: Sequence[ScoreRequest], indices: Sequence[int], max_toke
     return [tree_row(requests, row) for row in members]
 
 
-def tree_batches(rows: Sequence[TreeRow]) -> list[list[int]]:
-    """The tree rows (by index) that go to the model together, each batch padded to its widest row."""
-    return batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS)
+def tree_batches(rows: Sequence[TreeRow], multiple: int = 1) -> list[list[int]]:
+    """The tree rows (by index) that go to the model together, each batch padded to its widest
+    row; with `multiple`, batches that share out evenly between that many workers (`batches_by_tokens`)."""
+    return batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=multiple)
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
@@ -975,9 +1005,9 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
         """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
-        rows = tree_rows(requests, indices)
+        rows = tree_rows(requests, indices, multiple=ROW_SHARE)
         results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
-        for batch in tree_batches(rows):
+        for batch in tree_batches(rows, ROW_SHARE):
             width = max(len(rows[b].tokens) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
@@ -1026,7 +1056,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         rows = share_prefixes(requests)
         lanes = pack_rows([row.length for row in rows])
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-        for batch in batches_by_tokens([sum(rows[i].length for i in lane) for lane in lanes], PACKED_BATCH_TOKENS, MAX_BATCH_ROWS):
+        lengths = [sum(rows[i].length for i in lane) for lane in lanes]
+        for batch in batches_by_tokens(lengths, PACKED_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=ROW_SHARE):
             width = max(sum(rows[i].length for i in lanes[b]) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
