@@ -97,14 +97,14 @@ def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
     so their ratio is the most the engine can gain on lm-eval without computing faster per
     token. `engine_head`: the tokens the engine's output head runs on (lm-eval's runs on all it
     feeds)."""
-    from audit.models.torch_lm import ROW_SHARE, tree_batches, tree_rows
+    from audit.models.torch_lm import tree_layout
 
     engine = nodes = head = 0
     for start in range(0, len(requests), batch_items):
-        rows = tree_rows(requests, range(start, min(start + batch_items, len(requests))), multiple=ROW_SHARE)
+        rows, batches = tree_layout(requests, range(start, min(start + batch_items, len(requests))))
         lengths = [len(row.tokens) for row in rows]
         nodes += sum(lengths)
-        for batch in tree_batches(rows, ROW_SHARE):
+        for batch in batches:
             engine += len(batch) * max(lengths[b] for b in batch)
             # The head runs at the positions each row scores.
             head += sum(len({node for _, _, node, _ in rows[b].scored}) for b in batch)

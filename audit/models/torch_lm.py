@@ -250,6 +250,13 @@ def tree_batches(rows: Sequence[TreeRow], multiple: int = 1) -> list[list[int]]:
     return batches_by_tokens([len(row.tokens) for row in rows], TREE_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=multiple)
 
 
+def tree_layout(requests: Sequence[ScoreRequest], indices: Sequence[int]) -> tuple[list[TreeRow], list[list[int]]]:
+    """The tree rows of `requests[i]` for each i in `indices` and their batches (by row index),
+    made for ROW_SHARE workers: what the engine feeds the model."""
+    rows = tree_rows(requests, indices, multiple=ROW_SHARE)
+    return rows, tree_batches(rows, ROW_SHARE)
+
+
 def output_head(model: nn.Module) -> nn.Module | None:
     """The model's output head (its output embeddings), None for a model that names none."""
     return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -1005,9 +1012,9 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     @torch.inference_mode()
     def _score_trees(self, requests: Sequence[ScoreRequest], indices: Sequence[int]) -> dict[int, list[ContinuationScore]]:
         """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
-        rows = tree_rows(requests, indices, multiple=ROW_SHARE)
+        rows, batches = tree_layout(requests, indices)
         results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
-        for batch in tree_batches(rows, ROW_SHARE):
+        for batch in batches:
             width = max(len(rows[b].tokens) for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
@@ -1058,7 +1065,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
         lengths = [sum(rows[i].length for i in lane) for lane in lanes]
         for batch in batches_by_tokens(lengths, PACKED_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=ROW_SHARE):
-            width = max(sum(rows[i].length for i in lanes[b]) for b in batch)
+            width = max(lengths[b] for b in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             positions = torch.zeros(len(batch), width, dtype=torch.long)
             owner = torch.full((len(batch), width), PAD_OWNER, dtype=torch.long)
