@@ -118,6 +118,97 @@ def test_scoring_workers_give_the_scores_of_one_forward_bit_for_bit(tiny_model_f
     assert shared == alone and shared_rows == alone_rows
 
 
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_batches_computing_ahead_give_the_scores_of_one_forward_bit_for_bit(tiny_model_factory, monkeypatch, workers):
+    """Many small batches in each call, so that workers done with a batch's rows take the next
+    batch's while others finish: the scores are exactly those of one forward per batch."""
+    from dataclasses import replace
+
+    import audit.models.torch_lm as torch_lm
+    from audit.probes.scoring import sentence_request
+
+    monkeypatch.setattr(torch_lm, "TREE_BATCH_TOKENS", 250)
+    monkeypatch.setattr(torch_lm, "PACKED_BATCH_TOKENS", 700)
+    model = drive(load_model(str(tiny_model_factory("llama"))))
+    items = builtin_items(["religion"])[:8] + builtin_items(["age"])[:8]
+    requests = [score_request(model, item) for item in items]
+    words = ("old", "young", "poor", "rich", "tall", "short", "kind", "loud", "quiet", "strong", "weak", "rude")
+    requests += [sentence_request(model, [f"The {w} {who} went {where}.", f"The {w} {who.replace('man', 'woman')} went {where}."])
+                 for w in words for who, where in (("man", "home"), ("young man", "to work"))]
+    started = []
+    start_rows = model._start_rows
+    model._start_rows = lambda *args: started.append(tuple(args[1].shape)) or start_rows(*args)
+    try:
+        model.threads = replace(model.threads, workers=1)
+        model.score(requests[:1])  # the packing check, once
+        started.clear()
+        alone = model.score(requests)
+        batches = len(started)
+        model.threads = replace(model.threads, workers=workers)
+        shared = model.score(requests)
+        assert model._workers is not None and model._workers.count == workers
+    finally:
+        model.close()
+    # Both calls went batch by batch, as the layout says, batches of one row and of two.
+    assert started == 2 * torch_lm.packed_batch_shapes(requests)
+    assert batches >= 8 and {rows for rows, _ in started} == {1, 2}
+    assert shared == alone
+
+
+def _batches_started(events, count, parts=None):
+    """`count` started batches that log when they are made and finished, their parts done
+    unless given."""
+    from audit.models.torch_lm import _StartedBatch
+    from audit.models.workers import done_future
+
+    for b in range(count):
+        events.append(f"start {b}")
+        yield _StartedBatch(parts[b] if parts else [done_future([b])], lambda entries, b=b: events.append(f"finish {b} {entries}"))
+
+
+def test_batches_are_finished_in_order_with_as_many_ahead_as_there_are_workers():
+    from types import SimpleNamespace
+
+    from audit.models.torch_lm import TorchLanguageModel
+
+    events: list[str] = []
+    TorchLanguageModel._finish_in_order(SimpleNamespace(threads=SimpleNamespace(workers=3)), _batches_started(events, 6))
+    assert events == ["start 0", "start 1", "start 2", "start 3", "finish 0 [0]", "start 4", "finish 1 [1]", "start 5",
+                      "finish 2 [2]", "finish 3 [3]", "finish 4 [4]", "finish 5 [5]"]
+    events.clear()
+    TorchLanguageModel._finish_in_order(SimpleNamespace(threads=SimpleNamespace(workers=None)), _batches_started(events, 3))
+    assert events == ["start 0", "start 1", "finish 0 [0]", "start 2", "finish 1 [1]", "finish 2 [2]"]
+
+
+def test_a_failing_batch_is_raised_after_every_batch_started_has_finished_computing():
+    import threading
+    import time
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from audit.models.torch_lm import TorchLanguageModel
+
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("a row failed"))
+    slow: Future = Future()
+    threading.Thread(target=lambda: (time.sleep(0.2), slow.set_result([1]))).start()
+    events: list[str] = []
+    model = SimpleNamespace(threads=SimpleNamespace(workers=2))
+    with pytest.raises(RuntimeError, match="a row failed"):
+        TorchLanguageModel._finish_in_order(model, _batches_started(events, 3, [[failed], [slow], [slow]]))
+    assert slow.done() and events == ["start 0", "start 1", "start 2"]  # nothing handed over
+
+    def breaking():
+        yield from _batches_started(events, 1, [[later]])
+        raise ValueError("a batch could not be made")
+
+    later: Future = Future()
+    threading.Thread(target=lambda: (time.sleep(0.2), later.set_result([2]))).start()
+    with pytest.raises(ValueError, match="could not be made"):
+        TorchLanguageModel._finish_in_order(model, breaking())
+    assert later.done()
+
+
 def test_the_output_head_runs_only_at_the_positions_each_row_reads(tiny_model_factory):
     """Two contexts in rows of their own, in one batch: the head multiplies each row's own
     positions, 5 in all, not the union of both rows' (5) in each of the 2 rows; on two workers,

@@ -152,6 +152,47 @@ def test_row_workers_compute_with_one_thread_each_and_leave_other_threads_alone(
     assert row_bounds(7, 1) == [(0, 7)]
 
 
+def test_row_workers_wait_idle_until_every_task_given_has_finished():
+    import threading
+    import time
+
+    from audit.models.workers import RowWorkers
+
+    workers = RowWorkers(2)
+    try:
+        release = threading.Event()
+        finished: list[int] = []
+        slow = workers.submit(lambda: (release.wait(), time.sleep(0.1), finished.append(1)), ())
+        failing = workers.submit(lambda: 1 / 0, ())
+        threading.Timer(0.2, release.set).start()
+        workers.wait_idle()
+        assert finished == [1] and slow.done() and isinstance(failing.exception(), ZeroDivisionError)
+        workers.wait_idle()  # nothing given: returns at once
+    finally:
+        workers.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        workers.submit(int, ())  # it would never run
+
+
+def test_gather_gives_results_in_order_and_raises_the_first_failure_once_all_have_finished():
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from audit.models.workers import done_future, gather
+
+    assert gather([done_future(1), done_future([2, 3])]) == [1, [2, 3]]
+    failed: Future = Future()
+    failed.set_exception(KeyError("first"))
+    later_failed: Future = Future()
+    later_failed.set_exception(ValueError("second"))
+    slow: Future = Future()
+    threading.Thread(target=lambda: (time.sleep(0.2), slow.set_result(4))).start()
+    with pytest.raises(KeyError, match="first"):
+        gather([slow, failed, later_failed])
+    assert slow.done()  # waited for, though a failure came back first
+
+
 def test_a_count_past_a_few_threads_per_cpu_is_refused(monkeypatch):
     from audit.models import LoadOptions
     from audit.threads import THREADS_PER_CPU, most_threads, thread_count_problem

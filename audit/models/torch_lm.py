@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -9,8 +11,9 @@ import math
 import platform
 import threading
 import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +26,7 @@ from audit.models.interface import (
     ScoreRequest,
     batches_by_tokens,
 )
-from audit.models.workers import RowWorkers, row_bounds
+from audit.models.workers import RowWorkers, done_future, gather, row_bounds
 
 # Packed scoring puts one item's context and all its continuations in one row; this bounds
 # the padded tokens per forward so memory stays flat on a small device.
@@ -255,6 +258,37 @@ def tree_layout(requests: Sequence[ScoreRequest], indices: Sequence[int]) -> tup
     made for ROW_SHARE workers: what the engine feeds the model."""
     rows = tree_rows(requests, indices, multiple=ROW_SHARE)
     return rows, tree_batches(rows, ROW_SHARE)
+
+
+def lane_layout(requests: Sequence[ScoreRequest]) -> tuple[list[PackedRow], list[list[int]], list[int], list[list[int]]]:
+    """Requests sharing their context prefixes in rows (`share_prefixes`), rows side by side in
+    lanes (`pack_rows`, by row index), each lane's length, and the lanes' batches (by lane
+    index), made for ROW_SHARE workers: what the engine feeds the model for contexts too long
+    for token trees."""
+    rows = share_prefixes(requests)
+    lanes = pack_rows([row.length for row in rows])
+    lengths = [sum(rows[i].length for i in lane) for lane in lanes]
+    return rows, lanes, lengths, batches_by_tokens(lengths, PACKED_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=ROW_SHARE)
+
+
+def tree_requests(requests: Sequence[ScoreRequest]) -> list[int]:
+    """The requests (by index) packed scoring feeds as token trees: contexts too short to share."""
+    return [i for i, r in enumerate(requests) if len(r.context) < MIN_SHARED_TOKENS]
+
+
+def packed_batch_shapes(requests: Sequence[ScoreRequest]) -> list[tuple[int, int]]:
+    """The rows and width of each forward packed scoring makes for `requests`, in order: the
+    token trees' batches, then the lanes'."""
+    short = tree_requests(requests)
+    shapes: list[tuple[int, int]] = []
+    if short:
+        rows, batches = tree_layout(requests, short)
+        shapes += [(len(batch), max(len(rows[b].tokens) for b in batch)) for batch in batches]
+    rest = sorted(set(range(len(requests))) - set(short))
+    if rest:
+        _, _, lengths, batches = lane_layout([requests[i] for i in rest])
+        shapes += [(len(batch), max(lengths[b] for b in batch)) for batch in batches]
+    return shapes
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
@@ -815,6 +849,19 @@ class HFGeneration:
         )
 
 
+@dataclass(frozen=True)
+class _StartedBatch:
+    """A batch whose rows are computing: one future per part (`TorchLanguageModel._start_rows`),
+    each giving its rows' entries, and what to do with all the rows' entries in order."""
+
+    parts: list[Future[list[Any]]]
+    done: Callable[[list[Any]], None]
+
+    def finish(self) -> None:
+        """Wait for every part, then hand their entries over (a part's failure is raised)."""
+        self.done([entry for part in gather(self.parts) for entry in part])
+
+
 class TorchLanguageModel(HFGeneration, LanguageModel):
     backend = "pytorch"
 
@@ -912,7 +959,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
 
     def _score_packed(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         """Short contexts as token trees, longer ones in rows sharing their context prefixes."""
-        short = [i for i, r in enumerate(requests) if len(r.context) < MIN_SHARED_TOKENS]
+        short = tree_requests(requests)
         if not short:
             return self._score_shared_contexts(requests)
         results: list[list[Any]] = [[] for _ in requests]
@@ -927,10 +974,11 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
     def _forward_packed(
         self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, needed: Sequence[Sequence[int]],
         per_row: Callable[[int, torch.Tensor], Any],
-    ) -> list[Any]:
-        """One forward of packed rows, token i of a row seeing token j where `allowed[row, i, j]`;
-        returns `per_row(r, logits)` for every row r, `logits[j]` being the logits at position
-        `needed[r][j]` of row r, read where the row's logits were computed.
+    ) -> list[Future[list[Any]]]:
+        """Start one forward of packed rows, token i of a row seeing token j where
+        `allowed[row, i, j]`; each part (`_start_rows`) gives `per_row(r, logits)` for each of
+        its rows r, `logits[j]` being the logits at position `needed[r][j]` of row r, read where
+        the row's logits were computed. Call inside `_heads_narrowed`.
 
         The output head runs at each row's own positions only (`_head_rows_only`): the rows of
         a batch need different positions, and the model's `logits_to_keep` keeps the same ones
@@ -953,11 +1001,11 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             index = {p: j for j, p in enumerate(keep)}
         # Per row, where its positions are in the hidden states the head is given.
         columns = [torch.tensor([index[p] for p in row], dtype=torch.long) for row in needed]
-        head = output_head(self.model)
+        narrowed = output_head(self.model) is not None
 
         def forward(first: int, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list[Any]:
             mine = columns[first : first + ids.shape[0]]
-            if head is None:
+            if not narrowed:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
                 return [per_row(first + r, logits[r].index_select(0, c)) for r, c in enumerate(mine)]
             _HEAD_ROWS.columns = mine
@@ -970,25 +1018,62 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 raise RuntimeError(f"the output head gave logits of shape {tuple(logits.shape)}, not one row of {sum(sizes)} positions")
             return [per_row(first + r, part) for r, part in enumerate(logits[0].split(sizes))]
 
+        return self._start_rows(forward, ids, mask, positions)
+
+    @contextlib.contextmanager
+    def _heads_narrowed(self) -> Iterator[None]:
+        """Inside, the output head runs only at the positions a packed forward's rows read
+        (`_head_rows_only`), in the threads that ask for it."""
+        head = output_head(self.model)
         if head is None:
-            return self._by_rows(forward, ids, mask, positions)
+            yield
+            return
         handle = head.register_forward_pre_hook(_head_rows_only)
         try:
-            return self._by_rows(forward, ids, mask, positions)
+            yield
         finally:
             handle.remove()
 
+    def _finish_in_order(self, started: Iterable[_StartedBatch]) -> None:
+        """Finish the batches of `started` in order, while as many batches as there are
+        scoring workers compute ahead of the one being finished. Each batch's rows are shared
+        out as they always are (`_start_rows`), so the scores are the same bit for bit; but a
+        worker done with its rows takes the next batch's instead of waiting for the others:
+        a batch of 2 rows on 4 workers kept two of them waiting, and a batch of 4 rows on 3
+        kept one worker's 2 rows the time of the batch. If a batch fails, every batch already
+        started finishes computing before the failure is raised: nothing computes after."""
+        ahead = max(1, getattr(self.threads, "workers", None) or 1)
+        pending: collections.deque[_StartedBatch] = collections.deque()
+        try:
+            for batch in started:
+                pending.append(batch)
+                if len(pending) > ahead:
+                    pending.popleft().finish()
+            while pending:
+                pending.popleft().finish()
+        finally:
+            for batch in pending:
+                concurrent.futures.wait(batch.parts)
+
     def _by_rows(self, forward: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Any]:
-        """`forward(0, *tensors)`, a list with one entry per row, with the rows shared between
-        the scoring workers when the thread choice has more than one (`audit.models.workers`):
-        each worker gets `forward(first row, *its rows)`. The same entries as one call, and no
-        batch-wide logits: each worker reads its own rows' logits."""
+        """`forward(0, *tensors)`, a list with one entry per row, computed as `_start_rows` shares it."""
+        return [entry for part in gather(self._start_rows(forward, *tensors)) for entry in part]
+
+    def _start_rows(self, forward: Callable[..., list[Any]], *tensors: torch.Tensor) -> list[Future[list[Any]]]:
+        """Start `forward(0, *tensors)`, which gives a list with one entry per row: with the
+        rows shared between the scoring workers when the thread choice has more than one
+        (`audit.models.workers`), each worker getting `forward(first row, *its rows)`, else
+        computed here. One future per part, in row order: together the entries of one call,
+        and no batch-wide logits: each worker reads its own rows' logits."""
         rows = tensors[0].shape[0]
         workers = self._row_workers() if rows > 1 else None
         if workers is None:
-            return forward(0, *tensors)
-        parts = [(start, *(t[start:end] for t in tensors)) for start, end in row_bounds(rows, workers.count)]
-        return [entry for part in workers.map(forward, parts) for entry in part]
+            if self._workers is not None:
+                # One row computes here on the model's own threads, once the rows given to the
+                # workers are done: they would otherwise share the cores with it.
+                self._workers.wait_idle()
+            return [done_future(forward(0, *tensors))]
+        return [workers.submit(forward, (start, *(t[start:end] for t in tensors))) for start, end in row_bounds(rows, workers.count)]
 
     def _row_workers(self) -> RowWorkers | None:
         """The scoring workers the thread choice asks for now (it changes with the device's load
@@ -1014,39 +1099,43 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         """Scores of `requests[i]` for each i in `indices`, fed as token trees (`tree_rows`)."""
         rows, batches = tree_layout(requests, indices)
         results: dict[int, list[Any]] = {i: [None] * len(requests[i].continuations) for i in indices}
-        for batch in batches:
-            width = max(len(rows[b].tokens) for b in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            positions = torch.zeros(len(batch), width, dtype=torch.long)
-            # A node sees itself and its ancestors; padding sees only itself (no all-masked rows).
-            allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)
-            for r, b in enumerate(batch):
-                row = rows[b]
-                ids[r, : len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
-                positions[r, : len(row.tokens)] = torch.tensor(row.depths, dtype=torch.long)
-                seen = allowed[r]
-                for node, parent in enumerate(row.parents):
-                    if parent >= 0:  # a parent always comes before its children
-                        seen[node, :parent + 1] = seen[parent, :parent + 1]
-            needed = [sorted({node for _, _, node, _ in rows[b].scored}) for b in batch]
-            owners: dict[tuple[int, int], int] = {}
-            targets, owner = [], []  # row by row, as the rows' reads come back
-            on_row: list[tuple[list[int], list[int]]] = [([], []) for _ in batch]  # per row: columns, targets
-            for r, b in enumerate(batch):
-                column = {node: j for j, node in enumerate(needed[r])}
-                for index, k, node, token in rows[b].scored:
-                    targets.append(token)
-                    owner.append(owners.setdefault((index, k), len(owners)))
-                    on_row[r][0].append(column[node])
-                    on_row[r][1].append(token)
+        with self._heads_narrowed():
+            self._finish_in_order(self._start_tree_batch(requests, [rows[b] for b in batch], results) for batch in batches)
+        return results
 
-            def read_row(r: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                """Each scored node's log-probability of its token, and the most likely token."""
-                columns = torch.tensor(on_row[r][0], dtype=torch.long)
-                logprobs = logits.float().log_softmax(-1)
-                return logprobs[columns, torch.tensor(on_row[r][1], dtype=torch.long)], _first_max(logits)[columns]
+    def _start_tree_batch(self, requests: Sequence[ScoreRequest], batch: Sequence[TreeRow], results: dict[int, list[Any]]) -> _StartedBatch:
+        """Start one batch of tree rows; finishing it puts its continuations' scores in `results`."""
+        width = max(len(row.tokens) for row in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        positions = torch.zeros(len(batch), width, dtype=torch.long)
+        # A node sees itself and its ancestors; padding sees only itself (no all-masked rows).
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)
+        for r, row in enumerate(batch):
+            ids[r, : len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
+            positions[r, : len(row.tokens)] = torch.tensor(row.depths, dtype=torch.long)
+            seen = allowed[r]
+            for node, parent in enumerate(row.parents):
+                if parent >= 0:  # a parent always comes before its children
+                    seen[node, :parent + 1] = seen[parent, :parent + 1]
+        needed = [sorted({node for _, _, node, _ in row.scored}) for row in batch]
+        owners: dict[tuple[int, int], int] = {}
+        targets, owner = [], []  # row by row, as the rows' reads come back
+        on_row: list[tuple[torch.Tensor, torch.Tensor]] = []  # per row: columns, targets
+        for r, row in enumerate(batch):
+            column = {node: j for j, node in enumerate(needed[r])}
+            for index, k, _, token in row.scored:
+                targets.append(token)
+                owner.append(owners.setdefault((index, k), len(owners)))
+            on_row.append((torch.tensor([column[node] for _, _, node, _ in row.scored], dtype=torch.long),
+                           torch.tensor([token for _, _, _, token in row.scored], dtype=torch.long)))
 
-            read = self._forward_packed(ids, positions, allowed, needed, read_row)
+        def read_row(r: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each scored node's log-probability of its token, and the most likely token."""
+            columns, tokens = on_row[r]
+            logprobs = logits.float().log_softmax(-1)
+            return logprobs[columns, tokens], _first_max(logits)[columns]
+
+        def finish(read: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
             picked = torch.cat([row_picked for row_picked, _ in read])
             best = torch.cat([row_best for _, row_best in read])
             target = torch.tensor(targets, dtype=torch.long)
@@ -1056,74 +1145,82 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             for (index, k), j in owners.items():
                 n_tokens = len(requests[index].continuations[k])
                 results[index][k] = ContinuationScore(float(sums[j]), n_tokens, int(misses[j]) == 0)
-        return results
+
+        return _StartedBatch(self._forward_packed(ids, positions, allowed, needed, read_row), finish)
 
     @torch.inference_mode()
     def _score_shared_contexts(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
-        rows = share_prefixes(requests)
-        lanes = pack_rows([row.length for row in rows])
+        rows, lanes, lengths, batches = lane_layout(requests)
         results: list[list[Any]] = [[None] * len(r.continuations) for r in requests]
-        lengths = [sum(rows[i].length for i in lane) for lane in lanes]
-        for batch in batches_by_tokens(lengths, PACKED_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=ROW_SHARE):
-            width = max(lengths[b] for b in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            positions = torch.zeros(len(batch), width, dtype=torch.long)
-            owner = torch.full((len(batch), width), PAD_OWNER, dtype=torch.long)
-            segment = torch.zeros(len(batch), width, dtype=torch.long)
-            group = torch.full((len(batch), width), -1, dtype=torch.long)  # which row of the lane a token is in
-            wanted: list[list[tuple[int, int, list[int], list[int]]]] = []  # per lane: (request, continuation, positions, targets)
-            for r, lane in enumerate(batch):
-                per_lane = []
-                start = 0
-                for g, row_index in enumerate(lanes[lane]):
-                    row = rows[row_index]
-                    group[r, start : start + row.length] = g
-                    n_shared = len(row.prefix)
-                    ids[r, start : start + n_shared] = torch.tensor(row.prefix)
-                    positions[r, start : start + n_shared] = torch.arange(n_shared)
-                    owner[r, start : start + n_shared] = SHARED_OWNER
-                    last_shared = start + n_shared - 1
-                    start += n_shared
-                    for member, index in enumerate(row.members):
-                        req = requests[index]
-                        rest = req.context[n_shared:]
-                        n_ctx = len(req.context)
-                        end = start + len(rest)
-                        ids[r, start:end] = torch.tensor(rest, dtype=torch.long)
-                        positions[r, start:end] = torch.arange(n_shared, n_ctx)
+        with self._heads_narrowed():
+            self._finish_in_order(self._start_lanes_batch(requests, [[rows[i] for i in lanes[lane]] for lane in batch],
+                                                          max(lengths[lane] for lane in batch), results)
+                                  for batch in batches)
+        return results
+
+    def _start_lanes_batch(self, requests: Sequence[ScoreRequest], batch: Sequence[Sequence[PackedRow]], width: int,
+                           results: list[list[Any]]) -> _StartedBatch:
+        """Start one batch of lanes (each its packed rows side by side, `width` tokens the
+        longest); finishing it puts its continuations' scores in `results`."""
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        positions = torch.zeros(len(batch), width, dtype=torch.long)
+        owner = torch.full((len(batch), width), PAD_OWNER, dtype=torch.long)
+        segment = torch.zeros(len(batch), width, dtype=torch.long)
+        group = torch.full((len(batch), width), -1, dtype=torch.long)  # which row of the lane a token is in
+        wanted: list[list[tuple[int, int, list[int], list[int]]]] = []  # per lane: (request, continuation, positions, targets)
+        for r, lane in enumerate(batch):
+            per_lane = []
+            start = 0
+            for g, row in enumerate(lane):
+                group[r, start : start + row.length] = g
+                n_shared = len(row.prefix)
+                ids[r, start : start + n_shared] = torch.tensor(row.prefix)
+                positions[r, start : start + n_shared] = torch.arange(n_shared)
+                owner[r, start : start + n_shared] = SHARED_OWNER
+                last_shared = start + n_shared - 1
+                start += n_shared
+                for member, index in enumerate(row.members):
+                    req = requests[index]
+                    rest = req.context[n_shared:]
+                    n_ctx = len(req.context)
+                    end = start + len(rest)
+                    ids[r, start:end] = torch.tensor(rest, dtype=torch.long)
+                    positions[r, start:end] = torch.arange(n_shared, n_ctx)
+                    owner[r, start:end] = member
+                    # The last context token predicts each continuation's first token.
+                    last_context = end - 1 if rest else last_shared
+                    start = end
+                    for k, cont in enumerate(req.continuations, start=1):
+                        end = start + len(cont)
+                        ids[r, start:end] = torch.tensor(cont)
+                        positions[r, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
                         owner[r, start:end] = member
-                        # The last context token predicts each continuation's first token.
-                        last_context = end - 1 if rest else last_shared
+                        segment[r, start:end] = k
+                        per_lane.append((index, k - 1, [last_context] + list(range(start, end - 1)), list(cont)))
                         start = end
-                        for k, cont in enumerate(req.continuations, start=1):
-                            end = start + len(cont)
-                            ids[r, start:end] = torch.tensor(cont)
-                            positions[r, start:end] = torch.arange(n_ctx, n_ctx + len(cont))
-                            owner[r, start:end] = member
-                            segment[r, start:end] = k
-                            per_lane.append((index, k - 1, [last_context] + list(range(start, end - 1)), list(cont)))
-                            start = end
-                wanted.append(per_lane)
-            # A token sees its own row's shared prefix, its own request's context, and its own continuation.
-            o_i, o_j = owner[:, :, None], owner[:, None, :]
-            s_i, s_j = segment[:, :, None], segment[:, None, :]
-            allowed = (o_j == SHARED_OWNER) | ((o_i == o_j) & ((s_j == 0) | (s_j == s_i)))
-            allowed &= group[:, :, None] == group[:, None, :]
-            allowed &= (o_i != PAD_OWNER) & (o_j != PAD_OWNER)
-            allowed &= torch.ones(width, width, dtype=torch.bool).tril()
-            allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
-            needed = [sorted({p for _, _, pos, _ in per_lane for p in pos}) for per_lane in wanted]
+            wanted.append(per_lane)
+        # A token sees its own row's shared prefix, its own request's context, and its own continuation.
+        o_i, o_j = owner[:, :, None], owner[:, None, :]
+        s_i, s_j = segment[:, :, None], segment[:, None, :]
+        allowed = (o_j == SHARED_OWNER) | ((o_i == o_j) & ((s_j == 0) | (s_j == s_i)))
+        allowed &= group[:, :, None] == group[:, None, :]
+        allowed &= (o_i != PAD_OWNER) & (o_j != PAD_OWNER)
+        allowed &= torch.ones(width, width, dtype=torch.bool).tril()
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
+        needed = [sorted({p for _, _, pos, _ in per_lane for p in pos}) for per_lane in wanted]
 
-            def read_row(r: int, logits: torch.Tensor) -> list[tuple[int, int, ContinuationScore]]:
-                logits = logits.float()
-                column = {p: j for j, p in enumerate(needed[r])}
-                return [(index, k, _continuation_scores(logits[torch.tensor([column[p] for p in pos])].log_softmax(-1), targets))
-                        for index, k, pos, targets in wanted[r]]
+        def read_row(r: int, logits: torch.Tensor) -> list[tuple[int, int, ContinuationScore]]:
+            logits = logits.float()
+            column = {p: j for j, p in enumerate(needed[r])}
+            return [(index, k, _continuation_scores(logits[torch.tensor([column[p] for p in pos])].log_softmax(-1), targets))
+                    for index, k, pos, targets in wanted[r]]
 
-            for scores in self._forward_packed(ids, positions, allowed, needed, read_row):
+        def finish(read: list[list[tuple[int, int, ContinuationScore]]]) -> None:
+            for scores in read:
                 for index, k, score in scores:
                     results[index][k] = score
-        return results
+
+        return _StartedBatch(self._forward_packed(ids, positions, allowed, needed, read_row), finish)
 
     def _score_rows(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         def forward(first: int, ids: torch.Tensor, attention: torch.Tensor) -> list[torch.Tensor]:

@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 
 class RowWorkers:
-    """`count` threads, each computing with one PyTorch thread, running the tasks `map` gives
-    them under inference mode."""
+    """`count` threads, each computing with one PyTorch thread, running the tasks `submit` and
+    `map` give them under inference mode."""
 
     def __init__(self, count: int) -> None:
         import torch
@@ -31,6 +31,8 @@ class RowWorkers:
             raise ValueError(f"row workers need at least 2 threads, not {count}")
         self.count = count
         self._stopped = False
+        self._unfinished = 0  # tasks given and not yet finished
+        self._finished = threading.Condition()
         self._tasks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.SimpleQueue()
         ready = threading.Barrier(count + 1)
         caller = torch.get_num_threads()
@@ -50,9 +52,14 @@ class RowWorkers:
         torch.set_num_threads(1)
         ready.wait()
         while (task := self._tasks.get()) is not None:
-            self._run(*task)
-            # Hold nothing while waiting: a task's function may be all that keeps a model alive.
-            del task
+            try:
+                self._run(*task)
+            finally:
+                # Hold nothing while waiting: a task's function may be all that keeps a model alive.
+                del task
+                with self._finished:
+                    self._unfinished -= 1
+                    self._finished.notify_all()
 
     @staticmethod
     def _run(run: Callable[..., Any], args: tuple[Any, ...], done: Future[Any]) -> None:
@@ -66,19 +73,25 @@ class RowWorkers:
         except BaseException as error:  # handed to the caller, which raises it
             done.set_exception(error)
 
+    def wait_idle(self) -> None:
+        """Wait until every task given so far has finished, and its worker let go of it."""
+        with self._finished:
+            self._finished.wait_for(lambda: self._unfinished == 0)
+
+    def submit(self, run: Callable[..., Any], part: tuple[Any, ...]) -> Future[Any]:
+        """`run(*part)` on the next free worker, after the tasks given before it have started."""
+        if self._stopped:
+            raise RuntimeError("these scoring workers were stopped")
+        done: Future[Any] = Future()
+        with self._finished:
+            self._unfinished += 1
+        self._tasks.put((run, tuple(part), done))
+        return done
+
     def map(self, run: Callable[..., Any], parts: Sequence[tuple[Any, ...]]) -> list[Any]:
         """`run(*part)` for every part, side by side; the results in order. A failure in any
         part is raised here, after every part has finished."""
-        futures: list[Future[Any]] = []
-        for part in parts:
-            done: Future[Any] = Future()
-            self._tasks.put((run, tuple(part), done))
-            futures.append(done)
-        errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
-        return [f.result() for f in futures]
+        return gather([self.submit(run, part) for part in parts])
 
     def stop(self) -> None:
         """Let the threads end once the tasks already given are done; once only (a model's
@@ -94,6 +107,23 @@ class RowWorkers:
         self.stop()
         for thread in self._threads:
             thread.join()
+
+
+def gather(futures: Sequence[Future[Any]]) -> list[Any]:
+    """The results of `futures` in order, once every one has finished; the first failure, in
+    their order, is raised instead."""
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
+def done_future(result: Any) -> Future[Any]:
+    """A future already holding `result`: what a part computed in the caller's thread gives."""
+    future: Future[Any] = Future()
+    future.set_result(result)
+    return future
 
 
 def row_bounds(rows: int, parts: int) -> list[tuple[int, int]]:
