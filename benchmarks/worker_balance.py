@@ -2,8 +2,9 @@
 
 A PyTorch model scores a batch's rows in workers of one thread each (`audit.models.workers`).
 Rows are atomic and a batch is padded to its widest row, so a batch of 2 rows leaves workers
-beyond 2 waiting, and 4 rows on 3 workers give one of them 2 rows. The engine lets a worker
-done with its rows take the next batch's (`TorchLanguageModel._finish_in_order`); this script
+beyond 2 waiting, and 4 rows on 3 workers give one of them 2 rows. On more than 2 workers the
+engine lets a worker done with its rows take the next batch's
+(`TorchLanguageModel._finish_in_order`; on 2, batches made for 2 share out evenly); this script
 says what that is worth for 2, 3 and 4 workers on real items without needing those cores. It
 builds each call's batches with the engine's own layout (`packed_batch_shapes`, calls of
 --batch-items items, a probe's default) and counts the padded tokens each worker computes,

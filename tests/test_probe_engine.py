@@ -175,9 +175,10 @@ def test_batches_are_finished_in_order_with_as_many_ahead_as_there_are_workers()
     TorchLanguageModel._finish_in_order(SimpleNamespace(threads=SimpleNamespace(workers=3)), _batches_started(events, 6))
     assert events == ["start 0", "start 1", "start 2", "start 3", "finish 0 [0]", "start 4", "finish 1 [1]", "start 5",
                       "finish 2 [2]", "finish 3 [3]", "finish 4 [4]", "finish 5 [5]"]
-    events.clear()
-    TorchLanguageModel._finish_in_order(SimpleNamespace(threads=SimpleNamespace(workers=None)), _batches_started(events, 3))
-    assert events == ["start 0", "start 1", "finish 0 [0]", "start 2", "finish 1 [1]", "finish 2 [2]"]
+    for workers in (None, 1, 2):  # batches made for 2 workers share out evenly: one at a time
+        events.clear()
+        TorchLanguageModel._finish_in_order(SimpleNamespace(threads=SimpleNamespace(workers=workers)), _batches_started(events, 3))
+        assert events == ["start 0", "finish 0 [0]", "start 1", "finish 1 [1]", "start 2", "finish 2 [2]"]
 
 
 def test_a_failing_batch_is_raised_after_every_batch_started_has_finished_computing():
@@ -193,7 +194,7 @@ def test_a_failing_batch_is_raised_after_every_batch_started_has_finished_comput
     slow: Future = Future()
     threading.Thread(target=lambda: (time.sleep(0.2), slow.set_result([1]))).start()
     events: list[str] = []
-    model = SimpleNamespace(threads=SimpleNamespace(workers=2))
+    model = SimpleNamespace(threads=SimpleNamespace(workers=3))
     with pytest.raises(RuntimeError, match="a row failed"):
         TorchLanguageModel._finish_in_order(model, _batches_started(events, 3, [[failed], [slow], [slow]]))
     assert slow.done() and events == ["start 0", "start 1", "start 2"]  # nothing handed over
