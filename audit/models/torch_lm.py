@@ -271,20 +271,21 @@ def lane_layout(requests: Sequence[ScoreRequest]) -> tuple[list[PackedRow], list
     return rows, lanes, lengths, batches_by_tokens(lengths, PACKED_BATCH_TOKENS, MAX_BATCH_ROWS, multiple=ROW_SHARE)
 
 
-def tree_requests(requests: Sequence[ScoreRequest]) -> list[int]:
-    """The requests (by index) packed scoring feeds as token trees: contexts too short to share."""
-    return [i for i, r in enumerate(requests) if len(r.context) < MIN_SHARED_TOKENS]
+def packed_split(requests: Sequence[ScoreRequest]) -> tuple[list[int], list[int]]:
+    """The requests (by index) packed scoring feeds as token trees (contexts too short to
+    share) and those it feeds in lanes sharing their context prefixes (the rest)."""
+    short = [i for i, r in enumerate(requests) if len(r.context) < MIN_SHARED_TOKENS]
+    return short, sorted(set(range(len(requests))) - set(short))
 
 
 def packed_batch_shapes(requests: Sequence[ScoreRequest]) -> list[tuple[int, int]]:
     """The rows and width of each forward packed scoring makes for `requests`, in order: the
     token trees' batches, then the lanes'."""
-    short = tree_requests(requests)
+    short, rest = packed_split(requests)
     shapes: list[tuple[int, int]] = []
     if short:
         rows, batches = tree_layout(requests, short)
         shapes += [(len(batch), max(len(rows[b].tokens) for b in batch)) for batch in batches]
-    rest = sorted(set(range(len(requests))) - set(short))
     if rest:
         _, _, lengths, batches = lane_layout([requests[i] for i in rest])
         shapes += [(len(batch), max(lengths[b] for b in batch)) for batch in batches]
@@ -959,13 +960,12 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
 
     def _score_packed(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         """Short contexts as token trees, longer ones in rows sharing their context prefixes."""
-        short = tree_requests(requests)
+        short, rest = packed_split(requests)
         if not short:
             return self._score_shared_contexts(requests)
         results: list[list[Any]] = [[] for _ in requests]
         for index, scores in self._score_trees(requests, short).items():
             results[index] = scores
-        rest = sorted(set(range(len(requests))) - set(short))
         if rest:
             for index, scores in zip(rest, self._score_shared_contexts([requests[i] for i in rest])):
                 results[index] = scores
@@ -1124,13 +1124,11 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                     seen[node, :parent + 1] = seen[parent, :parent + 1]
         needed = [sorted({node for _, _, node, _ in row.scored}) for row in batch]
         owners: dict[tuple[int, int], int] = {}
-        targets, owner = [], []  # row by row, as the rows' reads come back
+        # Row by row, as the rows' reads come back: each scored token's continuation.
+        owner = [owners.setdefault((index, k), len(owners)) for row in batch for index, k, _, _ in row.scored]
         on_row: list[tuple[torch.Tensor, torch.Tensor]] = []  # per row: columns, targets
         for r, row in enumerate(batch):
             column = {node: j for j, node in enumerate(needed[r])}
-            for index, k, _, token in row.scored:
-                targets.append(token)
-                owner.append(owners.setdefault((index, k), len(owners)))
             on_row.append((torch.tensor([column[node] for _, _, node, _ in row.scored], dtype=torch.long),
                            torch.tensor([token for _, _, _, token in row.scored], dtype=torch.long)))
 
@@ -1143,7 +1141,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         def finish(read: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
             picked = torch.cat([row_picked for row_picked, _ in read])
             best = torch.cat([row_best for _, row_best in read])
-            target = torch.tensor(targets, dtype=torch.long)
+            target = torch.cat([tokens for _, tokens in on_row])
             owner_ids = torch.tensor(owner, dtype=torch.long)
             sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, picked.double())
             misses = torch.zeros(len(owners), dtype=torch.long).index_add_(0, owner_ids, (best != target).long())
