@@ -8,7 +8,8 @@ Each round times profile's path (`timed_generation`: greedy, forced length, a ti
 token) and `model.generate(max_new_tokens=N, min_new_tokens=N, do_sample=False)`, alternating
 which goes first, so shared load hits both alike. `generate` shows no per-token times: its decode
 rate is (N - 1) / (time for N tokens - time for 1 token), medians over the rounds; end-to-end
-rates (N / whole call, prefill included) are printed for both as well.
+rates (N / whole call, prefill included) are printed for both as well. Each ratio comes with a
+95% bootstrap interval over the rounds, resampled whole (`intervals.py`).
 
 Memory bandwidth is the best of several sums of a float32 tensor far larger than the caches;
 the bound is that bandwidth over the bytes of weights one decode step reads (every linear
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audit.threads import prepare_wait_environment  # noqa: E402
+from intervals import paired_interval, shown  # noqa: E402
 
 prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
 
@@ -68,7 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_ALIAS, help=f"model to load (default {DEFAULT_ALIAS})")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="inference thread counts (default 1)")
-    parser.add_argument("--rounds", type=int, default=6, help="timed rounds per thread count (default 6)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per thread count (default 10)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per generation (default 32)")
     parser.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
     parser.add_argument("--bandwidth-mb", type=int, default=512, help="size of the bandwidth test tensor (default 512)")
@@ -117,13 +119,23 @@ def main() -> int:
         plain_decode = (n - 1) / (med(plain_n) - med(plain_1))
         plain_e2e = n / med(plain_n)
         p_decode, p_e2e = med(profile_decode), med(profile_e2e)
+        decode_ratio, e2e_ratio = ratio_intervals(profile_decode, profile_e2e, plain_n, plain_1, n)
         print(f"\n{threads} thread(s), {torch.get_num_threads()} in torch:")
-        print(f"  decode tokens/s      profile {p_decode:6.2f}   generate {plain_decode:6.2f}   profile/generate {p_decode / plain_decode:.3f}x")
-        print(f"  end-to-end tokens/s  profile {p_e2e:6.2f}   generate {plain_e2e:6.2f}   profile/generate {p_e2e / plain_e2e:.3f}x")
+        print(f"  decode tokens/s      profile {p_decode:6.2f}   generate {plain_decode:6.2f}   profile/generate {shown(*decode_ratio, digits=3)}")
+        print(f"  end-to-end tokens/s  profile {p_e2e:6.2f}   generate {plain_e2e:6.2f}   profile/generate {shown(*e2e_ratio, digits=3)}")
         print(f"  memory read bandwidth {best_gb_s:.1f} GB/s (best of {3 * args.rounds} sums of {args.bandwidth_mb} MB)")
         print(f"  bandwidth bound {bound:.1f} tokens/s; profile reaches {p_decode / bound:.1%}, generate {plain_decode / bound:.1%}")
         print(f"  weights read at {p_decode * weight_bytes / GB:.1f} GB/s in profile's decode")
     return 0
+
+
+def ratio_intervals(profile_decode, profile_e2e, plain_n, plain_1, n: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """profile over generate, decode and end to end (the medians' ratios printed), each with its
+    interval over the rounds: round i's profile and generate times are resampled together."""
+    med = statistics.median
+    decode = paired_interval(lambda p, t_n, t_1: med(p) * (med(t_n) - med(t_1)) / (n - 1), profile_decode, plain_n, plain_1)
+    e2e = paired_interval(lambda p, t_n: med(p) * med(t_n) / n, profile_e2e, plain_n)
+    return decode, e2e
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Each int8 scheme is built with the product's quantize call (outlier rule and act
 as shipped, or `--per-tensor` / `--no-outlier-rule` to see what they fix). Perplexity uses the
 product's held-out text and chunk length. Decode ms/token is timed in rounds that alternate the
 models (baseline, then each variant, then again), all at the same thread count, so shared load
-hits them alike; the ratio is baseline ms / variant ms. Each thread count of `--threads` (1 and
+hits them alike; the ratio is baseline ms / variant ms (medians over every step of every round),
+with a 95% bootstrap interval over the rounds, resampled whole (`intervals.py`). Each thread count of `--threads` (1 and
 2 unless given) gets its own table, with the models loaded again for it. The two differ: a
 decode step of an int8 model is many products of a few microseconds each, and waking a second
 thread for each (the product's idle threads sleep after a short spin) costs more than it saves,
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audit.threads import onnx_wait_entries, prepare_wait_environment  # noqa: E402
+from intervals import paired_interval, shown  # noqa: E402
 
 prepare_wait_environment()  # how the command line's threads wait, set before the inference libraries load
 
@@ -128,7 +130,7 @@ def main() -> int:
         ppl[name] = result
         print(f"perplexity {name}: {result.perplexity:.3f} over {result.n_tokens} tokens ({result.seconds:.1f} s)", flush=True)
 
-    decode: dict[int, dict[str, float]] = {}
+    decode: dict[int, dict[str, list[list[float]]]] = {}
     for index, threads in enumerate(args.threads):
         if index:
             models = load_all(threads)
@@ -142,14 +144,16 @@ def main() -> int:
           f"ONNX Runtime {onnx_wait_entries()}")
     if "int8-dynamic" in models:
         print(f"int8-dynamic products here: {_int8_paths(models['int8-dynamic'].model)}")
-    for threads, ms in decode.items():
+    for threads, rounds in decode.items():
+        ms = {name: statistics.median(step for steps in per_round for step in steps) for name, per_round in rounds.items()}
         print(f"\n{threads} thread{'s' if threads != 1 else ''}")
         print(f"{'variant':22s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
         for name in names:
             delta = 100.0 * (ppl[name].perplexity / base_ppl - 1.0)
             ratio = ms["baseline"] / ms[name]
             verdict = "" if name == "baseline" else (
-                f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}"
+                f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}; "
+                f"speed {shown(*speed_interval(rounds['baseline'], rounds[name]))}"
             )
             print(f"{name:22s} {ppl[name].perplexity:10.3f} {delta:+8.1f} {ms[name]:18.2f} {ratio:8.2f}  {verdict}")
     return 0
@@ -168,17 +172,27 @@ def _load(spec: str, options: LoadOptions, ungrouped: bool):
         quantize_module.group_shared_inputs = grouped
 
 
-def _decode_ms(models: dict, prompt_tokens: int, new_tokens: int, rounds: int) -> dict[str, float]:
-    """Median decode ms/token of each model, timed in rounds that alternate the models."""
+def speed_interval(baseline: list[list[float]], variant: list[list[float]]) -> tuple[float, float, float]:
+    """Baseline over variant median step ms (every step of the rounds drawn), with its interval
+    over the rounds: round i of both is resampled together, as they ran side by side."""
+    def ratio(picked) -> float:
+        rounds = [int(i) for i in picked]
+        return statistics.median(s for i in rounds for s in baseline[i]) / statistics.median(s for i in rounds for s in variant[i])
+
+    return paired_interval(ratio, range(len(baseline)))
+
+
+def _decode_ms(models: dict, prompt_tokens: int, new_tokens: int, rounds: int) -> dict[str, list[list[float]]]:
+    """Decode ms of each step of each model, per round, timed in rounds that alternate the models."""
     prompt = {name: benchmark_prompt_ids(model, prompt_tokens) for name, model in models.items()}
     for name, model in models.items():  # warm-up
         timed_generation(model, prompt[name], new_tokens)
-    steps: dict[str, list[float]] = {name: [] for name in models}
+    steps: dict[str, list[list[float]]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             timing = timed_generation(model, prompt[name], new_tokens)
-            steps[name].extend(1000 * d for d in timing.decode_step_s)
-    return {name: statistics.median(values) for name, values in steps.items()}
+            steps[name].append([1000 * d for d in timing.decode_step_s])
+    return steps
 
 
 if __name__ == "__main__":

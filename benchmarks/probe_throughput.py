@@ -14,7 +14,9 @@ category file) is scored by the engine and the naive path, alternating per batch
     python benchmarks/probe_throughput.py [--threads 1] [--crows-pairs N] [--naive-pairs 256]
         [--bbq-per-category 32] [--lm-eval-python /tmp/lmeval-venv/bin/python] [--json]
 
-Prints each path's rate, the ratios, pct_stereotype of each path and how many choices agree, and
+Prints each path's rate, the ratios (engine over lm-eval and, for BBQ, over the naive path, each
+with a 95% bootstrap interval over the chunks the paths took turns on: `intervals.py`),
+pct_stereotype of each path and how many choices agree, and
 the tokens the engine and lm-eval feed the model for the same pairs: a token costs about the same
 in either path, so their ratio bounds what sharing tokens can gain, and the cost per token shows
 the rest. Last, the float32 matmul floor: the time the model's linear layers alone need for the
@@ -196,6 +198,7 @@ def main() -> int:
     lm_eval_env = dict(os.environ)
     sys.path.insert(0, str(ROOT))
     from audit.threads import prepare_wait_environment
+    from intervals import paired_interval, ratio_of_sums, shown
 
     prepare_wait_environment()
     import torch
@@ -237,10 +240,13 @@ def main() -> int:
     engine(items[:4], "naive")
 
     crows = {"engine": ([], 0.0), "naive": ([], 0.0), "lm_eval": ([], 0.0), "engine_on_naive_pairs": ([], 0.0)}
+    turns: dict[str, list[float]] = {"engine": [], "lm_eval": []}  # seconds per chunk, for the ratio's interval
 
     def add(path, scores, seconds):
         old, old_s = crows[path]
         crows[path] = (old + scores, old_s + seconds)
+        if path in turns:
+            turns[path].append(seconds)
 
     for start in range(0, len(items), args.chunk_pairs):
         chunk = items[start : start + args.chunk_pairs]
@@ -293,6 +299,9 @@ def main() -> int:
         lm_scores, lm_s = crows["lm_eval"]
         result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
         result["crows_engine_over_lm_eval"] = round(lm_s / engine_s, 2)
+        _, low, high = paired_interval(ratio_of_sums, turns["lm_eval"], turns["engine"])
+        result["crows_engine_over_lm_eval_interval"] = [round(low, 2), round(high, 2)]
+        result["crows_chunks"] = len(turns["engine"])
         result["crows_lm_eval_pct_stereotype"] = pct_stereotype(lm_scores)
         if "crows_lm_eval_tokens_fed" in result:
             result["crows_lm_eval_ms_per_token"] = round(1000 * lm_s / result["crows_lm_eval_tokens_fed"], 4)
@@ -308,19 +317,24 @@ def main() -> int:
         engine(bbq_items[:4])
         packed, naive = [], []
         packed_s = naive_s = 0.0
+        packed_turns, naive_turns = [], []
         for start in range(0, len(bbq_items), args.batch_items):
             chunk = bbq_items[start : start + args.batch_items]
             scores, seconds = engine(chunk)
             packed += scores
             packed_s += seconds
+            packed_turns.append(seconds)
             scores, seconds = engine(chunk, "naive")
             naive += scores
             naive_s += seconds
+            naive_turns.append(seconds)
             print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {packed_s:.1f} s, naive {naive_s:.1f} s", file=sys.stderr, flush=True)
         result["bbq_items"] = len(bbq_items)
         result["bbq_engine_items_per_s"] = round(len(bbq_items) / packed_s, 3)
         result["bbq_naive_items_per_s"] = round(len(bbq_items) / naive_s, 3)
         result["bbq_engine_over_naive"] = round(naive_s / packed_s, 2)
+        _, low, high = paired_interval(ratio_of_sums, naive_turns, packed_turns)
+        result["bbq_engine_over_naive_interval"] = [round(low, 2), round(high, 2)]
         result["bbq_same_choice_sum"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, naive))
         result["bbq_max_abs_logprob_diff"] = float(f"{max(abs(x - y) for a, b in zip(packed, naive) for x, y in zip(a, b)):.3g}")
     result["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -334,7 +348,8 @@ def main() -> int:
     print(f"  engine (token trees):   {r['crows_engine_pairs_per_s']:.2f} pairs/s, pct_stereotype {r['crows_engine_pct_stereotype']}")
     if lm_eval is not None:
         print(f"  lm-eval (HFLM, batch {LM_EVAL_BATCH}): {r['crows_lm_eval_pairs_per_s']:.2f} pairs/s, pct_stereotype {r['crows_lm_eval_pct_stereotype']}")
-        print(f"  engine / lm-eval: {r['crows_engine_over_lm_eval']:.2f}x (target >= 2x); same choice on "
+        print(f"  engine / lm-eval: {shown(r['crows_engine_over_lm_eval'], *r['crows_engine_over_lm_eval_interval'])} "
+              f"over {r['crows_chunks']} alternating chunks (target >= 2x); same choice on "
               f"{r['crows_same_choice_engine_lm_eval']}/{r['crows_pairs']}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_lm_eval']}")
     else:
         print("  lm-eval: not run (give --lm-eval-python)")
@@ -358,7 +373,7 @@ def main() -> int:
               f"same choice on {r['crows_same_choice_engine_naive']}/{n_naive}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_naive']}")
     if args.bbq_per_category:
         print(f"BBQ, {r['bbq_items']} items: engine {r['bbq_engine_items_per_s']:.2f} items/s, naive {r['bbq_naive_items_per_s']:.2f} items/s, "
-              f"engine / naive {r['bbq_engine_over_naive']:.2f}x; same choice (sum) on {r['bbq_same_choice_sum']}/{r['bbq_items']}, "
+              f"engine / naive {shown(r['bbq_engine_over_naive'], *r['bbq_engine_over_naive_interval'])}; same choice (sum) on {r['bbq_same_choice_sum']}/{r['bbq_items']}, "
               f"max |logprob diff| {r['bbq_max_abs_logprob_diff']}")
     return 0
 

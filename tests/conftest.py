@@ -17,8 +17,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def benchmark_script(name: str):
-    """benchmarks/NAME.py as a module (the scripts are not a package), for tests of its helpers."""
+    """benchmarks/NAME.py as a module (the scripts are not a package), for tests of its helpers.
+    The scripts import their shared helpers (intervals.py) from their own folder, as run."""
     import importlib.util
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
 
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
