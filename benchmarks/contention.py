@@ -13,8 +13,9 @@ wait environment applies as it does for a user. "default" is what a user gets: n
 (the cores free when the job starts) and the product's wait environment. "all cores, long spin"
 is the old default: --threads set to every core, GOMP_SPINCOUNT at the library's 300,000.
 The competitor starts a few seconds before the measured command. Idle and busy cases alternate
-per setting, so drifting load hits both alike. Prints decode ms/token p50 and probe items/s for
-each case, and the ratio busy/idle (target: 1.5x or less for the default).
+per setting, --rounds times, so drifting load hits both alike. Prints decode ms/token p50 and
+probe items/s for each case (medians over the rounds), and the slowdown busy/idle with a 95%
+interval over the rounds (`intervals.py`; target: 1.5x or less for the default).
 
 The last column is the busy default against the idle default held to the cores the competitors
 leave free (--threads N): above 1x, what the competitor costs beyond its cores; below 1x, what
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from audit.models.aliases import DEFAULT_ALIAS  # noqa: E402
 from audit.threads import USER_WAIT_VARIABLES  # noqa: E402
+from intervals import paired_interval, shown  # noqa: E402
 
 COMPETITORS = {
     "loop": "while True: pass",
@@ -47,6 +50,7 @@ COMPETITORS = {
     "torch": "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\nwhile True: a @ a",
 }
 TARGET = 1.5
+median = statistics.median
 
 
 def settings(cores: int, wait_sweep: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -85,6 +89,21 @@ def probe_rate(extra: list[str], env: dict[str, str], args: argparse.Namespace) 
     return float(data["items_per_s"]), taken
 
 
+def slowdown(slow: list[float], fast: list[float]) -> tuple[float, float, float]:
+    """median(slow) / median(fast) (times, or rates the other way round), with its interval over
+    the rounds: each round's idle and busy cases ran one after the other, so they are paired."""
+    return paired_interval(lambda a, b: median(a) / median(b), slow, fast)
+
+
+def target_verdict(ratio: tuple[float, float, float], rounds: int) -> str:
+    value, _, high = ratio
+    if value > TARGET:
+        return "NOT met"
+    if rounds < 2:
+        return "met (one round: no interval)"
+    return "met, the whole interval within it" if high <= TARGET else f"met by the median only (the interval reaches {high:.2f}x)"
+
+
 def with_competitors(kind: str, count: int, measure):
     hogs = [subprocess.Popen([sys.executable, "-c", COMPETITORS[kind]], cwd=ROOT) for _ in range(count)]
     try:
@@ -104,9 +123,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed profile runs per case (default 5)")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens per profile run (default 16)")
     parser.add_argument("--probe-limit", type=int, default=24, help="built-in probe items per category (default 24: long enough for a steady rate)")
+    parser.add_argument("--rounds", type=int, default=3, help="idle and busy cases per setting, in turns (default 3)")
     parser.add_argument("--only", choices=("profile", "probe"), help="measure one of the two")
     parser.add_argument("--wait-sweep", action="store_true", help="also every core under shorter spins and a passive wait")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     cores = os.cpu_count() or 1
 
     rows = []
@@ -115,27 +137,39 @@ def main() -> int:
     for name, (extra, env) in settings(cores, args.wait_sweep).items():
         held = ["--threads", str(busy_default_threads)] if name == "default" else None
         if args.only != "probe":
-            idle, idle_threads = decode_ms(extra, env, args)
-            busy, busy_threads = with_competitors(args.competitor, args.competitors, lambda: decode_ms(extra, env, args))
-            if held and busy_threads:
-                held = ["--threads", str(busy_threads)]
-            same = decode_ms(held, env, args)[0] if held else None
-            rows.append(("profile decode ms/token", name, idle, busy, busy / idle, f"{idle_threads} / {busy_threads}",
-                         None if same is None else busy / same))
+            idle, busy, same = [], [], []
+            for _ in range(args.rounds):
+                ms, idle_threads = decode_ms(extra, env, args)
+                idle.append(ms)
+                ms, busy_threads = with_competitors(args.competitor, args.competitors, lambda: decode_ms(extra, env, args))
+                busy.append(ms)
+                if held and busy_threads:
+                    held = ["--threads", str(busy_threads)]
+                if held:
+                    same.append(decode_ms(held, env, args)[0])
+            rows.append(("profile decode ms/token", name, idle, busy, slowdown(busy, idle), f"{idle_threads} / {busy_threads}",
+                         median(busy) / median(same) if same else None))
         if args.only != "profile":
-            idle, idle_threads = probe_rate(extra, env, args)
-            busy, busy_threads = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
-            same = probe_rate(held, env, args)[0] if held else None
-            rows.append(("probe items/s", name, idle, busy, idle / busy, f"{idle_threads} / {busy_threads}",
-                         None if same is None else same / busy))
+            idle, busy, same = [], [], []
+            for _ in range(args.rounds):
+                rate, idle_threads = probe_rate(extra, env, args)
+                idle.append(rate)
+                rate, busy_threads = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
+                busy.append(rate)
+                if held:
+                    same.append(probe_rate(held, env, args)[0])
+            rows.append(("probe items/s", name, idle, busy, slowdown(idle, busy), f"{idle_threads} / {busy_threads}",
+                         median(same) / median(busy) if same else None))
 
-    print(f"{args.model}: {cores} cores, {args.competitors} competing '{args.competitor}' process(es); slowdown = busy time / idle time")
-    print(f"{'figure':<24} {'setting':<21} {'idle':>8} {'busy':>8} {'slowdown':>9}  {'threads idle / busy':<20} busy / idle at busy threads")
-    for figure, name, idle, busy, slowdown, threads, same in rows:
-        print(f"{figure:<24} {name:<21} {idle:>8.1f} {busy:>8.1f} {slowdown:>8.2f}x  {threads:<20} {'' if same is None else f'{same:.2f}x'}")
-    defaults = [slowdown for _, name, _, _, slowdown, _, _ in rows if name == "default"]
+    print(f"{args.model}: {cores} cores, {args.competitors} competing '{args.competitor}' process(es), {args.rounds} round(s) of "
+          f"each case; slowdown = busy time / idle time, medians over the rounds, with a 95% interval over them")
+    print(f"{'figure':<24} {'setting':<21} {'idle':>8} {'busy':>8} {'slowdown':<34} {'threads idle / busy':<20} busy / idle at busy threads")
+    for figure, name, idle, busy, ratio, threads, same in rows:
+        print(f"{figure:<24} {name:<21} {median(idle):>8.1f} {median(busy):>8.1f} {shown(*ratio):<34} {threads:<20} "
+              f"{'' if same is None else f'{same:.2f}x'}")
+    defaults = [ratio for _, name, _, _, ratio, _, _ in rows if name == "default"]
     worst = max(defaults)
-    print(f"default settings: worst slowdown {worst:.2f}x, target {TARGET:.1f}x or less: {'met' if worst <= TARGET else 'NOT met'}")
+    print(f"default settings: worst slowdown {shown(*worst)}, target {TARGET:.1f}x or less: {target_verdict(worst, args.rounds)}")
     held = [same for _, name, _, _, _, _, same in rows if name == "default" and same is not None]
     if held:
         print(f"default settings against idle at the threads they take when busy: worst {max(held):.2f}x")

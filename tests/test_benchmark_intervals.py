@@ -75,3 +75,13 @@ def test_decode_ratio_intervals_pair_the_rounds():
     # 7.5 * 4.5 / 30 = 1.125. End to end: 10 * 3.1 / 31 = 1.0 and 5 * 6.1 / 31 = 0.984 alone, 7.5 * 4.6 / 31 both.
     assert (d, d_low, d_high) == (pytest.approx(1.125), pytest.approx(1.0), pytest.approx(1.125))
     assert (e, e_low, e_high) == (pytest.approx(7.5 * 4.6 / 31), pytest.approx(5 * 6.1 / 31), pytest.approx(7.5 * 4.6 / 31))
+
+
+def test_contention_slowdown_and_verdict():
+    contention = benchmark_script("contention")
+    # Busy 30 and 45 ms against idle 20 and 30 ms: 1.5x in each round, 37.5 / 25 = 1.5x over both.
+    assert contention.slowdown([30.0, 45.0], [20.0, 30.0]) == (1.5, 1.5, 1.5)
+    assert contention.target_verdict((1.4, 1.3, 1.45), 3) == "met, the whole interval within it"
+    assert contention.target_verdict((1.4, 1.3, 1.62), 3) == "met by the median only (the interval reaches 1.62x)"
+    assert contention.target_verdict((1.4, 1.4, 1.4), 1) == "met (one round: no interval)"
+    assert contention.target_verdict((1.51, 1.3, 1.7), 3) == "NOT met"
