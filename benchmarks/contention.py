@@ -104,6 +104,24 @@ def target_verdict(ratio: tuple[float, float, float], rounds: int) -> str:
     return "met, the whole interval within it" if high <= TARGET else f"met by the median only (the interval reaches {high:.2f}x)"
 
 
+def in_turns(measure, extra: list[str], env: dict[str, str], args: argparse.Namespace, held: list[str] | None,
+             held_follows_busy: bool) -> tuple[list[float], list[float], list[float], str]:
+    """--rounds turns of one figure: idle, then busy, then (for the default) idle at the threads
+    `held` gives, which for profile are the threads it took when busy. Returns the three lists
+    and the threads taken idle / busy."""
+    idle, busy, same = [], [], []
+    for _ in range(args.rounds):
+        value, idle_threads = measure(extra, env, args)
+        idle.append(value)
+        value, busy_threads = with_competitors(args.competitor, args.competitors, lambda: measure(extra, env, args))
+        busy.append(value)
+        if held and held_follows_busy and busy_threads:
+            held = ["--threads", str(busy_threads)]
+        if held:
+            same.append(measure(held, env, args)[0])
+    return idle, busy, same, f"{idle_threads} / {busy_threads}"
+
+
 def with_competitors(kind: str, count: int, measure):
     hogs = [subprocess.Popen([sys.executable, "-c", COMPETITORS[kind]], cwd=ROOT) for _ in range(count)]
     try:
@@ -137,28 +155,12 @@ def main() -> int:
     for name, (extra, env) in settings(cores, args.wait_sweep).items():
         held = ["--threads", str(busy_default_threads)] if name == "default" else None
         if args.only != "probe":
-            idle, busy, same = [], [], []
-            for _ in range(args.rounds):
-                ms, idle_threads = decode_ms(extra, env, args)
-                idle.append(ms)
-                ms, busy_threads = with_competitors(args.competitor, args.competitors, lambda: decode_ms(extra, env, args))
-                busy.append(ms)
-                if held and busy_threads:
-                    held = ["--threads", str(busy_threads)]
-                if held:
-                    same.append(decode_ms(held, env, args)[0])
-            rows.append(("profile decode ms/token", name, idle, busy, slowdown(busy, idle), f"{idle_threads} / {busy_threads}",
+            idle, busy, same, threads = in_turns(decode_ms, extra, env, args, held, held_follows_busy=True)
+            rows.append(("profile decode ms/token", name, idle, busy, slowdown(busy, idle), threads,
                          median(busy) / median(same) if same else None))
         if args.only != "profile":
-            idle, busy, same = [], [], []
-            for _ in range(args.rounds):
-                rate, idle_threads = probe_rate(extra, env, args)
-                idle.append(rate)
-                rate, busy_threads = with_competitors(args.competitor, args.competitors, lambda: probe_rate(extra, env, args))
-                busy.append(rate)
-                if held:
-                    same.append(probe_rate(held, env, args)[0])
-            rows.append(("probe items/s", name, idle, busy, slowdown(idle, busy), f"{idle_threads} / {busy_threads}",
+            idle, busy, same, threads = in_turns(probe_rate, extra, env, args, held, held_follows_busy=False)
+            rows.append(("probe items/s", name, idle, busy, slowdown(idle, busy), threads,
                          median(same) / median(busy) if same else None))
 
     print(f"{args.model}: {cores} cores, {args.competitors} competing '{args.competitor}' process(es), {args.rounds} round(s) of "
