@@ -8,11 +8,11 @@ as shipped, or `--per-tensor` / `--no-outlier-rule` to see what they fix). Perpl
 product's held-out text and chunk length. Decode ms/token is timed in rounds that alternate the
 models (baseline, then each variant, then again), all at the same thread count, so shared load
 hits them alike; the ratio is baseline ms / variant ms (medians over every step of every round),
-with a 95% bootstrap interval over the rounds, resampled whole (`intervals.py`). Each thread count of `--threads` (1 and
-2 unless given) gets its own table, with the models loaded again for it. The two differ: a
-decode step of an int8 model is many products of a few microseconds each, and waking a second
-thread for each (the product's idle threads sleep after a short spin) costs more than it saves,
-while the float baseline's longer products gain from it.
+with a 95% bootstrap interval over the rounds, resampled whole (`intervals.py`). Each thread
+count of `--threads` (1 and 2 unless given) gets its own table, with the models loaded again for
+it. The two differ: a decode step of an int8 model is many products of a few microseconds each,
+and waking a second thread for each (the product's idle threads sleep after a short spin) costs
+more than it saves, while the float baseline's longer products gain from it.
 `--ungrouped` adds int8-dynamic loaded without its shared-input groups (query, key and value,
 and gate and up, each multiplied alone), to show what multiplying them as one gains.
 `--unsmoothed` adds int8-dynamic built without activation smoothing (the input ranges left in
@@ -150,11 +150,13 @@ def main() -> int:
         print(f"{'variant':22s} {'perplexity':>10s} {'delta %':>8s} {'decode ms/tok p50':>18s} {'speed x':>8s}  targets (ppl <= +{PPL_TARGET_PCT:g}%, speed >= {SPEED_TARGET}x)")
         for name in names:
             delta = 100.0 * (ppl[name].perplexity / base_ppl - 1.0)
-            ratio = ms["baseline"] / ms[name]
-            verdict = "" if name == "baseline" else (
-                f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}; "
-                f"speed {shown(*speed_interval(rounds['baseline'], rounds[name]))}"
-            )
+            if name == "baseline":
+                ratio, verdict = 1.0, ""
+            else:
+                speed = speed_interval(rounds["baseline"], rounds[name])
+                ratio = speed[0]
+                verdict = (f"ppl {'met' if delta <= PPL_TARGET_PCT else 'NOT met'}, speed {'met' if ratio >= SPEED_TARGET else 'NOT met'}; "
+                           f"speed {shown(*speed)}")
             print(f"{name:22s} {ppl[name].perplexity:10.3f} {delta:+8.1f} {ms[name]:18.2f} {ratio:8.2f}  {verdict}")
     return 0
 

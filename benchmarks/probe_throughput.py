@@ -239,14 +239,16 @@ def main() -> int:
     engine(items[:4])
     engine(items[:4], "naive")
 
-    crows = {"engine": ([], 0.0), "naive": ([], 0.0), "lm_eval": ([], 0.0), "engine_on_naive_pairs": ([], 0.0)}
-    turns: dict[str, list[float]] = {"engine": [], "lm_eval": []}  # seconds per chunk, for the ratio's interval
+    # Each path's scores, and its seconds per chunk (the turns a ratio's interval resamples).
+    crows: dict[str, tuple[list, list[float]]] = {path: ([], []) for path in ("engine", "naive", "lm_eval", "engine_on_naive_pairs")}
 
     def add(path, scores, seconds):
-        old, old_s = crows[path]
-        crows[path] = (old + scores, old_s + seconds)
-        if path in turns:
-            turns[path].append(seconds)
+        crows[path][0].extend(scores)
+        crows[path][1].append(seconds)
+
+    def scored(path) -> tuple[list, float]:
+        scores, turns = crows[path]
+        return scores, sum(turns)
 
     for start in range(0, len(items), args.chunk_pairs):
         chunk = items[start : start + args.chunk_pairs]
@@ -259,12 +261,12 @@ def main() -> int:
         if lm_eval is not None:
             add("lm_eval", *lm_eval.score([item.options for item in chunk]))
         done = start + len(chunk)
-        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {v[1]:.1f} s" for k, v in crows.items() if v[0]),
+        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[0]),
               file=sys.stderr, flush=True)
     if lm_eval is not None:
         lm_eval.close()
 
-    engine_scores, engine_s = crows["engine"]
+    engine_scores, engine_s = scored("engine")
     result["crows_pairs"] = len(items)
     if getattr(model, "_packing", None):  # the engine scored these pairs as token trees
         fed = tokens_fed([score_request(model, item) for item in items], args.batch_items, args.chunk_pairs)
@@ -283,8 +285,8 @@ def main() -> int:
         result["crows_lm_eval_floor_s"] = round(floor["lm_eval"], 2)
     result["crows_engine_pairs_per_s"] = round(len(items) / engine_s, 3)
     result["crows_engine_pct_stereotype"] = pct_stereotype(engine_scores)
-    naive_scores, naive_s = crows["naive"]
-    sub_scores, sub_s = crows["engine_on_naive_pairs"]
+    naive_scores, naive_s = scored("naive")
+    sub_scores, sub_s = scored("engine_on_naive_pairs")
     result["crows_naive_pairs"] = n_naive
     if n_naive:
         result["crows_naive_pairs_per_s"] = round(n_naive / naive_s, 3)
@@ -296,12 +298,12 @@ def main() -> int:
         result["crows_max_abs_logprob_diff_engine_naive"] = float(
             f"{max(abs(x - y) for a, b in zip(sub_scores, naive_scores) for x, y in zip(a, b)):.3g}")
     if lm_eval is not None:
-        lm_scores, lm_s = crows["lm_eval"]
+        lm_scores, lm_s = scored("lm_eval")
         result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
         result["crows_engine_over_lm_eval"] = round(lm_s / engine_s, 2)
-        _, low, high = paired_interval(ratio_of_sums, turns["lm_eval"], turns["engine"])
+        _, low, high = paired_interval(ratio_of_sums, crows["lm_eval"][1], crows["engine"][1])
         result["crows_engine_over_lm_eval_interval"] = [round(low, 2), round(high, 2)]
-        result["crows_chunks"] = len(turns["engine"])
+        result["crows_chunks"] = len(crows["engine"][1])
         result["crows_lm_eval_pct_stereotype"] = pct_stereotype(lm_scores)
         if "crows_lm_eval_tokens_fed" in result:
             result["crows_lm_eval_ms_per_token"] = round(1000 * lm_s / result["crows_lm_eval_tokens_fed"], 4)
@@ -316,19 +318,18 @@ def main() -> int:
         bbq_items = load_suite(f"bbq:{args.bbq}", limit=args.bbq_per_category).items
         engine(bbq_items[:4])
         packed, naive = [], []
-        packed_s = naive_s = 0.0
-        packed_turns, naive_turns = [], []
+        packed_turns, naive_turns = [], []  # seconds per batch
         for start in range(0, len(bbq_items), args.batch_items):
             chunk = bbq_items[start : start + args.batch_items]
             scores, seconds = engine(chunk)
             packed += scores
-            packed_s += seconds
             packed_turns.append(seconds)
             scores, seconds = engine(chunk, "naive")
             naive += scores
-            naive_s += seconds
             naive_turns.append(seconds)
-            print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {packed_s:.1f} s, naive {naive_s:.1f} s", file=sys.stderr, flush=True)
+            print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {sum(packed_turns):.1f} s, naive {sum(naive_turns):.1f} s",
+                  file=sys.stderr, flush=True)
+        packed_s, naive_s = sum(packed_turns), sum(naive_turns)
         result["bbq_items"] = len(bbq_items)
         result["bbq_engine_items_per_s"] = round(len(bbq_items) / packed_s, 3)
         result["bbq_naive_items_per_s"] = round(len(bbq_items) / naive_s, 3)
