@@ -179,7 +179,8 @@ def plain_finding(finding: dict[str, Any]) -> str:
     if finding["reason"].startswith("not judged"):
         return f"{named} not judged ({'baseline ' if against_degraded_baseline(finding['reason']) else ''}too degraded)"
     if value is None:
-        return f"{named} not measured ({finding['reason']})"
+        # A figure decided without a finite value is infinite (perplexity of a token of probability 0).
+        return f"{named} infinite" if finding["verdict"] == FAIL else f"{named} not measured ({finding['reason']})"
     shown = f"{value:+.3g}" if unit == "%" else f"{value:.3g}"
     if finding["verdict"] == FAIL:
         over = ">" if finding["limit_is"] == "max" else "<="
@@ -262,6 +263,8 @@ def _decide_max(measured: Measurement, limit: float) -> tuple[str, str, int | No
     """(verdict, reason, items to settle) for a figure that must stay at or below `limit`."""
     if measured.value is None or measured.lower is None or measured.upper is None:
         return INCONCLUSIVE, measured.note or "not measured, so the rule cannot be shown to hold", None
+    if any(math.isnan(x) for x in (measured.value, measured.lower, measured.upper)):
+        return INCONCLUSIVE, "not a number, so the rule cannot be shown to hold", None
     if measured.upper <= limit:
         return PASS, "upper bound within the limit", None
     if measured.lower > limit:

@@ -17,6 +17,8 @@ from audit.stats import Bounds, log_ratio_bounds
 
 HELDOUT_FILE = "heldout_en.txt"
 DEFAULT_CHUNK_TOKENS = 512
+# Past this mean negative log-likelihood per token, exp() overflows a float: the perplexity is infinite.
+MAX_LOG_PERPLEXITY = math.log(1.7e308)
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,21 @@ def change_bounds(baseline: dict, variant: dict, confidence: float) -> tuple[Bou
         return None, "per-chunk figures not stored (measured by an earlier version): measure perplexity again"
     if base_tokens != var_tokens or baseline.get("source") != variant.get("source"):
         return None, "not comparable: the perplexity text or its chunks differ"
+    for who, nll in (("baseline", base_nll), ("variant", var_nll)):
+        if not_a_number := sum(math.isnan(x) for x in nll):
+            return None, f"the {who}'s log-likelihood is not a number on {not_a_number} of {len(nll)} chunks: no change can be measured"
+    if infinite := sum(math.isinf(x) for x in base_nll):
+        return None, (f"the baseline's perplexity is infinite (a token of probability 0 in {infinite} of {len(base_nll)} chunks): "
+                      "no change can be measured against it")
+    if any(math.isinf(x) for x in var_nll):
+        # A token of probability 0: the variant's perplexity is infinite, and so is its rise.
+        return Bounds(math.inf, math.inf, math.inf, len(var_nll), confidence), None
     # log(ppl_variant / ppl_baseline) is the token-weighted mean of per-chunk differences.
     differences = [(v - b) / t for b, v, t in zip(base_nll, var_nll, base_tokens)]
     log_ratio = log_ratio_bounds(differences, base_tokens, confidence)
 
     def pct(x: float | None) -> float | None:
-        if x is None:
+        if x is None or math.isnan(x):
             return None
         return 100.0 * math.expm1(min(x, 700.0)) if math.isfinite(x) else (math.inf if x > 0 else -100.0)
 
@@ -132,7 +143,7 @@ def perplexity(
         yield Progress("perplexity", index, len(requests), f"{index}/{len(requests)} chunks")
     nll, n_tokens = sum(chunk_nll), sum(chunk_counts)
     return PerplexityResult(
-        perplexity=math.exp(nll / n_tokens),
+        perplexity=math.exp(nll / n_tokens) if nll / n_tokens < MAX_LOG_PERPLEXITY else math.inf,
         nll_sum=nll,
         n_tokens=n_tokens,
         n_chunks=len(requests),

@@ -14,13 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from audit import atomic, checks
+from audit import atomic, checks, jsonout
 from audit.errors import UserError, first_line
 from audit.fingerprint import canonical_json
 from audit.paths import read_text
@@ -197,17 +196,6 @@ def record_title(record: Mapping[str, Any]) -> str:
 
 
 # -- building a record from the store ------------------------------------------------------------
-def _finite(value: Any) -> Any:
-    """JSON without NaN or infinity (which the canonical form refuses)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def stratified_sample(rows: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
     """A fixed sample of `count` items, spread over strata (suite, category, condition): each
     stratum's items in the order of a hash of their ids, taken in turn from each stratum."""
@@ -462,7 +450,7 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
         "perplexity": _perplexity_section(store, run_id, variant, view.plan),
         "envelope": _envelope((profile_step or {}).get("result"), max_decode_ms),
     }
-    return _finite(record)
+    return jsonout.finite(record)  # JSON without NaN or infinity (which the canonical form refuses)
 
 
 def export_record(

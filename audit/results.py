@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +20,7 @@ PROBE_PREFIX = "probe:"
 NOISE_PREFIX = "noise:"  # the baseline scored again with other seeds (sampled generation)
 
 def _relative_pct(before: float | None, after: float | None) -> float | None:
-    if before is None or after is None or before == 0:
+    if before is None or after is None or before == 0 or math.isnan(before) or math.isnan(after):
         return None
     return round(100.0 * (after - before) / abs(before), 3)
 

@@ -251,6 +251,8 @@ def log_ratio_bounds(differences: Sequence[float], weights: Sequence[float], con
     n = d.size
     if n == 0:
         return Bounds(None, -math.inf, math.inf, 0, confidence)
+    if not np.isfinite(d).all():
+        return Bounds(None, None, None, n, confidence)  # no mean, and no bounds, from a NaN or infinite chunk
     w = w / w.sum()
     value = float(np.sum(w * d))
     if n == 1:

@@ -2,6 +2,7 @@
 `probe-compare --gate` for CI."""
 
 import json
+import math
 import random
 
 import pytest
@@ -289,3 +290,82 @@ def test_stored_run_measures_what_the_gate_reads(tmp_path):
     assert rate.value == pytest.approx(comparison["transition_rate"]["value"], abs=1e-4) and rate.value > 0
     report = evaluate_gate(GateSettings((GateRule("srs_relative_change_pct", max=25.0),), competence=False), ["wanda-50", "int8-dynamic"], view)
     assert [round(f.value, 3) for f in report.findings] == [150.0, 0.0]
+
+
+def ppl_result(chunk_nll, tokens=512):
+    return {"chunk_nll": list(chunk_nll), "chunk_token_counts": [tokens] * len(chunk_nll), "source": "text"}
+
+
+def perplexity_verdict(base_nll, variant_nll, limit=50.0):
+    from audit.gate import Measurement, _decide_max
+    from audit.perplexity import change_bounds
+
+    bounds, note = change_bounds(ppl_result(base_nll), ppl_result(variant_nll), 0.95)
+    measured = Measurement.of(bounds) if bounds else Measurement(None, note=note)
+    return _decide_max(measured, limit)[:2], measured
+
+
+def test_a_variant_with_a_token_of_probability_zero_fails_the_perplexity_rule():
+    """A chunk's NLL of +inf (a target token at log-probability -inf) makes the variant's
+    perplexity infinite: certainly over any limit, never "perplexity fell 100%"."""
+    base = [1500.0 + i for i in range(8)]
+    (verdict, _), measured = perplexity_verdict(base, [1600.0] * 7 + [float("inf")])
+    assert verdict == "fail" and measured.lower == float("inf")
+    finding = {"check": "rule", "metric": "perplexity_relative_change_pct", "category": "overall", "verdict": "fail",
+               "value": None, "lower": None, "upper": None, "limit": 50.0, "limit_is": "max", "reason": "lower bound over the limit"}
+    assert plain_finding(finding) == "perplexity infinite"
+
+
+def test_a_perplexity_that_is_not_a_number_is_inconclusive_never_a_pass():
+    base = [1500.0 + i for i in range(8)]
+    (verdict, reason), _ = perplexity_verdict(base, [1600.0] * 7 + [float("nan")])
+    assert verdict == "inconclusive" and "variant's log-likelihood is not a number on 1 of 8 chunks" in reason
+    (verdict, reason), _ = perplexity_verdict([float("nan")] + base[1:], [1600.0] * 8)
+    assert verdict == "inconclusive" and "baseline's log-likelihood is not a number" in reason
+    # A baseline of infinite perplexity leaves nothing to measure a change against (not -100%).
+    (verdict, reason), _ = perplexity_verdict([float("inf")] + base[1:], [1600.0] * 8)
+    assert verdict == "inconclusive" and "baseline's perplexity is infinite" in reason
+
+
+def test_finite_chunks_still_give_the_change_and_a_nan_bound_never_passes():
+    from audit.gate import Measurement, _decide_max
+
+    base = [1000.0, 1010.0, 990.0, 1000.0]
+    (verdict, _), measured = perplexity_verdict(base, [x + 512 * 0.01 for x in base], limit=5.0)
+    # Every chunk's mean NLL per token rose by exactly 0.01 nats: exp(0.01) - 1 = +1.005%, no spread.
+    assert verdict == "pass" and measured.value == pytest.approx(100 * math.expm1(0.01))
+    assert measured.lower == pytest.approx(measured.upper)
+    nan = float("nan")
+    assert _decide_max(Measurement(1.0, nan, nan), 50.0)[0] == "inconclusive"
+
+
+def test_a_run_with_a_perplexity_that_is_not_a_number_reads_as_inconclusive_in_strict_json(tmp_path, capsys, monkeypatch):
+    """A stored variant whose every chunk scored NaN: the perplexity rule is inconclusive and says
+    why, its change is shown as not measured, and every JSON it gives is strict (no NaN token)."""
+    from tests.app_support import AUDIT_VARIANTS, build_audit_store
+
+    variants = list(AUDIT_VARIANTS)
+    variants[1] = variants[1][:4] + (float("nan"),) + variants[1][5:]  # wanda-50
+    store = tmp_path / "results.db"
+    run_id = build_audit_store(store, variants=tuple(variants))
+    monkeypatch.chdir(tmp_path)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in JSON output"))
+
+    assert main(["runs", "show", str(run_id), "--store", str(store), "--json"]) == 0
+    shown = strict(capsys.readouterr().out)
+    wanda = next(v for v in shown["variants"] if v["variant"] == "wanda-50")
+    assert wanda["perplexity"] is None and wanda["perplexity_relative_change_pct"] is None
+    finding = next(f for f in shown["gate"]["findings"] if f["variant"] == "wanda-50" and f["metric"] == "perplexity_relative_change_pct")
+    assert finding["verdict"] == "inconclusive" and "not a number on 10 of 10 chunks" in finding["reason"]
+    assert main(["runs", "report", str(run_id), "--store", str(store), "--out", str(tmp_path / "report")]) == 0
+    strict((tmp_path / "report" / "report.json").read_text())
+
+
+def test_json_output_has_no_non_finite_numbers():
+    from audit import jsonout
+
+    data = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": "NaN", "e": 3}}
+    assert jsonout.finite(data) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": "NaN", "e": 3}}
+    assert jsonout.dumps(data, sort_keys=True) == '{"a": null, "b": [1.5, null, [null, 2]], "c": {"d": "NaN", "e": 3}}'

@@ -108,3 +108,16 @@ def test_cli_perplexity(tiny_llama, tmp_path, capsys):
     assert data["n_tokens"] == want.n_tokens and data["seconds"] >= 0 and data["backend"] == "pytorch"
     assert main(["perplexity", "--model", str(tiny_llama), "--text", str(tmp_path / "none.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_perplexity_too_large_for_a_float_is_infinite(llama, monkeypatch):
+    """A model giving every token a log-probability of -1000 has perplexity e^1000: past a float,
+    so infinite, not an OverflowError."""
+    from audit.models.interface import ContinuationScore
+
+    def score(requests, strategy="packed"):
+        return [[ContinuationScore(-1000.0 * len(c), len(c), False) for c in r.continuations] for r in requests]
+
+    monkeypatch.setattr(llama, "score", score)
+    result = drive(perplexity(llama, TEXT, chunk_tokens=16))
+    assert result.perplexity == math.inf and result.nll_sum == 1000.0 * result.n_tokens

@@ -216,3 +216,9 @@ def test_items_to_settle():
     assert items_to_settle(Bounds(0.20, 0.10, 0.30, 100, 0.95), 0.20) is None
     # On the limit but for rounding: no number of items settles it.
     assert items_to_settle(Bounds(25.000000000001, 10.0, 40.0, 100, 0.95), 25.0) is None
+
+
+def test_chunk_bounds_of_a_non_finite_chunk_are_not_given():
+    for bad in (math.inf, -math.inf, math.nan):
+        b = log_ratio_bounds([0.1, 0.2, bad], [512, 512, 512], 0.95)
+        assert (b.value, b.lower, b.upper, b.n) == (None, None, None, 3)

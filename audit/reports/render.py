@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from audit import atomic
+from audit import atomic, jsonout
 from audit.gate import BASELINE
 from audit.reports import svg
 from audit.results import BIASED, CORRECTED, STEREOTYPED
@@ -824,7 +823,7 @@ def write_report(folder: Path, data: dict[str, Any]) -> dict[str, str]:
     files = {
         "md": render_markdown(data),
         "html": render_html(data),
-        "json": json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
+        "json": jsonout.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
     }
     for suffix, text in files.items():
         atomic.write_text(folder / f"report.{suffix}", text)

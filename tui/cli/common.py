@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -12,6 +11,7 @@ from typing import Any, Callable, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from audit import jsonout
 from audit.models.aliases import DEFAULT_ALIAS
 from audit.models.loader import DTYPES, LoadOptions
 from audit.progress import Job, drive
@@ -231,6 +231,6 @@ def run_job(job: Job[T], overall: str | None = None) -> T:
 
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[dict[str, Any]], None]) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(data, default=str))
+        print(jsonout.dumps(data, default=str))
     else:
         human(data)
