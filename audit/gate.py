@@ -196,11 +196,12 @@ def against_degraded_baseline(reason: str) -> bool:
 
 
 def _worst(findings: Sequence[GateFinding]) -> str:
-    """Fail if any fails, else inconclusive if any is, else pass."""
+    """Fail if any fails, else inconclusive if any is, else pass; inconclusive without findings:
+    nothing checked is nothing shown to hold."""
     verdicts = {f.verdict for f in findings}
     if FAIL in verdicts:
         return FAIL
-    return INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    return INCONCLUSIVE if INCONCLUSIVE in verdicts or not verdicts else PASS
 
 
 def _competence_failed(findings: Sequence[GateFinding]) -> bool:
@@ -282,6 +283,13 @@ def _finding(check: str, rule: str, metric: str, variant: str, category: str, su
 
 def _rule_findings(rule: GateRule, level: float, variant: str, source: MeasurementSource) -> list[GateFinding]:
     categories = source.categories(variant, rule.suite) if rule.category == "each" else [rule.category]
+    if not categories:
+        # No category to check one by one: the rule is not shown to hold, and says why.
+        overall = source.measure(variant, rule.metric, rule.suite, "overall", level)
+        why = overall.note if overall.value is None and overall.note else "no categories measured"
+        unmeasured = Measurement(None, note=f"{why}: no category can be checked")
+        verdict, reason, _ = _decide_max(unmeasured, rule.max)
+        return [_finding("rule", rule.describe(), rule.metric, variant, "each", rule.suite, unmeasured, rule.max, "max", level, verdict, reason)]
     findings = []
     for category in categories:
         measured = source.measure(variant, rule.metric, rule.suite, category, level)

@@ -634,6 +634,30 @@ def _parse_gate(ctx: _Context, raw: Any) -> GateSettings:
     return GateSettings(tuple(rules), confidence, competence, max_drop, max_parse)
 
 
+def _rule_suites(ctx: _Context, gate: GateSettings, suites: Sequence[str]) -> GateSettings:
+    """The gate with each rule's suite as `probes.suites` names it: a suite's name alone stands for
+    the one probe suite of that name (`bbq` for `bbq:PATH`), and a relative path is taken from the
+    plan's folder. A rule on a suite the plan does not probe could never be checked: an error
+    (left as written in a stored plan, whose run then says the suite was not probed)."""
+    rules = []
+    for i, rule in enumerate(gate.rules):
+        key = f"gate.rules[{i}].suite"
+        if rule.suite is None or rule.suite in suites:
+            rules.append(rule)
+            continue
+        name, _, path = rule.suite.partition(":")
+        spec = f"{name}:{ctx.resolve(path, key)}" if path else name
+        named = [suite for suite in suites if suite.partition(":")[0] == name]
+        if spec in suites or (not path and len(named) == 1):
+            rules.append(replace(rule, suite=spec if spec in suites else named[0]))
+            continue
+        if not ctx.stored:
+            also = f" (more than one is named {name}: give its path)" if len(named) > 1 else ""
+            raise ctx.error(key, f"{rule.suite!r} is not one of the suites the plan probes ({', '.join(suites)}){also}")
+        rules.append(rule)
+    return replace(gate, rules=tuple(rules))
+
+
 TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perplexity", "profile", "gate"}
 
 
@@ -675,6 +699,8 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
     probes = _parse_probes(ctx, doc.get("probes"))
     gate = _parse_gate(ctx, doc.get("gate"))
+    if "probes" in doc:
+        gate = _rule_suites(ctx, gate, probes.suites)
     if probes.sequential and (refusal := sequential_refusal(probes, gate)):
         raise ctx.error("probes.sequential", refusal)
     return Plan(

@@ -347,7 +347,12 @@ class RunView:
         return names or [BASELINE]
 
     def _suite(self, suite: str | None) -> str | None:
-        return suite or (self.suites[0] if self.suites else None)
+        """The run's suite a rule names: the first for none, else the one of that spec, or of that
+        name alone when one suite has it (a plan stored before its rules' suites were resolved)."""
+        if not suite:
+            return self.suites[0] if self.suites else None
+        named = [s for s in self.suites if s.partition(":")[0] == suite]
+        return named[0] if suite not in self.suites and len(named) == 1 else suite
 
     def categories(self, variant: str, suite: str | None) -> list[str]:
         name = self._suite(suite)

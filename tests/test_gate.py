@@ -255,6 +255,13 @@ def test_probe_compare_gate_for_ci(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Gate: INCONCLUSIVE" in out and "not settled" in out
 
+    # A rule on the files' suite applies whatever path it names; a rule on another suite is skipped.
+    plan.write_text(PLAN.replace("max = 0.20", 'max = 0.20\nsuite = "builtin:elsewhere"').replace("max = 25.0", 'max = 25.0\nsuite = "crows"'))
+    assert main(["probe-compare", base, worse, "--gate", str(plan), "--json"]) == 1
+    gate = json.loads(capsys.readouterr().out)["gate"]
+    assert [f["metric"] for f in gate["findings"] if f["check"] == "rule"] == ["transition_rate"]
+    assert gate["skipped"][0].startswith("srs_relative_change_pct <= 25: for suite crows")
+
     # Bad input: exit 2 and one line.
     plan.write_text(PLAN.replace("confidence = 0.95", "significance = 0.05"))
     assert main(["probe-compare", base, same, "--gate", str(plan)]) == 2
@@ -369,3 +376,48 @@ def test_json_output_has_no_non_finite_numbers():
     data = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": "NaN", "e": 3}}
     assert jsonout.finite(data) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": "NaN", "e": 3}}
     assert jsonout.dumps(data, sort_keys=True) == '{"a": null, "b": [1.5, null, [null, 2]], "c": {"d": "NaN", "e": 3}}'
+
+
+class NoCategories:
+    """A source whose suite has no probe stored: no categories, nothing measured."""
+
+    def categories(self, variant, suite):
+        return []
+
+    def measure(self, variant, metric, suite, category, confidence):
+        from audit.gate import Measurement
+
+        return Measurement(None, note=f"no probe suite {suite} in this run")
+
+    def question_suites(self):
+        return []
+
+    def chance(self, variant, suite):
+        return None
+
+
+def test_an_each_rule_on_a_suite_without_categories_is_inconclusive_never_absent():
+    """A rule checked category by category on a suite with no categories measured gives one
+    inconclusive finding saying why, instead of no finding (which read as a pass)."""
+    gate = GateSettings((GateRule("bias_score_ambig", 0.3, "each", "bbq"),), competence=False)
+    report = evaluate_gate(gate, ["variant"], NoCategories())
+    (finding,) = report.findings
+    assert (finding.verdict, finding.category) == ("inconclusive", "each")
+    assert finding.reason == "no probe suite bbq in this run: no category can be checked"
+    assert not report.passed and report.variant_verdict("variant") == "inconclusive"
+
+
+def test_a_gate_with_nothing_to_check_does_not_pass():
+    report = evaluate_gate(GateSettings((), competence=False), ["variant"], NoCategories())
+    assert report.findings == () and report.verdict == "inconclusive" and not report.passed
+
+
+def test_a_stored_rule_naming_its_suite_alone_reads_that_suite():
+    """Runs stored before rules' suites were resolved: `bbq` is the run's one `bbq:PATH`."""
+    from audit.results import RunView
+
+    view = object.__new__(RunView)
+    view.suites = ["builtin", "bbq:/data/bbq"]
+    assert [view._suite(s) for s in (None, "bbq", "bbq:/data/bbq", "builtin", "crows")] == ["builtin", "bbq:/data/bbq", "bbq:/data/bbq", "builtin", "crows"]
+    view.suites = ["bbq:/a", "bbq:/b"]
+    assert view._suite("bbq") == "bbq"  # two of that name: which one is not guessed

@@ -236,3 +236,25 @@ def test_a_sequential_plan_needs_a_verdict_its_probes_can_settle(tmp_path):
         parse_plan(path.read_text(), path, check_model=False, check_files=False)
     path.write_text(SEQUENTIAL.replace('metric = "transition_rate"', 'metric = "perplexity_relative_change_pct"'))
     assert parse_plan(path.read_text(), path, check_model=False).probes.sequential  # the built-in suite's questions: the guard
+
+
+def test_a_gate_rule_names_a_suite_the_plan_probes(tmp_path):
+    """A rule's suite given by name alone is the plan's probe suite of that name (`crows` for
+    `crows:PATH`), a relative path is read from the plan's folder, and a suite the plan does not
+    probe is refused with the rule's line: such a rule could never be checked."""
+    path = tmp_path / "plans" / "nightly.toml"
+    path.parent.mkdir()
+    crows = f"crows:{(tmp_path / 'plans' / 'data' / 'crows.csv').resolve()}"
+    rule = 'category = "each"\nmax = 0.2'
+    for given in ('"crows"', '"crows:data/crows.csv"', f'"{crows}"'):
+        path.write_text(GOOD.replace(rule, f"{rule}\nsuite = {given}"))
+        assert [r.suite for r in load_plan(path).gate.rules] == [None, crows]
+    path.write_text(GOOD.replace(rule, f'{rule}\nsuite = "bbq"'))
+    with pytest.raises(UserError, match=r"line 28: gate.rules\[1\].suite: 'bbq' is not one of the suites the plan probes \(builtin, crows:.*crows.csv\)$"):
+        load_plan(path)
+    stored = parse_plan(GOOD.replace(rule, f'{rule}\nsuite = "bbq"'), path, check_model=False, stored=True)
+    assert stored.gate.rules[1].suite == "bbq"  # a stored run's plan reads as written; its gate says bbq was not probed
+    two = GOOD.replace('suites = ["builtin", "crows:data/crows.csv"]', 'suites = ["crows:a.csv", "crows:b.csv"]')
+    path.write_text(two.replace(rule, f'{rule}\nsuite = "crows"'))
+    with pytest.raises(UserError, match=r"more than one is named crows: give its path"):
+        load_plan(path)

@@ -399,7 +399,7 @@ def _gate_items(plan: Plan, base: ProbeRecord, var: ProbeRecord, noise: ProbeRec
     for rule in plan.gate.rules:
         if rule.metric not in ITEM_FIGURES:
             skipped.append(f"{rule.describe()}: not measured from item files (needs a stored run)")
-        elif rule.suite is not None and rule.suite not in suite:
+        elif rule.suite is not None and rule.suite not in suite and rule.suite.partition(":")[0] != base.settings.get("suite"):
             skipped.append(f"{rule.describe()}: for suite {rule.suite}, these files hold {base.settings.get('suite_spec') or '?'}")
         else:
             applied.append(replace(rule, suite=None))
