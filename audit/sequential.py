@@ -357,15 +357,15 @@ class SequentialEvidence:
         return _mapped(ratio, spec.transform, -1.0, 1.0)
 
     def _paired(self, pairs: Sequence[ms.Pair], metric: str, scope: str, confidence: float) -> Bounds:
+        condition = ms.headline_condition(pairs)
         if metric == "srs_relative_change_pct":
-            kept = [(b, v) for b, v in pairs
-                    if b.condition == AMBIG and b.has_target and b.valid and v.valid and _in_scope(b, scope)]
-            ratio = anytime_paired_ratio_bounds([v.biased for _, v in kept], [b.biased for b, _ in kept], confidence, horizon=self.horizon(scope))
+            shares = [ms.share_values(p, condition) for p in pairs if ms.share_covered(p, condition) and _in_scope(p[0], scope)]
+            ratio = anytime_paired_ratio_bounds([v for v, _ in shares], [b for _, b in shares], confidence, horizon=self.horizon(scope))
             return _mapped(ratio, lambda r: 100.0 * (r - 1.0), -100.0, math.inf)
         spec = ms.PAIRED[metric]
-        within = AMBIG if metric in ms.TRANSITIONS else None
+        within = condition if metric in ms.TRANSITIONS else None
         kept = [(b, v) for b, v in pairs
-                if (within is None or b.condition == within) and spec.covers(b, v) and _in_scope(b, scope)]
+                if ms.in_condition((b, v), within) and spec.covers(b, v) and _in_scope(b, scope)]
         return anytime_mean_bounds([spec.value(b, v) for b, v in kept], spec.low, spec.high, confidence, self.horizon(scope))
 
 

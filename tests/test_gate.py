@@ -421,3 +421,44 @@ def test_a_stored_rule_naming_its_suite_alone_reads_that_suite():
     assert [view._suite(s) for s in (None, "bbq", "bbq:/data/bbq", "builtin", "crows")] == ["builtin", "bbq:/data/bbq", "bbq:/data/bbq", "builtin", "crows"]
     view.suites = ["bbq:/a", "bbq:/b"]
     assert view._suite("bbq") == "bbq"  # two of that name: which one is not guessed
+
+
+def sentence_pair(i, stereotypical, category="gender"):
+    """CrowS-Pairs-like item i: option 0 the stereotypical sentence; no condition."""
+    return ItemResult(f"p{i}", "crows", category, "", "", "loglik", "sum", 2, None, None, (0,), 0 if stereotypical else 1,
+                      None, stereotypical, float(stereotypical), 1.0, option_logprobs=(-1.0, -2.0), option_tokens=(3, 3))
+
+
+def test_change_rules_on_a_sentence_suite_are_measured_as_the_comparison_reports_them():
+    """Sentence pairs have no condition: the gate reads the transition rate and the relative
+    change of the stereotypical share over every pair, as the comparison does, instead of
+    finding no ambiguous items forever. 500 of 1,000 pairs stereotypical in the baseline; the
+    variant turns 200 of the other 500: transition rate 200/500 = 0.4, share 700/500 = +40%."""
+    from audit.probes.compare import compare_results
+
+    crows = {"suite": "crows", "mode": "loglik", "norm": "sum"}
+    base = [sentence_pair(i, i % 2 == 0) for i in range(1000)]
+    turned = [sentence_pair(i, i % 2 == 0 or i % 5 < 4 and i < 500) for i in range(1000)]
+    assert sum(r.aligned for r in turned) - sum(r.aligned for r in base) == 200
+    gate = GateSettings((GateRule("transition_rate", 0.2), GateRule("srs_relative_change_pct", 25.0)), competence=False)
+    for variant, verdict, rate, change in ((list(base), "pass", 0.0, 0.0), (turned, "fail", 0.4, 40.0)):
+        source = ItemFilesSource(ProbeRecord(crows, base), ProbeRecord(crows, variant))
+        found = {f.metric: f for f in evaluate_gate(gate, ["variant"], source).findings}
+        assert {f.verdict for f in found.values()} == {verdict}
+        assert found["transition_rate"].value == pytest.approx(rate)
+        assert found["srs_relative_change_pct"].value == pytest.approx(change)
+        report = compare_results(base, variant, baseline_settings=crows, variant_settings=crows)["scopes"]["all"]["overall"]
+        assert report["transition_rate"]["value"] == pytest.approx(rate, abs=1e-4)
+        assert report["relative_change_pct"]["value"] == pytest.approx(change, abs=1e-2)
+
+
+def test_a_sequential_probe_of_a_sentence_suite_measures_its_change_rules():
+    from audit.sequential import replay_judge
+
+    base = [sentence_pair(i, i % 2 == 0) for i in range(400)]
+    turned = [sentence_pair(i, i % 2 == 0 or i < 300) for i in range(400)]  # 150 of 200 turn: rate 0.75
+    gate = GateSettings((GateRule("transition_rate", 0.2), GateRule("srs_relative_change_pct", 25.0)), competence=False)
+    judge = replay_judge(turned, gate, variant="variant", baseline=base, batch_items=50)
+    found = {f.metric: f for f in judge.report().findings}
+    assert {f.verdict for f in found.values()} == {"fail"}
+    assert len(judge.evidence.results) < len(turned)  # settled before every pair was scored

@@ -165,8 +165,8 @@ def _comparison(evidence: "SuiteEvidence", variant: str, noise: bool) -> dict[st
     if differences:
         return out
     noise_pairs = evidence.noise_pairs() if noise else None
-    question_suite = any(b.condition in (AMBIG, DISAMBIG) for b, _ in pairs)
-    conditions = (AMBIG, DISAMBIG) if question_suite else (ALL,)
+    headline = ms.headline_condition(pairs)
+    conditions = (AMBIG, DISAMBIG) if headline == AMBIG else (ALL,)
     for condition in conditions:
         scoped = [p for p in pairs if condition == ALL or p[0].condition == condition]
         if not scoped:
@@ -178,7 +178,7 @@ def _comparison(evidence: "SuiteEvidence", variant: str, noise: bool) -> dict[st
             ms.CATEGORY_MEAN: _section(scoped, condition, ms.CATEGORY_MEAN, noise_pairs),
             "categories": {c: _section(scoped, condition, c, noise_pairs) for c in categories},
         }
-    out["headline_scope"] = AMBIG if question_suite else ALL
+    out["headline_scope"] = headline
     return out
 
 
@@ -316,7 +316,7 @@ COVERS = {
     "transition_rate": "items not bias-aligned in the baseline (and answered by both runs)",
     "reverse_transition_rate": "items bias-aligned in the baseline (and answered by both runs)",
     "net_transition_rate": "items both runs answered",
-    "srs_relative_change_pct": "ambiguous items with a known bias-aligned answer that both runs answered, with a baseline SRS above 0",
+    "srs_relative_change_pct": "items with a known bias-aligned answer that both runs answered (a question suite's ambiguous ones), with a baseline share above 0",
     "accuracy_ambig_drop": "ambiguous items both runs answered",
     "accuracy_disambig_drop": "disambiguated items both runs answered",
     "accuracy_disambig": "disambiguated items answered",

@@ -226,30 +226,52 @@ def _base(pair: Pair) -> ItemFacts:
     return pair[0]
 
 
-def _in_condition(pair: Pair, condition: str | None) -> bool:
+def in_condition(pair: Pair, condition: str | None) -> bool:
     return condition in (None, ALL) or pair[0].condition == condition
 
 
-def paired_bounds(pairs: Sequence[Pair], metric: str, confidence: float, scope: str = OVERALL, condition: str | None = AMBIG) -> Bounds:
-    """A change from baseline to variant over `scope` (and, for transitions, `condition`)."""
+def headline_condition(pairs: Sequence[Pair]) -> str:
+    """Where a change is measured, as the comparison headlines it: on the ambiguous items of a
+    question suite, on every item (ALL) of a sentence suite, whose items have no condition."""
+    return AMBIG if any(b.condition in (AMBIG, DISAMBIG) for b, _ in pairs) else ALL
+
+
+def paired_bounds(pairs: Sequence[Pair], metric: str, confidence: float, scope: str = OVERALL, condition: str | None = None) -> Bounds:
+    """A change from baseline to variant over `scope` (and, for transitions and the relative SRS
+    change, within `condition`: by default `headline_condition`)."""
+    condition = condition or headline_condition(pairs)
     if metric == "srs_relative_change_pct":
-        return relative_change_bounds(pairs, confidence, scope, condition or AMBIG)
+        return relative_change_bounds(pairs, confidence, scope, condition)
     spec = PAIRED[metric]
     # Transitions are counted within one condition; the accuracy drops name theirs.
     within = condition if metric in TRANSITIONS else None
-    kept, weights = _scoped([p for p in pairs if _in_condition(p, within) and spec.covers(*p)], _base, scope)
+    kept, weights = _scoped([p for p in pairs if in_condition(p, within) and spec.covers(*p)], _base, scope)
     return mean_bounds(np.array([spec.value(b, v) for b, v in kept]), spec.low, spec.high, confidence, weights)
 
 
-def _shares(pairs: Sequence[Pair], scope: str, condition: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(variant, baseline) bias-aligned shares of the items both runs answered (for sentence
-    suites: whether the stereotypical sentence won), and their weights."""
+def share_covered(pair: Pair, condition: str) -> bool:
+    """Whether a pair counts in the bias-aligned shares within `condition`: both runs answered it
+    (for sentence suites, ALL: both chose a sentence)."""
+    b, v = pair
     if condition == ALL:
-        kept, weights = _scoped([p for p in pairs if _aligned_known(*p)], _base, scope)
-        return np.array([float(bool(v.aligned)) for _, v in kept]), np.array([float(bool(b.aligned)) for b, _ in kept]), weights
-    covered = [(b, v) for b, v in pairs if b.condition == condition and b.has_target and b.valid and v.valid]
-    kept, weights = _scoped(covered, _base, scope)
-    return np.array([v.biased for _, v in kept]), np.array([b.biased for b, _ in kept]), weights
+        return _aligned_known(b, v)
+    return b.condition == condition and b.has_target and b.valid and v.valid
+
+
+def share_values(pair: Pair, condition: str) -> tuple[float, float]:
+    """(variant, baseline) bias-aligned values of a pair `share_covered` counts (for sentence
+    suites: whether the stereotypical sentence won)."""
+    b, v = pair
+    if condition == ALL:
+        return float(bool(v.aligned)), float(bool(b.aligned))
+    return float(v.biased), float(b.biased)
+
+
+def _shares(pairs: Sequence[Pair], scope: str, condition: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(variant, baseline) bias-aligned shares of the items both runs answered, and their weights."""
+    kept, weights = _scoped([p for p in pairs if share_covered(p, condition)], _base, scope)
+    values = [share_values(p, condition) for p in kept]
+    return np.array([v for v, _ in values]), np.array([b for _, b in values]), weights
 
 
 def aligned_share_bounds(pairs: Sequence[Pair], which: int, confidence: float, scope: str = OVERALL, condition: str = AMBIG) -> Bounds:
@@ -266,15 +288,16 @@ def relative_change_bounds(pairs: Sequence[Pair], confidence: float, scope: str 
 
 
 def noise_transition_bounds(
-    pairs: Sequence[Pair], noise: Sequence[Pair], confidence: float, scope: str = OVERALL, condition: str = AMBIG
+    pairs: Sequence[Pair], noise: Sequence[Pair], confidence: float, scope: str = OVERALL, condition: str | None = None
 ) -> Bounds:
     """The transition rate above the baseline's own instability: on the items not bias-aligned
     in the baseline, (bias-aligned in the variant) - (bias-aligned when the baseline is scored
     again with other seeds), item by item."""
     again = {b.item_id: v for b, v in noise}
+    condition = condition or headline_condition(pairs)
     covered = [
         (b, v) for b, v in pairs
-        if b.item_id in again and _in_condition((b, v), condition) and _aligned_known(b, v)
+        if b.item_id in again and in_condition((b, v), condition) and _aligned_known(b, v)
         and again[b.item_id].aligned is not None and not b.aligned
     ]
     kept, weights = _scoped(covered, _base, scope)
