@@ -468,7 +468,10 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
         name = _get(ctx, data, "name", prefix, str, None) or (Path(path).name if path else _variant_name(prune, quantize))
         variants.append(VariantSpec(name, prune, quantize, path))
     seen: set[str] = set()
-    for variant in variants:
+    listed = len(variants) - len(raw)  # the grid's variants come first, then [[variants]]
+    for i, variant in enumerate(variants):
+        if (problem := variant_name_problem(variant.name)) and not ctx.stored:
+            raise ctx.error(f"variants[{i - listed}].name" if i >= listed else "grid", problem)
         if variant.name in seen or variant.name == "baseline":
             raise ctx.error("variants", f"variant name {variant.name!r} is used twice (or is 'baseline')")
         seen.add(variant.name)
@@ -836,6 +839,26 @@ def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = 
     checked = parse_plan(plan_to_toml(revised), path, check_model=False)
     ctx = _Context(checked.text, path)
     return replace(checked, model=_check_model(ctx, checked.model))
+
+
+MAX_VARIANT_NAME_BYTES = 200  # a folder name, with room for an atomic write's temporary prefix and suffix
+
+
+def variant_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a variant, or None. A variant's name is the name of its folder in
+    the run's work folder: a path (`/tmp/x`, `a/b`, `..`) would write, or replace, a folder
+    elsewhere; a leading dot would hide it among the temporary folders of atomic writes."""
+    if not name.strip():
+        return "a variant name cannot be empty"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return f"variant name {name!r} is a path: it names the variant's folder in the run's work folder, so give a plain name"
+    if name.startswith("."):
+        return f"variant name {name!r} starts with a dot: its folder would be hidden"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"variant name {name!r} holds control characters"
+    if len(name.encode("utf-8")) > MAX_VARIANT_NAME_BYTES:
+        return f"variant name is {len(name.encode('utf-8'))} bytes long: at most {MAX_VARIANT_NAME_BYTES}, since it names a folder"
+    return None
 
 
 def variant_name(prune: PruneRecipe | None, quantize: QuantizeRecipe | None) -> str:

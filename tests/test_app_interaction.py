@@ -94,6 +94,8 @@ def test_a_variant_whose_compression_did_not_finish_is_compressed_again_under_it
         session.variant_to_add(wanda)
     with pytest.raises(UserError, match="'baseline' is the loaded model itself"):
         session.variant_to_add(VariantSpec("baseline", PruneRecipe("wanda", 0.5)))
+    with pytest.raises(UserError, match="variant name '/tmp/elsewhere' is a path"):
+        session.variant_to_add(VariantSpec("/tmp/elsewhere", PruneRecipe("wanda", 0.5)))
 
 
 # -- 2. Models: a failed load -----------------------------------------------------------------------

@@ -258,3 +258,25 @@ def test_a_gate_rule_names_a_suite_the_plan_probes(tmp_path):
     path.write_text(two.replace(rule, f'{rule}\nsuite = "crows"'))
     with pytest.raises(UserError, match=r"more than one is named crows: give its path"):
         load_plan(path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("/tmp/elsewhere", "is a path"), ("a/b", "is a path"), ("..", "is a path"), ("a\\\\b", "is a path"),
+    (".hidden", "starts with a dot"), ("  ", "cannot be empty"), ("tab\there", "control characters"), ("x" * 201, "201 bytes long"),
+])
+def test_a_variant_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name, message):
+    """A variant's name is its folder's name in the run's work folder: `/tmp/x` would replace a
+    folder elsewhere, `a/b` nest one. Refused with the key's line, before anything runs."""
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace('name = "w24-int8"', f"name = {name!r}".replace("'", '"')))
+    with pytest.raises(UserError, match=rf"line 9: variants\[0\].name: .*{message}"):
+        load_plan(path)
+
+
+def test_a_variant_folder_never_lies_outside_the_work_folder(tmp_path):
+    from audit.run.steps import variant_folder
+
+    assert variant_folder(tmp_path, "wanda-50") == tmp_path / "wanda-50"
+    for name in ("/tmp/elsewhere", "../up", "a/b"):
+        with pytest.raises(UserError, match="is a path"):
+            variant_folder(tmp_path, name)

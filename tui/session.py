@@ -14,7 +14,7 @@ from audit.compress.recipe import QUANTIZATION_SCHEME_NAMES
 from audit.errors import UserError
 from audit.models import LanguageModel, LoadOptions
 from audit.models.interface import ModelFacts
-from audit.plans import CalibrationSpec, Plan, ProbeSpec, VariantSpec, default_plan, revise_plan
+from audit.plans import CalibrationSpec, Plan, ProbeSpec, VariantSpec, default_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
 from audit.results import RunView, report_data
 from audit.runner import (
@@ -117,6 +117,8 @@ class Session:
         (UserError) when that recipe is already compressed under that name."""
         if spec.name == BASELINE:
             raise UserError(f"{BASELINE!r} is the loaded model itself: give the variant another name")
+        if problem := variant_name_problem(spec.name):
+            raise UserError(problem)
         variants = {v.name: v for v in self.plan.variants}
         name, suffix = spec.name, 1
         while (taken := variants.get(name)) is not None:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from audit.errors import Cancelled, UserError
 from audit.models.loader import LoadOptions
-from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan
+from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
 from audit.run.steps import (
     BASELINE,
@@ -187,6 +187,8 @@ def start_run(plan: Plan, store_path: Path | None = None, work_dir: Path | None 
 def add_variant(store_path: Path | None, run_id: int, spec: VariantSpec) -> Plan:
     """Add a variant to a stored run: its plan gains the variant and the store its recipe.
     Returns the revised plan."""
+    if problem := variant_name_problem(spec.name):
+        raise UserError(problem)
     with ResultsStore(store_path or default_store_path()) as store:
         plan = stored_plan(store, run_id)
         if spec.name == BASELINE or any(v.name == spec.name for v in plan.variants):

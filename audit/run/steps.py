@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from audit import atomic
 from audit.errors import UserError
-from audit.plans import Plan
+from audit.plans import Plan, variant_name_problem
 from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore, RunRecord
 
@@ -117,6 +117,10 @@ def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[s
 
 
 def variant_folder(work_dir: Path, name: str) -> Path:
+    """The variant's folder: inside the run's work folder, whatever its name (plans refuse names
+    that are paths; a run stored with one is refused here rather than written elsewhere)."""
+    if problem := variant_name_problem(name):
+        raise UserError(problem)
     return work_dir / name
 
 
