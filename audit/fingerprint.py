@@ -11,7 +11,14 @@ config and tokenizer digests. Config files are read as JSON and written canonica
 keys), without `_name_or_path`, which records where a folder was saved, not what it is.
 
 Folders whose weights are not safetensors (ONNX graphs, pickle files) are fingerprinted file
-by file: each weight file counts as one "tensor" named `file:NAME`.
+by file: each weight file counts as one "tensor" named `file:NAME`. Which weights those are is
+decided as loading decides it: a folder holding an ONNX graph is run by ONNX Runtime, so its
+graph files are fingerprinted even beside safetensors files.
+
+Besides weights, config and tokenizer, the fingerprint covers whatever else decides how the
+folder is loaded and run: the safetensors index (which shard holds each tensor), every Python
+file in the folder (the model code `--trust-remote-code` runs) and the document-start token
+edge-audit recorded in `edge_audit.json`.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from audit.errors import UserError
-from audit.models.meta import INT8_FILE, INT8_FORMAT, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, read_meta
-from audit.models.sources import safetensors_header
+from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, read_meta
+from audit.models.sources import SAFETENSORS_INDEX, index_shards, safetensors_header
 from audit.paths import kind, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 
-FINGERPRINT_FORMAT = "edge-audit-fingerprint/1"
+FINGERPRINT_FORMAT = "edge-audit-fingerprint/2"
+# Fingerprints of earlier versions, which covered less: refused with what to do.
+EARLIER_FORMATS = ("edge-audit-fingerprint/1",)
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -91,6 +100,9 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "fingerprint") -> "Fingerprint":
         """A fingerprint as `to_dict` wrote it; anything else is refused in one line."""
+        if isinstance(data, Mapping) and data.get("format") in EARLIER_FORMATS:
+            raise UserError(f"{where} was made by an earlier edge-audit ({data['format']}), which did not fingerprint the model's code, "
+                            "index and document start: export the record again from the audit (`edge-audit record export`)")
         if not isinstance(data, Mapping) or data.get("format") != FINGERPRINT_FORMAT:
             raise UserError(f"{where} is not an {FINGERPRINT_FORMAT} fingerprint")
         try:
@@ -276,13 +288,33 @@ def _weight_files(folder: Path, storage: str | None) -> tuple[str, list[Path]]:
         return INT8_FORMAT, [folder / INT8_FILE]
     if storage is not None:
         raise UserError(f"{folder} is stored as {storage!r}, which this version of edge-audit cannot fingerprint")
+    others = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _FILE_WEIGHTS)
+    if any(p.name.endswith(".onnx") for p in others):
+        return "files", others  # loaded as an ONNX model (`audit.models.sources`), whatever else is there
+    index_shards(folder)  # every shard a file of the folder, so among those read here
     files = sorted(p for p in folder.glob("*.safetensors") if p.name not in (SPARSE_FILE, INT8_FILE))
     if files:
         return "safetensors", files
-    others = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _FILE_WEIGHTS)
     if others:
         return "files", others
     raise UserError(f"{folder} holds no weights edge-audit can fingerprint (no .safetensors, .onnx or .bin files)")
+
+
+def _loading_files(folder: Path) -> dict[str, str]:
+    """Digests of what else decides how the folder is loaded and run: its safetensors index,
+    every Python file in it (`code:PATH`, at any depth) and the document-start token recorded in
+    `edge_audit.json` (its other fields describe the folder's history, and its storage format
+    differs between a folder and its `compressed/` copy of the same weights)."""
+    found: dict[str, str] = {}
+    if (folder / SAFETENSORS_INDEX).is_file():
+        found[SAFETENSORS_INDEX] = _file_digest(folder / SAFETENSORS_INDEX)
+    for path in sorted(folder.rglob("*.py")):
+        if path.is_file():
+            found[f"code:{path.relative_to(folder).as_posix()}"] = _file_digest(path)
+    prefix = read_meta(folder, strict=True).get("text_prefix_token")
+    if prefix is not None:
+        found[f"{META_FILE}:text_prefix_token"] = hashlib.sha256(canonical_json(prefix)).hexdigest()
+    return found
 
 
 def _tensors(folder: Path, storage: str, files: list[Path]) -> Iterator[tuple[str, str, list[int], memoryview | None, Path]]:
@@ -347,7 +379,7 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json: it is not a model folder")
     started = time.perf_counter()
-    storage, files = _weight_files(folder, (read_meta(folder).get("storage") or {}).get("format"))
+    storage, files = _weight_files(folder, (read_meta(folder, strict=True).get("storage") or {}).get("format"))
     total = sum(p.stat().st_size for p in files)
     yield Progress("fingerprint", 0, total, f"fingerprinting {folder.name}")
     tensors: dict[str, str] = {}
@@ -370,6 +402,7 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     config_files = {name: _file_digest(folder / name) for name in CONFIG_FILES if (folder / name).is_file()}
     if storage == INT8_FORMAT:
         config_files.update(_int8_layout(folder))
+    config_files.update(_loading_files(folder))
     tokenizer_files = {name: _file_digest(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
     weights = _part_digest(tensors)
     config = _part_digest(config_files)

@@ -151,6 +151,10 @@ def verify_signature(record: Mapping[str, Any], trusted: Any | None) -> Signatur
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return SignatureCheck("invalid", False, None, f"signature block is damaged ({first_line(exc, 80)})")
     signer = key_id(raw)
+    if block.get("key_id") != signer:
+        # The key id is not signed: one that is not the id of the key the block carries would
+        # show the record as signed by someone else.
+        return SignatureCheck("invalid", False, signer, f"signature block names key {block.get('key_id')!r}, but carries key {signer}")
     if trusted is not None and _public_raw(trusted) != raw:
         return SignatureCheck(
             "trusted-key-mismatch", False, signer, f"signature is by key {signer}, not by the trusted key {key_id(_public_raw(trusted))}"
@@ -168,13 +172,19 @@ def verify_signature(record: Mapping[str, Any], trusted: Any | None) -> Signatur
 _REQUIRED = ("run", "variant", "fingerprint", "gate", "check", "envelope")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a record holds")
+
+
 def read_record(path: Path) -> dict[str, Any]:
     """A record file, with its shape checked; a wrong file is refused in one line."""
     path = Path(path).expanduser()
     text = read_text(path, "audit record", expected="an edge-audit record (JSON)")
     try:
-        record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        # NaN and Infinity are not JSON, and a record is written without them: its canonical
+        # form, which a signature covers, cannot hold them either.
+        record = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise UserError(f"{path} is not valid JSON ({first_line(exc, 80)}): its signature cannot be checked") from None
     if not isinstance(record, dict) or record.get("type") != RECORD_TYPE:
         raise UserError(f"{path} is not an edge-audit audit record")
@@ -183,7 +193,44 @@ def read_record(path: Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if not isinstance(record.get(key), dict)]
     if missing:
         raise UserError(f"{path} is not a complete audit record: {', '.join(missing)} missing or of the wrong type")
+    if problem := _shape_problem(record):
+        raise UserError(f"{path} is a damaged audit record: {problem}")
     return record
+
+
+def _shape_problem(record: Mapping[str, Any]) -> str | None:
+    """What in a record's parts that a check reads is not of the shape `build_record` writes."""
+    findings = record["gate"].get("findings", [])
+    if not isinstance(findings, list) or not all(isinstance(f, dict) and _finding_fields(f) for f in findings):
+        return "its gate findings are not findings"
+    check = record["check"]
+    suites = check.get("suites", {})
+    if not isinstance(suites, dict) or not all(isinstance(info, dict) for info in suites.values()):
+        return "its check suites are not a table of suites"
+    items = check.get("items", [])
+    if not isinstance(items, list) or not all(
+        isinstance(entry, dict) and entry.get("suite") in suites and isinstance(entry.get("item"), dict)
+        and isinstance(entry["item"].get("item_id"), str) for entry in items
+    ):
+        return "its check items are not items of its check suites"
+    if not isinstance(check.get("score_tolerance", 0.0), (int, float, type(None))):
+        return "its score tolerance is not a number"
+    section = record.get("perplexity")
+    if section is not None and not isinstance(section, dict):
+        return "its perplexity section is not a table"
+    if section and not all(isinstance(section.get(k), t) for k, t in (("text", (str, type(None))), ("perplexity", (int, float, type(None))))):
+        return "its perplexity text or figure is of the wrong type"
+    return None
+
+
+def _finding_fields(finding: Mapping[str, Any]) -> bool:
+    from audit.gate import GateFinding
+
+    try:
+        GateFinding.from_dict(finding).to_dict()
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
@@ -463,11 +510,15 @@ def export_record(
     check_items: int = DEFAULT_CHECK_ITEMS,
     max_decode_ms: float | None = None,
     replay: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Build, sign (with `key`) and write a record; returns it."""
+    """Build, sign (with `key`) and write a record; returns it. A record already at `out` (a
+    signed one, perhaps, already sent to devices) is replaced only with `force`."""
     from audit.store import ResultsStore
 
     out = checks.output_file(Path(out), "record file")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
     private = load_private_key(key) if key is not None else None
     with ResultsStore(store_path, readonly=True) as store:
         record = build_record(store, run_id, variant, check_items=check_items, max_decode_ms=max_decode_ms, replay=replay)
@@ -478,5 +529,10 @@ def export_record(
 
 
 def signer(record: Mapping[str, Any]) -> str | None:
+    """The id of the key a record's signature block carries (not the id it names: that is not
+    signed); None when unsigned or unreadable. Whether that key signed it is `verify_signature`'s."""
     block = record.get("signature")
-    return block.get("key_id") if isinstance(block, dict) else None
+    try:
+        return key_id(base64.b64decode(block["public_key"], validate=True)) if isinstance(block, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None

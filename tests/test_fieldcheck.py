@@ -4,6 +4,7 @@ changed tensor, signed records that break on any change, and `edge-audit check` 
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 import stat
@@ -57,7 +58,7 @@ def test_a_hand_computed_fingerprint(tmp_path):
     config = hashlib.sha256(f"config.json {config_file}\n".encode()).hexdigest()
     tokenizer = hashlib.sha256(b"").hexdigest()
     whole = hashlib.sha256(
-        json.dumps({"config": config, "format": "edge-audit-fingerprint/1", "tokenizer": tokenizer, "weights": weights}, separators=(",", ":")).encode()
+        json.dumps({"config": config, "format": "edge-audit-fingerprint/2", "tokenizer": tokenizer, "weights": weights}, separators=(",", ":")).encode()
     ).hexdigest()
     assert fingerprint.tensors == {"w": tensor}
     assert (fingerprint.weights, fingerprint.config, fingerprint.tokenizer, fingerprint.digest) == (weights, config, tokenizer, whole)
@@ -119,8 +120,11 @@ def test_a_changed_tokenizer_is_named(lab, tmp_path):
 def test_fingerprint_round_trips_and_refuses_other_json():
     fingerprint = Fingerprint("d", "w", "c", "t", {"a": "1"}, {"config.json": "2"}, "safetensors", 4)
     assert Fingerprint.from_dict(fingerprint.to_dict()) == fingerprint
-    with pytest.raises(UserError, match="not an edge-audit-fingerprint/1 fingerprint"):
+    with pytest.raises(UserError, match="not an edge-audit-fingerprint/2 fingerprint"):
         Fingerprint.from_dict({"digest": "x"})
+    # An earlier version's fingerprint covered less: refused with what to do.
+    with pytest.raises(UserError, match=r"earlier edge-audit \(edge-audit-fingerprint/1\).*export the record again"):
+        Fingerprint.from_dict({**fingerprint.to_dict(), "format": "edge-audit-fingerprint/1"})
 
 
 def test_a_run_stores_the_fingerprint_of_every_model_it_loads(lab):
@@ -421,3 +425,122 @@ def test_a_record_of_a_folder_changed_since_the_audit_replays_against_the_audits
     assert "has changed since the audit" in check["lab_replay"]["omitted"]
     gone = record_module._replayed_in_lab({"items": [], "suites": {}}, {"folder": str(tmp_path / "gone"), "digest": "0" * 64})
     assert "is not here" in gone["lab_replay"]["omitted"]
+
+
+# -- what else decides how a folder runs -------------------------------------------------------------
+def test_an_onnx_graph_added_beside_the_audited_weights_is_what_the_fingerprint_reads(lab, tmp_path):
+    """A folder holding an ONNX graph is run by ONNX Runtime: its graph, not the safetensors
+    beside it, is what the fingerprint must read, so an added graph cannot hide behind the
+    audited weights."""
+    shutil.copytree(lab["variant"], tmp_path / "copy")
+    (tmp_path / "copy" / "model.onnx").write_bytes(b"any graph at all")
+    diff = compare(drive(fingerprint_folder(lab["variant"])), drive(fingerprint_folder(tmp_path / "copy")))
+    assert diff.extra == ["file:model.onnx"] and diff.missing and not diff.matches
+
+
+def test_a_safetensors_index_is_fingerprinted_and_may_name_only_files_of_the_folder(lab, tmp_path):
+    from audit.models.sources import SAFETENSORS_INDEX
+
+    shutil.copytree(lab["variant"], tmp_path / "copy")
+    index = tmp_path / "copy" / SAFETENSORS_INDEX
+    audited = drive(fingerprint_folder(lab["variant"]))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model.safetensors"}}))
+    assert compare(audited, drive(fingerprint_folder(tmp_path / "copy"))).files == [SAFETENSORS_INDEX]
+    (tmp_path / "copy" / "sub").mkdir()
+    shutil.copy(tmp_path / "copy" / "model.safetensors", tmp_path / "copy" / "sub" / "model.safetensors")
+    for shard in ("sub/model.safetensors", "../model.safetensors"):
+        index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": shard}}))
+        with pytest.raises(UserError, match=rf"names weight shard '{re.escape(shard)}', which is not a file of the folder itself"):
+            drive(fingerprint_folder(tmp_path / "copy"))
+        result = run_cli("models", "info", str(tmp_path / "copy"))
+        assert result.returncode == 2 and "not a file of the folder itself" in result.stderr
+
+
+def test_model_code_and_the_recorded_document_start_are_fingerprinted(lab, tmp_path):
+    """The Python files `--trust-remote-code` would run, at any depth, and the document-start
+    token recorded in edge_audit.json (the rest of that file is history, not behaviour)."""
+    from audit.models.meta import META_FILE
+
+    shutil.copytree(lab["variant"], tmp_path / "copy")
+    copy = tmp_path / "copy"
+    audited = drive(fingerprint_folder(lab["variant"]))
+    (copy / "pkg").mkdir()
+    (copy / "pkg" / "modeling_x.py").write_text("print('hello')\n")
+    assert compare(audited, drive(fingerprint_folder(copy))).files == ["code:pkg/modeling_x.py"]
+    (copy / "pkg" / "modeling_x.py").unlink()
+    meta = json.loads((copy / META_FILE).read_text())
+    meta["notes"] = meta.get("notes", []) + ["copied to the device"]
+    (copy / META_FILE).write_text(json.dumps(meta))
+    assert compare(audited, drive(fingerprint_folder(copy))).matches
+    meta["text_prefix_token"] = "<|im_start|>"
+    (copy / META_FILE).write_text(json.dumps(meta))
+    assert compare(audited, drive(fingerprint_folder(copy))).files == [f"{META_FILE}:text_prefix_token"]
+
+
+def test_a_damaged_edge_audit_json_is_refused_not_read_as_empty(lab, tmp_path):
+    """Read as empty, a damaged edge_audit.json would score the same weights after another
+    document start: loading and fingerprinting refuse it, naming it."""
+    from audit.models.meta import META_FILE
+
+    shutil.copytree(lab["variant"], tmp_path / "copy")
+    (tmp_path / "copy" / META_FILE).write_text("{bad")
+    with pytest.raises(UserError, match=rf"{META_FILE} is damaged \(not valid JSON\)"):
+        drive(fingerprint_folder(tmp_path / "copy"))
+    result = run_cli("perplexity", "--model", str(tmp_path / "copy"), "--json")
+    assert result.returncode == 2 and f"{META_FILE} is damaged" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_signature_block_naming_another_key_id_is_invalid_and_the_signer_is_the_key_it_carries(lab, tmp_path):
+    """The key id is not signed: a record signed by another key but naming the lab's id must not
+    show as signed by the lab."""
+    from audit.record import signer
+
+    record = read_record(lab["record"])
+    lab_id = record["signature"]["key_id"]
+    other_private, _ = new_keys(tmp_path / "other")
+    forged = sign({k: v for k, v in record.items() if k != "signature"}, load_private_key(other_private))
+    other_id = forged["signature"]["key_id"]
+    forged["signature"]["key_id"] = lab_id
+    check = verify_signature(forged, None)
+    assert check.status == "invalid" and not check.ok and f"names key '{lab_id}', but carries key {other_id}" in check.message
+    assert signer(forged) == other_id and signer(record) == lab_id
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    result = run_cli("check", "--model", str(lab["variant"]), "--record", str(path), "--store", str(tmp_path / "d.db"), "--json")
+    assert result.returncode == 1 and json.loads(result.stdout)["audit"]["signer"] == other_id
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r["gate"].update(findings=[{"metric": "srs"}]), "its gate findings are not findings"),
+    (lambda r: r["check"]["items"][0].pop("item"), "its check items are not items of its check suites"),
+    (lambda r: r["check"]["items"][0].update(suite="nope"), "its check items are not items of its check suites"),
+    (lambda r: r["check"].update(score_tolerance="x"), "its score tolerance is not a number"),
+    (lambda r: r.update(perplexity=[1, 2]), "its perplexity section is not a table"),
+])
+def test_a_damaged_record_is_refused_in_one_line(lab, tmp_path, damage, message):
+    record = json.loads(lab["record"].read_text())
+    record.pop("signature")
+    damage(record)
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(record))
+    for args in (("record", "verify", str(path)), ("check", "--model", str(lab["variant"]), "--record", str(path), "--store", str(tmp_path / "d.db"))):
+        result = run_cli(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_nan_in_a_record_is_refused_in_one_line(lab, tmp_path):
+    path = tmp_path / "nan.json"
+    path.write_text(lab["record"].read_text().replace('"verdict": "pass"', '"verdict": NaN', 1))
+    result = run_cli("record", "verify", str(path), "--trust", str(lab["public"]))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "NaN is not a number a record holds" in result.stderr
+
+
+def test_record_export_does_not_replace_a_record_without_force(lab, tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("a signed record already sent to devices")
+    refused = run_cli("record", "export", "1", "--store", str(lab["store"]), "--out", str(out))
+    assert refused.returncode == 2 and "exists; pass --force to replace it" in refused.stderr
+    assert out.read_text() == "a signed record already sent to devices"
+    replaced = run_cli("record", "export", "1", "--store", str(lab["store"]), "--out", str(out), "--force", "--json")
+    assert replaced.returncode == 0, replaced.stderr
+    assert read_record(out)["variant"]["name"] == json.loads(replaced.stdout)["variant"]

@@ -217,11 +217,13 @@ def test_tokenizer_file_that_is_a_folder(model):
     refused(model, f"tokenizer file {tokenizer} is a folder, not a file")
 
 
-def test_damaged_edge_audit_metadata_is_ignored(model):
+def test_edge_audit_metadata_fields_of_the_wrong_type_are_ignored_and_a_damaged_file_is_refused(model):
+    """A field of the wrong type is left out; a file that is not JSON at all is refused, since
+    read as empty the same weights would be scored after another document start."""
     (model / "edge_audit.json").write_text(json.dumps({"storage": "sparse", "notes": 5, "source": [1], "text_prefix_token": ["x"]}))
     assert load(model).facts().parameters > 0
     (model / "edge_audit.json").write_bytes(b'{"notes": "\xff"}')
-    assert load(model).facts().notes == ()
+    refused(model, r"edge_audit.json is damaged \(not valid JSON\)")
 
 
 # -- paths the file system refuses to look at -----------------------------------------------------

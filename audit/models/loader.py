@@ -409,7 +409,7 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
 
     from audit.models.torch_lm import TorchLanguageModel
 
-    meta = read_meta(folder)
+    meta = read_meta(folder, strict=True)
     tokenizer = _load_tokenizer(folder, options)
     storage = meta.get("storage", {}).get("format")
     try:
@@ -461,7 +461,7 @@ def _load_onnx(folder: Path, source: ModelSource, options: LoadOptions, started:
 
     from audit.models.onnx_lm import OnnxLanguageModel, onnx_files
 
-    meta = read_meta(folder)
+    meta = read_meta(folder, strict=True)
     tokenizer = _load_tokenizer(folder, options)
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)

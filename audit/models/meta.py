@@ -8,7 +8,8 @@ from typing import Any
 
 from audit import atomic
 from audit.compress.recipe import pruning_label
-from audit.paths import kind, probe
+from audit.errors import UserError
+from audit.paths import kind, os_reason, probe
 
 META_FILE = "edge_audit.json"
 # edge-audit's own weight formats, as the `storage` field names them, and their files.
@@ -37,15 +38,24 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def read_meta(folder: Path) -> dict[str, Any]:
+def read_meta(folder: Path, *, strict: bool = False) -> dict[str, Any]:
+    """The folder's `edge_audit.json`, {} when it has none. A file that cannot be read as a JSON
+    object reads as {} too, unless `strict`: then it is a UserError naming it. Loading and
+    fingerprinting a model are strict, since the file says how to read the model (its document
+    start, how its weights are stored): read as {}, the same weights would score differently."""
     path = Path(folder) / META_FILE
     if kind(probe(path, "model metadata")) != "file":
         return {}
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
+        if strict:
+            reason = os_reason(exc) if isinstance(exc, OSError) else "not valid JSON"
+            raise UserError(f"{path} is damaged ({reason}): it says how to read this model; restore it from where the model came from") from None
         return {}
     if not isinstance(data, dict):
+        if strict:
+            raise UserError(f"{path} is damaged (not a JSON object): it says how to read this model; restore it from where the model came from")
         return {}
     meta = {k: v for k, v in data.items() if k not in _FIELD_TYPES or isinstance(v, _FIELD_TYPES[k])}
     if "notes" in meta:

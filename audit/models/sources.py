@@ -201,17 +201,32 @@ def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
         )
 
 
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def index_shards(folder: Path) -> list[str]:
+    """The weight shards a folder's safetensors index names ([] without an index), each checked
+    to be a file of the folder itself: a shard elsewhere (`sub/x.safetensors`, `../x`) would be
+    loaded while a fingerprint of the folder's own files never reads it."""
+    index = folder / SAFETENSORS_INDEX
+    if probe(index, "safetensors index") is None:
+        return []
+    weight_map = _read_json(index, "safetensors index", _MAX_CONFIG_BYTES)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError(f"{index} is not a valid safetensors index: it has no weight_map of tensor names to files")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard in (".", "..") or "\\" in shard:
+            raise UserError(f"{index} names weight shard {shard!r}, which is not a file of the folder itself")
+        if probe(folder / shard, "weight shard") is None:
+            raise UserError(f"{folder} is missing weight shard {shard} named in {index.name}")
+    return shards
+
+
 def _check_weights(folder: Path, entries: list[Path], allow_pickle: bool) -> bool:
     """Validate the weight files; return True when they are pickle files."""
-    index = folder / "model.safetensors.index.json"
-    if probe(index, "safetensors index") is not None:
-        weight_map = _read_json(index, "safetensors index", _MAX_CONFIG_BYTES)
-        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise UserError(f"{index} is not a valid safetensors index: it has no weight_map of tensor names to files")
-        for shard in sorted(set(weight_map.values())):
-            if probe(folder / shard, "weight shard") is None:
-                raise UserError(f"{folder} is missing weight shard {shard} named in {index.name}")
+    index_shards(folder)
     safetensors = [p for p in entries if p.name.endswith(".safetensors")]
     for file in safetensors:
         safetensors_header(file)

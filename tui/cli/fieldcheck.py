@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--store", type=Path, default=None, help=f"results database (default {default_store_path()})")
     export.add_argument("--key", type=Path, help="sign with this private key (edge-audit.key from `edge-audit keys new`)")
     export.add_argument("--out", type=Path, required=True, help="the record file to write (JSON)")
+    export.add_argument("--force", action="store_true", help="replace a record already at --out")
     export.add_argument("--check-items", type=common.count(1), default=60, help="probe items a device replays (default 60)")
     export.add_argument(
         "--max-decode-ms", type=common.finite(0.001), default=None, metavar="MS", help="decode latency limit per token a device must meet"
@@ -61,7 +62,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from audit.record import export_record, record_title, signer
 
     record = export_record(
-        args.store, args.run_id, args.variant, args.out, key=args.key, check_items=args.check_items, max_decode_ms=args.max_decode_ms
+        args.store, args.run_id, args.variant, args.out, key=args.key, check_items=args.check_items, max_decode_ms=args.max_decode_ms,
+        force=args.force,
     )
     data = {
         "record": str(args.out),
