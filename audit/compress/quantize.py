@@ -56,6 +56,26 @@ class QuantizeSettings:
 SchemeFn = Callable[[LanguageModel, Path, QuantizeSettings, dict, "threading.Event | None"], Job[dict]]
 QUANTIZATION_SCHEMES: Registry[SchemeFn] = Registry("quantization scheme")
 
+# The load dtypes (`--dtype`) each scheme can quantize from, and why not the others. PyTorch's
+# dynamic int8 layers take and return float32 only, while the tensors they leave float (norms,
+# embeddings, layers kept float) keep the load dtype: the written variant fails at the first
+# product where the two meet. PyTorch's ONNX exporter cannot write bfloat16 weights; a float16
+# graph exports, quantizes and scores.
+_ONNX_DTYPES = (("float32", "float16"), "PyTorch's ONNX exporter cannot export bfloat16 weights")
+SCHEME_DTYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "int8-dynamic": (("float32",), "its int8 layers compute in float32, and the norms, embeddings and layers it keeps float would stay in the other dtype"),
+    "onnx-int8": _ONNX_DTYPES,
+    "onnx-int4": _ONNX_DTYPES,
+}
+
+
+def check_dtype(scheme: str, dtype: str) -> None:
+    """Refuse a load dtype `scheme` cannot quantize from, before anything loads: otherwise the
+    mismatch shows only once the variant is written and scored, after minutes of work."""
+    dtypes, why = SCHEME_DTYPES[scheme]
+    if dtype not in dtypes:
+        raise UserError(f"--dtype {dtype} cannot be used with {scheme}: {why}; use --dtype {' or '.join(dtypes)}")
+
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
@@ -629,6 +649,17 @@ def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
 
 
 # -- the command ---------------------------------------------------------------------------------
+# What a variant written without a perplexity measurement scores before its folder is put in place.
+CHECK_CONTEXT, CHECK_CONTINUATION = "The river rose after the storm,", " and the bridge held."
+
+
+def check_scores(variant: LanguageModel) -> None:
+    """Score one short text with a written variant. Loading reads the weights but computes
+    nothing; a variant whose products fail (tensors of two dtypes meeting, an operator the
+    runtime lacks) fails only here."""
+    variant.score([variant.text_request(CHECK_CONTEXT, [CHECK_CONTINUATION])])
+
+
 def quantize(
     model_spec: str,
     scheme: str,
@@ -643,8 +674,10 @@ def quantize(
     cancel: threading.Event | None = None,
     out_held: bool = False,
 ) -> Job[dict[str, Any]]:
-    """Quantize a model (any source, a pruned folder included) into `out`; then load the written
-    folder through the common interface and measure its perplexity next to the source's.
+    """Quantize a model (any source, a pruned folder included) into `out`. The written folder is
+    loaded through the common interface and scored (its perplexity next to the source's, or one
+    short text without perplexity) before it is renamed into place: a variant that cannot be
+    used fails here and leaves no folder behind.
     `out_held`: the caller holds `out`'s writer lock and has removed what a killed writer left
     (an audit run's compress step); else it is held here while `out` is written."""
     started = time.perf_counter()
@@ -655,6 +688,7 @@ def quantize(
         raise UserError(f"the smoothing alpha must be a number above 0 and at most 1, got {settings.smoothing!r}")
     if scheme in ("onnx-int4", "onnx-int8") and settings.block_size not in INT4_BLOCK_SIZES:
         raise UserError(f"block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, got {settings.block_size}")
+    check_dtype(scheme, options.dtype)
     out = Path(out).expanduser()
     check_output_target(model_spec, out, force=force, options=options)
     ppl_text, ppl_source = text_source(text) if measure_perplexity else (None, None)
@@ -673,14 +707,18 @@ def quantize(
             meta = model_meta(lm, model_spec, {"quantize": recipe}, note)
             meta["quantization"] = scheme
             details = yield from entry.obj(lm, tmp, settings, meta, cancel)
-        quantize_seconds = time.perf_counter() - quantize_started
-        lm.close()
-        del lm
-        variant = yield from relay(load_model(str(out), options, cancel), "load variant")
-        if ppl_text is not None:
-            after = yield from relay(perplexity(variant, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
-        facts = variant.facts()
-        variant.close()
+            quantize_seconds = time.perf_counter() - quantize_started
+            lm.close()
+            del lm
+            variant = yield from relay(load_model(str(tmp), options, cancel), "load variant")
+            try:
+                if ppl_text is not None:
+                    after = yield from relay(perplexity(variant, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
+                else:
+                    check_scores(variant)
+                facts = variant.facts()
+            finally:
+                variant.close()
     size = model_size_bytes(out)
     result: dict[str, Any] = {
         "model": model_spec,
