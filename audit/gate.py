@@ -260,8 +260,14 @@ class GateReport:
 
 
 # -- deciding ------------------------------------------------------------------------------------
-def _decide_max(measured: Measurement, limit: float) -> tuple[str, str, int | None]:
-    """(verdict, reason, items to settle) for a figure that must stay at or below `limit`."""
+# What a figure's n counts, where it is not probe items: the perplexity change is measured over
+# chunks of its text, and more of them means a longer text.
+_COUNTED = {"perplexity_relative_change_pct": "chunks of perplexity text"}
+
+
+def _decide_max(measured: Measurement, limit: float, counted: str = "items") -> tuple[str, str, int | None]:
+    """(verdict, reason, items to settle) for a figure that must stay at or below `limit`; how
+    many more would settle it is said only from a spread over two or more of them."""
     if measured.value is None or measured.lower is None or measured.upper is None:
         return INCONCLUSIVE, measured.note or "not measured, so the rule cannot be shown to hold", None
     if any(math.isnan(x) for x in (measured.value, measured.lower, measured.upper)):
@@ -270,8 +276,8 @@ def _decide_max(measured: Measurement, limit: float) -> tuple[str, str, int | No
         return PASS, "upper bound within the limit", None
     if measured.lower > limit:
         return FAIL, "lower bound over the limit", None
-    needed = items_to_settle(Bounds(measured.value, measured.lower, measured.upper, measured.n, 0.0), limit)
-    more = f"; about {needed:,} more items would settle it if the estimate holds" if needed else ""
+    needed = items_to_settle(Bounds(measured.value, measured.lower, measured.upper, measured.n, 0.0), limit) if measured.n >= 2 else None
+    more = f"; about {needed:,} more {counted} would settle it if the estimate holds" if needed else ""
     return INCONCLUSIVE, f"the bounds straddle the limit{more}", needed
 
 
@@ -290,10 +296,15 @@ def _rule_findings(rule: GateRule, level: float, variant: str, source: Measureme
         unmeasured = Measurement(None, note=f"{why}: no category can be checked")
         verdict, reason, _ = _decide_max(unmeasured, rule.max)
         return [_finding("rule", rule.describe(), rule.metric, variant, "each", rule.suite, unmeasured, rule.max, "max", level, verdict, reason)]
+    named = rule.category not in ("overall", "category_mean", "each")
+    known = source.categories(variant, rule.suite) if named else []
     findings = []
     for category in categories:
         measured = source.measure(variant, rule.metric, rule.suite, category, level)
-        verdict, reason, needed = _decide_max(measured, rule.max)
+        if named and known and category not in known and measured.value is None:
+            # A category the suite does not have (a misspelling, often): say so, not "no items".
+            measured = replace(measured, note=f"{category!r} is not a category of this suite (its categories: {', '.join(known)})")
+        verdict, reason, needed = _decide_max(measured, rule.max, _COUNTED.get(rule.metric, "items"))
         findings.append(_finding("rule", rule.describe(), rule.metric, variant, category, rule.suite, measured, rule.max, "max", level, verdict, reason, needed))
     return findings
 

@@ -462,3 +462,22 @@ def test_a_sequential_probe_of_a_sentence_suite_measures_its_change_rules():
     found = {f.metric: f for f in judge.report().findings}
     assert {f.verdict for f in found.values()} == {"fail"}
     assert len(judge.evidence.results) < len(turned)  # settled before every pair was scored
+
+
+def test_a_rule_on_a_category_the_suite_does_not_have_says_so():
+    gate = GateSettings((GateRule("bias_score_ambig", 0.3, category="Agee"),), competence=False)
+    report, found = judge(ambiguous(range(40)) + answered(), ambiguous(range(40)) + answered(), gate=gate)
+    finding = found[("variant", "bias_score_ambig")]
+    assert finding.verdict == "inconclusive"
+    assert finding.reason == "'Agee' is not a category of this suite (its categories: Age)"
+
+
+def test_the_perplexity_rule_counts_chunks_and_gives_no_estimate_from_one():
+    from audit.gate import Measurement, _decide_max
+
+    (verdict, reason), _ = perplexity_verdict([1000.0], [1100.0])  # one chunk: no spread, unbounded above
+    assert verdict == "inconclusive" and "more" not in reason
+    spread = Measurement(30.0, 5.0, 55.0, n=10)
+    assert "more chunks of perplexity text would settle it" in _decide_max(spread, 50.0, "chunks of perplexity text")[1]
+    assert "more items would settle it" in _decide_max(spread, 50.0)[1]
+    assert "more" not in _decide_max(Measurement(30.0, 5.0, 55.0, n=1), 50.0)[1]
