@@ -174,17 +174,37 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return _probe_sequentially(args, model, suite, settings, model_info, *sequential)
     with _InterruptToCancel() as cancel:
         run = common.run_job(run_probe(model, suite, settings, cancel, model_info=model_info))
-    if args.items_out is not None:
-        write_items(args.items_out, run.header(), run.results)
     data = run.to_dict()
-    if args.items_out is not None:
-        data["items_out"] = str(args.items_out)
+    unwritten = _write_items_out(args, run.header(), run.results, data)
     _add_threads(data, model)
     common.emit(args, data, _show_run)
     if not run.complete:
         print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)
-        return 130
-    return 0
+    if unwritten is not None:
+        return _items_out_failed(unwritten)
+    return 0 if run.complete else 130
+
+
+def _write_items_out(args: argparse.Namespace, header: dict[str, Any], results: Any, data: dict[str, Any]) -> UserError | None:
+    """Write --items-out (atomically: a file that cannot be finished is not left, and one
+    already there is kept), naming it in `data`; the error when it cannot be written. The write
+    comes after every item is scored and can still fail (the disk filled meanwhile): the caller
+    then shows the figures before it fails, so the scoring is not lost with the file."""
+    if args.items_out is None:
+        return None
+    try:
+        write_items(args.items_out, header, results)
+    except UserError as exc:
+        return exc
+    data["items_out"] = str(args.items_out)
+    return None
+
+
+def _items_out_failed(error: UserError) -> int:
+    """The line the command line gives any error, for an items file that could not be written
+    after the results were shown; exit 2, as for any error."""
+    print(f"edge-audit: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 def _add_threads(data: dict[str, Any], model: Any) -> None:
@@ -230,13 +250,12 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
             model, suite, gate, settings, variant=variant, baseline=base.results if base else None, seed=args.order_seed,
             batch_items=args.sequential_batch or DEFAULT_BATCH_ITEMS, futility=FUTILE_CHANCE if args.futility is None else args.futility, cancel=cancel,
         ))
-    if args.items_out is not None:
-        header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
-                  "n_items_planned": len(suite.items), **settings.to_dict(settings.norm or suite.default_norm),
-                  "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": run.to_dict()["stopped"],
-                                 "narrowed_at": run.narrowed_at}}
-        write_items(args.items_out, header, run.results)
     data = run.to_dict()
+    header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
+              "n_items_planned": len(suite.items), **settings.to_dict(settings.norm or suite.default_norm),
+              "sequential": {"order_seed": run.seed, "batch_items": run.batch_items, "futility": run.futility, "stopped": data["stopped"],
+                             "narrowed_at": run.narrowed_at}}
+    unwritten = _write_items_out(args, header, run.results, data)
     _add_threads(data, model)
 
     def show(d: dict[str, Any]) -> None:
@@ -250,6 +269,8 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
         common.stdout.print(table)
 
     common.emit(args, data, show)
+    if unwritten is not None:
+        return _items_out_failed(unwritten)
     if run.cancelled:
         return 130
     return 0 if run.gate.passed else 1
