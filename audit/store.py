@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from audit.errors import UserError, first_line
 from audit.paths import kind, os_reason, probe
@@ -17,6 +19,9 @@ from audit.paths import kind, os_reason, probe
 SCHEMA_VERSION = 2
 # How long a write waits for another process's transaction before the store is called busy.
 BUSY_TIMEOUT_SECONDS = 60.0
+# A store last changed this long before it was found whole cannot change again with the same time
+# stamps, even where they are coarse (FAT keeps even seconds): its stamps tell whether it changed since.
+SETTLED_SECONDS = 3.0
 
 
 def default_store_path() -> Path:
@@ -171,6 +176,39 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+class _NotJSON(ValueError):
+    """A stored JSON column that does not parse: the file was damaged where SQLite does not look."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def _column(row: sqlite3.Row | Mapping[str, Any], column: str) -> Any:
+    """A JSON column of a row, parsed."""
+    try:
+        return _loads(row[column])
+    except (ValueError, RecursionError):
+        raise _NotJSON(column) from None
+
+
+Reader = TypeVar("Reader", bound=Callable[..., Any])
+
+
+def _reads(method: Reader) -> Reader:
+    """A `ResultsStore` method that parses stored JSON: a column that does not parse is a damaged
+    store, said in one line, rather than a JSON error that names neither the store nor the column."""
+
+    @functools.wraps(method)
+    def read(self: "ResultsStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except _NotJSON as exc:
+            raise damaged(self.path, f"its column {exc.column} holds text that is not JSON") from None
+
+    return read  # type: ignore[return-value]
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -196,7 +234,10 @@ class StoreError(UserError):
 def store_error(path: Path, exc: sqlite3.Error, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> StoreError:
     """One line naming the store and what is wrong with it, for an error SQLite raised."""
     code = _error_code(exc)
-    text = first_line(exc)
+    text = _plain(first_line(exc))
+    undecodable = _UNDECODABLE.match(str(exc))
+    if undecodable:
+        return damaged(path, f"its column {undecodable.group(1)} holds bytes that are not text")
     if code in (_BUSY, _LOCKED) or "locked" in text:
         return StoreError(
             f"the results store {path} is busy: another process has held it locked for {timeout:g} s; "
@@ -210,12 +251,57 @@ def store_error(path: Path, exc: sqlite3.Error, *, readonly: bool = False, timeo
     if code == _NOTADB or "not a database" in text:
         return StoreError(f"cannot open the results store {path}: it is not a SQLite database", "notadb")
     if code == _CORRUPT or "malformed" in text:
-        return StoreError(f"cannot read the results store {path}: the database is damaged ({text})", "corrupt")
+        return damaged(path, f"SQLite says: {text}")
     if code == _FULL:
         return StoreError(f"cannot write to the results store {path}: the disk is full", "full")
     if code == _CANTOPEN or "unable to open" in text:
         return StoreError(f"cannot open the results store {path}: {_readonly_reason(path, 'unable to open the database file')}", "cantopen")
     return StoreError(f"cannot use the results store {path}: {text}", "other")
+
+
+# What Python's sqlite3 says of a text value that is not UTF-8; the value's raw bytes follow it.
+_UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '([^']*)'")
+
+
+def _plain(text: str, limit: int = 200) -> str:
+    """A message as printable text: a damaged store's bytes, quoted in SQLite's messages, would
+    reach the terminal as control characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def damaged(path: Path, detail: str) -> StoreError:
+    """A store whose file is damaged: nothing is read from it or written to it, and the file is
+    left as it is, for what can still be recovered from it."""
+    return StoreError(
+        f"results store {path} is damaged ({detail}); keep a copy of it and give another store "
+        f"(--store or EDGE_AUDIT_STORE); `sqlite3 {path} .recover` can save what is still readable",
+        "corrupt",
+    )
+
+
+def _check_findings(rows: list[str]) -> str:
+    """What PRAGMA quick_check found, in a few words: how many problems, and the first."""
+    lines = [line.strip() for row in rows for line in str(row).splitlines()]
+    problems = [line for line in lines if line and not line.startswith("*** in database")] or ["not whole"]
+    first = _plain(problems[0], 120)
+    if len(problems) == 1:
+        return f"SQLite's check found: {first}"
+    return f"SQLite's check found {len(problems)} problems, the first: {first}"
+
+
+# Stores this process found whole, as (device, inode, size, mtime, ctime) of the file when checked.
+_FOUND_WHOLE: set[tuple[int, int, int, int, int]] = set()
+
+
+def _file_key(path: Path) -> tuple[tuple[int, int, int, int, int], float] | None:
+    """The stamps `_FOUND_WHOLE` keeps of a store file, and when it last changed; None when
+    it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), max(st.st_mtime, st.st_ctime)
 
 
 def _wal_files(path: Path) -> tuple[Path, Path]:
@@ -250,9 +336,42 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
+class _Cursor(sqlite3.Cursor):
+    """A cursor of a `_Connection`: rows are read from the file as they are fetched, so a damaged
+    page or a value that is not text is met here, after the statement started. (try/except rather
+    than `_file_faults`: it costs nothing per row until an error.)"""
+
+    connection: "_Connection"
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise self.connection._file_fault(exc) from None
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self.connection._file_fault(exc) from None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        try:
+            return super().fetchmany(self.arraysize if size is None else size)
+        except sqlite3.DatabaseError as exc:
+            raise self.connection._file_fault(exc) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.connection._file_fault(exc) from None
+
+
 class _Connection(sqlite3.Connection):
     """A connection whose SQLite errors about the file (locked, read-only, damaged, full disk)
-    are UserErrors naming the store; errors of the statements themselves pass unchanged."""
+    are UserErrors naming the store, whether the statement or the reading of its rows meets them;
+    errors of the statements themselves pass unchanged."""
 
     store_path: Path
     store_readonly: bool
@@ -263,19 +382,23 @@ class _Connection(sqlite3.Connection):
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            # Integrity and programming errors are bugs; operational, internal and plain
-            # database errors are about the file.
-            if not isinstance(exc, (sqlite3.OperationalError, sqlite3.InternalError)) and type(exc) is not sqlite3.DatabaseError:
-                raise
-            raise store_error(self.store_path, exc, readonly=self.store_readonly, timeout=self.store_timeout) from None
+            raise self._file_fault(exc) from None
+
+    def _file_fault(self, exc: sqlite3.DatabaseError) -> Exception:
+        """The StoreError to raise for an error about the file, else the error itself."""
+        # Integrity and programming errors are bugs; operational, internal and plain
+        # database errors are about the file.
+        if not isinstance(exc, (sqlite3.OperationalError, sqlite3.InternalError)) and type(exc) is not sqlite3.DatabaseError:
+            return exc
+        return store_error(self.store_path, exc, readonly=self.store_readonly, timeout=self.store_timeout)
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         with self._file_faults():
-            return super().execute(sql, parameters)
+            return self.cursor(_Cursor).execute(sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
         with self._file_faults():
-            return super().executemany(sql, seq_of_parameters)
+            return self.cursor(_Cursor).executemany(sql, seq_of_parameters)
 
 
 class ResultsStore:
@@ -285,7 +408,8 @@ class ResultsStore:
     exist, it is never created, and a store the user may not write (a read-only file or
     folder) still opens; any write then raises UserError. Otherwise the store is created when
     missing and checked to be writable when opened, so a read-only store is refused before
-    any work whose results it could not keep.
+    any work whose results it could not keep. Either way a damaged store is refused when opened
+    (`_check_whole`), before anything is read from it or written to it.
     """
 
     def __init__(self, path: str | Path | None = None, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
@@ -322,6 +446,7 @@ class ResultsStore:
             raise _not_writable(self.path)
         db = self._connect(str(self.path))
         try:
+            self._check_whole(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -356,9 +481,31 @@ class ResultsStore:
                     raise
         if version < SCHEMA_VERSION:
             db.close()
-            return self._upgrade_for_reading(version)
+            return self._upgrade_for_reading(version)  # checked as it is opened to be written
+        try:
+            self._check_whole(db)
+        except BaseException:
+            db.close()
+            raise
         db.execute("PRAGMA query_only=ON")
         return db
+
+    def _check_whole(self, db: _Connection) -> None:
+        """Refuse a damaged store before any work: SQLite finds damage only in the pages a statement
+        reads, so a run would be started, or a check stored, in a store that fails later or reads
+        back wrong. PRAGMA quick_check reads every page (about 1 ms a MB from memory, seconds for a
+        few hundred MB read cold); this process checks a file again only when it has changed since
+        it was found whole, so the app, which opens the store every second while a job runs, does
+        not read it all each time."""
+        found = _file_key(self.path)
+        if found is not None and found[0] in _FOUND_WHOLE:
+            return
+        started = time.time()
+        rows = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            raise damaged(self.path, _check_findings(rows))
+        if found is not None and found[1] < started - SETTLED_SECONDS:
+            _FOUND_WHOLE.add(found[0])
 
     def _upgrade_for_reading(self, version: int) -> _Connection:
         """A store from an older edge-audit is upgraded once, when it can be written."""
@@ -461,6 +608,7 @@ class ResultsStore:
     def set_work_dir(self, run_id: int, work_dir: str) -> None:
         self.db.execute("UPDATE runs SET work_dir = ? WHERE id = ?", (work_dir, run_id))
 
+    @_reads
     def run(self, run_id: int) -> RunRecord:
         # An id past what SQLite stores is no run either.
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone() if -(2**63) <= run_id < 2**63 else None
@@ -468,6 +616,7 @@ class ResultsStore:
             raise UserError(f"no run {run_id} in {self.path}")
         return self._run_record(row)
 
+    @_reads
     def runs(self) -> list[RunRecord]:
         return [self._run_record(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
@@ -483,9 +632,9 @@ class ResultsStore:
             plan_text=row["plan_text"],
             plan_path=row["plan_path"],
             work_dir=row["work_dir"],
-            device=_loads(row["device_json"]) or {},
-            software=_loads(row["software_json"]) or {},
-            gate=_loads(row["gate_json"]),
+            device=_column(row, "device_json") or {},
+            software=_column(row, "software_json") or {},
+            gate=_column(row, "gate_json"),
             exit_code=row["exit_code"],
         )
 
@@ -498,9 +647,10 @@ class ResultsStore:
             (status, time.time(), _dumps(gate) if gate is not None else None, exit_code, run_id),
         )
 
+    @_reads
     def variants(self, run_id: int) -> list[tuple[str, dict[str, Any]]]:
         rows = self.db.execute("SELECT name, recipe_json FROM variants WHERE run_id = ? ORDER BY position", (run_id,))
-        return [(r["name"], json.loads(r["recipe_json"])) for r in rows]
+        return [(r["name"], _column(r, "recipe_json")) for r in rows]
 
     def add_variant(self, run_id: int, name: str, recipe: Mapping[str, Any], plan_text: str) -> None:
         """Add a variant to a run, with the run's plan now naming it, in one transaction."""
@@ -521,6 +671,7 @@ class ResultsStore:
         self.db.execute("UPDATE runs SET plan_text = ? WHERE id = ?", (plan_text, run_id))
 
     # -- steps ----------------------------------------------------------------------------
+    @_reads
     def step(self, run_id: int, variant: str, kind: str) -> dict[str, Any] | None:
         """The stored result of a finished step, or None."""
         row = self.db.execute(
@@ -529,6 +680,7 @@ class ResultsStore:
         ).fetchone()
         return self._step_dict(row) if row else None
 
+    @_reads
     def steps(self, run_id: int, variant: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM steps WHERE run_id = ?"
         args: list[Any] = [run_id]
@@ -546,8 +698,8 @@ class ResultsStore:
             "started_at": row["started_at"],
             "finished_at": row["finished_at"],
             "seconds": row["seconds"],
-            "result": _loads(row["result_json"]),
-            "resources": _loads(row["resources_json"]),
+            "result": _column(row, "result_json"),
+            "resources": _column(row, "resources_json"),
             "error": row["error"],
         }
 
@@ -611,12 +763,13 @@ class ResultsStore:
         )
 
     # -- items and metrics ------------------------------------------------------------------
+    @_reads
     def items(self, run_id: int, variant: str, suite: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT record_json FROM items WHERE run_id = ? AND variant = ? AND suite = ? ORDER BY item_id",
             (run_id, variant, suite),
         )
-        return [json.loads(r["record_json"]) for r in rows]
+        return [_column(r, "record_json") for r in rows]
 
     def item_count(self, run_id: int) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM items WHERE run_id = ?", (run_id,)).fetchone()[0])
@@ -657,12 +810,14 @@ class ResultsStore:
         )
         return [dict(r) for r in rows]
 
+    @_reads
     def check(self, check_id: int) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM checks WHERE id = ?", (check_id,)).fetchone()
         if row is None:
             raise UserError(f"no check {check_id} in {self.path}")
         data = dict(row)
-        data["result"] = _loads(data.pop("result_json"))
+        data["result"] = _column(data, "result_json")
+        del data["result_json"]
         return data
 
 

@@ -1,0 +1,183 @@
+"""A damaged results store is refused when opened, before any work, in one plain line naming
+the file; a value the store cannot give back (bytes that are not text, JSON that does not parse)
+is one line too, without the damaged bytes. Nothing is written to a damaged store."""
+
+import hashlib
+import os
+import time
+
+import pytest
+
+import audit.store as store_module
+from audit.errors import UserError
+from audit.store import ResultsStore, StoreError
+from tests.audited import PLAN
+from tests.test_store import ITEMS, new_run
+from tui.cli import main
+
+PAGE_SIZE_AT = 16  # where a SQLite file's header gives its page size
+
+
+def build_store(path, runs=3, items=300):
+    """A real store of a few finished runs, each with a probe step of `items` items: some pages."""
+    with ResultsStore(path) as store:
+        for _ in range(runs):
+            run_id = new_run(store)
+            rows = [dict(ITEMS[0], item_id=f"i{k}") for k in range(items)]
+            store.record_step(run_id, "baseline", "probe:builtin", result={"items": items}, started_at=time.time(), items=rows, suite="builtin")
+            store.finish_run(run_id, "finished", {"passed": True}, 0)
+    return path
+
+
+def damage_middle_page(path):
+    """Overwrite the first 64 bytes (the b-tree header and cell pointers) of the page in the
+    middle of the file, as a failing disk or a stray write would."""
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[PAGE_SIZE_AT:PAGE_SIZE_AT + 2], "big")
+    start = (len(data) // page_size // 2) * page_size
+    data[start:start + 64] = bytes([0xA5, 0x5A, 0x00, 0xFF]) * 16
+    path.write_bytes(bytes(data))
+
+
+def replace_once(path, old, new):
+    """Overwrite one stored value's bytes in place, the pages around it left whole."""
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    assert data.count(old) >= 1
+    at = data.index(old)
+    path.write_bytes(data[:at] + new + data[at + len(old):])
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def plain_line(text):
+    """The one line a command gave on stderr, checked to be plain printable text."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].isprintable() and lines[0].isascii(), repr(lines[0])
+    return lines[0]
+
+
+@pytest.fixture()
+def damaged_store(tmp_path):
+    path = build_store(tmp_path / "bad.db")
+    damage_middle_page(path)
+    return path
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_damaged_store_is_refused_when_opened(damaged_store, readonly):
+    before = digest(damaged_store)
+    with pytest.raises(StoreError) as error:
+        ResultsStore(damaged_store, readonly=readonly)
+    message = str(error.value)
+    assert error.value.reason == "corrupt" and "\n" not in message and message.isprintable()
+    assert message.startswith(f"results store {damaged_store} is damaged (SQLite")
+    assert "keep a copy of it" in message and ".recover" in message
+    assert digest(damaged_store) == before
+
+
+def test_run_refuses_a_damaged_store_before_starting(damaged_store, tiny_llama, tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN.format(model=tiny_llama, limit=1.5))
+    before = digest(damaged_store)
+    code = main(["run", str(plan), "--store", str(damaged_store)])
+    line = plain_line(capsys.readouterr().err)
+    assert code == 2 and f"results store {damaged_store} is damaged" in line
+    # No run row, and no work folder beside the store.
+    assert digest(damaged_store) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_refuses_a_damaged_store_before_checking(damaged_store, passed_audit, capsys):
+    before = digest(damaged_store)
+    code = main(["check", "--model", str(passed_audit["variant"]), "--record", str(passed_audit["record"]), "--store", str(damaged_store)])
+    captured = capsys.readouterr()
+    line = plain_line(captured.err)
+    assert code == 2 and f"results store {damaged_store} is damaged" in line and captured.out == ""
+    assert digest(damaged_store) == before
+
+
+def test_runs_list_refuses_a_damaged_store(damaged_store, capsys):
+    assert main(["runs", "list", "--store", str(damaged_store), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert f"results store {damaged_store} is damaged" in plain_line(captured.err) and captured.out == ""
+
+
+def test_a_stored_value_that_is_not_text_is_one_plain_line(tmp_path, capsys):
+    """Bytes that are not UTF-8 in a column leave the file's structure whole: SQLite's check
+    passes, and reading the row is what fails; the line names the column, not its bytes."""
+    path = build_store(tmp_path / "r.db")
+    replace_once(path, b'{"cores": 2}', b'{"\xff\xfe\x1bes": 2}')
+    assert main(["runs", "list", "--store", str(path)]) == 2
+    captured = capsys.readouterr()
+    line = plain_line(captured.err)
+    assert line.startswith(f"edge-audit: error: results store {path} is damaged (its column device_json holds bytes that are not text)")
+    assert captured.out == ""
+    with ResultsStore(path, readonly=True) as store, pytest.raises(StoreError, match="device_json holds bytes that are not text"):
+        store.runs()
+
+
+def test_a_stored_value_that_is_not_json_is_one_line(tmp_path, capsys):
+    path = build_store(tmp_path / "r.db")
+    replace_once(path, b'{"cores": 2}', b'{"cores": 2]')
+    assert main(["runs", "list", "--store", str(path), "--json"]) == 2
+    line = plain_line(capsys.readouterr().err)
+    assert f"results store {path} is damaged (its column device_json holds text that is not JSON)" in line
+    # The damaged run is refused; the others still read.
+    with ResultsStore(path, readonly=True) as store:
+        read, refused = [], []
+        for run_id in (1, 2, 3):
+            try:
+                read.append(store.run(run_id).device)
+            except UserError as error:
+                refused.append(str(error))
+        assert read == [{"cores": 2}] * 2 and len(refused) == 1 and "device_json holds text that is not JSON" in refused[0]
+
+
+def test_a_whole_store_opens_and_reads(tmp_path):
+    path = build_store(tmp_path / "r.db")
+    for readonly in (False, True):
+        with ResultsStore(path, readonly=readonly) as store:
+            assert [r.id for r in store.runs()] == [1, 2, 3]
+            assert len(store.items(1, "baseline", "builtin")) == 300
+
+
+def count_checks(monkeypatch):
+    """How many times PRAGMA quick_check ran, from now on."""
+    calls = []
+    real = store_module._Connection.execute
+
+    def execute(self, sql, parameters=(), /):
+        if sql.startswith("PRAGMA quick_check"):
+            calls.append(sql)
+        return real(self, sql, parameters)
+
+    monkeypatch.setattr(store_module._Connection, "execute", execute)
+    return calls
+
+
+def test_a_store_found_whole_is_read_again_only_once_it_changed(tmp_path, monkeypatch):
+    """The app opens the store every second while a job runs: a file found whole, and unchanged
+    since, is not read through again; once its stamps change it is."""
+    path = build_store(tmp_path / "r.db")
+    monkeypatch.setattr(store_module, "_FOUND_WHOLE", set())
+    checks = count_checks(monkeypatch)
+    # Changed just now: time stamps may be too coarse to tell a change made in the same instant.
+    ResultsStore(path, readonly=True).close()
+    ResultsStore(path, readonly=True).close()
+    assert len(checks) == 2
+    # Settled (its last change long before the check): found whole once, then trusted while unchanged.
+    monkeypatch.setattr(store_module, "SETTLED_SECONDS", -1e9)
+    for readonly in (True, True, False):
+        ResultsStore(path, readonly=readonly).close()
+    assert len(checks) == 3
+    stamp = os.stat(path).st_mtime_ns
+    damage_middle_page(path)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    with pytest.raises(StoreError, match="is damaged"):
+        ResultsStore(path, readonly=True)
+    assert len(checks) == 4
+
