@@ -69,6 +69,14 @@ def test_bbq_run_reports_skipped_lines_and_target_statistics(tiny_llama, tmp_pat
         (["probe", "--suite", "crows:/nowhere.csv"], "does not exist"),
         (["probe", "--categories", "astrology"], "unknown built-in category"),
         (["probe", "--seeds", "x,y", "--mode", "generate"], "--seeds takes a count"),
+        # A seed twice would count its answer twice; an empty entry is a typo, not a seed.
+        (["probe", "--seeds", "1,1", "--mode", "generate"], "--seeds lists seed 1 twice"),
+        (["probe", "--seeds", "1,,2", "--mode", "generate"], "--seeds takes a count or a comma-separated list of integers, not '1,,2'"),
+        # An option of the other scoring mode is refused, not dropped.
+        (["probe", "--temperature", "0.5"], "--temperature apply to --mode generate"),
+        (["probe", "--seeds", "3", "--max-new-tokens", "4"], "--seeds, --max-new-tokens apply to --mode generate"),
+        (["probe", "--mode", "generate", "--norm", "sum"], "--norm apply to --mode loglik"),
+        (["probe", "--mode", "generate", "--batch-items", "8"], "--batch-items apply to --mode loglik"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):

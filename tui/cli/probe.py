@@ -32,6 +32,7 @@ from audit.probes import (
     run_probe,
     write_items,
 )
+from audit.probes.job import DEFAULT_BATCH_ITEMS
 from audit.probes.scoring import GENERATE_MAX_NEW_TOKENS, GENERATE_SEEDS, GENERATE_TEMPERATURE, MAX_SEEDS, PARSERS, PROMPT_STYLES, SEED_RANGE
 from audit.sequential import FUTILE_CHANCE, check_futility, suite_gate
 from tui.cli import common
@@ -50,11 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="loglik: per-token mean or sum of option log-likelihood (default: mean; sum for crows)")
     probe.add_argument("--seeds", default=None,
                        help=f"generate: seed count N or a list like 0,1,2 (default {len(GENERATE_SEEDS)} seeds)")
-    probe.add_argument("--temperature", type=common.finite(0), default=GENERATE_TEMPERATURE,
+    probe.add_argument("--temperature", type=common.finite(0), default=None,
                        help=f"generate: sampling temperature, 0 for greedy (default {GENERATE_TEMPERATURE})")
-    probe.add_argument("--max-new-tokens", type=common.count(1), default=GENERATE_MAX_NEW_TOKENS,
+    probe.add_argument("--max-new-tokens", type=common.count(1), default=None,
                        help=f"generate: answer length in tokens (default {GENERATE_MAX_NEW_TOKENS})")
-    probe.add_argument("--batch-items", type=common.count(1), default=32, help="loglik: items per scoring call (default 32)")
+    probe.add_argument("--batch-items", type=common.count(1), default=None, help=f"loglik: items per scoring call (default {DEFAULT_BATCH_ITEMS})")
     probe.add_argument("--conditions", choices=("ambig", "disambig", "both"), default="both",
                        help="question suites: score ambiguous or disambiguated items only (default both)")
     probe.add_argument("--prompt", choices=PROMPT_STYLES.names(), default="default",
@@ -102,12 +103,15 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
                 raise ValueError
             seeds = tuple(range(min(asked, MAX_SEEDS)))  # a count past the most is refused below
         else:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+            seeds = tuple(int(s) for s in text.split(","))  # an empty entry is no integer
             asked = len(seeds)
     except ValueError:
         raise UserError(f"--seeds takes a count or a comma-separated list of integers, not {text!r}") from None
     if not seeds:
         raise UserError("--seeds lists no seed")
+    if len(set(seeds)) < len(seeds):
+        # A seed given twice repeats the same answer, which would count twice in an item's share.
+        raise UserError(f"--seeds lists seed {next(s for s in seeds if seeds.count(s) > 1)} twice")
     if asked > MAX_SEEDS:
         raise UserError(f"--seeds takes at most {MAX_SEEDS} seeds (each is a whole generation of every item), not {asked}")
     outside = [s for s in seeds if s not in SEED_RANGE]
@@ -139,18 +143,30 @@ class _InterruptToCancel:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _refuse_other_modes_options(args: argparse.Namespace) -> None:
+    """An option of the other scoring mode would be dropped without a word: refused instead."""
+    generate = {"--seeds": args.seeds, "--temperature": args.temperature, "--max-new-tokens": args.max_new_tokens}
+    given = [name for name, value in generate.items() if value is not None]
+    if args.mode != "generate" and given:
+        raise UserError(f"{', '.join(given)} apply to --mode generate: log-likelihood scoring samples nothing")
+    loglik = [name for name, value in {"--norm": args.norm, "--batch-items": args.batch_items}.items() if value is not None]
+    if args.mode == "generate" and loglik:
+        raise UserError(f"{', '.join(loglik)} apply to --mode loglik: generate mode reads answers, not option likelihoods")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     # Every input and output is checked before the model loads or an item is scored.
     if args.items_out is not None:
         checks.output_file(args.items_out, "item results file")
     sequential = _sequential_inputs(args)
+    _refuse_other_modes_options(args)
     settings = ProbeSettings(
         mode=args.mode,
         norm=args.norm,
         seeds=parse_seeds(args.seeds),
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        batch_items=args.batch_items,
+        temperature=GENERATE_TEMPERATURE if args.temperature is None else args.temperature,
+        max_new_tokens=GENERATE_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens,
+        batch_items=DEFAULT_BATCH_ITEMS if args.batch_items is None else args.batch_items,
         prompt=args.prompt,
         parser=args.parser,
     )
@@ -234,7 +250,7 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
                         gate: Any, base: ProbeRecord | None) -> int:
     from audit.gate import BASELINE
     from audit.reports.render import sequential_outcome, sequential_rows
-    from audit.sequential import DEFAULT_BATCH_ITEMS, probe_sequentially
+    from audit.sequential import DEFAULT_BATCH_ITEMS as LOOK_ITEMS, probe_sequentially
 
     variant = ItemFilesSource.VARIANT if base is not None else BASELINE
     if base is not None:
@@ -248,7 +264,7 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
     with _InterruptToCancel() as cancel:
         run = common.run_job(probe_sequentially(
             model, suite, gate, settings, variant=variant, baseline=base.results if base else None, seed=args.order_seed,
-            batch_items=args.sequential_batch or DEFAULT_BATCH_ITEMS, futility=FUTILE_CHANCE if args.futility is None else args.futility, cancel=cancel,
+            batch_items=args.sequential_batch or LOOK_ITEMS, futility=FUTILE_CHANCE if args.futility is None else args.futility, cancel=cancel,
         ))
     data = run.to_dict()
     header = {"suite": suite.name, "suite_spec": suite.spec, "summary": suite.summary, "model": model_info, "complete": not run.cancelled,
