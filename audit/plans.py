@@ -497,6 +497,10 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     seeds = _get(ctx, data, "seeds", "probes.", list, [0])
     _check(ctx, bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds), "probes.seeds", "must be a non-empty list of integers")
     _check(ctx, all(s in INT64 for s in seeds), "probes.seeds", "must be within TOML's 64-bit integer range")
+    # A seed given twice draws the same answers twice and counts them as two samples. A stored
+    # run that an earlier version let list one twice is still read back.
+    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    _check(ctx, repeated is None or ctx.stored, "probes.seeds", f"lists seed {repeated} twice: a seed repeats the same answers, which would count twice")
     from audit.probes.scoring import MAX_SEEDS
 
     _check(ctx, len(seeds) <= MAX_SEEDS, "probes.seeds", f"lists at most {MAX_SEEDS} seeds (each is a whole generation of every item), got {len(seeds)}")

@@ -75,16 +75,28 @@ def new_keys(folder: Path, *, force: bool = False) -> tuple[Path, Path]:
 
 
 def _load_key(path: Path, private: bool) -> Any:
-    """An Ed25519 key from a PEM file, as `keys new` writes them."""
+    """An Ed25519 key from a PEM file, as `keys new` writes them. A file that is not one is
+    refused saying what it is instead (empty, not PEM, the other half of the pair): the PEM
+    reader's own message names none of that."""
     serialization, ed25519 = _crypto()
     what = "private key" if private else "public key"
-    data = read_text(Path(path).expanduser(), what, expected="a PEM key file from `edge-audit keys new`").encode("utf-8")
+    made_by = "make one with `edge-audit keys new`" if private else "the .pub file `edge-audit keys new` wrote"
+    text = read_text(Path(path).expanduser(), what, expected="a PEM key file from `edge-audit keys new`")
+    if not text.strip():
+        raise UserError(f"{path} is empty, not a PEM {what} ({made_by})")
+    labels = [line.strip().strip("-").removeprefix("BEGIN").strip() for line in text.splitlines() if line.strip().startswith("-----BEGIN")]
+    if not labels:
+        raise UserError(f"{path} is not a PEM key: it has no -----BEGIN line ({made_by})")
+    other = "PUBLIC KEY" if private else "PRIVATE KEY"
+    if other in labels[0]:
+        if private:
+            raise UserError(f"{path} is a public key, not a private key: sign with the .key file `edge-audit keys new` wrote")
+        raise UserError(f"{path} is a private key, not a public key: give {made_by} (the private key stays in the lab)")
     try:
-        key = serialization.load_pem_private_key(data, password=None) if private else serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not a {what} edge-audit can use ({first_line(exc, 120)})") from None
+        key = serialization.load_pem_private_key(text.encode("utf-8"), password=None) if private else serialization.load_pem_public_key(text.encode("utf-8"))
+    except (ValueError, TypeError):
+        raise UserError(f"{path} is not a {what} edge-audit can use: its PEM block ({labels[0]}) cannot be read ({made_by})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey):
-        made_by = "make one with `edge-audit keys new`" if private else "the .pub file `edge-audit keys new` wrote"
         raise UserError(f"{path} is not an Ed25519 {what} ({made_by})")
     return key
 

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import io
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -342,12 +343,29 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
     return model
 
 
+# Files a tokenizer's vocabulary is read from (tokenizer_config.json only says how to use it).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+VOCABULARY_PATTERNS = ("*.model", "*.tiktoken")
+
+
+def _has_vocabulary(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in VOCABULARY_FILES) or any(
+        path.is_file() for pattern in VOCABULARY_PATTERNS for path in folder.glob(pattern)
+    )
+
+
 def _load_tokenizer(folder: Path, options: LoadOptions) -> Any:
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=options.trust_remote_code)
     except Exception as exc:
+        if not _has_vocabulary(folder):
+            # transformers then fails on a None path, which says nothing of the missing file.
+            raise UserError(
+                f"cannot read the tokenizer in {folder}: tokenizer.json is missing (and there is no tokenizer.model, "
+                "vocab.json or vocab.txt); copy the model's tokenizer files into the folder"
+            ) from None
         raise UserError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {first_line(exc, 300)}") from None
 
 
@@ -432,7 +450,15 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
     # transformers and safetensors raise these on a damaged folder the checks up front let
     # through (TypeError: a config value of a type the model's constructor cannot use).
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"cannot load the model in {folder}: {first_line(exc, 300)}") from None
+        mismatch = _SIZE_MISMATCH.search(str(exc))
+        if mismatch is not None:
+            found = _mismatched_tensor(folder, config, options) if storage is None else None
+            detail = found or (
+                f"{mismatch.group('param')} of a {mismatch.group('module')} is {mismatch.group('stored')} in the weights, "
+                f"the config makes it {mismatch.group('expected')}"
+            )
+            raise UserError(f"cannot load the model in {folder}: its weights do not match its config.json: {detail}") from None
+        raise UserError(f"cannot load the model in {folder}: {_reason(exc, 300)}") from None
     template = _facts_template(folder, source, config, meta, started)
     return TorchLanguageModel(
         model,
@@ -441,6 +467,49 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
         stop_token_ids=stop_token_ids(tokenizer, config, getattr(model, "generation_config", None)),
         facts_template=template,
     )
+
+
+# What torch says of a weight whose shape is not the one the config gives the model, after a
+# first line ("Error(s) in loading state_dict for Embedding:") that says nothing of it.
+_SIZE_MISMATCH = re.compile(
+    r"state_dict for (?P<module>\w+):\s*size mismatch for (?P<param>[\w.]+): copying a param with shape "
+    r"torch\.Size\((?P<stored>\[[^\]]*\])\) from checkpoint, the shape in current model is torch\.Size\((?P<expected>\[[^\]]*\])\)"
+)
+
+
+def _reason(exc: BaseException, limit: int) -> str:
+    """An exception's message as one line: its first, or its first two when the first only
+    announces the rest (ends with a colon)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"[:limit]
+    return first_line(exc, limit)
+
+
+def _shape(dims: Any) -> str:
+    return "[" + ", ".join(str(int(d)) for d in dims) + "]"
+
+
+def _mismatched_tensor(folder: Path, config: Any, options: LoadOptions) -> str | None:
+    """The first tensor of the folder's safetensors whose shape is not the one its config.json
+    gives the model (built empty, on the meta device, to read its shapes), as a phrase; None
+    when none is found that way (names the model does not use, a model that cannot be built)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=options.trust_remote_code)
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        for file in sorted(folder.glob("*.safetensors")):
+            for name, info in safetensors_header(file).items():
+                want = expected.get(name) if name != "__metadata__" else None
+                stored = tuple(int(d) for d in info.get("shape", []))
+                if want is not None and stored != want:
+                    return f"{name} is {_shape(stored)} in {file.name}, the config makes it {_shape(want)}"
+    except Exception:  # noqa: BLE001 - a diagnosis only: without it, torch's own words are shown
+        return None
+    return None
 
 
 def onnx_session_options(threads: int) -> Any:

@@ -11,9 +11,11 @@ from rich.table import Table
 from audit.compress.recipe import (
     DEFAULT_INT4_BLOCK_SIZE,
     DEFAULT_SMOOTHING_ALPHA,
+    INT4_BLOCK_SIZES,
     MAX_SPARSITY,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
+    Pattern,
     PruneRecipe,
     check_scope,
     valid_alpha,
@@ -27,10 +29,15 @@ from tui.cli import common
 # the help and the commands that load no model start at once.
 
 def _add_text_options(parser: argparse.ArgumentParser, flag: str = "--text") -> None:
+    # No default for --chunk here (None): quantize refuses it with --no-perplexity only when given.
     parser.add_argument(flag, dest="text", type=Path, default=None, help="held-out text (.txt or .jsonl) for perplexity (default: the built-in one)")
     parser.add_argument(
-        "--chunk", type=common.count(2), default=DEFAULT_CHUNK_TOKENS, help=f"perplexity chunk length in tokens (default {DEFAULT_CHUNK_TOKENS})"
+        "--chunk", type=common.count(2), default=None, help=f"perplexity chunk length in tokens (default {DEFAULT_CHUNK_TOKENS})"
     )
+
+
+def _chunk(args: argparse.Namespace) -> int:
+    return DEFAULT_CHUNK_TOKENS if args.chunk is None else args.chunk
 
 
 CALIBRATION = CalibrationSpec()
@@ -43,14 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="wanda", help=f"pruning method: {', '.join(PRUNING_METHOD_NAMES.names())} (default wanda)")
     p.add_argument("--sparsity", type=float, default=None, help=f"share of weights removed, 0 to {MAX_SPARSITY} (default 0.5)")
     p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M: N of every M consecutive weights kept, so 2:4 removes half and 1:4 three quarters")
-    p.add_argument("--scope", choices=("matrix", "row"), default=None, help="magnitude/random: compare weights over the whole matrix (default) or per output row")
-    p.add_argument("--calib", type=Path, default=None, help="calibration text (.txt or .jsonl with \"text\"); default: the built-in English text")
-    p.add_argument("--nsamples", type=common.count(1), default=CALIBRATION.nsamples, help=f"calibration samples (default {CALIBRATION.nsamples})")
-    p.add_argument("--seqlen", type=common.count(1), default=CALIBRATION.seqlen, help=f"tokens per calibration sample (default {CALIBRATION.seqlen})")
-    p.add_argument("--statistics", choices=("sequential", "dense"), default=CALIBRATION.statistics,
-                   help="calibration inputs: each block after the blocks before it are pruned (sequential, default), "
+    # The options that apply to some methods only have no default here (None), so that one
+    # given to a method that would ignore it is refused, and one left out is not.
+    p.add_argument("--scope", choices=("matrix", "row"), default=None,
+                   help="magnitude/random, unstructured: compare weights over the whole matrix (default) or per output row")
+    calibrated = ", ".join(_calibrated_methods())
+    p.add_argument("--calib", type=Path, default=None,
+                   help=f"{calibrated}: calibration text (.txt or .jsonl with \"text\"); default: the built-in English text")
+    p.add_argument("--nsamples", type=common.count(1), default=None, help=f"{calibrated}: calibration samples (default {CALIBRATION.nsamples})")
+    p.add_argument("--seqlen", type=common.count(1), default=None, help=f"{calibrated}: tokens per calibration sample (default {CALIBRATION.seqlen})")
+    p.add_argument("--statistics", choices=("sequential", "dense"), default=None,
+                   help=f"{calibrated}: calibration inputs: each block after the blocks before it are pruned (sequential, default), "
                         "or the dense model's, in one pass (dense, as Rath & Maliakkal's Wanda)")
-    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows and the random method (default 0)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed for the calibration windows ({calibrated}) and the random method's mask (default {CALIBRATION.seed})")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose full name matches this glob, e.g. '*.o_proj' (repeatable)")
     _add_text_options(p, "--text")
     p.add_argument("--out", type=Path, required=True, help="output folder (the compressed form goes to OUT/compressed)")
@@ -62,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("quantize", help="quantize a model (a pruned folder too) into a new folder", description=f"Schemes: {schemes}.")
     common.add_model_options(q)
     q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEME_NAMES.names())}")
-    q.add_argument("--block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help=f"onnx-int4, onnx-int8: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
+    q.add_argument("--block-size", type=int, default=None,
+                   help=f"{', '.join(_blocked_schemes())}: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
     q.add_argument("--smoothing", type=_smoothing, default=None, metavar="ALPHA|none",
                    help=f"int8-dynamic: how far each layer's input range is moved into its weights before quantizing "
                         f"(SmoothQuant's alpha, above 0 and at most 1; default {DEFAULT_SMOOTHING_ALPHA:g}), or none")
@@ -80,19 +93,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_perplexity)
 
 
+def _calibrated_methods() -> list[str]:
+    """The pruning methods that read calibration text (the --calib, --nsamples, --seqlen and
+    --statistics options)."""
+    return [entry.name for entry in PRUNING_METHOD_NAMES if entry.meta["needs"]]
+
+
+def _uses_seed(method: str) -> bool:
+    """Whether --seed changes what `method` does: it draws the calibration windows and the
+    random method's mask, and nothing else."""
+    return bool(PRUNING_METHOD_NAMES.meta(method)["needs"]) or method == "random"
+
+
+SCOPE_WORDS = {"row": "within each output row", "matrix": "over the whole matrix"}
+
+
+def check_prune_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, an option the method or the pattern would ignore:
+    a prune that silently did something other than what was asked is worse than a refusal."""
+    meta = PRUNING_METHOD_NAMES.meta(args.method)  # an unknown method is refused by name here
+    if args.scope is not None:
+        # A scope the method cannot use is refused naming the ones it can.
+        check_scope(args.method, args.scope)
+        if len(meta["scopes"]) == 1:
+            raise UserError(
+                f"--scope {args.scope} changes nothing for {args.method}, which always compares weights "
+                f"{SCOPE_WORDS[args.scope]}; leave --scope out"
+            )
+        if Pattern.parse(args.pattern).structured:
+            raise UserError(
+                f"--scope changes nothing with pattern {args.pattern}, which compares weights within each group of "
+                "consecutive inputs of a row; leave --scope out or prune unstructured"
+            )
+    if not meta["needs"]:
+        given = [flag for flag, value in (("--calib", args.calib), ("--nsamples", args.nsamples), ("--seqlen", args.seqlen),
+                                          ("--statistics", args.statistics)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]} applies to the methods that calibrate ({', '.join(_calibrated_methods())}); {args.method} uses no calibration")
+    if args.seed is not None and not _uses_seed(args.method):
+        raise UserError(f"--seed applies to random and to the methods that calibrate ({', '.join(_calibrated_methods())}); "
+                        f"{args.method} draws nothing at random")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from audit.compress.prune import prune
 
-    if args.scope == "matrix":
-        # Not a recipe field (a recipe leaves the scope to the method unless per_row): a method
-        # that cannot compare over the whole matrix refuses it here.
-        check_scope(args.method, args.scope)
+    check_prune_options(args)
     recipe = PruneRecipe(args.method, args.sparsity, args.pattern, per_row=args.scope == "row", exclude=tuple(args.exclude))
-    calibration = CalibrationSpec(args.nsamples, args.seqlen, args.seed, str(args.calib) if args.calib else None, args.statistics)
+    calibration = CalibrationSpec(
+        CALIBRATION.nsamples if args.nsamples is None else args.nsamples,
+        CALIBRATION.seqlen if args.seqlen is None else args.seqlen,
+        CALIBRATION.seed if args.seed is None else args.seed,
+        str(args.calib) if args.calib else None,
+        args.statistics or CALIBRATION.statistics,
+    )
     result = common.run_job(
         prune(
             args.model, recipe, args.out, calibration=calibration, force=args.force, options=common.load_options(args),
-            text=args.text, chunk_tokens=args.chunk,
+            text=args.text, chunk_tokens=_chunk(args),
         )
     )
 
@@ -135,20 +193,42 @@ def _smoothing(text: str) -> float | str:
     return alpha
 
 
+def _blocked_schemes() -> list[str]:
+    """The quantization schemes that quantize in blocks of --block-size weights: the ONNX ones."""
+    return [entry.name for entry in QUANTIZATION_SCHEME_NAMES if entry.meta["backend"] == "onnxruntime"]
+
+
+def check_quantize_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, an option the scheme would ignore, and a text for a
+    perplexity that is not measured (it would never be read, nor its absence noticed). An
+    unknown scheme is left to `quantize`, which names the known ones."""
+    if args.scheme in QUANTIZATION_SCHEME_NAMES:
+        if args.smoothing is not None and args.scheme != "int8-dynamic":
+            raise UserError(f"--smoothing applies to int8-dynamic only, not {args.scheme}")
+        if args.block_size is not None and args.scheme not in _blocked_schemes():
+            raise UserError(f"--block-size applies to {' and '.join(_blocked_schemes())} only, not {args.scheme}")
+    if args.block_size is not None and args.block_size not in INT4_BLOCK_SIZES:
+        raise UserError(f"--block-size: the block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, not {args.block_size}")
+    if args.no_perplexity:
+        given = [flag for flag, value in (("--text", args.text), ("--chunk", args.chunk)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]} applies to the perplexity, which --no-perplexity skips; give one or the other")
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from audit.compress.quantize import QuantizeSettings, quantize
 
+    check_quantize_options(args)
     smoothing = DEFAULT_SMOOTHING_ALPHA
     if args.smoothing is not None:
-        if args.scheme in QUANTIZATION_SCHEME_NAMES and args.scheme != "int8-dynamic":
-            raise UserError(f"--smoothing applies to int8-dynamic only, not {args.scheme}")
         smoothing = None if args.smoothing == NO_SMOOTHING else args.smoothing
-    settings = QuantizeSettings(block_size=args.block_size, smoothing=smoothing)
+    block_size = DEFAULT_INT4_BLOCK_SIZE if args.block_size is None else args.block_size
+    settings = QuantizeSettings(block_size=block_size, smoothing=smoothing)
     result = common.run_job(
         quantize(
             args.model, args.scheme, args.out, force=args.force, options=common.load_options(args),
             settings=settings, measure_perplexity=not args.no_perplexity,
-            text=args.text, chunk_tokens=args.chunk,
+            text=args.text, chunk_tokens=_chunk(args),
         )
     )
 
@@ -178,7 +258,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     def job():
         model = yield from load_model(args.model, common.load_options(args))
-        result = yield from perplexity(model, text, chunk_tokens=args.chunk, source=source)
+        result = yield from perplexity(model, text, chunk_tokens=_chunk(args), source=source)
         return model, result
 
     model, result = common.run_job(job())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shlex
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -13,7 +15,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from audit import checks
+from audit import checks, jsonout
 from audit.errors import Cancelled, UserError
 from audit.plans import DEFAULT_PRESET, load_preset, named_plan, with_overrides
 from audit.progress import Progress, clock, job_seconds_left, step_place
@@ -80,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.plan or args.default or args.model or args.limit or args.suite or args.sequential:
             raise UserError("--resume continues a stored run as it was planned; give no plan, --model, --limit, --suite or --sequential with it")
+        if args.work_dir is not None:
+            # The run's variants are in the folder it started with, and go on there.
+            raise UserError("--resume continues a stored run in its own work folder; give no --work-dir with it")
         plan = None
     elif args.default:
         if args.plan:
@@ -117,9 +122,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         outcome = common.run_job(remember(run_plan(plan, options)), overall="run")
     except (KeyboardInterrupt, Cancelled):
-        hint = f"; resume with: edge-audit run --resume {run_id[0]}" if run_id else ""
-        print(f"edge-audit: run stopped, finished steps are kept{hint}", file=sys.stderr)
-        return 130
+        return _stopped(args, run_id[0] if run_id else args.resume, time.perf_counter() - started)
+    except SystemExit as stop:
+        if stop.code == TERMINATED_EXIT_CODE:  # SIGTERM (tui.cli's handler): stopped as by Ctrl-C
+            _stopped(args, run_id[0] if run_id else args.resume, time.perf_counter() - started, exit_code=TERMINATED_EXIT_CODE)
+        raise
     folder = args.report or Path(outcome.report["run"]["work_dir"]) / "report"
     files = write_report(folder, outcome.report)
     elapsed = time.perf_counter() - started
@@ -145,6 +152,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     common.emit(args, data, human)
     return outcome.exit_code
+
+
+STOPPED_EXIT_CODE = 130  # Ctrl-C
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def resume_command(run_id: int, store: Path | None) -> str:
+    """The command that resumes a run: with the store it is in unless that is the default one."""
+    where = f" --store {shlex.quote(str(store))}" if store is not None else ""
+    return f"edge-audit run --resume {run_id}{where}"
+
+
+def _stopped(args: argparse.Namespace, run_id: int | None, seconds: float, *, exit_code: int = STOPPED_EXIT_CODE) -> int:
+    """Say that a run was stopped and how to resume it: on stderr, and with --json as the one
+    JSON object on stdout, so a script reads a stopped run as it reads a finished one."""
+    resume = resume_command(run_id, args.store) if run_id is not None else None
+    hint = f"; resume with: {resume}" if resume else ""
+    print(f"edge-audit: run stopped, finished steps are kept{hint}", file=sys.stderr)
+    if args.json:
+        data = {
+            "run_id": run_id,
+            "store": str(args.store or default_store_path()),
+            "status": "interrupted",
+            "exit_code": exit_code,
+            "seconds": round(seconds, 1),
+            "resume": resume,
+        }
+        print(jsonout.dumps(data, default=str), flush=True)
+    return exit_code
 
 
 def with_step(event: Progress) -> Progress:
