@@ -268,3 +268,12 @@ async def test_every_screen_works_while_the_model_loads_and_says_it_is_loading(t
             assert str(app.screen.query_one("#facts-title", Label).render()) == "Loaded model: smollm2-135m"
     finally:
         held.released.set()
+
+
+def test_the_probe_screen_refuses_a_seed_given_twice():
+    from tui.screens.base import FormError
+    from tui.screens.probe import parse_int_list
+
+    assert parse_int_list("0, 1,2", "seeds") == (0, 1, 2)
+    with pytest.raises(FormError, match="seeds: 1 is given twice"):
+        parse_int_list("0,1,1", "seeds")

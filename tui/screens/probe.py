@@ -41,6 +41,9 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
         raise FormError(f"{what} must be whole numbers separated by commas, not {text!r}") from None
     if not values:
         raise FormError(f"{what}: give at least one")
+    if len(set(values)) < len(values):
+        # A seed given twice repeats the same answers, which would count twice.
+        raise FormError(f"{what}: {next(v for v in values if values.count(v) > 1)} is given twice")
     return values
 
 
