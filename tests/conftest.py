@@ -144,3 +144,14 @@ def planted(tmp_path_factory):
         model.model.layers[0].mlp.up_proj.weight[5] *= 1000.0
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+SHORT_TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """A short text file for perplexity and calibration: quick on a tiny model."""
+    path = tmp_path_factory.mktemp("text") / "t.txt"
+    path.write_text(SHORT_TEXT)
+    return path

@@ -23,14 +23,6 @@ from audit.progress import drive
 
 PLANTED = "model.layers.0.mlp.down_proj"
 RULE = OutlierRule(ratio=32.0, nsamples=2, seqlen=64)
-TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def test_input_range_is_max_over_lower_median_channel():

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.test_sequential import PLAN
+from tests.test_sequential import sequential_probe_args
 from tui.cli import main
 
 
@@ -68,15 +68,10 @@ def test_items_out_that_cannot_be_written_keeps_the_table(tiny_llama, tmp_path, 
 
 
 def test_a_sequential_probe_keeps_its_verdicts_when_its_items_cannot_be_written(tiny_llama, tmp_path, capsys, full_disk_for):
-    plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN)
-    base = tmp_path / "base.jsonl"
-    assert main(["probe", "--model", str(tiny_llama), "--limit", "24", "--items-out", str(base), "--json"]) == 0
-    capsys.readouterr()
     out = tmp_path / "seq.jsonl"
+    args = sequential_probe_args(tiny_llama, tmp_path, capsys, out)
     full_disk_for(out.name)
-    code = main(["probe", "--model", str(tiny_llama), "--limit", "24", "--sequential", "--gate", str(plan), "--baseline-items", str(base),
-                 "--sequential-batch", "10", "--items-out", str(out), "--json"])
+    code = main(args + ["--json"])
     captured = capsys.readouterr()
     assert code == 2
     data = json.loads(captured.out)

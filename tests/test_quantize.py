@@ -26,14 +26,6 @@ from audit.models.meta import TIED_HEAD_KEY
 from audit.progress import drive
 from tui.cli import main
 
-TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def run(model, scheme, out, text_file, **kwargs):

@@ -14,14 +14,6 @@ from audit.models.loader import DTYPES, LoadOptions
 from audit.progress import drive
 from tui.cli import main
 
-TEXT = "The river rose after the storm, and the old stone bridge held. " * 8
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def _no_load(*args, **kwargs):

@@ -366,17 +366,26 @@ max = 50.0
 """
 
 
-def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
+def sequential_probe_args(model, tmp_path, capsys, out):
+    """The command line of a sequential probe of `model` against its own full probe (scored
+    here, 24 items per category), with PLAN's gate, writing its items to `out`."""
     from tui.cli import main
 
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
     base = tmp_path / "base.jsonl"
-    assert main(["probe", "--model", str(tiny_llama), "--limit", "24", "--items-out", str(base), "--json"]) == 0
+    assert main(["probe", "--model", str(model), "--limit", "24", "--items-out", str(base), "--json"]) == 0
     capsys.readouterr()
-    out = tmp_path / "seq.jsonl"
-    args = ["probe", "--model", str(tiny_llama), "--limit", "24", "--sequential", "--gate", str(plan), "--baseline-items", str(base),
+    return ["probe", "--model", str(model), "--limit", "24", "--sequential", "--gate", str(plan), "--baseline-items", str(base),
             "--sequential-batch", "10", "--items-out", str(out)]
+
+
+def test_probe_cli_sequential(tiny_llama, tmp_path, capsys):
+    from tui.cli import main
+
+    out = tmp_path / "seq.jsonl"
+    args = sequential_probe_args(tiny_llama, tmp_path, capsys, out)
+    plan, base = tmp_path / "plan.toml", tmp_path / "base.jsonl"
     assert main(args + ["--json"]) == 0
     import json
 
