@@ -1,6 +1,7 @@
 """Runs driven one step at a time (how the app records its session): plans written back as TOML,
 variants added to a stored run, single steps run into it, and the same numbers as a whole run."""
 
+import shutil
 import threading
 
 import pytest
@@ -248,3 +249,26 @@ def test_update_plan_keeps_variants_and_close_run_sets_the_status(stepwise, tmp_
     with ResultsStore(store) as db:
         record = db.run(run_id)
         assert record.status == "finished" and record.gate["passed"] is True and record.exit_code == 0
+
+
+def test_a_variant_whose_compression_did_not_finish_is_not_measured(tiny_llama, tmp_path):
+    """A folder by the variant's name (another store's run 1, say) is not this run's weights:
+    measuring it is refused until this run's compression is stored."""
+    plan = parse_plan(PLAN.format(model=tiny_llama), tmp_path / "plan.toml")
+    run_id, work_dir = start_run(plan, tmp_path / "results.db")
+    spec = VariantSpec("wanda-50", PruneRecipe("wanda", 0.5))
+    add_variant(tmp_path / "results.db", run_id, spec)
+    shutil.copytree(tiny_llama, work_dir / "wanda-50")  # weights this run never made
+    with pytest.raises(UserError, match=r"wanda-50 is not compressed in run 1 \(its compression did not finish\): compress it before measuring it"):
+        drive(run_steps(tmp_path / "results.db", run_id, "wanda-50", [PROBE_PREFIX + "builtin"]))
+
+
+def test_runs_of_two_stores_in_one_folder_never_share_a_variant_folder(tiny_llama, tmp_path):
+    """Each store numbers its runs from 1: the second store's run 1 gets a folder of its own."""
+    plan = parse_plan(PLAN.format(model=tiny_llama), tmp_path / "plan.toml")
+    first = start_run(plan, tmp_path / "a.db")
+    second = start_run(plan, tmp_path / "b.db")
+    assert first == (1, tmp_path / "runs" / "run-1") and second == (1, tmp_path / "runs" / "run-1-2")
+    assert first[1].is_dir() and second[1].is_dir()
+    with ResultsStore(tmp_path / "b.db", readonly=True) as db:
+        assert db.run(1).work_dir == str(tmp_path / "runs" / "run-1-2")

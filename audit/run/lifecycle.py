@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from audit.errors import Cancelled, UserError
+from audit.paths import os_reason
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
 from audit.run.steps import (
     BASELINE,
+    COMPRESS,
     StepRecord,
     done_steps,
     driving,
@@ -98,9 +100,28 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
         software=software_versions(),
         variants=[(name, variant_recipe(plan, name)) for name in variant_names(plan)],
     )
-    work_dir = Path(options.work_dir) / f"run-{run_id}" if options.work_dir else _work_dir(store, run_id)
+    work_dir = _claim_folder(Path(options.work_dir) if options.work_dir else run_folder(store, store.run(run_id)).parent, f"run-{run_id}")
     store.set_work_dir(run_id, str(work_dir))
     return store, run_id, plan, work_dir
+
+
+def _claim_folder(parent: Path, name: str) -> Path:
+    """A new folder `parent/name` for a new run's variants, or `name-2`, `name-3`, ... when that
+    one exists: another store beside this one (or one deleted and made again) numbers its runs
+    from 1 too, and a run must never measure, or overwrite, another run's variants. Made here,
+    so two processes cannot claim the same one."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            folder = parent / (name if n == 1 else f"{name}-{n}")
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise UserError(f"cannot make a folder for the run's variants in {parent}: {os_reason(exc)}") from None
+    raise UserError(f"{parent} already holds {name} and 9,999 more like it: give another --work-dir")
 
 
 def _work_dir(store: ResultsStore, run_id: int) -> Path:
@@ -245,6 +266,10 @@ def run_steps(
                 stored.append(step.kind)
 
         done = set(planned) - set(kinds)
+        if COMPRESS in done and store.step(run_id, name, COMPRESS) is None:
+            # Its folder, if one is there, was not written by this run's compression (which
+            # failed, or never ran): measuring it would audit weights this run never made.
+            raise UserError(f"{name} is not compressed in run {run_id} (its compression did not finish): compress it before measuring it")
         with driving(run_id, work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
             yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps, baseline=stored_baseline(store, run_id))
