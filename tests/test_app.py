@@ -253,6 +253,14 @@ async def test_failures_are_notices_and_the_app_stays_usable(tiny_llama, tmp_pat
         await pilot.press("enter")
         await loaded(pilot)
         await pilot.press("2")
+        # Calibration fields are checked, each by name, before a job could change the plan.
+        await pilot.press("ctrl+r")
+        assert any("Seq. length 512 exceeds the model's context length" in n for n in notices(app))
+        assert app.session.run_id is None
+        await type_into(pilot, "#seqlen", "0")
+        await pilot.press("ctrl+r")
+        assert any("Seq. length must be at least 8, not 0" in n for n in notices(app))
+        await type_into(pilot, "#seqlen", "32")
         await type_into(pilot, "#exclude", "*.no_such_layer")
         await pilot.press("ctrl+r")
         await settle(pilot, app)
@@ -261,6 +269,20 @@ async def test_failures_are_notices_and_the_app_stays_usable(tiny_llama, tmp_pat
         await type_into(pilot, "#sparsity", "lots")
         await pilot.press("ctrl+r")
         assert any("sparsity must be a number" in n for n in notices(app))
+        # The probe form names its fields before any job: a limit below 1, an unknown category.
+        await pilot.press("tab")  # out of the text field, where 3 is a character
+        await pilot.press("3")
+        await pilot.pause()
+        await type_into(pilot, "#limit", "0")
+        await pilot.press("ctrl+r")
+        assert any("Limit must be at least 1 item per category, not 0" in n for n in notices(app))
+        await type_into(pilot, "#limit", "2")
+        await type_into(pilot, "#categories", "astrology")
+        await pilot.press("ctrl+r")
+        assert any("unknown built-in category 'astrology'" in n for n in notices(app))
+        assert app.session.run_id is None  # nothing started
+        assert app.focused.id == "categories"  # the cursor is back on the field to fix
+        app.set_focus(None)  # out of the text field, where 1 is a character
         await pilot.press("1")
         assert app.current_mode == "models"
 

@@ -99,13 +99,24 @@ class CompressScreen(FormScreen):
                 try:
                     sparsity = float(self._value("sparsity"))
                 except ValueError:
-                    raise FormError(f"sparsity must be a number such as 0.5, not {self._value('sparsity')!r}") from None
+                    raise FormError(f"sparsity must be a number such as 0.5, not {self._value('sparsity')!r}", field="sparsity") from None
             exclude = tuple(p.strip() for p in self._value("exclude").split(",") if p.strip())
             try:
                 prune = PruneRecipe(method, sparsity, pattern, exclude=exclude)
             except UserError as error:
-                raise FormError(str(error)) from None
+                raise FormError(str(error), field="sparsity" if "sparsity" in str(error) else None) from None
         return prune, (QuantizeRecipe(scheme) if scheme != NONE else None)
+
+    def _whole(self, field: str, label: str, least: int) -> int:
+        """A whole-number field, checked here with its name, before any job changes the plan."""
+        text = self._value(field)
+        try:
+            value = int(text)
+        except ValueError:
+            raise FormError(f"{label} must be a whole number, not {text!r}", field=field) from None
+        if value < least:
+            raise FormError(f"{label} must be at least {least}, not {value}", field=field)
+        return value
 
     def _recipe(self) -> tuple[VariantSpec, CalibrationSpec, str]:
         """The variant to add (named as asked, or as `variant_to_add` renames it), the
@@ -114,10 +125,11 @@ class CompressScreen(FormScreen):
         assert session is not None
         prune, quantize = self._parts()
         name = self._value("name") or variant_name(prune, quantize)
-        try:
-            nsamples, seqlen = int(self._value("nsamples")), int(self._value("seqlen"))
-        except ValueError:
-            raise FormError("calibration samples and sequence length must be whole numbers") from None
+        nsamples = self._whole("nsamples", "Calib. samples", 1)
+        seqlen = self._whole("seqlen", "Seq. length", 8)
+        context = session.model.facts().context_length if session.model is not None else None
+        if context and seqlen > context:
+            raise FormError(f"Seq. length {seqlen} exceeds the model's context length {context}", field="seqlen")
         try:
             spec = session.variant_to_add(VariantSpec(name, prune, quantize))
         except UserError as error:

@@ -3,6 +3,7 @@ with per-category figures updating live as items are scored."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
+from audit.errors import UserError
 from audit.plans import sequential_refusal
 from audit.probes.items import QA
 from audit.probes.suites import SUITES
@@ -174,9 +176,27 @@ class ProbeScreen(FormScreen):
         limit_text = self._value("limit")
         try:
             limit = int(limit_text) if limit_text else None
-            temperature = float(self._value("temperature") or 0)
         except ValueError:
-            raise FormError("limit must be a whole number and temperature a number") from None
+            raise FormError(f"Limit must be a whole number of items per category, not {limit_text!r}", field="limit") from None
+        if limit is not None and limit < 1:
+            raise FormError(f"Limit must be at least 1 item per category, not {limit}", field="limit")
+        temperature_text = self._value("temperature")
+        try:
+            temperature = float(temperature_text or 0)
+        except ValueError:
+            raise FormError(f"Temperature must be a number, not {temperature_text!r}", field="temperature") from None
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise FormError(f"Temperature must be 0 (greedy) or more, not {temperature_text}", field="temperature")
+        categories = tuple(c.strip() for c in self._value("categories").split(",") if c.strip())
+        if categories and not SUITES.meta(name).get("needs_path"):
+            # The built-in suite is read at once: a category it does not have is named here, before
+            # any job, not after the baseline's perplexity.
+            from audit.probes import load_suite
+
+            try:
+                load_suite(suite, categories=list(categories), limit=1)
+            except UserError as error:
+                raise FormError(str(error), field="categories") from None
         mode = self._value("mode")
         # The study's prompt and parser are generate-mode settings: log-likelihood scoring has neither.
         asked = session.plan.probes if mode == "generate" else replace(session.plan.probes, prompt="default", parser="strict")
@@ -184,7 +204,7 @@ class ProbeScreen(FormScreen):
             asked,
             mode=mode,
             limit=limit,
-            categories=tuple(c.strip() for c in self._value("categories").split(",") if c.strip()),
+            categories=categories,
             seeds=parse_int_list(self._value("seeds"), "seeds"),
             temperature=temperature,
         )
