@@ -257,34 +257,33 @@ async def test_failures_are_notices_and_the_app_stays_usable(tiny_llama, tmp_pat
         await pilot.press("ctrl+r")
         assert any("Seq. length 512 exceeds the model's context length" in n for n in notices(app))
         assert app.session.run_id is None
-        await type_into(pilot, "#seqlen", "0")
-        await pilot.press("ctrl+r")
-        assert any("Seq. length must be at least 8, not 0" in n for n in notices(app))
+        await refused(pilot, app, "#seqlen", "0", "Seq. length must be at least 8, not 0")
         await type_into(pilot, "#seqlen", "32")
         await type_into(pilot, "#exclude", "*.no_such_layer")
         await pilot.press("ctrl+r")
         await settle(pilot, app)
         assert any("exclude pattern '*.no_such_layer' matches no layer" in n for n in notices(app))
         assert app.session.run_id is None and app.session.plan.variants == ()  # nothing half-made
-        await type_into(pilot, "#sparsity", "lots")
-        await pilot.press("ctrl+r")
-        assert any("sparsity must be a number" in n for n in notices(app))
+        await refused(pilot, app, "#sparsity", "lots", "sparsity must be a number")
         # The probe form names its fields before any job: a limit below 1, an unknown category.
         await pilot.press("tab")  # out of the text field, where 3 is a character
         await pilot.press("3")
         await pilot.pause()
-        await type_into(pilot, "#limit", "0")
-        await pilot.press("ctrl+r")
-        assert any("Limit must be at least 1 item per category, not 0" in n for n in notices(app))
+        await refused(pilot, app, "#limit", "0", "Limit must be at least 1 item per category, not 0")
         await type_into(pilot, "#limit", "2")
-        await type_into(pilot, "#categories", "astrology")
-        await pilot.press("ctrl+r")
-        assert any("unknown built-in category 'astrology'" in n for n in notices(app))
+        await refused(pilot, app, "#categories", "astrology", "unknown built-in category 'astrology'")
         assert app.session.run_id is None  # nothing started
         assert app.focused.id == "categories"  # the cursor is back on the field to fix
         app.set_focus(None)  # out of the text field, where 1 is a character
         await pilot.press("1")
         assert app.current_mode == "models"
+
+
+async def refused(pilot, app, field, text, message):
+    """Type `text` into `field` and run the form: a notice says `message`."""
+    await type_into(pilot, field, text)
+    await pilot.press("ctrl+r")
+    assert any(message in n for n in notices(app)), notices(app)
 
 
 def test_a_change_of_stage_is_never_dropped_from_the_queue():
