@@ -300,18 +300,18 @@ def _weight_files(folder: Path, storage: str | None) -> tuple[str, list[Path]]:
     raise UserError(f"{folder} holds no weights edge-audit can fingerprint (no .safetensors, .onnx or .bin files)")
 
 
-def _loading_files(folder: Path) -> dict[str, str]:
+def _loading_files(folder: Path, meta: Mapping[str, Any]) -> dict[str, str]:
     """Digests of what else decides how the folder is loaded and run: its safetensors index,
     every Python file in it (`code:PATH`, at any depth) and the document-start token recorded in
-    `edge_audit.json` (its other fields describe the folder's history, and its storage format
-    differs between a folder and its `compressed/` copy of the same weights)."""
+    `edge_audit.json`, read as `meta` (its other fields describe the folder's history, and its
+    storage format differs between a folder and its `compressed/` copy of the same weights)."""
     found: dict[str, str] = {}
     if (folder / SAFETENSORS_INDEX).is_file():
         found[SAFETENSORS_INDEX] = _file_digest(folder / SAFETENSORS_INDEX)
     for path in sorted(folder.rglob("*.py")):
         if path.is_file():
             found[f"code:{path.relative_to(folder).as_posix()}"] = _file_digest(path)
-    prefix = read_meta(folder, strict=True).get("text_prefix_token")
+    prefix = meta.get("text_prefix_token")
     if prefix is not None:
         found[f"{META_FILE}:text_prefix_token"] = hashlib.sha256(canonical_json(prefix)).hexdigest()
     return found
@@ -379,7 +379,8 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json: it is not a model folder")
     started = time.perf_counter()
-    storage, files = _weight_files(folder, (read_meta(folder, strict=True).get("storage") or {}).get("format"))
+    meta = read_meta(folder, strict=True)
+    storage, files = _weight_files(folder, (meta.get("storage") or {}).get("format"))
     total = sum(p.stat().st_size for p in files)
     yield Progress("fingerprint", 0, total, f"fingerprinting {folder.name}")
     tensors: dict[str, str] = {}
@@ -402,7 +403,7 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     config_files = {name: _file_digest(folder / name) for name in CONFIG_FILES if (folder / name).is_file()}
     if storage == INT8_FORMAT:
         config_files.update(_int8_layout(folder))
-    config_files.update(_loading_files(folder))
+    config_files.update(_loading_files(folder, meta))
     tokenizer_files = {name: _file_digest(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
     weights = _part_digest(tensors)
     config = _part_digest(config_files)

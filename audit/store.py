@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from audit.errors import UserError, first_line
 from audit.paths import kind, os_reason, probe
@@ -174,39 +173,6 @@ class RunRecord:
 
 def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
-
-
-class _NotJSON(ValueError):
-    """A stored JSON column that does not parse: the file was damaged where SQLite does not look."""
-
-    def __init__(self, column: str) -> None:
-        super().__init__(column)
-        self.column = column
-
-
-def _column(row: sqlite3.Row | Mapping[str, Any], column: str) -> Any:
-    """A JSON column of a row, parsed."""
-    try:
-        return _loads(row[column])
-    except (ValueError, RecursionError):
-        raise _NotJSON(column) from None
-
-
-Reader = TypeVar("Reader", bound=Callable[..., Any])
-
-
-def _reads(method: Reader) -> Reader:
-    """A `ResultsStore` method that parses stored JSON: a column that does not parse is a damaged
-    store, said in one line, rather than a JSON error that names neither the store nor the column."""
-
-    @functools.wraps(method)
-    def read(self: "ResultsStore", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except _NotJSON as exc:
-            raise damaged(self.path, f"its column {exc.column} holds text that is not JSON") from None
-
-    return read  # type: ignore[return-value]
 
 
 def _dumps(value: Any) -> str:
@@ -608,7 +574,6 @@ class ResultsStore:
     def set_work_dir(self, run_id: int, work_dir: str) -> None:
         self.db.execute("UPDATE runs SET work_dir = ? WHERE id = ?", (work_dir, run_id))
 
-    @_reads
     def run(self, run_id: int) -> RunRecord:
         # An id past what SQLite stores is no run either.
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone() if -(2**63) <= run_id < 2**63 else None
@@ -616,12 +581,18 @@ class ResultsStore:
             raise UserError(f"no run {run_id} in {self.path}")
         return self._run_record(row)
 
-    @_reads
     def runs(self) -> list[RunRecord]:
         return [self._run_record(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
-    @staticmethod
-    def _run_record(row: sqlite3.Row) -> RunRecord:
+    def _json(self, row: sqlite3.Row | Mapping[str, Any], column: str) -> Any:
+        """A JSON column of a row, parsed: one that does not parse is a damaged store, said in one
+        line naming the column, rather than a JSON error that names neither the store nor it."""
+        try:
+            return _loads(row[column])
+        except (ValueError, RecursionError):
+            raise damaged(self.path, f"its column {column} holds text that is not JSON") from None
+
+    def _run_record(self, row: sqlite3.Row) -> RunRecord:
         return RunRecord(
             id=row["id"],
             name=row["name"],
@@ -632,9 +603,9 @@ class ResultsStore:
             plan_text=row["plan_text"],
             plan_path=row["plan_path"],
             work_dir=row["work_dir"],
-            device=_column(row, "device_json") or {},
-            software=_column(row, "software_json") or {},
-            gate=_column(row, "gate_json"),
+            device=self._json(row, "device_json") or {},
+            software=self._json(row, "software_json") or {},
+            gate=self._json(row, "gate_json"),
             exit_code=row["exit_code"],
         )
 
@@ -647,10 +618,9 @@ class ResultsStore:
             (status, time.time(), _dumps(gate) if gate is not None else None, exit_code, run_id),
         )
 
-    @_reads
     def variants(self, run_id: int) -> list[tuple[str, dict[str, Any]]]:
         rows = self.db.execute("SELECT name, recipe_json FROM variants WHERE run_id = ? ORDER BY position", (run_id,))
-        return [(r["name"], _column(r, "recipe_json")) for r in rows]
+        return [(r["name"], self._json(r, "recipe_json")) for r in rows]
 
     def add_variant(self, run_id: int, name: str, recipe: Mapping[str, Any], plan_text: str) -> None:
         """Add a variant to a run, with the run's plan now naming it, in one transaction."""
@@ -671,7 +641,6 @@ class ResultsStore:
         self.db.execute("UPDATE runs SET plan_text = ? WHERE id = ?", (plan_text, run_id))
 
     # -- steps ----------------------------------------------------------------------------
-    @_reads
     def step(self, run_id: int, variant: str, kind: str) -> dict[str, Any] | None:
         """The stored result of a finished step, or None."""
         row = self.db.execute(
@@ -680,7 +649,6 @@ class ResultsStore:
         ).fetchone()
         return self._step_dict(row) if row else None
 
-    @_reads
     def steps(self, run_id: int, variant: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM steps WHERE run_id = ?"
         args: list[Any] = [run_id]
@@ -689,8 +657,7 @@ class ResultsStore:
             args.append(variant)
         return [self._step_dict(r) for r in self.db.execute(query + " ORDER BY started_at", args)]
 
-    @staticmethod
-    def _step_dict(row: sqlite3.Row) -> dict[str, Any]:
+    def _step_dict(self, row: sqlite3.Row) -> dict[str, Any]:
         return {
             "variant": row["variant"],
             "kind": row["kind"],
@@ -698,8 +665,8 @@ class ResultsStore:
             "started_at": row["started_at"],
             "finished_at": row["finished_at"],
             "seconds": row["seconds"],
-            "result": _column(row, "result_json"),
-            "resources": _column(row, "resources_json"),
+            "result": self._json(row, "result_json"),
+            "resources": self._json(row, "resources_json"),
             "error": row["error"],
         }
 
@@ -763,13 +730,12 @@ class ResultsStore:
         )
 
     # -- items and metrics ------------------------------------------------------------------
-    @_reads
     def items(self, run_id: int, variant: str, suite: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT record_json FROM items WHERE run_id = ? AND variant = ? AND suite = ? ORDER BY item_id",
             (run_id, variant, suite),
         )
-        return [_column(r, "record_json") for r in rows]
+        return [self._json(r, "record_json") for r in rows]
 
     def item_count(self, run_id: int) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM items WHERE run_id = ?", (run_id,)).fetchone()[0])
@@ -810,13 +776,12 @@ class ResultsStore:
         )
         return [dict(r) for r in rows]
 
-    @_reads
     def check(self, check_id: int) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM checks WHERE id = ?", (check_id,)).fetchone()
         if row is None:
             raise UserError(f"no check {check_id} in {self.path}")
         data = dict(row)
-        data["result"] = _column(data, "result_json")
+        data["result"] = self._json(data, "result_json")
         del data["result_json"]
         return data
 

@@ -204,14 +204,13 @@ class Session:
         with `pending_only`, only the steps not stored yet. Returns the steps stored per target."""
         run_id = self._ensure_run(self.measured_plan(suite, probes, perplexity, profile))
         stored: dict[str, list[str]] = {}
-        with ResultsStore(self.store_path) as store:
-            done = {(s["variant"], s["kind"]) for s in store.steps(run_id) if s["status"] == "done"}
+        done: set[tuple[str, str]] = set()
         if pending_only:
+            with ResultsStore(self.store_path) as store:
+                done = {(s["variant"], s["kind"]) for s in store.steps(run_id) if s["status"] == "done"}
             # A variant whose compression did not finish has no weights of this run to measure:
             # left out here; asked for by name, it is refused (`run_steps`).
             targets = [t for t in targets if t == BASELINE or self.plan.variant(t).path is not None or (t, COMPRESS) in done]
-        else:
-            done = set()
         todo = {target: [k for k in self.measure_kinds(self.plan, target, suite) if (target, k) not in done] for target in targets}
         steps = StepCounter([(target, kind) for target in targets for kind in todo[target]])
         for index, target in enumerate(targets):

@@ -72,7 +72,7 @@ def _shown(value: Any) -> str:
 # -- one comparison section ----------------------------------------------------------------------
 def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequence[ms.Pair] | None) -> dict[str, Any]:
     c = DISPLAY_CONFIDENCE
-    within = [p for p in pairs if condition == ALL or p[0].condition == condition]
+    within = [p for p in pairs if ms.in_condition(p, condition)]
     if scope not in (ms.OVERALL, ms.CATEGORY_MEAN):
         within = [p for p in within if p[0].category == scope]
         scope = ms.OVERALL
@@ -107,7 +107,7 @@ def _section(pairs: Sequence[ms.Pair], condition: str, scope: str, noise: Sequen
         drop = "accuracy_ambig_drop" if condition == AMBIG else "accuracy_disambig_drop"
         out["accuracy_drop"] = ms.paired_bounds(within, drop, c, scope).to_dict()
     if noise is not None:
-        noise_within = [p for p in noise if condition == ALL or p[0].condition == condition]
+        noise_within = [p for p in noise if ms.in_condition(p, condition)]
         if scope == ms.OVERALL and len(within) != len(pairs):
             ids = {b.item_id for b, _ in within}
             noise_within = [p for p in noise_within if p[0].item_id in ids]
@@ -168,7 +168,7 @@ def _comparison(evidence: "SuiteEvidence", variant: str, noise: bool) -> dict[st
     headline = ms.headline_condition(pairs)
     conditions = (AMBIG, DISAMBIG) if headline == AMBIG else (ALL,)
     for condition in conditions:
-        scoped = [p for p in pairs if condition == ALL or p[0].condition == condition]
+        scoped = [p for p in pairs if ms.in_condition(p, condition)]
         if not scoped:
             continue
         categories = sorted({b.category for b, _ in scoped})

@@ -22,6 +22,7 @@ from audit.run.steps import (
     driving,
     named,
     run_folder,
+    runs_folder,
     steps_for,
     stored_baseline,
     variant_names,
@@ -100,7 +101,7 @@ def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStor
         software=software_versions(),
         variants=[(name, variant_recipe(plan, name)) for name in variant_names(plan)],
     )
-    work_dir = _claim_folder(Path(options.work_dir) if options.work_dir else run_folder(store, store.run(run_id)).parent, f"run-{run_id}")
+    work_dir = _claim_folder(Path(options.work_dir) if options.work_dir else runs_folder(store), f"run-{run_id}")
     store.set_work_dir(run_id, str(work_dir))
     return store, run_id, plan, work_dir
 

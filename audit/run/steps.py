@@ -124,9 +124,14 @@ def variant_folder(work_dir: Path, name: str) -> Path:
     return work_dir / name
 
 
+def runs_folder(store: ResultsStore) -> Path:
+    """Where runs that name no work folder keep theirs: beside the store."""
+    return store.path.parent / "runs"
+
+
 def run_folder(store: ResultsStore, record: RunRecord) -> Path:
     """Where a stored run's variant folders are written: the folder it names, else beside the store."""
-    return Path(record.work_dir) if record.work_dir else store.path.parent / "runs" / f"run-{record.id}"
+    return Path(record.work_dir) if record.work_dir else runs_folder(store) / f"run-{record.id}"
 
 
 # -- one process at a time runs a run's steps --------------------------------------------------

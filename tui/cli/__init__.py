@@ -61,22 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def describe_fault(exc: BaseException) -> str | None:
     """One line for a fault of the system or of a file (not a bug): what failed, on which file."""
     if isinstance(exc, OSError):
         what = exc.strerror or type(exc).__name__
         names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
-        return one_line(f"{' -> '.join(names)}: {what}" if names else what)
+        return common.one_line(f"{' -> '.join(names)}: {what}" if names else what)
     if isinstance(exc, sqlite3.Error):
-        return one_line(f"results store: {exc}")
+        return common.one_line(f"results store: {exc}")
     if isinstance(exc, (UnicodeError, json.JSONDecodeError, csv.Error, tomllib.TOMLDecodeError)):
-        return one_line(f"unreadable input: {exc}")
+        return common.one_line(f"unreadable input: {exc}")
     if type(exc).__name__ == "SafetensorError":
-        return one_line(f"unreadable safetensors file: {exc}")
+        return common.one_line(f"unreadable safetensors file: {exc}")
     return None
 
 
@@ -99,14 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args.model, common.load_options(args), store=getattr(args, "store", None))
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"edge-audit: error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return common.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: data and system faults become one line
         message = describe_fault(exc)
         if message is None:
             raise
-        print(f"edge-audit: error: {message}", file=sys.stderr)
-        return 2
+        return common.error(message)
     except (KeyboardInterrupt, Cancelled):
         print("edge-audit: cancelled; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -229,6 +229,16 @@ def run_job(job: Job[T], overall: str | None = None) -> T:
         return drive(job, update)
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def error(message: str) -> int:
+    """Say an error as the command line says every one: one line on stderr; exit code 2."""
+    print(f"edge-audit: error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[dict[str, Any]], None]) -> None:
     if getattr(args, "json", False):
         print(jsonout.dumps(data, default=str))

@@ -197,7 +197,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not run.complete:
         print(f"edge-audit: cancelled after {len(run.results)} of {len(suite.items)} items; the results cover those", file=sys.stderr)
     if unwritten is not None:
-        return _items_out_failed(unwritten)
+        return common.error(str(unwritten))  # after the figures: the scoring is not lost
     return 0 if run.complete else 130
 
 
@@ -214,13 +214,6 @@ def _write_items_out(args: argparse.Namespace, header: dict[str, Any], results: 
         return exc
     data["items_out"] = str(args.items_out)
     return None
-
-
-def _items_out_failed(error: UserError) -> int:
-    """The line the command line gives any error, for an items file that could not be written
-    after the results were shown; exit 2, as for any error."""
-    print(f"edge-audit: error: {' '.join(str(error).split())}", file=sys.stderr)
-    return 2
 
 
 def _add_threads(data: dict[str, Any], model: Any) -> None:
@@ -286,7 +279,7 @@ def _probe_sequentially(args: argparse.Namespace, model: Any, suite: Any, settin
 
     common.emit(args, data, show)
     if unwritten is not None:
-        return _items_out_failed(unwritten)
+        return common.error(str(unwritten))  # after the figures: the scoring is not lost
     if run.cancelled:
         return 130
     return 0 if run.gate.passed else 1
