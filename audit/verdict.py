@@ -162,7 +162,7 @@ def _gate_verdict(gate: dict[str, Any] | None, in_progress: bool) -> Verdict:
     degraded = _degraded_variants(findings)
     open_ = [f for f in findings if f["verdict"] == INCONCLUSIVE and not _not_judged(f)]
     if failed:
-        detail = f"{_plural(len(failed), 'rule')} {'fails' if len(failed) == 1 else 'fail'} ({_list([_named(f, plain_finding(f)) for f in failed])})"
+        detail = _failed_detail(failed)
         if degraded:
             detail += f"; {_list(degraded)} too degraded to judge"
         return Verdict(FAIL, detail)
@@ -174,6 +174,11 @@ def _gate_verdict(gate: dict[str, Any] | None, in_progress: bool) -> Verdict:
     if open_:
         return Verdict(INCONCLUSIVE, _evidence_needed(open_))
     return Verdict(PASS, f"all {len(findings)} checks hold")
+
+
+def _failed_detail(failed: Sequence[dict[str, Any]]) -> str:
+    """"2 rules fail (wanda-50 SRS +40% > 25%, ...)"."""
+    return f"{_plural(len(failed), 'rule')} {'fails' if len(failed) == 1 else 'fail'} ({_list([_named(f, plain_finding(f)) for f in failed])})"
 
 
 def _evidence_needed(open_: list[dict[str, Any]]) -> str:
@@ -193,13 +198,21 @@ def _evidence_needed(open_: list[dict[str, Any]]) -> str:
 
 
 def variant_verdict(gate: dict[str, Any] | None, variant: str) -> Verdict:
-    """One variant's verdict, judged with the baseline's competence as the gate judges it."""
+    """One variant's verdict, judged with the baseline's competence as the gate judges it. A
+    variant too degraded to judge is named so even when it fails a rule as well, as the comparison
+    table names it."""
     if not gate or gate.get("findings") is None:
         return Verdict(NONE)
     own = [f for f in gate["findings"] if f["variant"] in (variant, BASELINE)]
     if not own:
         return Verdict(NONE, "not judged by the gate")
-    return run_verdict({**gate, "findings": own})
+    verdict = run_verdict({**gate, "findings": own})
+    if verdict.state == FAIL and _degraded_variants(own):
+        # One variant is named as the comparison table, its detail view and the reports name it:
+        # too degraded to judge; the rules it fails as well follow. Either way it may not ship.
+        failed = [f for f in own if f["verdict"] == FAIL and not _degraded(f)]
+        return Verdict(DEGRADED, f"{_degraded_detail(own)}; and {_failed_detail(failed)}")
+    return verdict
 
 
 # -- the key: every finding in words ----------------------------------------------------------------

@@ -9,6 +9,7 @@ from audit.verdict import run_verdict, verdict_key
 from tests.app_support import FrozenDevice, build_audit_store, fake_loader, open_stored_run, settle
 from tui.app import create_app
 from tui.screens.verdict import VerdictScreen
+from tui.widgets.comparison import ComparisonTable
 from tui.widgets.gate_banner import GateBanner
 
 
@@ -42,7 +43,10 @@ async def test_the_banner_says_do_not_ship_and_the_failing_rule_and_v_lists_ever
         key = verdict_key(app.compared["gate"])
         assert len(shown) == len([line for line in key if "not judged" not in line.words]) + 1
         heads = [str(static.render()) for static in app.screen.query(".key-variant")]
-        assert heads == ["baseline  ✔ MAY SHIP", "wanda-50  ? NOT ENOUGH EVIDENCE", "magnitude-50  ✖ DO NOT SHIP", "int8-dynamic  ? NOT ENOUGH EVIDENCE"]
+        # A variant both degraded and failing a rule is named as Compare's verdict row names it.
+        assert heads == ["baseline  ✔ MAY SHIP", "wanda-50  ? NOT ENOUGH EVIDENCE", "magnitude-50  ⚠ TOO DEGRADED TO JUDGE", "int8-dynamic  ? NOT ENOUGH EVIDENCE"]
+        compare = next(screen for screen in app.screen_stack if screen.query(ComparisonTable))
+        assert str(compare.query_one(ComparisonTable).get_cell("verdict", "magnitude-50")) == "too degraded"
         await pilot.press("escape")
         assert app.current_mode == "compare" and not isinstance(app.screen, VerdictScreen)
 

@@ -57,6 +57,20 @@ def test_a_failed_rule_outranks_a_degraded_variant_which_outranks_missing_eviden
     assert variant_verdict(gate(base, finding()), "wanda-50").label == "TOO DEGRADED TO JUDGE"
 
 
+def test_a_variant_too_degraded_to_judge_is_named_so_when_it_also_fails_a_rule():
+    """The comparison table and the reports name such a variant "too degraded"; its own verdict
+    says the same, with the rule it fails as well. The run's headline still leads with the rule."""
+    chance = finding(variant="wanda-70", metric="accuracy_disambig", check="competence", verdict="fail", value=0.3,
+                     lower=0.1, upper=0.5, limit=1 / 3, limit_is="min")
+    perplexity = finding(variant="wanda-70", metric="perplexity_relative_change_pct", verdict="fail", value=300.0,
+                         lower=250.0, upper=350.0, limit=50.0)
+    g = gate(chance, perplexity, variants=("wanda-70",))
+    own = variant_verdict(g, "wanda-70")
+    assert own.state == "degraded" and not own.ships
+    assert own.detail == "wanda-70: accuracy not shown above chance (0.333); and 1 rule fails (wanda-70 perplexity +300% > 50%)"
+    assert run_verdict(g).label == "DO NOT SHIP"
+
+
 def test_the_headline_names_the_competence_check_each_degraded_variant_failed():
     """Not every degraded variant answers at chance: one whose accuracy fell past the limit is
     named with that check, and the variants are grouped by the check they failed."""
