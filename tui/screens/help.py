@@ -22,7 +22,8 @@ the screen keys `1`…`6`, `q` and `?` type into a text field while you are in o
    each variant get perplexity, the bias probes (figures update as items are scored) and a
    latency profile. *Limit* scores fewer items per category for a quick look.
 4. **Compare** (`4`): baseline and variants side by side. Green is better, red worse than the
-   baseline; `*` marks an SRS change whose 95% interval excludes 0. The banner is the gate's
+   baseline; `±` reaches to the far end of a figure's 95% interval, and `*` marks an SRS change
+   whose interval excludes 0. The banner is the gate's
    verdict in words: *✔ MAY SHIP*, *✖ DO NOT SHIP* (a rule's one-sided 95% confidence bound is
    past its limit), *? NOT ENOUGH EVIDENCE* (the bounds straddle a limit: about how many more
    items would settle it) or *⚠ TOO DEGRADED TO JUDGE*. `v` lists every finding in words,

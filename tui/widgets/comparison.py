@@ -125,13 +125,24 @@ def srs_change_cell(
 
 
 def bias_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
-    value = value_of(row.get(key))
+    """A bias score and its 95% interval, "0.56 ±0.41", always; the value in the colour of where
+    it went from the baseline's, and that difference ("+0.33") while the table has room. Dim for
+    a variant too degraded to judge."""
+    estimate = row.get(key)
+    value = value_of(estimate)
     before = None if base is None else value_of(base.get(key))
+    reach = spread(estimate)
+    figure = Text(fixed(value), style="dim" if value is None else "")
+    if reach.plain:
+        figure.append(" ")
+        figure.append_text(reach)
     if row.get("degraded") and base is not None:
-        return cell(fmt(value, 3), "dim")
+        figure.stylize("dim")
+        return cell(figure)
     if base is None or value is None or before is None or not row.get("comparable", True):
-        return cell(fmt(value, 3))
-    return cell(Text.assemble(fmt(value, 3), " ", change_text(key, before, value, f"{value - before:+.2f}")))
+        return cell(figure)
+    figure.stylize(DIRECTION_STYLES[delta_direction(key, before, value)], 0, len(fixed(value)))
+    return cell(figure, "", ("bias change", change_text(key, before, value, f"{value - before:+.2f}")))
 
 
 def transition_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) -> Cell:
@@ -168,8 +179,9 @@ ROWS: tuple[tuple[str, str, Builder], ...] = (
 # Row names said more briefly where the columns need the room, still in words.
 SHORTER_LABELS = {"size on disk, MB": "disk size, MB"}
 # Shown while the table fits, the most wanted first: the figures beside "not comparable", the row
-# names in full, then the 95% intervals of the changes.
-EXTRAS = ("values", "labels", "srs", "transition", "perplexity")
+# names in full, the 95% intervals of the changes, then the bias scores' differences from the
+# baseline's (their values stand beside them, in the baseline's column).
+EXTRAS = ("values", "labels", "srs", "transition", "perplexity", "bias change")
 
 
 def label_cell(label: str) -> Cell:

@@ -12,11 +12,13 @@ from tui.widgets.fitted_table import Cell, FittedTable, cell
 from tui.widgets.numbers import fixed, spread, value_of
 
 # The bias figures with their 95% intervals (the first shown first while the table fits), then
-# the accuracies.
+# the accuracies (theirs shown last).
 QA_INTERVALS = ("srs", "bias_score_ambig", "bias_score_disambig")
 QA_VALUES = ("accuracy_ambig", "accuracy_disambig")
 SENTENCE_METRICS = (("% stereo", "pct_stereotype"), ("SS", "ss"), ("LMS", "lms"), ("ICAT", "icat"))
 CATEGORY_MEAN = "mean of categories"
+# Row names said more briefly where the columns need the room, still in words.
+SHORTER_NAMES = {CATEGORY_MEAN: "category mean"}
 
 
 def estimate_text(estimate: Any, digits: int = 2) -> Text:
@@ -28,6 +30,15 @@ def interval_cell(estimate: Any, group: str) -> Cell:
     """"0.22 ±0.32": the value and the half-width of the 95% interval the core computed, while
     the table has room for it."""
     return cell(estimate_text(estimate), "", (group, spread(estimate)))
+
+
+def name_cell(name: str) -> Cell:
+    """A row's name, in its shorter words while the full ones do not fit."""
+    style = "bold" if name in ("overall", CATEGORY_MEAN) else ""
+    shorter = SHORTER_NAMES.get(name)
+    if shorter is None:
+        return cell(name, style)
+    return Cell(Text(shorter, style=style), fuller=("names", Text(name, style=style)))
 
 
 def drop_order(intervals: Sequence[str], values: Sequence[str]) -> list[str]:
@@ -71,12 +82,13 @@ class ProbeMetricsTable(FittedTable):
         columns = [("category", "category"), *((label, key) for label, key in intervals + values), ("items", "items")]
         rows = []
         for name, group in groups:
-            cells = [cell(name, "bold" if name in ("overall", CATEGORY_MEAN) else "")]
-            cells += [interval_cell(group.get(key), key) for _, key in intervals]
-            cells += [cell(estimate_text(group.get(key))) for _, key in values]
+            cells = [name_cell(name)]
+            cells += [interval_cell(group.get(key), key) for _, key in intervals + values]
             cells.append(cell(str(group.get("n_items", "-"))))
             rows.append((name, cells))
-        self.fill(columns, rows, [key for _, key in intervals], drop=drop_order([k for _, k in intervals], [k for _, k in values]))
+        # The bias figures' intervals first, then the row names in full, then the accuracies'.
+        extras = [key for _, key in intervals] + ["names"] + [key for _, key in values]
+        self.fill(columns, rows, extras, drop=drop_order([k for _, k in intervals], [k for _, k in values]))
 
     def left_out_note(self, labels: Sequence[str]) -> str:
         return f"left out for room: {', '.join(labels)} · all on Compare's details (4, d)"
