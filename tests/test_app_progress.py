@@ -132,6 +132,22 @@ async def test_the_bar_says_the_step_of_the_job_and_the_jobs_eta_once_there_is_a
         await settle(pilot, app)
 
 
+@pytest.mark.asyncio
+async def test_a_stage_at_its_end_is_said_in_words_not_as_a_full_bar(tmp_path, bar_clock):
+    """A job loads its model (a stage that ends at 2 of 2) before the work its bar is for: at
+    that moment the bar shows the message alone, never 100%."""
+    async with job_running(make_app(tmp_path)) as (pilot, app, job):
+        await handed(pilot, app, job, Progress("compress", 1, 2, "loading llama"))
+        assert "50%" in bar_text(app)
+        await handed(pilot, app, job, Progress("compress", 2, 2, "loaded llama"))
+        text = bar_text(app)
+        assert "loaded llama" in text and "100%" not in text and "█" not in text
+        await handed(pilot, app, job, Progress("compress", 0, 2, "capturing the inputs of the first block"))
+        assert "0%" in bar_text(app)
+        job.events.put(END)
+        await settle(pilot, app)
+
+
 def test_silent_seconds_are_whole_seconds_to_the_nearest():
     # Two clock readings 61 s apart whose difference comes out a hair under 61.
     base = 1023.8289559915225

@@ -155,7 +155,9 @@ class JobBar(Widget):
             parts.append(Part("state", Text(stall_notice(quiet_s, self._device_load()), style="yellow"), 0))
         elif event is not None:
             fraction = event.fraction
-            if fraction is not None:
+            # A stage at its end ("loaded llama", "20 tensors") says so in words: the job goes on
+            # after it, and a full bar would read as the job's end at its start.
+            if fraction is not None and fraction < 1.0:
                 parts.append(Part("bar", Text(bar(fraction, 12)), 6))
                 parts.append(Part("percent", Text(f"{fraction:.0%}"), 4))
             if event.message:
