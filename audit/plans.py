@@ -16,15 +16,20 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from audit.compress.recipe import (
+    DEFAULT_INT4_BLOCK_SIZE,
     DEFAULT_NSAMPLES,
     DEFAULT_SEQLEN,
+    INT4_BLOCK_SIZES,
     MAX_SPARSITY,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
     PruneRecipe,
     QuantizeRecipe,
+    blocked_schemes,
+    check_scope,
     pattern_problem,
     pruning_label,
+    scope_ignored,
 )
 from audit.errors import UserError
 from audit.paths import data_dir, read_text
@@ -338,6 +343,14 @@ def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
     _check(ctx, problem is None, prefix + "pattern", f"{problem}, got {pattern!r}")
     exclude = tuple(_str_list(ctx, data, "exclude", prefix, []))
     per_row = _get(ctx, data, "per_row", prefix, bool, False)
+    if per_row:
+        # Per row is asked of a method that compares weights over the whole matrix by default;
+        # asked where it would change nothing, or fail the compress step, it is refused here.
+        unused = _row_scope_unused(method, pattern)
+        if ctx.stored:
+            per_row = unused is None  # as the variant was pruned
+        else:
+            _check(ctx, unused is None, prefix + "per_row", f"true {unused}; leave per_row out")
     if ctx.stored and pattern != "unstructured":
         # Earlier versions stored 0.5 beside any N:M pattern and recorded N/M as its sparsity;
         # the pattern alone says how many weights go.
@@ -346,6 +359,17 @@ def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
         return PruneRecipe(method, sparsity, pattern, per_row, exclude)
     except UserError as exc:  # an N:M pattern and a sparsity that disagree
         raise ctx.error(prefix + "sparsity", str(exc)) from None
+
+
+def _row_scope_unused(method: str, pattern: str) -> str | None:
+    """Why per_row = true is refused for `method` and `pattern` ("changes nothing for wanda, ..."),
+    or None when it changes the mask."""
+    try:
+        check_scope(method, "row")
+    except UserError:
+        return f"does not apply to {method}, which chooses its own mask per column block"
+    ignored = scope_ignored(method, "row", pattern)
+    return None if ignored is None else f"changes nothing {ignored}"
 
 
 def _check_pattern(ctx: _Context, pattern: str, key: str) -> None:
@@ -364,8 +388,14 @@ def _parse_quantize(ctx: _Context, raw: Any, prefix: str) -> QuantizeRecipe:
     scheme = _get(ctx, data, "scheme", prefix, str, None)
     _check(ctx, scheme is not None, prefix + "scheme", "is required")
     _check_name(ctx, "quantization scheme", scheme, prefix + "scheme")
-    block = _get(ctx, data, "block_size", prefix, int, 32)
-    _check(ctx, block >= 16 and block & (block - 1) == 0, prefix + "block_size", f"must be a power of two >= 16, got {block}")
+    block = _get(ctx, data, "block_size", prefix, int, DEFAULT_INT4_BLOCK_SIZE)
+    if ctx.stored:
+        # Earlier versions took any block size for every scheme; int8-dynamic has none.
+        return QuantizeRecipe(scheme, block if scheme in blocked_schemes() else DEFAULT_INT4_BLOCK_SIZE)
+    _check(ctx, block in INT4_BLOCK_SIZES, prefix + "block_size", f"must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, got {block}")
+    # The default is taken by every scheme: earlier versions wrote it into every variant's recipe.
+    _check(ctx, block == DEFAULT_INT4_BLOCK_SIZE or scheme in blocked_schemes(), prefix + "block_size",
+           f"applies to {' and '.join(blocked_schemes())} only, not {scheme}, which has no blocks; leave block_size out")
     return QuantizeRecipe(scheme, block)
 
 
@@ -899,11 +929,17 @@ def plan_to_toml(plan: Plan) -> str:
         lines += ["[[variants]]", f"name = {_toml_value(variant.name)}"]
         if variant.path is not None:
             lines.append(f"path = {_toml_value(variant.path)}")
+        # A recipe's settings that change nothing are left out: per_row when false, the block
+        # size of a scheme without blocks.
         if variant.prune is not None:
             recipe = asdict(variant.prune)
+            if not recipe["per_row"]:
+                del recipe["per_row"]
             lines.append("prune = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in recipe.items()) + " }")
         if variant.quantize is not None:
             recipe = asdict(variant.quantize)
+            if variant.quantize.scheme not in blocked_schemes():
+                del recipe["block_size"]
             lines.append("quantize = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in recipe.items()) + " }")
         lines.append("")
     lines += _toml_table("[calibration]", asdict(plan.calibration))

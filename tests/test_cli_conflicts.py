@@ -59,8 +59,8 @@ def no_quantizing(monkeypatch):
     "options, message",
     [
         (["--method", "wanda", "--scope", "row"], "--scope row changes nothing for wanda, which always compares weights within each output row"),
-        (["--method", "magnitude", "--pattern", "2:4", "--scope", "row"], "--scope changes nothing with pattern 2:4"),
-        (["--method", "random", "--pattern", "2:4", "--scope", "matrix"], "--scope changes nothing with pattern 2:4"),
+        (["--method", "magnitude", "--pattern", "2:4", "--scope", "row"], "--scope row changes nothing with pattern 2:4"),
+        (["--method", "random", "--pattern", "2:4", "--scope", "matrix"], "--scope matrix changes nothing with pattern 2:4"),
         (["--method", "magnitude", "--calib", "CALIB"], "--calib applies to the methods that calibrate (wanda, sparsegpt); magnitude uses no calibration"),
         (["--method", "magnitude", "--statistics", "dense"], "--statistics applies to the methods that calibrate (wanda, sparsegpt); magnitude uses"),
         (["--method", "random", "--statistics", "dense"], "--statistics applies to the methods that calibrate (wanda, sparsegpt); random uses"),

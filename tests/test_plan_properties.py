@@ -75,18 +75,28 @@ good_documents = st.fixed_dictionaries(
             st.fixed_dictionaries(
                 {"name": good_names},
                 optional={
-                    "prune": st.fixed_dictionaries(
-                        {"method": st.sampled_from(["wanda", "magnitude", "sparsegpt", "random"])},
-                        optional={
-                            "sparsity": good_numbers,
-                            "pattern": st.sampled_from(["unstructured", "2:4", "4:8", "1:3"]),
-                            "per_row": st.booleans(),
-                            "exclude": st.lists(good_names, max_size=2),
-                        },
+                    "prune": st.one_of(
+                        st.fixed_dictionaries(
+                            {"method": st.sampled_from(["wanda", "magnitude", "sparsegpt", "random"])},
+                            optional={
+                                "sparsity": good_numbers,
+                                "pattern": st.sampled_from(["unstructured", "2:4", "4:8", "1:3"]),
+                                "per_row": st.just(False),
+                                "exclude": st.lists(good_names, max_size=2),
+                            },
+                        ),
+                        # Per row changes the mask of the methods that compare over the whole matrix.
+                        st.fixed_dictionaries(
+                            {"method": st.sampled_from(["magnitude", "random"]), "per_row": st.booleans()},
+                            optional={"sparsity": good_numbers, "exclude": st.lists(good_names, max_size=2)},
+                        ),
                     ),
-                    "quantize": st.fixed_dictionaries(
-                        {"scheme": st.sampled_from(["int8-dynamic", "onnx-int8", "onnx-int4"])},
-                        optional={"block_size": st.sampled_from([16, 32, 128])},
+                    "quantize": st.one_of(
+                        st.fixed_dictionaries({"scheme": st.just("int8-dynamic")}, optional={"block_size": st.just(32)}),
+                        st.fixed_dictionaries(
+                            {"scheme": st.sampled_from(["onnx-int8", "onnx-int4"])},
+                            optional={"block_size": st.sampled_from([16, 32, 128])},
+                        ),
                     ),
                 },
             ),

@@ -3,7 +3,7 @@
 import pytest
 
 from audit.errors import UserError
-from audit.plans import default_plan, key_lines, load_plan, parse_plan
+from audit.plans import default_plan, key_lines, load_plan, parse_plan, plan_to_toml
 
 GOOD = """\
 name = "nightly"
@@ -117,10 +117,38 @@ def test_key_lines_index_arrays_of_tables():
         (('seeds = [0, 1]', 'seeds = []'), r"line 15: probes.seeds: must be a non-empty list of integers"),
         (('seeds = [0, 1]', f'seeds = {list(range(1001))}'), r"line 15: probes.seeds: lists at most 1000 seeds \(each is a whole generation of every item\), got 1001"),
         (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 4: grid.sparsity: must be within \[0, 0.95\], got 0.99"),
+        # Settings that would change nothing, or fail the compress step, are refused by name.
+        (('{ method = "wanda", pattern = "2:4" }', '{ method = "magnitude", pattern = "2:4", per_row = true }'),
+         r"line 10: variants\[0\].prune.per_row: true changes nothing with pattern 2:4, .*; leave per_row out"),
+        (('{ method = "wanda", pattern = "2:4" }', '{ method = "wanda", per_row = true }'),
+         r"line 10: variants\[0\].prune.per_row: true changes nothing for wanda, which always compares weights within each output row"),
+        (('{ method = "wanda", pattern = "2:4" }', '{ method = "sparsegpt", per_row = true }'),
+         r"line 10: variants\[0\].prune.per_row: true does not apply to sparsegpt, which chooses its own mask per column block"),
+        (('scheme = "onnx-int8" }', 'scheme = "int8-dynamic", block_size = 64 }'),
+         r"line 11: variants\[0\].quantize.block_size: applies to onnx-int8 and onnx-int4 only, not int8-dynamic, which has no blocks"),
+        (('scheme = "onnx-int8" }', 'scheme = "onnx-int8", block_size = 512 }'),
+         r"line 11: variants\[0\].quantize.block_size: must be one of 16, 32, 64, 128, 256, got 512"),
     ],
 )
 def test_bad_plans_name_key_and_line(tmp_path, edit, message):
     assert_refused(tmp_path, GOOD, edit, message)
+
+
+def test_settings_that_change_nothing_are_left_out_of_a_written_plan_and_read_from_older_ones():
+    """Earlier versions wrote per_row = false and block_size = 32 into every recipe: such plans
+    still read. Stored plans that asked for more are read as the variants were compressed."""
+    older = GOOD.replace('{ method = "wanda", pattern = "2:4" }', '{ method = "wanda", pattern = "2:4", per_row = false }').replace(
+        'scheme = "onnx-int8" }', 'scheme = "int8-dynamic", block_size = 32 }')
+    plan = parse_plan(older, None, check_model=False)
+    written = plan_to_toml(plan)
+    assert 'prune = { method = "wanda", sparsity = 0.5, pattern = "2:4", exclude = [] }' in written
+    assert 'quantize = { scheme = "int8-dynamic" }' in written and "per_row" not in written
+    assert parse_plan(written, None, check_model=False).variants == plan.variants
+    stored = older.replace("per_row = false", "per_row = true").replace("block_size = 32", "block_size = 64")
+    again = parse_plan(stored, None, check_model=False, stored=True).variant("w24-int8")
+    assert again.prune == plan.variant("w24-int8").prune and again.quantize.block_size == 32
+    magnitude = parse_plan('model = "smollm2-135m"\n[[variants]]\nprune = { method = "magnitude", per_row = true }\n', None, check_model=False)
+    assert magnitude.variants[0].prune.per_row and "per_row = true" in plan_to_toml(magnitude)
 
 
 def assert_refused(tmp_path, text, edit, message, **load):

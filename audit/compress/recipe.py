@@ -91,6 +91,25 @@ def check_scope(method: str, scope: str | None) -> str:
     return scope
 
 
+SCOPE_WORDS = {"row": "within each output row", "matrix": "over the whole matrix"}
+
+
+def scope_ignored(method: str, scope: str, pattern: str) -> str | None:
+    """Why asking `method` to compare weights over `scope` would change nothing ("for wanda, which
+    always compares weights within each output row"), or None when it changes the mask. A scope
+    the method cannot use at all is `check_scope`'s to refuse."""
+    if len(PRUNING_METHOD_NAMES.meta(method)["scopes"]) == 1:
+        return f"for {method}, which always compares weights {SCOPE_WORDS[scope]}"
+    if Pattern.parse(pattern).structured:
+        return f"with pattern {pattern}, which compares weights within each group of consecutive inputs of a row"
+    return None
+
+
+def blocked_schemes() -> list[str]:
+    """The quantization schemes that quantize in blocks of a block size: the ONNX ones."""
+    return [entry.name for entry in QUANTIZATION_SCHEME_NAMES if entry.meta["backend"] == "onnxruntime"]
+
+
 def check_sparsity(sparsity: float) -> float:
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or math.isnan(sparsity) or not 0.0 <= sparsity <= MAX_SPARSITY:
         raise UserError(f"sparsity must be between 0 and {MAX_SPARSITY}, got {sparsity}")

@@ -15,9 +15,10 @@ from audit.compress.recipe import (
     MAX_SPARSITY,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
-    Pattern,
     PruneRecipe,
+    blocked_schemes,
     check_scope,
+    scope_ignored,
     valid_alpha,
 )
 from audit.errors import UserError
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model_options(q)
     q.add_argument("--scheme", required=True, help=f"one of {', '.join(QUANTIZATION_SCHEME_NAMES.names())}")
     q.add_argument("--block-size", type=int, default=None,
-                   help=f"{', '.join(_blocked_schemes())}: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
+                   help=f"{', '.join(blocked_schemes())}: weights per quantization block (default {DEFAULT_INT4_BLOCK_SIZE})")
     q.add_argument("--smoothing", type=_smoothing, default=None, metavar="ALPHA|none",
                    help=f"int8-dynamic: how far each layer's input range is moved into its weights before quantizing "
                         f"(SmoothQuant's alpha, above 0 and at most 1; default {DEFAULT_SMOOTHING_ALPHA:g}), or none")
@@ -105,9 +106,6 @@ def _uses_seed(method: str) -> bool:
     return bool(PRUNING_METHOD_NAMES.meta(method)["needs"]) or method == "random"
 
 
-SCOPE_WORDS = {"row": "within each output row", "matrix": "over the whole matrix"}
-
-
 def check_prune_options(args: argparse.Namespace) -> None:
     """Refuse, before anything is loaded, an option the method or the pattern would ignore:
     a prune that silently did something other than what was asked is worse than a refusal."""
@@ -115,16 +113,9 @@ def check_prune_options(args: argparse.Namespace) -> None:
     if args.scope is not None:
         # A scope the method cannot use is refused naming the ones it can.
         check_scope(args.method, args.scope)
-        if len(meta["scopes"]) == 1:
-            raise UserError(
-                f"--scope {args.scope} changes nothing for {args.method}, which always compares weights "
-                f"{SCOPE_WORDS[args.scope]}; leave --scope out"
-            )
-        if Pattern.parse(args.pattern).structured:
-            raise UserError(
-                f"--scope changes nothing with pattern {args.pattern}, which compares weights within each group of "
-                "consecutive inputs of a row; leave --scope out or prune unstructured"
-            )
+        ignored = scope_ignored(args.method, args.scope, args.pattern)
+        if ignored is not None:
+            raise UserError(f"--scope {args.scope} changes nothing {ignored}; leave --scope out")
     if not meta["needs"]:
         given = [flag for flag, value in (("--calib", args.calib), ("--nsamples", args.nsamples), ("--seqlen", args.seqlen),
                                           ("--statistics", args.statistics)) if value is not None]
@@ -193,11 +184,6 @@ def _smoothing(text: str) -> float | str:
     return alpha
 
 
-def _blocked_schemes() -> list[str]:
-    """The quantization schemes that quantize in blocks of --block-size weights: the ONNX ones."""
-    return [entry.name for entry in QUANTIZATION_SCHEME_NAMES if entry.meta["backend"] == "onnxruntime"]
-
-
 def check_quantize_options(args: argparse.Namespace) -> None:
     """Refuse, before anything is loaded, an option the scheme would ignore, and a text for a
     perplexity that is not measured (it would never be read, nor its absence noticed). An
@@ -205,8 +191,8 @@ def check_quantize_options(args: argparse.Namespace) -> None:
     if args.scheme in QUANTIZATION_SCHEME_NAMES:
         if args.smoothing is not None and args.scheme != "int8-dynamic":
             raise UserError(f"--smoothing applies to int8-dynamic only, not {args.scheme}")
-        if args.block_size is not None and args.scheme not in _blocked_schemes():
-            raise UserError(f"--block-size applies to {' and '.join(_blocked_schemes())} only, not {args.scheme}")
+        if args.block_size is not None and args.scheme not in blocked_schemes():
+            raise UserError(f"--block-size applies to {' and '.join(blocked_schemes())} only, not {args.scheme}")
     if args.block_size is not None and args.block_size not in INT4_BLOCK_SIZES:
         raise UserError(f"--block-size: the block size must be one of {', '.join(map(str, INT4_BLOCK_SIZES))}, not {args.block_size}")
     if args.no_perplexity:
