@@ -25,6 +25,10 @@ _UNFINISHED = ".tmp"
 _REPLACED = ".old"
 # How often a writer waiting for another process to let go of a target checks again (seconds).
 LOCK_POLL_S = 0.2
+# A file `write_bytes` left unfinished is removed by the next write of its target once no process
+# holds it and it is this old (seconds): far longer than the moment between its creation and its
+# writer's lock on it.
+LEFT_FILE_AGE_S = 60.0
 
 
 def _prefix(target: Path) -> str:
@@ -44,6 +48,8 @@ def _cannot_write(target: Path, exc: OSError) -> UserError:
 def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write `data` to `path` at once or not at all; `mode` (e.g. 0o600 for a private key)
     is set before the file appears under its name."""
+    import fcntl
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,9 @@ def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:
+        # Held until this process ends, however it ends: a file no process holds was left.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_left_files(path, tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -63,6 +72,27 @@ def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
         if isinstance(exc, OSError):
             raise _cannot_write(path, exc) from None
         raise
+
+
+def _remove_left_files(target: Path, own: str) -> None:
+    """Remove the temporary files beside `target` that a `write_bytes` of it killed outright left:
+    those no process holds, older than LEFT_FILE_AGE_S. A file another writer holds is its own."""
+    import fcntl
+
+    pattern = _left_by(target, _UNFINISHED)
+    try:
+        entries = [entry for entry in os.scandir(target.parent) if pattern.fullmatch(entry.name) and entry.path != own]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False) or time.time() - entry.stat(follow_symlinks=False).st_mtime < LEFT_FILE_AGE_S:
+                continue
+            with open(entry.path, "rb") as left:
+                fcntl.flock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a writer holds it
+                os.unlink(entry.path)
+        except OSError:
+            continue
 
 
 def write_text(path: Path, text: str) -> None:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -126,6 +127,41 @@ def test_what_a_replacement_killed_midway_left_is_mended(tmp_path, where, nth, l
     atomic.remove_unfinished(out)
     assert [p.name for p in tmp_path.iterdir()] == ["wanda-50"]
     assert sorted(p.name for p in out.iterdir()) == sorted([left] + (["keep.bin"] if left == "old.txt" else []))
+
+
+# A process writing `out` with write_bytes, killed outright while its temporary file is open.
+_KILLED_WRITING = """
+import os, signal, sys
+from pathlib import Path
+from audit import atomic
+
+def killed(fd):
+    print("writing", flush=True)
+    sys.stdin.readline()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.fsync = killed
+atomic.write_bytes(Path(sys.argv[1]), b"new")
+"""
+
+
+def test_a_file_left_by_a_writer_killed_midway_is_removed_by_the_next_write_of_it_and_a_held_one_is_not(tmp_path):
+    out = tmp_path / "report.md"
+    out.write_text("old")
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITING, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    (left,) = tmp_path.glob(".report.md.*.tmp")
+    old = time.time() - 2 * atomic.LEFT_FILE_AGE_S
+    os.utime(left, (old, old))
+    atomic.write_bytes(out, b"one")  # its writer still holds it
+    assert left.exists() and out.read_bytes() == b"one"
+    writer.communicate("go\n")
+    assert writer.returncode == -signal.SIGKILL
+    fresh = tmp_path / ".report.md.abcdefgh.tmp"  # not held, but made a moment ago: maybe a writer's
+    fresh.write_bytes(b"")
+    atomic.write_bytes(out, b"two")
+    assert not left.exists() and fresh.exists() and out.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "report.md"]
 
 
 def test_tidy_writes_nothing_where_nothing_was_left_and_spares_a_held_target(tmp_path):
