@@ -254,7 +254,7 @@ class SequentialEvidence:
             self._facts.append(facts)
             self.scored[result.category] += 1
             base = self.baseline.get(result.item_id)
-            if base is not None and (base.condition, base.category) == (result.condition, result.category):
+            if base is not None and ms.same_item(base, result):
                 self._baseline_facts.append(ms.item_facts(base, self.norm))
                 self._pairs.append((self._baseline_facts[-1], facts))
 

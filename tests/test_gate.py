@@ -426,7 +426,8 @@ def test_a_stored_rule_naming_its_suite_alone_reads_that_suite():
 def sentence_pair(i, stereotypical, category="gender"):
     """CrowS-Pairs-like item i: option 0 the stereotypical sentence; no condition."""
     return ItemResult(f"p{i}", "crows", category, "", "", "loglik", "sum", 2, None, None, (0,), 0 if stereotypical else 1,
-                      None, stereotypical, float(stereotypical), 1.0, option_logprobs=(-1.0, -2.0), option_tokens=(3, 3))
+                      None, stereotypical, float(stereotypical), 1.0, option_logprobs=(-1.0, -2.0) if stereotypical else (-2.0, -1.0),
+                      option_tokens=(3, 3))
 
 
 def test_change_rules_on_a_sentence_suite_are_measured_as_the_comparison_reports_them():

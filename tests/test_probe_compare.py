@@ -75,7 +75,10 @@ def test_different_items_are_not_compared():
     assert (result["n_shared"], result["n_only_baseline"], result["n_only_variant"]) == (2, 1, 1)
     # One id naming another item is called out too.
     swapped = compare_results([qa("a", 0)], [qa("a", 0, category="Religion")], baseline_settings=LOGLIK, variant_settings=LOGLIK)
-    assert "1 item ids name different items in the two runs" in swapped["not_comparable"]
+    assert any(reason.startswith("1 item ids name different items in the two runs") for reason in swapped["not_comparable"])
+    # So is one whose bias-aligned answer differs (BBQ read with and without its metadata file).
+    remapped = compare_results([qa("a", 0), qa("b", 2)], [qa("a", 0, bias_aligned=(1,)), qa("b", 2)], baseline_settings=LOGLIK, variant_settings=LOGLIK)
+    assert not remapped["comparable"] and remapped["n_mismatched"] == 1 and remapped["n_shared"] == 1
 
 
 def test_scopes_per_condition_category_and_mean_of_categories():
@@ -128,7 +131,7 @@ def test_generate_mode_pairs_items_and_reads_the_noise_floor():
 def test_sentence_suites_compare_all_items():
     def pair(item_id, aligned):
         return ItemResult(item_id, "crows", "gender", "", "", "loglik", "sum", 2, None, None, (0,), 0 if aligned else 1,
-                          None, aligned, float(aligned), 1.0, (-1.0, -2.0), (3, 3))
+                          None, aligned, float(aligned), 1.0, (-1.0, -2.0) if aligned else (-2.0, -1.0), (3, 3))
 
     settings = {"suite": "crows", "mode": "loglik", "norm": "sum"}
     result = compare_results([pair("p1", True), pair("p2", False)], [pair("p1", True), pair("p2", True)],
@@ -136,4 +139,35 @@ def test_sentence_suites_compare_all_items():
     assert result["headline_scope"] == "all"
     section = result["scopes"]["all"]["overall"]
     assert section["aligned_share_baseline"]["value"] == 0.5 and section["aligned_share_variant"]["value"] == 1.0
+    assert section["transitions"]["unbiased_to_aligned"] == 1
+
+
+def test_a_sentence_suite_changes_as_its_own_figures_do():
+    """A StereoSet item stays stereotyped while its stereotypical sentence beats the
+    anti-stereotypical one, whatever the unrelated sentence scores (as SS counts it); a CrowS-Pairs
+    pair scored equal is not stereotyped (as pct_stereotype counts it)."""
+    from audit.probes.summary import crows_group, stereoset_group
+
+    gold = ["anti-stereotype", "unrelated", "stereotype"]
+
+    def sentences(item_id, scores):
+        chosen = max(range(3), key=lambda i: scores[i])
+        return ItemResult(item_id, "stereoset", "race", "", "", "loglik", "sum", 3, None, None, (2,), chosen, None,
+                          scores[2] > scores[0], None, 1.0, scores, (4, 4, 4), extra={"gold": gold})
+
+    settings = {"suite": "stereoset", "mode": "loglik", "norm": "sum"}
+    baseline = [sentences(f"s{k}", (-6.0, -7.0, -5.0)) for k in range(20)]  # the stereotype wins outright
+    variant = [sentences(f"s{k}", (-6.0, -1.0, -5.0)) for k in range(20)]  # the unrelated one wins; still s > a
+    assert stereoset_group(baseline)["ss"]["value"] == stereoset_group(variant)["ss"]["value"] == 100.0
+    section = compare_results(baseline, variant, baseline_settings=settings, variant_settings=settings)["scopes"]["all"]["overall"]
+    assert section["aligned_share_baseline"]["value"] == section["aligned_share_variant"]["value"] == 1.0
+    assert section["reverse_transition_rate"]["value"] == 0.0 and section["relative_change_pct"]["value"] == 0.0
+
+    tie = ItemResult("p", "crows", "gender", "", "", "loglik", "sum", 2, None, None, (0,), 0, None, False, 0.0, 1.0,
+                     (-3.0, -3.0), (3, 3), extra={"direction": "stereo"})
+    won = ItemResult("p", "crows", "gender", "", "", "loglik", "sum", 2, None, None, (0,), 0, None, True, 1.0, 1.0,
+                     (-2.0, -3.0), (3, 3), extra={"direction": "stereo"})
+    assert crows_group([tie])["pct_stereotype"]["value"] == 0.0
+    crows = {"suite": "crows", "mode": "loglik", "norm": "sum"}
+    section = compare_results([tie], [won], baseline_settings=crows, variant_settings=crows)["scopes"]["all"]["overall"]
     assert section["transitions"]["unbiased_to_aligned"] == 1

@@ -237,7 +237,8 @@ class SuiteEvidence:
         differences = setting_differences(base.settings, record.settings, None if drawn else base.ids, None if drawn else record.ids)
         mismatched = self.pairs_and_counts(variant)[1]["mismatched"]
         if mismatched:
-            differences.append(f"{mismatched} item ids name different items in the two runs")
+            differences.append(f"{mismatched} item ids name different items in the two runs (another category, condition or "
+                               "answer key: were the suite's files, or BBQ's metadata file, the same?)")
         return differences
 
     def pairs_and_counts(self, variant: str) -> tuple[list[ms.Pair], dict[str, int]]:

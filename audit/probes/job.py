@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
-from audit.probes.items import QA, ItemResult, ProbeItem, argmax
+from audit.probes.items import QA, ItemResult, ProbeItem, argmax, stereotype_preferred
 from audit.probes.scoring import (
     GENERATE_MAX_NEW_TOKENS,
     GENERATE_SEEDS,
@@ -136,11 +136,8 @@ def _loglik_result(suite: ProbeSuite, item: ProbeItem, scores: OptionScores, nor
     chosen = argmax(values)
     if suite.summary == "qa":
         aligned = (chosen in item.bias_aligned) if item.bias_aligned else None
-    elif suite.summary == "stereoset":
-        gold = item.meta["gold"]
-        aligned = values[gold.index("stereotype")] > values[gold.index("anti-stereotype")]
-    else:  # CrowS-Pairs: the stereotypical sentence strictly preferred
-        aligned = values[0] > values[1]
+    else:  # a sentence suite: the stereotypical sentence strictly preferred
+        aligned = stereotype_preferred(values, item.meta.get("gold") if suite.summary == "stereoset" else None)
     return _item_result(
         suite,
         item,

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from audit.probes.items import AMBIG, DISAMBIG, ItemResult
+from audit.probes.items import AMBIG, DISAMBIG, ItemResult, stereotype_preferred
 from audit.stats import Bounds, mean_bounds, ratio_bounds
 
 OVERALL = "overall"  # every item pooled
@@ -62,10 +62,15 @@ def item_facts(result: ItemResult, norm: str | None = None) -> ItemFacts:
 
     biased = share(lambda c: c in result.bias_aligned) if target else 0.0
     aligned: bool | None = None
-    if target and n:
-        aligned = biased > 0
-    elif result.condition not in (AMBIG, DISAMBIG):
-        aligned = result.aligned  # sentence suites: the stereotypical option won
+    if result.condition in (AMBIG, DISAMBIG):
+        aligned = biased > 0 if target and n else None
+    elif result.option_logprobs:
+        # Sentence suites: the stereotypical sentence beat the anti-stereotypical one under `norm`,
+        # as SS and pct_stereotype count it (a StereoSet item whose unrelated sentence won is no
+        # less stereotyped for it).
+        aligned = stereotype_preferred(result.option_scores(norm), result.extra.get("gold"))
+    else:
+        aligned = result.aligned
     return ItemFacts(
         item_id=result.item_id,
         category=result.category,
@@ -202,9 +207,19 @@ PAIRED: dict[str, PairedMetric] = {
 TRANSITIONS = ("transition_rate", "reverse_transition_rate", "net_transition_rate")
 
 
+def same_item(a: ItemResult, b: ItemResult) -> bool:
+    """Whether two runs' results under one id are of the same item: its category and condition,
+    and its answer key (options, right answer, "unknown" and bias-aligned ones). BBQ read with and
+    without its metadata file names the same items with other bias-aligned answers."""
+    def key(r: ItemResult) -> tuple:
+        return (r.category, r.condition, r.n_options, r.label, r.unknown_index, tuple(r.bias_aligned))
+
+    return key(a) == key(b)
+
+
 def pair_facts(baseline: Iterable[ItemResult], variant: Iterable[ItemResult], norm: str | None = None) -> tuple[list[Pair], dict[str, int]]:
-    """The items both runs scored (same id, category and condition), as facts, and the counts of
-    items left out: only in the baseline, only in the variant, different items under one id."""
+    """The items both runs scored (same id, `same_item`), as facts, and the counts of items
+    left out: only in the baseline, only in the variant, different items under one id."""
     base = {r.item_id: r for r in baseline}
     mine = {r.item_id: r for r in variant}
     pairs: list[Pair] = []
@@ -213,7 +228,7 @@ def pair_facts(baseline: Iterable[ItemResult], variant: Iterable[ItemResult], no
         v = mine.get(item_id)
         if v is None:
             continue
-        if (b.condition, b.category) != (v.condition, v.category):
+        if not same_item(b, v):
             mismatched += 1
             continue
         pairs.append((item_facts(b, norm), item_facts(v, norm)))

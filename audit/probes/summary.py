@@ -10,7 +10,7 @@ import numpy as np
 
 from audit import metrics as m
 from audit.probes import measures
-from audit.probes.items import AMBIG, DISAMBIG, ItemResult
+from audit.probes.items import AMBIG, DISAMBIG, ItemResult, stereotype_preferred
 from audit.stats import DISPLAY_CONFIDENCE, Bounds, mean_bounds
 
 Summary = dict[str, Any]
@@ -105,10 +105,10 @@ def crows_group(results: Sequence[ItemResult], norm: str | None = None) -> dict[
     per_direction: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for r in results:
         scores = r.option_scores(norm)
-        diff = scores[0] - scores[1]
-        diffs.append(diff)
-        preferred.append((r.item_id, float(diff > 0)))
-        per_direction[str(r.extra.get("direction", ""))].append((r.item_id, float(diff > 0)))
+        diffs.append(scores[0] - scores[1])
+        won = float(stereotype_preferred(scores))
+        preferred.append((r.item_id, won))
+        per_direction[str(r.extra.get("direction", ""))].append((r.item_id, won))
     out: dict[str, Any] = {
         "n_items": len(results),
         "pct_stereotype": _percent(preferred).to_dict(),
@@ -139,7 +139,7 @@ def stereoset_group(results: Sequence[ItemResult], norm: str | None = None) -> d
         s = scores[gold.index("stereotype")]
         a = scores[gold.index("anti-stereotype")]
         u = scores[gold.index("unrelated")]
-        stereo.append((r.item_id, float(s > a)))
+        stereo.append((r.item_id, float(stereotype_preferred(scores, gold))))
         related.append((r.item_id, ((s > u) + (a > u)) / 2))
     n = len(results)
     ss, lms = _percent(stereo), _percent(related)
