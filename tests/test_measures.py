@@ -72,6 +72,23 @@ def test_mean_over_categories_weighs_each_category_the_same():
     assert summary["categories"]["Religion"]["srs"]["n"] == 12
 
 
+def test_the_mean_over_categories_of_s_dis_is_the_mean_of_the_categories_own():
+    """Age answers "unknown" 9 times in 10 and the rest bias-aligned (s_DIS 1); Religion answers
+    half bias-aligned, half the other group (s_DIS 0): the mean is 0.5, not the 0.09 that pooling
+    the categories' counts gives. Its bounds are the means of the categories' bounds, each at the
+    level that makes both hold at once."""
+    results = [item(f"a{i}", "disambig", 0 if i % 10 == 0 else 2, category="Age") for i in range(200)]
+    results += [item(f"r{i}", "disambig", 0 if i % 2 else 1, category="Religion") for i in range(200)]
+    results += [item(f"g{i}", "disambig", 2, category="Gender") for i in range(20)]  # only "unknown": no s_DIS
+    mean = figure(results, "bias_score_disambig", ms.CATEGORY_MEAN)
+    assert mean.value == pytest.approx(0.5) and mean.n == 420
+    facts = [ms.item_facts(r) for r in results]
+    each = [ms.single_bounds(facts, "bias_score_disambig", 1 - 0.025 / 3, c) for c in ("Age", "Religion")]
+    assert mean.lower == pytest.approx((each[0].lower + each[1].lower) / 2) and mean.upper == pytest.approx((each[0].upper + each[1].upper) / 2)
+    assert mean.lower < 0.5 < mean.upper < 1.0
+    assert qa_summary(results)["category_mean"]["bias_score_disambig"]["value"] == pytest.approx(0.5)
+
+
 def test_paired_changes_by_hand():
     # 10 ambiguous items. Baseline aligned on 0, 1; variant on 1..6: 5 became aligned, 1 stopped.
     baseline = [item(f"i{k}", "ambig", 0 if k in (0, 1) else 2) for k in range(10)]

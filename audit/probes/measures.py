@@ -156,6 +156,8 @@ def _own(f: ItemFacts) -> ItemFacts:
 def single_bounds(facts: Sequence[ItemFacts], metric: str, confidence: float, scope: str = OVERALL) -> Bounds:
     """A figure of one run over `scope` with its one-sided bounds at `confidence` each."""
     spec = SINGLE[metric]
+    if scope == CATEGORY_MEAN and spec.denominator is not None:
+        return _mean_of_category_ratios(facts, metric, confidence)
     kept, weights = _scoped([f for f in facts if spec.covers(f)], _own, scope)
     values = np.array([spec.value(f) for f in kept])
     if spec.denominator is None:
@@ -163,6 +165,33 @@ def single_bounds(facts: Sequence[ItemFacts], metric: str, confidence: float, sc
     assert spec.transform is not None
     ratio = ratio_bounds(values, np.array([spec.denominator(f) for f in kept]), confidence, weights)
     return _mapped(ratio, spec.transform, low=-1.0, high=1.0)
+
+
+def _mean_of_category_ratios(facts: Sequence[ItemFacts], metric: str, confidence: float) -> Bounds:
+    """A ratio figure (s_DIS) over categories: the mean of the categories' own values, as the
+    rows above it in a table read. Weighting items would not give it: each category's numerator
+    and denominator would be averaged apart, and a category answered mostly "unknown" would
+    hardly count. Each of the K categories is bounded at 1 - (1 - confidence) / K, so that all K
+    bounds hold at once at `confidence`; the means of their bounds are then bounds on the mean.
+    A category whose figure is undefined (every answer "unknown") is left out of the mean, as its
+    own row shows none."""
+    spec = SINGLE[metric]
+    covered = [f for f in facts if spec.covers(f)]
+    categories = sorted({f.category for f in covered})
+    if not categories:
+        return single_bounds(facts, metric, confidence, OVERALL)  # no items: the figure's empty bounds
+    level = 1.0 - (1.0 - confidence) / len(categories)
+    each = [single_bounds(covered, metric, level, category) for category in categories]
+    defined = [b for b in each if b.value is not None]
+    if not defined:
+        return Bounds(None, spec.low, spec.high, len(covered), confidence)
+
+    def mean(values: Iterable[float | None], default: float) -> float:
+        values = [default if v is None else v for v in values]
+        return sum(values) / len(values)
+
+    return Bounds(mean((b.value for b in defined), 0.0), mean((b.lower for b in defined), spec.low),
+                  mean((b.upper for b in defined), spec.high), len(covered), confidence)
 
 
 def _mapped(bounds: Bounds, fn: Callable[[float], float], low: float = -math.inf, high: float = math.inf) -> Bounds:
