@@ -317,7 +317,7 @@ class SequentialEvidence:
             if self.complete:
                 return Measurement(None, note="not measured: none of the suite's items is one it covers")
             return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
-        self._fixed[key[:3]] = fixed
+        self._fixed[key] = fixed
         lower, upper = bounds.lower, bounds.upper
         if key in self._seen:
             # A confidence sequence holds at every look at once: so does the tightest of them.
@@ -340,9 +340,9 @@ class SequentialEvidence:
         widen = sized_widening(horizon, fixed.n / min(fraction, 1.0))
         return widen, widen
 
-    def fixed_bounds(self, variant: str, metric: str, category: str) -> Bounds | None:
+    def fixed_bounds(self, variant: str, metric: str, category: str, confidence: float) -> Bounds | None:
         """The fixed-sample bounds of a figure the last look measured from items, None for others."""
-        read = self._fixed.get((variant, metric, category))
+        read = self._fixed.get((variant, metric, category, confidence))
         return None if read is None else read()
 
     def _single(self, facts: Sequence[ms.ItemFacts], metric: str, scope: str, confidence: float) -> Bounds:
@@ -510,7 +510,7 @@ class SequentialJudge:
                             self.settled_at.pop(finding_key(other), None)
                             self.moot.discard(finding_key(other))
             elif not self._complete(f, complete) and k not in self.settled_at and f.metric in self.evidence.from_items:
-                fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category)
+                fixed = self.evidence.fixed_bounds(f.variant, f.metric, f.category, f.confidence)
                 fraction = self.evidence.fraction(f.category)
                 chance = settle_chance(f, fixed, fraction, self.evidence.final_widening(f.category, fixed, fraction))
                 if chance is not None:

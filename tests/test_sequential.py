@@ -711,3 +711,24 @@ def test_a_probe_resumed_from_its_tightest_bounds_reads_as_replayed():
         for category in ("overall", "A", "B", "C"):
             for confidence in (NARROW_GATE.confidence, 0.8):
                 assert resumed.measure("variant", metric, None, category, confidence) == replayed.measure("variant", metric, None, category, confidence)
+
+
+def test_the_fixed_bounds_a_verdict_is_predicted_from_are_those_of_its_own_level():
+    """The guard reads the accuracy drop at the gate's level and a rule may read it at another:
+    each finding's chance to settle comes from the fixed-sample bounds at its own level."""
+    from audit.probes.items import ItemResult
+
+    def answer(item_id, chosen):
+        return ItemResult(item_id, "bbq", "A", "disambig", "neg", "loglik", "sum", 3, 0, 2, (0,), chosen, chosen == 0,
+                          None, None, 0.0)
+
+    rng = np.random.default_rng(0)
+    baseline = {f"i{j}": answer(f"i{j}", 0) for j in range(200)}
+    evidence = sequential.SequentialEvidence("v1", "bbq", 200, {"A": 200}, baseline=baseline)
+    scored = [answer(f"i{j}", 0 if rng.random() < 0.9 else 1) for j in range(60)]
+    evidence.extend(scored)
+    for level in (0.95, 0.99):
+        evidence.measure("v1", "accuracy_disambig_drop", None, "overall", level)
+    pairs = ms.pair_facts([baseline[r.item_id] for r in scored], scored)[0]
+    for level in (0.95, 0.99):
+        assert evidence.fixed_bounds("v1", "accuracy_disambig_drop", "overall", level) == ms.paired_bounds(pairs, "accuracy_disambig_drop", level)
