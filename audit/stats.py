@@ -156,6 +156,16 @@ def _weighted(x: np.ndarray, low: float, high: float, weights: np.ndarray | None
     return np.clip(w * (x - low) / span, 0.0, 1.0), span
 
 
+def _finite(*arrays: Any) -> bool:
+    return all(a is None or bool(np.all(np.isfinite(np.asarray(a, dtype=float)))) for a in arrays)
+
+
+def _not_a_number(n: int, confidence: float) -> Bounds:
+    """A figure with a value that is not a number among its items: no value and no bounds, never
+    the end of the range that clipping a NaN would give (and a rule would read as a pass)."""
+    return Bounds(None, None, None, n, confidence)
+
+
 def mean_bounds(values: Any, low: float, high: float, confidence: float, weights: Any = None) -> Bounds:
     """Bounds for the mean of values in [low, high] (or their weighted mean, weights of mean 1:
     the mean over categories weighs each item by n / (K n_k)), each one-sided at `confidence`."""
@@ -163,6 +173,8 @@ def mean_bounds(values: Any, low: float, high: float, confidence: float, weights
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return Bounds(None, low, high, 0, confidence)
+    if not _finite(x, weights):
+        return _not_a_number(int(x.size), confidence)
     unit, span = _weighted(x, low, high, weights)
     # Rounding in the weighted sum may land a hair outside [low, high]: the mean cannot.
     value = min(high, max(low, low + span * float(unit.mean())))
@@ -214,6 +226,8 @@ def ratio_bounds(num: Any, den: Any, confidence: float, weights: Any = None, *, 
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size == 0:
         return Bounds(None, 0.0, math.inf, 0, confidence)
+    if not _finite(a, b, weights):
+        return _not_a_number(int(a.size), confidence)
     if weights is not None:
         # Weights scale numerator and denominator alike: kept in [0, 1] by the largest.
         w = np.asarray(weights, dtype=float)
@@ -396,6 +410,8 @@ def anytime_mean_bounds(values: Any, low: float, high: float, confidence: float,
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return Bounds(None, low, high, 0, confidence)
+    if not _finite(x):
+        return _not_a_number(int(x.size), confidence)
     unit = np.clip((x - low) / (high - low), 0.0, 1.0)[None, :]
     value = min(high, max(low, float(x.mean())))
     lower = low + (high - low) * float(anytime_lower_rows(unit, alpha, horizon)[0])
@@ -413,4 +429,6 @@ def anytime_paired_ratio_bounds(num: Any, den: Any, confidence: float, *, limit:
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size == 0:
         return Bounds(None, 0.0, math.inf, 0, confidence)
+    if not _finite(a, b):
+        return _not_a_number(int(a.size), confidence)
     return _ratio_edges(a, b, alpha, confidence, limit, stakes=lambda x, level: anytime_stakes(x, level, horizon))

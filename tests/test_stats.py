@@ -28,6 +28,15 @@ def test_no_items_leave_the_whole_range():
     assert (b.value, b.lower, b.upper, b.n) == (None, -1.0, 1.0, 0)
 
 
+def test_a_value_that_is_not_a_number_gives_no_figure_never_the_end_of_the_range():
+    from audit.stats import anytime_mean_bounds, anytime_paired_ratio_bounds
+
+    assert mean_bounds([0.9, math.nan, 0.8], 0.0, 1.0, 0.95) == Bounds(None, None, None, 3, 0.95)
+    for bounds in (mean_bounds([0.9, 0.8], 0.0, 1.0, 0.95, weights=[1.0, math.inf]), anytime_mean_bounds([0.9, math.nan], 0.0, 1.0, 0.95),
+                   ratio_bounds([0.5, math.nan], [1.0, 1.0], 0.95), anytime_paired_ratio_bounds([0.5, 0.5], [math.nan, 1.0], 0.95)):
+        assert bounds == Bounds(None, None, None, 2, 0.95)
+
+
 def test_agreement_on_few_items_is_not_evidence():
     """Six identical answers leave a wide interval; six hundred a narrow one."""
     few = mean_bounds(np.zeros(6), -1.0, 1.0, 0.95)
