@@ -46,6 +46,24 @@ class PerplexityResult:
         return data
 
 
+NOT_COMPARABLE = "not comparable: the perplexity text or its chunks differ"
+NOT_STORED = "per-chunk figures not stored (measured by an earlier version): measure perplexity again"
+
+
+def not_comparable(baseline: dict, variant: dict) -> str | None:
+    """Why two stored perplexity results were not measured on the same text in the same chunks,
+    or None when nothing stored says so. A text edited under the same name keeps its path and may
+    keep its chunk lengths: its digest tells it apart, where both results store one (results
+    measured before texts were digested store none)."""
+    base_tokens, var_tokens = baseline.get("chunk_token_counts") or [], variant.get("chunk_token_counts") or []
+    base_digest, var_digest = baseline.get("text_sha256"), variant.get("text_sha256")
+    if baseline.get("source") != variant.get("source") or (base_tokens and var_tokens and base_tokens != var_tokens):
+        return NOT_COMPARABLE
+    if base_digest and var_digest and base_digest != var_digest:
+        return "not comparable: the perplexity text has changed under the same name (its digests differ)"
+    return None
+
+
 def change_bounds(baseline: dict, variant: dict, confidence: float) -> tuple[Bounds | None, str | None]:
     """The relative perplexity change from `baseline` to `variant` (stored perplexity results) in
     percent, with one-sided bounds at `confidence` each from the spread over chunks; or None and
@@ -53,9 +71,11 @@ def change_bounds(baseline: dict, variant: dict, confidence: float) -> tuple[Bou
     base_nll, var_nll = baseline.get("chunk_nll") or [], variant.get("chunk_nll") or []
     base_tokens, var_tokens = baseline.get("chunk_token_counts") or [], variant.get("chunk_token_counts") or []
     if not base_nll or not var_nll:
-        return None, "per-chunk figures not stored (measured by an earlier version): measure perplexity again"
-    if base_tokens != var_tokens or baseline.get("source") != variant.get("source"):
-        return None, "not comparable: the perplexity text or its chunks differ"
+        return None, NOT_STORED
+    if base_tokens != var_tokens:
+        return None, NOT_COMPARABLE
+    if different := not_comparable(baseline, variant):
+        return None, different
     for who, nll in (("baseline", base_nll), ("variant", var_nll)):
         if not_a_number := sum(math.isnan(x) for x in nll):
             return None, f"the {who}'s log-likelihood is not a number on {not_a_number} of {len(nll)} chunks: no change can be measured"

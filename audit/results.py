@@ -122,7 +122,7 @@ class RunView:
     the gate, `runs show` and the app's comparison view."""
 
     def __init__(self, store: ResultsStore, run_id: int, plan: Plan | None = None) -> None:
-        from audit.perplexity import change_bounds
+        from audit.perplexity import NOT_STORED, change_bounds, not_comparable
         from audit.probes.compare import ProbeRecord, SuiteEvidence
         from audit.probes.items import ItemResult
 
@@ -174,9 +174,15 @@ class RunView:
         for variant in self.variants:
             name = variant["name"]
             if name != BASELINE and baseline_ppl and name in self._perplexity:
-                bounds, note = change_bounds(baseline_ppl, self._perplexity[name], DISPLAY_CONFIDENCE)
-                variant["perplexity_relative_change_pct"] = _relative_pct(baseline_ppl.get("perplexity"), variant["perplexity"])
-                variant["perplexity_change"] = bounds.to_dict(2) if bounds else {"value": None, "ci95": [None, None], "n": 0, "note": note}
+                mine = self._perplexity[name]
+                bounds, note = change_bounds(baseline_ppl, mine, DISPLAY_CONFIDENCE)
+                different = not_comparable(baseline_ppl, mine)
+                # Without per-chunk figures (older runs) the change has no interval but is still the
+                # change; on another text, or where no change can be measured, there is none.
+                if bounds is not None or (note == NOT_STORED and different is None):
+                    variant["perplexity_relative_change_pct"] = _relative_pct(baseline_ppl.get("perplexity"), variant["perplexity"])
+                variant["perplexity_change"] = bounds.to_dict(2) if bounds else {
+                    "value": None, "ci95": [None, None], "n": 0, "note": different or note, "comparable": different is None}
             for suite in self.suites:
                 probe = variant["probes"].get(suite)
                 evidence = self.evidence[suite]

@@ -142,11 +142,21 @@ def smallest_size_mb(variant: dict[str, Any]) -> float | None:
 
 
 def _perplexity_change(variant: dict[str, Any]) -> dict[str, Any] | None:
-    """The change with its interval; without per-chunk figures (older runs), the change alone."""
+    """The change with its interval; without per-chunk figures (older runs), the change alone;
+    measured on another text, no value and why (`comparable` false)."""
     change = variant.get("perplexity_change")
     if change and change.get("value") is not None:
         return change
+    if change and change.get("comparable") is False:
+        return {"value": None, "ci95": [None, None], "n": None, "note": change.get("note"), "comparable": False}
     return _plain(variant.get("perplexity_relative_change_pct"))
+
+
+def _perplexity_cell(row: dict[str, Any]) -> str:
+    change = row["perplexity_relative_change_pct"]
+    if isinstance(change, dict) and change.get("comparable") is False:
+        return Plain("not comparable")
+    return interval(change, suffix="%")
 
 
 def _plain(value: float | None) -> dict[str, Any] | None:
@@ -261,7 +271,7 @@ SUMMARY_COLUMNS = (
     ("p50", "ms/token p50", lambda r: fmt(r["decode_ms_per_token_p50"])),
     ("rss", "peak RSS MB", lambda r: fmt(r["rss_peak_mb"], 4)),
     ("ppl", "perplexity", lambda r: fmt(r["perplexity"], 4)),
-    ("dppl", "Δ ppl % [95% CI]", lambda r: interval(r["perplexity_relative_change_pct"], suffix="%")),
+    ("dppl", "Δ ppl % [95% CI]", _perplexity_cell),
     ("srs", "SRS [95% CI]", lambda r: interval(r["srs"], 2)),
     ("dsrs", "Δ SRS % [95% CI]", lambda r: _change_cell(r)),
     ("samb", "s_AMB [95% CI]", lambda r: interval(r["bias_score_ambig"], 2)),

@@ -1,0 +1,75 @@
+"""What a report says agrees with what was stored: a comparison that cannot be made reads "not
+comparable"."""
+
+import shutil
+
+import pytest
+
+from audit.perplexity import change_bounds
+from audit.reports.render import render_html, render_markdown, summary_rows
+from audit.results import BASELINE, build_report
+from audit.runner import PERPLEXITY, StepRecord
+from audit.store import ResultsStore
+from tests.app_support import build_audit_store, perplexity_result
+
+QUANTIZED = "int8-dynamic"
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """One finished audit of fixed numbers, built once; each test reads a copy."""
+    folder = tmp_path_factory.mktemp("audit")
+    run_id = build_audit_store(folder / "results.db")
+    with ResultsStore(folder / "results.db") as db:
+        db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return folder / "results.db", run_id
+
+
+@pytest.fixture
+def store(audited, tmp_path):
+    path, run_id = audited
+    shutil.copy(path, tmp_path / "results.db")
+    return tmp_path / "results.db", run_id
+
+
+def variant_of(data, name):
+    return next(v for v in data["variants"] if v["name"] == name)
+
+
+# -- perplexity compared only where it can be -------------------------------------------------------
+def test_a_perplexity_measured_on_another_text_reads_not_comparable(store):
+    path, run_id = store
+    with ResultsStore(path) as db:
+        other = dict(perplexity_result(QUANTIZED, 17.6), source="/somewhere/other_text.txt")
+        StepRecord(QUANTIZED, PERPLEXITY, 0.0, other).commit(db, run_id)
+        data = build_report(db, run_id)
+    variant = variant_of(data, QUANTIZED)
+    assert variant["perplexity_relative_change_pct"] is None
+    assert variant["perplexity_change"]["value"] is None and variant["perplexity_change"]["note"].startswith("not comparable")
+    row = next(r for r in summary_rows(data) if r["variant"] == QUANTIZED)
+    assert row["perplexity_relative_change_pct"]["value"] is None
+    line = next(line for line in render_markdown(data).splitlines() if line.startswith(f"| {QUANTIZED} | ") and "| 17.6 |" in line)
+    assert "| 17.6 | not comparable |" in line
+    assert "not comparable" in render_html(data)
+
+
+def test_perplexity_change_needs_the_same_text_not_only_the_same_name():
+    base, mine = perplexity_result(BASELINE, 17.42), perplexity_result(QUANTIZED, 17.6)
+    # No digest stored (measured before texts were digested), or the same one: compared.
+    assert change_bounds(base, mine, 0.95)[0] is not None
+    assert change_bounds(dict(base, text_sha256="a" * 64), dict(mine, text_sha256="a" * 64), 0.95)[0] is not None
+    assert change_bounds(dict(base, text_sha256="a" * 64), mine, 0.95)[0] is not None
+    bounds, note = change_bounds(dict(base, text_sha256="a" * 64), dict(mine, text_sha256="b" * 64), 0.95)
+    assert bounds is None and note.startswith("not comparable")
+
+
+def test_the_gate_and_the_report_refuse_a_perplexity_change_between_two_texts(store):
+    path, run_id = store
+    with ResultsStore(path) as db:
+        for name, ppl, digest in ((BASELINE, 17.42, "a" * 64), (QUANTIZED, 17.6, "b" * 64)):
+            StepRecord(name, PERPLEXITY, 0.0, dict(perplexity_result(name, ppl), text_sha256=digest)).commit(db, run_id)
+        data = build_report(db, run_id)
+    variant = variant_of(data, QUANTIZED)
+    assert variant["perplexity_change"]["value"] is None and variant["perplexity_relative_change_pct"] is None
+    findings = [f for f in data["gate"]["findings"] if f["variant"] == QUANTIZED and f["metric"] == "perplexity_relative_change_pct"]
+    assert findings and all(f["verdict"] == "inconclusive" and f["value"] is None for f in findings)
