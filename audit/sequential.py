@@ -41,6 +41,7 @@ bounds settle later (when other verdicts kept the probe going) takes their verdi
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -317,6 +318,9 @@ class SequentialEvidence:
             if self.complete:
                 return Measurement(None, note="not measured: none of the suite's items is one it covers")
             return Measurement(None, note="not measured yet: none of the items scored so far is one it covers")
+        # Read at most once a look, by the gate's estimate of the items to settle and by the
+        # prediction of whether scoring on would settle it.
+        fixed = functools.cache(fixed)
         self._fixed[key] = fixed
         lower, upper = bounds.lower, bounds.upper
         if key in self._seen:
@@ -324,7 +328,7 @@ class SequentialEvidence:
             seen_low, seen_high = self._seen[key]
             lower, upper = max(lower, seen_low), min(upper, seen_high)
         self._seen[key] = (lower, upper)
-        return Measurement(bounds.value, lower, upper, bounds.n)
+        return Measurement(bounds.value, lower, upper, bounds.n, fixed=fixed)
 
     def horizon(self, scope: str) -> int | None:
         """The items a figure of `scope` is sized for: the suite's, or its category's."""

@@ -21,7 +21,8 @@ from audit import sequential
 from audit.probes.items import QA, SENTENCES, ProbeItem
 from audit.sequential import MAX_CONTEXT_GROUP, FUTILE_CHANCE, GUARD_FUTILE_CHANCE, context_groups, probe_sequentially, replay, settle_chance, simulate_competence, simulate_wrong_verdicts, stratified_order
 from audit.stats import (
-    Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, lower_rows, upper_rows,
+    Bounds, anytime_lower_rows, anytime_mean_bounds, anytime_paired_ratio_bounds, anytime_stakes, anytime_upper_rows, items_to_settle, lower_rows,
+    mean_bounds, upper_rows,
 )
 
 ALPHA = 0.05
@@ -732,3 +733,19 @@ def test_the_fixed_bounds_a_verdict_is_predicted_from_are_those_of_its_own_level
     pairs = ms.pair_facts([baseline[r.item_id] for r in scored], scored)[0]
     for level in (0.95, 0.99):
         assert evidence.fixed_bounds("v1", "accuracy_disambig_drop", "overall", level) == ms.paired_bounds(pairs, "accuracy_disambig_drop", level)
+
+
+def test_the_items_said_to_settle_an_open_verdict_come_from_the_fixed_sample_bounds():
+    """An anytime bound sized for the whole suite narrows faster than 1/sqrt(n) while few items
+    are scored: read from it, "about N more items" was two or three times too many."""
+    from audit.gate import Measurement, _decide_max
+
+    x = np.array(([1.0] * 3 + [0.0] * 7) * 4)  # 40 items, mean 0.3
+    anytime = anytime_mean_bounds(x, 0.0, 1.0, 0.95, 480)
+    fixed = mean_bounds(x, 0.0, 1.0, 0.95)
+    open_ = Measurement(anytime.value, anytime.lower, anytime.upper, anytime.n, fixed=lambda: fixed)
+    verdict, reason, needed = _decide_max(open_, 0.4)
+    assert verdict == INCONCLUSIVE and needed == items_to_settle(fixed, 0.4) < items_to_settle(anytime, 0.4) / 2
+    assert f"about {needed:,} more items would settle it" in reason
+    # A full probe's figure has no other bounds to read.
+    assert _decide_max(Measurement(fixed.value, fixed.lower, fixed.upper, fixed.n), 0.4)[2] == items_to_settle(fixed, 0.4)
