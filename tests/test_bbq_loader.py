@@ -168,6 +168,16 @@ def test_metadata_target_loc_is_preferred(tmp_path):
     assert stats["Gender_identity.jsonl"].from_metadata == 1 and stats["Gender_identity.jsonl"].derived == 1
 
 
+def test_an_item_listed_twice_with_different_targets_is_left_to_the_derivation(tmp_path):
+    """Which of two disagreeing rows is right cannot be told; rows that agree are one row."""
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1)])
+    meta = write_metadata(tmp_path / "additional_metadata.csv",
+                          [("Gender_identity", 0, 1), ("Gender_identity", 0, 1), ("Gender_identity", 1, 1), ("Gender_identity", 1, 2)])
+    items, stats, _ = load_bbq(path, metadata_path=meta)
+    assert [i.target_index for i in items] == [1, 0]  # item 1: derived (Mary, option 0)
+    assert stats["Gender_identity.jsonl"].from_metadata == 1 and stats["Gender_identity.jsonl"].derived == 1
+
+
 def write_metadata(path, rows):
     """BBQ's additional_metadata.csv (its first columns), one line per (category, example_id, target_loc)."""
     lines = ["category,question_index,example_id,target_loc,label_type"]

@@ -169,10 +169,12 @@ class TargetStats:
 def read_metadata(path: Path) -> dict[tuple[str, int], int]:
     """(category, example_id) -> target_loc from BBQ's additional_metadata.csv.
 
-    Rows whose ids or target are not numbers ("NA" targets) leave their items to the derivation."""
+    Rows whose ids or target are not numbers ("NA" targets) leave their items to the derivation,
+    and so do items listed twice with different targets: which row is right cannot be told."""
     path = Path(path)
     text = read_text(path, "BBQ metadata file", expected="additional_metadata.csv")
     table: dict[tuple[str, int], int] = {}
+    conflicting: set[tuple[str, int]] = set()
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         missing = {"category", "example_id", "target_loc"} - set(reader.fieldnames or ())
@@ -181,10 +183,14 @@ def read_metadata(path: Path) -> dict[tuple[str, int], int]:
         for row in reader:
             category, example_id, loc = row.get("category"), _whole_number(row.get("example_id")), _whole_number(row.get("target_loc"))
             if isinstance(category, str) and example_id is not None and loc is not None:
-                table[(category.strip(), example_id)] = loc
+                key = (category.strip(), example_id)
+                if table.setdefault(key, loc) != loc:
+                    conflicting.add(key)
     except csv.Error as exc:
         # DictReader's own line_num moves only once a whole row is read: the csv reader's is the line that failed.
         raise UserError(f"BBQ metadata file {path}:{reader.reader.line_num}: not valid CSV ({first_line(exc, REASON_CHARS)})") from None
+    for key in conflicting:
+        del table[key]
     return table
 
 
