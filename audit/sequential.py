@@ -267,8 +267,7 @@ class SequentialEvidence:
         return [self.suite] if any(r.condition in (AMBIG, DISAMBIG) for r in self.results) else []
 
     def chance(self, variant: str, suite: str) -> float | None:
-        options = {r.n_options for r in self.results if r.n_options}
-        return 1.0 / max(options) if options else None
+        return ms.chance_accuracy(self.results)
 
     def measure(self, variant: str, metric: str, suite: str | None, category: str, confidence: float) -> Measurement:
         if metric not in ms.SINGLE and metric not in PAIRED_FIGURES and metric != "transition_rate_over_noise":

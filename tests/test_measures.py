@@ -111,3 +111,11 @@ def test_noise_floor_is_subtracted_item_by_item():
     pairs, _ = ms.pair_facts(baseline, variant)
     noise, _ = ms.pair_facts(baseline, again)
     assert ms.noise_transition_bounds(pairs, noise, 0.975).value == pytest.approx(3 / 4 - 1 / 4)
+
+
+def test_chance_is_the_mean_over_disambiguated_items_of_one_over_their_options():
+    three = item("d3", "disambig", 0)
+    two = ItemResult("d2", "builtin", "Age", "disambig", "neg", "loglik", "mean", 2, 1, None, (0,), 0, False, True, 1.0, 1.0)
+    ambiguous = ItemResult("a4", "builtin", "Age", "ambig", "neg", "loglik", "mean", 4, 2, 2, (0,), 0, False, True, 1.0, 1.0)
+    assert ms.chance_accuracy([three, two, ambiguous]) == pytest.approx((1 / 3 + 1 / 2) / 2)  # not 1/3, the hardest item's
+    assert ms.chance_accuracy([ambiguous]) is None

@@ -271,10 +271,9 @@ class SuiteEvidence:
         return sorted({f.category for f in self.facts(variant)})
 
     def chance(self, variant: str) -> float | None:
-        """Accuracy of answering at random: one over the number of options."""
+        """Disambiguated accuracy of answering at random (`measures.chance_accuracy`)."""
         record = self.record(variant)
-        options = {r.n_options for r in record.results if r.n_options} if record else set()
-        return 1.0 / max(options) if options else None
+        return ms.chance_accuracy(record.results) if record else None
 
     def sampled(self, variant: str) -> bool:
         record = self.record(variant)

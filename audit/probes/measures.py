@@ -86,6 +86,14 @@ def item_facts(result: ItemResult, norm: str | None = None) -> ItemFacts:
     )
 
 
+def chance_accuracy(results: Iterable[ItemResult]) -> float | None:
+    """The disambiguated accuracy of answering at random: the mean over those items of one over
+    their number of options (items of 2 and of 3 options make it above 1/3, and a guessing model
+    must not pass the guard for less). None without such items."""
+    shares = [1.0 / r.n_options for r in results if r.condition == DISAMBIG and r.n_options]
+    return sum(shares) / len(shares) if shares else None
+
+
 def order_key(item_id: str) -> bytes:
     """A fixed order of items, the same whatever order they were scored in: bounds depend on it."""
     return hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
