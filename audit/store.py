@@ -610,7 +610,9 @@ class ResultsStore:
         )
 
     def mark_running(self, run_id: int) -> None:
-        self.db.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (run_id,))
+        """A run going on again: the verdict and exit code it finished with are of the run as it
+        stood then, and would be listed as this one's until it finishes again."""
+        self.db.execute("UPDATE runs SET status = 'running', finished_at = NULL, gate_json = NULL, exit_code = NULL WHERE id = ?", (run_id,))
 
     def finish_run(self, run_id: int, status: str, gate: Mapping[str, Any] | None, exit_code: int) -> None:
         self.db.execute(

@@ -1,5 +1,7 @@
-"""What a report says agrees with what was stored: a comparison that cannot be made reads "not
-comparable"."""
+"""What a report, a listing and a record say agrees with what was stored: a comparison that cannot
+be made reads "not comparable", a reopened run has no verdict left from before, a record replays
+with the settings its audit scored with, a damaged value is one line, and a report says when and
+in what state its run was."""
 
 import shutil
 
@@ -7,10 +9,11 @@ import pytest
 
 from audit.perplexity import change_bounds
 from audit.reports.render import render_html, render_markdown, summary_rows
-from audit.results import BASELINE, build_report
+from audit.results import BASELINE, build_report, run_listing
 from audit.runner import PERPLEXITY, StepRecord
 from audit.store import ResultsStore
 from tests.app_support import build_audit_store, perplexity_result
+from tests.test_store import new_run
 
 QUANTIZED = "int8-dynamic"
 
@@ -73,3 +76,15 @@ def test_the_gate_and_the_report_refuse_a_perplexity_change_between_two_texts(st
     assert variant["perplexity_change"]["value"] is None and variant["perplexity_relative_change_pct"] is None
     findings = [f for f in data["gate"]["findings"] if f["variant"] == QUANTIZED and f["metric"] == "perplexity_relative_change_pct"]
     assert findings and all(f["verdict"] == "inconclusive" and f["value"] is None for f in findings)
+
+
+# -- a reopened run has no verdict yet -------------------------------------------------------------------
+def test_a_reopened_run_keeps_no_verdict_from_before(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as db:
+        run_id = new_run(db)
+        db.finish_run(run_id, "finished", {"passed": True, "verdict": "pass", "findings": []}, 0)
+        db.mark_running(run_id)
+        run = db.run(run_id)
+        assert (run.status, run.gate, run.exit_code, run.finished_at) == ("running", None, None, None)
+        listed = run_listing(db)[0]
+    assert listed["gate_passed"] is None and listed["verdict"]["label"] != "MAY SHIP"
