@@ -175,6 +175,15 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in a few words, for a damaged column."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -584,13 +593,26 @@ class ResultsStore:
     def runs(self) -> list[RunRecord]:
         return [self._run_record(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
-    def _json(self, row: sqlite3.Row | Mapping[str, Any], column: str) -> Any:
-        """A JSON column of a row, parsed: one that does not parse is a damaged store, said in one
-        line naming the column, rather than a JSON error that names neither the store nor it."""
+    def _json(self, row: sqlite3.Row | Mapping[str, Any], column: str, *, empty: bool = True) -> Any:
+        """A JSON column of a row, parsed to the table every such column holds (or None, where
+        `empty` allows the column none): one that does not parse, or parses to anything else (a
+        list, a number, a string), is a damaged store, said in one line naming the column, rather
+        than a JSON error or a traceback from whatever reads it later."""
         try:
-            return _loads(row[column])
+            value = _loads(row[column])
         except (ValueError, RecursionError):
             raise damaged(self.path, f"its column {column} holds text that is not JSON") from None
+        if isinstance(value, dict) or (value is None and empty):
+            return value
+        raise damaged(self.path, f"its column {column} holds {_json_kind(value)} where a table belongs")
+
+    def _number(self, row: sqlite3.Row, column: str, kind: type | tuple[type, ...] = (int, float), *, empty: bool = True) -> Any:
+        """A numeric column of a row; text or bytes there is a damaged store, as for `_json`."""
+        value = row[column]
+        if (value is None and empty) or (isinstance(value, kind) and not isinstance(value, bool)):
+            return value
+        held = "nothing" if value is None else "text" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else _json_kind(value)
+        raise damaged(self.path, f"its column {column} holds {held} where a number belongs")
 
     def _run_record(self, row: sqlite3.Row) -> RunRecord:
         return RunRecord(
@@ -598,15 +620,15 @@ class ResultsStore:
             name=row["name"],
             model=row["model"],
             status=row["status"],
-            created_at=row["created_at"],
-            finished_at=row["finished_at"],
+            created_at=self._number(row, "created_at", empty=False),
+            finished_at=self._number(row, "finished_at"),
             plan_text=row["plan_text"],
             plan_path=row["plan_path"],
             work_dir=row["work_dir"],
             device=self._json(row, "device_json") or {},
             software=self._json(row, "software_json") or {},
             gate=self._json(row, "gate_json"),
-            exit_code=row["exit_code"],
+            exit_code=self._number(row, "exit_code", int),
         )
 
     def mark_running(self, run_id: int) -> None:
@@ -622,7 +644,7 @@ class ResultsStore:
 
     def variants(self, run_id: int) -> list[tuple[str, dict[str, Any]]]:
         rows = self.db.execute("SELECT name, recipe_json FROM variants WHERE run_id = ? ORDER BY position", (run_id,))
-        return [(r["name"], self._json(r, "recipe_json")) for r in rows]
+        return [(r["name"], self._json(r, "recipe_json", empty=False)) for r in rows]
 
     def add_variant(self, run_id: int, name: str, recipe: Mapping[str, Any], plan_text: str) -> None:
         """Add a variant to a run, with the run's plan now naming it, in one transaction."""
@@ -737,7 +759,7 @@ class ResultsStore:
             "SELECT record_json FROM items WHERE run_id = ? AND variant = ? AND suite = ? ORDER BY item_id",
             (run_id, variant, suite),
         )
-        return [self._json(r, "record_json") for r in rows]
+        return [self._json(r, "record_json", empty=False) for r in rows]
 
     def item_count(self, run_id: int) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM items WHERE run_id = ?", (run_id,)).fetchone()[0])
@@ -783,7 +805,7 @@ class ResultsStore:
         if row is None:
             raise UserError(f"no check {check_id} in {self.path}")
         data = dict(row)
-        data["result"] = self._json(data, "result_json")
+        data["result"] = self._json(data, "result_json", empty=False)
         del data["result_json"]
         return data
 

@@ -4,6 +4,8 @@ with the settings its audit scored with, a damaged value is one line, and a repo
 in what state its run was."""
 
 import shutil
+import sqlite3
+import time
 
 import pytest
 
@@ -11,9 +13,9 @@ from audit.perplexity import change_bounds
 from audit.reports.render import render_html, render_markdown, summary_rows
 from audit.results import BASELINE, build_report, run_listing
 from audit.runner import PERPLEXITY, StepRecord
-from audit.store import ResultsStore
+from audit.store import ResultsStore, StoreError
 from tests.app_support import build_audit_store, perplexity_result
-from tests.test_store import new_run
+from tests.test_store import ITEMS, new_run
 
 QUANTIZED = "int8-dynamic"
 
@@ -88,3 +90,43 @@ def test_a_reopened_run_keeps_no_verdict_from_before(tmp_path):
         assert (run.status, run.gate, run.exit_code, run.finished_at) == ("running", None, None, None)
         listed = run_listing(db)[0]
     assert listed["gate_passed"] is None and listed["verdict"]["label"] != "MAY SHIP"
+
+
+# -- a damaged value is one line ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sql, read",
+    [
+        ("UPDATE steps SET result_json = '[1,2]'", lambda db: db.steps(1)),
+        ("UPDATE steps SET resources_json = '3'", lambda db: db.step(1, "baseline", "probe:builtin")),
+        ("UPDATE variants SET recipe_json = '7'", lambda db: db.variants(1)),
+        ("UPDATE runs SET gate_json = '\"x\"'", lambda db: db.run(1)),
+        ("UPDATE runs SET device_json = '[]'", lambda db: db.run(1)),
+        ("UPDATE runs SET software_json = 'true'", lambda db: db.runs()),
+        ("UPDATE items SET record_json = 'null'", lambda db: db.items(1, "baseline", "builtin")),
+        ("UPDATE runs SET created_at = 'yesterday'", lambda db: db.run(1)),
+        ("UPDATE runs SET finished_at = 'later'", lambda db: db.run(1)),
+        ("UPDATE runs SET exit_code = 'x'", lambda db: db.run(1)),
+    ],
+)
+def test_json_of_the_wrong_shape_is_a_damaged_store(tmp_path, sql, read):
+    path = tmp_path / "r.db"
+    with ResultsStore(path) as db:
+        run_id = new_run(db)
+        db.record_step(run_id, "baseline", "probe:builtin", result={"n": 2}, started_at=time.time(), items=ITEMS, suite="builtin")
+        db.finish_run(run_id, "finished", {"passed": True}, 0)
+    with sqlite3.connect(path) as raw:
+        raw.execute(sql)
+    with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError) as raised:
+        read(db)
+    assert raised.value.reason == "corrupt" and f"results store {path} is damaged (its column" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_stored_check_of_the_wrong_shape_is_a_damaged_store(tmp_path):
+    path = tmp_path / "r.db"
+    with ResultsStore(path) as db:
+        check_id = db.record_check({"outcome": "pass", "exit_code": 0, "sentence": "ok"})
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE checks SET result_json = '[]'")
+    with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError, match="its column result_json"):
+        db.check(check_id)
