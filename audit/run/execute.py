@@ -295,26 +295,51 @@ def execute_variant(
     model: Any = None,
     steps: StepCounter | None = None,
     baseline: BaselineItems | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> Job[None]:
     """Run the steps of one variant that are not in `done`, handing each finished one to
     `record` at once (the store commits it before the next step starts). `baseline` gives the
     baseline's stored items of a suite, which a plan's sequential probes compare with.
+    `fingerprint` is the one stored for the weights the variant's stored steps measured
+    (`stored_fingerprint`): the steps left are measured on the same weights or not at all.
 
     `model`, when given, is this variant already loaded: its perplexity and probe steps use it
     instead of loading the model again, and it is left open for the caller. `steps` numbers the
     steps when they are part of a longer job (by default they are numbered on their own)."""
-    kinds = [k for k in steps_for(plan, name) if k not in done and not (skip_profile and k == PROFILE)]
+    planned = steps_for(plan, name)
+    kinds = [k for k in planned if k not in done and not (skip_profile and k == PROFILE)]
     spec = model_spec_for(plan, name, work_dir)
+    compressed = COMPRESS in planned
     folder_missing = name != BASELINE and plan.variant(name).path is None and not Path(spec).exists()
-    if COMPRESS not in kinds and COMPRESS in steps_for(plan, name) and folder_missing:
+    if COMPRESS not in kinds and compressed and folder_missing:
         # The step was stored but its folder is gone (work dir cleaned): compress again.
         kinds.insert(0, COMPRESS)
     if not kinds:
         return
     steps = steps or StepCounter([(name, kind) for kind in kinds])
+    checked: Path | None = None  # the folder whose weights were fingerprinted here
     if COMPRESS in kinds:
         check_cancel(cancel)
         yield from steps.run(name, COMPRESS, _compress_step(plan, name, spec, options, cancel), record)
+        # The variant's steps stored before were measured on the weights compressed then, which
+        # are gone. When compressing again gave the same weights, they stand. When it gave other
+        # weights, they are measured again on these: no step can ever be measured on the old ones
+        # again, so refusing would leave a run that can never finish, and keeping them would put
+        # figures of two models under one name. They are marked not done before the new
+        # fingerprint is stored, so a run stopped while measuring them again still does them.
+        stale = [k for k in planned if k != COMPRESS and k in done]
+        if fingerprint is not None and stale:
+            following = next((k for k in kinds + stale if k != COMPRESS), COMPRESS)
+            taken = yield from steps.lead_in(name, following, fingerprint_step(name, Path(spec), cancel))
+            checked = Path(spec)
+            if _other_weights(fingerprint, taken.result):
+                replaced = f"measured on weights compressed before, not the ones {name} was compressed to again"
+                for kind in stale:
+                    record(StepRecord(name, kind, time.time(), {}, error=replaced))
+                record(taken)
+                fingerprint = taken.result
+                again = set(kinds) | {k for k in stale if not (skip_profile and k == PROFILE)}
+                kinds = [k for k in planned if k in again]
     model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith((PROBE_PREFIX, NOISE_PREFIX))]
     if model_steps:
         # Loading and fingerprinting are done for the first of them, and timed with it.
@@ -323,9 +348,10 @@ def execute_variant(
         try:
             facts = loaded.facts()
             folder = facts.path
-            # A folder compressed again is a new model: fingerprint it again.
-            if (FINGERPRINT not in done or COMPRESS in kinds) and folder and Path(folder).is_dir():
-                record((yield from steps.lead_in(name, first, fingerprint_step(name, Path(folder), cancel))))
+            if folder and Path(folder).is_dir() and not _same_folder(checked, Path(folder)):
+                taken = yield from steps.lead_in(name, first, same_weights(name, Path(folder), fingerprint, compressed, cancel))
+                if fingerprint is None:
+                    record(taken)
             if FOLDER not in done and name != BASELINE and plan.variant(name).path and folder and Path(folder).is_dir():
                 record(StepRecord(name, FOLDER, time.time(), folder_facts(Path(folder), facts.weight_sparsity)))
             for kind in model_steps:
@@ -334,9 +360,42 @@ def execute_variant(
         finally:
             if model is None:
                 loaded.close()
+    elif PROFILE in kinds and fingerprint is not None and Path(spec).is_dir() and not _same_folder(checked, Path(spec)):
+        # Only the profile is left: it measures the weights the stored steps measured, or none.
+        yield from steps.lead_in(name, PROFILE, same_weights(name, Path(spec), fingerprint, compressed, cancel))
     if PROFILE in kinds:
         check_cancel(cancel)
         yield from steps.run(name, PROFILE, profile_step(plan, name, spec, options, cancel), record)
+
+
+def same_weights(name: str, folder: Path, stored: dict[str, Any] | None, compressed: bool,
+                 cancel: threading.Event | None) -> Job[StepRecord]:
+    """The fingerprint of the folder a variant's steps are about to measure, refused in one line
+    when the variant's stored steps were measured on other weights (the folder, or the baseline's
+    model file, was changed between them): the run's figures would mix two models under one
+    name, and its report and record would vouch for weights that were not measured.
+    `compressed`: the variant is compressed by the run, which can compress it again."""
+    taken = yield from fingerprint_step(name, folder, cancel)
+    if _other_weights(stored, taken.result):
+        assert stored is not None
+        remedy = f"remove {folder} to have it compressed again" if compressed else "put back the weights they were measured on"
+        raise UserError(
+            f"{name}: its weights in {folder} have changed since this run's earlier steps measured them "
+            f"(fingerprint {stored['digest'][:12]} then, {taken.result['digest'][:12]} now), so its steps left would be measured "
+            f"on other weights: {remedy}, or start a new run"
+        )
+    return taken
+
+
+def _other_weights(stored: dict[str, Any] | None, taken: dict[str, Any]) -> bool:
+    """Whether the fingerprint taken now is of other weights than the stored one. A stored
+    fingerprint of an earlier format covers less than one taken now, so its digest cannot be
+    compared; it is left as it is (a record of such a run is refused with what to do)."""
+    return stored is not None and stored.get("format") == taken.get("format") and stored.get("digest") != taken.get("digest")
+
+
+def _same_folder(checked: Path | None, folder: Path) -> bool:
+    return checked is not None and checked.resolve() == folder.resolve()
 
 
 def _compress_step(plan: Plan, name: str, spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[StepRecord]:

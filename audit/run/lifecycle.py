@@ -25,6 +25,7 @@ from audit.run.steps import (
     runs_folder,
     steps_for,
     stored_baseline,
+    stored_fingerprint,
     variant_names,
     variant_recipe,
 )
@@ -169,7 +170,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
             for name in names:
                 done = done_by_name[name]
                 job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps,
-                                      baseline=stored_baseline(store, run_id))
+                                      baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name))
                 for event in job:
                     yield replace(event, message=named(name, event.message))
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
@@ -263,7 +264,8 @@ def run_steps(
 
         def commit(step: StepRecord) -> None:
             step.commit(store, run_id)
-            if step.kind in planned:  # not the fingerprint stored with loading the model
+            # Not the fingerprint stored with loading the model, nor a step marked not done.
+            if step.kind in planned and step.error is None:
                 stored.append(step.kind)
 
         done = set(planned) - set(kinds)
@@ -273,7 +275,8 @@ def run_steps(
             raise UserError(f"{name} is not compressed in run {run_id} (its compression did not finish): compress it before measuring it")
         with driving(run_id, work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
-            yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps, baseline=stored_baseline(store, run_id))
+            yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps,
+                                       baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name))
     return stored
 
 

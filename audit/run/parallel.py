@@ -15,9 +15,9 @@ from audit.errors import UserError
 from audit.models import LoadOptions
 from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
-from audit.run.execute import execute_variant, profile_step
+from audit.run.execute import execute_variant, profile_step, same_weights
 from audit.run.pool import process_pool, worker_stop
-from audit.run.steps import COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, variant_folder, variant_names
+from audit.run.steps import COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, stored_fingerprint, variant_folder, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -42,7 +42,8 @@ def _variant_in_process(
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
-                              worker_stop(), skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S))
+                              worker_stop(), skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S),
+                              fingerprint=stored_fingerprint(store, run_id, name))
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -91,7 +92,12 @@ def run_in_processes(
         manager.shutdown()
     for name in names:
         if PROFILE in steps_for(plan, name) and store.step(run_id, name, PROFILE) is None:
-            record = yield from profile_step(plan, name, model_spec_for(plan, name, work_dir), load, cancel)
+            spec = model_spec_for(plan, name, work_dir)
+            fingerprint = stored_fingerprint(store, run_id, name)
+            if fingerprint is not None and Path(spec).is_dir():
+                # The profile measures the weights the worker's steps measured, or none.
+                yield from same_weights(name, Path(spec), fingerprint, COMPRESS in steps_for(plan, name), cancel)
+            record = yield from profile_step(plan, name, spec, load, cancel)
             record.commit(store, run_id)
             yield Progress("run", finished(), total, f"{name} profiled", {"run_id": run_id})
 
@@ -106,16 +112,18 @@ def _drain(events: Any) -> Iterator[Progress]:
 
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],
-                    baseline: dict[str, ProbeRecord] | None = None) -> list[dict[str, Any]]:
+                    baseline: dict[str, ProbeRecord] | None = None, fingerprint: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store).
     `baseline`: the baseline's stored probe (settings and items) by suite, for a plan's sequential probes.
+    `fingerprint`: the one stored for the variant's weights (`stored_fingerprint`).
     The scratch folder (the variant's compressed weights) is removed when the task ends, however
     it ends: every run would otherwise leave a model's worth of files on the node's disk."""
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
-        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=BaselineItems((baseline or {}).get)))
+        drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=BaselineItems((baseline or {}).get),
+                              fingerprint=fingerprint))
     return [asdict(r) for r in records]
 
 
@@ -157,7 +165,7 @@ def run_on_ray(
             for name in wave:
                 done = done_steps(store, run_id, plan, name)
                 if not set(steps_for(plan, name)) <= done:
-                    refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data, baseline)] = name
+                    refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data, baseline, stored_fingerprint(store, run_id, name))] = name
             pending = list(refs)
             while pending:
                 check_cancel(cancel)

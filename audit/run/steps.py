@@ -44,8 +44,14 @@ class StepRecord:
     items: list[dict[str, Any]] = field(default_factory=list)
     suite: str | None = None
     metrics: list[tuple] = field(default_factory=list)
+    # Set for a stored step that no longer holds (measured on weights the variant's folder no
+    # longer has): committed as failed with this reason, so the run reads it as not done.
+    error: str | None = None
 
     def commit(self, store: ResultsStore, run_id: int) -> None:
+        if self.error is not None:
+            store.record_failure(run_id, self.variant, self.kind, self.error, self.started_at)
+            return
         store.record_step(
             run_id,
             self.variant,
@@ -108,12 +114,20 @@ def steps_for(plan: Plan, name: str) -> list[str]:
 
 def done_steps(store: ResultsStore, run_id: int, plan: Plan, name: str) -> set[str]:
     """The steps of a variant already stored, and its fingerprint and folder facts when stored (a
-    resumed run keeps what it measured, and does not fingerprint the same model again)."""
+    resumed run keeps what it measured, once its weights are found to be the ones it measured)."""
     done = {k for k in steps_for(plan, name) if store.step(run_id, name, k) is not None}
     for kind in (FINGERPRINT, FOLDER):
         if store.step(run_id, name, kind) is not None:
             done.add(kind)
     return done
+
+
+def stored_fingerprint(store: ResultsStore, run_id: int, name: str) -> dict[str, Any] | None:
+    """The format and digest of the weights a variant's stored steps were measured on, None when
+    none are stored."""
+    step = store.step(run_id, name, FINGERPRINT)
+    result = (step or {}).get("result") or {}
+    return {"format": result.get("format"), "digest": result.get("digest")} if result.get("digest") else None
 
 
 def variant_folder(work_dir: Path, name: str) -> Path:

@@ -1,0 +1,135 @@
+"""A run's results are of one set of weights: a resumed run refuses weights changed since its
+earlier steps, and a variant compressed again to other weights is measured again."""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from audit.errors import UserError
+from audit.fingerprint import fingerprint_folder
+from audit.progress import drive
+from audit.runner import RunOptions, run_plan
+from audit.store import ResultsStore
+from tests.audited import VARIANT, audit_tiny, change_one_weight
+from tui.cli import main
+
+PROBE = "probe:builtin"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_llama, tmp_path_factory):
+    """A finished run of a tiny model's copy (a test may change the baseline's weights in its
+    own copy of the folder) and its magnitude-50 variant, without a profile."""
+    root = tmp_path_factory.mktemp("finished")
+    shutil.copytree(tiny_llama, root / "model")
+    audit_tiny(root / "audit", root / "model", profile=False)
+    return root
+
+
+def interrupted(finished: Path, where: Path) -> tuple[Path, Path, Path]:
+    """A copy of the finished run, as if stopped before the variant's probe: returns (the
+    store, the baseline's model folder, the variant's folder)."""
+    shutil.copytree(finished, where)
+    store_path = where / "audit" / "results.db"
+    model = where / "model"
+    with ResultsStore(store_path) as store:
+        store.set_work_dir(1, str(where / "audit" / "work" / "run-1"))
+    db = sqlite3.connect(store_path)
+    with db:
+        db.execute("UPDATE runs SET plan_text = replace(plan_text, ?, ?)", (str(finished / "model"), str(model)))
+        db.execute("UPDATE steps SET result_json = replace(result_json, ?, ?) WHERE variant = 'baseline'", (str(finished), str(where)))
+        db.execute("DELETE FROM steps WHERE variant = ? AND kind = ?", (VARIANT, PROBE))
+        db.execute("DELETE FROM items WHERE variant = ?", (VARIANT,))
+        db.execute("DELETE FROM metrics WHERE variant = ?", (VARIANT,))
+        db.execute("UPDATE runs SET status = 'interrupted', gate_json = NULL, exit_code = 130")
+    db.close()
+    return store_path, model, where / "audit" / "work" / "run-1" / VARIANT
+
+
+def replace_weights(folder: Path) -> None:
+    """Change one weight of the model in `folder`, in place."""
+    changed = folder.with_name(folder.name + ".changed")
+    change_one_weight(folder, changed)
+    shutil.rmtree(folder)
+    changed.rename(folder)
+
+
+def stored(store_path: Path, variant: str, kind: str) -> dict | None:
+    with ResultsStore(store_path, readonly=True) as store:
+        return store.step(1, variant, kind)
+
+
+def digest(folder: Path) -> str:
+    return drive(fingerprint_folder(folder)).digest
+
+
+def test_a_resumed_run_refuses_a_variant_whose_weights_changed_since_its_earlier_steps(finished, tmp_path):
+    store_path, _, variant = interrupted(finished, tmp_path / "run")
+    before = stored(store_path, VARIANT, "fingerprint")["result"]["digest"]
+    replace_weights(variant)
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{VARIANT}: ") and "earlier steps" in message and "other weights" in message
+    # Nothing measured on the changed weights; the fingerprint stored is still the measured one.
+    assert stored(store_path, VARIANT, PROBE) is None
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == before
+    with ResultsStore(store_path, readonly=True) as store:
+        assert store.run(1).status != "finished"
+
+
+def test_a_resumed_run_refuses_a_baseline_whose_weights_changed(finished, tmp_path):
+    store_path, model, _ = interrupted(finished, tmp_path / "run")
+    with sqlite3.connect(store_path) as db:  # stopped before the baseline's probe
+        db.execute("DELETE FROM steps WHERE variant = 'baseline' AND kind = ?", (PROBE,))
+    replace_weights(model)
+    with pytest.raises(UserError, match=r"^baseline: .*earlier steps.*other weights"):
+        drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    assert stored(store_path, "baseline", PROBE) is None
+
+
+def test_the_command_line_refuses_changed_weights_in_one_line_and_keeps_what_was_done(finished, tmp_path, capsys):
+    store_path, _, variant = interrupted(finished, tmp_path / "run")
+    replace_weights(variant)
+    assert main(["run", "--resume", "1", "--store", str(store_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and VARIANT in err[0] and "other weights" in err[0]
+    assert stored(store_path, VARIANT, "perplexity") is not None
+
+
+def test_a_deleted_variant_compressed_again_to_the_same_weights_keeps_its_stored_steps(finished, tmp_path):
+    store_path, _, variant = interrupted(finished, tmp_path / "run")
+    perplexity = stored(store_path, VARIANT, "perplexity")
+    shutil.rmtree(variant)
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    assert outcome.status == "finished"
+    assert stored(store_path, VARIANT, "perplexity") == perplexity
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == digest(variant)
+
+
+def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(finished, tmp_path, monkeypatch):
+    """Its stored perplexity was of weights no longer anywhere: measured again on the new ones,
+    never reported beside a probe of them."""
+    import audit.run.execute as execute
+
+    store_path, _, variant = interrupted(finished, tmp_path / "run")
+    perplexity = stored(store_path, VARIANT, "perplexity")
+    compress = execute.compress_variant
+
+    def other_weights(plan, spec, out, options, cancel):
+        result = yield from compress(plan, spec, out, options, cancel)
+        replace_weights(out)
+        return result
+
+    monkeypatch.setattr(execute, "compress_variant", other_weights)
+    shutil.rmtree(variant)
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    assert outcome.status == "finished"
+    now = digest(variant)
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == now
+    again = stored(store_path, VARIANT, "perplexity")
+    assert again["finished_at"] > perplexity["finished_at"]
+    assert stored(store_path, VARIANT, PROBE)["started_at"] > stored(store_path, VARIANT, "fingerprint")["started_at"]
