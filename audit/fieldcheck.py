@@ -28,6 +28,11 @@ from audit.record import PERPLEXITY_TOLERANCE, SCORE_TOLERANCE, load_public_key,
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 STEPS = ("signature", "fingerprint", "replay", "perplexity", "envelope")
+# The answer parser of check settings that name none: a record written before records carried it
+# (or of a log-likelihood audit, which parses nothing). Strict was the default from when a plan
+# could choose a parser, and the only parser before; a record of such an older audit whose plan
+# chose lenient cannot be told apart, and is replayed strict.
+RECORDED_BEFORE_PARSER = "strict"
 CLEARED, AUDIT_FAILED, MISMATCH, UNTRUSTED, DEVICE = "cleared", "audit-failed", "mismatch", "signature", "device"
 # Latency is timed on a short generation: enough tokens for a stable median, in seconds.
 _LATENCY_PROMPT_TOKENS, _LATENCY_NEW_TOKENS, _LATENCY_RUNS = 64, 16, 3
@@ -125,7 +130,7 @@ def replay_check_items(model: Any, check: Mapping[str, Any], cancel: threading.E
         settings_data = info.get("settings") or {}
         mode = settings_data.get("mode") or "loglik"
         style = prompt_style(mode, settings_data.get("prompt"))
-        parser = settings_data.get("parser") or "strict"
+        parser = settings_data.get("parser") or RECORDED_BEFORE_PARSER
         if style is None or parser not in PARSERS:
             raise ReplayRefused(f"the audit scored {spec} with a prompt or parser this edge-audit does not use: replay it with the lab's version")
         suite = _suite_of(spec, info, [e for e in entries if e.get("suite") == spec])

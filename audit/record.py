@@ -307,7 +307,7 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
             "kind": suite.kind,
             "summary": suite.summary,
             "default_norm": suite.default_norm,
-            "settings": {k: result.get(k) for k in ("mode", "norm", "seeds", "temperature", "max_new_tokens", "prompt")},
+            "settings": {k: result.get(k) for k in ("mode", "norm", "seeds", "temperature", "max_new_tokens", "prompt", "parser")},
         }
         for row in (r for r in sample if r["suite"] == suite_spec):
             item = by_id.get(str(row["item_id"]))

@@ -281,7 +281,7 @@ class RunView:
                 "categories": metrics.get("categories") or {},
                 "n_items": result.get("n_items"),
                 "items_per_s": result.get("items_per_s"),
-                "settings": {k: result.get(k) for k in ("mode", "norm", "prompt", "seeds", "temperature", "max_new_tokens") if k in result},
+                "settings": {k: result.get(k) for k in ("mode", "norm", "prompt", "parser", "seeds", "temperature", "max_new_tokens") if k in result},
             }
             if result.get("sequential"):
                 variant["probes"][kind[len(PROBE_PREFIX):]]["sequential"] = {

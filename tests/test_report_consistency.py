@@ -3,6 +3,7 @@ be made reads "not comparable", a reopened run has no verdict left from before, 
 with the settings its audit scored with, a damaged value is one line, and a report says when and
 in what state its run was."""
 
+import json
 import shutil
 import sqlite3
 import time
@@ -90,6 +91,58 @@ def test_a_reopened_run_keeps_no_verdict_from_before(tmp_path):
         assert (run.status, run.gate, run.exit_code, run.finished_at) == ("running", None, None, None)
         listed = run_listing(db)[0]
     assert listed["gate_passed"] is None and listed["verdict"]["label"] != "MAY SHIP"
+
+
+# -- a record replays as its audit scored ------------------------------------------------------------------
+def test_a_record_carries_the_parser_its_audit_scored_with(store):
+    from audit.record import _check_subset
+
+    path, run_id = store
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT result_json FROM steps WHERE variant = ? AND kind = 'probe:builtin'", (QUANTIZED,)).fetchone()
+        result = dict(json.loads(row[0]), mode="generate", norm=None, seeds=[], temperature=0.0, max_new_tokens=5,
+                      prompt="chat-lettered-options", parser="lenient")
+        db.execute("UPDATE steps SET result_json = ? WHERE variant = ? AND kind = 'probe:builtin'", (json.dumps(result), QUANTIZED))
+    with ResultsStore(path, readonly=True) as db:
+        data = build_report(db, run_id)
+        check = _check_subset(db, run_id, QUANTIZED, read_plan(db, run_id), 4)
+    assert check["suites"]["builtin"]["settings"]["parser"] == "lenient"
+    assert variant_of(data, QUANTIZED)["probes"]["builtin"]["settings"]["parser"] == "lenient"
+
+
+def read_plan(db, run_id):
+    from audit.plans import read_stored_plan
+
+    run = db.run(run_id)
+    return read_stored_plan(run.plan_text, run.plan_path)
+
+
+def replayed_settings(monkeypatch, settings):
+    """The probe settings a device's replay scores a record's check items with."""
+    import audit.probes.job as job
+    from audit.fieldcheck import replay_check_items
+    from audit.progress import drive
+
+    used = []
+
+    def run_probe(model, suite, probe_settings, cancel):
+        used.append(probe_settings)
+        return job.ProbeRun(suite, probe_settings, "mean", [], True, 0.0)
+        yield
+
+    monkeypatch.setattr(job, "run_probe", run_probe)
+    item = {"item_id": "x1", "category": "age", "kind": "qa", "context": "c", "question": "q", "options": ["a", "b", "c"],
+            "bias_aligned": [1], "label": 0}
+    check = {"suites": {"builtin": {"name": "builtin", "kind": "bbq", "summary": "qa", "default_norm": "mean", "settings": settings}},
+             "items": [{"suite": "builtin", "item": item}]}
+    drive(replay_check_items(object(), check, None))
+    return used[0]
+
+
+def test_a_device_replays_with_the_recorded_parser_and_an_older_record_with_strict(monkeypatch):
+    generate = {"mode": "generate", "norm": None, "seeds": [], "temperature": 0.0, "max_new_tokens": 5, "prompt": "chat-lettered-options"}
+    assert replayed_settings(monkeypatch, dict(generate, parser="lenient")).parser == "lenient"
+    assert replayed_settings(monkeypatch, generate).parser == "strict"
 
 
 # -- a damaged value is one line ----------------------------------------------------------------------
