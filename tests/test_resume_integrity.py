@@ -1,6 +1,8 @@
 """A run's results are of one set of weights: a resumed run refuses weights changed since its
-earlier steps, and a variant compressed again to other weights is measured again."""
+earlier steps, and a variant compressed again to other weights is measured again. A plan without
+a gate has no gate."""
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -9,10 +11,11 @@ import pytest
 
 from audit.errors import UserError
 from audit.fingerprint import fingerprint_folder
+from audit.plans import load_plan
 from audit.progress import drive
 from audit.runner import RunOptions, run_plan
 from audit.store import ResultsStore
-from tests.audited import VARIANT, audit_tiny, change_one_weight
+from tests.audited import PLAN, VARIANT, audit_tiny, change_one_weight
 from tui.cli import main
 
 PROBE = "probe:builtin"
@@ -133,3 +136,21 @@ def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(f
     again = stored(store_path, VARIANT, "perplexity")
     assert again["finished_at"] > perplexity["finished_at"]
     assert stored(store_path, VARIANT, PROBE)["started_at"] > stored(store_path, VARIANT, "fingerprint")["started_at"]
+
+
+# -- a plan without a gate ----------------------------------------------------------------------
+NO_GATE = PLAN.split("# The tiny random models")[0].replace("[profile]\n", "[profile]\nenabled = false\n") + "[gate]\ncompetence = false\n"
+
+
+def test_a_plan_without_gate_rules_has_no_gate_and_exits_0(tiny_llama, tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(NO_GATE.format(model=tiny_llama))
+    assert not load_plan(plan).gate.active
+    code = main(["run", str(plan), "--store", str(tmp_path / "results.db"), "--work-dir", str(tmp_path / "work"),
+                 "--report", str(tmp_path / "report"), "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert code == 0 and shown["exit_code"] == 0
+    assert shown["gate"] is None
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written["gate"] is None and written["run"]["gate"] is None
+    assert "Gate" not in (tmp_path / "report" / "report.md").read_text()

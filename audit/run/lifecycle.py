@@ -174,12 +174,14 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
                 for event in job:
                     yield replace(event, message=named(name, event.message))
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
-        gate = evaluate_run_gate(store, run_id, plan)
+        # A plan without gate rules has no gate: no verdict, exit 0, as `close_run` stores it.
+        gate = evaluate_run_gate(store, run_id, plan) if plan.gate.active else None
         report = build_report(store, run_id, plan, gate)
-        exit_code = 0 if gate.passed else 1
-        store.finish_run(run_id, "finished", gate.to_dict(), exit_code)
+        exit_code = 0 if gate is None or gate.passed else 1
+        gate_data = gate.to_dict() if gate is not None else None
+        store.finish_run(run_id, "finished", gate_data, exit_code)
         report["run"]["status"] = "finished"
-        return RunOutcome(run_id, store.path, "finished", exit_code, gate.to_dict(), report)
+        return RunOutcome(run_id, store.path, "finished", exit_code, gate_data, report)
     except (Cancelled, KeyboardInterrupt, SystemExit):
         store.finish_run(run_id, "interrupted", None, 130)
         raise

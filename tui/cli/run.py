@@ -130,8 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     folder = args.report or Path(outcome.report["run"]["work_dir"]) / "report"
     files = write_report(folder, outcome.report)
     elapsed = time.perf_counter() - started
-    gate = outcome.gate or {"verdict": "pass", "passed": True, "failures": [], "variants": {}}
-    for failure in gate.get("failures", []):
+    gate = outcome.gate  # None: the plan has no gate, and nothing is said to pass it
+    for failure in (gate or {}).get("failures", []):
         print(f"gate: {failure}", file=sys.stderr)
     data = {
         "run_id": outcome.run_id,
@@ -147,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def human(d: dict[str, Any]) -> None:
         common.stdout.print(_summary_table(f"Run {d['run_id']} ({d['seconds']:.0f} s)", outcome.report))
-        _print_gate(d["gate"], lines=False)
+        if d["gate"]:
+            _print_gate(d["gate"], lines=False)
         common.stdout.print(f"Report: {d['report_files']['html']}")
 
     common.emit(args, data, human)
