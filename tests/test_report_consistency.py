@@ -15,7 +15,7 @@ from audit.reports.render import render_html, render_markdown, summary_rows
 from audit.results import BASELINE, build_report, run_listing
 from audit.runner import PERPLEXITY, StepRecord
 from audit.store import ResultsStore, StoreError
-from tests.app_support import build_audit_store, perplexity_result
+from tests.app_support import CREATED_AT, build_audit_store, perplexity_result
 from tests.test_store import ITEMS, new_run
 
 QUANTIZED = "int8-dynamic"
@@ -183,3 +183,45 @@ def test_a_stored_check_of_the_wrong_shape_is_a_damaged_store(tmp_path):
         raw.execute("UPDATE checks SET result_json = '[]'")
     with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError, match="its column result_json"):
         db.check(check_id)
+
+
+# -- when, and in what state -----------------------------------------------------------------------
+def report_of(store, status):
+    path, run_id = store
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+    with ResultsStore(path, readonly=True) as db:
+        return build_report(db, run_id)
+
+
+def test_a_report_gives_its_time_in_utc_whatever_the_local_zone(store, monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        data = report_of(store, "finished")
+        assert data["run"]["created_at"] == CREATED_AT
+        assert "2026-01-01 09:00 UTC" in render_markdown(data)
+        assert "2026-01-01 09:00 UTC" in render_html(data)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+@pytest.mark.parametrize("status, words", [("interrupted", "was interrupted"), ("failed", "failed")])
+def test_a_report_of_a_run_not_finished_says_so_before_any_figure(store, status, words):
+    data = report_of(store, status)
+    text = render_markdown(data)
+    head = text.split("## Variants")[0]
+    assert f"This run {words}" in head and "not final" in head
+    html = render_html(data)
+    assert f"This run {words}" in html.split("<h2>Variants")[0]
+
+
+def test_a_report_of_a_run_still_going_says_so_and_its_gate_is_not_final(store):
+    data = report_of(store, "finished")
+    data["run"]["status"] = "running"  # a front end's report of a run it drives
+    text = render_markdown(data)
+    head = text.split("## Gate")[0]
+    assert "This run is still running" in head and "not final" in head
+    assert "MAY SHIP" not in text and "## Gate so far" in text
+    assert "This run" not in render_markdown(report_of(store, "finished"))

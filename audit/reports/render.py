@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from audit import atomic, jsonout
-from audit.gate import BASELINE
+from audit.gate import BASELINE, INCONCLUSIVE, PASS
 from audit.reports import svg
 from audit.results import BIASED, CORRECTED, STEREOTYPED
 from audit.sweep import CURVES, DENSE, LOG_CURVES, curves, unreadable
-from audit.verdict import run_verdict
+from audit.verdict import PENDING, Verdict, run_verdict
 
 MAX_FLIPPED_SHOWN = 25  # per variant in Markdown/HTML; the JSON keeps them all
 
@@ -636,20 +636,65 @@ def _markdown_sweep(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def started(run: dict[str, Any]) -> str:
+    """When a run started, in UTC and saying so: a report read in another zone than the one it was
+    written in gives the same time, and says which it is."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.get("created_at") or 0))
+
+
+def unfinished(run: dict[str, Any]) -> bool:
+    """Whether a report's run had not finished when the report was written (a report written
+    before runs carried their status in it is taken as finished)."""
+    return run.get("status") not in (None, "finished")
+
+
+def status_note(run: dict[str, Any]) -> str | None:
+    """What a report of a run not finished says before any figure: that none of them is final."""
+    status = run.get("status")
+    if not unfinished(run):
+        return None
+    if status == "running":
+        return "This run is still running: these figures are as they stood when this report was written, not final."
+    if status == "interrupted":
+        return (f"This run was interrupted before its planned steps were done: these figures are not final. "
+                f"Resume it with edge-audit run --resume {run.get('id')} to finish it.")
+    if status == "failed":
+        error = (run.get("gate") or {}).get("error")
+        return f"This run failed{f' ({error})' if error else ''}: these figures are not final."
+    return f"This run is {status}, not finished: these figures are not final."
+
+
+def report_verdict(gate: dict[str, Any], run: dict[str, Any]) -> Verdict:
+    """The gate's headline as a report gives it: a run not finished may not ship however its
+    checks stand so far."""
+    verdict = run_verdict(gate, status=run.get("status"))
+    if unfinished(run) and verdict.state == PASS:
+        going = run.get("status") == "running"
+        return Verdict(PENDING if going else INCONCLUSIVE,
+                       f"{verdict.detail} so far: the run {'is still going' if going else 'did not finish'}")
+    return verdict
+
+
+def _gate_heading(gate: dict[str, Any], run: dict[str, Any]) -> str:
+    return f"Gate so far, not final: {_gate_verdict(gate)}" if unfinished(run) else f"Gate: {_gate_verdict(gate)}"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     run = data["run"]
     suite = primary_suite(data)
     lines = [f"# edge-audit report: {md(run.get('name'))} (run {md(run.get('id'))})", ""]
-    lines.append(f"Model {md(run.get('model'))} on {md((run.get('device') or {}).get('name', 'this device'))}, "
-                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run.get('created_at') or 0))}.")
+    lines.append(f"Model {md(run.get('model'))} on {md((run.get('device') or {}).get('name', 'this device'))}, started {started(run)}.")
     lines.append("")
+    note = status_note(run)
+    if note:
+        lines += [f"**{md(note)}**", ""]
     gate = data.get("gate")
     if gate is not None:
         confidence = gate.get("confidence")
         level = f" (bounds at {confidence:g} confidence)" if confidence else ""
-        lines.append(f"## Gate: {md(_gate_verdict(gate))}{level}")
+        lines.append(f"## {md(_gate_heading(gate, run))}{level}")
         lines.append("")
-        lines.append(f"**{md(run_verdict(gate).line())}**")
+        lines.append(f"**{md(report_verdict(gate, run).line())}**")
         lines.append("")
         verdicts = gate.get("variants") or {}
         if verdicts:
@@ -773,13 +818,16 @@ def render_html(data: dict[str, Any]) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>edge-audit report: {escape(str(run.get('name')))}</title><style>{STYLE}</style></head><body>",
         f"<h1>edge-audit report: {escape(str(run.get('name')))} (run {escape(str(run.get('id')))})</h1>",
-        f"<p>Model <code>{escape(str(run.get('model')))}</code> on {escape(str((run.get('device') or {}).get('name', 'this device')))}.</p>",
+        f"<p>Model <code>{escape(str(run.get('model')))}</code> on {escape(str((run.get('device') or {}).get('name', 'this device')))}, "
+        f"started {started(run)}.</p>",
     ]
+    note = status_note(run)
+    if note:
+        parts.append(f"<div class='banner inconclusive' id='status'>{escape(note)}</div>")
     gate = data.get("gate")
     if gate is not None:
-        verdict = _gate_verdict(gate)
-        cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "inconclusive")
-        parts.append(f"<div class='banner {cls}' id='gate'>Gate: {escape(verdict)}: {escape(run_verdict(gate).line())}</div>")
+        cls = "inconclusive" if unfinished(run) else {"PASS": "pass", "FAIL": "fail"}.get(_gate_verdict(gate), "inconclusive")
+        parts.append(f"<div class='banner {cls}' id='gate'>{escape(_gate_heading(gate, run))}: {escape(report_verdict(gate, run).line())}</div>")
         verdicts = gate.get("variants") or {}
         if verdicts:
             parts.append(_html_table(("variant", "verdict"), ([name, v["plain"]] for name, v in verdicts.items())))
