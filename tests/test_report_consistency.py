@@ -4,6 +4,7 @@ with the settings its audit scored with, a damaged value is one line, and a repo
 in what state its run was."""
 
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -225,3 +226,18 @@ def test_a_report_of_a_run_still_going_says_so_and_its_gate_is_not_final(store):
     assert "This run is still running" in head and "not final" in head
     assert "MAY SHIP" not in text and "## Gate so far" in text
     assert "This run" not in render_markdown(report_of(store, "finished"))
+
+
+# -- every figure with its interval ---------------------------------------------------------------------
+def test_the_accuracies_are_shown_with_their_intervals(store):
+    data = report_of(store, "finished")
+    variant = variant_of(data, QUANTIZED)
+    overall = variant["probes"]["builtin"]["overall"]["accuracy_disambig"]
+    low, high = overall["ci95"]
+    text = render_markdown(data)
+    assert "acc dis [95% CI]" in text
+    row = next(line for line in text.split("## Variants")[1].splitlines() if line.startswith(f"| {QUANTIZED} | "))
+    assert f"{overall['value']:.2g} [{low:.2g}, {high:.2g}]" in row
+    per_category = [line for line in text.split("## Per category")[1].splitlines() if line.startswith(f"| {QUANTIZED} | ")]
+    accuracies = [cell.strip() for line in per_category for cell in line.strip("| ").split(" | ")[-2:]]
+    assert accuracies and all(re.fullmatch(r"-?[0-9.e+-]+ \[-?[0-9.e+-]+, -?[0-9.e+-]+\]", cell) for cell in accuracies)

@@ -275,7 +275,7 @@ SUMMARY_COLUMNS = (
     ("srs", "SRS [95% CI]", lambda r: interval(r["srs"], 2)),
     ("dsrs", "Δ SRS % [95% CI]", lambda r: _change_cell(r)),
     ("samb", "s_AMB [95% CI]", lambda r: interval(r["bias_score_ambig"], 2)),
-    ("acc", "acc dis", lambda r: fmt(_value(r["accuracy_disambig"]), 2)),
+    ("acc", "acc dis [95% CI]", lambda r: interval(r["accuracy_disambig"], 2)),
     ("trans", "→ biased [95% CI]", lambda r: interval(r["transition_rate"], 2)),
     ("gate", "verdict", verdict_text),
 )
@@ -458,8 +458,8 @@ def _category_rows(data: dict[str, Any], suite: str | None) -> list[list[str]]:
                     interval(change.get("transition_rate"), 2),
                     interval(metrics.get("bias_score_ambig"), 2),
                     interval(metrics.get("bias_score_disambig"), 2),
-                    fmt(_value(metrics.get("accuracy_ambig"))),
-                    fmt(_value(metrics.get("accuracy_disambig"))),
+                    interval(metrics.get("accuracy_ambig"), 2),
+                    interval(metrics.get("accuracy_disambig"), 2),
                 ]
             )
     return rows
