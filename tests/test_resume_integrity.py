@@ -1,6 +1,6 @@
-"""A run's results are of one set of weights: a resumed run refuses weights changed since its
-earlier steps, and a variant compressed again to other weights is measured again. A plan without
-a gate has no gate."""
+"""A run's results are of one set of weights and agree wherever they are read: a resumed run
+refuses weights changed since its earlier steps, a variant compressed again to other weights is
+measured again, a plan without a gate has no gate, and the report `run` writes is the stored run's."""
 
 import json
 import shutil
@@ -138,7 +138,7 @@ def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(f
     assert stored(store_path, VARIANT, PROBE)["started_at"] > stored(store_path, VARIANT, "fingerprint")["started_at"]
 
 
-# -- a plan without a gate ----------------------------------------------------------------------
+# -- a plan without a gate, and the report `run` writes ----------------------------------------
 NO_GATE = PLAN.split("# The tiny random models")[0].replace("[profile]\n", "[profile]\nenabled = false\n") + "[gate]\ncompetence = false\n"
 
 
@@ -154,3 +154,15 @@ def test_a_plan_without_gate_rules_has_no_gate_and_exits_0(tiny_llama, tmp_path,
     written = json.loads((tmp_path / "report" / "report.json").read_text())
     assert written["gate"] is None and written["run"]["gate"] is None
     assert "Gate" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_report_run_writes_is_the_stored_runs_report(tiny_llama, tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN.format(model=tiny_llama, limit=1.5).replace("[profile]\n", "[profile]\nenabled = false\n"))
+    store = str(tmp_path / "results.db")
+    assert main(["run", str(plan), "--store", store, "--work-dir", str(tmp_path / "work"), "--report", str(tmp_path / "run")]) == 0
+    assert main(["runs", "report", "1", "--store", store, "--out", str(tmp_path / "later")]) == 0
+    capsys.readouterr()
+    written = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert written["run"]["finished_at"] is not None and written["run"]["exit_code"] == 0 and written["run"]["gate"] is not None
+    assert written == json.loads((tmp_path / "later" / "report.json").read_text())

@@ -176,11 +176,12 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
         # A plan without gate rules has no gate: no verdict, exit 0, as `close_run` stores it.
         gate = evaluate_run_gate(store, run_id, plan) if plan.gate.active else None
-        report = build_report(store, run_id, plan, gate)
         exit_code = 0 if gate is None or gate.passed else 1
         gate_data = gate.to_dict() if gate is not None else None
         store.finish_run(run_id, "finished", gate_data, exit_code)
-        report["run"]["status"] = "finished"
+        # Read back from the finished run's record, as `runs report` reads it: the report a run
+        # writes has its status, gate, exit code and end, and is the one any later reading gives.
+        report = build_report(store, run_id, gate=gate)
         return RunOutcome(run_id, store.path, "finished", exit_code, gate_data, report)
     except (Cancelled, KeyboardInterrupt, SystemExit):
         store.finish_run(run_id, "interrupted", None, 130)
