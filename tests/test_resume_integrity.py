@@ -1,6 +1,7 @@
 """A run's results are of one set of weights and agree wherever they are read: a resumed run
 refuses weights changed since its earlier steps, a variant compressed again to other weights is
-measured again, a plan without a gate has no gate, and the report `run` writes is the stored run's."""
+measured again, a plan without a gate has no gate, the report `run` writes is the stored run's,
+and `runs compare` says where two runs' models, software or device differ."""
 
 import json
 import shutil
@@ -166,3 +167,39 @@ def test_the_report_run_writes_is_the_stored_runs_report(tiny_llama, tmp_path, c
     written = json.loads((tmp_path / "run" / "report.json").read_text())
     assert written["run"]["finished_at"] is not None and written["run"]["exit_code"] == 0 and written["run"]["gate"] is not None
     assert written == json.loads((tmp_path / "later" / "report.json").read_text())
+
+
+# -- runs compare ------------------------------------------------------------------------------
+def test_runs_compare_says_where_two_runs_of_the_same_plan_are_not_alike(tiny_llama, tmp_path, capsys):
+    """The model file changed at the same path between two runs of one plan, and the second ran
+    with other software on another device, and was stopped: all said, beside '(same plan)'."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(NO_GATE.format(model=model))
+    store = tmp_path / "results.db"
+    drive(run_plan(load_plan(plan), RunOptions(store=store, work_dir=tmp_path / "work")))
+    replace_weights(model)
+    drive(run_plan(load_plan(plan), RunOptions(store=store, work_dir=tmp_path / "work")))
+    with sqlite3.connect(store) as db:
+        software, device = db.execute("SELECT software_json, device_json FROM runs WHERE id = 2").fetchone()
+        software, device = json.loads(software), json.loads(device)
+        software["edge_audit"] = "0.0.1"
+        device["cpu_model"] = "Other CPU"
+        db.execute("UPDATE runs SET software_json = ?, device_json = ?, status = 'interrupted' WHERE id = 2",
+                   (json.dumps(software), json.dumps(device)))
+    with ResultsStore(store, readonly=True) as opened:
+        fingerprints = [opened.step(run_id, "baseline", "fingerprint")["result"]["digest"][:12] for run_id in (1, 2)]
+    assert fingerprints[0] != fingerprints[1]
+
+    assert main(["runs", "compare", "1", "2", "--store", str(store), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["plan_diffs"]["2"] == ""
+    said = "\n".join(data["differences"]["2"])
+    assert f"baseline: other weights (fingerprint {fingerprints[0]} in run 1, {fingerprints[1]} in run 2)" in said
+    assert "software: edge_audit " in said and ", 0.0.1 in run 2" in said
+    assert "device: cpu_model " in said and ", Other CPU in run 2" in said
+    assert "run 2 is interrupted" in said
+    assert main(["runs", "compare", "1", "2", "--store", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "(same plan)" in shown and "baseline: other weights" in shown and "run 2 is interrupted" in shown

@@ -265,18 +265,70 @@ def cmd_compare(args: argparse.Namespace) -> int:
     data = {
         "runs": [{"id": r["run"]["id"], "name": r["run"]["name"], "status": r["run"]["status"], "variants": summary_rows(r)} for r in reports],
         "plan_diffs": diffs,
+        "differences": {str(r["run"]["id"]): run_differences(reports[0], r) for r in reports[1:]},
     }
 
     def human(d: dict[str, Any]) -> None:
         for report in reports:
             run = report["run"]
-            common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']}", report))
+            common.stdout.print(_summary_table(f"Run {run['id']}: {run['name']} ({run['status']})", report))
         for run_id, diff in d["plan_diffs"].items():
             common.stdout.print(f"Plan of run {reports[0]['run']['id']} -> run {run_id}:")
             common.stdout.print(diff or "  (same plan)", highlight=False)
+            differences = d["differences"][run_id]
+            if differences:
+                common.stdout.print("Not alike beyond the plan, so their figures differ for these reasons too:")
+                for line in differences:
+                    common.stdout.print(Text(f"  ! {line}", style="yellow"))
 
     common.emit(args, data, human)
     return 0
+
+
+def run_differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """What two runs' reports differ in besides their plans, in plain words: the weights of the
+    models of the same name (a model file changed at the same path), the software, the device,
+    and a run that did not finish. Any of them makes a difference in figures no plan explains."""
+    a, b = first["run"], other["run"]
+    ids = f"run {a['id']}", f"run {b['id']}"
+    lines = []
+    theirs = {v["name"]: v.get("fingerprint") for v in other["variants"]}
+    for variant in first["variants"]:
+        name = variant["name"]
+        if name not in theirs:
+            continue
+        mine, other_print = variant.get("fingerprint"), theirs[name]
+        if mine and other_print and mine != other_print:
+            lines.append(f"{name}: other weights (fingerprint {mine[:12]} in {ids[0]}, {other_print[:12]} in {ids[1]})")
+        elif bool(mine) != bool(other_print):
+            missing = ids[0] if not mine else ids[1]
+            lines.append(f"{name}: no fingerprint in {missing}, so whether its weights are the same is not known")
+    for part, facts in (("software", "software"), ("device", "device")):
+        ours, yours = _flat(a.get(facts) or {}), _flat(b.get(facts) or {})
+        for key in sorted(set(ours) | set(yours)):
+            if ours.get(key) != yours.get(key):
+                lines.append(f"{part}: {key} {_said(ours.get(key))} in {ids[0]}, {_said(yours.get(key))} in {ids[1]}")
+    for run in (a, b):
+        if run["status"] != "finished":
+            lines.append(f"run {run['id']} is {run['status']}: not every figure of its plan is measured")
+    return lines
+
+
+def _flat(facts: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested facts as one level, their keys joined with dots."""
+    flat: dict[str, Any] = {}
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _said(value: Any) -> str:
+    if value is None:
+        return "not known"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
