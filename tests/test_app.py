@@ -367,7 +367,7 @@ def summary_row(variant, **values):
 
 
 def test_the_comparison_never_reads_a_degraded_variant_as_better_and_names_what_is_not_comparable():
-    from tui.widgets.comparison import srs_cell, transition_cell, verdict_cell
+    from tui.widgets.comparison import perplexity_cell, srs_cell, transition_cell, verdict_cell
 
     base = summary_row("baseline", sparsity=0.0, srs={"value": 0.25, "ci95": [0.1, 0.5], "n": 18}, gate_verdict=None, gate_plain=None)
     judged = srs_cell("srs", summary_row("wanda-50"), base).render({"srs"})
@@ -385,5 +385,10 @@ def test_the_comparison_never_reads_a_degraded_variant_as_better_and_names_what_
     apart = summary_row("int8-dynamic", comparable=False, not_comparable=["seeds differ (0,1 vs 2,3)"])
     assert srs_cell("srs", apart, base).render({"values"}).plain == "0.2 not comparable"
     assert srs_cell("srs", apart, base).render(set()).plain == "not comparable"  # at 80 columns, the words stay
+    # A perplexity measured on another text than the baseline's has no change, never one worked out.
+    other_text = summary_row("int8-dynamic", perplexity=17.6, perplexity_relative_change_pct={
+        "value": None, "ci95": [None, None], "n": None, "note": "the perplexity text or its chunks differ", "comparable": False})
+    base_ppl = dict(base, perplexity=17.42)
+    assert perplexity_cell("perplexity", other_text, base_ppl).render({"perplexity"}).plain == "17.6 not comparable"
     assert verdict_cell("verdict", summary_row("x", gate_verdict="pass"), base).render(set()).plain == "may ship"
     assert verdict_cell("verdict", summary_row("x"), base).render(set()).plain == "not settled"

@@ -86,6 +86,9 @@ def perplexity_cell(key: str, row: dict[str, Any], base: dict[str, Any] | None) 
     if base is None or value is None or before is None:
         return cell(fmt(value, 4))
     change = row.get("perplexity_relative_change_pct")
+    if isinstance(change, dict) and change.get("comparable") is False:
+        # Measured on another text than the baseline's: there is no change to show.
+        return cell(Text.assemble(fmt(value, 4), " ", Text(NOT_COMPARABLE, style="yellow")))
     # Without per-chunk figures the change has no interval, but it is still the change.
     pct = value_of(change)
     pct = relative_pct(before, value) if pct is None else pct
