@@ -203,3 +203,21 @@ def test_runs_compare_says_where_two_runs_of_the_same_plan_are_not_alike(tiny_ll
     assert main(["runs", "compare", "1", "2", "--store", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "(same plan)" in shown and "baseline: other weights" in shown and "run 2 is interrupted" in shown
+
+
+def test_runs_list_gives_the_time_a_run_started_in_utc_naming_the_zone(tiny_llama, tmp_path, capsys, monkeypatch):
+    import time
+
+    with ResultsStore(tmp_path / "results.db") as store:
+        run_id = store.create_run(name="tiny", model=str(tiny_llama), plan_text=NO_GATE.format(model=tiny_llama), plan_path=None,
+                                  device={}, software={}, variants=[])
+        created = store.run(run_id).created_at
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: its local time is never the UTC one
+    time.tzset()
+    try:
+        assert main(["runs", "list", "--store", str(tmp_path / "results.db")]) == 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    shown = capsys.readouterr().out
+    assert time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(created)) in shown

@@ -20,7 +20,7 @@ from audit.errors import Cancelled, UserError
 from audit.plans import DEFAULT_PRESET, load_preset, named_plan, with_overrides
 from audit.progress import Progress, clock, job_seconds_left, step_place
 from audit.reports import write_report
-from audit.reports.render import SUMMARY_COLUMNS, summary_rows
+from audit.reports.render import SUMMARY_COLUMNS, started as started_utc, summary_rows
 from audit.results import build_report, run_listing
 from audit.runner import RunOptions, run_plan
 from audit.store import ResultsStore, default_store_path
@@ -228,9 +228,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for column in ("id", "name", "model", "status", "started", "variants", "verdict"):
             table.add_column(column)
         for r in d["runs"]:
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))
             verdict = f"{r['verdict']['icon']} {r['verdict']['label']}"
-            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started, str(len(r["variants"])), verdict)
+            # In UTC, as the reports give it: the same time wherever the store is read.
+            table.add_row(str(r["id"]), r["name"], r["model"], r["status"], started_utc(r), str(len(r["variants"])), verdict)
         common.stdout.print(table)
 
     common.emit(args, {"runs": rows}, human)
