@@ -782,8 +782,12 @@ def _check_model(ctx: _Context, model: str) -> str:
 def read_stored_plan(text: str, path: str | None) -> Plan:
     """The plan of a stored run, from its stored text alone: the files it names may have moved
     since, and a step that needs one says so when it reads it. Relative paths still read from
-    the plan's folder `path`."""
-    return parse_plan(text, Path(path) if path else None, check_model=False, check_files=False, stored=True)
+    the plan's folder `path`. Stored text that does not read is the store's damage, not the
+    plan file's (which may have changed since, or be gone), and is said so."""
+    try:
+        return parse_plan(text, Path(path) if path else None, check_model=False, check_files=False, stored=True)
+    except PlanError as exc:
+        raise PlanError(f"the plan stored with this run does not read ({exc}): the results store may be damaged") from None
 
 
 def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:

@@ -181,3 +181,15 @@ def test_a_store_found_whole_is_read_again_only_once_it_changed(tmp_path, monkey
         ResultsStore(path, readonly=True)
     assert len(checks) == 4
 
+
+
+def test_a_stored_plan_that_does_not_read_is_said_to_be_the_stores_damage(tmp_path, capsys):
+    import sqlite3
+
+    path = build_store(tmp_path / "r.db", runs=1, items=3)
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE runs SET plan_text = 'model = [' WHERE id = 1")
+    raw.close()
+    assert main(["runs", "show", "1", "--store", str(path)]) == 2
+    line = plain_line(capsys.readouterr().err)
+    assert line.startswith("edge-audit: error: the plan stored with this run does not read (") and line.endswith("the results store may be damaged")
