@@ -39,6 +39,15 @@ def test_missing_column_and_empty_file_are_errors(tmp_path):
         load_suite(f"crows:{path}")
 
 
+def test_a_file_whose_every_row_is_skipped_says_why(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(HEADER + '0,A.,B.,sideways,gender,"[]",a1,"[]"\n1,C.,D.,up,age,"[]",a1,"[]"\n')
+    with pytest.raises(UserError) as refused:
+        load_suite(f"crows:{path}")
+    assert str(refused.value) == (f"suite crows:{path} has no items to score: its 2 lines were all skipped "
+                                  f"(the first: {path}:2: stereo_antistereo 'sideways' is not stereo or antistereo)")
+
+
 def test_real_file_has_all_1508_pairs():
     suite = load_suite(f"crows:{SHARED_DATA / 'crows_pairs' / 'crows_pairs_anonymized.csv'}")
     assert len(suite.items) == 1508 and suite.skipped == []

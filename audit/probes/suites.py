@@ -145,5 +145,10 @@ def load_suite(
         suite.info["limit_per_category"] = limit
         suite.info["sample_seed"] = sample_seed
     if not suite.items:
+        if suite.skipped and not (categories or limit is not None or wanted != CONDITIONS):
+            # Every line was refused: the first reason is what the user has to fix.
+            count = len(suite.skipped)
+            raise UserError(f"suite {spec} has no items to score: its {count} {'line was' if count == 1 else 'lines were'} "
+                            f"all skipped (the first: {suite.skipped[0]})")
         raise UserError(f"suite {spec} has no items to score")
     return suite
