@@ -110,7 +110,7 @@ class _Context:
         return None
 
     def error(self, key: str, message: str) -> PlanError:
-        where = self.path.name if self.path else "plan"
+        where = str(self.path) if self.path else "plan"
         line = self.line(key)
         at = f" line {line}" if line else ""
         return PlanError(f"{where}{at}: {key}: {message}")

@@ -216,7 +216,7 @@ def test_invalid_plans_exit_2_with_the_line(tiny_llama, tmp_path):
     result = run_cli("run", str(path), "--store", str(tmp_path / "r.db"))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "edge-audit: error: plan.toml line 5: variants[0].prune.sparsity: must be within [0, 0.95], got 1.2"
+        f"edge-audit: error: {path} line 5: variants[0].prune.sparsity: must be within [0, 0.95], got 1.2"
     )
     path.write_text(path.read_text().replace("sparsity = 1.2", "sparsity = 0.5").replace(f'model = "{tiny_llama}"', 'model = "./missing"'))
     result = run_cli("run", str(path), "--store", str(tmp_path / "r.db"))
