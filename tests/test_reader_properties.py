@@ -362,3 +362,8 @@ def test_item_results_of_the_wrong_shape_are_skipped_and_a_bad_header_is_an_erro
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     with pytest.raises(UserError, match=r"items.jsonl:1: the run header is not valid: seeds is 5, not a list of integers"):
         read_items(path)
+    # A file of another format is refused, not read by guesswork.
+    lines[0] = {HEADER_KEY: 999, "run": {"suite": "bbq", "seeds": [0]}}
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(UserError, match=r"items.jsonl:1: the file's format is 999, not 1, the one this edge-audit reads"):
+        read_items(path)

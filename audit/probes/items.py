@@ -135,11 +135,14 @@ def argmax(scores: Sequence[float]) -> int:
 # -- jsonl files of item results ---------------------------------------------------------------
 
 HEADER_KEY = "edge_audit_probe_run"
+# The format of an item results file, written as the header key's value: a file of another
+# format (a newer edge-audit's) is refused rather than read by guesswork.
+ITEMS_FORMAT = 1
 
 
 def write_items(path: Path, run: dict[str, Any], results: Iterable[ItemResult]) -> None:
     """One header line describing the run, then one line per item result (atomic)."""
-    lines = [json.dumps({HEADER_KEY: 1, "run": run}, sort_keys=True)]
+    lines = [json.dumps({HEADER_KEY: ITEMS_FORMAT, "run": run}, sort_keys=True)]
     lines.extend(json.dumps(r.to_dict(), sort_keys=True) for r in results)
     atomic.write_text(Path(path), "\n".join(lines) + "\n")
 
@@ -240,6 +243,9 @@ HEADER_TEXT = ("suite", "suite_spec", "summary", "mode", "norm", "prompt")
 
 
 def _run_header(data: dict[str, Any], where: str) -> dict[str, Any]:
+    if data[HEADER_KEY] != ITEMS_FORMAT:
+        raise UserError(f"{where}: the file's format is {shown(data[HEADER_KEY])}, not {ITEMS_FORMAT}, the one this edge-audit reads "
+                        "(written by another version?)")
     run = data.get("run")
     if run is None:
         return {}
