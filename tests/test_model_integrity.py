@@ -1,17 +1,25 @@
 """A model's weights that are not what they claim to be are refused in one line naming the file and
-the problem, never loaded as they are."""
+the problem, never loaded as they are: weights that do not fill the model their config describes,
+on every way a model is loaded, are never measured with what transformers made up for them."""
 
 import json
 import shutil
 import struct
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file, save_file
 
 from audit.compress.storage import SPARSE_FILE, dense_state, load_sparse, save_sparse
 from audit.errors import UserError
 from audit.models import LoadOptions, load_model
 from audit.models.meta import SPARSE_FORMAT, WEIGHTS_META_KEY
 from audit.progress import drive
+from tests.conftest import SHORT_TEXT, run_cli
+
+GATE = "model.layers.0.mlp.gate_proj.weight"
+
 
 def load(spec):
     return drive(load_model(str(spec), LoadOptions(threads=1)))
@@ -22,6 +30,123 @@ def refused(spec, pattern):
         load(spec)
     assert "\n" not in str(caught.value)
     return str(caught.value)
+
+
+def edit_weights(folder, edit, file="model.safetensors"):
+    """Rewrite one safetensors file of `folder` after `edit` changed its tensors in place."""
+    tensors = {name: tensor.clone() for name, tensor in load_file(folder / file).items()}
+    edit(tensors)
+    save_file(tensors, folder / file, metadata={"format": "pt"})
+
+
+@pytest.fixture()
+def model(tiny_llama, tmp_path):
+    return shutil.copytree(tiny_llama, tmp_path / "m")
+
+
+# -- plain folders -------------------------------------------------------------------------------------
+def test_a_folder_lacking_a_tensor_is_refused_naming_it(model):
+    edit_weights(model, lambda tensors: tensors.pop(GATE))
+    message = refused(model, f"its weights lack a tensor a LlamaForCausalLM needs, which would hold made-up values: {GATE}$")
+    assert str(model) in message
+
+
+def test_many_missing_tensors_are_counted(model):
+    """Weights saved under another prefix fill nothing: the first few are named, the rest counted."""
+    edit_weights(model, lambda tensors: tensors.update({f"transformer.{k}": tensors.pop(k) for k in list(tensors)}))
+    refused(model, r"its weights lack \d+ tensors a LlamaForCausalLM needs, which would hold made-up values: .+ and \d+ more$")
+
+
+def test_an_untied_head_that_is_missing_is_refused(tiny_model_factory, tmp_path):
+    folder = shutil.copytree(tiny_model_factory("mistral"), tmp_path / "m")
+    edit_weights(folder, lambda tensors: tensors.pop("lm_head.weight"))
+    refused(folder, r"lack a tensor a MistralForCausalLM needs, which would hold made-up values: lm_head.weight$")
+
+
+def test_a_tied_pair_stored_only_as_the_head_is_refused(model):
+    """transformers reports nothing missing here yet leaves the shared table without values."""
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors.pop("model.embed_tokens.weight")))
+    refused(model, r"lack a tensor a LlamaForCausalLM needs, which would hold made-up values: model.embed_tokens.weight$")
+
+
+def test_tensors_of_a_deeper_model_are_refused(model):
+    edit_weights(model, lambda tensors: tensors.__setitem__("model.layers.2.mlp.gate_proj.weight", tensors[GATE].clone()))
+    refused(model, r"its weights hold a tensor a LlamaForCausalLM has no place for, so they are not this model's weights: model.layers.2.mlp.gate_proj.weight$")
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "opt"])
+def test_whole_folders_load_tied_heads_included(tiny_model_factory, arch):
+    """Every tiny architecture, tied (llama, gemma, gpt2, opt) or not, loads: a tied head's
+    absent copy is not a missing tensor."""
+    assert load(tiny_model_factory(arch)).facts().parameters > 0
+
+
+def test_the_command_line_refuses_a_missing_tensor_in_one_line(tiny_llama, tmp_path):
+    folder = shutil.copytree(tiny_llama, tmp_path / "m")
+    edit_weights(folder, lambda tensors: tensors.pop(GATE))
+    text = tmp_path / "t.txt"
+    text.write_text(SHORT_TEXT)
+    result = run_cli("perplexity", "--model", str(folder), "--text", str(text), "--threads", "1", env={"EDGE_AUDIT_CACHE": str(tmp_path / "cache")})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and GATE in lines[0] and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+# -- a GGUF file, converted once ------------------------------------------------------------------------
+_GGUF_PARTS = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}
+
+
+def tiny_gguf(folder, path, drop=()):
+    """The tiny llama in `folder` as a float32 GGUF file, without the GGUF tensors in `drop`."""
+    import gguf
+
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())["model"]
+    tokens = [token for token, _ in sorted(tokenizer["vocab"].items(), key=lambda item: item[1])]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["merges"]])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(2)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    for name, array in load_numpy(folder / "model.safetensors").items():
+        if name.startswith("model.layers."):
+            _, _, layer, *part = name.split(".")
+            name = f"blk.{layer}.{_GGUF_PARTS['.'.join(part[:-1])]}.weight"
+        else:
+            name = names[name]
+        if name not in drop:
+            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_lacking_a_tensor_is_refused_and_not_cached(tiny_llama, tmp_path, isolated_cache):
+    whole = tiny_gguf(tiny_llama, tmp_path / "whole.gguf")
+    assert load(whole).facts().parameters > 0
+    lacking = tiny_gguf(tiny_llama, tmp_path / "lacking.gguf", drop=("blk.0.ffn_gate.weight",))
+    message = refused(lacking, f"cannot convert {lacking}: its weights lack a tensor a LlamaForCausalLM needs, which would hold made-up values: {GATE}$")
+    assert message
+    converted = [p.name for p in (isolated_cache / "models").iterdir() if p.is_dir()]
+    assert len(converted) == 1 and "whole" in converted[0]  # nothing of the damaged file kept to pass for whole
 
 
 # -- a pruned variant's compressed sparse copy ------------------------------------------------------------
@@ -66,6 +191,13 @@ def test_a_whole_sparse_folder_loads(sparse):
     assert load(sparse).facts().weight_sparsity == pytest.approx(0.5, abs=1e-3)
 
 
+def test_a_sparse_folder_lacking_a_tensor_is_refused(sparse):
+    state = load_sparse(sparse / SPARSE_FILE)
+    del state["model.norm.weight"]
+    save_sparse(list(state.items()), sparse / SPARSE_FILE)
+    refused(sparse, f"cannot load the model in {sparse}: its weights in {SPARSE_FILE} lack a tensor a LlamaForCausalLM needs, which would hold made-up values: model.norm.weight$")
+
+
 def _first(layout):
     return next(iter(layout["packed"]))
 
@@ -91,3 +223,21 @@ def test_sparse_metadata_of_the_wrong_shape_is_refused_naming_the_file(sparse, e
         load_sparse(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     assert str(path) in refused(sparse, pattern)
+
+
+# -- int8 variants -------------------------------------------------------------------------------------
+def test_an_int8_variant_lacking_a_tensor_is_refused(tiny_llama, tmp_path):
+    """The int8 loader builds the model empty and assigns what the file holds: a tensor it lacks
+    stays without values, and is refused."""
+    from audit.compress.quantize import INT8_FILE, quantize
+
+    text = tmp_path / "t.txt"
+    text.write_text(SHORT_TEXT)
+    drive(quantize(str(tiny_llama), "int8-dynamic", tmp_path / "q", text=text, chunk_tokens=64, measure_perplexity=False))
+    variant = next(p.parent for p in (tmp_path / "q").rglob(INT8_FILE))
+    header, _ = split(variant / INT8_FILE)
+    assert "model.norm.weight" in header
+    tensors = {name: tensor.clone() for name, tensor in load_file(variant / INT8_FILE).items()}
+    del tensors["model.norm.weight"]
+    save_file(tensors, variant / INT8_FILE, metadata=header["__metadata__"])
+    refused(variant, r"is incomplete: no values for model.norm.weight$")

@@ -200,7 +200,12 @@ def prepare_gguf(
         # transformers draws its own tqdm bar here; the caller shows our progress instead.
         with contextlib.redirect_stderr(io.StringIO()):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+            model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32", output_loading_info=True)
+        # Converted, a tensor the file lacks would be stored as the random values transformers
+        # filled it with, and the cached folder would then pass for a whole model.
+        problem = weights_problem(model, info)
+        if problem is not None:
+            raise UserError(f"cannot convert {path}: its weights {problem}")
         check_cancel(cancel)
         notes = list(alias.notes) if alias else [
             "dequantized from a GGUF file: this float32 model carries the GGUF's quantization error"
@@ -438,13 +443,17 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
 
             model = load_stored_model(folder, storage, getattr(torch, options.dtype), options.trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 str(folder),
                 dtype=getattr(torch, options.dtype),
                 trust_remote_code=options.trust_remote_code,
                 use_safetensors=not source.pickle,
                 low_cpu_mem_usage=True,
+                output_loading_info=True,
             )
+            problem = weights_problem(model, info)
+            if problem is not None:
+                raise UserError(f"cannot load the model in {folder}: its weights {problem}")
     except UserError:
         raise
     # transformers and safetensors raise these on a damaged folder the checks up front let
@@ -467,6 +476,41 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
         stop_token_ids=stop_token_ids(tokenizer, config, getattr(model, "generation_config", None)),
         facts_template=template,
     )
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def weights_problem(model: Any, info: dict[str, Any]) -> str | None:
+    """Why weights transformers loaded are not the model their config describes, as a phrase
+    with the weights for its subject; None when they filled every tensor of the model and hold none
+    it has no place for.
+
+    transformers only reports these: it fills a tensor the weights lack with random values, so
+    the same folder scores differently on every load, and drops a tensor it has no place for,
+    which means the weights are another architecture's or another size's. A tied copy (an output
+    head that is the token embeddings) is not reported missing, as its owner fills it. A tensor
+    left on the meta device had no values at all, whatever the report says (transformers 4.57
+    leaves a tied pair empty when only the head's copy is stored)."""
+    architecture = type(model).__name__
+    missing = [str(name) for name in info.get("missing_keys") or []]
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_meta and name not in missing:
+            missing.append(name)
+    if missing:
+        count = f"{len(missing)} tensors" if len(missing) > 1 else "a tensor"
+        return f"lack {count} a {architecture} needs, which would hold made-up values: {_listed(missing)}"
+    unexpected = [str(name) for name in info.get("unexpected_keys") or []]
+    if unexpected:
+        count = f"{len(unexpected)} tensors" if len(unexpected) > 1 else "a tensor"
+        return f"hold {count} a {architecture} has no place for, so they are not this model's weights: {_listed(unexpected)}"
+    mismatched = [entry for entry in info.get("mismatched_keys") or [] if isinstance(entry, (tuple, list)) and len(entry) == 3]
+    if mismatched:
+        name, stored, expected = mismatched[0]
+        return f"do not match its config.json: {name} is {_shape(stored)} in the weights, the config makes it {_shape(expected)}"
+    return None
 
 
 # What torch says of a weight whose shape is not the one the config gives the model, after a
