@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -45,12 +46,34 @@ def _cannot_write(target: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {target}: {os_reason(exc)}")
 
 
+def replaceable(path: Path, what: str) -> None:
+    """Refuse, in one line naming `what` and the path, a target the rename of a finished file
+    would destroy rather than replace: a pipe, a device or a socket is swapped for a regular
+    file, and a symbolic link loses its target (which keeps the old content). Nothing there, or
+    a regular file, may be written; a folder is left to the rename, which cannot replace it."""
+    try:
+        status = os.lstat(path)
+    except (OSError, ValueError):
+        return  # nothing there, or a path the write itself refuses with its reason
+    if stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
+        return
+    found = (
+        "a symbolic link" if stat.S_ISLNK(status.st_mode)
+        else "a named pipe" if stat.S_ISFIFO(status.st_mode)
+        else "a device" if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode)
+        else "a socket or other special file"
+    )
+    raise UserError(f"{what} {path} is {found}, not a regular file: writing it would replace it; choose another file")
+
+
 def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write `data` to `path` at once or not at all; `mode` (e.g. 0o600 for a private key)
-    is set before the file appears under its name."""
+    is set before the file appears under its name. A target that is not a regular file is
+    refused (`replaceable`), whichever command writes it."""
     import fcntl
 
     path = Path(path)
+    replaceable(path, "output file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=_UNFINISHED, dir=path.parent)

@@ -4,11 +4,13 @@ and closed with its gate."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from audit.compress.recipe import PRUNING_METHOD_NAMES
 from audit.errors import Cancelled, UserError
 from audit.paths import os_reason
 from audit.models.loader import LoadOptions
@@ -131,6 +133,56 @@ def _work_dir(store: ResultsStore, run_id: int) -> Path:
 
 
 
+def check_before_running(plan: Plan) -> None:
+    """Refuse, in one line and before a run is stored, a plan that would fail at one of its
+    steps for a reason to be seen now: a probe suite that is missing or does not read as its
+    format (the loaders read a suite in moments), and a calibration window longer than the
+    model's context, when the model's config says it. Found at the step instead, the run would
+    be stored as failed after the baseline and a variant were measured, and fail again each
+    time it is resumed."""
+    from audit.probes.suites import load_suite
+
+    for spec in plan.probes.suites:
+        try:
+            load_suite(spec, **plan.probes.suite_options())
+        except UserError as exc:
+            raise UserError(f"probes.suites: {spec}: {exc}") from None
+    calibrated = [v.name for v in plan.variants if v.prune is not None and PRUNING_METHOD_NAMES.meta(v.prune.method)["needs"]]
+    context = model_context_length(plan.model) if calibrated else None
+    if context and plan.calibration.seqlen > context:
+        # The Compress form's check, made before the run rather than at its first calibrated variant.
+        raise UserError(f"calibration.seqlen: calibration sequence length {plan.calibration.seqlen} exceeds the model's context length "
+                        f"{context} ({', '.join(calibrated)} calibrate{'s' if len(calibrated) == 1 else ''}); "
+                        f"give a seqlen of at most {context}")
+
+
+def model_context_length(model: str) -> int | None:
+    """The context length in the config.json of a model folder here (or of an alias's or a .gguf
+    file's folder already converted into the cache), as the loaded model reports it; None when
+    only loading the model would tell (a hub id, a GGUF not converted yet, an ONNX folder)."""
+    from audit.models.aliases import ALIASES
+    from audit.models.loader import cache_entry_for_gguf
+    from audit.paths import models_cache_dir
+
+    if model in ALIASES:
+        folder = models_cache_dir() / model
+    else:
+        path = Path(model).expanduser()
+        folder = cache_entry_for_gguf(path, None) if path.suffix.lower() == ".gguf" else path
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    text_config = config.get("text_config")
+    for table in (text_config if isinstance(text_config, dict) else {}, config):
+        value = table.get("max_position_embeddings")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: threading.Event | None = None) -> Job[RunOutcome]:
     """Run (or resume) a plan: every variant's steps, each committed as it finishes; then the
     comparison against the baseline, the gate and the report data."""
@@ -140,6 +192,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
 
     if plan is not None:
         plan_threads(plan)  # refused before a run is started, not at its profile step
+        check_before_running(plan)
     store, run_id, plan, work_dir = start_or_resume(plan, options)
     hold = contextlib.ExitStack()
     try:

@@ -18,7 +18,7 @@ else:  # pragma: no cover
 from audit import __version__
 from audit.errors import Cancelled, UserError
 from audit.threads import prepare_wait_environment
-from tui.cli import common, compress, fieldcheck, hardware, models, plans, probe, run
+from tui.cli import common, compress, fieldcheck, hardware, models, outputs, plans, probe, run
 
 # Each module adds its subcommands; adding a command is adding a module here.
 COMMAND_MODULES = (models, compress, probe, hardware, run, plans, fieldcheck)
@@ -93,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tui.app import run_app
 
             return run_app(args.model, common.load_options(args), store=getattr(args, "store", None))
+        outputs.check_outputs(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         return common.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: data and system faults become one line
-        message = describe_fault(exc)
+        message = outputs.unencodable_path(args, exc) if isinstance(exc, UnicodeEncodeError) else None
+        message = message or describe_fault(exc)
         if message is None:
             raise
         return common.error(message)

@@ -141,8 +141,21 @@ def mark_commands(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                child.set_defaults(command_parser=child)
+                child.set_defaults(command_parser=child, required_before=_required_model_options(child))
                 mark_commands(child)
+
+
+def _required_model_options(command: argparse.ArgumentParser) -> list[str]:
+    """The model options `command` requires (check's --model DIR). argparse would refuse one
+    given before the command as missing, so it is required by `apply_global_options` instead,
+    once the options before the command are applied."""
+    required = []
+    for action in command._actions:
+        if action.required and action.option_strings and action.dest in MODEL_OPTIONS:
+            action.required = False
+            action.default = argparse.SUPPRESS
+            required.append(action.dest)
+    return required
 
 
 def apply_global_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -159,13 +172,26 @@ def apply_global_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         if dest not in taken:
             where = "the app" if command is None else f"`{command.prog}`"
             parser.error(f"{flag} does not apply to {where}; see `{command.prog if command else 'edge-audit'} --help`")
+        value = _as_command_takes(command, dest, value)
         after = getattr(args, dest, argparse.SUPPRESS)
         if command is not None and after not in (argparse.SUPPRESS, value, _default(command, dest)):
             parser.error(f"{flag} is given before and after `{command.prog}` with different values; give it once, after the command")
         setattr(args, dest, value)
+    missing = [_flag(command, dest) for dest in getattr(args, "required_before", ()) if not hasattr(args, dest)]
+    if missing:
+        command.error(f"the following arguments are required: {', '.join(missing)}")
     for dest, default in MODEL_DEFAULTS.items():
         if dest in taken and not hasattr(args, dest):
             setattr(args, dest, default)
+
+
+def _as_command_takes(command: argparse.ArgumentParser | None, dest: str, value: Any) -> Any:
+    """A model option given before the command, converted as the command converts its own
+    (check's --model is a folder path)."""
+    for action in command._actions if command is not None and dest in MODEL_OPTIONS else ():
+        if action.dest == dest and isinstance(value, str) and callable(action.type):
+            return action.type(value)
+    return value
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
