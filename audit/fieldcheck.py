@@ -15,6 +15,7 @@ passed the variant.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,7 @@ def _fingerprint_step(folder: Path, record: Mapping[str, Any], cancel: threading
 
 
 def _suite_of(spec: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]) -> Any:
+    """The suite of a record's check items, whose fields `read_record` has checked."""
     from audit.probes.items import ProbeItem
     from audit.probes.suites import ProbeSuite
 
@@ -106,10 +108,7 @@ def _suite_of(spec: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]
         data = dict(entry["item"])
         data["options"] = tuple(data.get("options") or ())
         data["bias_aligned"] = tuple(data.get("bias_aligned") or ())
-        try:
-            probe_items.append(ProbeItem(**data))
-        except TypeError as exc:
-            raise UserError(f"the record's check item {data.get('item_id')!r} is not a probe item this edge-audit reads ({exc})") from None
+        probe_items.append(ProbeItem(**data))
     return ProbeSuite(str(info.get("name")), spec, str(info.get("kind")), str(info.get("summary")), str(info.get("default_norm")), probe_items)
 
 
@@ -152,11 +151,19 @@ def replay_check_items(model: Any, check: Mapping[str, Any], cancel: threading.E
 
 def score_gap(scores: Any, reference: Any) -> float:
     """The largest difference between an item's option scores and the reference's, 0 when the
-    reference holds none for the same options."""
+    reference holds none for the same options. A score that is not finite (a record holds it as
+    null) agrees only with another that is not: against a finite one it is infinitely far."""
     reference = list(reference or [])
     if len(reference) != len(scores):
         return 0.0
-    return max((abs(a - b) for a, b in zip(scores, reference)), default=0.0)
+
+    def gap(a: Any, b: Any) -> float:
+        finite_a, finite_b = (isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b))
+        if finite_a and finite_b:
+            return abs(a - b)
+        return 0.0 if finite_a == finite_b else math.inf
+
+    return max((gap(a, b) for a, b in zip(scores, reference)), default=0.0)
 
 
 def _reference(entry: Mapping[str, Any]) -> Mapping[str, Any]:

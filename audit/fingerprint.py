@@ -109,6 +109,7 @@ class Fingerprint:
             tensors, files = data["tensors"], data["files"]
             values = {k: data[k] for k in ("digest", "weights", "config", "tokenizer", "storage")}
             n_values = data["n_values"]
+            seconds = data.get("seconds", 0.0)
         except KeyError as exc:
             raise UserError(f"{where} lacks {exc.args[0]!r}") from None
         if not (
@@ -116,6 +117,7 @@ class Fingerprint:
             and isinstance(files, dict)
             and all(isinstance(v, str) for v in [*values.values(), *tensors.values(), *files.values()])
             and isinstance(n_values, int)
+            and (isinstance(seconds, float) or (isinstance(seconds, int) and abs(seconds) < 10**15))
         ):
             raise UserError(f"{where} has fields of the wrong type")
         return cls(tensors=dict(tensors), files=dict(files), n_values=n_values, seconds=float(data.get("seconds") or 0), **values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +22,11 @@ from typing import Any, Mapping, Sequence
 
 from audit import atomic, checks, jsonout
 from audit.errors import UserError, first_line
-from audit.fingerprint import canonical_json
+from audit.fingerprint import EARLIER_FORMATS, Fingerprint, canonical_json
 from audit.paths import read_text
+from audit.plans import INT64
+from audit.probes.items import MODES, NORMS, QA, SENTENCES, ProbeItem, is_int, is_number, is_text, shown
+from audit.probes.scoring import MAX_SEEDS
 
 RECORD_TYPE = "edge-audit/audit-record"
 RECORD_VERSION = 1
@@ -205,44 +209,235 @@ def read_record(path: Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if not isinstance(record.get(key), dict)]
     if missing:
         raise UserError(f"{path} is not a complete audit record: {', '.join(missing)} missing or of the wrong type")
+    if record["fingerprint"].get("format") in EARLIER_FORMATS:
+        Fingerprint.from_dict(record["fingerprint"], f"the fingerprint in {path}")  # refused, saying what to do: not damaged, only older
     if problem := _shape_problem(record):
         raise UserError(f"{path} is a damaged audit record: {problem}")
     return record
 
 
 def _shape_problem(record: Mapping[str, Any]) -> str | None:
-    """What in a record's parts that a check reads is not of the shape `build_record` writes."""
-    findings = record["gate"].get("findings", [])
-    if not isinstance(findings, list) or not all(isinstance(f, dict) and _finding_fields(f) for f in findings):
+    """What in a record's parts that a check reads is not of the shape `build_record` writes.
+
+    Anyone can sign a record with a key of their own, so a good signature says nothing of its
+    fields: each one a check or `record verify` reads is checked here, once, for its type and its
+    allowed values, and a record with one wrong is refused whole rather than read in part."""
+    for part in (_fingerprint_problem, _gate_problem, _check_problem, _perplexity_problem, _envelope_problem):
+        if problem := part(record):
+            return problem
+    return None
+
+
+# What a field of a record may hold, as (test, what it must be) for `_fields_problem`.
+def _optional(test: Any) -> Any:
+    return lambda value: value is None or test(value)
+
+
+def _list_of(test: Any) -> Any:
+    # A tuple too: the check items are checked as built, before they are written as JSON lists.
+    return lambda value: isinstance(value, (list, tuple)) and all(test(v) for v in value)
+
+
+def _finite(value: Any) -> bool:
+    # JSON integers have no bound; one past a float's range is no figure either.
+    return is_number(value) and (abs(value) <= 1e300 if is_int(value) else math.isfinite(value))
+
+
+def _count(value: Any) -> bool:
+    return is_int(value) and value >= 0
+
+
+def _index_below(n_options: int) -> Any:
+    return lambda value: is_int(value) and 0 <= value < n_options
+
+
+def _fields_problem(table: Mapping[str, Any], what: str, rules: Mapping[str, tuple[Any, str]], required: Sequence[str] = ()) -> str | None:
+    """The first field of `table` that fails its rule, named with `what`; a field the rules do not
+    name is not read, and one missing is read as its default unless `required`."""
+    for key, (test, must_be) in rules.items():
+        if key not in table:
+            if key in required:
+                return f"{what} has no {key}"
+            continue
+        if not test(table[key]):
+            return f"{what}: {key} is {shown(table[key])}, not {must_be}"
+    return None
+
+
+def _fingerprint_problem(record: Mapping[str, Any]) -> str | None:
+    fingerprint = record["fingerprint"]
+    try:
+        Fingerprint.from_dict(fingerprint, "its fingerprint")
+    except UserError as exc:
+        return str(exc)
+    return _fields_problem(fingerprint, "its fingerprint", {"folder": (_optional(is_text), "a folder's path")})
+
+
+# A gate finding's fields, as `GateFinding.to_dict` writes them; the last two only some findings have.
+_FINDING_RULES: dict[str, tuple[Any, str]] = {
+    **{key: (is_text, "text") for key in ("check", "rule", "metric", "variant", "category", "verdict", "reason")},
+    "suite": (_optional(is_text), "a suite"),
+    **{key: (_optional(_finite), "a number") for key in ("value", "lower", "upper")},
+    "limit": (_finite, "a number"),
+    "limit_is": (lambda v: v in ("max", "min"), "max or min"),
+    "confidence": (_finite, "a number"),
+    "items_to_settle": (_optional(_count), "a number of items"),
+    "items_used": (_optional(_count), "a number of items"),
+}
+
+
+def _gate_problem(record: Mapping[str, Any]) -> str | None:
+    gate = record["gate"]
+    findings = gate.get("findings", [])
+    if not isinstance(findings, list) or not all(isinstance(f, dict) for f in findings):
         return "its gate findings are not findings"
+    for number, finding in enumerate(findings, start=1):
+        required = [key for key in _FINDING_RULES if key not in ("items_to_settle", "items_used")]
+        if problem := _fields_problem(finding, f"its gate findings are not findings: finding {number}", _FINDING_RULES, required):
+            return problem
+    return _fields_problem(gate, "its gate", {
+        "verdict": (_optional(is_text), "a verdict"),
+        "passed": (lambda v: isinstance(v, bool), "true or false"),
+        "plain": (_optional(is_text), "text"),
+    })
+
+
+def _settings_rules() -> dict[str, tuple[Any, str]]:
+    """A suite's settings within the bounds a plan allows them."""
+    return {
+        "mode": (_optional(lambda v: v in MODES), f"a scoring mode ({', '.join(MODES)})"),
+        "norm": (_optional(lambda v: v in NORMS), f"a normalisation ({', '.join(NORMS)})"),
+        "seeds": (_optional(lambda v: _list_of(lambda s: is_int(s) and s in INT64)(v) and len(v) <= MAX_SEEDS), "a list of seeds"),
+        "temperature": (_optional(lambda v: _finite(v) and 0 <= v <= 5), "a temperature within [0, 5]"),
+        "max_new_tokens": (_optional(lambda v: is_int(v) and 1 <= v <= 256), "a number of tokens within [1, 256]"),
+        "prompt": (_optional(is_text), "a prompt's name"),
+        "parser": (_optional(is_text), "a parser's name"),
+    }
+
+
+def _suite_problem(spec: str, info: Mapping[str, Any]) -> str | None:
+    what = f"its check suite {spec}"
+    problem = _fields_problem(info, what, {
+        "name": (is_text, "a suite's name"),
+        "kind": (lambda v: v in (QA, SENTENCES), f"{QA} or {SENTENCES}"),
+        "summary": (is_text, "text"),
+        "default_norm": (lambda v: v in NORMS, f"a normalisation ({', '.join(NORMS)})"),
+        "settings": (_optional(lambda v: isinstance(v, dict)), "a table of settings"),
+    }, required=("kind", "default_norm"))
+    if problem:
+        return problem
+    settings = info.get("settings") or {}
+    if problem := _fields_problem(settings, f"{what}, its settings", _settings_rules()):
+        return problem
+    if settings.get("mode") == "generate" and info["kind"] != QA:
+        return f"{what} is of {info['kind']}, which generation cannot score"
+    return None
+
+
+def _entry_problem(entry: Mapping[str, Any], kind: str) -> str | None:
+    """What is wrong with one check item: the probe item a device scores, and the lab's answer
+    and scores it is compared with."""
+    item = entry["item"]
+    what = f"its check item {shown(item['item_id'], 80)}"
+    unknown = sorted(set(item) - set(ProbeItem.__dataclass_fields__))
+    if unknown:
+        return f"{what} has a field this edge-audit does not read ({shown(unknown[0])})"
+    problem = _fields_problem(item, what, {
+        "item_id": (lambda v: is_text(v) and v != "", "an item id"),
+        "kind": (lambda v: v == kind, f"{kind}, its suite's kind"),
+        "options": (lambda v: _list_of(is_text)(v) and len(v) > 0, "a non-empty list of option texts"),
+        **{key: (is_text, "text") for key in ("category", "condition", "polarity", "context", "question")},
+        "meta": (lambda v: isinstance(v, dict), "a table"),
+    }, required=("kind", "category", "options"))
+    if problem:
+        return problem
+    index = _index_below(len(item["options"]))
+    scores = _list_of(lambda v: v is None or _finite(v))  # a score that was not finite is written as null
+    problem = _fields_problem(item, what, {
+        "bias_aligned": (_list_of(index), "a list of option indices"),
+        **{key: (_optional(index), "an option index") for key in ("label", "unknown_index", "target_index")},
+    })
+    answered = {
+        "chosen": (_optional(index), "an option index"),
+        "option_logprobs": (lambda v: scores(v) and len(v) in (0, len(item["options"])), "a score for each option"),
+        "seed_choices": (_list_of(_optional(index)), "a list of option indices"),
+    }
+    problem = problem or _fields_problem(entry, what, {**answered, "option_tokens": (_list_of(_count), "a list of token counts")})
+    replayed = entry.get("lab_replay")
+    if problem or replayed is None:
+        return problem
+    if not isinstance(replayed, dict):
+        return f"{what}: lab_replay is {shown(replayed)}, not a table"
+    return _fields_problem(replayed, f"{what}, its lab_replay", answered)
+
+
+def _check_problem(record: Mapping[str, Any]) -> str | None:
     check = record["check"]
     suites = check.get("suites", {})
     if not isinstance(suites, dict) or not all(isinstance(info, dict) for info in suites.values()):
         return "its check suites are not a table of suites"
     items = check.get("items", [])
     if not isinstance(items, list) or not all(
-        isinstance(entry, dict) and entry.get("suite") in suites and isinstance(entry.get("item"), dict)
+        isinstance(entry, dict) and isinstance(entry.get("suite"), str) and entry["suite"] in suites and isinstance(entry.get("item"), dict)
         and isinstance(entry["item"].get("item_id"), str) for entry in items
     ):
         return "its check items are not items of its check suites"
     if not isinstance(check.get("score_tolerance", 0.0), (int, float, type(None))):
         return "its score tolerance is not a number"
+    if problem := _fields_problem(check, "its check", {"score_tolerance": (_optional(lambda v: _finite(v) and v >= 0), "a tolerance")}):
+        return problem
+    for spec, info in suites.items():
+        if problem := _suite_problem(spec, info):
+            return problem
+    seen: set[str] = set()
+    for entry in items:
+        if entry["item"]["item_id"] in seen:
+            # A device's answers are kept by item id: two items under one id would be compared with one answer.
+            return f"its check items repeat item {shown(entry['item']['item_id'])}"
+        seen.add(entry["item"]["item_id"])
+        if problem := _entry_problem(entry, suites[entry["suite"]]["kind"]):
+            return problem
+    lab = check.get("lab_replay")
+    if lab is None:
+        return None
+    if not isinstance(lab, dict):
+        return f"its check: lab_replay is {shown(lab)}, not a table"
+    return _fields_problem(lab, "its check, its lab_replay", {
+        "omitted": (is_text, "a reason"),
+        "items": (_count, "a number of items"),
+        "same_answer_as_audit": (_count, "a number of items"),
+        "max_score_diff_from_audit": (_optional(_finite), "a score difference"),
+    })
+
+
+def _perplexity_problem(record: Mapping[str, Any]) -> str | None:
     section = record.get("perplexity")
     if section is not None and not isinstance(section, dict):
         return "its perplexity section is not a table"
     if section and not all(isinstance(section.get(k), t) for k, t in (("text", (str, type(None))), ("perplexity", (int, float, type(None))))):
         return "its perplexity text or figure is of the wrong type"
-    return None
+    return _fields_problem(section or {}, "its perplexity section", {
+        "omitted": (is_text, "a reason"),
+        "source": (_optional(is_text), "the text's source"),
+        "text": (_optional(is_text), "text"),
+        "perplexity": (_optional(lambda v: _finite(v) and v > 0), "a perplexity"),
+        "chunk_tokens": (_optional(lambda v: _count(v) and v > 0), "a number of tokens"),
+        "n_tokens": (_optional(_count), "a number of tokens"),
+        "tolerance_relative": (_optional(lambda v: _finite(v) and v >= 0), "a tolerance"),
+    })
 
 
-def _finding_fields(finding: Mapping[str, Any]) -> bool:
-    from audit.gate import GateFinding
-
-    try:
-        GateFinding.from_dict(finding).to_dict()
-    except (KeyError, TypeError, ValueError):
-        return False
-    return True
+def _envelope_problem(record: Mapping[str, Any]) -> str | None:
+    envelope = record["envelope"]
+    problem = _fields_problem(envelope, "its envelope", {
+        "memory_needed_mb": (_optional(_finite), "a number of MB"),
+        "max_decode_ms_per_token": (_optional(lambda v: _finite(v) and v > 0), "a latency limit in ms"),
+        "lab": (_optional(lambda v: isinstance(v, dict)), "a table of the lab's figures"),
+    })
+    return problem or _fields_problem(envelope.get("lab") or {}, "its envelope, its lab figures", {
+        "prompt_tokens": (_optional(lambda v: _count(v) and v > 0), "a number of tokens"),
+        "decode_ms_per_token_p50": (_optional(lambda v: _finite(v) and v >= 0), "a latency in ms"),
+    })
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
@@ -255,6 +450,19 @@ def record_title(record: Mapping[str, Any]) -> str:
 
 
 # -- building a record from the store ------------------------------------------------------------
+def _stored_result(store: Any, run_id: int, variant: str, kind: str) -> dict[str, Any] | None:
+    """The result of a finished step, None when the step did not finish. Every finished step is
+    stored with a result: one without is a damaged store, whose record would say what was not measured."""
+    from audit.store import damaged
+
+    step = store.step(run_id, variant, kind)
+    if step is None:
+        return None
+    if not isinstance(step["result"], dict):
+        raise damaged(store.path, f"run {run_id} stored the {kind} step of {variant} without its result")
+    return step["result"]
+
+
 def stratified_sample(rows: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
     """A fixed sample of `count` items, spread over strata (suite, category, condition): each
     stratum's items in the order of a hash of their ids, taken in turn from each stratum."""
@@ -284,12 +492,12 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
     suites: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for suite_spec in plan.probes.suites:
-        step = store.step(run_id, variant, PROBE_PREFIX + suite_spec)
-        if step is None:
+        result = _stored_result(store, run_id, variant, PROBE_PREFIX + suite_spec)
+        if result is None:
             continue
         for row in store.items(run_id, variant, suite_spec):
             rows.append(dict(row, suite=suite_spec))
-        suites[suite_spec] = step["result"] or {}
+        suites[suite_spec] = result
     if not rows:
         raise UserError(f"run {run_id} has no probe items for {variant}: there is nothing for a device to replay")
     sample = stratified_sample(rows, count)
@@ -313,6 +521,8 @@ def _check_subset(store: Any, run_id: int, variant: str, plan: Any, count: int) 
             item = by_id.get(str(row["item_id"]))
             if item is None:
                 raise UserError(f"cannot build the check subset: item {row['item_id']} of {suite_spec} is no longer in the suite's file")
+            if isinstance(row.get("option_logprobs"), list) and len(row["option_logprobs"]) not in (0, len(item.options)):
+                raise UserError(f"cannot build the check subset: item {row['item_id']} of {suite_spec} has other options in the suite's file than run {run_id} scored")
             items.append(
                 {
                     "suite": suite_spec,
@@ -370,10 +580,9 @@ def _replayed_in_lab(check: dict[str, Any], fingerprint: Mapping[str, Any]) -> d
 def _perplexity_section(store: Any, run_id: int, variant: str, plan: Any) -> dict[str, Any] | None:
     from audit.perplexity import text_digest, text_source
 
-    step = store.step(run_id, variant, "perplexity")
-    if step is None:
+    result = _stored_result(store, run_id, variant, "perplexity")
+    if result is None:
         return None
-    result = step["result"] or {}
     try:
         text, source = text_source(Path(plan.perplexity.text) if plan.perplexity.text else None)
     except UserError as exc:
@@ -451,6 +660,7 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
     on the audited folder, as a device will (see `_replayed_in_lab`)."""
     from audit.results import RunView
     from audit.run.steps import BASELINE, FINGERPRINT, PROFILE
+    from audit.store import damaged
 
     if check_items < 1:
         raise UserError(f"--check-items must be at least 1, not {check_items}")
@@ -466,24 +676,29 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
     gate = view.run.gate
     if view.run.status != "finished" or not gate or "findings" not in gate:
         raise UserError(f"run {run_id} has no gate verdict yet (status {view.run.status}): finish it (`edge-audit run --resume {run_id}`) first")
-    fingerprint_step = store.step(run_id, variant, FINGERPRINT)
-    if fingerprint_step is None:
+    fingerprint = _stored_result(store, run_id, variant, FINGERPRINT)
+    if fingerprint is None or fingerprint.get("format") in EARLIER_FORMATS:
         raise UserError(
             f"run {run_id} stored no fingerprint for {variant} (audited by an earlier edge-audit): "
             f"resume or re-run the audit to record one"
         )
+    if problem := _fingerprint_problem({"fingerprint": fingerprint}):
+        raise damaged(store.path, problem.replace("its fingerprint", f"the fingerprint run {run_id} stored for {variant}", 1))
     facts = view.variant(variant)
     verdicts = (gate.get("variants") or {}).get(variant)
     if verdicts is None:
         raise UserError(f"the gate of run {run_id} did not judge {variant}; judged: {', '.join(gate.get('variants') or {})}")
     findings = [f for f in gate["findings"] if f.get("variant") in (variant, BASELINE)]
-    profile_step = store.step(run_id, variant, PROFILE)
+    profile = _stored_result(store, run_id, variant, PROFILE)
     check = _check_subset(store, run_id, variant, view.plan, check_items)
+    # The lab's replay scores the check items as a device will: they are checked first, as a device checks them.
+    if problem := _check_problem({"check": check}):
+        raise damaged(store.path, f"run {run_id}'s {variant} reads from it as a damaged audit record: {problem}")
     record = {
         "type": RECORD_TYPE,
         "version": RECORD_VERSION,
         "created_at": time.time(),
-        "fingerprint": fingerprint_step["result"],
+        "fingerprint": fingerprint,
         "run": {
             "id": run_id,
             "name": view.run.name,
@@ -493,7 +708,7 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
             "plan_text": view.run.plan_text,
         },
         "variant": {"name": variant, "recipe": facts.get("recipe"), "folder": facts.get("folder")},
-        "model": (profile_step or {}).get("result", {}).get("model") or {},
+        "model": (profile or {}).get("model") or {},
         "device": view.run.device,
         "software": view.run.software,
         "gate": {
@@ -505,11 +720,15 @@ def build_record(store: Any, run_id: int, variant: str | None, *, check_items: i
             "findings": findings,
         },
         "figures": _figures(facts),
-        "check": _replayed_in_lab(check, fingerprint_step["result"]) if replay else check,
+        "check": _replayed_in_lab(check, fingerprint) if replay else check,
         "perplexity": _perplexity_section(store, run_id, variant, view.plan),
-        "envelope": _envelope((profile_step or {}).get("result"), max_decode_ms),
+        "envelope": _envelope(profile, max_decode_ms),
     }
-    return jsonout.finite(record)  # JSON without NaN or infinity (which the canonical form refuses)
+    record = jsonout.finite(record)  # JSON without NaN or infinity (which the canonical form refuses)
+    # A record a device would refuse is not written: what is wrong is in the store it came from.
+    if problem := _shape_problem(record):
+        raise damaged(store.path, f"run {run_id}'s {variant} reads from it as a damaged audit record: {problem}")
+    return record
 
 
 def export_record(

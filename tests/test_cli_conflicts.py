@@ -238,13 +238,15 @@ def test_weights_that_do_not_match_the_config_name_the_tensor_and_shapes(capsys,
 @pytest.fixture(scope="module")
 def signed_record(tmp_path_factory):
     """A small signed record (its shape only: `record verify` reads no model)."""
+    from audit.fingerprint import Fingerprint
     from audit.record import RECORD_TYPE, load_private_key, new_keys, sign, write_record
 
     folder = tmp_path_factory.mktemp("record")
     private, public = new_keys(folder / "keys")
     record = {
         "type": RECORD_TYPE, "version": 1, "run": {"id": 1}, "variant": {"name": "wanda-50"},
-        "fingerprint": {"digest": "0" * 64}, "gate": {"verdict": "pass", "passed": True, "plain": "may ship", "findings": []},
+        "fingerprint": Fingerprint(digest="0" * 64, weights="1" * 64, config="2" * 64, tokenizer="3" * 64, storage="safetensors",
+                                   tensors={}, files={}, n_values=0).to_dict(), "gate": {"verdict": "pass", "passed": True, "plain": "may ship", "findings": []},
         "check": {"items": []}, "envelope": {},
     }
     write_record(folder / "record.json", sign(record, load_private_key(private)))
