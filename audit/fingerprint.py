@@ -266,7 +266,15 @@ def _sparse_layout(file: _MappedFile) -> dict[str, dict[str, Any]]:
 
 
 def _decoded_sparse(file: _MappedFile, name: str, info: Mapping[str, Any]) -> tuple[str, list[int], memoryview]:
-    """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values)."""
+    """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values); an
+    entry of the file's metadata that does not describe a tensor it holds is refused in one line."""
+    try:
+        return _decode(file, name, info)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):
+        raise UserError(f"{file.path} is damaged: its metadata's entry for {name!r} does not describe a packed tensor the file holds") from None
+
+
+def _decode(file: _MappedFile, name: str, info: Mapping[str, Any]) -> tuple[str, list[int], memoryview]:
     shape = [int(d) for d in info["shape"]]
     numel = int(np.prod(shape, dtype=np.int64))
     values_info = file.header[f"{name}.values"]

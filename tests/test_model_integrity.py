@@ -225,6 +225,23 @@ def test_sparse_metadata_of_the_wrong_shape_is_refused_naming_the_file(sparse, e
     assert str(path) in refused(sparse, pattern)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: {**m, "packed": {**m["packed"], _first(m): "x"}},
+        lambda m: {**m, "packed": {**m["packed"], _first(m): {**m["packed"][_first(m)], "shape": ["a", 64]}}},
+        lambda m: {**m, "packed": {**m["packed"], "model.extra.weight": {"shape": [2, 2], "dtype": "float32"}}},
+    ],
+)
+def test_fingerprinting_a_sparse_file_with_damaged_metadata_is_one_line(sparse, edit):
+    from audit.fingerprint import fingerprint_folder
+
+    rewrite_layout(sparse / SPARSE_FILE, edit)
+    with pytest.raises(UserError, match="is damaged: its metadata's entry for .* does not describe a packed tensor the file holds") as caught:
+        drive(fingerprint_folder(sparse))
+    assert str(sparse / SPARSE_FILE) in str(caught.value) and "\n" not in str(caught.value)
+
+
 # -- int8 variants -------------------------------------------------------------------------------------
 def test_an_int8_variant_lacking_a_tensor_is_refused(tiny_llama, tmp_path):
     """The int8 loader builds the model empty and assigns what the file holds: a tensor it lacks
