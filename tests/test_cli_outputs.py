@@ -14,6 +14,7 @@ import tui.cli.probe
 from audit import atomic
 from audit.errors import UserError
 from audit.store import ResultsStore
+from tests.test_cli_conflicts import refused
 from tui.cli import main
 
 BBQ_LINE = (
@@ -24,15 +25,6 @@ BBQ_LINE = (
     '"question": "Who was forgetful?", "ans0": "The grandfather", "ans1": "The grandson", "ans2": "Can\'t be determined", '
     '"label": 2}\n'
 )
-
-
-def refused(capsys, argv: list[str]) -> str:
-    """The one line a refused command prints; exit code 2."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("edge-audit: error: ") and err.count("\n") == 1, err
-    return err.strip()
 
 
 @pytest.fixture()
