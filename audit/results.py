@@ -11,7 +11,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
 from audit.run.steps import FOLDER, run_held
 from audit.stats import DISPLAY_CONFIDENCE
-from audit.store import ResultsStore, RunRecord
+from audit.store import ResultsStore, RunRecord, damaged
 from audit.sweep import PRUNED_FROM
 from audit.verdict import NONE, PENDING, Verdict, run_verdict
 
@@ -124,7 +124,6 @@ class RunView:
     def __init__(self, store: ResultsStore, run_id: int, plan: Plan | None = None) -> None:
         from audit.perplexity import NOT_STORED, change_bounds, not_comparable
         from audit.probes.compare import ProbeRecord, SuiteEvidence
-        from audit.probes.items import ItemResult
 
         self.run = as_it_stands(store, store.run(run_id))
         self.plan = plan or read_stored_plan(self.run.plan_text, self.run.plan_path)
@@ -158,7 +157,7 @@ class RunView:
                     if settings.get("sequential"):
                         rows.sort(key=lambda r: r.get("drawn", 0))  # in the order its judge took them
                         self._sequential_probes[(name, suite)] = settings["sequential"]
-                    record = ProbeRecord(settings, [ItemResult.from_dict(r) for r in rows])
+                    record = ProbeRecord(settings, _stored_results(store, rows, name, suite))
                     evidence = self.evidence[suite]
                     if prefix == NOISE_PREFIX:
                         evidence.noise = record
@@ -446,6 +445,17 @@ def run_listing(store: ResultsStore) -> list[dict[str, Any]]:
 def evaluate_run_gate(store: ResultsStore, run_id: int, plan: Plan) -> GateReport:
     view = RunView(store, run_id, plan)
     return view.gate()
+
+
+def _stored_results(store: ResultsStore, rows: list[dict[str, Any]], variant: str, suite: str) -> list[Any]:
+    """A probe's stored items as results, each field checked as an items file's are: a stored
+    item that does not read is the store's damage, said in one line, not a traceback later."""
+    from audit.probes.items import result_from_record
+
+    try:
+        return [result_from_record(row) for row in rows]
+    except ValueError as exc:
+        raise damaged(store.path, f"an item {variant}'s {suite} probe stored does not read: {exc}") from None
 
 
 def build_report(store: ResultsStore, run_id: int, plan: Plan | None = None, gate: GateReport | None = None) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def test_record_export_refuses_an_item_the_store_holds_damaged(passed_audit, tmp
         key, text = db.execute("SELECT rowid, record_json FROM items WHERE variant = ? ORDER BY item_id LIMIT 1", (VARIANT,)).fetchone()
         db.execute("UPDATE items SET record_json = ? WHERE rowid = ?", (json.dumps(dict(json.loads(text), seed_choices="x")), key))
     out = tmp_path / "record.json"
-    with pytest.raises(StoreError, match=r"is damaged \(run 1's magnitude-50 reads from it as a damaged audit record: its check item .*: seed_choices is 'x'"):
+    with pytest.raises(StoreError, match=r"is damaged \(an item magnitude-50's builtin probe stored does not read: seed_choices is 'x'"):
         export_record(store, 1, VARIANT, out)
     assert not out.exists()
 

@@ -3,6 +3,7 @@ the file; a value the store cannot give back (bytes that are not text, JSON that
 is one line too, without the damaged bytes. Nothing is written to a damaged store."""
 
 import hashlib
+import json
 import os
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 import audit.store as store_module
 from audit.errors import UserError
+from audit.probes.items import ItemResult
 from audit.store import ResultsStore, StoreError
 from tests.audited import PLAN
 from tests.test_store import ITEMS, new_run
@@ -193,3 +195,18 @@ def test_a_stored_plan_that_does_not_read_is_said_to_be_the_stores_damage(tmp_pa
     assert main(["runs", "show", "1", "--store", str(path)]) == 2
     line = plain_line(capsys.readouterr().err)
     assert line.startswith("edge-audit: error: the plan stored with this run does not read (") and line.endswith("the results store may be damaged")
+
+
+def test_a_stored_item_that_does_not_read_is_one_line(tmp_path, capsys):
+    import sqlite3
+
+    path = build_store(tmp_path / "r.db", runs=1, items=3)
+    with sqlite3.connect(path) as raw:
+        item_id = raw.execute("SELECT item_id FROM items LIMIT 1").fetchone()[0]
+        whole = ItemResult(item_id, "builtin", "Age", "ambig", "neg", "loglik", "mean", 3, 2, 2, (0,), 0, False, True, 1.0, 1.0,
+                           (-1.0, -2.0, -3.0), (1, 1, 1)).to_dict()
+        raw.execute("UPDATE items SET record_json = ? WHERE item_id = ?", (json.dumps({**whole, "chosen": "x"}), item_id))
+    raw.close()
+    assert main(["runs", "show", "1", "--store", str(path)]) == 2
+    line = plain_line(capsys.readouterr().err)
+    assert line.startswith(f"edge-audit: error: results store {path} is damaged (an item baseline's builtin probe stored does not read: chosen is 'x'")
