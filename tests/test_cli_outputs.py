@@ -15,6 +15,7 @@ from audit import atomic
 from audit.errors import UserError
 from audit.store import ResultsStore
 from tests.test_cli_conflicts import refused
+from tests.tiny import probes_only
 from tui.cli import main
 
 BBQ_LINE = (
@@ -154,19 +155,6 @@ prune = {{ method = "{method}", sparsity = 0.5 }}
 
 [calibration]
 seqlen = {seqlen}
-
-[probes]
-suites = ["{suite}"]
-limit = 1
-
-[perplexity]
-enabled = false
-
-[profile]
-enabled = false
-
-[gate]
-competence = false
 """
 
 
@@ -184,7 +172,7 @@ def refused_run(capsys, tmp_path, tiny_llama, monkeypatch):
     def run(**values: str) -> str:
         settings = {"model": tiny_llama, "method": "wanda", "seqlen": 32, "suite": "builtin", **values}
         plan = tmp_path / "plan.toml"
-        plan.write_text(PLAN.format(**settings))
+        plan.write_text(PLAN.format(**settings) + probes_only(1, settings["suite"]))
         store = tmp_path / "store" / "results.db"
         err = refused(capsys, ["run", str(plan), "--store", str(store), "--work-dir", str(tmp_path / "work")])
         assert not store.exists()

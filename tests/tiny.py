@@ -100,12 +100,13 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     return folder
 
 
-def probes_only(limit: int) -> str:
-    """The end of a plan that only probes `limit` items per category of the built-in suite.
-    The tiny random models answer at chance: the competence guard would fail every variant."""
+def probes_only(limit: int, suite: str = "builtin") -> str:
+    """The end of a plan that only probes `limit` items per category of `suite` (the built-in
+    one by default). The tiny random models answer at chance: the competence guard would fail
+    every variant."""
     return f"""
 [probes]
-suites = ["builtin"]
+suites = ["{suite}"]
 limit = {limit}
 
 [perplexity]
