@@ -42,6 +42,11 @@ PATTERN_RE = re.compile(r"(unstructured|[0-9]{1,4}:[0-9]{1,4})\Z")
 _LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
 
 
+# The longest answer a generated probe may ask for: an answer names one of a few options, and a
+# longer limit only lets a model that never stops run for as long as it is allowed.
+MAX_NEW_TOKENS = 256
+
+
 class PlanError(UserError):
     """A plan problem, named with its key and line."""
 
@@ -539,7 +544,7 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)
     _check(ctx, 0.0 <= temperature <= 5.0, "probes.temperature", f"must be within [0, 5], got {temperature:g}")
     max_new = _get(ctx, data, "max_new_tokens", "probes.", int, 5)
-    _check(ctx, 1 <= max_new <= 256, "probes.max_new_tokens", f"must be within [1, 256], got {max_new}")
+    _check(ctx, 1 <= max_new <= MAX_NEW_TOKENS, "probes.max_new_tokens", f"must be within [1, {MAX_NEW_TOKENS}], got {max_new}")
     categories = tuple(_str_list(ctx, data, "categories", "probes.", []))
     noise_floor = _get(ctx, data, "noise_floor", "probes.", bool, True)
     conditions = _str_list(ctx, data, "conditions", "probes.", [])

@@ -83,6 +83,8 @@ def test_an_option_before_a_command_that_does_not_take_it_is_refused(capsys, arg
         (("models", "info", "m", "--max-memory-mb", "nan"), "--max-memory-mb: must be a positive number of MB"),
         (("probe", "--threads", "-1"), "--threads: must be at least 1, not -1"),
         (("probe", "--limit", "0"), "--limit: must be at least 1, not 0"),
+        # As a plan's max_new_tokens: a longer limit only lets a model that never stops run on.
+        (("probe", "--mode", "generate", "--max-new-tokens", "99999999999"), "--max-new-tokens: must be at most 256, not 99999999999"),
     ],
 )
 def test_bad_values_are_refused_in_one_line(capsys, argv, named):

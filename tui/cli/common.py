@@ -34,8 +34,9 @@ stderr = _console(sys.stderr, stderr=True, markup=False)
 stdout = _console(sys.stdout, markup=False)
 
 
-def count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum`, refused in one line otherwise."""
+def count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (and at most `maximum`, when
+    given), refused in one line otherwise."""
 
     def parse(text: str) -> int:
         try:
@@ -44,6 +45,8 @@ def count(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"takes a whole number, not {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {value}")
         return value
 
     return parse

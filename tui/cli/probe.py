@@ -18,7 +18,7 @@ from audit import checks
 from audit.errors import UserError
 from audit.gate import evaluate_gate, finding_line
 from audit.metrics import delta_direction
-from audit.plans import Plan, load_plan
+from audit.plans import MAX_NEW_TOKENS, Plan, load_plan
 from audit.probes.compare import ITEM_FIGURES, ItemFilesSource, ProbeRecord, setting_differences
 from audit.models import load_model
 from audit.probes import (
@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"generate: seed count N or a list like 0,1,2 (default {len(GENERATE_SEEDS)} seeds)")
     probe.add_argument("--temperature", type=common.finite(0), default=None,
                        help=f"generate: sampling temperature, 0 for greedy (default {GENERATE_TEMPERATURE})")
-    probe.add_argument("--max-new-tokens", type=common.count(1), default=None,
-                       help=f"generate: answer length in tokens (default {GENERATE_MAX_NEW_TOKENS})")
+    probe.add_argument("--max-new-tokens", type=common.count(1, MAX_NEW_TOKENS), default=None,
+                       help=f"generate: answer length in tokens, at most {MAX_NEW_TOKENS} (default {GENERATE_MAX_NEW_TOKENS})")
     probe.add_argument("--batch-items", type=common.count(1), default=None, help=f"loglik: items per scoring call (default {DEFAULT_BATCH_ITEMS})")
     probe.add_argument("--conditions", choices=("ambig", "disambig", "both"), default="both",
                        help="question suites: score ambiguous or disambiguated items only (default both)")
