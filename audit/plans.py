@@ -45,6 +45,8 @@ _LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1
 # The longest answer a generated probe may ask for: an answer names one of a few options, and a
 # longer limit only lets a model that never stops run for as long as it is allowed.
 MAX_NEW_TOKENS = 256
+# The highest sampling temperature a generated probe may use.
+MAX_TEMPERATURE = 5.0
 
 
 class PlanError(UserError):
@@ -542,7 +544,7 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     limit = _get(ctx, data, "limit", "probes.", int, None)
     _check(ctx, limit is None or limit > 0, "probes.limit", f"must be positive, got {limit}")
     temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)
-    _check(ctx, 0.0 <= temperature <= 5.0, "probes.temperature", f"must be within [0, 5], got {temperature:g}")
+    _check(ctx, 0.0 <= temperature <= MAX_TEMPERATURE, "probes.temperature", f"must be within [0, {MAX_TEMPERATURE:g}], got {temperature:g}")
     max_new = _get(ctx, data, "max_new_tokens", "probes.", int, 5)
     _check(ctx, 1 <= max_new <= MAX_NEW_TOKENS, "probes.max_new_tokens", f"must be within [1, {MAX_NEW_TOKENS}], got {max_new}")
     categories = tuple(_str_list(ctx, data, "categories", "probes.", []))
