@@ -43,6 +43,11 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies within it (both resolved by the caller)."""
+    return path == folder or folder in path.parents
+
+
 def os_reason(exc: OSError) -> str:
     """What went wrong, in a few words and without the path (the caller's message names it)."""
     if exc.errno in _REASONS:

@@ -11,15 +11,11 @@ from audit.models.interface import LanguageModel
 from audit.models.loader import LoadOptions, cache_entry_for_gguf, model_size_bytes
 from audit.models.meta import read_meta, write_meta
 from audit.models.sources import ModelSource, resolve_source
-from audit.paths import models_cache_dir
+from audit.paths import inside, models_cache_dir
 
 
 # A GGUF holds quantized weights; its float32 folder is up to four times its size.
 _GGUF_TO_FLOAT = 4
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def _source_bytes(source: ModelSource) -> int:
@@ -58,7 +54,7 @@ def check_output_target(
     for path in protected:
         path = path.resolve()
         folder = path if path.is_dir() else path.parent
-        if _inside(path, target) or _inside(target, folder):
+        if inside(path, target) or inside(target, folder):
             raise UserError(f"output folder {out} would overwrite or sit inside the source model {path}; choose another folder")
 
 

@@ -210,16 +210,14 @@ def load_sparse_model(folder: Path, dtype: torch.dtype, trust_remote_code: bool 
     """A transformers model from a compressed sparse folder, decoded in memory."""
     from transformers import AutoConfig
 
-    from audit.models.loader import weights_problem
+    from audit.models.loader import require_whole_weights
 
     state = load_sparse(Path(folder) / SPARSE_FILE)
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     cls = model_class(config, trust_remote_code)
     model, info = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype, output_loading_info=True)
     # A tensor the file lacks would be filled at random, as in a plain folder (audit.models.loader).
-    problem = weights_problem(model, info)
-    if problem is not None:
-        raise UserError(f"cannot load the model in {folder}: its weights in {SPARSE_FILE} {problem}")
+    require_whole_weights(model, info, f"cannot load the model in {folder}: its weights in {SPARSE_FILE}")
     if (Path(folder) / "generation_config.json").is_file():
         from transformers import GenerationConfig
 

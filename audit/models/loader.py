@@ -203,9 +203,7 @@ def prepare_gguf(
             model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32", output_loading_info=True)
         # Converted, a tensor the file lacks would be stored as the random values transformers
         # filled it with, and the cached folder would then pass for a whole model.
-        problem = weights_problem(model, info)
-        if problem is not None:
-            raise UserError(f"cannot convert {path}: its weights {problem}")
+        require_whole_weights(model, info, f"cannot convert {path}: its weights")
         check_cancel(cancel)
         notes = list(alias.notes) if alias else [
             "dequantized from a GGUF file: this float32 model carries the GGUF's quantization error"
@@ -451,9 +449,7 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
                 low_cpu_mem_usage=True,
                 output_loading_info=True,
             )
-            problem = weights_problem(model, info)
-            if problem is not None:
-                raise UserError(f"cannot load the model in {folder}: its weights {problem}")
+            require_whole_weights(model, info, f"cannot load the model in {folder}: its weights")
     except UserError:
         raise
     # transformers and safetensors raise these on a damaged folder the checks up front let
@@ -511,6 +507,14 @@ def weights_problem(model: Any, info: dict[str, Any]) -> str | None:
         name, stored, expected = mismatched[0]
         return f"do not match its config.json: {name} is {_shape(stored)} in the weights, the config makes it {_shape(expected)}"
     return None
+
+
+def require_whole_weights(model: Any, info: dict[str, Any], said: str) -> None:
+    """Refuse loaded weights that are not the whole model (`weights_problem`), in one line that
+    `said` begins ("cannot load the model in X: its weights")."""
+    problem = weights_problem(model, info)
+    if problem is not None:
+        raise UserError(f"{said} {problem}")
 
 
 # What torch says of a weight whose shape is not the one the config gives the model, after a

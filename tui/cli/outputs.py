@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable, Iterator
 from audit.atomic import replaceable
 from audit.errors import UserError
 from audit.models.aliases import ALIASES
-from audit.paths import probe
+from audit.paths import inside, probe
+from audit.probes.items import is_text
 from audit.store import default_store_path
 
 # The files `write_report` writes into a report folder.
@@ -25,14 +26,6 @@ def shown(path: Any) -> str:
     """A path as the user can read it back: bytes that are not UTF-8 (a name made on another
     system) escaped as \\xff instead of printed as characters no terminal shows."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-
-
-def not_utf8(path: Any) -> bool:
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _suite_path(spec: str) -> Path | None:
@@ -126,10 +119,6 @@ def _resolved(path: Path) -> Path | None:
         return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def _clashes(out: Path, inputs: Iterable[Input]) -> Iterator[str]:
     """What writing `out` would destroy among `inputs`, in words."""
     target = _resolved(out)
@@ -143,7 +132,7 @@ def _clashes(out: Path, inputs: Iterable[Input]) -> Iterator[str]:
             continue
         if source == target:
             yield f"would overwrite {option} {shown(path)}"
-        elif os.path.isdir(source) and _inside(target, source):
+        elif os.path.isdir(source) and inside(target, source):
             yield f"would overwrite or sit inside {option} {shown(path)}"
 
 
@@ -157,7 +146,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     command = getattr(getattr(args, "command_parser", None), "prog", None)
     for option in MODEL_FOLDERS.get(command, ()):
         folder = getattr(args, option.lstrip("-").replace("-", "_"), None)
-        if folder is not None and not_utf8(folder):
+        if folder is not None and not is_text(str(folder)):
             raise UserError(f"{option} {shown(folder)}: the name is not UTF-8 (the bad bytes shown escaped), and a model's "
                             "tokenizer and weights files can only be saved under UTF-8 names; choose another name")
     described = OUTPUT_FILES.get(command)
