@@ -454,6 +454,11 @@ class ResultsStore:
                 retry = isinstance(error, StoreError) and error.reason in ("readonly", "cantopen")
                 if attempt == len(queries) or not retry:
                     raise
+        if version == 0 and not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            # An empty file (made by `touch`, or a mistyped path) holds no store. A command
+            # that only reads must not write a store into it.
+            db.close()
+            raise UserError(f"no results store at {self.path}: the file is empty (run an audit first, or pass --store)")
         if version < SCHEMA_VERSION:
             db.close()
             return self._upgrade_for_reading(version)  # checked as it is opened to be written

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from audit.errors import UserError
+import audit.store as store_module
 from audit.store import SCHEMA_VERSION, ResultsStore
 
 
@@ -69,7 +70,6 @@ def test_wal_mode_and_unknown_run(tmp_path):
 
 
 def test_schema_is_migrated_forward_and_a_newer_one_refused(tmp_path, monkeypatch):
-    import audit.store as store_module
 
     path = tmp_path / "r.db"
     with ResultsStore(path) as store:
@@ -219,7 +219,6 @@ def test_a_busy_store_still_reads_and_a_write_is_one_line(tmp_path):
 
 def test_reading_falls_back_to_immutable_when_the_folder_is_read_only(tmp_path, monkeypatch):
     """What a read-only folder does to SQLite (no WAL files can be made), without needing permissions."""
-    import audit.store as store_module
 
     path = tmp_path / "r.db"
     run_id = stored_run(path)
@@ -240,9 +239,25 @@ def test_reading_falls_back_to_immutable_when_the_folder_is_read_only(tmp_path, 
 
 def test_an_older_store_is_upgraded_when_read_if_it_can_be(tmp_path):
     path = tmp_path / "r.db"
-    sqlite3.connect(path).close()  # an empty database: schema version 0
+    db = sqlite3.connect(path)
+    store_module.MIGRATIONS[0](db)  # a store of schema version 1
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
     with ResultsStore(path, readonly=True) as store:
         assert store.schema_version == SCHEMA_VERSION and store.runs() == []
+
+
+@pytest.mark.parametrize("make", [lambda p: p.write_bytes(b""), lambda p: sqlite3.connect(p).close()])
+def test_reading_an_empty_file_refuses_it_and_writes_nothing(tmp_path, make):
+    path = tmp_path / "notes.txt"
+    make(path)
+    with pytest.raises(UserError, match=f"no results store at {path}: the file is empty") as caught:
+        ResultsStore(path, readonly=True)
+    one_line(caught)
+    assert path.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    with ResultsStore(path) as store:  # a command that writes makes its store there
+        assert store.runs() == []
 
 
 @needs_non_root
