@@ -35,8 +35,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from audit.errors import UserError
-from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, read_meta
-from audit.models.sources import SAFETENSORS_INDEX, index_shards, safetensors_header
+from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, PackedTensor, check_mask_count, read_meta, sparse_layout
+from audit.models.sources import SAFETENSORS_DTYPE_BITS, SAFETENSORS_INDEX, index_shards, safetensors_header
 from audit.paths import kind, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 
@@ -61,7 +61,6 @@ _FILE_WEIGHTS = (".onnx", ".onnx_data", ".data", ".bin", ".pt", ".pth")
 _DROPPED_CONFIG_KEYS = ("_name_or_path",)
 _BLOCK = 16 * 1024 * 1024  # bytes hashed per call; hashlib releases the GIL for each
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_CODE_OF_TORCH_NAME = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
 
 @dataclass(frozen=True)
@@ -254,41 +253,25 @@ class _MappedFile:
             self.map.close()
 
 
-def _sparse_layout(file: _MappedFile) -> dict[str, dict[str, Any]]:
-    try:
-        meta = json.loads(file.metadata[WEIGHTS_META_KEY])
-        packed = meta["packed"]
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise UserError(f"{file.path} is not an edge-audit compressed sparse file") from None
-    if meta.get("format") != SPARSE_FORMAT or not isinstance(packed, dict):
-        raise UserError(f"{file.path}: unsupported sparse format {meta.get('format')!r}")
-    return packed
+def _sparse_layout(file: _MappedFile) -> dict[str, PackedTensor]:
+    stored = {name: (info["dtype"], info["shape"]) for name, info in file.header.items()}
+    return sparse_layout(file.path, file.metadata, stored)
 
 
-def _decoded_sparse(file: _MappedFile, name: str, info: Mapping[str, Any]) -> tuple[str, list[int], memoryview]:
-    """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values); an
-    entry of the file's metadata that does not describe a tensor it holds is refused in one line."""
-    try:
-        return _decode(file, name, info)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):
-        raise UserError(f"{file.path} is damaged: its metadata's entry for {name!r} does not describe a packed tensor the file holds") from None
+def _decoded_sparse(file: _MappedFile, tensor: PackedTensor) -> memoryview:
+    """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values)."""
+    mask = np.unpackbits(_array(file.view(f"{tensor.name}.bitmask"), np.uint8), count=tensor.numel).astype(bool)
+    # Counted before the values are mapped: a refusal raised while a view of the file is alive
+    # would make closing the map fail, and end in a traceback.
+    check_mask_count(file.path, tensor, int(mask.sum()))
+    same_size = _UINT[SAFETENSORS_DTYPE_BITS[tensor.code] // 8]
+    dense = np.zeros(tensor.numel, dtype=same_size)
+    dense[mask] = _array(file.view(f"{tensor.name}.values"), same_size)
+    return memoryview(dense).cast("B")
 
 
-def _decode(file: _MappedFile, name: str, info: Mapping[str, Any]) -> tuple[str, list[int], memoryview]:
-    shape = [int(d) for d in info["shape"]]
-    numel = int(np.prod(shape, dtype=np.int64))
-    values_info = file.header[f"{name}.values"]
-    dtype = _CODE_OF_TORCH_NAME.get(info.get("dtype"), values_info["dtype"])
-    bits = np.frombuffer(file.view(f"{name}.bitmask"), dtype=np.uint8)
-    mask = np.unpackbits(bits, count=numel).astype(bool)
-    values_view = file.view(f"{name}.values")
-    itemsize = len(values_view) // max(1, int(np.prod(values_info["shape"], dtype=np.int64)))
-    values = np.frombuffer(values_view, dtype=_UINT[itemsize]) if len(values_view) else np.zeros(0, _UINT.get(itemsize, np.uint8))
-    if int(mask.sum()) != values.size:
-        raise UserError(f"{file.path} is corrupt: {name} has {values.size} values for {int(mask.sum())} mask bits")
-    dense = np.zeros(numel, dtype=_UINT[itemsize])
-    dense[mask] = values
-    return dtype, shape, memoryview(dense).cast("B")
+def _array(view: memoryview, dtype: Any) -> np.ndarray:
+    return np.frombuffer(view, dtype=dtype) if len(view) else np.zeros(0, dtype)
 
 
 def _weight_files(folder: Path, storage: str | None) -> tuple[str, list[Path]]:
@@ -340,9 +323,10 @@ def _tensors(folder: Path, storage: str, files: list[Path]) -> Iterator[tuple[st
             packed = _sparse_layout(mapped) if storage == SPARSE_FORMAT else {}
             stored = set(mapped.header)
             for name in sorted(packed):
-                dtype, shape, data = _decoded_sparse(mapped, name, packed[name])
+                tensor = packed[name]
+                data = _decoded_sparse(mapped, tensor)
                 stored -= {f"{name}.bitmask", f"{name}.values"}
-                yield name, dtype, shape, data, path
+                yield name, tensor.code, list(tensor.shape), data, path
                 mapped.drop(f"{name}.bitmask", f"{name}.values")
             for name in sorted(stored):
                 info = mapped.header[name]

@@ -11,11 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.errors import UserError
-from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY
+from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT, SPARSE_VERSION, WEIGHTS_META_KEY, check_mask_count, sparse_layout
 
 DENSE_FILE = "model.safetensors"
-FORMAT_VERSION = 1
 
 _DTYPE_CODES = {
     torch.float64: "F64",
@@ -135,35 +133,8 @@ def save_sparse(items: Sequence[tuple[str, torch.Tensor]], path: Path) -> int:
             else:
                 yield name, tensor
 
-    meta = {"format": SPARSE_FORMAT, "version": FORMAT_VERSION, "packed": packed}
+    meta = {"format": SPARSE_FORMAT, "version": SPARSE_VERSION, "packed": packed}
     return write_safetensors(path, stream(), specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
-
-
-def _sparse_layout(path: Path, metadata: dict[str, str]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """The packed tensors a compressed sparse file's metadata lists, as name -> (shape, dtype),
-    or a UserError naming the file: the metadata is JSON anyone can edit, and a value of
-    another shape would otherwise fail deep inside the decoding."""
-    try:
-        meta = json.loads(metadata[WEIGHTS_META_KEY])
-    except (KeyError, ValueError, RecursionError):
-        raise UserError(f"{path} is not an edge-audit compressed sparse file") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} is damaged: its {WEIGHTS_META_KEY} metadata is not a JSON object")
-    version = meta.get("version", 0)
-    if meta.get("format") != SPARSE_FORMAT or isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"{path}: unsupported sparse format {meta.get('format')!r} v{version!r}")
-    packed = meta.get("packed")
-    if not isinstance(packed, dict):
-        raise UserError(f"{path} is damaged: its {WEIGHTS_META_KEY} metadata lists the packed tensors as {type(packed).__name__}, not as a JSON object")
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for name, info in packed.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        dtype = getattr(torch, info.get("dtype"), None) if isinstance(info, dict) and isinstance(info.get("dtype"), str) else None
-        sizes_ok = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        if not sizes_ok or not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise UserError(f"{path} is damaged: its metadata gives packed tensor {name!r} no valid shape and float dtype")
-        layout[name] = (tuple(shape), dtype)
-    return layout
 
 
 def load_sparse(path: Path) -> dict[str, torch.Tensor]:
@@ -171,25 +142,18 @@ def load_sparse(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        packed = _sparse_layout(path, handle.metadata() or {})
-        stored = set(handle.keys())
+        stored = {name: (handle.get_slice(name).get_dtype(), handle.get_slice(name).get_shape()) for name in handle.keys()}
+        packed = sparse_layout(path, handle.metadata() or {}, stored)
         out: dict[str, torch.Tensor] = {}
-        for name, (shape, dtype) in packed.items():
-            numel = int(np.prod(shape, dtype=np.int64))
-            if not {f"{name}.bitmask", f"{name}.values"} <= stored:
-                raise UserError(f"{path} is corrupt: its metadata lists {name}, whose bitmask or values it lacks")
+        for name, tensor in packed.items():
             bits = handle.get_tensor(f"{name}.bitmask")
-            values = handle.get_tensor(f"{name}.values")
-            if bits.dtype != torch.uint8 or bits.numel() != (numel + 7) // 8 or values.dtype != dtype or values.dim() != 1:
-                raise UserError(f"{path} is corrupt: {name}'s bitmask or values do not fit its shape {list(shape)} and dtype {str(dtype).removeprefix('torch.')}")
-            mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
-            if int(mask.sum()) != values.numel():
-                raise UserError(f"{path} is corrupt: {name} has {values.numel()} values for {int(mask.sum())} mask bits")
-            dense = torch.zeros(numel, dtype=dtype)
-            dense[mask] = values
-            out[name] = dense.reshape(shape)
-            stored -= {f"{name}.bitmask", f"{name}.values"}
-        for name in stored:
+            mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=tensor.numel).astype(bool))
+            check_mask_count(path, tensor, int(mask.sum()))
+            dense = torch.zeros(tensor.numel, dtype=getattr(torch, tensor.dtype))
+            dense[mask] = handle.get_tensor(f"{name}.values")
+            out[name] = dense.reshape(tensor.shape)
+        parts = {f"{name}.{part}" for name in packed for part in ("bitmask", "values")}
+        for name in [name for name in stored if name not in parts]:
             # Copied out of the file's memory map: a tensor read in place would keep the whole
             # map, whose packed pages were all read above, resident for the model's life.
             out[name] = handle.get_tensor(name).clone()

@@ -1,10 +1,13 @@
-"""The `edge_audit.json` file stored beside a model folder edge-audit wrote: provenance and notes."""
+"""What edge-audit records about a model folder it wrote: its `edge_audit.json` (provenance and
+notes) and the layout of its compressed sparse weights file."""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from audit import atomic
 from audit.compress.recipe import pruning_label
@@ -15,6 +18,10 @@ META_FILE = "edge_audit.json"
 # edge-audit's own weight formats, as the `storage` field names them, and their files.
 SPARSE_FORMAT = "sparse-bitmask"
 SPARSE_FILE = "model.sparse-bitmask.safetensors"  # not model.safetensors: plain transformers must not half-read it
+SPARSE_VERSION = 1
+# The dtypes a packed tensor may have, by the name the sparse layout gives them (torch's), and the
+# safetensors code of each: the float dtypes the sparse writer stores.
+SPARSE_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 INT8_FORMAT = "int8-dynamic"
 INT8_FILE = "model.int8-dynamic.safetensors"
 # The key of edge-audit's layout in a weights file's safetensors metadata.
@@ -85,3 +92,66 @@ def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
             parts.append(quantize["scheme"])
     return (" + ".join(parts), sparsity) if parts else None
 
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    """A tensor a compressed sparse file stores as `NAME.bitmask` (one bit per value, packed)
+    and `NAME.values` (the non-zero values in order)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # as the layout names it: float32
+    n_values: int  # how many values `NAME.values` holds
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def code(self) -> str:
+        """The dtype's safetensors code: F32."""
+        return SPARSE_DTYPES[self.dtype]
+
+
+def sparse_layout(path: Path, metadata: Mapping[str, str], stored: Mapping[str, tuple[str, Sequence[int]]]) -> dict[str, PackedTensor]:
+    """The packed tensors of a compressed sparse file, by name, read from its safetensors
+    `metadata` and checked against the tensors it `stored` (name -> safetensors dtype code and
+    shape); anything else is a UserError naming the file. Loading and fingerprinting both read
+    the file through this, so they accept the same files and refuse the others alike: the layout
+    is JSON anyone can edit, and a value of another shape would otherwise fail deep in decoding."""
+    try:
+        meta = json.loads(metadata[WEIGHTS_META_KEY])
+    except (KeyError, TypeError, ValueError, RecursionError):
+        raise UserError(f"{path} is not an edge-audit compressed sparse file") from None
+    damaged = f"{path} is damaged: its {WEIGHTS_META_KEY} metadata"
+    if not isinstance(meta, dict):
+        raise UserError(f"{damaged} is not a JSON object")
+    version = meta.get("version", 0)
+    if meta.get("format") != SPARSE_FORMAT or isinstance(version, bool) or not isinstance(version, int) or version > SPARSE_VERSION:
+        raise UserError(f"{path}: unsupported sparse format {meta.get('format')!r} v{version!r}")
+    packed = meta.get("packed")
+    if not isinstance(packed, dict):
+        raise UserError(f"{damaged} lists the packed tensors as {type(packed).__name__}, not as a JSON object")
+    layout: dict[str, PackedTensor] = {}
+    for name, info in packed.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)) or dtype not in SPARSE_DTYPES:
+            raise UserError(f"{damaged} gives packed tensor {name!r} no valid shape and float dtype")
+        if f"{name}.bitmask" not in stored or f"{name}.values" not in stored:
+            raise UserError(f"{damaged} lists {name}, whose bitmask or values the file does not hold")
+        if name in stored:
+            raise UserError(f"{damaged} lists {name} as packed, and the file holds it unpacked too")
+        (bits_code, bits_shape), (values_code, values_shape) = stored[f"{name}.bitmask"], stored[f"{name}.values"]
+        if (bits_code, list(bits_shape)) != ("U8", [(math.prod(shape) + 7) // 8]) or values_code != SPARSE_DTYPES[dtype] or len(values_shape) != 1:
+            raise UserError(f"{path} is corrupt: {name}'s bitmask or values do not fit its shape {shape} and dtype {dtype}")
+        layout[name] = PackedTensor(name, tuple(shape), dtype, values_shape[0])
+    return layout
+
+
+def check_mask_count(path: Path, tensor: PackedTensor, mask_bits: int) -> None:
+    """A packed tensor's values fill its mask's set bits one for one; a count that differs is
+    refused in one line, by loading and fingerprinting alike."""
+    if mask_bits != tensor.n_values:
+        raise UserError(f"{path} is corrupt: {tensor.name} has {tensor.n_values} values for {mask_bits} mask bits")
