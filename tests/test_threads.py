@@ -174,6 +174,47 @@ def test_row_workers_wait_idle_until_every_task_given_has_finished():
         workers.submit(int, ())  # it would never run
 
 
+EXIT_MID_SCORING = """
+import sys, threading, torch
+from audit.models.workers import RowWorkers
+workers = RowWorkers(2)
+a = torch.randn(256, 256)
+started = threading.Semaphore(0)
+def rows():
+    started.release()
+    for _ in range(400):
+        a @ a
+futures = [workers.submit(rows, ()) for _ in range(6)]
+started.acquire(); started.acquire()  # both threads inside PyTorch
+sys.exit(3)
+"""
+
+
+def test_exiting_while_workers_compute_keeps_the_exit_code_instead_of_aborting():
+    # Before, the threads were killed inside PyTorch as the interpreter finalized, and the C++
+    # runtime aborted the process (exit 134): a second Ctrl-C in the middle of scoring.
+    done = subprocess.run([sys.executable, "-c", EXIT_MID_SCORING], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert (done.returncode, done.stderr) == (3, "")
+
+
+def test_abandoned_workers_cancel_tasks_not_started_and_end():
+    import threading
+
+    from audit.models.workers import RowWorkers
+
+    workers = RowWorkers(2)
+    release = threading.Event()
+    running = [workers.submit(release.wait, ()) for _ in range(2)]
+    waiting = [workers.submit(int, ()) for _ in range(3)]
+    workers.stop()  # its end marks are on the queue too
+    threading.Timer(0.2, release.set).start()
+    workers.abandon(timeout=30)
+    assert not any(t.is_alive() for t in workers._threads)
+    assert [f.result() for f in running] == [True, True] and all(f.cancelled() for f in waiting)
+    workers.wait_idle()  # nothing counted as unfinished
+
+
 def test_gather_gives_results_in_order_and_raises_the_first_failure_once_all_have_finished():
     import threading
     import time

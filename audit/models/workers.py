@@ -14,10 +14,16 @@ forward), so no batch-wide copy of them is made.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
+
+# How long the exit waits for a task already computing (one batch's rows on a small device
+# take seconds); a thread still in PyTorch after it is killed with the process as before.
+EXIT_WAIT_SECONDS = 120.0
 
 
 class RowWorkers:
@@ -39,6 +45,7 @@ class RowWorkers:
         self._threads = [threading.Thread(target=self._serve, args=(ready,), name=f"edge-audit-rows-{i}", daemon=True) for i in range(count)]
         for thread in self._threads:
             thread.start()
+        _LIVE.add(self)
         ready.wait()
         # A thread's count is also the one threads starting later take: put the caller's back.
         torch.set_num_threads(caller)
@@ -107,6 +114,41 @@ class RowWorkers:
         self.stop()
         for thread in self._threads:
             thread.join()
+
+    def abandon(self, timeout: float | None = None) -> None:
+        """Cancel the tasks not yet started, let the threads end once the ones computing are
+        done, and wait for that (at most `timeout` s per thread)."""
+        self._stopped = True
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[2].cancel()
+                with self._finished:
+                    self._unfinished -= 1
+                    self._finished.notify_all()
+        # Another stop's end marks may have been drained with the tasks: one for each thread.
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+# Every set of workers not yet collected, ended at exit by `_end_all`.
+_LIVE: "weakref.WeakSet[RowWorkers]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_all() -> None:
+    """End every worker thread before the interpreter finalizes. A thread still inside PyTorch
+    then is killed as it comes back to Python, and the C++ runtime aborts the process ("terminate
+    called without an active exception", exit 134): a second Ctrl-C, or a SystemExit, in the
+    middle of scoring lost the exit code and its message. Tasks not yet started are dropped;
+    exit handlers run after the program's own threads have ended and before that killing."""
+    for workers in list(_LIVE):
+        workers.abandon(EXIT_WAIT_SECONDS)
 
 
 def gather(futures: Sequence[Future[Any]]) -> list[Any]:
