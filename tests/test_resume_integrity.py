@@ -32,9 +32,18 @@ def finished(tiny_llama, tmp_path_factory):
     return root
 
 
-def interrupted(finished: Path, where: Path) -> tuple[Path, Path, Path]:
-    """A copy of the finished run, as if stopped before the variant's probe: returns (the
-    store, the baseline's model folder, the variant's folder)."""
+@pytest.fixture(scope="module")
+def profiled(tiny_llama, tmp_path_factory):
+    """A finished run as `finished`, with its profiles."""
+    root = tmp_path_factory.mktemp("profiled")
+    shutil.copytree(tiny_llama, root / "model")
+    audit_tiny(root / "audit", root / "model")
+    return root
+
+
+def interrupted(finished: Path, where: Path, kind: str = PROBE) -> tuple[Path, Path, Path]:
+    """A copy of the finished run, as if stopped before the variant's step `kind` (its last):
+    returns (the store, the baseline's model folder, the variant's folder)."""
     shutil.copytree(finished, where)
     store_path = where / "audit" / "results.db"
     model = where / "model"
@@ -44,9 +53,10 @@ def interrupted(finished: Path, where: Path) -> tuple[Path, Path, Path]:
     with db:
         db.execute("UPDATE runs SET plan_text = replace(plan_text, ?, ?)", (str(finished / "model"), str(model)))
         db.execute("UPDATE steps SET result_json = replace(result_json, ?, ?) WHERE variant = 'baseline'", (str(finished), str(where)))
-        db.execute("DELETE FROM steps WHERE variant = ? AND kind = ?", (VARIANT, PROBE))
-        db.execute("DELETE FROM items WHERE variant = ?", (VARIANT,))
-        db.execute("DELETE FROM metrics WHERE variant = ?", (VARIANT,))
+        db.execute("DELETE FROM steps WHERE variant = ? AND kind = ?", (VARIANT, kind))
+        if kind == PROBE:
+            db.execute("DELETE FROM items WHERE variant = ?", (VARIANT,))
+            db.execute("DELETE FROM metrics WHERE variant = ?", (VARIANT,))
         db.execute("UPDATE runs SET status = 'interrupted', gate_json = NULL, exit_code = 130")
     db.close()
     return store_path, model, where / "audit" / "work" / "run-1" / VARIANT
@@ -137,6 +147,48 @@ def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(f
     again = stored(store_path, VARIANT, "perplexity")
     assert again["finished_at"] > perplexity["finished_at"]
     assert stored(store_path, VARIANT, PROBE)["started_at"] > stored(store_path, VARIANT, "fingerprint")["started_at"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_profile_left_alone_refuses_changed_weights_naming_both_fingerprints(profiled, tmp_path, workers):
+    """The profile is the one step left: run by the run's own process, or by the run after its
+    workers, it is refused alike rather than stored beside steps of other weights."""
+    store_path, _, variant = interrupted(profiled, tmp_path / "run", "profile")
+    before = stored(store_path, VARIANT, "fingerprint")["result"]["digest"]
+    replace_weights(variant)
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{VARIANT}: ")
+    assert f"(fingerprint {before[:12]} then, {digest(variant)[:12]} now)" in message
+    assert stored(store_path, VARIANT, "profile") is None
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_profile_left_of_a_variant_compressed_again_to_the_same_weights_is_measured(profiled, tmp_path, workers, monkeypatch):
+    """Its folder is read once by the run: in its own process, the fingerprint taken just after
+    compressing again serves the profile; after workers, the run reads it again before the
+    profile (the worker's was taken in its own process, while the others ran on)."""
+    import audit.fingerprint
+
+    store_path, _, variant = interrupted(profiled, tmp_path / "run", "profile")
+    perplexity = stored(store_path, VARIANT, "perplexity")
+    read = []
+    fingerprint_folder = audit.fingerprint.fingerprint_folder
+
+    def counted(folder, cancel=None):
+        read.append(Path(folder))
+        return fingerprint_folder(folder, cancel)
+
+    monkeypatch.setattr(audit.fingerprint, "fingerprint_folder", counted)
+    shutil.rmtree(variant)
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
+    assert outcome.status == "finished"
+    assert read == [variant]
+    assert stored(store_path, VARIANT, "perplexity") == perplexity
+    assert stored(store_path, VARIANT, "profile") is not None
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == digest(variant)
 
 
 # -- a plan without a gate, and the report `run` writes ----------------------------------------

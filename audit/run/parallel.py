@@ -15,7 +15,7 @@ from audit.errors import UserError
 from audit.models import LoadOptions
 from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
-from audit.run.execute import execute_variant, profile_step, same_weights
+from audit.run.execute import check_before_profile, execute_variant, profile_step
 from audit.run.pool import process_pool, worker_stop
 from audit.run.steps import COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, stored_fingerprint, variant_folder, variant_names
 from audit.store import ResultsStore
@@ -93,10 +93,8 @@ def run_in_processes(
     for name in names:
         if PROFILE in steps_for(plan, name) and store.step(run_id, name, PROFILE) is None:
             spec = model_spec_for(plan, name, work_dir)
-            fingerprint = stored_fingerprint(store, run_id, name)
-            if fingerprint is not None and Path(spec).is_dir():
-                # The profile measures the weights the worker's steps measured, or none.
-                yield from same_weights(name, Path(spec), fingerprint, COMPRESS in steps_for(plan, name), cancel)
+            # Its worker ended a while ago (the other workers ran on): the folder is read again.
+            yield from check_before_profile(plan, name, spec, stored_fingerprint(store, run_id, name), cancel)
             record = yield from profile_step(plan, name, spec, load, cancel)
             record.commit(store, run_id)
             yield Progress("run", finished(), total, f"{name} profiled", {"run_id": run_id})
