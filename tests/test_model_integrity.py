@@ -74,6 +74,40 @@ def test_tensors_of_a_deeper_model_are_refused(model):
     refused(model, r"its weights hold a tensor a LlamaForCausalLM has no place for, so they are not this model's weights: model.layers.2.mlp.gate_proj.weight$")
 
 
+def shard(folder, first):
+    """Split the weights of `folder` in two shards named by an index, the tensors in `first` in the first."""
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    parts = {"a.safetensors": {k: v for k, v in tensors.items() if k in first}, "b.safetensors": {k: v for k, v in tensors.items() if k not in first}}
+    for file, part in parts.items():
+        save_file(part, folder / file, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {name: file for file, part in parts.items() for name in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one file", "head in another shard"])
+def test_a_stored_head_a_tied_config_would_replace_is_refused(model, sharded):
+    """transformers ties the head to the embeddings, as config.json asks, and drops the other head
+    the weights store without a word: the model measured would not be the one in the file."""
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors["model.embed_tokens.weight"] + 0.5))
+    if sharded:
+        shard(model, {"lm_head.weight"})
+    message = refused(
+        model,
+        r"its config.json ties lm_head.weight to model.embed_tokens.weight \(tie_word_embeddings\), but the lm_head.weight its weights "
+        r"store differs from model.embed_tokens.weight and would be replaced by it: the config is likely wrong \(set tie_word_embeddings to false",
+    )
+    assert message.startswith(f"cannot load the model in {model}: ")
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one file", "head in another shard"])
+def test_a_stored_head_equal_to_the_embeddings_loads(model, sharded):
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors["model.embed_tokens.weight"].clone()))
+    if sharded:
+        shard(model, {"lm_head.weight"})
+    assert load(model).facts().parameters > 0
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "opt"])
 def test_whole_folders_load_tied_heads_included(tiny_model_factory, arch):
     """Every tiny architecture, tied (llama, gemma, gpt2, opt) or not, loads: a tied head's

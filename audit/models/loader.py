@@ -19,7 +19,7 @@ from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
 from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
-from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, read_gguf, resolve_source, safetensors_header
+from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, index_shards, read_gguf, resolve_source, safetensors_header
 from audit.paths import kind, models_cache_dir, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 from audit.threads import onnx_wait_entries, resolve_threads, thread_count_problem
@@ -450,6 +450,9 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
                 output_loading_info=True,
             )
             require_whole_weights(model, info, f"cannot load the model in {folder}: its weights")
+            dropped = None if source.pickle else dropped_copy_problem(model, folder)
+            if dropped is not None:
+                raise UserError(f"cannot load the model in {folder}: {dropped}")
     except UserError:
         raise
     # transformers and safetensors raise these on a damaged folder the checks up front let
@@ -515,6 +518,71 @@ def require_whole_weights(model: Any, info: dict[str, Any], said: str) -> None:
     problem = weights_problem(model, info)
     if problem is not None:
         raise UserError(f"{said} {problem}")
+
+
+def _loaded_safetensors(folder: Path) -> list[Path]:
+    """The safetensors files transformers reads a folder's weights from: model.safetensors, else
+    the shards its index names."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    return [folder / shard for shard in index_shards(folder)]
+
+
+def dropped_copy_problem(model: Any, folder: Path) -> str | None:
+    """Why the model loaded from `folder` is not the one its weights hold, as a phrase; None when
+    it is. Tensors the config ties (the output head to the token embeddings, with
+    tie_word_embeddings) are one tensor with the first one's values: transformers sets aside
+    without a word a copy the weights store with other values, so the model measured would not be
+    the one in the file. Reads the safetensors headers, and a tied pair's bytes only when both
+    are stored."""
+    shared: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(name)
+    tied = [names for names in shared.values() if len(names) > 1]
+    if not tied:
+        return None
+    stored: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for file in _loaded_safetensors(folder):
+        for name, info in safetensors_header(file).items():
+            if name != "__metadata__":
+                stored[name] = (file, info)
+    for names in tied:
+        held = [(name, stored[name]) for name in names if name in stored]
+        for name, entry in held[1:]:
+            kept_name, kept = held[0]  # the one whose values the tied tensor takes
+            if not _same_stored_tensor(kept, entry):
+                return (
+                    f"its config.json ties {name} to {kept_name} (tie_word_embeddings), but the {name} its weights store "
+                    f"differs from {kept_name} and would be replaced by it: the config is likely wrong "
+                    f"(set tie_word_embeddings to false if the model has an output head of its own)"
+                )
+    return None
+
+
+_COMPARE_BLOCK_BYTES = 16 * MB
+
+
+def _same_stored_tensor(a: tuple[Path, dict[str, Any]], b: tuple[Path, dict[str, Any]]) -> bool:
+    """Whether two tensors of safetensors files (file, header entry; headers already checked) hold
+    the same dtype, shape and bytes, read a block at a time."""
+    (path_a, info_a), (path_b, info_b) = a, b
+    if (info_a["dtype"], info_a["shape"]) != (info_b["dtype"], info_b["shape"]):
+        return False
+    try:
+        with open(path_a, "rb") as file_a, open(path_b, "rb") as file_b:
+            for handle, info in ((file_a, info_a), (file_b, info_b)):
+                data_start = 8 + int.from_bytes(handle.read(8), "little")
+                handle.seek(data_start + info["data_offsets"][0])
+            left = info_a["data_offsets"][1] - info_a["data_offsets"][0]
+            while left:
+                size = min(left, _COMPARE_BLOCK_BYTES)
+                if file_a.read(size) != file_b.read(size):
+                    return False
+                left -= size
+    except OSError as exc:
+        raise UserError(f"cannot read {path_a if path_a == path_b else f'{path_a} or {path_b}'}: {os_reason(exc)}") from None
+    return True
 
 
 # What torch says of a weight whose shape is not the one the config gives the model, after a
