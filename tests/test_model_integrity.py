@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from audit.compress.storage import SPARSE_FILE, dense_state, load_sparse, save_sparse
 from audit.errors import UserError
 from audit.models import LoadOptions, load_model
-from audit.models.meta import SPARSE_FORMAT, WEIGHTS_META_KEY
+from audit.models.loader import cache_entry_for_gguf, prepare_gguf
+from audit.models.meta import SPARSE_FORMAT, WEIGHTS_META_KEY, write_meta
 from audit.progress import drive
 from tests.conftest import SHORT_TEXT, run_cli
 
@@ -181,6 +182,26 @@ def test_a_gguf_lacking_a_tensor_is_refused_and_not_cached(tiny_llama, tmp_path,
     assert message
     converted = [p.name for p in (isolated_cache / "models").iterdir() if p.is_dir()]
     assert len(converted) == 1 and "whole" in converted[0]  # nothing of the damaged file kept to pass for whole
+
+
+def test_a_conversion_cached_before_conversions_were_checked_is_not_measured(tiny_llama, tmp_path, isolated_cache):
+    """An older edge-audit converted a GGUF lacking a tensor and cached the values transformers made
+    up for it: the cache holds every tensor, so only converting the GGUF again tells."""
+    lacking = tiny_gguf(tiny_llama, tmp_path / "lacking.gguf", drop=("blk.0.ffn_gate.weight",))
+    target = cache_entry_for_gguf(lacking, None)
+    shutil.copytree(tiny_llama, target)  # a whole model: the made-up tensor looks like any other
+    write_meta(target, {"cache_format": 1, "source": {"kind": "gguf", "file": lacking.name, "bytes": lacking.stat().st_size}})
+    refused(lacking, f"cannot convert {lacking}: its weights lack a tensor a LlamaForCausalLM needs, which would hold made-up values: {GATE}$")
+
+
+def test_a_cached_conversion_lacking_a_tensor_is_converted_again(tiny_llama, tmp_path, isolated_cache):
+    """The cached folder, changed since it was converted, no longer fills the model: the GGUF is
+    converted again and the model loads whole, instead of refusing a folder the user never made."""
+    whole = tiny_gguf(tiny_llama, tmp_path / "whole.gguf")
+    target = drive(prepare_gguf(whole))
+    edit_weights(target, lambda tensors: tensors.pop(GATE))
+    assert load(whole).facts().parameters > 0
+    assert GATE in load_file(target / "model.safetensors")
 
 
 # -- a pruned variant's compressed sparse copy ------------------------------------------------------------

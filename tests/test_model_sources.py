@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from audit import atomic
@@ -138,6 +139,17 @@ def test_a_killed_conversion_leaves_nothing_behind_the_next_one(tmp_path, isolat
     assert not left.exists() and other.is_dir()
 
 
+def converted(folder, gguf):
+    """A cache folder as a conversion of `gguf` leaves it, with a config and weights no model uses."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(folder / "model.safetensors"))
+    write_meta(folder, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    return (folder / "model.safetensors").read_bytes()
+
+
 def test_a_conversion_killed_between_its_renames_puts_the_old_cache_back(tmp_path, isolated_cache):
     """Killed after the old cache folder was moved aside and before the new one took its place:
     the old one, whole, goes back in place and is used, with no conversion."""
@@ -145,12 +157,9 @@ def test_a_conversion_killed_between_its_renames_puts_the_old_cache_back(tmp_pat
     gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # read only if converted
     target = cache_entry_for_gguf(gguf, None)
     kept = target.parent / f".{target.name}.k1ll3d_x.old" / target.name
-    kept.mkdir(parents=True)
-    (kept / "config.json").write_text("{}")
-    (kept / "model.safetensors").write_bytes(b"\0" * 64)
-    write_meta(kept, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    weights = converted(kept, gguf)
     assert drive(prepare_gguf(gguf)) == target
-    assert (target / "model.safetensors").read_bytes() == b"\0" * 64
+    assert (target / "model.safetensors").read_bytes() == weights
     assert not kept.parent.exists()
 
 
@@ -161,10 +170,7 @@ def test_a_current_cache_is_tidied_of_what_a_killed_replacement_left(tmp_path, i
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     target = cache_entry_for_gguf(gguf, None)
-    target.mkdir(parents=True)
-    (target / "config.json").write_text("{}")
-    (target / "model.safetensors").write_bytes(b"\0" * 64)
-    write_meta(target, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    converted(target, gguf)
     half = target.parent / f".{target.name}.k1ll3d_x.old" / f"{target.name}.replaced"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"\0" * 4096)
@@ -173,6 +179,22 @@ def test_a_current_cache_is_tidied_of_what_a_killed_replacement_left(tmp_path, i
         assert half.is_dir()
     assert drive(prepare_gguf(gguf)) == target
     assert not half.parent.exists() and (target / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fault", ["converted before conversions were checked", "weights file cut short"])
+def test_a_cache_of_an_older_format_or_with_a_damaged_weights_file_is_converted_again(tmp_path, isolated_cache, fault):
+    """A conversion an older edge-audit cached may hold values made up for a tensor its GGUF
+    lacks, which no look at the cache can tell: the GGUF is read again, as is a damaged cache's."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # read only if converted
+    target = cache_entry_for_gguf(gguf, None)
+    weights = converted(target, gguf)
+    if fault.startswith("converted"):
+        write_meta(target, {"cache_format": 1, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    else:
+        (target / "model.safetensors").write_bytes(weights[:-4])
+    with pytest.raises(UserError, match="is a corrupt GGUF file"):
+        drive(prepare_gguf(gguf))
 
 
 def test_not_enough_memory_names_both_numbers(tiny_llama):

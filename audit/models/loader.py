@@ -25,7 +25,9 @@ from audit.progress import Job, Progress, check_cancel
 from audit.threads import onnx_wait_entries, resolve_threads, thread_count_problem
 from hardware.memory import MB, available_bytes, release_free_heap
 
-CACHE_FORMAT = 1
+# 2: converted with the whole-weights check. A cache of format 1 may hold, as if the GGUF's, the
+# values transformers made up for a tensor the GGUF lacks; it is converted again, once.
+CACHE_FORMAT = 2
 DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _FLOAT_SAFETENSORS_DTYPES = {"F32", "F16", "BF16", "F64"}
@@ -164,18 +166,32 @@ def _cache_is_current(folder: Path, identity: dict[str, Any]) -> bool:
     source = meta.get("source", {})
     if source.get("file") != identity["file"] or source.get("bytes") != identity["bytes"]:
         return False
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    weights = sorted(folder.glob("*.safetensors"))
+    if not (folder / "config.json").is_file() or not weights:
+        return False
+    try:  # its headers only, as a folder given to --model is checked: a damaged file is converted again
+        for file in weights:
+            safetensors_header(file)
+    except UserError:
+        return False
+    return True
 
 
 def prepare_gguf(
-    path: Path, alias: ModelAlias | None = None, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None
+    path: Path,
+    alias: ModelAlias | None = None,
+    options: LoadOptions = LoadOptions(),
+    cancel: threading.Event | None = None,
+    *,
+    reconvert: bool = False,
 ) -> Job[Path]:
-    """Convert a GGUF file once into a cached folder (float32 safetensors + fixed tokenizer)."""
+    """Convert a GGUF file once into a cached folder (float32 safetensors + fixed tokenizer);
+    `reconvert` replaces a cached conversion that reads as current."""
     target = cache_entry_for_gguf(path, alias)
     if kind(probe(target, "model cache folder")) not in (None, "folder"):
         raise UserError(f"model cache folder {target} is not a folder; remove it and try again")
     identity = _gguf_identity(path)
-    if _cache_is_current(target, identity):
+    if not reconvert and _cache_is_current(target, identity):
         atomic.tidy(target)  # what a replacement killed after it took its place left
         return target
     # The dequantized weights are larger than the quantized file: a budget below the file's
@@ -184,7 +200,7 @@ def prepare_gguf(
     with _cache_lock(target.name):
         # What a conversion killed midway left (up to a whole model): gone, or put back in place.
         atomic.remove_unfinished(target)
-        if _cache_is_current(target, identity):  # another process converted it meanwhile
+        if not reconvert and _cache_is_current(target, identity):  # another process converted it meanwhile
             return target
         yield Progress("convert", 0, 3, f"reading {path.name}")
         reader = read_gguf(path)
@@ -314,12 +330,15 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
     yield Progress("load", 0, 2, f"resolving {spec}")
     source = resolve_source(spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
     folder: Path
+    gguf: tuple[Path, ModelAlias | None] | None = None  # the file a cached conversion is made from
     if source.kind == "alias":
         assert source.alias is not None
-        folder = yield from prepare_alias(source.alias.name, options, cancel)
+        gguf = (source.alias.locate(), source.alias)
     elif source.kind == "gguf":
         assert source.path is not None
-        folder = yield from prepare_gguf(source.path, None, options, cancel)
+        gguf = (source.path, None)
+    if gguf is not None:
+        folder = yield from prepare_gguf(*gguf, options, cancel)
     elif source.kind == "hub":
         check_memory(source.name, _HEADROOM_BYTES, options, at_least=True)
         yield Progress("load", 0, 2, f"fetching {source.hub_id} from the hub")
@@ -339,7 +358,19 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         import torch
 
         torch.set_num_threads(threads.threads)
-        model = _load_torch(folder, source, options, started)
+        stale = False
+        try:
+            model = _load_torch(folder, source, options, started)
+        except IncompleteWeights:
+            if gguf is None:
+                raise
+            stale = True  # converted again out of the handler, whose traceback holds the refused weights
+        if stale:
+            assert gguf is not None
+            # A cached conversion that no longer fills the model (changed since, or saved by
+            # another version of transformers) is converted again, which checks the GGUF itself.
+            folder = yield from prepare_gguf(*gguf, options, cancel, reconvert=True)
+            model = _load_torch(folder, source, options, started)
     model.threads = threads
     release_free_heap()  # the load's temporaries, freed, would otherwise stay in the process's RSS
     yield Progress("load", 2, 2, f"loaded {source.name}")
@@ -512,12 +543,16 @@ def weights_problem(model: Any, info: dict[str, Any]) -> str | None:
     return None
 
 
+class IncompleteWeights(UserError):
+    """Loaded weights that are not the whole model their config describes (`weights_problem`)."""
+
+
 def require_whole_weights(model: Any, info: dict[str, Any], said: str) -> None:
     """Refuse loaded weights that are not the whole model (`weights_problem`), in one line that
     `said` begins ("cannot load the model in X: its weights")."""
     problem = weights_problem(model, info)
     if problem is not None:
-        raise UserError(f"{said} {problem}")
+        raise IncompleteWeights(f"{said} {problem}")
 
 
 def _loaded_safetensors(folder: Path) -> list[Path]:
