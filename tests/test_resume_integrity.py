@@ -41,9 +41,10 @@ def profiled(tiny_llama, tmp_path_factory):
     return root
 
 
-def interrupted(finished: Path, where: Path, kind: str = PROBE) -> tuple[Path, Path, Path]:
-    """A copy of the finished run, as if stopped before the variant's step `kind` (its last):
-    returns (the store, the baseline's model folder, the variant's folder)."""
+def interrupted(finished: Path, where: Path, *kinds: str) -> tuple[Path, Path, Path]:
+    """A copy of the finished run, as if stopped before the variant's steps `kinds` (its last,
+    by default its probe): returns (the store, the baseline's model folder, the variant's folder)."""
+    kinds = kinds or (PROBE,)
     shutil.copytree(finished, where)
     store_path = where / "audit" / "results.db"
     model = where / "model"
@@ -53,8 +54,9 @@ def interrupted(finished: Path, where: Path, kind: str = PROBE) -> tuple[Path, P
     with db:
         db.execute("UPDATE runs SET plan_text = replace(plan_text, ?, ?)", (str(finished / "model"), str(model)))
         db.execute("UPDATE steps SET result_json = replace(result_json, ?, ?) WHERE variant = 'baseline'", (str(finished), str(where)))
-        db.execute("DELETE FROM steps WHERE variant = ? AND kind = ?", (VARIANT, kind))
-        if kind == PROBE:
+        for kind in kinds:
+            db.execute("DELETE FROM steps WHERE variant = ? AND kind = ?", (VARIANT, kind))
+        if PROBE in kinds:
             db.execute("DELETE FROM items WHERE variant = ?", (VARIANT,))
             db.execute("DELETE FROM metrics WHERE variant = ?", (VARIANT,))
         db.execute("UPDATE runs SET status = 'interrupted', gate_json = NULL, exit_code = 130")
@@ -114,6 +116,26 @@ def test_the_command_line_refuses_changed_weights_in_one_line_and_keeps_what_was
     assert stored(store_path, VARIANT, "perplexity") is not None
 
 
+def compressing_to_other_weights(monkeypatch) -> None:
+    """Compressing a variant gives other weights from now on (another library version would)."""
+    import audit.run.execute as execute
+
+    compress = execute.compress_variant
+
+    def other_weights(plan, spec, out, options, cancel):
+        result = yield from compress(plan, spec, out, options, cancel)
+        replace_weights(out)
+        return result
+
+    monkeypatch.setattr(execute, "compress_variant", other_weights)
+
+
+def steps_of(store_path: Path, variant: str) -> dict[str, str]:
+    """The status of each step stored for the variant, done or failed, by kind."""
+    with ResultsStore(store_path, readonly=True) as store:
+        return {step["kind"]: step["status"] for step in store.steps(1, variant)}
+
+
 def test_a_deleted_variant_compressed_again_to_the_same_weights_keeps_its_stored_steps(finished, tmp_path):
     store_path, _, variant = interrupted(finished, tmp_path / "run")
     perplexity = stored(store_path, VARIANT, "perplexity")
@@ -127,18 +149,9 @@ def test_a_deleted_variant_compressed_again_to_the_same_weights_keeps_its_stored
 def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(finished, tmp_path, monkeypatch):
     """Its stored perplexity was of weights no longer anywhere: measured again on the new ones,
     never reported beside a probe of them."""
-    import audit.run.execute as execute
-
     store_path, _, variant = interrupted(finished, tmp_path / "run")
     perplexity = stored(store_path, VARIANT, "perplexity")
-    compress = execute.compress_variant
-
-    def other_weights(plan, spec, out, options, cancel):
-        result = yield from compress(plan, spec, out, options, cancel)
-        replace_weights(out)
-        return result
-
-    monkeypatch.setattr(execute, "compress_variant", other_weights)
+    compressing_to_other_weights(monkeypatch)
     shutil.rmtree(variant)
     outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1)))
     assert outcome.status == "finished"
@@ -147,6 +160,66 @@ def test_a_deleted_variant_compressed_again_to_other_weights_is_measured_again(f
     again = stored(store_path, VARIANT, "perplexity")
     assert again["finished_at"] > perplexity["finished_at"]
     assert stored(store_path, VARIANT, PROBE)["started_at"] > stored(store_path, VARIANT, "fingerprint")["started_at"]
+
+
+def test_a_variant_stopped_before_its_first_measurement_goes_on_when_compressed_again_to_other_weights(finished, tmp_path, monkeypatch):
+    """Only its compression and fingerprint were stored: no stored figure is of the weights
+    compressed then, so the fingerprint of the new ones replaces theirs. Its folder edited, the
+    run is refused, and doing what the refusal says (removing the folder) lets it go on."""
+    store_path, _, variant = interrupted(finished, tmp_path / "run", "perplexity", PROBE)
+    before = stored(store_path, VARIANT, "fingerprint")
+    replace_weights(variant)
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{VARIANT}: ")
+    assert f"(fingerprint {before['result']['digest'][:12]} then, {digest(variant)[:12]} now)" in message
+    assert f"remove {variant} to have it compressed again" in message
+    assert stored(store_path, VARIANT, "fingerprint") == before
+
+    compressing_to_other_weights(monkeypatch)
+    shutil.rmtree(variant)
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1)))
+    assert outcome.status == "finished"
+    now = stored(store_path, VARIANT, "fingerprint")
+    assert now["result"]["digest"] == digest(variant) != before["result"]["digest"]
+    assert stored(store_path, VARIANT, "perplexity")["started_at"] > now["started_at"]
+    assert stored(store_path, VARIANT, PROBE)["started_at"] > now["started_at"]
+    # Nothing was marked to be measured again: nothing had been measured.
+    assert set(steps_of(store_path, VARIANT).values()) == {"done"}
+
+
+def test_compressing_a_variant_again_step_by_step_runs_that_step_alone(finished, tmp_path, monkeypatch):
+    """Asked to compress a variant again, which gives other weights: its stored perplexity, of
+    the weights compressed before, is marked to be measured again, and its probe, never stored,
+    is left as it was; neither is measured by a call that asked for the compression alone."""
+    from audit.runner import run_steps
+
+    store_path, _, variant = interrupted(finished, tmp_path / "run")
+    compressing_to_other_weights(monkeypatch)
+    assert drive(run_steps(store_path, 1, VARIANT, ["compress"])) == ["compress"]
+    assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == digest(variant)
+    statuses = steps_of(store_path, VARIANT)
+    assert statuses["perplexity"] == "failed" and PROBE not in statuses
+    with ResultsStore(store_path, readonly=True) as store:
+        failed = next(s for s in store.steps(1, VARIANT) if s["kind"] == "perplexity")
+    assert "measured on weights compressed before" in failed["error"]
+    # A resume measures what is left on the new weights.
+    assert drive(run_plan(None, RunOptions(store=store_path, resume=1))).status == "finished"
+    assert set(steps_of(store_path, VARIANT).values()) == {"done"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_check_before_a_profile_left_alone_names_the_variant(profiled, tmp_path, workers):
+    """Fingerprinting the folder before the profile says whose folder it reads, in a run in one
+    process as in the profiles a run of workers leaves to the end."""
+    store_path, _, variant = interrupted(profiled, tmp_path / "run", "profile")
+    checked = []
+    outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)),
+                    lambda event: checked.append(event.message) if event.stage == "fingerprint" else None)
+    assert outcome.status == "finished"
+    assert checked and all(message.startswith(f"{VARIANT}: ") for message in checked)
+    assert f"{VARIANT}: fingerprinting {variant.name}" in checked
 
 
 @pytest.mark.parametrize("workers", [1, 2])

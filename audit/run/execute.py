@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from audit.errors import Cancelled, UserError
 from audit.models import LoadOptions, load_model
@@ -296,18 +296,24 @@ def execute_variant(
     steps: StepCounter | None = None,
     baseline: BaselineItems | None = None,
     fingerprint: dict[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> Job[None]:
-    """Run the steps of one variant that are not in `done`, handing each finished one to
-    `record` at once (the store commits it before the next step starts). `baseline` gives the
-    baseline's stored items of a suite, which a plan's sequential probes compare with.
-    `fingerprint` is the one stored for the weights the variant's stored steps measured
-    (`stored_fingerprint`): the steps left are measured on the same weights or not at all.
+    """Run the steps of one variant that are not in `done` (the steps stored), handing each
+    finished one to `record` at once (the store commits it before the next step starts); with
+    `only`, those of its steps instead, stored or not. `baseline` gives the baseline's stored
+    items of a suite, which a plan's sequential probes compare with. `fingerprint` is the one
+    stored for the weights the variant's stored steps measured (`stored_fingerprint`): the steps
+    left are measured on the same weights or not at all.
 
     `model`, when given, is this variant already loaded: its perplexity and probe steps use it
     instead of loading the model again, and it is left open for the caller. `steps` numbers the
     steps when they are part of a longer job (by default they are numbered on their own)."""
     planned = steps_for(plan, name)
-    kinds = [k for k in planned if k not in done and not (skip_profile and k == PROFILE)]
+
+    def wanted(kind: str) -> bool:
+        return (only is None or kind in only) and not (skip_profile and kind == PROFILE)
+
+    kinds = [k for k in planned if wanted(k) and (only is not None or k not in done)]
     spec = model_spec_for(plan, name, work_dir)
     compressed = COMPRESS in planned
     folder_missing = name != BASELINE and plan.variant(name).path is None and not Path(spec).exists()
@@ -321,15 +327,17 @@ def execute_variant(
     if COMPRESS in kinds:
         check_cancel(cancel)
         yield from steps.run(name, COMPRESS, _compress_step(plan, name, spec, options, cancel), record)
-        # The variant's steps stored before were measured on the weights compressed then, which
-        # are gone. When compressing again gave the same weights, they stand. When it gave other
-        # weights, they are measured again on these: no step can ever be measured on the old ones
-        # again, so refusing would leave a run that can never finish, and keeping them would put
-        # figures of two models under one name. They are marked not done before the new
-        # fingerprint is stored, so a run stopped while measuring them again still does them.
-        stale = [k for k in planned if k != COMPRESS and k in done]
-        if fingerprint is not None and stale:
-            following = next((k for k in kinds + stale if k != COMPRESS), COMPRESS)
+        # The stored fingerprint is of the weights compressed before, which are gone. When
+        # compressing again gave the same weights, it and the steps stored stand. When it gave
+        # other weights, the new fingerprint replaces it, and the steps stored are measured again
+        # on these weights (those this call runs; the others are left to a later one): no step
+        # can ever be measured on the old ones again, so refusing would leave a run that can
+        # never finish, and keeping them would put figures of two models under one name. They
+        # are marked not done before the new fingerprint is stored, so a run stopped while
+        # measuring them again still does them.
+        if fingerprint is not None:
+            stale = [k for k in planned if k != COMPRESS and k in done]
+            following = next((k for k in kinds + stale if k != COMPRESS and wanted(k)), COMPRESS)
             taken = yield from steps.lead_in(name, following, fingerprint_step(name, Path(spec), cancel))
             checked = Path(spec)
             if _other_weights(fingerprint, taken.result):
@@ -338,8 +346,7 @@ def execute_variant(
                     record(StepRecord(name, kind, time.time(), {}, error=replaced))
                 record(taken)
                 fingerprint = taken.result
-                again = set(kinds) | {k for k in stale if not (skip_profile and k == PROFILE)}
-                kinds = [k for k in planned if k in again]
+                kinds = [k for k in planned if k in kinds or (k in stale and wanted(k))]
     model_steps = [k for k in kinds if k == PERPLEXITY or k.startswith((PROBE_PREFIX, NOISE_PREFIX))]
     if model_steps:
         # Loading and fingerprinting are done for the first of them, and timed with it.

@@ -304,6 +304,8 @@ def run_steps(
     committing each as it finishes (a cancelled step stores nothing; the finished ones stay).
     `model` is the variant already loaded, used by its perplexity and probe steps. `steps`
     numbers the steps when a job runs those of several variants (each event says "step 3 of 9").
+    Steps not asked for are not run: a stored one that no longer holds (compressing again gave
+    other weights) is marked to be measured again, by a later call or a resume.
     Returns the planned kinds stored, in order."""
     from audit.run.execute import execute_variant
 
@@ -324,15 +326,18 @@ def run_steps(
             if step.kind in planned and step.error is None:
                 stored.append(step.kind)
 
-        done = set(planned) - set(kinds)
-        if COMPRESS in done and store.step(run_id, name, COMPRESS) is None:
+        # The steps stored, not the ones left out: a step never stored is neither marked to be
+        # measured again nor measured when compressing again gives other weights.
+        done = {k for k in planned if store.step(run_id, name, k) is not None}
+        if COMPRESS in planned and COMPRESS not in kinds and COMPRESS not in done:
             # Its folder, if one is there, was not written by this run's compression (which
             # failed, or never ran): measuring it would audit weights this run never made.
             raise UserError(f"{name} is not compressed in run {run_id} (its compression did not finish): compress it before measuring it")
         with driving(run_id, work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
             yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps,
-                                       baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name))
+                                       baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name),
+                                       only=kinds)
     return stored
 
 

@@ -7,7 +7,7 @@ import multiprocessing
 import queue
 import tempfile
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -93,8 +93,10 @@ def run_in_processes(
     for name in names:
         if PROFILE in steps_for(plan, name) and store.step(run_id, name, PROFILE) is None:
             spec = model_spec_for(plan, name, work_dir)
-            # Its worker ended a while ago (the other workers ran on): the folder is read again.
-            yield from check_before_profile(plan, name, spec, stored_fingerprint(store, run_id, name), cancel)
+            # Its worker ended a while ago (the other workers ran on): the folder is read again,
+            # its events named as a run in one process names them.
+            check = check_before_profile(plan, name, spec, stored_fingerprint(store, run_id, name), cancel)
+            yield from (replace(event, message=named(name, event.message)) for event in check)
             record = yield from profile_step(plan, name, spec, load, cancel)
             record.commit(store, run_id)
             yield Progress("run", finished(), total, f"{name} profiled", {"run_id": run_id})
