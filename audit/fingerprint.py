@@ -250,7 +250,12 @@ class _MappedFile:
 
     def close(self) -> None:
         if self.map is not None:
-            self.map.close()
+            try:
+                self.map.close()
+            except BufferError:
+                # A view of a tensor is still held (the fingerprint was stopped while hashing
+                # it): the mapping goes with the last view instead of now.
+                pass
 
 
 def _sparse_layout(file: _MappedFile) -> dict[str, PackedTensor]:
@@ -380,20 +385,28 @@ def fingerprint_folder(folder: Path, cancel: threading.Event | None = None) -> J
     tensors: dict[str, str] = {}
     n_values = 0
     done = 0
-    for name, dtype, shape, data, path in _tensors(folder, storage, files):
-        check_cancel(cancel)
-        digest = hashlib.sha256(_tensor_head(name, dtype, shape))
-        if data is None:
-            done += _hash_file(path, digest, cancel)
-        else:
-            _hash_view(digest, data)
-            n_values += int(np.prod(shape, dtype=np.int64))
-            done = min(total, done + len(data))
-            del data
-        if name in tensors:
-            raise UserError(f"{folder}: tensor {name!r} is stored twice")
-        tensors[name] = digest.hexdigest()
-        yield Progress("fingerprint", done, total, f"{len(tensors)} tensors")
+    rows = _tensors(folder, storage, files)
+    data: memoryview | None = None
+    try:
+        for name, dtype, shape, data, path in rows:
+            check_cancel(cancel)
+            digest = hashlib.sha256(_tensor_head(name, dtype, shape))
+            if data is None:
+                done += _hash_file(path, digest, cancel)
+            else:
+                _hash_view(digest, data)
+                n_values += int(np.prod(shape, dtype=np.int64))
+                done = min(total, done + len(data))
+                data = None
+            if name in tensors:
+                raise UserError(f"{folder}: tensor {name!r} is stored twice")
+            tensors[name] = digest.hexdigest()
+            yield Progress("fingerprint", done, total, f"{len(tensors)} tensors")
+    finally:
+        # Stopped or refused part-way: the files are unmapped now, not when the stopped job is
+        # collected (then with a "BufferError ... Exception ignored" trace on stderr).
+        data = None
+        rows.close()
     config_files = {name: _file_digest(folder / name) for name in CONFIG_FILES if (folder / name).is_file()}
     if storage == INT8_FORMAT:
         config_files.update(_int8_layout(folder))

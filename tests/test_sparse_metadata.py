@@ -151,3 +151,30 @@ def test_a_sparse_folder_decodes_to_its_dense_weights_and_fingerprint(sparse, tm
     packed, plain = drive(fingerprint_folder(sparse)), drive(fingerprint_folder(dense))
     assert (packed.storage, plain.storage) == (SPARSE_FORMAT, "safetensors")
     assert packed.tensors == plain.tensors and packed.n_values == plain.n_values and packed.digest == plain.digest
+
+
+@pytest.mark.parametrize("storage", [SPARSE_FORMAT, None])
+def test_a_fingerprint_stopped_part_way_unmaps_its_file_at_once(sparse, tmp_path, monkeypatch, storage):
+    import gc
+    import sys
+    import threading
+
+    from audit.progress import Cancelled
+
+    folder = sparse
+    if storage is None:
+        folder = model_folder(tmp_path / "dense")
+        save_file(dict(TENSORS), folder / "model.safetensors")
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    cancel = threading.Event()
+    job = fingerprint_folder(folder, cancel)
+    with pytest.raises(Cancelled):
+        for step, _ in enumerate(job):
+            if step == 2:  # a tensor's bytes are being hashed
+                cancel.set()
+    del job
+    gc.collect()
+    # Before, the stopped job's mapping was closed while a tensor's view was held, and the
+    # BufferError was printed to stderr as an ignored exception's traceback.
+    assert ignored == []
