@@ -27,7 +27,7 @@ from audit.progress import Job
 from audit.store import default_store_path
 from audit.threads import apply_torch_threads, resolve_threads
 from tui.messages import JobEnded, JobFinished, JobProgress, ModelChoicesRead, ReportRead, RunsRead
-from tui.screens.base import MODES as SCREEN_KEYS
+from tui.screens.base import MODES as SCREEN_KEYS, FormError, typed_path
 from tui.screens.check import CheckRead, CheckScreen
 from tui.screens.compare import CompareScreen
 from tui.screens.compress import CompressScreen
@@ -405,8 +405,14 @@ class EdgeAuditApp(App[int]):
         self.push_screen(AskPathScreen("Save the session as a plan file", str(default)), self._save_plan)
 
     def _save_plan(self, path: str | None) -> None:
-        if path and self.session is not None:
-            self._write_plan(Path(path).expanduser(), self.session)
+        if not path or self.session is None:
+            return
+        try:
+            target = typed_path(path, "plan file")
+        except FormError as error:
+            self.notify(f"plan not saved: {error}", severity="error")
+            return
+        self._write_plan(target, self.session)
 
     @work(thread=True, group="read", exit_on_error=False, name="save plan")
     def _write_plan(self, path: Path, session: Session) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from textual import on
@@ -52,6 +53,23 @@ class FormError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+def typed_path(text: str, label: str, field: str | None = None, *, absolute: bool = False) -> Path:
+    """A path typed into a field, ~ expanded (and made absolute with `absolute`). pathlib raises
+    on a ~user that is not a user here, a NUL character or a loop of symbolic links: a FormError
+    instead, naming the field."""
+    if "\0" in text:
+        raise FormError(f"{label} holds a NUL character: type the path again", field)
+    try:
+        path = Path(text).expanduser()
+        return path.resolve() if absolute else path
+    except RuntimeError as error:
+        if "loop" in str(error):
+            raise FormError(f"{label} {text}: its symbolic links go round in a loop", field) from None
+        user = text[1:].split("/", 1)[0]
+        home = f"there is no user {user!r} here" if user else "this account has no home folder"
+        raise FormError(f"{label} {text}: {home}, so ~{user} names no folder", field) from None
 
 
 def waiting_for_model(app: Any) -> str | None:

@@ -19,7 +19,7 @@ from textual.widgets import Button, Input, Label, Static
 
 from audit.fieldcheck import STEPS, check_deployment
 from tui.messages import JobEnded, JobFinished, JobProgress
-from tui.screens.base import ModeScreen
+from tui.screens.base import FormError, ModeScreen, typed_path
 from tui.widgets.cells import cell_strip
 
 
@@ -28,6 +28,9 @@ REQUIRED = (
     ("check-model", "give the deployed model folder"),
     ("check-record", "give the audit record file (REC.json) from the lab"),
 )
+
+# Each path field's label, as the form shows it.
+LABELS = {"check-model": "Model folder", "check-record": "Audit record", "check-trust": "Trusted key"}
 
 # Icon, word and style of a step's status: the icon and the word say it without the colour.
 STATUS = {
@@ -207,7 +210,7 @@ class CheckScreen(ModeScreen):
 
     def _path(self, widget_id: str) -> Path | None:
         text = self.query_one(f"#{widget_id}", Input).value.strip()
-        return Path(text).expanduser() if text else None
+        return typed_path(text, LABELS[widget_id], widget_id) if text else None
 
     def _field_named_by(self, error: str) -> str | None:
         """The field a refusal is about, to put the cursor back in it."""
@@ -224,12 +227,15 @@ class CheckScreen(ModeScreen):
     def action_run(self) -> None:
         # Off the text fields, so that the screen keys (1-6, d, q, ?) work again at once.
         self.query_one("#run", Button).focus()
-        for widget_id, missing in REQUIRED:
-            if self._path(widget_id) is None:
-                self.notify(missing, title="check", severity="error")
-                self.query_one(f"#{widget_id}", Input).focus()
-                return
-        model, record, trust = self._path("check-model"), self._path("check-record"), self._path("check-trust")
+        try:
+            for widget_id, missing in REQUIRED:
+                if self._path(widget_id) is None:
+                    raise FormError(missing, widget_id)
+            model, record, trust = self._path("check-model"), self._path("check-record"), self._path("check-trust")
+        except FormError as error:
+            self.notify(str(error), title="check", severity="error")
+            self.query_one(f"#{error.field}", Input).focus()
+            return
         assert model is not None and record is not None
         store, options = self.app.store_path, self.app.options
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -24,7 +23,7 @@ from audit.progress import Step, StepPlace, clock, step_place
 from audit.runner import BASELINE, COMPRESS, NOISE_PREFIX, PROBE_PREFIX
 from audit.sequential import judges_anything, suite_gate
 from tui.messages import JobEnded, JobProgress
-from tui.screens.base import FormError, FormScreen
+from tui.screens.base import FormError, FormScreen, typed_path
 from tui.session import with_suite
 from tui.widgets.checkbox import MarkedCheckbox
 from tui.widgets.probe_metrics import ProbeMetricsTable
@@ -172,7 +171,7 @@ class ProbeScreen(FormScreen):
             path = self._value("suite-path")
             if not path:
                 raise FormError(f"the {name} suite reads a data file: give its path in 'Data file'")
-            suite = f"{name}:{Path(path).expanduser().resolve()}"
+            suite = f"{name}:{typed_path(path, 'Data file', 'suite-path', absolute=True)}"
         limit_text = self._value("limit")
         try:
             limit = int(limit_text) if limit_text else None

@@ -1,0 +1,70 @@
+"""The app under bad input at 80x24, as an operator in the field types it: each mistake is one
+notice naming the field and the problem, never a traceback, and what was done before stays."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input
+
+from tests.app_support import FrozenDevice, fake_loader, settle
+from tui.app import create_app
+
+SIZE = (80, 24)
+NO_USER = "~no-such-user-here/x"
+
+
+@pytest.fixture()
+def app(tmp_path, monkeypatch, isolated_cache):
+    monkeypatch.chdir(tmp_path)
+    return create_app("smollm2-135m", store=str(tmp_path / "results.db"), device=FrozenDevice(), loader=fake_loader)
+
+
+def said(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def loaded(pilot) -> None:
+    await settle(pilot, pilot.app, until=lambda: pilot.app.session is not None)
+
+
+def fill(app, values: dict[str, str]) -> None:
+    for selector, value in values.items():
+        app.screen.query_one(selector, Input).value = value
+
+
+@pytest.mark.asyncio
+async def test_a_path_pathlib_cannot_expand_is_a_notice_naming_its_field(app, tmp_path):
+    """An unknown ~user, a NUL character or a loop of symbolic links made pathlib raise on the
+    interface's thread, and the app ended in a traceback."""
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        session = app.session
+        await pilot.press("3")
+        await pilot.pause()
+        app.screen.query_one("#suite").value = "bbq"
+        fill(app, {"#suite-path": NO_USER})
+        await pilot.press("ctrl+r")
+        assert f"Data file {NO_USER}: there is no user 'no-such-user-here' here, so ~no-such-user-here names no folder" in said(app)
+        assert app.focused.id == "suite-path"
+        (tmp_path / "loop").symlink_to("loop")
+        fill(app, {"#suite-path": str(tmp_path / "loop")})
+        await pilot.press("ctrl+r")
+        assert f"Data file {tmp_path / 'loop'}: its symbolic links go round in a loop" in said(app)
+        fill(app, {"#suite-path": "bbq\0.jsonl"})
+        await pilot.press("ctrl+r")
+        assert "Data file holds a NUL character: type the path again" in said(app)
+        app.set_focus(None)
+        await pilot.press("6")
+        await pilot.pause()
+        fill(app, {"#check-model": "/opt/model", "#check-record": "rec.json", "#check-trust": NO_USER})
+        await pilot.press("ctrl+r")
+        assert any(m.startswith(f"Trusted key {NO_USER}: there is no user") for m in said(app))
+        assert app.focused.id == "check-trust"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        fill(app, {"#path": NO_USER})
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert any(m.startswith(f"plan not saved: plan file {NO_USER}: there is no user") for m in said(app))
+        assert app.job is None and app._job_ids == 1  # only the load: nothing started
+        assert app.session is session
