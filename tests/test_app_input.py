@@ -68,3 +68,32 @@ async def test_a_path_pathlib_cannot_expand_is_a_notice_naming_its_field(app, tm
         assert any(m.startswith(f"plan not saved: plan file {NO_USER}: there is no user") for m in said(app))
         assert app.job is None and app._job_ids == 1  # only the load: nothing started
         assert app.session is session
+
+
+@pytest.mark.asyncio
+async def test_saving_the_plan_over_the_results_store_or_the_model_is_refused(tmp_path, monkeypatch, isolated_cache):
+    """ctrl+s wrote the plan wherever it was told: over the results store, every run in it lost,
+    or over the loaded model's config.json."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    store = tmp_path / "results.db"
+    app = create_app(str(model), store=str(store), device=FrozenDevice(), loader=fake_loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        for target, named in ((store, f"the results store {store}"), (model / "config.json", f"the model {model}")):
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            fill(app, {"#path": str(target)})
+            await pilot.press("enter")
+            await settle(pilot, app)
+            assert said(app)[-1] == f"{target} would overwrite{' or sit inside' if target.parent == model else ''} {named}; choose another file"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        fill(app, {"#path": str(tmp_path / "plan.toml")})
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert said(app)[-1].startswith(f"plan saved: {tmp_path / 'plan.toml'}")
+    assert (model / "config.json").read_text() == '{"model_type": "llama"}'
+    assert not store.exists() or store.read_bytes().startswith(b"SQLite format 3")

@@ -418,9 +418,27 @@ class EdgeAuditApp(App[int]):
     def _write_plan(self, path: Path, session: Session) -> None:
         from audit import atomic
         from audit.plans import plan_to_toml
+        from tui.cli.outputs import clashes
 
+        # As the command line refuses an output that is one of its inputs: the plan written over
+        # the results store or the model would destroy what the session has done.
+        for clash in clashes(path, self._session_inputs(session)):
+            raise UserError(f"{path} {clash}; choose another file")
         atomic.write_text(path, plan_to_toml(session.plan))
         self.call_from_thread(self.notify, f"plan saved: {path} (run it with: edge-audit run {path})")
+
+    def _session_inputs(self, session: Session) -> list[tuple[str, Path | None]]:
+        """What the session reads and writes, each named as a notice names it."""
+        from tui.cli.outputs import model_paths, suite_path
+
+        plan = session.plan
+        inputs: list[tuple[str, Path | None]] = [("the results store", self.store_path), ("the run's folder", session.work_dir)]
+        inputs += [("the model", path) for path in model_paths(plan.model)]
+        inputs += [(f"the variant {v.name}", Path(v.path)) for v in plan.variants if v.path]
+        inputs += [("the probe data", suite_path(suite)) for suite in plan.probes.suites]
+        for what, text in (("the calibration text", plan.calibration.file), ("the perplexity text", plan.perplexity.text)):
+            inputs.append((what, Path(text) if text else None))
+        return inputs
 
     async def action_quit(self) -> None:
         if self._quitting:

@@ -28,12 +28,12 @@ def shown(path: Any) -> str:
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def _suite_path(spec: str) -> Path | None:
+def suite_path(spec: str) -> Path | None:
     _, _, path = spec.partition(":")
     return Path(path).expanduser() if path else None
 
 
-def _model_paths(spec: str | Path | None) -> list[Path]:
+def model_paths(spec: str | Path | None) -> list[Path]:
     """The files and folders a model given as `spec` is read from here: its folder or file, the
     converted folder of a .gguf in the cache, an alias's converted folder. A hub id's are the
     hub cache's own, and nothing edge-audit writes goes there."""
@@ -67,16 +67,16 @@ def _report_files(option: str, folder: Path | None) -> list[Output]:
 
 def _probe(args: argparse.Namespace) -> tuple[list[Output], list[Input]]:
     outputs = [("--items-out", args.items_out)] if args.items_out is not None else []
-    inputs = [("--suite", _suite_path(args.suite)), ("--bbq-metadata", args.bbq_metadata), ("--gate", args.gate),
+    inputs = [("--suite", suite_path(args.suite)), ("--bbq-metadata", args.bbq_metadata), ("--gate", args.gate),
               ("--baseline-items", args.baseline_items)]
-    return outputs, inputs + [("--model", p) for p in _model_paths(args.model)]
+    return outputs, inputs + [("--model", p) for p in model_paths(args.model)]
 
 
 def _run(args: argparse.Namespace) -> tuple[list[Output], list[Input]]:
     plan = Path(args.plan) if args.plan else None
     inputs = [("the plan", plan), ("--store", args.store or default_store_path())]
-    inputs += [("--suite", _suite_path(spec)) for spec in args.suite]
-    inputs += [("--model", p) for p in _model_paths(args.model)]
+    inputs += [("--suite", suite_path(spec)) for spec in args.suite]
+    inputs += [("--model", p) for p in model_paths(args.model)]
     return _report_files("--report", args.report), inputs
 
 
@@ -119,7 +119,7 @@ def _resolved(path: Path) -> Path | None:
         return None
 
 
-def _clashes(out: Path, inputs: Iterable[Input]) -> Iterator[str]:
+def clashes(out: Path, inputs: Iterable[Input]) -> Iterator[str]:
     """What writing `out` would destroy among `inputs`, in words."""
     target = _resolved(out)
     if target is None:
@@ -155,7 +155,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     outputs, inputs = described(args)
     for option, out in outputs:
         replaceable(out, option)
-        for clash in _clashes(out, inputs):
+        for clash in clashes(out, inputs):
             raise UserError(f"{option} {shown(out)} {clash}; choose another file")
 
 
