@@ -97,3 +97,21 @@ async def test_saving_the_plan_over_the_results_store_or_the_model_is_refused(tm
         assert said(app)[-1].startswith(f"plan saved: {tmp_path / 'plan.toml'}")
     assert (model / "config.json").read_text() == '{"model_type": "llama"}'
     assert not store.exists() or store.read_bytes().startswith(b"SQLite format 3")
+
+
+@pytest.mark.asyncio
+async def test_a_probe_data_file_that_does_not_read_does_not_join_the_sessions_plan(app, tmp_path):
+    """The suite was added to the session's plan and run before it was read: the run could never
+    finish, its probe failing each time it was resumed."""
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("3")
+        await pilot.pause()
+        app.screen.query_one("#suite").value = "bbq"
+        for path in (tmp_path / "missing.jsonl", tmp_path):
+            fill(app, {"#suite-path": str(path)})
+            await pilot.press("ctrl+r")
+            await settle(pilot, app)
+        assert said(app)[-2:] == [f"BBQ path {tmp_path / 'missing.jsonl'} does not exist", f"no BBQ category files (*.jsonl) in {tmp_path}"]
+        assert app.session.plan.probes.suites == ("builtin",)
+        assert app.session.run_id is None  # no run was started for it

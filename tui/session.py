@@ -202,7 +202,14 @@ class Session:
     ) -> Job[dict[str, list[str]]]:
         """Perplexity, the probe suite and the profile of each target, as the settings ask;
         with `pending_only`, only the steps not stored yet. Returns the steps stored per target."""
-        run_id = self._ensure_run(self.measured_plan(suite, probes, perplexity, profile))
+        plan = self.measured_plan(suite, probes, perplexity, profile)
+        if plan != self.plan:
+            from audit.probes.suites import load_suite
+
+            # Read before it joins the run's plan: a suite that does not read would stay there,
+            # its probe failing each time the run is resumed, and the run never finish.
+            load_suite(suite, **plan.probes.suite_options())
+        run_id = self._ensure_run(plan)
         stored: dict[str, list[str]] = {}
         done: set[tuple[str, str]] = set()
         if pending_only:
