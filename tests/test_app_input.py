@@ -115,3 +115,32 @@ async def test_a_probe_data_file_that_does_not_read_does_not_join_the_sessions_p
         assert said(app)[-2:] == [f"BBQ path {tmp_path / 'missing.jsonl'} does not exist", f"no BBQ category files (*.jsonl) in {tmp_path}"]
         assert app.session.plan.probes.suites == ("builtin",)
         assert app.session.run_id is None  # no run was started for it
+
+
+@pytest.mark.asyncio
+async def test_numbers_a_plan_cannot_hold_are_refused_in_the_form_naming_the_field(app):
+    """A temperature over 5 or a count past 64 bits started the job, which failed naming a line of
+    the shipped default plan file the operator never wrote."""
+    huge = "9" * 23
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("3")
+        await pilot.pause()
+        for field, value, message in (
+            ("#temperature", "10", "Temperature must be from 0 (greedy) to 5, not 10"),
+            ("#limit", huge, f"Limit {huge} is beyond the 64-bit whole numbers a plan holds: leave it empty for every item"),
+            ("#seeds", f"0,{huge}", f"seeds: {huge} is beyond the 64-bit whole numbers a plan holds"),
+        ):
+            fill(app, {"#temperature": "0", "#limit": "2", "#seeds": "0", field: value})
+            await pilot.press("ctrl+r")
+            assert said(app)[-1] == message
+        app.set_focus(None)
+        await pilot.press("2")
+        await pilot.pause()
+        fill(app, {"#nsamples": huge})
+        await pilot.press("ctrl+r")
+        assert said(app)[-1] == f"Calib. samples {huge} is beyond the 64-bit whole numbers a plan holds"
+        assert app.focused.id == "nsamples"
+        await settle(pilot, app)
+        assert app._job_ids == 1 and app.session.run_id is None  # only the load ran
+        assert not any("default.toml" in message for message in said(app))

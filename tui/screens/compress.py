@@ -22,7 +22,7 @@ from audit.compress.recipe import (
     QuantizeRecipe,
 )
 from audit.errors import UserError
-from audit.plans import CalibrationSpec, VariantSpec, variant_name
+from audit.plans import INT64, CalibrationSpec, VariantSpec, variant_name
 from audit.reports.render import fmt
 from tui.messages import JobEnded, JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen, waiting_for_model
@@ -116,6 +116,8 @@ class CompressScreen(FormScreen):
             raise FormError(f"{label} must be a whole number, not {text!r}", field=field) from None
         if value < least:
             raise FormError(f"{label} must be at least {least}, not {value}", field=field)
+        if value not in INT64:
+            raise FormError(f"{label} {value} is beyond the 64-bit whole numbers a plan holds", field=field)
         return value
 
     def _recipe(self) -> tuple[VariantSpec, CalibrationSpec, str]:

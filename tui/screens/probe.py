@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from audit.errors import UserError
-from audit.plans import sequential_refusal
+from audit.plans import INT64, MAX_TEMPERATURE, sequential_refusal
 from audit.probes.items import QA
 from audit.probes.suites import SUITES
 from audit.progress import Step, StepPlace, clock, step_place
@@ -42,6 +42,8 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
         raise FormError(f"{what} must be whole numbers separated by commas, not {text!r}") from None
     if not values:
         raise FormError(f"{what}: give at least one")
+    if far := next((v for v in values if v not in INT64), None):
+        raise FormError(f"{what}: {far} is beyond the 64-bit whole numbers a plan holds")
     if len(set(values)) < len(values):
         # A seed given twice repeats the same answers, which would count twice.
         raise FormError(f"{what}: {next(v for v in values if values.count(v) > 1)} is given twice")
@@ -179,13 +181,15 @@ class ProbeScreen(FormScreen):
             raise FormError(f"Limit must be a whole number of items per category, not {limit_text!r}", field="limit") from None
         if limit is not None and limit < 1:
             raise FormError(f"Limit must be at least 1 item per category, not {limit}", field="limit")
+        if limit is not None and limit not in INT64:
+            raise FormError(f"Limit {limit} is beyond the 64-bit whole numbers a plan holds: leave it empty for every item", field="limit")
         temperature_text = self._value("temperature")
         try:
             temperature = float(temperature_text or 0)
         except ValueError:
             raise FormError(f"Temperature must be a number, not {temperature_text!r}", field="temperature") from None
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise FormError(f"Temperature must be 0 (greedy) or more, not {temperature_text}", field="temperature")
+        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+            raise FormError(f"Temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}, not {temperature_text}", field="temperature")
         categories = tuple(c.strip() for c in self._value("categories").split(",") if c.strip())
         if categories and not SUITES.meta(name).get("needs_path"):
             # The built-in suite is read at once: a category it does not have is named here, before
