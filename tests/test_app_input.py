@@ -144,3 +144,23 @@ async def test_numbers_a_plan_cannot_hold_are_refused_in_the_form_naming_the_fie
         await settle(pilot, app)
         assert app._job_ids == 1 and app.session.run_id is None  # only the load ran
         assert not any("default.toml" in message for message in said(app))
+
+
+def test_the_sessions_plan_names_no_plan_file(tmp_path):
+    """The session's plan kept the path of the shipped default plan it starts from: the run was
+    stored as that file's, and an error about the session's plan named a line of it."""
+    from dataclasses import replace
+
+    from audit.plans import PlanError, revise_plan
+    from audit.runner import start_run
+    from audit.store import ResultsStore
+    from tui.session import session_plan
+
+    plan = session_plan("smollm2-135m")
+    assert plan.path is None
+    with pytest.raises(PlanError) as refused:
+        revise_plan(plan, probes=replace(plan.probes, temperature=9.0))
+    assert "default.toml" not in str(refused.value)
+    run_id, _ = start_run(plan, tmp_path / "results.db", tmp_path / "runs")
+    with ResultsStore(tmp_path / "results.db") as store:
+        assert store.run(run_id).plan_path is None
