@@ -164,3 +164,36 @@ def test_the_sessions_plan_names_no_plan_file(tmp_path):
     run_id, _ = start_run(plan, tmp_path / "results.db", tmp_path / "runs")
     with ResultsStore(tmp_path / "results.db") as store:
         assert store.run(run_id).plan_path is None
+
+
+@pytest.mark.asyncio
+async def test_compare_fits_80x24_while_a_job_runs(tmp_path, monkeypatch, isolated_cache):
+    """With a job's bar under it, Compare was a line taller than the terminal: the screen scrolled,
+    its scrollbar took two columns and the job bar lay under the footer."""
+    import threading
+
+    from audit.progress import Progress
+    from tests.app_support import build_audit_store, open_stored_run
+    from tui.widgets.job_bar import JobBar
+
+    monkeypatch.chdir(tmp_path)
+    build_audit_store(tmp_path / "results.db")
+    app = create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
+    released = threading.Event()
+
+    def held(cancel):
+        yield Progress("wait", 0, 1, "waiting")
+        released.wait(30)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await open_stored_run(pilot)
+        app.start_job("wait", "a held job", held)
+        try:
+            await pilot.pause(0.5)
+            screen = app.screen
+            bar = screen.query_one(JobBar)
+            assert bar.display and screen.max_scroll_y == 0 and screen.size.width == SIZE[0]
+            assert bar.region.y == SIZE[1] - 2 and bar.region.height == 1  # above the footer
+        finally:
+            released.set()
+        await settle(pilot, app)
