@@ -197,3 +197,21 @@ async def test_compare_fits_80x24_while_a_job_runs(tmp_path, monkeypatch, isolat
         finally:
             released.set()
         await settle(pilot, app)
+
+
+@pytest.mark.asyncio
+async def test_enter_on_the_loaded_model_keeps_the_session(app):
+    """The model list has the cursor on the loaded model: enter there loaded it again into a new
+    session, and Compare lost the session's comparison."""
+    from textual.widgets import OptionList
+
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        session = app.session
+        choices = app.screen.query_one("#choices", OptionList)
+        await settle(pilot, app, until=lambda: choices.option_count > 0)
+        assert app.focused is choices and choices.highlighted_option.id == "smollm2-135m"
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert said(app)[-1] == "smollm2-135m is loaded already; to start a new session on it, type smollm2-135m below"
+        assert app.session is session and app._job_ids == 1

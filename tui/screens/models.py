@@ -96,6 +96,11 @@ class ModelsScreen(ModeScreen):
 
     @on(OptionList.OptionSelected, "#choices")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
+        session = self.app.session
+        if session is not None and event.option.id == session.model_spec:
+            # Loading it again would start a new session, and Compare would lose this one's.
+            self.notify(f"{session.facts.name} is loaded already; to start a new session on it, type {event.option.id} below")
+            return
         if event.option.id is not None and self.app.load(event.option.id):
             self._loading_started()
 
