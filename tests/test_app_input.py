@@ -215,3 +215,30 @@ async def test_enter_on_the_loaded_model_keeps_the_session(app):
         await settle(pilot, app)
         assert said(app)[-1] == "smollm2-135m is loaded already; to start a new session on it, type smollm2-135m below"
         assert app.session is session and app._job_ids == 1
+
+
+@pytest.mark.asyncio
+async def test_a_job_asked_for_while_the_last_one_is_being_cancelled_says_so(app):
+    """After esc, a job still finishing its step was said to be running, with esc to cancel it."""
+    import threading
+
+    from audit.progress import Progress
+
+    released = threading.Event()
+
+    def step(cancel):
+        yield Progress("step", 0, 1, "a step that runs to its end")
+        released.wait(30)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("2")
+        app.start_job("step", "a long step", step)
+        try:
+            await pilot.press("ctrl+r")
+            assert said(app)[-1] == "a long step is running: wait for it, or press esc to cancel it"
+            await pilot.press("escape", "ctrl+r")
+            assert said(app)[-1] == "a long step is being cancelled: it stops after its current step; start this again then"
+        finally:
+            released.set()
+        await settle(pilot, app)

@@ -148,7 +148,10 @@ class EdgeAuditApp(App[int]):
     def start_job(self, kind: str, title: str, make: Callable[[threading.Event], Job[Any]], owner: MessagePump | None = None) -> bool:
         """Run a core job in a worker thread; one at a time, since they share the device's cores."""
         if self.job is not None:
-            self.notify(f"{self.job.title} is running: wait for it, or press esc to cancel it", severity="warning")
+            if self.job.cancel.is_set():
+                self.notify(f"{self.job.title} is being cancelled: it stops after its current step; start this again then", severity="warning")
+            else:
+                self.notify(f"{self.job.title} is running: wait for it, or press esc to cancel it", severity="warning")
             return False
         self._job_ids += 1
         self.job = JobStatus(self._job_ids, kind, title, threading.Event(), owner or self)
