@@ -141,7 +141,8 @@ class CpuFrequency:
 
 
 def _khz_to_mhz(value: int | None) -> float | None:
-    return None if value is None else value / 1000.0
+    # A driver that cannot read its clock may write 0.
+    return None if value is None or value <= 0 else value / 1000.0
 
 
 def read_cpu_frequency(root: RootLike = SYSTEM_ROOT) -> CpuFrequency:

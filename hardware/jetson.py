@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from hardware.sysfs import (
     RootLike,
     SYSTEM_ROOT,
     glob,
+    parse_int,
     read_path_int,
     read_path_text,
     read_text,
@@ -79,7 +81,7 @@ def read_gpu_load_percent(root: RootLike = SYSTEM_ROOT) -> float | None:
     for path in candidates:
         value = read_path_int(path)
         if value is not None:
-            return round(value / 10.0, 1)
+            return round(value / 10.0, 1) if 0 <= value <= 1000 else None
     return None
 
 
@@ -87,8 +89,8 @@ def read_gpu_frequency_mhz(root: RootLike = SYSTEM_ROOT) -> float | None:
     devfreq = find_gpu_devfreq(root)
     if devfreq is None:
         return None
-    value = read_path_int(devfreq / "cur_freq")
-    return None if value is None else value / 1e6
+    value = read_path_int(devfreq / "cur_freq")  # Hz
+    return None if value is None or value <= 0 else value / 1e6
 
 
 def read_power_rails(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
@@ -129,9 +131,8 @@ def parse_nvpmodel_query(text: str | None) -> PowerMode | None:
     for index, line in enumerate(lines):
         match = _NVPMODEL_QUERY.search(line)
         if match:
-            mode_id = None
-            if index + 1 < len(lines) and lines[index + 1].isdigit():
-                mode_id = int(lines[index + 1])
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            mode_id = parse_int(following) if following.isdigit() else None
             return PowerMode(name=match.group(1).strip(), mode_id=mode_id, source="nvpmodel")
     return None
 
@@ -143,9 +144,9 @@ def read_power_mode(root: RootLike = SYSTEM_ROOT, nvpmodel: str = "nvpmodel") ->
     # The service records the mode in a status file ("pmode:0001 fmode:..."); names live in the conf.
     status = read_text(root, "/var/lib/nvpmodel/status")
     match = re.search(r"pmode:(\d+)", status or "")
-    if not match:
+    mode_id = parse_int(match.group(1)) if match else None
+    if mode_id is None:
         return None
-    mode_id = int(match.group(1))
     names = dict(_NVPMODEL_CONF_MODE.findall(read_text(root, "/etc/nvpmodel.conf") or ""))
     return PowerMode(name=names.get(str(mode_id)), mode_id=mode_id, source="status-file")
 
@@ -162,13 +163,21 @@ def parse_jtop_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
                 result["power_mode"] = str(value)
             continue
         lowered = key.lower()
+        try:
+            number = float(value)
+        except OverflowError:
+            continue
+        if not math.isfinite(number):
+            continue
         if lowered.startswith("temp "):
-            if -40 <= value <= 200:  # jtop writes -256 for an offline sensor
-                temperatures[key[5:].lower()] = float(value)
+            if -40 <= number <= 200:  # jtop writes -256 for an offline sensor
+                temperatures[key[5:].lower()] = number
         elif lowered in {"gpu", "gpu1"}:
-            result["gpu_load_percent"] = float(value)
+            if 0 <= number <= 100:
+                result["gpu_load_percent"] = number
         elif lowered in {"power tot", "power cur"}:
-            result["power_total_mw"] = float(value)
+            if number >= 0:
+                result["power_total_mw"] = number
     if temperatures:
         result["temperatures_c"] = temperatures
     return result

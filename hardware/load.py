@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ def read_load_1m(root: RootLike = SYSTEM_ROOT) -> float | None:
     text = read_text(root, "/proc/loadavg")
     if text:
         try:
-            return float(text.split()[0])
+            load = float(text.split()[0])
         except (ValueError, IndexError):
             return None
+        return load if math.isfinite(load) and load >= 0 else None
     return _c_library_load_1m() if is_system_root(root) else None
 
 
@@ -90,6 +92,8 @@ def read_cpu_times(root: RootLike = SYSTEM_ROOT) -> CpuTimes | None:
     try:
         ticks = [float(x) for x in fields[1:9]]
     except ValueError:
+        return None
+    if not all(math.isfinite(t) and t >= 0 for t in ticks):
         return None
     ticks += [0.0] * (8 - len(ticks))
     user, nice, system, idle, iowait, irq, softirq, steal = ticks

@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, read_key_values, read_text
+from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, parse_int, read_key_values, read_text
 
 MB = 1024 * 1024
 
@@ -81,11 +81,16 @@ def _meminfo_mb(fields: dict[str, str], key: str) -> float | None:
     value = fields.get(key)
     if value is None:
         return None
-    try:
-        amount, *unit = value.split()
-        return int(amount) * (1024 if unit and unit[0].lower() == "kb" else 1) / MB
-    except ValueError:
+    amount, *unit = value.split() or [""]
+    size = parse_int(amount)
+    if size is None or size < 0:
         return None
+    return size * (1024 if unit and unit[0].lower() == "kb" else 1) / MB
+
+
+def _at_most(part: float | None, whole: float | None) -> float | None:
+    """A share of a whole (available of total, free of swap) that claims more than the whole is garbled."""
+    return None if part is not None and whole is not None and part > whole else part
 
 
 def read_cgroup_memory_limit_mb(root: RootLike = SYSTEM_ROOT) -> float | None:
@@ -94,11 +99,8 @@ def read_cgroup_memory_limit_mb(root: RootLike = SYSTEM_ROOT) -> float | None:
         text = read_text(root, path)
         if not text or text == "max":
             continue
-        try:
-            limit = int(text)
-        except ValueError:
-            continue
-        if limit < 1 << 60:  # v1 writes a huge number for "no limit"
+        limit = parse_int(text)
+        if limit is not None and 0 < limit < 1 << 60:  # v1 writes a huge number for "no limit"
             return limit / MB
     return None
 
@@ -113,10 +115,11 @@ def read_memory(root: RootLike = SYSTEM_ROOT) -> MemoryInfo:
             "SwapTotal": f"{swap.total} B",
             "SwapFree": f"{swap.free} B",
         }
+    total, swap_total = _meminfo_mb(fields, "MemTotal"), _meminfo_mb(fields, "SwapTotal")
     return MemoryInfo(
-        total_mb=_meminfo_mb(fields, "MemTotal"),
-        available_mb=_meminfo_mb(fields, "MemAvailable"),
-        swap_total_mb=_meminfo_mb(fields, "SwapTotal"),
-        swap_free_mb=_meminfo_mb(fields, "SwapFree"),
+        total_mb=total,
+        available_mb=_at_most(_meminfo_mb(fields, "MemAvailable"), total),
+        swap_total_mb=swap_total,
+        swap_free_mb=_at_most(_meminfo_mb(fields, "SwapFree"), swap_total),
         cgroup_limit_mb=read_cgroup_memory_limit_mb(root),
     )

@@ -15,6 +15,10 @@ from typing import Sequence, Union
 
 RootLike = Union[str, "os.PathLike[str]"]
 SYSTEM_ROOT = Path("/")
+# Far above any kernel's NR_CPUS (8192 on x86-64, 4096 on arm64): a list naming more is garbled.
+MAX_CPUS = 1 << 16
+# The kernel writes integers of 64 bits at most; a longer one is garbled, and too large for a float.
+_KERNEL_INT_RANGE = range(-(1 << 63), 1 << 64)
 
 
 def under(root: RootLike, path: str) -> Path:
@@ -39,14 +43,18 @@ def read_text(root: RootLike, path: str) -> str | None:
     return raw.decode("utf-8", errors="replace").strip().strip("\x00").strip()
 
 
+def parse_int(token: str, base: int = 10) -> int | None:
+    """An integer as the kernel writes one (64 bits at most); None if it is not one."""
+    try:
+        value = int(token, base)
+    except ValueError:  # not a number, or more digits than Python converts
+        return None
+    return value if value in _KERNEL_INT_RANGE else None
+
+
 def read_int(root: RootLike, path: str, base: int = 10) -> int | None:
     text = read_text(root, path)
-    if text is None:
-        return None
-    try:
-        return int(text.split()[0], base)
-    except (ValueError, IndexError):
-        return None
+    return parse_int(text.split()[0], base) if text else None
 
 
 def read_float(root: RootLike, path: str) -> float | None:
@@ -84,7 +92,7 @@ def natural_key(text: str) -> tuple[object, ...]:
     digits = ""
     word = ""
     for char in text:
-        if char.isdigit():
+        if char in "0123456789":  # not str.isdigit, which takes "²" that int() refuses
             if word:
                 parts.append(word)
                 word = ""
@@ -112,26 +120,25 @@ def read_path_text(path: Path) -> str | None:
 
 def read_path_int(path: Path) -> int | None:
     text = read_path_text(path)
-    if text is None:
-        return None
-    try:
-        return int(text.split()[0])
-    except (ValueError, IndexError):
-        return None
+    return parse_int(text.split()[0]) if text else None
 
 
 def parse_cpu_list(text: str | None) -> list[int]:
     """A kernel CPU list such as "0-3,6" as [0, 1, 2, 3, 6]; [] if garbled."""
-    cpus: list[int] = []
+    cpus: set[int] = set()
     for part in (text or "").strip().split(","):
         if not part:
             continue
         first, dash, last = part.partition("-")
         try:
-            cpus.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+            low = int(first)
+            high = int(last) if dash else low
         except ValueError:
             return []
-    return cpus
+        if low < 0 or high < low or high >= MAX_CPUS:
+            return []
+        cpus.update(range(low, high + 1))
+    return sorted(cpus)
 
 
 def run_tool(argv: Sequence[str], timeout_s: float = 2.0) -> str | None:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.sysfs import RootLike, SYSTEM_ROOT, glob, read_path_int, read_path_text, read_text, run_tool
+from hardware.sysfs import RootLike, SYSTEM_ROOT, glob, parse_int, read_path_int, read_path_text, read_text, run_tool
 
 # Bits of the Raspberry Pi firmware's get_throttled word: the low half is "now", the high
 # half "has happened since boot".
@@ -17,6 +17,7 @@ PI_FLAGS = {
     3: "soft-temperature-limit",
 }
 PI_OCCURRED_SHIFT = 16
+PI_WORD_MAX = 0xFFFFFFFF  # the firmware answers with an unsigned 32-bit word
 PI_FIRMWARE_FILE = "/sys/devices/platform/soc/soc:firmware/get_throttled"
 _VCGENCMD_LINE = re.compile(r"throttled\s*=\s*(0x[0-9a-fA-F]+|\d+)")
 
@@ -54,7 +55,8 @@ def parse_vcgencmd_output(text: str | None) -> int | None:
     if not match:
         return None
     value = match.group(1)
-    return int(value, 16) if value.lower().startswith("0x") else int(value)
+    word = parse_int(value, 16) if value.lower().startswith("0x") else parse_int(value)
+    return word if word is not None and word <= PI_WORD_MAX else None
 
 
 def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -> ThrottleState | None:
@@ -62,13 +64,9 @@ def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -
     word = parse_vcgencmd_output(run_tool([vcgencmd, "get_throttled"]))
     if word is not None:
         return parse_pi_throttled(word, "vcgencmd")
-    text = read_text(root, PI_FIRMWARE_FILE)
-    if text:
-        try:
-            return parse_pi_throttled(int(text, 16), "firmware")
-        except ValueError:
-            return None
-    return None
+    text = read_text(root, PI_FIRMWARE_FILE)  # the same word, written by the kernel as "%x"
+    word = parse_int(text, 16) if text else None
+    return parse_pi_throttled(word, "firmware") if word is not None and 0 <= word <= PI_WORD_MAX else None
 
 
 def read_cooling_throttle(root: RootLike = SYSTEM_ROOT) -> ThrottleState | None:
