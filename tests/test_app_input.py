@@ -242,3 +242,29 @@ async def test_a_job_asked_for_while_the_last_one_is_being_cancelled_says_so(app
         finally:
             released.set()
         await settle(pilot, app)
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_is_not_a_database_is_said_on_history_and_the_models_stay_listed(tmp_path, monkeypatch, isolated_cache):
+    """History said "No runs yet" over a store it could not read, with a notice each time it was
+    read, and the Models list was empty: not even the built-in model to choose."""
+    from textual.widgets import OptionList, Static
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "results.db"
+    store.write_text("these are my notes, not a database\n")
+    app = create_app("smollm2-135m", store=str(store), device=FrozenDevice(), loader=fake_loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        choices = app.screen.query_one("#choices", OptionList)
+        await settle(pilot, app, timeout=10, until=lambda: choices.option_count > 0)
+        assert choices.get_option_at_index(0).id == "smollm2-135m"
+        await pilot.press("5")
+        await settle(pilot, app)
+        await pilot.press("r")
+        await settle(pilot, app)
+        detail = app.screen.query_one("#run-detail", Static)
+        shown = " ".join(line.text.strip() for line in detail.render_lines(detail.region.reset_offset))
+        assert shown.strip() == f"The runs cannot be listed: cannot open the results store {store}: it is not a SQLite database"
+        assert not any("SQLite" in message for message in said(app))
+    assert store.read_text() == "these are my notes, not a database\n"

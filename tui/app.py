@@ -322,8 +322,16 @@ class EdgeAuditApp(App[int]):
         """The stored runs, then the stored field checks, for History."""
         from tui.screens.history import ChecksRead, stored_checks, stored_runs
 
-        target.post_message(RunsRead(stored_runs(self.store_path)))
-        target.post_message(ChecksRead(stored_checks(self.store_path)))
+        try:
+            runs, checks = stored_runs(self.store_path), stored_checks(self.store_path)
+        except UserError as error:
+            # Said on the screen, where the runs would be: a notice each time History is read
+            # would repeat it.
+            runs, checks, unreadable = [], [], " ".join(str(error).split())
+        else:
+            unreadable = ""
+        target.post_message(RunsRead(runs, unreadable))
+        target.post_message(ChecksRead(checks))
 
     @work(thread=True, group="read", exit_on_error=False, name="open check")
     def open_check(self, check_id: int) -> None:

@@ -60,6 +60,7 @@ class ReportRead(Message):
 @dataclass
 class RunsRead(Message):
     runs: list[dict[str, Any]]
+    unreadable: str = ""  # why the results store could not be read, when it could not
 
 
 @dataclass

@@ -125,6 +125,7 @@ class HistoryScreen(ModeScreen):
 
     def on_mount(self) -> None:
         self.runs: list[dict[str, Any]] = []
+        self.unreadable = ""  # why the store could not be read, when it could not
         self.checks: list[dict[str, Any]] = []
         self.marked: list[int] = []  # run ids, the oldest mark first
         self._show_checks()
@@ -140,6 +141,7 @@ class HistoryScreen(ModeScreen):
     @on(RunsRead)
     def _runs(self, message: RunsRead) -> None:
         self.runs = message.runs
+        self.unreadable = message.unreadable
         self.marked = [run_id for run_id in self.marked if any(run["id"] == run_id for run in self.runs)]
         table = self.query_one("#runs", DataTable)
         row = table.cursor_row
@@ -235,6 +237,9 @@ class HistoryScreen(ModeScreen):
                 check_detail.update(self._check_detail(check))
             return
         run = self._selected()
+        if run is None and self.unreadable:
+            detail.update(Text(f"The runs cannot be listed: {self.unreadable}", style="red"))
+            return
         if run is None:
             detail.update("No runs yet: what you do in this app, and every `edge-audit run`, is stored here.")
             return

@@ -27,6 +27,7 @@ def model_choices(store_path: Any) -> list[tuple[str, str]]:
     earlier runs in the store, newest first (reads the disk: call it in a worker)."""
     from pathlib import Path
 
+    from audit.errors import UserError
     from audit.models.aliases import ALIASES, DEFAULT_ALIAS
     from audit.models.loader import cached_models
     from audit.store import ResultsStore
@@ -42,11 +43,15 @@ def model_choices(store_path: Any) -> list[tuple[str, str]]:
             choices.append((f"cached: {cached['name']}", cached["path"]))
             seen.add(cached["path"])
     if Path(store_path).exists():
-        with ResultsStore(store_path, readonly=True) as store:
-            for run in reversed(store.runs()):
-                if run.model not in seen:
-                    choices.append((f"recent: {run.model}", run.model))
-                    seen.add(run.model)
+        try:
+            with ResultsStore(store_path, readonly=True) as store:
+                runs = store.runs()
+        except UserError:
+            runs = []  # the built-in and cached models are still there to choose; History says why
+        for run in reversed(runs):
+            if run.model not in seen:
+                choices.append((f"recent: {run.model}", run.model))
+                seen.add(run.model)
     return choices
 
 
