@@ -93,6 +93,13 @@ def _at_most(part: float | None, whole: float | None) -> float | None:
     return None if part is not None and whole is not None and part > whole else part
 
 
+# cgroup v1 says "no limit" with its largest count of pages in bytes: LONG_MAX / PAGE_SIZE pages
+# on a 64-bit kernel (near 2**63), LONG_MAX pages of 4 KiB on a 32-bit one (8 TiB, on a Pi's
+# 32-bit kernel as on any other).
+_V1_NO_LIMIT_64_BIT_FROM = 1 << 60
+_V1_NO_LIMIT_32_BIT = (2**31 - 1) * 4096
+
+
 def read_cgroup_memory_limit_mb(root: RootLike = SYSTEM_ROOT) -> float | None:
     """cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`; None when unlimited or absent."""
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
@@ -100,7 +107,7 @@ def read_cgroup_memory_limit_mb(root: RootLike = SYSTEM_ROOT) -> float | None:
         if not text or text == "max":
             continue
         limit = parse_int(text)
-        if limit is not None and 0 < limit < 1 << 60:  # v1 writes a huge number for "no limit"
+        if limit is not None and 0 < limit < _V1_NO_LIMIT_64_BIT_FROM and limit != _V1_NO_LIMIT_32_BIT:
             return limit / MB
     return None
 
