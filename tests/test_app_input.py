@@ -268,3 +268,25 @@ async def test_a_store_that_is_not_a_database_is_said_on_history_and_the_models_
         assert shown.strip() == f"The runs cannot be listed: cannot open the results store {store}: it is not a SQLite database"
         assert not any("SQLite" in message for message in said(app))
     assert store.read_text() == "these are my notes, not a database\n"
+
+
+@pytest.mark.asyncio
+async def test_a_failure_reading_the_store_is_titled_in_words(app, tmp_path):
+    """A notice's title named the function that failed: "open_run: failed"."""
+    import sqlite3
+
+    from audit.runner import start_run
+    from tui.session import session_plan
+
+    run_id, _ = start_run(session_plan("smollm2-135m"), tmp_path / "results.db", tmp_path / "runs")
+    with sqlite3.connect(tmp_path / "results.db") as db:
+        db.execute("UPDATE runs SET plan_text = 'name = = 1' WHERE id = ?", (run_id,))
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("5")
+        await settle(pilot, app, until=lambda: bool(app.screen.runs))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        failed = [n for n in app._notifications if n.title.endswith("failed")]
+        assert [n.title for n in failed] == ["open run: failed"]
+        assert failed[0].message.startswith("the plan stored with this run does not read")

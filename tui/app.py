@@ -131,7 +131,7 @@ class EdgeAuditApp(App[int]):
         if not self.load(self.model_spec):
             self.loading = None
 
-    @work(thread=True, group="device", exit_on_error=False)
+    @work(thread=True, group="device", exit_on_error=False, name="device")
     def _start_device(self) -> None:
         assert isinstance(self.device_feed, LiveDevice)
         self.device_feed.start()
@@ -307,17 +307,17 @@ class EdgeAuditApp(App[int]):
         elif message.kind == "export":
             self.notify(f"report written: {message.result['html']}", timeout=10)
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="close the previous model")
     def _close_previous(self, session: Session) -> None:
         session.close()
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="list the models")
     def read_model_choices(self, target: MessagePump) -> None:
         from tui.screens.models import model_choices
 
         target.post_message(ModelChoicesRead(model_choices(self.store_path)))
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="list the runs")
     def read_runs(self, target: MessagePump) -> None:
         """The stored runs, then the stored field checks, for History."""
         from tui.screens.history import ChecksRead, stored_checks, stored_runs
@@ -352,7 +352,7 @@ class EdgeAuditApp(App[int]):
         if self.job is not None and session is not None and session.run_id is not None:
             self._read_stored_mark(session, session.run_id)
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="read the session's run")
     def _read_stored_mark(self, session: Session, run_id: int) -> None:
         try:
             mark = session.stored_mark(run_id)
@@ -368,14 +368,14 @@ class EdgeAuditApp(App[int]):
         self._stored_mark = message.mark
         self.refresh_report()
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="read the session's run")
     def refresh_report(self) -> None:
         session = self.session
         if session is None or session.run_id is None:
             return
         self.post_message(ReportRead(session.run_id, session.report(), True))
 
-    @work(thread=True, group="read", exit_on_error=False)
+    @work(thread=True, group="read", exit_on_error=False, name="open run")
     def open_run(self, run_id: int) -> None:
         """Show a stored run in the Compare screen."""
         self.post_message(ReportRead(run_id, read_report(self.store_path, run_id), False))
