@@ -6,6 +6,9 @@ from hardware.sysfs import RootLike, SYSTEM_ROOT, glob, read_path_int, read_path
 
 # Zones report millidegrees; offline sensors read as -256 °C or absurd values, which are dropped.
 _PLAUSIBLE_C = (-40.0, 200.0)
+# Jetson Nano, TX2 and Xavier have a PMIC-Die zone that reads a fixed 100 °C (50 on some boards),
+# whatever the board's heat: a placeholder, not a sensor (tegrastats shows it as PMIC@100C).
+_PLACEHOLDER_ZONES = ("PMIC",)
 
 
 def _celsius(millidegrees: int | None) -> float | None:
@@ -31,7 +34,10 @@ def read_thermal_zones(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
         mode = read_path_text(zone / "mode")
         if mode == "disabled":
             continue
-        _add(found, read_path_text(zone / "type") or zone.name, value)
+        kind = read_path_text(zone / "type") or zone.name
+        if kind.upper().startswith(_PLACEHOLDER_ZONES):
+            continue
+        _add(found, kind, value)
     return found
 
 

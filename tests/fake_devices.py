@@ -1,4 +1,4 @@
-"""Fake /proc, /sys and /etc trees of a Raspberry Pi 5, a Jetson Orin Nano and an x86-64 laptop."""
+"""Fake /proc, /sys and /etc trees of a Raspberry Pi 5, Jetsons (Orin Nano, Xavier NX on JetPack 4) and an x86-64 laptop."""
 
 from __future__ import annotations
 
@@ -139,6 +139,57 @@ def jetson_orin_nano(root: Path) -> Path:
     # devfreq entries link to the GPU's platform device, relatively, as sysfs does.
     link = root / "sys/class/devfreq/17000000.gpu/device"
     os.symlink("../../../devices/platform/bus@0/17000000.gpu", link)
+    return root
+
+
+def _carmel_cpuinfo(cores: int) -> str:
+    return "\n".join(
+        f"processor\t: {i}\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid\n"
+        f"CPU implementer\t: 0x4e\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0x004\nCPU revision\t: 0\n"
+        for i in range(cores)
+    )
+
+
+def jetson_xavier_nx_jetpack4(root: Path) -> Path:
+    """L4T R32: power rails through the ina3221x iio driver in mW, GPU load at /sys/devices/gpu.0,
+    and the PMIC-Die zone that tegrastats shows as PMIC@100C whatever the board's heat."""
+    iio = "/sys/bus/i2c/drivers/ina3221x/7-0040/iio:device0"
+    files: dict[str, Content] = {
+        "/etc/nv_tegra_release": (
+            "# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref, EABI: aarch64, DATE: Sat Feb 19 17:07:00 UTC 2022\n"
+        ),
+        "/proc/device-tree/model": b"NVIDIA Jetson Xavier NX Developer Kit\x00",
+        "/proc/device-tree/compatible": b"nvidia,p3509-0000+p3668-0001\x00nvidia,jetson-xavier-nx\x00nvidia,tegra194\x00",
+        "/proc/cpuinfo": _carmel_cpuinfo(6),
+        "/sys/devices/system/cpu/online": "0-5\n",
+        "/proc/meminfo": _meminfo(7_969_308, 6_100_000, 3_984_652, 3_984_652),
+        "/etc/os-release": 'PRETTY_NAME="Ubuntu 18.04.6 LTS"\nNAME="Ubuntu"\nVERSION_ID="18.04"\n',
+        "/sys/devices/virtual/thermal/thermal_zone0/type": "CPU-therm\n",
+        "/sys/devices/virtual/thermal/thermal_zone0/temp": "38000\n",
+        "/sys/devices/virtual/thermal/thermal_zone1/type": "GPU-therm\n",
+        "/sys/devices/virtual/thermal/thermal_zone1/temp": "37500\n",
+        "/sys/devices/virtual/thermal/thermal_zone2/type": "AUX-therm\n",
+        "/sys/devices/virtual/thermal/thermal_zone2/temp": "36500\n",
+        "/sys/devices/virtual/thermal/thermal_zone3/type": "AO-therm\n",
+        "/sys/devices/virtual/thermal/thermal_zone3/temp": "37000\n",
+        "/sys/devices/virtual/thermal/thermal_zone4/type": "PMIC-Die\n",
+        "/sys/devices/virtual/thermal/thermal_zone4/temp": "100000\n",
+        "/sys/devices/virtual/thermal/thermal_zone5/type": "thermal-fan-est\n",
+        "/sys/devices/virtual/thermal/thermal_zone5/temp": "37300\n",
+        "/sys/devices/gpu.0/load": "312\n",
+        f"{iio}/rail_name_0": "VDD_IN\n",
+        f"{iio}/in_power0_input": "4791\n",
+        f"{iio}/rail_name_1": "VDD_CPU_GPU_CV\n",
+        f"{iio}/in_power1_input": "932\n",
+        f"{iio}/rail_name_2": "VDD_SOC\n",
+        f"{iio}/in_power2_input": "1331\n",
+    }
+    files.update(_cpufreq(6, 1_190_400, 1_190_400, 1_907_200, 1_907_200, "schedutil"))
+    write_tree(root, files)
+    # /sys/class/thermal holds links to the zones, as sysfs does.
+    (root / "sys/class/thermal").mkdir(parents=True)
+    for zone in range(6):
+        os.symlink(f"../../devices/virtual/thermal/thermal_zone{zone}", root / f"sys/class/thermal/thermal_zone{zone}")
     return root
 
 

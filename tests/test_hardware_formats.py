@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from hardware.device import detect_device, device_report
 from hardware.memory import read_cgroup_memory_limit_mb
-from tests.fake_devices import write_tree
+from hardware.readers import default_readers
+from hardware.sampler import ResourceSampler
+from tests.fake_devices import jetson_xavier_nx_jetpack4, write_tree
 
 
 @pytest.mark.parametrize(
@@ -21,3 +24,24 @@ from tests.fake_devices import write_tree
 )
 def test_cgroup_memory_limits_and_no_limit_of_both_versions(tmp_path, path, content, limit_mb):
     assert read_cgroup_memory_limit_mb(write_tree(tmp_path, {path: content})) == limit_mb
+
+
+def test_a_jetpack_4_xavier_reads_iio_power_and_leaves_out_the_pmic_placeholder(tmp_path, bare_path):
+    root = jetson_xavier_nx_jetpack4(tmp_path / "xavier")
+    assert detect_device(root).l4t_release == "32.7.1"
+    report = device_report(root, runtime=False, use_jtop=False)
+    # PMIC-Die reads a fixed 100 °C (tegrastats: PMIC@100C): taken as a sensor, it made every run
+    # of a cool board peak at 100 °C.
+    assert report["temperatures_c"] == {
+        "CPU-therm": 38.0, "GPU-therm": 37.5, "AUX-therm": 36.5, "AO-therm": 37.0, "thermal-fan-est": 37.3,
+    }
+    assert report["cpu"]["model"] == "NVIDIA Carmel"
+    jetson = report["jetson"]
+    assert jetson["gpu_load_percent"] == 31.2
+    assert jetson["power_rails_mw"] == {"VDD_IN": 4791.0, "VDD_CPU_GPU_CV": 932.0, "VDD_SOC": 1331.0}  # in_power*_input: mW
+    readers = default_readers(detect_device(root), root, use_jtop=False)
+    with ResourceSampler(interval_s=3600, readers=readers) as sampler:
+        pass
+    summary = sampler.summary()
+    assert summary["temperature_max_c"] == 38.0
+    assert summary["power_max_mw"] == 4791.0  # VDD_IN is the whole module
