@@ -20,8 +20,10 @@ T = TypeVar("T")
 Reader = Callable[[], Mapping[str, Any]]
 
 MAX_SNAPSHOTS = 100_000  # about 7 hours at 4 Hz; older ones are dropped
-# Rails that measure a Jetson's whole input; the others are parts of it and must not be summed with it.
-_TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")
+# Rails that measure a Jetson's whole input (Orin Nano and NX, Xavier NX, TX2; Nano); the others are
+# parts of it and must not be summed with it. An AGX Orin or AGX Xavier has no such rail: its
+# VIN_SYS_5V0 (SYS5V) is the system's 5 V supply beside the GPU and CPU rails, so they are summed.
+_TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
 
 
 @dataclass(frozen=True)

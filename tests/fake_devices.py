@@ -1,4 +1,4 @@
-"""Fake /proc, /sys and /etc trees of a Raspberry Pi 5, Jetsons (Orin Nano, Xavier NX on JetPack 4) and an x86-64 laptop."""
+"""Fake /proc, /sys and /etc trees of a Raspberry Pi 5, Jetsons (Orin Nano, AGX Orin, Xavier NX on JetPack 4) and an x86-64 laptop."""
 
 from __future__ import annotations
 
@@ -140,6 +140,48 @@ def jetson_orin_nano(root: Path) -> Path:
     link = root / "sys/class/devfreq/17000000.gpu/device"
     os.symlink("../../../devices/platform/bus@0/17000000.gpu", link)
     return root
+
+
+def jetson_agx_orin(root: Path) -> Path:
+    """L4T R35: two INA3221 monitors through hwmon (mV and mA per channel), unused channels
+    labelled NC, the driver's in7 "sum of shunt voltages", and no rail for the whole module."""
+    first = "/sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3"
+    second = "/sys/bus/i2c/drivers/ina3221/1-0041/hwmon/hwmon4"
+    files: dict[str, Content] = {
+        "/etc/nv_tegra_release": (
+            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023\n"
+        ),
+        "/proc/device-tree/model": b"Jetson AGX Orin Developer Kit\x00",
+        "/proc/device-tree/compatible": b"nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00",
+        "/proc/cpuinfo": _arm_cpuinfo(12, "0xd42"),
+        "/sys/devices/system/cpu/online": "0-11\n",
+        "/proc/meminfo": _meminfo(63_896_428, 60_000_000, 31_948_212, 31_948_212),
+        f"{first}/name": "ina3221\n",
+        f"{first}/in1_label": "VDD_GPU_SOC\n",
+        f"{first}/in1_input": "4992\n",
+        f"{first}/curr1_input": "480\n",
+        f"{first}/in2_label": "VDD_CPU_CV\n",
+        f"{first}/in2_input": "4992\n",
+        f"{first}/curr2_input": "160\n",
+        f"{first}/in3_label": "VIN_SYS_5V0\n",
+        f"{first}/in3_input": "5008\n",
+        f"{first}/curr3_input": "640\n",
+        f"{first}/in7_label": "sum of shunt voltages\n",
+        f"{first}/in7_input": "6\n",
+        f"{second}/name": "ina3221\n",
+        f"{second}/in1_label": "NC\n",
+        f"{second}/in1_input": "0\n",
+        f"{second}/curr1_input": "0\n",
+        f"{second}/in2_label": "VDDQ_VDD2_1V8AO\n",
+        f"{second}/in2_input": "4992\n",
+        f"{second}/curr2_input": "120\n",
+        f"{second}/in3_label": "NC\n",
+        f"{second}/in3_input": "0\n",
+        f"{second}/curr3_input": "0\n",
+        f"{second}/in7_label": "sum of shunt voltages\n",
+        f"{second}/in7_input": "1\n",
+    }
+    return write_tree(root, files)
 
 
 def _carmel_cpuinfo(cores: int) -> str:

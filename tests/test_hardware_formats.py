@@ -9,7 +9,7 @@ from hardware.device import detect_device, device_report
 from hardware.memory import read_cgroup_memory_limit_mb
 from hardware.readers import default_readers
 from hardware.sampler import ResourceSampler
-from tests.fake_devices import jetson_xavier_nx_jetpack4, write_tree
+from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, write_tree
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,16 @@ def test_a_jetpack_4_xavier_reads_iio_power_and_leaves_out_the_pmic_placeholder(
     summary = sampler.summary()
     assert summary["temperature_max_c"] == 38.0
     assert summary["power_max_mw"] == 4791.0  # VDD_IN is the whole module
+
+
+def test_an_agx_orin_without_a_module_input_rail_sums_its_rails(tmp_path, bare_path):
+    root = jetson_agx_orin(tmp_path / "agx")
+    rails = device_report(root, runtime=False, use_jtop=False)["jetson"]["power_rails_mw"]
+    # mV x mA / 1000; NC channels and the driver's "sum of shunt voltages" are not rails.
+    assert rails == {"VDD_GPU_SOC": 2396.2, "VDD_CPU_CV": 798.7, "VIN_SYS_5V0": 3205.1, "VDDQ_VDD2_1V8AO": 599.0}
+    readers = default_readers(detect_device(root), root, use_jtop=False)
+    with ResourceSampler(interval_s=3600, readers=readers) as sampler:
+        pass
+    # VIN_SYS_5V0 is the system's 5 V supply beside the GPU, CPU and memory rails, not the module's
+    # input: taken as the total, the GPU and CPU were left out of the figure.
+    assert sampler.summary()["power_max_mw"] == 6999.0
