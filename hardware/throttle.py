@@ -20,6 +20,15 @@ PI_OCCURRED_SHIFT = 16
 PI_WORD_MAX = 0xFFFFFFFF  # the firmware answers with an unsigned 32-bit word
 PI_FIRMWARE_FILE = "/sys/devices/platform/soc/soc:firmware/get_throttled"
 _VCGENCMD_LINE = re.compile(r"throttled\s*=\s*(0x[0-9a-fA-F]+|\d+)")
+# Cooling devices whose state slows no clock, besides fans: a laptop's backlight (ACPI "LCD": its
+# state is the steps below full brightness) and the offset below the CPU's throttle temperature
+# that Intel firmware programs ("TCC Offset"), both non-zero at rest.
+_NOT_THROTTLING = {"lcd", "tcc offset"}
+
+
+def _slows_nothing(kind: str) -> bool:
+    lowered = kind.lower()
+    return "fan" in lowered or lowered in _NOT_THROTTLING  # pwm-fan (Pi 5, Jetson), Fan (ACPI)
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,13 @@ def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -
 
 def read_cooling_throttle(root: RootLike = SYSTEM_ROOT) -> ThrottleState | None:
     """Thermal throttling on any Linux: a CPU/GPU cooling device at a non-zero state is
-    capping that clock. Fans are cooling devices too but slow nothing down, so they are skipped."""
+    capping that clock. Cooling devices that slow nothing down (fans, a backlight) are skipped."""
     active: list[str] = []
     seen = False
     for device in glob(root, "/sys/class/thermal/cooling_device*"):
         kind = read_path_text(device / "type") or device.name
         state = read_path_int(device / "cur_state")
-        if state is None or "fan" in kind.lower():
+        if state is None or _slows_nothing(kind):
             continue
         seen = True
         if state > 0:

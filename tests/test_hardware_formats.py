@@ -9,7 +9,8 @@ from hardware.device import detect_device, device_report
 from hardware.memory import read_cgroup_memory_limit_mb
 from hardware.readers import default_readers
 from hardware.sampler import ResourceSampler
-from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, write_tree
+from hardware.throttle import read_throttle
+from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, write_tree, x86_laptop
 
 
 @pytest.mark.parametrize(
@@ -58,3 +59,26 @@ def test_an_agx_orin_without_a_module_input_rail_sums_its_rails(tmp_path, bare_p
     # VIN_SYS_5V0 is the system's 5 V supply beside the GPU, CPU and memory rails, not the module's
     # input: taken as the total, the GPU and CPU were left out of the figure.
     assert sampler.summary()["power_max_mw"] == 6999.0
+
+
+def cooling_devices(*devices: tuple[str, str, str]) -> dict[str, str]:
+    files = {}
+    for n, (kind, state, top) in enumerate(devices):
+        base = f"/sys/class/thermal/cooling_device{n}"
+        files.update({f"{base}/type": f"{kind}\n", f"{base}/cur_state": f"{state}\n", f"{base}/max_state": f"{top}\n"})
+    return files
+
+
+def test_a_dimmed_laptop_screen_or_a_tcc_offset_is_not_throttling(tmp_path):
+    # A laptop's cooling devices as Linux lists them: ACPI processors, idle injection (-1 while it
+    # is not injecting), the backlight, whose state is the steps below full brightness, and the
+    # offset firmware programmed below the CPU's throttle temperature.
+    idle = cooling_devices(
+        ("Processor", "0", "10"), ("Processor", "0", "10"), ("intel_powerclamp", "-1", "50"),
+        ("LCD", "7", "15"), ("TCC Offset", "5", "63"),
+    )
+    root = write_tree(x86_laptop(tmp_path / "laptop"), idle)
+    state = read_throttle("generic-linux", root)
+    assert (state.throttled, state.active) == (False, ())
+    write_tree(root, {"/sys/class/thermal/cooling_device1/cur_state": "3\n"})
+    assert read_throttle("generic-linux", root).active == ("thermal:Processor=3/10",)
