@@ -93,7 +93,7 @@ class ResourceSampler:
         self._started = time.monotonic()
         psutil.cpu_percent(percpu=True)  # prime the per-core counters
         self._process.cpu_percent()
-        self._sample()
+        self._sample_or_skip()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
         self._thread.start()
         return self
@@ -103,7 +103,7 @@ class ResourceSampler:
             return
         self._stop.set()
         self._thread.join()
-        self._sample()
+        self._sample_or_skip()
         self._stopped = time.monotonic()
         for reader in self.readers:
             close = getattr(reader, "close", None)
@@ -121,7 +121,15 @@ class ResourceSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            self._sample_or_skip()
+
+    def _sample_or_skip(self) -> None:
+        # A read of the system's own figures can fail for a moment (a process out of file
+        # descriptors): that sample is skipped, and the sampler, and the panel it feeds, go on.
+        try:
             self._sample()
+        except Exception:
+            pass
 
     def _sample(self) -> None:
         began = time.thread_time()

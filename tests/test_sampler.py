@@ -1,13 +1,18 @@
 """The resource sampler records snapshots in the background and summarises a job; freed heap
 is handed back to the system after a model loads."""
 
+import itertools
 import platform
+import threading
 import time
 
+import psutil
 import pytest
 
 from hardware.memory import release_free_heap
 from hardware.sampler import ResourceSampler
+
+WAIT_S = 60  # how long a test waits for a sampler thread that should go on: far longer than it needs
 
 
 def test_sampler_records_and_summarises():
@@ -35,6 +40,49 @@ def test_a_broken_reader_does_not_stop_sampling():
     with ResourceSampler(interval_s=0.01, readers=[broken]) as sampler:
         time.sleep(0.05)
     assert sampler.summary()["samples"] >= 2
+
+
+def test_a_failing_system_read_skips_a_sample_and_the_sampler_goes_on(monkeypatch):
+    real = psutil.virtual_memory
+    calls = itertools.count()
+
+    def out_of_file_descriptors():
+        if next(calls) in (1, 2):  # the thread's first two samples; start()'s is the call before
+            raise OSError(24, "Too many open files")
+        return real()
+
+    monkeypatch.setattr(psutil, "virtual_memory", out_of_file_descriptors)
+    samples = itertools.count(1)
+    third = threading.Event()
+
+    def reader():
+        if next(samples) == 3:
+            third.set()
+        return {}
+
+    with ResourceSampler(interval_s=0.01, readers=[reader]):
+        assert third.wait(WAIT_S), "the sampler thread stopped at the first failed read"
+
+
+def test_a_sampler_whose_last_sample_fails_still_stops_and_closes_its_readers(monkeypatch):
+    class Reader:
+        closed = False
+
+        def __call__(self):
+            return {}
+
+        def close(self):
+            self.closed = True
+
+    reader = Reader()
+    sampler = ResourceSampler(interval_s=3600, readers=[reader]).start()
+
+    def fails():
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(psutil, "virtual_memory", fails)
+    sampler.stop()
+    assert reader.closed and sampler.summary()["samples"] == 1
 
 
 def test_interval_must_be_positive():
