@@ -76,6 +76,7 @@ class ResourceSampler:
         self._stopped: float | None = None
         self._busy_s = 0.0  # CPU time the sampler thread itself used
         self._peak_reset = False
+        self._cpu_times: list[Any] | None = None  # per core, at the previous snapshot
 
     @classmethod
     def for_device(cls, interval_s: float = 0.25, **options: Any) -> "ResourceSampler":
@@ -91,7 +92,6 @@ class ResourceSampler:
             raise RuntimeError("sampler already started")
         self._peak_reset = reset_peak_rss()
         self._started = time.monotonic()
-        psutil.cpu_percent(percpu=True)  # prime the per-core counters
         self._process.cpu_percent()
         self._sample_or_skip()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
@@ -149,7 +149,7 @@ class ResourceSampler:
             rss_mb=self._process.memory_info().rss / MB,
             mem_used_mb=(memory.total - memory.available) / MB,
             mem_available_mb=memory.available / MB,
-            cpu_percent=tuple(psutil.cpu_percent(percpu=True)),
+            cpu_percent=self._cpu_percent(psutil.cpu_times(percpu=True)),
             cpu_freq_mhz=float(freq.current) if freq else None,
             extra=extra,
             process_cpu_percent=self._process.cpu_percent(),
@@ -160,6 +160,22 @@ class ResourceSampler:
             del self._snapshots[: len(self._snapshots) - MAX_SNAPSHOTS]
         self._latest = snapshot  # one reference assignment: readers never see a half-built snapshot
         self._busy_s += time.thread_time() - began
+
+    def _cpu_percent(self, now: list[Any]) -> tuple[float, ...]:
+        """Each core's busy share since this sampler's previous snapshot. psutil.cpu_percent
+        keeps its "previous" per calling thread, and a sampler samples from three (start's, its
+        own, stop's): there it read 0 % for the thread's first snapshot and for the last."""
+        before, self._cpu_times = self._cpu_times, now
+        if before is None or len(before) != len(now):  # the first snapshot, or cores came or went
+            return tuple(0.0 for _ in now)
+        previous = self._latest.cpu_percent if self._latest is not None else ()
+        shares = []
+        for core, (then, later) in enumerate(zip(before, now)):
+            share = _busy_percent(then, later)
+            if share is None:  # no tick between the two: the share has not changed
+                share = previous[core] if core < len(previous) else 0.0
+            shares.append(share)
+        return tuple(shares)
 
     # -- reading ------------------------------------------------------------------------
     def latest(self) -> Snapshot | None:
@@ -198,6 +214,18 @@ class ResourceSampler:
         flags = sorted({flag for s in snaps for flag in s.extra.get("throttle_active", ())})
         result["throttle_flags_seen"] = flags
         return result
+
+
+def _busy_percent(before: Any, after: Any) -> float | None:
+    """A core's busy share between two of psutil's cpu_times, as psutil.cpu_percent reckons it;
+    None when no time passed between them."""
+    deltas = {name: max(0.0, getattr(after, name) - getattr(before, name)) for name in after._fields}
+    # Linux counts guest time in user and nice already.
+    total = sum(deltas.values()) - deltas.get("guest", 0.0) - deltas.get("guest_nice", 0.0)
+    if total <= 0:
+        return None
+    idle = deltas.get("idle", 0.0) + deltas.get("iowait", 0.0)
+    return round(100.0 * min(max(total - idle, 0.0), total) / total, 1)
 
 
 def _total_power_mw(extra: Mapping[str, Any]) -> float | None:

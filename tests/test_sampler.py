@@ -85,6 +85,21 @@ def test_a_sampler_whose_last_sample_fails_still_stops_and_closes_its_readers(mo
     assert reader.closed and sampler.summary()["samples"] == 1
 
 
+def test_each_snapshot_gives_the_cores_busy_share_since_the_one_before_whichever_thread_takes_it(monkeypatch):
+    kind = type(psutil.cpu_times())
+    ticks = [kind(**dict.fromkeys(kind._fields, 100.0)), kind(**dict.fromkeys(kind._fields, 100.0))]
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: list(ticks) if percpu else ticks[0])
+    # Started here, stopped from another thread, as the app starts and stops its device feed.
+    sampler = ResourceSampler(interval_s=3600).start()
+    ticks[0] = ticks[0]._replace(user=ticks[0].user + 1.0, idle=ticks[0].idle + 1.0)  # half busy
+    ticks[1] = ticks[1]._replace(system=ticks[1].system + 1.0, iowait=ticks[1].iowait + 3.0)  # a quarter
+    stopping = threading.Thread(target=sampler.stop)
+    stopping.start()
+    stopping.join()
+    assert [s.cpu_percent for s in sampler.snapshots()] == [(0.0, 0.0), (50.0, 25.0)]
+    assert sampler.summary()["cpu_percent_mean_pct"] == 37.5
+
+
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         ResourceSampler(interval_s=0)
