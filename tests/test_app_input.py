@@ -290,3 +290,28 @@ async def test_a_failure_reading_the_store_is_titled_in_words(app, tmp_path):
         failed = [n for n in app._notifications if n.title.endswith("failed")]
         assert [n.title for n in failed] == ["open run: failed"]
         assert failed[0].message.startswith("the plan stored with this run does not read")
+
+
+@pytest.mark.asyncio
+async def test_a_check_that_fails_leaves_the_earlier_verdict_dimmed(app, tmp_path):
+    """After a check that could not run (a record path mistyped), the earlier check's green
+    "CLEARED TO SHIP" stood under the new folder's name as bright as if it were this one's."""
+    from textual.widgets import Static
+
+    from tests.app_support import field_check_results
+
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        app.set_focus(None)
+        await pilot.press("6")
+        await pilot.pause()
+        app.field_check = field_check_results()["cleared"]
+        await pilot.pause()
+        verdict = app.screen.query_one("#verdict", Static)
+        assert verdict.has_class("-cleared") and not verdict.has_class("-stale")
+        fill(app, {"#check-model": str(tmp_path), "#check-record": str(tmp_path / "REC.jsn")})
+        await pilot.press("ctrl+r")
+        await settle(pilot, app)
+        assert said(app)[-1] == f"audit record {tmp_path / 'REC.jsn'} does not exist"
+        assert verdict.has_class("-stale")
+        assert str(app.screen.query_one("#check-status", Static).render()).startswith("not checked: audit record")
