@@ -76,6 +76,10 @@ class ResourceSampler:
         self._stopped: float | None = None
         self._busy_s = 0.0  # CPU time the sampler thread itself used
         self._peak_reset = False
+        # The kernel's RSS high-water mark as read at each snapshot: another sampler started
+        # inside this one (a prune or profile within a run's sampled step) resets the mark, and
+        # what it held before is kept here.
+        self._kernel_peak_bytes = 0
         self._cpu_times: list[Any] | None = None  # per core, at the previous snapshot
 
     @classmethod
@@ -155,6 +159,8 @@ class ResourceSampler:
             process_cpu_percent=self._process.cpu_percent(),
             load_1m=read_load_1m(),
         )
+        if self._peak_reset:
+            self._kernel_peak_bytes = max(self._kernel_peak_bytes, peak_rss_bytes() or 0)
         self._snapshots.append(snapshot)
         if len(self._snapshots) > MAX_SNAPSHOTS:
             del self._snapshots[: len(self._snapshots) - MAX_SNAPSHOTS]
@@ -189,11 +195,11 @@ class ResourceSampler:
         end = self._stopped if self._stopped is not None else time.monotonic()
         duration = max(end - self._started, 1e-9) if self._started else 0.0
         rss = [s.rss_mb for s in snaps]
-        peak = peak_rss_bytes() if self._peak_reset else None
+        peak = max(peak_rss_bytes() or 0, self._kernel_peak_bytes) if self._peak_reset else 0
         result: dict[str, Any] = {
             "samples": len(snaps),
             "duration_s": round(duration, 3),
-            "rss_peak_mb": round(peak / MB if peak else max(rss, default=0.0), 2),
+            "rss_peak_mb": round(max(peak / MB, max(rss, default=0.0)), 2),
             "rss_peak_source": "kernel" if peak else "sampled",
             "sampler_cpu_s": round(self._busy_s, 4),
             "sampler_overhead_percent": round(100 * self._busy_s / duration, 3) if duration else 0.0,

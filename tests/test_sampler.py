@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from hardware.memory import release_free_heap
+from hardware.memory import MB, release_free_heap, reset_peak_rss
 from hardware.sampler import ResourceSampler
 
 WAIT_S = 60  # how long a test waits for a sampler thread that should go on: far longer than it needs
@@ -98,6 +98,23 @@ def test_each_snapshot_gives_the_cores_busy_share_since_the_one_before_whichever
     stopping.join()
     assert [s.cpu_percent for s in sampler.snapshots()] == [(0.0, 0.0), (50.0, 25.0)]
     assert sampler.summary()["cpu_percent_mean_pct"] == 37.5
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="this kernel's RSS peak cannot be reset")
+def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
+    block = bytearray(128 * MB)
+    for i in range(0, len(block), 4096):  # touch it, so it is resident
+        block[i] = 1
+    outer = ResourceSampler(interval_s=3600).start()
+    held_mb = outer.snapshots()[0].rss_mb
+    del block
+    release_free_heap()
+    # An inner sampler resets the kernel's peak on starting, as a prune or a profile does inside
+    # a run's sampled step: the outer peak was the kernel's since then only.
+    with ResourceSampler(interval_s=3600):
+        pass
+    outer.stop()
+    assert outer.summary()["rss_peak_mb"] >= held_mb
 
 
 def test_interval_must_be_positive():
