@@ -315,3 +315,33 @@ async def test_a_check_that_fails_leaves_the_earlier_verdict_dimmed(app, tmp_pat
         assert said(app)[-1] == f"audit record {tmp_path / 'REC.jsn'} does not exist"
         assert verdict.has_class("-stale")
         assert str(app.screen.query_one("#check-status", Static).render()).startswith("not checked: audit record")
+
+
+@pytest.mark.asyncio
+async def test_compress_reads_the_form_without_reading_the_models_weights(tmp_path, monkeypatch, isolated_cache):
+    """ctrl+r on Compress asked the model for its facts on the interface's thread, which counts
+    the zero weights of the whole model: a tenth of a second for the default model on a PC, the
+    screen still that long on each press, longer on a Raspberry Pi or with a job running."""
+    from tests.app_support import FakeModel
+
+    class CountedFacts(FakeModel):
+        reads = 0
+
+        def facts(self):
+            CountedFacts.reads += 1
+            return super().facts()
+
+    def loader(spec, options, cancel):
+        yield from ()
+        return CountedFacts()
+
+    monkeypatch.chdir(tmp_path)
+    app = create_app("smollm2-135m", store=str(tmp_path / "results.db"), device=FrozenDevice(), loader=loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        read_at_load = CountedFacts.reads
+        await pilot.press("2")
+        fill(app, {"#seqlen": "9000"})
+        await pilot.press("ctrl+r")
+        assert said(app)[-1] == "Seq. length 9000 exceeds the model's context length 8192"
+        assert CountedFacts.reads == read_at_load

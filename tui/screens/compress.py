@@ -129,7 +129,9 @@ class CompressScreen(FormScreen):
         name = self._value("name") or variant_name(prune, quantize)
         nsamples = self._whole("nsamples", "Calib. samples", 1)
         seqlen = self._whole("seqlen", "Seq. length", 8)
-        context = session.model.facts().context_length if session.model is not None else None
+        # The facts read when the model was loaded: reading them again counts the zero weights
+        # of the whole model, on the interface's thread.
+        context = session.facts.context_length if session.facts is not None else None
         if context and seqlen > context:
             raise FormError(f"Seq. length {seqlen} exceeds the model's context length {context}", field="seqlen")
         try:
