@@ -6,6 +6,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Generator, Generic, Mapping, Sequence, TypeVar
 
 import psutil
@@ -40,9 +41,24 @@ class Snapshot:
     process_cpu_percent: float | None = None
     load_1m: float | None = None  # the system's 1-minute load average
 
+    def __post_init__(self) -> None:
+        # Published to other threads and kept for the summary: the readers' figures are copied
+        # into read-only mappings, so neither a reader updating its own dict nor a panel can
+        # change a snapshot once taken.
+        object.__setattr__(self, "extra", _read_only(self.extra))
+
     @property
     def cpu_percent_mean(self) -> float:
         return statistics.fmean(self.cpu_percent) if self.cpu_percent else 0.0
+
+
+def _read_only(value: Any) -> Any:
+    """`value` copied all the way down, mappings read-only and lists as tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    if isinstance(value, list) or type(value) is tuple:
+        return tuple(_read_only(item) for item in value)
+    return value
 
 
 def _stats(values: Sequence[float], name: str, unit: str) -> dict[str, float]:

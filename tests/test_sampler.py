@@ -117,6 +117,20 @@ def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
     assert outer.summary()["rss_peak_mb"] >= held_mb
 
 
+def test_a_snapshot_can_not_be_changed_nor_changes_with_its_readers_figures():
+    temperatures = {"cpu": 50.0}  # a reader that keeps one dict and updates it in place
+    with ResourceSampler(interval_s=3600, readers=[lambda: {"temperatures_c": temperatures, "rails": [1, 2]}]) as sampler:
+        temperatures["cpu"] = 90.0
+    first, last = sampler.snapshots()
+    assert first.extra["temperatures_c"] == {"cpu": 50.0} and last.extra["temperatures_c"] == {"cpu": 90.0}
+    assert first.extra["rails"] == (1, 2)
+    with pytest.raises(TypeError):
+        first.extra["throttled"] = True
+    with pytest.raises(TypeError):
+        first.extra["temperatures_c"]["cpu"] = 20.0
+    assert sampler.summary()["temperature_max_c"] == 90.0
+
+
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         ResourceSampler(interval_s=0)
