@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.sysfs import RootLike, SYSTEM_ROOT, glob, parse_int, read_path_int, read_path_text, read_text, run_tool
+from hardware.sysfs import RootLike, SYSTEM_ROOT, glob, parse_int, read_path_int, read_path_text, run_tool
 
 # Bits of the Raspberry Pi firmware's get_throttled word: the low half is "now", the high
 # half "has happened since boot".
@@ -18,7 +18,9 @@ PI_FLAGS = {
 }
 PI_OCCURRED_SHIFT = 16
 PI_WORD_MAX = 0xFFFFFFFF  # the firmware answers with an unsigned 32-bit word
-PI_FIRMWARE_FILE = "/sys/devices/platform/soc/soc:firmware/get_throttled"
+# The firmware's platform device is soc:firmware on a Pi 4 and older, soc@107c000000:firmware on a
+# Pi 5, whose bus node carries its address.
+PI_FIRMWARE_FILES = "/sys/devices/platform/soc*/soc*:firmware/get_throttled"
 _VCGENCMD_LINE = re.compile(r"throttled\s*=\s*(0x[0-9a-fA-F]+|\d+)")
 # Cooling devices whose state slows no clock, besides fans: a laptop's backlight (ACPI "LCD": its
 # state is the steps below full brightness) and the offset below the CPU's throttle temperature
@@ -73,7 +75,8 @@ def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -
     word = parse_vcgencmd_output(run_tool([vcgencmd, "get_throttled"]))
     if word is not None:
         return parse_pi_throttled(word, "vcgencmd")
-    text = read_text(root, PI_FIRMWARE_FILE)  # the same word, written by the kernel as "%x"
+    found = glob(root, PI_FIRMWARE_FILES)
+    text = read_path_text(found[0]) if found else None  # the same word, written by the kernel as "%x"
     word = parse_int(text, 16) if text else None
     return parse_pi_throttled(word, "firmware") if word is not None and 0 <= word <= PI_WORD_MAX else None
 

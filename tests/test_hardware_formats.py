@@ -10,7 +10,7 @@ from hardware.memory import read_cgroup_memory_limit_mb
 from hardware.readers import default_readers
 from hardware.sampler import ResourceSampler
 from hardware.throttle import read_throttle
-from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, write_tree, x86_laptop
+from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, raspberry_pi_5, write_tree, x86_laptop
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,16 @@ def test_a_dimmed_laptop_screen_or_a_tcc_offset_is_not_throttling(tmp_path):
     assert (state.throttled, state.active) == (False, ())
     write_tree(root, {"/sys/class/thermal/cooling_device1/cur_state": "3\n"})
     assert read_throttle("generic-linux", root).active == ("thermal:Processor=3/10",)
+
+
+@pytest.mark.parametrize(
+    "firmware",
+    [
+        "/sys/devices/platform/soc/soc:firmware",  # Pi 4 and older
+        "/sys/devices/platform/soc@107c000000/soc@107c000000:firmware",  # Pi 5: the bus node has its address
+    ],
+)
+def test_a_pi_without_vcgencmd_reads_the_firmware_word_where_its_board_puts_it(tmp_path, bare_path, firmware):
+    root = write_tree(raspberry_pi_5(tmp_path / "pi"), {f"{firmware}/get_throttled": "50005\n"})
+    state = read_throttle("raspberry-pi", root)
+    assert (state.source, state.active, state.raw) == ("firmware", ("under-voltage", "throttled"), "0x50005")
