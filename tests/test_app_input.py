@@ -345,3 +345,27 @@ async def test_compress_reads_the_form_without_reading_the_models_weights(tmp_pa
         await pilot.press("ctrl+r")
         assert said(app)[-1] == "Seq. length 9000 exceeds the model's context length 8192"
         assert CountedFacts.reads == read_at_load
+
+
+@pytest.mark.asyncio
+async def test_a_model_or_plan_under_an_unknown_user_is_named_as_such(app):
+    """A model or plan path under a ~user who is not a user here failed as "RuntimeError: Could
+    not determine home directory"."""
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        field = app.screen.query_one("#model-path", Input)
+        field.value = NO_USER
+        field.focus()
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert said(app)[-1] == f"model {NO_USER}: there is no user 'no-such-user-here' here, so ~no-such-user-here names no folder"
+        app.set_focus(None)
+        await pilot.press("5")
+        await settle(pilot, app)
+        await pilot.press("p")
+        await pilot.pause()
+        fill(app, {"#path": NO_USER})
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert said(app)[-1] == f"plan file {NO_USER}: there is no user 'no-such-user-here' here, so ~no-such-user-here names no folder"
+        assert app._job_ids == 1

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Label, Static
 from audit.progress import Progress
 from audit.verdict import Verdict, run_verdict
 from tui.messages import RunsRead
-from tui.screens.base import ModeScreen
+from tui.screens.base import FormError, ModeScreen, typed_path
 from tui.screens.dialogs import AskPathScreen
 from tui.screens.runs_compare import RunsCompared, RunsCompareScreen
 from tui.widgets.comparison import VERDICT_STYLES, verdict_mark
@@ -319,6 +319,11 @@ class HistoryScreen(ModeScreen):
 
     def _run_plan(self, path: str | None) -> None:
         if path is None:
+            return
+        try:
+            typed_path(path, "plan file")
+        except FormError as error:
+            self.notify(str(error), severity="error")
             return
         store, options = self.app.store_path, self.app.options
         title = f"run {Path(path).name if path else 'the default plan'}"

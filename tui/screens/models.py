@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.messages import ModelChoicesRead
-from tui.screens.base import ModeScreen
+from tui.screens.base import FormError, ModeScreen, typed_path
 from tui.widgets.fitted_table import add_sized, labelled
 
 STEP_COLUMNS = (("compress", "compress"), ("perplexity", "perplexity"), ("probe", "probe:"), ("profile", "profile"))
@@ -113,7 +113,13 @@ class ModelsScreen(ModeScreen):
     def _typed(self, event: Input.Submitted) -> None:
         if not event.value.strip():
             self.notify("type a model's folder, .gguf file or hub id, then press enter", severity="warning")
-        elif self.app.load(event.value):
+            return
+        try:
+            typed_path(event.value.strip(), "model")
+        except FormError as error:
+            self.notify(str(error), severity="error")
+            return
+        if self.app.load(event.value):
             self._loading_started()
 
     def _loading_started(self) -> None:
