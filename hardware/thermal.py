@@ -9,6 +9,10 @@ _PLAUSIBLE_C = (-40.0, 200.0)
 # Jetson Nano, TX2 and Xavier have a PMIC-Die zone that reads a fixed 100 °C (50 on some boards),
 # whatever the board's heat: a placeholder, not a sensor (tegrastats shows it as PMIC@100C).
 _PLACEHOLDER_ZONES = ("PMIC",)
+# The CPU's own die sensors, which x86 kernels expose through hwmon only (Intel coretemp, AMD
+# k10temp). A box whose one thermal zone is ACPI's acpitz, often a fixed value whatever the
+# load, would otherwise show no CPU temperature at all.
+_CPU_HWMON_CHIPS = {"coretemp", "k10temp", "zenpower"}
 
 
 def _celsius(millidegrees: int | None) -> float | None:
@@ -41,10 +45,13 @@ def read_thermal_zones(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
     return found
 
 
-def read_hwmon_temperatures(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
+def read_hwmon_temperatures(root: RootLike = SYSTEM_ROOT, chips: set[str] | None = None) -> dict[str, float]:
+    """hwmon sensors, of every chip or of `chips` only, as "chip/label"."""
     found: dict[str, float] = {}
     for sensor in glob(root, "/sys/class/hwmon/hwmon*"):
         chip = read_path_text(sensor / "name") or sensor.name
+        if chips is not None and chip not in chips:
+            continue
         for source in sorted(sensor.glob("temp*_input")):
             value = _celsius(read_path_int(source))
             if value is None:
@@ -55,5 +62,10 @@ def read_hwmon_temperatures(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
 
 
 def read_temperatures(root: RootLike = SYSTEM_ROOT) -> dict[str, float]:
-    """Sensor name -> °C; {} where the box exposes no sensor (most VMs)."""
-    return read_thermal_zones(root) or read_hwmon_temperatures(root)
+    """Sensor name -> °C: the thermal zones and the CPU's hwmon sensors, or every hwmon sensor
+    where there is no zone; {} where the box exposes no sensor (most VMs)."""
+    zones = read_thermal_zones(root)
+    if not zones:
+        return read_hwmon_temperatures(root)
+    cpu = read_hwmon_temperatures(root, _CPU_HWMON_CHIPS)
+    return {**zones, **{name: value for name, value in cpu.items() if name not in zones}}

@@ -9,6 +9,7 @@ from hardware.device import detect_device, device_report
 from hardware.memory import read_cgroup_memory_limit_mb
 from hardware.readers import default_readers
 from hardware.sampler import ResourceSampler
+from hardware.thermal import read_temperatures
 from hardware.throttle import read_throttle
 from tests.fake_devices import jetson_agx_orin, jetson_xavier_nx_jetpack4, raspberry_pi_5, write_tree, x86_laptop
 
@@ -95,3 +96,21 @@ def test_a_pi_without_vcgencmd_reads_the_firmware_word_where_its_board_puts_it(t
     root = write_tree(raspberry_pi_5(tmp_path / "pi"), {f"{firmware}/get_throttled": "50005\n"})
     state = read_throttle("raspberry-pi", root)
     assert (state.source, state.active, state.raw) == ("firmware", ("under-voltage", "throttled"), "0x50005")
+
+
+def test_an_x86_box_whose_only_zone_is_acpi_also_reads_its_cpu_sensor(tmp_path):
+    # An AMD mini PC: ACPI's one thermal zone reads a fixed value whatever the load, and is also
+    # its own hwmon chip; the CPU's die sensor (k10temp) is under hwmon only, beside the disk's.
+    root = write_tree(tmp_path, {
+        "/sys/class/thermal/thermal_zone0/type": "acpitz\n",
+        "/sys/class/thermal/thermal_zone0/temp": "16800\n",
+        "/sys/class/hwmon/hwmon0/name": "acpitz\n",
+        "/sys/class/hwmon/hwmon0/temp1_input": "16800\n",
+        "/sys/class/hwmon/hwmon1/name": "k10temp\n",
+        "/sys/class/hwmon/hwmon1/temp1_label": "Tctl\n",
+        "/sys/class/hwmon/hwmon1/temp1_input": "71500\n",
+        "/sys/class/hwmon/hwmon2/name": "nvme\n",
+        "/sys/class/hwmon/hwmon2/temp1_label": "Composite\n",
+        "/sys/class/hwmon/hwmon2/temp1_input": "45850\n",
+    })
+    assert read_temperatures(root) == {"acpitz": 16.8, "k10temp/Tctl": 71.5}
