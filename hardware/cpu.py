@@ -119,6 +119,10 @@ class CpuFrequency:
     max_mhz: float | None  # highest frequency the policy allows now
     hardware_max_mhz: float | None
     governor: str | None
+    # Cores whose policy forbids their own top frequency; None where no core gives both figures.
+    # Counted core by core: on a board of several clusters (an RK3588's two A76 pairs, each under
+    # its own thermal zone) one cluster is capped while another runs at the board's top clock.
+    capped_cores: int | None = None
 
     @property
     def mean_mhz(self) -> float | None:
@@ -127,13 +131,16 @@ class CpuFrequency:
 
     @property
     def capped(self) -> bool | None:
-        """The policy forbids the hardware's top frequency (power mode, thermal cap, user setting)."""
+        """A policy forbids its cores' top frequency (power mode, thermal cap, user setting)."""
+        if self.capped_cores is not None:
+            return self.capped_cores > 0
         if self.max_mhz is None or self.hardware_max_mhz is None:
             return None
         return self.max_mhz < self.hardware_max_mhz
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["capped_cores"]
         data["per_core_mhz"] = list(self.per_core_mhz)
         data["mean_mhz"] = None if self.mean_mhz is None else round(self.mean_mhz, 1)
         data["capped"] = self.capped
@@ -152,6 +159,7 @@ def read_cpu_frequency(root: RootLike = SYSTEM_ROOT) -> CpuFrequency:
     mins: list[float] = []
     maxes: list[float] = []
     hardware: list[float] = []
+    capped: list[bool] = []
     for core in cores:
         freq = core / "cpufreq"
         if not freq.is_dir():
@@ -164,10 +172,14 @@ def read_cpu_frequency(root: RootLike = SYSTEM_ROOT) -> CpuFrequency:
         governor = read_path_text(freq / "scaling_governor")
         if governor:
             governors.append(governor)
+        limits = {}
         for target, name in ((mins, "scaling_min_freq"), (maxes, "scaling_max_freq"), (hardware, "cpuinfo_max_freq")):
-            value = _khz_to_mhz(read_path_int(freq / name))
+            value = limits[name] = _khz_to_mhz(read_path_int(freq / name))
             if value is not None:
                 target.append(value)
+        allowed, top = limits["scaling_max_freq"], limits["cpuinfo_max_freq"]
+        if allowed is not None and top is not None:
+            capped.append(allowed < top)
     governor = None
     if governors:
         distinct = sorted(set(governors))
@@ -178,4 +190,5 @@ def read_cpu_frequency(root: RootLike = SYSTEM_ROOT) -> CpuFrequency:
         max_mhz=max(maxes) if maxes else None,
         hardware_max_mhz=max(hardware) if hardware else None,
         governor=governor,
+        capped_cores=sum(capped) if capped else None,
     )

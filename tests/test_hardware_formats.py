@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from hardware.cpu import read_cpu_frequency
 from hardware.device import detect_device, device_report
 from hardware.memory import read_cgroup_memory_limit_mb
 from hardware.readers import default_readers
@@ -114,3 +115,23 @@ def test_an_x86_box_whose_only_zone_is_acpi_also_reads_its_cpu_sensor(tmp_path):
         "/sys/class/hwmon/hwmon2/temp1_input": "45850\n",
     })
     assert read_temperatures(root) == {"acpitz": 16.8, "k10temp/Tctl": 71.5}
+
+
+def rk3588_cpufreq(big1_max_khz: int) -> dict[str, str]:
+    """An RK3588's three cpufreq policies: four A55s, and two pairs of A76s, each pair under its
+    own thermal zone and capped by it alone."""
+    files = {}
+    for cpu in range(8):
+        top, allowed = (1_800_000, 1_800_000) if cpu < 4 else (2_256_000, 2_256_000 if cpu < 6 else big1_max_khz)
+        base = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq"
+        files.update({f"{base}/scaling_cur_freq": f"{min(allowed, 1_416_000)}\n", f"{base}/scaling_max_freq": f"{allowed}\n",
+                      f"{base}/scaling_min_freq": "408000\n", f"{base}/cpuinfo_max_freq": f"{top}\n",
+                      f"{base}/scaling_governor": "schedutil\n"})
+    return files
+
+
+def test_a_board_with_one_cluster_capped_and_another_at_full_clock_is_capped(tmp_path):
+    assert read_cpu_frequency(write_tree(tmp_path / "cool", rk3588_cpufreq(2_256_000))).capped is False
+    hot = read_cpu_frequency(write_tree(tmp_path / "hot", rk3588_cpufreq(1_608_000)))
+    assert hot.capped is True and hot.to_dict()["capped"] is True
+    assert (hot.max_mhz, hot.hardware_max_mhz) == (2256.0, 2256.0)
