@@ -369,3 +369,64 @@ async def test_a_model_or_plan_under_an_unknown_user_is_named_as_such(app):
         await settle(pilot, app)
         assert said(app)[-1] == f"plan file {NO_USER}: there is no user 'no-such-user-here' here, so ~no-such-user-here names no folder"
         assert app._job_ids == 1
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_probes_figures_stay_through_another_job(tiny_llama, tmp_path, monkeypatch, isolated_cache):
+    """The items a cancelled probe scored stayed on screen only until any other job ended: a
+    compression run meanwhile replaced them with "no probe stored yet"."""
+    import threading
+
+    from audit.models import load_model
+    from tests.app_support import press_while_busy, type_into, wait_for
+    from tui.widgets.probe_metrics import ProbeMetricsTable
+
+    released = threading.Event()
+
+    def loader(spec, options, cancel):
+        """The model, its scoring held from its second batch until released."""
+        model = yield from load_model(spec, options, cancel)
+        score, batches = model.score, []
+
+        def held(requests, **kwargs):
+            result = score(requests, **kwargs)
+            batches.append(len(requests))
+            if len(batches) > 1:
+                released.wait(60)
+            return result
+
+        model.score = held
+        return model
+
+    monkeypatch.chdir(tmp_path)
+    app = create_app(str(tiny_llama), store=str(tmp_path / "results.db"), device=FrozenDevice(), loader=loader)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            await pilot.press("3")
+            await pilot.pause()
+            for box in ("#perplexity", "#profile"):
+                app.screen.query_one(box).value = False
+            app.screen.query_one("#target").value = "baseline"
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: app.job is not None and app.job.latest is not None and app.job.latest.done > 0, 60)
+            await press_while_busy(pilot, "escape", lambda: app.job is not None and app.job.cancel.is_set())
+            released.set()
+            await settle(pilot, app)
+            probe = app.screen
+            figures = probe.query_one(ProbeMetricsTable).row_count
+            assert figures >= 2 and "scored before the cancel are shown" in str(probe.query_one("#probe-status").render())
+            app.set_focus(None)
+            await pilot.press("2")
+            await type_into(pilot, "#nsamples", "4")
+            await type_into(pilot, "#seqlen", "32")
+            await pilot.press("ctrl+r")
+            await settle(pilot, app)
+            assert app.report is not None and app.report["variants"][-1]["name"] == "wanda-50"
+            app.set_focus(None)
+            await pilot.press("3")
+            await pilot.pause()
+            assert probe.query_one(ProbeMetricsTable).row_count == figures
+            assert "scored before the cancel are shown" in str(probe.query_one("#probe-status").render())
+    finally:
+        released.set()

@@ -92,6 +92,9 @@ class ProbeScreen(FormScreen):
     _place: StepPlace | None = None  # where that job last said it stood among its steps
     _scored_step: Step | None = None  # the probe step whose live figures the table shows
     _shown_target: str | None = None
+    # The figures a probe scored before it was cancelled or failed are on screen: they stay until
+    # the next probe, another model chosen or a new session, whatever jobs run meanwhile.
+    _stopped: bool = False
     _sequential_settings: dict[str, Any] = {}  # the session plan's order_seed, sequential_batch, futility
 
     def compose_body(self) -> ComposeResult:
@@ -145,12 +148,15 @@ class ProbeScreen(FormScreen):
         chosen = target.value
         if [(str(label), value) for label, value in options] != getattr(self, "_target_options", None):
             self._target_options = [(str(label), value) for label, value in options]
-            target.set_options(options)
-            target.value = chosen if chosen in {v for _, v in options} else EVERY
+            # Not the operator's choice: a new variant listed is no reason to leave the figures shown.
+            with self.prevent(Select.Changed):
+                target.set_options(options)
+                target.value = chosen if chosen in {v for _, v in options} else EVERY
         self._shown_target = str(target.value)
         if id(session) != self._session_id:
             # A new session: the form starts from its plan.
             self._session_id = id(session)
+            self._stopped = False
             probes = session.plan.probes
             self.query_one("#mode", Select).value = probes.mode
             self.query_one("#limit", Input).value = "" if probes.limit is None else str(probes.limit)
@@ -245,6 +251,7 @@ class ProbeScreen(FormScreen):
             self._live_target = targets[0]
             self._live_started = time.monotonic()
             self._place = self._scored_step = None
+            self._stopped = False
             self.query_one("#probe-status", Static).update("starting…")
         if self.app.job is not None:
             # Off the Run button, so that a second enter does not ask for the same job again; on
@@ -286,6 +293,7 @@ class ProbeScreen(FormScreen):
     def _ended(self, message: JobEnded) -> None:
         if message.kind != "measure":
             return
+        self._stopped = message.outcome != "done"
         status = self.query_one("#probe-status", Static)
         if message.outcome == "cancelled":
             place = self._place
@@ -303,13 +311,14 @@ class ProbeScreen(FormScreen):
         self._shown_target = str(event.value)
         self._live_target = None
         self._job_id = None
+        self._stopped = False
         self._show_stored(self.app.report)
 
     def _show_stored(self, report: dict[str, Any] | None) -> None:
         """Between jobs, the stored figures of the model last probed (or of the one chosen).
         After a cancelled or failed probe the figures scored before it stopped stay."""
         outcome = self.app.last_outcome
-        if outcome is not None and outcome[0] == self._job_id and outcome[2] != "done":
+        if self._stopped or (outcome is not None and outcome[0] == self._job_id and outcome[2] != "done"):
             return
         if self.app.job is not None or report is None:
             return
