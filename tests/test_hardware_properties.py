@@ -24,7 +24,7 @@ from hardware.memory import read_cgroup_memory_limit_mb, read_memory
 from hardware.readers import default_readers
 from hardware.sysfs import parse_cpu_list
 from hardware.throttle import PI_FLAGS, parse_vcgencmd_output, read_pi_throttle
-from tests.fake_devices import jetson_orin_nano, raspberry_pi_5, x86_laptop
+from tests.fake_devices import jetson_agx_orin, jetson_orin_nano, jetson_xavier_nx_jetpack4, raspberry_pi_5, x86_laptop
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_TOOL = "/nonexistent/tool"  # an absolute path that does not exist: run_tool finds nothing, whatever PATH holds
@@ -98,7 +98,10 @@ def apply(root: Path, changes) -> None:
             target.write_bytes(change)
 
 
-DEVICES = {"pi": raspberry_pi_5, "jetson": jetson_orin_nano, "x86": x86_laptop}
+DEVICES = {
+    "pi": raspberry_pi_5, "jetson": jetson_orin_nano, "agx-orin": jetson_agx_orin, "xavier-jetpack4": jetson_xavier_nx_jetpack4,
+    "x86": x86_laptop,
+}
 
 
 @pytest.fixture(scope="module")
