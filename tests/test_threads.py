@@ -205,9 +205,17 @@ def test_abandoned_workers_cancel_tasks_not_started_and_end():
 
     workers = RowWorkers(2)
     release = threading.Event()
-    running = [workers.submit(release.wait, ()) for _ in range(2)]
+    started = threading.Semaphore(0)
+
+    def hold() -> bool:
+        started.release()
+        return release.wait()
+
+    running = [workers.submit(hold, ()) for _ in range(2)]
     waiting = [workers.submit(int, ()) for _ in range(3)]
     workers.stop()  # its end marks are on the queue too
+    started.acquire()
+    started.acquire()  # both threads have taken their task
     threading.Timer(0.2, release.set).start()
     workers.abandon(timeout=30)
     assert not any(t.is_alive() for t in workers._threads)
