@@ -430,3 +430,24 @@ async def test_a_cancelled_probes_figures_stay_through_another_job(tiny_llama, t
             assert "scored before the cancel are shown" in str(probe.query_one("#probe-status").render())
     finally:
         released.set()
+
+
+@pytest.mark.asyncio
+async def test_a_notice_repeating_a_path_with_brackets_reads_as_written(app, tmp_path):
+    """Notices were read as markup: a path holding "[/]" made the notice raise as it was drawn,
+    ending the app, and "[b]" in a name vanished from it."""
+    from textual.widgets._toast import Toast
+
+    record = tmp_path / "[b]lab REC[/] [/].json"
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        app.set_focus(None)
+        await pilot.press("6")
+        await pilot.pause()
+        fill(app, {"#check-model": str(tmp_path), "#check-record": str(record)})
+        await pilot.press("ctrl+r")
+        await settle(pilot, app)
+        await pilot.pause(0.2)
+        shown = [str(toast.render()) for toast in app.screen.query(Toast)]
+        assert any(f"audit record {record} does not exist" in text for text in shown), shown
+

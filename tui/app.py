@@ -17,6 +17,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 from textual.message_pump import MessagePump
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -143,6 +144,12 @@ class EdgeAuditApp(App[int]):
         name = session.facts.name if session.facts else Path(session.model_spec).name
         run = f"run {session.run_id}" if session.run_id is not None else "no run yet"
         return f"{name} · {run} "
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None, markup: bool = False) -> None:
+        """A notice, in plain text whoever asks for it (a screen's notify asks for markup): the
+        paths, names and errors notices repeat are never read as markup, where a path with "[/]"
+        in it made the notice raise as it was drawn, ending the app."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     # -- jobs --------------------------------------------------------------------------------
     def start_job(self, kind: str, title: str, make: Callable[[threading.Event], Job[Any]], owner: MessagePump | None = None) -> bool:
