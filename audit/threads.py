@@ -6,7 +6,9 @@ waiting for the next operation while the thread they wait for cannot get one. So
 
 - unless the user gives `--threads`, a job computes with the cores other processes leave free
   at the moment it starts (measured over a fraction of a second, not the minute-long load
-  average), less any it must leave to others (the app keeps one for its own screen);
+  average), less any it must leave to others (the app keeps one for its own screen); the cores
+  counted are those the process may use (its CPU affinity, a container's CPU quota), since
+  threads beyond a quota are stopped by the kernel until its next period;
 - the inference libraries' idle threads spin only briefly before they sleep; for OpenMP this is
   set in the environment before the libraries load (they read it once), and only where the user
   has not chosen a policy of their own; ONNX Runtime takes it as session options;
@@ -130,9 +132,9 @@ def choose_threads(cores: int | None, others_busy: float | None, reserve: int = 
 
 def auto_threads(reserve: int = 0, interval_s: float = 0.25) -> ThreadChoice:
     """Threads for a job starting now on this device (see `choose_threads`)."""
-    from hardware.load import others_busy_cores, read_cores_online
+    from hardware.load import others_busy_usable_cores, read_usable_cores
 
-    return choose_threads(read_cores_online(), others_busy_cores(interval_s), reserve)
+    return choose_threads(read_usable_cores(), others_busy_usable_cores(interval_s), reserve)
 
 
 # The most computing threads a job may be given, per CPU of the device. More threads than CPUs
@@ -163,9 +165,9 @@ def resolve_threads(threads: int | None, reserve: int = 0, *, row_workers: bool 
     """The user's count when given, else one fitted to the device's load now; with scoring
     workers (`ThreadChoice.with_row_workers`) for a backend that has them."""
     if threads:
-        from hardware.load import read_cores_online
+        from hardware.load import read_usable_cores
 
-        choice = ThreadChoice(threads, read_cores_online(), None, 0, given=True)
+        choice = ThreadChoice(threads, read_usable_cores(), None, 0, given=True)
     else:
         choice = auto_threads(reserve)
     return choice.with_row_workers() if row_workers else choice

@@ -1,5 +1,7 @@
 """The system's load average (tasks running or waiting for a core, averaged over a minute) from
-/proc/loadavg, and the cores it is measured against, from /sys."""
+/proc/loadavg, the cores it is measured against, from /sys, and the cores this process may
+compute on: fewer where its CPU affinity (taskset, a container's cpuset) or a container's CPU
+quota says so."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, parse_cpu_list, read_text
+from hardware.sysfs import RootLike, SYSTEM_ROOT, is_system_root, parse_cpu_list, parse_int, read_int, read_text
 
 # A job that computes keeps about one task per core busy by itself; the device counts as busy
 # when half as many again are running or waiting beside it.
@@ -57,6 +59,66 @@ def read_cores_online(root: RootLike = SYSTEM_ROOT) -> int | None:
     return cores
 
 
+def allowed_cpus(root: RootLike = SYSTEM_ROOT) -> frozenset[int] | None:
+    """The online CPUs this process may run on, where its affinity leaves out some of them
+    (taskset, a container's cpuset); None where it may run on every one, or cannot tell."""
+    if not is_system_root(root):
+        return None
+    try:
+        allowed = frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    online = frozenset(parse_cpu_list(read_text(root, "/sys/devices/system/cpu/online")))
+    if online:
+        allowed &= online
+    return allowed if allowed and (not online or allowed < online) else None
+
+
+# cgroup v1's default CFS period, for a quota given without one.
+_CFS_PERIOD_US = 100_000
+
+
+def read_cpu_quota(root: RootLike = SYSTEM_ROOT) -> float | None:
+    """CPUs' worth of time a container may use (`docker --cpus`): cgroup v2 `cpu.max`
+    ("200000 100000" is 2 CPUs, "max 100000" no limit), else cgroup v1's `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us` (-1: no limit). None when there is no limit or it does not read."""
+    text = read_text(root, "/sys/fs/cgroup/cpu.max")
+    if text:
+        fields = text.split()
+        if fields[0] == "max":
+            return None
+        quota = parse_int(fields[0])
+        period = parse_int(fields[1]) if len(fields) > 1 else _CFS_PERIOD_US
+    else:
+        for folder in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+            quota = read_int(root, f"{folder}/cpu.cfs_quota_us")
+            if quota is not None:
+                period = read_int(root, f"{folder}/cpu.cfs_period_us") or _CFS_PERIOD_US
+                break
+        else:
+            return None
+    if quota is None or period is None or quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def read_usable_cores(root: RootLike = SYSTEM_ROOT) -> int | None:
+    """The cores a job of this process can keep busy: those online, fewer where its affinity
+    allows fewer, and no more than a container's CPU quota (rounded down, at least one: threads
+    beyond the quota are stopped by the kernel each period until the next). None when the cores
+    online are not known."""
+    cores = read_cores_online(root)
+    if cores is None:
+        return None
+    allowed = allowed_cpus(root)
+    if allowed:
+        cores = min(cores, len(allowed))
+    quota = read_cpu_quota(root)
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return cores
+
+
 def read_load(root: RootLike = SYSTEM_ROOT) -> SystemLoad:
     return SystemLoad(read_load_1m(root), read_cores_online(root))
 
@@ -80,17 +142,29 @@ def _ticks_per_s() -> float:
         return _TICKS_PER_S
 
 
-def read_cpu_times(root: RootLike = SYSTEM_ROOT) -> CpuTimes | None:
+def read_cpu_times(root: RootLike = SYSTEM_ROOT, cpus: frozenset[int] | None = None) -> CpuTimes | None:
     """The first line of /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal (guest
-    time is already counted in user). None when unreadable or garbled."""
+    time is already counted in user); with `cpus`, the sum of those CPUs' own lines. None when
+    unreadable or garbled."""
     text = read_text(root, "/proc/stat")
     if not text:
         return None
-    fields = text.splitlines()[0].split()
-    if not fields or fields[0] != "cpu" or len(fields) < 5:
+    if cpus is None:
+        first = text.splitlines()[0].split()
+        return _times(first[1:]) if first and first[0] == "cpu" else None
+    rows = {fields[0]: fields[1:] for fields in (line.split() for line in text.splitlines()) if fields}
+    parts = [_times(rows[f"cpu{c}"]) if f"cpu{c}" in rows else None for c in sorted(cpus)]
+    if not parts or any(p is None for p in parts):
+        return None
+    return CpuTimes(sum(p.busy_s for p in parts if p), sum(p.total_s for p in parts if p))
+
+
+def _times(ticks_text: list[str]) -> CpuTimes | None:
+    """One line's figures (after its name), in seconds."""
+    if len(ticks_text) < 4:
         return None
     try:
-        ticks = [float(x) for x in fields[1:9]]
+        ticks = [float(x) for x in ticks_text[:8]]
     except ValueError:
         return None
     if not all(math.isfinite(t) and t >= 0 for t in ticks):
@@ -113,15 +187,28 @@ def others_busy_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) ->
     busy time less this process's own, per second of wall time. None where /proc/stat is not
     readable. Read at the moment a job starts, it sees a competitor the minute-long load
     average has not caught up with yet."""
-    first = read_cpu_times(root)
+    cpus = allowed_cpus(root)  # beside a cpuset, what others do on the cores it leaves out takes nothing from it
+    first = read_cpu_times(root, cpus)
     if first is None:
         return None
     own = _own_cpu_s()
     started = time.monotonic()
     time.sleep(interval_s)
-    second = read_cpu_times(root)
+    second = read_cpu_times(root, cpus)
     elapsed = time.monotonic() - started
     if second is None or elapsed <= 0:
         return None
     others = (second.busy_s - first.busy_s) - (_own_cpu_s() - own)
     return max(0.0, others / elapsed)
+
+
+def others_busy_usable_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) -> float | None:
+    """`others_busy_cores` as a share of the cores this process can use (`read_usable_cores`):
+    under a CPU quota, the cores it leaves the process without are the first that other
+    processes keep busy, so 3 of 8 cores busy leave a quota of 2 both of its cores."""
+    busy = others_busy_cores(interval_s, root)
+    cores = read_usable_cores(root)
+    may_run_on = len(allowed_cpus(root) or ()) or read_cores_online(root)
+    if busy is None or not cores or not may_run_on or cores >= may_run_on:
+        return busy
+    return max(0.0, busy - (may_run_on - cores))

@@ -39,7 +39,7 @@ def test_others_busy_is_the_device_busy_time_less_this_process_own(monkeypatch):
     readings = iter([load.CpuTimes(10.0, 40.0), load.CpuTimes(10.9, 40.5)])
     own = iter([3.0, 3.2])
     clock = iter([100.0, 100.5])
-    monkeypatch.setattr(load, "read_cpu_times", lambda root=None: next(readings))
+    monkeypatch.setattr(load, "read_cpu_times", lambda root=None, cpus=None: next(readings))
     monkeypatch.setattr(load, "_own_cpu_s", lambda: next(own))
     monkeypatch.setattr(load.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(load.time, "sleep", lambda s: None)
@@ -50,7 +50,7 @@ def test_others_busy_is_the_device_busy_time_less_this_process_own(monkeypatch):
 def test_others_busy_is_never_negative(monkeypatch):
     readings = iter([load.CpuTimes(10.0, 40.0), load.CpuTimes(10.1, 40.5)])
     own = iter([3.0, 3.3])  # counted a tick later than the device: more than the device saw
-    monkeypatch.setattr(load, "read_cpu_times", lambda root=None: next(readings))
+    monkeypatch.setattr(load, "read_cpu_times", lambda root=None, cpus=None: next(readings))
     monkeypatch.setattr(load, "_own_cpu_s", lambda: next(own))
     monkeypatch.setattr(load.time, "sleep", lambda s: None)
     assert load.others_busy_cores(0.0) == 0.0
