@@ -451,3 +451,51 @@ async def test_a_notice_repeating_a_path_with_brackets_reads_as_written(app, tmp
         shown = [str(toast.render()) for toast in app.screen.query(Toast)]
         assert any(f"audit record {record} does not exist" in text for text in shown), shown
 
+
+@pytest.mark.asyncio
+async def test_names_and_paths_with_brackets_read_as_written_on_the_screens(tiny_llama, tmp_path, monkeypatch, isolated_cache):
+    """A model's folder, a variant's name or a data file's path with brackets in it was read as
+    markup on the status lines and captions: "wanda[50%] is ready" read "wanda is ready"."""
+    import shutil
+
+    from textual.widgets import Label, Static
+
+    from tests.app_support import type_into
+    from tests.conftest import SHARED_DATA
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "llama [v2]"
+    shutil.copytree(tiny_llama, model)
+    bbq = tmp_path / "bbq [copy]" / "Age.jsonl"
+    bbq.parent.mkdir()
+    bbq.write_text("".join((SHARED_DATA / "bbq" / "Age.jsonl").read_text().splitlines(keepends=True)[:200]))
+    app = create_app(str(model), store=str(tmp_path / "results.db"), device=FrozenDevice())
+
+    def text(selector: str) -> str:
+        return str(app.screen.query_one(selector, Static).render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert str(app.screen.query_one("#facts-title", Label).render()) == "Loaded model: llama [v2]"
+        await pilot.press("2")
+        await type_into(pilot, "#nsamples", "4")
+        await type_into(pilot, "#seqlen", "32")
+        await type_into(pilot, "#name", "wanda[50%]")
+        await pilot.press("ctrl+r")
+        await settle(pilot, app)
+        assert text("#compress-status") == "wanda[50%] is ready: probe it on screen 3"
+        app.set_focus(None)
+        await pilot.press("3")
+        await pilot.pause()
+        app.screen.query_one("#suite").value = "bbq"
+        app.screen.query_one("#target").value = "wanda[50%]"
+        for box in ("#perplexity", "#profile"):
+            app.screen.query_one(box).value = False
+        fill(app, {"#suite-path": str(bbq), "#limit": "2"})
+        await pilot.press("ctrl+r")
+        await settle(pilot, app)
+        assert text("#probe-status").startswith("stored: wanda[50%] · ")
+        app.set_focus(None)
+        await pilot.press("4", "s")
+        await pilot.pause()
+        assert text("#compare-caption").startswith(f"Run 1 (session) · bbq:{bbq} (s: next of 2)")

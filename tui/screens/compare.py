@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -109,8 +110,7 @@ class CompareScreen(ModeScreen):
         pairs = f" · {paired} paired" if paired else ""
         more = f" (s: next of {len(suites)})" if len(suites) > 1 else ""
         caption.update(
-            f"[b]Run {run['id']}[/] ({source}) · {self._suite or '-'}{more}{pairs} · "
-            "[b]*[/] SRS change ≠ 0 at 95%"
+            Text.assemble((f"Run {run['id']}", "bold"), f" ({source}) · {self._suite or '-'}{more}{pairs} · ", ("*", "bold"), " SRS change ≠ 0 at 95%")
         )
 
     @on(DataTable.ColumnSelected, "#comparison")

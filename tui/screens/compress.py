@@ -202,7 +202,7 @@ class CompressScreen(FormScreen):
                 self.notify(f"{asked} is taken by another recipe: this variant is named {spec.name}", title=self.MODE)
             self._running_name = spec.name
             self.query_one("#blocks", Static).update("")
-            self.query_one("#compress-status", Static).update(f"starting {spec.name}…")
+            self.query_one("#compress-status", Static).update(Text(f"starting {spec.name}…"))
             self.job_started("compress-results")
 
     @on(JobProgress)
@@ -217,12 +217,12 @@ class CompressScreen(FormScreen):
                 done -= 1
             width = self.query_one("#blocks", Static).size.width - 14
             self.query_one("#blocks", Static).update(block_strip(done, total, width))
-        self.query_one("#compress-status", Static).update(event.message)
+        self.query_one("#compress-status", Static).update(Text(event.message))
 
     @on(JobFinished)
     def _finished(self, message: JobFinished) -> None:
         if message.kind == "compress":
-            self.query_one("#compress-status", Static).update(f"[green]{message.result} is ready[/]: probe it on screen 3")
+            self.query_one("#compress-status", Static).update(Text.assemble((f"{message.result} is ready", "green"), ": probe it on screen 3"))
 
     @on(JobEnded)
     def _ended(self, message: JobEnded) -> None:
@@ -230,7 +230,7 @@ class CompressScreen(FormScreen):
             return
         status = self.query_one("#compress-status", Static)
         if message.outcome == "cancelled":
-            status.update(f"[yellow]cancelled[/]: nothing of {self._running_name} is stored; ctrl+r compresses it again")
+            status.update(Text.assemble(("cancelled", "yellow"), f": nothing of {self._running_name} is stored; ctrl+r compresses it again"))
         elif message.outcome == "failed":
             status.update(Text.assemble(("failed", "red"), ": ", message.reason))
 

@@ -155,7 +155,7 @@ class ModelsScreen(ModeScreen):
             self._show_steps(self.app.report)
             return
         facts = session.facts.to_dict()
-        self.query_one("#facts-title", Label).update(f"Loaded model: [b]{facts['name']}[/]")
+        self.query_one("#facts-title", Label).update(Text.assemble("Loaded model: ", (facts["name"], "bold")))
         sparsity = "-" if facts["weight_sparsity"] is None else f"{facts['weight_sparsity']:.4f}"
         rows = (
             ("parameters", f"{facts['parameters']:,}"),

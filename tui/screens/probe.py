@@ -284,10 +284,10 @@ class ProbeScreen(FormScreen):
             eta = f" · {'at most ' if open_verdicts is not None else 'eta '}{clock(left / rate)}" if rate > 0 and left > 0 else ""
             still = "" if open_verdicts is None else f" · {open_verdicts} {'verdict' if open_verdicts == 1 else 'verdicts'} open"
             status.update(
-                f"[b]live[/] {self._live_target}: {event.done:.0f}/{event.total:.0f} items · {rate:.1f} items/s{eta}{still}"
+                Text.assemble(("live", "bold"), f" {self._live_target}: {event.done:.0f}/{event.total:.0f} items · {rate:.1f} items/s{eta}{still}")
             )
         else:
-            status.update(f"{self._live_target}: {event.stage}: {event.message}")
+            status.update(Text(f"{self._live_target}: {event.stage}: {event.message}"))
 
     @on(JobEnded)
     def _ended(self, message: JobEnded) -> None:
@@ -332,7 +332,7 @@ class ProbeScreen(FormScreen):
         status = self.query_one("#probe-status", Static)
         if probe is None:
             table.show(None)
-            status.update(f"{name}: no probe stored yet")
+            status.update(Text(f"{name}: no probe stored yet"))
             return
         table.show(probe)
-        status.update(f"stored: {name} · {probe.get('n_items')} items · {probe.get('items_per_s') or 0:.1f} items/s")
+        status.update(Text(f"stored: {name} · {probe.get('n_items')} items · {probe.get('items_per_s') or 0:.1f} items/s"))
