@@ -499,3 +499,21 @@ async def test_names_and_paths_with_brackets_read_as_written_on_the_screens(tiny
         await pilot.press("4", "s")
         await pilot.pause()
         assert text("#compare-caption").startswith(f"Run 1 (session) · bbq:{bbq} (s: next of 2)")
+
+
+@pytest.mark.asyncio
+async def test_save_plan_offers_the_home_folder_when_the_working_folder_is_gone(app, tmp_path, monkeypatch):
+    """ctrl+s offered a file in the folder the app was started in, and ended in a traceback when
+    that folder had been removed meanwhile."""
+    from pathlib import Path
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        monkeypatch.chdir(gone)
+        gone.rmdir()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen.query_one("#path", Input).value == str(Path.home() / "edge-audit-plan.toml")
+        await pilot.press("escape")

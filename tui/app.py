@@ -419,7 +419,11 @@ class EdgeAuditApp(App[int]):
         if self.session is None:
             self.notify("load a model first", severity="warning")
             return
-        default = Path.cwd() / "edge-audit-plan.toml"
+        try:
+            folder = Path.cwd()
+        except OSError:  # the folder the app was started in is gone
+            folder = Path.home()
+        default = folder / "edge-audit-plan.toml"
         self.push_screen(AskPathScreen("Save the session as a plan file", str(default)), self._save_plan)
 
     def _save_plan(self, path: str | None) -> None:
