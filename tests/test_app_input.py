@@ -517,3 +517,24 @@ async def test_save_plan_offers_the_home_folder_when_the_working_folder_is_gone(
         await pilot.pause()
         assert app.screen.query_one("#path", Input).value == str(Path.home() / "edge-audit-plan.toml")
         await pilot.press("escape")
+
+
+@pytest.mark.asyncio
+async def test_a_recent_model_with_brackets_in_its_path_is_listed_as_written(app, tmp_path):
+    """The model list read its entries as markup: a recent model's "[v2]" vanished from it, and
+    a path with "[/]" in it made the list raise as it was drawn."""
+    from textual.geometry import Region
+    from textual.widgets import OptionList
+
+    from audit.runner import start_run
+    from tui.session import session_plan
+
+    for model in ("/models/llama [v2]", "/models/x[/]y"):
+        start_run(session_plan(model), tmp_path / "results.db", tmp_path / "runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        choices = app.screen.query_one("#choices", OptionList)
+        await settle(pilot, app, until=lambda: choices.option_count == 3)
+        lines = [strip.text for strip in choices.render_lines(Region(0, 0, *choices.outer_size))]
+        shown = " ".join(" ".join(lines).replace("▊", " ").replace("▎", " ").split())
+        assert "recent: /models/x[/]y" in shown and "recent: /models/llama [v2]" in shown, shown

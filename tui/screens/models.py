@@ -70,7 +70,8 @@ class ModelsScreen(ModeScreen):
         with Horizontal(id="models-top"):
             with Vertical(id="choices-pane"):
                 yield Label("Model [dim](enter loads it)[/]", classes="section")
-                yield OptionList(id="choices")
+                # Plain text: a model's path is shown as written, brackets and all.
+                yield OptionList(id="choices", markup=False)
                 yield Input(placeholder="or a folder, .gguf file or hub id", id="model-path", compact=True)
             with Vertical(id="facts-pane"):
                 yield Label("Loaded model", classes="section", id="facts-title")
