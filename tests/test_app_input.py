@@ -495,6 +495,7 @@ async def test_names_and_paths_with_brackets_read_as_written_on_the_screens(tiny
         await pilot.press("ctrl+r")
         await settle(pilot, app)
         assert text("#probe-status").startswith("stored: wanda[50%] · ")
+        assert str(app.screen.query_one("#target").query_one("#label", Static).render()) == "wanda[50%]"
         app.set_focus(None)
         await pilot.press("4", "s")
         await pilot.pause()

@@ -144,7 +144,8 @@ class ProbeScreen(FormScreen):
         target = self.query_one("#target", Select)
         if session is None:
             return
-        options = [("every model (steps not stored yet)", EVERY)] + [(name, name) for name in session.targets()]
+        # A variant's name as written, never read as markup.
+        options = [("every model (steps not stored yet)", EVERY)] + [(Text(name), name) for name in session.targets()]
         chosen = target.value
         if [(str(label), value) for label, value in options] != getattr(self, "_target_options", None):
             self._target_options = [(str(label), value) for label, value in options]
