@@ -21,6 +21,9 @@ BUSY_TIMEOUT_SECONDS = 60.0
 # A store last changed this long before it was found whole cannot change again with the same time
 # stamps, even where they are coarse (FAT keeps even seconds): its stamps tell whether it changed since.
 SETTLED_SECONDS = 3.0
+# A stored time is seconds since 1970 (UTC) before the last day of year 9999: what the readers turn
+# into a date in any zone (time.localtime, datetime) without overflowing; another is damage.
+LATEST_TIME = 253402214400.0  # 9999-12-31 00:00 UTC
 
 
 def default_store_path() -> Path:
@@ -612,12 +615,26 @@ class ResultsStore:
         raise damaged(self.path, f"its column {column} holds {_json_kind(value)} where a table belongs")
 
     def _number(self, row: sqlite3.Row, column: str, kind: type | tuple[type, ...] = (int, float), *, empty: bool = True) -> Any:
-        """A numeric column of a row; text or bytes there is a damaged store, as for `_json`."""
+        """A numeric column of a row; text or bytes there, or a fraction where a whole number
+        belongs, is a damaged store, as for `_json`."""
         value = row[column]
         if (value is None and empty) or (isinstance(value, kind) and not isinstance(value, bool)):
             return value
-        held = "nothing" if value is None else "text" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else _json_kind(value)
-        raise damaged(self.path, f"its column {column} holds {held} where a number belongs")
+        if isinstance(value, float):
+            held = f"{value:g}"
+        else:
+            held = "nothing" if value is None else "text" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else _json_kind(value)
+        wanted = "a whole number" if kind is int else "a number"
+        raise damaged(self.path, f"its column {column} holds {held} where {wanted} belongs")
+
+    def _time(self, row: sqlite3.Row, column: str, *, empty: bool = True) -> float | None:
+        """A time column of a row (seconds since 1970): one that is no number, or a number no
+        date is (1e300, infinity, before 1970, past year 9999), is a damaged store, rather than
+        an OverflowError from whatever shows it as a date."""
+        value = self._number(row, column, empty=empty)
+        if value is None or 0 <= value < LATEST_TIME:
+            return value
+        raise damaged(self.path, f"its column {column} holds {value:g} where a time belongs")
 
     def _run_record(self, row: sqlite3.Row) -> RunRecord:
         return RunRecord(
@@ -625,8 +642,8 @@ class ResultsStore:
             name=row["name"],
             model=row["model"],
             status=row["status"],
-            created_at=self._number(row, "created_at", empty=False),
-            finished_at=self._number(row, "finished_at"),
+            created_at=self._time(row, "created_at", empty=False),
+            finished_at=self._time(row, "finished_at"),
             plan_text=row["plan_text"],
             plan_path=row["plan_path"],
             work_dir=row["work_dir"],
@@ -691,9 +708,9 @@ class ResultsStore:
             "variant": row["variant"],
             "kind": row["kind"],
             "status": row["status"],
-            "started_at": row["started_at"],
-            "finished_at": row["finished_at"],
-            "seconds": row["seconds"],
+            "started_at": self._time(row, "started_at"),
+            "finished_at": self._time(row, "finished_at"),
+            "seconds": self._number(row, "seconds"),
             "result": self._json(row, "result_json"),
             "resources": self._json(row, "resources_json"),
             "error": row["error"],
@@ -803,13 +820,20 @@ class ResultsStore:
         rows = self.db.execute(
             "SELECT id, created_at, model_path, record_path, audit_run, variant, outcome, exit_code, sentence FROM checks ORDER BY id"
         )
-        return [dict(r) for r in rows]
+        return [self._check_row(r) for r in rows]
+
+    def _check_row(self, row: sqlite3.Row) -> dict[str, Any]:
+        """A stored check's columns, its time and exit code checked as a run's are."""
+        data = dict(row)
+        data["created_at"] = self._time(row, "created_at", empty=False)
+        data["exit_code"] = self._number(row, "exit_code", int, empty=False)
+        return data
 
     def check(self, check_id: int) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM checks WHERE id = ?", (check_id,)).fetchone()
         if row is None:
             raise UserError(f"no check {check_id} in {self.path}")
-        data = dict(row)
+        data = self._check_row(row)
         data["result"] = self._json(data, "result_json", empty=False)
         del data["result_json"]
         return data

@@ -210,3 +210,92 @@ def test_a_stored_item_that_does_not_read_is_one_line(tmp_path, capsys):
     assert main(["runs", "show", "1", "--store", str(path)]) == 2
     line = plain_line(capsys.readouterr().err)
     assert line.startswith(f"edge-audit: error: results store {path} is damaged (an item baseline's builtin probe stored does not read: chosen is 'x'")
+
+
+def copy_of(store, tmp_path):
+    """A copy of a store (its WAL checkpointed into it), to damage without touching the original."""
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "copy.db"
+    shutil.copyfile(store, path)
+    for extra in ("-wal", "-shm"):
+        if os.path.exists(f"{store}{extra}"):
+            shutil.copyfile(f"{store}{extra}", f"{path}{extra}")
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "sql, column, held",
+    [
+        ("UPDATE runs SET created_at = 1e300", "created_at", "1e+300"),
+        ("UPDATE runs SET created_at = -1e300", "created_at", "-1e+300"),
+        ("UPDATE runs SET created_at = 9e999", "created_at", "inf"),
+        ("UPDATE runs SET finished_at = 1e300", "finished_at", "1e+300"),
+        ("UPDATE steps SET started_at = 1e300", "started_at", "1e+300"),
+        ("UPDATE steps SET finished_at = -9e999", "finished_at", "-inf"),
+        ("UPDATE runs SET exit_code = 1e300", "exit_code", "1e+300"),
+    ],
+)
+def test_a_stored_number_that_is_no_time_or_count_is_one_line(passed_audit, tmp_path, capsys, sql, column, held):
+    """A time no date is (1e300, infinity) or a fraction where a whole number belongs reads as the
+    store's damage, in one line naming the column, where listing or showing its run raised
+    OverflowError as the time was shown."""
+    import sqlite3
+
+    from tui.screens.history import stored_runs
+    from tui.session import read_report
+
+    path = copy_of(passed_audit["store"], tmp_path)
+    with sqlite3.connect(path) as raw:
+        raw.execute(sql)
+    raw.close()
+    expected = f"results store {path} is damaged (its column {column} holds {held} where a "
+    commands = [["runs", "show", "1"], ["runs", "show", "1", "--json"]]
+    if sql.startswith("UPDATE runs"):  # a listing reads no step
+        commands += [["runs", "list"], ["runs", "list", "--json"]]
+    for command in commands:
+        assert main([*command, "--store", str(path)]) == 2, command
+        captured = capsys.readouterr()
+        assert plain_line(captured.err).startswith("edge-audit: error: " + expected) and captured.out == ""
+    with pytest.raises(StoreError, match="is damaged"):
+        read_report(path, 1)
+    if sql.startswith("UPDATE runs"):
+        with pytest.raises(StoreError, match="is damaged"):
+            stored_runs(path)
+
+
+def test_a_stored_check_at_no_time_is_one_line(tmp_path):
+    import sqlite3
+
+    from tui.screens.history import stored_checks
+
+    path = tmp_path / "r.db"
+    with ResultsStore(path) as db:
+        check_id = db.record_check({"outcome": "pass", "exit_code": 0, "sentence": "ok"})
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE checks SET created_at = 1e300")
+    raw.close()
+    with pytest.raises(StoreError, match=r"its column created_at holds 1e\+300 where a time belongs"):
+        stored_checks(path)
+    with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError, match="where a time belongs"):
+        db.check(check_id)
+
+
+def test_times_of_any_day_up_to_year_9999_read(tmp_path):
+    import sqlite3
+
+    path = build_store(tmp_path / "r.db", runs=1, items=3)
+    latest = store_module.LATEST_TIME - 1
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE runs SET created_at = 0, finished_at = ?", (latest,))
+        raw.execute("UPDATE steps SET started_at = 0.5, finished_at = ?", (latest,))
+    raw.close()
+    with ResultsStore(path, readonly=True) as db:
+        run = db.run(1)
+        assert (run.created_at, run.finished_at) == (0, latest)
+        assert [(s["started_at"], s["finished_at"]) for s in db.steps(1)] == [(0.5, latest)]
+    time.strftime("%Y-%m-%d %H:%M", time.localtime(latest))
