@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,12 @@ from audit.errors import UserError
 from audit.models.interface import LanguageModel
 from audit.paths import data_dir, read_text
 from audit.probes.items import is_text
+from audit.progress import check_cancel
+from hardware.memory import MB, available_bytes
 
 CALIBRATION_FILE = "calibration_en.txt"
+TOKEN_ID_BYTES = 8  # a window's token ids are int64
+CANCEL_EVERY = 64  # windows drawn between two looks at the cancel event
 
 
 def read_text_file(path: Path, what: str = "text") -> str:
@@ -47,6 +52,24 @@ def shipped_calibration_text() -> str:
     return (data_dir() / CALIBRATION_FILE).read_text(encoding="utf-8")
 
 
+def calibration_bytes(nsamples: int, seqlen: int, bytes_per_token: int = 0) -> int:
+    """Memory `nsamples` windows of `seqlen` tokens take: their token ids, and `bytes_per_token`
+    more for each token that the caller holds for them (a method's block activations)."""
+    return nsamples * seqlen * (TOKEN_ID_BYTES + bytes_per_token)
+
+
+def check_calibration_memory(nsamples: int, seqlen: int, *, bytes_per_token: int = 0, budget_bytes: int | None = None) -> None:
+    """Refuse, with both numbers, a sample count whose windows (and what is held for them)
+    cannot fit in `budget_bytes` (None: the memory the system has available)."""
+    need = calibration_bytes(nsamples, seqlen, bytes_per_token)
+    budget = available_bytes() if budget_bytes is None else budget_bytes
+    if need > budget:
+        raise UserError(
+            f"not enough memory for {nsamples} calibration samples of {seqlen} tokens: "
+            f"needs about {-(-need // MB)} MB, {budget // MB} MB available"
+        )
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     samples: torch.Tensor  # (nsamples, seqlen) token ids
@@ -67,9 +90,16 @@ def calibration_set(
     seqlen: int = DEFAULT_SEQLEN,
     seed: int = 0,
     context_length: int | None = None,
+    bytes_per_token: int = 0,
+    budget_bytes: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> CalibrationSet:
     """`nsamples` windows of `seqlen` tokens at seeded random offsets, each starting with the
-    model's document-start token(s), as whole texts are scored."""
+    model's document-start token(s), as whole texts are scored.
+
+    A count whose windows, with `bytes_per_token` more per token that the caller will hold for
+    them, need more than `budget_bytes` (None: the memory available) is refused before any is
+    drawn; drawing them stops at `cancel`."""
     if nsamples < 1:
         raise UserError(f"the number of calibration samples must be at least 1, got {nsamples}")
     prefix = list(model.text_prefix_ids)
@@ -77,6 +107,7 @@ def calibration_set(
         raise UserError(f"calibration sequence length must be at least {len(prefix) + 2} tokens, got {seqlen}")
     if context_length and seqlen > context_length:
         raise UserError(f"calibration sequence length {seqlen} exceeds the model's context length {context_length}")
+    check_calibration_memory(nsamples, seqlen, bytes_per_token=bytes_per_token, budget_bytes=budget_bytes)
     if path is None:
         text, source = shipped_calibration_text(), f"built-in ({CALIBRATION_FILE})"
     else:
@@ -88,8 +119,14 @@ def calibration_set(
             f"calibration text {source} has {len(tokens)} tokens; a sequence length of {seqlen} needs at least {window}"
         )
     rng = random.Random(seed)
-    rows = []
-    for _ in range(nsamples):
+    # Each window is written straight into the one tensor returned: no list of rows beside it.
+    ids = torch.tensor(tokens, dtype=torch.long)
+    samples = torch.empty((nsamples, seqlen), dtype=torch.long)
+    if prefix:
+        samples[:, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+    for row in range(nsamples):
+        if row % CANCEL_EVERY == 0:
+            check_cancel(cancel)
         start = rng.randint(0, len(tokens) - window)
-        rows.append(prefix + tokens[start : start + window])
-    return CalibrationSet(torch.tensor(rows, dtype=torch.long), source, len(tokens), seed)
+        samples[row, len(prefix) :] = ids[start : start + window]
+    return CalibrationSet(samples, source, len(tokens), seed)

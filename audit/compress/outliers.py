@@ -207,7 +207,9 @@ def measure_inputs(
 
     context_length = lm.facts().context_length
     seqlen = min(rule.seqlen, context_length) if context_length else rule.seqlen
-    calibration = calibration_set(lm, nsamples=rule.nsamples, seqlen=seqlen, seed=rule.seed, context_length=context_length)
+    calibration = calibration_set(
+        lm, nsamples=rule.nsamples, seqlen=seqlen, seed=rule.seed, context_length=context_length, cancel=cancel
+    )
     with evaluating(model):
         maxima = yield from channel_maxima(model, names, calibration.samples, cancel)
     return maxima, calibration

@@ -34,7 +34,7 @@ from audit.compress.recipe import PruneRecipe, check_scope
 from audit.compress.storage import dense_state, save_dense, save_sparse
 from audit.errors import UserError
 from audit.models.interface import MB
-from audit.models.loader import LoadOptions, folder_size_bytes, load_model
+from audit.models.loader import LoadOptions, folder_size_bytes, load_model, memory_budget_bytes
 from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.plans import CalibrationSpec
@@ -82,6 +82,14 @@ def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | 
     if calib is not None:
         record["statistics"] = statistics
     return record
+
+
+def activation_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of block inputs the calibration walk holds per calibration token: one hidden state
+    at the model's float dtype (the statistics are per layer, whatever the sample count)."""
+    hidden = getattr(model.config.get_text_config(), "hidden_size", 0) or 0
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return int(hidden) * torch.empty((), dtype=dtype).element_size()
 
 
 @dataclass
@@ -294,9 +302,11 @@ def prune(
         needs = PRUNING_METHODS.meta(recipe.method)["needs"]
         calib: CalibrationSet | None = None
         if needs:
+            # The walk holds each sample's hidden states entering a block, at the model's dtype.
             calib = calibration_set(
                 lm, Path(calibration.file) if calibration.file else None, nsamples=calibration.nsamples,
                 seqlen=calibration.seqlen, seed=calibration.seed, context_length=lm.facts().context_length,
+                bytes_per_token=activation_bytes_per_token(model), budget_bytes=memory_budget_bytes(options), cancel=cancel,
             )
         before = after = None
         if measure_perplexity:
