@@ -987,7 +987,8 @@ def sequential_refusal(probes: ProbeSpec, gate: GateSettings) -> str | None:
 
 def revise_plan(plan: Plan, **changes: Any) -> Plan:
     """A copy of `plan` with `changes` (dataclass fields), written out and read back, so its text
-    matches its fields and every value is checked as in a plan file."""
+    matches its fields and every value is checked as in a plan file; `path=` among them gives the
+    copy that path (None: a plan of no file), else it keeps the plan's."""
     revised = replace(plan, **changes)
-    path = Path(plan.path) if plan.path else None
+    path = Path(revised.path) if revised.path else None
     return parse_plan(plan_to_toml(revised), path, check_model=False)

@@ -308,3 +308,19 @@ def test_a_variant_folder_never_lies_outside_the_work_folder(tmp_path):
     for name in ("/tmp/elsewhere", "../up", "a/b"):
         with pytest.raises(UserError, match="is a path"):
             variant_folder(tmp_path, name)
+
+
+def test_a_revised_plan_takes_the_path_it_is_given(tmp_path):
+    from audit.plans import revise_plan
+
+    path = tmp_path / "plans" / "nightly.toml"
+    path.parent.mkdir()
+    path.write_text(GOOD)
+    plan = load_plan(path)
+    assert revise_plan(plan, name="kept").path == str(path.resolve())
+    assert revise_plan(plan, path=None).path is None
+    elsewhere = tmp_path / "other" / "plan.toml"
+    moved = revise_plan(plan, path=str(elsewhere), name="moved")
+    assert (moved.path, moved.name) == (str(elsewhere.resolve()), "moved")
+    # Its files stay the ones the plan named, wherever the copy is said to be.
+    assert moved.probes.suites == plan.probes.suites

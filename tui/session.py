@@ -46,9 +46,9 @@ def session_plan(model_spec: str, template: Plan | None = None) -> Plan:
     profile and gate rules) on the chosen model, with no variants yet."""
     local = Path(model_spec).expanduser()
     model = str(local.resolve()) if local.exists() else model_spec
-    # Its own plan, not the file it starts from (revise_plan keeps a plan's path): stored with
-    # the run, that file would be named as its source, and in every error about it.
-    return revise_plan(replace(template or default_plan(), path=None), name=SESSION_NAME, model=model, variants=())
+    # Its own plan, not the file it starts from: stored with the run, that file would be named
+    # as its source, and in every error about it.
+    return revise_plan(template or default_plan(), path=None, name=SESSION_NAME, model=model, variants=())
 
 
 def with_suite(probes: ProbeSpec, suite: str) -> ProbeSpec:
