@@ -22,6 +22,11 @@ _REASONS = {
     errno.EROFS: "the file system is read-only",
     errno.EIO: "input/output error",
 }
+# A path longer than this is shown cut in its middle: a message stays one readable line.
+SHOWN_PATH_LIMIT = 400
+_SHOWN_END = 100
+# The longest name (one part of a path) common file systems allow, in bytes.
+_NAME_MAX = 255
 
 
 def cache_dir() -> Path:
@@ -48,8 +53,59 @@ def inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def shown(path: object, limit: int = SHOWN_PATH_LIMIT) -> str:
+    """A path as a one-line message names it: bytes that are not UTF-8 (a name made on another
+    system) escaped as \\xff, line breaks escaped, and a path longer than `limit` characters
+    cut in its middle to its start and its end, with its length."""
+    text = str(path)
+    try:
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    if len(text) <= limit:
+        return text
+    return f"{text[:_SHOWN_END]}...{text[-_SHOWN_END:]} ({len(text)} characters)"
+
+
+def is_utf8_name(path: object) -> bool:
+    """Whether a path's name is UTF-8 (not bytes of another system's encoding kept as surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_working_folder() -> None:
+    """Refuse, in one line, to go on when the working folder is gone (removed after the process
+    started in it): a relative path cannot be resolved then, and the inference libraries fail
+    reading it with a bare 'No such file or directory' that names no path."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        try:
+            gone = os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+        except OSError:
+            gone = ""
+        named = f" {shown(gone)}" if gone.startswith("/") else ""
+        raise UserError(f"the working folder{named} no longer exists: start edge-audit again from a folder that exists") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the working folder: {os_reason(exc)}") from None
+
+
+def _has_long_name(path: object) -> bool:
+    try:
+        parts = os.fsencode(os.fspath(path)).split(b"/")  # type: ignore[arg-type]
+    except (TypeError, UnicodeError):
+        return True
+    return any(len(part) > _NAME_MAX for part in parts)
+
+
 def os_reason(exc: OSError) -> str:
     """What went wrong, in a few words and without the path (the caller's message names it)."""
+    if exc.errno == errno.ENAMETOOLONG and exc.filename is not None and not _has_long_name(exc.filename):
+        return "the path is longer than the system allows"
     if exc.errno in _REASONS:
         return _REASONS[exc.errno]
     return exc.strerror or type(exc).__name__
@@ -65,12 +121,12 @@ def probe(path: Path, what: str = "path") -> os.stat_result | None:
         return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         if os.path.islink(path):  # a link whose target is missing: say so, not "no such file"
-            raise UserError(f"{what} {path} is a broken symbolic link") from None
+            raise UserError(f"{what} {shown(path)} is a broken symbolic link") from None
         return None
     except OSError as exc:
-        raise UserError(f"{what} {path}: {os_reason(exc)}") from None
+        raise UserError(f"{what} {shown(path)}: {os_reason(exc)}") from None
     except ValueError:  # an embedded NUL byte
-        raise UserError(f"{what} {path!r} is not a valid path") from None
+        raise UserError(f"{what} {shown(repr(path))} is not a valid path") from None
 
 
 def kind(status: os.stat_result | None) -> str | None:
@@ -89,11 +145,11 @@ def require_file(path: Path, what: str = "file") -> os.stat_result:
     status = probe(path, what)
     found = kind(status)
     if found is None:
-        raise UserError(f"{what} {path} does not exist")
+        raise UserError(f"{what} {shown(path)} does not exist")
     if found == "folder":
-        raise UserError(f"{what} {path} is a folder, not a file")
+        raise UserError(f"{what} {shown(path)} is a folder, not a file")
     if found != "file":
-        raise UserError(f"{what} {path} is not a regular file")
+        raise UserError(f"{what} {shown(path)} is not a regular file")
     assert status is not None
     return status
 
@@ -106,11 +162,11 @@ def read_text(path: Path, what: str, *, expected: str = "") -> str:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {os_reason(exc)}") from None
+        raise UserError(f"cannot read {what} {shown(path)}: {os_reason(exc)}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}){hint}") from None
+        raise UserError(f"{what} {shown(path)} is not UTF-8 text (byte {exc.start}){hint}") from None
 
 
 def list_folder(folder: Path, what: str = "folder") -> list[Path]:
@@ -118,4 +174,4 @@ def list_folder(folder: Path, what: str = "folder") -> list[Path]:
     try:
         return sorted(Path(folder).iterdir())
     except OSError as exc:
-        raise UserError(f"cannot list the {what} {folder}: {os_reason(exc)}") from None
+        raise UserError(f"cannot list the {what} {shown(folder)}: {os_reason(exc)}") from None

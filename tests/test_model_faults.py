@@ -236,6 +236,58 @@ def test_a_path_component_too_long(spec):
     refused(spec, pattern)
 
 
+@pytest.mark.parametrize("absolute", [False, True])
+def test_a_path_too_long_is_named_in_a_short_line(tmp_path, absolute):
+    """A path past the system's limit (4096 bytes) of short names: one line saying so, the path
+    cut in its middle, not the OS's 'File name too long' with the whole path in it."""
+    spec = ("/" if absolute else "") + "a/" * 2500 + "model"
+    for call in (lambda: resolve_source(spec), lambda: load(spec)):
+        with pytest.raises(UserError) as caught:
+            call()
+        message = str(caught.value)
+        assert "the path is longer than the system allows" in message
+        assert message.startswith(f"model {spec[:100]}...")
+        assert message.endswith(f"...{spec[-100:]} ({len(spec)} characters): the path is longer than the system allows")
+        assert "\n" not in message and len(message) < 400
+
+
+def test_the_working_folder_removed_is_named_before_loading(tiny_llama, tmp_path, monkeypatch):
+    import audit.models.loader as loader
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+
+    def never(*args, **kwargs):
+        raise AssertionError("loading went on in a working folder that is gone")
+
+    monkeypatch.setattr(loader, "resolve_source", never)
+    message = refused(tiny_llama, "no longer exists")
+    assert message == f"the working folder {gone} no longer exists: start edge-audit again from a folder that exists"
+
+
+def test_a_model_folder_whose_name_is_not_utf8_is_refused_before_loading(tiny_llama, tmp_path, monkeypatch):
+    import audit.models.loader as loader
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/model-\xff"))
+    copy_model(tiny_llama, folder)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a folder whose name is not UTF-8 was loaded")
+
+    monkeypatch.setattr(loader, "_load_torch", never)
+    message = refused(folder, "the name is not UTF-8")
+    assert message.startswith(f"model {tmp_path}/model-\\xff: the name is not UTF-8 (the bad bytes shown escaped)")
+    with pytest.raises(UserError, match="the name is not UTF-8"):
+        resolve_source(str(folder))
+    # Inside a folder whose name is not UTF-8, given by a relative path.
+    monkeypatch.chdir(folder)
+    inner = copy_model(tiny_llama, folder / "inner")
+    assert refused(Path("inner"), "the name is not UTF-8").startswith(f"model {tmp_path}/model-\\xff/inner: ")
+    assert inner.is_dir()
+
+
 def test_a_cache_path_too_long(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_AUDIT_CACHE", str(tmp_path / LONG_NAME))
     gguf = tmp_path / "model.gguf"
@@ -326,10 +378,11 @@ def test_cli_model_faults_exit_2_with_one_line(tiny_llama, tmp_path):
         ([str(folder)], "is a folder, not a file"),
         ([str(config)], "hidden_size must be a positive whole number"),
         ([str(tmp_path / LONG_NAME)], "a name in the path is longer than the file system allows"),
+        ([str(tmp_path) + "/a" * 2500], "the path is longer than the system allows"),
     ]
     for args, message in cases:
         result = run_cli("models", "info", *args, env={"EDGE_AUDIT_CACHE": str(tmp_path / "cache")})
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
-        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+        assert len(lines) == 1 and message in lines[0] and len(lines[0]) < 500, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stdout == ""

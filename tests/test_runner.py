@@ -16,7 +16,8 @@ import pytest
 
 from audit.plans import load_plan
 from audit.progress import Cancelled, drive
-from audit.runner import RunOptions, run_plan, steps_for, variant_names
+from audit.errors import UserError
+from audit.runner import RunOptions, close_run, driving, run_plan, run_steps, start_run, steps_for, variant_names
 from audit.store import ResultsStore
 from tests.conftest import ROOT, run_cli
 
@@ -221,6 +222,33 @@ def test_invalid_plans_exit_2_with_the_line(tiny_llama, tmp_path):
     path.write_text(path.read_text().replace("sparsity = 1.2", "sparsity = 0.5").replace(f'model = "{tiny_llama}"', 'model = "./missing"'))
     result = run_cli("run", str(path), "--store", str(tmp_path / "r.db"))
     assert result.returncode == 2 and "plan.toml line 2: model: no such file or folder" in result.stderr
+
+
+def test_a_working_folder_removed_is_named_before_a_run_or_a_step(tiny_llama, tmp_path, monkeypatch):
+    """The folder the process was started in removed: each entry to a run says so in one line,
+    where making the run's folder or reading its plan failed with a bare 'No such file or
+    directory' naming no path."""
+    plan = load_plan(write_plan(tmp_path, tiny_llama))
+    store = tmp_path / "results.db"
+    run_id, work_dir = start_run(plan, store)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    said = f"the working folder {gone} no longer exists: start edge-audit again from a folder that exists"
+    for call in (
+        lambda: start_run(plan, store),
+        lambda: start_run(plan, Path("results.db")),
+        lambda: drive(run_plan(plan, RunOptions(store=store))),
+        lambda: drive(run_steps(store, run_id, "baseline", ["perplexity"])),
+        lambda: close_run(store, run_id),
+        lambda: driving(run_id, Path("runs") / "run-1").__enter__(),
+    ):
+        with pytest.raises(UserError) as caught:
+            call()
+        assert str(caught.value) == said
+    with ResultsStore(store) as opened:
+        assert [r.id for r in opened.runs()] == [run_id]
 
 
 def test_a_plan_asking_more_threads_than_the_device_takes_is_refused_before_the_run_starts(tiny_llama, tmp_path):

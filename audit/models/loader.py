@@ -19,8 +19,16 @@ from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
 from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
-from audit.models.sources import SAFETENSORS_DTYPE_BITS, ModelSource, index_shards, read_gguf, resolve_source, safetensors_header
-from audit.paths import kind, models_cache_dir, os_reason, probe
+from audit.models.sources import (
+    SAFETENSORS_DTYPE_BITS,
+    ModelSource,
+    index_shards,
+    read_gguf,
+    require_utf8_name,
+    resolve_source,
+    safetensors_header,
+)
+from audit.paths import kind, models_cache_dir, os_reason, probe, require_working_folder, shown
 from audit.progress import Job, Progress, check_cancel
 from audit.threads import onnx_wait_entries, resolve_threads, thread_count_problem
 from hardware.memory import MB, available_bytes, release_free_heap
@@ -155,7 +163,7 @@ def _gguf_identity(path: Path) -> dict[str, Any]:
 def cache_entry_for_gguf(path: Path, alias: ModelAlias | None) -> Path:
     if alias is not None:
         return models_cache_dir() / alias.name
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return models_cache_dir() / f"gguf-{path.stem}-{digest}"
 
 
@@ -188,6 +196,7 @@ def prepare_gguf(
     """Convert a GGUF file once into a cached folder (float32 safetensors + fixed tokenizer);
     `reconvert` replaces a cached conversion that reads as current."""
     target = cache_entry_for_gguf(path, alias)
+    require_utf8_name(target, "model cache folder")  # its tokenizer is saved and read there
     if kind(probe(target, "model cache folder")) not in (None, "folder"):
         raise UserError(f"model cache folder {target} is not a folder; remove it and try again")
     identity = _gguf_identity(path)
@@ -327,7 +336,8 @@ def fetch_hub(source: ModelSource, options: LoadOptions) -> Path:
 def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[LanguageModel]:
     """Resolve, check memory, convert if needed, and load; yields progress, returns the model."""
     started = time.perf_counter()
-    yield Progress("load", 0, 2, f"resolving {spec}")
+    require_working_folder()  # the libraries read it as they load, failing with no path named
+    yield Progress("load", 0, 2, f"resolving {shown(spec)}")
     source = resolve_source(spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
     folder: Path
     gguf: tuple[Path, ModelAlias | None] | None = None  # the file a cached conversion is made from

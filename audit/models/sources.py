@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
-from audit.paths import kind, list_folder, os_reason, probe, require_file
+from audit.paths import is_utf8_name, kind, list_folder, os_reason, probe, require_file, shown
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -67,13 +68,29 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
     except RuntimeError:  # "~someone" for a user this system does not know
         path = Path(spec)
     if probe(path, "model") is not None:
+        require_utf8_name(path)
         return _local_source(spec, path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
         return ModelSource(spec, "hub", hub_id=spec)
     if "/" in spec or path.suffix:
-        raise UserError(f"no such file or folder: {spec}")
+        raise UserError(f"no such file or folder: {shown(spec)}")
     known = ", ".join(ALIASES.names())
     raise UserError(f"unknown model alias {spec!r}; known: {known} (or pass a folder, a .gguf file or a hub id)")
+
+
+def require_utf8_name(path: Path, what: str = "model") -> None:
+    """Refuse, before loading, a model whose path is not UTF-8 (bytes of another system's
+    encoding in a folder's name): the tokenizer library opens its files by UTF-8 names only and
+    would fail deep inside with a UnicodeEncodeError, and a converted GGUF's cache folder is
+    named after the file."""
+    try:
+        full = Path(os.path.abspath(path))
+    except OSError:  # the working folder is gone: the path as given
+        full = path
+    if not (is_utf8_name(path) and is_utf8_name(full)):
+        named = full if is_utf8_name(path) else path
+        raise UserError(f"{what} {shown(named)}: the name is not UTF-8 (the bad bytes shown escaped), and a model's tokenizer "
+                        "can only be read under UTF-8 names; rename it, or the folder it is in")
 
 
 def _local_source(spec: str, path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ModelSource:
@@ -88,9 +105,9 @@ def _local_source(spec: str, path: Path, *, allow_pickle: bool, trust_remote_cod
             return _local_source(spec, path.parent, allow_pickle=True, trust_remote_code=trust_remote_code)
         if suffix in {".safetensors", ".onnx"}:
             return _local_source(spec, path.parent, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        raise UserError(f"{path} is not a model: expected a folder, a .gguf file or a .safetensors/.onnx file")
+        raise UserError(f"{shown(path)} is not a model: expected a folder, a .gguf file or a .safetensors/.onnx file")
     if found != "folder":
-        raise UserError(f"{path} is not a model: it is neither a regular file nor a folder")
+        raise UserError(f"{shown(path)} is not a model: it is neither a regular file nor a folder")
     entries = list_folder(path, "model folder")
     config = _read_config(path)
     _check_remote_code(path, config, trust_remote_code)
@@ -109,28 +126,28 @@ def _read_json(path: Path, what: str, max_bytes: int) -> Any:
     """The JSON value in a small file, any fault with the file a UserError naming it."""
     size = require_file(path, what).st_size
     if size > max_bytes:
-        raise UserError(f"{path} is {size} bytes: too large to be a {what}")
+        raise UserError(f"{shown(path)} is {size} bytes: too large to be a {what}")
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
+        raise UserError(f"cannot read {shown(path)}: {os_reason(exc)}") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not valid JSON: it is not UTF-8 text") from None
+        raise UserError(f"{shown(path)} is not valid JSON: it is not UTF-8 text") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+        raise UserError(f"{shown(path)} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise UserError(f"{path} is not valid JSON: it is nested too deeply") from None
+        raise UserError(f"{shown(path)} is not valid JSON: it is nested too deeply") from None
 
 
 def _read_config(folder: Path) -> dict:
     config_path = folder / "config.json"
     if probe(config_path, "model config") is None:
-        raise UserError(f"folder {folder} has no config.json: not a Hugging Face model folder")
+        raise UserError(f"folder {shown(folder)} has no config.json: not a Hugging Face model folder")
     config = _read_json(config_path, "model config", _MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
-        raise UserError(f"{config_path} is not a JSON object")
+        raise UserError(f"{shown(config_path)} is not a JSON object")
     check_config_fields(config_path, config)
     return config
 
@@ -156,25 +173,25 @@ def check_config_fields(config_path: Path, config: dict, prefix: str = "") -> No
         if value is None and field not in _CONFIG_SIZES_REQUIRED:
             continue
         if not _is_count(value):
-            raise UserError(f"{config_path}: {prefix}{field} must be a positive whole number, not {value!r}")
+            raise UserError(f"{shown(config_path)}: {prefix}{field} must be a positive whole number, not {value!r}")
     for field in _CONFIG_NUMBERS:
         value = config.get(field)
         if value is not None and not _is_number(value):
-            raise UserError(f"{config_path}: {prefix}{field} must be a number, not {value!r}")
+            raise UserError(f"{shown(config_path)}: {prefix}{field} must be a number, not {value!r}")
     for field in _CONFIG_TOKEN_IDS:
         value = config.get(field)
         ids = value if isinstance(value, list) else [value]
         if value is not None and not all(_is_whole(v) for v in ids):
-            raise UserError(f"{config_path}: {prefix}{field} must be a token id (a whole number) or a list of them, not {value!r}")
+            raise UserError(f"{shown(config_path)}: {prefix}{field} must be a token id (a whole number) or a list of them, not {value!r}")
     if not isinstance(config.get("model_type", ""), str):
-        raise UserError(f"{config_path}: {prefix}model_type must be a string, not {config['model_type']!r}")
+        raise UserError(f"{shown(config_path)}: {prefix}model_type must be a string, not {config['model_type']!r}")
     architectures = config.get("architectures")
     if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
-        raise UserError(f"{config_path}: {prefix}architectures must be a list of class names, not {architectures!r}")
+        raise UserError(f"{shown(config_path)}: {prefix}architectures must be a list of class names, not {architectures!r}")
     text_config = config.get("text_config")
     if text_config is not None and not prefix:
         if not isinstance(text_config, dict):
-            raise UserError(f"{config_path}: text_config must be a JSON object, not {text_config!r}")
+            raise UserError(f"{shown(config_path)}: text_config must be a JSON object, not {text_config!r}")
         check_config_fields(config_path, text_config, "text_config.")
 
 
@@ -187,16 +204,16 @@ def _check_remote_code(folder: Path, config: dict, trust_remote_code: bool) -> N
     if model_type not in CONFIG_MAPPING:
         if "auto_map" in config:
             raise UserError(
-                f"model in {folder} needs its own Python code (model_type {model_type!r}); "
+                f"model in {shown(folder)} needs its own Python code (model_type {model_type!r}); "
                 "pass --trust-remote-code only if you trust its author"
             )
-        raise UserError(f"model in {folder} has model_type {model_type!r}, which transformers does not know")
+        raise UserError(f"model in {shown(folder)} has model_type {model_type!r}, which transformers does not know")
 
 
 def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
     if not allow_pickle:
         raise UserError(
-            f"refusing pickle checkpoint {path}: loading it can run arbitrary code; "
+            f"refusing pickle checkpoint {shown(path)}: loading it can run arbitrary code; "
             "pass --allow-pickle only if you trust its source"
         )
 
@@ -214,13 +231,13 @@ def index_shards(folder: Path) -> list[str]:
     weight_map = _read_json(index, "safetensors index", _MAX_CONFIG_BYTES)
     weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise UserError(f"{index} is not a valid safetensors index: it has no weight_map of tensor names to files")
+        raise UserError(f"{shown(index)} is not a valid safetensors index: it has no weight_map of tensor names to files")
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if Path(shard).name != shard or shard in (".", "..") or "\\" in shard:
-            raise UserError(f"{index} names weight shard {shard!r}, which is not a file of the folder itself")
+            raise UserError(f"{shown(index)} names weight shard {shard!r}, which is not a file of the folder itself")
         if probe(folder / shard, "weight shard") is None:
-            raise UserError(f"{folder} is missing weight shard {shard} named in {index.name}")
+            raise UserError(f"{shown(folder)} is missing weight shard {shard} named in {index.name}")
     return shards
 
 
@@ -238,7 +255,7 @@ def _check_weights(folder: Path, entries: list[Path], allow_pickle: bool) -> boo
         for file in pickles:
             require_file(file, "weights file")
         return True
-    raise UserError(f"folder {folder} has config.json but no weights (*.safetensors)")
+    raise UserError(f"folder {shown(folder)} has config.json but no weights (*.safetensors)")
 
 
 def _check_tokenizer(folder: Path) -> None:
@@ -249,7 +266,7 @@ def _check_tokenizer(folder: Path) -> None:
             require_file(path, "tokenizer file")
             found = True
     if not found:
-        raise UserError(f"folder {folder} has no tokenizer (expected tokenizer.json or tokenizer_config.json)")
+        raise UserError(f"folder {shown(folder)} has no tokenizer (expected tokenizer.json or tokenizer_config.json)")
 
 
 def safetensors_header(path: Path) -> dict:
@@ -260,22 +277,22 @@ def safetensors_header(path: Path) -> dict:
         with open(path, "rb") as handle:
             head = handle.read(8)
             if len(head) < 8:
-                raise UserError(f"{path} is truncated: too short to be a safetensors file")
+                raise UserError(f"{shown(path)} is truncated: too short to be a safetensors file")
             length = int.from_bytes(head, "little")
             if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise UserError(f"{path} is truncated or not a safetensors file (header of {length} bytes)")
+                raise UserError(f"{shown(path)} is truncated or not a safetensors file (header of {length} bytes)")
             raw = handle.read(length)
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
+        raise UserError(f"cannot read {shown(path)}: {os_reason(exc)}") from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise UserError(f"{path} is corrupt: its safetensors header is not valid JSON") from None
+        raise UserError(f"{shown(path)} is corrupt: its safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
-        raise UserError(f"{path} is corrupt: its safetensors header is not a JSON object")
+        raise UserError(f"{shown(path)} is corrupt: its safetensors header is not a JSON object")
     metadata = header.get("__metadata__")
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        raise UserError(f"{path} is corrupt: its __metadata__ is not a map of strings")
+        raise UserError(f"{shown(path)} is corrupt: its __metadata__ is not a map of strings")
     spans = []
     for name, info in header.items():
         if name != "__metadata__":
@@ -283,35 +300,35 @@ def safetensors_header(path: Path) -> dict:
     end = 0
     for start, stop, name in sorted(spans):
         if start != end:
-            raise UserError(f"{path} is corrupt: tensor {name!r} starts at byte {start} of the data, expected {end}")
+            raise UserError(f"{shown(path)} is corrupt: tensor {name!r} starts at byte {start} of the data, expected {end}")
         end = stop
     if 8 + length + end > size:
         raise UserError(
-            f"{path} is truncated: its header promises {8 + length + end} bytes, the file has {size}"
+            f"{shown(path)} is truncated: its header promises {8 + length + end} bytes, the file has {size}"
         )
     if 8 + length + end < size:
-        raise UserError(f"{path} is corrupt: {size - 8 - length - end} bytes follow its last tensor")
+        raise UserError(f"{shown(path)} is corrupt: {size - 8 - length - end} bytes follow its last tensor")
     return header
 
 
 def _tensor_span(path: Path, name: str, info: Any) -> tuple[int, int, str]:
     """Where one tensor's bytes lie in the data, after checking its entry is consistent."""
     if not isinstance(info, dict):
-        raise UserError(f"{path} is corrupt: the entry of tensor {name!r} is not a JSON object")
+        raise UserError(f"{shown(path)} is corrupt: the entry of tensor {name!r} is not a JSON object")
     dtype = info.get("dtype")
     if dtype not in SAFETENSORS_DTYPE_BITS:
-        raise UserError(f"{path} is corrupt or too new: tensor {name!r} has unknown dtype {dtype!r}")
+        raise UserError(f"{shown(path)} is corrupt or too new: tensor {name!r} has unknown dtype {dtype!r}")
     shape = info.get("shape")
     if not isinstance(shape, list) or not all(_is_whole(d) for d in shape):
-        raise UserError(f"{path} is corrupt: tensor {name!r} has shape {shape!r}, not a list of sizes")
+        raise UserError(f"{shown(path)} is corrupt: tensor {name!r} has shape {shape!r}, not a list of sizes")
     offsets = info.get("data_offsets")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_whole(o) for o in offsets) and offsets[0] <= offsets[1]):
-        raise UserError(f"{path} is corrupt: tensor {name!r} has no valid data_offsets")
+        raise UserError(f"{shown(path)} is corrupt: tensor {name!r} has no valid data_offsets")
     start, stop = offsets
     elements = math.prod(shape)
     if elements * SAFETENSORS_DTYPE_BITS[dtype] != (stop - start) * 8:
         raise UserError(
-            f"{path} is corrupt: tensor {name!r} ({dtype}, shape {shape}) has {stop - start} bytes of data, "
+            f"{shown(path)} is corrupt: tensor {name!r} ({dtype}, shape {shape}) has {stop - start} bytes of data, "
             f"not the {elements * SAFETENSORS_DTYPE_BITS[dtype] / 8:g} its shape needs"
         )
     return start, stop, name
@@ -324,9 +341,9 @@ def check_gguf(path: Path) -> None:
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {os_reason(exc)}") from None
+        raise UserError(f"cannot read {shown(path)}: {os_reason(exc)}") from None
     if magic != b"GGUF":
-        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        raise UserError(f"{shown(path)} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def read_gguf(path: Path):  # -> gguf.GGUFReader
@@ -337,4 +354,4 @@ def read_gguf(path: Path):  # -> gguf.GGUFReader
 
         return GGUFReader(str(path))
     except Exception as exc:  # the reader raises many kinds on a damaged file
-        raise UserError(f"{path} is a corrupt GGUF file: {type(exc).__name__}: {first_line(exc, 300)}") from None
+        raise UserError(f"{shown(path)} is a corrupt GGUF file: {type(exc).__name__}: {first_line(exc, 300)}") from None

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from audit.compress.recipe import PRUNING_METHOD_NAMES
 from audit.errors import Cancelled, UserError
-from audit.paths import os_reason
+from audit.paths import os_reason, require_working_folder, shown
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
@@ -87,6 +87,7 @@ def device_facts() -> dict[str, Any]:
 
 
 def start_or_resume(plan: Plan | None, options: RunOptions) -> tuple[ResultsStore, int, Plan, Path]:
+    require_working_folder()  # the run's folder and a relative store or --work-dir are found from it
     store = ResultsStore(options.store or default_store_path())
     if options.resume is not None:
         record = store.run(options.resume)
@@ -124,8 +125,8 @@ def _claim_folder(parent: Path, name: str) -> Path:
             except FileExistsError:
                 continue
     except OSError as exc:
-        raise UserError(f"cannot make a folder for the run's variants in {parent}: {os_reason(exc)}") from None
-    raise UserError(f"{parent} already holds {name} and 9,999 more like it: give another --work-dir")
+        raise UserError(f"cannot make a folder for the run's variants in {shown(parent)}: {os_reason(exc)}") from None
+    raise UserError(f"{shown(parent)} already holds {name} and 9,999 more like it: give another --work-dir")
 
 
 def _work_dir(store: ResultsStore, run_id: int) -> Path:
@@ -190,6 +191,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
     from audit.run.execute import execute_variant, plan_threads
     from audit.run.parallel import run_in_processes, run_on_ray
 
+    require_working_folder()
     if plan is not None:
         plan_threads(plan)  # refused before a run is started, not at its profile step
         check_before_running(plan)
@@ -250,6 +252,7 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
 # -- runs driven one step at a time ----------------------------------------------------------------
 def stored_plan(store: ResultsStore, run_id: int) -> Plan:
     """The plan a stored run follows (as revised by `add_variant` and `update_plan`)."""
+    require_working_folder()  # a plan's relative paths are read from it
     record = store.run(run_id)
     return read_stored_plan(record.plan_text, record.plan_path)
 

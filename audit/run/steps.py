@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from audit import atomic
 from audit.errors import UserError
+from audit.paths import require_working_folder
 from audit.plans import Plan, variant_name_problem
 from audit.progress import Job, Progress, check_cancel, clock
 from audit.store import ResultsStore, RunRecord
@@ -161,6 +162,7 @@ def driving(run_id: int, work_dir: Path) -> Iterator[None]:
     """Hold a run for this process while it runs steps of it or sets its status. While another
     process holds it, a UserError; holders in this process share it. The hold is a lock beside
     the run's folder, which the system releases however its holder ends."""
+    require_working_folder()  # a relative folder is found from it
     key = Path(os.path.abspath(work_dir))
     with _HELD_GUARD:
         held = _HELD.get(key)
