@@ -114,7 +114,7 @@ def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
     with ResourceSampler(interval_s=3600):
         pass
     outer.stop()
-    assert outer.summary()["rss_peak_mb"] >= held_mb
+    assert outer.summary()["rss_peak_mb"] >= round(held_mb, 2)  # the summary gives MB to 2 places
 
 
 def test_a_snapshot_can_not_be_changed_nor_changes_with_its_readers_figures():
