@@ -32,7 +32,7 @@ from audit.compress.recipe import (
     scope_ignored,
 )
 from audit.errors import UserError
-from audit.paths import data_dir, read_text
+from audit.paths import data_dir, read_text, require_working_folder
 
 # ASCII digits, a few of them: `\d` takes any script's digits, and a number of thousands of
 # digits is more than `int` will read.
@@ -99,6 +99,8 @@ class _Context:
     def __init__(self, text: str, path: Path | None, stored: bool = False) -> None:
         self.lines = key_lines(text)
         self.path = path
+        if path is None:
+            require_working_folder()  # relative paths are read from it
         self.base = path.parent if path else Path.cwd()
         # A plan kept with a stored run, written by an earlier version: read in today's terms.
         self.stored = stored

@@ -541,3 +541,13 @@ async def test_a_recent_model_with_brackets_in_its_path_is_listed_as_written(app
         lines = [strip.text for strip in choices.render_lines(Region(0, 0, *choices.outer_size))]
         shown = " ".join(" ".join(lines).replace("▊", " ").replace("▎", " ").split())
         assert "recent: /models/x[/]y" in shown and "recent: /models/llama [v2]" in shown, shown
+
+
+def test_a_model_path_past_the_systems_length_limit_is_one_line_for_the_session():
+    """The session's plan looked the model up with Path.exists(), which raised 'File name too long'."""
+    from audit.errors import UserError
+    from tui.session import session_plan
+
+    with pytest.raises(UserError, match=r"model /tmp/m+\.\.\.m+ \(5005 characters\): a name in the path is longer than the file system allows") as caught:
+        session_plan("/tmp/" + "m" * 5000)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

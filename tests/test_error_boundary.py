@@ -258,3 +258,18 @@ def test_a_read_only_store_is_refused_before_the_run_and_still_lists(tmp_path, m
     assert code == 2 and f"cannot write to the results store {store}" in err and err.count("\n") == 0
     assert main(["runs", "list", "--store", str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"runs": []}
+
+
+def test_a_command_started_in_a_removed_folder_says_so_in_one_line(tmp_path):
+    # Before, prune ended as PyTorch's libraries loaded: "Intel oneMKL FATAL ERROR: Cannot load
+    # libtorch_cpu.so", and nothing named the folder.
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    script = f"import os, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); sys.path.insert(0, {str(root)!r}); from tui.cli import main; sys.exit(main(['prune', '--method', 'magnitude', '--sparsity', '0.1', '--out', {str(tmp_path / 'out')!r}]))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 2
+    assert done.stderr == f"edge-audit: error: the working folder {gone} no longer exists: start edge-audit again from a folder that exists\n"

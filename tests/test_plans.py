@@ -324,3 +324,14 @@ def test_a_revised_plan_takes_the_path_it_is_given(tmp_path):
     assert (moved.path, moved.name) == (str(elsewhere.resolve()), "moved")
     # Its files stay the ones the plan named, wherever the copy is said to be.
     assert moved.probes.suites == plan.probes.suites
+
+
+def test_a_plan_without_a_file_read_in_a_removed_working_folder_says_so(tmp_path, monkeypatch):
+    """Its relative paths are read from the working folder: before, a bare FileNotFoundError."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(UserError, match=f"the working folder {gone} no longer exists") as caught:
+        parse_plan(plan_to_toml(default_plan()), None, check_model=False)
+    assert "\n" not in str(caught.value)

@@ -14,6 +14,7 @@ from audit.compress.recipe import QUANTIZATION_SCHEME_NAMES
 from audit.errors import UserError
 from audit.models import LanguageModel, LoadOptions
 from audit.models.interface import ModelFacts
+from audit.paths import probe
 from audit.plans import CalibrationSpec, Plan, ProbeSpec, VariantSpec, default_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
 from audit.results import RunView, report_data
@@ -45,7 +46,7 @@ def session_plan(model_spec: str, template: Plan | None = None) -> Plan:
     """A session starts as the shipped default plan (its probes, calibration, perplexity,
     profile and gate rules) on the chosen model, with no variants yet."""
     local = Path(model_spec).expanduser()
-    model = str(local.resolve()) if local.exists() else model_spec
+    model = str(local.resolve()) if probe(local, "model") is not None else model_spec
     # Its own plan, not the file it starts from: stored with the run, that file would be named
     # as its source, and in every error about it.
     return revise_plan(template or default_plan(), path=None, name=SESSION_NAME, model=model, variants=())

@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
+from audit.paths import require_working_folder
 from audit.threads import prepare_wait_environment
 from tui.cli import common, compress, fieldcheck, hardware, models, outputs, plans, probe, run
 
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.apply_global_options(parser, args)
     common.progress_style = args.progress
     try:
+        # Before anything reads it: PyTorch's libraries and relative paths fail without a word on
+        # a working folder that was removed.
+        require_working_folder()
         if args.command is None:
             from tui.app import run_app
 
