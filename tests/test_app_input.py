@@ -551,3 +551,23 @@ def test_a_model_path_past_the_systems_length_limit_is_one_line_for_the_session(
     with pytest.raises(UserError, match=r"model /tmp/m+\.\.\.m+ \(5005 characters\): a name in the path is longer than the file system allows") as caught:
         session_plan("/tmp/" + "m" * 5000)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+@pytest.mark.asyncio
+async def test_an_empty_store_file_is_no_runs_yet_on_history(tmp_path, monkeypatch, isolated_cache):
+    """An empty file at the store's path (made by `touch`, or a new store's file before its first
+    write) was said on History in red as a store that cannot be read."""
+    from textual.widgets import Static
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "results.db"
+    store.touch()
+    app = create_app("smollm2-135m", store=str(store), device=FrozenDevice(), loader=fake_loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("5")
+        await settle(pilot, app)
+        assert app.screen.unreadable == ""
+        assert str(app.screen.query_one("#run-detail", Static).render()).startswith("No runs yet")
+        assert not any("empty" in message for message in said(app))
+    assert store.read_bytes() == b""

@@ -249,6 +249,17 @@ class Session:
         return status
 
 
+def nothing_stored(store_path: Path | str) -> bool:
+    """No results store to read at `store_path`: no file, or an empty one (made by `touch`, or a
+    new store's file before its first write), which a read-only open refuses as an error. The
+    screens that list what is stored show nothing stored yet then."""
+    path = Path(store_path)
+    try:
+        return not path.exists() or path.stat().st_size == 0
+    except FileNotFoundError:  # removed between the two looks
+        return True
+
+
 def read_report(store_path: Path, run_id: int) -> dict[str, Any]:
     """Any stored run's report data, with its gate rules checked against what is stored."""
     with ResultsStore(store_path, readonly=True) as store:

@@ -65,8 +65,9 @@ def shorten(sentence: str, width: int) -> str:
 def stored_checks(store_path: Path) -> list[dict[str, Any]]:
     """Every field check in the store, newest first."""
     from audit.store import ResultsStore
+    from tui.session import nothing_stored
 
-    if not Path(store_path).exists():
+    if nothing_stored(store_path):
         return []
     with ResultsStore(store_path, readonly=True) as store:
         return list(reversed(store.checks()))
@@ -76,8 +77,9 @@ def stored_runs(store_path: Path) -> list[dict[str, Any]]:
     """Every run in the store, newest first, as `edge-audit runs list` shows them."""
     from audit.results import run_listing
     from audit.store import ResultsStore
+    from tui.session import nothing_stored
 
-    if not Path(store_path).exists():
+    if nothing_stored(store_path):
         return []
     with ResultsStore(store_path, readonly=True) as store:
         return list(reversed(run_listing(store)))

@@ -25,12 +25,11 @@ FACT_COLUMNS = labelled(("fact", "value"))
 def model_choices(store_path: Any) -> list[tuple[str, str]]:
     """(label, spec) for the built-in aliases, converted models in the cache and models of
     earlier runs in the store, newest first (reads the disk: call it in a worker)."""
-    from pathlib import Path
-
     from audit.errors import UserError
     from audit.models.aliases import ALIASES, DEFAULT_ALIAS
     from audit.models.loader import cached_models
     from audit.store import ResultsStore
+    from tui.session import nothing_stored
 
     choices: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -42,7 +41,7 @@ def model_choices(store_path: Any) -> list[tuple[str, str]]:
         if cached["alias"] is None and cached["path"] not in seen:
             choices.append((f"cached: {cached['name']}", cached["path"]))
             seen.add(cached["path"])
-    if Path(store_path).exists():
+    if not nothing_stored(store_path):
         try:
             with ResultsStore(store_path, readonly=True) as store:
                 runs = store.runs()
