@@ -104,6 +104,8 @@ DAMAGE = {
     "a size of true": (entry(shape=[True, 384]), None, "no valid shape and float dtype$"),
     "an unknown dtype": (entry(dtype="nn"), None, "no valid shape and float dtype$"),
     "an integer dtype": (entry(dtype="int8"), None, "no valid shape and float dtype$"),
+    "a dtype of a list": (entry(dtype=["float32"]), None, "no valid shape and float dtype$"),
+    "a dtype of an object": (entry(dtype={"float32": 1}), None, "no valid shape and float dtype$"),
     "no dtype": (lambda m: {**m, "packed": {**m["packed"], PACKED: {"shape": [16, 24]}}}, None, "no valid shape and float dtype$"),
     "a tensor it does not hold": (
         lambda m: {**m, "packed": {**m["packed"], "extra.weight": {"shape": [2, 2], "dtype": "float32"}}},

@@ -137,7 +137,9 @@ def sparse_layout(path: Path, metadata: Mapping[str, str], stored: Mapping[str, 
     for name, info in packed.items():
         shape = info.get("shape") if isinstance(info, dict) else None
         dtype = info.get("dtype") if isinstance(info, dict) else None
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)) or dtype not in SPARSE_DTYPES:
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)) or not (
+            isinstance(dtype, str) and dtype in SPARSE_DTYPES
+        ):
             raise UserError(f"{damaged} gives packed tensor {name!r} no valid shape and float dtype")
         if f"{name}.bitmask" not in stored or f"{name}.values" not in stored:
             raise UserError(f"{damaged} lists {name}, whose bitmask or values the file does not hold")
