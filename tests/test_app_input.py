@@ -571,3 +571,44 @@ async def test_an_empty_store_file_is_no_runs_yet_on_history(tmp_path, monkeypat
         assert str(app.screen.query_one("#run-detail", Static).render()).startswith("No runs yet")
         assert not any("empty" in message for message in said(app))
     assert store.read_bytes() == b""
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_check_leaves_the_earlier_verdict_dimmed(app, tmp_path, monkeypatch):
+    """After a check cancelled, the earlier check's green "CLEARED TO SHIP" stood at full
+    brightness under the new folder's name, the status line saying it was from before."""
+    import threading
+
+    from textual.widgets import Static
+
+    from audit.errors import Cancelled
+    from audit.progress import Progress
+    from tests.app_support import field_check_results, press_while_busy
+
+    released = threading.Event()
+
+    def held_check(*args, cancel, **kwargs):
+        yield Progress("check", 0, 5, "reading the record")
+        released.wait(30)
+        if cancel.is_set():
+            raise Cancelled("check cancelled")
+
+    monkeypatch.setattr("tui.screens.check.check_deployment", held_check)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            app.set_focus(None)
+            await pilot.press("6")
+            await pilot.pause()
+            app.field_check = field_check_results()["cleared"]
+            await pilot.pause()
+            verdict = app.screen.query_one("#verdict", Static)
+            fill(app, {"#check-model": str(tmp_path), "#check-record": str(tmp_path / "REC.json")})
+            await pilot.press("ctrl+r")
+            await press_while_busy(pilot, "escape", lambda: app.job is not None and app.job.cancel.is_set())
+            released.set()
+            await settle(pilot, app)
+            assert str(app.screen.query_one("#check-status", Static).render()).startswith("cancelled")
+            assert verdict.has_class("-cleared") and verdict.has_class("-stale")
+    finally:
+        released.set()

@@ -272,9 +272,9 @@ class CheckScreen(ModeScreen):
         if message.kind != "check" or message.job_id != self._job_id:
             return
         verdict = self.query_one("#verdict", Static)
-        # A verdict below a check that failed is an earlier check's, perhaps of another folder:
-        # it stays, dimmed as while the check ran, never read as this one's.
-        verdict.set_class(message.outcome == "failed", "-stale")
+        # A verdict below a check that failed or was cancelled is an earlier check's, perhaps of
+        # another folder: it stays, dimmed as while the check ran, never read as this one's.
+        verdict.set_class(message.outcome != "done", "-stale")
         status = self.query_one("#check-status", Static)
         if message.outcome == "cancelled":
             status.update(Text("cancelled: nothing was stored; what is shown below is from before", style="yellow"))
