@@ -94,3 +94,15 @@ def test_prune_refuses_a_count_past_memory_and_writes_nothing(tiny_llama, tmp_pa
     with pytest.raises(UserError, match=r"not enough memory for 1000000000 calibration samples of 32 tokens: needs about \d+ MB, \d+ MB available"):
         drive(job)
     assert not out.exists()
+
+
+def test_pruning_records_the_activations_at_the_models_dtype(tiny_llama, tmp_path):
+    """The block inputs the walk holds are at the dtype the model was loaded in (bfloat16: 2 bytes
+    a value), as the memory check before drawing the windows counts them."""
+    from audit.models.loader import LoadOptions
+    from transformers import AutoConfig
+
+    hidden = AutoConfig.from_pretrained(tiny_llama).hidden_size
+    job = prune(str(tiny_llama), PruneRecipe("wanda", 0.5), tmp_path / "pruned", calibration=CalibrationSpec(nsamples=4, seqlen=32),
+                options=LoadOptions(dtype="bfloat16"), measure_perplexity=False)
+    assert drive(job)["calibration_activations_mb"] == round(4 * 32 * hidden * 2 / MB, 2)

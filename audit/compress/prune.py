@@ -363,9 +363,8 @@ def prune(
     whole_peak_mb = max(summary["rss_peak_mb"], (load_peak or 0) / MB)
     calib_activation_bytes = 0
     if calib is not None:
-        hidden = getattr(model.config.get_text_config(), "hidden_size", 0) or 0
-        # The hidden states entering one block, float32, for every sample.
-        calib_activation_bytes = calib.samples.numel() * hidden * 4
+        # The hidden states entering one block, for every sample.
+        calib_activation_bytes = calib.samples.numel() * activation_bytes_per_token(model)
     result: dict[str, Any] = {
         "model": model_spec,
         "out": str(out),
