@@ -615,3 +615,44 @@ async def test_a_cancelled_check_leaves_the_earlier_verdict_dimmed(app, tmp_path
             assert verdict.has_class("-cleared") and verdict.has_class("-stale")
     finally:
         released.set()
+
+
+@pytest.mark.asyncio
+async def test_a_model_loading_with_brackets_in_its_path_reads_as_written(tmp_path, monkeypatch, isolated_cache):
+    """The Models title and notes escaped a loading model's path for Rich's markup, which the
+    screen does not read: "[50%]" in it vanished, and a backslash was doubled."""
+    import threading
+
+    from textual.widgets import Label, Static
+
+    from tests.app_support import wait_for
+
+    released = threading.Event()
+
+    def held(spec, options, cancel):
+        model = yield from fake_loader(spec, options, cancel)
+        released.wait(30)
+        return model
+
+    monkeypatch.chdir(tmp_path)
+    first, second = "/models/x[50%]", "/models/y[$v] a\\[b]"
+    app = create_app(first, store=str(tmp_path / "results.db"), device=FrozenDevice(), loader=held)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            title = app.screen.query_one("#facts-title", Label)
+            await wait_for(pilot, lambda: str(title.render()).startswith("Loading"))
+            assert str(title.render()) == f"Loading {first}…"
+            released.set()
+            await loaded(pilot)
+            released.clear()
+            field = app.screen.query_one("#model-path", Input)
+            field.value = second
+            field.focus()
+            await pilot.press("enter")
+            notes = app.screen.query_one("#notes", Static)
+            await wait_for(pilot, lambda: str(notes.render()).startswith("loading"))
+            assert str(notes.render()).splitlines()[0] == f"loading {second}… ({app.session.facts.name} stays loaded until it is ready)"
+            released.set()
+            await settle(pilot, app)
+    finally:
+        released.set()

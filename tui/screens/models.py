@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -148,7 +147,7 @@ class ModelsScreen(ModeScreen):
         loading = self.app.loading
         if session is None or session.facts is None:
             where.update("")
-            title = f"Loading [b]{escape(_home(loading))}[/]…" if loading else "Loaded model: none yet"
+            title = Text.assemble("Loading ", (_home(loading), "bold"), "…") if loading else Text("Loaded model: none yet")
             self.query_one("#facts-title", Label).update(title)
             notes.update("the other screens can be used meanwhile" if loading else "")
             add_sized(table, FACT_COLUMNS, [])
@@ -169,8 +168,8 @@ class ModelsScreen(ModeScreen):
         )
         add_sized(table, FACT_COLUMNS, [(None, [Text(key, style="bold"), Text(value)]) for key, value in rows])
         where.update(Text.assemble(("path ", "bold"), _home(facts["path"])))
-        lines = [f"loading {escape(_home(loading))}… ({escape(facts['name'])} stays loaded until it is ready)"] if loading else []
-        notes.update("\n".join(lines + [f"note: {escape(n)}" for n in facts["notes"]]))
+        lines = [f"loading {_home(loading)}… ({facts['name']} stays loaded until it is ready)"] if loading else []
+        notes.update(Text("\n".join(lines + [f"note: {n}" for n in facts["notes"]])))
         self._show_steps(self.app.report)
 
     def _show_steps(self, report: dict[str, Any] | None) -> None:
