@@ -117,6 +117,25 @@ def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
     assert outer.summary()["rss_peak_mb"] >= round(held_mb, 2)  # the summary gives MB to 2 places
 
 
+@pytest.mark.skipif(not reset_peak_rss(), reason="this kernel's RSS peak cannot be reset")
+def test_a_peak_between_snapshots_outlives_a_sampler_started_inside():
+    # The outer sampler's snapshots never see the block resident: only the kernel's high-water
+    # mark, read at its next snapshot, does, and an inner sampler resets that mark.
+    outer = ResourceSampler(interval_s=3600).start()
+    block = bytearray(128 * MB)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    held_mb = psutil.Process().memory_info().rss / MB
+    del block
+    release_free_heap()
+    outer._sample()
+    assert max(s.rss_mb for s in outer.snapshots()) < held_mb - 64
+    with ResourceSampler(interval_s=3600):
+        pass
+    outer.stop()
+    assert outer.summary()["rss_peak_mb"] > held_mb - 16  # the kernel's counters lag by a few pages
+
+
 def test_a_snapshot_can_not_be_changed_nor_changes_with_its_readers_figures():
     temperatures = {"cpu": 50.0}  # a reader that keeps one dict and updates it in place
     with ResourceSampler(interval_s=3600, readers=[lambda: {"temperatures_c": temperatures, "rails": [1, 2]}]) as sampler:
