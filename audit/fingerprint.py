@@ -267,7 +267,7 @@ def _decoded_sparse(file: _MappedFile, tensor: PackedTensor) -> memoryview:
     """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values)."""
     mask = np.unpackbits(_array(file.view(f"{tensor.name}.bitmask"), np.uint8), count=tensor.numel).astype(bool)
     # Counted before the values are mapped: a refusal raised while a view of the file is alive
-    # would make closing the map fail, and end in a traceback.
+    # would keep the file mapped until the refusal is collected.
     check_mask_count(file.path, tensor, int(mask.sum()))
     same_size = _UINT[SAFETENSORS_DTYPE_BITS[tensor.code] // 8]
     dense = np.zeros(tensor.numel, dtype=same_size)
