@@ -461,7 +461,8 @@ class ResultsStore:
             # An empty file (made by `touch`, or a mistyped path) holds no store. A command
             # that only reads must not write a store into it.
             db.close()
-            raise UserError(f"no results store at {self.path}: the file is empty (run an audit first, or pass --store)")
+            what = "the file is empty" if os.path.getsize(self.path) == 0 else "the database in it holds no tables"
+            raise UserError(f"no results store at {self.path}: {what} (run an audit first, or pass --store)")
         if version < SCHEMA_VERSION:
             db.close()
             return self._upgrade_for_reading(version)  # checked as it is opened to be written

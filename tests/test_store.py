@@ -248,14 +248,22 @@ def test_an_older_store_is_upgraded_when_read_if_it_can_be(tmp_path):
         assert store.schema_version == SCHEMA_VERSION and store.runs() == []
 
 
-@pytest.mark.parametrize("make", [lambda p: p.write_bytes(b""), lambda p: sqlite3.connect(p).close()])
+def sqlite_without_tables(path):
+    db = sqlite3.connect(path)
+    db.execute("VACUUM")  # writes the database's header page: a file of 4096 bytes, no tables
+    db.close()
+
+
+@pytest.mark.parametrize("make", [lambda p: p.write_bytes(b""), lambda p: sqlite3.connect(p).close(), sqlite_without_tables])
 def test_reading_an_empty_file_refuses_it_and_writes_nothing(tmp_path, make):
     path = tmp_path / "notes.txt"
     make(path)
-    with pytest.raises(UserError, match=f"no results store at {path}: the file is empty") as caught:
+    before = path.read_bytes()
+    what = "the file is empty" if not before else "the database in it holds no tables"
+    with pytest.raises(UserError, match=f"no results store at {path}: {what}") as caught:
         ResultsStore(path, readonly=True)
     one_line(caught)
-    assert path.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     with ResultsStore(path) as store:  # a command that writes makes its store there
         assert store.runs() == []
 

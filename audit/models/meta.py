@@ -93,7 +93,6 @@ def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
     return (" + ".join(parts), sparsity) if parts else None
 
 
-
 @dataclass(frozen=True)
 class PackedTensor:
     """A tensor a compressed sparse file stores as `NAME.bitmask` (one bit per value, packed)
