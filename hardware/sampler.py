@@ -211,12 +211,14 @@ class ResourceSampler:
         end = self._stopped if self._stopped is not None else time.monotonic()
         duration = max(end - self._started, 1e-9) if self._started else 0.0
         rss = [s.rss_mb for s in snaps]
-        peak = max(peak_rss_bytes() or 0, self._kernel_peak_bytes) if self._peak_reset else 0
+        kernel_mb = max(peak_rss_bytes() or 0, self._kernel_peak_bytes) / MB if self._peak_reset else 0.0
+        sampled_mb = max(rss, default=0.0)
         result: dict[str, Any] = {
             "samples": len(snaps),
             "duration_s": round(duration, 3),
-            "rss_peak_mb": round(max(peak / MB, max(rss, default=0.0)), 2),
-            "rss_peak_source": "kernel" if peak else "sampled",
+            "rss_peak_mb": round(max(kernel_mb, sampled_mb), 2),
+            # Whichever gave the peak: the kernel's high-water mark trails RSS by a few pages.
+            "rss_peak_source": "kernel" if kernel_mb and kernel_mb >= sampled_mb else "sampled",
             "sampler_cpu_s": round(self._busy_s, 4),
             "sampler_overhead_percent": round(100 * self._busy_s / duration, 3) if duration else 0.0,
         }

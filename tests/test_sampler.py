@@ -184,3 +184,19 @@ def test_loading_a_model_returns_the_loads_freed_heap(tiny_llama, monkeypatch):
     monkeypatch.setattr(loader, "release_free_heap", lambda: calls.append(1) or True)
     drive(load_model(str(tiny_llama)))
     assert calls == [1]
+
+
+def test_the_peak_names_the_figure_it_was_taken_from(monkeypatch):
+    import hardware.sampler as sampler_module
+
+    with ResourceSampler(interval_s=3600) as sampler:
+        pass
+    sampled = max(s.rss_mb for s in sampler.snapshots())
+    monkeypatch.setattr(sampler, "_peak_reset", True)
+    monkeypatch.setattr(sampler, "_kernel_peak_bytes", 0)
+    monkeypatch.setattr(sampler_module, "peak_rss_bytes", lambda: int((sampled - 1) * MB))  # trails the sample
+    assert (sampler.summary()["rss_peak_mb"], sampler.summary()["rss_peak_source"]) == (round(sampled, 2), "sampled")
+    monkeypatch.setattr(sampler_module, "peak_rss_bytes", lambda: int((sampled + 10) * MB))
+    assert sampler.summary()["rss_peak_source"] == "kernel" and sampler.summary()["rss_peak_mb"] >= round(sampled + 9.99, 2)
+    monkeypatch.setattr(sampler, "_peak_reset", False)  # no kernel figure
+    assert sampler.summary()["rss_peak_source"] == "sampled"
