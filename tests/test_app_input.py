@@ -23,6 +23,21 @@ def said(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+def held_step(message: str):
+    """A job of one step that waits (at most 30 s) until the event given with it is set."""
+    import threading
+
+    from audit.progress import Progress
+
+    released = threading.Event()
+
+    def job(cancel):
+        yield Progress("step", 0, 1, message)
+        released.wait(30)
+
+    return job, released
+
+
 async def loaded(pilot) -> None:
     await settle(pilot, pilot.app, until=lambda: pilot.app.session is not None)
 
@@ -170,20 +185,13 @@ def test_the_sessions_plan_names_no_plan_file(tmp_path):
 async def test_compare_fits_80x24_while_a_job_runs(tmp_path, monkeypatch, isolated_cache):
     """With a job's bar under it, Compare was a line taller than the terminal: the screen scrolled,
     its scrollbar took two columns and the job bar lay under the footer."""
-    import threading
-
-    from audit.progress import Progress
     from tests.app_support import build_audit_store, open_stored_run, wait_for
     from tui.widgets.job_bar import JobBar
 
     monkeypatch.chdir(tmp_path)
     build_audit_store(tmp_path / "results.db")
     app = create_app("smollm2-135m", store="results.db", device=FrozenDevice(), loader=fake_loader)
-    released = threading.Event()
-
-    def held(cancel):
-        yield Progress("wait", 0, 1, "waiting")
-        released.wait(30)
+    held, released = held_step("waiting")
 
     async with app.run_test(size=SIZE) as pilot:
         await open_stored_run(pilot)
@@ -221,15 +229,7 @@ async def test_enter_on_the_loaded_model_keeps_the_session(app):
 @pytest.mark.asyncio
 async def test_a_job_asked_for_while_the_last_one_is_being_cancelled_says_so(app):
     """After esc, a job still finishing its step was said to be running, with esc to cancel it."""
-    import threading
-
-    from audit.progress import Progress
-
-    released = threading.Event()
-
-    def step(cancel):
-        yield Progress("step", 0, 1, "a step that runs to its end")
-        released.wait(30)
+    step, released = held_step("a step that runs to its end")
 
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
