@@ -42,6 +42,22 @@ async def loaded(pilot) -> None:
     await settle(pilot, pilot.app, until=lambda: pilot.app.session is not None)
 
 
+async def cleared_on_check(pilot):
+    """The Check screen showing an earlier check's "cleared to ship": its verdict widget."""
+    from textual.widgets import Static
+
+    from tests.app_support import field_check_results
+
+    app = pilot.app
+    await loaded(pilot)
+    app.set_focus(None)
+    await pilot.press("6")
+    await pilot.pause()
+    app.field_check = field_check_results()["cleared"]
+    await pilot.pause()
+    return app.screen.query_one("#verdict", Static)
+
+
 def fill(app, values: dict[str, str]) -> None:
     for selector, value in values.items():
         app.screen.query_one(selector, Input).value = value
@@ -300,16 +316,8 @@ async def test_a_check_that_fails_leaves_the_earlier_verdict_dimmed(app, tmp_pat
     "CLEARED TO SHIP" stood under the new folder's name as bright as if it were this one's."""
     from textual.widgets import Static
 
-    from tests.app_support import field_check_results
-
     async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
-        app.set_focus(None)
-        await pilot.press("6")
-        await pilot.pause()
-        app.field_check = field_check_results()["cleared"]
-        await pilot.pause()
-        verdict = app.screen.query_one("#verdict", Static)
+        verdict = await cleared_on_check(pilot)
         assert verdict.has_class("-cleared") and not verdict.has_class("-stale")
         fill(app, {"#check-model": str(tmp_path), "#check-record": str(tmp_path / "REC.jsn")})
         await pilot.press("ctrl+r")
@@ -586,7 +594,7 @@ async def test_a_cancelled_check_leaves_the_earlier_verdict_dimmed(app, tmp_path
 
     from audit.errors import Cancelled
     from audit.progress import Progress
-    from tests.app_support import field_check_results, press_while_busy
+    from tests.app_support import press_while_busy
 
     released = threading.Event()
 
@@ -599,13 +607,7 @@ async def test_a_cancelled_check_leaves_the_earlier_verdict_dimmed(app, tmp_path
     monkeypatch.setattr("tui.screens.check.check_deployment", held_check)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await loaded(pilot)
-            app.set_focus(None)
-            await pilot.press("6")
-            await pilot.pause()
-            app.field_check = field_check_results()["cleared"]
-            await pilot.pause()
-            verdict = app.screen.query_one("#verdict", Static)
+            verdict = await cleared_on_check(pilot)
             fill(app, {"#check-model": str(tmp_path), "#check-record": str(tmp_path / "REC.json")})
             await pilot.press("ctrl+r")
             await press_while_busy(pilot, "escape", lambda: app.job is not None and app.job.cancel.is_set())
