@@ -77,6 +77,20 @@ def is_utf8_name(path: object) -> bool:
     return True
 
 
+def unknown_home(text: str) -> str | None:
+    """Why a path starting with ~ cannot be expanded (pathlib raises RuntimeError for it): a
+    ~user who is not a user here, or ~ on an account with no home folder. None when it can."""
+    if not text.startswith("~"):
+        return None
+    try:
+        Path(text).expanduser()
+    except RuntimeError:
+        user = text[1:].split("/", 1)[0]
+        home = f"there is no user {user!r} here" if user else "this account has no home folder"
+        return f"{text}: {home}, so ~{user} names no folder"
+    return None
+
+
 def require_working_folder() -> None:
     """Refuse, in one line, to go on when the working folder is gone (removed after the process
     started in it): a relative path cannot be resolved then, and the inference libraries fail

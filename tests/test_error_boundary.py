@@ -273,3 +273,15 @@ def test_a_command_started_in_a_removed_folder_says_so_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 2
     assert done.stderr == f"edge-audit: error: the working folder {gone} no longer exists: start edge-audit again from a folder that exists\n"
+
+
+@pytest.mark.parametrize(("args", "path"), [
+    (("probe", "--model", "~no-such-user-here/x", "--limit", "1"), "~no-such-user-here/x"),
+    (("runs", "list", "--store=~no-such-user-here/r.db"), "~no-such-user-here/r.db"),
+    (("run", "~no-such-user-here/plan.toml"), "~no-such-user-here/plan.toml"),
+])
+def test_a_path_under_a_user_who_is_not_here_is_one_line(args, path):
+    # Before: pathlib's "RuntimeError: Could not determine home directory." as a traceback.
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert done.stderr == f"edge-audit: error: {path}: there is no user 'no-such-user-here' here, so ~no-such-user-here names no folder\n"

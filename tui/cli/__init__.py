@@ -17,7 +17,7 @@ else:  # pragma: no cover
 
 from audit import __version__
 from audit.errors import Cancelled, UserError
-from audit.paths import require_working_folder
+from audit.paths import require_working_folder, unknown_home
 from audit.threads import prepare_wait_environment
 from tui.cli import common, compress, fieldcheck, hardware, models, outputs, plans, probe, run
 
@@ -77,6 +77,11 @@ def describe_fault(exc: BaseException) -> str | None:
     return None
 
 
+def _values(argv: Sequence[str]) -> list[str]:
+    """The values on a command line, an option's given as --name=value too."""
+    return [token.split("=", 1)[1] if token.startswith("--") and "=" in token else token for token in argv]
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # SystemExit unwinds like Ctrl-C does: temporary folders are removed, stores closed.
     raise SystemExit(128 + signum)
@@ -103,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return common.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: data and system faults become one line
         message = outputs.unencodable_path(args, exc) if isinstance(exc, UnicodeEncodeError) else None
+        if isinstance(exc, RuntimeError):  # pathlib's "Could not determine home directory."
+            message = next(filter(None, map(unknown_home, _values(sys.argv[1:] if argv is None else argv))), None)
         message = message or describe_fault(exc)
         if message is None:
             raise

@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input
 
+from audit.paths import unknown_home
 from tui.widgets.device_panel import DevicePanel
 from tui.widgets.job_bar import JobBar
 from tui.widgets.nav_bar import NavBar
@@ -67,9 +68,7 @@ def typed_path(text: str, label: str, field: str | None = None, *, absolute: boo
     except RuntimeError as error:
         if "loop" in str(error):
             raise FormError(f"{label} {text}: its symbolic links go round in a loop", field) from None
-        user = text[1:].split("/", 1)[0]
-        home = f"there is no user {user!r} here" if user else "this account has no home folder"
-        raise FormError(f"{label} {text}: {home}, so ~{user} names no folder", field) from None
+        raise FormError(f"{label} {unknown_home(text) or text}", field) from None
 
 
 def waiting_for_model(app: Any) -> str | None:
