@@ -223,6 +223,27 @@ def test_abandoned_workers_cancel_tasks_not_started_and_end():
     workers.wait_idle()  # nothing counted as unfinished
 
 
+def test_abandoned_workers_wait_at_most_the_timeout_in_all(monkeypatch):
+    import audit.models.workers as workers_module
+    from audit.models.workers import RowWorkers
+
+    workers = RowWorkers(2)
+    threads, joined = workers._threads, []
+
+    class Stuck:  # a thread whose task never ends
+        def join(self, timeout):
+            joined.append(timeout)
+
+    workers._threads = [Stuck(), Stuck()]
+    clock = iter([100.0, 100.0, 130.0])  # the deadline set, then each join
+    monkeypatch.setattr(workers_module.time, "monotonic", lambda: next(clock))
+    workers.abandon(timeout=50)
+    assert joined == [50.0, 20.0]  # not 50 s for each thread in turn
+    monkeypatch.undo()
+    workers._threads = threads
+    workers.close()  # the real threads took the end marks given for the stuck ones
+
+
 def test_gather_gives_results_in_order_and_raises_the_first_failure_once_all_have_finished():
     import threading
     import time

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
@@ -117,7 +118,7 @@ class RowWorkers:
 
     def abandon(self, timeout: float | None = None) -> None:
         """Cancel the tasks not yet started, let the threads end once the ones computing are
-        done, and wait for that (at most `timeout` s per thread)."""
+        done, and wait for that (at most `timeout` s in all)."""
         self._stopped = True
         while True:
             try:
@@ -132,8 +133,9 @@ class RowWorkers:
         # Another stop's end marks may have been drained with the tasks: one for each thread.
         for _ in self._threads:
             self._tasks.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 # Every set of workers not yet collected, ended at exit by `_end_all`.
@@ -147,8 +149,9 @@ def _end_all() -> None:
     called without an active exception", exit 134): a second Ctrl-C, or a SystemExit, in the
     middle of scoring lost the exit code and its message. Tasks not yet started are dropped;
     exit handlers run after the program's own threads have ended and before that killing."""
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
     for workers in list(_LIVE):
-        workers.abandon(EXIT_WAIT_SECONDS)
+        workers.abandon(max(0.0, deadline - time.monotonic()))
 
 
 def gather(futures: Sequence[Future[Any]]) -> list[Any]:
