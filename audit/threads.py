@@ -132,9 +132,9 @@ def choose_threads(cores: int | None, others_busy: float | None, reserve: int = 
 
 def auto_threads(reserve: int = 0, interval_s: float = 0.25) -> ThreadChoice:
     """Threads for a job starting now on this device (see `choose_threads`)."""
-    from hardware.load import others_busy_usable_cores, read_usable_cores
+    from hardware.load import core_share
 
-    return choose_threads(read_usable_cores(), others_busy_usable_cores(interval_s), reserve)
+    return choose_threads(*core_share(interval_s), reserve)
 
 
 # The most computing threads a job may be given, per CPU of the device. More threads than CPUs

@@ -107,16 +107,18 @@ def read_usable_cores(root: RootLike = SYSTEM_ROOT) -> int | None:
     allows fewer, and no more than a container's CPU quota (rounded down, at least one: threads
     beyond the quota are stopped by the kernel each period until the next). None when the cores
     online are not known."""
-    cores = read_cores_online(root)
-    if cores is None:
-        return None
-    allowed = allowed_cpus(root)
-    if allowed:
-        cores = min(cores, len(allowed))
+    return _cores(root, allowed_cpus(root))[0]
+
+
+def _cores(root: RootLike, allowed: frozenset[int] | None) -> tuple[int | None, int | None]:
+    """The cores a job can keep busy (`read_usable_cores`) and those it may run on, with
+    `allowed` the CPUs of its affinity (`allowed_cpus`)."""
+    online = read_cores_online(root)
+    if online is None:
+        return None, None
+    may_run_on = min(online, len(allowed)) if allowed else online
     quota = read_cpu_quota(root)
-    if quota is not None:
-        cores = min(cores, max(1, math.floor(quota)))
-    return cores
+    return (may_run_on if quota is None else min(may_run_on, max(1, math.floor(quota)))), may_run_on
 
 
 def read_load(root: RootLike = SYSTEM_ROOT) -> SystemLoad:
@@ -182,12 +184,11 @@ def _own_cpu_s() -> float:
     return times.user + times.system
 
 
-def others_busy_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) -> float | None:
+def others_busy_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT, cpus: frozenset[int] | None = None) -> float | None:
     """How many cores' worth of CPU other processes used over the next `interval_s`: the device's
-    busy time less this process's own, per second of wall time. None where /proc/stat is not
-    readable. Read at the moment a job starts, it sees a competitor the minute-long load
-    average has not caught up with yet."""
-    cpus = allowed_cpus(root)  # beside a cpuset, what others do on the cores it leaves out takes nothing from it
+    busy time (of `cpus` alone, when given) less this process's own, per second of wall time.
+    None where /proc/stat is not readable. Read at the moment a job starts, it sees a competitor
+    the minute-long load average has not caught up with yet."""
     first = read_cpu_times(root, cpus)
     if first is None:
         return None
@@ -202,13 +203,15 @@ def others_busy_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) ->
     return max(0.0, others / elapsed)
 
 
-def others_busy_usable_cores(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) -> float | None:
-    """`others_busy_cores` as a share of the cores this process can use (`read_usable_cores`):
-    under a CPU quota, the cores it leaves the process without are the first that other
-    processes keep busy, so 3 of 8 cores busy leave a quota of 2 both of its cores."""
-    busy = others_busy_cores(interval_s, root)
-    cores = read_usable_cores(root)
-    may_run_on = len(allowed_cpus(root) or ()) or read_cores_online(root)
+def core_share(interval_s: float = 0.25, root: RootLike = SYSTEM_ROOT) -> tuple[int | None, float | None]:
+    """The cores a job starting now can keep busy (`read_usable_cores`), and how many of them
+    other processes keep busy over the next `interval_s` (`others_busy_cores`). Beside a cpuset,
+    what others do on the cores it leaves out takes nothing from the job; under a CPU quota, the
+    cores it leaves the job without are the first that others keep busy, so 3 of 8 cores busy
+    leave a quota of 2 both of its cores."""
+    allowed = allowed_cpus(root)
+    cores, may_run_on = _cores(root, allowed)
+    busy = others_busy_cores(interval_s, root, allowed)
     if busy is None or not cores or not may_run_on or cores >= may_run_on:
-        return busy
-    return max(0.0, busy - (may_run_on - cores))
+        return cores, busy
+    return cores, max(0.0, busy - (may_run_on - cores))

@@ -51,6 +51,9 @@ def test_usable_cores_follow_the_affinity(monkeypatch):
     assert load.allowed_cpus() == frozenset({0})
     assert load.read_usable_cores() == 1
     assert resolve_threads(2).cores == 1  # a count given is kept; the cores it is measured against are those allowed
+    read = []
+    monkeypatch.setattr(load, "read_cpu_times", lambda root=SYSTEM_ROOT, cpus=None: read.append(cpus))
+    assert load.core_share(0.0) == (1, None) and read == [frozenset({0})]  # others' load on CPU 0 alone
     monkeypatch.setattr(load.os, "sched_getaffinity", lambda pid: set(range(online)))
     assert load.allowed_cpus() is None and load.read_usable_cores() == online
 
@@ -72,9 +75,9 @@ def test_cpu_times_of_the_cpus_allowed_sum_their_own_lines(tmp_path):
 def test_under_a_quota_other_processes_first_take_the_cores_it_leaves_out(monkeypatch, tmp_path):
     root = write_tree(tmp_path / "dev", dict(EIGHT, **{"/sys/fs/cgroup/cpu.max": "200000 100000\n"}))
     busy = iter([3.0, 7.0, 5.5])
-    monkeypatch.setattr(load, "others_busy_cores", lambda interval_s=0.25, root=SYSTEM_ROOT: next(busy))
+    monkeypatch.setattr(load, "others_busy_cores", lambda interval_s=0.25, root=SYSTEM_ROOT, cpus=None: next(busy))
     # 8 cores, a quota of 2: others keeping 3 busy leave the quota's 2 free, 7 take one of them.
-    assert load.others_busy_usable_cores(0.0, root) == 0.0
-    assert load.others_busy_usable_cores(0.0, root) == 1.0
+    assert load.core_share(0.0, root) == (2, 0.0)
+    assert load.core_share(0.0, root) == (2, 1.0)
     no_quota = write_tree(tmp_path / "plain", EIGHT)
-    assert load.others_busy_usable_cores(0.0, no_quota) == 5.5
+    assert load.core_share(0.0, no_quota) == (8, 5.5)
