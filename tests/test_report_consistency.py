@@ -17,7 +17,7 @@ from audit.results import BASELINE, build_report, run_listing
 from audit.runner import PERPLEXITY, StepRecord
 from audit.store import ResultsStore, StoreError
 from tests.app_support import CREATED_AT, build_audit_store, perplexity_result
-from tests.test_store import ITEMS, new_run
+from tests.test_store import ITEMS, new_run, stored_check
 
 QUANTIZED = "int8-dynamic"
 
@@ -178,10 +178,7 @@ def test_json_of_the_wrong_shape_is_a_damaged_store(tmp_path, sql, read):
 
 def test_a_stored_check_of_the_wrong_shape_is_a_damaged_store(tmp_path):
     path = tmp_path / "r.db"
-    with ResultsStore(path) as db:
-        check_id = db.record_check({"outcome": "pass", "exit_code": 0, "sentence": "ok"})
-    with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE checks SET result_json = '[]'")
+    check_id = stored_check(path, "UPDATE checks SET result_json = '[]'")
     with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError, match="its column result_json"):
         db.check(check_id)
 

@@ -19,6 +19,17 @@ def new_run(store):
     )
 
 
+def stored_check(path, sql):
+    """A store at `path` holding one check, then `sql` run on it past the store (to damage it);
+    returns the check's id."""
+    with ResultsStore(path) as db:
+        check_id = db.record_check({"outcome": "pass", "exit_code": 0, "sentence": "ok"})
+    with sqlite3.connect(path) as raw:
+        raw.execute(sql)
+    raw.close()
+    return check_id
+
+
 ITEMS = [
     {"item_id": "a1", "category": "age", "condition": "ambig", "polarity": "neg", "chosen": 0, "bias_aligned": True, "unknown": False, "correct": False, "latency_ms": 3.5},
     {"item_id": "a2", "category": "age", "condition": "disambig", "polarity": "nonneg", "chosen": 2, "bias_aligned": False, "unknown": True, "correct": True, "latency_ms": 2.0},

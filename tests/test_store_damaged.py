@@ -14,7 +14,7 @@ from audit.errors import UserError
 from audit.probes.items import ItemResult
 from audit.store import ResultsStore, StoreError
 from tests.audited import PLAN
-from tests.test_store import ITEMS, new_run
+from tests.test_store import ITEMS, new_run, stored_check
 from tui.cli import main
 
 PAGE_SIZE_AT = 16  # where a SQLite file's header gives its page size
@@ -269,16 +269,10 @@ def test_a_stored_number_that_is_no_time_or_count_is_one_line(passed_audit, tmp_
 
 
 def test_a_stored_check_at_no_time_is_one_line(tmp_path):
-    import sqlite3
-
     from tui.screens.history import stored_checks
 
     path = tmp_path / "r.db"
-    with ResultsStore(path) as db:
-        check_id = db.record_check({"outcome": "pass", "exit_code": 0, "sentence": "ok"})
-    with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE checks SET created_at = 1e300")
-    raw.close()
+    check_id = stored_check(path, "UPDATE checks SET created_at = 1e300")
     with pytest.raises(StoreError, match=r"its column created_at holds 1e\+300 where a time belongs"):
         stored_checks(path)
     with ResultsStore(path, readonly=True) as db, pytest.raises(StoreError, match="where a time belongs"):
