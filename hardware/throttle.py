@@ -60,14 +60,18 @@ def parse_pi_throttled(word: int, source: str = "vcgencmd") -> ThrottleState:
     return ThrottleState(source=source, active=active, occurred=occurred, raw=hex(word))
 
 
+def _pi_word(value: int | None) -> int | None:
+    """`value` where it can be a get_throttled word (the firmware's unsigned 32 bits); else None."""
+    return value if value is not None and 0 <= value <= PI_WORD_MAX else None
+
+
 def parse_vcgencmd_output(text: str | None) -> int | None:
     """The word in `vcgencmd get_throttled` output ("throttled=0x50005"); None if absent."""
     match = _VCGENCMD_LINE.search(text or "")
     if not match:
         return None
     value = match.group(1)
-    word = parse_int(value, 16) if value.lower().startswith("0x") else parse_int(value)
-    return word if word is not None and word <= PI_WORD_MAX else None
+    return _pi_word(parse_int(value, 16) if value.lower().startswith("0x") else parse_int(value))
 
 
 def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -> ThrottleState | None:
@@ -77,8 +81,8 @@ def read_pi_throttle(root: RootLike = SYSTEM_ROOT, vcgencmd: str = "vcgencmd") -
         return parse_pi_throttled(word, "vcgencmd")
     found = glob(root, PI_FIRMWARE_FILES)
     text = read_path_text(found[0]) if found else None  # the same word, written by the kernel as "%x"
-    word = parse_int(text, 16) if text else None
-    return parse_pi_throttled(word, "firmware") if word is not None and 0 <= word <= PI_WORD_MAX else None
+    word = _pi_word(parse_int(text, 16)) if text else None
+    return parse_pi_throttled(word, "firmware") if word is not None else None
 
 
 def read_cooling_throttle(root: RootLike = SYSTEM_ROOT) -> ThrottleState | None:
