@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterable, Iterator
 from audit.atomic import replaceable
 from audit.errors import UserError
 from audit.models.aliases import ALIASES
-from audit.paths import inside, probe
-from audit.probes.items import is_text
+from audit.paths import inside, is_utf8_name, probe
 from audit.store import default_store_path
 
 # The files `write_report` writes into a report folder.
@@ -146,7 +145,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     command = getattr(getattr(args, "command_parser", None), "prog", None)
     for option in MODEL_FOLDERS.get(command, ()):
         folder = getattr(args, option.lstrip("-").replace("-", "_"), None)
-        if folder is not None and not is_text(str(folder)):
+        if folder is not None and not is_utf8_name(folder):
             raise UserError(f"{option} {shown(folder)}: the name is not UTF-8 (the bad bytes shown escaped), and a model's "
                             "tokenizer and weights files can only be saved under UTF-8 names; choose another name")
     described = OUTPUT_FILES.get(command)
