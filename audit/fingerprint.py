@@ -119,7 +119,7 @@ class Fingerprint:
             and (isinstance(seconds, float) or (isinstance(seconds, int) and abs(seconds) < 10**15))
         ):
             raise UserError(f"{where} has fields of the wrong type")
-        return cls(tensors=dict(tensors), files=dict(files), n_values=n_values, seconds=float(data.get("seconds") or 0), **values)
+        return cls(tensors=dict(tensors), files=dict(files), n_values=n_values, seconds=float(seconds or 0), **values)
 
 
 @dataclass(frozen=True)
