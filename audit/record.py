@@ -284,6 +284,7 @@ _FINDING_RULES: dict[str, tuple[Any, str]] = {
     "items_to_settle": (_optional(_count), "a number of items"),
     "items_used": (_optional(_count), "a number of items"),
 }
+_FINDING_REQUIRED = tuple(key for key in _FINDING_RULES if key not in ("items_to_settle", "items_used"))
 
 
 def _gate_problem(record: Mapping[str, Any]) -> str | None:
@@ -292,8 +293,7 @@ def _gate_problem(record: Mapping[str, Any]) -> str | None:
     if not isinstance(findings, list) or not all(isinstance(f, dict) for f in findings):
         return "its gate findings are not findings"
     for number, finding in enumerate(findings, start=1):
-        required = [key for key in _FINDING_RULES if key not in ("items_to_settle", "items_used")]
-        if problem := _fields_problem(finding, f"its gate findings are not findings: finding {number}", _FINDING_RULES, required):
+        if problem := _fields_problem(finding, f"its gate findings are not findings: finding {number}", _FINDING_RULES, _FINDING_REQUIRED):
             return problem
     return _fields_problem(gate, "its gate", {
         "verdict": (_optional(is_text), "a verdict"),
@@ -302,17 +302,16 @@ def _gate_problem(record: Mapping[str, Any]) -> str | None:
     })
 
 
-def _settings_rules() -> dict[str, tuple[Any, str]]:
-    """A suite's settings within the bounds a plan allows them."""
-    return {
-        "mode": (_optional(lambda v: v in MODES), f"a scoring mode ({', '.join(MODES)})"),
-        "norm": (_optional(lambda v: v in NORMS), f"a normalisation ({', '.join(NORMS)})"),
-        "seeds": (_optional(lambda v: _list_of(lambda s: is_int(s) and s in INT64)(v) and len(v) <= MAX_SEEDS), "a list of seeds"),
-        "temperature": (_optional(lambda v: _finite(v) and 0 <= v <= MAX_TEMPERATURE), f"a temperature within [0, {MAX_TEMPERATURE:g}]"),
-        "max_new_tokens": (_optional(lambda v: is_int(v) and 1 <= v <= MAX_NEW_TOKENS), f"a number of tokens within [1, {MAX_NEW_TOKENS}]"),
-        "prompt": (_optional(is_text), "a prompt's name"),
-        "parser": (_optional(is_text), "a parser's name"),
-    }
+# A suite's settings within the bounds a plan allows them.
+_SETTINGS_RULES: dict[str, tuple[Any, str]] = {
+    "mode": (_optional(lambda v: v in MODES), f"a scoring mode ({', '.join(MODES)})"),
+    "norm": (_optional(lambda v: v in NORMS), f"a normalisation ({', '.join(NORMS)})"),
+    "seeds": (_optional(lambda v: _list_of(lambda s: is_int(s) and s in INT64)(v) and len(v) <= MAX_SEEDS), "a list of seeds"),
+    "temperature": (_optional(lambda v: _finite(v) and 0 <= v <= MAX_TEMPERATURE), f"a temperature within [0, {MAX_TEMPERATURE:g}]"),
+    "max_new_tokens": (_optional(lambda v: is_int(v) and 1 <= v <= MAX_NEW_TOKENS), f"a number of tokens within [1, {MAX_NEW_TOKENS}]"),
+    "prompt": (_optional(is_text), "a prompt's name"),
+    "parser": (_optional(is_text), "a parser's name"),
+}
 
 
 def _suite_problem(spec: str, info: Mapping[str, Any]) -> str | None:
@@ -327,7 +326,7 @@ def _suite_problem(spec: str, info: Mapping[str, Any]) -> str | None:
     if problem:
         return problem
     settings = info.get("settings") or {}
-    if problem := _fields_problem(settings, f"{what}, its settings", _settings_rules()):
+    if problem := _fields_problem(settings, f"{what}, its settings", _SETTINGS_RULES):
         return problem
     if settings.get("mode") == "generate" and info["kind"] != QA:
         return f"{what} is of {info['kind']}, which generation cannot score"
