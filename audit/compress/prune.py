@@ -301,13 +301,17 @@ def prune(
         prunable_layers(model, recipe.exclude)  # bad exclude patterns fail before the slow part
         needs = PRUNING_METHODS.meta(recipe.method)["needs"]
         calib: CalibrationSet | None = None
+        calib_activation_bytes = 0
         if needs:
             # The walk holds each sample's hidden states entering a block, at the model's dtype.
+            per_token = activation_bytes_per_token(model)
             calib = calibration_set(
                 lm, Path(calibration.file) if calibration.file else None, nsamples=calibration.nsamples,
                 seqlen=calibration.seqlen, seed=calibration.seed, context_length=lm.facts().context_length,
-                bytes_per_token=activation_bytes_per_token(model), budget_bytes=memory_budget_bytes(options), cancel=cancel,
+                bytes_per_token=per_token, budget_bytes=memory_budget_bytes(options), cancel=cancel,
             )
+            # The hidden states entering one block, for every sample.
+            calib_activation_bytes = calib.samples.numel() * per_token
         before = after = None
         if measure_perplexity:
             before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
@@ -361,10 +365,6 @@ def prune(
         yield Progress("save", 2, 2, "saved")
     summary = sampler.summary()
     whole_peak_mb = max(summary["rss_peak_mb"], (load_peak or 0) / MB)
-    calib_activation_bytes = 0
-    if calib is not None:
-        # The hidden states entering one block, for every sample.
-        calib_activation_bytes = calib.samples.numel() * activation_bytes_per_token(model)
     result: dict[str, Any] = {
         "model": model_spec,
         "out": str(out),
