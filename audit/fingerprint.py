@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from audit.errors import UserError
-from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, PackedTensor, check_mask_count, read_meta, sparse_layout
+from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, PackedTensor, check_mask_count, read_meta, sparse_layout, unpacked
 from audit.models.sources import SAFETENSORS_DTYPE_BITS, SAFETENSORS_INDEX, index_shards, safetensors_header
 from audit.paths import kind, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
@@ -265,13 +265,14 @@ def _sparse_layout(file: _MappedFile) -> dict[str, PackedTensor]:
 
 def _decoded_sparse(file: _MappedFile, tensor: PackedTensor) -> memoryview:
     """A packed tensor decoded to its dense bytes (bitmask and non-zero values -> all values)."""
-    mask = np.unpackbits(_array(file.view(f"{tensor.name}.bitmask"), np.uint8), count=tensor.numel).astype(bool)
+    bits, values = tensor.parts
+    mask = np.unpackbits(_array(file.view(bits), np.uint8), count=tensor.numel).astype(bool)
     # Counted before the values are mapped: a refusal raised while a view of the file is alive
     # would keep the file mapped until the refusal is collected.
     check_mask_count(file.path, tensor, int(mask.sum()))
     same_size = _UINT[SAFETENSORS_DTYPE_BITS[tensor.code] // 8]
     dense = np.zeros(tensor.numel, dtype=same_size)
-    dense[mask] = _array(file.view(f"{tensor.name}.values"), same_size)
+    dense[mask] = _array(file.view(values), same_size)
     return memoryview(dense).cast("B")
 
 
@@ -326,14 +327,12 @@ def _tensors(folder: Path, storage: str, files: list[Path]) -> Iterator[tuple[st
         mapped = _MappedFile(path)
         try:
             packed = _sparse_layout(mapped) if storage == SPARSE_FORMAT else {}
-            stored = set(mapped.header)
             for name in sorted(packed):
                 tensor = packed[name]
                 data = _decoded_sparse(mapped, tensor)
-                stored -= {f"{name}.bitmask", f"{name}.values"}
                 yield name, tensor.code, list(tensor.shape), data, path
-                mapped.drop(f"{name}.bitmask", f"{name}.values")
-            for name in sorted(stored):
+                mapped.drop(*tensor.parts)
+            for name in sorted(unpacked(mapped.header, packed)):
                 info = mapped.header[name]
                 yield name, info["dtype"], [int(d) for d in info["shape"]], mapped.view(name), path
                 mapped.drop(name)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT, SPARSE_VERSION, WEIGHTS_META_KEY, check_mask_count, sparse_layout
+from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT, SPARSE_VERSION, WEIGHTS_META_KEY, check_mask_count, packed_parts, sparse_layout, unpacked
 
 DENSE_FILE = "model.safetensors"
 
@@ -118,8 +118,9 @@ def save_sparse(items: Sequence[tuple[str, torch.Tensor]], path: Path) -> int:
         nonzeros = int(nonzero_mask(tensor).sum())
         if _worth_packing(tensor, nonzeros):
             packed[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
-            specs.append((f"{name}.bitmask", torch.uint8, ((tensor.numel() + 7) // 8,)))
-            specs.append((f"{name}.values", tensor.dtype, (nonzeros,)))
+            bits, values = packed_parts(name)
+            specs.append((bits, torch.uint8, ((tensor.numel() + 7) // 8,)))
+            specs.append((values, tensor.dtype, (nonzeros,)))
         else:
             specs.append((name, tensor.dtype, tuple(tensor.shape)))
 
@@ -128,8 +129,9 @@ def save_sparse(items: Sequence[tuple[str, torch.Tensor]], path: Path) -> int:
             if name in packed:
                 mask = nonzero_mask(tensor)
                 bits = torch.from_numpy(np.packbits(mask.numpy()))
-                yield f"{name}.bitmask", bits
-                yield f"{name}.values", tensor.detach().contiguous().reshape(-1)[mask]
+                bits_name, values_name = packed_parts(name)
+                yield bits_name, bits
+                yield values_name, tensor.detach().contiguous().reshape(-1)[mask]
             else:
                 yield name, tensor
 
@@ -146,14 +148,14 @@ def load_sparse(path: Path) -> dict[str, torch.Tensor]:
         packed = sparse_layout(path, handle.metadata() or {}, stored)
         out: dict[str, torch.Tensor] = {}
         for name, tensor in packed.items():
-            bits = handle.get_tensor(f"{name}.bitmask")
+            bits_name, values_name = tensor.parts
+            bits = handle.get_tensor(bits_name)
             mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=tensor.numel).astype(bool))
             check_mask_count(path, tensor, int(mask.sum()))
             dense = torch.zeros(tensor.numel, dtype=getattr(torch, tensor.dtype))
-            dense[mask] = handle.get_tensor(f"{name}.values")
+            dense[mask] = handle.get_tensor(values_name)
             out[name] = dense.reshape(tensor.shape)
-        parts = {f"{name}.{part}" for name in packed for part in ("bitmask", "values")}
-        for name in [name for name in stored if name not in parts]:
+        for name in unpacked(stored, packed):
             # Copied out of the file's memory map: a tensor read in place would keep the whole
             # map, whose packed pages were all read above, resident for the model's life.
             out[name] = handle.get_tensor(name).clone()

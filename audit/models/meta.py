@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from audit import atomic
 from audit.compress.recipe import pruning_label
@@ -93,6 +93,18 @@ def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
     return (" + ".join(parts), sparsity) if parts else None
 
 
+def packed_parts(name: str) -> tuple[str, str]:
+    """The two tensors a compressed sparse file stores packed tensor `name` as: its bitmask and its values."""
+    return f"{name}.bitmask", f"{name}.values"
+
+
+def unpacked(names: Iterable[str], layout: Mapping[str, "PackedTensor"]) -> list[str]:
+    """Of a sparse file's stored `names`, in their order, those that are tensors as they are:
+    not a part of one of the packed tensors of `layout`."""
+    parts = {part for tensor in layout.values() for part in tensor.parts}
+    return [name for name in names if name not in parts]
+
+
 @dataclass(frozen=True)
 class PackedTensor:
     """A tensor a compressed sparse file stores as `NAME.bitmask` (one bit per value, packed)
@@ -106,6 +118,11 @@ class PackedTensor:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def parts(self) -> tuple[str, str]:
+        """The names of its bitmask and its values in the file (`packed_parts`)."""
+        return packed_parts(self.name)
 
     @property
     def code(self) -> str:
@@ -140,11 +157,12 @@ def sparse_layout(path: Path, metadata: Mapping[str, str], stored: Mapping[str, 
             isinstance(dtype, str) and dtype in SPARSE_DTYPES
         ):
             raise UserError(f"{damaged} gives packed tensor {name!r} no valid shape and float dtype")
-        if f"{name}.bitmask" not in stored or f"{name}.values" not in stored:
+        bits, values = packed_parts(name)
+        if bits not in stored or values not in stored:
             raise UserError(f"{damaged} lists {name}, whose bitmask or values the file does not hold")
         if name in stored:
             raise UserError(f"{damaged} lists {name} as packed, and the file holds it unpacked too")
-        (bits_code, bits_shape), (values_code, values_shape) = stored[f"{name}.bitmask"], stored[f"{name}.values"]
+        (bits_code, bits_shape), (values_code, values_shape) = stored[bits], stored[values]
         if (bits_code, list(bits_shape)) != ("U8", [(math.prod(shape) + 7) // 8]) or values_code != SPARSE_DTYPES[dtype] or len(values_shape) != 1:
             raise UserError(f"{path} is corrupt: {name}'s bitmask or values do not fit its shape {shape} and dtype {dtype}")
         layout[name] = PackedTensor(name, tuple(shape), dtype, values_shape[0])
