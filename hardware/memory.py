@@ -41,14 +41,34 @@ def release_free_heap() -> bool:
     return True
 
 
+# The high-water mark each reset in this process cleared, in order: a measurement begun before a
+# reset (a sampler around a run's step, when a prune inside it resets the mark) takes what the
+# resets since its start cleared, as well as the mark when it ends.
+_CLEARED_PEAKS: list[int] = []
+
+
 def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux 4.0+); False where unsupported."""
+    """Reset the kernel's high-water mark of this process's RSS (Linux 4.0+), keeping the mark it
+    clears (`peak_rss_cleared_since`); False where unsupported."""
+    before = peak_rss_bytes()
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
-        return True
     except OSError:
         return False
+    _CLEARED_PEAKS.append(before or 0)
+    return True
+
+
+def peak_rss_resets() -> int:
+    """How many times the high-water mark has been reset in this process: where a measurement
+    starts, for `peak_rss_cleared_since`."""
+    return len(_CLEARED_PEAKS)
+
+
+def peak_rss_cleared_since(resets: int) -> int:
+    """The highest mark cleared by the resets after the first `resets` of them; 0 for none."""
+    return max(_CLEARED_PEAKS[resets:], default=0)
 
 
 def peak_rss_bytes() -> int | None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Generator, Generic, Mapping, Sequence, TypeVar
 import psutil
 
 from hardware.load import read_load_1m
-from hardware.memory import MB, peak_rss_bytes, reset_peak_rss
+from hardware.memory import MB, peak_rss_bytes, peak_rss_cleared_since, peak_rss_resets, reset_peak_rss
 
 T = TypeVar("T")
 
@@ -92,10 +92,10 @@ class ResourceSampler:
         self._stopped: float | None = None
         self._busy_s = 0.0  # CPU time the sampler thread itself used
         self._peak_reset = False
-        # The kernel's RSS high-water mark as read at each snapshot: another sampler started
-        # inside this one (a prune or profile within a run's sampled step) resets the mark, and
-        # what it held before is kept here.
-        self._kernel_peak_bytes = 0
+        # The resets of the kernel's RSS high-water mark before this sampler's own took effect:
+        # another sampler or a prune started inside this one resets the mark again, and what each
+        # such reset cleared counts toward this one's peak (`peak_rss_cleared_since`).
+        self._resets_before = 0
         self._cpu_times: list[Any] | None = None  # per core, at the previous snapshot
 
     @classmethod
@@ -111,6 +111,7 @@ class ResourceSampler:
         if self._thread is not None:
             raise RuntimeError("sampler already started")
         self._peak_reset = reset_peak_rss()
+        self._resets_before = peak_rss_resets()
         self._started = time.monotonic()
         self._process.cpu_percent()
         self._sample_or_skip()
@@ -175,8 +176,6 @@ class ResourceSampler:
             process_cpu_percent=self._process.cpu_percent(),
             load_1m=read_load_1m(),
         )
-        if self._peak_reset:
-            self._kernel_peak_bytes = max(self._kernel_peak_bytes, peak_rss_bytes() or 0)
         self._snapshots.append(snapshot)
         if len(self._snapshots) > MAX_SNAPSHOTS:
             del self._snapshots[: len(self._snapshots) - MAX_SNAPSHOTS]
@@ -211,7 +210,7 @@ class ResourceSampler:
         end = self._stopped if self._stopped is not None else time.monotonic()
         duration = max(end - self._started, 1e-9) if self._started else 0.0
         rss = [s.rss_mb for s in snaps]
-        kernel_mb = max(peak_rss_bytes() or 0, self._kernel_peak_bytes) / MB if self._peak_reset else 0.0
+        kernel_mb = max(peak_rss_bytes() or 0, peak_rss_cleared_since(self._resets_before)) / MB if self._peak_reset else 0.0
         sampled_mb = max(rss, default=0.0)
         result: dict[str, Any] = {
             "samples": len(snaps),

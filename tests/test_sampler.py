@@ -120,7 +120,7 @@ def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
 @pytest.mark.skipif(not reset_peak_rss(), reason="this kernel's RSS peak cannot be reset")
 def test_a_peak_between_snapshots_outlives_a_sampler_started_inside():
     # The outer sampler's snapshots never see the block resident: only the kernel's high-water
-    # mark, read at its next snapshot, does, and an inner sampler resets that mark.
+    # mark does, and an inner sampler resets that mark (keeping what it cleared).
     outer = ResourceSampler(interval_s=3600).start()
     block = bytearray(128 * MB)
     for i in range(0, len(block), 4096):
@@ -134,6 +134,23 @@ def test_a_peak_between_snapshots_outlives_a_sampler_started_inside():
         pass
     outer.stop()
     assert outer.summary()["rss_peak_mb"] > held_mb - 16  # the kernel's counters lag by a few pages
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="this kernel's RSS peak cannot be reset")
+def test_a_peak_just_before_a_reset_inside_counts_without_a_snapshot_after_it():
+    # The mark a reset clears is kept by the reset itself: no snapshot has to be taken between
+    # the spike and a prune's or an inner sampler's reset.
+    outer = ResourceSampler(interval_s=3600).start()
+    block = bytearray(128 * MB)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    held_mb = psutil.Process().memory_info().rss / MB
+    del block
+    release_free_heap()
+    reset_peak_rss()
+    outer.stop()
+    assert max(s.rss_mb for s in outer.snapshots()) < held_mb - 64
+    assert outer.summary()["rss_peak_mb"] > held_mb - 16
 
 
 def test_a_snapshot_can_not_be_changed_nor_changes_with_its_readers_figures():
@@ -193,7 +210,7 @@ def test_the_peak_names_the_figure_it_was_taken_from(monkeypatch):
         pass
     sampled = max(s.rss_mb for s in sampler.snapshots())
     monkeypatch.setattr(sampler, "_peak_reset", True)
-    monkeypatch.setattr(sampler, "_kernel_peak_bytes", 0)
+    monkeypatch.setattr(sampler_module, "peak_rss_cleared_since", lambda resets: 0)
     monkeypatch.setattr(sampler_module, "peak_rss_bytes", lambda: int((sampled - 1) * MB))  # trails the sample
     assert (sampler.summary()["rss_peak_mb"], sampler.summary()["rss_peak_source"]) == (round(sampled, 2), "sampled")
     monkeypatch.setattr(sampler_module, "peak_rss_bytes", lambda: int((sampled + 10) * MB))
