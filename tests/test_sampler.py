@@ -117,17 +117,23 @@ def test_a_sampler_inside_another_leaves_the_outer_peak_whole():
     assert outer.summary()["rss_peak_mb"] >= round(held_mb, 2)  # the summary gives MB to 2 places
 
 
+def spike_mb() -> float:
+    """Hold 128 MB resident for a moment and let it go; the RSS it reached, in MB."""
+    block = bytearray(128 * MB)
+    for i in range(0, len(block), 4096):  # touch it, so it is resident
+        block[i] = 1
+    held_mb = psutil.Process().memory_info().rss / MB
+    del block
+    release_free_heap()
+    return held_mb
+
+
 @pytest.mark.skipif(not reset_peak_rss(), reason="this kernel's RSS peak cannot be reset")
 def test_a_peak_between_snapshots_outlives_a_sampler_started_inside():
     # The outer sampler's snapshots never see the block resident: only the kernel's high-water
     # mark does, and an inner sampler resets that mark (keeping what it cleared).
     outer = ResourceSampler(interval_s=3600).start()
-    block = bytearray(128 * MB)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    held_mb = psutil.Process().memory_info().rss / MB
-    del block
-    release_free_heap()
+    held_mb = spike_mb()
     outer._sample()
     assert max(s.rss_mb for s in outer.snapshots()) < held_mb - 64
     with ResourceSampler(interval_s=3600):
@@ -141,12 +147,7 @@ def test_a_peak_just_before_a_reset_inside_counts_without_a_snapshot_after_it():
     # The mark a reset clears is kept by the reset itself: no snapshot has to be taken between
     # the spike and a prune's or an inner sampler's reset.
     outer = ResourceSampler(interval_s=3600).start()
-    block = bytearray(128 * MB)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    held_mb = psutil.Process().memory_info().rss / MB
-    del block
-    release_free_heap()
+    held_mb = spike_mb()
     reset_peak_rss()
     outer.stop()
     assert max(s.rss_mb for s in outer.snapshots()) < held_mb - 64
