@@ -70,12 +70,31 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
     if probe(path, "model") is not None:
         require_utf8_name(path)
         return _local_source(spec, path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
-        return ModelSource(spec, "hub", hub_id=spec)
+    if spec.count("/") == 1 and not spec.startswith((".", "~", "/")) and not spec.endswith("/"):
+        problem = _hub_id_problem(spec)
+        if problem is None:
+            return ModelSource(spec, "hub", hub_id=spec)
+        raise UserError(f"no such file or folder, and not a valid hub id ({problem}): {shown(spec)}")
     if "/" in spec or path.suffix:
         raise UserError(f"no such file or folder: {shown(spec)}")
     known = ", ".join(ALIASES.names())
     raise UserError(f"unknown model alias {spec!r}; known: {known} (or pass a folder, a .gguf file or a hub id)")
+
+
+def _hub_id_problem(spec: str) -> str | None:
+    """Why an `org/name` is not a repository id the hub takes (huggingface_hub's own rules,
+    which it applies only when fetching, where its refusal would read as a failed download)."""
+    if not _HUB_ID.match(spec):
+        return "it may hold only letters, digits, '-', '_' and '.', and starts with a letter or digit"
+    if "--" in spec or ".." in spec:
+        return "it holds '--' or '..'"
+    if any(part[0] in "-." or part[-1] in "-." for part in spec.split("/")):
+        return "a part starts or ends with '-' or '.'"
+    if len(spec.split("/")[1]) > 96:
+        return "its name is longer than 96 characters"
+    if spec.endswith(".git"):
+        return "it ends in .git"
+    return None
 
 
 def require_utf8_name(path: Path, what: str = "model") -> None:
