@@ -162,8 +162,11 @@ def perplexity(
         chunk_counts.append(score.n_tokens)
         yield Progress("perplexity", index, len(requests), f"{index}/{len(requests)} chunks")
     nll, n_tokens = sum(chunk_nll), sum(chunk_counts)
+    mean_nll = nll / n_tokens
+    # NaN stays NaN: infinite would say a token had probability 0.
+    ppl = mean_nll if math.isnan(mean_nll) else math.exp(mean_nll) if mean_nll < MAX_LOG_PERPLEXITY else math.inf
     return PerplexityResult(
-        perplexity=math.exp(nll / n_tokens) if nll / n_tokens < MAX_LOG_PERPLEXITY else math.inf,
+        perplexity=ppl,
         nll_sum=nll,
         n_tokens=n_tokens,
         n_chunks=len(requests),
