@@ -226,6 +226,8 @@ def _check_remote_code(folder: Path, config: dict, trust_remote_code: bool) -> N
                 f"model in {shown(folder)} needs its own Python code (model_type {model_type!r}); "
                 "pass --trust-remote-code only if you trust its author"
             )
+        if model_type is None:
+            raise UserError(f"model in {shown(folder)}: its config.json names no model_type, so transformers cannot tell what model it is")
         raise UserError(f"model in {shown(folder)} has model_type {model_type!r}, which transformers does not know")
 
 
