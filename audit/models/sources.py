@@ -15,6 +15,7 @@ from audit.models.aliases import ALIASES, ModelAlias
 from audit.paths import is_utf8_name, kind, list_folder, os_reason, probe, require_file, shown
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+MODEL_FILE_SUFFIXES = {".gguf", ".safetensors", ".onnx"} | PICKLE_SUFFIXES
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -70,7 +71,9 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
     if probe(path, "model") is not None:
         require_utf8_name(path)
         return _local_source(spec, path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    if spec.count("/") == 1 and not spec.startswith((".", "~", "/")) and not spec.endswith("/"):
+    # A name ending in a model file's suffix is a file that is missing: the hub fetch takes no such files.
+    model_file = path.suffix.lower() in MODEL_FILE_SUFFIXES
+    if spec.count("/") == 1 and not spec.startswith((".", "~", "/")) and not spec.endswith("/") and not model_file:
         problem = _hub_id_problem(spec)
         if problem is None:
             return ModelSource(spec, "hub", hub_id=spec)
