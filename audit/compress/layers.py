@@ -30,10 +30,14 @@ class PrunableLayer:
         return (cols, rows) if self.transposed else (rows, cols)
 
     def read(self) -> torch.Tensor:
-        """The weight as float32 (out x in), a copy."""
+        """The weight as float32 (out x in), a copy. One holding NaN or infinity is refused: no
+        score ranks it, and the lowest scores would not be the ones removed."""
         weight = self.module.weight.detach()
         weight = weight.t() if self.transposed else weight
-        return weight.to(torch.float32, copy=True)
+        weight = weight.to(torch.float32, copy=True)
+        if not bool(torch.isfinite(weight).all()):
+            raise UserError(f"layer {self.name}: its weights hold NaN or infinity; a model with them cannot be pruned")
+        return weight
 
     def write(self, weight: torch.Tensor) -> None:
         target = self.module.weight
@@ -259,9 +263,16 @@ class InputStatistics:
 
     def stats(self, layer: PrunableLayer) -> LayerStats:
         try:
-            return self._by_layer[layer.name].stats()
+            stats = self._by_layer[layer.name].stats()
         except KeyError:
             raise UserError(f"layer {layer.name} received no input during calibration") from None
+        # A NaN or infinite input makes its squared sum (float64) one too, and the Hessian's
+        # diagonal (float32) overflows first: either leaves no score or Hessian to rank weights by.
+        if not bool(torch.isfinite(stats.sq_norms).all()) or (stats.hessian is not None and not bool(torch.isfinite(stats.hessian.diagonal()).all())):
+            raise UserError(
+                f"layer {layer.name}: its calibration inputs hold NaN or infinity (the model gives them on the calibration text)"
+            )
+        return stats
 
     def release(self, layer: PrunableLayer) -> None:
         """Drop a layer's statistics (its accumulator goes with the last layer sharing it)."""
