@@ -3,7 +3,6 @@ ask for, as data the plan reader can check without importing torch."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +110,8 @@ def blocked_schemes() -> list[str]:
 
 
 def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or math.isnan(sparsity) or not 0.0 <= sparsity <= MAX_SPARSITY:
+    # NaN fails the comparison; math.isnan would raise on an int too large for a float.
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity <= MAX_SPARSITY:
         raise UserError(f"sparsity must be between 0 and {MAX_SPARSITY}, got {sparsity}")
     return float(sparsity)
 
@@ -229,4 +229,4 @@ class QuantizeRecipe:
 
 def valid_alpha(alpha: float | None) -> bool:
     """A smoothing alpha above 0 and at most 1, or None for no smoothing."""
-    return alpha is None or (not isinstance(alpha, bool) and isinstance(alpha, (int, float)) and not math.isnan(alpha) and 0.0 < alpha <= 1.0)
+    return alpha is None or (not isinstance(alpha, bool) and isinstance(alpha, (int, float)) and 0.0 < alpha <= 1.0)  # NaN fails the comparison
