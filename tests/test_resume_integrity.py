@@ -264,6 +264,32 @@ def test_a_profile_left_of_a_variant_compressed_again_to_the_same_weights_is_mea
     assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == digest(variant)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_profile_left_alone_of_a_baseline_given_as_a_gguf_file_refuses_changed_weights(tiny_llama, tmp_path, workers, isolated_cache):
+    """A baseline given as a GGUF file (or an alias, or a hub id) is measured on the folder
+    loading makes of it, its cached conversion: the profile left alone on resume reads that
+    folder's weights first, as a baseline given as a folder has them read."""
+    from audit.models.loader import cache_entry_for_gguf
+    from tests.test_model_integrity import tiny_gguf
+
+    (tmp_path / "file").mkdir()
+    gguf = tiny_gguf(tiny_llama, tmp_path / "file" / "tiny.gguf")
+    store_path, _ = audit_tiny(tmp_path / "audit", gguf)
+    converted = cache_entry_for_gguf(gguf, None)
+    before = stored(store_path, "baseline", "fingerprint")["result"]
+    assert Path(before["folder"]) == converted
+    with sqlite3.connect(store_path) as db:
+        db.execute("DELETE FROM steps WHERE variant = 'baseline' AND kind = 'profile'")
+        db.execute("UPDATE runs SET status = 'interrupted', gate_json = NULL, exit_code = 130")
+    replace_weights(converted)  # the cached conversion changed since (the GGUF itself did not)
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("baseline: its weights in ")
+    assert f"(fingerprint {before['digest'][:12]} then, {digest(converted)[:12]} now)" in message
+    assert stored(store_path, "baseline", "profile") is None
+
+
 # -- a plan without a gate, and the report `run` writes ----------------------------------------
 NO_GATE = PLAN.split("# The tiny random models")[0].replace("[profile]\n", "[profile]\nenabled = false\n") + "[gate]\ncompetence = false\n"
 

@@ -333,9 +333,18 @@ def fetch_hub(source: ModelSource, options: LoadOptions) -> Path:
 
 
 # -- loading ------------------------------------------------------------------------------
-def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[LanguageModel]:
-    """Resolve, check memory, convert if needed, and load; yields progress, returns the model."""
-    started = time.perf_counter()
+def model_folder(spec: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[Path]:
+    """The local folder `load_model(spec)` loads the model from, without loading it: a GGUF
+    file's or an alias's cached conversion (converted first where it is not current) or a hub
+    model's download, as loading would make them."""
+    _, folder, _ = yield from _local_folder(spec, options, cancel)
+    return folder
+
+
+def _local_folder(spec: str, options: LoadOptions, cancel: threading.Event | None
+                  ) -> Job[tuple[ModelSource, Path, tuple[Path, ModelAlias | None] | None]]:
+    """The source `spec` names, the local folder its model loads from, and the GGUF file (with
+    its alias) that folder is a cached conversion of, if any."""
     require_working_folder()  # the libraries read it as they load, failing with no path named
     yield Progress("load", 0, 2, f"resolving {shown(spec)}")
     source = resolve_source(spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
@@ -358,6 +367,13 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threadin
         assert source.path is not None
         folder = source.path
     check_cancel(cancel)
+    return source, folder, gguf
+
+
+def load_model(spec: str, options: LoadOptions = LoadOptions(), cancel: threading.Event | None = None) -> Job[LanguageModel]:
+    """Resolve, check memory, convert if needed, and load; yields progress, returns the model."""
+    started = time.perf_counter()
+    source, folder, gguf = yield from _local_folder(spec, options, cancel)
     check_memory(source.name, estimate_folder_bytes(folder, options), options)
     threads = resolve_threads(options.threads, options.reserve_cores, row_workers=source.kind != "onnx")
     yield Progress("load", 1, 2, f"loading {source.name} to compute with {threads.describe()}")

@@ -368,22 +368,30 @@ def execute_variant(
             if model is None:
                 loaded.close()
     elif PROFILE in kinds:
-        yield from steps.lead_in(name, PROFILE, check_before_profile(plan, name, spec, fingerprint, cancel, checked=checked))
+        yield from steps.lead_in(name, PROFILE, check_before_profile(plan, name, spec, fingerprint, options, cancel, checked=checked))
     if PROFILE in kinds:
         check_cancel(cancel)
         yield from steps.run(name, PROFILE, profile_step(plan, name, spec, options, cancel), record)
 
 
-def check_before_profile(plan: Plan, name: str, spec: str, fingerprint: dict[str, Any] | None, cancel: threading.Event | None,
-                         *, checked: Path | None = None) -> Job[None]:
+def check_before_profile(plan: Plan, name: str, spec: str, fingerprint: dict[str, Any] | None, options: LoadOptions,
+                         cancel: threading.Event | None, *, checked: Path | None = None) -> Job[None]:
     """Before a profile whose model no step of the same call loaded (its variant's other steps
     stored earlier, or by a worker process): the weights it is about to measure are the ones
     its stored steps measured (`fingerprint`), or it is refused in one line naming both digests
-    (`same_weights`). A folder `checked`, fingerprinted moments ago in the same call, is not
-    read again. A run in one process and the profiles its workers leave to the run both check
-    here, so that they refuse the same folders."""
+    (`same_weights`). A model given as an alias, a GGUF file or a hub id is measured on the
+    folder loading makes of it (`model_folder`), which is read. A folder `checked`,
+    fingerprinted moments ago in the same call, is not read again. A run in one process and
+    the profiles its workers leave to the run both check here, so that they refuse the same
+    folders."""
+    from audit.models.loader import model_folder
+
+    if fingerprint is None:
+        return
     folder = Path(spec)
-    if fingerprint is None or not folder.is_dir() or _same_folder(checked, folder):
+    if not folder.is_dir():
+        folder = yield from relay(model_folder(spec, options, cancel), "load")
+    if _same_folder(checked, folder):
         return
     yield from same_weights(name, folder, fingerprint, COMPRESS in steps_for(plan, name), cancel)
 

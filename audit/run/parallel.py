@@ -95,7 +95,7 @@ def run_in_processes(
             spec = model_spec_for(plan, name, work_dir)
             # Its worker ended a while ago (the other workers ran on): the folder is read again,
             # its events named as a run in one process names them.
-            check = check_before_profile(plan, name, spec, stored_fingerprint(store, run_id, name), cancel)
+            check = check_before_profile(plan, name, spec, stored_fingerprint(store, run_id, name), load, cancel)
             yield from (replace(event, message=named(name, event.message)) for event in check)
             record = yield from profile_step(plan, name, spec, load, cancel)
             record.commit(store, run_id)
