@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from audit.errors import UserError
+from audit.paths import unknown_home
 from audit.probes import bbq, builtin, crows, stereoset
 from audit.probes.items import AMBIG, DISAMBIG, QA, ProbeItem
 from audit.registry import Registry
@@ -126,6 +127,9 @@ def load_suite(
     if entry.meta["needs_path"]:
         if not path_text:
             raise UserError(f"suite {entry.name!r} needs a path: --suite {entry.name}:PATH")
+        home = unknown_home(path_text)
+        if home is not None:  # pathlib would raise a bare RuntimeError
+            raise UserError(f"suite {entry.name}:{home}")
         path = Path(path_text).expanduser()
     elif path_text:
         raise UserError(f"suite {entry.name!r} takes no path")
