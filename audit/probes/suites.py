@@ -122,6 +122,7 @@ def load_suite(
     `conditions` keeps a question suite's ambiguous or disambiguated items (before `limit`, so
     the limit counts the items kept)."""
     name, _, path_text = spec.partition(":")
+    path_text = path_text.strip()  # as the name is: " bbq : PATH" would read a path starting with a space
     entry = SUITES.entry(name.strip().lower())
     path: Path | None = None
     if entry.meta["needs_path"]:
