@@ -37,7 +37,7 @@ SUITES: Registry[Loader] = Registry("probe suite")
 
 
 def _filter_categories(items: list[ProbeItem], categories: Sequence[str] | None, suite: str) -> list[ProbeItem]:
-    if not categories:
+    if not categories or not items:  # a file of no items says so as a file, not as unknown categories
         return items
     known = {item.category.lower(): item.category for item in items}
     wanted = set()
@@ -142,6 +142,7 @@ def load_suite(
     if wanted != CONDITIONS and entry.meta["kind"] != QA:
         raise UserError(f"conditions apply to question suites (builtin, bbq), not to {entry.name}")
     suite = entry.obj(path, categories, bbq_metadata)
+    loaded = bool(suite.items)
     if wanted != CONDITIONS:
         suite.items = [item for item in suite.items if item.condition in wanted]
         suite.info["conditions"] = list(wanted)
@@ -150,8 +151,8 @@ def load_suite(
         suite.info["limit_per_category"] = limit
         suite.info["sample_seed"] = sample_seed
     if not suite.items:
-        if suite.skipped and not (categories or limit is not None or wanted != CONDITIONS):
-            # Every line was refused: the first reason is what the user has to fix.
+        if suite.skipped and not loaded:
+            # Every line read was refused: the first reason is what the user has to fix.
             count = len(suite.skipped)
             raise UserError(f"suite {spec} has no items to score: its {count} {'line was' if count == 1 else 'lines were'} "
                             f"all skipped (the first: {suite.skipped[0]})")
