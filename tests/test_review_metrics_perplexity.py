@@ -86,3 +86,36 @@ def test_a_token_of_probability_zero_is_an_infinite_perplexity():
 
     result = drive(perplexity(ZeroProbability(5), "text", chunk_tokens=2))
     assert result.perplexity == math.inf
+
+
+def stored(nll, tokens):
+    return {"source": "text", "chunk_nll": list(nll), "chunk_token_counts": list(tokens), "text_sha256": "x",
+            "perplexity": math.exp(sum(nll) / sum(tokens))}
+
+
+def test_the_relative_change_is_the_ratio_of_the_two_perplexities():
+    from audit.perplexity import change_bounds
+
+    # Baseline: NLL 2 over 2 tokens and 3 over 3, perplexity exp(5 / 5) = e.
+    # Variant: 4 and 3, perplexity exp(7 / 5). Change: exp(2 / 5) - 1 = 49.18%.
+    # Per chunk the per-token differences are 1 and 0; weighted by 2 and 3 tokens: 2 / 5.
+    bounds, note = change_bounds(stored((2.0, 3.0), (2, 3)), stored((4.0, 3.0), (2, 3)), 0.975)
+    assert note is None and bounds.n == 2
+    assert bounds.value == pytest.approx(100 * math.expm1(0.4))
+    assert bounds.lower < bounds.value < bounds.upper
+    # The same per-token difference on every chunk has no spread: exact bounds.
+    same, _ = change_bounds(stored((2.0, 3.0), (2, 3)), stored((3.0, 4.5), (2, 3)), 0.975)
+    assert same.value == same.lower == same.upper == pytest.approx(100 * math.expm1(0.5))
+
+
+def test_no_relative_change_from_chunks_that_are_not_numbers():
+    from audit.perplexity import change_bounds
+
+    bounds, note = change_bounds(stored((2.0, 3.0), (2, 3)), stored((math.nan, 3.0), (2, 3)), 0.975)
+    assert bounds is None and "not a number on 1 of 2 chunks" in note
+    bounds, note = change_bounds(stored((math.inf, 3.0), (2, 3)), stored((2.0, 3.0), (2, 3)), 0.975)
+    assert bounds is None and "infinite" in note
+    bounds, note = change_bounds(stored((2.0, 3.0), (2, 3)), stored((math.inf, 3.0), (2, 3)), 0.975)
+    assert note is None and bounds.value == math.inf
+    bounds, note = change_bounds(stored((2.0, 3.0), (2, 3)), stored((2.0, 3.0), (3, 2)), 0.975)
+    assert bounds is None and note.startswith("not comparable")
