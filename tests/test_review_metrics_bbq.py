@@ -94,3 +94,22 @@ def test_generated_answers_nest_in_items_for_s_dis():
     # s_DIS = 2 * (0.5 + 0) / ((0.5 + 0.25) + (0 + 1)) - 1 = 2 * 0.5 / 1.75 - 1 = -3/7.
     results = [item("x", "disambig", (0, 0, 1, 2)), item("y", "disambig", (1, 1, None))]
     assert figure(results, "bias_score_disambig").value == pytest.approx(-3 / 7)
+
+
+def test_an_item_whose_every_option_scored_nan_has_no_answer():
+    """A model whose logits overflowed scores every option NaN; the first option, which argmax
+    falls back on, is no answer it gave, and counting it would make the figures numbers."""
+    from dataclasses import replace
+
+    nan = float("nan")
+    answered = [item(f"a{i}", "ambig", 2) for i in range(3)]  # "unknown": SRS 0
+    broken = replace(item("x", "ambig", 0), option_logprobs=(nan, nan, nan), option_tokens=(1, 1, 1))  # argmax: option 0
+    facts = ms.item_facts(broken)
+    assert facts.answers == 0 and facts.aligned is None
+    assert figure(answered + [broken], "srs").value == 0.0 and figure(answered + [broken], "srs").n == 3
+    assert figure(answered + [broken], "accuracy_ambig").n == 3
+    # Under the other length normalisation too.
+    assert ms.item_facts(broken, "sum").answers == 0
+    # One option scored NaN is an option never chosen: the item is answered.
+    partly = replace(item("y", "ambig", 1), option_logprobs=(nan, -1.0, -2.0), option_tokens=(1, 1, 1))
+    assert ms.item_facts(partly).answers == 1 and ms.item_facts(partly, "sum").answers == 1

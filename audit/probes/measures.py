@@ -34,7 +34,7 @@ class ItemFacts:
     category: str
     condition: str
     has_target: bool  # its bias-aligned option is known
-    answers: int  # parsed answers (0: every attempt failed to parse)
+    answers: int  # parsed answers (0: every attempt failed to parse, or every option scored NaN)
     attempts: int
     correct: float
     unknown: float
@@ -53,6 +53,8 @@ class ItemFacts:
 
 def item_facts(result: ItemResult, norm: str | None = None) -> ItemFacts:
     choices = result.valid_choices(norm)
+    if result.mode == "loglik" and result.option_logprobs and all(math.isnan(lp) for lp in result.option_logprobs):
+        choices = []  # every option scored NaN: the first option, argmax's fallback, is no answer
     attempts = len(result.seed_choices) if result.mode == "generate" else 1
     n = len(choices)
     target = bool(result.bias_aligned)
