@@ -257,3 +257,16 @@ def test_check_without_a_model_still_asks_for_one(capsys, tmp_path):
         main(["check", "--record", str(tmp_path / "r.json")])
     assert stop.value.code == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def test_a_refused_output_under_a_folder_named_with_a_line_break_is_said_in_one_line(capsys, tmp_path, no_loading):
+    """The paths an output's refusal names are written as every other message writes them
+    (`audit.paths.shown`): a line break in a folder's name is escaped, not printed as a space
+    that reads as another name."""
+    folder = tmp_path / "two\nlines"
+    folder.mkdir()
+    suite = folder / "age.jsonl"
+    suite.write_text(BBQ_LINE)
+    err = refused(capsys, ["probe", "--suite", f"bbq:{suite}", "--items-out", str(suite)])
+    assert f"--items-out {tmp_path}/two\\nlines/age.jsonl would overwrite --suite" in err
+    assert suite.read_text() == BBQ_LINE

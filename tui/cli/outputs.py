@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from audit.atomic import replaceable
 from audit.errors import UserError
 from audit.models.aliases import ALIASES
-from audit.paths import inside, is_utf8_name, probe
+from audit.paths import inside, is_utf8_name, probe, shown
 from audit.store import default_store_path
 
 # The files `write_report` writes into a report folder.
@@ -19,12 +19,6 @@ REPORT_FILES = ("report.md", "report.html", "report.json")
 Output = tuple[str, Path]
 # An input of a command: the option that names it, and the file or folder read.
 Input = tuple[str, Path]
-
-
-def shown(path: Any) -> str:
-    """A path as the user can read it back: bytes that are not UTF-8 (a name made on another
-    system) escaped as \\xff instead of printed as characters no terminal shows."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def suite_path(spec: str) -> Path | None:
