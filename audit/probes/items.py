@@ -159,6 +159,7 @@ def read_items(path: Path) -> tuple[dict[str, Any], list[ItemResult], list[str]]
     results: list[ItemResult] = []
     skipped: list[str] = []
     seen: dict[str, int] = {}
+    header_line = 0
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -168,7 +169,11 @@ def read_items(path: Path) -> tuple[dict[str, Any], list[ItemResult], list[str]]
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             if HEADER_KEY in data:
+                if header_line:  # files joined: whose settings the items were scored under is lost
+                    raise UserError(f"{where}: a second run header (the first is line {header_line}): "
+                                    "an item results file holds one probe run; are two files joined?")
                 run = _run_header(data, where)
+                header_line = number
                 continue
             result = result_from_record(data)
             if result.item_id in seen:
