@@ -37,3 +37,10 @@ def test_one_run_header_after_the_items_still_reads(tmp_path):
     path = items_file(tmp_path, GOOD, {HEADER_KEY: 1, "run": {"suite": "bbq", "norm": "mean"}})
     run, results, skipped = read_items(path)
     assert run == {"suite": "bbq", "norm": "mean"} and [r.item_id for r in results] == ["Age:1"] and skipped == []
+
+
+@pytest.mark.parametrize("format_value", [True, 1.0])
+def test_a_format_that_is_not_the_whole_number_1_is_refused(tmp_path, format_value):
+    path = items_file(tmp_path, {HEADER_KEY: format_value, "run": {"suite": "bbq"}}, GOOD)
+    with pytest.raises(UserError, match=rf"items.jsonl:1: the file's format is {format_value!r}, not 1"):
+        read_items(path)

@@ -248,7 +248,7 @@ HEADER_TEXT = ("suite", "suite_spec", "summary", "mode", "norm", "prompt")
 
 
 def _run_header(data: dict[str, Any], where: str) -> dict[str, Any]:
-    if data[HEADER_KEY] != ITEMS_FORMAT:
+    if not (is_int(data[HEADER_KEY]) and data[HEADER_KEY] == ITEMS_FORMAT):  # true and 1.0 equal 1 in Python
         raise UserError(f"{where}: the file's format is {shown(data[HEADER_KEY])}, not {ITEMS_FORMAT}, the one this edge-audit reads "
                         "(written by another version?)")
     run = data.get("run")
