@@ -44,3 +44,10 @@ def test_a_format_that_is_not_the_whole_number_1_is_refused(tmp_path, format_val
     path = items_file(tmp_path, {HEADER_KEY: format_value, "run": {"suite": "bbq"}}, GOOD)
     with pytest.raises(UserError, match=rf"items.jsonl:1: the file's format is {format_value!r}, not 1"):
         read_items(path)
+
+
+@pytest.mark.parametrize("parser", [5, ["strict"], {"name": "strict"}])
+def test_a_parser_that_is_not_text_is_refused(tmp_path, parser):
+    path = items_file(tmp_path, {HEADER_KEY: 1, "run": {"suite": "bbq", "mode": "generate", "parser": parser}}, GOOD)
+    with pytest.raises(UserError, match=r"items.jsonl:1: the run header is not valid: parser is .+, not text"):
+        read_items(path)

@@ -244,7 +244,7 @@ def text_field(data: dict[str, Any], key: str, *, optional: bool = False) -> str
 
 
 # Run header settings that must be text when present: the comparison and the CLI read them as such.
-HEADER_TEXT = ("suite", "suite_spec", "summary", "mode", "norm", "prompt")
+HEADER_TEXT = ("suite", "suite_spec", "summary", "mode", "norm", "prompt", "parser")
 
 
 def _run_header(data: dict[str, Any], where: str) -> dict[str, Any]:
