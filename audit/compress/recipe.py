@@ -200,7 +200,7 @@ class PruneRecipe:
             if self.sparsity is not None and abs(check_sparsity(self.sparsity) - implied) > 1e-9:
                 raise UserError(
                     f"pattern {pattern} means sparsity {implied:g} ({pattern.kept} of every {pattern.group} weights kept); "
-                    f"leave the sparsity out or set it to {implied:g}"
+                    f"leave the sparsity out or set it to {implied!r}"  # exact: a rounded value would be refused
                 )
             sparsity = implied
         # Frozen: the normalised values are set once, here.
