@@ -204,6 +204,27 @@ def test_a_cached_conversion_lacking_a_tensor_is_converted_again(tiny_llama, tmp
     assert GATE in load_file(target / "model.safetensors")
 
 
+def test_a_gguf_file_replaced_by_one_of_the_same_size_is_converted_again(tiny_llama, tmp_path, isolated_cache):
+    """A GGUF file replaced under the same name by one of the same size (other weights quantized
+    the same way) is converted again: the model measured is the file's, not the conversion
+    cached from the file it replaced."""
+    import os
+
+    from tests.audited import change_one_weight
+
+    (tmp_path / "file").mkdir()
+    path = tiny_gguf(tiny_llama, tmp_path / "file" / "tiny.gguf")
+    first = load(path).model.state_dict()
+    name = change_one_weight(tiny_llama, tmp_path / "changed")
+    size, stamp = path.stat().st_size, path.stat().st_mtime_ns
+    tiny_gguf(tmp_path / "changed", tmp_path / "other.gguf").replace(path)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a second later, whatever the clock's grain
+    assert path.stat().st_size == size
+    again = load(path).model.state_dict()
+    assert not (again[name] == first[name]).all()
+    assert load_file(cache_entry_for_gguf(path, None) / "model.safetensors")[name].equal(again[name])
+
+
 # -- a pruned variant's compressed sparse copy ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sparse_folder(tiny_llama, tmp_path_factory):

@@ -146,7 +146,8 @@ def converted(folder, gguf):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     save_file({"w": np.zeros(4, dtype=np.float32)}, str(folder / "model.safetensors"))
-    write_meta(folder, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": gguf.stat().st_size}})
+    stat = gguf.stat()
+    write_meta(folder, {"cache_format": CACHE_FORMAT, "source": {"file": gguf.name, "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}})
     return (folder / "model.safetensors").read_bytes()
 
 

@@ -156,8 +156,11 @@ def _cache_lock(name: str) -> Iterator[None]:
 
 
 def _gguf_identity(path: Path) -> dict[str, Any]:
+    """What tells a GGUF file from another under the same name: its size and the time it was
+    last written. A file replaced by one of the same size (other weights quantized the same
+    way) is written at another time, so its cached conversion is not taken for it."""
     stat = path.stat()
-    return {"kind": "gguf", "file": path.name, "bytes": stat.st_size, "path": str(path.resolve())}
+    return {"kind": "gguf", "file": path.name, "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "path": str(path.resolve())}
 
 
 def cache_entry_for_gguf(path: Path, alias: ModelAlias | None) -> Path:
@@ -172,7 +175,7 @@ def _cache_is_current(folder: Path, identity: dict[str, Any]) -> bool:
     if meta.get("cache_format") != CACHE_FORMAT:
         return False
     source = meta.get("source", {})
-    if source.get("file") != identity["file"] or source.get("bytes") != identity["bytes"]:
+    if any(source.get(key) != identity[key] for key in ("file", "bytes", "modified_ns")):
         return False
     weights = sorted(folder.glob("*.safetensors"))
     if not (folder / "config.json").is_file() or not weights:
