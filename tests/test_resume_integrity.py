@@ -107,6 +107,33 @@ def test_a_resumed_run_refuses_a_baseline_whose_weights_changed(finished, tmp_pa
     assert stored(store_path, "baseline", PROBE) is None
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_resumed_run_refuses_to_compress_a_variant_from_a_baseline_whose_weights_changed(finished, tmp_path, workers):
+    """The baseline's steps are all stored, a variant's compression is not: it would be made
+    from weights other than those the baseline was measured on, and compared with them."""
+    store_path, model, variant = interrupted(finished, tmp_path / "run", "compress", "fingerprint", "perplexity", PROBE)
+    shutil.rmtree(variant)
+    before = stored(store_path, "baseline", "fingerprint")["result"]["digest"]
+    replace_weights(model)
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{VARIANT}: cannot compress it from {model}: ")
+    assert f"(fingerprint {before[:12]} then, {digest(model)[:12]} now)" in message
+    assert stored(store_path, VARIANT, "compress") is None and not variant.exists()
+
+
+def test_compressing_a_variant_step_by_step_refuses_a_baseline_whose_weights_changed(finished, tmp_path):
+    from audit.runner import run_steps
+
+    store_path, model, variant = interrupted(finished, tmp_path / "run", "compress", "fingerprint", "perplexity", PROBE)
+    shutil.rmtree(variant)
+    replace_weights(model)
+    with pytest.raises(UserError, match=rf"^{VARIANT}: cannot compress it from {model}: the weights there have changed"):
+        drive(run_steps(store_path, 1, VARIANT, ["compress"]))
+    assert stored(store_path, VARIANT, "compress") is None and not variant.exists()
+
+
 def test_the_command_line_refuses_changed_weights_in_one_line_and_keeps_what_was_done(finished, tmp_path, capsys):
     store_path, _, variant = interrupted(finished, tmp_path / "run")
     replace_weights(variant)
@@ -242,10 +269,11 @@ def test_a_profile_left_alone_refuses_changed_weights_naming_both_fingerprints(p
 def test_a_profile_left_of_a_variant_compressed_again_to_the_same_weights_is_measured(profiled, tmp_path, workers, monkeypatch):
     """Its folder is read once by the run: in its own process, the fingerprint taken just after
     compressing again serves the profile; after workers, the run reads it again before the
-    profile (the worker's was taken in its own process, while the others ran on)."""
+    profile (the worker's was taken in its own process, while the others ran on). In its own
+    process, the baseline's model is read once before, as what the variant is compressed from."""
     import audit.fingerprint
 
-    store_path, _, variant = interrupted(profiled, tmp_path / "run", "profile")
+    store_path, model, variant = interrupted(profiled, tmp_path / "run", "profile")
     perplexity = stored(store_path, VARIANT, "perplexity")
     read = []
     fingerprint_folder = audit.fingerprint.fingerprint_folder
@@ -258,7 +286,7 @@ def test_a_profile_left_of_a_variant_compressed_again_to_the_same_weights_is_mea
     shutil.rmtree(variant)
     outcome = drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
     assert outcome.status == "finished"
-    assert read == [variant]
+    assert read == ([model] if workers == 1 else []) + [variant]
     assert stored(store_path, VARIANT, "perplexity") == perplexity
     assert stored(store_path, VARIANT, "profile") is not None
     assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == digest(variant)

@@ -297,6 +297,7 @@ def execute_variant(
     baseline: BaselineItems | None = None,
     fingerprint: dict[str, Any] | None = None,
     only: Collection[str] | None = None,
+    source_fingerprint: dict[str, Any] | None = None,
 ) -> Job[None]:
     """Run the steps of one variant that are not in `done` (the steps stored), handing each
     finished one to `record` at once (the store commits it before the next step starts); with
@@ -307,7 +308,9 @@ def execute_variant(
 
     `model`, when given, is this variant already loaded: its perplexity and probe steps use it
     instead of loading the model again, and it is left open for the caller. `steps` numbers the
-    steps when they are part of a longer job (by default they are numbered on their own)."""
+    steps when they are part of a longer job (by default they are numbered on their own).
+    `source_fingerprint`, when given, is the one stored for the baseline: a variant is compressed
+    from the plan's model only when its weights are still those (`check_compress_source`)."""
     planned = steps_for(plan, name)
 
     def wanted(kind: str) -> bool:
@@ -326,6 +329,8 @@ def execute_variant(
     checked: Path | None = None  # the folder whose weights were fingerprinted here
     if COMPRESS in kinds:
         check_cancel(cancel)
+        if source_fingerprint is not None:
+            yield from steps.lead_in(name, COMPRESS, check_compress_source(plan, name, source_fingerprint, options, cancel))
         yield from steps.run(name, COMPRESS, _compress_step(plan, name, spec, options, cancel), record)
         # The stored fingerprint is of the weights compressed before, which are gone. When
         # compressing again gave the same weights, it and the steps stored stand. When it gave
@@ -394,6 +399,26 @@ def check_before_profile(plan: Plan, name: str, spec: str, fingerprint: dict[str
     if _same_folder(checked, folder):
         return
     yield from same_weights(name, folder, fingerprint, COMPRESS in steps_for(plan, name), cancel)
+
+
+def check_compress_source(plan: Plan, name: str, stored: dict[str, Any], options: LoadOptions,
+                          cancel: threading.Event | None) -> Job[None]:
+    """Before variant `name` is compressed from the plan's model in a call that did not measure
+    the baseline: the model's weights are the ones the baseline's stored steps measured
+    (`stored`), or the compression is refused in one line naming both digests. Else the variant
+    would be made from other weights than the baseline it is compared with."""
+    from audit.models.loader import model_folder
+
+    folder = Path(plan.model)
+    if not folder.is_dir():
+        folder = yield from relay(model_folder(plan.model, options, cancel), "load")
+    taken = yield from fingerprint_step(name, folder, cancel)
+    if _other_weights(stored, taken.result):
+        raise UserError(
+            f"{name}: cannot compress it from {folder}: the weights there have changed since this run measured the baseline on them "
+            f"(fingerprint {stored['digest'][:12]} then, {taken.result['digest'][:12]} now), so it would be compared with a baseline "
+            "of other weights: put back the weights the baseline was measured on, or start a new run"
+        )
 
 
 def same_weights(name: str, folder: Path, stored: dict[str, Any] | None, compressed: bool,

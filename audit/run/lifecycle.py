@@ -222,10 +222,14 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
         else:
             done_by_name = {name: done_steps(store, run_id, plan, name) for name in names}
             steps = StepCounter([(n, k) for n in names for k in steps_for(plan, n) if k not in done_by_name[n]])
+            # Resumed, the baseline may have been measured days ago: a variant is compressed from
+            # its weights only if they are still the ones measured.
+            source = stored_fingerprint(store, run_id, BASELINE) if options.resume is not None else None
             for name in names:
                 done = done_by_name[name]
                 job = execute_variant(plan, name, work_dir, done, lambda r: r.commit(store, run_id), options.load, cancel, steps=steps,
-                                      baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name))
+                                      baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name),
+                                      source_fingerprint=source)
                 for event in job:
                     yield replace(event, message=named(name, event.message))
                 yield Progress("run", finished(), total, f"{name} done", {"run_id": run_id})
@@ -340,7 +344,7 @@ def run_steps(
             work_dir.mkdir(parents=True, exist_ok=True)
             yield from execute_variant(plan, name, work_dir, done, commit, options, cancel, model=model, steps=steps,
                                        baseline=stored_baseline(store, run_id), fingerprint=stored_fingerprint(store, run_id, name),
-                                       only=kinds)
+                                       only=kinds, source_fingerprint=stored_fingerprint(store, run_id, BASELINE))
     return stored
 
 

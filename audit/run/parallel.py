@@ -17,7 +17,7 @@ from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
 from audit.run.execute import check_before_profile, execute_variant, profile_step
 from audit.run.pool import process_pool, worker_stop
-from audit.run.steps import COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, stored_fingerprint, variant_folder, variant_names
+from audit.run.steps import BASELINE, COMPRESS, PROFILE, BaselineItems, StepRecord, done_steps, model_spec_for, named, remove_unfinished_variant, steps_for, stored_baseline, stored_fingerprint, variant_folder, variant_names
 from audit.store import ResultsStore
 from audit.threads import resolve_threads
 
@@ -43,7 +43,7 @@ def _variant_in_process(
         done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
                               worker_stop(), skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S),
-                              fingerprint=stored_fingerprint(store, run_id, name))
+                              fingerprint=stored_fingerprint(store, run_id, name), source_fingerprint=stored_fingerprint(store, run_id, BASELINE))
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -112,18 +112,20 @@ def _drain(events: Any) -> Iterator[Progress]:
 
 
 def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list[str], load: dict[str, Any],
-                    baseline: dict[str, ProbeRecord] | None = None, fingerprint: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    baseline: dict[str, ProbeRecord] | None = None, fingerprint: dict[str, Any] | None = None,
+                    source: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """A Ray task: run one variant in a scratch folder on whichever node it lands, and return
     its step records for the driver to commit (a remote node cannot reach the driver's store).
     `baseline`: the baseline's stored probe (settings and items) by suite, for a plan's sequential probes.
-    `fingerprint`: the one stored for the variant's weights (`stored_fingerprint`).
+    `fingerprint`: the one stored for the variant's weights (`stored_fingerprint`); `source`, the
+    baseline's, which the plan's model on the node must still have for the variant to be compressed.
     The scratch folder (the variant's compressed weights) is removed when the task ends, however
     it ends: every run would otherwise leave a model's worth of files on the node's disk."""
     plan = read_stored_plan(plan_text, plan_path)
     records: list[StepRecord] = []
     with tempfile.TemporaryDirectory(prefix="edge-audit-ray-", ignore_cleanup_errors=True) as scratch:
         drive(execute_variant(plan, name, Path(scratch), set(done), records.append, LoadOptions(**load), baseline=BaselineItems((baseline or {}).get),
-                              fingerprint=fingerprint))
+                              fingerprint=fingerprint, source_fingerprint=source))
     return [asdict(r) for r in records]
 
 
@@ -165,7 +167,8 @@ def run_on_ray(
             for name in wave:
                 done = done_steps(store, run_id, plan, name)
                 if not set(steps_for(plan, name)) <= done:
-                    refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data, baseline, stored_fingerprint(store, run_id, name))] = name
+                    refs[remote.remote(plan.text, plan.path, name, sorted(done), load_data, baseline, stored_fingerprint(store, run_id, name),
+                                       stored_fingerprint(store, run_id, BASELINE))] = name
             pending = list(refs)
             while pending:
                 check_cancel(cancel)
