@@ -81,6 +81,15 @@ def digest(folder: Path) -> str:
     return drive(fingerprint_folder(folder)).digest
 
 
+def refused_on_resume(store_path: Path, workers: int, starts: str, before: str, now: str) -> None:
+    """Resuming the run is refused in one line starting with `starts` and naming both digests."""
+    with pytest.raises(UserError) as refused:
+        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(starts)
+    assert f"(fingerprint {before[:12]} then, {now[:12]} now)" in message
+
+
 def test_a_resumed_run_refuses_a_variant_whose_weights_changed_since_its_earlier_steps(finished, tmp_path):
     store_path, _, variant = interrupted(finished, tmp_path / "run")
     before = stored(store_path, VARIANT, "fingerprint")["result"]["digest"]
@@ -115,11 +124,7 @@ def test_a_resumed_run_refuses_to_compress_a_variant_from_a_baseline_whose_weigh
     shutil.rmtree(variant)
     before = stored(store_path, "baseline", "fingerprint")["result"]["digest"]
     replace_weights(model)
-    with pytest.raises(UserError) as refused:
-        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
-    message = str(refused.value)
-    assert "\n" not in message and message.startswith(f"{VARIANT}: cannot compress it from {model}: ")
-    assert f"(fingerprint {before[:12]} then, {digest(model)[:12]} now)" in message
+    refused_on_resume(store_path, workers, f"{VARIANT}: cannot compress it from {model}: ", before, digest(model))
     assert stored(store_path, VARIANT, "compress") is None and not variant.exists()
 
 
@@ -256,11 +261,7 @@ def test_a_profile_left_alone_refuses_changed_weights_naming_both_fingerprints(p
     store_path, _, variant = interrupted(profiled, tmp_path / "run", "profile")
     before = stored(store_path, VARIANT, "fingerprint")["result"]["digest"]
     replace_weights(variant)
-    with pytest.raises(UserError) as refused:
-        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
-    message = str(refused.value)
-    assert "\n" not in message and message.startswith(f"{VARIANT}: ")
-    assert f"(fingerprint {before[:12]} then, {digest(variant)[:12]} now)" in message
+    refused_on_resume(store_path, workers, f"{VARIANT}: ", before, digest(variant))
     assert stored(store_path, VARIANT, "profile") is None
     assert stored(store_path, VARIANT, "fingerprint")["result"]["digest"] == before
 
@@ -310,11 +311,7 @@ def test_a_profile_left_alone_of_a_baseline_given_as_a_gguf_file_refuses_changed
         db.execute("DELETE FROM steps WHERE variant = 'baseline' AND kind = 'profile'")
         db.execute("UPDATE runs SET status = 'interrupted', gate_json = NULL, exit_code = 130")
     replace_weights(converted)  # the cached conversion changed since (the GGUF itself did not)
-    with pytest.raises(UserError) as refused:
-        drive(run_plan(None, RunOptions(store=store_path, resume=1, workers=workers)))
-    message = str(refused.value)
-    assert "\n" not in message and message.startswith("baseline: its weights in ")
-    assert f"(fingerprint {before['digest'][:12]} then, {digest(converted)[:12]} now)" in message
+    refused_on_resume(store_path, workers, "baseline: its weights in ", before['digest'], digest(converted))
     assert stored(store_path, "baseline", "profile") is None
 
 
