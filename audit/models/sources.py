@@ -116,6 +116,11 @@ def require_utf8_name(path: Path, what: str = "model") -> None:
 
 
 def _local_source(spec: str, path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> ModelSource:
+    if path.name in ("", ".."):  # `.`, `..`, or a weights file's folder `.`: the model is named after its folder
+        try:
+            path = Path(os.path.abspath(path))
+        except OSError:  # the working folder is gone: the path as given
+            pass
     found = kind(probe(path, "model"))
     if found == "file":
         suffix = path.suffix.lower()
