@@ -28,7 +28,8 @@ class PruneSpec:
     damp: float = 0.01  # sparsegpt: added to the Hessian's diagonal, as a share of its mean
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
+        # Frozen: the checked value (a float, -0.0 made 0.0) is set once, here.
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
         if self.scope not in {"matrix", "row"}:
             raise UserError(f"unknown scope {self.scope!r}; known: matrix, row")
         if self.blocksize < 1:

@@ -113,7 +113,7 @@ def check_sparsity(sparsity: float) -> float:
     # NaN fails the comparison; math.isnan would raise on an int too large for a float.
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity <= MAX_SPARSITY:
         raise UserError(f"sparsity must be between 0 and {MAX_SPARSITY}, got {sparsity}")
-    return float(sparsity)
+    return float(sparsity) + 0.0  # -0.0 is the sparsity 0: adding 0.0 drops its sign
 
 
 @dataclass(frozen=True)
