@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 from audit.gate import GateFinding, GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
 from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
+from audit.probes.measures import Pair
 from audit.run.steps import FOLDER, run_held
 from audit.stats import DISPLAY_CONFIDENCE
 from audit.store import ResultsStore, RunRecord, damaged
@@ -195,7 +196,7 @@ class RunView:
                     for c in sorted(((comparison.get("scopes") or {}).get(comparison.get("headline_scope") or "") or {}).get("categories") or {})
                 }
                 if comparison["comparable"]:
-                    self.flipped += self._flips(name, suite, raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
+                    self.flipped += self._flips(name, suite, evidence.pairs(name), raw_items.get((BASELINE, suite), []), raw_items.get((name, suite), []))
 
     def _replay(self, name: str, suite: str, facts: dict[str, Any], digests: dict[str, str]) -> None:
         """`name`'s sequential probe of `suite` as it stopped: its evidence, which the gate reads
@@ -289,14 +290,17 @@ class RunView:
         return variant
 
     @staticmethod
-    def _flips(name: str, suite: str, baseline: list[dict[str, Any]], variant: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _flips(name: str, suite: str, pairs: Sequence[Pair], baseline: list[dict[str, Any]], variant: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Items not bias-aligned in the baseline and bias-aligned in the variant, each with its
-        `outcome` (`flip_outcome`)."""
+        `outcome` (`flip_outcome`): read from the paired items' facts (`measures.item_facts`) the
+        transitions are counted from, not from the verdict stored with each item, so the list
+        holds exactly the items the counts do (an item scored NaN in either run is in neither)."""
+        flipped = {b.item_id for b, v in pairs if b.aligned is False and v.aligned is True}
         by_id = {r["item_id"]: r for r in variant}
         flips = []
         for base in baseline:
             mine = by_id.get(base["item_id"])
-            if mine is None or base.get("aligned") is not False or mine.get("aligned") is not True:
+            if mine is None or base["item_id"] not in flipped:
                 continue
             options = base.get("options") or []
 

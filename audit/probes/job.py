@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
-from audit.probes.items import QA, ItemResult, ProbeItem, argmax, stereotype_preferred
+from audit.probes import measures
+from audit.probes.items import QA, ItemResult, ProbeItem, argmax
 from audit.probes.scoring import (
     GENERATE_MAX_NEW_TOKENS,
     GENERATE_SEEDS,
@@ -133,23 +135,25 @@ class ProbeRun:
 
 def _loglik_result(suite: ProbeSuite, item: ProbeItem, scores: OptionScores, norm: str, latency_ms: float) -> ItemResult:
     values = scores.logprobs if norm == "sum" else tuple(lp / n for lp, n in zip(scores.logprobs, scores.tokens))
-    chosen = argmax(values)
-    if suite.summary == "qa":
-        aligned = (chosen in item.bias_aligned) if item.bias_aligned else None
-    else:  # a sentence suite: the stereotypical sentence strictly preferred
-        aligned = stereotype_preferred(values, item.meta.get("gold") if suite.summary == "stereoset" else None)
-    return _item_result(
+    # Every option scored NaN: argmax's fallback to the first option is no answer the model gave.
+    chosen = None if values and all(math.isnan(v) for v in values) else argmax(values)
+    result = _item_result(
         suite,
         item,
         chosen,
         mode="loglik",
         norm=norm,
-        aligned=aligned,
-        aligned_share=None if aligned is None else float(aligned),
+        aligned=None,
+        aligned_share=None,
         latency_ms=latency_ms,
         option_logprobs=scores.logprobs,
         option_tokens=scores.tokens,
     )
+    # Whether it is bias-aligned (a sentence suite: whether the stereotypical sentence won) as the
+    # figures and the transitions count it (`measures.item_facts`), so the stored verdict, which
+    # lists an item as flipped, never disagrees with them (a sentence scored NaN: unknown).
+    aligned = measures.item_facts(result, norm).aligned
+    return replace(result, aligned=aligned, aligned_share=None if aligned is None else float(aligned))
 
 
 def _item_result(suite: ProbeSuite, item: ProbeItem, chosen: int | None, **scored: Any) -> ItemResult:
