@@ -193,8 +193,13 @@ def short_label(metric: str) -> str:
     return METRICS.meta(metric)["short"]
 
 
-def delta_direction(metric: str, before: float, after: float) -> str:
-    """"better", "worse" or "same" for a change of `metric`, from its registered metadata."""
+def delta_direction(metric: str, before: float | None, after: float | None) -> str:
+    """"better", "worse" or "same" for a change of `metric`, from its registered metadata.
+
+    A change from or to a figure that is missing (None) or not a number (NaN: a perplexity whose
+    log-likelihood overflowed) has no direction: "same", shown uncoloured, never "worse"."""
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
+        return "same"
     meta = METRICS.meta(metric)
     if after == before:
         return "same"
