@@ -142,8 +142,11 @@ def perplexity(
     source: str | None = None,
     cancel: threading.Event | None = None,
 ) -> Job[PerplexityResult]:
-    """exp(mean negative log-likelihood) of every token of `text` (the shipped held-out text when
-    None); one chunk per score call keeps the logits of one chunk in memory at a time."""
+    """exp(mean negative log-likelihood) of the tokens of `text` that are scored (the shipped
+    held-out text when None), chunk by chunk (`chunk_requests`): after the model's document start
+    every token is; without one, each chunk's first token is only the context of the rest and is
+    not scored, nor is a last chunk of one token. `n_tokens` counts the tokens scored. One chunk
+    per score call keeps the logits of one chunk in memory at a time."""
     if text is None:
         text, source = text_source(None)
     context_length = model.facts().context_length
