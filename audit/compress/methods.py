@@ -25,7 +25,7 @@ class PruneSpec:
     scope: str = "matrix"  # where pruned weights compete: the whole matrix or each output row
     seed: int = 0
     blocksize: int = 128  # sparsegpt: columns solved together
-    damp: float = 0.01  # sparsegpt: added to the Hessian's diagonal, as a share of its mean
+    damp: float = 0.01  # sparsegpt: added to the Hessian's diagonal, as a share of its mean (up to 1000x when it will not factor)
 
     def __post_init__(self) -> None:
         # Frozen: the checked value (a float, -0.0 made 0.0) is set once, here.
@@ -131,8 +131,9 @@ def wanda(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> to
     return apply_mask(weight, select_pruned(scores, replace(spec, scope="row")))
 
 
-def _inverse_hessian_factor(hessian_of: Callable[[], torch.Tensor], damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 after damping; more damping when H is too ill-conditioned.
+def _inverse_hessian_factor(hessian_of: Callable[[], torch.Tensor], damp: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of H^-1 after damping, and the damping it took (a share of H's mean
+    diagonal): `damp`, or 10, 100 or 1000 times it when H is too ill-conditioned for less.
 
     `hessian_of` makes a fresh H for each try, damped in place and let go as soon as it is
     factored: at most two matrices of its size are alive at once."""
@@ -150,19 +151,19 @@ def _inverse_hessian_factor(hessian_of: Callable[[], torch.Tensor], damp: float)
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             del inverse
             if int(info) == 0:
-                return upper
+                return upper, damp * factor
     raise UserError("sparsegpt: the calibration Hessian of a layer cannot be inverted; use more calibration samples")
 
 
-@PRUNING_METHODS.register("sparsegpt", **PRUNING_METHOD_FACTS["sparsegpt"])
-def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
-    """SparseGPT (Frantar & Alistarh 2023) on one layer.
+def sparsegpt_damped(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> tuple[torch.Tensor, float]:
+    """SparseGPT (Frantar & Alistarh 2023) on one layer; the new weight, and the damping used.
 
-    H = 2 X^T X / n with 1% of its mean diagonal added; columns are processed left to right in
-    blocks. Each block picks its mask adaptively from w^2 / [H^-1]_jj^2 on the weights as
-    already updated by earlier blocks; removing a weight spreads its error over the columns
-    to its right through the inverse Hessian's Cholesky row, which keeps W X close to the
-    original.
+    H = 2 X^T X / n with `spec.damp` (1%) of its mean diagonal added, or 10, 100 or 1000 times
+    that when H will not factor with less: the damping returned is the one used, which the
+    record names. Columns are processed left to right in blocks. Each block picks its mask
+    adaptively from w^2 / [H^-1]_jj^2 on the weights as already updated by earlier blocks;
+    removing a weight spreads its error over the columns to its right through the inverse
+    Hessian's Cholesky row, which keeps W X close to the original.
     """
     if stats is None or stats.hessian is None:
         raise ValueError("sparsegpt needs the input Hessian of the layer")
@@ -179,7 +180,7 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -
         return hessian
 
     work[:, dead] = 0.0  # inputs that never fire: their weights do nothing
-    hinv = _inverse_hessian_factor(hessian_of, spec.damp)
+    hinv, damp = _inverse_hessian_factor(hessian_of, spec.damp)
     pattern = spec.pattern
     group = pattern.group or 1
     if pattern.structured and cols % group:
@@ -217,4 +218,17 @@ def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -
     del hinv
     result = work.to(weight.dtype)
     del work
-    return result.masked_fill_(pruned | dead[None, :], 0.0)
+    return result.masked_fill_(pruned | dead[None, :], 0.0), damp
+
+
+@PRUNING_METHODS.register("sparsegpt", **PRUNING_METHOD_FACTS["sparsegpt"])
+def sparsegpt(weight: torch.Tensor, stats: LayerStats | None, spec: PruneSpec) -> torch.Tensor:
+    """SparseGPT on one layer (`sparsegpt_damped`), the new weight alone."""
+    return sparsegpt_damped(weight, stats, spec)[0]
+
+
+# Methods that damp a Hessian, as functions that also return the damping they used: the layer
+# walk calls these, so that the record names the damping each layer took.
+DAMPED_METHODS: dict[str, Callable[[torch.Tensor, "LayerStats | None", PruneSpec], tuple[torch.Tensor, float]]] = {
+    "sparsegpt": sparsegpt_damped,
+}

@@ -28,7 +28,7 @@ from audit.compress.layers import (
     run_block,
     sparsity_report,
 )
-from audit.compress.methods import PRUNING_METHODS, LayerStats, PruneSpec, layer_seed
+from audit.compress.methods import DAMPED_METHODS, PRUNING_METHODS, LayerStats, PruneSpec, layer_seed
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import PruneRecipe, check_scope
 from audit.compress.storage import dense_state, save_dense, save_sparse
@@ -64,8 +64,12 @@ def check_recipe(recipe: PruneRecipe, calibration: CalibrationSpec = Calibration
     return spec
 
 
-def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | None, statistics: str = "sequential") -> dict[str, Any]:
-    """The recipe as stored with the pruned model: what was asked and what it resolved to."""
+def recipe_record(
+    recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | None, statistics: str = "sequential",
+    damping: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The recipe as stored with the pruned model: what was asked and what it resolved to.
+    `damping`: the damping each layer's Hessian took (`PruneOutcome.damping`), once pruned."""
     meta = PRUNING_METHODS.meta(recipe.method)
     record: dict[str, Any] = {
         "method": recipe.method,
@@ -77,7 +81,12 @@ def recipe_record(recipe: PruneRecipe, spec: PruneSpec, calib: CalibrationSet | 
         "exclude": list(recipe.exclude),
     }
     if recipe.method == "sparsegpt":
-        record.update(blocksize=spec.blocksize, damp=spec.damp)
+        record.update(blocksize=spec.blocksize, damp=spec.damp)  # damp: the damping asked for
+        if damping is not None:
+            # A Hessian that will not factor is damped up to 1000 times more: the largest damping
+            # used, and each layer that took more than was asked with what it took.
+            record["damp_used_max"] = max(damping.values(), default=spec.damp)
+            record["damp_raised"] = {name: used for name, used in damping.items() if used != spec.damp}
     record["calibration"] = calib.to_dict() if calib is not None else None
     if calib is not None:
         record["statistics"] = statistics
@@ -102,11 +111,19 @@ class PruneOutcome:
     shared_inputs: list[list[str]] = field(default_factory=list)
     decoder_sparsity: float | None = None  # over all the decoder blocks' linear layers
     statistics: dict[str, LayerStats] | None = None  # dense input norms, which serve any sparsity
+    damping: dict[str, float] | None = None  # a damping method's: the damping each layer took
 
 
-def _prune_layer(method: str, layer: PrunableLayer, stats: Any, spec: PruneSpec) -> None:
+def _prune_layer(method: str, layer: PrunableLayer, stats: Any, spec: PruneSpec, damping: dict[str, float]) -> None:
+    """Prune one layer in place; a method that damps a Hessian adds the damping it used to `damping`."""
     fn = PRUNING_METHODS.get(method)
-    layer.write(fn(layer.read(), stats, replace(spec, seed=layer_seed(spec.seed, layer.name))))
+    spec = replace(spec, seed=layer_seed(spec.seed, layer.name))
+    damped = DAMPED_METHODS.get(method)
+    if damped is None:
+        layer.write(fn(layer.read(), stats, spec))
+        return
+    weight, damping[layer.name] = damped(layer.read(), stats, spec)
+    layer.write(weight)
 
 
 STATISTICS = ("sequential", "dense")
@@ -146,17 +163,18 @@ def prune_layers(
     n_blocks = len(groups)
     shared: list[list[str]] = []
     gathered: dict[str, LayerStats] = {}
+    damping: dict[str, float] = {}
     if not needs:
         for index, layers in enumerate(groups):
             check_cancel(cancel)
             for layer in layers:
-                _prune_layer(method, layer, None, spec)
+                _prune_layer(method, layer, None, spec, damping)
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
     elif known is not None and all(layer.name in known for layer in iter_layers(groups)):
         for index, layers in enumerate(groups):
             check_cancel(cancel)
             for layer in layers:
-                _prune_layer(method, layer, known[layer.name], spec)
+                _prune_layer(method, layer, known[layer.name], spec, damping)
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks} (shared calibration)")
         gathered = known
     else:
@@ -192,7 +210,7 @@ def prune_layers(
                     layer_stats = stats.stats(layer)
                     if keep:
                         gathered[layer.name] = layer_stats
-                    _prune_layer(method, layer, layer_stats, spec)
+                    _prune_layer(method, layer, layer_stats, spec, damping)
                     # A Hessian goes as soon as the last layer reading its input is pruned.
                     stats.release(layer)
                     del layer_stats
@@ -213,7 +231,7 @@ def prune_layers(
     _, decoder = sparsity_report(list(iter_layers(prunable_layers(model)))) if exclude else (None, actual)
     return PruneOutcome(
         per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared, decoder_sparsity=decoder,
-        statistics=gathered or None,
+        statistics=gathered or None, damping=damping if method in DAMPED_METHODS else None,
     )
 
 
@@ -340,7 +358,7 @@ def prune(
         prune_peak = peak_rss_bytes()
         if measure_perplexity:
             after = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity after")
-        record = recipe_record(recipe, spec, calib, calibration.statistics)
+        record = recipe_record(recipe, spec, calib, calibration.statistics, outcome.damping)
         record["actual_sparsity"] = outcome.actual_sparsity
         if cache is not None:
             record["statistics_shared"] = known is not None  # read from an earlier sparsity's pass
