@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -112,6 +112,7 @@ class PruneOutcome:
     decoder_sparsity: float | None = None  # over all the decoder blocks' linear layers
     statistics: dict[str, LayerStats] | None = None  # dense input norms, which serve any sparsity
     damping: dict[str, float] | None = None  # a damping method's: the damping each layer took
+    statistics_known: bool = False  # the statistics given as `known` served: no calibration pass
 
 
 def _prune_layer(method: str, layer: PrunableLayer, stats: Any, spec: PruneSpec, damping: dict[str, float]) -> None:
@@ -170,7 +171,7 @@ def prune_layers(
             for layer in layers:
                 _prune_layer(method, layer, None, spec, damping)
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
-    elif known is not None and all(layer.name in known for layer in iter_layers(groups)):
+    elif known is not None and statistics_problem(known, list(iter_layers(groups))) is None:
         for index, layers in enumerate(groups):
             check_cancel(cancel)
             for layer in layers:
@@ -232,6 +233,7 @@ def prune_layers(
     return PruneOutcome(
         per_layer, actual, time.perf_counter() - started, len(per_layer), shared_inputs=shared, decoder_sparsity=decoder,
         statistics=gathered or None, damping=damping if method in DAMPED_METHODS else None,
+        statistics_known=known is not None and gathered is known,
     )
 
 
@@ -245,9 +247,31 @@ def statistics_key(model_spec: str, recipe: PruneRecipe, calibration: Calibratio
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def read_statistics(path: Path) -> dict[str, LayerStats] | None:
-    """Norms kept by an earlier sparsity of the sweep; None when there are none, or when they
-    cannot be read (they are then gathered again)."""
+def statistics_problem(statistics: Mapping[str, LayerStats], layers: Sequence[PrunableLayer]) -> str | None:
+    """What keeps input norms from being those of `layers` (None when they can be): every layer
+    and no other has norms, one float64 sum of squares per input (as the walk gathers them),
+    each finite and not negative, over a positive whole number of tokens."""
+    names = {layer.name for layer in layers}
+    if set(statistics) != names:
+        missing, extra = sorted(names - set(statistics)), sorted(set(statistics) - names)
+        return f"norms for other layers (missing {missing[:3]}, not pruned {extra[:3]})"
+    for layer in layers:
+        stats = statistics[layer.name]
+        norms, tokens = stats.sq_norms, stats.n_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            return f"{layer.name}: {tokens!r} tokens"
+        if not isinstance(norms, torch.Tensor) or norms.dtype != torch.float64 or tuple(norms.shape) != (layer.shape[1],):
+            shown = f"{norms.dtype} {tuple(norms.shape)}" if isinstance(norms, torch.Tensor) else type(norms).__name__
+            return f"{layer.name}: norms of {shown} for {layer.shape[1]} inputs"
+        if not bool(torch.isfinite(norms).all()) or bool((norms < 0).any()):
+            return f"{layer.name}: norms that are not finite or are negative"
+    return None
+
+
+def read_statistics(path: Path, layers: Sequence[PrunableLayer]) -> dict[str, LayerStats] | None:
+    """Norms kept by an earlier sparsity of the sweep for `layers`; None when there are none,
+    or when they cannot be read or are not norms of those layers (`statistics_problem`): they
+    are then gathered again, never used for a mask."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -257,9 +281,11 @@ def read_statistics(path: Path) -> dict[str, LayerStats] | None:
         # The safetensors header: its length (8 bytes, little-endian), then JSON with the metadata.
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         tokens = json.loads(header["__metadata__"]["n_tokens"])
-        return {name: LayerStats(int(tokens[name]), tensor) for name, tensor in tensors.items()}
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError):
+        # The count as stored: a count that is not a whole number is refused, not rounded.
+        statistics = {name: LayerStats(tokens[name], tensor) for name, tensor in tensors.items()}
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, IndexError, RecursionError):
         return None
+    return statistics if statistics_problem(statistics, layers) is None else None
 
 
 def gathering_statistics(path: Path, cancel: threading.Event | None = None) -> Job[IO[str]]:
@@ -340,9 +366,10 @@ def prune(
         if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
             cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.safetensors"
         known = turn = None
-        if cache is not None and (known := read_statistics(cache)) is None:
+        pruned_layers = list(iter_layers(prunable_layers(model, recipe.exclude)))
+        if cache is not None and (known := read_statistics(cache, pruned_layers)) is None:
             turn = yield from gathering_statistics(cache, cancel)
-            if (known := read_statistics(cache)) is not None:  # gathered by the process waited for
+            if (known := read_statistics(cache, pruned_layers)) is not None:  # gathered by the process waited for
                 turn.close()
                 turn = None
         try:
@@ -361,7 +388,7 @@ def prune(
         record = recipe_record(recipe, spec, calib, calibration.statistics, outcome.damping)
         record["actual_sparsity"] = outcome.actual_sparsity
         if cache is not None:
-            record["statistics_shared"] = known is not None  # read from an earlier sparsity's pass
+            record["statistics_shared"] = outcome.statistics_known  # read from an earlier sparsity's pass
         check_cancel(cancel)
         yield Progress("save", 0, 2, "writing the dense model")
         with atomic.directory(out, force=force) as tmp:
