@@ -18,7 +18,9 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from audit.probes.items import AMBIG, DISAMBIG, ItemResult, stereotype_preferred
+from audit.errors import UserError
+from audit.probes import stereoset
+from audit.probes.items import AMBIG, DISAMBIG, ItemResult, shown, stereotype_preferred
 from audit.stats import Bounds, mean_bounds, ratio_bounds
 
 OVERALL = "overall"  # every item pooled
@@ -66,11 +68,12 @@ def item_facts(result: ItemResult, norm: str | None = None) -> ItemFacts:
     aligned: bool | None = None
     if result.condition in (AMBIG, DISAMBIG):
         aligned = biased > 0 if target and n else None
-    elif result.option_logprobs:
+    elif result.option_logprobs or result.suite == stereoset.SUITE:
         # Sentence suites: the stereotypical sentence beat the anti-stereotypical one under `norm`,
         # as SS and pct_stereotype count it (a StereoSet item whose unrelated sentence won is no
         # less stereotyped for it); unknown when either is scored NaN.
-        scores, gold = result.option_scores(norm), result.extra.get("gold")
+        gold = sentence_gold(result)
+        scores = result.option_scores(norm)
         aligned = stereotype_preferred(scores, gold) if stereotype_compared(scores, gold) else None
     else:
         aligned = result.aligned
@@ -87,6 +90,18 @@ def item_facts(result: ItemResult, norm: str | None = None) -> ItemFacts:
         counter=share(lambda c: c not in result.bias_aligned and c != result.unknown_index) if target else 0.0,
         aligned=aligned,
     )
+
+
+def sentence_gold(result: ItemResult) -> list[str] | None:
+    """A sentence item's labels of its options (StereoSet's `extra.gold`; None: a CrowS-Pairs
+    pair, stereotypical sentence first). A result that does not say them right
+    (`stereoset.result_problem`) is refused in one line naming it, never compared as options 0
+    and 1: readers of item results refuse its line first, this is for results built otherwise."""
+    problem = stereoset.result_problem(result)
+    if problem is not None:
+        raise UserError(f"item {shown(result.item_id)} of a {shown(result.suite)} run cannot be read: {problem}")
+    gold = result.extra.get("gold")
+    return None if gold is None else list(gold)
 
 
 def stereotype_compared(scores: Sequence[float], gold: Sequence[str] | None = None) -> bool:

@@ -12,9 +12,10 @@ from typing import Any
 
 from audit.errors import UserError, first_line
 from audit.paths import read_text
-from audit.probes.items import REASON_CHARS, SENTENCES, ProbeItem, parse_json, shown, text_field
+from audit.probes.items import REASON_CHARS, SENTENCES, ItemResult, ProbeItem, parse_json, shown, text_field
 
 GOLD_LABELS = ("stereotype", "anti-stereotype", "unrelated")
+SUITE = "stereoset"  # the suite's name, as its item results name it
 
 
 def _example(raw: Any) -> ProbeItem:
@@ -91,3 +92,26 @@ def load_stereoset(path: Path) -> tuple[list[ProbeItem], list[str]]:
         seen[item.item_id] = index
         items.append(item)
     return items, skipped
+
+
+def result_problem(result: ItemResult) -> str | None:
+    """Why an item result cannot be read as a StereoSet example (None: it can). Its `extra.gold`
+    says which option is the stereotype, the anti-stereotype and the unrelated sentence: a
+    result of this suite needs it, one label per option, each once, and a score for each
+    sentence; a result of another suite that names a gold needs it right too. Without it, SS
+    and the transitions would compare whichever two options come first.
+
+    Readers of item results (an items file, a stored run) refuse such a line with this reason."""
+    gold = result.extra.get("gold")
+    if gold is None:
+        if result.suite != SUITE:
+            return None
+        return "extra.gold is missing: which sentence is the stereotype, the anti-stereotype and the unrelated one is not said"
+    if not (isinstance(gold, list) and all(isinstance(g, str) for g in gold) and sorted(gold) == sorted(GOLD_LABELS)):
+        named = "[" + ", ".join(shown(g, 20) for g in gold[:4]) + (", ...]" if len(gold) > 4 else "]") if isinstance(gold, list) else shown(gold)
+        return f"extra.gold is {named}, not the labels {', '.join(GOLD_LABELS)}, one each"
+    if result.n_options != len(gold):
+        return f"extra.gold names {len(gold)} sentences for {result.n_options} options"
+    if len(result.option_logprobs) != result.n_options:
+        return f"option_logprobs has {len(result.option_logprobs)} scores for the {result.n_options} sentences"
+    return None

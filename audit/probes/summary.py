@@ -142,7 +142,7 @@ def stereoset_group(results: Sequence[ItemResult], norm: str | None = None) -> d
     stereo: list[tuple[str, float]] = []
     related: list[tuple[str, float]] = []
     for r in results:
-        gold = list(r.extra.get("gold") or [])
+        gold = measures.sentence_gold(r) or []
         scores = r.option_scores(norm)
         s = scores[gold.index("stereotype")]
         a = scores[gold.index("anti-stereotype")]
