@@ -270,3 +270,18 @@ def test_a_refused_output_under_a_folder_named_with_a_line_break_is_said_in_one_
     err = refused(capsys, ["probe", "--suite", f"bbq:{suite}", "--items-out", str(suite)])
     assert f"--items-out {tmp_path}/two\\nlines/age.jsonl would overwrite --suite" in err
     assert suite.read_text() == BBQ_LINE
+
+
+def test_a_suite_under_a_user_who_is_not_here_is_one_line(capsys, no_loading):
+    """The check of what the command writes reads the suite's path as the suite's reader does:
+    a ~user who is not a user here is left to that reader's one line, not a traceback."""
+    err = refused(capsys, ["probe", "--suite", "crows:~nosuchuser/pairs.csv", "--items-out", "items.jsonl"])
+    assert "there is no user 'nosuchuser' here" in err
+
+
+def test_the_inputs_of_a_model_under_a_user_who_is_not_here_are_none():
+    from tui.cli.outputs import model_paths, suite_path
+
+    assert model_paths("~nosuchuser/model") == []
+    assert suite_path("bbq: ~nosuchuser/x.jsonl") is None
+    assert suite_path(" bbq : ~/x.jsonl ") == Path("~/x.jsonl").expanduser()

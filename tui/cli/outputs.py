@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator
 from audit.atomic import replaceable
 from audit.errors import UserError
 from audit.models.aliases import ALIASES
-from audit.paths import inside, is_utf8_name, probe, shown
+from audit.paths import inside, is_utf8_name, probe, shown, unknown_home
 from audit.store import default_store_path
 
 # The files `write_report` writes into a report folder.
@@ -22,8 +22,13 @@ Input = tuple[str, Path]
 
 
 def suite_path(spec: str) -> Path | None:
+    """The file a suite given as `spec` is read from, as `load_suite` reads it; None for a suite
+    of no file, or a path under a ~user who is not a user here (the suite's reader says so)."""
     _, _, path = spec.partition(":")
-    return Path(path).expanduser() if path else None
+    path = path.strip()
+    if not path or unknown_home(path):
+        return None
+    return Path(path).expanduser()
 
 
 def model_paths(spec: str | Path | None) -> list[Path]:
@@ -37,6 +42,8 @@ def model_paths(spec: str | Path | None) -> list[Path]:
         from audit.paths import models_cache_dir
 
         return [models_cache_dir() / spec]
+    if unknown_home(spec):
+        return []  # loading it says what is wrong with it
     path = Path(spec).expanduser()
     try:
         found = probe(path, "model")
