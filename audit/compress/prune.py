@@ -239,12 +239,38 @@ def prune_layers(
 
 # -- input norms shared by the sparsities of a sweep -----------------------------------------------
 def statistics_key(model_spec: str, recipe: PruneRecipe, calibration: CalibrationSpec) -> str:
-    """What dense input norms depend on: the model, the layers pruned and the calibration (not
-    the method's sparsity, pattern or scope)."""
+    """The name of dense input norms: the model, the layers pruned and the calibration as asked
+    (not the method's sparsity, pattern or scope). What the same settings may still not give the
+    same norms from is `statistics_basis`, kept in the file and checked when it is read."""
     import hashlib
 
     basis = {"model": model_spec, "exclude": sorted(recipe.exclude), "calibration": asdict(calibration)}
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def statistics_basis(model: nn.Module, folder: str | None, calib: CalibrationSet) -> dict[str, Any]:
+    """What dense input norms were gathered from, beyond the settings that name them: the
+    calibration windows themselves (a calibration file edited under the same name, or another
+    tokenizer, gives other windows), the dtype the model computes in, and the model's files as
+    they stood (name, size and time written: weights replaced under the same name give other
+    norms). Norms whose basis differs are gathered again."""
+    import hashlib
+
+    windows = calib.samples.to(torch.int64).contiguous()
+    files: list[list[Any]] | None = None
+    if folder and Path(folder).is_dir():
+        files = []
+        for entry in sorted(Path(folder).iterdir()):
+            with contextlib.suppress(OSError):
+                if entry.is_file():
+                    stat = entry.stat()
+                    files.append([entry.name, stat.st_size, stat.st_mtime_ns])
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return {
+        "calibration_windows": f"{tuple(windows.shape)} sha256:{hashlib.sha256(windows.numpy().tobytes()).hexdigest()}",
+        "dtype": str(dtype),
+        "model_files": None if files is None else "sha256:" + hashlib.sha256(json.dumps(files).encode()).hexdigest(),
+    }
 
 
 def statistics_problem(statistics: Mapping[str, LayerStats], layers: Sequence[PrunableLayer]) -> str | None:
@@ -268,10 +294,11 @@ def statistics_problem(statistics: Mapping[str, LayerStats], layers: Sequence[Pr
     return None
 
 
-def read_statistics(path: Path, layers: Sequence[PrunableLayer]) -> dict[str, LayerStats] | None:
+def read_statistics(path: Path, layers: Sequence[PrunableLayer], basis: Mapping[str, Any] | None = None) -> dict[str, LayerStats] | None:
     """Norms kept by an earlier sparsity of the sweep for `layers`; None when there are none,
-    or when they cannot be read or are not norms of those layers (`statistics_problem`): they
-    are then gathered again, never used for a mask."""
+    or when they cannot be read, are not norms of those layers (`statistics_problem`) or, given
+    `basis`, were gathered from another (`statistics_basis`): they are then gathered again,
+    never used for a mask."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -281,6 +308,8 @@ def read_statistics(path: Path, layers: Sequence[PrunableLayer]) -> dict[str, La
         # The safetensors header: its length (8 bytes, little-endian), then JSON with the metadata.
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         tokens = json.loads(header["__metadata__"]["n_tokens"])
+        if basis is not None and json.loads(header["__metadata__"]["basis"]) != dict(basis):
+            return None
         # The count as stored: a count that is not a whole number is refused, not rounded.
         statistics = {name: LayerStats(tokens[name], tensor) for name, tensor in tensors.items()}
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, IndexError, RecursionError):
@@ -297,14 +326,18 @@ def gathering_statistics(path: Path, cancel: threading.Event | None = None) -> J
     return lock
 
 
-def write_statistics(path: Path, statistics: dict[str, LayerStats]) -> None:
-    """Keep the norms at `path`; the caller holds its turn (`gathering_statistics`)."""
+def write_statistics(path: Path, statistics: dict[str, LayerStats], basis: Mapping[str, Any] | None = None) -> None:
+    """Keep the norms at `path`, with what they were gathered from (`statistics_basis`); the
+    caller holds its turn (`gathering_statistics`)."""
     from safetensors.torch import save
 
     # Layers fed one input share its norms: each is written as its own tensor.
     tensors = {name: s.sq_norms.detach().clone() for name, s in statistics.items()}
     tokens = json.dumps({name: s.n_tokens for name, s in statistics.items()})
-    atomic.write_bytes(path, save(tensors, metadata={"n_tokens": tokens}))
+    metadata = {"n_tokens": tokens}
+    if basis is not None:
+        metadata["basis"] = json.dumps(dict(basis), sort_keys=True)
+    atomic.write_bytes(path, save(tensors, metadata=metadata))
 
 
 # -- the whole command ------------------------------------------------------------------------
@@ -346,12 +379,15 @@ def prune(
         needs = PRUNING_METHODS.meta(recipe.method)["needs"]
         calib: CalibrationSet | None = None
         calib_activation_bytes = 0
+        folder: str | None = None  # the model's files, which shared input norms name
         if needs:
             # The walk holds each sample's hidden states entering a block, at the model's dtype.
             per_token = activation_bytes_per_token(model)
+            facts = lm.facts()
+            folder = facts.path
             calib = calibration_set(
                 lm, Path(calibration.file) if calibration.file else None, nsamples=calibration.nsamples,
-                seqlen=calibration.seqlen, seed=calibration.seed, context_length=lm.facts().context_length,
+                seqlen=calibration.seqlen, seed=calibration.seed, context_length=facts.context_length,
                 bytes_per_token=per_token, budget_bytes=memory_budget_bytes(options), cancel=cancel,
             )
             # The hidden states entering one block, for every sample.
@@ -365,11 +401,14 @@ def prune(
         cache = None
         if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
             cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.safetensors"
-        known = turn = None
+        known = turn = basis = None
         pruned_layers = list(iter_layers(prunable_layers(model, recipe.exclude)))
-        if cache is not None and (known := read_statistics(cache, pruned_layers)) is None:
+        if cache is not None:
+            assert calib is not None
+            basis = statistics_basis(model, folder, calib)
+        if cache is not None and (known := read_statistics(cache, pruned_layers, basis)) is None:
             turn = yield from gathering_statistics(cache, cancel)
-            if (known := read_statistics(cache, pruned_layers)) is not None:  # gathered by the process waited for
+            if (known := read_statistics(cache, pruned_layers, basis)) is not None:  # gathered by the process waited for
                 turn.close()
                 turn = None
         try:
@@ -378,7 +417,7 @@ def prune(
                 statistics=calibration.statistics, known=known,
             )
             if turn is not None and outcome.statistics:
-                write_statistics(cache, outcome.statistics)
+                write_statistics(cache, outcome.statistics, basis)
         finally:
             if turn is not None:
                 turn.close()
