@@ -246,3 +246,9 @@ def test_cli_bad_inputs_exit_2_with_one_line(tiny_llama, tmp_path):
         assert len(lines) == 1, (args, result.stderr)
         assert message in lines[0] and "Traceback" not in result.stderr
         assert result.stdout == ""
+
+
+def test_a_model_under_a_user_who_is_not_here_says_so(tmp_path):
+    """As a path typed in the app or given on the command line says it: not 'no such file'."""
+    with pytest.raises(UserError, match=r"^~nosuchuser/model: there is no user 'nosuchuser' here, so ~nosuchuser names no folder$"):
+        resolve_source("~nosuchuser/model")

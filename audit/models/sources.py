@@ -12,7 +12,7 @@ from typing import Any
 
 from audit.errors import UserError, first_line
 from audit.models.aliases import ALIASES, ModelAlias
-from audit.paths import is_utf8_name, kind, list_folder, os_reason, probe, require_file, shown
+from audit.paths import is_utf8_name, kind, list_folder, os_reason, probe, require_file, shown, unknown_home
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 MODEL_FILE_SUFFIXES = {".gguf", ".safetensors", ".onnx"} | PICKLE_SUFFIXES
@@ -64,10 +64,10 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, trust_remote_code: 
         raise UserError("no model given: pass an alias, a folder, a .gguf file or a hub id")
     if spec in ALIASES:
         return ModelSource(spec, "alias", alias=ALIASES.get(spec))
-    try:
-        path = Path(spec).expanduser()
-    except RuntimeError:  # "~someone" for a user this system does not know
-        path = Path(spec)
+    home = unknown_home(spec)
+    if home is not None:  # "~someone" for a user this system does not know
+        raise UserError(home)
+    path = Path(spec).expanduser()
     if probe(path, "model") is not None:
         require_utf8_name(path)
         return _local_source(spec, path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
