@@ -1,6 +1,7 @@
 """BBQ reader: target derivation and its name normalisation, metadata, bad lines, the real category files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,15 @@ def test_limit_takes_a_fixed_sample_per_category():
     assert {cat: sum(i.category == cat for i in a.items) for cat in a.categories} == {"Age": 30, "Disability_status": 30, "Religion": 30}
     # The sample spreads over the file rather than taking its first lines.
     assert len({i.meta["question_index"] for i in a.items if i.category == "Age"}) > 5
+
+
+def test_a_bbq_path_named_in_bytes_that_are_not_utf8_is_named_escaped(tmp_path):
+    import os
+
+    from audit.probes.bbq import category_files
+
+    missing = Path(os.fsdecode(bytes(tmp_path) + b"/age\xff.jsonl"))
+    with pytest.raises(UserError, match=r"^BBQ path .*/age\\xff\.jsonl does not exist$"):
+        category_files(missing)
+    with pytest.raises(UserError, match=r"is not a valid path$"):
+        category_files(Path(f"{tmp_path}/a\0b.jsonl"))

@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from audit.errors import UserError, first_line
-from audit.paths import os_reason, read_text
+from audit.paths import kind, os_reason, probe, read_text
+from audit.paths import shown as shown_path
 from audit.probes.items import AMBIG, DISAMBIG, NEG, NONNEG, QA, REASON_CHARS, ProbeItem, is_int, is_text, parse_json, shown, text_field
 
 REQUIRED_FIELDS = (
@@ -332,17 +333,20 @@ def read_records(
 
 
 def category_files(path: Path) -> list[Path]:
+    """The category files of a BBQ path (one file, or a folder's *.jsonl); a path that is none,
+    a link loop, a broken link or a name too long is refused naming it (`probe`)."""
     path = Path(path)
-    if path.is_file():
+    found = kind(probe(path, "BBQ path"))
+    if found == "file":
         return [path]
-    if path.is_dir():
+    if found == "folder":
         files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
         if not files:
-            raise UserError(f"no BBQ category files (*.jsonl) in {path}")
+            raise UserError(f"no BBQ category files (*.jsonl) in {shown_path(path)}")
         return files
-    if path.exists():
-        raise UserError(f"BBQ path {path} is neither a file nor a folder")
-    raise UserError(f"BBQ path {path} does not exist")
+    if found is not None:
+        raise UserError(f"BBQ path {shown_path(path)} is neither a file nor a folder")
+    raise UserError(f"BBQ path {shown_path(path)} does not exist")
 
 
 def load_bbq(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from audit.errors import UserError
-from audit.paths import probe, unknown_home
+from audit.paths import unknown_home
 from audit.probes import bbq, builtin, crows, stereoset
 from audit.probes.items import AMBIG, DISAMBIG, QA, ProbeItem
 from audit.registry import Registry
@@ -59,7 +59,6 @@ def _load_builtin(path: Path | None, categories: Sequence[str] | None, metadata:
                  description="BBQ jsonl category files (a folder or one file); --bbq-metadata for target_loc")
 def _load_bbq(path: Path | None, categories: Sequence[str] | None, metadata: Path | None) -> ProbeSuite:
     assert path is not None
-    probe(path, "BBQ path")  # a link loop, a broken link or a name too long, named as such
     items, stats, skipped = bbq.load_bbq(path, categories=categories, metadata_path=metadata)
     info = {"target_by_file": {name: s.to_dict() for name, s in stats.items()}, "metadata": str(metadata) if metadata else None}
     return ProbeSuite("bbq", f"bbq:{path}", QA, "qa", "mean", items, skipped, info)
