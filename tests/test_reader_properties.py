@@ -223,10 +223,22 @@ def test_bbq_category_file(folder, data):
         assert stats["Age.jsonl"].items == len(items)
         # No line is dropped unreported: each one that is not blank is an item or a skipped line.
         assert len(items) + len(skipped) == sum(1 for n, line in enumerate(data.split(b"\n")) if not blank(line, n == 0))
+        records = []
+        for line in data.split(b"\n"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
         for item in items:
-            # Values of a wrong type are skipped, never turned into text ("5") or numbers (true as 1).
-            assert (item.category, item.context, item.question) == ("Age", "A grandfather and his grandson met.", "Who forgot?")
-            assert item.options == ("The grandfather", "The grandson", "Unknown")
+            # Values of a wrong type are skipped, never turned into text ("5") or numbers (true as
+            # 1): an item's texts are those of a line, where they were text (a drawn text such as
+            # "0" in place of an answer is text, and read as it is).
+            fields = (item.context, item.question, *item.options)
+            assert any(
+                isinstance(r, dict) and tuple(r.get(k) for k in ("context", "question", "ans0", "ans1", "ans2")) == fields
+                for r in records
+            )
+            assert all(type(text) is str for text in fields) and type(item.category) is str
             assert type(item.label) is int and set(item.bias_aligned) <= {0, 1, 2}
 
 
