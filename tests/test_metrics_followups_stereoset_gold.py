@@ -43,17 +43,25 @@ def example(i, scores, gold=GOLD, suite="stereoset", **extra):
         ([{"label": "stereotype"}, "anti-stereotype", "unrelated"], "not the labels"),
     ],
 )
-def test_two_item_files_without_the_sentences_labels_are_refused_in_one_line(tmp_path, capsys, gold, problem):
+def test_item_files_lines_without_the_sentences_labels_are_skipped_naming_their_line(tmp_path, capsys, gold, problem):
     """Before, a file without gold compared options 0 and 1 (here: the unrelated sentence with the
-    anti-stereotype) without a word, and one with other labels ended in a traceback."""
+    anti-stereotype) without a word, and one with other labels ended in a traceback. Such a line
+    is skipped as any malformed line is, named with its file and line; a file of only such lines
+    is refused in one line."""
     base, variant = tmp_path / "base.jsonl", tmp_path / "variant.jsonl"
     write_items(base, HEADER, [example(1, (-1.0, -2.0, -3.0), gold), example(2, (-3.0, -2.0, -1.0))])
     write_items(variant, HEADER, [example(1, (-1.0, -3.0, -2.0), gold), example(2, (-3.0, -2.0, -1.0))])
+    assert main(["probe-compare", str(base), str(variant), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_shared"] == 1
+    lines = err.splitlines()
+    assert len(lines) == 2 and "Traceback" not in err
+    for line, path in zip(lines, (base, variant)):
+        assert line.startswith(f"edge-audit: skipped {path}:2: ") and re.search(problem, line)
+    write_items(base, HEADER, [example(1, (-1.0, -2.0, -3.0), gold)])
     assert main(["probe-compare", str(base), str(variant), "--json"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert "'stereoset:1'" in err
-    assert re.search(problem, err)
+    assert err.count("\n") == 1 and re.search(problem, err)
 
 
 def test_two_good_item_files_still_compare(tmp_path, capsys):

@@ -115,3 +115,20 @@ def test_bad_examples_are_skipped_with_their_place(tmp_path):
         "sentences[2] is empty",
     ]
     assert all(line.startswith(f"{path}: ") for line in skipped)
+
+
+def test_an_items_file_line_of_a_stereoset_example_without_its_labels_is_skipped_naming_the_line(tmp_path):
+    """Read from an items file, a StereoSet result that does not say which sentence is which is
+    skipped with its line and reason, as any other malformed line is; a file of only such lines
+    is refused in one line."""
+    from audit.probes.items import read_items, write_items
+    from tests.test_metrics_followups_stereoset_gold import HEADER, example
+
+    path = tmp_path / "items.jsonl"
+    write_items(path, HEADER, [example(1, (-1.0, -2.0, -3.0), gold=None), example(2, (-3.0, -2.0, -1.0))])
+    _, results, skipped = read_items(path)
+    assert [r.item_id for r in results] == ["stereoset:2"]
+    assert skipped == [f"{path}:2: extra.gold is missing: which sentence is the stereotype, the anti-stereotype and the unrelated one is not said"]
+    write_items(path, HEADER, [example(1, (-1.0, -2.0, -3.0), gold=["a", "b", "c"])])
+    with pytest.raises(UserError, match=r"holds no item results .*extra\.gold is \['a', 'b', 'c'\]"):
+        read_items(path)

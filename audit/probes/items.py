@@ -357,4 +357,9 @@ def result_from_record(data: dict[str, Any]) -> ItemResult:
     if not isinstance(extra, dict):
         raise ValueError(f"extra is {shown(extra)}, not an object")
     values["extra"] = extra
-    return ItemResult(**values)
+    result = ItemResult(**values)
+    from audit.probes.stereoset import result_problem  # stereoset reads items: imported here
+
+    if problem := result_problem(result):
+        raise ValueError(problem)
+    return result
