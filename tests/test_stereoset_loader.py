@@ -122,7 +122,7 @@ def test_an_items_file_line_of_a_stereoset_example_without_its_labels_is_skipped
     skipped with its line and reason, as any other malformed line is; a file of only such lines
     is refused in one line."""
     from audit.probes.items import read_items, write_items
-    from tests.test_metrics_followups_stereoset_gold import HEADER, example
+    from tests.test_stereoset_labels import HEADER, example
 
     path = tmp_path / "items.jsonl"
     write_items(path, HEADER, [example(1, (-1.0, -2.0, -3.0), gold=None), example(2, (-3.0, -2.0, -1.0))])

@@ -17,7 +17,7 @@ from audit.probes.items import ItemResult, write_items
 from audit.probes.summary import stereoset_group
 from audit.results import RunView
 from audit.store import ResultsStore, StoreError
-from tests.test_metrics_followups_flips import Sentences, stored_run
+from tests.test_flips_unscored import Sentences, stored_run
 from tui.cli import main
 
 GOLD = ["unrelated", "anti-stereotype", "stereotype"]
