@@ -1,4 +1,5 @@
-"""Run headers of an item results file: one per file, a format that is the number 1, text settings as text."""
+"""The run header of an item results file: one per file, wherever it stands among the items, a
+format that is the whole number 1, and settings that are text given as text."""
 
 import json
 

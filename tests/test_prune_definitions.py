@@ -1,7 +1,8 @@
-"""Each pruning method against its published definition: hand-worked masks for magnitude and
-Wanda (Sun et al. 2023) on a 2x4 layer and 3 calibration tokens, the counts removed at the ends
-of the sparsity range and on odd rows, and SparseGPT (Frantar & Alistarh 2023) against the
-optimal brain surgeon update written with explicit inverses of the remaining columns' Hessian."""
+"""Pruning maths against each method's published definition: hand-worked masks for magnitude
+and Wanda (Sun et al. 2023) on a 2x4 layer and 3 calibration tokens, the counts removed at the
+ends of the sparsity range and on odd rows, an all-zero layer left as it is, and SparseGPT
+(Frantar & Alistarh 2023) against the optimal brain surgeon update written with explicit
+inverses of the remaining columns' Hessian."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""SparseGPT damps a Hessian that will not factor up to 1000 times more than asked: the record
-of the pruning names the damping each such layer took, beside the damping asked for."""
+"""SparseGPT's damping in the record of a pruning: a Hessian that will not factor is damped up
+to 1000 times more than asked, and the record names the damping asked for, the largest taken and
+each layer damped more than asked (none when no layer was)."""
 
 import json
 
