@@ -116,14 +116,20 @@ CROWS = [
 ]
 
 
-def test_a_sentence_pair_scored_nan_is_no_flip(tmp_path, isolated_cache):
+def crows_run(tmp_path):
+    """The suite of the pairs above in a CrowS-Pairs file, and a run stored of a baseline and a
+    variant scoring them as listed."""
     path = tmp_path / "crows.csv"
     path.write_text(",sent_more,sent_less,stereo_antistereo,bias_type\n"
                     + "".join(f"{k},{more},{less},stereo,race-color\n" for k, (more, less, _, _) in enumerate(CROWS)))
     suite = f"crows:{path}"
     baseline = Sentences({t: s for more, less, scores, _ in CROWS for t, s in zip((more, less), scores)})
     variant = Sentences({t: s for more, less, _, scores in CROWS for t, s in zip((more, less), scores)})
-    view = stored_run(tmp_path, suite, baseline, variant)
+    return suite, stored_run(tmp_path, suite, baseline, variant)
+
+
+def test_a_sentence_pair_scored_nan_is_no_flip(tmp_path, isolated_cache):
+    suite, view = crows_run(tmp_path)
     assert [f["item_id"] for f in view.flipped] == ["crows:0"]
     assert counted_flips(view, suite) == {"crows:0"}
     comparison = view.variant("wanda-50")["probes"][suite]["comparison"]
@@ -132,13 +138,7 @@ def test_a_sentence_pair_scored_nan_is_no_flip(tmp_path, isolated_cache):
 
 def test_a_run_stored_before_keeps_its_nan_items_off_the_list(tmp_path, isolated_cache):
     """A run stored with a NaN pair's verdict 'not stereotyped' lists no flip the counts leave out."""
-    path = tmp_path / "crows.csv"
-    path.write_text(",sent_more,sent_less,stereo_antistereo,bias_type\n"
-                    + "".join(f"{k},{more},{less},stereo,race-color\n" for k, (more, less, _, _) in enumerate(CROWS)))
-    suite = f"crows:{path}"
-    baseline = Sentences({t: s for more, less, scores, _ in CROWS for t, s in zip((more, less), scores)})
-    variant = Sentences({t: s for more, less, _, scores in CROWS for t, s in zip((more, less), scores)})
-    view = stored_run(tmp_path, suite, baseline, variant)
+    suite, view = crows_run(tmp_path)
     # As scored before: pair 1's baseline stored as not stereotyped (NaN lost every comparison).
     with sqlite3.connect(tmp_path / "runs.db") as db:
         where = "WHERE variant = 'baseline' AND item_id = 'crows:1'"
