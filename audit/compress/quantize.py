@@ -303,11 +303,54 @@ def save_int8_dynamic(model: nn.Module, path: Path, linearized: list[str]) -> in
                 "axis": int(weight.q_per_channel_axis()), "activation_scales": getattr(module, "activation_scales", PER_TENSOR),
             }
     specs = [(name, t.dtype, tuple(t.shape)) for name, t in items]
-    meta = {"format": INT8_FORMAT, "version": 1, "layers": layers, "linearized": linearized}
+    meta = {"format": INT8_FORMAT, "version": INT8_VERSION, "layers": layers, "linearized": linearized}
     shared = getattr(model, "_int8_embeddings", None)
     if shared is not None:
         meta["embeddings_from"] = {"embeddings": shared[0], "head": shared[1]}
     return write_safetensors(path, items, specs, {"format": "pt", WEIGHTS_META_KEY: json.dumps(meta)})
+
+
+INT8_VERSION = 1  # the layout `save_int8_dynamic` writes
+
+
+def _check_int8_layout(path: Path, meta: dict, model: nn.Module) -> None:
+    """Refuse, naming `path`, an int8 layout this reader does not know or that does not fit the
+    model its config builds: a later version, fields of the wrong kind, layers it does not have."""
+    version = meta.get("version", INT8_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= INT8_VERSION:
+        raise UserError(f"{path}: unsupported int8-dynamic format version {version!r} (this edge-audit reads version {INT8_VERSION})")
+    layers, linearized, shared = meta.get("layers"), meta.get("linearized", []), meta.get("embeddings_from")
+    if not isinstance(layers, dict) or not all(isinstance(info, dict) for info in layers.values()):
+        raise UserError(f"{path}: damaged int8 layout: 'layers' is not a table of layers")
+    if not isinstance(linearized, list) or not all(isinstance(name, str) for name in linearized):
+        raise UserError(f"{path}: damaged int8 layout: 'linearized' is not a list of layer names")
+    if shared is not None and not (isinstance(shared, dict) and all(isinstance(shared.get(k), str) for k in ("embeddings", "head"))):
+        raise UserError(f"{path}: damaged int8 layout: 'embeddings_from' does not name embeddings and a head")
+    modules = dict(model.named_modules())
+    for name in list(linearized) + list(layers) + ([shared["embeddings"]] if shared is not None else []):
+        if name not in modules:
+            raise UserError(f"{path}: names {name!r}, which this model's config does not have")
+    for name, info in layers.items():
+        for key in ("in_features", "out_features", "axis"):
+            if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):
+                raise UserError(f"{path}: damaged int8 layout: {name} has no whole-number {key}")
+        if not isinstance(info.get("bias"), bool):
+            raise UserError(f"{path}: damaged int8 layout: {name} does not say whether it has a bias")
+
+
+def _check_int8_weight(path: Path, name: str, info: dict, weight: torch.Tensor, module: nn.Module) -> None:
+    """Refuse, naming the layer, int8 weights that are not the layer's: another shape than the
+    layout or the model's config gives it, scales along another axis than its output channels, or
+    scales that are not positive numbers."""
+    expected = (info["out_features"], info["in_features"])
+    layer_shape = tuple(getattr(getattr(module, "weight", None), "shape", ()))
+    if tuple(weight.shape) != expected or layer_shape != expected:
+        raise UserError(f"{path}: {name} holds int8 weights of shape {tuple(weight.shape)}, its layer in the model's config takes {layer_shape}")
+    if info["axis"] != 0:
+        raise UserError(f"{path}: {name} has its weight scales along axis {info['axis']}; int8-dynamic stores one per output channel (axis 0)")
+    scales = weight.q_per_channel_scales()
+    if not bool((torch.isfinite(scales) & (scales > 0)).all()):
+        raise UserError(f"{path}: {name} has a weight scale that is not a positive number")
 
 
 def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
@@ -325,8 +368,9 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
         model = cls._from_config(config, dtype=torch.float32)
     with safe_open(str(folder / INT8_FILE), framework="pt") as handle:
         meta = json.loads((handle.metadata() or {}).get(WEIGHTS_META_KEY, "{}"))
-        if meta.get("format") != INT8_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != INT8_FORMAT:
             raise UserError(f"{folder / INT8_FILE} is not an edge-audit int8-dynamic file")
+        _check_int8_layout(folder / INT8_FILE, meta, model)
         for name in meta.get("linearized", []):
             module = model.get_submodule(name)
             rows, cols = module.weight.shape
@@ -348,6 +392,7 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
                     handle.get_tensor(f"{name}.weight_zero_point"),
                     info["axis"],
                 )
+                _check_int8_weight(folder / INT8_FILE, name, info, weight, model.get_submodule(name))
                 bias = handle.get_tensor(f"{name}.bias") if info["bias"] else None
                 layer.set_weight_bias(weight, bias)
                 scales = info.get("activation_scales", PER_TENSOR)

@@ -1,0 +1,107 @@
+"""Quantization given what it should not take: damaged int8 files, weights that are not numbers,
+and the definitions its scales follow, checked by hand."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from audit.compress.quantize import INT8_FILE, quantize
+from audit.errors import UserError
+from audit.models import load_model
+from audit.models.meta import WEIGHTS_META_KEY
+from audit.progress import drive
+
+LAYER = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "q"
+    drive(quantize(str(tiny_llama), "int8-dynamic", out, measure_perplexity=False))
+    return out
+
+
+def damaged(int8_folder, tmp_path, tensors=None, meta=None):
+    """A copy of the int8 variant whose weights file has its tensors and layout changed."""
+    from safetensors import safe_open
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(int8_folder, folder)
+    with safe_open(str(int8_folder / INT8_FILE), "pt") as handle:
+        layout = json.loads(handle.metadata()[WEIGHTS_META_KEY])
+    stored = load_file(str(int8_folder / INT8_FILE))
+    if tensors is not None:
+        tensors(stored)
+    if meta is not None:
+        layout = meta(layout)
+    save_file(stored, str(folder / INT8_FILE), {"format": "pt", WEIGHTS_META_KEY: json.dumps(layout)})
+    return folder
+
+
+def refused(folder) -> str:
+    with pytest.raises(UserError) as caught:
+        drive(load_model(str(folder)))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_damaged_copy_that_changes_nothing_loads(int8_folder, tmp_path):
+    variant = drive(load_model(str(damaged(int8_folder, tmp_path))))
+    assert variant.facts().quantization == "int8-dynamic"
+
+
+def test_an_int8_file_of_an_unknown_format_version_is_refused(int8_folder, tmp_path):
+    message = refused(damaged(int8_folder, tmp_path, meta=lambda m: dict(m, version=2)))
+    assert INT8_FILE in message and "version 2" in message
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: [m],
+    lambda m: dict(m, layers=list(m["layers"])),
+    lambda m: dict(m, layers={LAYER: "int8"}),
+    lambda m: dict(m, linearized=["model.nope"]),
+    lambda m: dict(m, linearized="model.nope"),
+    lambda m: dict(m, embeddings_from="lm_head"),
+    lambda m: dict(m, layers=dict(m["layers"], **{"model.nope": m["layers"][LAYER]})),
+], ids=["not-a-mapping", "layers-a-list", "layer-not-a-mapping", "unknown-linearized", "linearized-a-string",
+        "embeddings-from-a-string", "unknown-layer"])
+def test_a_malformed_int8_layout_is_one_line(int8_folder, tmp_path, change):
+    assert INT8_FILE in refused(damaged(int8_folder, tmp_path, meta=change))
+
+
+def test_int8_weights_whose_scales_run_along_the_inputs_are_refused(int8_folder, tmp_path):
+    # Scales per input column (axis 1) fit a square layer's shape but mean another weight.
+    def along_inputs(m):
+        m["layers"][LAYER]["axis"] = 1
+        return m
+
+    message = refused(damaged(int8_folder, tmp_path, meta=along_inputs))
+    assert LAYER in message and "axis" in message
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_int8_scales_that_are_not_positive_numbers_are_refused(int8_folder, tmp_path, scale):
+    def spoil(stored):
+        scales = stored[f"{LAYER}.weight_scale"].clone()
+        scales[3] = scale
+        stored[f"{LAYER}.weight_scale"] = scales
+
+    message = refused(damaged(int8_folder, tmp_path, tensors=spoil))
+    assert LAYER in message and "scale" in message
+
+
+def test_int8_weights_of_another_shape_than_the_layer_are_refused(int8_folder, tmp_path):
+    def widen(stored):
+        ints = stored[f"{LAYER}.weight_int8"]
+        stored[f"{LAYER}.weight_int8"] = torch.cat([ints, ints], dim=1)
+
+    def say_wider(m):
+        m["layers"][LAYER]["in_features"] *= 2
+        return m
+
+    message = refused(damaged(int8_folder, tmp_path, tensors=widen, meta=say_wider))
+    assert LAYER in message and "shape" in message
