@@ -335,17 +335,20 @@ class Plan:
         return data
 
 
-def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
+def _parse_prune(ctx: _Context, raw: Any, prefix: str, keys: Mapping[str, str] | None = None) -> PruneRecipe:
+    """A pruning recipe; `keys` names the plan's keys where they are not `prefix` + the recipe's
+    own (the grid's `methods` and `sparsities`)."""
+    keys = {name: (keys or {}).get(name, prefix + name) for name in ("method", "sparsity")}
     if isinstance(raw, str):
         raw = {"method": raw}
     data = _table(ctx, raw, prefix.rstrip("."))
     _unknown(ctx, data, {"method", "sparsity", "pattern", "per_row", "exclude"}, prefix)
     method = _get(ctx, data, "method", prefix, str, None)
-    _check(ctx, method is not None, prefix + "method", "is required")
-    _check_name(ctx, "pruning method", method, prefix + "method")
+    _check(ctx, method is not None, keys["method"], "is required")
+    _check_name(ctx, "pruning method", method, keys["method"])
     sparsity = _get(ctx, data, "sparsity", prefix, float, None)
     if sparsity is not None:
-        _check(ctx, 0.0 <= sparsity <= MAX_SPARSITY, prefix + "sparsity", f"must be within [0, {MAX_SPARSITY}], got {sparsity:g}")
+        _check(ctx, 0.0 <= sparsity <= MAX_SPARSITY, keys["sparsity"], f"must be within [0, {MAX_SPARSITY}], got {sparsity:g}")
     pattern = _get(ctx, data, "pattern", prefix, str, "unstructured")
     _check_pattern(ctx, pattern, prefix + "pattern")
     problem = pattern_problem(pattern)
@@ -367,7 +370,7 @@ def _parse_prune(ctx: _Context, raw: Any, prefix: str) -> PruneRecipe:
     try:
         return PruneRecipe(method, sparsity, pattern, per_row, exclude)
     except UserError as exc:  # an N:M pattern and a sparsity that disagree
-        raise ctx.error(prefix + "sparsity", str(exc)) from None
+        raise ctx.error(keys["sparsity"], str(exc)) from None
 
 
 def _row_scope_unused(method: str, pattern: str) -> str | None:
@@ -468,7 +471,7 @@ def _parse_grid(ctx: _Context, grid: Any) -> list[VariantSpec]:
             recipe = {"method": method, "pattern": pattern, **({} if sparsity is None else {"sparsity": sparsity})}
             if exclude.get(method):
                 recipe["exclude"] = exclude[method]
-            prune = _parse_prune(ctx, recipe, "grid.")
+            prune = _parse_prune(ctx, recipe, "grid.", {"method": "grid.methods", "sparsity": "grid.sparsities"})
             variants.append(VariantSpec(_variant_name(prune, quantize), prune, quantize))
     return variants
 

@@ -116,7 +116,7 @@ def test_key_lines_index_arrays_of_tables():
         (('metric = "bias_score_ambig"', 'metric = "bias"'), r"line 25: gate.rules\[1\].metric: unknown gate metric 'bias'; known: .*srs_relative_change_pct"),
         (('seeds = [0, 1]', 'seeds = []'), r"line 15: probes.seeds: must be a non-empty list of integers"),
         (('seeds = [0, 1]', f'seeds = {list(range(1001))}'), r"line 15: probes.seeds: lists at most 1000 seeds \(each is a whole generation of every item\), got 1001"),
-        (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 4: grid.sparsity: must be within \[0, 0.95\], got 0.99"),
+        (('sparsities = [0.3, 0.5]', 'sparsities = [0.3, 0.99]'), r"line 6: grid.sparsities: must be within \[0, 0.95\], got 0.99"),
         # Settings that would change nothing, or fail the compress step, are refused by name.
         (('{ method = "wanda", pattern = "2:4" }', '{ method = "magnitude", pattern = "2:4", per_row = true }'),
          r"line 10: variants\[0\].prune.per_row: true changes nothing with pattern 2:4, .*; leave per_row out"),
