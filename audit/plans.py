@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -510,6 +511,7 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
         name = _get(ctx, data, "name", prefix, str, None) or (Path(path).name if path else _variant_name(prune, quantize))
         variants.append(VariantSpec(name, prune, quantize, path))
     seen: set[str] = set()
+    folders: dict[str, str] = {}  # each name as a case-insensitive file system sees it
     listed = len(variants) - len(raw)  # the grid's variants come first, then [[variants]]
     for i, variant in enumerate(variants):
         if (problem := variant_name_problem(variant.name)) and not ctx.stored:
@@ -517,7 +519,19 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
         if variant.name in seen or variant.name == "baseline":
             raise ctx.error("variants", f"variant name {variant.name!r} is used twice (or is 'baseline')")
         seen.add(variant.name)
+        other = folders.setdefault(_folder_key(variant.name), variant.name)
+        if other != variant.name and not ctx.stored:
+            raise ctx.error(
+                f"variants[{i - listed}].name" if i >= listed else "grid",
+                f"variant name {variant.name!r} and {other!r} differ only in case or in how a letter is composed: "
+                "they name one folder on a case-insensitive file system (FAT, exFAT, macOS), so give another name",
+            )
     return variants
+
+
+def _folder_key(name: str) -> str:
+    """`name` as a case-insensitive file system compares folder names: composed, case folded."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
 def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:

@@ -40,3 +40,38 @@ def test_a_grid_value_is_refused_under_the_key_the_file_holds(old, new, expected
     assert old in GRID
     message = refused(GRID.replace(old, new, 1))
     assert message.startswith("/plans/p.toml " + expected), message
+
+
+VARIANTS = """\
+model = "smollm2-135m"
+
+[[variants]]
+name = "{first}"
+quantize = "int8-dynamic"
+
+[[variants]]
+name = "{second}"
+quantize = "onnx-int8"
+"""
+
+
+@pytest.mark.parametrize("first, second", [("int8", "INT8"), ("Int8-Onnx", "int8-onnx"), ("caf\u00e9", "cafe\u0301")])
+def test_variant_names_that_are_one_folder_on_a_case_insensitive_file_system_are_refused(first, second):
+    """A variant's name is its folder's name in the run's work folder; on FAT, exFAT (the SD
+    card or USB stick of an edge device) or macOS two names differing only in case, or in how
+    an accented letter is composed, are one folder, and the second variant would replace the
+    first's weights."""
+    message = refused(VARIANTS.format(first=first, second=second))
+    assert message.startswith(f"/plans/p.toml line 8: variants[1].name: variant name {second!r} and {first!r} "), message
+    assert "case-insensitive" in message
+
+
+def test_a_named_variant_one_folder_with_a_grid_variant_is_refused_at_its_name():
+    text = GRID + '\n[[variants]]\nname = "Wanda-50"\nprune = { method = "wanda", sparsity = 0.5, pattern = "unstructured" }\n'
+    message = refused(text)
+    assert message.startswith("/plans/p.toml line 8: variants[0].name: variant name 'Wanda-50' and 'wanda-50' "), message
+
+
+def test_variant_names_differing_otherwise_still_read():
+    plan = parse_plan(VARIANTS.format(first="int8", second="int8b"), None, check_model=False, check_files=False)
+    assert [v.name for v in plan.variants] == ["int8", "int8b"]
