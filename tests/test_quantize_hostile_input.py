@@ -105,3 +105,24 @@ def test_int8_weights_of_another_shape_than_the_layer_are_refused(int8_folder, t
 
     message = refused(damaged(int8_folder, tmp_path, tensors=widen, meta=say_wider))
     assert LAYER in message and "shape" in message
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "onnx-int8", "onnx-int4"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_numbers_are_refused_naming_the_layer_before_any_work(tiny_llama, tmp_path, monkeypatch, scheme, value):
+    source = tmp_path / "source"
+    shutil.copytree(tiny_llama, source)
+    weights = next(source.glob("*.safetensors"))
+    stored = load_file(str(weights))
+    stored["model.layers.0.mlp.down_proj.weight"][2, 5] = value
+    save_file(stored, str(weights), {"format": "pt"})
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("calibrated or exported a model whose weights are not numbers")
+
+    monkeypatch.setattr("audit.compress.quantize.measure_inputs", no_work)
+    monkeypatch.setattr("audit.compress.quantize.detect_outliers", no_work)
+    monkeypatch.setattr("audit.compress.quantize._export_onnx", no_work)
+    with pytest.raises(UserError, match=r"model\.layers\.0\.mlp\.down_proj: its weights hold NaN or infinity"):
+        drive(quantize(str(source), scheme, tmp_path / "q", measure_perplexity=False))
+    assert not (tmp_path / "q").exists()

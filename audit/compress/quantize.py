@@ -116,6 +116,18 @@ def int8_targets(model: nn.Module) -> tuple[list[str], list[str]]:
     return names, conv
 
 
+def require_finite_weights(lm: LanguageModel, scheme: str) -> None:
+    """Refuse, naming the layer, a PyTorch model whose linear layers hold NaN or infinity: its
+    int8 or 4-bit scales would be NaN or infinite too, and the variant's scores not numbers."""
+    model = getattr(lm, "model", None)
+    if lm.backend != "pytorch" or not isinstance(model, nn.Module):
+        return
+    for name in int8_targets(model)[0]:
+        weight = getattr(model.get_submodule(name), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+            raise UserError(f"layer {name}: its weights hold NaN or infinity; a model with them cannot be quantized with {scheme}")
+
+
 def _linear_from_conv1d(module: nn.Module) -> nn.Linear:
     weight = module.weight.detach()  # (in, out)
     linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None, device="meta")
@@ -443,6 +455,7 @@ def _outlier_details(choice: OutlierChoice) -> dict[str, Any]:
 @QUANTIZATION_SCHEMES.register("int8-dynamic", **QUANTIZATION_SCHEME_FACTS["int8-dynamic"])
 def int8_dynamic(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     model = float_torch_model(lm, "int8-dynamic")
+    require_finite_weights(lm, "int8-dynamic")
     targets = int8_targets(model)[0]
     choice, smoothing = yield from smooth_and_choose(lm, model, targets, settings, cancel)
     check_cancel(cancel)
@@ -655,6 +668,7 @@ def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: 
 
 @QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
+    require_finite_weights(lm, "onnx-int8")
     choice, kept_weights, tied_head_int8 = yield from _onnx_outlier_choice(lm, settings, cancel)
     check_cancel(cancel)
     yield Progress("quantize", 0, 3, "exporting to ONNX")
@@ -678,6 +692,7 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
 
 @QUANTIZATION_SCHEMES.register("onnx-int4", **QUANTIZATION_SCHEME_FACTS["onnx-int4"])
 def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
+    require_finite_weights(lm, "onnx-int4")
     yield Progress("quantize", 0, 3, "exporting to ONNX")
     export_dir = folder / ".export"
     onnx_path = _export_onnx(lm, export_dir)
