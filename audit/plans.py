@@ -548,6 +548,10 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
         _check_name(ctx, "probe suite", name, "probes.suites")
         suites.append(f"{name}:{ctx.resolve(path, 'probes.suites')}" if path else name)
     _check(ctx, bool(suites), "probes.suites", "must name at least one suite")
+    # A suite listed twice (as written, or once its path is resolved) is probed twice for each
+    # variant, the second probe replacing the first's results. A stored run's plan still reads.
+    twice = next((s for i, s in enumerate(suites) if s in suites[:i]), None)
+    _check(ctx, twice is None or ctx.stored, "probes.suites", f"lists {twice} twice: each variant would be probed on it twice")
     mode = _get(ctx, data, "mode", "probes.", str, "loglik")
     _check(ctx, mode in {"loglik", "generate"}, "probes.mode", f"must be 'loglik' or 'generate', got {mode!r}")
     seeds = _get(ctx, data, "seeds", "probes.", list, [0])

@@ -75,3 +75,19 @@ def test_a_named_variant_one_folder_with_a_grid_variant_is_refused_at_its_name()
 def test_variant_names_differing_otherwise_still_read():
     plan = parse_plan(VARIANTS.format(first="int8", second="int8b"), None, check_model=False, check_files=False)
     assert [v.name for v in plan.variants] == ["int8", "int8b"]
+
+
+@pytest.mark.parametrize("suites, twice", [('["builtin", "builtin"]', "builtin"), ('["crows:d/c.csv", "crows:d/../d/c.csv"]', "crows:/plans/d/c.csv")])
+def test_a_probe_suite_listed_twice_is_refused(suites, twice):
+    """A suite listed twice, as written or once its path is resolved, would be probed twice for
+    every variant, each probe replacing the other's results: refused as a seed listed twice is."""
+    message = refused(f'model = "smollm2-135m"\n\n[probes]\nsuites = {suites}\n')
+    assert message == f"/plans/p.toml line 4: probes.suites: lists {twice} twice: each variant would be probed on it twice", message
+
+
+def test_a_stored_plan_listing_a_suite_twice_still_reads():
+    from pathlib import Path
+
+    plan = parse_plan('model = "smollm2-135m"\n[probes]\nsuites = ["builtin", "builtin"]\n', Path("/plans/p.toml"),
+                      check_model=False, check_files=False, stored=True)
+    assert plan.probes.suites == ("builtin", "builtin")
