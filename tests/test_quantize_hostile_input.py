@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from audit.compress.quantize import INT8_FILE, quantize
+from audit.compress.quantize import INT8_FILE, PER_TENSOR, PER_TOKEN, quantize, quantize_int8_dynamic
 from audit.errors import UserError
 from audit.models import load_model
 from audit.models.meta import WEIGHTS_META_KEY
@@ -126,3 +127,24 @@ def test_weights_that_are_not_numbers_are_refused_naming_the_layer_before_any_wo
     with pytest.raises(UserError, match=r"model\.layers\.0\.mlp\.down_proj: its weights hold NaN or infinity"):
         drive(quantize(str(source), scheme, tmp_path / "q", measure_perplexity=False))
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("activation_scales", [PER_TOKEN, PER_TENSOR])
+def test_int8_weights_take_one_scale_per_output_row_by_hand_and_a_zero_row_divides_by_nothing(activation_scales):
+    # PyTorch's symmetric int8 weights: scale = max |w| of the row / 127.5 (half the 255 steps of
+    # [-128, 127]), levels round(w / scale) clamped to [-128, 127]; a row of zeros gets the
+    # smallest scale float32 has (its epsilon) and levels 0.
+    holder = nn.Module()
+    holder.fc = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        holder.fc.weight.copy_(torch.tensor([[1.0, -0.5, 0.25], [0.0, 0.0, 0.0], [2.0, -1.0, 0.3]]))
+    quantize_int8_dynamic(holder, activation_scales=activation_scales)
+    weight = holder.fc.weight()
+    # Row 0: 1 / (1/127.5) = 127.5 -> 127 (clamped), -0.5 -> -63.75 -> -64, 0.25 -> 31.875 -> 32;
+    # row 2: 2 -> 127.5 -> 127, -1 -> -63.75 -> -64, 0.3 -> 19.125 -> 19.
+    assert weight.int_repr().tolist() == [[127, -64, 32], [0, 0, 0], [127, -64, 19]]
+    eps = torch.finfo(torch.float32).eps
+    assert weight.q_per_channel_scales().tolist() == pytest.approx([1 / 127.5, eps, 2 / 127.5], rel=1e-6)
+    assert weight.q_per_channel_zero_points().tolist() == [0, 0, 0]
+    out = holder.fc(torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 4.0]]))
+    assert bool(torch.isfinite(out).all()) and out[:, 1].tolist() == [0.0, 0.0]

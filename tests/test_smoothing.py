@@ -201,3 +201,27 @@ def test_quantize_cli_sets_the_smoothing_alpha_or_none(planted, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--smoothing applies to int8-dynamic only, not onnx-int8" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_scales_of_two_layers_reading_one_input_by_hand():
+    # Two layers (2 outputs x 3 inputs each) read one input: s per channel from the larger input
+    # and the larger weight column of the two; a channel whose weights are all zero keeps s = 1.
+    model = nn.Module()
+    model.a = nn.Linear(3, 2, bias=False)
+    model.b = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.a.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [-3.0, 0.0, 1.0]]))  # column maxima 3, 0, 2
+        model.b.weight.copy_(torch.tensor([[0.5, 0.0, -4.0], [1.0, 0.0, 0.0]]))  # column maxima 1, 0, 4
+    maxima = {"a": torch.tensor([8.0, 5.0, 1.0]), "b": torch.tensor([2.0, 7.0, 1.0])}  # inputs: 8, 7, 1
+    fold = Fold("producer", ("a", "b"), torch.tensor([0, 1, 2]))
+    got = fold_scales(model, fold, maxima, 0.5, 3)
+    assert got.tolist() == pytest.approx([math.sqrt(8) / math.sqrt(3), 1.0, 1 / math.sqrt(4)], rel=1e-12)
+    got = fold_scales(model, fold, maxima, 0.7, 3)
+    assert got.tolist() == pytest.approx([8 ** 0.7 / 3 ** 0.3, 1.0, 1 / 4 ** 0.3], rel=1e-12)
+    # Scales are held to [1e-4, 1e4]: an input of 1e12 at alpha 1 would divide by 1e12.
+    huge = {"a": torch.tensor([1e12, 5.0, 1e-12]), "b": torch.tensor([0.0, 0.0, 0.0])}
+    assert fold_scales(model, fold, huge, 1.0, 3).tolist() == pytest.approx([1e4, 1.0, 1e-4])
+    # What the smoothed layers see: each input divided by its channel's s.
+    fold.scales = fold_scales(model, fold, maxima, 0.5, 3)
+    seen = smoothing.Smoothing(0.5, [fold]).smoothed_maxima(maxima)
+    assert seen["a"].tolist() == pytest.approx([8 / (math.sqrt(8) / math.sqrt(3)), 5.0, 2.0], rel=1e-6)
