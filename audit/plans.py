@@ -514,15 +514,20 @@ def _parse_variants(ctx: _Context, doc: dict[str, Any]) -> list[VariantSpec]:
     folders: dict[str, str] = {}  # each name as a case-insensitive file system sees it
     listed = len(variants) - len(raw)  # the grid's variants come first, then [[variants]]
     for i, variant in enumerate(variants):
+        key = f"variants[{i - listed}].name" if i >= listed else "grid"
         if (problem := variant_name_problem(variant.name)) and not ctx.stored:
-            raise ctx.error(f"variants[{i - listed}].name" if i >= listed else "grid", problem)
-        if variant.name in seen or variant.name == "baseline":
-            raise ctx.error("variants", f"variant name {variant.name!r} is used twice (or is 'baseline')")
+            raise ctx.error(key, problem)
+        if variant.name == "baseline":
+            raise ctx.error(key, "variant name 'baseline' is the dense model's: give another name")
+        if variant.name in seen:
+            # The grid names its variants by method and sparsity in percent.
+            how = "" if i >= listed else " (a method or sparsity listed twice, or sparsities that round to the same percent)"
+            raise ctx.error(key, f"variant name {variant.name!r} is used twice{how}")
         seen.add(variant.name)
         other = folders.setdefault(_folder_key(variant.name), variant.name)
         if other != variant.name and not ctx.stored:
             raise ctx.error(
-                f"variants[{i - listed}].name" if i >= listed else "grid",
+                key,
                 f"variant name {variant.name!r} and {other!r} differ only in case or in how a letter is composed: "
                 "they name one folder on a case-insensitive file system (FAT, exFAT, macOS), so give another name",
             )

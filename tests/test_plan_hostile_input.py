@@ -91,3 +91,19 @@ def test_a_stored_plan_listing_a_suite_twice_still_reads():
     plan = parse_plan('model = "smollm2-135m"\n[probes]\nsuites = ["builtin", "builtin"]\n', Path("/plans/p.toml"),
                       check_model=False, check_files=False, stored=True)
     assert plan.probes.suites == ("builtin", "builtin")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (VARIANTS.format(first="a", second="a"), "line 8: variants[1].name: variant name 'a' is used twice"),
+        (VARIANTS.format(first="int8", second="baseline"), "line 8: variants[1].name: variant name 'baseline' is the dense model's"),
+        (GRID + '\n[[variants]]\nprune = { method = "wanda", sparsity = 0.3 }\n', "line 7: variants[0].name: variant name 'wanda-30' is used twice"),
+        (GRID.replace("[0.3, 0.5]", "[0.3, 0.301]"), "line 3: grid: variant name 'magnitude-30' is used twice"),
+    ],
+)
+def test_a_variant_name_used_twice_is_refused_at_its_second_use(text, expected):
+    """The refusal names the key and line of the variant that repeats a name (or takes the
+    baseline's), and which of the two it is, where it named `variants` and no line."""
+    message = refused(text)
+    assert message.startswith("/plans/p.toml " + expected), message
