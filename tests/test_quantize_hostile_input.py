@@ -148,3 +148,28 @@ def test_int8_weights_take_one_scale_per_output_row_by_hand_and_a_zero_row_divid
     assert weight.q_per_channel_zero_points().tolist() == [0, 0, 0]
     out = holder.fc(torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 4.0]]))
     assert bool(torch.isfinite(out).all()) and out[:, 1].tolist() == [0.0, 0.0]
+
+
+def test_an_onnx_export_that_fails_is_one_line_and_leaves_no_folder(tiny_llama, tmp_path, monkeypatch, capsys):
+    from optimum.exporters import onnx as exporter
+
+    from tui.cli import main
+
+    def fails(*args, **kwargs):
+        raise ValueError("Trying to export a tiny model, that is a custom or unsupported architecture,\nbut no custom onnx configuration was passed")
+
+    monkeypatch.setattr(exporter, "onnx_export_from_model", fails)
+    code = main(["quantize", "--model", str(tiny_llama), "--scheme", "onnx-int4", "--no-perplexity", "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "ONNX export" in err and "custom or unsupported architecture" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q*"))
+
+
+def test_an_onnx_exporter_that_does_not_import_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)  # import raises ImportError
+    with pytest.raises(UserError, match="ONNX export needs optimum") as caught:
+        drive(quantize(str(tiny_llama), "onnx-int4", tmp_path / "q", measure_perplexity=False))
+    assert "\n" not in str(caught.value) and not (tmp_path / "q").exists()

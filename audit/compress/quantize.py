@@ -25,7 +25,7 @@ from audit.compress.smoothing import Smoothing, smooth
 from audit.compress.output import check_output_target, float_torch_model, model_meta, save_model_folder
 from audit.compress.recipe import DEFAULT_INT4_BLOCK_SIZE, DEFAULT_SMOOTHING_ALPHA, INT4_BLOCK_SIZES, QUANTIZATION_SCHEME_FACTS, valid_alpha
 from audit.compress.storage import model_class, unique_tensors, write_safetensors
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.models.interface import MB, LanguageModel
 from audit.models.loader import LoadOptions, load_model, model_size_bytes, onnx_session_options
 from audit.models.meta import CACHE_CHECKED_KEY, INT8_FILE, INT8_FORMAT, TIED_HEAD_KEY, WEIGHTS_META_KEY, write_meta
@@ -512,12 +512,20 @@ def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
             raise UserError(f"{onnx_path.parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
         return onnx_path
     model = float_torch_model(lm, "ONNX export")
-    from optimum.exporters.onnx import onnx_export_from_model
+    try:
+        from optimum.exporters.onnx import onnx_export_from_model
+    except ImportError as exc:
+        raise UserError(f"ONNX export needs optimum's ONNX exporter (optimum-onnx), which does not import here: {first_line(exc, 300)}") from None
 
     folder.mkdir(parents=True, exist_ok=True)
     # The exporter prints its own progress and warnings; our progress stands in for them.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _quiet():
-        onnx_export_from_model(model, output=str(folder), task="text-generation-with-past", do_validation=False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _quiet():
+            onnx_export_from_model(model, output=str(folder), task="text-generation-with-past", do_validation=False)
+    except OSError:
+        raise  # a fault of the disk, named with its file where the command reports it
+    except Exception as exc:  # noqa: BLE001 - the exporter's own refusals (an architecture it lacks) and faults
+        raise UserError(f"ONNX export of {lm.facts().name} failed: {' '.join(str(exc).split())[:300] or type(exc).__name__}") from None
     return folder / "model.onnx"
 
 
