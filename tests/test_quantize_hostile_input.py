@@ -173,3 +173,23 @@ def test_an_onnx_exporter_that_does_not_import_is_one_line(tiny_llama, tmp_path,
     with pytest.raises(UserError, match="ONNX export needs optimum") as caught:
         drive(quantize(str(tiny_llama), "onnx-int4", tmp_path / "q", measure_perplexity=False))
     assert "\n" not in str(caught.value) and not (tmp_path / "q").exists()
+
+
+def test_an_onnx_runtime_quantizer_that_does_not_import_or_fails_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", None)  # import raises ImportError
+    with pytest.raises(UserError, match="needs ONNX Runtime's block quantizer") as caught:
+        drive(quantize(str(tiny_llama), "onnx-int4", tmp_path / "q", measure_perplexity=False))
+    assert "\n" not in str(caught.value) and not (tmp_path / "q").exists()
+    monkeypatch.undo()
+
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    def fails(self):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed:\nbad graph")
+
+    monkeypatch.setattr(matmul_nbits_quantizer.MatMulNBitsQuantizer, "process", fails)
+    with pytest.raises(UserError, match="ONNX Runtime's 4-bit quantization failed: .*Load model failed") as caught:
+        drive(quantize(str(tiny_llama), "onnx-int4", tmp_path / "q", measure_perplexity=False))
+    assert "\n" not in str(caught.value) and not (tmp_path / "q").exists()

@@ -596,7 +596,11 @@ def _quantize_matmuls(
     (but the nodes in `exclude`) replaced by ONNX Runtime's block-quantized MatMulNBits; with
     `transposed`, weights the graph transposes count as constant (`store_transposed_weights`)."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise UserError(f"{bits}-bit ONNX quantization needs ONNX Runtime's block quantizer, which does not import here: {first_line(exc, 300)}") from None
 
     from audit.models.onnx_lm import output_head_nodes
 
@@ -608,8 +612,13 @@ def _quantize_matmuls(
         graph, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
         nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",),
     )
-    with contextlib.redirect_stdout(io.StringIO()), _quiet():
-        quantizer.process()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet():
+            quantizer.process()
+    except OSError:
+        raise  # a fault of the disk, named with its file where the command reports it
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types on a graph it cannot take
+        raise UserError(f"ONNX Runtime's {bits}-bit quantization failed: {' '.join(str(exc).split())[:300] or type(exc).__name__}") from None
     if tied:  # the facts count the head's weights once, with the table
         entry = quantizer.model.model.metadata_props.add()
         entry.key, entry.value = TIED_HEAD_KEY, tied[0]
