@@ -59,11 +59,15 @@ class PlanError(UserError):
 
 # -- locating keys ----------------------------------------------------------------------------
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=")
+# One part of a dotted key: bare, or quoted (a space, a letter beyond ASCII or nothing in it).
+_PART = r"(?:[A-Za-z0-9_\-]+|\"(?:[^\"\\]|\\.)*\"|'[^']*')"
+_KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
+_BARE = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def _clean(key: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+    parts = re.findall(_PART, key)
+    return ".".join(part[1:-1] if part[0] in "\"'" else part for part in parts)
 
 
 def key_lines(text: str) -> dict[str, int]:
@@ -111,6 +115,8 @@ class _Context:
 
     def line(self, key: str) -> int | None:
         """The line of `key`, or of its nearest enclosing key (inline tables share a line)."""
+        if key in self.lines:
+            return self.lines[key]
         parts = re.findall(r"\[\d+\]|[^.\[\]]+", key)
         while parts:
             candidate = "".join(p if p.startswith("[") or i == 0 else "." + p for i, p in enumerate(parts))
@@ -119,11 +125,12 @@ class _Context:
             parts.pop()
         return None
 
-    def error(self, key: str, message: str) -> PlanError:
+    def error(self, key: str, message: str, shown: str | None = None) -> PlanError:
+        """A PlanError naming `key` (as `shown`, when given) and its line."""
         where = str(self.path) if self.path else "plan"
         line = self.line(key)
         at = f" line {line}" if line else ""
-        return PlanError(f"{where}{at}: {key}: {message}")
+        return PlanError(f"{where}{at}: {shown or key}: {message}")
 
     def resolve(self, value: str, key: str) -> str:
         """`value` as an absolute path, relative ones taken from the plan's folder."""
@@ -150,7 +157,9 @@ def _unknown(ctx: _Context, data: Mapping[str, Any], allowed: set[str], prefix: 
     for key in data:
         if key not in allowed:
             known = ", ".join(sorted(allowed))
-            raise ctx.error(f"{prefix}{key}", f"unknown key; known here: {known}")
+            # A key that is not bare is named as TOML quotes it: "metric " is not metric.
+            shown = key if _BARE.fullmatch(key) else _toml_value(key)
+            raise ctx.error(f"{prefix}{key}", f"unknown key; known here: {known}", f"{prefix}{shown}")
 
 
 def _get(ctx: _Context, data: Mapping[str, Any], key: str, prefix: str, kind: type | tuple, default: Any) -> Any:

@@ -107,3 +107,19 @@ def test_a_variant_name_used_twice_is_refused_at_its_second_use(text, expected):
     baseline's), and which of the two it is, where it named `variants` and no line."""
     message = refused(text)
     assert message.startswith("/plans/p.toml " + expected), message
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('model = "m"\n\n[[gate.rules]]\n"metric " = "srs"\nmax = 1\n', 'line 4: gate.rules[0]."metric ": unknown key; known here: category'),
+        ('model = "m"\n"sp\u00e4rsity" = 0.5\n', 'line 2: "sp\u00e4rsity": unknown key; known here: calibration'),
+        ('model = "m"\n\n[probes]\n"" = 1\n', 'line 4: probes."": unknown key; known here: categories'),
+    ],
+)
+def test_an_unknown_key_toml_writes_quoted_is_named_quoted_at_its_line(text, expected):
+    """A key that is not a bare key (a space in it, a letter beyond ASCII, none at all) is named
+    as the file quotes it, at its own line: `metric : unknown key; known here: ..., metric` named
+    a key that reads as a known one."""
+    message = refused(text)
+    assert message.startswith("/plans/p.toml " + expected), message
