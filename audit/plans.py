@@ -710,6 +710,9 @@ def _parse_gate(ctx: _Context, raw: Any) -> GateSettings:
         _check(ctx, limit is not None, prefix + "max", "is required")
         _check(ctx, math.isfinite(limit), prefix + "max", f"must be a finite number, got {limit}")
         category = _get(ctx, rule, "category", prefix, str, "overall")
+        # Perplexity is one figure over the held-out text: by category, each would judge that figure.
+        _check(ctx, category == "overall" or metric != "perplexity_relative_change_pct" or ctx.stored, prefix + "category",
+               f"{metric} has no categories (perplexity is one figure over the held-out text): leave category out")
         suite = _get(ctx, rule, "suite", prefix, str, None)
         rules.append(GateRule(metric, limit, category, suite, _confidence(ctx, rule, prefix, None)))
     return GateSettings(tuple(rules), confidence, competence, max_drop, max_parse)

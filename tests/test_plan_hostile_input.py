@@ -123,3 +123,23 @@ def test_an_unknown_key_toml_writes_quoted_is_named_quoted_at_its_line(text, exp
     a key that reads as a known one."""
     message = refused(text)
     assert message.startswith("/plans/p.toml " + expected), message
+
+
+@pytest.mark.parametrize("category", ["each", "age", "category_mean"])
+def test_a_perplexity_rule_by_category_is_refused(category):
+    """Perplexity is one figure over the held-out text: a rule on it by category would judge that
+    one figure under each category's name (the gate measures perplexity whatever category it is
+    asked for)."""
+    text = f'model = "m"\n\n[[gate.rules]]\nmetric = "perplexity_relative_change_pct"\ncategory = "{category}"\nmax = 50\n'
+    message = refused(text)
+    assert message.startswith("/plans/p.toml line 5: gate.rules[0].category: perplexity_relative_change_pct has no categories"), message
+
+
+def test_a_perplexity_rule_overall_and_a_stored_one_by_category_still_read():
+    from pathlib import Path
+
+    rule = 'model = "m"\n\n[[gate.rules]]\nmetric = "perplexity_relative_change_pct"\n{}max = 50\n'
+    plan = parse_plan(rule.format('category = "overall"\n'), None, check_model=False, check_files=False)
+    assert plan.gate.rules[0].category == "overall"
+    stored = parse_plan(rule.format('category = "each"\n'), Path("/plans/p.toml"), check_model=False, check_files=False, stored=True)
+    assert stored.gate.rules[0].category == "each"
