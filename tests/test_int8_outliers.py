@@ -1,6 +1,7 @@
 """Outlier-aware int8: the input-range statistic, detection of a planted outlier layer, the
 layer kept float in both int8 schemes, per-token activation scales, and the facts naming it."""
 
+import json
 import math
 
 import pytest
@@ -142,3 +143,22 @@ def test_onnx_int8_excludes_the_outlier_node(planted, tmp_path, text_file):
     with pytest.raises(UserError):
         onnx_weight_nodes(out / "model.onnx", {"missing": torch.ones(3, 7)})
     assert source.get_submodule(PLANTED).weight.shape[1] == 128
+
+
+def test_the_rule_names_the_windows_it_was_judged_over_when_the_model_shortens_them(tiny_llama, tmp_path):
+    # The tiny model's context is 256 tokens: the default rule's 512-token windows are cut to it,
+    # and the note, the record and the result say 256, as the calibration facts do.
+    from audit.compress.calibration import CalibrationSet
+    from audit.compress.outliers import choose_outliers
+
+    windows = CalibrationSet(torch.zeros((3, 40), dtype=torch.long), "a text", 1000, 0)
+    choice = choose_outliers(OutlierRule(ratio=4.0, nsamples=3, seqlen=512), ["x"], {"x": torch.tensor([1.0, 2.0, 9.0])}, windows)
+    assert choice.kept_float == ("x",) and "3 calibration windows of 40 tokens" in choice.note("int8-dynamic")
+    assert choice.to_dict()["rule"]["seqlen"] == 40 == choice.to_dict()["calibration"]["seqlen"]
+
+    result = drive(quantize(str(tiny_llama), "int8-dynamic", tmp_path / "q", measure_perplexity=False))
+    assert "windows of 256 tokens" in result["outlier_rule"]
+    meta = json.loads((tmp_path / "q" / "edge_audit.json").read_text())
+    outliers = meta["compression"][-1]["quantize"]["outliers"]
+    assert outliers["rule"]["seqlen"] == outliers["calibration"]["seqlen"] == 256
+    assert any("windows of 256 tokens" in note for note in meta["notes"])

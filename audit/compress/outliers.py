@@ -17,6 +17,7 @@ fixed seed and the maxima are exact, so the same model and rule always give the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass
@@ -216,9 +217,11 @@ def measure_inputs(
 
 
 def choose_outliers(rule: OutlierRule, names: Sequence[str], maxima: Mapping[str, torch.Tensor], calibration: CalibrationSet) -> OutlierChoice:
-    """The rule applied to the layers' measured input maxima."""
+    """The rule applied to the layers' measured input maxima, naming the windows it was judged
+    over: shorter than the rule's where the model's context is (`measure_inputs`)."""
     if rule.ratio is None:
         return OutlierChoice(rule, ())
+    rule = dataclasses.replace(rule, seqlen=int(calibration.samples.shape[1]))
     ranges = tuple(input_range(name, maxima[name]) for name in names)
     return OutlierChoice(rule, tuple(outlier_layers(ranges, rule.ratio)), ranges, calibration.to_dict())
 
