@@ -901,6 +901,8 @@ def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = 
         return plan
     if limit is not None and limit < 1:
         raise PlanError(f"--limit must be at least 1, got {limit}")
+    if limit is not None and limit not in INT64:  # a plan holds 64-bit integers
+        raise PlanError(f"--limit must be from 1 to {INT64.stop - 1}, got {limit}")
     if sequential and not plan.gate.active:
         raise PlanError("--sequential stops scoring once the gate's verdicts settle: the plan has no gate rules or competence guard")
     probes = plan.probes if limit is None else replace(plan.probes, limit=limit)
@@ -917,7 +919,10 @@ def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = 
                 path = ctx.resolve(path, "--suite")
                 if not Path(path).exists():
                     raise PlanError(f"--suite {suite}: no such file or folder: {path}")
-            given.append(f"{name}:{path}" if path else name)
+            spec = f"{name}:{path}" if path else name
+            if spec in given:
+                raise PlanError(f"--suite {suite} is given twice: each variant would be probed on it twice")
+            given.append(spec)
         probes = replace(probes, suites=tuple(given))
     revised = replace(plan, model=model or plan.model, probes=probes)
     path = Path(plan.path) if plan.path else None

@@ -143,3 +143,20 @@ def test_a_perplexity_rule_overall_and_a_stored_one_by_category_still_read():
     assert plan.gate.rules[0].category == "overall"
     stored = parse_plan(rule.format('category = "each"\n'), Path("/plans/p.toml"), check_model=False, check_files=False, stored=True)
     assert stored.gate.rules[0].category == "each"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"limit": 2**63}, f"--limit must be from 1 to {2**63 - 1}, got {2**63}"),
+        ({"suites": ["builtin", "builtin"]}, "--suite builtin is given twice: each variant would be probed on it twice"),
+    ],
+)
+def test_an_override_out_of_range_or_given_twice_is_refused_as_the_option(overrides, expected):
+    """A value from the command line is refused naming the option, not a key and line of the plan
+    file, which does not hold it (the line was that of the plan written out with the override)."""
+    from audit.plans import load_preset, with_overrides
+
+    with pytest.raises(UserError) as info:
+        with_overrides(load_preset("quick", check_model=False), **overrides)
+    assert str(info.value) == expected
