@@ -193,3 +193,12 @@ def test_an_onnx_runtime_quantizer_that_does_not_import_or_fails_is_one_line(tin
     with pytest.raises(UserError, match="ONNX Runtime's 4-bit quantization failed: .*Load model failed") as caught:
         drive(quantize(str(tiny_llama), "onnx-int4", tmp_path / "q", measure_perplexity=False))
     assert "\n" not in str(caught.value) and not (tmp_path / "q").exists()
+
+
+def test_an_int8_layer_tensor_the_layout_does_not_read_is_refused(int8_folder, tmp_path):
+    # A bias stored for a layer the layout says has none would be dropped without a word.
+    def add_bias(stored):
+        stored[f"{LAYER}.bias"] = torch.ones(stored[f"{LAYER}.weight_int8"].shape[0])
+
+    message = refused(damaged(int8_folder, tmp_path, tensors=add_bias))
+    assert f"{LAYER}.bias" in message

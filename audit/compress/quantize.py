@@ -388,6 +388,11 @@ def load_int8_model(folder: Path, trust_remote_code: bool = False) -> nn.Module:
             rows, cols = module.weight.shape
             _set_module(model, name, nn.Linear(rows, cols, bias=module.bias is not None, device="meta"))
         prefixes = tuple(f"{name}." for name in meta["layers"])
+        read = {f"{name}.{part}" for name, info in meta["layers"].items()
+                for part in ("weight_int8", "weight_scale", "weight_zero_point") + (("bias",) if info["bias"] else ())}
+        unread = sorted(k for k in handle.keys() if k.startswith(prefixes) and k not in read)
+        if unread:
+            raise UserError(f"{folder / INT8_FILE}: holds {unread[0]}, which the layout of its int8 layers does not read")
         # Copied out of the file's memory map: a tensor read in place would keep the whole map,
         # whose int8 pages were all read to build the layers, resident for the model's life.
         state = {k: handle.get_tensor(k).clone() for k in handle.keys() if not k.startswith(prefixes)}
