@@ -746,7 +746,8 @@ TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perpl
 
 
 def parse_plan(
-    text: str, path: Path | None = None, *, check_model: bool = True, check_files: bool = True, stored: bool = False
+    text: str, path: Path | None = None, *, check_model: bool = True, check_files: bool = True, stored: bool = False,
+    lines_of: str | None = None,
 ) -> Plan:
     """Parse a plan, then check what running it needs; every problem is a PlanError naming the
     key and line.
@@ -757,7 +758,8 @@ def parse_plan(
     to run needs both; opening a stored run needs neither, so it opens whatever has moved.
     `stored`: the plan of a stored run, which an earlier version may have written; keys that
     were replaced since (the gate's significance levels, old metric names) are read in
-    today's terms instead of refused."""
+    today's terms instead of refused. `lines_of`: the text of the file at `path` when `text` is
+    that plan written out again (with overrides): errors name a key's line in the file."""
     where = path.name if path else "plan"
     try:
         doc = tomllib.loads(text)
@@ -767,7 +769,7 @@ def parse_plan(
         raise PlanError(f"{where}: invalid TOML: an integer too long to read") from None
     except RecursionError:
         raise PlanError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
-    ctx = _Context(text, path, stored)
+    ctx = _Context(text if lines_of is None else lines_of, path, stored)
     plan = _parse(ctx, doc, text, path)
     if check_model:
         plan = replace(plan, model=_check_model(ctx, plan.model))
@@ -926,8 +928,8 @@ def with_overrides(plan: Plan, *, model: str | None = None, limit: int | None = 
         probes = replace(probes, suites=tuple(given))
     revised = replace(plan, model=model or plan.model, probes=probes)
     path = Path(plan.path) if plan.path else None
-    checked = parse_plan(plan_to_toml(revised), path, check_model=False)
-    ctx = _Context(checked.text, path)
+    checked = parse_plan(plan_to_toml(revised), path, check_model=False, lines_of=plan.text)
+    ctx = _Context(plan.text, path)
     return replace(checked, model=_check_model(ctx, checked.model))
 
 

@@ -160,3 +160,18 @@ def test_an_override_out_of_range_or_given_twice_is_refused_as_the_option(overri
     with pytest.raises(UserError) as info:
         with_overrides(load_preset("quick", check_model=False), **overrides)
     assert str(info.value) == expected
+
+
+def test_an_override_the_plan_refuses_names_the_line_of_the_plan_file(tmp_path):
+    """A plan file's rule on a suite that --suite takes out is refused at the rule's line in the
+    file, where the line was that of the plan written out with the override."""
+    from audit.plans import load_plan, with_overrides
+
+    (tmp_path / "c.csv").write_text("")
+    path = tmp_path / "p.toml"
+    path.write_text('model = "smollm2-135m"\n\n[probes]\nsuites = ["builtin", "crows:c.csv"]\n\n'
+                    '[[gate.rules]]\nmetric = "transition_rate"\nmax = 0.2\n\n'
+                    '[[gate.rules]]\nmetric = "srs"\nmax = 0.5\nsuite = "crows"\n')
+    with pytest.raises(UserError) as info:
+        with_overrides(load_plan(path, check_model=False), suites=["builtin"])
+    assert str(info.value) == f"{path} line 13: gate.rules[1].suite: 'crows:{tmp_path / 'c.csv'}' is not one of the suites the plan probes (builtin)"
