@@ -564,20 +564,20 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     _check(ctx, bool(suites), "probes.suites", "must name at least one suite")
     # A suite listed twice (as written, or once its path is resolved) is probed twice for each
     # variant, the second probe replacing the first's results. A stored run's plan still reads.
-    twice = next((s for i, s in enumerate(suites) if s in suites[:i]), None)
+    twice = _repeated(suites)
     _check(ctx, twice is None or ctx.stored, "probes.suites", f"lists {twice} twice: each variant would be probed on it twice")
     mode = _get(ctx, data, "mode", "probes.", str, "loglik")
     _check(ctx, mode in {"loglik", "generate"}, "probes.mode", f"must be 'loglik' or 'generate', got {mode!r}")
     seeds = _get(ctx, data, "seeds", "probes.", list, [0])
     _check(ctx, bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds), "probes.seeds", "must be a non-empty list of integers")
     _check(ctx, all(s in INT64 for s in seeds), "probes.seeds", "must be within TOML's 64-bit integer range")
-    # A seed given twice draws the same answers twice and counts them as two samples. A stored
-    # run that an earlier version let list one twice is still read back.
-    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
-    _check(ctx, repeated is None or ctx.stored, "probes.seeds", f"lists seed {repeated} twice: a seed repeats the same answers, which would count twice")
     from audit.probes.scoring import MAX_SEEDS
 
     _check(ctx, len(seeds) <= MAX_SEEDS, "probes.seeds", f"lists at most {MAX_SEEDS} seeds (each is a whole generation of every item), got {len(seeds)}")
+    # A seed given twice draws the same answers twice and counts them as two samples. A stored
+    # run that an earlier version let list one twice is still read back.
+    repeated = _repeated(seeds)
+    _check(ctx, repeated is None or ctx.stored, "probes.seeds", f"lists seed {repeated} twice: a seed repeats the same answers, which would count twice")
     limit = _get(ctx, data, "limit", "probes.", int, None)
     _check(ctx, limit is None or limit > 0, "probes.limit", f"must be positive, got {limit}")
     temperature = _get(ctx, data, "temperature", "probes.", float, 0.0)
@@ -610,6 +610,16 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     _check(ctx, futility is None or 0.0 <= futility < 1.0, "probes.futility", f"must be within [0, 1), got {futility}")
     return ProbeSpec(tuple(suites), categories, mode, tuple(seeds), limit, temperature, max_new, noise_floor, tuple(conditions), prompt, parser,
                      sequential, order_seed, batch, futility)
+
+
+def _repeated(values: Sequence[Any]) -> Any:
+    """The first of `values` that repeats one before it, or None."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:

@@ -175,3 +175,17 @@ def test_an_override_the_plan_refuses_names_the_line_of_the_plan_file(tmp_path):
     with pytest.raises(UserError) as info:
         with_overrides(load_plan(path, check_model=False), suites=["builtin"])
     assert str(info.value) == f"{path} line 13: gate.rules[1].suite: 'crows:{tmp_path / 'c.csv'}' is not one of the suites the plan probes (builtin)"
+
+
+@pytest.mark.parametrize("key", ["seeds", "suites"])
+def test_a_huge_list_is_refused_at_once(key):
+    """A list of tens of thousands of seeds, or of suites whose last repeats the first, is refused
+    in moments, where looking for a repeated one compared each with every one before it (tens of
+    seconds, hours for more)."""
+    import time
+
+    values = ", ".join(map(str, range(60_000))) if key == "seeds" else ", ".join(f'"crows:x{i % 59_999}"' for i in range(60_000))
+    started = time.perf_counter()
+    message = refused(f'model = "m"\n\n[probes]\n{key} = [{values}]\n')
+    assert time.perf_counter() - started < 5
+    assert message.startswith(f"/plans/p.toml line 4: probes.{key}: "), message
