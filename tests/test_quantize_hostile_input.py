@@ -202,3 +202,17 @@ def test_an_int8_layer_tensor_the_layout_does_not_read_is_refused(int8_folder, t
 
     message = refused(damaged(int8_folder, tmp_path, tensors=add_bias))
     assert f"{LAYER}.bias" in message
+
+
+def test_an_output_beside_a_gguf_source_is_not_inside_it(tiny_llama, tmp_path, isolated_cache):
+    # A GGUF model is its file alone: a folder beside it is neither the model nor inside it; the
+    # folder holding it, replaced, would take the model with it.
+    from audit.compress.output import check_output_target
+    from tests.test_model_integrity import tiny_gguf
+
+    models = tmp_path / "models"
+    models.mkdir()
+    gguf = tiny_gguf(tiny_llama, models / "tiny.gguf")
+    check_output_target(str(gguf), models / "tiny-int8", force=False)
+    with pytest.raises(UserError, match="would overwrite or sit inside the source model"):
+        check_output_target(str(gguf), models, force=True)

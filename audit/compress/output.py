@@ -53,7 +53,8 @@ def check_output_target(
     target = out.resolve()
     for path in protected:
         path = path.resolve()
-        folder = path if path.is_dir() else path.parent
+        # A GGUF file is the model alone: a folder beside it neither overwrites nor sits inside it.
+        folder = path if path.exists() else path.parent
         if inside(path, target) or inside(target, folder):
             raise UserError(f"output folder {out} would overwrite or sit inside the source model {path}; choose another folder")
 
