@@ -792,7 +792,10 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     _unknown(ctx, doc, TOP_KEYS, "")
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
-    name = _get(ctx, doc, "name", "", str, None) or (path.stem if path else "plan")
+    name = _get(ctx, doc, "name", "", str, None)
+    if name and not ctx.stored and (problem := control_problem("plan", name)):
+        raise ctx.error("name", problem)
+    name = name or (path.stem if path else "plan")
     probes = _parse_probes(ctx, doc.get("probes"))
     gate = _parse_gate(ctx, doc.get("gate"))
     if "probes" in doc:
@@ -956,10 +959,18 @@ def variant_name_problem(name: str) -> str | None:
         return f"variant name {name!r} is a path: it names the variant's folder in the run's work folder, so give a plain name"
     if name.startswith("."):
         return f"variant name {name!r} starts with a dot: its folder would be hidden"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return f"variant name {name!r} holds control characters"
+    if problem := control_problem("variant", name):
+        return problem
     if len(name.encode("utf-8")) > MAX_VARIANT_NAME_BYTES:
         return f"variant name is {len(name.encode('utf-8'))} bytes long: at most {MAX_VARIANT_NAME_BYTES}, since it names a folder"
+    return None
+
+
+def control_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot name a plan or variant (`kind`), which is printed as it is: a control
+    character (an escape sequence would command the terminal) or a line break; or None."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return f"{kind} name {name!r} holds control characters or line breaks"
     return None
 
 

@@ -189,3 +189,20 @@ def test_a_huge_list_is_refused_at_once(key):
     message = refused(f'model = "m"\n\n[probes]\n{key} = [{values}]\n')
     assert time.perf_counter() - started < 5
     assert message.startswith(f"/plans/p.toml line 4: probes.{key}: "), message
+
+
+@pytest.mark.parametrize("name, shown", [("a\\u001b[2Jb", "'a\\x1b[2Jb'"), ("a\\u0085b", "'a\\x85b'"), ("a\\u2028b", "'a\\u2028b'"), ("a\\u009bb", "'a\\x9bb'")])
+def test_a_plan_or_variant_name_holding_a_control_character_or_line_break_is_refused(name, shown):
+    """Names are printed as they are (`Run 3: NAME`): an escape sequence in one would command the
+    terminal (clear it, for one), and a line break split a one-line output."""
+    plan = refused(f'name = "{name}"\nmodel = "m"\n')
+    assert plan.startswith(f"/plans/p.toml line 1: name: plan name {shown} holds control characters or line breaks"), plan
+    variant = refused(f'model = "m"\n\n[[variants]]\nname = "{name}"\nquantize = "int8-dynamic"\n')
+    assert variant.startswith(f"/plans/p.toml line 4: variants[0].name: variant name {shown} holds control characters or line breaks"), variant
+
+
+def test_a_stored_plan_name_holding_a_control_character_still_reads():
+    from pathlib import Path
+
+    plan = parse_plan('name = "a\\u001bb"\nmodel = "m"\n', Path("/plans/p.toml"), check_model=False, check_files=False, stored=True)
+    assert plan.name == "a\x1bb"
