@@ -216,3 +216,19 @@ def test_an_output_beside_a_gguf_source_is_not_inside_it(tiny_llama, tmp_path, i
     check_output_target(str(gguf), models / "tiny-int8", force=False)
     with pytest.raises(UserError, match="would overwrite or sit inside the source model"):
         check_output_target(str(gguf), models, force=True)
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "onnx-int8", "onnx-int4"])
+def test_a_quantized_source_is_refused_before_its_perplexity_is_measured(int8_folder, tiny_llama, tmp_path, text_file, monkeypatch, scheme):
+    onnx4 = tmp_path / "onnx4"
+    drive(quantize(str(tiny_llama), "onnx-int4", onnx4, measure_perplexity=False))
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured the perplexity of a source it then refused")
+
+    monkeypatch.setattr("audit.compress.quantize.perplexity", measured)
+    onnx_said = "needs a PyTorch model; this one runs on onnxruntime" if scheme == "int8-dynamic" else "already quantized"
+    for source, said in ((int8_folder, "already int8-quantized"), (onnx4, onnx_said)):
+        with pytest.raises(UserError, match=said):
+            drive(quantize(str(source), scheme, tmp_path / "q", text=text_file, chunk_tokens=64))
+        assert not (tmp_path / "q").exists()

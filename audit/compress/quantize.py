@@ -735,6 +735,16 @@ def onnx_int4(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
 CHECK_CONTEXT, CHECK_CONTINUATION = "The river rose after the storm,", " and the bridge held."
 
 
+def refuse_quantized_source(lm: LanguageModel, scheme: str) -> None:
+    """Refuse a source `scheme` cannot quantize (already quantized; int8-dynamic: not PyTorch) as
+    soon as it is loaded, with the words the scheme itself would use, before minutes of
+    measuring its perplexity."""
+    if scheme == "int8-dynamic" or lm.backend == "pytorch":
+        float_torch_model(lm, scheme)
+    elif lm.backend == "onnxruntime" and lm.facts().quantization:
+        raise UserError(f"{Path(getattr(lm, 'onnx_path')).parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
+
+
 def check_scores(variant: LanguageModel) -> None:
     """Score one short text with a written variant. Loading reads the weights but computes
     nothing; a variant whose products fail (tensors of two dtypes meeting, an operator the
@@ -777,6 +787,11 @@ def quantize(
     before = after = None
     with contextlib.nullcontext() if out_held else atomic.sole_writer(out), ResourceSampler() as sampler:
         lm = yield from relay(load_model(model_spec, options, cancel))
+        try:
+            refuse_quantized_source(lm, scheme)
+        except UserError:
+            lm.close()
+            raise
         source_bytes = lm.facts().size_on_disk_bytes
         if ppl_text is not None:
             before = yield from relay(perplexity(lm, ppl_text, chunk_tokens=chunk_tokens, source=ppl_source, cancel=cancel), "perplexity before")
