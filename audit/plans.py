@@ -800,6 +800,12 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     gate = _parse_gate(ctx, doc.get("gate"))
     if "probes" in doc:
         gate = _rule_suites(ctx, gate, probes.suites)
+    if probes.sampled and not probes.noise_floor and not ctx.stored:
+        # Sampled answers differ from seed to seed: the rate above the floor needs the floor measured.
+        for i, rule in enumerate(gate.rules):
+            _check(ctx, rule.metric != "transition_rate_over_noise", f"gate.rules[{i}].metric",
+                   "transition_rate_over_noise needs the noise floor, which probes.noise_floor = false leaves unmeasured "
+                   "with sampled answers: every verdict on it would be inconclusive")
     if probes.sequential and (refusal := sequential_refusal(probes, gate)):
         raise ctx.error("probes.sequential", refusal)
     return Plan(

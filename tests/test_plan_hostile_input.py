@@ -206,3 +206,27 @@ def test_a_stored_plan_name_holding_a_control_character_still_reads():
 
     plan = parse_plan('name = "a\\u001bb"\nmodel = "m"\n', Path("/plans/p.toml"), check_model=False, check_files=False, stored=True)
     assert plan.name == "a\x1bb"
+
+
+NOISE = """\
+model = "m"
+
+[probes]
+mode = "generate"
+temperature = {temperature}
+noise_floor = false
+
+[[gate.rules]]
+metric = "transition_rate_over_noise"
+max = 0.1
+"""
+
+
+def test_a_rule_over_the_noise_floor_with_no_floor_measured_is_refused():
+    """Sampled answers with `noise_floor = false` leave the floor unmeasured: a rule on the rate
+    above it could only ever be inconclusive, found after the whole run."""
+    message = refused(NOISE.format(temperature=0.3))
+    assert message.startswith("/plans/p.toml line 9: gate.rules[0].metric: transition_rate_over_noise needs the noise floor"), message
+    # Greedy answers repeat themselves: the floor is zero, measured or not.
+    plan = parse_plan(NOISE.format(temperature=0.0), None, check_model=False, check_files=False)
+    assert plan.gate.rules[0].metric == "transition_rate_over_noise"
