@@ -793,7 +793,7 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
     name = _get(ctx, doc, "name", "", str, None)
-    if name and not ctx.stored and (problem := control_problem("plan", name)):
+    if name and not ctx.stored and (problem := control_problem("plan", name, tab=True)):
         raise ctx.error("name", problem)
     name = name or (path.stem if path else "plan")
     probes = _parse_probes(ctx, doc.get("probes"))
@@ -972,10 +972,11 @@ def variant_name_problem(name: str) -> str | None:
     return None
 
 
-def control_problem(kind: str, name: str) -> str | None:
+def control_problem(kind: str, name: str, tab: bool = False) -> str | None:
     """Why `name` cannot name a plan or variant (`kind`), which is printed as it is: a control
-    character (an escape sequence would command the terminal) or a line break; or None."""
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+    character (an escape sequence would command the terminal; a tab only when not `tab`) or a
+    line break; or None."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and not (tab and c == "\t") for c in name):
         return f"{kind} name {name!r} holds control characters or line breaks"
     return None
 

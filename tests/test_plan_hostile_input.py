@@ -206,6 +206,8 @@ def test_a_stored_plan_name_holding_a_control_character_still_reads():
 
     plan = parse_plan('name = "a\\u001bb"\nmodel = "m"\n', Path("/plans/p.toml"), check_model=False, check_files=False, stored=True)
     assert plan.name == "a\x1bb"
+    # A tab commands nothing: a plan's name may hold one (a variant's, its folder's name, may not).
+    assert parse_plan('name = "a\\tb"\nmodel = "m"\n', None, check_model=False, check_files=False).name == "a\tb"
 
 
 NOISE = """\
