@@ -757,7 +757,7 @@ TOP_KEYS = {"name", "model", "variants", "grid", "calibration", "probes", "perpl
 
 def parse_plan(
     text: str, path: Path | None = None, *, check_model: bool = True, check_files: bool = True, stored: bool = False,
-    lines_of: str | None = None,
+    lines_of: str | None = None, gate_file: bool = False,
 ) -> Plan:
     """Parse a plan, then check what running it needs; every problem is a PlanError naming the
     key and line.
@@ -769,7 +769,9 @@ def parse_plan(
     `stored`: the plan of a stored run, which an earlier version may have written; keys that
     were replaced since (the gate's significance levels, old metric names) are read in
     today's terms instead of refused. `lines_of`: the text of the file at `path` when `text` is
-    that plan written out again (with overrides): errors name a key's line in the file."""
+    that plan written out again (with overrides): errors name a key's line in the file.
+    `gate_file`: the file gives the gate of `probe-compare`, whose suites are those of the item
+    files compared; a rule's suite is checked against `probes.suites` only where it has them."""
     where = path.name if path else "plan"
     try:
         doc = tomllib.loads(text)
@@ -780,7 +782,7 @@ def parse_plan(
     except RecursionError:
         raise PlanError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
     ctx = _Context(text if lines_of is None else lines_of, path, stored)
-    plan = _parse(ctx, doc, text, path)
+    plan = _parse(ctx, doc, text, path, gate_file)
     if check_model:
         plan = replace(plan, model=_check_model(ctx, plan.model))
     if check_files:
@@ -788,7 +790,7 @@ def parse_plan(
     return plan
 
 
-def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> Plan:
+def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None, gate_file: bool = False) -> Plan:
     _unknown(ctx, doc, TOP_KEYS, "")
     model = _get(ctx, doc, "model", "", str, None)
     _check(ctx, bool(model), "model", "is required (an alias, a folder, a .gguf file or a hub id)")
@@ -798,7 +800,9 @@ def _parse(ctx: _Context, doc: dict[str, Any], text: str, path: Path | None) -> 
     name = name or (path.stem if path else "plan")
     probes = _parse_probes(ctx, doc.get("probes"))
     gate = _parse_gate(ctx, doc.get("gate"))
-    if "probes" in doc:
+    if "probes" in doc or not gate_file:
+        # A plan to run probes its suites, the built-in one when it names none: a rule on
+        # another could never be checked.
         gate = _rule_suites(ctx, gate, probes.suites)
     if probes.sampled and not probes.noise_floor and not ctx.stored:
         # Sampled answers differ from seed to seed: the rate above the floor needs the floor measured.
@@ -858,11 +862,11 @@ def read_stored_plan(text: str, path: str | None) -> Plan:
         raise PlanError(f"the plan stored with this run does not read ({exc}): the results store may be damaged") from None
 
 
-def load_plan(path: str | Path, *, check_model: bool = True) -> Plan:
+def load_plan(path: str | Path, *, check_model: bool = True, gate_file: bool = False) -> Plan:
     """A plan file; `check_model` False when only its settings matter (the gate of
-    `probe-compare`), not whether its model can be found here."""
+    `probe-compare`), not whether its model can be found here; `gate_file` as `parse_plan`."""
     path = Path(path)
-    return parse_plan(read_text(path, "plan file", expected="a TOML plan"), path, check_model=check_model)
+    return parse_plan(read_text(path, "plan file", expected="a TOML plan"), path, check_model=check_model, gate_file=gate_file)
 
 
 # -- shipped presets ---------------------------------------------------------------------------------

@@ -335,3 +335,16 @@ def test_a_plan_without_a_file_read_in_a_removed_working_folder_says_so(tmp_path
     with pytest.raises(UserError, match=f"the working folder {gone} no longer exists") as caught:
         parse_plan(plan_to_toml(default_plan()), None, check_model=False)
     assert "\n" not in str(caught.value)
+
+
+def test_a_rule_on_a_suite_a_plan_without_probes_does_not_probe_is_refused_unless_the_file_is_a_gate():
+    """A plan that names no suites probes the built-in one: a rule on another could only ever be
+    inconclusive, and the plan written out (with its suites) would no longer read. A gate file
+    for probe-compare takes its suites from the item files compared."""
+    text = 'model = "smollm2-135m"\n\n[[gate.rules]]\nmetric = "srs_relative_change_pct"\nmax = 0.0\nsuite = "bbq"\n'
+    with pytest.raises(UserError, match=r"gate\.rules\[0\]\.suite.*'bbq' is not one of the suites the plan probes \(builtin\)"):
+        parse_plan(text, check_model=False, check_files=False)
+    gate = parse_plan(text, check_model=False, check_files=False, gate_file=True)
+    assert gate.gate.rules[0].suite == "bbq"
+    plan = parse_plan(text.replace('"bbq"', '"builtin"'), check_model=False, check_files=False)
+    assert parse_plan(plan_to_toml(plan), check_model=False, check_files=False).gate == plan.gate

@@ -415,7 +415,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _gate_plan(path: Path) -> Plan:
-    plan = load_plan(path, check_model=False)
+    plan = load_plan(path, check_model=False, gate_file=True)
     if not plan.gate.active:
         raise UserError(f"{path} has no gate: no rules, and the competence guard is off")
     return plan
