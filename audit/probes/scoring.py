@@ -52,7 +52,8 @@ PARSERS: Registry[str] = Registry("answer parser")
 PARSERS.add("strict", "one valid letter, or the full text of one option; anything else is a parse failure")
 PARSERS.add("lenient", "Rath & Maliakkal's: a letter alone or leading, 'answer is X', else the first a/b/c anywhere in the answer")
 
-# Rath & Maliakkal's settings for generate mode.
+# Generate mode's defaults: Rath & Maliakkal's temperature, number of seeds and answer length.
+# Their seeds themselves (42, 123, 456, 789, 1024) are the study preset's (rath-maliakkal-2026).
 GENERATE_TEMPERATURE = 0.3
 GENERATE_SEEDS = (0, 1, 2, 3, 4)
 GENERATE_MAX_NEW_TOKENS = 5
