@@ -389,13 +389,9 @@ def check_before_profile(plan: Plan, name: str, spec: str, fingerprint: dict[str
     fingerprinted moments ago in the same call, is not read again. A run in one process and
     the profiles its workers leave to the run both check here, so that they refuse the same
     folders."""
-    from audit.models.loader import model_folder
-
     if fingerprint is None:
         return
-    folder = Path(spec)
-    if not folder.is_dir():
-        folder = yield from relay(model_folder(spec, options, cancel), "load")
+    folder = yield from _measured_folder(spec, options, cancel)
     if _same_folder(checked, folder):
         return
     yield from same_weights(name, folder, fingerprint, COMPRESS in steps_for(plan, name), cancel)
@@ -407,11 +403,7 @@ def check_compress_source(plan: Plan, name: str, stored: dict[str, Any], options
     the baseline: the model's weights are the ones the baseline's stored steps measured
     (`stored`), or the compression is refused in one line naming both digests. Else the variant
     would be made from other weights than the baseline it is compared with."""
-    from audit.models.loader import model_folder
-
-    folder = Path(plan.model)
-    if not folder.is_dir():
-        folder = yield from relay(model_folder(plan.model, options, cancel), "load")
+    folder = yield from _measured_folder(plan.model, options, cancel)
     taken = yield from fingerprint_step(name, folder, cancel)
     if _other_weights(stored, taken.result):
         raise UserError(
@@ -419,6 +411,17 @@ def check_compress_source(plan: Plan, name: str, stored: dict[str, Any], options
             f"(fingerprint {stored['digest'][:12]} then, {taken.result['digest'][:12]} now), so it would be compared with a baseline "
             "of other weights: put back the weights the baseline was measured on, or start a new run"
         )
+
+
+def _measured_folder(spec: str, options: LoadOptions, cancel: threading.Event | None) -> Job[Path]:
+    """The folder whose weights a model given as `spec` is measured on: the folder itself, or
+    for an alias, a GGUF file or a hub id the one loading makes of it (`model_folder`)."""
+    from audit.models.loader import model_folder
+
+    folder = Path(spec)
+    if folder.is_dir():
+        return folder
+    return (yield from relay(model_folder(spec, options, cancel), "load"))
 
 
 def same_weights(name: str, folder: Path, stored: dict[str, Any] | None, compressed: bool,
