@@ -402,10 +402,10 @@ def prune(
         if shared_statistics is not None and needs == "norms" and calibration.statistics == "dense":
             cache = Path(shared_statistics) / f"{statistics_key(model_spec, recipe, calibration)}.safetensors"
         known = turn = basis = None
-        pruned_layers = list(iter_layers(prunable_layers(model, recipe.exclude)))
         if cache is not None:
             assert calib is not None
             basis = statistics_basis(model, folder, calib)
+            pruned_layers = list(iter_layers(prunable_layers(model, recipe.exclude)))
         if cache is not None and (known := read_statistics(cache, pruned_layers, basis)) is None:
             turn = yield from gathering_statistics(cache, cancel)
             if (known := read_statistics(cache, pruned_layers, basis)) is not None:  # gathered by the process waited for
