@@ -509,13 +509,24 @@ def smooth_and_choose(
 INT8_ACCURACY_LEVEL = 4  # MatMulNBits: compute with int8 activations
 
 
+def _flattened(exc: BaseException) -> str:
+    """What a library said on failing, as one line: its whole message with its line breaks
+    flattened (the advice often follows the first), cut at 300 characters; else its type."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _float_onnx_graph(lm: LanguageModel) -> Path:
+    """The graph an ONNX Runtime model runs, refused when it is already quantized."""
+    onnx_path = Path(getattr(lm, "onnx_path"))
+    if lm.facts().quantization:
+        raise UserError(f"{onnx_path.parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
+    return onnx_path
+
+
 def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
     """The float ONNX graph of the model (with past key values, as generation needs)."""
     if lm.backend == "onnxruntime":
-        onnx_path = Path(getattr(lm, "onnx_path"))
-        if lm.facts().quantization:
-            raise UserError(f"{onnx_path.parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
-        return onnx_path
+        return _float_onnx_graph(lm)
     model = float_torch_model(lm, "ONNX export")
     try:
         from optimum.exporters.onnx import onnx_export_from_model
@@ -530,7 +541,7 @@ def _export_onnx(lm: LanguageModel, folder: Path) -> Path:
     except OSError:
         raise  # a fault of the disk, named with its file where the command reports it
     except Exception as exc:  # noqa: BLE001 - the exporter's own refusals (an architecture it lacks) and faults
-        raise UserError(f"ONNX export of {lm.facts().name} failed: {' '.join(str(exc).split())[:300] or type(exc).__name__}") from None
+        raise UserError(f"ONNX export of {lm.facts().name} failed: {_flattened(exc)}") from None
     return folder / "model.onnx"
 
 
@@ -623,7 +634,7 @@ def _quantize_matmuls(
     except OSError:
         raise  # a fault of the disk, named with its file where the command reports it
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types on a graph it cannot take
-        raise UserError(f"ONNX Runtime's {bits}-bit quantization failed: {' '.join(str(exc).split())[:300] or type(exc).__name__}") from None
+        raise UserError(f"ONNX Runtime's {bits}-bit quantization failed: {_flattened(exc)}") from None
     if tied:  # the facts count the head's weights once, with the table
         entry = quantizer.model.model.metadata_props.add()
         entry.key, entry.value = TIED_HEAD_KEY, tied[0]
@@ -741,8 +752,8 @@ def refuse_quantized_source(lm: LanguageModel, scheme: str) -> None:
     measuring its perplexity."""
     if scheme == "int8-dynamic" or lm.backend == "pytorch":
         float_torch_model(lm, scheme)
-    elif lm.backend == "onnxruntime" and lm.facts().quantization:
-        raise UserError(f"{Path(getattr(lm, 'onnx_path')).parent} is already quantized ({lm.facts().quantization}); quantize its float source instead")
+    elif lm.backend == "onnxruntime":
+        _float_onnx_graph(lm)
 
 
 def check_scores(variant: LanguageModel) -> None:
