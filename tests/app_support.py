@@ -105,7 +105,7 @@ class ScriptedModel(LanguageModel):
         rows = []
         for request in requests:
             pick = self.choose(request.item)
-            rows.append([ContinuationScore(-1.0 if i == pick else -6.0, 1, i == pick) for i in range(len(request.item.options))])
+            rows.append([ContinuationScore(-1.0 if i == pick else -6.0, 1) for i in range(len(request.item.options))])
         return rows
 
     def encode(self, text: str) -> list[int]:

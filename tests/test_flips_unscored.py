@@ -44,7 +44,7 @@ class Overflowing(ScriptedModel):
     def score(self, requests):
         rows = super().score(requests)
         return [
-            [ContinuationScore(NAN, s.n_tokens, False) for s in row] if request.item.item_id in self.broken else row
+            [ContinuationScore(NAN, s.n_tokens) for s in row] if request.item.item_id in self.broken else row
             for request, row in zip(requests, rows)
         ]
 
@@ -61,7 +61,7 @@ class Sentences(ScriptedModel):
         return [1 + self.texts.index(text)]
 
     def score(self, requests):
-        return [[ContinuationScore(self.scores[self.texts[c[0] - 1]], 1, False) for c in r.continuations] for r in requests]
+        return [[ContinuationScore(self.scores[self.texts[c[0] - 1]], 1) for c in r.continuations] for r in requests]
 
 
 def stored_run(tmp_path, suite, baseline_model, variant_model, limit=None):

@@ -116,7 +116,7 @@ def test_a_perplexity_too_large_for_a_float_is_infinite(llama, monkeypatch):
     from audit.models.interface import ContinuationScore
 
     def score(requests, strategy="packed"):
-        return [[ContinuationScore(-1000.0 * len(c), len(c), False) for c in r.continuations] for r in requests]
+        return [[ContinuationScore(-1000.0 * len(c), len(c)) for c in r.continuations] for r in requests]
 
     monkeypatch.setattr(llama, "score", score)
     result = drive(perplexity(llama, TEXT, chunk_tokens=16))

@@ -34,7 +34,7 @@ class KnownModel:
             row = []
             for c in r.continuations:
                 lp = math.nan if self.nan_on in c else -sum(c) / 10
-                row.append(ContinuationScore(lp, len(c), False))
+                row.append(ContinuationScore(lp, len(c)))
             out.append(row)
         return out
 
@@ -82,7 +82,7 @@ def test_a_log_likelihood_that_is_not_a_number_is_no_perplexity():
 def test_a_token_of_probability_zero_is_an_infinite_perplexity():
     class ZeroProbability(KnownModel):
         def score(self, requests, strategy="packed"):
-            return [[ContinuationScore(-math.inf, len(c), False) for c in r.continuations] for r in requests]
+            return [[ContinuationScore(-math.inf, len(c)) for c in r.continuations] for r in requests]
 
     result = drive(perplexity(ZeroProbability(5), "text", chunk_tokens=2))
     assert result.perplexity == math.inf

@@ -28,7 +28,6 @@ class ScoreRequest:
 class ContinuationScore:
     logprob: float  # sum of the natural-log probabilities of the continuation's tokens
     n_tokens: int
-    greedy: bool  # every token was the model's most likely next token
 
     @property
     def mean_logprob(self) -> float:

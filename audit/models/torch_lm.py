@@ -458,18 +458,11 @@ def _head_rows_only(head: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] |
     return (torch.cat([hidden[r].index_select(0, c) for r, c in enumerate(columns)])[None], *args[1:])
 
 
-def _first_max(scores: torch.Tensor) -> torch.Tensor:
-    """Where each row's largest score first occurs, as `argmax` gives it (NaN counts as the
-    largest), in a third of argmax's time over a vocabulary."""
-    return scores.max(-1).indices
-
-
 def _continuation_scores(logprobs: torch.Tensor, targets: Sequence[int]) -> ContinuationScore:
     """`logprobs[k]` is the distribution that predicts `targets[k]`."""
     target = torch.tensor(targets, dtype=torch.long)
     picked = logprobs.gather(-1, target[:, None])[:, 0]
-    greedy = bool((_first_max(logprobs) == target).all())
-    return ContinuationScore(float(picked.double().sum()), len(targets), greedy)
+    return ContinuationScore(float(picked.double().sum()), len(targets))
 
 
 def _right_padded(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1132,22 +1125,16 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             on_row.append((torch.tensor([column[node] for _, _, node, _ in row.scored], dtype=torch.long),
                            torch.tensor([token for _, _, _, token in row.scored], dtype=torch.long)))
 
-        def read_row(r: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Each scored node's log-probability of its token, and the most likely token."""
+        def read_row(r: int, logits: torch.Tensor) -> torch.Tensor:
+            """Each scored node's log-probability of its token."""
             columns, tokens = on_row[r]
-            logprobs = logits.float().log_softmax(-1)
-            return logprobs[columns, tokens], _first_max(logits)[columns]
+            return logits.float().log_softmax(-1)[columns, tokens]
 
-        def finish(read: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-            picked = torch.cat([row_picked for row_picked, _ in read])
-            best = torch.cat([row_best for _, row_best in read])
-            target = torch.cat([tokens for _, tokens in on_row])
+        def finish(read: list[torch.Tensor]) -> None:
             owner_ids = torch.tensor(owner, dtype=torch.long)
-            sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, picked.double())
-            misses = torch.zeros(len(owners), dtype=torch.long).index_add_(0, owner_ids, (best != target).long())
+            sums = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_ids, torch.cat(read).double())
             for (index, k), j in owners.items():
-                n_tokens = len(requests[index].continuations[k])
-                results[index][k] = ContinuationScore(float(sums[j]), n_tokens, int(misses[j]) == 0)
+                results[index][k] = ContinuationScore(float(sums[j]), len(requests[index].continuations[k]))
 
         return _StartedBatch(self._forward_packed(ids, positions, allowed, needed, read_row), finish)
 
