@@ -727,22 +727,23 @@ def probe_sequentially(
     by_id = {item.item_id: item for item in order}
     scored: dict[str, ItemResult] = {}  # scored, and not yet taken by the judge
     computed: set[str] = set()
-    for batch in _batches(Draw(order), judge, batch_items):
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
-        todo = _with_context_groups(batch, groups, by_id, computed)
-        if todo:
-            scored.update((r.item_id, r) for r in score_batch(model, suite, todo, settings, norm))
-            computed.update(item.item_id for item in todo)
-        evidence.extend([scored.pop(item.item_id) for item in batch])
-        judge.look()
-        done = len(evidence.results)
-        left = judge.open_verdicts()
-        elapsed_s = time.perf_counter() - start
-        rate = done / elapsed_s if elapsed_s > 0 else 0.0
-        yield Progress("probe", done, total, f"{done}/{total} items, {left} {'verdict' if left == 1 else 'verdicts'} open",
-                       {"open_verdicts": left, "items_per_s": rate, **live_figures(evidence.results, suite, norm)})
+    with model.scoring():
+        for batch in _batches(Draw(order), judge, batch_items):
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            todo = _with_context_groups(batch, groups, by_id, computed)
+            if todo:
+                scored.update((r.item_id, r) for r in score_batch(model, suite, todo, settings, norm))
+                computed.update(item.item_id for item in todo)
+            evidence.extend([scored.pop(item.item_id) for item in batch])
+            judge.look()
+            done = len(evidence.results)
+            left = judge.open_verdicts()
+            elapsed_s = time.perf_counter() - start
+            rate = done / elapsed_s if elapsed_s > 0 else 0.0
+            yield Progress("probe", done, total, f"{done}/{total} items, {left} {'verdict' if left == 1 else 'verdicts'} open",
+                           {"open_verdicts": left, "items_per_s": rate, **live_figures(evidence.results, suite, norm)})
     if judge.last is None:
         judge.look()
     settled = judge.settled and not evidence.complete

@@ -2,7 +2,7 @@
 
 Every path runs at the same thread count (--threads, default 1). CrowS-Pairs (the official
 csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in calls of
---batch-items pairs, as a probe run scores it; by the naive path (one full forward per
+--batch-items pairs in one scoring session, as a probe run scores it; by the naive path (one full forward per
 sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
 HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
 sentence follows the prefix token, which is set to edge-audit's document start) in a
@@ -121,14 +121,14 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
     """Seconds the matrix products of the model's linear layers alone take for the tokens each
     path feeds (`tokens_fed`), at the fastest this core's `threads` multiply each of the model's
     weight shapes by `rows` tokens: the fastest of `repeats`, through the layers' own BLAS call
-    and, where scoring may use it, oneDNN; for more threads, the faster of one product split
+    and, where scoring may use it, oneDNN, with the weight as stored and laid out; for more threads, the faster of one product split
     over them and one product per thread side by side (as the scoring workers run). Attention,
     norms and the log-softmax are left out, so these are lower bounds: no path scoring these
     tokens in float32 on these threads with these libraries can take less."""
     import torch
     import torch.nn.functional as F
 
-    from audit.models.torch_lm import linear_weights, onednn_linear, onednn_linear_available, output_head
+    from audit.models.torch_lm import LaidOut, linear_weights, onednn_linear, onednn_linear_available, output_head
     from audit.models.workers import RowWorkers
 
     def fastest(run) -> float:
@@ -146,7 +146,8 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
         x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
         products = [lambda: F.linear(x, weight)]
         if onednn_linear_available():
-            products.append(lambda: onednn_linear(x, weight))
+            laid_out = LaidOut.of(weight, rows).blocked
+            products += [lambda: onednn_linear(x, weight), lambda: onednn_linear(x, laid_out)]
         seconds = min(fastest(product) for product in products) / rows
         if workers is not None:
             side_by_side = min(fastest(lambda: workers.map(product, [()] * threads)) for product in products)
@@ -214,6 +215,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = drive(load_model(args.model, LoadOptions(threads=args.threads)))
     torch.set_num_threads(args.threads)
+    session = model.scoring()  # as a probe run's batches score
+    session.__enter__()
     result: dict = {"model": args.model, "threads": torch.get_num_threads(), "batch_items": args.batch_items}
 
     def engine(items, strategy=None):
@@ -338,6 +341,7 @@ def main() -> int:
         result["bbq_engine_over_naive_interval"] = [round(low, 2), round(high, 2)]
         result["bbq_same_choice_sum"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, naive))
         result["bbq_max_abs_logprob_diff"] = float(f"{max(abs(x - y) for a, b in zip(packed, naive) for x, y in zip(a, b)):.3g}")
+    session.__exit__(None, None, None)
     result["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
 
     if args.json:

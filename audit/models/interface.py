@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -139,6 +140,12 @@ class LanguageModel(ABC):
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         """Log-likelihood of each continuation given its context, in request order."""
+
+    def scoring(self) -> contextlib.AbstractContextManager[None]:
+        """A session of `score` calls (the batches of a probe run): inside, a
+        backend may keep what it prepares for one call for the next, and lets go of it on
+        leaving. The scores are the same inside and out."""
+        return contextlib.nullcontext()
 
     def score_texts(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:
         return self.score([self.text_request(context, continuations)])[0]

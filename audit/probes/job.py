@@ -252,20 +252,21 @@ def run_probe(
     yield Progress("probe", 0, total, f"0/{total} items")
     batch = settings.batch_items if settings.mode == "loglik" else 1
     complete = True
-    for offset in range(0, total, batch):
-        if cancel is not None and cancel.is_set():
-            complete = False
-            break
-        chunk = suite.items[offset : offset + batch]
-        results.extend(score_batch(model, suite, chunk, settings, norm))
-        done = len(results)
-        elapsed_s = time.perf_counter() - start
-        rate = done / elapsed_s if elapsed_s > 0 else 0.0
-        yield Progress(
-            "probe",
-            done,
-            total,
-            f"{done}/{total} items, {rate:.1f} items/s",
-            {"items_per_s": rate, **live_figures(results, suite, norm)},
-        )
+    with model.scoring():
+        for offset in range(0, total, batch):
+            if cancel is not None and cancel.is_set():
+                complete = False
+                break
+            chunk = suite.items[offset : offset + batch]
+            results.extend(score_batch(model, suite, chunk, settings, norm))
+            done = len(results)
+            elapsed_s = time.perf_counter() - start
+            rate = done / elapsed_s if elapsed_s > 0 else 0.0
+            yield Progress(
+                "probe",
+                done,
+                total,
+                f"{done}/{total} items, {rate:.1f} items/s",
+                {"items_per_s": rate, **live_figures(results, suite, norm)},
+            )
     return ProbeRun(suite, settings, norm, results, complete, time.perf_counter() - start, dict(model_info or {}))
