@@ -51,6 +51,21 @@ def test_the_head_is_let_go_of_when_the_last_session_ends(crows_model):
 
 
 @needs_onednn
+def test_the_copies_are_handed_back_to_the_system_when_the_last_session_ends(crows_model, monkeypatch):
+    """Freed, glibc would keep them: the process's RSS would stay the height of the probe's."""
+    import audit.models.torch_lm as torch_lm
+
+    model, _ = crows_model
+    trims = []
+    monkeypatch.setattr(torch_lm, "release_free_heap", lambda: trims.append(dict(model._laid_out)))
+    with model.scoring():
+        with model.scoring():
+            pass
+        assert trims == []
+    assert trims == [{}]
+
+
+@needs_onednn
 def test_a_head_changed_in_place_in_a_session_multiplies_by_its_new_weight(crows_model):
     model, requests = crows_model
     head = output_head(model.model)

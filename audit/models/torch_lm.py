@@ -27,7 +27,7 @@ from audit.models.interface import (
     batches_by_tokens,
 )
 from audit.models.workers import RowWorkers, done_future, gather, row_bounds
-from hardware.memory import available_bytes
+from hardware.memory import available_bytes, release_free_heap
 
 # Packed scoring puts one item's context and all its continuations in one row; this bounds
 # the padded tokens per forward so memory stays flat on a small device.
@@ -984,8 +984,10 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         finally:
             with self.lock:
                 self._sessions -= 1
-                if self._sessions == 0:
+                if self._sessions == 0 and self._laid_out:
                     self._laid_out = {}
+                    # Freed, the copies would otherwise stay in the process's RSS (glibc keeps them).
+                    release_free_heap()
 
     def _products(self) -> contextlib.AbstractContextManager[None]:
         """How scoring multiplies: through oneDNN where it is available and gives what the
