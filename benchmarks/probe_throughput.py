@@ -2,8 +2,8 @@
 
 Every path runs at the same thread count (--threads, default 1). CrowS-Pairs (the official
 csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in calls of
---batch-items pairs in one scoring session, as a probe run scores it; by the naive path (one full forward per
-sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
+--batch-items pairs in one scoring session, as a probe run scores it; by the naive path (one
+full forward per sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
 HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
 sentence follows the prefix token, which is set to edge-audit's document start) in a
 subprocess holding the same model folder (in the environment this script was given; the engine's
@@ -121,8 +121,9 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
     """Seconds the matrix products of the model's linear layers alone take for the tokens each
     path feeds (`tokens_fed`), at the fastest this core's `threads` multiply each of the model's
     weight shapes by `rows` tokens: the fastest of `repeats`, through the layers' own BLAS call
-    and, where scoring may use it, oneDNN, with the weight as stored and laid out; for more threads, the faster of one product split
-    over them and one product per thread side by side (as the scoring workers run). Attention,
+    and, where scoring may use it, oneDNN, with the weight as stored and laid out; for more
+    threads, the faster of one product split over them and one product per thread side by side
+    (as the scoring workers run). Attention,
     norms and the log-softmax are left out, so these are lower bounds: no path scoring these
     tokens in float32 on these threads with these libraries can take less."""
     import torch

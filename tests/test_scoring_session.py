@@ -114,43 +114,21 @@ def test_one_row_keeps_the_stored_weight():
             assert torch.equal(model.lm_head(x), plain)
 
 
-class Sessions:
-    """Counts the scoring sessions a job opens around its score calls."""
-
-    def __init__(self, model):
-        self.model, self.open, self.calls_inside, self.calls_outside = model, 0, 0, 0
-        real_scoring, real_score = model.scoring, model.score
-
-        def scoring():
-            import contextlib
-
-            @contextlib.contextmanager
-            def session():
-                self.open += 1
-                with real_scoring():
-                    yield
-                self.open -= 1
-            return session()
-
-        def score(requests, *args, **kwargs):
-            if self.open:
-                self.calls_inside += 1
-            else:
-                self.calls_outside += 1
-            return real_score(requests, *args, **kwargs)
-
-        model.scoring, model.score = scoring, score
-
-
 def test_a_probe_scores_in_one_session(tiny_llama):
     from audit.probes import load_suite
     from audit.probes.job import ProbeSettings, run_probe
 
     model = drive(load_model(str(tiny_llama)))
+    real = model.score
+    open_at_call = []
+
+    def score(requests, *args, **kwargs):
+        open_at_call.append(model._sessions)
+        return real(requests, *args, **kwargs)
+
+    model.score = score
     try:
-        seen = Sessions(model)
-        suite = load_suite("builtin")
-        drive(run_probe(model, suite, ProbeSettings(batch_items=16)))
-        assert seen.calls_inside > 2 and seen.calls_outside == 0 and seen.open == 0
+        drive(run_probe(model, load_suite("builtin"), ProbeSettings(batch_items=16)))
+        assert len(open_at_call) > 2 and set(open_at_call) == {1} and model._sessions == 0
     finally:
         model.close()

@@ -142,9 +142,9 @@ class LanguageModel(ABC):
         """Log-likelihood of each continuation given its context, in request order."""
 
     def scoring(self) -> contextlib.AbstractContextManager[None]:
-        """A session of `score` calls (the batches of a probe run): inside, a
-        backend may keep what it prepares for one call for the next, and lets go of it on
-        leaving. The scores are the same inside and out."""
+        """A session of `score` calls (the batches of a probe run): inside, a backend may keep
+        what it prepares for one call for the next, and lets go of it on leaving. The scores
+        are the same inside and out."""
         return contextlib.nullcontext()
 
     def score_texts(self, context: str, continuations: Sequence[str]) -> list[ContinuationScore]:

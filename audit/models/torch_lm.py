@@ -451,23 +451,24 @@ def lay_out_weights(model: nn.Module, available: int, rows: int) -> dict[nn.Modu
     """The model's float32 linear layers laid out for oneDNN when the copies are at most
     LAYOUT_MEMORY_SHARE of `available` bytes, else its output head alone when its copy is, else
     none (a layer left out multiplies its stored weight)."""
-    layers = {id(m.weight): m for m in model.modules() if _float_linear(m)}  # a weight tied twice counts once
+    linears = [m for m in model.modules() if _float_linear(m)]
+    weights = {id(m.weight): m.weight for m in linears}  # a weight tied twice is laid out once
     head = output_head(model)
 
-    def size(modules: Iterable[nn.Module]) -> int:
-        return sum(m.weight.numel() * m.weight.element_size() for m in modules)
+    def size(chosen: Iterable[torch.Tensor]) -> int:
+        return sum(w.numel() * w.element_size() for w in chosen)
 
-    if size(layers.values()) <= LAYOUT_MEMORY_SHARE * available:
-        chosen = list(layers.values())
-    elif head is not None and _float_linear(head) and size([head]) <= LAYOUT_MEMORY_SHARE * available:
-        chosen = [head]
+    if size(weights.values()) <= LAYOUT_MEMORY_SHARE * available:
+        chosen = weights
+    elif head is not None and _float_linear(head) and size([head.weight]) <= LAYOUT_MEMORY_SHARE * available:
+        chosen = {id(head.weight): head.weight}
     else:
         return {}
     try:
-        laid_out = {id(m.weight): LaidOut.of(m.weight, rows) for m in chosen}
+        laid_out = {key: LaidOut.of(weight, rows) for key, weight in chosen.items()}
     except RuntimeError:  # a oneDNN build that cannot lay them out: the stored weights serve
         return {}
-    return {m: laid_out[id(m.weight)] for m in model.modules() if _float_linear(m) and id(m.weight) in laid_out}
+    return {m: laid_out[id(m.weight)] for m in linears if id(m.weight) in laid_out}
 
 
 @contextlib.contextmanager
