@@ -9,12 +9,13 @@ sentence follows the prefix token, which is set to edge-audit's document start) 
 subprocess holding the same model folder (in the environment this script was given; the engine's
 threads wait as the command line's do). The paths take turns chunk by chunk, so load from
 other processes on a shared machine hits them alike. BBQ (--bbq-per-category items of each
-category file) is scored by the engine and the naive path, alternating per batch.
+category file) is scored by the engine, the naive path and, given --lm-eval-python, lm-eval
+(the engine's prompt and answers as (context, continuation) requests), taking turns per batch.
 
     python benchmarks/probe_throughput.py [--threads 1] [--crows-pairs N] [--naive-pairs 256]
         [--bbq-per-category 32] [--lm-eval-python /tmp/lmeval-venv/bin/python] [--json]
 
-Prints each path's rate, the ratios (engine over lm-eval and, for BBQ, over the naive path, each
+Prints each path's rate, the ratios (engine over lm-eval and, for BBQ, over lm-eval and the naive path, each
 with a 95% bootstrap interval over the chunks the paths took turns on: `intervals.py`),
 pct_stereotype of each path and how many choices agree, and
 the tokens the engine and lm-eval feed the model for the same pairs: a token costs about the same
@@ -42,7 +43,8 @@ LM_EVAL_BATCH = 8
 
 
 def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
-    """Run inside lm-eval's interpreter: load HFLM once, then score the pairs of each request line."""
+    """Run inside lm-eval's interpreter: load HFLM once, then score the items of each request
+    line, each a context and its continuations, as (context, continuation) loglikelihood requests."""
     import torch
 
     torch.set_num_threads(threads)
@@ -52,18 +54,19 @@ def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
     lm = HFLM(pretrained=folder, batch_size=LM_EVAL_BATCH, device="cpu", dtype="float32", prefix_token_id=prefix_token_id)
     print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
-        pairs = json.loads(line)["pairs"]
-        requests = [Instance("loglikelihood", {}, ("", sentence), k) for pair in pairs for k, sentence in enumerate(pair)]
+        items = json.loads(line)["items"]
+        requests = [Instance("loglikelihood", {}, (context, continuation), k)
+                    for context, continuations in items for k, continuation in enumerate(continuations)]
         start = time.perf_counter()
-        out = lm.loglikelihood(requests, disable_tqdm=True)
+        out = iter(lm.loglikelihood(requests, disable_tqdm=True))
         elapsed = time.perf_counter() - start
-        logprobs = [[out[2 * i][0], out[2 * i + 1][0]] for i in range(len(pairs))]
+        logprobs = [[next(out)[0] for _ in continuations] for _, continuations in items]
         print(json.dumps({"seconds": elapsed, "logprobs": logprobs}), flush=True)
     return 0
 
 
 class LmEval:
-    """lm-eval in its own interpreter, fed pairs line by line."""
+    """lm-eval in its own interpreter, fed items line by line."""
 
     def __init__(self, python: str, folder: str, threads: int, prefix_token_id: int, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
@@ -79,8 +82,9 @@ class LmEval:
             raise SystemExit(f"lm-eval worker ended (exit {self.process.wait()})")
         return json.loads(line)
 
-    def score(self, pairs: list[tuple[str, str]]) -> tuple[list[list[float]], float]:
-        self.process.stdin.write(json.dumps({"pairs": pairs}) + "\n")  # type: ignore[union-attr]
+    def score(self, items: list[tuple[str, list[str]]]) -> tuple[list[list[float]], float]:
+        """Each item's continuations' log-likelihoods given its context, and lm-eval's seconds."""
+        self.process.stdin.write(json.dumps({"items": items}) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
         reply = self._read()
         return reply["logprobs"], reply["seconds"]
@@ -175,6 +179,32 @@ def matmul_floor(model, fed: dict[str, int], threads: int, rows: int = 512, repe
             "body_ms_per_token": 1000 * body, "head_ms_per_token": 1000 * head}
 
 
+def crows_request(item) -> tuple[str, list[str]]:
+    """A CrowS-Pairs pair as lm-eval's crows_pairs task asks it: each sentence after an empty
+    context (so after the prefix token)."""
+    return "", list(item.options)
+
+
+def bbq_request(item, start: str) -> tuple[str, list[str]]:
+    """A BBQ item as the engine asks it (`audit.probes.scoring.score_request`): its prompt, then
+    each answer after a space. lm-eval adds no document start token to a context that is not
+    empty, so the context begins with `start`, the text of the engine's (when the tokenizer reads
+    that text back as that one token, else nothing)."""
+    from audit.probes.scoring import qa_prompt
+
+    return start + qa_prompt(item), [" " + option for option in item.options]
+
+
+def document_start_text(model) -> str:
+    """The text the model's tokenizer reads as its one document start token, or "" if none does."""
+    prefix = list(model.text_prefix_ids)
+    tokenizer = getattr(model, "tokenizer", None)
+    if len(prefix) != 1 or tokenizer is None:
+        return ""
+    text = tokenizer.convert_ids_to_tokens(prefix[0])
+    return text if tokenizer(text, add_special_tokens=False).input_ids == prefix else ""
+
+
 def pct_stereotype(logprobs) -> float:
     """% of pairs whose first sentence (sent_more) scores strictly higher."""
     return round(100 * sum(a > b for a, b in logprobs) / len(logprobs), 2)
@@ -239,7 +269,7 @@ def main() -> int:
             raise SystemExit("lm-eval takes one prefix token; this model's document start is not one token")
         lm_eval = LmEval(args.lm_eval_python, model.facts().path, args.threads, prefix[0], lm_eval_env)
         result["lm_eval_threads"] = lm_eval.threads
-        lm_eval.score([items[0].options])  # first calls pay one-off costs in every path
+        lm_eval.score([crows_request(items[0])])  # first calls pay one-off costs in every path
     engine(items[:4])
     engine(items[:4], "naive")
 
@@ -263,12 +293,10 @@ def main() -> int:
             add("engine_on_naive_pairs", scores[: len(part)], seconds * len(part) / len(chunk))
             add("naive", *engine(part, "naive"))
         if lm_eval is not None:
-            add("lm_eval", *lm_eval.score([item.options for item in chunk]))
+            add("lm_eval", *lm_eval.score([crows_request(item) for item in chunk]))
         done = start + len(chunk)
         print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[0]),
               file=sys.stderr, flush=True)
-    if lm_eval is not None:
-        lm_eval.close()
 
     engine_scores, engine_s = scored("engine")
     result["crows_pairs"] = len(items)
@@ -321,8 +349,12 @@ def main() -> int:
     if args.bbq_per_category:
         bbq_items = load_suite(f"bbq:{args.bbq}", limit=args.bbq_per_category).items
         engine(bbq_items[:4])
-        packed, naive = [], []
-        packed_turns, naive_turns = [], []  # seconds per batch
+        packed, naive, lm_bbq = [], [], []
+        packed_turns, naive_turns, lm_turns = [], [], []  # seconds per batch
+        document_start = document_start_text(model)
+        result["bbq_lm_eval_document_start"] = bool(document_start)
+        if lm_eval is not None:
+            lm_eval.score([bbq_request(item, document_start) for item in bbq_items[:4]])
         for start in range(0, len(bbq_items), args.batch_items):
             chunk = bbq_items[start : start + args.batch_items]
             scores, seconds = engine(chunk)
@@ -331,6 +363,10 @@ def main() -> int:
             scores, seconds = engine(chunk, "naive")
             naive += scores
             naive_turns.append(seconds)
+            if lm_eval is not None:
+                scores, seconds = lm_eval.score([bbq_request(item, document_start) for item in chunk])
+                lm_bbq += scores
+                lm_turns.append(seconds)
             print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {sum(packed_turns):.1f} s, naive {sum(naive_turns):.1f} s",
                   file=sys.stderr, flush=True)
         packed_s, naive_s = sum(packed_turns), sum(naive_turns)
@@ -342,6 +378,15 @@ def main() -> int:
         result["bbq_engine_over_naive_interval"] = [round(low, 2), round(high, 2)]
         result["bbq_same_choice_sum"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, naive))
         result["bbq_max_abs_logprob_diff"] = float(f"{max(abs(x - y) for a, b in zip(packed, naive) for x, y in zip(a, b)):.3g}")
+        if lm_eval is not None:
+            result["bbq_lm_eval_items_per_s"] = round(len(bbq_items) / sum(lm_turns), 3)
+            result["bbq_engine_over_lm_eval"] = round(sum(lm_turns) / packed_s, 2)
+            _, low, high = paired_interval(ratio_of_sums, lm_turns, packed_turns)
+            result["bbq_engine_over_lm_eval_interval"] = [round(low, 2), round(high, 2)]
+            result["bbq_same_choice_lm_eval"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, lm_bbq))
+            result["bbq_max_abs_logprob_diff_lm_eval"] = float(f"{max(abs(x - y) for a, b in zip(packed, lm_bbq) for x, y in zip(a, b)):.3g}")
+    if lm_eval is not None:
+        lm_eval.close()
     session.__exit__(None, None, None)
     result["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -381,6 +426,12 @@ def main() -> int:
         print(f"BBQ, {r['bbq_items']} items: engine {r['bbq_engine_items_per_s']:.2f} items/s, naive {r['bbq_naive_items_per_s']:.2f} items/s, "
               f"engine / naive {shown(r['bbq_engine_over_naive'], *r['bbq_engine_over_naive_interval'])}; same choice (sum) on {r['bbq_same_choice_sum']}/{r['bbq_items']}, "
               f"max |logprob diff| {r['bbq_max_abs_logprob_diff']}")
+        if "bbq_lm_eval_items_per_s" in r:
+            after = "after the document start token" if r["bbq_lm_eval_document_start"] else "no document start token"
+            print(f"  lm-eval (HFLM, batch {LM_EVAL_BATCH}, the same prompts and answers, {after}): "
+                  f"{r['bbq_lm_eval_items_per_s']:.2f} items/s; engine / lm-eval "
+                  f"{shown(r['bbq_engine_over_lm_eval'], *r['bbq_engine_over_lm_eval_interval'])}; "
+                  f"same choice (sum) on {r['bbq_same_choice_lm_eval']}/{r['bbq_items']}, max |logprob diff| {r['bbq_max_abs_logprob_diff_lm_eval']}")
     return 0
 
 
