@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,14 +32,23 @@ def release_free_heap() -> bool:
     After work that allocates and frees many large temporaries, glibc keeps the freed blocks
     for reuse, so without this the process's RSS stays at the height of that work. False where
     the C library has no malloc_trim (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, looked up once (a prune calls for it after every layer), or None."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the symbols already loaded, the C library's among them
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 # The high-water mark each reset in this process cleared, in order: a measurement begun before a

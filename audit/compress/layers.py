@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -172,26 +171,6 @@ def advance(inputs: BlockInputs, index: int, output: torch.Tensor) -> None:
     """Write a block's output for one sample over that sample's input: the next block's input."""
     with torch.inference_mode():
         inputs.hidden[index].copy_(output.detach())
-
-
-def release_freed_memory() -> None:
-    """Hand memory the process has freed back to the system. The C allocator keeps freed
-    blocks for reuse, so the activations and statistics of a block already done would
-    otherwise stay counted in the process's memory; glibc's malloc_trim returns them."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    import ctypes
-
-    try:
-        process = ctypes.CDLL(None)  # the symbols already loaded, the C library's among them
-    except OSError:
-        return None
-    return getattr(process, "malloc_trim", None)  # glibc only: other C libraries have no such call
 
 
 # -- statistics -----------------------------------------------------------------------------

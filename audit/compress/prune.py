@@ -24,7 +24,6 @@ from audit.compress.layers import (
     find_decoder_blocks,
     iter_layers,
     prunable_layers,
-    release_freed_memory,
     run_block,
     sparsity_report,
 )
@@ -39,7 +38,7 @@ from audit.models.meta import SPARSE_FILE, SPARSE_FORMAT
 from audit.perplexity import DEFAULT_CHUNK_TOKENS, perplexity, text_source
 from audit.plans import CalibrationSpec
 from audit.progress import Job, Progress, check_cancel, relay
-from hardware.memory import peak_rss_bytes, process_rss_bytes, reset_peak_rss
+from hardware.memory import peak_rss_bytes, process_rss_bytes, release_free_heap, reset_peak_rss
 from hardware.sampler import ResourceSampler
 
 COMPRESSED_SUBFOLDER = "compressed"
@@ -188,7 +187,7 @@ def prune_layers(
         # One (samples x tokens x hidden) tensor for the whole walk: each sample's block output
         # is written over its input, so activations are never held twice.
         inputs = capture_block_inputs(model, blocks[0], calibration, cancel)
-        release_freed_memory()
+        release_free_heap()
         n = len(inputs.hidden)
         for index, (block, layers) in enumerate(zip(blocks, groups)):
             if layers:
@@ -203,7 +202,7 @@ def prune_layers(
                         del out
                         if sample % 8 == 7:
                             yield Progress("prune", index + 0.5 * (sample + 1) / n, n_blocks, f"block {index + 1}/{n_blocks}: calibrating")
-                release_freed_memory()  # the forwards' scratch, before the layers' own
+                release_free_heap()  # the forwards' scratch, before the layers' own
                 if index == 0:
                     shared = stats.layers_sharing_inputs()
                 for layer in layers:
@@ -215,7 +214,7 @@ def prune_layers(
                     # A Hessian goes as soon as the last layer reading its input is pruned.
                     stats.release(layer)
                     del layer_stats
-                    release_freed_memory()
+                    release_free_heap()
                 del stats
             if not (dense and layers):
                 # The next block sees what this block, pruned, now outputs. Samples are independent,
@@ -223,10 +222,10 @@ def prune_layers(
                 for sample in range(n):
                     check_cancel(cancel)
                     advance(inputs, sample, run_block(block, inputs, sample))
-            release_freed_memory()
+            release_free_heap()
             yield Progress("prune", index + 1, n_blocks, f"block {index + 1}/{n_blocks}")
         del inputs
-        release_freed_memory()
+        release_free_heap()
     per_layer, actual = sparsity_report(list(iter_layers(groups)))
     # Over every linear layer of the decoder blocks, the excluded ones too: what the model lost.
     _, decoder = sparsity_report(list(iter_layers(prunable_layers(model)))) if exclude else (None, actual)
