@@ -186,13 +186,13 @@ def crows_request(item) -> tuple[str, list[str]]:
 
 
 def bbq_request(item, start: str) -> tuple[str, list[str]]:
-    """A BBQ item as the engine asks it (`audit.probes.scoring.score_request`): its prompt, then
-    each answer after a space. lm-eval adds no document start token to a context that is not
-    empty, so the context begins with `start`, the text of the engine's (when the tokenizer reads
-    that text back as that one token, else nothing)."""
-    from audit.probes.scoring import qa_prompt
+    """A BBQ item as the engine asks it (`audit.probes.scoring.qa_texts`). lm-eval adds no
+    document start token to a context that is not empty, so the context begins with `start`, the
+    text of the engine's (when the tokenizer reads that text back as that one token, else nothing)."""
+    from audit.probes.scoring import qa_texts
 
-    return start + qa_prompt(item), [" " + option for option in item.options]
+    prompt, continuations = qa_texts(item)
+    return start + prompt, continuations
 
 
 def document_start_text(model) -> str:

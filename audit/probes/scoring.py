@@ -64,8 +64,13 @@ SEED_RANGE = range(-(2**63), 2**63)
 
 
 def qa_prompt(item: ProbeItem) -> str:
-    """The loglik prompt; each option is scored as its continuation after a space."""
+    """The loglik prompt; each option is scored as its continuation after a space (`qa_texts`)."""
     return f"{item.context}\nQuestion: {item.question}\nAnswer:"
+
+
+def qa_texts(item: ProbeItem) -> tuple[str, list[str]]:
+    """The texts a QA item is scored on in loglik mode: the prompt, and each option's continuation."""
+    return qa_prompt(item), [" " + option for option in item.options]
 
 
 def chat_prompt(item: ProbeItem) -> str:
@@ -197,7 +202,7 @@ def sentence_request(model: LanguageModel, sentences: Sequence[str]) -> ScoreReq
 
 def score_request(model: LanguageModel, item: ProbeItem) -> ScoreRequest:
     if item.kind == QA:
-        return model.text_request(qa_prompt(item), [" " + option for option in item.options])
+        return model.text_request(*qa_texts(item))
     return sentence_request(model, item.options)
 
 
