@@ -29,7 +29,7 @@ from audit.compress.recipe import (
     blocked_schemes,
     check_scope,
     pattern_problem,
-    pruning_label,
+    recipe_label,
     scope_ignored,
 )
 from audit.errors import UserError
@@ -225,12 +225,8 @@ class VariantSpec:
     def method(self) -> str:
         if self.path:
             return "external"
-        parts = []
-        if self.prune:
-            parts.append(pruning_label(self.prune.method, self.prune.pattern))
-        if self.quantize:
-            parts.append(self.quantize.scheme)
-        return " + ".join(parts) or "dense"
+        return recipe_label(None if self.prune is None else asdict(self.prune),
+                            None if self.quantize is None else asdict(self.quantize)) or "dense"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from typing import Any, Sequence
 
+from audit.compress.recipe import recipe_label
 from audit.gate import GateFinding, GateReport, Measurement, evaluate_gate
 from audit.plans import Plan, read_stored_plan
 from audit.probes.compare import ITEM_FIGURES, RUN_FIGURES
@@ -237,7 +238,9 @@ class RunView:
         folder = _folder_facts(recipe, steps, profile)
         variant: dict[str, Any] = {
             "name": name,
-            "method": recipe.get("method"),
+            # Named again from the recipe, so runs stored when the label left out per_row,
+            # exclude or a block size still get a sweep curve of their own.
+            "method": recipe_label(recipe.get("prune"), recipe.get("quantize")) or recipe.get("method"),
             "sparsity": recipe.get("sparsity"),
             "recipe": recipe,
             "folder": compress.get("folder") or recipe.get("path") or recipe.get("model"),

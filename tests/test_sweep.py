@@ -212,6 +212,7 @@ def test_a_small_sweep_reports_the_studys_figures(tiny_llama, tmp_path, capsys):
     assert {"value", "ci95", "n", "pruned_transition_rate", "quantized_transition_rate"} <= set(ratio)
     shared = [report["variants"][i] for i, v in enumerate(report["variants"]) if v["name"].startswith("wanda")]
     assert all(v["recipe"]["prune"]["exclude"] == ["*.o_proj", "*.down_proj"] for v in shared)
+    assert {points[n]["method"] for n in ("wanda-30", "wanda-70")} == {"wanda (except *.o_proj, *.down_proj)"}
     html_text = (tmp_path / "report" / "report.html").read_text()
     for figure in ("sparsity-srs", "sparsity-transitions", "sparsity-perplexity"):
         assert f"id='fig-{figure}'" in html_text
@@ -238,3 +239,37 @@ def test_each_point_says_whether_its_competence_was_shown():
     ]}
     points = {p["variant"]: p for p in sweep_points(report)}
     assert points["wanda-50"]["competence"] == "inconclusive" and points["baseline"]["competence"] is None
+
+
+def test_recipe_labels_by_hand():
+    from audit.compress.recipe import recipe_label
+
+    assert recipe_label({"method": "wanda", "pattern": "unstructured", "per_row": False, "exclude": []}, None) == "wanda"
+    assert recipe_label({"method": "magnitude", "pattern": "2:4", "per_row": True, "exclude": ["*.down_proj", "*.o_proj"]},
+                        {"scheme": "onnx-int4", "block_size": 128}) == "magnitude 2:4 (per row, except *.down_proj, *.o_proj) + onnx-int4 (blocks of 128)"
+    assert recipe_label(None, {"scheme": "onnx-int4", "block_size": 32}) == "onnx-int4"  # the default block size
+    # Stored fields of the wrong type are left out, never raised on.
+    assert recipe_label({"method": "wanda", "pattern": 24, "per_row": 1, "exclude": "*.o_proj"}, {"scheme": "int8-dynamic", "block_size": True}) == "wanda + int8-dynamic"
+    assert recipe_label({"method": None}, "int8") is None
+
+
+def test_prunings_that_differ_only_in_what_they_keep_get_curves_of_their_own():
+    """Wanda at 0.5 with and without its down projections kept dense, stored when both were
+    labelled "wanda": the report names them apart, and each has its own line."""
+    from audit.results import RunView
+
+    def stored(name, **prune):
+        recipe = {"kind": "variant", "name": name, "method": "wanda", "sparsity": 0.5, "path": None, "quantize": None,
+                  "prune": {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured", "per_row": False, "exclude": [], **prune}}
+        variant = RunView._variant(name, recipe, {})
+        variant["probes"] = {"builtin": {"category_mean": {"srs": {"value": 0.5, "ci95": [0.4, 0.6]}},
+                                         "comparison": {"transition_rate": {"value": 0.1, "ci95": [0.0, 0.2]}, "comparable": True}}}
+        return variant
+
+    report = {"baseline": "baseline", "suites": ["builtin"], "variants": [
+        dict(_variant("baseline"), probes={"builtin": {"category_mean": {"srs": {"value": 0.4, "ci95": [0.3, 0.5]}}}}),
+        stored("wanda-50"), stored("wanda-50-keep", exclude=["*.down_proj"]),
+    ]}
+    points = sweep_points(report)
+    assert [p["method"] for p in points] == ["dense", "wanda", "wanda (except *.down_proj)"]
+    assert {method: len(line) for method, line in curves(points)["srs"].items()} == {"wanda": 2, "wanda (except *.down_proj)": 2}

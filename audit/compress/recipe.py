@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from audit.errors import UserError
 from audit.registry import Registry
@@ -171,9 +171,37 @@ def pattern_problem(text: str | None) -> str | None:
     return None
 
 
-def pruning_label(method: str, pattern: str | None) -> str:
-    """A pruning as tables name it: "wanda", or "wanda 2:4" with an N:M pattern."""
-    return method + ("" if pattern in (None, UNSTRUCTURED) else f" {pattern}")
+def pruning_label(method: str, pattern: str | None, per_row: bool = False, exclude: Sequence[str] = ()) -> str:
+    """A pruning as tables and sweep curves name it: "wanda", "wanda 2:4" with an N:M pattern,
+    and what else changes the mask in brackets ("magnitude (per row, except *.down_proj)"), so
+    prunings that differ never share a label (and a sweep curve)."""
+    extras = (["per row"] if per_row else []) + ([f"except {', '.join(exclude)}"] if exclude else [])
+    return (method + ("" if pattern in (None, UNSTRUCTURED) else f" {pattern}")
+            + (f" ({', '.join(extras)})" if extras else ""))
+
+
+def quantize_label(scheme: str, block_size: int | None = None) -> str:
+    """A quantization as tables name it: the scheme, with its block size where that is not the
+    default ("onnx-int4 (blocks of 128)")."""
+    if block_size is None or block_size == DEFAULT_INT4_BLOCK_SIZE:
+        return scheme
+    return f"{scheme} (blocks of {block_size})"
+
+
+def recipe_label(prune: Any, quantize: Any) -> str | None:
+    """The label of a pruning and/or a quantization as recorded (a recipe's or a folder's
+    fields: method, pattern, per_row, exclude; scheme, block_size), "wanda + int8-dynamic";
+    None when neither names its method. Fields of the wrong type are left out."""
+    parts: list[str] = []
+    if isinstance(prune, dict) and isinstance(prune.get("method"), str):
+        pattern = prune.get("pattern")
+        exclude = prune.get("exclude")
+        parts.append(pruning_label(prune["method"], pattern if isinstance(pattern, str) else None, prune.get("per_row") is True,
+                                   [g for g in exclude if isinstance(g, str)] if isinstance(exclude, (list, tuple)) else ()))
+    if isinstance(quantize, dict) and isinstance(quantize.get("scheme"), str):
+        block = quantize.get("block_size")
+        parts.append(quantize_label(quantize["scheme"], block if isinstance(block, int) and not isinstance(block, bool) else None))
+    return " + ".join(parts) if parts else None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from audit import atomic
-from audit.compress.recipe import pruning_label
+from audit.compress.recipe import recipe_label
 from audit.errors import UserError
 from audit.paths import kind, os_reason, probe
 
@@ -83,13 +83,13 @@ def compression_label(meta: dict[str, Any]) -> tuple[str, float | None] | None:
     for step in meta.get("compression") or []:
         if not isinstance(step, dict):
             continue
-        prune, quantize = step.get("prune"), step.get("quantize")
+        prune = step.get("prune")
+        label = recipe_label(prune, step.get("quantize"))
+        if label is not None:
+            parts.append(label)
         if isinstance(prune, dict) and isinstance(prune.get("method"), str):
-            parts.append(pruning_label(prune["method"], prune.get("pattern")))
             reached = prune.get("actual_sparsity", prune.get("target_sparsity"))
             sparsity = float(reached) if isinstance(reached, (int, float)) else sparsity
-        if isinstance(quantize, dict) and isinstance(quantize.get("scheme"), str):
-            parts.append(quantize["scheme"])
     return (" + ".join(parts), sparsity) if parts else None
 
 
