@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from audit.compress import calibration
-from audit.compress.calibration import CANCEL_EVERY, calibration_bytes, calibration_set
+from audit.compress.calibration import CANCEL_EVERY, calibration_set
+from audit.compress.recipe import calibration_bytes
 from audit.compress.prune import prune
 from audit.compress.recipe import PruneRecipe
 from audit.errors import Cancelled, UserError

@@ -155,6 +155,7 @@ prune = {{ method = "{method}", sparsity = 0.5 }}
 
 [calibration]
 seqlen = {seqlen}
+nsamples = {nsamples}
 """
 
 
@@ -169,10 +170,15 @@ def refused_run(capsys, tmp_path, tiny_llama, monkeypatch):
 
     monkeypatch.setattr(audit.run.execute, "execute_variant", forbidden)
 
-    def run(**values: str) -> str:
-        settings = {"model": tiny_llama, "method": "wanda", "seqlen": 32, "suite": "builtin", **values}
+    def run(profile: str | None = None, **values: str) -> str:
+        """`profile`: the plan's [profile] table (by default, no profile)."""
+        settings = {"model": tiny_llama, "method": "wanda", "seqlen": 32, "nsamples": 4, "suite": "builtin", **values}
         plan = tmp_path / "plan.toml"
-        plan.write_text(PLAN.format(**settings) + probes_only(1, settings["suite"]))
+        text = PLAN.format(**settings) + probes_only(1, settings["suite"])
+        if profile is not None:
+            text = text.replace("[profile]\nenabled = false\n", f"[profile]\n{profile}\n")
+            assert profile in text
+        plan.write_text(text)
         store = tmp_path / "store" / "results.db"
         err = refused(capsys, ["run", str(plan), "--store", str(store), "--work-dir", str(tmp_path / "work")])
         assert not store.exists()
@@ -187,12 +193,24 @@ def test_a_calibration_window_longer_than_the_context_is_refused_before_the_run(
     assert "calibration.seqlen" in err and "512 exceeds the model's context length 256" in err and "wanda" in err
 
 
+def test_calibration_samples_that_cannot_fit_in_memory_are_refused_before_the_run(refused_run):
+    err = refused_run(nsamples=10**9)
+    assert err.startswith("edge-audit: error: calibration.nsamples: not enough memory for 1000000000 calibration samples of 32 tokens")
+    assert err.endswith("(wanda-50 calibrates); give fewer samples")
+
+
+def test_a_profile_beyond_the_context_is_refused_before_the_run(refused_run):
+    """The tiny model's context is 256 tokens: 250 prompt and 32 new ones do not fit."""
+    err = refused_run(method="magnitude", profile="prompt_tokens = 250\nnew_tokens = 32")
+    assert "profile: 250 prompt + 32 new tokens exceed the model's context of 256 tokens" in err
+
+
 def test_a_window_longer_than_the_context_is_fine_for_a_method_that_does_not_calibrate(capsys, tmp_path, tiny_llama, monkeypatch):
     import audit.run.lifecycle
 
     monkeypatch.setattr(audit.run.lifecycle, "start_or_resume", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("started")))
     plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN.format(model=tiny_llama, method="magnitude", seqlen=512, suite="builtin"))
+    plan.write_text(PLAN.format(model=tiny_llama, method="magnitude", seqlen=512, nsamples=10**9, suite="builtin"))
     with pytest.raises(RuntimeError, match="started"):
         main(["run", str(plan), "--store", str(tmp_path / "results.db")])
 

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import torch
 
-from audit.compress.recipe import DEFAULT_NSAMPLES, DEFAULT_SEQLEN
+from audit.compress.recipe import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, check_calibration_memory
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
 from audit.paths import data_dir, read_text
 from audit.probes.items import is_text
 from audit.progress import check_cancel
-from hardware.memory import MB, available_bytes
 
 CALIBRATION_FILE = "calibration_en.txt"
-TOKEN_ID_BYTES = 8  # a window's token ids are int64
 CANCEL_EVERY = 64  # windows drawn between two looks at the cancel event
 
 
@@ -50,24 +48,6 @@ def read_text_file(path: Path, what: str = "text") -> str:
 
 def shipped_calibration_text() -> str:
     return (data_dir() / CALIBRATION_FILE).read_text(encoding="utf-8")
-
-
-def calibration_bytes(nsamples: int, seqlen: int, bytes_per_token: int = 0) -> int:
-    """Memory `nsamples` windows of `seqlen` tokens take: their token ids, and `bytes_per_token`
-    more for each token that the caller holds for them (a method's block activations)."""
-    return nsamples * seqlen * (TOKEN_ID_BYTES + bytes_per_token)
-
-
-def check_calibration_memory(nsamples: int, seqlen: int, *, bytes_per_token: int = 0, budget_bytes: int | None = None) -> None:
-    """Refuse, with both numbers, a sample count whose windows (and what is held for them)
-    cannot fit in `budget_bytes` (None: the memory the system has available)."""
-    need = calibration_bytes(nsamples, seqlen, bytes_per_token)
-    budget = available_bytes() if budget_bytes is None else budget_bytes
-    if need > budget:
-        raise UserError(
-            f"not enough memory for {nsamples} calibration samples of {seqlen} tokens: "
-            f"needs about {-(-need // MB)} MB, {budget // MB} MB available"
-        )
 
 
 @dataclass(frozen=True)

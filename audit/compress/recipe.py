@@ -9,11 +9,13 @@ from typing import Any, Sequence
 
 from audit.errors import UserError
 from audit.registry import Registry
+from hardware.memory import MB, available_bytes
 
 MAX_SPARSITY = 0.95
 # Calibration for the methods that need it: windows of text, and tokens per window.
 DEFAULT_NSAMPLES = 32
 DEFAULT_SEQLEN = 512
+TOKEN_ID_BYTES = 8  # a calibration window's token ids are int64
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_INT4_BLOCK_SIZE = 32
 # int8-dynamic's smoothing (SmoothQuant's alpha): measured on the default model among 0.3-0.85,
@@ -24,6 +26,24 @@ UNSTRUCTURED = "unstructured"
 # ASCII digits only (`\d` takes any script's), and few of them: no group is that large.
 _PATTERN = re.compile(r"\s*([0-9]{1,4})\s*:\s*([0-9]{1,4})\s*\Z")
 _MAX_GROUP = 128
+
+
+def calibration_bytes(nsamples: int, seqlen: int, bytes_per_token: int = 0) -> int:
+    """Memory `nsamples` windows of `seqlen` tokens take: their token ids, and `bytes_per_token`
+    more for each token that the caller holds for them (a method's block activations)."""
+    return nsamples * seqlen * (TOKEN_ID_BYTES + bytes_per_token)
+
+
+def check_calibration_memory(nsamples: int, seqlen: int, *, bytes_per_token: int = 0, budget_bytes: int | None = None) -> None:
+    """Refuse, with both numbers, a sample count whose windows (and what is held for them)
+    cannot fit in `budget_bytes` (None: the memory the system has available)."""
+    need = calibration_bytes(nsamples, seqlen, bytes_per_token)
+    budget = available_bytes() if budget_bytes is None else budget_bytes
+    if need > budget:
+        raise UserError(
+            f"not enough memory for {nsamples} calibration samples of {seqlen} tokens: "
+            f"needs about {-(-need // MB)} MB, {budget // MB} MB available"
+        )
 
 
 # What each pruning method and quantization scheme is, known without importing torch: the plan

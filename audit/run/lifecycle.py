@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from audit.compress.recipe import PRUNING_METHOD_NAMES
+from audit.compress.recipe import PRUNING_METHOD_NAMES, check_calibration_memory
 from audit.errors import Cancelled, UserError
 from audit.paths import os_reason, require_working_folder, shown
 from audit.models.loader import LoadOptions
@@ -137,10 +137,11 @@ def _work_dir(store: ResultsStore, run_id: int) -> Path:
 def check_before_running(plan: Plan) -> None:
     """Refuse, in one line and before a run is stored, a plan that would fail at one of its
     steps for a reason to be seen now: a probe suite that is missing or does not read as its
-    format (the loaders read a suite in moments), and a calibration window longer than the
-    model's context, when the model's config says it. Found at the step instead, the run would
-    be stored as failed after the baseline and a variant were measured, and fail again each
-    time it is resumed."""
+    format (the loaders read a suite in moments); when the model's config says what they need,
+    a calibration window longer than the model's context, calibration samples that cannot fit
+    in memory, and a profile's prompt and new tokens beyond the context. Found at the step
+    instead, the run would be stored as failed after the baseline and a variant were measured,
+    and fail again each time it is resumed."""
     from audit.probes.suites import load_suite
 
     for spec in plan.probes.suites:
@@ -149,18 +150,40 @@ def check_before_running(plan: Plan) -> None:
         except UserError as exc:
             raise UserError(f"probes.suites: {spec}: {exc}") from None
     calibrated = [v.name for v in plan.variants if v.prune is not None and PRUNING_METHOD_NAMES.meta(v.prune.method)["needs"]]
-    context = model_context_length(plan.model) if calibrated else None
-    if context and plan.calibration.seqlen > context:
+    if not calibrated and not plan.profile.enabled:
+        return
+    config = model_text_config(plan.model)
+    context = _positive_int(config.get("max_position_embeddings"))
+    who = f"{', '.join(calibrated)} calibrate{'s' if len(calibrated) == 1 else ''}"
+    calibration = plan.calibration
+    if calibrated and context and calibration.seqlen > context:
         # The Compress form's check, made before the run rather than at its first calibrated variant.
-        raise UserError(f"calibration.seqlen: calibration sequence length {plan.calibration.seqlen} exceeds the model's context length "
-                        f"{context} ({', '.join(calibrated)} calibrate{'s' if len(calibrated) == 1 else ''}); "
-                        f"give a seqlen of at most {context}")
+        raise UserError(f"calibration.seqlen: calibration sequence length {calibration.seqlen} exceeds the model's context length "
+                        f"{context} ({who}); give a seqlen of at most {context}")
+    if calibrated:
+        # The walk holds one hidden state per calibration token, at 2 bytes a value at the
+        # least: the step's own check, with what is surely needed.
+        hidden = _positive_int(config.get("hidden_size")) or 0
+        try:
+            check_calibration_memory(calibration.nsamples, calibration.seqlen, bytes_per_token=2 * hidden)
+        except UserError as exc:
+            raise UserError(f"calibration.nsamples: {exc} ({who}); give fewer samples") from None
+    profile = plan.profile
+    if profile.enabled and context and profile.prompt_tokens + profile.new_tokens > context:
+        # The profile step's own check (`audit.profile.profile_loaded`), made before any step runs.
+        raise UserError(f"profile: {profile.prompt_tokens} prompt + {profile.new_tokens} new tokens exceed the model's context "
+                        f"of {context} tokens; give fewer prompt_tokens or new_tokens")
 
 
-def model_context_length(model: str) -> int | None:
-    """The context length in the config.json of a model folder here (or of an alias's or a .gguf
-    file's folder already converted into the cache), as the loaded model reports it; None when
-    only loading the model would tell (a hub id, a GGUF not converted yet, an ONNX folder)."""
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def model_text_config(model: str) -> dict[str, Any]:
+    """The text model's part of the config.json of a model folder here (or of an alias's or a
+    .gguf file's folder already converted into the cache), as the loaded model reads it: its
+    `text_config`'s keys over the top level's; empty when only loading the model would tell (a
+    hub id, a GGUF not converted yet, a folder without a config)."""
     from audit.models.aliases import ALIASES
     from audit.models.loader import cache_entry_for_gguf
     from audit.paths import models_cache_dir
@@ -173,15 +196,11 @@ def model_context_length(model: str) -> int | None:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
     if not isinstance(config, dict):
-        return None
+        return {}
     text_config = config.get("text_config")
-    for table in (text_config if isinstance(text_config, dict) else {}, config):
-        value = table.get("max_position_embeddings")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    return {**config, **text_config} if isinstance(text_config, dict) else config
 
 
 def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: threading.Event | None = None) -> Job[RunOutcome]:
