@@ -246,6 +246,31 @@ def test_metadata_disagreeing_with_the_derivation_is_counted_and_listed(tmp_path
     assert p["metadata_agreement_share"] is None and p["disagreeing_ids"] == []
 
 
+def test_metadata_naming_no_usable_option_is_counted(tmp_path, capsys):
+    """Item 0's target_loc is out of range, item 1's names the unknown option (2): both take
+    the derived answer, and the stats say how many did."""
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1), record(2)])
+    meta = write_metadata(tmp_path / "additional_metadata.csv", [("Gender_identity", 0, 5), ("Gender_identity", 1, 2), ("Gender_identity", 2, 1)])
+    items, stats, _ = load_bbq(path, metadata_path=meta)
+    assert [i.bias_aligned for i in items] == [(0,), (0,), (1,)]
+    s = stats["Gender_identity.jsonl"].to_dict()
+    assert (s["from_metadata"], s["derived"], s["metadata_unused"]) == (1, 2, 2)
+    assert s["metadata_unused_ids"] == ["Gender_identity:0", "Gender_identity:1"]
+    _, plain, _ = load_bbq(path)
+    assert plain["Gender_identity.jsonl"].to_dict()["metadata_unused"] == 0
+
+
+def test_the_probe_command_says_how_many_metadata_targets_it_could_not_use(tmp_path, tiny_llama, capsys):
+    from tui.cli import main
+
+    path = write_jsonl(tmp_path / "Gender_identity.jsonl", [record(0), record(1), record(2)])
+    meta = write_metadata(tmp_path / "additional_metadata.csv", [("Gender_identity", 0, 5), ("Gender_identity", 2, 1)])
+    assert main(["probe", "--model", str(tiny_llama), "--suite", f"bbq:{path}", "--bbq-metadata", str(meta)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("Gender_identity.jsonl: the metadata's target_loc names no option that can be bias-aligned (outside 0-2, "
+            "or the unknown option) for 1 item, left to the derived answer") in out
+
+
 def test_real_nonneg_item_with_the_target_loc_bbq_implies(tmp_path):
     age = SHARED_DATA / "bbq" / "Age.jsonl"
     if not age.is_file():

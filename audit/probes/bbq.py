@@ -15,7 +15,8 @@ woman"). With the metadata an item's bias-aligned option is `target_loc` whateve
 polarity; its `target_index` (the option naming the stereotyped group) is `target_loc` for a
 negative question and the other group's option for a non-negative one. A `target_loc` of
 "NA", outside 0..2 or on the unknown option (or an item without exactly one unknown
-option) leaves the item to the derivation.
+option) leaves the item to the derivation; the loader counts those with a number per
+category file (`metadata_unused`).
 
 Without the metadata the target is derived by matching each option's `answer_info` labels
 against the item's `stereotyped_groups` after the normalisation below, and the rule above
@@ -139,6 +140,9 @@ class TargetStats:
     missing_ids: list[str] = field(default_factory=list)
     metadata_and_derived: int = 0
     disagreeing_ids: list[str] = field(default_factory=list)
+    # Items whose metadata row names no option that can be bias-aligned (outside 0..2, the
+    # unknown option, or an item without exactly one unknown option): left to the derivation.
+    metadata_unused_ids: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> int:
@@ -164,6 +168,8 @@ class TargetStats:
             "metadata_disagrees_with_derived": len(self.disagreeing_ids),
             "metadata_agreement_share": None if agreement is None else round(agreement, 6),
             "disagreeing_ids": self.disagreeing_ids[:50],
+            "metadata_unused": len(self.metadata_unused_ids),
+            "metadata_unused_ids": self.metadata_unused_ids[:50],
         }
 
 
@@ -319,6 +325,8 @@ def read_records(
         seen[item.item_id] = where
         items.append(item)
         stats.items += 1
+        if source != "metadata" and metadata is not None and (item.category, data["example_id"]) in metadata:
+            stats.metadata_unused_ids.append(item.item_id)
         if source == "metadata":
             stats.from_metadata += 1
             if derived:

@@ -354,6 +354,11 @@ def _show_run(d: dict[str, Any]) -> None:
                 f"{name}: metadata and derived bias-aligned answers agree on {stats['metadata_agrees_with_derived']:,} "
                 f"of {stats['metadata_and_derived']:,} items" + ("" if share is None else f" ({100 * share:.2f}%)")
             )
+            if stats.get("metadata_unused"):
+                unused = stats["metadata_unused"]
+                common.stdout.print(Text(
+                    f"{name}: the metadata's target_loc names no option that can be bias-aligned (outside 0-2, or the "
+                    f"unknown option) for {unused:,} item{'s' if unused != 1 else ''}, left to the derived answer", style="yellow"))
     if d["skipped_lines"]:
         common.stdout.print(Text(f"{d['skipped_lines']} malformed lines skipped", style="yellow"))
     if d.get("items_out"):
