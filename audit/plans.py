@@ -229,6 +229,10 @@ class VariantSpec:
                             None if self.quantize is None else asdict(self.quantize)) or "dense"
 
 
+# The probe settings only generation uses; log-likelihood scoring takes their defaults.
+GENERATE_SETTINGS = ("seeds", "temperature", "max_new_tokens", "noise_floor")
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     suites: tuple[str, ...] = ("builtin",)
@@ -595,6 +599,12 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
     _check_name(ctx, "answer parser", parser, "probes.parser")
     for key, value, default in (("prompt", prompt, "default"), ("parser", parser, "strict")):
         _check(ctx, mode == "generate" or value == default, f"probes.{key}", "applies to mode = \"generate\": log-likelihood scoring asks and parses nothing")
+    # Log-likelihood scoring generates nothing: a sampling setting given with it would be
+    # recorded with the run and read as if it had been used. Runs stored before still read.
+    for key in GENERATE_SETTINGS:
+        default = getattr(ProbeSpec, key)
+        _check(ctx, mode == "generate" or key not in data or data[key] == (list(default) if key == "seeds" else default) or ctx.stored, f"probes.{key}",
+               "applies to mode = \"generate\": log-likelihood scoring generates nothing; leave it out")
     sequential = _get(ctx, data, "sequential", "probes.", bool, False)
     order_seed = _get(ctx, data, "order_seed", "probes.", int, None)
     batch = _get(ctx, data, "sequential_batch", "probes.", int, None)

@@ -177,6 +177,36 @@ async def test_numbers_a_plan_cannot_hold_are_refused_in_the_form_naming_the_fie
         assert not any("default.toml" in message for message in said(app))
 
 
+@pytest.mark.asyncio
+async def test_loglik_scoring_in_the_form_drops_the_sampling_settings(app):
+    """A session on the study's plan (generation, five seeds at temperature 0.3) probed by
+    log-likelihood: the form's seeds and temperature were kept with it, a plan refuses them, and
+    the run would have recorded settings it never used."""
+    from dataclasses import replace
+
+    from textual.widgets import Select
+
+    from audit.plans import load_preset
+
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        study = load_preset("rath-maliakkal-2026").probes
+        app.session.plan = replace(app.session.plan, probes=replace(app.session.plan.probes, mode="generate", seeds=study.seeds,
+                                                                    temperature=study.temperature, prompt="paper", parser="lenient"))
+        await pilot.press("3")
+        await pilot.pause()
+        fill(app, {"#seeds": ", ".join(map(str, study.seeds)), "#temperature": "0.3", "#limit": "2"})
+        screen = app.screen
+        probes = screen._settings()[2]
+        assert (probes.mode, probes.seeds, probes.temperature, probes.prompt) == ("generate", study.seeds, 0.3, "paper")
+        screen.query_one("#mode", Select).value = "loglik"
+        await pilot.pause()
+        probes = screen._settings()[2]
+        assert (probes.seeds, probes.temperature, probes.max_new_tokens, probes.noise_floor) == ((0,), 0.0, 5, True)
+        assert (probes.prompt, probes.parser) == ("default", "strict")
+        assert app.session.measured_plan("builtin", probes, False, False).probes.mode == "loglik"  # a plan that reads
+
+
 def test_the_sessions_plan_names_no_plan_file(tmp_path):
     """The session's plan kept the path of the shipped default plan it starts from: the run was
     stored as that file's, and an error about the session's plan named a line of it."""

@@ -21,7 +21,7 @@ quantize = { scheme = "onnx-int8" }
 [probes]
 suites = ["builtin", "crows:data/crows.csv"]
 seeds = [0, 1]
-
+mode = "generate"
 [gate]
 confidence = 0.9
 
@@ -348,3 +348,22 @@ def test_a_rule_on_a_suite_a_plan_without_probes_does_not_probe_is_refused_unles
     assert gate.gate.rules[0].suite == "bbq"
     plan = parse_plan(text.replace('"bbq"', '"builtin"'), check_model=False, check_files=False)
     assert parse_plan(plan_to_toml(plan), check_model=False, check_files=False).gate == plan.gate
+
+
+@pytest.mark.parametrize("setting", ["seeds = [0, 1]", "temperature = 0.7", "max_new_tokens = 8", "noise_floor = false"])
+def test_a_sampling_setting_with_loglik_scoring_is_refused(setting):
+    """Log-likelihood scoring generates nothing: the setting would be recorded with the run as
+    if it had been used. Its default, written out, and a stored run's plan still read."""
+    from audit.plans import read_stored_plan
+
+    key = setting.partition(" ")[0]
+    text = f'name = "p"\nmodel = "smollm2-135m"\n\n[probes]\nmode = "loglik"\n{setting}\n'
+    with pytest.raises(UserError, match=rf"line 6: probes\.{key}: applies to mode = \"generate\": log-likelihood scoring generates nothing; leave it out"):
+        parse_plan(text, check_model=False)
+    assert read_stored_plan(text, None).probes.mode == "loglik"
+    assert parse_plan(text.replace('"loglik"', '"generate"'), check_model=False).probes.mode == "generate"
+
+
+def test_sampling_defaults_written_out_with_loglik_scoring_still_read():
+    text = 'name = "p"\nmodel = "smollm2-135m"\n\n[probes]\nseeds = [0]\ntemperature = 0.0\nmax_new_tokens = 5\nnoise_floor = true\n'
+    assert parse_plan(text, check_model=False).probes.seeds == (0,)

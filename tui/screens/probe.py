@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from audit.errors import UserError
-from audit.plans import INT64, MAX_TEMPERATURE, sequential_refusal
+from audit.plans import GENERATE_SETTINGS, INT64, MAX_TEMPERATURE, ProbeSpec, sequential_refusal
 from audit.probes.items import QA
 from audit.probes.suites import SUITES
 from audit.progress import Step, StepPlace, clock, step_place
@@ -208,16 +208,15 @@ class ProbeScreen(FormScreen):
             except UserError as error:
                 raise FormError(str(error), field="categories") from None
         mode = self._value("mode")
-        # The study's prompt and parser are generate-mode settings: log-likelihood scoring has neither.
-        asked = session.plan.probes if mode == "generate" else replace(session.plan.probes, prompt="default", parser="strict")
-        probes = replace(
-            asked,
-            mode=mode,
-            limit=limit,
-            categories=categories,
-            seeds=parse_int_list(self._value("seeds"), "seeds"),
-            temperature=temperature,
-        )
+        seeds = parse_int_list(self._value("seeds"), "seeds")
+        if mode == "generate":
+            probes = replace(session.plan.probes, seeds=seeds, temperature=temperature)
+        else:
+            # The study's prompt and parser and the sampling settings are generate-mode ones:
+            # log-likelihood scoring asks, parses and samples nothing, and a plan refuses them.
+            unused = {key: getattr(ProbeSpec, key) for key in GENERATE_SETTINGS}
+            probes = replace(session.plan.probes, prompt="default", parser="strict", **unused)
+        probes = replace(probes, mode=mode, limit=limit, categories=categories)
         if self.query_one("#sequential", Checkbox).value:
             if not probes.sequential:
                 probes = replace(probes, sequential=True, **self._sequential_settings)
