@@ -241,6 +241,42 @@ async def test_a_key_too_long_for_the_rows_beside_its_plot_is_said_more_briefly(
         assert whole(said.plain) in widget_text(key)
 
 
+@pytest.mark.asyncio
+async def test_a_method_too_long_for_a_line_of_the_key_is_cut_there(app):
+    """Wanda with its output and down projections kept dense is a method of its own: its name
+    and magnitude's note did not fit the key beside the plot at 80x24, and the last line was
+    not shown at all."""
+    variants = [
+        pruned("magnitude-50", "magnitude", 0.5, (0.4, 0.3, 0.5), (0.2, 0.1, 0.3), (6.0, 4.0, 8.0), degraded=True),
+        pruned("wanda-50", "wanda", 0.5, (0.4, 0.3, 0.5), (0.2, 0.1, 0.3), (6.0, 4.0, 8.0)),
+        pruned("wanda-50-keep", "wanda (except *.o_proj, *.down_proj)", 0.5, (0.4, 0.3, 0.5), (0.2, 0.1, 0.3), (6.0, 4.0, 8.0)),
+    ]
+    async with app.run_test(size=SMALL) as pilot:
+        await show_report(pilot, report_data(variants))
+        chart = app.screen.query_one("#chart-srs", SweepChart)
+        key, _ = key_and_plot(chart)
+        said = chart.fitted_key(key.size.width, key.size.height)
+        assert chart.key_lines(said, key.size.width) <= key.region.height and whole(said.plain) in widget_text(key)
+        # Five rows: the heading's two and one for each method, each cut to a line.
+        width = key.size.width
+        from tui.widgets.charts import key_text
+
+        assert chart.key_lines(key_text(chart.curve, *chart._parts, form="counts", position=chart.position), width) > 5
+        short = chart.fitted_key(width, 5)
+        assert chart.key_lines(short, width) == 5
+        lines = short.plain.splitlines()[-3:]
+        assert lines[0].startswith("━━ magnitude: 1 not") and lines[1] == "━━ wanda"
+        assert lines[2].startswith("━━ wanda (except") and lines[2].endswith("…") and len(lines[2]) == width
+
+
+def test_a_long_method_takes_at_most_its_cells_in_a_table():
+    from tui.widgets.fitted_table import METHOD_CELLS, method_cell
+
+    assert method_cell("wanda 2:4").plain == "wanda 2:4"
+    cut = method_cell("wanda (except *.o_proj, *.down_proj)")
+    assert cut.cell_len == METHOD_CELLS and cut.plain == "wanda (except *.o_proj,…"
+
+
 # -- Probe ------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 @SIZES

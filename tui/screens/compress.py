@@ -27,7 +27,7 @@ from audit.reports.render import fmt
 from tui.messages import JobEnded, JobFinished, JobProgress
 from tui.screens.base import FormError, FormScreen, waiting_for_model
 from tui.widgets.cells import cell_strip
-from tui.widgets.fitted_table import add_sized, labelled
+from tui.widgets.fitted_table import add_sized, labelled, method_cell
 
 NONE = "none"
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -242,9 +242,9 @@ class CompressScreen(FormScreen):
             step = variant["steps"].get("compress")
             if step is None:
                 continue
-            figures = (variant.get("method") or "-", fmt(variant.get("actual_sparsity"), 3), fmt(variant.get("size_on_disk_mb"), 4),
+            figures = (fmt(variant.get("actual_sparsity"), 3), fmt(variant.get("size_on_disk_mb"), 4),
                        fmt(variant.get("size_on_disk_compressed_mb"), 4), fmt(step.get("seconds"), 3),
                        fmt((step.get("resources") or {}).get("rss_peak_mb"), 4))
-            rows.append((None, [Text(variant["name"], style="bold"), *(Text(f) for f in figures)]))
+            rows.append((None, [Text(variant["name"], style="bold"), method_cell(variant.get("method") or "-"), *(Text(f) for f in figures)]))
         labels = ("variant", "method", "sparsity", "dense MB", "compressed MB", "seconds", "peak RSS MB")
         add_sized(table, labelled(labels), rows)

@@ -14,7 +14,7 @@ from textual.widgets.option_list import Option
 
 from tui.messages import ModelChoicesRead
 from tui.screens.base import FormError, ModeScreen, typed_path
-from tui.widgets.fitted_table import add_sized, labelled
+from tui.widgets.fitted_table import add_sized, labelled, method_cell
 
 STEP_COLUMNS = (("compress", "compress"), ("perplexity", "perplexity"), ("probe", "probe:"), ("profile", "profile"))
 
@@ -197,7 +197,7 @@ class ModelsScreen(ModeScreen):
             else:
                 method = spec.method
                 sparsity = "-" if spec.sparsity is None else f"{spec.sparsity:g}"
-            cells = [Text(name, style="bold"), Text(method), Text(sparsity)]
+            cells = [Text(name, style="bold"), method_cell(method), Text(sparsity)]
             for label, prefix in STEP_COLUMNS:
                 if label == "compress" and spec is None:
                     cells.append(Text("n/a", style="dim"))

@@ -206,7 +206,7 @@ class SweepChart(Container):
 
     def fitted_key(self, width: int, rows: int | None) -> Text:
         """The fullest form of the key that fits `rows` rows of `width` cells (any, with None)."""
-        forms = [key_text(self.curve, *self._parts, form=form, position=self.position) for form in KEY_FORMS]
+        forms = [key_text(self.curve, *self._parts, form=form, position=self.position, width=width) for form in KEY_FORMS]
         if rows is None:
             return forms[0]
         return next((text for text in forms if self.key_lines(text, width) <= rows), forms[-1])
@@ -227,15 +227,18 @@ class SweepChart(Container):
 
 
 # The forms of a key, fullest first: all of it; without the line on the interval bars; with a
-# count of the points each method leaves out in place of their list.
-KEY_FORMS = ("full", "no interval", "counts")
+# count of the points each method leaves out in place of their list; with each method's name
+# cut to a line of the key ("wanda (except *.o_proj, *.down_proj)" is one method).
+KEY_FORMS = ("full", "no interval", "counts", "short")
 
 
 def key_text(
-    curve: str, colours: dict[str, RGB], notes: dict[str, list[str]], measured: bool, form: str = "full", position: str = ""
+    curve: str, colours: dict[str, RGB], notes: dict[str, list[str]], measured: bool, form: str = "full", position: str = "",
+    width: int | None = None,
 ) -> Text:
     """A chart's key: its heading (and "· 1 of 3" when shown one at a time), each method in its
-    colour with the points it leaves out, and what the bars are, in one of `KEY_FORMS`."""
+    colour with the points it leaves out, and what the bars are, in one of `KEY_FORMS` (the
+    "short" one cuts each method's line to `width` cells)."""
     text = Text(heading(curve), style="bold")
     if position:
         text.append(f" · {position}", style="dim")
@@ -245,12 +248,16 @@ def key_text(
     for method, colour in colours.items():
         if not measured and method not in notes:
             continue
-        text.append("\n")
-        text.append("━━ ", style=_hex(colour))
-        text.append(method)
+        line = Text()
+        line.append("━━ ", style=_hex(colour))
+        line.append(method)
         if notes.get(method):
-            said = ", ".join(notes[method]) if form != "counts" else f"{len(notes[method])} not plotted"
-            text.append(f": {said}", style="dim")
+            said = ", ".join(notes[method]) if form in ("full", "no interval") else f"{len(notes[method])} not plotted"
+            line.append(f": {said}", style="dim")
+        if form == "short" and width:
+            line.truncate(width, overflow="ellipsis")
+        text.append("\n")
+        text.append_text(line)
     if measured and form == "full":
         text.append("\n")
         text.append("│", style=_hex(BASELINE_COLOUR))

@@ -37,6 +37,19 @@ def cell(text: str | Text = "", style: str = "", *extras: tuple[str, Text]) -> C
     return Cell(text if isinstance(text, Text) else Text(text, style=style), tuple(extras))
 
 
+# The most cells a method's label takes in a table: "wanda (except *.o_proj, *.down_proj)" is cut
+# with an ellipsis (the variant's name beside it tells variants apart), so the table's other
+# columns stay on an 80-column screen.
+METHOD_CELLS = 24
+
+
+def method_cell(method: str) -> Text:
+    """A method's label for a table cell, at most METHOD_CELLS wide."""
+    text = Text(method)
+    text.truncate(METHOD_CELLS, overflow="ellipsis")
+    return text
+
+
 def labelled(labels: Sequence[str]) -> list[tuple[Text, None]]:
     """`add_sized` columns of plain labels, without keys."""
     return [(Text(label), None) for label in labels]
