@@ -8,7 +8,8 @@ HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty cont
 sentence follows the prefix token, which is set to edge-audit's document start) in a
 subprocess holding the same model folder (in the environment this script was given; the engine's
 threads wait as the command line's do). The paths take turns chunk by chunk, so load from
-other processes on a shared machine hits them alike. BBQ (--bbq-per-category items of each
+other processes on a shared machine hits them alike; each path's time includes tokenizing
+its items, as lm-eval's `loglikelihood` does. BBQ (--bbq-per-category items of each
 category file) is scored by the engine, the naive path and, given --lm-eval-python, lm-eval
 (the engine's prompt and answers as (context, continuation) requests), taking turns per batch.
 
@@ -251,11 +252,14 @@ def main() -> int:
     result: dict = {"model": args.model, "threads": torch.get_num_threads(), "batch_items": args.batch_items}
 
     def engine(items, strategy=None):
+        """The items' scores, and the seconds of the whole calls: tokenizing the items included,
+        as lm-eval's `loglikelihood` tokenizes its requests in the time it is given."""
         scores, seconds = [], 0.0
         for start in range(0, len(items), args.batch_items):
-            got, elapsed = score_items(model, items[start : start + args.batch_items], strategy)
+            started = time.perf_counter()
+            got, _ = score_items(model, items[start : start + args.batch_items], strategy)
+            seconds += time.perf_counter() - started
             scores += [s.logprobs for s in got]
-            seconds += elapsed
         return scores, seconds
 
     # -- CrowS-Pairs -------------------------------------------------------------------
