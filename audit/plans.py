@@ -22,6 +22,7 @@ from audit.compress.recipe import (
     DEFAULT_SEQLEN,
     INT4_BLOCK_SIZES,
     MAX_SPARSITY,
+    MIN_SEQLEN,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
     PruneRecipe,
@@ -634,7 +635,7 @@ def _parse_calibration(ctx: _Context, raw: Any) -> CalibrationSpec:
     nsamples = _get(ctx, data, "nsamples", "calibration.", int, DEFAULT_NSAMPLES)
     _check(ctx, nsamples >= 1, "calibration.nsamples", f"must be at least 1, got {nsamples}")
     seqlen = _get(ctx, data, "seqlen", "calibration.", int, DEFAULT_SEQLEN)
-    _check(ctx, seqlen >= 8, "calibration.seqlen", f"must be at least 8, got {seqlen}")
+    _check(ctx, seqlen >= MIN_SEQLEN, "calibration.seqlen", f"must be at least {MIN_SEQLEN}, got {seqlen}")
     seed = _get(ctx, data, "seed", "calibration.", int, 0)
     file = _get(ctx, data, "file", "calibration.", str, None)
     if file is not None:

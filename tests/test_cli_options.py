@@ -154,3 +154,10 @@ def test_system_faults_are_described_in_one_line():
     assert describe_fault(sqlite3.OperationalError("attempt to write a\nreadonly database")) == "results store: attempt to write a readonly database"
     assert describe_fault(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")).startswith("unreadable input:")
     assert describe_fault(KeyError("bug")) is None
+
+
+def test_a_calibration_window_shorter_than_a_plan_takes_is_refused_before_loading(capsys, tmp_path):
+    """8 tokens, as a plan and the app's Compress form ask: `--seqlen 2` with a document start
+    token was refused only once the model had loaded."""
+    err = refused(capsys, "prune", "--model", str(tmp_path / "never-loaded"), "--method", "wanda", "--seqlen", "2", "--out", str(tmp_path / "out"))
+    assert err == "edge-audit prune: error: argument --seqlen: must be at least 8, not 2"

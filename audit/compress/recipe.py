@@ -15,6 +15,9 @@ MAX_SPARSITY = 0.95
 # Calibration for the methods that need it: windows of text, and tokens per window.
 DEFAULT_NSAMPLES = 32
 DEFAULT_SEQLEN = 512
+# The shortest calibration window asked for anywhere (plan, command line, app): a document start
+# token and the tokens that follow it, enough for a statistic over real text.
+MIN_SEQLEN = 8
 TOKEN_ID_BYTES = 8  # a calibration window's token ids are int64
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_INT4_BLOCK_SIZE = 32

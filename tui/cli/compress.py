@@ -13,6 +13,7 @@ from audit.compress.recipe import (
     DEFAULT_SMOOTHING_ALPHA,
     INT4_BLOCK_SIZES,
     MAX_SPARSITY,
+    MIN_SEQLEN,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
     PruneRecipe,
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", type=Path, default=None,
                    help=f"{calibrated}: calibration text (.txt or .jsonl with \"text\"); default: the built-in English text")
     p.add_argument("--nsamples", type=common.count(1), default=None, help=f"{calibrated}: calibration samples (default {CALIBRATION.nsamples})")
-    p.add_argument("--seqlen", type=common.count(1), default=None, help=f"{calibrated}: tokens per calibration sample (default {CALIBRATION.seqlen})")
+    p.add_argument("--seqlen", type=common.count(MIN_SEQLEN), default=None, help=f"{calibrated}: tokens per calibration sample (default {CALIBRATION.seqlen})")
     p.add_argument("--statistics", choices=("sequential", "dense"), default=None,
                    help=f"{calibrated}: calibration inputs: each block after the blocks before it are pruned (sequential, default), "
                         "or the dense model's, in one pass (dense, as Rath & Maliakkal's Wanda)")

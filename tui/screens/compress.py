@@ -15,6 +15,7 @@ from textual.containers import Grid, Horizontal
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from audit.compress.recipe import (
+    MIN_SEQLEN,
     PRUNING_METHOD_NAMES,
     QUANTIZATION_SCHEME_NAMES,
     Pattern,
@@ -128,7 +129,7 @@ class CompressScreen(FormScreen):
         prune, quantize = self._parts()
         name = self._value("name") or variant_name(prune, quantize)
         nsamples = self._whole("nsamples", "Calib. samples", 1)
-        seqlen = self._whole("seqlen", "Seq. length", 8)
+        seqlen = self._whole("seqlen", "Seq. length", MIN_SEQLEN)
         # The facts read when the model was loaded: reading them again counts the zero weights
         # of the whole model, on the interface's thread.
         context = session.facts.context_length if session.facts is not None else None
