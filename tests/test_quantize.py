@@ -111,12 +111,29 @@ def test_int8_dynamic_head_and_embeddings_share_one_int8_table(tiny_llama, tmp_p
     assert not scaled.config.tie_word_embeddings and not hasattr(scaled, "_int8_embeddings")
 
 
+def test_onnx_int8_names_the_layers_whose_last_block_is_shorter(tmp_path):
+    """A block size of 256 over layers of 576 and 1536 input channels: 1536 is six whole blocks,
+    576 two and one of 64 (ONNX Runtime pads it); the record said blocks of 256 for all."""
+    import onnx
+    from onnx import helper
+
+    from audit.compress.quantize import _block_scales
+
+    nodes = [helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft", K=k, N=8, bits=8, block_size=256)
+             for i, k in enumerate((576, 1536, 576))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 576])],
+                              [helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, [1, 8]) for i in range(3)])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    assert _block_scales(tmp_path / "model.onnx", 256) == "per-token (in blocks of 256 input channels; layers of 576 input channels end in a shorter one)"
+    assert _block_scales(tmp_path / "model.onnx", 32) == "per-token (in blocks of 32 input channels)"
+
+
 def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
     import onnx
 
     result = run(tiny_llama, "onnx-int8", tmp_path / "q", text_file, settings=QuantizeSettings(block_size=16))
     assert result["backend"] == "onnxruntime" and result["block_size"] == 16
-    assert result["activation_scales"] == "per-token (in blocks of 16 channels)"
+    assert result["activation_scales"] == "per-token (in blocks of 16 input channels)"
     graph = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False)
     nbits = [{a.name: a.i for a in n.attribute} for n in graph.graph.node if n.op_type == "MatMulNBits"]
     # Every linear layer of the blocks (7 per block, 2 blocks) and the tied output head, whose
@@ -125,7 +142,7 @@ def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):
     assert not [n for n in graph.graph.node if n.op_type in ("MatMul", "Transpose") and "lm_head" in n.name]
     assert {p.key: p.value for p in graph.metadata_props}[TIED_HEAD_KEY] == "model.embed_tokens.weight"
     assert all(a["bits"] == 8 and a["block_size"] == 16 and a["accuracy_level"] == 4 for a in nbits)
-    assert "per-token (in blocks of 16 channels) activation scales" in drive(load_model(str(tmp_path / "q"))).facts().notes[-1]
+    assert "per-token (in blocks of 16 input channels) activation scales" in drive(load_model(str(tmp_path / "q"))).facts().notes[-1]
     variant = drive(load_model(str(tmp_path / "q")))
     assert variant.backend == "onnxruntime" and variant.facts().quantization == "int8"
     assert result["perplexity_after"] == pytest.approx(result["perplexity_before"], rel=0.1)

@@ -699,6 +699,19 @@ def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: 
     return choice, {name: model.get_submodule(name).weight for name in stored}, head_float is None
 
 
+def _block_scales(onnx_path: Path, block_size: int) -> str:
+    """How onnx-int8's activations are scaled, as recorded: per token in blocks of `block_size`
+    input channels, naming the input widths that are not a multiple of it (ONNX Runtime pads
+    their last block, which then holds only what remains: a 64-channel layer has one block of 64)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    widths = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "K"}
+    ragged = sorted(k for k in widths if k % block_size)
+    shorter = f"; layers of {', '.join(map(str, ragged))} input channels end in a shorter one" if ragged else ""
+    return f"{PER_TOKEN} (in blocks of {block_size} input channels{shorter})"
+
+
 @QUANTIZATION_SCHEMES.register("onnx-int8", **QUANTIZATION_SCHEME_FACTS["onnx-int8"])
 def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta: dict, cancel: threading.Event | None) -> Job[dict]:
     require_finite_weights(lm, "onnx-int8")
@@ -717,7 +730,7 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
-    scales = f"{PER_TOKEN} (in blocks of {settings.block_size} channels)"
+    scales = _block_scales(folder / "model.onnx", settings.block_size)
     _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8", scales), quantization="int8", **{CACHE_CHECKED_KEY: cache_checked}))
     yield Progress("quantize", 3, 3, "written")
     return {"block_size": settings.block_size, "activation_scales": scales, **_outlier_details(choice), "kept_float_nodes": excluded}
