@@ -117,15 +117,17 @@ def test_onnx_int8_names_the_layers_whose_last_block_is_shorter(tmp_path):
     import onnx
     from onnx import helper
 
-    from audit.compress.quantize import _block_scales
+    from audit.compress.quantize import _block_scales, nbits_widths
 
     nodes = [helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft", K=k, N=8, bits=8, block_size=256)
              for i, k in enumerate((576, 1536, 576))]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 576])],
                               [helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, [1, 8]) for i in range(3)])
     onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
-    assert _block_scales(tmp_path / "model.onnx", 256) == "per-token (in blocks of 256 input channels; layers of 576 input channels end in a shorter one)"
-    assert _block_scales(tmp_path / "model.onnx", 32) == "per-token (in blocks of 32 input channels)"
+    widths = nbits_widths(onnx.load(str(tmp_path / "model.onnx")).graph)
+    assert widths == {576, 1536}
+    assert _block_scales(widths, 256) == "per-token (in blocks of 256 input channels; layers of 576 input channels end in a shorter one)"
+    assert _block_scales(widths, 32) == "per-token (in blocks of 32 input channels)"
 
 
 def test_onnx_int8(tiny_llama, tmp_path, text_file, capsys):

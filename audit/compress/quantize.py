@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -607,10 +607,11 @@ def store_transposed_weights(graph: Any) -> dict[str, str]:
 def _quantize_matmuls(
     onnx_path: Path, folder: Path, *, bits: int, block_size: int, symmetric: bool,
     accuracy_level: int | None = None, exclude: Sequence[str] = (), transposed: bool = False,
-) -> None:
+) -> set[int]:
     """Write `folder`/model.onnx: the graph at `onnx_path` with every MatMul by a constant weight
     (but the nodes in `exclude`) replaced by ONNX Runtime's block-quantized MatMulNBits; with
-    `transposed`, weights the graph transposes count as constant (`store_transposed_weights`)."""
+    `transposed`, weights the graph transposes count as constant (`store_transposed_weights`).
+    Returns the input widths of the quantized products (`nbits_widths`)."""
     import onnx
 
     try:
@@ -639,6 +640,7 @@ def _quantize_matmuls(
         entry = quantizer.model.model.metadata_props.add()
         entry.key, entry.value = TIED_HEAD_KEY, tied[0]
     quantizer.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=_large(onnx_path))
+    return nbits_widths(quantizer.model.model.graph)
 
 
 def _save_onnx_folder(lm: LanguageModel, folder: Path, meta: dict) -> None:
@@ -699,15 +701,16 @@ def _onnx_outlier_choice(lm: LanguageModel, settings: QuantizeSettings, cancel: 
     return choice, {name: model.get_submodule(name).weight for name in stored}, head_float is None
 
 
-def _block_scales(onnx_path: Path, block_size: int) -> str:
-    """How onnx-int8's activations are scaled, as recorded: per token in blocks of `block_size`
-    input channels, naming the input widths that are not a multiple of it (ONNX Runtime pads
-    their last block, which then holds only what remains: a 64-channel layer has one block of 64)."""
-    import onnx
+def nbits_widths(graph: Any) -> set[int]:
+    """The input widths (K) of a graph's MatMulNBits products."""
+    return {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "K"}
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    widths = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "K"}
-    ragged = sorted(k for k in widths if k % block_size)
+
+def _block_scales(widths: Iterable[int], block_size: int) -> str:
+    """How onnx-int8's activations are scaled, as recorded: per token in blocks of `block_size`
+    input channels, naming the input `widths` that are not a multiple of it (ONNX Runtime pads
+    their last block, which then holds only what remains: a 64-channel layer has one block of 64)."""
+    ragged = sorted(k for k in set(widths) if k % block_size)
     shorter = f"; layers of {', '.join(map(str, ragged))} input channels end in a shorter one" if ragged else ""
     return f"{PER_TOKEN} (in blocks of {block_size} input channels{shorter})"
 
@@ -724,13 +727,13 @@ def onnx_int8(lm: LanguageModel, folder: Path, settings: QuantizeSettings, meta:
     yield Progress("quantize", 1, 3, f"quantizing to int8 (blocks of {settings.block_size})")
     kept_nodes = onnx_weight_nodes(onnx_path, kept_weights) if kept_weights else {}
     excluded = sorted({node for nodes in kept_nodes.values() for node in nodes})
-    _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL,
+    widths = _quantize_matmuls(onnx_path, folder, bits=8, block_size=settings.block_size, symmetric=True, accuracy_level=INT8_ACCURACY_LEVEL,
                       exclude=excluded, transposed=tied_head_int8)
     cache_checked = _cache_scoring_agrees(lm, onnx_path)
     shutil.rmtree(export_dir, ignore_errors=True)
     check_cancel(cancel)
     yield Progress("quantize", 2, 3, "writing config and tokenizer")
-    scales = _block_scales(folder / "model.onnx", settings.block_size)
+    scales = _block_scales(widths, settings.block_size)
     _save_onnx_folder(lm, folder, dict(with_outlier_choice(meta, choice, "onnx-int8", scales), quantization="int8", **{CACHE_CHECKED_KEY: cache_checked}))
     yield Progress("quantize", 3, 3, "written")
     return {"block_size": settings.block_size, "activation_scales": scales, **_outlier_details(choice), "kept_float_nodes": excluded}
