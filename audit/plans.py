@@ -602,9 +602,9 @@ def _parse_probes(ctx: _Context, raw: Any) -> ProbeSpec:
         _check(ctx, mode == "generate" or value == default, f"probes.{key}", "applies to mode = \"generate\": log-likelihood scoring asks and parses nothing")
     # Log-likelihood scoring generates nothing: a sampling setting given with it would be
     # recorded with the run and read as if it had been used. Runs stored before still read.
+    given = {"seeds": tuple(seeds), "temperature": temperature, "max_new_tokens": max_new, "noise_floor": noise_floor}
     for key in GENERATE_SETTINGS:
-        default = getattr(ProbeSpec, key)
-        _check(ctx, mode == "generate" or key not in data or data[key] == (list(default) if key == "seeds" else default) or ctx.stored, f"probes.{key}",
+        _check(ctx, mode == "generate" or given[key] == getattr(ProbeSpec, key) or ctx.stored, f"probes.{key}",
                "applies to mode = \"generate\": log-likelihood scoring generates nothing; leave it out")
     sequential = _get(ctx, data, "sequential", "probes.", bool, False)
     order_seed = _get(ctx, data, "order_seed", "probes.", int, None)

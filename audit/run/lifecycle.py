@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from audit.compress.recipe import PRUNING_METHOD_NAMES, check_calibration_memory
 from audit.errors import Cancelled, UserError
 from audit.paths import os_reason, require_working_folder, shown
+from audit.probes.items import is_int
 from audit.models.loader import LoadOptions
 from audit.plans import Plan, VariantSpec, parse_plan, read_stored_plan, revise_plan, variant_name_problem
 from audit.progress import Job, Progress, StepCounter
@@ -176,7 +177,7 @@ def check_before_running(plan: Plan) -> None:
 
 
 def _positive_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if is_int(value) and value > 0 else None
 
 
 def model_text_config(model: str) -> dict[str, Any]:
