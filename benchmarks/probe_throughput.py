@@ -206,6 +206,18 @@ def document_start_text(model) -> str:
     return text if tokenizer(text, add_special_tokens=False).input_ids == prefix else ""
 
 
+def same_choices(got, want) -> int:
+    """How many items pick the same option (their highest log-likelihood) in both paths."""
+    from audit.probes.items import argmax
+
+    return sum(argmax(a) == argmax(b) for a, b in zip(got, want))
+
+
+def max_logprob_diff(got, want) -> float:
+    """The largest difference between the paths' log-likelihoods of one option, to 3 figures."""
+    return float(f"{max(abs(x - y) for a, b in zip(got, want) for x, y in zip(a, b)):.3g}")
+
+
 def pct_stereotype(logprobs) -> float:
     """% of pairs whose first sentence (sent_more) scores strictly higher."""
     return round(100 * sum(a > b for a, b in logprobs) / len(logprobs), 2)
@@ -240,7 +252,6 @@ def main() -> int:
     from audit.models.loader import LoadOptions
     from audit.probes import load_suite
     from audit.probes.crows import load_crows
-    from audit.probes.items import argmax
     from audit.probes.scoring import score_items, score_request
     from audit.progress import drive
 
@@ -330,9 +341,8 @@ def main() -> int:
         result["crows_engine_over_naive"] = round(naive_s / sub_s, 2)
         result["crows_naive_pct_stereotype"] = pct_stereotype(naive_scores)
         result["crows_engine_pct_stereotype_on_naive_pairs"] = pct_stereotype(sub_scores)
-        result["crows_same_choice_engine_naive"] = sum(argmax(a) == argmax(b) for a, b in zip(sub_scores, naive_scores))
-        result["crows_max_abs_logprob_diff_engine_naive"] = float(
-            f"{max(abs(x - y) for a, b in zip(sub_scores, naive_scores) for x, y in zip(a, b)):.3g}")
+        result["crows_same_choice_engine_naive"] = same_choices(sub_scores, naive_scores)
+        result["crows_max_abs_logprob_diff_engine_naive"] = max_logprob_diff(sub_scores, naive_scores)
     if lm_eval is not None:
         lm_scores, lm_s = scored("lm_eval")
         result["crows_lm_eval_pairs_per_s"] = round(len(items) / lm_s, 3)
@@ -346,8 +356,7 @@ def main() -> int:
             result["crows_lm_eval_share_of_floor"] = round(result["crows_lm_eval_floor_s"] / lm_s, 3)
             result["crows_bound_over_lm_eval"] = round(lm_s / result["crows_engine_floor_s"], 2)
         result["crows_same_choice_engine_lm_eval"] = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in zip(engine_scores, lm_scores))
-        result["crows_max_abs_logprob_diff_engine_lm_eval"] = float(
-            f"{max(abs(x - y) for a, b in zip(engine_scores, lm_scores) for x, y in zip(a, b)):.3g}")
+        result["crows_max_abs_logprob_diff_engine_lm_eval"] = max_logprob_diff(engine_scores, lm_scores)
 
     # -- BBQ ----------------------------------------------------------------------------
     if args.bbq_per_category:
@@ -380,15 +389,15 @@ def main() -> int:
         result["bbq_engine_over_naive"] = round(naive_s / packed_s, 2)
         _, low, high = paired_interval(ratio_of_sums, naive_turns, packed_turns)
         result["bbq_engine_over_naive_interval"] = [round(low, 2), round(high, 2)]
-        result["bbq_same_choice_sum"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, naive))
-        result["bbq_max_abs_logprob_diff"] = float(f"{max(abs(x - y) for a, b in zip(packed, naive) for x, y in zip(a, b)):.3g}")
+        result["bbq_same_choice_sum"] = same_choices(packed, naive)
+        result["bbq_max_abs_logprob_diff"] = max_logprob_diff(packed, naive)
         if lm_eval is not None:
             result["bbq_lm_eval_items_per_s"] = round(len(bbq_items) / sum(lm_turns), 3)
             result["bbq_engine_over_lm_eval"] = round(sum(lm_turns) / packed_s, 2)
             _, low, high = paired_interval(ratio_of_sums, lm_turns, packed_turns)
             result["bbq_engine_over_lm_eval_interval"] = [round(low, 2), round(high, 2)]
-            result["bbq_same_choice_lm_eval"] = sum(argmax(a) == argmax(b) for a, b in zip(packed, lm_bbq))
-            result["bbq_max_abs_logprob_diff_lm_eval"] = float(f"{max(abs(x - y) for a, b in zip(packed, lm_bbq) for x, y in zip(a, b)):.3g}")
+            result["bbq_same_choice_lm_eval"] = same_choices(packed, lm_bbq)
+            result["bbq_max_abs_logprob_diff_lm_eval"] = max_logprob_diff(packed, lm_bbq)
     if lm_eval is not None:
         lm_eval.close()
     session.__exit__(None, None, None)
