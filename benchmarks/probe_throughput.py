@@ -7,11 +7,14 @@ full forward per sentence) on the first --naive-pairs pairs; and, given --lm-eva
 HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
 sentence follows the prefix token, which is set to edge-audit's document start) in a
 subprocess holding the same model folder (in the environment this script was given; the engine's
-threads wait as the command line's do). The paths take turns chunk by chunk, so load from
+threads wait as the command line's do). lm-eval is given the batches one call of all the
+requests makes, as an lm-eval run of the task makes them (sorted and batched over all of
+them, not chunk by chunk: `lm_eval_turns`). The paths take turns chunk by chunk, so load from
 other processes on a shared machine hits them alike; each path's time includes tokenizing
 its items, as lm-eval's `loglikelihood` does. BBQ (--bbq-per-category items of each
 category file) is scored by the engine, the naive path and, given --lm-eval-python, lm-eval
-(the engine's prompt and answers as (context, continuation) requests), taking turns per batch.
+(the engine's prompt and answers as (context, continuation) requests, batched likewise), taking
+turns per batch.
 
     python benchmarks/probe_throughput.py [--threads 1] [--crows-pairs N] [--naive-pairs 256]
         [--bbq-per-category 32] [--lm-eval-python /tmp/lmeval-venv/bin/python] [--json]
@@ -44,8 +47,9 @@ LM_EVAL_BATCH = 8
 
 
 def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
-    """Run inside lm-eval's interpreter: load HFLM once, then score the items of each request
-    line, each a context and its continuations, as (context, continuation) loglikelihood requests."""
+    """Run inside lm-eval's interpreter: load HFLM once, then answer each line. {"plan": requests,
+    "turns": n} gives the requests (context, continuation) of each of n turns (`lm_eval_turns`);
+    {"requests": requests} scores them as loglikelihood requests and gives lm-eval's seconds."""
     import torch
 
     torch.set_num_threads(threads)
@@ -55,19 +59,75 @@ def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
     lm = HFLM(pretrained=folder, batch_size=LM_EVAL_BATCH, device="cpu", dtype="float32", prefix_token_id=prefix_token_id)
     print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
-        items = json.loads(line)["items"]
-        requests = [Instance("loglikelihood", {}, (context, continuation), k)
-                    for context, continuations in items for k, continuation in enumerate(continuations)]
+        message = json.loads(line)
+        requests = [Instance("loglikelihood", {}, (context, continuation), i) for i, (context, continuation) in enumerate(message.get("plan") or message["requests"])]
+        if "plan" in message:
+            turns, fed = lm_eval_turns(lm, requests, message["turns"])
+            print(json.dumps({"turns": turns, "tokens_fed": fed}), flush=True)
+            continue
         start = time.perf_counter()
-        out = iter(lm.loglikelihood(requests, disable_tqdm=True))
+        out = lm.loglikelihood(requests, disable_tqdm=True)
         elapsed = time.perf_counter() - start
-        logprobs = [[next(out)[0] for _ in continuations] for _, continuations in items]
-        print(json.dumps({"seconds": elapsed, "logprobs": logprobs}), flush=True)
+        print(json.dumps({"seconds": elapsed, "logprobs": [logprob for logprob, _ in out]}), flush=True)
     return 0
 
 
+def lm_eval_turns(lm, requests, turns: int) -> tuple[list[list[int]], int]:
+    """The requests (by index) of each of `turns` calls of `lm.loglikelihood` that together make
+    the batches one call of all of them makes, and the tokens those batches feed, padding included.
+
+    One call tokenizes every request, sorts them longest first and batches them 8 at a time
+    (one request per group sharing context + continuation[:-1]); scored chunk by chunk, each
+    call would sort and batch only its own, padding more (CrowS-Pairs in calls of 128 pairs:
+    48,752 tokens fed against 47,456 in one call). The batches of one call are dealt to the
+    turns in rotation, each batch's groups whole: a turn's requests, sorted again by the same
+    key, fall into the same batches, and every turn holds long and short sentences alike."""
+    from lm_eval.models.utils import Collator
+
+    tokenized: list = []
+
+    def capture(reqs, disable_tqdm=False, override_bs=None):  # what `loglikelihood` hands on
+        tokenized.extend(reqs)
+        return [(0.0, False)] * len(reqs)
+
+    lm._loglikelihood_tokens = capture  # shadows the method for this call only
+    try:
+        lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        del lm._loglikelihood_tokens
+
+    def sort_key(req):  # HFLM._loglikelihood_tokens' own keys
+        toks = req[1] + req[2]
+        return -len(toks), tuple(toks)
+
+    def group_key(req):
+        return req[-2] + req[-1][:-1]
+
+    by_contexts = lm.backend == "causal" and lm.logits_cache
+    collator = Collator(tokenized, sort_fn=sort_key, group_by="contexts" if by_contexts else None, group_fn=group_key)
+    position = {id(req): i for i, req in enumerate(tokenized)}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, req in enumerate(tokenized):
+        groups.setdefault(tuple(group_key(req)) if by_contexts else (i,), []).append(i)
+    batches: list[list[int]] = []
+    fed = 0
+    for batch in collator.get_batched(n=LM_EVAL_BATCH):
+        fed += len(batch) * max(len(req[1]) + len(req[2]) - 1 for req in batch)
+        batches.append([i for req in batch for i in groups[tuple(group_key(req)) if by_contexts else (position[id(req)],)]])
+    return deal(batches, turns), fed
+
+
+def deal(batches: list[list[int]], turns: int) -> list[list[int]]:
+    """Batches (of request indices) dealt to `turns` turns in rotation, each turn's requests in
+    their first order."""
+    dealt: list[list[int]] = [[] for _ in range(turns)]
+    for b, batch in enumerate(batches):
+        dealt[b % turns] += batch
+    return [sorted(turn) for turn in dealt]
+
+
 class LmEval:
-    """lm-eval in its own interpreter, fed items line by line."""
+    """lm-eval in its own interpreter, fed requests line by line."""
 
     def __init__(self, python: str, folder: str, threads: int, prefix_token_id: int, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
@@ -83,11 +143,21 @@ class LmEval:
             raise SystemExit(f"lm-eval worker ended (exit {self.process.wait()})")
         return json.loads(line)
 
-    def score(self, items: list[tuple[str, list[str]]]) -> tuple[list[list[float]], float]:
-        """Each item's continuations' log-likelihoods given its context, and lm-eval's seconds."""
-        self.process.stdin.write(json.dumps({"items": items}) + "\n")  # type: ignore[union-attr]
+    def _ask(self, message: dict) -> dict:
+        self.process.stdin.write(json.dumps(message) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
-        reply = self._read()
+        return self._read()
+
+    def plan(self, requests: list[tuple[str, str]], turns: int) -> tuple[list[list[int]], int]:
+        """The requests (by index) of each turn, and the tokens their batches feed (`lm_eval_turns`)."""
+        reply = self._ask({"plan": requests, "turns": turns})
+        return reply["turns"], reply["tokens_fed"]
+
+    def score(self, requests: list[tuple[str, str]]) -> tuple[list[float], float]:
+        """Each request's log-likelihood of its continuation given its context, and lm-eval's seconds."""
+        if not requests:  # a turn no batch was dealt to
+            return [], 0.0
+        reply = self._ask({"requests": requests})
         return reply["logprobs"], reply["seconds"]
 
     def close(self) -> None:
@@ -95,12 +165,23 @@ class LmEval:
         self.process.wait()
 
 
-def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
+def flat_requests(items: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
+    """Each item's (context, continuation) requests, item after item."""
+    return [(context, continuation) for context, continuations in items for continuation in continuations]
+
+
+def by_item(items: list[tuple[str, list[str]]], flat: list[float]) -> list[list[float]]:
+    """`flat`, one value per request of `flat_requests(items)`, regrouped per item."""
+    values = iter(flat)
+    return [[next(values) for _ in continuations] for _, continuations in items]
+
+
+def tokens_fed(requests, batch_items: int) -> dict[str, int]:
     """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's
     token trees (one call per `batch_items` pairs, rows made and batched as the engine makes
-    and batches them) and lm-eval's rows (per call of `chunk_pairs` pairs: every sentence after the
-    prefix token, its last token dropped, sorted longest first, 8 to a batch, padded to the
-    batch's longest). A token costs about the same in either path (the whole model runs on it),
+    and batches them) and lm-eval's rows (as one call of all of them batches them, `lm_eval_turns`:
+    every sentence after the prefix token, its last token dropped, sorted longest first, 8 to a
+    batch, padded to the batch's longest). A token costs about the same in either path (the whole model runs on it),
     so their ratio is the most the engine can gain on lm-eval without computing faster per
     token. `engine_head`: the tokens the engine's output head runs on (lm-eval's runs on all it
     feeds)."""
@@ -115,10 +196,8 @@ def tokens_fed(requests, batch_items: int, chunk_pairs: int) -> dict[str, int]:
             engine += len(batch) * max(lengths[b] for b in batch)
             # The head runs at the positions each row scores.
             head += sum(len({node for _, _, node, _ in rows[b].scored}) for b in batch)
-    lm_eval = 0
-    for start in range(0, len(requests), chunk_pairs):
-        fed = sorted((len(r.context) + len(c) - 1 for r in requests[start : start + chunk_pairs] for c in r.continuations), reverse=True)
-        lm_eval += sum(len(fed[i : i + LM_EVAL_BATCH]) * fed[i] for i in range(0, len(fed), LM_EVAL_BATCH))
+    fed = sorted((len(r.context) + len(c) - 1 for r in requests for c in r.continuations), reverse=True)
+    lm_eval = sum(len(fed[i : i + LM_EVAL_BATCH]) * fed[i] for i in range(0, len(fed), LM_EVAL_BATCH))
     return {"engine": engine, "engine_unpadded": nodes, "engine_head": head, "lm_eval": lm_eval}
 
 
@@ -284,7 +363,7 @@ def main() -> int:
             raise SystemExit("lm-eval takes one prefix token; this model's document start is not one token")
         lm_eval = LmEval(args.lm_eval_python, model.facts().path, args.threads, prefix[0], lm_eval_env)
         result["lm_eval_threads"] = lm_eval.threads
-        lm_eval.score([crows_request(items[0])])  # first calls pay one-off costs in every path
+        lm_eval.score(flat_requests([crows_request(items[0])]))  # first calls pay one-off costs in every path
     engine(items[:4])
     engine(items[:4], "naive")
 
@@ -299,7 +378,14 @@ def main() -> int:
         scores, turns = crows[path]
         return scores, sum(turns)
 
-    for start in range(0, len(items), args.chunk_pairs):
+    starts = range(0, len(items), args.chunk_pairs)
+    if lm_eval is not None:
+        # lm-eval scores, turn by turn, the batches one call of all the pairs makes (`lm_eval_turns`).
+        lm_items = [crows_request(item) for item in items]
+        lm_requests = flat_requests(lm_items)
+        lm_turns, lm_fed = lm_eval.plan(lm_requests, len(starts))
+        lm_flat: list[float] = [0.0] * len(lm_requests)
+    for turn, start in enumerate(starts):
         chunk = items[start : start + args.chunk_pairs]
         scores, seconds = engine(chunk)
         add("engine", scores, seconds)
@@ -308,15 +394,22 @@ def main() -> int:
             add("engine_on_naive_pairs", scores[: len(part)], seconds * len(part) / len(chunk))
             add("naive", *engine(part, "naive"))
         if lm_eval is not None:
-            add("lm_eval", *lm_eval.score([crows_request(item) for item in chunk]))
+            logprobs, seconds = lm_eval.score([lm_requests[i] for i in lm_turns[turn]])
+            for i, logprob in zip(lm_turns[turn], logprobs):
+                lm_flat[i] = logprob
+            crows["lm_eval"][1].append(seconds)
         done = start + len(chunk)
-        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[0]),
+        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[1]),
               file=sys.stderr, flush=True)
+    if lm_eval is not None:
+        crows["lm_eval"][0].extend(by_item(lm_items, lm_flat))
 
     engine_scores, engine_s = scored("engine")
     result["crows_pairs"] = len(items)
     if getattr(model, "_packing", None):  # the engine scored these pairs as token trees
-        fed = tokens_fed([score_request(model, item) for item in items], args.batch_items, args.chunk_pairs)
+        fed = tokens_fed([score_request(model, item) for item in items], args.batch_items)
+        if lm_eval is not None:
+            fed["lm_eval"] = lm_fed  # as lm-eval's own tokenizer and batches count them
         result["crows_engine_tokens_fed"] = fed["engine"]
         result["crows_engine_tree_tokens"] = fed["engine_unpadded"]
         result["crows_lm_eval_tokens_fed"] = fed["lm_eval"]
@@ -366,9 +459,14 @@ def main() -> int:
         packed_turns, naive_turns, lm_turns = [], [], []  # seconds per batch
         document_start = document_start_text(model)
         result["bbq_lm_eval_document_start"] = bool(document_start)
+        bbq_starts = range(0, len(bbq_items), args.batch_items)
         if lm_eval is not None:
-            lm_eval.score([bbq_request(item, document_start) for item in bbq_items[:4]])
-        for start in range(0, len(bbq_items), args.batch_items):
+            lm_eval.score(flat_requests([bbq_request(item, document_start) for item in bbq_items[:4]]))
+            bbq_lm_items = [bbq_request(item, document_start) for item in bbq_items]
+            bbq_lm_requests = flat_requests(bbq_lm_items)
+            bbq_lm_turns, _ = lm_eval.plan(bbq_lm_requests, len(bbq_starts))
+            bbq_lm_flat: list[float] = [0.0] * len(bbq_lm_requests)
+        for turn, start in enumerate(bbq_starts):
             chunk = bbq_items[start : start + args.batch_items]
             scores, seconds = engine(chunk)
             packed += scores
@@ -377,12 +475,15 @@ def main() -> int:
             naive += scores
             naive_turns.append(seconds)
             if lm_eval is not None:
-                scores, seconds = lm_eval.score([bbq_request(item, document_start) for item in chunk])
-                lm_bbq += scores
+                logprobs, seconds = lm_eval.score([bbq_lm_requests[i] for i in bbq_lm_turns[turn]])
+                for i, logprob in zip(bbq_lm_turns[turn], logprobs):
+                    bbq_lm_flat[i] = logprob
                 lm_turns.append(seconds)
             print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {sum(packed_turns):.1f} s, naive {sum(naive_turns):.1f} s",
                   file=sys.stderr, flush=True)
         packed_s, naive_s = sum(packed_turns), sum(naive_turns)
+        if lm_eval is not None:
+            lm_bbq = by_item(bbq_lm_items, bbq_lm_flat)
         result["bbq_items"] = len(bbq_items)
         result["bbq_engine_items_per_s"] = round(len(bbq_items) / packed_s, 3)
         result["bbq_naive_items_per_s"] = round(len(bbq_items) / naive_s, 3)
