@@ -5,7 +5,7 @@ import torch
 
 from audit.models import load_model
 from audit.models.interface import ScoreRequest
-from audit.models.torch_lm import MIN_SHARED_TOKENS, TREE_BATCH_TOKENS, tree_batches, tree_row, tree_rows
+from audit.models.torch_lm import MIN_SHARED_TOKENS, TREE_BATCH_TOKENS, head_in_pieces, tree_batches, tree_row, tree_rows
 from audit.probes.crows import load_crows
 from audit.probes.items import argmax
 from audit.probes.scoring import sentence_request
@@ -165,6 +165,41 @@ def test_crows_pairs_on_two_scoring_workers_equal_plain_forwards(tiny_llama):
     for g, w in zip(got, want):
         assert [s.n_tokens for s in g] == [s.n_tokens for s in w]
         assert [s.logprob for s in g] == pytest.approx([s.logprob for s in w], abs=1e-4)
+
+
+def test_the_head_runs_on_a_few_rows_at_a_time_each_read_at_once():
+    head = torch.nn.Linear(4, 6)
+    sizes: list[int] = []
+    head.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    rows = [torch.randn(n, 4) for n in (3, 2, 4, 1, 7, 2)]
+    reads: list[tuple[int, list[int]]] = []
+
+    def read(r, logits):
+        reads.append((r, len(sizes)))  # which row, after how many head calls
+        return logits
+
+    got = head_in_pieces(head, rows, read, positions=5)
+    # Rows 0-1 (5 positions), 2-3 (5), then 7 alone (larger than a piece), then 2.
+    assert sizes == [5, 5, 7, 2]
+    assert reads == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 3), (5, 4)]
+    with torch.no_grad():
+        for row, logits in zip(rows, got):
+            assert torch.allclose(logits, head(row), atol=1e-6)
+
+
+def test_the_head_runs_apart_only_where_the_logits_are_its_output(tiny_model_factory):
+    llama = drive(load_model(str(tiny_model_factory("llama"))))
+    capped = drive(load_model(str(tiny_model_factory("gemma2"))))
+    for model, apart in ((llama, True), (capped, False)):
+        with model.lock, model._products():
+            assert model._head_apart() is apart
+    # The capped model still scores as plain forwards do, its head left inside its forward.
+    items, _ = load_crows(CROWS)
+    requests = [sentence_request(capped, item.options) for item in items[:12]]
+    got = capped.score(requests)
+    assert capped._packing
+    for g, w in zip(got, capped.score(requests, strategy="naive")):
+        assert [s.logprob for s in g] == pytest.approx([s.logprob for s in w], abs=1e-5)
 
 
 def test_trees_and_shared_contexts_in_one_call(tiny_llama):

@@ -69,6 +69,8 @@ def tiny_config(arch: str, vocab_size: int):
         return tf.Qwen2Config(**decoder)
     if arch == "gemma":
         return tf.GemmaConfig(head_dim=16, **decoder)
+    if arch == "gemma2":  # its logits are capped after the output head, at 0.5 so the cap shows
+        return tf.Gemma2Config(head_dim=16, final_logit_softcapping=0.5, **decoder)
     if arch == "phi3":
         return tf.Phi3Config(**decoder)
     if arch == "gpt2":

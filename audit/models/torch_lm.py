@@ -516,21 +516,65 @@ def scores_agree(got: Sequence[Sequence[ContinuationScore]], want: Sequence[Sequ
 
 # The rows a forward in this thread scores, each as the positions of its hidden states the
 # output head is to run at (`_head_rows_only`); None: the head runs where the model asks.
+# With `apart` a list, the rows' hidden states are put there and the head runs at none.
 _HEAD_ROWS = threading.local()
+
+# Where the head runs apart from the model's forward (`TorchLanguageModel._head_apart`), it
+# multiplies the positions of a few rows at a time, at most this many (a larger row alone), and
+# each row's log-probabilities are read from its logits at once, while they are still in the
+# CPU's cache: the default model's head gives 49,152 logits a position, 25 MB for 128 of them.
+# The whole forward's positions at once (256 a worker in CrowS-Pairs' batches) outgrew the
+# cache before they were read. The head with the log-probabilities read, 256 positions of the
+# default model in one worker beside another doing the same, 1 thread each (median of 18):
+# 194.7 ms at once, 167.1 in pieces of 128, 165.5 of 96, 174.4 of 64, 206.3 of 32 (the
+# products alone of 256 at once: 161.1); 1 worker alone 189.1, 159.4, 165.7, 175.0, 209.4, 160.2.
+HEAD_POSITIONS = 128
 
 
 def _head_rows_only(head: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """Forward pre-hook of an output head: its input (rows, positions, hidden) narrowed to each
     row's own positions (`_HEAD_ROWS.columns`, an index tensor per row), all rows' together as
-    one row, so the head multiplies no position a row does not read. A thread that set none
-    (another forward of the model) gets the head as the model has it."""
+    one row, so the head multiplies no position a row does not read; or, with `_HEAD_ROWS.apart`
+    a list, each row's narrowed hidden states put in it and no position given to the head. A
+    thread that set none (another forward of the model) gets the head as the model has it."""
     columns = getattr(_HEAD_ROWS, "columns", None)
     if columns is None:
         return None
     hidden = args[0]
     if hidden.dim() != 3 or hidden.shape[0] != len(columns):
         raise RuntimeError(f"the output head was given hidden states of shape {tuple(hidden.shape)}, not {len(columns)} rows")
-    return (torch.cat([hidden[r].index_select(0, c) for r, c in enumerate(columns)])[None], *args[1:])
+    rows = [hidden[r].index_select(0, c) for r, c in enumerate(columns)]
+    apart = getattr(_HEAD_ROWS, "apart", None)
+    if apart is not None:
+        apart.extend(rows)
+        return (hidden[:, :0], *args[1:])
+    return (torch.cat(rows)[None], *args[1:])
+
+
+def head_in_pieces(head: nn.Module, rows: Sequence[torch.Tensor], read: Callable[[int, torch.Tensor], Any],
+                   positions: int = HEAD_POSITIONS) -> list[Any]:
+    """`read(r, logits of rows[r])` for each row (hidden states, positions x width), the head
+    run on consecutive rows together up to `positions` at a time (a larger row alone), each
+    piece's rows read as soon as it is computed (see HEAD_POSITIONS)."""
+    results: list[Any] = []
+    piece: list[int] = []
+
+    def run() -> None:
+        logits = head(torch.cat([rows[r] for r in piece]) if len(piece) > 1 else rows[piece[0]])
+        for r, part in zip(piece, logits.split([rows[r].shape[0] for r in piece])):
+            results.append(read(r, part))
+        piece.clear()
+
+    size = 0
+    for r, row in enumerate(rows):
+        if piece and size + row.shape[0] > positions:
+            run()
+            size = 0
+        piece.append(r)
+        size += row.shape[0]
+    if piece:
+        run()
+    return results
 
 
 def _continuation_scores(logprobs: torch.Tensor, targets: Sequence[int]) -> ContinuationScore:
@@ -951,6 +995,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         self._takes_positions = "position_ids" in params
         self._packing: bool | None = None  # decided by a self-check on first use
         self._onednn: bool | None = None  # likewise (`_onednn_agrees`)
+        self._apart: bool | None = None  # likewise (`_head_apart`)
         self._workers: RowWorkers | None = None
         self._release_workers: weakref.finalize | None = None
         self._sessions = 0  # scoring sessions open (`scoring`)
@@ -1020,6 +1065,35 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         scale = float(plain.abs().max())
         return bool(torch.isfinite(fast).all()) and float((fast - plain).abs().max()) <= 1e-4 * max(1.0, scale)
 
+    @torch.inference_mode()
+    def _head_apart(self) -> bool:
+        """Whether packed scoring may run the output head itself, on the hidden states the model
+        hands it (see HEAD_POSITIONS): only where the model's logits are the head's output as it
+        is, nothing done to them after (a cap on their size, a scale), which a few tokens' logits
+        show within float32 rounding (1e-4 of their largest size). Decided on first use; call
+        under the lock, inside the products scoring uses."""
+        if self._apart is None:
+            head = output_head(self.model)
+            vocab = int(self.model.get_input_embeddings().num_embeddings)
+            ids = torch.tensor([[(5 * i + 2) % vocab for i in range(12)]])
+            try:
+                plain = self.model(input_ids=ids, use_cache=False).logits.float()
+                hidden: list[torch.Tensor] = []
+                _HEAD_ROWS.columns, _HEAD_ROWS.apart = [torch.arange(ids.shape[1])], hidden
+                handle = head.register_forward_pre_hook(_head_rows_only)
+                try:
+                    self.model(input_ids=ids, use_cache=False)
+                finally:
+                    handle.remove()
+                    _HEAD_ROWS.columns = _HEAD_ROWS.apart = None
+                own = head(hidden[0]).float()
+            except Exception:
+                self._apart = False
+                return False
+            scale = float(plain.abs().max())
+            self._apart = bool(own.shape == plain.shape[1:] and float((own - plain[0]).abs().max()) <= 1e-4 * max(1.0, scale))
+        return self._apart
+
     def _packing_agrees(self) -> bool:
         """Packed rows and token trees rely on custom 4D masks and position ids; check they give
         what plain rows give on this architecture (short contexts as trees, contexts sharing a
@@ -1080,7 +1154,14 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         magnitude-50 variant, in one process, alternating: a full probe 1.06x as fast at 1
         thread (1.01x on 2 workers), a sequential one drawn to the end 1.04x (1.12x); the
         scores bit for bit the same. CrowS-Pairs' token trees read nearly every position of
-        their rows, so they gain nothing."""
+        their rows, so they gain nothing.
+
+        Where the model's logits are its head's output (`_head_apart`), the head runs after the
+        model's forward, on a few rows at a time, each row read as soon as its logits are made
+        (`head_in_pieces`). CrowS-Pairs' first 384 pairs (256 at 1 thread) in calls of 32, three
+        alternating rounds in one process: 1.023x as fast on 2 workers and at 1 thread; BBQ,
+        176 items, 0.993x (within noise: its rows read few positions); the scores bit for bit
+        the same."""
         dtype = next(self.model.parameters()).dtype
         width = ids.shape[1]
         mask = torch.zeros(ids.shape[0], 1, width, width, dtype=dtype)
@@ -1093,18 +1174,24 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
             index = {p: j for j, p in enumerate(keep)}
         # Per row, where its positions are in the hidden states the head is given.
         columns = [torch.tensor([index[p] for p in row], dtype=torch.long) for row in needed]
-        narrowed = output_head(self.model) is not None
+        head = output_head(self.model)
+        apart = head is not None and self._head_apart()
 
         def forward(first: int, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list[Any]:
             mine = columns[first : first + ids.shape[0]]
-            if not narrowed:
+            if head is None:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
                 return [per_row(first + r, logits[r].index_select(0, c)) for r, c in enumerate(mine)]
-            _HEAD_ROWS.columns = mine
+            hidden: list[torch.Tensor] | None = [] if apart else None
+            _HEAD_ROWS.columns, _HEAD_ROWS.apart = mine, hidden
             try:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
             finally:
-                _HEAD_ROWS.columns = None
+                _HEAD_ROWS.columns = _HEAD_ROWS.apart = None
+            if hidden is not None:
+                if len(hidden) != len(mine):
+                    raise RuntimeError(f"the output head was given {len(hidden)} rows' hidden states, not {len(mine)}")
+                return head_in_pieces(head, hidden, lambda r, part: per_row(first + r, part))
             sizes = [len(c) for c in mine]
             if tuple(logits.shape[:2]) != (1, sum(sizes)):
                 raise RuntimeError(f"the output head gave logits of shape {tuple(logits.shape)}, not one row of {sum(sizes)} positions")
