@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LM_EVAL_BATCH = 8
+CROWS_TARGET = 2.0  # engine over lm-eval, pairs/s at equal threads
 
 
 def lm_eval_worker(folder: str, threads: int, prefix_token_id: int) -> int:
@@ -514,7 +515,7 @@ def main() -> int:
     if lm_eval is not None:
         print(f"  lm-eval (HFLM, batch {LM_EVAL_BATCH}): {r['crows_lm_eval_pairs_per_s']:.2f} pairs/s, pct_stereotype {r['crows_lm_eval_pct_stereotype']}")
         print(f"  engine / lm-eval: {shown(r['crows_engine_over_lm_eval'], *r['crows_engine_over_lm_eval_interval'])} "
-              f"over {r['crows_chunks']} alternating chunks (target >= 2x); same choice on "
+              f"over {r['crows_chunks']} alternating chunks (target >= {CROWS_TARGET:g}x); same choice on "
               f"{r['crows_same_choice_engine_lm_eval']}/{r['crows_pairs']}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_lm_eval']}")
     else:
         print("  lm-eval: not run (give --lm-eval-python)")
@@ -524,8 +525,12 @@ def main() -> int:
         print(f"  tokens fed: engine {r['crows_engine_tokens_fed']} (token trees of {r['crows_engine_tree_tokens']} tokens, padded), "
               f"lm-eval {r['crows_lm_eval_tokens_fed']} (batch {LM_EVAL_BATCH}, padded): {r['crows_lm_eval_over_engine_tokens']:.2f}x, "
               f"the engine's gain at equal cost per token{cost}")
-        bound = (f" = {r['crows_bound_over_lm_eval']:.2f}x lm-eval's measured rate; lm-eval ran at {100 * r['crows_lm_eval_share_of_floor']:.0f}% of its own floor"
-                 if "crows_bound_over_lm_eval" in r else "")
+        bound = ""
+        if "crows_bound_over_lm_eval" in r:
+            beyond = (f" (below the {CROWS_TARGET:g}x target: no float32 scoring of these tokens reaches it here)"
+                      if r["crows_bound_over_lm_eval"] < CROWS_TARGET else "")
+            bound = (f" = {r['crows_bound_over_lm_eval']:.2f}x lm-eval's measured rate{beyond}; "
+                     f"lm-eval ran at {100 * r['crows_lm_eval_share_of_floor']:.0f}% of its own floor")
         on = "1 thread" if r["threads"] == 1 else f"{r['threads']} threads"
         print(f"  float32 matmul floor (the linear layers' products alone, at the fastest rate {on} here can multiply the model's own shapes: "
               f"{r['crows_matmul_ms_per_token_body']} ms per token for the blocks, "
