@@ -1070,8 +1070,9 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         """Whether packed scoring may run the output head itself, on the hidden states the model
         hands it (see HEAD_POSITIONS): only where the model's logits are the head's output as it
         is, nothing done to them after (a cap on their size, a scale), which a few tokens' logits
-        show within float32 rounding (1e-4 of their largest size). Decided on first use; call
-        under the lock, inside the products scoring uses."""
+        show within float32 rounding (1e-4 of their largest size). Decided on first use, before
+        `_heads_narrowed` puts its hook on the head; call under the lock, inside the products
+        scoring uses."""
         if self._apart is None:
             head = output_head(self.model)
             vocab = int(self.model.get_input_embeddings().num_embeddings)
@@ -1207,6 +1208,7 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         if head is None:
             yield
             return
+        self._head_apart()  # decided before the hook is in place: the check gives the head its own
         handle = head.register_forward_pre_hook(_head_rows_only)
         try:
             yield
