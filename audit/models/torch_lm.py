@@ -551,6 +551,24 @@ def _head_rows_only(head: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] |
     return (torch.cat(rows)[None], *args[1:])
 
 
+@contextlib.contextmanager
+def head_rows(columns: Sequence[torch.Tensor], apart: list[torch.Tensor] | None = None) -> Iterator[None]:
+    """Inside, this thread's forwards give `_head_rows_only` the rows' `columns` (and `apart`)."""
+    _HEAD_ROWS.columns, _HEAD_ROWS.apart = columns, apart
+    try:
+        yield
+    finally:
+        _HEAD_ROWS.columns = _HEAD_ROWS.apart = None
+
+
+def logits_agree(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether `got` is `want` to float32 rounding: the same shape, finite, and within 1e-4 of
+    want's largest size (or of 1): the test of the self-checks on a few tokens' logits."""
+    if got.shape != want.shape or not bool(torch.isfinite(got).all()):
+        return False
+    return float((got - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))
+
+
 def head_in_pieces(head: nn.Module, rows: Sequence[torch.Tensor], read: Callable[[int, torch.Tensor], Any],
                    positions: int = HEAD_POSITIONS) -> list[Any]:
     """`read(r, logits of rows[r])` for each row (hidden states, positions x width), the head
@@ -1054,16 +1072,19 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         """The logits of a few tokens through oneDNN agree with the model's own within float32
         rounding (1e-4 of their largest size); False on any failure, the layers then multiply as
         they do."""
-        vocab = int(self.model.get_input_embeddings().num_embeddings)
-        ids = torch.tensor([[(7 * i + 3) % vocab for i in range(12)]])
+        ids = self._check_ids()
         try:
             plain = self.model(input_ids=ids, use_cache=False).logits.float()
             with onednn_products(self.model):
                 fast = self.model(input_ids=ids, use_cache=False).logits.float()
         except Exception:
             return False
-        scale = float(plain.abs().max())
-        return bool(torch.isfinite(fast).all()) and float((fast - plain).abs().max()) <= 1e-4 * max(1.0, scale)
+        return logits_agree(fast, plain)
+
+    def _check_ids(self) -> torch.Tensor:
+        """The few tokens (one row) the self-checks on logits run."""
+        vocab = int(self.model.get_input_embeddings().num_embeddings)
+        return torch.tensor([[(7 * i + 3) % vocab for i in range(12)]])
 
     @torch.inference_mode()
     def _head_apart(self) -> bool:
@@ -1075,24 +1096,21 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
         scoring uses."""
         if self._apart is None:
             head = output_head(self.model)
-            vocab = int(self.model.get_input_embeddings().num_embeddings)
-            ids = torch.tensor([[(5 * i + 2) % vocab for i in range(12)]])
+            ids = self._check_ids()
             try:
                 plain = self.model(input_ids=ids, use_cache=False).logits.float()
                 hidden: list[torch.Tensor] = []
-                _HEAD_ROWS.columns, _HEAD_ROWS.apart = [torch.arange(ids.shape[1])], hidden
                 handle = head.register_forward_pre_hook(_head_rows_only)
                 try:
-                    self.model(input_ids=ids, use_cache=False)
+                    with head_rows([torch.arange(ids.shape[1])], hidden):
+                        self.model(input_ids=ids, use_cache=False)
                 finally:
                     handle.remove()
-                    _HEAD_ROWS.columns = _HEAD_ROWS.apart = None
                 own = head(hidden[0]).float()
             except Exception:
                 self._apart = False
                 return False
-            scale = float(plain.abs().max())
-            self._apart = bool(own.shape == plain.shape[1:] and float((own - plain[0]).abs().max()) <= 1e-4 * max(1.0, scale))
+            self._apart = logits_agree(own, plain[0])
         return self._apart
 
     def _packing_agrees(self) -> bool:
@@ -1184,11 +1202,8 @@ class TorchLanguageModel(HFGeneration, LanguageModel):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
                 return [per_row(first + r, logits[r].index_select(0, c)) for r, c in enumerate(mine)]
             hidden: list[torch.Tensor] | None = [] if apart else None
-            _HEAD_ROWS.columns, _HEAD_ROWS.apart = mine, hidden
-            try:
+            with head_rows(mine, hidden):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
-            finally:
-                _HEAD_ROWS.columns = _HEAD_ROWS.apart = None
             if hidden is not None:
                 if len(hidden) != len(mine):
                     raise RuntimeError(f"the output head was given {len(hidden)} rows' hidden states, not {len(mine)}")
