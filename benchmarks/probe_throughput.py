@@ -107,14 +107,18 @@ def lm_eval_turns(lm, requests, turns: int) -> tuple[list[list[int]], int]:
     by_contexts = lm.backend == "causal" and lm.logits_cache
     collator = Collator(tokenized, sort_fn=sort_key, group_by="contexts" if by_contexts else None, group_fn=group_key)
     position = {id(req): i for i, req in enumerate(tokenized)}
-    groups: dict[tuple[int, ...], list[int]] = {}
+
+    def group_of(req) -> tuple:  # the requests a batched one stands for: its group, or itself
+        return tuple(group_key(req)) if by_contexts else (position[id(req)],)
+
+    groups: dict[tuple, list[int]] = {}
     for i, req in enumerate(tokenized):
-        groups.setdefault(tuple(group_key(req)) if by_contexts else (i,), []).append(i)
+        groups.setdefault(group_of(req), []).append(i)
     batches: list[list[int]] = []
     fed = 0
     for batch in collator.get_batched(n=LM_EVAL_BATCH):
         fed += len(batch) * max(len(req[1]) + len(req[2]) - 1 for req in batch)
-        batches.append([i for req in batch for i in groups[tuple(group_key(req)) if by_contexts else (position[id(req)],)]])
+        batches.append([i for req in batch for i in groups[group_of(req)]])
     return deal(batches, turns), fed
 
 
@@ -164,6 +168,28 @@ class LmEval:
     def close(self) -> None:
         self.process.stdin.close()  # type: ignore[union-attr]
         self.process.wait()
+
+
+class Dealt:
+    """The requests of `items` (context, continuations) as lm-eval batches them in one call,
+    scored turn by turn (`LmEval.plan`)."""
+
+    def __init__(self, lm_eval: LmEval, items: list[tuple[str, list[str]]], turns: int) -> None:
+        self.lm_eval, self.items = lm_eval, items
+        self.requests = flat_requests(items)
+        self.turns, self.tokens_fed = lm_eval.plan(self.requests, turns)
+        self.logprobs: list[float] = [0.0] * len(self.requests)
+
+    def score(self, turn: int) -> float:
+        """Score the requests of `turn`; lm-eval's seconds."""
+        logprobs, seconds = self.lm_eval.score([self.requests[i] for i in self.turns[turn]])
+        for i, logprob in zip(self.turns[turn], logprobs):
+            self.logprobs[i] = logprob
+        return seconds
+
+    def scores(self) -> list[list[float]]:
+        """Each item's log-likelihoods, as scored so far."""
+        return by_item(self.items, self.logprobs)
 
 
 def flat_requests(items: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
@@ -382,10 +408,7 @@ def main() -> int:
     starts = range(0, len(items), args.chunk_pairs)
     if lm_eval is not None:
         # lm-eval scores, turn by turn, the batches one call of all the pairs makes (`lm_eval_turns`).
-        lm_items = [crows_request(item) for item in items]
-        lm_requests = flat_requests(lm_items)
-        lm_turns, lm_fed = lm_eval.plan(lm_requests, len(starts))
-        lm_flat: list[float] = [0.0] * len(lm_requests)
+        crows_dealt = Dealt(lm_eval, [crows_request(item) for item in items], len(starts))
     for turn, start in enumerate(starts):
         chunk = items[start : start + args.chunk_pairs]
         scores, seconds = engine(chunk)
@@ -395,22 +418,19 @@ def main() -> int:
             add("engine_on_naive_pairs", scores[: len(part)], seconds * len(part) / len(chunk))
             add("naive", *engine(part, "naive"))
         if lm_eval is not None:
-            logprobs, seconds = lm_eval.score([lm_requests[i] for i in lm_turns[turn]])
-            for i, logprob in zip(lm_turns[turn], logprobs):
-                lm_flat[i] = logprob
-            crows["lm_eval"][1].append(seconds)
+            crows["lm_eval"][1].append(crows_dealt.score(turn))
         done = start + len(chunk)
         print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[1]),
               file=sys.stderr, flush=True)
     if lm_eval is not None:
-        crows["lm_eval"][0].extend(by_item(lm_items, lm_flat))
+        crows["lm_eval"][0].extend(crows_dealt.scores())
 
     engine_scores, engine_s = scored("engine")
     result["crows_pairs"] = len(items)
     if getattr(model, "_packing", None):  # the engine scored these pairs as token trees
         fed = tokens_fed([score_request(model, item) for item in items], args.batch_items)
         if lm_eval is not None:
-            fed["lm_eval"] = lm_fed  # as lm-eval's own tokenizer and batches count them
+            fed["lm_eval"] = crows_dealt.tokens_fed  # as lm-eval's own tokenizer and batches count them
         result["crows_engine_tokens_fed"] = fed["engine"]
         result["crows_engine_tree_tokens"] = fed["engine_unpadded"]
         result["crows_lm_eval_tokens_fed"] = fed["lm_eval"]
@@ -456,17 +476,14 @@ def main() -> int:
     if args.bbq_per_category:
         bbq_items = load_suite(f"bbq:{args.bbq}", limit=args.bbq_per_category).items
         engine(bbq_items[:4])
-        packed, naive, lm_bbq = [], [], []
+        packed, naive = [], []
         packed_turns, naive_turns, lm_turns = [], [], []  # seconds per batch
         document_start = document_start_text(model)
         result["bbq_lm_eval_document_start"] = bool(document_start)
         bbq_starts = range(0, len(bbq_items), args.batch_items)
         if lm_eval is not None:
             lm_eval.score(flat_requests([bbq_request(item, document_start) for item in bbq_items[:4]]))
-            bbq_lm_items = [bbq_request(item, document_start) for item in bbq_items]
-            bbq_lm_requests = flat_requests(bbq_lm_items)
-            bbq_lm_turns, _ = lm_eval.plan(bbq_lm_requests, len(bbq_starts))
-            bbq_lm_flat: list[float] = [0.0] * len(bbq_lm_requests)
+            bbq_dealt = Dealt(lm_eval, [bbq_request(item, document_start) for item in bbq_items], len(bbq_starts))
         for turn, start in enumerate(bbq_starts):
             chunk = bbq_items[start : start + args.batch_items]
             scores, seconds = engine(chunk)
@@ -476,15 +493,12 @@ def main() -> int:
             naive += scores
             naive_turns.append(seconds)
             if lm_eval is not None:
-                logprobs, seconds = lm_eval.score([bbq_lm_requests[i] for i in bbq_lm_turns[turn]])
-                for i, logprob in zip(bbq_lm_turns[turn], logprobs):
-                    bbq_lm_flat[i] = logprob
-                lm_turns.append(seconds)
+                lm_turns.append(bbq_dealt.score(turn))
             print(f"  BBQ {start + len(chunk)}/{len(bbq_items)}: engine {sum(packed_turns):.1f} s, naive {sum(naive_turns):.1f} s",
                   file=sys.stderr, flush=True)
         packed_s, naive_s = sum(packed_turns), sum(naive_turns)
         if lm_eval is not None:
-            lm_bbq = by_item(bbq_lm_items, bbq_lm_flat)
+            lm_bbq = bbq_dealt.scores()
         result["bbq_items"] = len(bbq_items)
         result["bbq_engine_items_per_s"] = round(len(bbq_items) / packed_s, 3)
         result["bbq_naive_items_per_s"] = round(len(bbq_items) / naive_s, 3)
