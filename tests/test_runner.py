@@ -323,10 +323,19 @@ def test_sigkill_midway_then_resume_keeps_every_finished_step(sequential_run, ti
 
 
 def test_workers_give_the_same_answers(sequential_run, tiny_llama, tmp_path):
+    """As in one process, no variant of a new run checks the plan's model against the baseline's
+    fingerprint before it compresses: the baseline is measured in the same call. (Its third
+    variant's worker starts after a first worker has finished, when the baseline's worker had
+    stored its fingerprint: read as each worker started, it was checked there and not in the others.)"""
     seq_plan, seq_outcome, seq_folder = sequential_run
     plan = load_plan(write_plan(tmp_path, tiny_llama, gate=LOOSE_GATE))
-    outcome = drive(run_plan(plan, RunOptions(store=tmp_path / "results.db", workers=2)))
+    messages = []
+    outcome = drive(run_plan(plan, RunOptions(store=tmp_path / "results.db", workers=2)), lambda event: messages.append(event.message))
     assert outcome.status == "finished"
+    assert f"baseline: fingerprinting {tiny_llama.name}" in messages
+    variants = variant_names(plan)[1:]
+    assert len(variants) == 3
+    assert not [m for m in messages if m in {f"{name}: fingerprinting {tiny_llama.name}" for name in variants}]
     with ResultsStore(tmp_path / "results.db") as store, ResultsStore(seq_folder / "results.db") as seq_store:
         assert {(s["variant"], s["kind"]) for s in store.steps(outcome.run_id)} == expected_steps(plan)
         assert stored_choices(store, outcome.run_id, plan) == stored_choices(seq_store, seq_outcome.run_id, seq_plan)

@@ -32,18 +32,21 @@ STOP_GRACE_S = 20.0
 
 
 def _variant_in_process(
-    store_path: str, run_id: int, plan_text: str, plan_path: str | None, name: str, work_dir: str, load: dict[str, Any], events: Any, threads: int
+    store_path: str, run_id: int, plan_text: str, plan_path: str | None, name: str, work_dir: str, load: dict[str, Any], events: Any, threads: int,
+    source: dict[str, Any] | None,
 ) -> None:
     """A worker process: run one variant's steps (profile excepted), committing each to the store,
     computing with its share of the cores. A variant probed sequentially waits for the baseline's
-    items of the suite, which the first worker (the baseline's) stores. When the run stops early,
-    the worker stops at its next cancel check, removing what it was writing."""
+    items of the suite, which the first worker (the baseline's) stores. `source`: the baseline's
+    fingerprint as stored before the run's call began, which the plan's model must still have
+    for the variant to be compressed from it (None: the baseline is measured in this call).
+    When the run stops early, the worker stops at its next cancel check, removing what it was writing."""
     plan = read_stored_plan(plan_text, plan_path)
     with ResultsStore(store_path) as store:
         done = done_steps(store, run_id, plan, name)
         job = execute_variant(plan, name, Path(work_dir), done, lambda r: r.commit(store, run_id), LoadOptions(**dict(load, threads=threads)),
                               worker_stop(), skip_profile=True, baseline=stored_baseline(store, run_id, poll_s=BASELINE_POLL_S),
-                              fingerprint=stored_fingerprint(store, run_id, name), source_fingerprint=stored_fingerprint(store, run_id, BASELINE))
+                              fingerprint=stored_fingerprint(store, run_id, name), source_fingerprint=source)
         for event in job:
             events.put((name, event.stage, event.done, event.total, event.message))
 
@@ -67,10 +70,15 @@ def run_in_processes(
     manager = multiprocessing.get_context("spawn").Manager()
     events = manager.Queue()
     load_data = asdict(load)
+    # Read once, before any worker starts: each worker read it as it started, so whether a
+    # variant's source was checked depended on whether the baseline's worker had stored its
+    # fingerprint by then. As in one process, a call checks against what was stored before it.
+    source = stored_fingerprint(store, run_id, BASELINE)
     try:
         with process_pool(workers, grace_s=STOP_GRACE_S) as pool:
             futures = {
-                pool.submit(_variant_in_process, str(store.path), run_id, plan.text, plan.path, name, str(work_dir), load_data, events, threads): name
+                pool.submit(_variant_in_process, str(store.path), run_id, plan.text, plan.path, name, str(work_dir), load_data, events, threads,
+                            source): name
                 for name in names
             }
             pending = set(futures)
