@@ -205,6 +205,22 @@ def test_a_profile_beyond_the_context_is_refused_before_the_run(refused_run):
     assert "profile: 250 prompt + 32 new tokens exceed the model's context of 256 tokens" in err
 
 
+@pytest.mark.parametrize("what", ["seqlen", "profile"])
+def test_a_gguf_file_not_converted_yet_is_checked_against_its_metadata_before_the_run(refused_run, tiny_llama, tmp_path, isolated_cache, what):
+    """Its context (256 tokens, in the file's metadata) refuses the plan before the file is
+    converted: without a converted config.json to read, the run would have failed at the step."""
+    from tests.test_model_integrity import tiny_gguf
+
+    model = tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    if what == "seqlen":
+        err = refused_run(model=model, seqlen=512)
+        assert "calibration.seqlen" in err and "512 exceeds the model's context length 256" in err
+    else:
+        err = refused_run(model=model, method="magnitude", profile="prompt_tokens = 250\nnew_tokens = 32")
+        assert "profile: 250 prompt + 32 new tokens exceed the model's context of 256 tokens" in err
+    assert not isolated_cache.exists() or not list(isolated_cache.rglob("config.json"))
+
+
 def test_a_window_longer_than_the_context_is_fine_for_a_method_that_does_not_calibrate(capsys, tmp_path, tiny_llama, monkeypatch):
     import audit.run.lifecycle
 

@@ -204,6 +204,46 @@ def test_a_cached_conversion_lacking_a_tensor_is_converted_again(tiny_llama, tmp
     assert GATE in load_file(target / "model.safetensors")
 
 
+def test_the_config_a_model_would_load_with_is_read_without_loading_it(tiny_llama, tmp_path, isolated_cache, monkeypatch):
+    """`known_config`: a GGUF file's from its metadata until it is converted, then the converted
+    folder's, and again the file's once replaced; a folder's own; a hub model's downloaded copy;
+    nothing for a hub model not downloaded, a GGUF file that is not one, or an unknown name."""
+    import os
+
+    import huggingface_hub.constants
+
+    from audit.models.loader import known_config
+
+    config = json.loads((tiny_llama / "config.json").read_text())
+    path = tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    # What the tiny GGUF's metadata holds (tiny_gguf writes the folder's sizes), as transformers names it.
+    written = {"max_position_embeddings": 256, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    before = known_config(str(path))
+    assert {key: before[key] for key in written} == written
+    assert before["rms_norm_eps"] == pytest.approx(config["rms_norm_eps"])
+    assert not isolated_cache.exists()  # nothing converted to read it
+    load(path)
+    converted = json.loads((cache_entry_for_gguf(path, None) / "config.json").read_text())
+    assert known_config(str(path)) == converted != before
+    stamp = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))  # replaced: its conversion is no longer current
+    assert known_config(str(path)) == before
+    assert known_config(str(tiny_llama)) == config
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    assert known_config("someone/tiny") == {}
+    snapshot = hub / "models--someone--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (hub / "models--someone--tiny" / "refs").mkdir()
+    (hub / "models--someone--tiny" / "refs" / "main").write_text("0" * 40)
+    shutil.copy(tiny_llama / "config.json", snapshot / "config.json")
+    assert known_config("someone/tiny") == config
+    (tmp_path / "not.gguf").write_text("not a GGUF file")
+    assert known_config(str(tmp_path / "not.gguf")) == {}
+    assert known_config("no-such-model") == {} and known_config(str(tmp_path / "missing")) == {}
+
+
 def test_a_gguf_file_replaced_by_one_of_the_same_size_is_converted_again(tiny_llama, tmp_path, isolated_cache):
     """A GGUF file replaced under the same name by one of the same size (other weights quantized
     the same way) is converted again: the model measured is the file's, not the conversion

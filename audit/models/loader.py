@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import math
 import re
 import threading
@@ -342,6 +343,59 @@ def model_folder(spec: str, options: LoadOptions = LoadOptions(), cancel: thread
     model's download, as loading would make them."""
     _, folder, _ = yield from _local_folder(spec, options, cancel)
     return folder
+
+
+def known_config(spec: str) -> dict[str, Any]:
+    """The config.json loading `spec` would give its model, read without loading, converting or
+    fetching anything: a folder's own; an alias's or a GGUF file's cached conversion where it is
+    current, else the fields transformers' conversion takes from the file's metadata; a hub
+    model's downloaded copy. Empty where none is at hand (a hub model not downloaded) or where
+    the source has a problem, which loading it names."""
+    try:
+        alias = ALIASES.get(spec) if spec in ALIASES else None
+        path = alias.locate() if alias is not None else Path(spec).expanduser()
+        if path.is_dir():
+            config_path = path / "config.json"
+        elif path.suffix.lower() == ".gguf" and path.is_file():
+            folder = cache_entry_for_gguf(path, alias)
+            if not _cache_is_current(folder, _gguf_identity(path)):
+                return gguf_config(path)
+            config_path = folder / "config.json"
+        elif not path.exists() and spec.count("/") == 1:  # a hub id (a bad one raises ValueError)
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec, "config.json")
+            if not isinstance(found, str):
+                return {}
+            config_path = Path(found)
+        else:
+            return {}
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UserError, OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def gguf_config(path: Path) -> dict[str, Any]:
+    """The config.json fields transformers' conversion of a GGUF file takes from its metadata
+    (`GGUF_CONFIG_MAPPING`), the numbers only; empty for an architecture it does not convert.
+    Parses the file's header (about 2 s for the default model)."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    fields = read_gguf(path).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return field.contents() if field is not None else None
+
+    architecture = value("general.architecture")
+    mapping = GGUF_CONFIG_MAPPING.get(architecture) if isinstance(architecture, str) else None
+    config: dict[str, Any] = {}
+    for key, name in (mapping or {}).items():
+        found = value(f"{architecture}.{key}")
+        if name is not None and isinstance(found, (int, float)) and not isinstance(found, bool):
+            config[name] = found
+    return config
 
 
 def _local_folder(spec: str, options: LoadOptions, cancel: threading.Event | None

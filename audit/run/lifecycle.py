@@ -4,7 +4,6 @@ and closed with its gate."""
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -181,25 +180,12 @@ def _positive_int(value: Any) -> int | None:
 
 
 def model_text_config(model: str) -> dict[str, Any]:
-    """The text model's part of the config.json of a model folder here (or of an alias's or a
-    .gguf file's folder already converted into the cache), as the loaded model reads it: its
+    """The text model's part of the config loading `model` would give it (`known_config`): its
     `text_config`'s keys over the top level's; empty when only loading the model would tell (a
-    hub id, a GGUF not converted yet, a folder without a config)."""
-    from audit.models.aliases import ALIASES
-    from audit.models.loader import cache_entry_for_gguf
-    from audit.paths import models_cache_dir
+    hub model not downloaded yet, a source with a problem)."""
+    from audit.models.loader import known_config
 
-    if model in ALIASES:
-        folder = models_cache_dir() / model
-    else:
-        path = Path(model).expanduser()
-        folder = cache_entry_for_gguf(path, None) if path.suffix.lower() == ".gguf" else path
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(config, dict):
-        return {}
+    config = known_config(model)
     text_config = config.get("text_config")
     return {**config, **text_config} if isinstance(text_config, dict) else config
 
