@@ -242,6 +242,7 @@ def test_the_config_a_model_would_load_with_is_read_without_loading_it(tiny_llam
     (tmp_path / "not.gguf").write_text("not a GGUF file")
     assert known_config(str(tmp_path / "not.gguf")) == {}
     assert known_config("no-such-model") == {} and known_config(str(tmp_path / "missing")) == {}
+    assert known_config("~no-such-user-here/model") == {}
 
 
 def test_a_gguf_file_replaced_by_one_of_the_same_size_is_converted_again(tiny_llama, tmp_path, isolated_cache):

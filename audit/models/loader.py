@@ -371,7 +371,7 @@ def known_config(spec: str) -> dict[str, Any]:
         else:
             return {}
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UserError, OSError, ValueError):
+    except (UserError, OSError, ValueError, RuntimeError):  # RuntimeError: a ~user pathlib cannot expand
         return {}
     return config if isinstance(config, dict) else {}
 
