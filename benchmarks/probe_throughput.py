@@ -1,8 +1,9 @@
 """Probe scoring throughput on real items: CrowS-Pairs pairs/s and BBQ items/s for the engine, the naive path and lm-eval.
 
 Every path runs at the same thread count (--threads, default 1). CrowS-Pairs (the official
-csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in calls of
---batch-items pairs in one scoring session, as a probe run scores it; by the naive path (one
+csv, all 1,508 pairs unless --crows-pairs says fewer) is scored by the engine in the calls of
+--batch-items pairs a probe run makes (`audit.probes.job.scoring_calls`: the pairs in the order
+of their tokens, the calls in a shuffled order) in one scoring session; by the naive path (one
 full forward per sentence) on the first --naive-pairs pairs; and, given --lm-eval-python, by lm-eval's
 HFLM.loglikelihood (batch size 8, the crows_pairs task's requests: an empty context, so the
 sentence follows the prefix token, which is set to edge-audit's document start) in a
@@ -39,6 +40,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,10 +205,10 @@ def by_item(items: list[tuple[str, list[str]]], flat: list[float]) -> list[list[
     return [[next(values) for _ in continuations] for _, continuations in items]
 
 
-def tokens_fed(requests, batch_items: int) -> dict[str, int]:
+def tokens_fed(requests, calls: list[list[int]]) -> dict[str, int]:
     """Tokens each path feeds the model for CrowS-Pairs' requests, padding included: the engine's
-    token trees (one call per `batch_items` pairs, rows made and batched as the engine makes
-    and batches them) and lm-eval's rows (as one call of all of them batches them, `lm_eval_turns`:
+    token trees (one call per list of `calls`, the requests by index, rows made and batched as
+    the engine makes and batches them) and lm-eval's rows (as one call of all of them batches them, `lm_eval_turns`:
     every sentence after the prefix token, its last token dropped, sorted longest first, 8 to a
     batch, padded to the batch's longest). A token costs about the same in either path (the whole model runs on it),
     so their ratio is the most the engine can gain on lm-eval without computing faster per
@@ -215,8 +217,8 @@ def tokens_fed(requests, batch_items: int) -> dict[str, int]:
     from audit.models.torch_lm import tree_layout
 
     engine = nodes = head = 0
-    for start in range(0, len(requests), batch_items):
-        rows, batches = tree_layout(requests, range(start, min(start + batch_items, len(requests))))
+    for call in calls:
+        rows, batches = tree_layout(requests, call)
         lengths = [len(row.tokens) for row in rows]
         nodes += sum(lengths)
         for batch in batches:
@@ -357,7 +359,7 @@ def main() -> int:
     from audit.models import load_model
     from audit.models.loader import LoadOptions
     from audit.probes import load_suite
-    from audit.probes.crows import load_crows
+    from audit.probes.job import ProbeSettings, scoring_calls
     from audit.probes.scoring import score_items, score_request
     from audit.progress import drive
 
@@ -380,8 +382,8 @@ def main() -> int:
         return scores, seconds
 
     # -- CrowS-Pairs -------------------------------------------------------------------
-    items, _ = load_crows(args.crows)
-    items = items[: args.crows_pairs] if args.crows_pairs else items
+    suite = load_suite(f"crows:{args.crows}")
+    items = suite.items[: args.crows_pairs] if args.crows_pairs else suite.items
     n_naive = min(args.naive_pairs, len(items))
     lm_eval = None
     if args.lm_eval_python:
@@ -405,30 +407,43 @@ def main() -> int:
         scores, turns = crows[path]
         return scores, sum(turns)
 
-    starts = range(0, len(items), args.chunk_pairs)
+    # The engine scores the pairs in the calls a probe run makes of them (`scoring_calls`: the
+    # pairs in the order of their tokens, cut into calls, the calls shuffled), the time it takes
+    # to choose them included; the turns take the calls in that order.
+    started = time.perf_counter()
+    calls = scoring_calls(model, replace(suite, items=items), ProbeSettings(batch_items=args.batch_items))
+    choosing_s = time.perf_counter() - started
+    per_turn = max(1, args.chunk_pairs // args.batch_items)
+    turns = [calls[start : start + per_turn] for start in range(0, len(calls), per_turn)]
+    engine_by_item: dict[int, list[float]] = {}
     if lm_eval is not None:
         # lm-eval scores, turn by turn, the batches one call of all the pairs makes (`lm_eval_turns`).
-        crows_dealt = Dealt(lm_eval, [crows_request(item) for item in items], len(starts))
-    for turn, start in enumerate(starts):
-        chunk = items[start : start + args.chunk_pairs]
-        scores, seconds = engine(chunk)
-        add("engine", scores, seconds)
+        crows_dealt = Dealt(lm_eval, [crows_request(item) for item in items], len(turns))
+    for turn, turn_calls in enumerate(turns):
+        seconds = choosing_s if turn == 0 else 0.0
+        for call in turn_calls:
+            scores, taken = engine([items[i] for i in call])
+            engine_by_item.update(zip(call, scores))
+            seconds += taken
+        crows["engine"][1].append(seconds)
+        start = turn * args.chunk_pairs  # the naive path takes the first pairs, a chunk a turn
         if start < n_naive:
-            part = chunk[: n_naive - start]
-            add("engine_on_naive_pairs", scores[: len(part)], seconds * len(part) / len(chunk))
-            add("naive", *engine(part, "naive"))
+            add("naive", *engine(items[start : min(start + args.chunk_pairs, n_naive)], "naive"))
         if lm_eval is not None:
             crows["lm_eval"][1].append(crows_dealt.score(turn))
-        done = start + len(chunk)
-        print(f"  CrowS {done}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[1]),
+        print(f"  CrowS {len(engine_by_item)}/{len(items)}: " + ", ".join(f"{k} {sum(v[1]):.1f} s" for k, v in crows.items() if v[1]),
               file=sys.stderr, flush=True)
+    crows["engine"][0].extend(engine_by_item[i] for i in range(len(items)))
     if lm_eval is not None:
         crows["lm_eval"][0].extend(crows_dealt.scores())
+    # The first pairs as the engine scored them, timed at its mean rate over all pairs (its
+    # calls mix them with the rest).
+    add("engine_on_naive_pairs", crows["engine"][0][:n_naive], sum(crows["engine"][1]) * n_naive / len(items))
 
     engine_scores, engine_s = scored("engine")
     result["crows_pairs"] = len(items)
     if getattr(model, "_packing", None):  # the engine scored these pairs as token trees
-        fed = tokens_fed([score_request(model, item) for item in items], args.batch_items)
+        fed = tokens_fed([score_request(model, item) for item in items], calls)
         if lm_eval is not None:
             fed["lm_eval"] = crows_dealt.tokens_fed  # as lm-eval's own tokenizer and batches count them
         result["crows_engine_tokens_fed"] = fed["engine"]
@@ -551,7 +566,7 @@ def main() -> int:
               f"{r['crows_matmul_ms_per_token_head']} for the head): the engine's tokens need {r['crows_engine_floor_s']} s, so at most "
               f"{r['crows_engine_pairs_per_s_bound']:.2f} pairs/s{bound}; the engine ran at {100 * r['crows_engine_share_of_floor']:.0f}% of that bound")
     if n_naive:
-        print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s "
+        print(f"  on the first {n_naive} pairs: engine {r['crows_engine_on_naive_pairs_per_s']:.2f} pairs/s (its rate over all pairs) "
               f"(pct_stereotype {r['crows_engine_pct_stereotype_on_naive_pairs']}), naive {r['crows_naive_pairs_per_s']:.2f} pairs/s "
               f"(pct_stereotype {r['crows_naive_pct_stereotype']}): engine / naive {r['crows_engine_over_naive']:.2f}x; "
               f"same choice on {r['crows_same_choice_engine_naive']}/{n_naive}, max |logprob diff| {r['crows_max_abs_logprob_diff_engine_naive']}")

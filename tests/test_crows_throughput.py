@@ -222,19 +222,19 @@ def test_the_throughput_benchmark_counts_the_tokens_each_path_feeds():
     requests = [ScoreRequest((0,), ((5, 6, 7), (5, 8, 7))), ScoreRequest((0,), ((9, 10), (9, 11)))]
     # One engine call of both pairs: one tree 0 5 6 8 9 (the last tokens are not fed). lm-eval
     # feeds each sentence but its last token (3, 3, 2, 2) in one batch padded to 3: 12.
-    assert script.tokens_fed(requests, batch_items=2) == {"engine": 5, "engine_unpadded": 5, "engine_head": 5, "lm_eval": 12}
+    assert script.tokens_fed(requests, [[0, 1]]) == {"engine": 5, "engine_unpadded": 5, "engine_head": 5, "lm_eval": 12}
     # An engine call per pair: trees of 4 and 2 tokens. lm-eval batches all requests as one
     # call does, whatever the engine's calls: still one batch padded to 3.
-    assert script.tokens_fed(requests, batch_items=1) == {"engine": 6, "engine_unpadded": 6, "engine_head": 6, "lm_eval": 12}
+    assert script.tokens_fed(requests, [[0], [1]]) == {"engine": 6, "engine_unpadded": 6, "engine_head": 6, "lm_eval": 12}
     # Nine sentences of 2 to 10 tokens after the start, each the start of the next: lm-eval's
     # first batch holds the eight longest padded to 10 tokens fed, the ninth (2 fed) a batch of
     # its own: 80 + 2. The engine feeds their shared tokens once: the longest's 10.
     long = [ScoreRequest((0,), (tuple(range(20, 20 + n)),)) for n in range(2, 11)]
-    assert script.tokens_fed(long, batch_items=9) == {"engine": 10, "engine_unpadded": 10, "engine_head": 10, "lm_eval": 82}
+    assert script.tokens_fed(long, [list(range(9))]) == {"engine": 10, "engine_unpadded": 10, "engine_head": 10, "lm_eval": 82}
     # A sentence feeding 121 tokens and one feeding 60, sharing only the start: a row each, in
     # one batch padded to 121. The head runs at the positions each row scores: 121 + 60.
     mixed = [ScoreRequest((0,), (tuple(range(1000, 1121)),)), ScoreRequest((0,), (tuple(range(9000, 9060)),))]
-    assert script.tokens_fed(mixed, batch_items=2) == {"engine": 242, "engine_unpadded": 181, "engine_head": 181, "lm_eval": 242}
+    assert script.tokens_fed(mixed, [[0, 1]]) == {"engine": 242, "engine_unpadded": 181, "engine_head": 181, "lm_eval": 242}
 
 
 def test_lm_eval_batches_are_dealt_to_the_turns_in_rotation():

@@ -2,6 +2,7 @@
 
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -128,6 +129,63 @@ def test_sentence_suites_run_in_loglik_only(tiny, tmp_path):
     assert overall["n_items"] == 3
     ss, lms = overall["ss"]["value"], overall["lms"]["value"]
     assert overall["icat"]["value"] == pytest.approx(lms * min(ss, 100 - ss) / 50, abs=1e-3)
+
+
+def test_a_sentence_suite_is_scored_in_calls_of_sentences_that_begin_alike(tiny):
+    """CrowS-Pairs' first 96 pairs: each call holds neighbours in the order of the pairs' tokens,
+    so the packed engine feeds fewer tokens than in calls of the suite's order; the calls are made
+    in a fixed shuffled order, and the results come back in the suite's order, each pair scored
+    as in a call of its own. A question suite keeps its order."""
+    from audit.models.torch_lm import packed_batch_shapes
+    from audit.probes.job import scoring_calls
+    from audit.probes.scoring import score_request
+    from tests.test_crows_throughput import CROWS
+
+    suite = load_suite(f"crows:{CROWS}")
+    suite = replace(suite, items=suite.items[:96])
+    settings = ProbeSettings(batch_items=16)
+    calls = scoring_calls(tiny, suite, settings)
+    assert calls == scoring_calls(tiny, suite, settings)
+    assert sorted(i for call in calls for i in call) == list(range(96)) and all(len(call) == 16 for call in calls)
+    requests = [score_request(tiny, item) for item in suite.items]
+    tokens = sorted(range(96), key=lambda i: (requests[i].context, requests[i].continuations, i))
+    in_token_order = sorted(calls, key=lambda call: tokens.index(call[0]))
+    assert in_token_order == [tokens[start : start + 16] for start in range(0, 96, 16)]
+    assert calls != in_token_order  # made in a shuffled order, not from the first sentence to the last
+
+    def fed(calls):
+        return sum(rows * width for call in calls for rows, width in packed_batch_shapes([requests[i] for i in call]))
+
+    in_suite_order = [list(range(start, start + 16)) for start in range(0, 96, 16)]
+    assert fed(calls) < fed(in_suite_order)
+    events = []
+    run = drive(run_probe(tiny, suite, settings), events.append)
+    assert [r.item_id for r in run.results] == [item.item_id for item in suite.items]
+    assert [e.done for e in events] == list(range(0, 97, 16))
+    alone = [tiny.score([request])[0] for request in requests]
+    for result, scores in zip(run.results, alone):
+        assert list(result.option_logprobs) == pytest.approx([s.logprob for s in scores], abs=1e-4)
+    questions = load_suite("builtin", limit=6)
+    assert scoring_calls(tiny, questions, settings) == [list(range(start, min(start + 16, 30))) for start in range(0, 30, 16)]
+    assert scoring_calls(tiny, questions, ProbeSettings(mode="generate")) == [[i] for i in range(30)]
+
+
+def test_a_cancelled_sentence_probe_keeps_its_scored_calls_in_the_suites_order(tiny):
+    from audit.probes.job import scoring_calls
+    from tests.test_crows_throughput import CROWS
+
+    suite = load_suite(f"crows:{CROWS}")
+    suite = replace(suite, items=suite.items[:40])
+    settings = ProbeSettings(batch_items=8)
+    cancel = threading.Event()
+    job = run_probe(tiny, suite, settings, cancel)
+    next(job)
+    next(job)
+    next(job)  # two calls scored
+    cancel.set()
+    run = drive(job)
+    first_two = sorted(i for call in scoring_calls(tiny, suite, settings)[:2] for i in call)
+    assert not run.complete and [r.item_id for r in run.results] == [suite.items[i].item_id for i in first_two]
 
 
 def test_items_jsonl_round_trip_and_bad_lines(tiny, small_suite, tmp_path):

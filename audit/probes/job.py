@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+import numpy as np
+
 from audit.errors import UserError
 from audit.models.interface import LanguageModel
 from audit.probes import measures
@@ -25,6 +27,7 @@ from audit.probes.scoring import (
     parse_with,
     recorded_prompt,
     score_items,
+    score_request,
 )
 from audit.probes.suites import ProbeSuite
 from audit.probes.summary import SUMMARIES, Summary, share_estimate
@@ -225,6 +228,36 @@ def score_batch(model: LanguageModel, suite: ProbeSuite, chunk: Sequence[ProbeIt
     return out
 
 
+# The calls of a sentence suite are shuffled with this seed (see `scoring_calls`).
+CALL_ORDER_SEED = 0
+
+
+def scoring_calls(model: LanguageModel, suite: ProbeSuite, settings: ProbeSettings) -> list[list[int]]:
+    """The items (by index) of each scoring call of a full probe, in the order they are made:
+    `settings.batch_items` a call in log-likelihood mode, one in generate mode.
+
+    A sentence suite (CrowS-Pairs, StereoSet) is cut into calls in the order of its items'
+    tokens, so the sentences of a call share their first tokens, which the packed engine feeds
+    once (`tree_rows`); the calls are then made in an order shuffled with a fixed seed, so the
+    live figures after each call are of items from all over the suite, not of the sentences
+    that begin with "A". CrowS-Pairs' 1,508 pairs: 35,452 tokens fed in calls of 32 against
+    37,132 in the suite's order, and 1.048x as fast on 2 workers (three alternating rounds in
+    one process, the same choice on every pair). A question suite keeps its own order: its
+    items sharing a context are neighbours there already (sorted, the built-in suite would feed
+    3% more tokens)."""
+    total = len(suite.items)
+    if settings.mode != "loglik":
+        return [[i] for i in range(total)]
+    batch = settings.batch_items
+    order = list(range(total))
+    if suite.kind == QA:
+        return [order[start : start + batch] for start in range(0, total, batch)]
+    requests = [score_request(model, item) for item in suite.items]
+    order.sort(key=lambda i: (requests[i].context, requests[i].continuations, i))
+    calls = [order[start : start + batch] for start in range(0, total, batch)]
+    return [calls[i] for i in np.random.default_rng(CALL_ORDER_SEED).permutation(len(calls))]
+
+
 def run_probe(
     model: LanguageModel,
     suite: ProbeSuite,
@@ -247,18 +280,18 @@ def run_probe(
     if settings.batch_items < 1:
         raise UserError("batch size must be at least 1")
     total = len(suite.items)
+    indices: list[int] = []  # each result's item, by index in the suite
     results: list[ItemResult] = []
     start = time.perf_counter()
     yield Progress("probe", 0, total, f"0/{total} items")
-    batch = settings.batch_items if settings.mode == "loglik" else 1
     complete = True
     with model.scoring():
-        for offset in range(0, total, batch):
+        for call in scoring_calls(model, suite, settings):
             if cancel is not None and cancel.is_set():
                 complete = False
                 break
-            chunk = suite.items[offset : offset + batch]
-            results.extend(score_batch(model, suite, chunk, settings, norm))
+            results.extend(score_batch(model, suite, [suite.items[i] for i in call], settings, norm))
+            indices.extend(call)
             done = len(results)
             elapsed_s = time.perf_counter() - start
             rate = done / elapsed_s if elapsed_s > 0 else 0.0
@@ -269,4 +302,6 @@ def run_probe(
                 f"{done}/{total} items, {rate:.1f} items/s",
                 {"items_per_s": rate, **live_figures(results, suite, norm)},
             )
+    # In the suite's order, whatever order the calls were made in.
+    results = [result for _, result in sorted(zip(indices, results), key=lambda pair: pair[0])]
     return ProbeRun(suite, settings, norm, results, complete, time.perf_counter() - start, dict(model_info or {}))
