@@ -167,6 +167,13 @@ def test_a_sentence_suite_is_scored_in_calls_of_sentences_that_begin_alike(tiny)
         assert list(result.option_logprobs) == pytest.approx([s.logprob for s in scores], abs=1e-4)
     questions = load_suite("builtin", limit=6)
     assert scoring_calls(tiny, questions, settings) == [list(range(start, min(start + 16, 30))) for start in range(0, 30, 16)]
+    # A model that shares nothing between a call's requests (ONNX Runtime's) keeps the suite's order.
+    sharing_nothing = replace(suite, items=suite.items[:40])
+
+    class Unshared:
+        shares_call_prefixes = False
+
+    assert scoring_calls(Unshared(), sharing_nothing, settings) == [list(range(start, min(start + 16, 40))) for start in range(0, 40, 16)]
     assert scoring_calls(tiny, questions, ProbeSettings(mode="generate")) == [[i] for i in range(30)]
 
 

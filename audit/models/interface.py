@@ -82,6 +82,10 @@ class LanguageModel(ABC):
     backend: str = ""
     # How many threads it computes with and why (an audit.threads.ThreadChoice), set by the loader.
     threads: Any = None
+    # Whether `score` feeds the tokens that requests of one call begin with once for them all
+    # (the PyTorch engine's token trees): a probe then makes calls of requests that begin alike
+    # (`audit.probes.job.scoring_calls`).
+    shares_call_prefixes: bool = False
 
     def __init__(self, tokenizer: Any, *, text_prefix_ids: Sequence[int], stop_token_ids: Sequence[int]) -> None:
         self.tokenizer = tokenizer

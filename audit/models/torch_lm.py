@@ -995,6 +995,7 @@ class _StartedBatch:
 
 class TorchLanguageModel(HFGeneration, LanguageModel):
     backend = "pytorch"
+    shares_call_prefixes = True  # short contexts as token trees (`tree_rows`)
 
     def __init__(
         self,
