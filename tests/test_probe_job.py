@@ -144,6 +144,10 @@ def test_a_sentence_suite_is_scored_in_calls_of_sentences_that_begin_alike(tiny)
     suite = load_suite(f"crows:{CROWS}")
     suite = replace(suite, items=suite.items[:96])
     settings = ProbeSettings(batch_items=16)
+
+    def in_suite_order(n):  # calls of 16 of the first n items, as they come
+        return [list(range(start, min(start + 16, n))) for start in range(0, n, 16)]
+
     calls = scoring_calls(tiny, suite, settings)
     assert calls == scoring_calls(tiny, suite, settings)
     assert sorted(i for call in calls for i in call) == list(range(96)) and all(len(call) == 16 for call in calls)
@@ -156,8 +160,7 @@ def test_a_sentence_suite_is_scored_in_calls_of_sentences_that_begin_alike(tiny)
     def fed(calls):
         return sum(rows * width for call in calls for rows, width in packed_batch_shapes([requests[i] for i in call]))
 
-    in_suite_order = [list(range(start, start + 16)) for start in range(0, 96, 16)]
-    assert fed(calls) < fed(in_suite_order)
+    assert fed(calls) < fed(in_suite_order(96))
     events = []
     run = drive(run_probe(tiny, suite, settings), events.append)
     assert [r.item_id for r in run.results] == [item.item_id for item in suite.items]
@@ -166,14 +169,14 @@ def test_a_sentence_suite_is_scored_in_calls_of_sentences_that_begin_alike(tiny)
     for result, scores in zip(run.results, alone):
         assert list(result.option_logprobs) == pytest.approx([s.logprob for s in scores], abs=1e-4)
     questions = load_suite("builtin", limit=6)
-    assert scoring_calls(tiny, questions, settings) == [list(range(start, min(start + 16, 30))) for start in range(0, 30, 16)]
+    assert scoring_calls(tiny, questions, settings) == in_suite_order(30)
     # A model that shares nothing between a call's requests (ONNX Runtime's) keeps the suite's order.
     sharing_nothing = replace(suite, items=suite.items[:40])
 
     class Unshared:
         shares_call_prefixes = False
 
-    assert scoring_calls(Unshared(), sharing_nothing, settings) == [list(range(start, min(start + 16, 40))) for start in range(0, 40, 16)]
+    assert scoring_calls(Unshared(), sharing_nothing, settings) == in_suite_order(40)
     assert scoring_calls(tiny, questions, ProbeSettings(mode="generate")) == [[i] for i in range(30)]
 
 
