@@ -48,6 +48,10 @@ class RunOptions:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if self.workers > 1 and self.ray_address:
             raise UserError("choose either --workers or --ray, not both")
+        if self.ray_address:
+            from audit.run.parallel import ray_endpoint
+
+            ray_endpoint(self.ray_address)  # an address of no form Ray reads is refused before anything runs
 
 
 @dataclass
@@ -195,12 +199,14 @@ def run_plan(plan: Plan | None, options: RunOptions = RunOptions(), cancel: thre
     comparison against the baseline, the gate and the report data."""
     from audit.results import build_report, evaluate_run_gate
     from audit.run.execute import execute_variant, plan_threads
-    from audit.run.parallel import run_in_processes, run_on_ray
+    from audit.run.parallel import check_ray_reachable, run_in_processes, run_on_ray
 
     require_working_folder()
     if plan is not None:
         plan_threads(plan)  # refused before a run is started, not at its profile step
         check_before_running(plan)
+    if options.ray_address:
+        check_ray_reachable(options.ray_address)  # before a run is stored for it
     store, run_id, plan, work_dir = start_or_resume(plan, options)
     hold = contextlib.ExitStack()
     try:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
+import logging
 import multiprocessing
 import queue
+import signal
+import socket
 import tempfile
 import threading
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from audit.errors import UserError
+from audit.errors import UserError, first_line
 from audit.models import LoadOptions
 from audit.plans import Plan, read_stored_plan
 from audit.progress import Job, Progress, check_cancel, drive
@@ -29,6 +34,11 @@ BASELINE_POLL_S = 1.0
 # How long a stopped run waits for its workers to reach their cancel checks (a prune checks
 # after each block of layers, a probe after each batch) before it terminates them.
 STOP_GRACE_S = 20.0
+# How long `--ray HOST:PORT` waits for a TCP connection to the address before a run starts, and
+# for Ray to join the cluster there (Ray itself retries for many minutes, logging each retry).
+RAY_REACH_S = 10.0
+RAY_CONNECT_S = 120.0
+RAY_MISSING = "--ray needs Ray: pip install 'edge-audit[ray]'"
 
 
 def _variant_in_process(
@@ -137,6 +147,87 @@ def _variant_on_ray(plan_text: str, plan_path: str | None, name: str, done: list
     return [asdict(r) for r in records]
 
 
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port `--ray ADDRESS` names: None for "local" (a cluster started here) and
+    "auto" (the one Ray finds itself); a UserError for an address of any other form."""
+    if address in ("local", "auto"):
+        return None
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: [::1]:6379
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--ray takes 'local', 'auto' or a Ray cluster's HOST:PORT (ray://HOST:PORT for Ray Client), not {address!r}")
+    return host, int(port)
+
+
+def check_ray_reachable(address: str, timeout: float = RAY_REACH_S) -> None:
+    """Refuse `--ray` without Ray installed, or at an address nothing answers at: a mistyped host
+    or port, or a cluster that is down, would keep Ray retrying for many minutes."""
+    endpoint = ray_endpoint(address)
+    if importlib.util.find_spec("ray") is None:
+        raise UserError(RAY_MISSING)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except socket.gaierror:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: no host named {endpoint[0]!r}") from None
+    except TimeoutError:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {(exc.strerror or str(exc)).lower()}") from None
+
+
+class _MainThreadOnly(logging.Filter):
+    """Drops Ray's warning that a ray.init outside the main thread sets no SIGTERM handler: the
+    command line's own handler is the one that should stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def connect_ray(ray: Any, address: str, cancel: threading.Event | None, timeout: float = RAY_CONNECT_S) -> None:
+    """`ray.init` at `address`. A cluster started here ("local") is started on this thread, as
+    before: Ray has the processes it starts killed when the thread that started them ends, and
+    the handler it sets for SIGTERM is put back to the one that was set. An existing cluster is
+    joined on a thread of its own, waited for at most `timeout` seconds and stopped waiting for
+    when `cancel` is set: at an address that accepts connections but is no Ray cluster's, Ray
+    retries for many minutes and cannot be interrupted. That thread is left behind when the
+    wait ends first."""
+    outcome: dict[str, BaseException] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except BaseException as exc:  # connection refused, bad address, version mismatch
+            outcome["error"] = exc
+
+    if address == "local":
+        on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        init()
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+    else:
+        quiet = _MainThreadOnly()
+        logger = logging.getLogger("ray._private.worker")
+        logger.addFilter(quiet)
+        try:
+            thread = threading.Thread(target=init, name="ray-connect", daemon=True)
+            thread.start()
+            deadline = time.monotonic() + timeout
+            while thread.is_alive() and time.monotonic() < deadline:
+                thread.join(min(0.5, max(0.0, deadline - time.monotonic())))
+                check_cancel(cancel)
+        finally:
+            logger.removeFilter(quiet)
+        if thread.is_alive():
+            raise UserError(f"cannot connect to the Ray cluster at {address}: Ray did not join it within {timeout:g} s "
+                            "(is it the address of a Ray cluster's head node, port 6379 by default?)")
+    if "error" in outcome:
+        exc = outcome["error"]
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {type(exc).__name__}: {first_line(exc, 300)}")
+
+
 def run_on_ray(
     plan: Plan,
     run_id: int,
@@ -151,13 +242,11 @@ def run_on_ray(
     try:
         import ray
     except ImportError:
-        raise UserError("--ray needs Ray: pip install 'edge-audit[ray]'") from None
+        raise UserError(RAY_MISSING) from None
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        except Exception as exc:  # connection refused, bad address, version mismatch
-            raise UserError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        yield Progress("run", finished(), total, f"connecting to the Ray cluster at {address}" if address != "local" else "starting a Ray cluster here")
+        connect_ray(ray, address, cancel)
     try:
         remote = ray.remote(_variant_on_ray)
         load_data = asdict(load)
