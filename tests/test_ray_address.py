@@ -73,8 +73,9 @@ def test_the_run_is_refused_before_it_is_stored(capsys, tmp_path, tiny_llama):
 
 
 class FakeRay:
-    """`ray.init` as a stand-in: it blocks until `release` is set (as Ray does at an address
-    that accepts connections but is no Ray cluster's), then raises `error` if given."""
+    """`ray.init` as a stand-in: it notes what it was asked and on which thread, blocks until
+    `release` is set (as Ray does at an address that accepts connections but is no Ray
+    cluster's), then raises `error` if given."""
 
     def __init__(self, error: BaseException | None = None, block: bool = False) -> None:
         self.release = threading.Event()
@@ -82,9 +83,10 @@ class FakeRay:
             self.release.set()
         self.error = error
         self.asked: dict | None = None
+        self.thread: threading.Thread | None = None
 
     def init(self, **kwargs) -> None:
-        self.asked = kwargs
+        self.asked, self.thread = kwargs, threading.current_thread()
         self.release.wait()
         if self.error is not None:
             raise self.error
@@ -118,12 +120,7 @@ def test_rays_own_error_is_given_on_one_line():
 
 
 def test_a_cluster_that_answers_is_joined_on_a_thread_of_its_own_and_local_starts_one():
-    class Joining(FakeRay):
-        def init(self, **kwargs) -> None:
-            self.thread = threading.current_thread()
-            super().init(**kwargs)
-
-    ray = Joining()
+    ray = FakeRay()
     connect_ray(ray, "head:6379", None, timeout=5)
     assert ray.asked["address"] == "head:6379" and ray.thread is not threading.current_thread()
     connect_ray(ray, "local", None, timeout=5)
@@ -140,7 +137,6 @@ def test_a_cluster_started_here_is_started_on_this_thread_and_keeps_the_sigterm_
 
     class Starting(FakeRay):
         def init(self, **kwargs) -> None:
-            self.thread = threading.current_thread()
             signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as ray.init does
             super().init(**kwargs)
 
