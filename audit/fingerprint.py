@@ -36,7 +36,7 @@ import numpy as np
 
 from audit.errors import UserError
 from audit.models.meta import INT8_FILE, INT8_FORMAT, META_FILE, SPARSE_FILE, SPARSE_FORMAT, WEIGHTS_META_KEY, PackedTensor, check_mask_count, read_meta, sparse_layout, unpacked
-from audit.models.sources import SAFETENSORS_DTYPE_BITS, SAFETENSORS_INDEX, index_shards, safetensors_header
+from audit.models.sources import PICKLE_INDEX, SAFETENSORS_DTYPE_BITS, SAFETENSORS_INDEX, index_shards, safetensors_header
 from audit.paths import kind, os_reason, probe
 from audit.progress import Job, Progress, check_cancel
 
@@ -295,6 +295,7 @@ def _weight_files(folder: Path, storage: str | None) -> tuple[str, list[Path]]:
     if files:
         return "safetensors", files
     if others:
+        index_shards(folder, PICKLE_INDEX)  # likewise for pickle shards
         return "files", others
     raise UserError(f"{folder} holds no weights edge-audit can fingerprint (no .safetensors, .onnx or .bin files)")
 

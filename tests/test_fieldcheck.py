@@ -78,6 +78,20 @@ def test_weights_that_are_not_safetensors_are_fingerprinted_by_file(tmp_path):
     assert compare(fingerprint, drive(fingerprint_folder(folder))).changed == ["file:model.onnx"]
 
 
+def test_pickle_shards_are_fingerprinted_by_file_and_their_index_may_name_only_files_of_the_folder(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for name in ("a.bin", "b.bin"):
+        (folder / name).write_bytes(name.encode())
+    index = folder / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": "a.bin", "y": "b.bin"}}))
+    assert sorted(drive(fingerprint_folder(folder)).tensors) == ["file:a.bin", "file:b.bin"]
+    index.write_text(json.dumps({"weight_map": {"x": "a.bin", "y": "../b.bin"}}))
+    with pytest.raises(UserError, match=r"names weight shard '../b.bin', which is not a file of the folder itself$"):
+        drive(fingerprint_folder(folder))
+
+
 def test_a_folder_without_weights_or_config_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         drive(fingerprint_folder(tmp_path / "nowhere"))

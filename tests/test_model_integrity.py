@@ -109,6 +109,57 @@ def test_a_stored_head_equal_to_the_embeddings_loads(model, sharded):
     assert load(model).facts().parameters > 0
 
 
+def pickled(folder, head_apart=False, legacy=False):
+    """Store the weights of `folder` as pickle files, as transformers reads them: one
+    pytorch_model.bin, or (`head_apart`) two shards named by its index, the head in the second."""
+    import torch
+
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    options = {"_use_new_zipfile_serialization": False} if legacy else {}
+    if not head_apart:
+        torch.save(tensors, folder / "pytorch_model.bin", **options)
+        return
+    parts = {"a.bin": {k: v for k, v in tensors.items() if k != "lm_head.weight"}, "b.bin": {"lm_head.weight": tensors["lm_head.weight"]}}
+    for file, part in parts.items():
+        torch.save(part, folder / file, **options)
+    index = {"metadata": {}, "weight_map": {name: file for file, part in parts.items() for name in part}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def load_pickled(folder):
+    return drive(load_model(str(folder), LoadOptions(threads=1, allow_pickle=True)))
+
+
+@pytest.mark.parametrize("layout", ["one file", "head in another shard", "format before zip files"])
+def test_a_pickled_head_a_tied_config_would_replace_is_refused(model, layout):
+    """The same check on pickle weights (--allow-pickle): read as transformers reads them, tensors only."""
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors["model.embed_tokens.weight"] + 0.5))
+    pickled(model, head_apart=layout == "head in another shard", legacy=layout == "format before zip files")
+    with pytest.raises(UserError, match=r"its config.json ties lm_head.weight to model.embed_tokens.weight \(tie_word_embeddings\), but the "
+                       r"lm_head.weight its weights store differs") as caught:
+        load_pickled(model)
+    assert str(caught.value).startswith(f"cannot load the model in {model}: ") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("head_apart", [False, True], ids=["one file", "head in another shard"])
+def test_a_pickled_head_equal_to_the_embeddings_loads(model, head_apart):
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors["model.embed_tokens.weight"].clone()))
+    pickled(model, head_apart=head_apart)
+    assert load_pickled(model).facts().parameters > 0
+
+
+def test_a_pickle_index_naming_a_shard_outside_the_folder_is_refused(model, tmp_path):
+    edit_weights(model, lambda tensors: tensors.__setitem__("lm_head.weight", tensors["model.embed_tokens.weight"].clone()))
+    pickled(model, head_apart=True)
+    shutil.move(model / "b.bin", tmp_path / "b.bin")
+    index = json.loads((model / "pytorch_model.bin.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = "../b.bin"
+    (model / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"pytorch_model.bin.index.json names weight shard '../b.bin', which is not a file of the folder itself$"):
+        load_pickled(model)
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "opt"])
 def test_whole_folders_load_tied_heads_included(tiny_model_factory, arch):
     """Every tiny architecture, tied (llama, gemma, gpt2, opt) or not, loads: a tied head's

@@ -21,6 +21,8 @@ from audit.models.aliases import ALIASES, ModelAlias
 from audit.models.interface import LanguageModel
 from audit.models.meta import CACHE_CHECKED_KEY, read_meta, write_meta
 from audit.models.sources import (
+    PICKLE_INDEX,
+    PICKLE_WEIGHTS,
     SAFETENSORS_DTYPE_BITS,
     ModelSource,
     index_shards,
@@ -564,7 +566,7 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
                 output_loading_info=True,
             )
             require_whole_weights(model, info, f"cannot load the model in {folder}: its weights")
-            dropped = None if source.pickle else dropped_copy_problem(model, folder)
+            dropped = dropped_copy_problem(model, folder, source.pickle)
             if dropped is not None:
                 raise UserError(f"cannot load the model in {folder}: {dropped}")
     except UserError:
@@ -643,35 +645,80 @@ def _loaded_safetensors(folder: Path) -> list[Path]:
     return [folder / shard for shard in index_shards(folder)]
 
 
-def dropped_copy_problem(model: Any, folder: Path) -> str | None:
+def dropped_copy_problem(model: Any, folder: Path, pickle: bool = False) -> str | None:
     """Why the model loaded from `folder` is not the one its weights hold, as a phrase; None when
     it is. Tensors the config ties (the output head to the token embeddings, with
     tie_word_embeddings) are one tensor with the first one's values: transformers sets aside
     without a word a copy the weights store with other values, so the model measured would not be
     the one in the file. Reads the safetensors headers, and a tied pair's bytes only when both
-    are stored."""
+    are stored; `pickle` weights are mapped from their files, not read into memory, where their
+    format allows."""
     shared: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         shared.setdefault(id(param), []).append(name)
     tied = [names for names in shared.values() if len(names) > 1]
     if not tied:
         return None
-    stored: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for file in _loaded_safetensors(folder):
-        for name, info in safetensors_header(file).items():
-            if name != "__metadata__":
-                stored[name] = (file, info)
+    if pickle:
+        stored: dict[str, Any] = _pickled_tensors(folder, {name for names in tied for name in names})
+        same = _same_tensor
+    else:
+        stored = {}
+        for file in _loaded_safetensors(folder):
+            for name, info in safetensors_header(file).items():
+                if name != "__metadata__":
+                    stored[name] = (file, info)
+        same = _same_stored_tensor
     for names in tied:
         held = [(name, stored[name]) for name in names if name in stored]
         for name, entry in held[1:]:
             kept_name, kept = held[0]  # the one whose values the tied tensor takes
-            if not _same_stored_tensor(kept, entry):
+            if not same(kept, entry):
                 return (
                     f"its config.json ties {name} to {kept_name} (tie_word_embeddings), but the {name} its weights store "
                     f"differs from {kept_name} and would be replaced by it: the config is likely wrong "
                     f"(set tie_word_embeddings to false if the model has an output head of its own)"
                 )
     return None
+
+
+def _loaded_pickles(folder: Path) -> list[Path]:
+    """The pickle files transformers reads a folder's weights from: pytorch_model.bin, else the
+    shards its index names."""
+    single = folder / PICKLE_WEIGHTS
+    if single.is_file():
+        return [single]
+    return [folder / shard for shard in index_shards(folder, PICKLE_INDEX)]
+
+
+def _pickled_tensors(folder: Path, names: set[str]) -> dict[str, Any]:
+    """The tensors named `names` that the folder's pickle weights hold, as transformers reads them
+    (tensors only, no code run), memory-mapped where the file's format allows."""
+    import torch
+
+    found: dict[str, Any] = {}
+    for file in _loaded_pickles(folder):
+        try:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the format before zip files cannot be mapped: read it whole
+                state = torch.load(file, map_location="cpu", weights_only=True)
+        except OSError as exc:
+            raise UserError(f"cannot read {shown(file)}: {os_reason(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - transformers read it; anything else is damage since
+            raise UserError(f"cannot read {shown(file)}: {_reason(exc, 200)}") from None
+        if isinstance(state, dict):
+            found.update({name: state[name] for name in names if isinstance(state.get(name), torch.Tensor)})
+    return found
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    """Whether two tensors hold the same dtype, shape and values (NaN equal to NaN, bit for bit)."""
+    import torch
+
+    if (a.dtype, tuple(a.shape)) != (b.dtype, tuple(b.shape)):
+        return False
+    return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
 
 
 _COMPARE_BLOCK_BYTES = 16 * MB

@@ -248,19 +248,24 @@ def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
 
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# The pickle weights transformers reads: this file, else the shards this index names.
+PICKLE_WEIGHTS = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
-def index_shards(folder: Path) -> list[str]:
-    """The weight shards a folder's safetensors index names ([] without an index), each checked
-    to be a file of the folder itself: a shard elsewhere (`sub/x.safetensors`, `../x`) would be
-    loaded while a fingerprint of the folder's own files never reads it."""
-    index = folder / SAFETENSORS_INDEX
-    if probe(index, "safetensors index") is None:
+def index_shards(folder: Path, name: str = SAFETENSORS_INDEX) -> list[str]:
+    """The weight shards a folder's index `name` (safetensors', or PICKLE_INDEX) names ([]
+    without that index), each checked to be a file of the folder itself: a shard elsewhere
+    (`sub/x.safetensors`, `../x`) would be loaded while a fingerprint of the folder's own files
+    never reads it."""
+    index = folder / name
+    what = "pickle weights index" if name == PICKLE_INDEX else "safetensors index"
+    if probe(index, what) is None:
         return []
-    weight_map = _read_json(index, "safetensors index", _MAX_CONFIG_BYTES)
+    weight_map = _read_json(index, what, _MAX_CONFIG_BYTES)
     weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise UserError(f"{shown(index)} is not a valid safetensors index: it has no weight_map of tensor names to files")
+        raise UserError(f"{shown(index)} is not a valid {what}: it has no weight_map of tensor names to files")
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if Path(shard).name != shard or shard in (".", "..") or "\\" in shard:
@@ -283,6 +288,7 @@ def _check_weights(folder: Path, entries: list[Path], allow_pickle: bool) -> boo
         _refuse_pickle(pickles[0], allow_pickle)
         for file in pickles:
             require_file(file, "weights file")
+        index_shards(folder, PICKLE_INDEX)
         return True
     raise UserError(f"folder {shown(folder)} has config.json but no weights (*.safetensors)")
 
