@@ -3,6 +3,7 @@ the problem, never loaded as they are: weights that do not fill the model their 
 on every way a model is loaded, are never measured with what transformers made up for them."""
 
 import json
+import re
 import shutil
 import struct
 
@@ -158,6 +159,52 @@ def test_a_pickle_index_naming_a_shard_outside_the_folder_is_refused(model, tmp_
     (model / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match=r"pytorch_model.bin.index.json names weight shard '../b.bin', which is not a file of the folder itself$"):
         load_pickled(model)
+
+
+class Foreign:
+    """An object a pickle may hold that is not a tensor: loading it would run this module's code."""
+
+
+def cut_short(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (cut_short, "cannot read {file} as PyTorch weights: it is damaged or cut short: its zip archive cannot be read$"),
+    (lambda path: path.write_bytes(b""), "cannot read {file} as PyTorch weights: the file is empty or cut short$"),
+    (lambda path: path.write_bytes(b"not a pickle" * 50), "cannot read {file} as PyTorch weights: it is not a PyTorch weights file$"),
+    (lambda path: __import__("torch").save({"a": Foreign()}, path),
+     r"cannot read {file} as PyTorch weights: it holds objects other than tensors, which are not loaded \(loading them could run code\)$"),
+    (lambda path: __import__("torch").save([1, 2], path), r"{file} holds no weights \(a dict of named tensors\) but a list$"),
+    (lambda path: __import__("torch").save({"w": 3}, path), r"{file} holds 'w', a int, where weights hold only named tensors$"),
+], ids=["cut short", "empty", "not a pickle", "objects", "a list", "a number"])
+def test_damaged_pickle_weights_are_refused_in_one_line(model, damage, message):
+    """What transformers gives a traceback or a hint about TensorFlow for is named here."""
+    pickled(model)
+    damage(model / "pytorch_model.bin")
+    with pytest.raises(UserError, match=message.format(file=re.escape(str(model / "pytorch_model.bin")))) as caught:
+        load_pickled(model)
+    assert "\n" not in str(caught.value)
+
+
+def test_pickle_weights_under_a_name_they_are_not_loaded_from_are_refused(model):
+    pickled(model)
+    (model / "pytorch_model.bin").rename(model / "model.pt")
+    with pytest.raises(UserError, match=r"holds pickle weights \(model.pt\) but none under the names they are loaded from: pytorch_model.bin, "
+                                        r"or the shards pytorch_model.bin.index.json names$"):
+        load_pickled(model)
+
+
+def test_the_command_line_refuses_damaged_pickle_weights_in_one_line(model, tmp_path):
+    pickled(model)
+    cut_short(model / "pytorch_model.bin")
+    text = tmp_path / "t.txt"
+    text.write_text(SHORT_TEXT)
+    result = run_cli("perplexity", "--model", str(model), "--allow-pickle", "--text", str(text), "--threads", "1",
+                     env={"EDGE_AUDIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "as PyTorch weights: it is damaged or cut short" in result.stderr
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "opt"])

@@ -557,6 +557,8 @@ def _load_torch(folder: Path, source: ModelSource, options: LoadOptions, started
 
             model = load_stored_model(folder, storage, getattr(torch, options.dtype), options.trust_remote_code)
         else:
+            if source.pickle:
+                check_pickled_weights(folder)
             model, info = AutoModelForCausalLM.from_pretrained(
                 str(folder),
                 dtype=getattr(torch, options.dtype),
@@ -691,22 +693,51 @@ def _loaded_pickles(folder: Path) -> list[Path]:
     return [folder / shard for shard in index_shards(folder, PICKLE_INDEX)]
 
 
+def _pickled_state(file: Path) -> Any:
+    """What a pickle weights file holds, read as transformers reads it (tensors and plain
+    containers only, no code run), memory-mapped where the file's format allows."""
+    import pickle
+
+    import torch
+
+    try:
+        with open(file, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"  # the format before zip files cannot be mapped: read whole
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=zipped)
+    except OSError as exc:
+        raise UserError(f"cannot read {shown(file)}: {os_reason(exc)}") from None
+    except EOFError:
+        reason = "the file is empty or cut short"
+    except pickle.UnpicklingError as exc:
+        reason = ("it holds objects other than tensors, which are not loaded (loading them could run code)"
+                  if "Unsupported global" in str(exc) else "it is not a PyTorch weights file")
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+        reason = ("it is damaged or cut short: its zip archive cannot be read" if "zip archive" in str(exc)
+                  else _reason(exc, 200))
+    raise UserError(f"cannot read {shown(file)} as PyTorch weights: {reason}")
+
+
+def check_pickled_weights(folder: Path) -> None:
+    """Refuse, in one line naming the file, pickle weights transformers would fail on with a
+    traceback or a hint about TensorFlow: each file it reads must hold a dict of named tensors."""
+    import torch
+
+    for file in _loaded_pickles(folder):
+        state = _pickled_state(file)
+        if not isinstance(state, dict):
+            raise UserError(f"{shown(file)} holds no weights (a dict of named tensors) but a {type(state).__name__}")
+        for name, value in state.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise UserError(f"{shown(file)} holds {name!r}, a {type(value).__name__}, where weights hold only named tensors")
+
+
 def _pickled_tensors(folder: Path, names: set[str]) -> dict[str, Any]:
-    """The tensors named `names` that the folder's pickle weights hold, as transformers reads them
-    (tensors only, no code run), memory-mapped where the file's format allows."""
+    """The tensors named `names` that the folder's pickle weights hold (`_pickled_state`)."""
     import torch
 
     found: dict[str, Any] = {}
     for file in _loaded_pickles(folder):
-        try:
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # the format before zip files cannot be mapped: read it whole
-                state = torch.load(file, map_location="cpu", weights_only=True)
-        except OSError as exc:
-            raise UserError(f"cannot read {shown(file)}: {os_reason(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - transformers read it; anything else is damage since
-            raise UserError(f"cannot read {shown(file)}: {_reason(exc, 200)}") from None
+        state = _pickled_state(file)
         if isinstance(state, dict):
             found.update({name: state[name] for name in names if isinstance(state.get(name), torch.Tensor)})
     return found

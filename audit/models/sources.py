@@ -288,7 +288,10 @@ def _check_weights(folder: Path, entries: list[Path], allow_pickle: bool) -> boo
         _refuse_pickle(pickles[0], allow_pickle)
         for file in pickles:
             require_file(file, "weights file")
-        index_shards(folder, PICKLE_INDEX)
+        if not index_shards(folder, PICKLE_INDEX) and not any(p.name == PICKLE_WEIGHTS for p in pickles):
+            names = ", ".join(sorted(p.name for p in pickles)[:3])
+            raise UserError(f"folder {shown(folder)} holds pickle weights ({names}) but none under the names they are loaded from: "
+                            f"{PICKLE_WEIGHTS}, or the shards {PICKLE_INDEX} names")
         return True
     raise UserError(f"folder {shown(folder)} has config.json but no weights (*.safetensors)")
 
