@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Mapping, NamedTuple, Sequence, TypeVar
 
 from audit.errors import Cancelled
+from hardware.load import SystemLoad, read_load
 
 T = TypeVar("T")
 
@@ -68,6 +69,77 @@ def clock(seconds: float) -> str:
     """A duration as a clock: 4:05, or 1h07 from an hour up."""
     seconds = max(0, int(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
+
+# -- a job that makes no progress ----------------------------------------------------------------
+# A job whose latest event is this old is said to make no progress (a probe or a profile run
+# reports at least every few seconds on a free device).
+STALL_S = 60.0
+
+
+def quiet_for(seconds: float) -> str:
+    """The whole seconds a job has been silent, to the nearest: a difference of two clock
+    readings 61 s apart may come out a hair under 61."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"
+
+
+def stall_notice(quiet_s: float, load: SystemLoad) -> str:
+    """What the bar says of a silent job ("no progress for 75 s"), with the device's load when it
+    is known, blamed only when it is high."""
+    said = f"no progress for {quiet_for(quiet_s)}"
+    if load.load_1m is None or not load.cores:
+        return said
+    figures = f"load {load.load_1m:.1f} on {load.cores} {'core' if load.cores == 1 else 'cores'}"
+    return f"{said}: the device is busy ({figures})" if load.busy else f"{said} ({figures})"
+
+
+class StallWatch:
+    """Says when a job driven beside it has made no progress for `stall_s`, and again each
+    `stall_s` it stays silent: `say(stage of its latest event, stall_notice(...))`, from a thread
+    of its own that looks every `every_s` (use it as a context manager). A job starved of the
+    cores otherwise leaves a bar or a log standing still without a word. Tell it of each event
+    with `saw`."""
+
+    def __init__(self, say: Callable[[str, str], None], load: Callable[[], SystemLoad] = read_load,
+                 clock: Callable[[], float] = time.monotonic, every_s: float = 1.0, stall_s: float = STALL_S) -> None:
+        self._say, self._load, self._clock = say, load, clock
+        self._every_s, self._stall_s = every_s, stall_s
+        self._lock = threading.Lock()
+        self._stage = ""
+        self._last = clock()
+        self._said = 0  # how many whole stall_s of the current silence were said
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def saw(self, event: Progress) -> None:
+        """The job made progress: the silence starts again."""
+        with self._lock:
+            self._stage, self._last, self._said = event.stage, self._clock(), 0
+
+    def check(self) -> None:
+        """Say the silence if it has lasted another stall_s since it was last said."""
+        with self._lock:
+            quiet = self._clock() - self._last
+            periods = int(quiet // self._stall_s)
+            if periods <= self._said:
+                return
+            self._said, stage = periods, self._stage
+        self._say(stage, stall_notice(quiet, self._load()))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.check()
+
+    def __enter__(self) -> StallWatch:
+        self._thread = threading.Thread(target=self._watch, name="edge-audit-stall-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 # -- jobs of several steps ----------------------------------------------------------------------

@@ -14,11 +14,11 @@ import pytest
 from textual.widgets import Button
 
 from audit.errors import Cancelled
-from audit.progress import Progress, Step, StepCounter, StepPlace
+from audit.progress import Progress, Step, StepCounter, StepPlace, quiet_for
 from tests.app_support import FROZEN_SNAPSHOT, fake_loader, settle, wait_for
 from tui.app import create_app
 from tui.session import Session
-from tui.widgets.job_bar import JobBar, quiet_for
+from tui.widgets.job_bar import JobBar
 from tui.widgets.probe_metrics import ProbeMetricsTable
 
 SIZE = (80, 24)

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from audit import jsonout
 from audit.models.aliases import DEFAULT_ALIAS
 from audit.models.loader import DTYPES, LoadOptions
-from audit.progress import Job, drive
+from audit.progress import Job, StallWatch, drive
 
 T = TypeVar("T")
 
@@ -217,7 +217,8 @@ progress_style = "auto"  # set from --progress by main()
 
 def run_job(job: Job[T], overall: str | None = None) -> T:
     """Drive a core job with progress on stderr: a bar on a terminal, nothing otherwise
-    (so that a failure is the only line), or one line per step with --progress lines.
+    (so that a failure is the only line), or one line per step with --progress lines. A bar or
+    a log that a job has not moved for a minute says so (`StallWatch`), with the device's load.
 
     With `overall`, events of that stage drive an overall bar and every other stage shares
     one "current step" bar, so a long run shows two bars, not one per stage."""
@@ -229,12 +230,18 @@ def run_job(job: Job[T], overall: str | None = None) -> T:
     if style == "lines":
         last = [""]
 
-        def log(event: Any) -> None:
-            if event.message and event.message != last[0]:
-                last[0] = event.message
-                print(f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
+        def say(stage: str, notice: str) -> None:
+            print(f"{stage or 'starting'}: {notice}", file=sys.stderr, flush=True)
 
-        return drive(job, log)
+        with StallWatch(say) as watch:
+
+            def log(event: Any) -> None:
+                watch.saw(event)
+                if event.message and event.message != last[0]:
+                    last[0] = event.message
+                    print(f"{event.stage}: {event.message}", file=sys.stderr, flush=True)
+
+            return drive(job, log)
     columns = (
         TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
@@ -246,16 +253,27 @@ def run_job(job: Job[T], overall: str | None = None) -> T:
     )
     with Progress(*columns, console=stderr, transient=True) as bar:
         tasks: dict[str, Any] = {}
+        latest: list[str] = []  # the bar the latest event moved
 
-        def update(event: Any) -> None:
-            key = event.stage if overall is None or event.stage == overall else "step"
-            if key not in tasks:
-                tasks[key] = bar.add_task(event.stage, total=event.total, message="")
-            bar.update(
-                tasks[key], description=event.stage, completed=event.done, total=event.total, message=event.message
-            )
+        def say(stage: str, notice: str) -> None:
+            if not latest:  # silent from its start: a bar of its own says so
+                latest.append("starting")
+                tasks["starting"] = bar.add_task("starting", total=None, message="")
+            bar.update(tasks[latest[0]], message=notice)
 
-        return drive(job, update)
+        with StallWatch(say) as watch:
+
+            def update(event: Any) -> None:
+                watch.saw(event)
+                key = event.stage if overall is None or event.stage == overall else "step"
+                if key not in tasks:
+                    tasks[key] = bar.add_task(event.stage, total=event.total, message="")
+                latest[:] = [key]
+                bar.update(
+                    tasks[key], description=event.stage, completed=event.done, total=event.total, message=event.message
+                )
+
+            return drive(job, update)
 
 
 def one_line(text: str) -> str:

@@ -11,35 +11,13 @@ from typing import Any, Sequence
 from rich.text import Text
 from textual.widget import Widget
 
-from audit.progress import Progress, clock, job_seconds_left, step_place
+from audit.progress import STALL_S, Progress, clock, job_seconds_left, stall_notice, step_place
 from hardware.load import SystemLoad
-
-
-# A job whose latest event is this old is said to make no progress (a probe or a profile run
-# reports at least every few seconds on a free device).
-STALL_S = 60.0
 
 
 def bar(fraction: float, width: int) -> str:
     filled = int(round(fraction * width))
     return "█" * filled + "░" * (width - filled)
-
-
-def quiet_for(seconds: float) -> str:
-    """The whole seconds a job has been silent, to the nearest: a difference of two clock
-    readings 61 s apart may come out a hair under 61."""
-    seconds = round(seconds)
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"
-
-
-def stall_notice(quiet_s: float, load: SystemLoad) -> str:
-    """What the bar says of a silent job ("no progress for 75 s"), with the device's load when it
-    is known, blamed only when it is high."""
-    said = f"no progress for {quiet_for(quiet_s)}"
-    if load.load_1m is None or not load.cores:
-        return said
-    figures = f"load {load.load_1m:.1f} on {load.cores} {'core' if load.cores == 1 else 'cores'}"
-    return f"{said}: the device is busy ({figures})" if load.busy else f"{said} ({figures})"
 
 
 def steps_said(event: Progress, now: float) -> str | None:
