@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from audit.models import load_model
-from audit.models.torch_lm import GREEDY_CHECK_TOKENS, greedy_decode, greedy_decode_fits
+from audit.models.torch_lm import GREEDY_CHECK_TOKENS, greedy_decode, greedy_decode_fits, onednn_linear_available
 from audit.profile import benchmark_prompt_ids, timed_generation
 from audit.progress import drive
 from hardware.memory import MB
@@ -115,3 +115,55 @@ def test_profile_records_the_weights_read_per_token(tiny_llama):
     want = sum(p.numel() * 4 for p in {id(p): p for p in lm.model.parameters()}.values())
     assert data["weights_read_per_token_mb"] == round(want / MB, 2)  # MB as in every *_mb figure: 2**20 bytes
     assert data["weights_read_gb_per_s_p50"] == round(want * data["generated_tokens_per_s_p50"] / 1e9, 2)
+
+
+def _counting_onednn(monkeypatch):
+    """Count the products made through oneDNN from here on."""
+    from audit.models import torch_lm
+
+    calls = []
+    real = torch.ops.mkldnn
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def _linear_pointwise(*args):
+            calls.append(args[0].shape)
+            return real._linear_pointwise(*args)
+
+    monkeypatch.setattr(torch_lm.torch.ops, "mkldnn", Counting(), raising=False)
+    return calls
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="oneDNN products on x86 only")
+def test_greedy_decode_multiplies_as_scoring_does_and_gives_generates_tokens(tiny_llama, monkeypatch):
+    lm = drive(load_model(str(tiny_llama)))
+    prompt = benchmark_prompt_ids(lm, 30)
+    want = reference(lm.model, prompt, 12)
+    calls = _counting_onednn(monkeypatch)
+    got = list(lm.generate(prompt, max_new_tokens=12, stop_at_eos=False).token_ids)
+    assert got == want and lm._onednn is True and lm._greedy_decode_agrees is True
+    # One-row products: every decode step after the prompt goes through oneDNN.
+    assert sum(1 for shape in calls if shape[-2] == 1) >= 11 * len([m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)])
+    assert not any("forward" in m.__dict__ for m in lm.model.modules())
+
+
+def test_greedy_decode_keeps_the_layers_own_products_where_scoring_does(tiny_model_factory, monkeypatch):
+    from audit.compress.quantize import quantize_int8_dynamic
+    from audit.models import torch_lm
+
+    plain = drive(load_model(str(tiny_model_factory("llama"))))
+    plain._onednn = False  # as after a self-check that disagreed, or on another machine
+    quantized = drive(load_model(str(tiny_model_factory("llama"))))
+    quantize_int8_dynamic(quantized.model)
+    monkeypatch.setattr(torch_lm, "onednn_linear_available", lambda: True)
+    for lm in (plain, quantized):
+        prompt = benchmark_prompt_ids(lm, 30)
+        want = reference(lm.model, prompt, 8)
+        calls = _counting_onednn(monkeypatch)
+        assert list(lm.generate(prompt, max_new_tokens=8, stop_at_eos=False).token_ids) == want
+        assert calls == [] and lm._onednn is False
+        monkeypatch.undo()
+        monkeypatch.setattr(torch_lm, "onednn_linear_available", lambda: True)
