@@ -93,6 +93,28 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture()
+def onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The input shape of each product made through oneDNN's linear kernel from here on, in order
+    (the kernel itself still computes them); `monkeypatch.undo()` stops the counting."""
+    import torch
+
+    calls: list = []
+    real = torch.ops.mkldnn
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def _linear_pointwise(*args):
+            calls.append(tuple(args[0].shape))
+            return real._linear_pointwise(*args)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", Counting(), raising=False)
+    return calls
+
+
+@pytest.fixture()
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGE_AUDIT_CACHE", str(cache))

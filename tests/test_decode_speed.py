@@ -117,32 +117,12 @@ def test_profile_records_the_weights_read_per_token(tiny_llama):
     assert data["weights_read_gb_per_s_p50"] == round(want * data["generated_tokens_per_s_p50"] / 1e9, 2)
 
 
-def _counting_onednn(monkeypatch):
-    """Count the products made through oneDNN from here on."""
-    from audit.models import torch_lm
-
-    calls = []
-    real = torch.ops.mkldnn
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        @staticmethod
-        def _linear_pointwise(*args):
-            calls.append(args[0].shape)
-            return real._linear_pointwise(*args)
-
-    monkeypatch.setattr(torch_lm.torch.ops, "mkldnn", Counting(), raising=False)
-    return calls
-
-
 @pytest.mark.skipif(not onednn_linear_available(), reason="oneDNN products on x86 only")
-def test_greedy_decode_multiplies_as_scoring_does_and_gives_generates_tokens(tiny_llama, monkeypatch):
+def test_greedy_decode_multiplies_as_scoring_does_and_gives_generates_tokens(tiny_llama, request):
     lm = drive(load_model(str(tiny_llama)))
     prompt = benchmark_prompt_ids(lm, 30)
     want = reference(lm.model, prompt, 12)
-    calls = _counting_onednn(monkeypatch)
+    calls = request.getfixturevalue("onednn_calls")  # counted from here on
     got = list(lm.generate(prompt, max_new_tokens=12, stop_at_eos=False).token_ids)
     assert got == want and lm._onednn is True and lm._greedy_decode_agrees is True
     # One-row products: every decode step after the prompt goes through oneDNN.
@@ -150,7 +130,7 @@ def test_greedy_decode_multiplies_as_scoring_does_and_gives_generates_tokens(tin
     assert not any("forward" in m.__dict__ for m in lm.model.modules())
 
 
-def test_greedy_decode_keeps_the_layers_own_products_where_scoring_does(tiny_model_factory, monkeypatch):
+def test_greedy_decode_keeps_the_layers_own_products_where_scoring_does(tiny_model_factory, onednn_calls, monkeypatch):
     from audit.compress.quantize import quantize_int8_dynamic
     from audit.models import torch_lm
 
@@ -162,8 +142,6 @@ def test_greedy_decode_keeps_the_layers_own_products_where_scoring_does(tiny_mod
     for lm in (plain, quantized):
         prompt = benchmark_prompt_ids(lm, 30)
         want = reference(lm.model, prompt, 8)
-        calls = _counting_onednn(monkeypatch)
+        onednn_calls.clear()
         assert list(lm.generate(prompt, max_new_tokens=8, stop_at_eos=False).token_ids) == want
-        assert calls == [] and lm._onednn is False
-        monkeypatch.undo()
-        monkeypatch.setattr(torch_lm, "onednn_linear_available", lambda: True)
+        assert onednn_calls == [] and lm._onednn is False

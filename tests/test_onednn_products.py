@@ -42,22 +42,10 @@ def test_only_float32_linear_layers_are_swapped():
 
 
 @needs_onednn
-def test_scoring_multiplies_through_onednn_and_agrees_with_the_layers_own_products(tiny_llama, monkeypatch):
-    calls = []
-    linear = torch.ops.mkldnn._linear_pointwise
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(torch.ops.mkldnn, name)
-
-        @staticmethod
-        def _linear_pointwise(*args):
-            calls.append(1)
-            return linear(*args)
-
+def test_scoring_multiplies_through_onednn_and_agrees_with_the_layers_own_products(tiny_llama, request, monkeypatch):
     model = drive(load_model(str(tiny_llama)))
     requests = _requests(model)
-    monkeypatch.setattr(torch_lm.torch.ops, "mkldnn", Counting(), raising=False)
+    calls = request.getfixturevalue("onednn_calls")  # counted from here on
     got = model.score(requests)
     assert model._onednn is True and calls
     monkeypatch.undo()
